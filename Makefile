@@ -1,0 +1,34 @@
+# make test / make demo work on a fresh clone: both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU build of torch lying on this disk; users' installs stay unpinned (torch>=2.4).
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[inference,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium not installable: the browser test will skip"
+	$(BIN)/python -m pytest -q -n 2 tests
+
+demo: $(STAMP)
+	$(BIN)/refusalstats demo
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check src inference tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""GPU inference: design -> prompts -> generate -> tidy response table."""

@@ -1,0 +1,30 @@
+"""refusalstats: false refusal in language models, measured with honest uncertainty.
+
+>>> import refusalstats as rs
+>>> df = rs.simulate_paper(scale=0.05)
+>>> rs.refusal_rates(df, by=["model", "task"])  # doctest: +SKIP
+"""
+
+from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
+from .formula import FormulaError
+from .simulate import simulate_paper
+from .table import SchemaError, read_responses, validate, write_responses
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FormulaError",
+    "PERSONAS",
+    "Persona",
+    "SchemaError",
+    "TASKS",
+    "TEMPLATES",
+    "Task",
+    "Template",
+    "__version__",
+    "read_responses",
+    "sample_design",
+    "simulate_paper",
+    "validate",
+    "write_responses",
+]

@@ -1,0 +1,339 @@
+"""Formula machinery shared by the models.
+
+* :func:`parse_formula` splits an R/lme4 formula into the response, the fixed part
+  (Wilkinson syntax, handed to formulaic) and random intercept terms ``(1|g)`` /
+  ``(1|a:b)``.
+* :func:`prepare_factors` turns predictor columns into categoricals with the
+  requested reference levels first (treatment coding), with clear errors for unknown
+  levels.
+* :func:`collapse` reduces rows to unique covariate patterns with binomial counts
+  (refusals, n): for an all-categorical design the binomial likelihood equals the
+  Bernoulli one, so millions of rows cost thousands.
+* :func:`fixed_design` builds the fixed-effect model matrix once (formulaic) and keeps
+  its spec so new data reuse the fitted levels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+class FormulaError(ValueError):
+    """A formula cannot be used with the data (syntax, missing column, unsupported term)."""
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """A random intercept ``(1|g1:g2:...)``: one normal deviation per level combination."""
+
+    groups: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.groups)
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return f"(1|{self.name})"
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into its parts."""
+
+    formula: str
+    response: str
+    fixed: str
+    random: tuple[RandomTerm, ...] = field(default_factory=tuple)
+
+    @property
+    def fixed_variables(self) -> list[str]:
+        """Variable names used in the fixed part (in order of appearance)."""
+        return _variables(self.fixed)
+
+    @property
+    def group_variables(self) -> list[str]:
+        out: list[str] = []
+        for t in self.random:
+            for g in t.groups:
+                if g not in out:
+                    out.append(g)
+        return out
+
+    @property
+    def variables(self) -> list[str]:
+        out = list(self.fixed_variables)
+        for g in self.group_variables:
+            if g not in out:
+                out.append(g)
+        return out
+
+
+_RANDOM_RE = re.compile(r"\(\s*([^()|]*?)\s*\|\s*([^()|]+?)\s*\)")
+_NAME_RE = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_FUNCS = {"C", "Treatment", "Sum", "Poly", "Diff", "Helmert", "np", "log", "exp", "sqrt", "I",
+          "center", "scale", "standardize", "lag", "bs", "poly", "Q", "contr", "treatment"}
+
+
+def _variables(rhs: str) -> list[str]:
+    """Column names referenced by a formula's right-hand side (best effort)."""
+    text = re.sub(r"`([^`]*)`", lambda m: " " + m.group(1).replace(" ", "\x00") + " ", rhs)
+    text = re.sub(r"(['\"]).*?\1", " ", text)  # string literals (e.g. reference levels)
+    text = re.sub(r"\b(?:reference|contr|levels|spans_intercept)\s*=\s*[^,)]*", " ", text)
+    out: list[str] = []
+    for m in _NAME_RE.finditer(text):
+        name = m.group(0).replace("\x00", " ")
+        end = m.end()
+        if end < len(text) and text[end:].lstrip().startswith("("):
+            continue  # a function call
+        if name in _FUNCS or name in ("True", "False") or re.fullmatch(r"[0-9.]+", name):
+            continue
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split ``"y ~ a + b + (1|g) + (1|g:h)"`` into response, fixed part and random terms.
+
+    Random slopes such as ``(x|g)`` are refused with a clear message.
+
+    Examples
+    --------
+    >>> f = parse_formula("refusal ~ task + prompt + (1|model) + (1|persona:model)")
+    >>> f.response, f.fixed, [t.name for t in f.random]
+    ('refusal', 'task + prompt', ['model', 'persona:model'])
+    """
+    if not isinstance(formula, str) or "~" not in formula:
+        raise FormulaError(
+            f"a formula looks like 'refusal ~ persona + task'; got {formula!r} (no '~')"
+        )
+    lhs, rhs = formula.split("~", 1)
+    response = lhs.strip()
+    if not response:
+        raise FormulaError(f"formula {formula!r} has no response on the left of '~'")
+    if not _NAME_RE.fullmatch(response):
+        raise FormulaError(
+            f"the response must be a column name (e.g. 'refusal'); got {response!r}. For "
+            "aggregated counts use a column of successes and pass trials='n'"
+        )
+    random: list[RandomTerm] = []
+    for m in _RANDOM_RE.finditer(rhs):
+        expr, groups = m.group(1).strip(), m.group(2).strip()
+        if expr not in ("1",):
+            raise FormulaError(
+                f"random term '({expr}|{groups})': only random intercepts '(1|{groups})' are "
+                "supported; random slopes are not (yet) — write the slope as a fixed "
+                f"interaction instead, e.g. '{expr}:{groups}'"
+            )
+        parts = tuple(p.strip() for p in groups.split(":"))
+        if not all(_NAME_RE.fullmatch(p) for p in parts):
+            raise FormulaError(f"random term '(1|{groups})': grouping must be column names joined by ':'")
+        term = RandomTerm(parts)
+        if term in random:
+            raise FormulaError(f"random term '(1|{groups})' appears twice")
+        random.append(term)
+    fixed = _RANDOM_RE.sub(" ", rhs)
+    if "|" in fixed:
+        raise FormulaError(f"cannot parse the random part of {formula!r}; write random intercepts as '(1|group)'")
+    fixed = re.sub(r"\+\s*(?=\+|$)", "", fixed)
+    fixed = re.sub(r"^\s*\+", "", fixed.strip())
+    fixed = re.sub(r"\s+", " ", fixed).strip().rstrip("+").strip()
+    if not fixed:
+        fixed = "1"
+    return ParsedFormula(formula=formula, response=response, fixed=fixed, random=tuple(random))
+
+
+def check_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: Iterable[str] = ()) -> None:
+    """Raise FormulaError naming every formula variable missing from ``data``."""
+    needed = [parsed.response, *parsed.variables, *extra]
+    missing = [c for c in dict.fromkeys(needed) if c not in data.columns]
+    if missing:
+        raise FormulaError(
+            f"formula {parsed.formula!r} names column(s) {missing} that are not in the data; "
+            f"available: {list(data.columns)}"
+        )
+
+
+def prepare_factors(
+    data: pd.DataFrame,
+    columns: Iterable[str],
+    reference: Mapping[str, object] | None = None,
+) -> pd.DataFrame:
+    """Return a copy where non-numeric ``columns`` are categoricals, reference level first.
+
+    Unused categories are removed (they have no rows to estimate from); string columns
+    get sorted levels (R's default); an existing categorical keeps its order except
+    that the reference level moves first. Numeric columns are left numeric unless
+    named in ``reference`` (then treated as a factor).
+
+    Raises
+    ------
+    FormulaError
+        A ``reference`` key that is not a column, or a level that is not in the column
+        (the message lists the levels).
+    """
+    reference = dict(reference or {})
+    columns = list(dict.fromkeys(columns))
+    out = data.copy()
+    for col in reference:
+        if col not in out.columns:
+            raise FormulaError(
+                f"reference given for column '{col}', which is not in the data; columns: {list(out.columns)}"
+            )
+    for col in columns:
+        s = out[col]
+        is_cat = isinstance(s.dtype, pd.CategoricalDtype)
+        if not is_cat and (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) \
+                and col not in reference:
+            continue
+        if is_cat:
+            s = s.cat.remove_unused_categories()
+        else:
+            levels = sorted(pd.unique(s.dropna()), key=lambda v: (str(type(v)), v))
+            s = pd.Categorical(s, categories=levels)
+            s = pd.Series(s, index=out.index, name=col)
+        if col in reference:
+            ref = reference[col]
+            cats = list(s.cat.categories)
+            match = [c for c in cats if c == ref or str(c) == str(ref)]
+            if not match:
+                raise FormulaError(
+                    f"reference level {ref!r} is not a level of '{col}'; its levels are {cats}"
+                )
+            ref_level = match[0]
+            s = s.cat.reorder_categories([ref_level] + [c for c in cats if c != ref_level])
+        out[col] = s
+    return out
+
+
+@dataclass
+class Collapsed:
+    """Unique covariate patterns with binomial counts.
+
+    ``patterns`` holds one row per unique combination of ``columns`` with columns
+    ``successes`` (refusals) and ``trials`` (n); ``inverse[i]`` is the pattern of row i.
+    """
+
+    patterns: pd.DataFrame
+    inverse: np.ndarray
+    columns: list[str]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.patterns["trials"].sum())
+
+
+def _codes(s: pd.Series) -> tuple[np.ndarray, int]:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return s.cat.codes.to_numpy().astype(np.int64), len(s.cat.categories)
+    codes, uniques = pd.factorize(s, sort=False)
+    return codes.astype(np.int64), len(uniques)
+
+
+def collapse(
+    data: pd.DataFrame,
+    columns: Iterable[str],
+    response: str,
+    trials: str | None = None,
+    weights: np.ndarray | None = None,
+) -> Collapsed:
+    """Collapse rows to unique patterns of ``columns`` with (successes, trials).
+
+    With ``trials`` the response holds counts of successes out of ``data[trials]``
+    (already aggregated rows are merged further when they share a pattern). With
+    ``weights`` each row counts ``weights[i]`` times (frequency weights).
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"a": list("xxyy"), "refusal": [1, 0, 0, 0]})
+    >>> collapse(df, ["a"], "refusal").patterns
+       a  successes  trials
+    0  x        1.0     2.0
+    1  y        0.0     2.0
+    """
+    columns = list(columns)
+    n = len(data)
+    y = data[response].to_numpy(dtype=float)
+    t = np.ones(n) if trials is None else data[trials].to_numpy(dtype=float)
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have one value per row ({n}), got shape {w.shape}")
+        y = y * w
+        t = t * w
+    if not columns:
+        inverse = np.zeros(n, dtype=np.int64)
+        patterns = pd.DataFrame({"successes": [y.sum()], "trials": [t.sum()]})
+        return Collapsed(patterns, inverse, columns)
+    codes = []
+    sizes = []
+    for c in columns:
+        k, m = _codes(data[c])
+        if (k < 0).any():
+            raise ValueError(f"column '{c}' has missing values; drop or fill them before fitting")
+        codes.append(k)
+        sizes.append(max(m, 1))
+    if float(np.prod(np.array(sizes, dtype=float))) < 2**62:
+        key = np.ravel_multi_index(codes, sizes)
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    else:  # pragma: no cover - astronomically many level combinations
+        stacked = np.stack(codes, axis=1)
+        uniq, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    k = len(first)
+    patterns = data.iloc[first][columns].reset_index(drop=True)
+    for c in columns:
+        if isinstance(data[c].dtype, pd.CategoricalDtype):
+            patterns[c] = pd.Categorical(patterns[c], categories=data[c].cat.categories)
+    patterns["successes"] = np.bincount(inverse, weights=y, minlength=k)
+    patterns["trials"] = np.bincount(inverse, weights=t, minlength=k)
+    return Collapsed(patterns, inverse, columns)
+
+
+def fixed_design(fixed: str, data: pd.DataFrame):
+    """Fixed-effect model matrix of ``fixed`` (formula right-hand side) on ``data``.
+
+    Returns ``(X, names, spec)`` where ``X`` is a float ndarray, ``names`` its column
+    names (R/formulaic style, e.g. ``"persona[T.Black person]"``) and ``spec`` the
+    formulaic ModelSpec to rebuild the matrix on new data with the same levels.
+    """
+    from formulaic import model_matrix
+
+    try:
+        mm = model_matrix(fixed, data, ensure_full_rank=True, na_action="raise")
+    except Exception as exc:  # formulaic raises many types; name the formula
+        raise FormulaError(f"cannot build the design for '{fixed}': {exc}") from exc
+    X = np.asarray(mm, dtype=float)
+    return X, list(mm.columns), mm.model_spec
+
+
+def new_design(spec, data: pd.DataFrame) -> np.ndarray:
+    """Rebuild a fitted model matrix on new data (same levels and coding)."""
+    try:
+        mm = spec.get_model_matrix(data, na_action="raise")
+    except Exception as exc:
+        raise FormulaError(f"cannot evaluate the fitted formula on new data: {exc}") from exc
+    return np.asarray(mm, dtype=float)
+
+
+def group_index(data: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
+    """Integer group index per row for a random term and the level labels (``"a:b"``)."""
+    codes = []
+    levels = []
+    for g in term.groups:
+        s = data[g]
+        if not isinstance(s.dtype, pd.CategoricalDtype):
+            s = pd.Series(pd.Categorical(s), index=data.index)
+        s = s.cat.remove_unused_categories()
+        codes.append(s.cat.codes.to_numpy().astype(np.int64))
+        levels.append([str(c) for c in s.cat.categories])
+    sizes = [len(lv) for lv in levels]
+    key = np.ravel_multi_index(codes, sizes)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    labels = [":".join(levels[j][i] for j, i in enumerate(np.unravel_index(u, sizes))) for u in uniq]
+    return inverse.ravel(), labels

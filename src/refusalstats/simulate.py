@@ -1,0 +1,269 @@
+"""A simulator calibrated to Plaza-del-Arco et al. (2025) — the embedded default data.
+
+:func:`simulate_paper` reproduces P1's full design (16 models, 3 tasks with 3,000 /
+5,000 / 4,701 items, 10 persona x template variations per item: 2,032,160 rows) and
+draws refusals from a logistic model built from the paper's published numbers:
+Table 7's coefficients, an intercept matching Table 1's overall refusal rate, an item
+random intercept, and (by default) model x task offsets matching every cell of Table 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq
+from scipy.special import expit
+
+from .design import sample_design
+
+#: P1 Table 1: % false refusals per model and task (None = blank in the paper).
+PAPER_TABLE1: dict[str, tuple[float | None, float | None, float | None]] = {
+    "Llama2-7B": (8.87, 30.08, 76.54),
+    "Llama2-13B": (12.56, 35.69, 87.36),
+    "Llama3-8B": (0.06, 1.59, 23.45),
+    "Llama3.1-8B": (0.04, 0.16, 6.12),
+    "Llama3.2-1B": (0.03, 0.09, 1.90),
+    "Llama3.2-3B": (0.0, 0.0, 0.10),
+    "Qwen1.5-7B": (0.0, 0.02, 0.39),
+    "Qwen1.5-32B": (0.15, 11.86, 17.27),
+    "Qwen2-7B": (None, 0.16, 2.07),
+    "Qwen2.5-7B": (None, None, 0.19),
+    "Qwen2.5-32B": (0.0, 0.0, 0.0),
+    "Gemma-2B": (0.0, 0.04, 0.18),
+    "Gemma-7B": (0.08, 0.03, 0.19),
+    "Gemma2-2B": (0.07, 0.72, 2.20),
+    "Gemma2-9B": (0.05, 7.71, 13.18),
+    "Gemma2-27B": (0.0, 2.02, 3.80),
+}
+
+#: Column order of PAPER_TABLE1's tuples.
+PAPER_TASKS: tuple[str, ...] = ("nli", "politeness", "offensiveness")
+
+#: P1's items per task (1,000 per class; POPQUORN offensiveness is short in one class).
+PAPER_ITEMS: dict[str, int] = {"nli": 3000, "politeness": 5000, "offensiveness": 4701}
+
+#: P1 Table 7 coefficients (log-odds), keyed by factor then by level (project level names).
+#: Reference levels: persona Atheist, prompt p1, task nli, model Llama2-13B.
+PAPER_TABLE7: dict[str, dict[str, float]] = {
+    "persona": {
+        "Black person": 2.62, "White person": 2.18, "Transgender woman": 1.37,
+        "Transgender man": 1.31, "Muslim": 1.31, "Jewish": 1.08, "Asian": 0.89,
+        "Physically-disabled person": 0.68, "Non-binary person": 0.69,
+        "Religious person": 0.61, "Christian": 0.44, "Able-bodied person": -0.12,
+        "Man": -0.06, "Woman": 0.01,
+    },
+    "prompt": {"p6": -1.97, "p9": -1.94, "p8": -1.93, "p5": -1.94, "p2": -1.64, "p7": -1.54,
+               "p4": -1.48, "p3": -0.46},
+    "task": {"offensiveness": 4.16, "politeness": 2.06},
+    "model": {
+        "Qwen2.5-32B": -19.34, "Qwen2.5-7B": -19.34, "Llama3.2-3B": -9.32, "Gemma-2B": -8.58,
+        "Gemma-7B": -8.40, "Qwen1.5-7B": -7.98, "Llama3.2-1B": -6.35, "Qwen2-7B": -6.23,
+        "Gemma2-2B": -5.93, "Gemma2-27B": -5.17, "Llama3-8B": -3.59, "Llama3.1-8B": -3.36,
+        "Qwen1.5-32B": -3.11, "Gemma2-9B": -3.59, "Llama2-7B": -0.47,
+    },
+}
+
+#: Reference levels of Table 7.
+PAPER_REFERENCE: dict[str, str] = {"persona": "Atheist", "prompt": "p1", "task": "nli",
+                                   "model": "Llama2-13B"}
+
+#: P1's reported McFadden pseudo-R² of the Table 7 model.
+PAPER_PSEUDO_R2 = 0.5733
+
+
+def paper_table1() -> pd.DataFrame:
+    """Table 1 as a long DataFrame: model, task, rate (fraction; NaN where blank)."""
+    rows = [
+        {"model": m, "task": t, "rate": np.nan if v is None else v / 100.0}
+        for m, vals in PAPER_TABLE1.items() for t, v in zip(PAPER_TASKS, vals)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _design_items(scale: float) -> pd.DataFrame:
+    frames = []
+    start = 0
+    for task in PAPER_TASKS:
+        n = max(1, int(round(PAPER_ITEMS[task] * scale)))
+        frames.append(pd.DataFrame({"item_id": np.arange(start, start + n), "task": task}))
+        start += n
+    return pd.concat(frames, ignore_index=True)
+
+
+def _solve_shift(eta: np.ndarray, target: float) -> float:
+    """Shift s with mean(expit(eta + s)) == target (-inf for a zero target)."""
+    if target <= 0:
+        return -np.inf
+    if target >= 1:
+        return np.inf
+
+    def f(s: float) -> float:
+        return float(expit(eta + s).mean()) - target
+
+    lo, hi = -40.0, 40.0
+    return float(brentq(f, lo, hi, xtol=1e-10))
+
+
+def _systematic_draw(p: np.ndarray, cell: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Systematic probability-proportional draw within cells.
+
+    Each row refuses with marginal probability exactly ``p``; the count of a cell is
+    the floor or ceiling of its expected count. Rows are visited in random order.
+    """
+    n = len(p)
+    order = np.lexsort((rng.random(n), cell))
+    ps = p[order]
+    cs = cell[order]
+    out = np.zeros(n, dtype=np.int8)
+    bounds = np.flatnonzero(np.diff(cs)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [n]])
+    for a, b in zip(starts, ends):
+        cum = np.cumsum(ps[a:b])
+        u = rng.random()
+        before = np.concatenate([[0.0], cum[:-1]])
+        out[order[a:b]] = (np.floor(cum - u) > np.floor(before - u)).astype(np.int8)
+    return out
+
+
+def simulate_paper(
+    scale: float = 1.0,
+    seed: int = 0,
+    calibrate: str = "table1",
+    item_sd: float = 1.0,
+    *,
+    exact_rates: bool | None = None,
+) -> pd.DataFrame:
+    """Simulate P1's experiment as a tidy response table.
+
+    The logit of refusal is ``intercept + Table-7 coefficients (persona, prompt, task,
+    model) + item intercept ~ N(0, item_sd²)`` and, with ``calibrate="table1"``, a
+    model x task offset per cell so each cell's expected refusal rate equals Table 1
+    (blank and 0.00 cells get probability exactly 0). The intercept makes the overall
+    rate equal to Table 1's row-weighted mean (blank cells counted as 0).
+
+    Parameters
+    ----------
+    scale : float
+        Fraction of P1's items per task (1.0: 3,000 / 5,000 / 4,701 items, 2,032,160 rows).
+    seed : int
+        Seed for the design, item effects and draws.
+    calibrate : {"table1", "table7"}
+        "table1": Table 7 effects plus per-cell offsets matching Table 1.
+        "table7": Table 7 effects only (for coefficient-recovery checks).
+    item_sd : float
+        Standard deviation of the item random intercept (logit scale); 0 disables it.
+    exact_rates : bool, optional
+        Draw refusals systematically within model x task cells so each row keeps its
+        exact marginal probability and every cell total is within one refusal of its
+        expectation (rows of a cell are then slightly negatively dependent). Default:
+        True for "table1", False (independent Bernoulli draws) for "table7".
+
+    Returns
+    -------
+    DataFrame
+        item_id, model, task, persona, persona_group, prompt, response_type, setting,
+        refusal; categorical columns; ``df.attrs["truth"]`` holds the generating values:
+        ``coefficients`` (term name -> value, formulaic/statsmodels treatment names such
+        as ``"persona[T.Black person]"``), ``intercept``, ``offsets`` ((model, task) ->
+        value, "table1" only), ``item_sd``, ``reference`` and ``target_rates``.
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> len(df)
+    20320
+    """
+    if calibrate not in ("table1", "table7"):
+        raise ValueError(f"calibrate must be 'table1' or 'table7', got {calibrate!r}")
+    if not (0 < scale <= 10):
+        raise ValueError(f"scale must be in (0, 10], got {scale}")
+    if item_sd < 0:
+        raise ValueError(f"item_sd must be >= 0, got {item_sd}")
+    if exact_rates is None:
+        exact_rates = calibrate == "table1"
+    rng = np.random.default_rng(seed)
+    items = _design_items(scale)
+    design = sample_design(items, k=10, seed=int(rng.integers(2**31)))
+    models = list(PAPER_TABLE1)
+    n_d, n_m = len(design), len(models)
+
+    # Per-design-row linear predictor (persona + prompt + task + item), then per model.
+    coef = PAPER_TABLE7
+    d_eta = (
+        design["persona"].astype(str).map(coef["persona"]).fillna(0.0).to_numpy()
+        + design["prompt"].astype(str).map(coef["prompt"]).fillna(0.0).to_numpy()
+        + design["task"].astype(str).map(coef["task"]).fillna(0.0).to_numpy()
+    )
+    n_items = len(items)
+    u = rng.normal(0.0, item_sd, n_items) if item_sd > 0 else np.zeros(n_items)
+    item_pos = pd.Index(items["item_id"]).get_indexer(design["item_id"])
+    d_eta = d_eta + u[item_pos]
+    m_eff = np.array([coef["model"].get(m, 0.0) for m in models])
+    eta = (d_eta[None, :] + m_eff[:, None]).ravel()  # model-major
+    model_idx = np.repeat(np.arange(n_m), n_d)
+    task_codes = design["task"].cat.codes.to_numpy()
+    task_names = list(design["task"].cat.categories)
+    task_idx = np.tile(task_codes, n_m)
+
+    rows_per_task = design["task"].value_counts()
+    t1 = paper_table1()
+    t1["rows"] = t1["task"].map(rows_per_task).astype(float)
+    target_overall = float((t1["rate"].fillna(0.0) * t1["rows"]).sum() / t1["rows"].sum())
+    intercept = _solve_shift(eta, target_overall)
+    eta = eta + intercept
+
+    offsets: dict[tuple[str, str], float] = {}
+    if calibrate == "table1":
+        target = {(r.model, r.task): (0.0 if np.isnan(r.rate) else r.rate) for r in t1.itertuples()}
+        cell = model_idx * len(task_names) + task_idx
+        order = np.argsort(cell, kind="stable")
+        bounds = np.searchsorted(cell[order], np.arange(n_m * len(task_names) + 1))
+        for mi, m in enumerate(models):
+            for ti, t in enumerate(task_names):
+                c = mi * len(task_names) + ti
+                idx = order[bounds[c]:bounds[c + 1]]
+                off = _solve_shift(eta[idx], target[(m, t)])
+                offsets[(m, t)] = off
+                eta[idx] = eta[idx] + off
+    p = expit(eta)
+    if exact_rates:
+        refusal = _systematic_draw(p, model_idx * len(task_names) + task_idx, rng)
+    else:
+        refusal = (rng.random(len(p)) < p).astype(np.int8)
+
+    def rep(col: str) -> pd.Categorical:
+        c = design[col]
+        return pd.Categorical.from_codes(np.tile(c.cat.codes.to_numpy(), n_m), categories=c.cat.categories)
+
+    df = pd.DataFrame({
+        "item_id": np.tile(design["item_id"].to_numpy(), n_m),
+        "model": pd.Categorical.from_codes(model_idx, categories=models),
+        "task": rep("task"),
+        "persona": rep("persona"),
+        "persona_group": rep("persona_group"),
+        "prompt": rep("prompt"),
+        "response_type": rep("response_type"),
+        "setting": rep("setting"),
+        "refusal": refusal,
+    })
+    terms = {}
+    for factor, levels in coef.items():
+        for level, value in levels.items():
+            terms[f"{factor}[T.{level}]"] = value
+    df.attrs["truth"] = {
+        "coefficients": terms,
+        "intercept": intercept,
+        "offsets": offsets,
+        "item_sd": item_sd,
+        "item_effects": u,
+        "reference": dict(PAPER_REFERENCE),
+        "target_rates": {(m, t): (None if v is None else v / 100.0)
+                         for m, vals in PAPER_TABLE1.items() for t, v in zip(PAPER_TASKS, vals)},
+        "overall_rate": target_overall,
+        "calibrate": calibrate,
+        "scale": scale,
+        "seed": seed,
+    }
+    return df

@@ -1,0 +1,320 @@
+"""The tidy response table: one row per generated (or imported) answer.
+
+Every analysis in refusalstats reads this one table. Required columns are
+``model``, ``task``, ``persona``, ``prompt`` and ``refusal`` (0/1). Known optional
+columns are listed in :data:`OPTIONAL_COLUMNS`; any other column passes through
+untouched. Parquet is the native format and keeps run metadata (model revision,
+decoding settings, package versions, seed) in the file's key-value metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "prompt", "refusal")
+
+#: Known optional columns and whether they are categorical.
+OPTIONAL_COLUMNS: dict[str, bool] = {
+    "item_id": False,
+    "persona_group": True,
+    "response_type": True,
+    "setting": True,
+    "prompt_text": False,
+    "system_text": False,
+    "response": False,
+    "gold_label": True,
+    "predicted_label": True,
+    "n_new_tokens": False,
+    "finish_reason": True,
+}
+
+#: Columns stored as pandas categoricals.
+CATEGORICAL_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "prompt") + tuple(
+    c for c, is_cat in OPTIONAL_COLUMNS.items() if is_cat
+)
+
+#: Key under which refusalstats stores run metadata in Parquet key-value metadata.
+METADATA_KEY = b"refusalstats"
+
+
+class SchemaError(ValueError):
+    """A response table does not follow the schema.
+
+    ``problems`` lists every problem found, so a user fixes them all at once.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"the response table has {len(self.problems)} problem(s):\n{lines}")
+
+
+def _refusal_problem(values: pd.Series) -> str | None:
+    """Describe refusal values outside {0, 1, True, False}, or return None."""
+    s = values
+    if s.isna().any():
+        rows = list(np.flatnonzero(s.isna().to_numpy())[:5])
+        return f"column 'refusal' has {int(s.isna().sum())} missing value(s) (first rows {rows}); refusal must be 0/1"
+    if pd.api.types.is_bool_dtype(s):
+        return None
+    if pd.api.types.is_numeric_dtype(s):
+        bad = ~s.isin([0, 1])
+    else:
+        bad = ~s.astype(object).isin([0, 1, True, False])
+    if bad.any():
+        examples = pd.unique(s[bad])[:5].tolist()
+        return (
+            f"column 'refusal' must hold 0/1 or True/False; found {int(bad.sum())} other value(s), "
+            f"e.g. {examples}"
+        )
+    return None
+
+
+def validate(
+    df: pd.DataFrame,
+    *,
+    required: Iterable[str] = REQUIRED_COLUMNS,
+    predictors: Iterable[str] | None = None,
+    needs_levels: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Check a response table and return it in canonical form.
+
+    Every problem is collected and raised together as one :class:`SchemaError`:
+    missing required columns, refusal values other than 0/1/True/False, an empty
+    table, NaNs in a predictor, and a factor with a single level where a model needs
+    two (``needs_levels``).
+
+    The returned table is a copy in which ``refusal`` is ``int8`` and the known
+    categorical columns are pandas categoricals (levels in order of first
+    appearance for strings; an existing categorical keeps its levels). No value is
+    changed and no row or column is dropped.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The response table.
+    required : iterable of str
+        Columns that must exist (default: model, task, persona, prompt, refusal).
+    predictors : iterable of str, optional
+        Columns used as predictors; they must exist and hold no NaN. Defaults to the
+        required columns other than ``refusal`` that are present.
+    needs_levels : iterable of str
+        Columns that must have at least two distinct values.
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> t = rs.validate(pd.DataFrame({"model": ["a", "b"], "task": "nli",
+    ...     "persona": "Man", "prompt": "p1", "refusal": [True, False]}))
+    >>> t["refusal"].tolist()
+    [1, 0]
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    required = list(required)
+    problems: list[str] = []
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        problems.append(
+            f"missing required column(s) {missing}; the table has {list(df.columns)}. "
+            "Rename your columns (e.g. df.rename(columns={...})) or map them with "
+            "refusalstats.dumps.read_generic(path, mapping={...})"
+        )
+    if len(df) == 0:
+        problems.append("the table is empty (0 rows)")
+    if "refusal" in df.columns and len(df):
+        msg = _refusal_problem(df["refusal"])
+        if msg:
+            problems.append(msg)
+    preds = (
+        [c for c in required if c != "refusal" and c in df.columns]
+        if predictors is None
+        else list(predictors)
+    )
+    for c in preds:
+        if c not in df.columns:
+            if c not in missing:
+                problems.append(f"predictor column '{c}' is not in the table")
+            continue
+        n_nan = int(df[c].isna().sum())
+        if n_nan:
+            rows = list(np.flatnonzero(df[c].isna().to_numpy())[:5])
+            problems.append(
+                f"predictor column '{c}' has {n_nan} missing value(s) (first rows {rows}); "
+                "drop or fill those rows explicitly before fitting"
+            )
+    for c in needs_levels:
+        if c in df.columns and len(df):
+            levels = pd.unique(df[c].dropna())
+            if len(levels) < 2:
+                problems.append(
+                    f"factor '{c}' has a single level {list(levels)}; a model needs at least two "
+                    f"levels to estimate its effect — remove '{c}' from the formula"
+                )
+    if problems:
+        raise SchemaError(problems)
+    return _canonical(df)
+
+
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    if "refusal" in out.columns:
+        out["refusal"] = out["refusal"].astype("int8")
+    for c in CATEGORICAL_COLUMNS:
+        if c in out.columns and not isinstance(out[c].dtype, pd.CategoricalDtype):
+            col = out[c]
+            if col.isna().all():
+                continue
+            levels = pd.unique(col.dropna())
+            out[c] = pd.Categorical(col, categories=levels)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _format_of(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt.lower()
+    suffixes = [s.lower() for s in path.suffixes]
+    for s in reversed(suffixes):
+        if s in (".parquet", ".pq"):
+            return "parquet"
+        if s == ".csv":
+            return "csv"
+        if s in (".jsonl", ".ndjson"):
+            return "jsonl"
+    raise ValueError(
+        f"cannot tell the format of '{path}' from its extension; use .parquet, .csv or .jsonl "
+        "(optionally .gz), or pass format='parquet'|'csv'|'jsonl'"
+    )
+
+
+def _categorical_levels(df: pd.DataFrame) -> dict[str, list]:
+    return {
+        c: [x if not isinstance(x, np.generic) else x.item() for x in df[c].cat.categories]
+        for c in df.columns
+        if isinstance(df[c].dtype, pd.CategoricalDtype)
+    }
+
+
+def write_responses(
+    df: pd.DataFrame,
+    path: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    format: str | None = None,
+) -> Path:
+    """Write a response table to Parquet, CSV or JSONL.
+
+    Parquet keeps categorical dtypes natively and stores ``metadata`` (merged over
+    ``df.attrs["metadata"]``) as JSON in the file's key-value metadata. CSV and JSONL
+    write a sidecar ``<path>.meta.json`` with the metadata and the categorical levels,
+    so a round trip restores dtypes there too.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The table (validated first; a :class:`SchemaError` lists every problem).
+    path : str or Path
+        Destination; the format follows the extension unless ``format`` is given.
+    metadata : mapping, optional
+        Run metadata (model revision, decoding settings, versions, seed, ...); must
+        be JSON-serialisable.
+
+    Examples
+    --------
+    >>> rs.write_responses(table, "runs/table.parquet", metadata={"seed": 0})  # doctest: +SKIP
+    """
+    path = Path(path)
+    fmt = _format_of(path, format)
+    table = validate(df)
+    meta = dict(df.attrs.get("metadata", {}) or {})
+    if metadata:
+        meta.update(dict(metadata))
+    try:
+        meta_json = json.dumps(meta, default=str)
+    except TypeError as exc:  # pragma: no cover - default=str handles most
+        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        at = pa.Table.from_pandas(table, preserve_index=False)
+        kv = dict(at.schema.metadata or {})
+        kv[METADATA_KEY] = meta_json.encode()
+        at = at.replace_schema_metadata(kv)
+        pq.write_table(at, tmp)
+    else:
+        if fmt == "csv":
+            table.to_csv(tmp, index=False, compression="infer" if path.suffix == ".gz" else None)
+        elif fmt == "jsonl":
+            table.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv' or 'jsonl'")
+        side = {"metadata": meta, "categories": _categorical_levels(table),
+                "dtypes": {c: str(t) for c, t in table.dtypes.items()}}
+        Path(str(path) + ".meta.json").write_text(json.dumps(side, default=str, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True
+                   ) -> pd.DataFrame:
+    """Read a response table written by :func:`write_responses` (or any file in the schema).
+
+    Run metadata comes back in ``df.attrs["metadata"]``; categorical columns stay
+    categorical with their levels in their stored order.
+
+    Examples
+    --------
+    >>> table = rs.read_responses("runs/table.parquet")  # doctest: +SKIP
+    >>> table.attrs["metadata"]["seed"]  # doctest: +SKIP
+    0
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no response table at '{path}'")
+    fmt = _format_of(path, format)
+    meta: dict = {}
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        at = pq.read_table(path)
+        kv = at.schema.metadata or {}
+        if METADATA_KEY in kv:
+            meta = json.loads(kv[METADATA_KEY].decode())
+        df = at.to_pandas()
+    else:
+        side_path = Path(str(path) + ".meta.json")
+        side = json.loads(side_path.read_text()) if side_path.exists() else {}
+        meta = side.get("metadata", {})
+        dtypes = side.get("dtypes", {})
+        str_cols = {c: str for c, t in dtypes.items() if t in ("object", "category", "str", "string")}
+        if fmt == "csv":
+            df = pd.read_csv(path, dtype=str_cols or None, keep_default_na=True)
+        elif fmt == "jsonl":
+            df = pd.read_json(path, orient="records", lines=True, dtype=str_cols or None)
+        else:
+            raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv' or 'jsonl'")
+        for c, levels in side.get("categories", {}).items():
+            if c in df.columns:
+                if dtypes.get(c) and not pd.api.types.is_object_dtype(df[c]):
+                    levels = pd.Series(levels).astype(df[c].dtype).tolist()
+                df[c] = pd.Categorical(df[c], categories=levels)
+        for c, t in dtypes.items():
+            if c in df.columns and t not in ("category", "object", "str", "string"):
+                try:
+                    df[c] = df[c].astype(t)
+                except (TypeError, ValueError):
+                    pass
+    if validate_table:
+        df = validate(df)
+    df.attrs["metadata"] = meta
+    return df
