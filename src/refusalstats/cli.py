@@ -1,0 +1,175 @@
+"""The ``refusalstats`` command line.
+
+Each command is a pair: ``_add_<name>(subparsers)`` registers it, ``_cmd_<name>(args)``
+runs it. ``refusalstats --help`` lists them; ``refusalstats <command> --help`` explains one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def _parse_mapping(text: str | None) -> dict[str, str]:
+    """Parse ``"a=b,c=d"`` into a dict (used by --reference and --map)."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise SystemExit(f"error: expected key=value pairs separated by commas, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    from .table import read_responses
+
+    return read_responses(path)
+
+
+# --------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="simulate P1's full design and run the analyses on it",
+        description=(
+            "Simulate the paper's design at full size (16 models x 3 tasks x 10 variations, "
+            "2,032,160 rows, calibrated to its Table 1 and Table 7), write it to "
+            "<out>/responses.parquet and run the analyses, printing their results."
+        ),
+    )
+    p.add_argument("-o", "--out", default="demo", help="output folder (default: demo/)")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's items (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from .simulate import simulate_paper
+    from .table import write_responses
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"simulating the paper's design (scale {args.scale}, seed {args.seed}) ...", flush=True)
+    df = simulate_paper(scale=args.scale, seed=args.seed)
+    path = write_responses(df, out / "responses.parquet",
+                           metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
+                                     "seed": args.seed})
+    print(f"wrote {len(df):,} rows to {path} ({time.perf_counter() - t0:.1f} s)")
+    for step in _DEMO_STEPS:
+        step(df, args)
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _demo_rates(df: pd.DataFrame, args) -> None:
+    from .rates import refusal_rates
+
+    rates = refusal_rates(df, by=["model", "task"])
+    pd.set_option("display.width", 140)
+    pd.set_option("display.max_rows", 200)
+    show = rates.copy()
+    for c in ("rate", "ci_low", "ci_high"):
+        show[c] = (100 * show[c]).round(2)
+    print("\nRefusal rate (%) by model x task, 95% Wilson CIs:")
+    print(show.to_string(index=False))
+    counts = df[df["model"] == df["model"].cat.categories[0]].groupby(
+        ["persona", "task"], observed=True).size().unstack("task")
+    print("\nRows per persona and task (one model; P1's Table 5):")
+    print(counts.to_string())
+
+
+#: Steps the demo runs after simulating, in order; each takes (table, args).
+_DEMO_STEPS = [_demo_rates]
+
+
+# --------------------------------------------------------------------------- simulate
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="write a paper-calibrated synthetic response table",
+        description="Simulate P1's design (see refusalstats.simulate_paper) and write the tidy table.",
+    )
+    p.add_argument("-o", "--out", required=True, help="output file (.parquet, .csv or .jsonl)")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's items")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibrate", choices=["table1", "table7"], default="table1")
+    p.add_argument("--item-sd", type=float, default=1.0, help="sd of the item random intercept")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args) -> int:
+    from .simulate import simulate_paper
+    from .table import write_responses
+
+    df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=args.calibrate, item_sd=args.item_sd)
+    write_responses(df, args.out, metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
+                                            "seed": args.seed, "calibrate": args.calibrate,
+                                            "item_sd": args.item_sd})
+    print(f"wrote {len(df):,} rows to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- rates
+def _add_rates(sub) -> None:
+    p = sub.add_parser(
+        "rates",
+        help="refusal rates with confidence intervals by any grouping",
+        description="Refusal rate, n and CI per group of a response table.",
+    )
+    p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
+    p.add_argument("--by", default="model,task", help="comma-separated grouping columns (default model,task)")
+    p.add_argument("--method", default="wilson", choices=["wilson", "clopper-pearson", "jeffreys"])
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.set_defaults(func=_cmd_rates)
+
+
+def _cmd_rates(args) -> int:
+    from .rates import refusal_rates
+
+    df = _read_table(args.table)
+    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    res = refusal_rates(df, by=by, method=args.method)
+    print(res.to_string(index=False))
+    if args.csv:
+        res.to_csv(args.csv, index=False)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+_COMMANDS = [_add_demo, _add_simulate, _add_rates]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refusalstats",
+        description=(
+            "Study false refusal in language models: run persona x task x prompt x model "
+            "experiments, fit R-style models to the tidy response table, and report with "
+            "honest uncertainty. Run 'refusalstats <command> --help' for a command's options."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
