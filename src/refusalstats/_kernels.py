@@ -1,0 +1,369 @@
+"""Numba kernels for the Wasserstein-2 sensitivity indices (see ``sensitivity.py``).
+
+Everything here works on integer counts so that the quantile breakpoints of two empirical
+distributions are compared exactly (as integers over a common denominator) and the W2^2
+integral is the exact one between the empirical distributions, not an index-map
+approximation of it.
+
+Two data layouts are used:
+
+* **tables** ``counts[c, k]``: partition ``c`` x support point ``k`` of a discrete output
+  (0/1, Likert, labels). Used whenever the output takes few distinct values.
+* **sorted rows** for a continuous 1-d output: ``ys`` the output sorted once (and
+  standardised), ``members``/``starts`` the CSR list of sorted positions of each
+  partition (increasing inside a partition) and ``w`` integer weights per sorted position
+  (1 for the data, bootstrap multiplicities, 0 for jackknife deletions).
+
+Random numbers inside kernels come from a splitmix64 stream seeded per replicate, so the
+results do not depend on how ``prange`` schedules replicates over threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "boot_continuous",
+    "cells_xi_weighted",
+    "group_sorted",
+    "jack_continuous",
+    "perm_continuous",
+    "rank_cells",
+    "table_xi_1d",
+    "table_xi_1d_batch",
+    "table_xi_nominal_batch",
+    "w2sq_discrete",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# random numbers: splitmix64 (Steele, Lea & Flood 2014); one independent stream per replicate
+# ----------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _splitmix_next(state: np.uint64) -> tuple:
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return state, z
+
+
+@njit(cache=True, inline="always")
+def _randint(state: np.uint64, n: np.int64) -> tuple:
+    """Uniform integer in [0, n) from 53 random bits (bias < n / 2**53)."""
+    state, z = _splitmix_next(state)
+    u = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    k = np.int64(u * n)
+    if k >= n:  # pragma: no cover - guards the float rounding edge
+        k = n - 1
+    return state, k
+
+
+# ----------------------------------------------------------------------------------------
+# partitions
+# ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def rank_cells(order: np.ndarray, n_cells: int) -> np.ndarray:
+    """Equal-count rank partition: the r-th smallest value goes to cell floor(r * M / N).
+
+    ``order`` is a stable argsort of the input, so ties are split by order of appearance
+    (as gsaot does). Cell sizes differ by at most one.
+    """
+    n = order.shape[0]
+    codes = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        codes[order[r]] = (r * n_cells) // n
+    return codes
+
+
+@njit(cache=True)
+def group_sorted(cells_sorted: np.ndarray, n_cells: int) -> tuple:
+    """Stable counting sort of sorted positions by cell: CSR ``(members, starts)``."""
+    n = cells_sorted.shape[0]
+    starts = np.zeros(n_cells + 1, dtype=np.int64)
+    for i in range(n):
+        starts[cells_sorted[i] + 1] += 1
+    for m in range(n_cells):
+        starts[m + 1] += starts[m]
+    fill = starts[:-1].copy()
+    members = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        c = cells_sorted[i]
+        members[fill[c]] = i
+        fill[c] += 1
+    return members, starts
+
+
+# ----------------------------------------------------------------------------------------
+# discrete outputs: contingency tables
+# ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def w2sq_discrete(g: np.ndarray, c: np.ndarray, support: np.ndarray) -> float:
+    """Exact W2^2 between two count vectors on the same sorted 1-d support.
+
+    Merges the breakpoints of both quantile functions; positions are integers over the
+    common denominator ``sum(g) * sum(c)``, so no breakpoint is rounded.
+    """
+    k_sup = support.shape[0]
+    ng = np.int64(0)
+    nc = np.int64(0)
+    for k in range(k_sup):
+        ng += g[k]
+        nc += c[k]
+    if ng == 0 or nc == 0:
+        return np.nan
+    i = 0
+    j = 0
+    bg = np.int64(g[0]) * nc  # upper end of atom i of g, in units 1 / (ng * nc)
+    bc = np.int64(c[0]) * ng
+    cur = np.int64(0)
+    acc = 0.0
+    total = ng * nc
+    while cur < total:
+        nxt = min(bc, bg)
+        if nxt > cur:
+            d = support[i] - support[j]
+            acc += (nxt - cur) * d * d
+            cur = nxt
+        if bg == cur and i < k_sup - 1:
+            i += 1
+            bg += np.int64(g[i]) * nc
+        if bc == cur and j < k_sup - 1:
+            j += 1
+            bc += np.int64(c[j]) * ng
+        if bg == cur and bc == cur and i == k_sup - 1 and j == k_sup - 1:
+            break
+    return acc / total
+
+
+@njit(cache=True)
+def table_xi_1d(counts: np.ndarray, support: np.ndarray) -> tuple:
+    """xi = sum_c (n_c / N) W2^2(P_Y, P_{Y|c}) and the population variance of Y.
+
+    ``counts`` is (cells, support) with integer entries; cells with no rows are skipped.
+    """
+    n_cells, k_sup = counts.shape
+    g = np.zeros(k_sup, dtype=np.int64)
+    for c in range(n_cells):
+        for k in range(k_sup):
+            g[k] += counts[c, k]
+    n = np.int64(0)
+    s1 = 0.0
+    for k in range(k_sup):
+        n += g[k]
+        s1 += g[k] * support[k]
+    mean = s1 / n
+    var = 0.0
+    for k in range(k_sup):
+        d = support[k] - mean
+        var += g[k] * d * d
+    var /= n
+    xi = 0.0
+    for c in range(n_cells):
+        nc = np.int64(0)
+        for k in range(k_sup):
+            nc += counts[c, k]
+        if nc == 0:
+            continue
+        xi += (nc / n) * w2sq_discrete(g, counts[c], support)
+    return xi, var
+
+
+@njit(cache=True, parallel=True)
+def table_xi_1d_batch(counts: np.ndarray, support: np.ndarray) -> tuple:
+    """``table_xi_1d`` over a stack of tables ``counts[b, c, k]`` (parallel over b)."""
+    n_rep = counts.shape[0]
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    for b in prange(n_rep):
+        x, v = table_xi_1d(counts[b], support)
+        xi[b] = x
+        var[b] = v
+    return xi, var
+
+
+@njit(cache=True, parallel=True)
+def table_xi_nominal_batch(counts: np.ndarray) -> tuple:
+    """Nominal output (one-hot coding, squared Euclidean cost 2 between distinct labels).
+
+    W2^2(P, Q) = 2 TV(P, Q) = sum_k |p_k - q_k| and Var = E||Y - EY||^2 = 1 - sum_k p_k^2.
+    """
+    n_rep, n_cells, k_sup = counts.shape
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    for b in prange(n_rep):
+        g = np.zeros(k_sup, dtype=np.int64)
+        for c in range(n_cells):
+            for k in range(k_sup):
+                g[k] += counts[b, c, k]
+        n = np.int64(0)
+        for k in range(k_sup):
+            n += g[k]
+        v = 1.0
+        for k in range(k_sup):
+            p = g[k] / n
+            v -= p * p
+        acc = 0.0
+        for c in range(n_cells):
+            nc = np.int64(0)
+            for k in range(k_sup):
+                nc += counts[b, c, k]
+            if nc == 0:
+                continue
+            d = 0.0
+            for k in range(k_sup):
+                d += abs(g[k] / n - counts[b, c, k] / nc)
+            acc += (nc / n) * d
+        xi[b] = acc
+        var[b] = v
+    return xi, var
+
+
+# ----------------------------------------------------------------------------------------
+# continuous 1-d output: sorted rows with integer weights
+# ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def cells_xi_weighted(
+    ys: np.ndarray, members: np.ndarray, starts: np.ndarray, w: np.ndarray
+) -> tuple:
+    """xi and population variance for a weighted sample on sorted positions.
+
+    The unconditional distribution puts mass ``w[j] / sum(w)`` on ``ys[j]``; partition m
+    puts mass ``w[j] / n_m`` on its members. For each member atom of a partition (quantile
+    levels ``[a, b]``) the integral of ``(F^-1(u) - z)^2`` over ``[a, b]`` is read off weighted
+    prefix sums of y and y^2; the global position of ``b`` is found by binary search on the
+    integer cumulative weights, compared exactly as ``W[k] * n_m <= L * N``.
+    """
+    n = ys.shape[0]
+    n_cells = starts.shape[0] - 1
+    cw = np.zeros(n + 1, dtype=np.int64)
+    p1 = np.zeros(n + 1)
+    p2 = np.zeros(n + 1)
+    for j in range(n):
+        wj = w[j]
+        cw[j + 1] = cw[j] + wj
+        p1[j + 1] = p1[j] + wj * ys[j]
+        p2[j + 1] = p2[j] + wj * ys[j] * ys[j]
+    ntot = cw[n]
+    mean = p1[n] / ntot
+    var = 0.0
+    for j in range(n):
+        if w[j] > 0:
+            d = ys[j] - mean
+            var += w[j] * d * d
+    var /= ntot
+    xi = 0.0
+    for m in range(n_cells):
+        nc = np.int64(0)
+        for r in range(starts[m], starts[m + 1]):
+            nc += w[members[r]]
+        if nc == 0:
+            continue
+        lcum = np.int64(0)
+        k = 0
+        a1_prev = 0.0
+        a2_prev = 0.0
+        acc = 0.0
+        for r in range(starts[m], starts[m + 1]):
+            j = members[r]
+            wj = w[j]
+            if wj == 0:
+                continue
+            lcum += wj
+            target = lcum * ntot  # position b = lcum / nc, in units 1 / (ntot * nc)
+            # largest k in [k, n] with cw[k] * nc <= target
+            lo = k
+            hi = n
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if cw[mid] * nc <= target:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+            if k >= n:
+                a1 = p1[n]
+                a2 = p2[n]
+            else:
+                frac = (target - cw[k] * nc) / nc  # mass of atom k below b, count units
+                a1 = p1[k] + frac * ys[k]
+                a2 = p2[k] + frac * ys[k] * ys[k]
+            z = ys[j]
+            i1 = (a1 - a1_prev) / ntot
+            i2 = (a2 - a2_prev) / ntot
+            acc += i2 - 2.0 * z * i1 + z * z * (wj / nc)
+            a1_prev = a1
+            a2_prev = a2
+        xi += (nc / ntot) * acc
+    return xi, var
+
+
+@njit(cache=True, parallel=True)
+def boot_continuous(
+    ys: np.ndarray, members: np.ndarray, starts: np.ndarray, seeds: np.ndarray
+) -> tuple:
+    """Stratified bootstrap: each partition resampled with replacement at its own size."""
+    n = ys.shape[0]
+    n_cells = starts.shape[0] - 1
+    n_rep = seeds.shape[0]
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        w = np.zeros(n, dtype=np.int64)
+        for m in range(n_cells):
+            s = starts[m]
+            nm = starts[m + 1] - s
+            for _ in range(nm):
+                state, idx = _randint(state, nm)
+                w[members[s + idx]] += 1
+        x, v = cells_xi_weighted(ys, members, starts, w)
+        xi[b] = x
+        var[b] = v
+    return xi, var
+
+
+@njit(cache=True, parallel=True)
+def perm_continuous(
+    ys: np.ndarray, cells_sorted: np.ndarray, n_cells: int, seeds: np.ndarray
+) -> tuple:
+    """Permutation null: shuffle partition labels (sizes fixed), recompute xi (Fisher-Yates)."""
+    n = ys.shape[0]
+    n_rep = seeds.shape[0]
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    ones = np.ones(n, dtype=np.int64)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        lab = cells_sorted.copy()
+        for i in range(n - 1, 0, -1):
+            state, jdx = _randint(state, i + 1)
+            t = lab[i]
+            lab[i] = lab[jdx]
+            lab[jdx] = t
+        members, starts = group_sorted(lab, n_cells)
+        x, v = cells_xi_weighted(ys, members, starts, ones)
+        xi[b] = x
+        var[b] = v
+    return xi, var
+
+
+@njit(cache=True, parallel=True)
+def jack_continuous(
+    ys: np.ndarray, members: np.ndarray, starts: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple:
+    """Delete-a-group jackknife: replicate g drops the sorted positions with ``groups == g``."""
+    n = ys.shape[0]
+    xi = np.empty(n_groups)
+    var = np.empty(n_groups)
+    for g in prange(n_groups):
+        w = np.ones(n, dtype=np.int64)
+        for j in range(n):
+            if groups[j] == g:
+                w[j] = 0
+        x, v = cells_xi_weighted(ys, members, starts, w)
+        xi[g] = x
+        var[g] = v
+    return xi, var

@@ -1,0 +1,700 @@
+"""Wasserstein-2 global sensitivity indices with bootstrap CIs and a permutation null.
+
+The index of Borgonovo, Figalli, Plischke & Savaré (2024),
+
+    xi(Y; X)  = E_X[ W2^2(P_Y, P_{Y|X}) ],
+    iota(Y; X) = xi / (2 Var[Y])  in [0, 1],
+
+estimated from the given sample by partitioning X (one partition per level of a
+categorical input, equal-count rank bins for a numeric one) and averaging the exact W2^2
+between each partition's empirical distribution of Y and the unconditional one, weighted
+by partition size. ``Var`` is the *population* variance (divisor N), so a Y that is a
+function of a discrete X scores exactly 1 and the 0/1 closed form is exact. See
+``docs/methods_w2.md`` for the maths, the bias and the permutation null.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+from tqdm.auto import tqdm
+
+from . import _kernels as K
+
+__all__ = ["W2SensitivityResult", "default_partitions", "w2_sensitivity"]
+
+#: Largest number of distinct output values handled as a contingency table (1-d outputs).
+MAX_TABLE_SUPPORT = 256
+#: Largest number of distinct output rows for a multivariate output (dense OT problems).
+MAX_MV_SUPPORT = 2000
+#: Jackknife groups for the BCa acceleration of a continuous output with many rows.
+JACKKNIFE_GROUPS = 100
+
+TABLE_COLUMNS = [
+    "input", "n_partitions", "xi", "iota", "ci_low", "ci_high",
+    "null_mean", "null_q95", "iota_corrected", "p_value",
+]
+
+
+def default_partitions(n: int) -> int:
+    """Default number of equal-count partitions for a numeric input of ``n`` rows.
+
+    The heuristic of Plischke, Borgonovo & Smith (2013), as in SALib's ``delta`` method:
+    ``min(ceil(n ** (2 / (7 + tanh((1500 - n) / 500)))), 48)``.
+
+    Examples
+    --------
+    >>> [default_partitions(n) for n in (100, 1_000, 10_000, 50_000, 200_000)]
+    [4, 6, 22, 37, 48]
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive number of rows, got {n}")
+    return int(min(math.ceil(n ** (2.0 / (7.0 + math.tanh((1500.0 - n) / 500.0)))), 48))
+
+
+# ----------------------------------------------------------------------------------------
+# encoding the output
+# ----------------------------------------------------------------------------------------
+@dataclass
+class _Output:
+    kind: str  # "ordinal" (1-d, few values), "continuous" (1-d), "nominal", "multivariate"
+    name: str
+    n: int
+    codes: np.ndarray | None = None  # row -> support index (table kinds)
+    support: np.ndarray | None = None  # (K,) or (K, d)
+    ys: np.ndarray | None = None  # continuous: standardised sorted values
+    order: np.ndarray | None = None  # continuous: argsort of the rows
+    scale2: float = 1.0  # continuous: population variance (xi back to original units)
+    cost: np.ndarray | None = None  # multivariate: squared Euclidean cost between support rows
+
+    @property
+    def n_support(self) -> int:
+        return 0 if self.support is None else len(self.support)
+
+
+def _nan_error(name: str, col: pd.Series, role: str) -> None:
+    n_na = int(col.isna().sum())
+    if n_na:
+        raise ValueError(
+            f"{role} column {name!r} has {n_na:,} missing value(s) (NaN/None) out of {len(col):,} "
+            f"rows; drop or impute them first, e.g. data.dropna(subset=[{name!r}])."
+        )
+
+
+def _is_numeric(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype)
+
+
+def _factorize(col: pd.Series) -> tuple[np.ndarray, list]:
+    """Integer codes of the levels that occur, in category order (categoricals) or sorted."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = np.asarray(col.cat.codes, dtype=np.int64)
+        used = np.bincount(codes, minlength=len(col.cat.categories)) > 0
+        remap = np.cumsum(used) - 1
+        labels = [c for c, u in zip(col.cat.categories, used) if u]
+        return remap[codes].astype(np.int64), labels
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_integer_dtype(col):
+        vals = np.asarray(col, dtype=np.int64)
+        lo = int(vals.min())
+        span = int(vals.max()) - lo + 1
+        if span <= 4 * len(vals) + 1024:
+            present = np.bincount(vals - lo, minlength=span) > 0
+            remap = np.cumsum(present) - 1
+            labels = (np.flatnonzero(present) + lo).tolist()
+            if pd.api.types.is_bool_dtype(col):
+                labels = [bool(v) for v in labels]
+            return remap[vals - lo].astype(np.int64), labels
+    codes, uniques = pd.factorize(col, sort=True)
+    return codes.astype(np.int64), list(uniques)
+
+
+def _encode_output(data: pd.DataFrame, output: str | Sequence[str]) -> _Output:
+    names = [output] if isinstance(output, str) else list(output)
+    if not names:
+        raise ValueError("output must name at least one column, e.g. output='refusal'")
+    for nm in names:
+        if nm not in data.columns:
+            raise KeyError(
+                f"output column {nm!r} is not in the data; available columns: {list(data.columns)}"
+            )
+        _nan_error(nm, data[nm], "output")
+    n = len(data)
+    if len(names) > 1:
+        bad = [nm for nm in names if not _is_numeric(data[nm])]
+        if bad:
+            raise TypeError(
+                f"a multivariate output needs numeric columns; {bad} are not. One-hot encode a "
+                "label column (pd.get_dummies) or pass it alone as output= (it is then treated "
+                "as nominal)."
+            )
+        mat = np.column_stack([np.asarray(data[nm], dtype=np.float64) for nm in names])
+        support, codes = np.unique(mat, axis=0, return_inverse=True)
+        if len(support) < 2:
+            raise ValueError(f"output columns {names} are constant: Var[Y] = 0, no index exists.")
+        if len(support) > MAX_MV_SUPPORT:
+            raise ValueError(
+                f"multivariate output {names} has {len(support):,} distinct rows; exact optimal "
+                f"transport is limited to {MAX_MV_SUPPORT:,} here. Round or discretise the output, "
+                "or analyse its columns one at a time."
+            )
+        diff = support[:, None, :] - support[None, :, :]
+        cost = np.einsum("ijk,ijk->ij", diff, diff)
+        return _Output("multivariate", ", ".join(names), n, codes.ravel().astype(np.int64),
+                       support, cost=cost)
+    nm = names[0]
+    col = data[nm]
+    if _is_numeric(col) or pd.api.types.is_bool_dtype(col):
+        vals = np.asarray(col, dtype=np.float64)
+        if not np.all(np.isfinite(vals)):
+            raise ValueError(f"output column {nm!r} has infinite values; remove them first.")
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_integer_dtype(col):
+            codes, labels = _factorize(col)
+            support = np.asarray(labels, dtype=np.float64)
+        else:
+            support, codes = np.unique(vals, return_inverse=True)
+            codes = codes.astype(np.int64)
+        if len(support) < 2:
+            raise ValueError(
+                f"output column {nm!r} is constant (every row is {support[0]!r}): Var[Y] = 0 and "
+                "the index is undefined. Check the column, or the subset you passed."
+            )
+        if len(support) <= MAX_TABLE_SUPPORT:
+            return _Output("ordinal", nm, n, codes, support)
+        mu = vals.mean()
+        sd = vals.std()
+        order = np.argsort(vals, kind="stable")
+        ys = (vals[order] - mu) / sd
+        return _Output("continuous", nm, n, ys=np.ascontiguousarray(ys), order=order,
+                       scale2=float(sd * sd))
+    codes, labels = _factorize(col)
+    if len(labels) < 2:
+        raise ValueError(
+            f"output column {nm!r} is constant (every row is {labels[0]!r}): the index is undefined."
+        )
+    if len(labels) > MAX_MV_SUPPORT:
+        raise ValueError(
+            f"output column {nm!r} is non-numeric with {len(labels):,} distinct values; that is "
+            "not a label. Pass a numeric output or a column with fewer levels."
+        )
+    return _Output("nominal", nm, n, codes, np.asarray(labels, dtype=object))
+
+
+# ----------------------------------------------------------------------------------------
+# encoding an input as a partition
+# ----------------------------------------------------------------------------------------
+@dataclass
+class _Partition:
+    name: str
+    codes: np.ndarray  # row -> partition index
+    n_cells: int
+    kind: str  # "levels" or "ranks"
+    labels: list = field(default_factory=list)
+
+
+def _encode_input(data: pd.DataFrame, name: str, spec, n: int) -> _Partition:
+    col = data[name]
+    _nan_error(name, col, "input")
+    discrete = not _is_numeric(col) or pd.api.types.is_bool_dtype(col)
+    if spec is None:
+        if not discrete and pd.api.types.is_integer_dtype(col):
+            discrete = col.nunique() <= default_partitions(n)
+        spec = "levels" if discrete else default_partitions(n)
+    if isinstance(spec, str):
+        if spec != "levels":
+            raise ValueError(
+                f"partitions[{name!r}] must be 'levels' or an integer number of rank bins, "
+                f"got {spec!r}"
+            )
+        codes, labels = _factorize(col)
+        if len(labels) < 2:
+            raise ValueError(
+                f"input {name!r} has a single level ({labels[0]!r}) in these data: a sensitivity "
+                "index compares partitions, so it needs at least two. Drop the input or pass data "
+                "where it varies."
+            )
+        return _Partition(name, codes, len(labels), "levels", labels)
+    if isinstance(spec, bool) or not isinstance(spec, (int, np.integer)):
+        raise TypeError(f"partitions[{name!r}] must be 'levels' or an int, got {spec!r}")
+    m = int(spec)
+    if discrete and not pd.api.types.is_bool_dtype(col):
+        raise TypeError(
+            f"input {name!r} is categorical; it cannot be cut into {m} rank bins. Use "
+            f"partitions={{{name!r}: 'levels'}} or convert it to numbers first."
+        )
+    if m < 2:
+        raise ValueError(f"partitions[{name!r}] = {m}: need at least 2 rank bins")
+    if m > n:
+        raise ValueError(
+            f"input {name!r}: {m} partitions requested but the data have only {n} rows; "
+            f"use at most {n} (the default for {n} rows is {default_partitions(n)})."
+        )
+    vals = np.asarray(col, dtype=np.float64)
+    order = np.argsort(vals, kind="stable")
+    codes = K.rank_cells(order.astype(np.int64), m)
+    svals = vals[order]
+    bounds = np.searchsorted(np.arange(n) * m // n, np.arange(m + 1), side="left")
+    labels = [
+        f"[{svals[bounds[i]]:.4g}, {svals[min(bounds[i + 1], n) - 1]:.4g}]" for i in range(m)
+    ]
+    return _Partition(name, codes, m, "ranks", labels)
+
+
+# ----------------------------------------------------------------------------------------
+# estimators: contingency tables (discrete outputs) and sorted rows (continuous outputs)
+# ----------------------------------------------------------------------------------------
+def _mv_xi_batch(counts: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import ot
+
+    n_rep, n_cells, _ = counts.shape
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    for b in range(n_rep):
+        g = counts[b].sum(axis=0).astype(np.float64)
+        n = g.sum()
+        p = g / n
+        # E||Y - EY||^2 = (1/2) E||Y - Y'||^2 = (1/2) p' C p for squared Euclidean C
+        var[b] = 0.5 * p @ cost @ p
+        acc = 0.0
+        for c in range(n_cells):
+            nc = counts[b, c].sum()
+            if nc == 0:
+                continue
+            q = counts[b, c] / nc
+            acc += (nc / n) * float(ot.emd2(p, q, cost))
+        xi[b] = acc
+    return xi, var
+
+
+class _TableEstimator:
+    """A categorical (or binned) input with a discrete output: counts[partition, value]."""
+
+    def __init__(self, out: _Output, part: _Partition):
+        self.out = out
+        k_sup = out.n_support
+        flat = np.bincount(part.codes * k_sup + out.codes, minlength=part.n_cells * k_sup)
+        self.counts = flat.reshape(part.n_cells, k_sup).astype(np.int64)
+        self.sizes = self.counts.sum(axis=1)
+
+    def xi_var(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.out.kind == "ordinal":
+            return K.table_xi_1d_batch(counts, self.out.support)
+        if self.out.kind == "nominal":
+            return K.table_xi_nominal_batch(counts)
+        return _mv_xi_batch(counts, self.out.cost)
+
+    def point(self) -> tuple[float, float]:
+        xi, var = self.xi_var(self.counts[None])
+        return float(xi[0]), float(var[0])
+
+    def chunk(self) -> int:
+        per = self.counts.size
+        return int(max(1, min(1000, 2_000_000 // max(per, 1))))
+
+    def boot(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        n_cells, k_sup = self.counts.shape
+        draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
+        for c in range(n_cells):
+            nc = int(self.sizes[c])
+            draws[:, c, :] = rng.multinomial(nc, self.counts[c] / nc, size=b)
+        return self.xi_var(draws)
+
+    def perm(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Tables with the observed margins: a multivariate hypergeometric draw per row."""
+        n_cells, k_sup = self.counts.shape
+        remaining = np.repeat(self.counts.sum(axis=0)[None, :], b, axis=0)
+        draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
+        for c in range(n_cells):
+            if c == n_cells - 1:
+                draws[:, c, :] = remaining
+                break
+            need = np.full(b, int(self.sizes[c]), dtype=np.int64)
+            left = remaining.sum(axis=1)
+            for k in range(k_sup - 1):
+                left = left - remaining[:, k]
+                x = rng.hypergeometric(remaining[:, k], left, need)
+                draws[:, c, k] = x
+                need = need - x
+            draws[:, c, k_sup - 1] = need
+            remaining = remaining - draws[:, c, :]
+        return self.xi_var(draws)
+
+    def jackknife(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact leave-one-out: deleting any row of cell (c, k) gives the same table."""
+        cells, ks = np.nonzero(self.counts)
+        mult = self.counts[cells, ks]
+        xi_all = np.empty(len(cells))
+        var_all = np.empty(len(cells))
+        step = max(1, 4_000_000 // max(self.counts.size, 1))
+        for s in range(0, len(cells), step):
+            sl = slice(s, s + step)
+            tabs = np.repeat(self.counts[None], len(cells[sl]), axis=0)
+            tabs[np.arange(len(cells[sl])), cells[sl], ks[sl]] -= 1
+            xi_all[sl], var_all[sl] = self.xi_var(tabs)
+        return xi_all, var_all, mult
+
+
+class _RowEstimator:
+    """A continuous 1-d output: the sorted sample with integer weights, in numba."""
+
+    def __init__(self, out: _Output, part: _Partition):
+        self.out = out
+        self.n_cells = part.n_cells
+        self.cells_sorted = np.ascontiguousarray(part.codes[out.order]).astype(np.int64)
+        self.members, self.starts = K.group_sorted(self.cells_sorted, part.n_cells)
+
+    def point(self) -> tuple[float, float]:
+        w = np.ones(self.out.n, dtype=np.int64)
+        return K.cells_xi_weighted(self.out.ys, self.members, self.starts, w)
+
+    def chunk(self) -> int:
+        return int(max(8, min(250, 20_000_000 // self.out.n)))
+
+    @staticmethod
+    def _seeds(b: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, np.iinfo(np.uint64).max, size=b, dtype=np.uint64, endpoint=True)
+
+    def boot(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return K.boot_continuous(self.out.ys, self.members, self.starts, self._seeds(b, rng))
+
+    def perm(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return K.perm_continuous(self.out.ys, self.cells_sorted, self.n_cells,
+                                 self._seeds(b, rng))
+
+    def jackknife(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self.out.n
+        g = n if n <= 1000 else JACKKNIFE_GROUPS
+        groups = (rng.permutation(n) % g).astype(np.int64)
+        xi, var = K.jack_continuous(self.out.ys, self.members, self.starts, groups, g)
+        return xi, var, np.ones(g, dtype=np.int64)
+
+
+def _iota(xi: np.ndarray, var: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(var > 0, xi / (2.0 * var), np.nan)
+
+
+def _replicates(fn, total: int, step: int, rng: np.random.Generator, bar) -> np.ndarray:
+    """Run ``total`` replicates of ``fn`` in chunks of ``step`` (progress per chunk)."""
+    vals = []
+    for s in range(0, total, step):
+        b = min(step, total - s)
+        x, v = fn(b, rng)
+        vals.append(_iota(x, v))
+        bar.update(b)
+    return np.concatenate(vals) if vals else np.empty(0)
+
+
+def _bca_interval(theta: float, boot: np.ndarray, jack: np.ndarray, mult: np.ndarray,
+                  conf: float, name: str, fallback: list) -> tuple[float, float]:
+    """BCa interval (Efron 1987); falls back to percentile when z0 is infinite."""
+    alpha = (1.0 - conf) / 2.0
+    below = np.mean(boot < theta) + 0.5 * np.mean(boot == theta)
+    if below <= 0.0 or below >= 1.0:
+        fallback.append(name)
+        return tuple(np.quantile(boot, [alpha, 1.0 - alpha]))
+    z0 = norm.ppf(below)
+    ok = np.isfinite(jack)
+    jack, mult = jack[ok], mult[ok]
+    mean_j = np.sum(mult * jack) / np.sum(mult)
+    u = mean_j - jack
+    den = np.sum(mult * u ** 2)
+    a = np.sum(mult * u ** 3) / (6.0 * den ** 1.5) if den > 0 else 0.0
+    zs = norm.ppf([alpha, 1.0 - alpha])
+    adj = norm.cdf(z0 + (z0 + zs) / (1.0 - a * (z0 + zs)))
+    return tuple(np.quantile(boot, adj))
+
+
+# ----------------------------------------------------------------------------------------
+# result
+# ----------------------------------------------------------------------------------------
+@dataclass
+class W2SensitivityResult:
+    """Result of :func:`w2_sensitivity`.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per input: ``input, n_partitions, xi, iota, ci_low, ci_high, null_mean,
+        null_q95, iota_corrected, p_value``.
+    output, output_kind : str
+        The output column(s) and how they were treated (``ordinal``: a 1-d output with at most
+        256 distinct values, handled as a contingency table; ``continuous``; ``nominal``:
+        one-hot labels; ``multivariate``).
+    n : int
+        Rows used (all of them).
+    conf, ci_method : float, str
+        Confidence level and interval type of ``ci_low``/``ci_high``.
+    boot, null : dict of str -> ndarray
+        Bootstrap and permutation replicates of iota, per input.
+    partitions : dict of str -> list
+        The partition labels per input (levels, or value ranges of rank bins).
+    """
+
+    table: pd.DataFrame
+    output: str
+    output_kind: str
+    n: int
+    conf: float
+    ci_method: str
+    boot: dict[str, np.ndarray]
+    null: dict[str, np.ndarray]
+    partitions: dict[str, list]
+
+    def __repr__(self) -> str:
+        return (
+            f"W2SensitivityResult(output={self.output!r} [{self.output_kind}], n={self.n:,}, "
+            f"{self.conf:.0%} {self.ci_method} CIs)\n{self.table.to_string(index=False)}"
+        )
+
+    def plot(self, ax=None, sort: bool = False):
+        """Bar chart of iota per input with CI error bars and the permutation-null band.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draw into this axes; a new Figure is created otherwise.
+        sort : bool
+            Order the bars by decreasing iota.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch, Rectangle
+
+        tab = self.table.sort_values("iota", ascending=False) if sort else self.table
+        if ax is None:
+            fig = Figure(figsize=(max(4.0, 1.1 * len(tab) + 2.0), 3.8), layout="constrained")
+            ax = fig.subplots()
+        else:
+            fig = ax.figure
+        x = np.arange(len(tab))
+        iota = tab["iota"].to_numpy(float)
+        has_null = np.isfinite(tab["null_q95"].to_numpy(float)).any()
+        if has_null:
+            for xi_, q95, mean in zip(x, tab["null_q95"], tab["null_mean"]):
+                ax.add_patch(Rectangle((xi_ - 0.45, 0.0), 0.9, q95, color="0.82", zorder=0, lw=0))
+                ax.hlines(mean, xi_ - 0.45, xi_ + 0.45, colors="0.35", linestyles="--", zorder=3)
+        ax.bar(x, iota, width=0.6, color="#4472a8", zorder=2, label="iota")
+        lo = tab["ci_low"].to_numpy(float)
+        hi = tab["ci_high"].to_numpy(float)
+        if np.isfinite(lo).any():
+            ax.errorbar(x, iota, yerr=[iota - lo, hi - iota], fmt="none", ecolor="black",
+                        capsize=4, zorder=4)
+        ax.set_xticks(x, tab["input"].tolist())
+        ax.set_xlabel("input")
+        ax.set_ylabel(r"W2 sensitivity index $\iota$")
+        top = np.nanmax(np.concatenate([hi, iota, tab["null_q95"].to_numpy(float)]))
+        ax.set_ylim(0.0, min(1.0, 1.15 * top) if np.isfinite(top) and top > 0 else 1.0)
+        ax.set_title(f"W2 sensitivity of {self.output} (N = {self.n:,})")
+        handles = [Patch(color="#4472a8", label=rf"$\iota$ with {self.conf:.0%} "
+                         f"{self.ci_method} bootstrap CI")]
+        if has_null:
+            handles.append(Patch(color="0.82", label="permutation null: 0 to 95% quantile "
+                                 "(dashed: mean)"))
+        ax.legend(handles=handles, loc="upper right", fontsize="small", frameon=False)
+        return fig
+
+
+# ----------------------------------------------------------------------------------------
+# public function
+# ----------------------------------------------------------------------------------------
+def w2_sensitivity(
+    data: pd.DataFrame,
+    output: str | Sequence[str] = "refusal",
+    inputs: Sequence[str] = ("model", "task", "persona", "prompt"),
+    partitions: Mapping[str, int | str] | None = None,
+    n_boot: int = 1000,
+    conf: float = 0.95,
+    n_perm: int = 200,
+    seed: int = 0,
+    ci: str = "bca",
+    progress: bool = True,
+) -> W2SensitivityResult:
+    r"""Wasserstein-2 sensitivity index of each input, with bootstrap CI and permutation null.
+
+    For every input X the given-data estimate
+
+    .. math:: \hat\iota = \frac{\sum_m (n_m/N)\, W_2^2(\hat P_Y, \hat P_{Y|m})}{2\,\widehat{Var}[Y]}
+
+    is computed over the partitions m of X, with the *exact* W2^2 between the empirical
+    distributions (merged quantile breakpoints) and the *population* variance (divisor N),
+    so iota is in [0, 1], equals 1 when Y is a function of a discrete X, and for a 0/1
+    output equals ``sum_m (n_m/N) |p - p_m| / (2 p (1 - p))`` exactly.
+
+    Parameters
+    ----------
+    data : DataFrame
+        One row per observation. No column may contain NaN (rows are never dropped silently).
+    output : str or list of str
+        The output column. 0/1, bool or numeric with at most 256 distinct values: a 1-d
+        discrete output, analysed as a partition x value contingency table. Numeric with more
+        values: continuous (sorted rows, numba kernels). Non-numeric (labels): nominal, i.e.
+        one-hot with squared Euclidean cost (W2^2 = sum_k |p_k - q_k|). Several numeric
+        columns: multivariate, exact OT with ``ot.emd2`` on the distinct rows (at most 2,000).
+    inputs : list of str
+        Input columns. Categorical/string/bool columns and integer columns with few values
+        get one partition per observed level; other numeric columns get equal-count rank bins
+        (ties split by order of appearance), by default ``default_partitions(N)`` of them.
+    partitions : dict, optional
+        Per input, ``"levels"`` or an int number of rank bins, overriding the default.
+    n_boot : int
+        Bootstrap replicates (0: no CI). The bootstrap is stratified: each partition is
+        resampled with replacement at its own size (for tables: multinomial counts per row).
+    conf : float
+        Confidence level of the interval.
+    n_perm : int
+        Permutations of the input for the null (0: none). Partition sizes are kept; for
+        tables the permuted table is a multivariate hypergeometric draw with both margins.
+    seed : int
+        Seed; each input's random streams derive from it and the input's name.
+    ci : {"bca", "percentile"}
+        Interval type. BCa uses an exact leave-one-out jackknife for tables and a
+        delete-a-group jackknife (100 groups) for continuous outputs with more than 1,000 rows.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    W2SensitivityResult
+        ``.table`` with columns ``input, n_partitions, xi, iota, ci_low, ci_high, null_mean,
+        null_q95, iota_corrected, p_value``: ``xi`` in units of Y^2, ``null_mean``/``null_q95``
+        the mean and 95% quantile of iota under permutation (the finite-sample bias and a
+        significance threshold), ``iota_corrected = max(iota - null_mean, 0)`` and ``p_value``
+        the permutation p-value ``(1 + #{null >= iota}) / (n_perm + 1)``. ``.plot()`` draws it.
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        Missing column, NaNs, constant output, an input with a single level, more partitions
+        than rows, bad arguments; the message names the column and the fix.
+
+    References
+    ----------
+    Borgonovo, Figalli, Plischke & Savaré (2024), "Global sensitivity analysis via optimal
+    transport", Management Science. Estimator as in the R package gsaot (``ot_indices_1d``).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(1)
+    >>> g = rng.choice(["a", "b", "c", "d"], size=4000)
+    >>> p = pd.Series(g).map({"a": 0.1, "b": 0.3, "c": 0.5, "d": 0.9}).to_numpy()
+    >>> df = pd.DataFrame({"g": g, "noise": rng.choice(["x", "y"], size=4000),
+    ...                    "refusal": (rng.random(4000) < p).astype(int)})
+    >>> res = w2_sensitivity(df, inputs=["g", "noise"], n_boot=200, n_perm=100,
+    ...                      progress=False)
+    >>> res.table[["input", "iota"]].round(2)
+       input  iota
+    0      g  0.51
+    1  noise  0.00
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError("data has no rows")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("inputs is empty; name at least one column, e.g. inputs=['model']")
+    missing = [c for c in inputs if c not in data.columns]
+    if missing:
+        raise KeyError(f"input column(s) {missing} not in the data; available: {list(data.columns)}")
+    dup = sorted({c for c in inputs if inputs.count(c) > 1})
+    if dup:
+        raise ValueError(f"input(s) {dup} listed more than once")
+    out_names = [output] if isinstance(output, str) else list(output)
+    clash = [c for c in inputs if c in out_names]
+    if clash:
+        raise ValueError(f"column(s) {clash} are both output and input")
+    partitions = dict(partitions or {})
+    unknown = [k for k in partitions if k not in inputs]
+    if unknown:
+        raise ValueError(f"partitions names {unknown}, which are not among inputs={inputs}")
+    for nm, val, lo in (("n_boot", n_boot, 0), ("n_perm", n_perm, 0)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+            raise ValueError(f"{nm} must be a non-negative integer, got {val!r}")
+    if not 0.0 < conf < 1.0:
+        raise ValueError(f"conf must be in (0, 1), got {conf!r}")
+    if ci not in ("bca", "percentile"):
+        raise ValueError(f"ci must be 'bca' or 'percentile', got {ci!r}")
+
+    out = _encode_output(data, output)
+    n = out.n
+    parts = [_encode_input(data, name, partitions.get(name), n) for name in inputs]
+
+    rows = []
+    boots: dict[str, np.ndarray] = {}
+    nulls: dict[str, np.ndarray] = {}
+    alpha = (1.0 - conf) / 2.0
+    fallback: list[str] = []
+    bar = tqdm(total=len(parts) * (n_boot + n_perm), desc="W2 sensitivity", unit="rep",
+               disable=not progress or (n_boot + n_perm) == 0, leave=False)
+    try:
+        for part in parts:
+            est = (_RowEstimator if out.kind == "continuous" else _TableEstimator)(out, part)
+            xi, var = est.point()
+            iota = float(xi / (2.0 * var))
+            ss = np.random.SeedSequence([seed, zlib.crc32(part.name.encode())])
+            rng_boot, rng_perm, rng_jack = (np.random.default_rng(s) for s in ss.spawn(3))
+            step = est.chunk()
+            boot = _replicates(est.boot, n_boot, step, rng_boot, bar)
+            null = _replicates(est.perm, n_perm, step, rng_perm, bar)
+            ci_low = ci_high = np.nan
+            if n_boot:
+                ok = np.isfinite(boot)
+                if not ok.all():
+                    warnings.warn(
+                        f"input {part.name!r}: {int((~ok).sum())} of {n_boot} bootstrap replicates "
+                        "had a constant output (Var = 0) and were left out of the CI.",
+                        RuntimeWarning, stacklevel=2,
+                    )
+                bt = boot[ok]
+                if ci == "percentile":
+                    ci_low, ci_high = np.quantile(bt, [alpha, 1.0 - alpha])
+                else:
+                    jx, jv, mult = est.jackknife(rng_jack)
+                    ci_low, ci_high = _bca_interval(iota, bt, _iota(jx, jv), mult, conf,
+                                                    part.name, fallback)
+            null_mean = null_q95 = p_value = corrected = np.nan
+            if n_perm:
+                nl = null[np.isfinite(null)]
+                null_mean = float(nl.mean())
+                null_q95 = float(np.quantile(nl, 0.95))
+                corrected = max(iota - null_mean, 0.0)
+                p_value = (1.0 + np.sum(nl >= iota - 1e-12)) / (len(nl) + 1.0)
+            boots[part.name] = boot
+            nulls[part.name] = null
+            rows.append({
+                "input": part.name, "n_partitions": part.n_cells,
+                "xi": float(xi) * out.scale2, "iota": iota,
+                "ci_low": float(ci_low), "ci_high": float(ci_high),
+                "null_mean": null_mean, "null_q95": null_q95,
+                "iota_corrected": corrected, "p_value": p_value,
+            })
+    finally:
+        bar.close()
+    if fallback:
+        warnings.warn(
+            f"BCa: for input(s) {fallback} every bootstrap replicate of iota lies above (or below) "
+            "the estimate, so the bias correction is infinite; their ci_low/ci_high are percentile "
+            "intervals. This is typical of an input whose estimate is mostly finite-sample bias: "
+            "compare iota with null_mean/null_q95 and p_value.",
+            RuntimeWarning, stacklevel=2,
+        )
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table["n_partitions"] = table["n_partitions"].astype(int)
+    return W2SensitivityResult(
+        table=table, output=out.name, output_kind=out.kind, n=n, conf=conf,
+        ci_method=ci if n_boot else "none", boot=boots, null=nulls,
+        partitions={p.name: p.labels for p in parts},
+    )
