@@ -9,6 +9,7 @@ from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_
 from .formula import FormulaError
 from .simulate import simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
+from . import dumps
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "Task",
     "Template",
     "__version__",
+    "dumps",
     "read_responses",
     "sample_design",
     "simulate_paper",
