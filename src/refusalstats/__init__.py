@@ -5,11 +5,11 @@
 >>> rs.refusal_rates(df, by=["model", "task"])  # doctest: +SKIP
 """
 
+from . import dumps
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .formula import FormulaError
 from .simulate import simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
-from . import dumps
 
 __version__ = "0.1.0"
 

@@ -55,11 +55,11 @@ from tqdm.auto import tqdm
 from .table import SchemaError, validate
 
 __all__ = [
-    "DumpError",
     "P2_DATASETS",
     "P2_MODELS",
     "P2_PROMPT",
     "XSTEST_LABELS",
+    "DumpError",
     "cache_dir",
     "display_persona",
     "fetch",
@@ -196,7 +196,7 @@ def _cache_path(url: str, root: Path) -> Path:
 
 def _urlopen(request: urllib.request.Request, timeout: float):
     """The network seam (tests replace it); returns a file-like HTTP response."""
-    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only
+    return urllib.request.urlopen(request, timeout=timeout)
 
 
 def fetch(
@@ -998,8 +998,7 @@ def _generations_frame(r: _Root, mdir: str, model: str, d: str, setting: str,
 
 def _read_any(path: Path, label: str, format: str | None = None) -> pd.DataFrame:
     name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
+    name = name.removesuffix(".gz")
     fmt = format or next(
         (f for ext, f in ((".parquet", "parquet"), (".pq", "parquet"), (".csv", "csv"),
                           (".tsv", "tsv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
