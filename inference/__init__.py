@@ -1,1 +1,59 @@
-"""GPU inference: design -> prompts -> generate -> tidy response table."""
+"""GPU inference: design -> prompts -> generate -> tidy response table.
+
+Imported as ``refusalstats.inference``; needs the ``inference`` extra (torch,
+transformers). The statistical core never imports this package.
+
+>>> from refusalstats.inference import load_task, select_per_class, run_generation
+>>> items = select_per_class(load_task("nli", "xnli_en_test.jsonl"), per_class=1000)  # doctest: +SKIP
+>>> design = rs.sample_design(items, k=10, seed=0)  # doctest: +SKIP
+>>> table = run_generation(design, ["Llama2-13B=meta-llama/Llama-2-13b-chat-hf"],
+...                        "runs/p1")  # doctest: +SKIP
+"""
+
+from .backends import (
+    Backend,
+    Completion,
+    DecodingParams,
+    TransformersBackend,
+    is_out_of_memory,
+    template_supports_system,
+)
+from .datasets import (
+    NLI_LABELS,
+    TASK_FIELDS,
+    load_items,
+    load_popquorn,
+    load_task,
+    load_xnli,
+    read_table,
+    select_per_class,
+)
+from .prompts import PLACEMENTS, SYSTEM_FORMAT, build_user_prompts, chat_messages, render_chats
+from .runner import ModelSpec, collect_responses, padded_tokens, plan_batches, run_generation
+
+__all__ = [
+    "NLI_LABELS",
+    "PLACEMENTS",
+    "SYSTEM_FORMAT",
+    "TASK_FIELDS",
+    "Backend",
+    "Completion",
+    "DecodingParams",
+    "ModelSpec",
+    "TransformersBackend",
+    "build_user_prompts",
+    "chat_messages",
+    "collect_responses",
+    "is_out_of_memory",
+    "load_items",
+    "load_popquorn",
+    "load_task",
+    "load_xnli",
+    "padded_tokens",
+    "plan_batches",
+    "read_table",
+    "render_chats",
+    "run_generation",
+    "select_per_class",
+    "template_supports_system",
+]

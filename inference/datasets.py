@@ -26,11 +26,11 @@ import pandas as pd
 __all__ = [
     "NLI_LABELS",
     "TASK_FIELDS",
-    "read_table",
     "load_items",
-    "load_xnli",
     "load_popquorn",
     "load_task",
+    "load_xnli",
+    "read_table",
     "select_per_class",
 ]
 

@@ -44,15 +44,7 @@ CHAT_TEMPLATE_DROPS_SYSTEM = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-_WORDS = (
-    "the a an man woman person black white asian jewish christian atheist muslim "
-    "religious transgender non-binary physically-disabled able-bodied would classify "
-    "label relationship between following premise hypothesis as entailment contradiction "
-    "neutral given text it polite impolite offensive not only answer with you have to pick "
-    "one of two three options sorry i cannot can't am not able this is appropriate "
-    "yes no what do think about weather today cat dog ran park house red blue green "
-    "assistant user system are helpful"
-).split()
+_WORDS = ["the", "a", "an", "man", "woman", "person", "black", "white", "asian", "jewish", "christian", "atheist", "muslim", "religious", "transgender", "non-binary", "physically-disabled", "able-bodied", "would", "classify", "label", "relationship", "between", "following", "premise", "hypothesis", "as", "entailment", "contradiction", "neutral", "given", "text", "it", "polite", "impolite", "offensive", "not", "only", "answer", "with", "you", "have", "to", "pick", "one", "of", "two", "three", "options", "sorry", "i", "cannot", "can't", "am", "not", "able", "this", "is", "appropriate", "yes", "no", "what", "do", "think", "about", "weather", "today", "cat", "dog", "ran", "park", "house", "red", "blue", "green", "assistant", "user", "system", "are", "helpful"]
 
 
 def _corpus(n: int = 600, seed: int = 0) -> list[str]:

@@ -1,0 +1,448 @@
+"""The generation seam: ``generate(batch of chat prompts, params) -> texts + token counts``.
+
+A backend renders chat messages with the model's own chat template, counts tokens, and
+generates greedily. The runner (:mod:`refusalstats.inference.runner`) needs nothing else,
+so another engine (vLLM, an HTTP server) is one more subclass of :class:`Backend`.
+
+:class:`TransformersBackend` loads ``AutoModelForCausalLM`` / ``AutoTokenizer`` from a hub
+id or a local directory, pads on the left, decodes greedily under
+``torch.inference_mode`` in bf16 on CUDA (float32 on CPU) and stops at the model's EOS
+token(s).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Backend",
+    "Completion",
+    "DecodingParams",
+    "TransformersBackend",
+    "is_out_of_memory",
+    "package_versions",
+]
+
+_SYSTEM_PROBE = "SYSTEM-ROLE-PROBE 7f3a"
+
+
+@dataclass(frozen=True)
+class DecodingParams:
+    """Decoding settings shared by all backends.
+
+    Parameters
+    ----------
+    max_new_tokens : int
+        Tokens generated at most per prompt. The default, 64, holds a label plus a
+        refusal sentence ("I'm sorry, but I cannot make assumptions about ...");
+        refusal detection reads the start of the answer.
+    temperature : float
+        Only 0 (greedy decoding, as P1) is supported.
+    stop_token_ids : tuple of int
+        Extra token ids that end generation, on top of the model's EOS token(s).
+
+    Examples
+    --------
+    >>> DecodingParams(max_new_tokens=32).to_dict()["do_sample"]
+    False
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature != 0:
+            raise ValueError(
+                f"temperature={self.temperature}: only greedy decoding (temperature=0) is "
+                "supported, as in P1; sampling would need several draws per prompt"
+            )
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+    def to_dict(self) -> dict:
+        """The settings as stored in the run metadata."""
+        d = asdict(self)
+        d["stop_token_ids"] = list(self.stop_token_ids)
+        d["do_sample"] = False
+        return d
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer.
+
+    ``finish_reason`` is ``"stop"`` when an EOS/stop token ended it (the token is counted
+    in ``n_new_tokens`` but not part of ``text``) and ``"length"`` when it hit
+    ``max_new_tokens``.
+    """
+
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+    finish_reason: str
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` is an accelerator out-of-memory error (CUDA, or a message saying so).
+
+    Examples
+    --------
+    >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    True
+    >>> is_out_of_memory(ValueError("bad"))
+    False
+    """
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is an inference dependency
+        pass
+    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the generated text."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("refusalstats", "torch", "transformers", "tokenizers", "accelerate", "vllm"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+class Backend(ABC):
+    """A text-generation engine behind the runner.
+
+    Subclasses implement :meth:`render`, :meth:`count_tokens` and :meth:`generate`;
+    :meth:`info`, :meth:`token_budget` and :meth:`close` have defaults.
+    """
+
+    #: Name recorded in the metadata.
+    engine: str = "backend"
+    #: The model identifier (hub id or path).
+    model_id: str = ""
+
+    @abstractmethod
+    def render(self, messages: Sequence[dict]) -> str:
+        """Apply the chat template with a generation prompt; return the prompt string."""
+
+    @abstractmethod
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Token counts of rendered prompts, as :meth:`generate` will see them."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
+        """Generate one completion per rendered prompt, in order."""
+
+    def supports_system_role(self) -> bool:
+        """Whether the chat template takes a system message and keeps its text.
+
+        Tried, not guessed from the model name: a template that raises on a system
+        message, or renders it without its text, has no system role.
+        """
+        cached = getattr(self, "_system_role", None)
+        if cached is not None:
+            return cached
+        ok = template_supports_system(self.render)
+        self._system_role = ok
+        return ok
+
+    def token_budget(self, params: DecodingParams) -> int:
+        """Tokens (prompt + new, summed over a batch) one batch may hold."""
+        return 8192
+
+    def info(self) -> dict[str, Any]:
+        """Metadata describing the model and engine, stored with the results."""
+        return {"engine": self.engine, "model_id": self.model_id}
+
+    def close(self) -> None:
+        """Free the model's memory."""
+
+    def clear_cache(self) -> None:
+        """Release cached memory after an out-of-memory error."""
+        gc.collect()
+
+
+def template_supports_system(render) -> bool:
+    """Whether ``render(messages)`` accepts a system message and keeps its text.
+
+    Examples
+    --------
+    >>> template_supports_system(lambda m: "".join(x["content"] for x in m))
+    True
+    >>> template_supports_system(lambda m: m[-1]["content"])
+    False
+    """
+    msgs = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "Hello."}]
+    try:
+        text = render(msgs)
+    except Exception:  # noqa: BLE001 - templates raise anything (TemplateError, ValueError, ...)
+        return False
+    return _SYSTEM_PROBE in text
+
+
+def _local_fingerprint(path: Path) -> str:
+    """A content hash for a local model directory: config files plus weight file sizes."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if not f.is_file():
+            continue
+        h.update(f.name.encode())
+        if f.suffix in (".json", ".jinja", ".model", ".txt") and f.stat().st_size < 50_000_000:
+            h.update(f.read_bytes())
+        else:
+            h.update(str(f.stat().st_size).encode())
+    return "local-sha256:" + h.hexdigest()[:16]
+
+
+def _resolve_revision(model_id: str, revision: str | None) -> str | None:
+    """The commit hash of a hub model as loaded (from the cache path), or a local hash."""
+    p = Path(model_id)
+    if p.is_dir():
+        return _local_fingerprint(p)
+    try:
+        from transformers.utils import cached_file
+
+        f = cached_file(model_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a missing hash is recorded as None, not fatal
+        return revision
+    m = re.search(r"snapshots[/\\]([0-9a-f]{40})", str(f))
+    return m.group(1) if m else revision
+
+
+class TransformersBackend(Backend):
+    """Generation with Hugging Face transformers.
+
+    Parameters
+    ----------
+    model : str
+        Hub id (``"meta-llama/Llama-2-13b-chat-hf"``) or a local directory.
+    tokenizer : str, optional
+        Tokenizer id or path when it differs from ``model``.
+    revision : str, optional
+        Hub revision (branch, tag or commit); the resolved commit hash is recorded.
+    device : str
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    dtype : str
+        ``"auto"``: bf16 on CUDA, float32 on CPU; or ``"bfloat16"``, ``"float16"``,
+        ``"float32"``.
+    trust_remote_code : bool
+        Allow model code from the hub; off unless asked for.
+    device_map : str, optional
+        Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a large model over
+        several GPUs; needs accelerate). Overrides ``device``.
+    attn_implementation : str, optional
+        ``"sdpa"``, ``"flash_attention_2"``, ``"eager"``; transformers' default otherwise.
+
+    Examples
+    --------
+    >>> be = TransformersBackend("Qwen/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
+    >>> p = be.render([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+    >>> be.generate([p], DecodingParams(max_new_tokens=8))[0].text  # doctest: +SKIP
+    """
+
+    engine = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        device_map: str | None = None,
+        attn_implementation: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_id = str(model)
+        self.tokenizer_id = str(tokenizer or model)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={device!r} but torch sees no CUDA device; use device='cpu' or 'auto'"
+            )
+        self.device = torch.device(device)
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+        if dtype not in dtypes:
+            raise ValueError(f"dtype must be 'auto' or one of {list(dtypes)}, got {dtype!r}")
+        self.dtype = dtypes[dtype]
+        tok = AutoTokenizer.from_pretrained(
+            self.tokenizer_id, revision=revision if tokenizer is None else None,
+            trust_remote_code=trust_remote_code,
+        )
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise ValueError(
+                    f"tokenizer of {self.tokenizer_id!r} has neither a pad nor an EOS token; "
+                    "batched generation needs one of them"
+                )
+            tok.pad_token = tok.eos_token
+        if getattr(tok, "chat_template", None) is None:
+            raise ValueError(
+                f"tokenizer of {self.tokenizer_id!r} has no chat template; use the model's "
+                "instruction-tuned (chat) version, or set tokenizer.chat_template"
+            )
+        self.tokenizer = tok
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "trust_remote_code": trust_remote_code}
+        if revision is not None:
+            kwargs["revision"] = revision
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model_obj = AutoModelForCausalLM.from_pretrained(self.model_id, **kwargs)
+        if device_map is None:
+            model_obj = model_obj.to(self.device)
+        else:
+            self.device = next(model_obj.parameters()).device
+        model_obj.eval()
+        self.model = model_obj
+        self.revision = revision
+        self.commit = _resolve_revision(self.model_id, revision)
+        eos = set()
+        for src in (model_obj.generation_config.eos_token_id, tok.eos_token_id):
+            if src is None:
+                continue
+            eos.update([src] if isinstance(src, int) else list(src))
+        if not eos:
+            raise ValueError(f"model {self.model_id!r} defines no EOS token; cannot stop generation")
+        self.eos_token_ids = tuple(sorted(eos))
+
+    # -- the seam -------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict]) -> str:
+        """Apply the tokenizer's chat template with ``add_generation_prompt=True``."""
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Token counts of rendered prompts (special tokens come from the template)."""
+        enc = self.tokenizer(list(prompts), add_special_tokens=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
+        """Greedy generation for a batch of rendered prompts, left-padded."""
+        import torch
+        from transformers import GenerationConfig
+
+        if not prompts:
+            return []
+        enc = self.tokenizer(list(prompts), add_special_tokens=False, padding=True,
+                             return_tensors="pt")
+        input_ids = enc["input_ids"].to(self.device)
+        attention = enc["attention_mask"].to(self.device)
+        stop_ids = sorted(set(self.eos_token_ids) | set(params.stop_token_ids))
+        gen_config = GenerationConfig(
+            max_new_tokens=int(params.max_new_tokens), do_sample=False,
+            eos_token_id=stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                      generation_config=gen_config)
+        new = out[:, input_ids.shape[1]:].cpu()
+        n_prompt = attention.sum(dim=1).cpu().tolist()
+        stops = torch.tensor(stop_ids)
+        is_stop = torch.isin(new, stops)
+        has_stop = is_stop.any(dim=1)
+        no_stop = torch.full((new.shape[0],), new.shape[1], dtype=torch.long)
+        first = torch.where(has_stop, is_stop.int().argmax(dim=1), no_stop)
+        rows = [new[i, : first[i]].tolist() for i in range(new.shape[0])]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        result = []
+        for i, text in enumerate(texts):
+            stopped = bool(has_stop[i])
+            result.append(Completion(
+                text=text,
+                n_prompt_tokens=int(n_prompt[i]),
+                n_new_tokens=int(first[i]) + (1 if stopped else 0),
+                finish_reason="stop" if stopped else "length",
+            ))
+        return result
+
+    # -- resources ------------------------------------------------------------------------
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        c = getattr(c, "text_config", c) or c
+        layers = getattr(c, "num_hidden_layers", 32)
+        heads = getattr(c, "num_attention_heads", 32)
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        head_dim = getattr(c, "head_dim", None) or (getattr(c, "hidden_size", 4096) // heads)
+        itemsize = self.model.dtype.itemsize if hasattr(self.model.dtype, "itemsize") else 2
+        return int(2 * layers * kv_heads * head_dim * itemsize)
+
+    def token_budget(self, params: DecodingParams) -> int:
+        """Batch token budget: on CUDA from free memory over the KV-cache size per token.
+
+        Half the free memory goes to the KV cache, with a factor of two for activations
+        and the generation buffers; an out-of-memory error still halves the batch at run
+        time. On the CPU a fixed 4,096 tokens keeps batches cache-friendly.
+        """
+        import torch
+
+        if self.device.type != "cuda":
+            return 4096
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_token = 2 * self._kv_bytes_per_token()
+        return max(256, int(0.5 * free / per_token))
+
+    def info(self) -> dict[str, Any]:
+        """Model id, resolved revision, tokenizer, dtype, device, EOS ids and versions."""
+        cfg = self.model.config
+        return {
+            "engine": self.engine,
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "tokenizer": self.tokenizer_id,
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "chat_template_sha256": hashlib.sha256(
+                json.dumps(self.tokenizer.chat_template).encode()
+            ).hexdigest()[:16],
+            "architecture": (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0],
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "eos_token_ids": list(self.eos_token_ids),
+            "system_role": self.supports_system_role(),
+            "versions": package_versions(),
+        }
+
+    def close(self) -> None:
+        """Drop the model and return its memory to the device."""
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def clear_cache(self) -> None:
+        """Release cached allocator blocks (after an out-of-memory error)."""
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

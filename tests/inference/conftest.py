@@ -1,0 +1,55 @@
+"""Fixtures for the inference tests: a tiny random Llama chat model built offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import (  # noqa: E402
+    CHAT_TEMPLATE_DROPS_SYSTEM,
+    CHAT_TEMPLATE_NO_SYSTEM,
+    build_tiny_model,
+    build_tokenizer,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny LlamaForCausalLM + trained tokenizer (chat template with a system role)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def no_system_tokenizer_dir(tmp_path_factory) -> Path:
+    """The same tokenizer with a chat template that raises on a system message."""
+    path = tmp_path_factory.mktemp("tok-no-system")
+    build_tokenizer(CHAT_TEMPLATE_NO_SYSTEM).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def drops_system_tokenizer_dir(tmp_path_factory) -> Path:
+    """The same tokenizer with a chat template that silently drops system messages."""
+    path = tmp_path_factory.mktemp("tok-drops-system")
+    build_tokenizer(CHAT_TEMPLATE_DROPS_SYSTEM).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    """The real TransformersBackend on the tiny model (CPU, float32)."""
+    from refusalstats.inference import TransformersBackend
+
+    return TransformersBackend(str(tiny_model_dir), device="cpu")
