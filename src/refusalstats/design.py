@@ -203,22 +203,28 @@ def _render(text: str, persona: Persona | None, labels: Sequence[str]) -> str:
     return text.format(**kw)
 
 
-def _balanced_pick(counts: np.ndarray, k: int, rng: np.random.Generator, distinct: bool) -> np.ndarray:
-    """Pick k indices, least-used first, ties broken at random.
+def _balanced_pick(counts: np.ndarray, k: int, u: np.ndarray) -> np.ndarray:
+    """Pick k indices least-used first, ties broken by the uniforms ``u``; updates counts.
 
-    With ``distinct`` each index at most once per call when k <= len(counts);
-    otherwise full copies of every index first, then the least used.
+    For k <= len(counts) the picks are distinct; otherwise every index is taken
+    k // n times and the rest least-used first.
     """
     n = len(counts)
     full, rest = divmod(k, n)
-    order = np.lexsort((rng.random(n), counts))
-    chosen = np.concatenate([np.tile(np.arange(n), full), order[:rest]]).astype(np.int64)
+    if rest:
+        keys = counts + u  # counts are integers, u in [0, 1): ties broken at random
+        part = np.argpartition(keys, rest - 1)[:rest] if rest < n else np.arange(n)
+        chosen = np.concatenate([np.tile(np.arange(n), full), part]) if full else part
+    else:
+        chosen = np.tile(np.arange(n), full)
     np.add.at(counts, chosen, 1)
     return chosen
 
 
 def _pair(pi: np.ndarray, ti: np.ndarray, n_t: int, rng: np.random.Generator) -> np.ndarray:
     """Shuffle template indices so that all (persona, template) pairs are distinct."""
+    if len(np.unique(pi)) == len(pi):  # distinct personas: any order gives distinct pairs
+        return rng.permutation(ti)
     for _ in range(200):
         perm = rng.permutation(ti)
         codes = pi * n_t + perm
@@ -334,9 +340,11 @@ def sample_design(
                     )
                 pc = np.zeros(n_p, dtype=np.int64)
                 tc = np.zeros(n_t, dtype=np.int64)
+                up = rng.random((n_items, n_p))
+                ut = rng.random((n_items, n_t))
                 for i in range(n_items):
-                    pi = _balanced_pick(pc, k, rng, True)
-                    ti = _balanced_pick(tc, k, rng, True)
+                    pi = _balanced_pick(pc, k, up[i])
+                    ti = _balanced_pick(tc, k, ut[i])
                     ti = _pair(pi, ti, n_t, rng)
                     rows_p.append(pi)
                     rows_t.append(ti)
