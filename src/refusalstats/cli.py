@@ -143,8 +143,106 @@ def _cmd_rates(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import
+def _add_import(sub) -> None:
+    p = sub.add_parser(
+        "import",
+        help="turn a published response dump into a tidy response table",
+        description=(
+            "Read another paper's published responses and write the tidy response table, so "
+            "every refusalstats analysis runs on them. Sources: persona-behavior (de Araujo & "
+            "Roth 2024's repository), xstest (XSTest completion files), generic (any CSV / "
+            "JSONL / Parquet with a column mapping). Paths may be http(s) URLs: they are "
+            "downloaded once into the cache ($REFUSALSTATS_CACHE or ~/.cache/refusalstats)."
+        ),
+    )
+    isub = p.add_subparsers(dest="dump", metavar="<source>", required=True)
+
+    pb = isub.add_parser(
+        "persona-behavior",
+        help="peluz/persona-behavior: persona x item refusal matrices or raw generations",
+        description=(
+            "Load results/zero/<model>/<dataset>_refusals.csv (and results/control/zero/... "
+            "with --control) from a clone of peluz/persona-behavior, or its raw generations "
+            "re-classified by a detector (--source generations). The prompt column is the "
+            "constant 'zero-shot' (P2 uses one prompt); setting is regular/control."
+        ),
+    )
+    pb.add_argument("root", help="repository folder (holding results/ and data/), or its URL")
+    pb.add_argument("-o", "--out", required=True, help="output file (.parquet, .csv or .jsonl)")
+    pb.add_argument("--datasets", help="comma-separated subset of off,rac,truthfulqa,mmlu,bbq,attitude")
+    pb.add_argument("--models", help="comma-separated model folders (default: all found)")
+    pb.add_argument("--control", action="store_true", help="also load the 30 control personas")
+    pb.add_argument("--source", choices=["matrices", "generations"], default="matrices")
+    pb.add_argument("--detector", help="with --source generations: paper, xstest, hedge or default "
+                                       "(default: P2's own hedge rule)")
+    pb.add_argument("--no-categories", action="store_true",
+                    help="do not read data/persona_cat.json")
+    pb.set_defaults(func=_cmd_import)
+
+    xs = isub.add_parser(
+        "xstest",
+        help="XSTest completion files (id, type, prompt, completion[, final_label])",
+        description=("Load XSTest completions; prompt = the prompt type, safe = not contrast_*, "
+                     "refusal from --detector, human final_label kept as label_refusal."),
+    )
+    xs.add_argument("files", nargs="+", help="completion files or URLs")
+    xs.add_argument("-o", "--out", required=True, help="output file (.parquet, .csv or .jsonl)")
+    xs.add_argument("--detector", default="xstest", help="detector name (default xstest)")
+    xs.add_argument("--model", help="model name for every file (default: from the file name)")
+    xs.add_argument("--partial-is-compliance", action="store_true",
+                    help="count 3_partial_refusal as compliance in label_refusal")
+    xs.set_defaults(func=_cmd_import)
+
+    ge = isub.add_parser(
+        "generic",
+        help="any CSV / TSV / JSONL / JSON / Parquet file with a column mapping",
+        description="Map a file's columns onto the schema (model, task, persona, prompt, refusal).",
+    )
+    ge.add_argument("file", help="the file or its URL")
+    ge.add_argument("-o", "--out", required=True, help="output file (.parquet, .csv or .jsonl)")
+    ge.add_argument("--map", help="schema=column pairs, e.g. model=llm,response=output")
+    ge.add_argument("--set", help="constant columns, e.g. task=qa,persona=none,prompt=p1")
+    ge.add_argument("--detector", help="classify the text column with this detector")
+    ge.add_argument("--text-column", default="response", help="column holding the answers")
+    ge.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args) -> int:
+    from . import dumps
+    from .table import write_responses
+
+    def _list(text):
+        return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+    try:
+        if args.dump == "persona-behavior":
+            df = dumps.persona_behavior(
+                args.root, datasets=_list(args.datasets), control=args.control,
+                source=args.source, detector=args.detector, models=_list(args.models),
+                categories=False if args.no_categories else None,
+            )
+        elif args.dump == "xstest":
+            df = dumps.xstest(args.files, detector=args.detector, model=args.model,
+                              partial_as_refusal=not args.partial_is_compliance)
+        else:
+            df = dumps.read_generic(args.file, _parse_mapping(args.map), detector=args.detector,
+                                    text_column=args.text_column,
+                                    constants=_parse_mapping(args.set) or None)
+    except (dumps.DumpError, ValueError, TypeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    meta = dict(df.attrs.get("metadata", {}))
+    write_responses(df, args.out, metadata=meta)
+    summary = ", ".join(
+        f"{df[c].nunique()} {c}s" for c in ("model", "task", "persona") if c in df.columns
+    )
+    print(f"wrote {len(df):,} rows to {args.out} ({summary}; refusal rate "
+          f"{100 * df['refusal'].mean():.2f}%)")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_demo, _add_simulate, _add_rates]
+_COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

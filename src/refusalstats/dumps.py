@@ -230,7 +230,7 @@ def fetch(
     Raises
     ------
     DumpNotFound
-        The server answered 404.
+        The server answered 404 (remembered in the cache until ``refresh=True``).
     DumpError
         Any other HTTP or connection failure.
 
@@ -243,8 +243,15 @@ def fetch(
         raise ValueError(f"fetch() needs an http(s) URL, got {url!r}")
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     dest = _cache_path(url, root)
-    if dest.is_file() and not refresh:
-        return dest
+    absent = dest.with_name(dest.name + ".404")
+    if not refresh:
+        if dest.is_file():
+            return dest
+        if absent.is_file():  # remembered 404: the cache answers offline too
+            raise DumpNotFound(
+                f"{url} does not exist (HTTP 404, remembered in {absent}; pass refresh=True "
+                "or delete that file to ask the server again)"
+            )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     from . import __version__
@@ -267,6 +274,7 @@ def fetch(
     except urllib.error.HTTPError as exc:
         tmp.unlink(missing_ok=True)
         if exc.code == 404:
+            absent.touch()
             raise DumpNotFound(
                 f"{url} does not exist (HTTP 404); check the owner, repository, branch and path"
             ) from None
@@ -279,6 +287,7 @@ def fetch(
             "or download the files yourself and pass the local path"
         ) from None
     tmp.replace(dest)
+    absent.unlink(missing_ok=True)
     return dest
 
 
@@ -408,7 +417,7 @@ def _parse_matrix(path: Path, label: str) -> _Matrix:
             i, j = bad[0]
             raise DumpError(
                 f"{label}, line {lines[i]} (persona {personas[i]!r}), item column {items[j]!r}: "
-                f"value {cells[i, j]!r} is not 0/1; {len(bad)} cell(s) in this file are not 0/1. "
+                f"value {str(cells[i, j])!r} is not 0/1; {len(bad)} cell(s) in this file are not 0/1. "
                 "Refusal and hedge matrices hold one 0/1 flag per persona and item"
             )
         values = is_true.astype(np.int8)
@@ -433,7 +442,7 @@ def _parse_vector_cells(cells: np.ndarray, personas: list[str], items: list[str]
             where = f"{label}, line {lines[i]} (persona {personas[i]!r}), item column {items[j]!r}"
             if m is None:
                 raise DumpError(
-                    f"{where}: value {cells[i, j]!r} is not a vector like '[0 1 0]' although the "
+                    f"{where}: value {str(cells[i, j])!r} is not a vector like '[0 1 0]' although the "
                     "first cell of the matrix is one; all cells must have the same form"
                 )
             parts = m.group(1).replace(",", " ").split()
