@@ -1,0 +1,520 @@
+"""Tests of the W2 sensitivity indices: closed forms, estimator properties, the numba kernels
+against a plain NumPy/POT reference, bootstrap coverage and the permutation null.
+
+Known answers come from /work/shared/reference/w2-estimator.md (closed forms for 0/1 outputs,
+jointly Gaussian inputs, Y = f(X)) and are derived again in docs/methods_w2.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import ot
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refusalstats import _kernels as K
+from refusalstats.sensitivity import (
+    TABLE_COLUMNS,
+    _encode_input,
+    _encode_output,
+    _TableEstimator,
+    default_partitions,
+    w2_sensitivity,
+)
+
+
+# --------------------------------------------------------------------------------------
+# plain reference implementation (no numba): exact W2^2 by merging quantile breakpoints
+# --------------------------------------------------------------------------------------
+def w2sq_ref(a, b, wa=None, wb=None) -> float:
+    """Exact W2^2 between two weighted empirical distributions on the real line."""
+    a = np.asarray(a, float)
+    b = np.asarray(b, float)
+    wa = np.ones(len(a)) if wa is None else np.asarray(wa, float)
+    wb = np.ones(len(b)) if wb is None else np.asarray(wb, float)
+    ia, ib = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    a, wa, b, wb = a[ia], wa[ia], b[ib], wb[ib]
+    ca, cb = np.cumsum(wa) / wa.sum(), np.cumsum(wb) / wb.sum()
+    brk = np.union1d(np.concatenate([[0.0], ca]), np.concatenate([[0.0], cb]))
+    brk = brk[(brk >= 0) & (brk <= 1)]
+    widths = np.diff(brk)
+    mid = (brk[:-1] + brk[1:]) / 2
+    qa = a[np.minimum(np.searchsorted(ca, mid, side="left"), len(a) - 1)]
+    qb = b[np.minimum(np.searchsorted(cb, mid, side="left"), len(b) - 1)]
+    return float(np.sum(widths * (qa - qb) ** 2))
+
+
+def iota_ref(cells, y) -> float:
+    """sum_m (n_m/N) W2^2(P_Y, P_{Y|m}) / (2 Var_pop(Y)), one cell at a time."""
+    cells = np.asarray(cells)
+    y = np.asarray(y, float)
+    xi = 0.0
+    for c in np.unique(cells):
+        sel = cells == c
+        xi += sel.mean() * w2sq_ref(y, y[sel])
+    return xi / (2 * y.var())
+
+
+def one_point(df, **kw):
+    kw.setdefault("n_boot", 0)
+    kw.setdefault("n_perm", 0)
+    kw.setdefault("progress", False)
+    return w2_sensitivity(df, **kw).table.set_index("input")
+
+
+# Python splitmix64, to replay the kernels' random streams in the reference
+MASK = (1 << 64) - 1
+
+
+def splitmix_randint(state: int, n: int) -> tuple[int, int]:
+    state = (state + 0x9E3779B97F4A7C15) & MASK
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    z = z ^ (z >> 31)
+    u = float(z >> 11) * (1.0 / 9007199254740992.0)
+    return state, min(int(u * n), n - 1)
+
+
+# --------------------------------------------------------------------------------------
+# the reference itself against POT
+# --------------------------------------------------------------------------------------
+def test_reference_matches_pot_emd2():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=37), rng.gamma(2.0, size=23)
+    wa, wb = rng.integers(1, 5, 37), rng.integers(1, 5, 23)
+    cost = (a[:, None] - b[None, :]) ** 2
+    exact = ot.emd2(wa / wa.sum(), wb / wb.sum(), cost)
+    assert w2sq_ref(a, b, wa, wb) == pytest.approx(exact, abs=1e-12)
+    assert ot.wasserstein_1d(a, b, wa / wa.sum(), wb / wb.sum(), p=2) == pytest.approx(
+        exact, abs=1e-10)
+
+
+def test_default_partitions_matches_salib_heuristic():
+    # values listed in w2-estimator.md (Plischke, Borgonovo & Smith 2013; SALib delta)
+    assert [default_partitions(n) for n in (100, 1000, 10_000, 50_000, 200_000, 2_000_000)] == [
+        4, 6, 22, 37, 48, 48]
+
+
+# --------------------------------------------------------------------------------------
+# numba kernels == reference to 1e-10
+# --------------------------------------------------------------------------------------
+def test_rank_cells_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 50, 1001).astype(float)  # ties split by order of appearance
+    order = np.argsort(x, kind="stable")
+    ref = np.empty(len(x), dtype=np.int64)
+    ref[order] = np.arange(len(x)) * 7 // len(x)
+    got = K.rank_cells(order.astype(np.int64), 7)
+    assert np.array_equal(got, ref)
+    assert np.bincount(got).max() - np.bincount(got).min() <= 1
+
+
+@pytest.mark.parametrize("kind", ["levels", "ranks"])
+def test_continuous_kernel_matches_reference(kind):
+    rng = np.random.default_rng(2)
+    n = 2500
+    x = rng.normal(size=n)
+    y = np.exp(0.7 * x + rng.normal(size=n)) + 3.0
+    df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(rng.choice(list("abcde"), n))})
+    name = "g" if kind == "levels" else "x"
+    res = one_point(df, output="y", inputs=[name], partitions={name: 9} if kind == "ranks" else None)
+    part = _encode_input(df, name, 9 if kind == "ranks" else None, n)
+    assert res.loc[name, "iota"] == pytest.approx(iota_ref(part.codes, y), abs=1e-10)
+    xi_ref = iota_ref(part.codes, y) * 2 * y.var()
+    assert res.loc[name, "xi"] == pytest.approx(xi_ref, rel=1e-10)
+
+
+def test_weighted_kernel_matches_reference_with_repeated_rows():
+    rng = np.random.default_rng(3)
+    n = 400
+    ys = np.sort(rng.standard_t(3, size=n))
+    cells_sorted = rng.integers(0, 6, n).astype(np.int64)
+    members, starts = K.group_sorted(cells_sorted, 6)
+    w = rng.integers(0, 4, n).astype(np.int64)  # bootstrap-like multiplicities incl. zeros
+    xi, var = K.cells_xi_weighted(ys, members, starts, w)
+    rep = np.repeat(ys, w)
+    cells_rep = np.repeat(cells_sorted, w)
+    assert var == pytest.approx(rep.var(), abs=1e-12)
+    assert xi / (2 * var) == pytest.approx(iota_ref(cells_rep, rep), abs=1e-10)
+
+
+def test_bootstrap_and_permutation_kernels_replay_exactly():
+    """Replay the kernels' splitmix64 streams in Python and recompute with the reference."""
+    rng = np.random.default_rng(4)
+    n, m = 150, 4
+    ys = np.sort(rng.normal(size=n))
+    cells_sorted = rng.integers(0, m, n).astype(np.int64)
+    members, starts = K.group_sorted(cells_sorted, m)
+    seeds = np.array([12345, 2**63 + 7, 99], dtype=np.uint64)
+    xi_b, var_b = K.boot_continuous(ys, members, starts, seeds)
+    xi_p, var_p = K.perm_continuous(ys, cells_sorted, m, seeds)
+    for r, seed in enumerate(seeds.tolist()):
+        # stratified bootstrap: each cell resampled at its own size
+        state, w = seed, np.zeros(n, dtype=np.int64)
+        for c in range(m):
+            s, nm = starts[c], starts[c + 1] - starts[c]
+            for _ in range(nm):
+                state, idx = splitmix_randint(state, int(nm))
+                w[members[s + idx]] += 1
+        rep, crep = np.repeat(ys, w), np.repeat(cells_sorted, w)
+        assert np.bincount(crep, minlength=m).tolist() == np.bincount(cells_sorted).tolist()
+        assert xi_b[r] / (2 * var_b[r]) == pytest.approx(iota_ref(crep, rep), abs=1e-10)
+        # permutation: Fisher-Yates of the labels
+        state, lab = seed, cells_sorted.copy()
+        for i in range(n - 1, 0, -1):
+            state, j = splitmix_randint(state, i + 1)
+            lab[i], lab[j] = lab[j], lab[i]
+        assert xi_p[r] / (2 * var_p[r]) == pytest.approx(iota_ref(lab, ys), abs=1e-10)
+
+
+def test_table_kernel_matches_reference_for_likert_output():
+    rng = np.random.default_rng(5)
+    n = 3000
+    g = rng.integers(0, 6, n)
+    y = np.clip(np.round(2 + 0.4 * g + rng.normal(size=n)), 1, 5).astype(int)
+    df = pd.DataFrame({"g": pd.Categorical(g), "y": y})
+    res = w2_sensitivity(df, output="y", inputs=["g"], n_boot=0, n_perm=0, progress=False)
+    assert res.output_kind == "ordinal"
+    assert res.table.loc[0, "iota"] == pytest.approx(iota_ref(g, y), abs=1e-10)
+
+
+def test_binary_closed_form_is_exact():
+    rng = np.random.default_rng(6)
+    n = 5000
+    g = rng.choice(list("abcdefg"), n)
+    y = (rng.random(n) < pd.Series(g).map(dict(zip("abcdefg", np.linspace(0.05, 0.6, 7))))).astype(
+        int)
+    df = pd.DataFrame({"g": g, "refusal": y})
+    p = y.mean()
+    pc = df.groupby("g")["refusal"].agg(["mean", "size"])
+    closed = float((pc["size"] / n * (pc["mean"] - p).abs()).sum() / (2 * p * (1 - p)))
+    got = one_point(df, inputs=["g"]).loc["g"]
+    assert got["iota"] == pytest.approx(closed, abs=1e-12)
+    assert got["xi"] == pytest.approx(float((pc["size"] / n * (pc["mean"] - p).abs()).sum()),
+                                      abs=1e-12)
+    assert got["iota"] == pytest.approx(iota_ref(g, y), abs=1e-10)
+
+
+def test_nominal_output_matches_pot_on_one_hot_labels():
+    rng = np.random.default_rng(7)
+    n = 600
+    g = rng.integers(0, 3, n)
+    lab = np.where(rng.random(n) < 0.3 + 0.2 * g, "entail", rng.choice(["neutral", "contra"], n))
+    df = pd.DataFrame({"g": g.astype(str), "label": lab})
+    res = w2_sensitivity(df, output="label", inputs=["g"], n_boot=0, n_perm=0, progress=False)
+    assert res.output_kind == "nominal"
+    onehot = pd.get_dummies(pd.Series(lab)).to_numpy(float)
+    cost = ot.dist(onehot, onehot)  # squared Euclidean
+    u = np.full(n, 1 / n)
+    xi = 0.0
+    for c in range(3):
+        sel = g == c
+        xi += sel.mean() * ot.emd2(u, sel / sel.sum(), cost)
+    var = onehot.var(axis=0).sum()
+    assert res.table.loc[0, "iota"] == pytest.approx(xi / (2 * var), abs=1e-10)
+
+
+def test_multivariate_output_matches_row_level_emd2():
+    rng = np.random.default_rng(8)
+    n = 240
+    g = rng.integers(0, 3, n)
+    y1 = rng.integers(0, 3, n) + g
+    y2 = rng.integers(0, 2, n) * (g == 1)
+    df = pd.DataFrame({"g": g.astype(str), "y1": y1, "y2": y2})
+    res = w2_sensitivity(df, output=["y1", "y2"], inputs=["g"], n_boot=20, n_perm=20,
+                         progress=False)
+    assert res.output_kind == "multivariate"
+    ymat = np.column_stack([y1, y2]).astype(float)
+    cost = ot.dist(ymat, ymat)
+    u = np.full(n, 1 / n)
+    xi = sum((g == c).mean() * ot.emd2(u, (g == c) / (g == c).sum(), cost) for c in range(3))
+    var = ymat.var(axis=0).sum()
+    assert res.table.loc[0, "iota"] == pytest.approx(xi / (2 * var), abs=1e-9)
+    assert np.isfinite(res.table.loc[0, ["ci_low", "ci_high", "null_mean"]].astype(float)).all()
+
+
+# --------------------------------------------------------------------------------------
+# closed forms and known values
+# --------------------------------------------------------------------------------------
+def test_four_categories_known_value():
+    # p_c = .1, .3, .5, .9 equally likely: p = .45, iota = .25 / (2 * .2475) = .50505
+    rng = np.random.default_rng(9)
+    n = 400_000
+    g = rng.integers(0, 4, n)
+    y = (rng.random(n) < np.array([0.1, 0.3, 0.5, 0.9])[g]).astype(np.int8)
+    df = pd.DataFrame({"g": pd.Categorical(g), "refusal": y})
+    assert one_point(df, inputs=["g"]).loc["g", "iota"] == pytest.approx(0.25 / (2 * 0.2475),
+                                                                          abs=0.004)
+
+
+@pytest.mark.parametrize("m,truth", [(10, 0.5), (5, (25 - 1) / (2 * 25))])
+def test_bernoulli_of_uniform(m, truth):
+    # X ~ U(0,1), Y ~ Bernoulli(X): 1/2 for even M, (M^2 - 1)/(2 M^2) for odd M
+    rng = np.random.default_rng(10 + m)
+    n = 200_000
+    x = rng.random(n)
+    df = pd.DataFrame({"x": x, "refusal": (rng.random(n) < x).astype(int)})
+    assert one_point(df, inputs=["x"], partitions={"x": m}).loc["x", "iota"] == pytest.approx(
+        truth, abs=0.006)
+
+
+@pytest.mark.parametrize("rho,expected", [(0.5, 0.133), (0.8, 0.3995)])
+def test_bivariate_normal(rho, expected):
+    # truth 1 - sqrt(1 - rho^2) (0.134, 0.400); N = 1e5, M = 50 gives 0.133 and 0.3995
+    rng = np.random.default_rng(11)
+    n = 100_000
+    x = rng.normal(size=n)
+    y = rho * x + math.sqrt(1 - rho**2) * rng.normal(size=n)
+    got = one_point(pd.DataFrame({"x": x, "y": y}), output="y", inputs=["x"],
+                    partitions={"x": 50}).loc["x", "iota"]
+    assert got == pytest.approx(expected, abs=0.004)
+    assert got == pytest.approx(1 - math.sqrt(1 - rho**2), abs=0.006)
+
+
+def test_function_of_input_scores_one():
+    rng = np.random.default_rng(12)
+    g = rng.integers(0, 8, 3000)
+    ybin = (g % 2).astype(int)
+    lev = rng.integers(0, 300, 3000)
+    ycont = rng.normal(size=300)[lev]  # ~300 distinct values: the continuous (row) path
+    df = pd.DataFrame({"g": g.astype(str), "lev": lev.astype(str), "refusal": ybin, "y": ycont})
+    assert one_point(df, inputs=["g"]).loc["g", "iota"] == pytest.approx(1.0, abs=1e-12)
+    res = w2_sensitivity(df, output="y", inputs=["lev"], n_boot=0, n_perm=0, progress=False)
+    assert res.output_kind == "continuous"
+    assert res.table.loc[0, "iota"] == pytest.approx(1.0, abs=1e-10)
+
+
+# --------------------------------------------------------------------------------------
+# estimator properties
+# --------------------------------------------------------------------------------------
+def test_invariances_relabel_rows_and_transforms():
+    rng = np.random.default_rng(13)
+    n = 3000
+    x = rng.normal(size=n)
+    g = rng.choice(["u", "v", "w"], n)
+    y = x + (g == "u") + rng.normal(size=n)
+    df = pd.DataFrame({"x": x, "g": g, "y": y, "r": (y > 0.5).astype(int)})
+    base = one_point(df, output="y", inputs=["x", "g"])
+    # relabelled levels, shuffled rows, increasing transform of x, affine map of y
+    df2 = df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    df2["g"] = df2["g"].map({"u": "zz", "v": "aa", "w": "mm"})
+    df2["x"] = np.exp(df2["x"])
+    df2["y"] = 3.0 * df2["y"] - 7.0
+    other = one_point(df2, output="y", inputs=["x", "g"])
+    assert np.allclose(base["iota"], other["iota"], atol=1e-10)
+    assert np.allclose(other["xi"], 9.0 * base["xi"], rtol=1e-10)
+    b = one_point(df, output="r", inputs=["g"])
+    o = one_point(df2.assign(r=(df2["y"] > 3 * 0.5 - 7).astype(int)), output="r", inputs=["g"])
+    assert b["iota"].iloc[0] == pytest.approx(o["iota"].iloc[0], abs=1e-12)
+
+
+@pytest.mark.parametrize("output", ["r", "y"])
+def test_refinement_never_decreases_iota(output):
+    rng = np.random.default_rng(14)
+    n = 4000
+    x = rng.random(n)
+    a = rng.integers(0, 3, n)
+    z = rng.integers(0, 4, n)
+    y = np.sin(6 * x) + 0.3 * a * z + rng.normal(size=n)
+    df = pd.DataFrame({"x": x, "a": a.astype(str), "az": (a * 10 + z).astype(str), "y": y,
+                       "r": (y > 0.2).astype(int)})
+    coarse = one_point(df, output=output, inputs=["a"]).loc["a", "iota"]
+    fine = one_point(df, output=output, inputs=["az"]).loc["az", "iota"]
+    assert fine >= coarse - 1e-12
+    ranks = [one_point(df, output=output, inputs=["x"], partitions={"x": m}).loc["x", "iota"]
+             for m in (3, 6, 12, 24)]  # nested equal-count cells
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(ranks))
+
+
+def test_iota_at_least_half_first_order_sobol():
+    rng = np.random.default_rng(15)
+    n = 5000
+    g = rng.integers(0, 5, n)
+    y = rng.gamma(1 + g, 1.0)
+    df = pd.DataFrame({"g": g.astype(str), "y": y})
+    iota = one_point(df, output="y", inputs=["g"]).loc["g", "iota"]
+    s = pd.Series(y).groupby(g).transform("mean").var(ddof=0) / y.var()
+    assert iota >= s / 2
+    assert iota <= 1
+
+
+def test_independent_input_bias_and_permutation_null():
+    """E[iota] under independence follows the square-root law; the null estimates it."""
+    rng = np.random.default_rng(16)
+    n, p = 2000, 0.3
+    sizes = np.array([200, 400, 600, 800])
+    law = math.sqrt(2 / math.pi) * np.sum(np.sqrt(sizes * (n - sizes))) / (
+        2 * n**1.5 * math.sqrt(p * (1 - p)))
+    iotas, null_means, corrected, pvals = [], [], [], []
+    for rep in range(40):
+        g = np.repeat(np.arange(4), sizes)
+        y = (rng.random(n) < p).astype(int)
+        res = w2_sensitivity(pd.DataFrame({"g": g.astype(str), "refusal": y}), inputs=["g"],
+                             n_boot=0, n_perm=200, seed=rep, progress=False).table.iloc[0]
+        iotas.append(res["iota"])
+        null_means.append(res["null_mean"])
+        corrected.append(res["iota_corrected"])
+        pvals.append(res["p_value"])
+    assert np.mean(iotas) == pytest.approx(law, rel=0.15)
+    assert np.mean(null_means) == pytest.approx(law, rel=0.05)
+    assert np.mean(corrected) < 0.35 * law  # the bias is mostly removed
+    assert 0.2 < np.mean(np.array(pvals) < 0.5) < 0.8
+
+
+def test_permuted_tables_keep_both_margins_and_hypergeometric_mean():
+    rng = np.random.default_rng(17)
+    n = 900
+    g = rng.integers(0, 5, n)
+    y = rng.integers(1, 4, n)
+    df = pd.DataFrame({"g": g.astype(str), "y": y})
+    out = _encode_output(df, "y")
+    est = _TableEstimator(out, _encode_input(df, "g", None, n))
+    captured = []
+    est.xi_var = lambda counts: (captured.append(counts.copy()), (np.zeros(len(counts)),) * 2)[1]
+    est.perm(3000, np.random.default_rng(0))
+    tabs = captured[0]
+    assert (tabs.sum(axis=2) == est.sizes[None, :]).all()
+    assert (tabs.sum(axis=1) == est.counts.sum(axis=0)[None, :]).all()
+    expected = np.outer(est.sizes, est.counts.sum(axis=0)) / n
+    assert np.allclose(tabs.mean(axis=0), expected, atol=0.5)
+    captured.clear()
+    est.boot(5, np.random.default_rng(0))
+    assert (captured[0].sum(axis=2) == est.sizes[None, :]).all()  # stratified bootstrap
+
+
+def test_bootstrap_ci_coverage_near_nominal():
+    truth = 0.25 / (2 * 0.2475)
+    probs = np.array([0.1, 0.3, 0.5, 0.9])
+    rng = np.random.default_rng(18)
+    hits = {"bca": 0, "percentile": 0}
+    reps = 120
+    for r in range(reps):
+        g = rng.integers(0, 4, 1600)
+        y = (rng.random(1600) < probs[g]).astype(int)
+        df = pd.DataFrame({"g": g.astype(str), "refusal": y})
+        for method in hits:
+            t = w2_sensitivity(df, inputs=["g"], n_boot=400, n_perm=0, seed=r, ci=method,
+                               progress=False).table.iloc[0]
+            hits[method] += t["ci_low"] <= truth <= t["ci_high"]
+    for method, h in hits.items():
+        assert 0.89 <= h / reps <= 0.99, (method, h / reps)
+
+
+# --------------------------------------------------------------------------------------
+# property tests
+# --------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=2, max_size=60),
+    perm=st.permutations([0, 1, 2, 3]),
+)
+def test_property_bounds_symmetry_and_reference(data, perm):
+    g = np.array([d[0] for d in data])
+    y = np.array([d[1] for d in data])
+    if len(np.unique(g)) < 2 or len(np.unique(y)) < 2:
+        return
+    df = pd.DataFrame({"g": g.astype(str), "y": y})
+    iota = one_point(df, output="y", inputs=["g"]).loc["g", "iota"]
+    assert -1e-12 <= iota <= 1 + 1e-12
+    assert iota == pytest.approx(iota_ref(g, y), abs=1e-10)
+    relabelled = df.assign(g=np.array(perm)[g].astype(str))
+    assert one_point(relabelled, output="y", inputs=["g"]).loc["g", "iota"] == pytest.approx(
+        iota, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    y=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=300, max_size=400),
+    m=st.integers(2, 8),
+)
+def test_property_continuous_path_bounds_and_reference(y, m):
+    y = np.asarray(y)
+    if len(np.unique(y)) <= 256 or y.std() < 1e-6:
+        return
+    x = np.arange(len(y))[::-1].astype(float)
+    df = pd.DataFrame({"x": x, "y": y})
+    iota = one_point(df, output="y", inputs=["x"], partitions={"x": m}).loc["x", "iota"]
+    assert -1e-12 <= iota <= 1 + 1e-12
+    part = _encode_input(df, "x", m, len(y))
+    assert iota == pytest.approx(iota_ref(part.codes, y), abs=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# result object, reproducibility, errors
+# --------------------------------------------------------------------------------------
+def _small_df(n=1200, seed=19):
+    rng = np.random.default_rng(seed)
+    g = rng.choice(["m1", "m2", "m3"], n)
+    t = rng.choice(["nli", "pol"], n)
+    y = (rng.random(n) < np.where(g == "m1", 0.5, 0.1)).astype(int)
+    return pd.DataFrame({"model": pd.Categorical(g), "task": t, "refusal": y,
+                         "x": rng.normal(size=n)})
+
+
+def test_table_plot_and_reproducibility():
+    df = _small_df()
+    res = w2_sensitivity(df, inputs=["model", "task"], n_boot=200, n_perm=100, seed=3,
+                         progress=False)
+    assert list(res.table.columns) == TABLE_COLUMNS
+    assert list(res.table["n_partitions"]) == [3, 2]
+    row = res.table.set_index("input").loc["model"]
+    assert row["ci_low"] <= row["iota"] <= row["ci_high"]
+    assert row["iota_corrected"] == pytest.approx(max(row["iota"] - row["null_mean"], 0))
+    assert row["p_value"] == pytest.approx(1 / 101)
+    again = w2_sensitivity(df, inputs=["model", "task"], n_boot=200, n_perm=100, seed=3,
+                           progress=False)
+    pd.testing.assert_frame_equal(res.table, again.table)
+    other = w2_sensitivity(df, inputs=["model", "task"], n_boot=200, n_perm=100, seed=4,
+                           progress=False)
+    assert not np.allclose(res.table["ci_low"], other.table["ci_low"])
+    # an input's numbers do not depend on which other inputs are analysed alongside
+    alone = w2_sensitivity(df, inputs=["task"], n_boot=200, n_perm=100, seed=3, progress=False)
+    pd.testing.assert_series_equal(alone.table.iloc[0], res.table.iloc[1], check_names=False)
+
+    from matplotlib.figure import Figure
+
+    fig = res.plot()
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() and ax.get_xlabel() == "input"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["model", "task"]
+    assert len(ax.patches) >= 4  # two bars and two null bands
+    assert "model" in repr(res)
+
+
+def test_no_boot_no_perm_gives_nan_columns():
+    res = w2_sensitivity(_small_df(), inputs=["model"], n_boot=0, n_perm=0, progress=False)
+    row = res.table.iloc[0]
+    assert np.isnan([row["ci_low"], row["ci_high"], row["null_mean"], row["iota_corrected"]]).all()
+    assert res.plot() is not None
+
+
+@pytest.mark.parametrize(
+    "mutate,kwargs,match",
+    [
+        (lambda d: d.assign(refusal=0), {}, "constant"),
+        (lambda d: d.assign(refusal=d["refusal"].astype(float).where(d.index > 3)), {},
+         "'refusal' has 4 missing"),
+        (lambda d: d.assign(task=d["task"].where(d.index > 0)), {}, "'task' has 1 missing"),
+        (lambda d: d.assign(task="nli"), {}, "single level"),
+        (lambda d: d.head(5), {"inputs": ["x"], "partitions": {"x": 10}}, "only 5 rows"),
+        (lambda d: d, {"inputs": ["nope"]}, "nope"),
+        (lambda d: d, {"output": "nope"}, "nope"),
+        (lambda d: d, {"inputs": ["model"], "partitions": {"model": 4}}, "categorical"),
+        (lambda d: d, {"inputs": ["x"], "partitions": {"x": "bins"}}, "'levels'"),
+        (lambda d: d, {"output": ["refusal", "task"], "inputs": ["model"]}, "numeric columns"),
+        (lambda d: d, {"n_boot": -1}, "n_boot"),
+        (lambda d: d, {"inputs": ["refusal"]}, "both output and input"),
+    ],
+)
+def test_bad_input_errors_name_the_problem(mutate, kwargs, match):
+    kw = {"inputs": ["model", "task"], "n_boot": 0, "n_perm": 0, "progress": False}
+    kw.update(kwargs)
+    with pytest.raises((ValueError, KeyError, TypeError), match=match):
+        w2_sensitivity(mutate(_small_df()), **kw)
