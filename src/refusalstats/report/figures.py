@@ -1,0 +1,856 @@
+"""Figures of the report, each a public function returning a matplotlib ``Figure``.
+
+Exposed as ``refusalstats.plot``::
+
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.02)
+    >>> fig = rs.plot.rates(df)              # Table 1 as an annotated heatmap
+    >>> fig.savefig("rates.png")             # doctest: +SKIP
+
+Every function accepts either a response table (one row per answer, with a 0/1
+``refusal`` column; rates and Wilson CIs are computed with
+:func:`refusalstats.rates.refusal_rates`) or an already computed result table. Every
+figure draws the uncertainty of what it shows: CI whiskers on points and bars, the CI
+range written in every heatmap cell. Colours are colour-blind safe (Okabe-Ito for
+categories, viridis for sequential scales) and categories also differ by marker.
+Figures are created without pyplot (no global state, any backend; PNG/SVG via Agg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the package
+    from matplotlib import colors as mcolors
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "OKABE_ITO",
+    "coefficients",
+    "hierarchical_effects",
+    "persona_heatmap",
+    "persona_vs_free",
+    "personas",
+    "rates",
+    "response_types",
+    "w2",
+]
+
+#: Okabe & Ito (2008) colour-blind-safe palette (black first).
+OKABE_ITO: tuple[str, ...] = (
+    "#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+)
+_CAT = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#F0E442")
+_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h")
+_CMAP = "viridis"
+_RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.fonttype": "none",
+}
+
+PERSONA_FREE = "persona-free"
+_NO_PERSONA = "none"
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def _figure(width: float, height: float) -> Figure:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def _style(ax) -> None:
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.tick_params(labelsize=8)
+
+
+def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(
+            f"{what} needs column(s) {missing}, which the table lacks; it has {list(df.columns)}"
+        )
+
+
+def _is_response_table(df: pd.DataFrame) -> bool:
+    return "refusal" in df.columns and "rate" not in df.columns
+
+
+def _levels(s: pd.Series) -> list:
+    """Observed levels in categorical order (or order of first appearance)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        present = set(s.dropna().unique())
+        return [c for c in s.cat.categories if c in present]
+    return list(pd.unique(s.dropna()))
+
+
+def _rate_table(df: pd.DataFrame, by: list[str], method: str = "wilson") -> pd.DataFrame:
+    """Refusal rate with CI per group: computed from a response table, or checked and passed."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if _is_response_table(df):
+        _need(df, by, "this figure")
+        try:
+            from ..rates import refusal_rates
+        except ImportError:  # TEMP until rates.py lands
+            g = df.groupby(by, observed=True)["refusal"]
+            t = g.agg(n="size", refusals="sum").reset_index()
+            n, k = t["n"].to_numpy(float), t["refusals"].to_numpy(float)
+            z = 1.959963984540054
+            p = k / n
+            c = (p + z * z / (2 * n)) / (1 + z * z / n)
+            h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+            return t.assign(rate=p, ci_low=c - h, ci_high=c + h)
+        return refusal_rates(df, by=by, method=method)
+    _need(df, list(by) + ["rate", "ci_low", "ci_high"], "this figure (given a rate table)")
+    return df
+
+
+def _persona_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a persona (persona-free rows removed)."""
+    keep = np.ones(len(df), dtype=bool)
+    if "setting" in df.columns:
+        keep &= (df["setting"].astype(str) != PERSONA_FREE).to_numpy()
+    if "persona" in df.columns:
+        keep &= (df["persona"].astype(str) != _NO_PERSONA).to_numpy()
+    out = df.loc[keep]
+    if "persona" in out.columns and isinstance(out["persona"].dtype, pd.CategoricalDtype):
+        out = out.assign(persona=out["persona"].cat.remove_unused_categories())
+    return out
+
+
+def _pct(x: float) -> str:
+    """A rate in percent with the precision a reader needs (Table 1 style)."""
+    if not np.isfinite(x):
+        return "n/a"
+    v = max(100.0 * x, 0.0)  # -0.00 from rounding reads as a bug
+    if v == 0:
+        return "0"
+    if v < 10:
+        return f"{v:.2f}"
+    return f"{v:.1f}"
+
+
+def _ci_text(lo: float, hi: float) -> str:
+    return f"[{_pct(lo)}, {_pct(hi)}]"
+
+
+def _text_colour(rgba) -> str:
+    r, g, b = rgba[:3]
+    lum = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if lum > 0.5 else "white"
+
+
+def _rate_norm(vmax: float) -> mcolors.Normalize:
+    """Square-root colour scale in percent: small rates stay distinguishable from zero."""
+    from matplotlib import colors as mcolors
+
+    vmax = float(vmax) if np.isfinite(vmax) and vmax > 0 else 1.0
+    return mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+
+
+def _heatmap(ax, rate: np.ndarray, lo: np.ndarray, hi: np.ndarray, rows: list, cols: list,
+             norm: mcolors.Normalize, *, ci: bool = True, fontsize: float = 7.0):
+    """Annotated rate heatmap (rate in %, CI range below it); empty cells hatched grey."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[_CMAP].copy()
+    cmap.set_bad("#dddddd")
+    masked = np.ma.masked_invalid(100.0 * rate)
+    im = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    for i in range(rate.shape[0]):
+        for j in range(rate.shape[1]):
+            if not np.isfinite(rate[i, j]):
+                ax.text(j, i, "no data", ha="center", va="center", fontsize=fontsize - 1,
+                        color="0.3")
+                continue
+            colour = _text_colour(cmap(norm(100.0 * rate[i, j])))
+            label = _pct(rate[i, j])
+            if ci:
+                label += "\n" + _ci_text(lo[i, j], hi[i, j])
+            ax.text(j, i, label, ha="center", va="center", fontsize=fontsize, color=colour,
+                    linespacing=1.1)
+    ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(np.arange(len(rows)), [str(r) for r in rows])
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    return im
+
+
+def _matrix(tab: pd.DataFrame, row: str, col: str, rows: list, cols: list, value: str
+            ) -> np.ndarray:
+    wide = tab.pivot_table(index=row, columns=col, values=value, observed=False,
+                           aggfunc="first", dropna=False)
+    wide = wide.reindex(index=rows, columns=cols)
+    return wide.to_numpy(dtype=float)
+
+
+# ----------------------------------------------------------------------------------------
+# Table 1: rate by model x task
+# ----------------------------------------------------------------------------------------
+def rates(data: pd.DataFrame, row: str = "model", col: str = "task", *,
+          method: str = "wilson", title: str | None = None) -> Figure:
+    """Refusal rate by ``row`` x ``col`` as an annotated heatmap (P1's Table 1).
+
+    Each cell shows the rate in percent and its confidence interval below it; the colour
+    scale is the square root of the rate so that rates near zero remain distinguishable.
+
+    Parameters
+    ----------
+    data : DataFrame
+        A response table (with ``refusal``), or a rate table with columns ``row``, ``col``,
+        ``rate``, ``ci_low``, ``ci_high`` (fractions), e.g. from ``refusal_rates``.
+    row, col : str
+        Grouping columns for the rows and columns of the heatmap.
+    method : {"wilson", "clopper-pearson", "jeffreys"}
+        Interval method when rates are computed here.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> fig = rs.plot.rates(rs.simulate_paper(scale=0.02))
+    >>> fig.axes[0].get_xlabel()
+    'task'
+    """
+    tab = _rate_table(data, [row, col], method)
+    rows, cols = _levels(tab[row]), _levels(tab[col])
+    rate = _matrix(tab, row, col, rows, cols, "rate")
+    lo = _matrix(tab, row, col, rows, cols, "ci_low")
+    hi = _matrix(tab, row, col, rows, cols, "ci_high")
+    fig = _figure(1.35 * len(cols) + 3.0, 0.42 * len(rows) + 1.4)
+    ax = fig.subplots()
+    im = _heatmap(ax, rate, lo, hi, rows, cols, _rate_norm(np.nanmax(100 * hi)))
+    ax.set_xlabel(col)
+    ax.set_ylabel(row)
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    cb = fig.colorbar(im, ax=ax, shrink=0.6, pad=0.02)
+    cb.set_label("refusal rate (%)")
+    ax.set_title(title or f"Refusal rate (%) by {row} and {col}, with 95% CI", loc="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Fig. 1: persona vs persona-free
+# ----------------------------------------------------------------------------------------
+def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "task", *,
+                    method: str = "wilson", title: str | None = None) -> Figure:
+    """Refusal rate with and without a persona, per ``by`` level (P1's Fig. 1).
+
+    Two points per level (persona: orange circles; persona-free: blue squares) with CI
+    whiskers, one panel per ``facet`` level.
+
+    Parameters
+    ----------
+    data : DataFrame
+        A response table with a ``setting`` column holding both ``"persona"`` and
+        ``"persona-free"``, or a rate table with columns ``by``, ``setting``, (``facet``),
+        ``rate``, ``ci_low``, ``ci_high``.
+    by : str
+        Column on the vertical axis (default ``model``).
+    facet : str or None
+        One panel per level of this column (default ``task``); None pools.
+    method : str
+        Interval method when rates are computed here.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.02)
+    >>> fig = rs.plot.persona_vs_free(df)  # doctest: +SKIP
+    """
+    if facet is not None and facet not in data.columns:
+        facet = None
+    by_cols = ([facet] if facet else []) + [by, "setting"]
+    _need(data, by_cols, "persona_vs_free")
+    settings = set(data["setting"].astype(str).unique())
+    if not {"persona", PERSONA_FREE} <= settings:
+        raise ValueError(
+            "persona_vs_free needs rows of both settings in column 'setting' "
+            f"('persona' and 'persona-free'); found {sorted(settings)}"
+        )
+    tab = _rate_table(data, by_cols, method)
+    tab = tab.assign(setting=tab["setting"].astype(str))
+    levels = _levels(tab[by])
+    panels = _levels(tab[facet]) if facet else [None]
+    fig = _figure(max(4.0, 2.9 * len(panels) + 1.6), 0.3 * len(levels) + 1.8)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
+    styles = {"persona": (_CAT[1], "o", 0.17), PERSONA_FREE: (_CAT[0], "s", -0.17)}
+    y0 = np.arange(len(levels))[::-1]
+    for ax, panel in zip(axes, panels):
+        sub = tab if panel is None else tab[tab[facet].astype(str) == str(panel)]
+        for setting, (colour, marker, dy) in styles.items():
+            s = sub[sub["setting"] == setting].set_index(by).reindex(levels)
+            r = 100 * s["rate"].to_numpy(float)
+            lo = 100 * s["ci_low"].to_numpy(float)
+            hi = 100 * s["ci_high"].to_numpy(float)
+            ok = np.isfinite(r)
+            ax.errorbar(r[ok], y0[ok] + dy, xerr=[r[ok] - lo[ok], hi[ok] - r[ok]], fmt=marker,
+                        color=colour, ms=4, capsize=2, lw=1, label=setting)
+        ax.set_yticks(y0, [str(v) for v in levels])
+        ax.set_xlabel("refusal rate (%)")
+        ax.set_xlim(left=0)
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+        if panel is not None:
+            ax.set_title(f"{facet}: {panel}")
+        _style(ax)
+    axes[0].set_ylabel(by)
+    axes[-1].legend(loc="lower right", frameon=False, title="95% CI")
+    fig.suptitle(title or "Refusal rate with and without a persona", x=0.01, ha="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Figs. 2, 3: rate per persona
+# ----------------------------------------------------------------------------------------
+def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "wilson",
+             title: str | None = None) -> Figure:
+    """Refusal rate per persona with CIs, coloured by persona group (P1's Figs. 2-3).
+
+    When the table has persona-free rows their rate is drawn as a dashed vertical line
+    with its CI as a grey band, the baseline each persona is compared against.
+
+    Parameters
+    ----------
+    data : DataFrame
+        A response table (``persona``; ``persona_group`` and ``setting`` are used when
+        present), or a rate table with ``persona``, (``facet``), ``rate``, ``ci_low``,
+        ``ci_high``.
+    facet : str or None
+        One panel per level of this column (default ``task``); None pools.
+    method : str
+        Interval method when rates are computed here.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> fig = rs.plot.personas(rs.simulate_paper(scale=0.02))
+    >>> fig.axes[0].get_xlabel()
+    'refusal rate (%)'
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    if facet is not None and facet not in data.columns:
+        facet = None
+    fcols = [facet] if facet else []
+    baseline = None
+    if _is_response_table(data):
+        _need(data, ["persona"] + fcols, "personas")
+        rows = _persona_rows(data)
+        if rows.empty:
+            raise ValueError("personas: the table has no rows with a persona")
+        has_group = "persona_group" in rows.columns
+        tab = _rate_table(rows, fcols + ["persona"], method)
+        if has_group:
+            groups = (rows[["persona", "persona_group"]].drop_duplicates("persona")
+                      .set_index("persona")["persona_group"].astype(str))
+            tab = tab.assign(persona_group=tab["persona"].map(groups).astype(str))
+        if "setting" in data.columns:
+            free = data[data["setting"].astype(str) == PERSONA_FREE]
+            if len(free):
+                baseline = _rate_table(free, fcols or ["setting"], method)
+    else:
+        tab = _rate_table(data, fcols + ["persona"], method)
+    if "persona_group" in tab.columns:
+        tab = tab.assign(persona_group=tab["persona_group"].astype(str))
+        group_levels = list(pd.unique(tab["persona_group"]))
+        order = (tab[["persona", "persona_group"]].drop_duplicates("persona")
+                 .assign(g=lambda t: t["persona_group"].map(group_levels.index))
+                 .sort_values(["g"], kind="stable")["persona"].tolist())
+    else:
+        group_levels = []
+        order = _levels(tab["persona"])
+    panels = _levels(tab[facet]) if facet else [None]
+    fig = _figure(max(4.2, 2.8 * len(panels) + 2.0), 0.26 * len(order) + 1.9)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
+    y = np.arange(len(order))[::-1]
+    for ax, panel in zip(axes, panels):
+        sub = tab if panel is None else tab[tab[facet].astype(str) == str(panel)]
+        s = sub.set_index("persona").reindex(order)
+        r = 100 * s["rate"].to_numpy(float)
+        lo = 100 * s["ci_low"].to_numpy(float)
+        hi = 100 * s["ci_high"].to_numpy(float)
+        if baseline is not None:
+            b = baseline if panel is None else baseline[baseline[facet].astype(str) == str(panel)]
+            if len(b):
+                ax.axvspan(100 * b["ci_low"].iloc[0], 100 * b["ci_high"].iloc[0], color="0.88",
+                           lw=0, zorder=0)
+                ax.axvline(100 * b["rate"].iloc[0], color="0.35", ls="--", lw=1, zorder=1)
+        if group_levels:
+            g = s["persona_group"].to_numpy()
+            for k, grp in enumerate(group_levels):
+                m = (g == grp) & np.isfinite(r)
+                ax.errorbar(r[m], y[m], xerr=[r[m] - lo[m], hi[m] - r[m]],
+                            fmt=_MARKERS[k % len(_MARKERS)], color=_CAT[k % len(_CAT)], ms=4,
+                            capsize=2, lw=1, label=grp, zorder=3)
+        else:
+            m = np.isfinite(r)
+            ax.errorbar(r[m], y[m], xerr=[r[m] - lo[m], hi[m] - r[m]], fmt="o", color=_CAT[0],
+                        ms=4, capsize=2, lw=1, zorder=3)
+        ax.set_yticks(y, [str(p) for p in order])
+        ax.set_xlabel("refusal rate (%)")
+        ax.set_xlim(left=0)
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+        if panel is not None:
+            ax.set_title(f"{facet}: {panel}")
+        _style(ax)
+    axes[0].set_ylabel("persona")
+    handles = [Line2D([], [], color=_CAT[k % len(_CAT)], marker=_MARKERS[k % len(_MARKERS)],
+                      ls="", label=grp) for k, grp in enumerate(group_levels)]
+    if baseline is not None:
+        handles += [Line2D([], [], color="0.35", ls="--", label="persona-free"),
+                    Patch(color="0.88", label="persona-free 95% CI")]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+                   frameon=False)
+    fig.suptitle(title or "Refusal rate per persona (95% CI)", x=0.01, ha="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Figs. 7-9: model x persona
+# ----------------------------------------------------------------------------------------
+def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None = None,
+                    method: str = "wilson", title: str | None = None) -> Figure:
+    """Refusal rate per ``row`` x persona as an annotated heatmap (P1's Figs. 7-9).
+
+    Parameters
+    ----------
+    data : DataFrame
+        A response table, or a rate table with ``row``, ``persona``, ``rate``,
+        ``ci_low``, ``ci_high``.
+    row : str
+        Column of the heatmap rows (default ``model``).
+    task : str, optional
+        Keep only this task (column ``task``); default: all rows.
+    method : str
+        Interval method when rates are computed here.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> fig = rs.plot.persona_heatmap(rs.simulate_paper(scale=0.02), task="offensiveness")
+    """
+    if task is not None:
+        _need(data, ["task"], "persona_heatmap(task=...)")
+        if task not in set(data["task"].astype(str)):
+            raise ValueError(f"task {task!r} is not in column 'task'; levels: "
+                             f"{sorted(set(data['task'].astype(str)))}")
+        data = data[data["task"].astype(str) == task]
+    if _is_response_table(data):
+        data = _persona_rows(data)
+    tab = _rate_table(data, [row, "persona"], method)
+    rows, cols = _levels(tab[row]), _levels(tab["persona"])
+    rate = _matrix(tab, row, "persona", rows, cols, "rate")
+    lo = _matrix(tab, row, "persona", rows, cols, "ci_low")
+    hi = _matrix(tab, row, "persona", rows, cols, "ci_high")
+    fig = _figure(0.78 * len(cols) + 3.2, 0.42 * len(rows) + 2.0)
+    ax = fig.subplots()
+    im = _heatmap(ax, rate, lo, hi, rows, cols, _rate_norm(np.nanmax(100 * hi)), fontsize=5.6)
+    ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], rotation=40, ha="right")
+    ax.set_xlabel("persona")
+    ax.set_ylabel(row)
+    cb = fig.colorbar(im, ax=ax, shrink=0.6, pad=0.01)
+    cb.set_label("refusal rate (%)")
+    what = f"task {task}" if task else "all tasks"
+    ax.set_title(title or f"Refusal rate (%) by {row} and persona, {what} (95% CI below)",
+                 loc="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Figs. 4, 10, 11: model x response type
+# ----------------------------------------------------------------------------------------
+def response_types(data: pd.DataFrame, row: str = "model", facet: str | None = "task", *,
+                   method: str = "wilson", title: str | None = None) -> Figure:
+    """Refusal rate per ``row`` x response type, one heatmap per ``facet`` level.
+
+    P1's Figs. 4, 10 and 11 (unforced, semi-forced, forced prompts); all panels share
+    one colour scale.
+
+    Parameters
+    ----------
+    data : DataFrame
+        A response table with ``response_type``, or a rate table with ``row``,
+        ``response_type``, (``facet``), ``rate``, ``ci_low``, ``ci_high``.
+    row : str
+        Heatmap rows (default ``model``).
+    facet : str or None
+        One panel per level (default ``task``).
+    method : str
+        Interval method when rates are computed here.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> fig = rs.plot.response_types(rs.simulate_paper(scale=0.02))
+    >>> len(fig.axes)  # three tasks and a colour bar
+    4
+    """
+    if facet is not None and facet not in data.columns:
+        facet = None
+    fcols = [facet] if facet else []
+    if _is_response_table(data):
+        data = _persona_rows(data) if "setting" not in data.columns else data
+    tab = _rate_table(data, fcols + [row, "response_type"], method)
+    rows, cols = _levels(tab[row]), _levels(tab["response_type"])
+    panels = _levels(tab[facet]) if facet else [None]
+    norm = _rate_norm(np.nanmax(100 * tab["ci_high"].to_numpy(float)))
+    fig = _figure(2.9 * len(panels) + 2.4, 0.42 * len(rows) + 1.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
+    im = None
+    for k, (ax, panel) in enumerate(zip(axes, panels)):
+        sub = tab if panel is None else tab[tab[facet].astype(str) == str(panel)]
+        mats = [_matrix(sub, row, "response_type", rows, cols, v)
+                for v in ("rate", "ci_low", "ci_high")]
+        im = _heatmap(ax, *mats, rows, cols, norm, fontsize=6.2)
+        ax.set_xlabel("response type")
+        if panel is not None:
+            ax.set_title(f"{facet}: {panel}")
+        if k > 0:
+            ax.tick_params(labelleft=False)
+    axes[0].set_ylabel(row)
+    cb = fig.colorbar(im, ax=list(axes), shrink=0.6, pad=0.01)
+    cb.set_label("refusal rate (%)")
+    fig.suptitle(title or f"Refusal rate (%) by {row} and response type (95% CI below)",
+                 x=0.01, ha="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Fig. 5: W2 sensitivity indices
+# ----------------------------------------------------------------------------------------
+def w2(result, *, title: str | None = None) -> Figure:
+    """W2 sensitivity index per input with bootstrap CIs and the permutation null (Fig. 5).
+
+    Bars are iota with CI whiskers and the value written above; behind each bar a grey
+    box spans 0 to the 95% quantile of iota under permutation (an input whose bar stays
+    inside it is indistinguishable from an irrelevant one) and a dashed tick marks the
+    null mean (the estimator's bias at that partition size).
+
+    Parameters
+    ----------
+    result : W2SensitivityResult or DataFrame
+        ``w2_sensitivity(...)`` or its ``.table`` (``input, iota, ci_low, ci_high``;
+        ``null_mean``, ``null_q95`` optional).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> tab = pd.DataFrame({"input": ["model", "task"], "iota": [0.4, 0.1],
+    ...                     "ci_low": [0.38, 0.09], "ci_high": [0.42, 0.11]})
+    >>> fig = rs.plot.w2(tab)
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    tab = getattr(result, "table", result)
+    if not isinstance(tab, pd.DataFrame):
+        raise TypeError("w2() takes a W2SensitivityResult or its .table DataFrame, "
+                        f"got {type(result).__name__}")
+    _need(tab, ["input", "iota", "ci_low", "ci_high"], "w2")
+    tab = tab.sort_values("iota", ascending=False).reset_index(drop=True)
+    n = len(tab)
+    fig = _figure(max(4.5, 1.2 * n + 2.2), 3.8)
+    ax = fig.subplots()
+    x = np.arange(n)
+    iota = tab["iota"].to_numpy(float)
+    lo = tab["ci_low"].to_numpy(float)
+    hi = tab["ci_high"].to_numpy(float)
+    has_null = "null_q95" in tab.columns and np.isfinite(tab["null_q95"].to_numpy(float)).any()
+    if has_null:
+        for xi_, q95, mean in zip(x, tab["null_q95"], tab.get("null_mean", tab["null_q95"])):
+            ax.add_patch(Rectangle((xi_ - 0.42, 0.0), 0.84, q95, color="0.85", lw=0, zorder=0))
+            ax.hlines(mean, xi_ - 0.42, xi_ + 0.42, colors="0.3", linestyles="--", lw=1,
+                      zorder=3)
+    ax.bar(x, iota, width=0.55, color=_CAT[0], zorder=2)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    ax.errorbar(x[ok], iota[ok], yerr=[iota[ok] - lo[ok], hi[ok] - iota[ok]], fmt="none",
+                ecolor="black", capsize=4, lw=1.2, zorder=4)
+    top = np.nanmax(np.concatenate([hi[ok] if ok.any() else iota, iota]))
+    for xi_, v, a, b, good in zip(x, iota, lo, hi, ok):
+        label = f"{v:.3f}" + (f"\n[{a:.3f}, {b:.3f}]" if good else "")
+        ax.text(xi_, (b if good else v) + 0.02 * max(top, 1e-3), label, ha="center",
+                va="bottom", fontsize=7)
+    ax.set_xticks(x, tab["input"].astype(str).tolist())
+    ax.set_xlabel("input")
+    ax.set_ylabel("W2 sensitivity index ι (0 to 1)")
+    ax.set_ylim(0, min(1.0, 1.3 * top) if np.isfinite(top) and top > 0 else 1.0)
+    handles = [Patch(color=_CAT[0], label="ι with 95% bootstrap CI")]
+    if has_null:
+        handles += [Patch(color="0.85", label="permutation null, 0 to 95% quantile"),
+                    Line2D([], [], color="0.3", ls="--", label="null mean (bias)")]
+    ax.legend(handles=handles, loc="upper right", frameon=False)
+    _style(ax)
+    ax.set_title(title or "How much each input explains refusal (W2 index)", loc="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Fig. 6: coefficient forest plot
+# ----------------------------------------------------------------------------------------
+_TERM = ("term", "name", "coef_name")
+_EST = ("estimate", "coef", "Estimate", "log_odds")
+_LO = ("ci_low", "conf_low", "lower", "ci_lower", "2.5%")
+_HI = ("ci_high", "conf_high", "upper", "ci_upper", "97.5%")
+_P = ("p_value", "p", "pvalue", "Pr(>|z|)", "p_adj")
+
+
+def _pick(df: pd.DataFrame, names: Sequence[str], what: str) -> str | None:
+    for n in names:
+        if n in df.columns:
+            return n
+    return None
+
+
+def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Normalise a coefficient table to ``term, estimate, ci_low, ci_high, p_value``.
+
+    Accepts ``LogitResult.coef_table()`` or any DataFrame with a term column (or index)
+    and estimate / interval columns under common names.
+    """
+    tab = getattr(table, "coef_table", None)
+    if callable(tab):
+        table = tab()
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a coefficient DataFrame, got {type(table).__name__}")
+    df = table.copy()
+    term = _pick(df, _TERM, "term")
+    if term is None:
+        df = df.reset_index().rename(columns={"index": "term"})
+        term = "term" if "term" in df.columns else df.columns[0]
+    est, lo, hi = _pick(df, _EST, ""), _pick(df, _LO, ""), _pick(df, _HI, "")
+    if est is None or lo is None or hi is None:
+        raise KeyError("a coefficient table needs an estimate and CI columns (e.g. 'estimate', "
+                       f"'ci_low', 'ci_high'); it has {list(df.columns)}")
+    p = _pick(df, _P, "")
+    out = pd.DataFrame({
+        "term": df[term].astype(str).to_numpy(),
+        "estimate": df[est].to_numpy(float),
+        "ci_low": df[lo].to_numpy(float),
+        "ci_high": df[hi].to_numpy(float),
+        "p_value": df[p].to_numpy(float) if p else np.full(len(df), np.nan),
+    })
+    return out
+
+
+def _pretty_term(term: str) -> str:
+    """``persona[T.Black person]`` -> ``persona: Black person``."""
+    if "[T." in term and term.endswith("]"):
+        f, lvl = term.split("[T.", 1)
+        f = f.removeprefix("C(").split(",")[0].rstrip(")")
+        return f"{f}: {lvl[:-1]}"
+    return term
+
+
+def coefficients(table, top_k: int = 10, *, alpha: float = 0.01,
+                 title: str | None = None) -> Figure:
+    """Forest plot of the ``top_k`` largest positive and negative coefficients (P1's Fig. 6).
+
+    Log-odds estimates with their CIs (whiskers); filled markers are significant at
+    ``alpha`` (P1 uses 0.01), hollow ones are not. The intercept is left out.
+
+    Parameters
+    ----------
+    table : LogitResult or DataFrame
+        A fitted ``logit`` result (its ``coef_table()`` is used) or a coefficient table
+        (``term``, ``estimate``, ``ci_low``, ``ci_high``, optional ``p_value``).
+    top_k : int
+        How many of the most positive and of the most negative terms to show.
+    alpha : float
+        Significance level of the filled markers.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> tab = pd.DataFrame({"term": ["a", "b"], "estimate": [1.0, -0.5],
+    ...                     "ci_low": [0.5, -0.9], "ci_high": [1.5, -0.1]})
+    >>> fig = rs.plot.coefficients(tab, top_k=1)
+    """
+    from matplotlib.lines import Line2D
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    tab = coef_frame(table)
+    tab = tab[~tab["term"].str.lower().isin(["intercept", "(intercept)"])]
+    tab = tab[np.isfinite(tab["estimate"])]
+    pos = tab[tab["estimate"] > 0].nlargest(top_k, "estimate")
+    neg = tab[tab["estimate"] <= 0].nsmallest(top_k, "estimate")
+    show = pd.concat([pos, neg.iloc[::-1]]).reset_index(drop=True)
+    n = len(show)
+    fig = _figure(6.4, 0.26 * n + 1.6)
+    ax = fig.subplots()
+    y = np.arange(n)[::-1]
+    est = show["estimate"].to_numpy()
+    lo = show["ci_low"].to_numpy()
+    hi = show["ci_high"].to_numpy()
+    sig = show["p_value"].to_numpy() < alpha
+    colour = np.where(est > 0, _CAT[4], _CAT[0])
+    for k in range(n):
+        ok = np.isfinite(lo[k]) and np.isfinite(hi[k])
+        ax.errorbar(est[k], y[k], xerr=[[est[k] - lo[k]], [hi[k] - est[k]]] if ok else None,
+                    fmt="o", color=colour[k], mfc=colour[k] if sig[k] else "white", ms=5,
+                    capsize=2, lw=1.1)
+    ax.axvline(0, color="0.4", lw=0.8)
+    ax.set_yticks(y, [_pretty_term(t) for t in show["term"]])
+    ax.set_xlabel("coefficient (log-odds of refusal vs. reference level), 95% CI")
+    ax.set_ylabel("term")
+    ax.grid(axis="x", color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    handles = [Line2D([], [], color=_CAT[4], marker="o", ls="", label="raises refusal"),
+               Line2D([], [], color=_CAT[0], marker="o", ls="", label="lowers refusal"),
+               Line2D([], [], color="0.3", marker="o", mfc="white", ls="",
+                      label=f"hollow: p ≥ {alpha:g}")]
+    ax.legend(handles=handles, loc="best", frameon=False)
+    _style(ax)
+    ax.set_title(title or f"Largest {top_k} positive and negative coefficients", loc="left")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# hierarchical effects
+# ----------------------------------------------------------------------------------------
+_MEAN = ("effect", "mean", "estimate", "median")
+_HLO = ("effect_low", "hdi_low", "hdi_lower", "hdi_3%", "hdi_2.5%", "ci_low", "lower")
+_HHI = ("effect_high", "hdi_high", "hdi_upper", "hdi_97%", "hdi_97.5%", "ci_high", "upper")
+
+
+def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: str = "model",
+                         *, title: str | None = None) -> Figure:
+    """Posterior effect of each ``level`` within each ``within`` group with HDIs.
+
+    One small panel per ``within`` level (e.g. per model), each a forest of the level's
+    posterior mean effect (log-odds) with its highest-density interval; filled markers
+    are intervals that exclude zero.
+
+    Parameters
+    ----------
+    effects : DataFrame
+        From ``HierarchicalResult.effects("persona", within="model")``: columns ``level``,
+        ``within``, the posterior mean (``effect``, or ``mean``) and HDI bounds
+        (``effect_low``/``effect_high``, or ``hdi_low``/``hdi_high``); the HDI mass is
+        read from ``effects.attrs["hdi_prob"]`` (default 0.95).
+    level, within : str
+        Column names of the effect levels and the panel grouping.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> eff = pd.DataFrame({"model": ["A", "A", "B", "B"], "persona": ["x", "y", "x", "y"],
+    ...                     "mean": [0.2, -0.1, 0.5, 0.0], "hdi_low": [0.0, -0.3, 0.3, -0.2],
+    ...                     "hdi_high": [0.4, 0.1, 0.7, 0.2]})
+    >>> fig = rs.plot.hierarchical_effects(eff)
+    """
+    if not isinstance(effects, pd.DataFrame):
+        raise TypeError(f"expected an effects DataFrame, got {type(effects).__name__}")
+    m, lo_c, hi_c = _pick(effects, _MEAN, ""), _pick(effects, _HLO, ""), _pick(effects, _HHI, "")
+    if m is None or lo_c is None or hi_c is None:
+        raise KeyError("hierarchical_effects needs a mean and HDI columns (e.g. 'mean', "
+                       f"'hdi_low', 'hdi_high'); it has {list(effects.columns)}")
+    cols = [level] + ([within] if within else [])
+    _need(effects, cols, "hierarchical_effects")
+    prob = float(effects.attrs.get("hdi_prob", 0.95))
+    groups = _levels(effects[within]) if within else [None]
+    levels = _levels(effects[level])
+    ncol = min(4, len(groups))
+    nrow = int(np.ceil(len(groups) / ncol))
+    fig = _figure(2.3 * ncol + 1.4, (0.15 * len(levels) + 0.7) * nrow + 0.8)
+    axes = np.atleast_2d(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False))
+    y = np.arange(len(levels))[::-1]
+    for k, g in enumerate(groups):
+        ax = axes.flat[k]
+        sub = effects if g is None else effects[effects[within].astype(str) == str(g)]
+        s = sub.set_index(level).reindex(levels)
+        mu = s[m].to_numpy(float)
+        lo = s[lo_c].to_numpy(float)
+        hi = s[hi_c].to_numpy(float)
+        ok = np.isfinite(mu)
+        excl = ok & ((lo > 0) | (hi < 0))
+        colour = np.where(mu > 0, _CAT[4], _CAT[0])
+        ax.axvline(0, color="0.5", lw=0.7)
+        for i in np.flatnonzero(ok):
+            ax.errorbar(mu[i], y[i], xerr=[[mu[i] - lo[i]], [hi[i] - mu[i]]], fmt="o",
+                        ms=3, lw=0.9, color=colour[i], mfc=colour[i] if excl[i] else "white")
+        ax.set_yticks(y, [str(v) for v in levels])
+        ax.tick_params(labelsize=6.5)
+        if g is not None:
+            ax.set_title(str(g), fontsize=8)
+        _style(ax)
+    for k in range(len(groups), nrow * ncol):
+        axes.flat[k].set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"effect (log-odds), {prob:.0%} HDI", fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(level)
+    fig.suptitle(title or f"{level} effect within each {within} (filled: HDI excludes 0)",
+                 x=0.01, ha="left")
+    return fig

@@ -1,0 +1,415 @@
+"""The uncertainty-aware report: one self-contained HTML page, PNG/SVG figures, CSV tables.
+
+:func:`report` runs every analysis the table's columns support (see
+:mod:`refusalstats.report.sections`) and writes::
+
+    out/report.html             the page (figures embedded; no external requests)
+    out/figures/<name>.png|svg  every figure
+    out/tables/<name>.csv       every table, unrounded
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import sections as S
+
+__all__ = ["Report", "report"]
+
+
+@dataclass
+class Report:
+    """What :func:`report` wrote.
+
+    Attributes
+    ----------
+    path : Path
+        The HTML page.
+    out : Path
+        The output folder.
+    sections : list of Section
+        Every analysis, in page order (``skipped`` holds the reason when it did not run).
+    findings : list of str
+        The findings summary at the top of the page.
+    figures, tables : dict of str -> Path
+        Written PNG figures and CSV tables by name.
+    """
+
+    path: Path
+    out: Path
+    sections: list[S.Section]
+    findings: list[str]
+    figures: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Section key -> reason, for the analyses that did not run."""
+        return {s.key: s.skipped for s in self.sections if s.skipped}
+
+    def __repr__(self) -> str:
+        ran = [s.key for s in self.sections if not s.skipped]
+        return (f"Report({str(self.path)!r}: sections {ran}, skipped {list(self.skipped)}, "
+                f"{len(self.figures)} figures, {len(self.tables)} tables)")
+
+
+# ----------------------------------------------------------------------------------------
+# public entry point
+# ----------------------------------------------------------------------------------------
+def report(
+    data: pd.DataFrame | str | Path,
+    out: str | Path = "report/",
+    formula: str | None = None,
+    inputs: list[str] | None = None,
+    hierarchical: bool | str = True,
+    seed: int = 0,
+    *,
+    results: Mapping[str, Any] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    title: str = "False refusal report",
+    source: str | None = None,
+    progress: bool = True,
+) -> Report:
+    """Run every analysis the table supports and write an HTML report with figures and CSVs.
+
+    Sections, in order: refusal rate by model x task (P1 Table 1); persona vs
+    persona-free (Fig. 1, when ``setting`` has both); rate per persona (Figs. 2-3, 7-9);
+    rate by response type (Figs. 4, 10-11); W2 sensitivity indices with bootstrap CIs and
+    permutation null (Fig. 5); logistic regression, Firth-penalised by default with
+    cluster-robust SEs on ``item_id`` when present, its coefficient forest plot (Fig. 6),
+    full coefficient table (Table 7) and LR test per factor; the Bayesian hierarchical
+    model's persona-within-model effects; sampled answers when a ``response`` column
+    exists. An analysis the data cannot support is skipped and the page says why.
+
+    Parameters
+    ----------
+    data : DataFrame or path
+        A response table, or a file readable by :func:`refusalstats.read_responses`.
+    out : str or Path
+        Output folder (created).
+    formula : str, optional
+        Formula of the regression; default ``refusal ~ persona + prompt + task + model``
+        over the factors that have at least two levels.
+    inputs : list of str, optional
+        Inputs of the W2 analysis; default model, task, persona, prompt (those present
+        with at least two levels).
+    hierarchical : bool or str
+        Fit the hierarchical model (default formula ``refusal ~ task + prompt +
+        (1|model) + (1|persona) + (1|persona:model)``); a string is used as its formula;
+        False skips it. It is also skipped when the table is too small (fewer than
+        1,000 rows, 20 refusals, or 3 models / personas).
+    seed : int
+        Seed of every random step (bootstrap, permutations, sampler, answer samples).
+    results : mapping, optional
+        Already computed results to reuse instead of fitting again: ``"logit"`` (a
+        ``logit`` result), ``"w2"`` (a ``w2_sensitivity`` result), ``"hierarchical"``.
+    options : mapping, optional
+        Keyword arguments per analysis, e.g. ``{"w2": {"n_boot": 200}, "hierarchical":
+        {"draws": 500}, "logit": {"penalty": None}}``.
+    title : str
+        Page title.
+    source : str, optional
+        Where the data came from, for the header (default: the path, the table's
+        metadata ``source``, or "in-memory table").
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    Report
+        ``.path`` (the HTML file), ``.sections``, ``.skipped`` (key -> reason),
+        ``.findings``, ``.figures`` and ``.tables`` (written files).
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.02)
+    >>> rep = rs.report(df, out="report/", hierarchical=False)  # doctest: +SKIP
+    >>> rep.skipped  # doctest: +SKIP
+    {'persona_free': "no persona-free rows: ...", ...}
+    """
+    from ..table import read_responses, validate
+
+    if isinstance(data, (str, Path)):
+        path_in = Path(data)
+        df = read_responses(path_in)
+        source = source or str(path_in)
+    elif isinstance(data, pd.DataFrame):
+        df = validate(data)
+        df.attrs = dict(data.attrs)
+    else:
+        raise TypeError(f"data must be a DataFrame or a path to a response table, "
+                        f"got {type(data).__name__}")
+    if not isinstance(hierarchical, (bool, str)):
+        raise TypeError(f"hierarchical must be True, False or a formula string, got {hierarchical!r}")
+    results = dict(results or {})
+    unknown = set(results) - {"logit", "w2", "hierarchical"}
+    if unknown:
+        raise ValueError(f"results has unknown key(s) {sorted(unknown)}; "
+                         "use 'logit', 'w2', 'hierarchical'")
+    options = {k: dict(v) for k, v in (options or {}).items()}
+    unknown = set(options) - {"logit", "w2", "hierarchical"}
+    if unknown:
+        raise ValueError(f"options has unknown key(s) {sorted(unknown)}; "
+                         "use 'logit', 'w2', 'hierarchical'")
+    if inputs is not None:
+        missing = [c for c in inputs if c not in df.columns]
+        if missing:
+            raise KeyError(f"inputs {missing} are not columns of the table; it has {list(df.columns)}")
+
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    ctx = S.Context(data=df, persona_data=_persona_rows(df), formula=formula,
+                    inputs=list(inputs) if inputs else None, hierarchical=hierarchical,
+                    seed=seed, results=results, options=options, progress=progress)
+    import matplotlib
+
+    with matplotlib.rc_context(_rc()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tight_layout.*")
+        secs = S.build(ctx)
+
+    figures: dict[str, Path] = {}
+    tables: dict[str, Path] = {}
+    for sec in secs:
+        for f in sec.figures:
+            p = out / "figures" / f"{f.key}.png"
+            p.write_bytes(f.png)
+            (out / "figures" / f"{f.key}.svg").write_bytes(f.svg)
+            figures[f.key] = p
+        for t in sec.tables:
+            p = out / "tables" / f"{t.key}.csv"
+            t.data.to_csv(p, index=False)
+            tables[t.key] = p
+    findings = [f for sec in secs if not sec.skipped for f in sec.findings]
+    meta = _header(df, source, seed)
+    page = _page(title, meta, findings, secs)
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return Report(path=path, out=out, sections=secs, findings=findings, figures=figures,
+                  tables=tables)
+
+
+def _rc() -> dict:
+    return dict(S.F._RC)
+
+
+def _persona_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return S.F._persona_rows(df)
+
+
+# ----------------------------------------------------------------------------------------
+# the page
+# ----------------------------------------------------------------------------------------
+def _header(df: pd.DataFrame, source: str | None, seed: int) -> list[tuple[str, str]]:
+    from .. import __version__
+
+    meta = df.attrs.get("metadata") or {}
+    truth = df.attrs.get("truth")
+    if source is None:
+        if meta.get("source"):
+            source = str(meta["source"])
+        elif truth:
+            source = (f"simulated: refusalstats.simulate_paper(scale={truth.get('scale')}, "
+                      f"seed={truth.get('seed')}, calibrate={truth.get('calibrate')!r})")
+        else:
+            source = "in-memory table"
+
+    def lv(col: str) -> str:
+        if col not in df.columns:
+            return "— (no column)"
+        levels = S._levels(df, col)
+        shown = ", ".join(map(str, levels[:20])) + (" …" if len(levels) > 20 else "")
+        return f"{len(levels)}: {shown}"
+
+    rows = [
+        ("Data", source),
+        ("Rows", f"{len(df):,} answers, {int(df['refusal'].sum()):,} refusals"),
+        ("Models", lv("model")),
+        ("Tasks", lv("task")),
+        ("Personas", lv("persona")),
+        ("Prompts", lv("prompt")),
+    ]
+    if "setting" in df.columns:
+        rows.append(("Settings", lv("setting")))
+    if "item_id" in df.columns:
+        rows.append(("Items", f"{df['item_id'].nunique():,}"))
+    for k in ("model_revision", "decoding", "seed"):
+        if k in meta:
+            rows.append((f"Run {k.replace('_', ' ')}", str(meta[k])))
+    rows += [
+        ("Generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("refusalstats", __version__),
+        ("Seed", str(seed)),
+    ]
+    return rows
+
+
+_CSS = """
+:root { --fg:#1b1b1b; --muted:#5a5a5a; --line:#d9d9d9; --bg2:#f5f6f8; --accent:#0072B2; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+       color: var(--fg); margin: 0; background: #fff; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 26px; margin: 0 0 6px; }
+h2 { font-size: 20px; margin: 40px 0 6px; padding-top: 12px; border-top: 2px solid var(--line); }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+.sub { color: var(--muted); margin: 0 0 16px; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0;
+          background: var(--bg2); padding: 12px 16px; border-radius: 6px; font-size: 13.5px; }
+dl.meta dt { font-weight: 600; color: var(--muted); }
+dl.meta dd { margin: 0; overflow-wrap: anywhere; }
+nav ol { columns: 2; font-size: 14px; padding-left: 20px; }
+nav a, a { color: var(--accent); text-decoration: none; }
+.findings { background: #eef5fb; border-left: 4px solid var(--accent); padding: 10px 18px;
+            border-radius: 0 6px 6px 0; }
+.findings li { margin: 4px 0; }
+.howto { color: var(--muted); font-size: 14px; margin: 4px 0 12px; }
+.howto b { color: var(--fg); }
+.skipped { background: #fff6e5; border-left: 4px solid #E69F00; padding: 8px 14px;
+           border-radius: 0 6px 6px 0; }
+.note { font-size: 13.5px; color: var(--muted); margin: 4px 0; }
+figure { margin: 14px 0 22px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figcaption { font-size: 13.5px; color: var(--muted); margin-top: 4px; }
+table { border-collapse: collapse; font-size: 13px; margin: 6px 0 14px;
+        font-variant-numeric: tabular-nums; }
+th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: left;
+         vertical-align: top; }
+th { background: var(--bg2); position: sticky; top: 0; }
+tbody tr:nth-child(even) td { background: #fafafa; }
+td.num { text-align: right; white-space: nowrap; }
+.scroll { max-height: 520px; overflow: auto; border: 1px solid var(--line); border-radius: 4px;
+          display: inline-block; max-width: 100%; }
+details { margin: 6px 0 14px; }
+summary { cursor: pointer; color: var(--accent); font-size: 14px; }
+pre { background: var(--bg2); padding: 10px 12px; font-size: 12px; overflow: auto;
+      border-radius: 4px; max-height: 520px; }
+footer { margin-top: 48px; font-size: 13px; color: var(--muted); border-top: 1px solid var(--line);
+         padding-top: 10px; }
+@media print { .scroll { max-height: none; overflow: visible; } details { display: block; } }
+"""
+
+_NUMERIC_HINT = ("n", "refusals", "rate", "95% CI", "estimate", "p", "ι", "df", "χ² (LR)",
+                 "mean", "R-hat", "bulk ESS", "odds ratio", "levels", "null mean", "null 95%",
+                 "ι − null mean", "permutation p", "effect (log-odds)", "95% HDI",
+                 "P(effect > 0)", "Δ refusal probability", "observed rate", "persona",
+                 "persona-free", "difference (pp)", "95% CI (pp)")
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _clean(v: Any) -> str:
+    """Cell text; missing values read as an em dash (never 'nan')."""
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not np.isfinite(v):
+        return "—"
+    s = str(v)
+    return "—" if s.lower() in ("nan", "none", "<na>", "nat") else s
+
+
+def _table_html(t: S.TableItem, numeric_cols: set[str]) -> str:
+    d = t.display
+    head = "".join(f"<th>{_esc(c)}</th>" for c in d.columns)
+    body = []
+    for row in d.itertuples(index=False):
+        cells = []
+        for c, v in zip(d.columns, row):
+            cls = ' class="num"' if c in numeric_cols else ""
+            cells.append(f"<td{cls}>{_esc(_clean(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    tab = (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+           f"<tbody>{''.join(body)}</tbody></table></div>")
+    csv = f'<p class="note">{_esc(t.caption)} CSV: <code>tables/{_esc(t.key)}.csv</code></p>'
+    if t.collapsed:
+        return (f"<details><summary>Table: {_esc(t.caption)} ({len(d):,} rows)</summary>"
+                f"{tab}{csv}</details>")
+    return tab + csv
+
+
+def _section_html(sec: S.Section, fig_no: list[int]) -> str:
+    parts = [f'<section id="{_esc(sec.key)}"><h2>{_esc(sec.title)}</h2>']
+    if sec.skipped:
+        parts.append(f'<p class="skipped"><b>Skipped:</b> {_esc(sec.skipped)}</p></section>')
+        return "".join(parts)
+    if sec.how_to_read:
+        parts.append(f'<p class="howto"><b>How to read:</b> {_esc(sec.how_to_read)}</p>')
+    if sec.findings:
+        parts.append("<ul>" + "".join(f"<li>{_esc(f)}</li>" for f in sec.findings) + "</ul>")
+    for f in sec.figures:
+        fig_no[0] += 1
+        b64 = base64.b64encode(f.png).decode("ascii")
+        parts.append(
+            f'<figure><img src="data:image/png;base64,{b64}" alt="{_esc(f.caption)}">'
+            f"<figcaption>Figure {fig_no[0]}. {_esc(f.caption)} Files: "
+            f"<code>figures/{_esc(f.key)}.png</code>, <code>.svg</code></figcaption></figure>"
+        )
+    numeric = set(_NUMERIC_HINT)
+    for t in sec.tables:
+        parts.append(_table_html(t, numeric))
+    for n in sec.notes:
+        parts.append(f'<p class="note">{_esc(n)}</p>')
+    if sec.text:
+        parts.append(f"<details><summary>Full model summary</summary><pre>{_esc(sec.text)}"
+                     "</pre></details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _page(title: str, meta: list[tuple[str, str]], findings: list[str],
+          secs: list[S.Section]) -> str:
+    fig_no = [0]
+    body = "".join(_section_html(s, fig_no) for s in secs)
+    toc = "".join(
+        f'<li><a href="#{_esc(s.key)}">{_esc(s.title)}</a>'
+        + (" <span class=\"note\">(skipped)</span>" if s.skipped else "") + "</li>"
+        for s in secs
+    )
+    skipped = [s for s in secs if s.skipped]
+    find = "".join(f"<li>{_esc(f)}</li>" for f in findings) or "<li>No analysis could run.</li>"
+    if skipped:
+        find += "<li>Not run: " + "; ".join(
+            f"{_esc(s.title)} — {_esc(s.skipped)}" for s in skipped) + "</li>"
+    metahtml = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in meta)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<main>
+<header>
+<h1>{_esc(title)}</h1>
+<p class="sub">Every rate, coefficient and index below comes with its 95% interval.
+Figures and tables are also written as PNG/SVG and CSV next to this page.</p>
+<dl class="meta">{metahtml}</dl>
+</header>
+<nav><h2 id="contents">Contents</h2><ol>{toc}</ol></nav>
+<section id="findings"><h2>Findings</h2><ul class="findings">{find}</ul></section>
+{body}
+<footer>Rates: Wilson score intervals; differences: Newcombe hybrid score intervals;
+regression: Firth-penalised logistic regression (profile-likelihood CIs where available,
+cluster-robust standard errors by item when the table has <code>item_id</code>), LR test per
+factor; W2 indices: exact empirical Wasserstein-2 with bootstrap CIs and a permutation null
+(Borgonovo et al. 2024); hierarchical model: PyMC/nutpie with highest-density intervals.
+Reference design: Plaza-del-Arco et al. (2025), "No for Some, Yes for Others".</footer>
+</main>
+</body>
+</html>
+"""

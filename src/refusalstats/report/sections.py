@@ -1,0 +1,750 @@
+"""The analyses of the report: each turns a response table into one :class:`Section`.
+
+A section holds its figures (rendered to PNG/SVG bytes), its tables (the raw numbers for
+CSV and a formatted copy for the page), a one-line "how to read", findings written from
+the numbers, and — when the data cannot support the analysis, or the module it needs is
+not available — the reason it was skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import figures as F
+
+#: The paper's reference levels (P1 Table 7), used when those levels exist in the table.
+PAPER_REFERENCE: dict[str, str] = {"persona": "Atheist", "prompt": "p1", "task": "nli",
+                                   "model": "Llama2-13B"}
+#: Factors of P1's regression and W2 analysis, in the paper's order.
+FACTORS: tuple[str, ...] = ("persona", "prompt", "task", "model")
+#: The hierarchical model needs at least this many rows ...
+HIER_MIN_ROWS = 1000
+#: ... at least this many refusals ...
+HIER_MIN_REFUSALS = 20
+#: ... and at least this many levels of each grouping variable (model, persona).
+HIER_MIN_LEVELS = 3
+#: PNG resolution of saved and embedded figures.
+DPI = 130
+
+#: Errors that mean "the data cannot support this analysis" (reported as a skip); any
+#: other exception is a bug and propagates.
+DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, np.linalg.LinAlgError)
+
+
+#: Section titles, in page order.
+TITLES: dict[str, str] = {
+    "rates": "Refusal rate by model and task (Table 1)",
+    "persona_free": "With and without a persona (Fig. 1)",
+    "personas": "Refusal rate per persona (Figs. 2–3, 7–9)",
+    "response_type": "Refusal rate by response type (Figs. 4, 10, 11)",
+    "w2": "How much each factor explains refusal: W2 sensitivity (Fig. 5)",
+    "logit": "Logistic regression: which factors raise refusal (Fig. 6, Table 7)",
+    "hierarchical": "Hierarchical model: each persona within each model",
+    "answers": "The models' answers",
+}
+
+
+@dataclass
+class FigureItem:
+    """A rendered figure: ``png`` and ``svg`` bytes, its caption and alt text."""
+
+    key: str
+    caption: str
+    png: bytes
+    svg: bytes
+
+
+@dataclass
+class TableItem:
+    """A table: ``data`` (raw numbers, written to CSV) and ``display`` (formatted for HTML)."""
+
+    key: str
+    caption: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+    collapsed: bool = False
+
+
+@dataclass
+class Section:
+    """One analysis of the report."""
+
+    key: str
+    title: str
+    how_to_read: str = ""
+    figures: list[FigureItem] = field(default_factory=list)
+    tables: list[TableItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    text: str = ""  # preformatted text (e.g. an R-style summary)
+
+
+@dataclass
+class Context:
+    """What every section builder sees."""
+
+    data: pd.DataFrame          # all rows
+    persona_data: pd.DataFrame  # rows with a persona (persona-free rows removed)
+    formula: str | None
+    inputs: list[str] | None
+    hierarchical: bool | str
+    seed: int
+    results: dict[str, Any]
+    options: dict[str, dict[str, Any]]
+    progress: bool
+
+
+# ----------------------------------------------------------------------------------------
+# formatting
+# ----------------------------------------------------------------------------------------
+def pct(x: float) -> str:
+    """A proportion as a percentage string with Table 1's precision ("—" when missing)."""
+    out = F._pct(x)
+    return "—" if out == "n/a" else out + "%"
+
+
+def pct_ci(lo: float, hi: float) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "—"
+    return f"{F._pct(lo)}–{F._pct(hi)}%"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value as reported in papers: ``< 0.001`` below 0.001, else 3 significant digits."""
+    if p is None or not np.isfinite(p):
+        return "—"
+    if p < 0.001:
+        return "< 0.001"
+    return f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def fmt_num(x: float, digits: int = 3) -> str:
+    if x is None or not np.isfinite(x):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def rate_display(tab: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """``refusal_rates`` output formatted for the page: n, refusals, rate (%), 95% CI."""
+    out = tab[by].astype(str).copy()
+    out["n"] = [f"{int(v):,}" for v in tab["n"]]
+    out["refusals"] = [f"{int(v):,}" for v in tab["refusals"]]
+    out["rate"] = [pct(v) for v in tab["rate"]]
+    out["95% CI"] = [pct_ci(a, b) for a, b in zip(tab["ci_low"], tab["ci_high"])]
+    return out
+
+
+def render(fig, key: str, caption: str) -> FigureItem:
+    """Render a matplotlib Figure to PNG and SVG bytes (the Figure is then released)."""
+    png, svg = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI)
+    fig.set_layout_engine("none")  # keep the layout just computed: no second layout pass
+    fig.savefig(svg, format="svg")
+    fig.clear()
+    return FigureItem(key, caption, png.getvalue(), svg.getvalue())
+
+
+def _levels(df: pd.DataFrame, col: str) -> list:
+    return F._levels(df[col]) if col in df.columns else []
+
+
+def _multi(df: pd.DataFrame, col: str) -> bool:
+    return col in df.columns and df[col].nunique(dropna=True) >= 2
+
+
+def _refusal_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return F._rate_table(df, by)
+
+
+# ----------------------------------------------------------------------------------------
+# 1. rates by model x task (Table 1)
+# ----------------------------------------------------------------------------------------
+def rates_section(ctx: Context) -> Section:
+    s = Section("rates", TITLES["rates"],
+                "Each cell is the share of answers that were refusals, with its 95% Wilson "
+                "interval below; colour follows the square root of the rate so small rates "
+                "stay visible.")
+    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    if len(d) < len(ctx.data):
+        s.notes.append(f"Rows with a persona only ({len(d):,} of {len(ctx.data):,}); "
+                       "persona-free rows are compared in the next section.")
+    tab = _refusal_rates(d, ["model", "task"])
+    s.figures.append(render(F.rates(tab), "rates_model_task",
+                            "Refusal rate (%) by model and task with 95% CIs."))
+    s.tables.append(TableItem("rates_model_task", "Refusal rate by model and task.", tab,
+                              rate_display(tab, ["model", "task"]), collapsed=len(tab) > 24))
+    overall = _refusal_rates(d.assign(_all="all"), ["_all"]).iloc[0]
+    s.findings.append(
+        f"Overall refusal rate {pct(overall['rate'])} (95% CI {pct_ci(overall['ci_low'], overall['ci_high'])}) "
+        f"over {int(overall['n']):,} answers."
+    )
+    top = tab.loc[tab["rate"].idxmax()]
+    s.findings.append(
+        f"Highest model × task rate: {top['model']} on {top['task']}, {pct(top['rate'])} "
+        f"(95% CI {pct_ci(top['ci_low'], top['ci_high'])})."
+    )
+    never = tab.groupby("model", observed=True)["refusals"].sum()
+    never = [str(m) for m, v in never.items() if v == 0]
+    if never:
+        s.findings.append(
+            f"{len(never)} model(s) never refused: {', '.join(never)} — their regression "
+            "coefficients are not identifiable without penalisation (separation)."
+        )
+    return s
+
+
+# ----------------------------------------------------------------------------------------
+# 2. persona vs persona-free (Fig. 1)
+# ----------------------------------------------------------------------------------------
+def _newcombe(k1, n1, k0, n0, z=1.959963984540054):
+    """Newcombe's hybrid score interval for p1 - p0 (method 10), vectorised."""
+    def wilson(k, n):
+        p = k / n
+        c = (p + z * z / (2 * n)) / (1 + z * z / n)
+        h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return p, c - h, c + h
+    p1, l1, u1 = wilson(np.asarray(k1, float), np.asarray(n1, float))
+    p0, l0, u0 = wilson(np.asarray(k0, float), np.asarray(n0, float))
+    d = p1 - p0
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    return d, lo, hi
+
+
+def persona_free_section(ctx: Context) -> Section:
+    s = Section("persona_free", TITLES["persona_free"],
+                "Orange circles: refusal rate when the prompt names a persona; blue squares: "
+                "the same prompts without one; whiskers are 95% CIs. The table gives the "
+                "difference (persona − persona-free) with Newcombe's 95% interval.")
+    d = ctx.data
+    if "setting" not in d.columns:
+        s.skipped = ("the table has no 'setting' column, so persona and persona-free prompts "
+                     "cannot be told apart (add setting = 'persona' / 'persona-free').")
+        return s
+    settings = set(d["setting"].astype(str).unique())
+    if not {"persona", "persona-free"} <= settings:
+        s.skipped = ("no persona-free rows: column 'setting' holds only "
+                     f"{sorted(settings)}; the comparison needs both 'persona' and "
+                     "'persona-free' answers.")
+        return s
+    by = ["task", "model"] if "task" in d.columns else ["model"]
+    eff = _persona_effect(d, by)
+    s.figures.append(render(F.persona_vs_free(d), "persona_vs_free",
+                            "Refusal rate with and without a persona, per model and task."))
+    disp = eff[by].astype(str).copy()
+    disp["persona"] = [pct(v) for v in eff["rate_persona"]]
+    disp["persona-free"] = [pct(v) for v in eff["rate_free"]]
+    disp["difference (pp)"] = [fmt_num(100 * v, 2) for v in eff["diff"]]
+    disp["95% CI (pp)"] = [f"{fmt_num(100 * a, 2)} to {fmt_num(100 * b, 2)}"
+                           for a, b in zip(eff["diff_low"], eff["diff_high"])]
+    s.tables.append(TableItem("persona_vs_free", "Persona minus persona-free refusal rate, "
+                              "percentage points, Newcombe 95% CI.", eff, disp,
+                              collapsed=len(eff) > 24))
+    up = eff[eff["diff_low"] > 0]
+    down = eff[eff["diff_high"] < 0]
+    s.findings.append(
+        f"A persona raises the refusal rate in {len(up)} of {len(eff)} "
+        f"{' × '.join(by)} cells and lowers it in {len(down)} (95% CI excludes 0)."
+    )
+    if len(eff):
+        big = eff.loc[eff["diff"].abs().idxmax()]
+        where = ", ".join(f"{c} {big[c]}" for c in by)
+        s.findings.append(
+            f"Largest persona effect: {where}: {pct(big['rate_persona'])} with vs. "
+            f"{pct(big['rate_free'])} without a persona ({fmt_num(100 * big['diff'], 1)} pp, "
+            f"95% CI {fmt_num(100 * big['diff_low'], 1)} to {fmt_num(100 * big['diff_high'], 1)})."
+        )
+    return s
+
+
+def _persona_effect(d: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Persona minus persona-free rate per group with Newcombe CIs."""
+    try:
+        from ..rates import persona_effect
+    except ImportError:
+        persona_effect = None
+    if persona_effect is not None:
+        eff = persona_effect(d, by=by)
+        cols = {"rate_persona", "rate_free", "diff", "diff_low", "diff_high"}
+        if cols <= set(eff.columns):
+            return eff
+    tab = _refusal_rates(d.assign(setting=d["setting"].astype(str)), by + ["setting"])
+    p = tab[tab["setting"] == "persona"].set_index(by)
+    f = tab[tab["setting"] == "persona-free"].set_index(by)
+    both = p.join(f, lsuffix="_p", rsuffix="_f", how="inner")
+    diff, lo, hi = _newcombe(both["refusals_p"], both["n_p"], both["refusals_f"], both["n_f"])
+    out = pd.DataFrame({
+        "n_persona": both["n_p"].to_numpy(), "rate_persona": both["rate_p"].to_numpy(),
+        "n_free": both["n_f"].to_numpy(), "rate_free": both["rate_f"].to_numpy(),
+        "diff": diff, "diff_low": lo, "diff_high": hi,
+    }, index=both.index).reset_index()
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# 3. per persona (Figs. 2-3, 7-9)
+# ----------------------------------------------------------------------------------------
+def personas_section(ctx: Context) -> Section:
+    s = Section("personas", TITLES["personas"],
+                "Points are each persona's refusal rate with its 95% CI, coloured by persona "
+                "group; non-overlapping intervals indicate a clear difference. The heatmaps "
+                "break the rate down by model, one per task.")
+    d = ctx.persona_data
+    if not _multi(d, "persona"):
+        s.skipped = ("fewer than two personas among the rows with a persona "
+                     f"(found {_levels(d, 'persona')}); nothing to compare.")
+        return s
+    s.figures.append(render(F.personas(ctx.data if "setting" in ctx.data.columns else d),
+                            "personas", "Refusal rate per persona and task, with 95% CIs."))
+    by = (["task"] if "task" in d.columns else []) + ["persona"]
+    tab = _refusal_rates(d, by)
+    s.tables.append(TableItem("rates_persona", "Refusal rate per persona (and task).", tab,
+                              rate_display(tab, by), collapsed=True))
+    if _multi(d, "model"):
+        tasks = _levels(d, "task") or [None]
+        for t in tasks:
+            sub = d if t is None else d[d["task"].astype(str) == str(t)]
+            if sub["refusal"].sum() == 0:
+                s.notes.append(f"No refusals at all in task {t}: its model × persona heatmap "
+                               "is left out.")
+                continue
+            s.figures.append(render(F.persona_heatmap(sub, task=None if t is None else str(t),
+                                                      title=None),
+                                    f"persona_model_{t or 'all'}",
+                                    f"Refusal rate by model and persona{'' if t is None else f', task {t}'}."))
+        mt = _refusal_rates(d, ["model"] + by)
+        s.tables.append(TableItem("rates_model_persona", "Refusal rate per model, task and "
+                                  "persona.", mt, rate_display(mt, ["model"] + by),
+                                  collapsed=True))
+    pooled = _refusal_rates(d, ["persona"]).sort_values("rate")
+    lo, hi = pooled.iloc[0], pooled.iloc[-1]
+    overlap = hi["ci_low"] <= lo["ci_high"]
+    s.findings.append(
+        f"Persona with the highest refusal rate: {hi['persona']} {pct(hi['rate'])} (95% CI "
+        f"{pct_ci(hi['ci_low'], hi['ci_high'])}); lowest: {lo['persona']} {pct(lo['rate'])} "
+        f"({pct_ci(lo['ci_low'], lo['ci_high'])})"
+        + ("; the intervals overlap." if overlap else "; the intervals do not overlap.")
+    )
+    return s
+
+
+# ----------------------------------------------------------------------------------------
+# 4. response type (Figs. 4, 10, 11)
+# ----------------------------------------------------------------------------------------
+def response_type_section(ctx: Context) -> Section:
+    s = Section("response_type", TITLES["response_type"],
+                "Unforced prompts let the model answer freely, semi-forced ask for the label "
+                "only, forced demand one of the labels; cells give the rate and its 95% CI.")
+    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    if "response_type" not in d.columns:
+        s.skipped = "the table has no 'response_type' column (unforced / semi-forced / forced)."
+        return s
+    if not _multi(d, "response_type"):
+        s.skipped = (f"'response_type' has a single level ({_levels(d, 'response_type')}); "
+                     "nothing to compare.")
+        return s
+    s.figures.append(render(F.response_types(d), "response_type",
+                            "Refusal rate by model and response type, per task."))
+    by = (["task"] if "task" in d.columns else []) + ["model", "response_type"]
+    tab = _refusal_rates(d, by)
+    s.tables.append(TableItem("rates_response_type", "Refusal rate by task, model and "
+                              "response type.", tab, rate_display(tab, by), collapsed=True))
+    pooled = _refusal_rates(d, ["response_type"])
+    s.findings.append("Refusal rate by response type: " + "; ".join(
+        f"{r.response_type} {pct(r.rate)} ({pct_ci(r.ci_low, r.ci_high)})"
+        for r in pooled.itertuples()) + ".")
+    return s
+
+
+# ----------------------------------------------------------------------------------------
+# 5. W2 sensitivity (Fig. 5)
+# ----------------------------------------------------------------------------------------
+def default_inputs(d: pd.DataFrame) -> list[str]:
+    """P1's factors that the table has with at least two levels."""
+    return [c for c in ("model", "task", "persona", "prompt") if _multi(d, c)]
+
+
+def w2_section(ctx: Context) -> Section:
+    s = Section("w2", TITLES["w2"],
+                "ι is the share of the output's variability explained by an input (0: none, "
+                "1: all); whiskers are bootstrap 95% CIs; the grey box is what an irrelevant "
+                "input with the same number of levels would score (permutation null, up to "
+                "its 95% quantile).")
+    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    res = ctx.results.get("w2")
+    if res is None:
+        try:
+            from ..sensitivity import w2_sensitivity
+        except ImportError as exc:
+            s.skipped = f"the W2 module (refusalstats.sensitivity) is not available: {exc}."
+            return s
+        inputs = list(ctx.inputs) if ctx.inputs else default_inputs(d)
+        if not inputs:
+            s.skipped = "no input column with at least two levels among model, task, persona, prompt."
+            return s
+        if d["refusal"].nunique() < 2:
+            s.skipped = ("refusal is constant (all "
+                         f"{int(d['refusal'].iloc[0])}): no variability to explain.")
+            return s
+        opts = {"n_boot": 1000, "n_perm": 200} | ctx.options.get("w2", {})
+        res = w2_sensitivity(d, inputs=inputs, seed=ctx.seed, progress=ctx.progress, **opts)
+    tab = res.table
+    s.figures.append(render(F.w2(tab), "w2", "W2 sensitivity index per input with 95% "
+                            "bootstrap CIs and the permutation null."))
+    disp = pd.DataFrame({
+        "input": tab["input"].astype(str),
+        "levels": tab["n_partitions"].astype(int).astype(str),
+        "ι": [fmt_num(v) for v in tab["iota"]],
+        "95% CI": [f"{fmt_num(a)}–{fmt_num(b)}" for a, b in zip(tab["ci_low"], tab["ci_high"])],
+        "null mean": [fmt_num(v, 4) for v in tab["null_mean"]],
+        "null 95%": [fmt_num(v, 4) for v in tab["null_q95"]],
+        "ι − null mean": [fmt_num(v) for v in tab["iota_corrected"]],
+    })
+    if "p_value" in tab.columns:
+        disp["permutation p"] = [fmt_p(v) for v in tab["p_value"]]
+    s.tables.append(TableItem("w2_indices", "W2 sensitivity indices.", tab, disp))
+    srt = tab.sort_values("iota", ascending=False)
+    first = srt.iloc[0]
+    s.findings.append(
+        f"{first['input']} explains the most variation (ι {fmt_num(first['iota'])}, 95% CI "
+        f"{fmt_num(first['ci_low'])}–{fmt_num(first['ci_high'])}); order: "
+        + " > ".join(f"{r.input} ({fmt_num(r.iota)})" for r in srt.itertuples()) + "."
+    )
+    weak = srt[srt["iota"] <= srt["null_q95"]]
+    if len(weak):
+        s.findings.append("Not distinguishable from an irrelevant input (ι within the "
+                          "permutation null's 95% quantile): " + ", ".join(weak["input"]) + ".")
+    s.notes.append(f"{res.n:,} rows; {res.conf:.0%} {res.ci_method} bootstrap intervals; "
+                   f"output treated as {res.output_kind}.")
+    return s
+
+
+# ----------------------------------------------------------------------------------------
+# 6. logistic regression (Fig. 6, Table 7)
+# ----------------------------------------------------------------------------------------
+def default_formula(d: pd.DataFrame) -> tuple[str, list[str]]:
+    """``refusal ~ persona + prompt + task + model`` over the factors with >= 2 levels."""
+    terms = [c for c in FACTORS if _multi(d, c)]
+    left_out = [c for c in FACTORS if c in d.columns and not _multi(d, c)]
+    return ("refusal ~ " + " + ".join(terms) if terms else ""), left_out
+
+
+def _reference(d: pd.DataFrame, formula: str) -> dict[str, str]:
+    ref = {}
+    for f, lvl in PAPER_REFERENCE.items():
+        if f in formula and f in d.columns and lvl in set(d[f].astype(str)):
+            ref[f] = lvl
+    return ref
+
+
+def logit_section(ctx: Context) -> Section:
+    s = Section("logit", TITLES["logit"],
+                "Coefficients are log-odds of refusal relative to the reference level of "
+                "their factor (positive: more refusals); whiskers are 95% CIs, hollow markers "
+                "are not significant at p < 0.01. The LR test asks whether a factor as a "
+                "whole matters.")
+    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    fit = ctx.results.get("logit")
+    if fit is None:
+        try:
+            from ..logit import logit
+        except ImportError as exc:
+            s.skipped = f"the regression module (refusalstats.logit) is not available: {exc}."
+            return s
+        formula = ctx.formula
+        if formula is None:
+            formula, left_out = default_formula(d)
+            if not formula:
+                s.skipped = ("no predictor with at least two levels among "
+                             f"{', '.join(FACTORS)}.")
+                return s
+            if left_out:
+                s.notes.append("Left out of the default formula (a single level): "
+                               + ", ".join(left_out) + ".")
+        if d["refusal"].nunique() < 2:
+            s.skipped = ("refusal is constant (all "
+                         f"{int(d['refusal'].iloc[0])}): a regression has nothing to explain.")
+            return s
+        opts = {"penalty": "firth"} | ctx.options.get("logit", {})
+        if "cluster" not in opts and "item_id" in d.columns:
+            opts["cluster"] = "item_id"
+        if "reference" not in opts:
+            opts["reference"] = _reference(d, formula)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = logit(formula, d, **opts)
+        for w in caught:
+            s.notes.append(f"Warning from the fit: {w.message}")
+    _logit_outputs(s, fit)
+    return s
+
+
+def _logit_outputs(s: Section, fit) -> None:
+    coef = fit.coef_table()
+    cf = F.coef_frame(coef)
+    s.figures.append(render(F.coefficients(cf, top_k=10), "coefficients",
+                            "Ten most positive and ten most negative coefficients with 95% CIs."))
+    disp = pd.DataFrame({
+        "term": [F._pretty_term(t) for t in cf["term"]],
+        "estimate": [fmt_num(v, 3) for v in cf["estimate"]],
+        "95% CI": [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}" for a, b in zip(cf["ci_low"], cf["ci_high"])],
+        "odds ratio": [fmt_num(np.exp(v), 3) if np.isfinite(v) and abs(v) < 50 else "—"
+                       for v in cf["estimate"]],
+        "p": [fmt_p(v) for v in cf["p_value"]],
+    })
+    if "separated" in coef.columns:
+        disp["separation"] = np.where(coef["separated"].to_numpy(bool), "yes", "")
+    method = [f"penalty: {getattr(fit, 'penalty', None) or 'none (maximum likelihood)'}"]
+    for attr, label in (("cov_type", "standard errors"), ("ci_method", "intervals")):
+        if getattr(fit, attr, None):
+            method.append(f"{label}: {getattr(fit, attr)}")
+    if getattr(fit, "n_obs", None):
+        method.append(f"{fit.n_obs:,} rows in {getattr(fit, 'n_patterns', 0):,} covariate patterns")
+    s.notes.append(f"Formula {getattr(fit, 'formula', '')}; " + "; ".join(method) + ".")
+    for sep in getattr(fit, "separation", None) or []:
+        s.notes.append(f"Separation: {sep}")
+    s.tables.append(TableItem("coefficients", "All coefficients (Table 7).",
+                              coef.reset_index() if coef.index.name else coef, disp,
+                              collapsed=True))
+    lr_test = getattr(fit, "drop1", None) or getattr(fit, "anova", None)
+    try:
+        an = lr_test() if lr_test is not None else None
+    except DATA_ERRORS as exc:  # e.g. a penalty without a likelihood (lasso)
+        s.notes.append(f"No likelihood-ratio tests: {exc}")
+        an = None
+    if an is not None and len(an):
+        a = an.reset_index() if "term" not in an.columns else an.copy()
+        a = a.rename(columns={a.columns[0]: "term"}) if "term" not in a.columns else a
+        a = a[a["term"].astype(str) != "NULL"].reset_index(drop=True)
+        chi = _first_col(a, ("lr", "chi2", "LR", "chisq", "Chisq", "deviance", "Deviance"))
+        dfc = _first_col(a, ("df", "Df"))
+        pc = _first_col(a, ("p_value", "p", "Pr(>Chi)", "pvalue"))
+        adisp = pd.DataFrame({"term": a["term"].astype(str)})
+        if chi:
+            adisp["χ² (LR)"] = [fmt_num(v, 1) for v in a[chi]]
+        if dfc:
+            adisp["df"] = [str(int(v)) if np.isfinite(v) else "—" for v in a[dfc].astype(float)]
+        if pc:
+            adisp["p"] = [fmt_p(v) for v in a[pc]]
+        s.tables.append(TableItem("lr_tests", "Likelihood-ratio test per factor (the factor "
+                                  "dropped from the full model"
+                                  + (", penalized likelihood" if getattr(fit, "penalty", None)
+                                     == "firth" else "") + ").", a, adisp))
+        if chi and dfc and pc:
+            for _, r in a.iterrows():
+                if not (np.isfinite(float(r[chi])) and np.isfinite(float(r[dfc]))):
+                    continue
+                s.findings.append(
+                    f"{r['term']}'s LR test: χ² = {fmt_num(float(r[chi]), 1)}, df = "
+                    f"{int(r[dfc])}, p {_p_phrase(float(r[pc]))}."
+                )
+    r2 = getattr(fit, "pseudo_r2", None)
+    r2 = r2() if callable(r2) else r2
+    if r2 is not None and np.isfinite(r2):
+        s.findings.append(f"McFadden pseudo-R² of the regression: {r2:.3f} (P1 reports 0.573).")
+    pos = cf[~cf["term"].str.lower().str.contains("intercept")]
+    if len(pos):
+        t = pos.loc[pos["estimate"].idxmax()]
+        s.findings.append(
+            f"Largest positive coefficient: {F._pretty_term(t['term'])} "
+            f"{fmt_num(t['estimate'], 2)} (95% CI {fmt_num(t['ci_low'], 2)} to "
+            f"{fmt_num(t['ci_high'], 2)}), odds ratio {fmt_num(np.exp(t['estimate']), 1)}."
+        )
+    summ = getattr(fit, "summary", None)
+    if callable(summ):
+        try:
+            s.text = str(summ())
+        except DATA_ERRORS:
+            s.text = ""
+
+
+def _p_phrase(p: float) -> str:
+    f = fmt_p(p)
+    return f if f.startswith("<") else f"= {f}"
+
+
+def _first_col(df: pd.DataFrame, names) -> str | None:
+    for n in names:
+        if n in df.columns:
+            return n
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# 7. hierarchical model
+# ----------------------------------------------------------------------------------------
+def default_hier_formula(d: pd.DataFrame) -> str:
+    fixed = [c for c in ("task", "prompt") if _multi(d, c)]
+    rhs = (" + ".join(fixed) + " + ") if fixed else "1 + "
+    return f"refusal ~ {rhs}(1|model) + (1|persona) + (1|persona:model)"
+
+
+def hierarchical_section(ctx: Context) -> Section:
+    s = Section("hierarchical", TITLES["hierarchical"],
+                "Each point is a persona's effect (log-odds) in one model relative to an "
+                "average persona in that model, from a Bayesian model that pools information "
+                "across models and personas; whiskers are 95% highest-density intervals, "
+                "filled points exclude 0.")
+    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    fit = ctx.results.get("hierarchical")
+    if fit is None:
+        if ctx.hierarchical is False:
+            s.skipped = "not requested (hierarchical=False / --no-hierarchical)."
+            return s
+        try:
+            from ..hierarchical import hierarchical
+        except ImportError as exc:
+            s.skipped = f"the hierarchical module (refusalstats.hierarchical) is not available: {exc}."
+            return s
+        problems = []
+        for g in ("model", "persona"):
+            n_lv = d[g].nunique() if g in d.columns else 0
+            if n_lv < HIER_MIN_LEVELS:
+                problems.append(f"'{g}' has {n_lv} level(s), fewer than {HIER_MIN_LEVELS} "
+                                "(too few to estimate a group standard deviation)")
+        if len(d) < HIER_MIN_ROWS:
+            problems.append(f"{len(d):,} rows, fewer than {HIER_MIN_ROWS:,}")
+        n_ref = int(d["refusal"].sum())
+        if n_ref < HIER_MIN_REFUSALS:
+            problems.append(f"{n_ref} refusal(s), fewer than {HIER_MIN_REFUSALS}")
+        if problems:
+            s.skipped = "the table is too small for the hierarchical model: " + "; ".join(problems) + "."
+            return s
+        formula = ctx.hierarchical if isinstance(ctx.hierarchical, str) else default_hier_formula(d)
+        opts = {"seed": ctx.seed, "progress": ctx.progress} | ctx.options.get("hierarchical", {})
+        if "reference" not in opts:
+            opts["reference"] = {k: v for k, v in _reference(d, formula).items()
+                                 if k in ("task", "prompt")}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = hierarchical(formula, d, **opts)
+        for w in caught:
+            if "convergence" in type(w.category).__name__.lower() or "trustworthy" in str(w.message):
+                s.notes.append(f"Convergence warning: {w.message}")
+    eff = fit.effects("persona", within="model")
+    s.figures.append(render(F.hierarchical_effects(eff), "hierarchical_effects",
+                            "Posterior effect of each persona within each model, 95% HDIs."))
+    edisp = pd.DataFrame({
+        "model": eff["model"].astype(str), "persona": eff["persona"].astype(str),
+        "effect (log-odds)": [fmt_num(v, 2) for v in eff["effect"]],
+        "95% HDI": [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}"
+                    for a, b in zip(eff["effect_low"], eff["effect_high"])],
+        "P(effect > 0)": [fmt_num(v, 3) for v in eff["p_gt_0"]],
+        "Δ refusal probability": [f"{fmt_num(100 * v, 2)} pp" for v in eff["prob_effect"]],
+        "observed rate": [pct(v) for v in eff["observed_rate"]],
+    })
+    s.tables.append(TableItem("hierarchical_effects", "Persona effect within each model.",
+                              eff, edisp, collapsed=True))
+    summ = fit.summary()
+    sdisp = pd.DataFrame({
+        "term": [str(t) for t in summ.index],
+        "mean": [fmt_num(v, 3) for v in summ["mean"]],
+        "95% HDI": [f"{fmt_num(a, 3)} to {fmt_num(b, 3)}"
+                    for a, b in zip(summ["hdi_low"], summ["hdi_high"])],
+        "R-hat": [fmt_num(v, 3) for v in summ["r_hat"]],
+        "bulk ESS": [fmt_num(v, 0) for v in summ["ess_bulk"]],
+    })
+    s.tables.append(TableItem("hierarchical_summary", "Fixed effects and group standard "
+                              "deviations (logit scale).", summ.reset_index(), sdisp))
+    diag = fit.diagnostics()
+    excl = eff[(eff["effect_low"] > 0) | (eff["effect_high"] < 0)]
+    s.findings.append(
+        f"Hierarchical model: {len(excl)} of {len(eff)} persona × model effects have a 95% HDI "
+        f"excluding 0 ({int((excl['effect'] > 0).sum())} raise, "
+        f"{int((excl['effect'] < 0).sum())} lower refusal)."
+    )
+    if diag.get("sampler") == "advi":
+        s.notes.append("Fitted by ADVI, a fast approximation: intervals are typically too narrow.")
+    else:
+        s.notes.append(
+            f"Sampler {diag['sampler']}, {diag['chains']} chains × {diag['draws']} draws: max R-hat "
+            f"{fmt_num(diag['max_rhat'], 4)}, min bulk ESS {fmt_num(diag['min_ess_bulk'], 0)}, "
+            f"divergences {diag['divergences']}."
+        )
+    sd_rows = [t for t in summ.index if str(t).startswith("sd(")]
+    if sd_rows:
+        s.findings.append("Group standard deviations (logit scale): " + "; ".join(
+            f"{t} {fmt_num(summ.loc[t, 'mean'], 2)} (95% HDI {fmt_num(summ.loc[t, 'hdi_low'], 2)}"
+            f"–{fmt_num(summ.loc[t, 'hdi_high'], 2)})" for t in sd_rows) + ".")
+
+
+# ----------------------------------------------------------------------------------------
+# 8. the models' answers
+# ----------------------------------------------------------------------------------------
+ANSWERS_PER_MODEL = 3
+ANSWER_CHARS = 400
+
+
+def answers_section(ctx: Context) -> Section:
+    s = Section("answers", TITLES["answers"],
+                f"Up to {ANSWERS_PER_MODEL} refusals and {ANSWERS_PER_MODEL} answers per "
+                "model, drawn at random (seeded), so the numbers above can be checked "
+                "against what the models actually wrote.")
+    d = ctx.data
+    if "response" not in d.columns:
+        s.skipped = ("the table has no 'response' column (answer text); simulated tables and "
+                     "some imported dumps carry only the 0/1 refusal.")
+        return s
+    d = d[d["response"].notna()]
+    if d.empty:
+        s.skipped = "every value of 'response' is missing."
+        return s
+    rng = np.random.default_rng(ctx.seed)
+    keep = [c for c in ("model", "task", "persona", "prompt", "prompt_text", "refusal", "response")
+            if c in d.columns]
+    picks = []
+    for _, g in d.groupby("model", observed=True):
+        for flag in (1, 0):
+            sub = g[g["refusal"] == flag]
+            if len(sub):
+                idx = rng.choice(len(sub), size=min(ANSWERS_PER_MODEL, len(sub)), replace=False)
+                picks.append(sub.iloc[np.sort(idx)][keep])
+    ex = pd.concat(picks, ignore_index=True)
+    disp = ex.copy()
+    for c in disp.columns:
+        disp[c] = disp[c].astype(str)
+    for c in ("response", "prompt_text"):
+        if c in disp.columns:
+            disp[c] = [v if len(v) <= ANSWER_CHARS else v[:ANSWER_CHARS] + " …" for v in disp[c]]
+    disp["refusal"] = np.where(ex["refusal"].astype(int) == 1, "refusal", "answer")
+    s.tables.append(TableItem("answers_sample", "Sampled answers.", ex, disp))
+    return s
+
+
+#: The sections, in page order.
+SECTIONS: list[tuple[str, Callable[[Context], Section]]] = [
+    ("rates", rates_section),
+    ("persona_free", persona_free_section),
+    ("personas", personas_section),
+    ("response_type", response_type_section),
+    ("w2", w2_section),
+    ("logit", logit_section),
+    ("hierarchical", hierarchical_section),
+    ("answers", answers_section),
+]
+
+
+def build(ctx: Context, only: Mapping[str, bool] | None = None) -> list[Section]:
+    """Run every section builder; a data problem becomes a skipped section with the reason."""
+    from tqdm.auto import tqdm
+
+    out = []
+    bar = tqdm(SECTIONS, desc="report", unit="section", disable=not ctx.progress)
+    for key, fn in bar:
+        bar.set_postfix_str(key)
+        try:
+            sec = fn(ctx)
+        except DATA_ERRORS as exc:
+            sec = Section(key, TITLES.get(key, key), skipped=f"the analysis failed on this table: "
+                                            f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"report section '{key}' skipped: {exc}", stacklevel=2)
+        out.append(sec)
+    return out
