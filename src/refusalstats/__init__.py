@@ -7,6 +7,7 @@
 
 from . import dumps
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
+from .detect import detector, evaluate_detector
 from .formula import FormulaError
 from .simulate import simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
@@ -23,7 +24,9 @@ __all__ = [
     "Task",
     "Template",
     "__version__",
+    "detector",
     "dumps",
+    "evaluate_detector",
     "read_responses",
     "sample_design",
     "simulate_paper",
