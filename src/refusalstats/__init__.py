@@ -6,9 +6,11 @@
 """
 
 from . import dumps
-from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
+from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .formula import FormulaError
+from .report import figures as plot
+from .report import report
 from .simulate import simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
 
@@ -27,7 +29,9 @@ __all__ = [
     "detector",
     "dumps",
     "evaluate_detector",
+    "plot",
     "read_responses",
+    "report",
     "sample_design",
     "simulate_paper",
     "validate",

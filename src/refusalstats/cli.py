@@ -241,8 +241,83 @@ def _cmd_import(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML report: every table and figure with its uncertainty",
+        description=(
+            "Run every analysis the table's columns support (rates by model x task, persona vs "
+            "persona-free, per persona, per response type, W2 sensitivity indices, Firth "
+            "logistic regression with LR tests, the hierarchical model) and write "
+            "<out>/report.html (figures embedded, readable offline), <out>/figures/*.png|svg "
+            "and <out>/tables/*.csv. Analyses the data cannot support are skipped and the "
+            "page says why."
+        ),
+    )
+    p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
+    p.add_argument("-o", "--out", default="report", help="output folder (default: report/)")
+    p.add_argument("--formula", help="regression formula (default: refusal ~ persona + prompt "
+                   "+ task + model, over the factors with >= 2 levels)")
+    p.add_argument("--inputs", help="comma-separated W2 inputs (default: model,task,persona,prompt)")
+    p.add_argument("--no-hierarchical", action="store_true",
+                   help="skip the Bayesian hierarchical model (the slowest analysis)")
+    p.add_argument("--hierarchical-formula", help="formula of the hierarchical model")
+    p.add_argument("--n-boot", type=int, default=1000, help="W2 bootstrap replicates (default 1000)")
+    p.add_argument("--n-perm", type=int, default=200, help="W2 permutations (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--title", default="False refusal report", help="page title")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from .report import report
+
+    hier: bool | str = False if args.no_hierarchical else (args.hierarchical_formula or True)
+    inputs = [c.strip() for c in args.inputs.split(",") if c.strip()] if args.inputs else None
+    t0 = time.perf_counter()
+    try:
+        rep = report(args.table, out=args.out, formula=args.formula, inputs=inputs,
+                     hierarchical=hier, seed=args.seed, title=args.title,
+                     options={"w2": {"n_boot": args.n_boot, "n_perm": args.n_perm}},
+                     progress=not args.quiet)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    _print_report(rep, time.perf_counter() - t0)
+    return 0
+
+
+def _print_report(rep, seconds: float) -> None:
+    print("\nFindings:")
+    for f in rep.findings:
+        print(f"  - {f}")
+    for key, why in rep.skipped.items():
+        print(f"  skipped {key}: {why}")
+    print(f"wrote {rep.path} ({len(rep.figures)} figures, {len(rep.tables)} CSV tables; "
+          f"{seconds:.1f} s)")
+
+
+def _demo_report(df: pd.DataFrame, args) -> None:
+    """Last demo step: the HTML report of the simulated table (reuses results in args.results)."""
+    from .report import report
+
+    t0 = time.perf_counter()
+    print("\nWriting the report ...", flush=True)
+    results = {k: v for k, v in (getattr(args, "results", None) or {}).items()
+               if k in ("logit", "w2", "hierarchical")}
+    rep = report(df, out=Path(args.out), seed=args.seed, results=results,
+                 hierarchical=not getattr(args, "no_hierarchical", False),
+                 source=f"simulated: refusalstats.simulate_paper(scale={args.scale}, "
+                        f"seed={args.seed}); also in {Path(args.out) / 'responses.parquet'}")
+    _print_report(rep, time.perf_counter() - t0)
+
+
+_DEMO_STEPS.append(_demo_report)  # always the last step: it reports what the others computed
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_import]
+_COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_import, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -149,7 +149,7 @@ def _pct(x: float) -> str:
 
 
 def _ci_text(lo: float, hi: float) -> str:
-    return f"[{_pct(lo)}, {_pct(hi)}]"
+    return f"{_pct(lo)}–{_pct(hi)}"
 
 
 def _text_colour(rgba) -> str:
@@ -489,9 +489,9 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
     rate = _matrix(tab, row, "persona", rows, cols, "rate")
     lo = _matrix(tab, row, "persona", rows, cols, "ci_low")
     hi = _matrix(tab, row, "persona", rows, cols, "ci_high")
-    fig = _figure(0.78 * len(cols) + 3.2, 0.42 * len(rows) + 2.0)
+    fig = _figure(0.62 * len(cols) + 2.6, 0.36 * len(rows) + 2.0)
     ax = fig.subplots()
-    im = _heatmap(ax, rate, lo, hi, rows, cols, _rate_norm(np.nanmax(100 * hi)), fontsize=5.6)
+    im = _heatmap(ax, rate, lo, hi, rows, cols, _rate_norm(np.nanmax(100 * hi)), fontsize=6.6)
     ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], rotation=40, ha="right")
     ax.set_xlabel("persona")
     ax.set_ylabel(row)

@@ -354,8 +354,9 @@ def _section_html(sec: S.Section, fig_no: list[int]) -> str:
         b64 = base64.b64encode(f.png).decode("ascii")
         parts.append(
             f'<figure><img src="data:image/png;base64,{b64}" alt="{_esc(f.caption)}">'
-            f"<figcaption>Figure {fig_no[0]}. {_esc(f.caption)} Files: "
-            f"<code>figures/{_esc(f.key)}.png</code>, <code>.svg</code></figcaption></figure>"
+            f"<figcaption>Figure {fig_no[0]}. {_esc(f.caption)} Full size: "
+            f'<a href="figures/{_esc(f.key)}.png">figures/{_esc(f.key)}.png</a>, '
+            f'<a href="figures/{_esc(f.key)}.svg">.svg</a></figcaption></figure>'
         )
     numeric = set(_NUMERIC_HINT)
     for t in sec.tables:
@@ -381,8 +382,8 @@ def _page(title: str, meta: list[tuple[str, str]], findings: list[str],
     skipped = [s for s in secs if s.skipped]
     find = "".join(f"<li>{_esc(f)}</li>" for f in findings) or "<li>No analysis could run.</li>"
     if skipped:
-        find += "<li>Not run: " + "; ".join(
-            f"{_esc(s.title)} — {_esc(s.skipped)}" for s in skipped) + "</li>"
+        find += "<li>Not run:<ul>" + "".join(
+            f"<li>{_esc(s.title)}: {_esc(s.skipped)}</li>" for s in skipped) + "</ul></li>"
     metahtml = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in meta)
     return f"""<!DOCTYPE html>
 <html lang="en">

@@ -414,7 +414,7 @@ def w2_section(ctx: Context) -> Section:
     srt = tab.sort_values("iota", ascending=False)
     first = srt.iloc[0]
     s.findings.append(
-        f"{first['input']} explains the most variation (ι {fmt_num(first['iota'])}, 95% CI "
+        f"{str(first['input']).capitalize()} explains the most variation (ι {fmt_num(first['iota'])}, 95% CI "
         f"{fmt_num(first['ci_low'])}–{fmt_num(first['ci_high'])}); order: "
         + " > ".join(f"{r.input} ({fmt_num(r.iota)})" for r in srt.itertuples()) + "."
     )
@@ -539,17 +539,17 @@ def _logit_outputs(s: Section, fit) -> None:
                                   + (", penalized likelihood" if getattr(fit, "penalty", None)
                                      == "firth" else "") + ").", a, adisp))
         if chi and dfc and pc:
-            for _, r in a.iterrows():
-                if not (np.isfinite(float(r[chi])) and np.isfinite(float(r[dfc]))):
-                    continue
-                s.findings.append(
-                    f"{r['term']}'s LR test: χ² = {fmt_num(float(r[chi]), 1)}, df = "
-                    f"{int(r[dfc])}, p {_p_phrase(float(r[pc]))}."
-                )
+            parts = [f"{r['term']}: χ² = {fmt_num(float(r[chi]), 1)}, df = {int(r[dfc])}, "
+                     f"p {_p_phrase(float(r[pc]))}" for _, r in a.iterrows()
+                     if np.isfinite(float(r[chi])) and np.isfinite(float(r[dfc]))]
+            if parts:
+                s.findings.append("Likelihood-ratio test of each factor as a whole — "
+                                  + "; ".join(parts) + ".")
     r2 = getattr(fit, "pseudo_r2", None)
     r2 = r2() if callable(r2) else r2
     if r2 is not None and np.isfinite(r2):
-        s.findings.append(f"McFadden pseudo-R² of the regression: {r2:.3f} (P1 reports 0.573).")
+        s.findings.append(f"McFadden pseudo-R² of the regression: {r2:.3f} (P1 reported 0.573 "
+                          "on its data).")
     pos = cf[~cf["term"].str.lower().str.contains("intercept")]
     if len(pos):
         t = pos.loc[pos["estimate"].idxmax()]
