@@ -1,0 +1,256 @@
+"""The runner: batching, end-to-end on the tiny model, OOM back-off, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import refusalstats as rs
+from refusalstats.design import TASKS
+from refusalstats.detect import detector
+from refusalstats.inference import (
+    DecodingParams,
+    TransformersBackend,
+    chat_messages,
+    collect_responses,
+    padded_tokens,
+    plan_batches,
+    run_generation,
+)
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from fake_backend import EchoBackend, answer_for  # noqa: E402
+from tiny_model import corpus_sentences  # noqa: E402
+
+
+def _items(n_nli=3, n_text=3, seed=1):
+    s = corpus_sentences(2 * n_nli + n_text, seed=seed)
+    nli = pd.DataFrame({"item_id": [f"n{i}" for i in range(n_nli)], "task": "nli",
+                        "premise": s[:n_nli], "hypothesis": s[n_nli:2 * n_nli],
+                        "gold_label": [["entailment", "neutral", "contradiction"][i % 3]
+                                       for i in range(n_nli)]})
+    txt = pd.DataFrame({"item_id": [f"t{i}" for i in range(n_text)], "task": "politeness",
+                        "text": s[2 * n_nli:], "gold_label": [1 + i % 5 for i in range(n_text)]})
+    return pd.concat([nli, txt], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------- batching
+def test_plan_batches_respects_budget_and_covers_every_row_once():
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        n = int(rng.integers(1, 300))
+        lengths = rng.integers(5, 400, size=n)
+        budget = int(rng.integers(300, 5000))
+        mnt = int(rng.integers(1, 64))
+        batches = plan_batches(lengths, mnt, token_budget=budget, max_batch_size=32)
+        flat = np.concatenate(batches)
+        assert sorted(flat.tolist()) == list(range(n))
+        for b in batches:
+            cost = len(b) * (int(lengths[b].max()) + mnt)
+            assert cost <= budget or len(b) == 1
+            assert len(b) <= 32
+        # longest first, and batches are maximal: the next row would break the budget
+        sorted_len = lengths[flat]
+        assert np.all(np.diff(sorted_len) <= 0)
+        for b, nxt in zip(batches[:-1], batches[1:]):
+            if len(b) < 32:
+                assert (len(b) + 1) * (int(lengths[b].max()) + mnt) > budget
+
+
+def test_fixed_batch_size_and_padding_saved_by_sorting():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(20, 300, size=500)
+    sorted_b = plan_batches(lengths, 16, batch_size=25)
+    arrival = plan_batches(lengths, 16, batch_size=25, sort=False)
+    assert [len(b) for b in sorted_b] == [25] * 20
+    # brute force: padded tokens = sum of batch size x longest prompt
+    brute = sum(25 * max(lengths[i * 25:(i + 1) * 25]) for i in range(20))
+    assert padded_tokens(lengths, arrival) == brute
+    assert padded_tokens(lengths, sorted_b) < padded_tokens(lengths, arrival)
+    assert padded_tokens(lengths, sorted_b) >= lengths.sum()
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        plan_batches(lengths, 16, batch_size=0)
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
+    design = rs.sample_design(_items(), k=2, seed=0, setting="both")
+    opened = []
+
+    def factory(spec):
+        be = TransformersBackend(spec.model, device="cpu")
+        opened.append(be)
+        return be
+
+    out = tmp_path / "run"
+    params = DecodingParams(max_new_tokens=4)
+    table = run_generation(design, [f"tiny-a={tiny_model_dir}", f"tiny-b={tiny_model_dir}"], out,
+                           params=params, token_budget=1500, backend_factory=factory,
+                           progress=False, placement="template")
+    assert all(be.model is None for be in opened)  # each model freed after its turn
+    back = rs.read_responses(out / "responses.parquet")
+    assert len(back) == 2 * len(design)
+    assert back.groupby(["model", "row_id"], observed=True).size().eq(1).all()
+    assert set(back["model"].cat.categories) == {"tiny-a", "tiny-b"}
+    for c in ("task", "persona", "persona_group", "prompt", "response_type", "setting",
+              "item_id"):
+        a = back[back["model"] == "tiny-a"].sort_values("row_id")[c].astype(str).to_numpy()
+        assert (a == design[c].astype(str).to_numpy()).all(), c
+    assert (back["n_new_tokens"] <= 4).all() and (back["n_new_tokens"] >= 1).all()
+    # refusal is the default detector applied to the kept raw text, per task label set
+    for task, g in back.groupby("task", observed=True):
+        det = detector("default", labels=TASKS[task].labels)
+        assert (g["refusal"].to_numpy() == det(g["response"].tolist()).astype(int)).all()
+    # the answers are the model's: re-generate a few rows one at a time
+    be = TransformersBackend(str(tiny_model_dir), device="cpu")
+    sub = back[back["model"] == "tiny-b"].sample(4, random_state=0)
+    for _, row in sub.iterrows():
+        msgs, _, _ = chat_messages(row["prompt_text"], None, True)
+        one = be.generate([be.render(msgs)], params)[0]
+        assert one.text == row["response"] and one.n_new_tokens == row["n_new_tokens"]
+    meta = back.attrs["metadata"]
+    assert meta["decoding"]["max_new_tokens"] == 4 and meta["decoding"]["do_sample"] is False
+    info = meta["models"]["tiny-a"]["info"]
+    assert info["commit"].startswith("local-sha256:") and info["dtype"] == "float32"
+    assert "torch" in info["versions"] and meta["seed"] == 0 and meta["placement"] == "template"
+    assert meta["models"]["tiny-b"]["started"] <= meta["models"]["tiny-b"]["finished"]
+    sess = meta["models"]["tiny-a"]["sessions"][0]
+    assert sess["rows"] == len(design) and sess["token_budget"] == 1500
+
+
+def test_existing_run_needs_resume_and_the_same_inputs(tmp_path):
+    design = rs.sample_design(_items(2, 2), k=2, seed=0)
+    out = tmp_path / "run"
+    calls = []
+
+    def factory(spec):
+        calls.append(spec.label)
+        return EchoBackend()
+
+    t1 = run_generation(design, ["echo"], out, backend_factory=factory, progress=False,
+                        detector="paper")
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        run_generation(design, ["echo"], out, backend_factory=factory, progress=False)
+    other = rs.sample_design(_items(2, 2), k=2, seed=1)
+    with pytest.raises(ValueError, match="different prompts table"):
+        run_generation(other, ["echo"], out, backend_factory=factory, progress=False,
+                       resume=True)
+    with pytest.raises(ValueError, match="resume with the same settings"):
+        run_generation(design, ["echo"], out, backend_factory=factory, progress=False,
+                       resume=True, params=DecodingParams(max_new_tokens=5))
+    t2 = run_generation(design, ["echo"], out, backend_factory=factory, progress=False,
+                        resume=True, detector="paper")
+    assert calls == ["echo"]  # nothing left to generate: the model is not even loaded
+    pd.testing.assert_frame_equal(t1.drop(columns=[]), t2)
+    # refusals follow P1's detector on the fake answers
+    expected = [answer_for(EchoBackend().render(chat_messages(u, None, True)[0])).startswith(
+        "I'm sorry") for u in t1["prompt_text"]]
+    assert t1["refusal"].tolist() == [int(x) for x in expected]
+
+
+# ---------------------------------------------------------------------------- OOM
+def test_out_of_memory_halves_the_batch_and_retries(tmp_path):
+    design = rs.sample_design(_items(3, 5), k=3, seed=0)
+    backend = EchoBackend(oom_once_above=4)
+    with pytest.warns(UserWarning, match="out of memory with 8 prompts; retrying with batches of 4"):
+        table = run_generation(design, ["echo"], tmp_path / "r", backend_factory=lambda s: backend,
+                               batch_size=8, progress=False, detector="paper")
+    assert len(table) == len(design) and table["row_id"].is_unique
+    assert max(backend.batch_sizes) == 4 and sum(backend.batch_sizes) == len(design)
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["models"]["echo"]["sessions"][0]["oom_retries"] == 1
+    for _, row in table.iterrows():
+        assert row["response"] == answer_for(
+            backend.render(chat_messages(row["prompt_text"], None, True)[0]))
+
+
+def test_out_of_memory_on_a_single_prompt_is_reported(tmp_path):
+    design = rs.sample_design(_items(1, 1), k=1, seed=0)
+    with pytest.raises(RuntimeError, match="out of memory generating a single prompt"), \
+            pytest.warns(UserWarning):
+        run_generation(design, ["echo"], tmp_path / "r",
+                       backend_factory=lambda s: EchoBackend(oom_always_above=0),
+                       batch_size=2, progress=False)
+
+
+def test_other_errors_propagate_and_keep_written_shards(tmp_path):
+    design = rs.sample_design(_items(2, 2), k=2, seed=0)
+
+    class Breaks(EchoBackend):
+        def generate(self, prompts, params):
+            if len(self.batch_sizes) == 2:
+                raise ValueError("engine broke")
+            return super().generate(prompts, params)
+
+    with pytest.raises(ValueError, match="engine broke"):
+        run_generation(design, ["echo"], tmp_path / "r", backend_factory=lambda s: Breaks(),
+                       batch_size=2, shard_rows=2, progress=False)
+    with pytest.raises(RuntimeError, match="have no answer yet; rerun with resume=True"):
+        collect_responses(tmp_path / "r")
+    part = collect_responses(tmp_path / "r", allow_partial=True, detector=None)
+    assert len(part) == 4  # two batches of two made it to disk
+
+
+# ---------------------------------------------------------------------------- kill + resume
+_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    import pandas as pd
+    from fake_backend import EchoBackend
+    from refusalstats.inference import run_generation
+    design = pd.read_parquet({design!r})
+    run_generation(design, ["echo"], {out!r}, backend_factory=lambda s: EchoBackend(delay=0.15),
+                   batch_size=3, shard_rows=3, shard_seconds=1e9, progress=False,
+                   detector="paper", resume={resume})
+""")
+
+
+def test_sigkill_mid_run_then_resume_gives_every_row_once(tmp_path):
+    design = rs.sample_design(_items(4, 6), k=3, seed=0)
+    n = len(design)
+    dpath = tmp_path / "design.parquet"
+    design.assign(gold_label=design["gold_label"].astype(str)).to_parquet(dpath)
+    out = tmp_path / "run"
+    shards = out / "shards" / "echo"
+    code = _CHILD.format(here=str(HERE), design=str(dpath), out=str(out), resume=False)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(shards.glob("part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail(f"child ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = sum(len(pd.read_parquet(p)) for p in shards.glob("part-*.parquet"))
+    assert 0 < done_before < n
+    assert not (out / "responses.parquet").exists()
+    # a shard being written when the kill came leaves only a temporary file: ignored
+    (shards / ".part-000099.parquet.tmp").write_bytes(b"half a parquet file")
+    backend = EchoBackend()
+    table = run_generation(design, ["echo"], out, backend_factory=lambda s: backend,
+                           batch_size=3, shard_rows=3, progress=False, detector="paper",
+                           resume=True)
+    assert sum(backend.batch_sizes) == n - done_before  # only the missing rows were generated
+    assert len(table) == n
+    assert sorted(table["row_id"].tolist()) == list(range(n))
+    assert not list(shards.glob(".*.tmp"))
+    for _, row in table.iterrows():
+        assert row["response"] == answer_for(
+            backend.render(chat_messages(row["prompt_text"], None, True)[0]))
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["models"]["echo"]["sessions"][-1]["rows"] == n - done_before
