@@ -316,8 +316,132 @@ def _demo_report(df: pd.DataFrame, args) -> None:
 _DEMO_STEPS.append(_demo_report)  # always the last step: it reports what the others computed
 
 
+# --------------------------------------------------------------------------- design
+def _add_design(sub) -> None:
+    p = sub.add_parser(
+        "design",
+        help="build the prompts table from task files (items x personas x templates)",
+        description=(
+            "Load task items (XNLI for nli, POPQUORN for politeness/offensiveness, any CSV/JSONL/"
+            "Parquet file for other tasks), draw --per-class items per gold class as P1 did, and "
+            "expand each into --k (persona, template) variations. The output holds the item "
+            "texts, so 'refusalstats generate' needs nothing else."
+        ),
+    )
+    p.add_argument("--task", action="append", required=True, metavar="TASK=FILE",
+                   help="a task and its file, e.g. nli=xnli.jsonl (repeat for several tasks)")
+    p.add_argument("--map", action="append", default=[], metavar="TASK:ours=theirs,...",
+                   help="column mapping for a task file, e.g. 'politeness:gold_label=rating'")
+    p.add_argument("--per-class", type=int, default=1000,
+                   help="items drawn per gold class (default 1000, as P1; 0 keeps all)")
+    p.add_argument("--k", type=int, default=10, help="variations per item (default 10)")
+    p.add_argument("--setting", choices=["persona", "persona-free", "both"], default="persona")
+    p.add_argument("--full-factorial", action="store_true",
+                   help="every persona x template for every item instead of the Monte Carlo draw")
+    p.add_argument("--unit", choices=["annotation", "text"], default="annotation",
+                   help="POPQUORN item unit (default: each distinct text-rating pair)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", required=True, help="output prompts table (.parquet)")
+    p.set_defaults(func=_cmd_design)
+
+
+def _cmd_design(args) -> int:
+    from refusalstats.inference.datasets import load_task, select_per_class
+
+    from .design import sample_design
+
+    maps: dict[str, dict[str, str]] = {}
+    for m in args.map:
+        if ":" not in m:
+            raise SystemExit(f"error: --map needs TASK:ours=theirs,..., got {m!r}")
+        task, spec = m.split(":", 1)
+        maps[task.strip()] = _parse_mapping(spec)
+    frames = []
+    for spec in args.task:
+        if "=" not in spec:
+            raise SystemExit(f"error: --task needs TASK=FILE, got {spec!r}")
+        task, path = (s.strip() for s in spec.split("=", 1))
+        extra = {"unit": args.unit} if task in ("politeness", "offensiveness") else {}
+        items = load_task(task, path, columns=maps.get(task), **extra)
+        if args.per_class > 0:
+            items = select_per_class(items, per_class=args.per_class, seed=args.seed)
+            print(f"{task}: {len(items):,} items")
+            print(items.attrs["selection"].to_string(index=False))
+        else:
+            print(f"{task}: {len(items):,} items (all kept)")
+        frames.append(items)
+    items = pd.concat(frames, ignore_index=True)
+    design = sample_design(items, k=args.k, seed=args.seed, setting=args.setting,
+                           full_factorial=args.full_factorial)
+    # gold labels mix names (nli) and ratings (POPQUORN): store them as text
+    design["gold_label"] = design["gold_label"].astype(str)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    design.to_parquet(out, index=False)
+    print(f"wrote {len(design):,} prompts to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- generate
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="run a prompts table through models and write the tidy response table",
+        description=(
+            "Generate greedy answers for every prompt with every --model (one after another), "
+            "in length-sorted batches, written as resumable Parquet shards under OUT; detect "
+            "refusals and write OUT/responses.parquet. Needs the 'inference' extra "
+            "(pip install 'refusalstats[inference]')."
+        ),
+    )
+    p.add_argument("prompts", help="prompts table from 'refusalstats design' (.parquet)")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]MODEL[@REV]",
+                   help="hub id or local path, optionally named, e.g. "
+                        "Llama2-13B=meta-llama/Llama-2-13b-chat-hf (repeat for several)")
+    p.add_argument("-o", "--out", required=True, help="run directory, e.g. runs/p1")
+    p.add_argument("--resume", action="store_true", help="continue a run directory")
+    p.add_argument("--placement", choices=["template", "system"], default="template",
+                   help="persona in the instruction (P1) or as a system message (P2)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", default="auto",
+                   help="rows per batch, or 'auto' (token budget from free GPU memory)")
+    p.add_argument("--token-budget", type=int, help="tokens per batch for --batch-size auto")
+    p.add_argument("--detector", default="default",
+                   help="refusal detector: default, paper, xstest, hedge (default: default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, ...")
+    p.add_argument("--device-map", help="e.g. 'auto' to spread a large model over GPUs")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code from the hub (off unless asked for)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> int:
+    from refusalstats.inference.backends import DecodingParams
+    from refusalstats.inference.runner import ModelSpec, run_generation
+
+    prompts = pd.read_parquet(args.prompts)
+    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    specs = [ModelSpec.parse(m, dtype=args.dtype, device=args.device,
+                             trust_remote_code=args.trust_remote_code,
+                             device_map=args.device_map) for m in args.model]
+    table = run_generation(
+        prompts, specs, args.out, placement=args.placement,
+        params=DecodingParams(max_new_tokens=args.max_new_tokens), batch_size=batch,
+        token_budget=args.token_budget, resume=args.resume, detector=args.detector,
+        seed=args.seed,
+    )
+    rates = table.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "mean"])
+    rates = rates.rename(columns={"size": "n", "mean": "refusal rate"})
+    print(rates.to_string())
+    print(f"wrote {len(table):,} rows to {Path(args.out) / 'responses.parquet'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_import, _add_report]
+_COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_import, _add_report, _add_design,
+             _add_generate]
 
 
 def build_parser() -> argparse.ArgumentParser:
