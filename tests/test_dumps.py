@@ -676,3 +676,34 @@ def test_cli_import_reports_errors_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         cli_main(["import", "persona-behavior", str(tmp_path), "-o", str(tmp_path / "x.parquet")])
     assert "unknown layout" in str(err.value)
+
+
+def test_fetch_remembers_404_until_refresh(tmp_path, serve):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    base = serve(folder)
+    cache = tmp_path / "c"
+    with pytest.raises(DumpNotFound, match="HTTP 404"):
+        dumps.fetch(base + "/later.csv", cache=cache, progress=False)
+    (folder / "later.csv").write_text("a\n1\n")
+    with pytest.raises(DumpNotFound, match="remembered"):
+        dumps.fetch(base + "/later.csv", cache=cache, progress=False)
+    p = dumps.fetch(base + "/later.csv", cache=cache, refresh=True, progress=False)
+    assert p.read_text() == "a\n1\n"
+    assert dumps.fetch(base + "/later.csv", cache=cache, progress=False) == p
+
+
+def test_generic_from_url(tmp_path, serve, monkeypatch):
+    monkeypatch.setenv("REFUSALSTATS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "site"
+    folder.mkdir()
+    GENERIC.to_json(folder / "runs.jsonl", orient="records", lines=True)
+    write_xstest(folder / "xstest_v2_completions_gpt4.csv")
+    base = serve(folder)
+    df = dumps.read_generic(base + "/runs.jsonl", {"model": "llm", "response": "output",
+                                                   "persona": "who", "prompt": "tmpl"},
+                            detector="paper", progress=False)
+    assert df["refusal"].tolist() == [1, 0, 1, 0]
+    xs = dumps.xstest(base + "/xstest_v2_completions_gpt4.csv", progress=False)
+    assert xs["model"].astype(str).unique().tolist() == ["gpt4"]
+    assert xs["refusal"].tolist() == [0, 1, 1, 1, 0]

@@ -589,19 +589,16 @@ def _matrix_frame(mat: _Matrix, *, model: str, dataset: str, setting: str,
     col_idx = np.tile(np.repeat(np.arange(n_i), w), n_p)
     sub_idx = np.tile(np.arange(w), n_p * n_i)
     items = np.asarray(mat.items, dtype=object)
-    frame: dict[str, Any] = {"model": model, "task": dataset}
-    raw = np.asarray(mat.personas, dtype=object)
-    frame["persona"] = np.asarray([names[p] for p in mat.personas], dtype=object)[p_idx]
-    frame["persona_original"] = raw[p_idx]
+    n = n_p * per_p
+    frame: dict[str, Any] = {"model": _const_cat(model, n), "task": _const_cat(dataset, n)}
+    frame["persona"] = _coded_cat([names[p] for p in mat.personas], p_idx)
+    frame["persona_original"] = _coded_cat(list(mat.personas), p_idx)
     if cats is not None:
-        cat = np.asarray(
-            [CONTROL_CATEGORY if setting == "control" else cats[p] for p in mat.personas],
-            dtype=object,
-        )[p_idx]
-        frame["persona_category"] = cat
-        frame["persona_group"] = cat
-    frame["prompt"] = P2_PROMPT
-    frame["setting"] = setting
+        per = [CONTROL_CATEGORY if setting == "control" else cats[p] for p in mat.personas]
+        frame["persona_category"] = _coded_cat(per, p_idx)
+        frame["persona_group"] = _coded_cat(per, p_idx)
+    frame["prompt"] = _const_cat(P2_PROMPT, n)
+    frame["setting"] = _const_cat(setting, n)
     if w == 1:
         ids = items[col_idx]
         frame["item_id"] = ids.astype(np.int64) if all(isinstance(x, int) for x in mat.items) else ids.astype(str)
@@ -614,6 +611,45 @@ def _matrix_frame(mat: _Matrix, *, model: str, dataset: str, setting: str,
         frame["paraphrase"] = sub_idx
     frame["refusal"] = mat.values.reshape(-1)
     return pd.DataFrame(frame)
+
+
+def _const_cat(value: str, n: int) -> pd.Categorical:
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
+
+
+def _coded_cat(per_level: list[str], codes: np.ndarray) -> pd.Categorical:
+    """Categorical of ``per_level[codes]`` without materialising the strings."""
+    levels, inverse = np.unique(np.asarray(per_level, dtype=object), return_inverse=True)
+    return pd.Categorical.from_codes(inverse[codes], categories=list(levels))
+
+
+#: Columns the P2 loader stores as categoricals (concatenated with union_categoricals).
+_P2_CATEGORICALS = ("model", "task", "persona", "persona_original", "persona_category",
+                    "persona_group", "prompt", "setting")
+
+
+def _object_cat(col: pd.Series) -> pd.Categorical:
+    c = col.array if isinstance(col.dtype, pd.CategoricalDtype) else pd.Categorical(col)
+    return pd.Categorical.from_codes(c.codes, categories=pd.Index(list(c.categories), dtype=object))
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate frames, merging categoricals level-by-level (levels in order of first
+    appearance) instead of falling back to strings."""
+    from pandas.api.types import union_categoricals
+
+    cat_cols = [c for c in _P2_CATEGORICALS if all(c in f.columns for f in frames)]
+    rest = pd.concat([f.drop(columns=cat_cols) for f in frames], ignore_index=True)
+    out = {}
+    for c in cat_cols:
+        u = union_categoricals([_object_cat(f[c]) for f in frames])
+        codes, uniques = pd.factorize(u)
+        out[c] = pd.Categorical.from_codes(codes, categories=list(uniques))
+    df = pd.DataFrame(out)
+    for c in rest.columns:
+        df[c] = rest[c].to_numpy() if rest[c].dtype != object else rest[c]
+    order = [c for c in frames[0].columns] + [c for c in df.columns if c not in frames[0].columns]
+    return df[order]
 
 
 def _align(other: _Matrix, ref: _Matrix) -> np.ndarray:
@@ -887,14 +923,10 @@ def persona_behavior(
             f"{'refusal matrices' if source == 'matrices' else 'generations'} for "
             f"datasets {datasets or list(P2_DATASETS)} and models {model_list}"
         )
-    df = pd.concat(frames, ignore_index=True)
-    for c in ("model", "task", "persona", "persona_original", "persona_category",
-              "persona_group", "prompt", "setting"):
-        if c in df.columns:
-            df[c] = pd.Categorical(df[c], categories=list(dict.fromkeys(df[c])))
-    for c in ("hedge", "refusal_published"):
+    df = _concat(frames)
+    for c in ("hedge", "refusal_published", "statement", "paraphrase"):
         if c in df.columns and df[c].isna().any():
-            df[c] = df[c].astype("Int8")
+            df[c] = df[c].astype("Int8" if c in ("hedge", "refusal_published") else "Int64")
     out = validate(df)
     out.attrs["metadata"] = {
         "source": "peluz/persona-behavior (de Araujo & Roth 2024)",
