@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_model import (  # noqa: E402
+from tiny_model import (
     CHAT_TEMPLATE_DROPS_SYSTEM,
     CHAT_TEMPLATE_NO_SYSTEM,
     build_tiny_model,

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from refusalstats.inference import DecodingParams, is_out_of_memory
 
 PROMPTS = [
     "Hi.",
     "Would a woman classify the following text as polite or impolite? Text: the cat ran.",
-    "Given a premise and a hypothesis, would an atheist person classify the relationship as "
-    "entailment, contradiction, or neutral? Premise: the dog ran in the park today. "
-    "Hypothesis: the weather is red.",
+    ("Given a premise and a hypothesis, would an atheist person classify the relationship as "
+     "entailment, contradiction, or neutral? Premise: the dog ran in the park today. "
+     "Hypothesis: the weather is red."),
     "Label this text as offensive or not offensive.",
 ]
 

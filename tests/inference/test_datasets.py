@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-
 from refusalstats.inference.datasets import (
     NLI_LABELS,
     load_items,

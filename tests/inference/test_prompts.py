@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-import refusalstats as rs
-from refusalstats.design import PERSONAS, TASKS, TEMPLATES
 from refusalstats.inference import (
     TransformersBackend,
     build_user_prompts,
@@ -14,6 +11,9 @@ from refusalstats.inference import (
     render_chats,
     template_supports_system,
 )
+
+import refusalstats as rs
+from refusalstats.design import PERSONAS, TASKS, TEMPLATES
 
 PHRASE = {p.name: p.phrase for p in PERSONAS}
 

@@ -14,10 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-import refusalstats as rs
-from refusalstats.design import TASKS
-from refusalstats.detect import detector
 from refusalstats.inference import (
     DecodingParams,
     TransformersBackend,
@@ -28,10 +24,14 @@ from refusalstats.inference import (
     run_generation,
 )
 
+import refusalstats as rs
+from refusalstats.design import TASKS
+from refusalstats.detect import detector
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from fake_backend import EchoBackend, answer_for  # noqa: E402
-from tiny_model import corpus_sentences  # noqa: E402
+from fake_backend import EchoBackend, answer_for
+from tiny_model import corpus_sentences
 
 
 def _items(n_nli=3, n_text=3, seed=1):
@@ -63,7 +63,7 @@ def test_plan_batches_respects_budget_and_covers_every_row_once():
         # longest first, and batches are maximal: the next row would break the budget
         sorted_len = lengths[flat]
         assert np.all(np.diff(sorted_len) <= 0)
-        for b, nxt in zip(batches[:-1], batches[1:]):
+        for b in batches[:-1]:
             if len(b) < 32:
                 assert (len(b) + 1) * (int(lengths[b].max()) + mnt) > budget
 
@@ -95,9 +95,9 @@ def test_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
 
     out = tmp_path / "run"
     params = DecodingParams(max_new_tokens=4)
-    table = run_generation(design, [f"tiny-a={tiny_model_dir}", f"tiny-b={tiny_model_dir}"], out,
-                           params=params, token_budget=1500, backend_factory=factory,
-                           progress=False, placement="template")
+    run_generation(design, [f"tiny-a={tiny_model_dir}", f"tiny-b={tiny_model_dir}"], out,
+                   params=params, token_budget=1500, backend_factory=factory,
+                   progress=False, placement="template")
     assert all(be.model is None for be in opened)  # each model freed after its turn
     back = rs.read_responses(out / "responses.parquet")
     assert len(back) == 2 * len(design)
