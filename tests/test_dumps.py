@@ -376,11 +376,12 @@ def test_cochran_q_on_imported_matrix_matches_pingouin(tmp_path):
     long = pd.DataFrame([(p, i, v) for p, vals in rows.items() for i, v in enumerate(vals)],
                         columns=["persona", "item", "refusal"])
     ref = pg.cochran(data=long, dv="refusal", within="persona", subject="item")
+    assert len(res) == 1
     row = res.iloc[0]
-    q_col = next(c for c in ("Q", "q", "statistic") if c in res.columns)
-    p_col = next(c for c in ("p_value", "p-unc", "p", "pvalue") if c in res.columns)
-    assert row[q_col] == pytest.approx(float(ref["Q"].iloc[0]), rel=1e-10)
-    assert row[p_col] == pytest.approx(float(ref["p_unc"].iloc[0] if "p_unc" in ref else ref["p-unc"].iloc[0]), rel=1e-8)
+    assert (row["n_blocks"], row["n_conditions"], row["dof"]) == (n_items, 4, 3)
+    assert row["Q"] == pytest.approx(float(ref["Q"].iloc[0]), rel=1e-10)
+    assert row["p_value"] == pytest.approx(float(ref["p_unc"].iloc[0]), rel=1e-8)
+    assert row["p_value"] < 0.01  # the personas were built to differ
 
 
 # ----------------------------------------------------------------------------- URLs
