@@ -9,6 +9,7 @@ from . import dumps
 from .detect import detector, evaluate_detector
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .formula import FormulaError
+from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .report import figures as plot
 from .report import report
 from .simulate import simulate_paper
@@ -26,11 +27,16 @@ __all__ = [
     "Task",
     "Template",
     "__version__",
+    "cochran_q",
     "detector",
+    "disparity",
     "dumps",
     "evaluate_detector",
+    "persona_effect",
     "plot",
+    "rank_agreement",
     "read_responses",
+    "refusal_rates",
     "report",
     "sample_design",
     "simulate_paper",

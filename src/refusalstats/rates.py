@@ -1,0 +1,873 @@
+"""Refusal rates with confidence intervals, and the classical tests of both papers.
+
+Every function takes the tidy response table plus column names and returns a tidy
+DataFrame (pingouin's shape):
+
+* :func:`refusal_rates` — the refusal rate of any grouping with Wilson,
+  Clopper–Pearson or Jeffreys intervals (P1's Table 1 and figures);
+* :func:`persona_effect` — persona minus persona-free rate with Newcombe's hybrid
+  score interval (P1's Figure 1);
+* :func:`cochran_q` — Cochran's Q across conditions with items as complete blocks
+  (de Araujo & Roth's test that refusals differ across personas);
+* :func:`disparity` — the sd of persona rates within a category over the sd among
+  control personas (de Araujo & Roth);
+* :func:`rank_agreement` — Kendall's tau between raters' (models') rankings of items
+  (personas), and Kendall's W across all of them.
+
+Examples
+--------
+>>> import refusalstats as rs
+>>> df = rs.simulate_paper(scale=0.01)
+>>> rs.refusal_rates(df, by="task").columns.tolist()
+['task', 'n', 'refusals', 'rate', 'ci_low', 'ci_high']
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "RankAgreement",
+    "cochran_q",
+    "disparity",
+    "persona_effect",
+    "proportion_ci",
+    "rank_agreement",
+    "refusal_rates",
+]
+
+CI_METHODS = ("wilson", "clopper-pearson", "jeffreys")
+_ALIASES = {
+    "beta": "clopper-pearson",
+    "exact": "clopper-pearson",
+    "clopper_pearson": "clopper-pearson",
+}
+
+
+# --------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------
+
+
+def _columns(value: str | Sequence[str] | None, arg: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        cols = list(value)
+    except TypeError:
+        raise TypeError(f"{arg} must be a column name or a list of column names") from None
+    bad = [c for c in cols if not isinstance(c, str)]
+    if bad:
+        raise TypeError(f"{arg} must hold column names (strings); got {bad!r}")
+    if len(set(cols)) != len(cols):
+        raise ValueError(f"{arg} names a column twice: {cols}")
+    return cols
+
+
+def _prepare(df: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.DataFrame:
+    """Validate the columns a function needs and return them (refusal as int8 'refusal').
+
+    Uses :func:`refusalstats.table.validate`: every problem (missing column, refusal
+    values outside 0/1, NaN in a grouping column, empty table) is reported at once.
+    """
+    from .table import SchemaError, validate
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if not isinstance(refusal, str):
+        raise TypeError("refusal must be the name of the 0/1 refusal column")
+    columns = list(dict.fromkeys(columns))
+    if refusal in columns:
+        raise ValueError(f"column {refusal!r} is the refusal outcome; it cannot also group rows")
+    present = [c for c in [*columns, refusal] if c in df.columns]
+    sub = df[present]
+    if refusal != "refusal":
+        if "refusal" in columns:
+            raise ValueError(
+                "a grouping column may not be called 'refusal' when refusal= is renamed"
+            )
+        sub = sub.rename(columns={refusal: "refusal"})
+    try:
+        out = validate(sub, required=[*columns, "refusal"], predictors=columns)
+    except SchemaError as exc:  # name the user's refusal column
+        if refusal != "refusal":
+            raise type(exc)(
+                [str(p).replace("'refusal'", repr(refusal)) for p in exc.problems]
+            ) from None
+        raise
+    return out
+
+
+def _groups(data: pd.DataFrame, by: list[str]):
+    """Iterate over (key tuple, sub-frame) in the order of the grouping levels."""
+    if not by:
+        yield (), data
+        return
+    for key, sub in data.groupby(by, observed=True, sort=True):
+        yield (key if isinstance(key, tuple) else (key,)), sub
+
+
+# --------------------------------------------------------------------------------------
+# Binomial intervals
+# --------------------------------------------------------------------------------------
+
+
+def proportion_ci(
+    refusals: np.ndarray | int,
+    n: np.ndarray | int,
+    method: str = "wilson",
+    conf: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided confidence interval for binomial proportions (vectorized).
+
+    Parameters
+    ----------
+    refusals, n : array-like of int
+        Successes and trials (``n > 0``).
+    method : {"wilson", "clopper-pearson", "jeffreys"}
+        Wilson score interval; Clopper–Pearson "exact" interval; Jeffreys interval
+        (equal-tailed Beta(k + 1/2, n - k + 1/2) quantiles, with the lower limit set
+        to 0 when k = 0 and the upper to 1 when k = n, as Brown, Cai & DasGupta 2001
+        recommend, so that the interval always contains the estimate).
+    conf : float
+        Confidence level.
+
+    Returns
+    -------
+    (ci_low, ci_high) : arrays
+
+    Examples
+    --------
+    >>> lo, hi = proportion_ci(3, 50)
+    >>> round(float(lo), 4), round(float(hi), 4)
+    (0.0206, 0.1622)
+    """
+    method = _ci_method(method)
+    conf = _conf(conf)
+    k = np.asarray(refusals, dtype=float)
+    n = np.asarray(n, dtype=float)
+    if np.any(n <= 0) or np.any(k < 0) or np.any(k > n):
+        raise ValueError("need 0 <= refusals <= n and n > 0 for every group")
+    alpha = 1 - conf
+    if method == "wilson":
+        z = stats.norm.ppf(1 - alpha / 2)
+        p = k / n
+        denom = 1 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+        return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    if method == "clopper-pearson":
+        with np.errstate(invalid="ignore"):
+            lo = stats.beta.ppf(alpha / 2, k, n - k + 1)
+            hi = stats.beta.ppf(1 - alpha / 2, k + 1, n - k)
+        return np.where(k == 0, 0.0, lo), np.where(k == n, 1.0, hi)
+    lo = stats.beta.ppf(alpha / 2, k + 0.5, n - k + 0.5)
+    hi = stats.beta.ppf(1 - alpha / 2, k + 0.5, n - k + 0.5)
+    return np.where(k == 0, 0.0, lo), np.where(k == n, 1.0, hi)
+
+
+def _ci_method(method: str) -> str:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be one of {list(CI_METHODS)}")
+    m = _ALIASES.get(method.lower(), method.lower())
+    if m not in CI_METHODS:
+        raise ValueError(f"unknown interval method {method!r}; choose one of {list(CI_METHODS)}")
+    return m
+
+
+def _conf(conf: float) -> float:
+    if not isinstance(conf, (int, float)) or not 0 < conf < 1:
+        raise ValueError(
+            f"conf must be a confidence level between 0 and 1 (e.g. 0.95), got {conf!r}"
+        )
+    return float(conf)
+
+
+# --------------------------------------------------------------------------------------
+# Rates
+# --------------------------------------------------------------------------------------
+
+
+def refusal_rates(
+    df: pd.DataFrame,
+    by: str | Sequence[str] | None = None,
+    *,
+    method: str = "wilson",
+    conf: float = 0.95,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """Refusal rate per group, with a binomial confidence interval.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The tidy response table.
+    by : str or list of str, optional
+        Grouping columns (e.g. ``["model", "task"]``); ``None`` gives the overall rate.
+        Groups appear in the order of the columns' levels; only combinations that
+        occur are listed.
+    method : {"wilson", "clopper-pearson", "jeffreys"}
+        Interval (see :func:`proportion_ci`).
+    conf : float
+        Confidence level.
+    refusal : str
+        The 0/1 outcome column.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, then ``n``, ``refusals``, ``rate``, ``ci_low``, ``ci_high``.
+
+    Notes
+    -----
+    The interval treats the rows of a group as independent trials. In P1's design
+    each item appears ten times (persona x template variations), so rows of one item
+    are correlated and these intervals are too narrow for item-level inference; use
+    ``rs.logit(..., cluster="item_id")`` for cluster-robust uncertainty.
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01)
+    >>> t = rs.refusal_rates(df, by=["model", "task"], method="jeffreys")
+    >>> list(t.columns)
+    ['model', 'task', 'n', 'refusals', 'rate', 'ci_low', 'ci_high']
+    """
+    by = _columns(by, "by")
+    method = _ci_method(method)
+    conf = _conf(conf)
+    data = _prepare(df, by, refusal)
+    if by:
+        agg = data.groupby(by, observed=True, sort=True)["refusal"].agg(["size", "sum"])
+        out = agg.reset_index()
+    else:
+        out = pd.DataFrame({"size": [len(data)], "sum": [int(data["refusal"].sum())]})
+    out = out.rename(columns={"size": "n", "sum": "refusals"})
+    out["n"] = out["n"].astype("int64")
+    out["refusals"] = out["refusals"].astype("int64")
+    out["rate"] = out["refusals"] / out["n"]
+    out["ci_low"], out["ci_high"] = proportion_ci(out["refusals"], out["n"], method, conf)
+    out.attrs["method"] = method
+    out.attrs["conf"] = conf
+    return out
+
+
+def _newcombe(k1, n1, k2, n2, conf):
+    """Newcombe's hybrid score interval (method 10) for p1 - p2."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = proportion_ci(k1, n1, "wilson", conf)
+    l2, u2 = proportion_ci(k2, n2, "wilson", conf)
+    d = p1 - p2
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, lo, hi
+
+
+def _slug(level: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in str(level)).strip("_").lower()
+
+
+def persona_effect(
+    df: pd.DataFrame,
+    by: str | Sequence[str] | None = None,
+    *,
+    setting: str = "setting",
+    levels: tuple[str, str] = ("persona", "persona-free"),
+    conf: float = 0.95,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """Persona minus persona-free refusal rate, with Newcombe's interval.
+
+    The difference of two binomial proportions gets Newcombe's (1998) hybrid score
+    interval (his method 10, built from the two Wilson intervals), which keeps its
+    coverage near rates of 0 where the Wald interval collapses.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The tidy response table with both settings.
+    by : str or list of str, optional
+        Grouping columns, e.g. ``["model", "task"]``.
+    setting : str
+        Column telling the two settings apart. If it is absent and the table has a
+        ``persona`` column, rows whose persona is ``"none"`` are persona-free and the
+        rest persona rows (the design's convention).
+    levels : (str, str)
+        The persona and the persona-free level of ``setting``.
+    conf : float
+        Confidence level.
+    refusal : str
+        The 0/1 outcome column.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, then ``n``, ``refusals`` and ``rate`` for each setting
+        (suffixed ``_persona`` and ``_persona_free``), ``difference`` (persona minus
+        persona-free), ``ci_low``, ``ci_high``.
+
+    Notes
+    -----
+    Newcombe's interval assumes two independent samples. In P1's design the
+    persona-free prompts reuse the persona prompts' items, and each item appears
+    several times; for inference that respects this, fit
+    ``rs.logit("refusal ~ setting + ...", df, cluster="item_id")``.
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> df = pd.DataFrame({"setting": ["persona"] * 4 + ["persona-free"] * 4,
+    ...                    "refusal": [1, 1, 0, 0, 1, 0, 0, 0]})
+    >>> rs.persona_effect(df)["difference"].item()
+    0.25
+    """
+    by = _columns(by, "by")
+    conf = _conf(conf)
+    if not (isinstance(levels, (tuple, list)) and len(levels) == 2 and levels[0] != levels[1]):
+        raise ValueError(f"levels must be two different setting levels, got {levels!r}")
+    if setting in by:
+        raise ValueError(f"{setting!r} is the setting column; it cannot also be in by=")
+    derived = False
+    if isinstance(df, pd.DataFrame) and setting not in df.columns and "persona" in df.columns:
+        from .design import NO_PERSONA
+
+        df = df.assign(
+            **{setting: np.where(df["persona"].astype(object) == NO_PERSONA, levels[1], levels[0])}
+        )
+        derived = True
+    data = _prepare(df, [*by, setting], refusal)
+    values = data[setting].astype(object)
+    unknown = sorted(set(pd.unique(values)) - set(levels), key=str)
+    if unknown:
+        raise ValueError(
+            f"column {setting!r} has level(s) {unknown} besides {list(levels)}; keep only the "
+            f"two settings (e.g. df[df[{setting!r}].isin({list(levels)})]) or pass levels="
+        )
+    keys = by or ["_all"]
+    counts = (
+        data.assign(_s=pd.Categorical(values, categories=list(levels)), _all=0)
+        .groupby([*keys, "_s"], observed=False, sort=True)["refusal"]
+        .agg(["size", "sum"])
+    )
+    size = counts["size"].unstack("_s")
+    total = counts["sum"].unstack("_s")
+    if by:
+        # only groups that occur at all (observed=False also builds empty combinations)
+        seen = data.groupby(by, observed=True, sort=True).size().index
+        size, total = size.loc[seen], total.loc[seen]
+    lacking = size[(size == 0).any(axis=1)]
+    if len(lacking):
+        examples = []
+        for key, row in lacking.head(5).iterrows():
+            miss = [lev for lev in levels if row[lev] == 0]
+            where = ", ".join(
+                f"{c}={v!r}" for c, v in zip(by, key if isinstance(key, tuple) else (key,))
+            )
+            examples.append(f"{where or 'the table'} has no {miss[0]!r} rows")
+        hint = " (the setting was derived from persona == 'none')" if derived else ""
+        raise ValueError(
+            f"persona_effect needs both settings {list(levels)} in column {setting!r}{hint} for "
+            f"every group; {len(lacking)} group(s) lack one: " + "; ".join(examples) + ". "
+            "Add the missing setting (e.g. rs.sample_design(..., persona_free=True) for "
+            "persona-free prompts) or drop those groups from by="
+        )
+    n1, n2 = size[levels[0]].to_numpy(), size[levels[1]].to_numpy()
+    k1, k2 = total[levels[0]].to_numpy(), total[levels[1]].to_numpy()
+    d, lo, hi = _newcombe(k1, n1, k2, n2, conf)
+    s1, s2 = _slug(levels[0]), _slug(levels[1])
+    out = pd.DataFrame(
+        {
+            f"n_{s1}": n1.astype("int64"),
+            f"refusals_{s1}": k1.astype("int64"),
+            f"rate_{s1}": k1 / n1,
+            f"n_{s2}": n2.astype("int64"),
+            f"refusals_{s2}": k2.astype("int64"),
+            f"rate_{s2}": k2 / n2,
+            "difference": d,
+            "ci_low": lo,
+            "ci_high": hi,
+        }
+    )
+    if by:
+        keys = size.index.to_frame(index=False)
+        out = pd.concat([keys.reset_index(drop=True), out], axis=1)
+    out.attrs["conf"] = conf
+    out.attrs["method"] = "newcombe"
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Cochran's Q
+# --------------------------------------------------------------------------------------
+
+
+def cochran_q(
+    df: pd.DataFrame,
+    condition: str = "persona",
+    block: str | Sequence[str] = "item_id",
+    by: str | Sequence[str] | None = None,
+    *,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """Cochran's Q test: do refusal rates differ across conditions, items as blocks?
+
+    de Araujo & Roth's test that refusals differ across personas: every item
+    (block) is answered under every persona (condition) once, and Q compares the
+    persona totals against the within-item variation (Cochran 1950). Q is
+    asymptotically chi-squared with k - 1 degrees of freedom for k conditions.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The tidy response table.
+    condition : str
+        The within-block factor (default ``"persona"``).
+    block : str or list of str
+        The block identifier (default ``"item_id"``); a list combines columns, e.g.
+        ``["item_id", "prompt"]`` when each item is shown with several templates.
+    by : str or list of str, optional
+        Separate tests per group, e.g. ``["model", "task"]``.
+    refusal : str
+        The 0/1 outcome column.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, then ``n_blocks``, ``n_conditions``, ``Q``, ``dof``,
+        ``p_value``. Q is NaN when no block varies (all refusals or none).
+
+    Raises
+    ------
+    ValueError
+        When blocks are incomplete (some block lacks a condition, or has one twice).
+        P1's Monte Carlo design shows each item to only a few personas; there the
+        persona effect is tested with the likelihood-ratio test of the persona term
+        of a logistic regression: ``rs.logit("refusal ~ persona + prompt + model +
+        task", df).anova()``.
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> df = pd.DataFrame({"item_id": [1, 1, 2, 2, 3, 3, 4, 4],
+    ...                    "persona": ["a", "b"] * 4,
+    ...                    "refusal": [1, 0, 1, 0, 1, 1, 0, 0]})
+    >>> rs.cochran_q(df)[["Q", "dof"]].round(3).values.tolist()
+    [[2.0, 1.0]]
+    """
+    if not isinstance(condition, str):
+        raise TypeError("condition must be one column name")
+    blocks = _columns(block, "block")
+    by = _columns(by, "by")
+    if not blocks:
+        raise ValueError("block must name at least one column")
+    overlap = set(blocks) & ({condition} | set(by)) or ({condition} & set(by))
+    if overlap:
+        raise ValueError(
+            f"condition, block and by must be different columns; {sorted(overlap)} repeat"
+        )
+    data = _prepare(df, [*by, condition, *blocks], refusal)
+    rows = []
+    for key, sub in _groups(data, by):
+        rows.append((*key, *_cochran_one(sub, condition, blocks, by, key, df)))
+    out = pd.DataFrame(rows, columns=[*by, "n_blocks", "n_conditions", "Q", "dof", "p_value"])
+    out["n_blocks"] = out["n_blocks"].astype("int64")
+    out["n_conditions"] = out["n_conditions"].astype("int64")
+    return _restore_dtypes(out, data, by)
+
+
+def _cochran_one(sub, condition, blocks, by, key, original):
+    cond_codes, cond_levels = pd.factorize(sub[condition], sort=True)
+    if len(blocks) == 1:
+        block_codes, block_levels = pd.factorize(sub[blocks[0]], sort=True)
+    else:
+        mi = pd.MultiIndex.from_frame(sub[blocks])
+        block_codes, block_levels = pd.factorize(mi, sort=True)
+    k, b = len(cond_levels), len(block_levels)
+    where = ", ".join(f"{c}={_plain(v)!r}" for c, v in zip(by, key))
+    where = f" (in {where})" if where else ""
+    if k < 2:
+        raise ValueError(
+            f"cochran_q needs at least two levels of {condition!r}{where}; found {list(cond_levels)}"
+        )
+    cell = block_codes.astype(np.int64) * k + cond_codes
+    counts = np.bincount(cell, minlength=b * k).reshape(b, k)
+    if (counts != 1).any():
+        bad_blocks = np.flatnonzero((counts != 1).any(axis=1))
+        i = bad_blocks[0]
+        missing = [cond_levels[j] for j in np.flatnonzero(counts[i] == 0)]
+        repeated = [cond_levels[j] for j in np.flatnonzero(counts[i] > 1)]
+        bname = "+".join(blocks)
+        detail = []
+        if missing:
+            detail.append(f"lacks {len(missing)} of {k} {condition} level(s), e.g. {missing[:3]}")
+        if repeated:
+            detail.append(
+                f"has {repeated[:3]} more than once (if each item is shown with several "
+                f"templates, add that column to block=, e.g. block=[{blocks[0]!r}, 'prompt'])"
+            )
+        hint = ""
+        if "none" in map(str, cond_levels) and "setting" in original.columns:
+            hint = (
+                f" The {condition!r} level 'none' holds persona-free rows; test personas only "
+                "with df[df['setting'] == 'persona']."
+            )
+        problem = " and ".join(detail)
+        raise ValueError(
+            f"cochran_q needs complete blocks{where}: every {bname} must appear exactly once "
+            f"under each {condition}, but {len(bad_blocks)} of {b} blocks do not; "
+            f"{bname}={_plain(block_levels[i])!r} {problem}.{hint} A Monte Carlo design (each "
+            "item shown to a few personas, as P1's) has incomplete blocks: test the "
+            f"{condition} term with the likelihood-ratio test of a logistic regression "
+            f"instead, e.g. rs.logit('refusal ~ {condition} + prompt + model + task', "
+            "df).anova()."
+        )
+    x = np.zeros((b, k), dtype=np.int64)
+    x[block_codes, cond_codes] = sub["refusal"].to_numpy()
+    col = x.sum(axis=0).astype(float)
+    row = x.sum(axis=1).astype(float)
+    total = row.sum()
+    denom = k * total - np.sum(row**2)
+    if denom == 0:
+        return b, k, np.nan, k - 1, np.nan
+    q = (k - 1) * (k * np.sum(col**2) - total**2) / denom
+    return b, k, q, k - 1, stats.chi2.sf(q, k - 1)
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value it holds (for readable messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _restore_dtypes(out: pd.DataFrame, data: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    for c in cols:
+        if c in out.columns and isinstance(data[c].dtype, pd.CategoricalDtype):
+            out[c] = pd.Categorical(out[c], categories=data[c].cat.categories)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Disparity
+# --------------------------------------------------------------------------------------
+
+
+def _control_personas(df, control, category, persona) -> tuple[set, str]:
+    """Resolve ``control`` to a set of persona levels and a description."""
+    if isinstance(control, str):
+        in_category = category in df.columns and (df[category].astype(object) == control).any()
+        is_column = control in df.columns
+        if in_category and is_column:
+            raise ValueError(
+                f"control={control!r} is both a level of {category!r} and a column; "
+                "pass the control personas as a list instead"
+            )
+        if in_category:
+            mask = (df[category].astype(object) == control).to_numpy()
+            return set(
+                pd.unique(df.loc[mask, persona].astype(object))
+            ), f"{category} == {control!r}"
+        if is_column:
+            col = df[control]
+            if col.isna().any() or not col.astype(object).isin([0, 1, True, False]).all():
+                raise ValueError(
+                    f"control column {control!r} must be True/False (or 0/1) for every row"
+                )
+            mask = col.astype(bool).to_numpy()
+            ctrl = set(pd.unique(df.loc[mask, persona].astype(object)))
+            other = set(pd.unique(df.loc[~mask, persona].astype(object)))
+            both = sorted(ctrl & other, key=str)
+            if both:
+                raise ValueError(
+                    f"control column {control!r} marks persona(s) {both[:5]} as control in "
+                    "some rows and not in others; it must be constant within a persona"
+                )
+            return ctrl, f"{control} is True"
+        control = [control]
+    try:
+        ctrl = list(control)
+    except TypeError:
+        raise TypeError(
+            "control must be a list of control personas, a level of the category column, "
+            "or the name of a True/False column"
+        ) from None
+    known = set(pd.unique(df[persona].astype(object)))
+    missing = [c for c in ctrl if c not in known]
+    if missing:
+        raise ValueError(
+            f"control persona(s) {missing[:5]} do not occur in column {persona!r} (nor as a level "
+            f"of {category!r} or a column); known personas include {sorted(known, key=str)[:8]}"
+        )
+    return set(ctrl), "listed control personas"
+
+
+def disparity(
+    df: pd.DataFrame,
+    category: str = "persona_group",
+    control: str | Sequence[str] = "control",
+    *,
+    persona: str = "persona",
+    by: str | Sequence[str] | None = None,
+    ddof: int = 1,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """de Araujo & Roth's disparity: persona spread within a category over control spread.
+
+    For each category (e.g. Gender, Race), the standard deviation of its personas'
+    refusal rates is divided by the standard deviation of the control personas'
+    rates (paraphrases of "a helpful assistant"). A ratio well above 1 means the
+    personas of that category differ more than mere rewordings of a neutral persona.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The tidy response table, control personas included.
+    category : str
+        Column that groups personas into categories; each persona must belong to one.
+    control : str or list of str
+        The control personas: a list of persona names, a level of ``category``
+        (P2's dumps use ``"control"``), or the name of a True/False column marking
+        control rows. Control personas are left out of every category's spread.
+    persona : str
+        The persona column.
+    by : str or list of str, optional
+        Separate ratios per group, e.g. ``["model", "task"]``.
+    ddof : int
+        Delta degrees of freedom of the standard deviations (1: sample sd).
+    refusal : str
+        The 0/1 outcome column.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, ``category`` (its level), ``n_personas``, ``sd``,
+        ``n_control``, ``control_sd``, ``disparity``. A category with fewer than
+        ``ddof + 1`` personas has NaN sd; a control sd of 0 gives an infinite (or
+        NaN) ratio, with a warning.
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> df = pd.DataFrame({
+    ...     "persona": ["a", "a", "b", "b", "c", "c", "d", "d"],
+    ...     "persona_group": ["G", "G", "G", "G", "control", "control", "control", "control"],
+    ...     "refusal": [1, 1, 0, 0, 1, 0, 1, 1]})
+    >>> rs.disparity(df, control="control")[["persona_group", "disparity"]].values.tolist()
+    [['G', 2.0]]
+    """
+    by = _columns(by, "by")
+    if not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
+    if category == persona:
+        raise ValueError("category and persona must be different columns")
+    extra = [control] if isinstance(control, str) and control in df.columns else []
+    data = _prepare(df, [*by, category, persona, *extra], refusal)
+    ctrl, how = _control_personas(data, control, category, persona)
+    # each persona belongs to one category
+    pairs = data[[persona, category]].astype(object).drop_duplicates()
+    multi = pairs[pairs.duplicated(persona, keep=False)]
+    if len(multi):
+        ex = multi.groupby(persona)[category].apply(list).head(3).to_dict()
+        raise ValueError(
+            f"every persona must belong to one {category!r}; found persona(s) in several: {ex}"
+        )
+    rates = (
+        data.groupby([*by, persona], observed=True, sort=True)["refusal"].mean().rename("rate")
+    ).reset_index()
+    cat_of = dict(zip(pairs[persona], pairs[category]))
+    rates["_category"] = rates[persona].astype(object).map(cat_of)
+    rates["_control"] = rates[persona].astype(object).isin(ctrl)
+    rows, degenerate = [], []
+    for key, sub in _groups(rates, by):
+        c = sub.loc[sub["_control"], "rate"].to_numpy()
+        if len(c) <= ddof:
+            where = ", ".join(f"{k}={v!r}" for k, v in zip(by, key)) or "the table"
+            raise ValueError(
+                f"disparity needs at least {ddof + 1} control personas with rows in {where} "
+                f"(control = {how}); found {len(c)}"
+            )
+        csd = float(np.std(c, ddof=ddof))
+        rest = sub.loc[~sub["_control"]]
+        order = [
+            lv for lv in pd.unique(data[category].astype(object)) if lv in set(rest["_category"])
+        ]
+        for lev in order:
+            r = rest.loc[rest["_category"] == lev, "rate"].to_numpy()
+            sd = float(np.std(r, ddof=ddof)) if len(r) > ddof else np.nan
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.float64(sd) / csd
+            if csd == 0:
+                degenerate.append(key)
+            rows.append((*key, lev, len(r), sd, len(c), csd, ratio))
+    if degenerate:
+        warnings.warn(
+            f"the control personas' refusal rates do not vary in {len(set(degenerate))} group(s) "
+            f"(e.g. {degenerate[0] or 'the table'}); their disparity is infinite or undefined",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    out = pd.DataFrame(
+        rows, columns=[*by, category, "n_personas", "sd", "n_control", "control_sd", "disparity"]
+    )
+    out.attrs["control"] = sorted(ctrl, key=str)
+    return _restore_dtypes(out, data, by)
+
+
+# --------------------------------------------------------------------------------------
+# Rank agreement
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankAgreement:
+    """Agreement between raters' rankings of items by refusal rate.
+
+    Attributes
+    ----------
+    pairs : DataFrame
+        One row per pair of raters: Kendall's tau-b between their item rates, its
+        two-sided p-value and the number of items.
+    concordance : DataFrame
+        One row per group: Kendall's W (tie-corrected) across all raters, the
+        Friedman chi-square it implies, its degrees of freedom and p-value, and the
+        mean pairwise tau.
+    rates : DataFrame
+        The item x rater refusal rates the rankings come from.
+    """
+
+    pairs: pd.DataFrame
+    concordance: pd.DataFrame
+    rates: pd.DataFrame = field(repr=False)
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
+            return (
+                "Kendall's W across raters\n"
+                + self.concordance.to_string(index=False)
+                + "\n\nKendall's tau-b between pairs of raters\n"
+                + self.pairs.to_string(index=False)
+            )
+
+
+def _kendall_w(x: np.ndarray) -> tuple[float, float, int, float]:
+    """Kendall's W for an (m raters x n items) matrix, tie-corrected."""
+    m, n = x.shape
+    ranks = np.apply_along_axis(stats.rankdata, 1, x)
+    r = ranks.sum(axis=0)
+    s = float(np.sum((r - r.mean()) ** 2))
+    ties = 0.0
+    for row in x:
+        _, t = np.unique(row, return_counts=True)
+        ties += float(np.sum(t**3 - t))
+    denom = m**2 * (n**3 - n) - m * ties
+    w = 12 * s / denom if denom > 0 else np.nan
+    chi2 = m * (n - 1) * w
+    return w, chi2, n - 1, float(stats.chi2.sf(chi2, n - 1)) if np.isfinite(chi2) else np.nan
+
+
+def rank_agreement(
+    df: pd.DataFrame,
+    item: str = "persona",
+    rater: str = "model",
+    *,
+    by: str | Sequence[str] | None = None,
+    refusal: str = "refusal",
+) -> RankAgreement:
+    """Do models rank personas alike? Kendall's tau between pairs and Kendall's W.
+
+    Each rater's (model's) refusal rate per item (persona) ranks the items; Kendall's
+    tau-b compares two raters' rankings (ties handled, two-sided p-value from
+    :func:`scipy.stats.kendalltau`), and Kendall's coefficient of concordance W
+    (tie-corrected) summarizes all raters at once, with the Friedman chi-square
+    test m (n - 1) W ~ chi2(n - 1). de Araujo & Roth report tau between models'
+    persona rankings.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The tidy response table.
+    item : str
+        What is ranked (default ``"persona"``).
+    rater : str
+        Who ranks (default ``"model"``).
+    by : str or list of str, optional
+        Separate analyses per group (e.g. ``"task"``).
+    refusal : str
+        The 0/1 outcome column.
+
+    Returns
+    -------
+    RankAgreement
+        ``.pairs`` (rater_1, rater_2, n_items, tau, p_value), ``.concordance``
+        (n_raters, n_items, W, chi2, dof, p_value, mean_tau) and ``.rates``. A rater
+        whose rates do not vary has an undefined tau (NaN) with every other rater.
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> df = pd.DataFrame({"model": ["m1"] * 3 + ["m2"] * 3, "persona": ["a", "b", "c"] * 2,
+    ...                    "refusal": [0, 1, 1, 0, 0, 1]})
+    >>> ra = rs.rank_agreement(df)
+    >>> round(ra.pairs["tau"].item(), 3)
+    0.5
+    """
+    by = _columns(by, "by")
+    if item == rater:
+        raise ValueError("item and rater must be different columns")
+    data = _prepare(df, [*by, rater, item], refusal)
+    pair_rows, conc_rows, rate_frames = [], [], []
+    for key, sub in _groups(data, by):
+        where = ", ".join(f"{c}={v!r}" for c, v in zip(by, key))
+        where = f" in {where}" if where else ""
+        mat = sub.groupby([rater, item], observed=True, sort=True)["refusal"].mean().unstack(item)
+        if mat.shape[0] < 2:
+            raise ValueError(
+                f"rank_agreement needs at least two {rater}s{where}; found {list(mat.index)}"
+            )
+        if mat.shape[1] < 2:
+            raise ValueError(f"rank_agreement needs at least two {item}s{where} to rank")
+        if mat.isna().any().any():
+            gaps = mat.isna().stack()
+            gaps = gaps[gaps].index.tolist()
+            raise ValueError(
+                f"every {rater} must have rows for every {item}{where}; {len(gaps)} combination(s) "
+                f"have none, e.g. {gaps[:3]}. Drop those {item}s or {rater}s first"
+            )
+        x = mat.to_numpy(dtype=float)
+        taus = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant input: tau is NaN
+            for i in range(len(mat.index)):
+                for j in range(i + 1, len(mat.index)):
+                    res = stats.kendalltau(x[i], x[j])
+                    tau, p = float(res.statistic), float(res.pvalue)
+                    taus.append(tau)
+                    pair_rows.append((*key, mat.index[i], mat.index[j], x.shape[1], tau, p))
+        w, chi2, dof, p = _kendall_w(x)
+        mean_tau = float(np.nanmean(taus)) if np.isfinite(taus).any() else np.nan
+        conc_rows.append((*key, x.shape[0], x.shape[1], w, chi2, dof, p, mean_tau))
+        long = mat.stack().rename("rate").reset_index()
+        for c, v in zip(by, key):
+            long[c] = v
+        rate_frames.append(long[[*by, rater, item, "rate"]])
+    pairs = pd.DataFrame(
+        pair_rows, columns=[*by, f"{rater}_1", f"{rater}_2", "n_items", "tau", "p_value"]
+    )
+    conc = pd.DataFrame(
+        conc_rows,
+        columns=[*by, f"n_{rater}s", f"n_{item}s", "W", "chi2", "dof", "p_value", "mean_tau"],
+    )
+    for c in (f"{rater}_1", f"{rater}_2"):
+        if isinstance(data[rater].dtype, pd.CategoricalDtype):
+            pairs[c] = pd.Categorical(pairs[c], categories=data[rater].cat.categories)
+    return RankAgreement(
+        pairs=_restore_dtypes(pairs, data, by),
+        concordance=_restore_dtypes(conc, data, by),
+        rates=pd.concat(rate_frames, ignore_index=True),
+    )

@@ -1,0 +1,365 @@
+"""Rates, Newcombe differences, Cochran's Q, disparity and rank agreement.
+
+Reference values come from statsmodels (proportion_confint, confint_proportions_2indep,
+mcnemar), pingouin (cochran, friedman) and scipy (kendalltau), computed here on the
+same data, and from closed forms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pingouin as pg
+import pytest
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
+
+import refusalstats as rs
+from refusalstats.rates import proportion_ci
+from refusalstats.table import SchemaError
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return rs.simulate_paper(scale=0.01, seed=3)
+
+
+def complete_blocks(seed=0, n_items=40, personas=("a", "b", "c", "d", "e"), models=("m1", "m2")):
+    """P2-style data: every item answered under every persona, per model."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for mi, m in enumerate(models):
+        item_p = rng.beta(1, 4, n_items)
+        for pi, p in enumerate(personas):
+            shift = 0.15 * pi * (mi + 1) / len(personas)
+            refuse = rng.random(n_items) < np.clip(item_p + shift, 0, 1)
+            rows += [(m, p, i, int(r)) for i, r in enumerate(refuse)]
+    return pd.DataFrame(rows, columns=["model", "persona", "item_id", "refusal"])
+
+
+# ---------------------------------------------------------------------------------------
+# refusal_rates
+# ---------------------------------------------------------------------------------------
+
+SM_METHOD = {"wilson": "wilson", "clopper-pearson": "beta", "jeffreys": "jeffreys"}
+
+
+@pytest.mark.parametrize("method", ["wilson", "clopper-pearson", "jeffreys"])
+def test_refusal_rates_match_statsmodels(paper, method):
+    out = rs.refusal_rates(paper, by=["model", "task"], method=method, conf=0.9)
+    counts = paper.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "sum"])
+    assert out["n"].tolist() == counts["size"].tolist()
+    assert out["refusals"].tolist() == counts["sum"].tolist()
+    assert out["rate"].to_numpy() == pytest.approx((counts["sum"] / counts["size"]).to_numpy())
+    k, n = out["refusals"].to_numpy(), out["n"].to_numpy()
+    lo, hi = proportion_confint(k, n, alpha=0.1, method=SM_METHOD[method])
+    inner = (k > 0) & (k < n)
+    assert inner.sum() > 10
+    np.testing.assert_allclose(out["ci_low"][inner], lo[inner], rtol=1e-9)
+    np.testing.assert_allclose(out["ci_high"][inner], hi[inner], rtol=1e-9)
+    assert (k == 0).any()  # Table 1's blank cells: models that never refuse
+    zero = k == 0
+    assert (out["ci_low"][zero] == 0).all()
+    np.testing.assert_allclose(out["ci_high"][zero], hi[zero], rtol=1e-9)
+    assert ((out["ci_low"] <= out["rate"]) & (out["rate"] <= out["ci_high"])).all()
+
+
+def test_jeffreys_and_clopper_pearson_boundaries():
+    # k = n: the upper limit is 1; the lower one is the statsmodels value
+    for method, sm in [("jeffreys", "jeffreys"), ("clopper-pearson", "beta")]:
+        lo, hi = proportion_ci(np.array([20]), np.array([20]), method, 0.95)
+        assert hi[0] == 1.0
+        assert lo[0] == pytest.approx(proportion_confint(20, 20, method=sm)[0])
+    # Clopper-Pearson's closed form at k = 0: 1 - (alpha/2)^(1/n)
+    lo, hi = proportion_ci(0, 30, "clopper-pearson", 0.95)
+    assert (float(lo), float(hi)) == pytest.approx((0.0, 1 - 0.025 ** (1 / 30)))
+
+
+def test_refusal_rates_overall_and_order(paper):
+    out = rs.refusal_rates(paper)
+    assert out.shape == (1, 5)
+    assert out["n"].item() == len(paper) and out["refusals"].item() == paper["refusal"].sum()
+    by_task = rs.refusal_rates(paper, by="task")
+    assert by_task["task"].tolist() == [
+        t for t in paper["task"].cat.categories if t in set(paper["task"])
+    ]
+    # unused categorical levels (persona-free) are not listed
+    by_setting = rs.refusal_rates(paper, by="setting")
+    assert by_setting["setting"].tolist() == ["persona"]
+
+
+def test_refusal_rates_errors(paper):
+    with pytest.raises(SchemaError, match="missing required column"):
+        rs.refusal_rates(paper, by="temperature")
+    bad = paper.head(50).assign(refusal=2)
+    with pytest.raises(SchemaError, match="0/1"):
+        rs.refusal_rates(bad, by="model")
+    nan_group = pd.DataFrame({"model": ["a", None, "b"], "refusal": [0, 1, 0]})
+    with pytest.raises(SchemaError, match="'model' has 1 missing"):
+        rs.refusal_rates(nan_group, by="model")
+    with pytest.raises(SchemaError, match="empty"):
+        rs.refusal_rates(paper.head(0), by="model")
+    with pytest.raises(ValueError, match="unknown interval method 'wald'"):
+        rs.refusal_rates(paper, method="wald")
+    with pytest.raises(ValueError, match="conf"):
+        rs.refusal_rates(paper, conf=95)
+    renamed = paper.head(100).rename(columns={"refusal": "refused"})
+    out = rs.refusal_rates(renamed, by="task", refusal="refused")
+    pd.testing.assert_frame_equal(out, rs.refusal_rates(paper.head(100), by="task"))
+    with pytest.raises(SchemaError, match="'refused'"):
+        rs.refusal_rates(renamed.assign(refused=5), refusal="refused")
+
+
+# ---------------------------------------------------------------------------------------
+# persona_effect
+# ---------------------------------------------------------------------------------------
+
+
+def two_settings(seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for task, p_per, p_free in [("nli", 0.02, 0.0), ("offensiveness", 0.30, 0.18)]:
+        for setting, p, n in [("persona", p_per, 900), ("persona-free", p_free, 300)]:
+            frames.append(pd.DataFrame({
+                "task": task, "setting": setting,
+                "persona": "Man" if setting == "persona" else "none",
+                "refusal": (rng.random(n) < p).astype(int),
+            }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_persona_effect_matches_statsmodels_newcombe():
+    df = two_settings()
+    out = rs.persona_effect(df, by="task", conf=0.9)
+    assert out["task"].tolist() == ["nli", "offensiveness"]
+    for _, row in out.iterrows():
+        sub = df[df.task == row["task"]]
+        k1 = sub[sub.setting == "persona"].refusal.sum()
+        k2 = sub[sub.setting == "persona-free"].refusal.sum()
+        assert (row["n_persona"], row["n_persona_free"]) == (900, 300)
+        assert (row["refusals_persona"], row["refusals_persona_free"]) == (k1, k2)
+        assert row["difference"] == pytest.approx(k1 / 900 - k2 / 300)
+        lo, hi = confint_proportions_2indep(
+            k1, 900, k2, 300, method="newcomb", compare="diff", alpha=0.1
+        )
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-9)
+    # nli: persona-free never refuses, the interval stays sensible at the boundary
+    assert out.loc[0, "refusals_persona_free"] == 0 and out.loc[0, "ci_low"] > -0.02
+
+
+def test_persona_effect_hand_computed_newcombe():
+    # Newcombe (1998), hybrid score method 10, written out from the Wilson limits
+    df = pd.DataFrame({"setting": ["persona"] * 50 + ["persona-free"] * 40,
+                       "refusal": [1] * 12 + [0] * 38 + [1] * 4 + [0] * 36})  # fmt: skip
+    out = rs.persona_effect(df)
+    l1, u1 = proportion_confint(12, 50, method="wilson")
+    l2, u2 = proportion_confint(4, 40, method="wilson")
+    d = 12 / 50 - 4 / 40
+    lo = d - np.sqrt((12 / 50 - l1) ** 2 + (u2 - 4 / 40) ** 2)
+    hi = d + np.sqrt((u1 - 12 / 50) ** 2 + (4 / 40 - l2) ** 2)
+    assert out[["difference", "ci_low", "ci_high"]].iloc[0].tolist() == pytest.approx([d, lo, hi])
+
+
+def test_persona_effect_derives_setting_and_errors(paper):
+    df = two_settings()
+    derived = rs.persona_effect(df.drop(columns="setting"), by="task")
+    pd.testing.assert_frame_equal(derived, rs.persona_effect(df, by="task"))
+    # the simulated paper table has persona rows only
+    with pytest.raises(ValueError, match="task='nli' has no 'persona-free' rows"):
+        rs.persona_effect(paper, by="task")
+    only_nli_free = df[~((df.task == "offensiveness") & (df.setting == "persona-free"))]
+    with pytest.raises(ValueError, match=r"1 group\(s\) lack one: task='offensiveness'"):
+        rs.persona_effect(only_nli_free, by="task")
+    with pytest.raises(ValueError, match="besides"):
+        rs.persona_effect(df.assign(setting="control"))
+    with pytest.raises(ValueError, match="cannot also be in by"):
+        rs.persona_effect(df, by="setting")
+
+
+# ---------------------------------------------------------------------------------------
+# cochran_q
+# ---------------------------------------------------------------------------------------
+
+
+def test_cochran_q_matches_pingouin():
+    df = complete_blocks()
+    out = rs.cochran_q(df, condition="persona", block="item_id", by="model")
+    assert out["model"].tolist() == ["m1", "m2"]
+    for _, row in out.iterrows():
+        ref = pg.cochran(
+            df[df.model == row["model"]], dv="refusal", within="persona", subject="item_id"
+        )
+        assert row["Q"] == pytest.approx(ref["Q"].item(), rel=1e-12)
+        assert row["p_value"] == pytest.approx(ref["p_unc"].item(), rel=1e-9)
+        assert row["dof"] == ref["dof"].item() == 4
+        assert (row["n_blocks"], row["n_conditions"]) == (40, 5)
+    assert out.loc[1, "p_value"] < 0.05  # m2 has a real persona effect
+
+
+def test_cochran_q_two_conditions_is_mcnemar():
+    df = complete_blocks(seed=5, personas=("a", "b"), models=("m",))
+    wide = df.pivot(index="item_id", columns="persona", values="refusal")
+    table = pd.crosstab(wide["a"], wide["b"]).reindex(index=[0, 1], columns=[0, 1], fill_value=0)
+    ref = mcnemar(table.to_numpy(), exact=False, correction=False)
+    out = rs.cochran_q(df)
+    assert out["Q"].item() == pytest.approx(ref.statistic)
+    assert out["p_value"].item() == pytest.approx(ref.pvalue)
+
+
+def test_cochran_q_blocks_of_several_columns_and_degenerate():
+    df = complete_blocks(seed=2, models=("m",))
+    twice = pd.concat([df.assign(prompt="p1"), df.assign(prompt="p2")], ignore_index=True)
+    with pytest.raises(ValueError, match=r"more than once.*block=\['item_id', 'prompt'\]"):
+        rs.cochran_q(twice)
+    out = rs.cochran_q(twice, block=["item_id", "prompt"])
+    assert out["n_blocks"].item() == 80
+    ref = pg.cochran(twice.assign(b=twice.item_id.astype(str) + twice.prompt), dv="refusal",
+                     within="persona", subject="b")  # fmt: skip
+    assert out["Q"].item() == pytest.approx(ref["Q"].item())
+    none = rs.cochran_q(df.assign(refusal=0))
+    assert np.isnan(none["Q"].item()) and np.isnan(none["p_value"].item())
+
+
+def test_cochran_q_incomplete_blocks_point_to_the_likelihood_ratio_test(paper):
+    with pytest.raises(ValueError, match=r"complete blocks.*rs\.logit\(.*\)\.anova\(\)"):
+        rs.cochran_q(paper, by=["model", "task"])
+    df = complete_blocks(models=("m",)).iloc[1:]
+    with pytest.raises(ValueError, match=r"item_id=0 lacks 1 of 5 persona"):
+        rs.cochran_q(df)
+    with pytest.raises(ValueError, match="at least two levels"):
+        rs.cochran_q(complete_blocks(personas=("a",), models=("m",)))
+    with pytest.raises(ValueError, match="different columns"):
+        rs.cochran_q(df, condition="persona", block="persona")
+
+
+# ---------------------------------------------------------------------------------------
+# disparity
+# ---------------------------------------------------------------------------------------
+
+
+def with_controls(seed=0):
+    rng = np.random.default_rng(seed)
+    groups = {"Gender": ["man", "woman", "nb"], "Race": ["black", "white", "asian", "latino"],
+              "control": [f"helper{i}" for i in range(6)]}  # fmt: skip
+    rows = []
+    for model in ["m1", "m2"]:
+        for cat, personas in groups.items():
+            for persona in personas:
+                p = 0.2 if cat == "control" else rng.uniform(0.05, 0.6)
+                k = rng.binomial(1, p, 200)
+                rows += [(model, cat, persona, int(v)) for v in k]
+    return pd.DataFrame(rows, columns=["model", "persona_group", "persona", "refusal"])
+
+
+def test_disparity_by_hand():
+    df = with_controls()
+    out = rs.disparity(df, category="persona_group", control="control", by="model")
+    assert out.columns.tolist() == ["model", "persona_group", "n_personas", "sd", "n_control",
+                                    "control_sd", "disparity"]  # fmt: skip
+    assert len(out) == 4  # 2 models x (Gender, Race); the control category is the reference
+    for _, row in out.iterrows():
+        sub = df[df.model == row["model"]]
+        rates = sub.groupby("persona")["refusal"].mean()
+        cat = sub.groupby("persona")["persona_group"].first()
+        sd = np.std(rates[cat == row["persona_group"]].to_numpy(), ddof=1)
+        csd = np.std(rates[cat == "control"].to_numpy(), ddof=1)
+        assert row["sd"] == pytest.approx(sd) and row["control_sd"] == pytest.approx(csd)
+        assert row["disparity"] == pytest.approx(sd / csd)
+        assert row["n_control"] == 6
+    # the same control given as a list of personas or as a True/False column
+    ctrl = [f"helper{i}" for i in range(6)]
+    as_list = rs.disparity(df, control=ctrl, by="model")
+    as_col = rs.disparity(df.assign(is_ctrl=df.persona.isin(ctrl)), control="is_ctrl", by="model")
+    pd.testing.assert_frame_equal(as_list, out)
+    pd.testing.assert_frame_equal(as_col, out)
+    pop = rs.disparity(df, control="control", by="model", ddof=0)
+    assert pop["sd"].iloc[0] < out["sd"].iloc[0]
+
+
+def test_disparity_errors_and_warnings():
+    df = with_controls()
+    with pytest.raises(ValueError, match=r"control persona\(s\) \['robot'\] do not occur"):
+        rs.disparity(df, control=["robot"])
+    with pytest.raises(ValueError, match="at least 2 control personas"):
+        rs.disparity(df, control=["helper0"])
+    clash = df.copy()
+    clash.loc[clash.index[0], "persona_group"] = "Race"  # "man" now in Gender and Race
+    with pytest.raises(ValueError, match="belong to one 'persona_group'"):
+        rs.disparity(clash, control="control")
+    flat = df.copy()
+    flat.loc[flat.persona_group == "control", "refusal"] = 0
+    with pytest.warns(RuntimeWarning, match="do not vary"):
+        out = rs.disparity(flat, control="control")
+    assert np.isinf(out["disparity"]).all()
+
+
+# ---------------------------------------------------------------------------------------
+# rank_agreement
+# ---------------------------------------------------------------------------------------
+
+
+def raters(seed=0, n_models=4, n_personas=8, tie=False):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.05, 0.5, n_personas)
+    rows = []
+    for m in range(n_models):
+        for p in range(n_personas):
+            rate = np.clip(base[p] + rng.normal(0, 0.08), 0, 1)
+            k = rng.binomial(1, rate, 150)
+            if tie and m == 0 and p < 2:
+                k = np.zeros(150, dtype=int)  # a tie in model 0's rates
+            rows += [(f"model{m}", f"persona{p}", int(v)) for v in k]
+    return pd.DataFrame(rows, columns=["model", "persona", "refusal"])
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_rank_agreement_matches_scipy_and_pingouin(tie):
+    df = raters(tie=tie)
+    ra = rs.rank_agreement(df, item="persona", rater="model")
+    wide = df.pivot_table(index="model", columns="persona", values="refusal", aggfunc="mean")
+    assert len(ra.pairs) == 6
+    for _, row in ra.pairs.iterrows():
+        ref = stats.kendalltau(wide.loc[row["model_1"]], wide.loc[row["model_2"]])
+        assert row["tau"] == pytest.approx(ref.statistic)
+        assert row["p_value"] == pytest.approx(ref.pvalue)
+        assert row["n_items"] == 8
+    long = wide.stack().rename("rate").reset_index()
+    fr = pg.friedman(long, dv="rate", within="persona", subject="model")
+    conc = ra.concordance.iloc[0]
+    assert conc["W"] == pytest.approx(fr["W"].item(), rel=1e-10)
+    assert conc["chi2"] == pytest.approx(fr["Q"].item(), rel=1e-10)
+    assert conc["p_value"] == pytest.approx(fr["p_unc"].item(), rel=1e-9)
+    assert (conc["n_models"], conc["n_personas"], conc["dof"]) == (4, 8, 7)
+    assert conc["mean_tau"] == pytest.approx(ra.pairs["tau"].mean())
+    assert "Kendall's W" in repr(ra)
+
+
+def test_kendall_w_closed_forms():
+    same = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 4 + ["c"] * 4,
+                         "persona": list("wxyz") * 3,
+                         "refusal": [0, 1, 1, 1] * 3})  # fmt: skip
+    # identical rankings (with the same ties): W = 1
+    assert rs.rank_agreement(same).concordance["W"].item() == pytest.approx(1.0)
+    # two raters with opposite strict rankings: W = 0 and tau = -1
+    rows = []
+    for m, rates in [("a", [0, 1, 2, 3]), ("b", [3, 2, 1, 0])]:
+        for persona, r in zip("wxyz", rates):
+            rows += [(m, persona, int(i < r)) for i in range(4)]
+    opp = rs.rank_agreement(pd.DataFrame(rows, columns=["model", "persona", "refusal"]))
+    assert opp.concordance["W"].item() == pytest.approx(0.0)
+    assert opp.pairs["tau"].item() == pytest.approx(-1.0)
+
+
+def test_rank_agreement_by_group_and_errors(paper):
+    ra = rs.rank_agreement(paper, by="task")
+    assert ra.concordance["task"].tolist() == ["nli", "politeness", "offensiveness"]
+    assert len(ra.pairs) == 3 * 16 * 15 // 2
+    # models that never refuse have constant rates: tau undefined, not an error
+    assert ra.pairs["tau"].isna().any() and ra.pairs["tau"].notna().any()
+    df = raters()
+    with pytest.raises(ValueError, match="at least two models"):
+        rs.rank_agreement(df[df.model == "model0"])
+    gap = df[~((df.model == "model1") & (df.persona == "persona3"))]
+    with pytest.raises(ValueError, match=r"1 combination\(s\) have none.*model1.*persona3"):
+        rs.rank_agreement(gap)
