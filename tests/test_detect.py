@@ -451,3 +451,49 @@ def test_evaluate_detector_undefined_metrics_and_bad_labels():
         rs.evaluate_detector("paper", ["a", "b"], [1, None])
     with pytest.raises(ValueError, match="conf"):
         rs.evaluate_detector("paper", ["a"], [1], conf=95)
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring a whole table, task by task
+# ---------------------------------------------------------------------------------------
+
+
+def test_flag_refusals_uses_each_tasks_labels():
+    df = pd.DataFrame(
+        {
+            "task": ["nli", "nli", "offensiveness", "politeness", "sentiment", "sentiment"],
+            "response": [
+                "I'm not sure, but neutral.",  # weak signal + NLI label: answer
+                "I cannot say whether it is neutral.",  # strong opener
+                "As an AI I'd say not offensive.",  # weak + label: answer
+                "As an AI I'd say polite.",  # weak + label: answer
+                "As an AI I'd say positive.",  # unknown task, no labels: weak counts
+                "As an AI I'd say positive.",  # ... unless labels are given
+            ],
+        },
+        index=[10, 11, 12, 13, 14, 15],
+    )
+    got = detect.flag_refusals(df)
+    assert got.index.tolist() == df.index.tolist() and got.name == "refusal"
+    assert got.tolist() == [False, True, False, False, True, True]
+    own = detect.flag_refusals(df, labels={"sentiment": ("positive", "negative")})
+    assert own.tolist() == [False, True, False, False, False, False]
+    # per task it equals the detector built for that task
+    nli = df[df.task == "nli"]["response"]
+    assert got[df.task == "nli"].tolist() == rs.detector("default", labels="nli")(nli).tolist()
+    flat = detect.flag_refusals(df, task=None)
+    assert flat.tolist() == rs.detector("default")(df["response"]).tolist()
+    combo = detect.flag_refusals(df, rs.detector("paper") | rs.detector("hedge"))
+    assert combo.tolist() == [False, True, False, False, False, False]
+    with pytest.raises(ValueError, match="'answer' .* is not in the table"):
+        detect.flag_refusals(df, text="answer")
+    with pytest.raises(ValueError, match="task=None"):
+        detect.flag_refusals(df.drop(columns="task"))
+
+
+def test_with_labels_keeps_the_detector_kind():
+    assert rs.detector("paper").with_labels(NLI).prefixes == detect.PAPER_PREFIXES
+    hedge = rs.detector("hedge").with_labels(OFF)
+    assert hedge.labels == OFF and not hedge._custom
+    both = (rs.detector("paper") | rs.detector("default")).with_labels(POL)
+    assert both.detectors[1].labels == POL

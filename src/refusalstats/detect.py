@@ -66,6 +66,7 @@ __all__ = [
     "PrefixDetector",
     "detector",
     "evaluate_detector",
+    "flag_refusals",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -389,6 +390,13 @@ class Detector:
             return np.zeros(0, dtype=bool)
         return np.asarray(self._detect(arr), dtype=bool)
 
+    def with_labels(self, labels: Sequence[str] | str | None) -> Detector:
+        """The same detector for a task with these answer labels.
+
+        Detectors that do not use labels (the prefix lists) return themselves.
+        """
+        return self
+
     def __or__(self, other: Detector) -> AnyOf:
         if not isinstance(other, Detector):
             return NotImplemented
@@ -482,7 +490,8 @@ class HedgeDetector(Detector):
                 re.compile(p)
             except re.error as exc:
                 raise ValueError(f"hedge pattern {key!r} is not a valid regex: {exc}") from None
-        re2 = _HEDGE_RE2 if patterns is None else self.patterns
+        self._custom = patterns is not None
+        re2 = self.patterns if self._custom else _HEDGE_RE2
         self._pattern = "(?i)" + _alternation(re2.values())
         self.extractor = None if labels is None else LabelExtractor(labels)
         self.labels = None if labels is None else self.extractor.labels
@@ -501,9 +510,10 @@ class HedgeDetector(Detector):
             flags[idx] = ~self.extractor.found(sub)
         return flags
 
-    def with_labels(self, labels: Sequence[str] | str) -> HedgeDetector:
+    def with_labels(self, labels: Sequence[str] | str | None) -> HedgeDetector:
         """The same detector for another task's label set."""
-        return HedgeDetector(labels=labels, patterns=self.patterns, name=self.name)
+        patterns = self.patterns if self._custom else None
+        return HedgeDetector(labels=labels, patterns=patterns, name=self.name)
 
 
 # --- the default detector's phrase lists (RE2 syntax; "'" also matches "’") ---
@@ -658,7 +668,7 @@ class DefaultDetector(Detector):
         strong[idx[weak]] = True
         return strong
 
-    def with_labels(self, labels: Sequence[str] | str) -> DefaultDetector:
+    def with_labels(self, labels: Sequence[str] | str | None) -> DefaultDetector:
         """The same detector for another task's label set."""
         return DefaultDetector(labels=labels, name=self.name)
 
@@ -680,6 +690,10 @@ class AnyOf(Detector):
             raise ValueError("AnyOf needs at least one detector")
         self.detectors: tuple[Detector, ...] = tuple(parts)
         self.name = " | ".join(d.name for d in parts)
+
+    def with_labels(self, labels: Sequence[str] | str | None) -> AnyOf:
+        """Every component for this label set."""
+        return AnyOf(*(d.with_labels(labels) for d in self.detectors))
 
     def _detect(self, arr: pa.Array) -> np.ndarray:
         out = np.zeros(len(arr), dtype=bool)
@@ -744,6 +758,80 @@ def detector(name: str = "default", **kwargs) -> Detector:
 
 
 _detector_by_name = detector
+
+
+def flag_refusals(
+    df: pd.DataFrame,
+    detector: Detector | str = "default",
+    *,
+    text: str = "response",
+    task: str | None = "task",
+    labels: dict[str, Sequence[str]] | None = None,
+) -> pd.Series:
+    """Run a detector over a response table, each task with its own answer labels.
+
+    Parameters
+    ----------
+    df : DataFrame
+        A table with the answers in column ``text``.
+    detector : Detector or str
+        A detector or a name for :func:`detector` (default ``"default"``).
+    text : str
+        The column holding the model's answers.
+    task : str or None
+        The task column. Each task's labels come from ``labels`` or, for the
+        paper's tasks, from ``refusalstats.design.TASKS``; a task with neither is
+        scored without labels (every weak signal counts). ``None``: one pass, no
+        labels.
+    labels : dict, optional
+        Task level -> answer labels, for tasks of your own.
+
+    Returns
+    -------
+    Series of bool named ``"refusal"``, aligned with ``df.index``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"task": ["nli", "offensiveness"],
+    ...                    "response": ["I cannot say whether it is neutral.", "Not offensive."]})
+    >>> flag_refusals(df).tolist()
+    [True, False]
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if text not in df.columns:
+        raise ValueError(
+            f"column {text!r} (the answers) is not in the table; it has {list(df.columns)}. "
+            "Pass text='<your column>'"
+        )
+    det = _detector_by_name(detector) if isinstance(detector, str) else detector
+    if not isinstance(det, Detector):
+        raise TypeError("detector must be a Detector or a detector name")
+    out = np.zeros(len(df), dtype=bool)
+    if task is None:
+        out[:] = det(df[text])
+        return pd.Series(out, index=df.index, name="refusal")
+    if task not in df.columns:
+        raise ValueError(
+            f"task column {task!r} is not in the table; pass task=None to score every answer "
+            "without a label set, or task='<your column>'"
+        )
+    from . import design
+
+    given = dict(labels or {})
+    keys = df[task]
+    if keys.isna().any():
+        raise ValueError(f"task column {task!r} has missing values; fill or drop those rows")
+    codes, levels = pd.factorize(keys)
+    for j, level in enumerate(levels):
+        lab = given.get(level)
+        if lab is None and level in design.TASKS:
+            lab = design.TASKS[level].labels
+        rows = np.flatnonzero(codes == j)
+        out[rows] = det.with_labels(lab)(df[text].iloc[rows])
+    return pd.Series(out, index=df.index, name="refusal")
+
 
 # --------------------------------------------------------------------------------------
 # Evaluation against human labels
