@@ -294,6 +294,40 @@ def test_disparity_errors_and_warnings():
     assert np.isinf(out["disparity"]).all()
 
 
+def test_disparity_item_bootstrap_equals_resampling_rows():
+    # complete blocks: every item under every persona (P2's design), one model
+    rng = np.random.default_rng(4)
+    personas = {"man": "Gender", "woman": "Gender", "nb": "Gender",
+                "h1": "control", "h2": "control", "h3": "control", "h4": "control"}  # fmt: skip
+    item_p = rng.beta(1, 3, 60)
+    rows = []
+    for persona, cat in personas.items():
+        shift = 0.0 if cat == "control" else rng.uniform(-0.1, 0.3)
+        k = rng.random(60) < np.clip(item_p + shift, 0, 1)
+        rows += [(persona, cat, i, int(v)) for i, v in enumerate(k)]
+    df = pd.DataFrame(rows, columns=["persona", "persona_group", "item_id", "refusal"])
+    n_boot = 60
+    out = rs.disparity(df, n_boot=n_boot, block="item_id", conf=0.8, seed=11)
+    # reference: the same multinomial item weights, applied by repeating rows
+    codes, items = pd.factorize(df["item_id"])
+    w = np.random.default_rng(11).multinomial(
+        len(items), np.full(len(items), 1 / len(items)), n_boot
+    )
+    ratios = []
+    for r in range(n_boot):
+        rep = df.loc[df.index.repeat(w[r][codes])]
+        ratios.append(rs.disparity(rep)["disparity"].item())
+    lo, hi = np.quantile(ratios, [0.1, 0.9])
+    assert out[["ci_low", "ci_high"]].iloc[0].tolist() == pytest.approx([lo, hi])
+    assert out.attrs["bootstrap"] == "blocks"
+    binom = rs.disparity(df, n_boot=400, seed=1)
+    again = rs.disparity(df, n_boot=400, seed=1)
+    pd.testing.assert_frame_equal(binom, again)
+    assert binom["ci_low"].item() < binom["disparity"].item() < binom["ci_high"].item()
+    with pytest.raises(ValueError, match="also pass n_boot"):
+        rs.disparity(df, block="item_id")
+
+
 # ---------------------------------------------------------------------------------------
 # rank_agreement
 # ---------------------------------------------------------------------------------------

@@ -615,6 +615,10 @@ def disparity(
     persona: str = "persona",
     by: str | Sequence[str] | None = None,
     ddof: int = 1,
+    n_boot: int = 0,
+    block: str | Sequence[str] | None = None,
+    conf: float = 0.95,
+    seed: int | None = None,
     refusal: str = "refusal",
 ) -> pd.DataFrame:
     """de Araujo & Roth's disparity: persona spread within a category over control spread.
@@ -640,6 +644,18 @@ def disparity(
         Separate ratios per group, e.g. ``["model", "task"]``.
     ddof : int
         Delta degrees of freedom of the standard deviations (1: sample sd).
+    n_boot : int
+        Bootstrap replicates for a percentile interval of each ratio (0: none).
+        With ``block`` (e.g. ``"item_id"``) whole items are resampled, which keeps
+        the correlation between personas answering the same item (P2's complete
+        design); without it each persona's refusal count is redrawn from its
+        binomial, which treats rows as independent.
+    block : str or list of str, optional
+        Column(s) identifying items for the bootstrap.
+    conf : float
+        Confidence level of the bootstrap interval.
+    seed : int, optional
+        Seed of the bootstrap.
     refusal : str
         The 0/1 outcome column.
 
@@ -647,9 +663,9 @@ def disparity(
     -------
     DataFrame
         ``by`` columns, ``category`` (its level), ``n_personas``, ``sd``,
-        ``n_control``, ``control_sd``, ``disparity``. A category with fewer than
-        ``ddof + 1`` personas has NaN sd; a control sd of 0 gives an infinite (or
-        NaN) ratio, with a warning.
+        ``n_control``, ``control_sd``, ``disparity`` (and ``ci_low``, ``ci_high``
+        with ``n_boot``). A category with fewer than ``ddof + 1`` personas has NaN
+        sd; a control sd of 0 gives an infinite (or NaN) ratio, with a warning.
 
     Examples
     --------
@@ -662,12 +678,18 @@ def disparity(
     [['G', 2.0]]
     """
     by = _columns(by, "by")
+    blocks = _columns(block, "block")
     if not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if blocks and not n_boot:
+        raise ValueError("block= is only used by the bootstrap; also pass n_boot (e.g. 2000)")
+    conf = _conf(conf)
     if category == persona:
         raise ValueError("category and persona must be different columns")
     extra = [control] if isinstance(control, str) and control in df.columns else []
-    data = _prepare(df, [*by, category, persona, *extra], refusal)
+    data = _prepare(df, [*by, category, persona, *extra, *blocks], refusal)
     ctrl, how = _control_personas(data, control, category, persona)
     # each persona belongs to one category
     pairs = data[[persona, category]].astype(object).drop_duplicates()
@@ -677,34 +699,60 @@ def disparity(
         raise ValueError(
             f"every persona must belong to one {category!r}; found persona(s) in several: {ex}"
         )
-    rates = (
-        data.groupby([*by, persona], observed=True, sort=True)["refusal"].mean().rename("rate")
-    ).reset_index()
     cat_of = dict(zip(pairs[persona], pairs[category]))
-    rates["_category"] = rates[persona].astype(object).map(cat_of)
-    rates["_control"] = rates[persona].astype(object).isin(ctrl)
+    cat_order = list(pd.unique(data[category].astype(object)))
+    rng = np.random.default_rng(seed)
+    alpha = 1 - conf
     rows, degenerate = [], []
-    for key, sub in _groups(rates, by):
-        c = sub.loc[sub["_control"], "rate"].to_numpy()
-        if len(c) <= ddof:
-            where = ", ".join(f"{k}={v!r}" for k, v in zip(by, key)) or "the table"
+    for key, sub in _groups(data, by):
+        p_codes, p_levels = pd.factorize(sub[persona].astype(object), sort=False)
+        n_p = np.bincount(p_codes, minlength=len(p_levels)).astype(float)
+        k_p = np.bincount(p_codes, weights=sub["refusal"].to_numpy(), minlength=len(p_levels))
+        rate = k_p / n_p
+        is_ctrl = np.array([p in ctrl for p in p_levels])
+        if is_ctrl.sum() <= ddof:
+            where = ", ".join(f"{k}={_plain(v)!r}" for k, v in zip(by, key)) or "the table"
             raise ValueError(
                 f"disparity needs at least {ddof + 1} control personas with rows in {where} "
-                f"(control = {how}); found {len(c)}"
+                f"(control = {how}); found {int(is_ctrl.sum())}"
             )
-        csd = float(np.std(c, ddof=ddof))
-        rest = sub.loc[~sub["_control"]]
-        order = [
-            lv for lv in pd.unique(data[category].astype(object)) if lv in set(rest["_category"])
-        ]
-        for lev in order:
-            r = rest.loc[rest["_category"] == lev, "rate"].to_numpy()
+        boot = None
+        if n_boot:
+            if blocks:
+                b_codes, b_levels = pd.factorize(
+                    pd.MultiIndex.from_frame(sub[blocks]) if len(blocks) > 1 else sub[blocks[0]]
+                )
+                nb, npers = len(b_levels), len(p_levels)
+                cell = b_codes.astype(np.int64) * npers + p_codes
+                c_mat = np.bincount(cell, minlength=nb * npers).reshape(nb, npers)
+                s_mat = np.bincount(cell, weights=sub["refusal"].to_numpy(), minlength=nb * npers)
+                w = rng.multinomial(nb, np.full(nb, 1 / nb), size=n_boot).astype(float)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    boot = (w @ s_mat.reshape(nb, npers)) / (w @ c_mat)
+            else:
+                boot = rng.binomial(n_p.astype(np.int64), rate, size=(n_boot, len(rate))) / n_p
+        csd = float(np.std(rate[is_ctrl], ddof=ddof))
+        cats = np.array([cat_of[p] for p in p_levels], dtype=object)
+        for lev in [c for c in cat_order if c in set(cats[~is_ctrl])]:
+            members = (cats == lev) & ~is_ctrl
+            r = rate[members]
             sd = float(np.std(r, ddof=ddof)) if len(r) > ddof else np.nan
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.float64(sd) / csd
             if csd == 0:
                 degenerate.append(key)
-            rows.append((*key, lev, len(r), sd, len(c), csd, ratio))
+            row = [*key, lev, len(r), sd, int(is_ctrl.sum()), csd, ratio]
+            if boot is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    dist = np.nanstd(boot[:, members], axis=1, ddof=ddof) / np.nanstd(
+                        boot[:, is_ctrl], axis=1, ddof=ddof
+                    )
+                dist = dist[~np.isnan(dist)]
+                if len(r) > ddof and len(dist):
+                    row += list(np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
+                else:
+                    row += [np.nan, np.nan]
+            rows.append(tuple(row))
     if degenerate:
         warnings.warn(
             f"the control personas' refusal rates do not vary in {len(set(degenerate))} group(s) "
@@ -712,10 +760,13 @@ def disparity(
             RuntimeWarning,
             stacklevel=2,
         )
-    out = pd.DataFrame(
-        rows, columns=[*by, category, "n_personas", "sd", "n_control", "control_sd", "disparity"]
-    )
+    columns = [*by, category, "n_personas", "sd", "n_control", "control_sd", "disparity"]
+    if n_boot:
+        columns += ["ci_low", "ci_high"]
+    out = pd.DataFrame(rows, columns=columns)
     out.attrs["control"] = sorted(ctrl, key=str)
+    if n_boot:
+        out.attrs.update(n_boot=n_boot, conf=conf, bootstrap="blocks" if blocks else "binomial")
     return _restore_dtypes(out, data, by)
 
 
