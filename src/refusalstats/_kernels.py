@@ -24,16 +24,19 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = [
+    "atom_index",
     "boot_continuous",
     "cells_xi_weighted",
     "group_sorted",
     "jack_continuous",
     "perm_continuous",
+    "prefix_table",
     "rank_cells",
     "table_xi_1d",
     "table_xi_1d_batch",
     "table_xi_nominal_batch",
     "w2sq_discrete",
+    "xi_from_prefix",
 ]
 
 
@@ -224,80 +227,113 @@ def table_xi_nominal_batch(counts: np.ndarray) -> tuple:
 # ----------------------------------------------------------------------------------------
 # continuous 1-d output: sorted rows with integer weights
 # ----------------------------------------------------------------------------------------
+# Memory layout matters more than arithmetic here: the partitions interleave over the sorted
+# sample, so each partition is stored contiguously (``yc``/``wc`` in ``members`` order) and the
+# weighted prefix sums of the unconditional sample are packed in one (N + 1, 4) array
+# [cum. weight, sum w y, sum w y^2, y] so that one search step touches one cache line.
+# Cumulative weights are stored as float64 (integers below 2**53, exact) and converted back
+# to int64 where the quantile level L * N / n_m is located (N * n_m <= N**2 fits in int64).
 @njit(cache=True)
-def cells_xi_weighted(
-    ys: np.ndarray, members: np.ndarray, starts: np.ndarray, w: np.ndarray
-) -> tuple:
-    """xi and population variance for a weighted sample on sorted positions.
-
-    The unconditional distribution puts mass ``w[j] / sum(w)`` on ``ys[j]``; partition m
-    puts mass ``w[j] / n_m`` on its members. For each member atom of a partition (quantile
-    levels ``[a, b]``) the integral of ``(F^-1(u) - z)^2`` over ``[a, b]`` is read off weighted
-    prefix sums of y and y^2; the global position of ``b`` is found by binary search on the
-    integer cumulative weights, compared exactly as ``W[k] * n_m <= L * N``.
-    """
+def prefix_table(ys: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Packed prefix sums ``pre[k] = (sum_{j<k} w_j, sum w_j y_j, sum w_j y_j^2, y_k)``."""
     n = ys.shape[0]
+    pre = np.zeros((n + 1, 4))
+    for j in range(n):
+        wj = np.float64(w[j])
+        y = ys[j]
+        pre[j + 1, 0] = pre[j, 0] + wj
+        pre[j + 1, 1] = pre[j, 1] + wj * y
+        pre[j + 1, 2] = pre[j, 2] + wj * y * y
+        pre[j, 3] = y
+    return pre
+
+
+@njit(cache=True)
+def atom_index(w: np.ndarray) -> np.ndarray:
+    """``inv[t]`` = the sorted position whose atom holds count position t (t < sum(w))."""
+    n = w.shape[0]
+    total = 0
+    for j in range(n):
+        total += w[j]
+    inv = np.empty(total, dtype=np.int64)
+    t = 0
+    for j in range(n):
+        for _ in range(w[j]):
+            inv[t] = j
+            t += 1
+    return inv
+
+
+@njit(cache=True)
+def xi_from_prefix(
+    pre: np.ndarray, inv: np.ndarray, yc: np.ndarray, wc: np.ndarray, starts: np.ndarray
+) -> tuple:
+    """xi and population variance from the packed prefix sums and per-partition atoms.
+
+    The unconditional distribution puts mass ``w_j / N`` on ``y_j``; partition m puts mass
+    ``wc[r] / n_m`` on ``yc[r]`` (``r`` in ``starts[m]:starts[m+1]``, values increasing). For each
+    atom of a partition, spanning quantile levels ``[a, b]``, the integral of
+    ``(F^-1(u) - z)^2`` over ``[a, b]`` is read off the prefix sums at the global atom holding
+    level ``b``: in count units ``b N = L N / n_m``, whose integer part indexes ``inv`` (atoms
+    start at integer counts, so the integer part lies in the same atom; no search, no rounding).
+    """
+    n = pre.shape[0] - 1
     n_cells = starts.shape[0] - 1
-    cw = np.zeros(n + 1, dtype=np.int64)
-    p1 = np.zeros(n + 1)
-    p2 = np.zeros(n + 1)
-    for j in range(n):
-        wj = w[j]
-        cw[j + 1] = cw[j] + wj
-        p1[j + 1] = p1[j] + wj * ys[j]
-        p2[j + 1] = p2[j] + wj * ys[j] * ys[j]
-    ntot = cw[n]
-    mean = p1[n] / ntot
-    var = 0.0
-    for j in range(n):
-        if w[j] > 0:
-            d = ys[j] - mean
-            var += w[j] * d * d
-    var /= ntot
+    ntot_f = pre[n, 0]
+    ntot = np.int64(ntot_f)
+    mean = pre[n, 1] / ntot_f
+    var = pre[n, 2] / ntot_f - mean * mean
     xi = 0.0
     for m in range(n_cells):
         nc = np.int64(0)
         for r in range(starts[m], starts[m + 1]):
-            nc += w[members[r]]
+            nc += wc[r]
         if nc == 0:
             continue
         lcum = np.int64(0)
-        k = 0
         a1_prev = 0.0
         a2_prev = 0.0
         acc = 0.0
         for r in range(starts[m], starts[m + 1]):
-            j = members[r]
-            wj = w[j]
+            wj = wc[r]
             if wj == 0:
                 continue
             lcum += wj
-            target = lcum * ntot  # position b = lcum / nc, in units 1 / (ntot * nc)
-            # largest k in [k, n] with cw[k] * nc <= target
-            lo = k
-            hi = n
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if cw[mid] * nc <= target:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            k = lo
-            if k >= n:
-                a1 = p1[n]
-                a2 = p2[n]
+            target = lcum * ntot  # level b = lcum / nc, in units 1 / (ntot * nc)
+            t = target // nc
+            if t >= ntot:
+                a1 = pre[n, 1]
+                a2 = pre[n, 2]
             else:
-                frac = (target - cw[k] * nc) / nc  # mass of atom k below b, count units
-                a1 = p1[k] + frac * ys[k]
-                a2 = p2[k] + frac * ys[k] * ys[k]
-            z = ys[j]
-            i1 = (a1 - a1_prev) / ntot
-            i2 = (a2 - a2_prev) / ntot
-            acc += i2 - 2.0 * z * i1 + z * z * (wj / nc)
+                k = inv[t]
+                frac = (target - np.int64(pre[k, 0]) * nc) / nc  # mass of atom k below b
+                yk = pre[k, 3]
+                a1 = pre[k, 1] + frac * yk
+                a2 = pre[k, 2] + frac * yk * yk
+            z = yc[r]
+            acc += ((a2 - a2_prev) - 2.0 * z * (a1 - a1_prev)) / ntot_f + z * z * (wj / nc)
             a1_prev = a1
             a2_prev = a2
-        xi += (nc / ntot) * acc
+        xi += (nc / ntot_f) * acc
     return xi, var
+
+
+@njit(cache=True)
+def cells_xi_weighted(
+    ys: np.ndarray, members: np.ndarray, starts: np.ndarray, w: np.ndarray
+) -> tuple:
+    """xi and population variance of a weighted sample given on sorted positions.
+
+    ``ys`` sorted, ``members``/``starts`` the CSR list of each partition's sorted positions,
+    ``w`` integer weights per sorted position.
+    """
+    n = ys.shape[0]
+    yc = np.empty(n)
+    wc = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        yc[r] = ys[members[r]]
+        wc[r] = w[members[r]]
+    return xi_from_prefix(prefix_table(ys, w), atom_index(w), yc, wc, starts)
 
 
 @njit(cache=True, parallel=True)
@@ -308,18 +344,24 @@ def boot_continuous(
     n = ys.shape[0]
     n_cells = starts.shape[0] - 1
     n_rep = seeds.shape[0]
+    yc = np.empty(n)
+    for r in range(n):
+        yc[r] = ys[members[r]]
     xi = np.empty(n_rep)
     var = np.empty(n_rep)
     for b in prange(n_rep):
         state = np.uint64(seeds[b])
-        w = np.zeros(n, dtype=np.int64)
+        wc = np.zeros(n, dtype=np.int64)
         for m in range(n_cells):
             s = starts[m]
             nm = starts[m + 1] - s
             for _ in range(nm):
                 state, idx = _randint(state, nm)
-                w[members[s + idx]] += 1
-        x, v = cells_xi_weighted(ys, members, starts, w)
+                wc[s + idx] += 1
+        w = np.empty(n, dtype=np.int64)
+        for r in range(n):
+            w[members[r]] = wc[r]
+        x, v = xi_from_prefix(prefix_table(ys, w), atom_index(w), yc, wc, starts)
         xi[b] = x
         var[b] = v
     return xi, var
@@ -335,6 +377,8 @@ def perm_continuous(
     xi = np.empty(n_rep)
     var = np.empty(n_rep)
     ones = np.ones(n, dtype=np.int64)
+    pre = prefix_table(ys, ones)
+    inv = np.arange(n)
     for b in prange(n_rep):
         state = np.uint64(seeds[b])
         lab = cells_sorted.copy()
@@ -344,7 +388,10 @@ def perm_continuous(
             lab[i] = lab[jdx]
             lab[jdx] = t
         members, starts = group_sorted(lab, n_cells)
-        x, v = cells_xi_weighted(ys, members, starts, ones)
+        yc = np.empty(n)
+        for r in range(n):
+            yc[r] = ys[members[r]]
+        x, v = xi_from_prefix(pre, inv, yc, ones, starts)
         xi[b] = x
         var[b] = v
     return xi, var
