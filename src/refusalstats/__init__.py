@@ -12,6 +12,7 @@ from .formula import FormulaError
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .report import figures as plot
 from .report import report
+from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
 
@@ -26,6 +27,7 @@ __all__ = [
     "TEMPLATES",
     "Task",
     "Template",
+    "W2SensitivityResult",
     "__version__",
     "cochran_q",
     "detector",
@@ -41,5 +43,6 @@ __all__ = [
     "sample_design",
     "simulate_paper",
     "validate",
+    "w2_sensitivity",
     "write_responses",
 ]
