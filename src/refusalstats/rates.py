@@ -749,7 +749,8 @@ def disparity(
                     )
                 dist = dist[~np.isnan(dist)]
                 if len(r) > ddof and len(dist):
-                    row += list(np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
+                    with np.errstate(invalid="ignore"):  # inf ratios when controls agree
+                        row += list(np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
                 else:
                     row += [np.nan, np.nan]
             rows.append(tuple(row))
