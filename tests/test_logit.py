@@ -1,0 +1,460 @@
+"""Tests for refusalstats.logit against R, statsmodels, published values and simulation truth.
+
+R reference values were computed once with R 4.2.2 (Debian r-base-core 4.2.2.20221110),
+glmnet 4.1-6 and brglm2 0.9 on the data built by ``_cells()`` / ``_rows()`` below. The R
+code is quoted next to each block of numbers; the data in R:
+
+    cells <- data.frame(
+      persona = rep(c("Atheist", "Black person", "Man", "Woman"), each = 6),
+      model = rep(rep(c("Llama2-13B", "Gemma-7B", "Qwen2-7B"), each = 2), 4),
+      prompt = rep(c("p1", "p2"), 12),
+      k = c(20, 3, 8, 4, 10, 10, 19, 10, 24, 13, 22, 10, 5, 8, 5, 6, 8, 15, 15, 9, 3, 1, 12, 15),
+      n = c(57, 21, 41, 37, 48, 41, 37, 20, 53, 46, 57, 39, 21, 57, 31, 36, 49, 57, 37, 36, 30, 42, 32, 59))
+    rows <- do.call(rbind, lapply(seq_len(nrow(cells)), function(r) {
+      i <- 0:(cells$n[r] - 1)
+      data.frame(persona = cells$persona[r], model = cells$model[r], prompt = cells$prompt[r],
+                 refusal = as.integer(i < cells$k[r]), x = (i %% 5) - 2)
+    }))
+    # factors: persona, prompt sorted (R default); model <- relevel(factor(model), "Llama2-13B")
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from refusalstats.formula import FormulaError
+from refusalstats.logit import LogitResults, SeparationWarning, adjust_pvalues, logit
+from refusalstats.simulate import PAPER_REFERENCE, simulate_paper
+from refusalstats.table import SchemaError
+
+REF = {"model": "Llama2-13B"}
+MAIN = "refusal ~ persona + task + prompt + model"
+
+
+def _cells() -> pd.DataFrame:
+    return pd.DataFrame({
+        "persona": np.repeat(["Atheist", "Black person", "Man", "Woman"], 6),
+        "model": np.tile(np.repeat(["Llama2-13B", "Gemma-7B", "Qwen2-7B"], 2), 4),
+        "prompt": np.tile(["p1", "p2"], 12),
+        "k": [20, 3, 8, 4, 10, 10, 19, 10, 24, 13, 22, 10, 5, 8, 5, 6, 8, 15, 15, 9, 3, 1, 12, 15],
+        "n": [57, 21, 41, 37, 48, 41, 37, 20, 53, 46, 57, 39, 21, 57, 31, 36, 49, 57, 37, 36, 30, 42, 32, 59],
+    })
+
+
+def _rows() -> pd.DataFrame:
+    out = []
+    for r in _cells().itertuples():
+        i = np.arange(r.n)
+        out.append(pd.DataFrame({"persona": r.persona, "model": r.model, "prompt": r.prompt,
+                                 "refusal": (i < r.k).astype(int), "x": (i % 5) - 2}))
+    return pd.concat(out, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    return _rows()
+
+
+@pytest.fixture(scope="module")
+def fit_m1(rows) -> LogitResults:
+    return logit("refusal ~ persona + model + prompt", rows, reference=REF)
+
+
+# ----------------------------------------------------------------------------- R glm
+# m1 <- glm(refusal ~ persona + model + prompt, family = binomial, data = rows)
+# coef(summary(m1)); deviance(m1); m1$null.deviance; AIC(m1); BIC(m1); m1$iter
+R_M1_EST = [-0.796970824463279, 0.872269815963806, -0.161930697684666, 0.122370085489985,
+            -0.697471957347986, -0.252934779176514, -0.411677493114859]
+R_M1_SE = [0.190122664357469, 0.204549994615095, 0.227224950364490, 0.221377808241305,
+           0.196073591174521, 0.177141440911456, 0.152938769103274]
+R_M1_P = [2.76655981447344e-05, 2.00497937634493e-05, 4.76065532076017e-01, 5.80423776862924e-01,
+          3.74836210824977e-04, 1.53329556337511e-01, 7.10718482718816e-03]
+R_M1_NAMES = ["Intercept", "persona[T.Black person]", "persona[T.Man]", "persona[T.Woman]",
+              "model[T.Gemma-7B]", "model[T.Qwen2-7B]", "prompt[T.p2]"]
+
+
+def test_mle_matches_r_glm(fit_m1):
+    f = fit_m1
+    assert list(f.params.index) == R_M1_NAMES
+    np.testing.assert_allclose(f.params, R_M1_EST, atol=1e-9)
+    # R's SEs use the IRLS weights of the last iteration's start (one step before the
+    # estimate); ours are the Fisher information at the estimate: they agree to ~1e-7.
+    np.testing.assert_allclose(f.bse, R_M1_SE, atol=1e-6)
+    np.testing.assert_allclose(f.pvalues, R_M1_P, rtol=1e-5)
+    assert f.deviance == pytest.approx(1074.57944777241, abs=1e-8)
+    assert f.null_deviance == pytest.approx(1126.01505609941, abs=1e-8)
+    assert f.aic == pytest.approx(1088.57944777241, abs=1e-8)
+    assert f.bic == pytest.approx(1122.82082905178, abs=1e-8)
+    assert f.iterations == 4  # m1$iter
+    assert (f.df_resid, f.df_null) == (977, 983)
+    assert f.reference == {"persona": "Atheist", "model": "Llama2-13B", "prompt": "p1"}
+
+
+def test_anova_and_drop1_match_r(fit_m1):
+    # anova(m1, test = "Chisq")
+    a = fit_m1.anova()
+    assert list(a["term"]) == ["NULL", "persona", "model", "prompt"]
+    np.testing.assert_allclose(a["deviance"].iloc[1:], [29.940518312870, 14.197507609318, 7.297582404816],
+                               atol=1e-8)
+    np.testing.assert_allclose(a["resid_dev"], [1126.015056099, 1096.074537787, 1081.877030177,
+                                                1074.579447772], atol=1e-8)
+    np.testing.assert_allclose(a["p"].iloc[1:], [1.4204e-06, 0.00082613, 0.00690475], rtol=1e-4)
+    # drop1(m1, test = "LRT")
+    d = fit_m1.drop1()
+    np.testing.assert_allclose(d["lr"], [30.849047307014, 13.263484051495, 7.297582404816], atol=1e-8)
+    np.testing.assert_allclose(d["deviance"], [1105.428495079, 1087.842931824, 1081.877030177], atol=1e-8)
+    np.testing.assert_allclose(d["p"], [9.1459e-07, 0.0013179, 0.0069047], rtol=1e-4)
+
+
+def test_interaction_and_numeric_covariate_match_r(rows):
+    # m2 <- glm(refusal ~ persona * prompt + model + x, family = binomial, data = rows)
+    f = logit("refusal ~ persona * prompt + model + x", rows, reference=REF)
+    r_est = [-0.8068030421727725, 0.8929257382015060, -0.4350762274658428, 0.2275192213869523,
+             -0.4546193050586848, -0.6704201578316608, -0.2205945061645065, -0.0603202094171848,
+             -0.0532875176362626, 0.4871906923643886, -0.1919334496002068]
+    r_se = [0.2107959789520935, 0.2552438193815367, 0.3246943166385053, 0.2911223982542454,
+            0.3297241589178558, 0.1975331720385432, 0.1789314942800897, 0.0529419832318039,
+            0.4259881478529853, 0.4720717258345281, 0.4541039037856683]
+    np.testing.assert_allclose(f.params, r_est, atol=1e-9)
+    np.testing.assert_allclose(f.bse, r_se, atol=1e-6)
+    assert "persona[T.Man]:prompt[T.p2]" in f.params.index
+    assert f.deviance == pytest.approx(1070.80403444459, abs=1e-8)
+    assert f.aic == pytest.approx(1092.80403444459, abs=1e-8)
+    assert f.bic == pytest.approx(1146.61191931217, abs=1e-8)
+    # anova(m2, test = "Chisq"): persona, prompt, model, x, persona:prompt
+    a = f.anova()
+    np.testing.assert_allclose(a["deviance"].iloc[1:], [29.940518312870, 8.231605962638, 13.263484051495,
+                                                        1.300359492141, 2.475053835675], atol=1e-8)
+    # drop1(m2, test = "LRT"): marginality keeps persona and prompt
+    d = f.drop1()
+    assert list(d["term"]) == ["model", "x", "persona:prompt"]
+    np.testing.assert_allclose(d["lr"], [12.268651020517, 1.301224667177, 2.475053835675], atol=1e-8)
+
+
+def test_counts_input_matches_r_binomial_counts():
+    # m3 <- glm(cbind(k, n - k) ~ persona + model + prompt, family = binomial, data = cells)
+    f = logit("k ~ persona + model + prompt", _cells(), reference=REF, trials="n")
+    np.testing.assert_allclose(f.params, R_M1_EST, atol=1e-9)
+    assert f.deviance == pytest.approx(28.6980274213729, abs=1e-8)
+    assert f.null_deviance == pytest.approx(80.1336357483764, abs=1e-8)
+    assert f.aic == pytest.approx(131.592417301256, abs=1e-8)
+    assert f.bic == pytest.approx(139.838794113691, abs=1e-8)
+    assert f.df_resid == 17 and f.iterations == 4
+
+
+def test_profile_ci_matches_r_confint():
+    # confint(m3)  (MASS profile likelihood; its spline interpolation is good to ~1e-4)
+    f = logit("k ~ persona + model + prompt", _cells(), reference=REF, trials="n", ci="profile")
+    lo = [-1.176481652853278, 0.475107576495819, -0.609490753609249, -0.311915344220153,
+          -1.085136225621180, -0.600323056949393, -0.712790774248485]
+    hi = [-0.4299195314973903, 1.2779510398209475, 0.2829714067274566, 0.5573697062059086,
+          -0.3155762052111299, 0.0947263545868561, -0.1127891897445797]
+    ci = f.conf_int()
+    np.testing.assert_allclose(ci["ci_low"], lo, atol=2e-4)
+    np.testing.assert_allclose(ci["ci_high"], hi, atol=2e-4)
+
+
+def test_collapsed_fit_equals_row_level_fit(rows):
+    a = logit("refusal ~ persona * prompt + model + x", rows, reference=REF)
+    b = logit("refusal ~ persona * prompt + model + x", rows, reference=REF, collapse=False)
+    assert a.n_patterns == 120 and b.n_patterns == len(rows)
+    np.testing.assert_allclose(a.params, b.params, atol=1e-8)
+    np.testing.assert_allclose(a.bse, b.bse, atol=1e-8)
+    assert a.deviance == pytest.approx(b.deviance, abs=1e-8)
+    assert a.iterations == b.iterations
+
+
+# ----------------------------------------------------------------------------- glmnet
+# X <- model.matrix(m1)[, -1]
+# glmnet(X, rows$refusal, family = "binomial", alpha = a, lambda = lam, standardize = FALSE,
+#        thresh = 1e-14, maxit = 1e7); as.vector(coef(g))
+@pytest.mark.parametrize("penalty,alpha,expected", [
+    ("l1", 0.01, [-1.030692407844199, 0.601796863568994, 0.0, 0.0, -0.252929842527163, 0.0,
+                  -0.230707221361490]),
+    ("l2", 0.05, [-0.9182977979370992, 0.3477489243375851, -0.1626663618814657, -0.0368351399100132,
+                  -0.2211066518180098, -0.0158020168961456, -0.2161917644702348]),
+    ("elasticnet", 0.02, [-1.0145542115160513, 0.4681771823357398, -0.0398036905700022, 0.0,
+                          -0.1936432603876204, 0.0, -0.1969538060179377]),
+])
+def test_penalized_fits_match_glmnet(rows, penalty, alpha, expected):
+    f = logit("refusal ~ persona + model + prompt", rows, reference=REF, penalty=penalty, alpha=alpha)
+    np.testing.assert_allclose(f.params, expected, atol=1e-7)
+    if penalty in ("l1", "elasticnet"):
+        assert f.bse.isna().all() and f.conf_int().isna().all().all()  # no Wald interval for lasso
+
+
+def test_lasso_refuses_wald_intervals(rows):
+    with pytest.raises(ValueError, match="bootstrap"):
+        logit("refusal ~ persona + model", rows, penalty="l1", alpha=0.01, ci="wald")
+    with pytest.raises(ValueError, match="alpha"):
+        logit("refusal ~ persona + model", rows, penalty="l2")
+
+
+# ----------------------------------------------------------------------------- Firth
+# Heinze & Schemper (2002) endometrial cancer data (brglm2::endometrial): NV separates HG.
+_ENDO = {
+    "NV": "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 1 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 "
+          "1 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 0 0 1 1 0 1 0",
+    "PI": "13 16 8 34 20 5 17 10 26 17 8 7 20 10 18 16 18 8 29 12 20 38 22 7 25 15 7 28 11 19 10 10 18 14 "
+          "21 11 17 25 16 19 15 33 24 48 12 19 2 22 40 5 0 21 15 29 15 12 3 20 23 12 22 42 15 13 14 19 12 "
+          "13 10 12 49 6 5 17 11 21 5 19 33",
+    "EH": "1.64 2.26 3.14 2.68 1.28 2.31 1.8 1.68 1.56 2.31 2.01 1.89 3.15 1.23 1.27 1.76 2 2.64 0.88 1.27 "
+          "1.37 0.97 1.14 0.88 0.91 0.58 0.97 1.5 1.33 2.37 1.82 3.13 1.31 1.92 1.64 2.01 1.88 1.93 2.11 "
+          "1.29 1.72 0.75 1.92 1.84 1.11 1.61 1.18 1.44 1.18 0.93 1.17 1.19 1.06 2.02 2.29 2.33 2.9 1.7 "
+          "1.41 2.25 1.54 1.97 1.75 2.16 2.57 1.37 3.61 2.04 2.17 1.69 0.27 1.84 1.3 0.96 1.01 0.98 0.35 "
+          "1.02 0.85",
+    "HG": "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 1 1 1 1 1 1 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 1 1 1 "
+          "1 1 1 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 1 1 1 1 1 1 1 1 1",
+}
+
+
+@pytest.fixture(scope="module")
+def endometrial() -> pd.DataFrame:
+    return pd.DataFrame({k: np.array(v.split(), dtype=float) for k, v in _ENDO.items()})
+
+
+def test_firth_matches_brglm2_and_profile_penalized_likelihood(endometrial):
+    # fb <- glm(HG ~ NV + PI + EH, family = binomial("logit"), data = endometrial,
+    #           method = "brglmFit", type = "AS_mean")          # Firth's estimator for the logit
+    # Profile intervals / p-values: the penalized log-likelihood
+    #   pl(b) = sum(y log p + (1-y) log(1-p)) + 0.5 log det(X'WX)
+    # maximised over the other coefficients with optim(BFGS, analytic modified score,
+    # reltol 1e-15) and uniroot(2 (pl_max - pl_j(b)) = qchisq(0.95, 1), tol 1e-12); this
+    # reproduces Heinze & Schemper (2002), Table 3: NV 2.93 (0.61, 7.85), EH -2.60 (-4.36, -1.23).
+    f = logit("HG ~ NV + PI + EH", endometrial, penalty="firth")
+    np.testing.assert_allclose(f.params, [3.7745593981356871, 2.9292732585761301, -0.0347517494485836,
+                                          -2.6041638241447136], atol=1e-7)
+    np.testing.assert_allclose(f.bse, [1.4886916020959928, 1.5507636910028493, 0.0395781457757934,
+                                       0.7760176212662470], atol=1e-6)
+    ci = f.conf_int()
+    np.testing.assert_allclose(ci["ci_low"], [1.08253710844768, 0.609724436303418, -0.124458720851717,
+                                              -4.36518324726325], atol=1e-5)
+    np.testing.assert_allclose(ci["ci_high"], [7.20928049824698, 7.85463171387759, 0.0404554731806117,
+                                               -1.23272105721699], atol=1e-5)
+    np.testing.assert_allclose(f.pvalues, [0.00419362788558682, 0.00912366754708601, 0.387482203566458,
+                                           2.50686721485585e-05], rtol=1e-4)
+    assert f.penalized_loglik == pytest.approx(-24.037267800698, abs=1e-7)
+
+
+def test_separation_detected_on_numeric_predictor(endometrial):
+    with pytest.warns(SeparationWarning, match="NV"):
+        f = logit("HG ~ NV + PI + EH", endometrial)
+    assert f.separated_terms == ["NV"]
+    assert np.isnan(f.bse["NV"]) and np.isnan(f.pvalues["NV"])
+    assert np.isfinite(f.bse["EH"])
+
+
+# ----------------------------------------------------------------------------- statsmodels
+@pytest.fixture(scope="module")
+def sim_table7() -> pd.DataFrame:
+    df = simulate_paper(scale=0.01, seed=3, calibrate="table7", item_sd=0.5)
+    refusals = df.groupby("model", observed=True)["refusal"].sum()
+    df = df[df["model"].isin(refusals[refusals >= 5].index)].copy()  # no separation for statsmodels
+    df["model"] = df["model"].cat.remove_unused_categories()
+    for k, v in PAPER_REFERENCE.items():
+        cats = list(df[k].cat.categories)
+        df[k] = df[k].cat.reorder_categories([v] + [c for c in cats if c != v])
+    return df
+
+
+def test_matches_statsmodels_and_cluster_robust(sim_table7):
+    sm = pytest.importorskip("statsmodels.formula.api")
+    df = sim_table7
+    f = logit(MAIN, df, reference=PAPER_REFERENCE, cluster="item_id")
+    m = sm.logit(MAIN, df).fit(disp=0, method="newton", maxiter=100, tol=1e-12)
+    assert list(f.params.index) == list(m.params.index)
+    np.testing.assert_allclose(f.params, m.params, atol=1e-6)
+    assert f.loglik == pytest.approx(m.llf, abs=1e-6)
+    assert f.pseudo_r2 == pytest.approx(m.prsquared, abs=1e-9)
+    # model-based SEs
+    f0 = logit(MAIN, df, reference=PAPER_REFERENCE)
+    np.testing.assert_allclose(f0.bse, m.bse, rtol=1e-6)
+    # CR1 = statsmodels cov_type="cluster" (G/(G-1) (N-1)/(N-k) correction)
+    mc = sm.logit(MAIN, df).fit(disp=0, method="newton", maxiter=100, tol=1e-12, cov_type="cluster",
+                                cov_kwds={"groups": df["item_id"].to_numpy()})
+    np.testing.assert_allclose(f.bse, mc.bse, rtol=1e-6)
+    # likelihood-ratio test of persona as a whole (14 df) = statsmodels restricted fit
+    mr = sm.logit("refusal ~ task + prompt + model", df).fit(disp=0, method="newton", tol=1e-12)
+    d = f0.drop1().set_index("term")
+    assert d.loc["persona", "df"] == 14
+    assert d.loc["persona", "lr"] == pytest.approx(2 * (m.llf - mr.llf), abs=1e-6)
+
+
+def test_truth_recovery_on_table7_simulation():
+    df = simulate_paper(scale=0.1, seed=11, calibrate="table7", item_sd=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SeparationWarning)
+        f = logit(MAIN, df, reference=PAPER_REFERENCE)
+    truth = df.attrs["truth"]["coefficients"]
+    assert set(f.separated_terms) <= {"model[T.Qwen2.5-7B]", "model[T.Qwen2.5-32B]"}
+    z = [(f.params[t] - v) / f.bse[t] for t, v in truth.items() if t not in f.separated_terms]
+    assert len(z) >= 37  # 39 truth terms less the two Qwen2.5 models
+    assert np.max(np.abs(z)) < 4.5
+    # jointly: (b - truth)' V^-1 (b - truth) ~ chi2(37) (the z's share reference levels)
+    terms = [t for t in truth if t not in f.separated_terms]
+    diff = (f.params[terms] - pd.Series(truth)[terms]).to_numpy()
+    V = f.cov_params().loc[terms, terms].to_numpy()
+    from scipy import stats
+
+    assert stats.chi2.sf(diff @ np.linalg.solve(V, diff), len(terms)) > 1e-3
+
+
+def test_wald_coverage_over_repeated_simulations():
+    """95% Wald CIs cover the Table 7 truth 93-97% of the time (binomial redraws per pattern)."""
+    df = simulate_paper(scale=0.5, seed=5, calibrate="table7", item_sd=0)
+    keep = ~df["model"].isin(["Qwen2.5-7B", "Qwen2.5-32B", "Llama3.2-3B"])  # separated / near-separated
+    df = df[keep].copy()
+    df["model"] = df["model"].cat.remove_unused_categories()
+    cells = df.groupby(["persona", "task", "prompt", "model"], observed=True).size().rename("n").reset_index()
+    truth = df.attrs["truth"]
+    coef = truth["coefficients"]
+    eta = np.full(len(cells), truth["intercept"])
+    for fac in ("persona", "task", "prompt", "model"):
+        eta += cells[fac].astype(str).map(lambda lv, f=fac: coef.get(f"{f}[T.{lv}]", 0.0)).to_numpy()
+    p = 1 / (1 + np.exp(-eta))
+    rng = np.random.default_rng(2026)
+    hits, total = 0, 0
+    for _ in range(40):
+        cells["k"] = rng.binomial(cells["n"].to_numpy(), p)
+        f = logit("k ~ persona + task + prompt + model", cells, reference=PAPER_REFERENCE, trials="n")
+        ci = f.conf_int()
+        terms = [t for t in f.params.index if t in coef]
+        hits += int(((ci.loc[terms, "ci_low"] <= pd.Series(coef)[terms])
+                     & (pd.Series(coef)[terms] <= ci.loc[terms, "ci_high"])).sum())
+        total += len(terms)
+    cover = hits / total
+    assert 0.93 <= cover <= 0.97, cover
+
+
+# ----------------------------------------------------------------------------- separation
+def test_separation_on_qwen25_detected_and_firth_is_finite():
+    df = simulate_paper(scale=0.01, seed=2)  # calibrate="table1": Qwen2.5-32B never refuses
+    n_qwen = int((df["model"] == "Qwen2.5-32B").sum())
+    with pytest.warns(SeparationWarning, match=f"model=Qwen2.5-32B has 0 refusals in {n_qwen:,} rows"):
+        f = logit(MAIN, df, reference=PAPER_REFERENCE)
+    assert "model[T.Qwen2.5-32B]" in f.separated_terms
+    assert any("Qwen2.5-32B" in s for s in f.separation)
+    assert np.isnan(f.bse["model[T.Qwen2.5-32B]"])
+    assert "sep" in str(f.summary())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeparationWarning)  # Firth does not warn
+        ff = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", ci="wald")
+    assert np.isfinite(ff.params).all() and np.isfinite(ff.bse).all()
+    assert -20 < ff.params["model[T.Qwen2.5-32B]"] < -5
+    assert ff.separation  # still reported
+
+
+def test_ridge_is_finite_under_separation():
+    df = simulate_paper(scale=0.01, seed=2)
+    f = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="l2", alpha=1e-4)
+    assert np.isfinite(f.params).all()
+    assert f.params["model[T.Qwen2.5-32B]"] < -3
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_are_clear_errors(rows):
+    with pytest.raises(FormulaError, match="missing_col"):
+        logit("refusal ~ persona + missing_col", rows)
+    one = rows.assign(task="nli")
+    with pytest.raises(SchemaError, match="single level"):
+        logit("refusal ~ persona + task", one)
+    with pytest.raises(SchemaError, match="missing value"):
+        logit("refusal ~ persona + model", rows.assign(persona=rows["persona"].where(rows.index > 3)))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        logit("y ~ persona", rows.assign(y=rows["refusal"] * 2))
+    with pytest.raises(ValueError, match="nothing to model"):
+        logit("refusal ~ persona", rows.assign(refusal=0))
+    with pytest.raises(FormulaError, match="levels are"):
+        logit("refusal ~ persona", rows, reference={"persona": "Martian"})
+    with pytest.raises(FormulaError, match="hierarchical"):
+        logit("refusal ~ prompt + (1|persona)", rows)
+    tiny = pd.DataFrame({"a": list("xyzwv"), "b": list("pqrst"), "refusal": [1, 0, 1, 0, 0]})
+    with pytest.raises(ValueError, match="only 5 distinct covariate pattern"):
+        logit("refusal ~ a + b", tiny)
+    with pytest.raises(ValueError, match="rank deficient"):
+        logit("refusal ~ persona + x + z", rows.assign(z=rows["x"] * 2))
+    with pytest.raises(ValueError, match="penalty"):
+        logit("refusal ~ persona", rows, penalty="ridge")
+
+
+# ----------------------------------------------------------------------------- results API
+def test_predict_reuses_levels(fit_m1, rows):
+    new = pd.DataFrame({"persona": ["Woman", "Atheist"], "model": ["Qwen2-7B", "Llama2-13B"],
+                        "prompt": ["p2", "p1"]})
+    b = fit_m1.params
+    expect_link = [b["Intercept"] + b["persona[T.Woman]"] + b["model[T.Qwen2-7B]"] + b["prompt[T.p2]"],
+                   b["Intercept"]]
+    np.testing.assert_allclose(fit_m1.predict(new, type="link"), expect_link, atol=1e-12)
+    np.testing.assert_allclose(fit_m1.predict(new), 1 / (1 + np.exp(-np.array(expect_link))), atol=1e-12)
+    assert len(fit_m1.predict()) == len(rows)
+    with pytest.raises(ValueError, match="Martian"):
+        fit_m1.predict(new.assign(persona=["Martian", "Man"]))
+
+
+def test_marginal_means_by_brute_force_and_delta_method(fit_m1, rows):
+    mm = fit_m1.marginal_means("persona").set_index("persona")
+    V = fit_m1.cov_params().to_numpy()
+    for lv in ["Atheist", "Man"]:
+        pr = fit_m1.predict(rows.assign(persona=lv))
+        assert mm.loc[lv, "prob"] == pytest.approx(pr.mean(), abs=1e-12)
+        # numerical gradient of the mean prediction w.r.t. the coefficients
+        base = fit_m1.params.to_numpy()
+        Xl = fit_m1._new_X(rows.assign(persona=lv))
+        g = np.array([(1 / (1 + np.exp(-Xl @ (base + 1e-6 * e))) - 1 / (1 + np.exp(-Xl @ (base - 1e-6 * e))))
+                      .mean() / 2e-6 for e in np.eye(len(base))])
+        assert mm.loc[lv, "std_error"] == pytest.approx(np.sqrt(g @ V @ g), rel=1e-5)
+        assert mm.loc[lv, "ci_low"] < mm.loc[lv, "prob"] < mm.loc[lv, "ci_high"]
+    by = fit_m1.marginal_means("persona", by="model")
+    assert len(by) == 12
+    sub = rows[rows["model"] == "Gemma-7B"]
+    got = by[(by["persona"] == "Woman") & (by["model"] == "Gemma-7B")]["prob"].item()
+    assert got == pytest.approx(fit_m1.predict(sub.assign(persona="Woman")).mean(), abs=1e-12)
+
+
+def test_pvalue_adjustment_matches_statsmodels(fit_m1):
+    mt = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.array([0.01, 0.04, 0.03, 0.2, 0.001, np.nan])
+    for ours, theirs in (("holm", "holm"), ("bh", "fdr_bh")):
+        exp = mt.multipletests(p[:-1], method=theirs)[1]
+        np.testing.assert_allclose(adjust_pvalues(p, ours)[:-1], exp, atol=1e-14)
+        assert np.isnan(adjust_pvalues(p, ours)[-1])
+    tab = fit_m1.coef_table(adjust="holm")
+    pers = tab[tab["term"].str.startswith("persona")]
+    np.testing.assert_allclose(pers["p_adj"], mt.multipletests(pers["p"], method="holm")[1], atol=1e-14)
+    assert np.isnan(tab.loc[tab["term"] == "Intercept", "p_adj"]).all()
+    np.testing.assert_allclose(tab["odds_ratio"], np.exp(tab["estimate"]))
+
+
+def test_summary_is_r_style(fit_m1):
+    s = str(fit_m1.summary())
+    for piece in ("Call:", "Coefficients:", "Estimate", "Std. Error", "z value", "Pr(>|z|)", "Signif. codes",
+                  "Null deviance: 1126.02  on 983  degrees of freedom",
+                  "Residual deviance: 1074.58  on 977  degrees of freedom", "AIC: 1088.58",
+                  "Number of Fisher Scoring iterations: 4", "persona[T.Black person]", "***"):
+        assert piece in s, piece
+
+
+def test_cluster_bootstrap_agrees_with_cr1_and_is_seeded(sim_table7):
+    df = sim_table7
+    kw = dict(reference=PAPER_REFERENCE, cluster="item_id", ci="bootstrap", n_boot=150, seed=4,
+              progress=False)
+    f = logit("refusal ~ task + prompt + persona_group", df, **kw)
+    g = logit("refusal ~ task + prompt + persona_group", df, **kw)
+    np.testing.assert_array_equal(f.conf_int(), g.conf_int())
+    sd = np.nanstd(f.boot, axis=0, ddof=1)
+    np.testing.assert_allclose(sd, f.bse, rtol=0.25)
+    ci = f.conf_int()
+    assert (ci["ci_low"] < f.params).all() and (f.params < ci["ci_high"]).all()
+
+
+def test_cv_alpha_groups_clusters(rows):
+    r = rows.assign(item=np.arange(len(rows)) // 4)
+    f = logit("refusal ~ persona + model + prompt", r, reference=REF, penalty="l1", alpha="cv",
+              cluster="item", progress=False)
+    cv = f.cv
+    assert f.alpha == pytest.approx(cv["alpha"].iloc[int(np.argmin(cv["cv_deviance"]))])
+    assert np.isfinite(f.params).all() and f.bse.isna().all()
