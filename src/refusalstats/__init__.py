@@ -9,6 +9,7 @@ from . import dumps
 from .detect import detector, evaluate_detector
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .formula import FormulaError
+from .logit import LogitResults, SeparationWarning, logit
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .report import figures as plot
 from .report import report
@@ -20,9 +21,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FormulaError",
+    "LogitResults",
     "PERSONAS",
     "Persona",
     "SchemaError",
+    "SeparationWarning",
     "TASKS",
     "TEMPLATES",
     "Task",
@@ -34,6 +37,7 @@ __all__ = [
     "disparity",
     "dumps",
     "evaluate_detector",
+    "logit",
     "persona_effect",
     "plot",
     "rank_agreement",
