@@ -1349,6 +1349,27 @@ def logit(
         p_method = "plr"
     elif penalty == "firth":
         notes.append("p-values are CR1 Wald tests (penalized likelihood-ratio tests assume independent rows)")
+        firth_sep = [names.index(t) for t in sep_terms]
+        if firth_sep and ci == "wald":
+            # CR1 is degenerate along a separating direction (rows that never refuse carry almost
+            # no score): use the model-based SE, the profile penalized-likelihood interval and the
+            # penalized LR test there, and say so.
+            q = float(stats.chi2.ppf(conf, 1))
+            for j in firth_sep:
+                bse[j] = np.sqrt(bread[j, j])
+                cov[j, :] = bread[j, :]
+                cov[:, j] = bread[:, j]
+                ci_low[j], _ = _firth_profile_bound(X, s, n, beta, penalized_ll, j, q, upper=False)
+                ci_high[j], _ = _firth_profile_bound(X, s, n, beta, penalized_ll, j, q, upper=True)
+                b0 = beta.copy()
+                b0[j] = 0.0
+                _, _, _, pll0 = _firth(X, s, n, beta0=b0, fixed={j: 0.0})
+                pvals[j] = float(stats.chi2.sf(max(2 * (penalized_ll - pll0), 0.0), 1))
+            notes.append(
+                f"separated term(s) {[names[j] for j in firth_sep]}: CR1 is degenerate along a separating "
+                "direction, so their SE is model based, their interval the profile penalized likelihood "
+                "and their p-value the penalized LR test"
+            )
     if ci == "profile":
         q = float(stats.chi2.ppf(conf, 1))
         ci_low, ci_high = np.empty(p), np.empty(p)
