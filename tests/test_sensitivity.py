@@ -518,3 +518,25 @@ def test_bad_input_errors_name_the_problem(mutate, kwargs, match):
     kw.update(kwargs)
     with pytest.raises((ValueError, KeyError, TypeError), match=match):
         w2_sensitivity(mutate(_small_df()), **kw)
+
+
+def test_cli_sensitivity_writes_table_and_plot(tmp_path, capsys):
+    from refusalstats.cli import main
+
+    df = _small_df()
+    df["persona"] = pd.Categorical(np.resize(["Atheist", "Black person"], len(df)))
+    df["prompt"] = pd.Categorical(np.resize(["p1", "p2", "p3"], len(df)))
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path)
+    csv, png = tmp_path / "w2.csv", tmp_path / "w2.png"
+    rc = main(["sensitivity", str(path), "--inputs", "model,task,x", "--partitions", "x=4",
+               "--boot", "50", "--perm", "20", "--csv", str(csv), "--plot", str(png),
+               "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "model" in printed and "iota_corrected" in printed
+    got = pd.read_csv(csv)
+    want = w2_sensitivity(df, inputs=["model", "task", "x"], partitions={"x": 4}, n_boot=50,
+                          n_perm=20, progress=False).table
+    assert np.allclose(got["iota"], want["iota"]) and np.allclose(got["ci_low"], want["ci_low"])
+    assert png.stat().st_size > 1000

@@ -424,9 +424,9 @@ class W2SensitivityResult:
         One row per input: ``input, n_partitions, xi, iota, ci_low, ci_high, null_mean,
         null_q95, iota_corrected, p_value``.
     output, output_kind : str
-        The output column(s) and how they were treated (``ordinal``: a 1-d output with at most
-        256 distinct values, handled as a contingency table; ``continuous``; ``nominal``:
-        one-hot labels; ``multivariate``).
+        The output column(s) and how they were treated (``binary``: two values; ``ordinal``: a
+        1-d output with at most 256 distinct values; both handled as a contingency table;
+        ``continuous``: sorted rows; ``nominal``: one-hot labels; ``multivariate``).
     n : int
         Rows used (all of them).
     conf, ci_method : float, str
@@ -495,8 +495,9 @@ class W2SensitivityResult:
         top = np.nanmax(np.concatenate([hi, iota, tab["null_q95"].to_numpy(float)]))
         ax.set_ylim(0.0, min(1.0, 1.15 * top) if np.isfinite(top) and top > 0 else 1.0)
         ax.set_title(f"W2 sensitivity of {self.output} (N = {self.n:,})")
+        method = {"bca": "BCa", "percentile": "percentile"}.get(self.ci_method, "no")
         handles = [Patch(color="#4472a8", label=rf"$\iota$ with {self.conf:.0%} "
-                         f"{self.ci_method} bootstrap CI")]
+                         f"{method} bootstrap CI")]
         if has_null:
             handles.append(Patch(color="0.82", label="permutation null: 0 to 95% quantile "
                                  "(dashed: mean)"))
@@ -694,7 +695,9 @@ def w2_sensitivity(
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["n_partitions"] = table["n_partitions"].astype(int)
     return W2SensitivityResult(
-        table=table, output=out.name, output_kind=out.kind, n=n, conf=conf,
+        table=table, output=out.name,
+        output_kind="binary" if out.kind == "ordinal" and out.n_support == 2 else out.kind,
+        n=n, conf=conf,
         ci_method=ci if n_boot else "none", boot=boots, null=nulls,
         partitions={p.name: p.labels for p in parts},
     )
