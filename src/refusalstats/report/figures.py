@@ -106,18 +106,9 @@ def _rate_table(df: pd.DataFrame, by: list[str], method: str = "wilson") -> pd.D
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     if _is_response_table(df):
+        from ..rates import refusal_rates
+
         _need(df, by, "this figure")
-        try:
-            from ..rates import refusal_rates
-        except ImportError:  # TEMP until rates.py lands
-            g = df.groupby(by, observed=True)["refusal"]
-            t = g.agg(n="size", refusals="sum").reset_index()
-            n, k = t["n"].to_numpy(float), t["refusals"].to_numpy(float)
-            z = 1.959963984540054
-            p = k / n
-            c = (p + z * z / (2 * n)) / (1 + z * z / n)
-            h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-            return t.assign(rate=p, ci_low=c - h, ci_high=c + h)
         return refusal_rates(df, by=by, method=method)
     _need(df, list(by) + ["rate", "ci_low", "ci_high"], "this figure (given a rate table)")
     return df
@@ -171,22 +162,22 @@ def _heatmap(ax, rate: np.ndarray, lo: np.ndarray, hi: np.ndarray, rows: list, c
     """Annotated rate heatmap (rate in %, CI range below it); empty cells hatched grey."""
     import matplotlib
 
-    cmap = matplotlib.colormaps[_CMAP].copy()
-    cmap.set_bad("#dddddd")
+    cmap = matplotlib.colormaps[_CMAP].with_extremes(bad="#dddddd")
     masked = np.ma.masked_invalid(100.0 * rate)
     im = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     for i in range(rate.shape[0]):
         for j in range(rate.shape[1]):
             if not np.isfinite(rate[i, j]):
                 ax.text(j, i, "no data", ha="center", va="center", fontsize=fontsize - 1,
-                        color="0.3")
+                        color="0.3", in_layout=False)
                 continue
             colour = _text_colour(cmap(norm(100.0 * rate[i, j])))
             label = _pct(rate[i, j])
             if ci:
                 label += "\n" + _ci_text(lo[i, j], hi[i, j])
+            # cell labels stay inside their cells: keep them out of the layout pass (speed)
             ax.text(j, i, label, ha="center", va="center", fontsize=fontsize, color=colour,
-                    linespacing=1.1)
+                    linespacing=1.1, in_layout=False)
     ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols])
     ax.set_yticks(np.arange(len(rows)), [str(r) for r in rows])
     ax.tick_params(length=0)

@@ -9,6 +9,7 @@ not available — the reason it was skipped.
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class Section:
     findings: list[str] = field(default_factory=list)
     skipped: str | None = None
     text: str = ""  # preformatted text (e.g. an R-style summary)
+    seconds: float = 0.0  # time the section took
 
 
 @dataclass
@@ -204,21 +206,6 @@ def rates_section(ctx: Context) -> Section:
 # ----------------------------------------------------------------------------------------
 # 2. persona vs persona-free (Fig. 1)
 # ----------------------------------------------------------------------------------------
-def _newcombe(k1, n1, k0, n0, z=1.959963984540054):
-    """Newcombe's hybrid score interval for p1 - p0 (method 10), vectorised."""
-    def wilson(k, n):
-        p = k / n
-        c = (p + z * z / (2 * n)) / (1 + z * z / n)
-        h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return p, c - h, c + h
-    p1, l1, u1 = wilson(np.asarray(k1, float), np.asarray(n1, float))
-    p0, l0, u0 = wilson(np.asarray(k0, float), np.asarray(n0, float))
-    d = p1 - p0
-    lo = d - np.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
-    hi = d + np.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
-    return d, lo, hi
-
-
 def persona_free_section(ctx: Context) -> Section:
     s = Section("persona_free", TITLES["persona_free"],
                 "Orange circles: refusal rate when the prompt names a persona; blue squares: "
@@ -266,27 +253,12 @@ def persona_free_section(ctx: Context) -> Section:
 
 
 def _persona_effect(d: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Persona minus persona-free rate per group with Newcombe CIs."""
-    try:
-        from ..rates import persona_effect
-    except ImportError:
-        persona_effect = None
-    if persona_effect is not None:
-        eff = persona_effect(d, by=by)
-        cols = {"rate_persona", "rate_free", "diff", "diff_low", "diff_high"}
-        if cols <= set(eff.columns):
-            return eff
-    tab = _refusal_rates(d.assign(setting=d["setting"].astype(str)), by + ["setting"])
-    p = tab[tab["setting"] == "persona"].set_index(by)
-    f = tab[tab["setting"] == "persona-free"].set_index(by)
-    both = p.join(f, lsuffix="_p", rsuffix="_f", how="inner")
-    diff, lo, hi = _newcombe(both["refusals_p"], both["n_p"], both["refusals_f"], both["n_f"])
-    out = pd.DataFrame({
-        "n_persona": both["n_p"].to_numpy(), "rate_persona": both["rate_p"].to_numpy(),
-        "n_free": both["n_f"].to_numpy(), "rate_free": both["rate_f"].to_numpy(),
-        "diff": diff, "diff_low": lo, "diff_high": hi,
-    }, index=both.index).reset_index()
-    return out
+    """Persona minus persona-free rate per group with Newcombe CIs (``rates.persona_effect``)."""
+    from ..rates import persona_effect
+
+    eff = persona_effect(d, by=by)
+    return eff.rename(columns={"rate_persona_free": "rate_free", "difference": "diff",
+                               "ci_low": "diff_low", "ci_high": "diff_high"})
 
 
 # ----------------------------------------------------------------------------------------
@@ -740,11 +712,13 @@ def build(ctx: Context, only: Mapping[str, bool] | None = None) -> list[Section]
     bar = tqdm(SECTIONS, desc="report", unit="section", disable=not ctx.progress)
     for key, fn in bar:
         bar.set_postfix_str(key)
+        t0 = time.perf_counter()
         try:
             sec = fn(ctx)
         except DATA_ERRORS as exc:
             sec = Section(key, TITLES.get(key, key), skipped=f"the analysis failed on this table: "
                                             f"{type(exc).__name__}: {exc}")
             warnings.warn(f"report section '{key}' skipped: {exc}", stacklevel=2)
+        sec.seconds = time.perf_counter() - t0
         out.append(sec)
     return out

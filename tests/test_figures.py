@@ -1,0 +1,285 @@
+"""Figure functions of the report (``refusalstats.plot``) on small tables with known counts.
+
+Expected rates come from pandas counts in the test, expected intervals from statsmodels'
+``proportion_confint(method="wilson")``; the figures are checked through their artists
+(image arrays, text annotations, error-bar segments, tick labels).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+from statsmodels.stats.proportion import proportion_confint
+
+import refusalstats as rs
+
+MODELS = ["A-7B", "B-13B"]
+TASKS = ["nli", "offensiveness"]
+PERSONAS = [("Man", "Gender"), ("Woman", "Gender"), ("Black person", "Race"),
+            ("Atheist", "Religion")]
+PROMPTS = [("p1", "unforced"), ("p4", "semi-forced"), ("p7", "forced")]
+
+
+def small_table(persona_free: bool = True) -> pd.DataFrame:
+    """Every cell of 20 rows with a refusal count that differs across the factors."""
+    rows = []
+    for mi, m in enumerate(MODELS):
+        for ti, t in enumerate(TASKS):
+            for pi, (p, g) in enumerate(PERSONAS):
+                for qi, (q, rt) in enumerate(PROMPTS):
+                    k = (3 * mi + 2 * ti + pi + qi) % 11
+                    rows += [{"model": m, "task": t, "persona": p, "persona_group": g, "prompt": q,
+                                  "response_type": rt, "setting": "persona", "refusal": int(i < k)}
+                             for i in range(20)]
+            if persona_free:
+                for qi, (q, rt) in enumerate(PROMPTS):
+                    k = (mi + ti + qi) % 4
+                    rows += [{"model": m, "task": t, "persona": "none", "persona_group": "none",
+                                  "prompt": q, "response_type": rt, "setting": "persona-free",
+                                  "refusal": int(i < k)} for i in range(20)]
+    return rs.validate(pd.DataFrame(rows))
+
+
+def wilson(k, n):
+    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+    return float(lo), float(hi)
+
+
+def fmt(x: float) -> str:
+    return rs.plot._pct(x)
+
+
+def cell_texts(ax) -> dict[tuple[int, int], str]:
+    """Heatmap annotations keyed by (row, col) position."""
+    out = {}
+    for t in ax.texts:
+        x, y = t.get_position()
+        out[(round(y), round(x))] = t.get_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return small_table()
+
+
+def test_rates_heatmap_cells_match_counts_and_wilson(table):
+    fig = rs.plot.rates(table[table["setting"] == "persona"])
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "task" and ax.get_ylabel() == "model"
+    assert fig.axes[1].get_ylabel() == "refusal rate (%)"  # colour bar with units
+    img = ax.images[0].get_array()
+    assert img.shape == (len(MODELS), len(TASKS))
+    texts = cell_texts(ax)
+    assert len(texts) == len(MODELS) * len(TASKS)
+    d = table[table["setting"] == "persona"]
+    for i, m in enumerate(MODELS):
+        for j, t in enumerate(TASKS):
+            sub = d[(d["model"] == m) & (d["task"] == t)]
+            k, n = int(sub["refusal"].sum()), len(sub)
+            assert img[i, j] == pytest.approx(100 * k / n)
+            lo, hi = wilson(k, n)
+            rate_line, ci_line = texts[(i, j)].split("\n")
+            assert rate_line == fmt(k / n)
+            assert ci_line == f"{fmt(lo)}–{fmt(hi)}"  # the CI is drawn in every cell
+    assert [t.get_text() for t in ax.get_yticklabels()] == MODELS
+
+
+def test_rates_accepts_a_rate_table_and_names_missing_columns(table):
+    tab = rs.plot._rate_table(table, ["model", "task"])
+    fig = rs.plot.rates(tab)
+    assert fig.axes[0].images[0].get_array().shape == (2, 2)
+    with pytest.raises(KeyError, match="ci_low"):
+        rs.plot.rates(tab.drop(columns=["ci_low"]))
+    with pytest.raises(KeyError, match="'nope'"):
+        rs.plot.rates(table, row="nope")
+
+
+def _errorbars(ax) -> list[ErrorbarContainer]:
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_persona_vs_free_points_and_ci_whiskers(table):
+    fig = rs.plot.persona_vs_free(table)
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("task:")]
+    assert len(panels) == len(TASKS)
+    for ax, t in zip(panels, TASKS):
+        assert ax.get_xlabel() == "refusal rate (%)"
+        conts = _errorbars(ax)
+        assert [c.get_label() for c in conts] == ["persona", "persona-free"]
+        for c, setting in zip(conts, ["persona", "persona-free"]):
+            x, _ = c.lines[0].get_data()
+            assert len(x) == len(MODELS)
+            segs = c.lines[2][0].get_segments()  # horizontal CI whiskers
+            for xm, seg, m in zip(x, segs, MODELS):
+                sub = table[(table["task"] == t) & (table["model"] == m)
+                            & (table["setting"] == setting)]
+                k, n = int(sub["refusal"].sum()), len(sub)
+                lo, hi = wilson(k, n)
+                assert xm == pytest.approx(100 * k / n)
+                assert sorted([seg[0][0], seg[1][0]]) == pytest.approx([100 * lo, 100 * hi])
+
+
+def test_persona_vs_free_needs_both_settings(table):
+    with pytest.raises(ValueError, match="persona-free"):
+        rs.plot.persona_vs_free(table[table["setting"] == "persona"])
+    with pytest.raises(KeyError, match="setting"):
+        rs.plot.persona_vs_free(table.drop(columns=["setting"]))
+
+
+def test_personas_points_by_group_with_persona_free_baseline(table):
+    fig = rs.plot.personas(table)
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("task:")]
+    assert len(panels) == len(TASKS)
+    ax = panels[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(labels) == sorted(p for p, _ in PERSONAS)  # persona-free row not a persona
+    conts = _errorbars(ax)
+    assert [c.get_label() for c in conts] == ["Gender", "Race", "Religion"]
+    assert sum(len(c.lines[0].get_data()[0]) for c in conts) == len(PERSONAS)
+    # the dashed persona-free line sits at the pooled persona-free rate of that task
+    free = table[(table["setting"] == "persona-free") & (table["task"] == TASKS[0])]
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1
+    assert dashed[0].get_xdata()[0] == pytest.approx(100 * free["refusal"].mean())
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "persona-free 95% CI" in legend
+
+
+def test_persona_heatmap_cells_and_task_filter(table):
+    fig = rs.plot.persona_heatmap(table, task="nli")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (len(MODELS), len(PERSONAS))
+    assert ax.get_xlabel() == "persona" and ax.get_ylabel() == "model"
+    texts = cell_texts(ax)
+    assert len(texts) == len(MODELS) * len(PERSONAS)
+    sub = table[(table["task"] == "nli") & (table["model"] == "A-7B") & (table["persona"] == "Man")]
+    lo, hi = wilson(int(sub["refusal"].sum()), len(sub))
+    assert texts[(0, 0)].split("\n")[1] == f"{fmt(lo)}–{fmt(hi)}"
+    with pytest.raises(ValueError, match="'politeness'"):
+        rs.plot.persona_heatmap(table, task="politeness")
+
+
+def test_response_types_one_heatmap_per_task(table):
+    fig = rs.plot.response_types(table[table["setting"] == "persona"])
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(heat) == len(TASKS)
+    for ax in heat:
+        assert ax.images[0].get_array().shape == (len(MODELS), len(PROMPTS))
+        assert ax.get_xlabel() == "response type"
+        assert [t.get_text() for t in ax.get_xticklabels()] == [rt for _, rt in PROMPTS]
+        assert len(cell_texts(ax)) == len(MODELS) * len(PROMPTS)
+    # one shared colour scale
+    assert len({ax.images[0].norm.vmax for ax in heat}) == 1
+
+
+W2_TABLE = pd.DataFrame({
+    "input": ["task", "model", "prompt"], "n_partitions": [3, 16, 9],
+    "iota": [0.20, 0.41, 0.01], "ci_low": [0.18, 0.40, 0.005], "ci_high": [0.22, 0.42, 0.015],
+    "null_mean": [0.001, 0.002, 0.004], "null_q95": [0.002, 0.004, 0.02],
+})
+
+
+def test_w2_bars_sorted_with_ci_and_null_band():
+    fig = rs.plot.w2(W2_TABLE)
+    ax = fig.axes[0]
+    assert ax.get_ylabel().startswith("W2 sensitivity index")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["model", "task", "prompt"]
+    bars = [p for p in ax.patches if p.get_zorder() == 2]
+    assert [b.get_height() for b in bars] == pytest.approx([0.41, 0.20, 0.01])
+    nulls = [p for p in ax.patches if p.get_zorder() == 0]
+    assert [b.get_height() for b in nulls] == pytest.approx([0.004, 0.002, 0.02])
+    (c,) = _errorbars(ax)
+    segs = c.lines[2][0].get_segments()
+    got = np.array([sorted([s[0][1], s[1][1]]) for s in segs])
+    np.testing.assert_allclose(got, [[0.40, 0.42], [0.18, 0.22], [0.005, 0.015]])
+
+
+def test_w2_takes_the_result_of_w2_sensitivity():
+    from refusalstats.sensitivity import w2_sensitivity
+
+    df = small_table(persona_free=False)
+    res = w2_sensitivity(df, inputs=["model", "persona"], n_boot=50, n_perm=50, progress=False)
+    fig = rs.plot.w2(res)
+    bars = [p for p in fig.axes[0].patches if p.get_zorder() == 2]
+    assert sorted(b.get_height() for b in bars) == pytest.approx(sorted(res.table["iota"]))
+
+
+COEF = pd.DataFrame({
+    "term": ["Intercept", "a[T.x]", "a[T.y]", "b[T.u]", "b[T.v]", "b[T.w]"],
+    "estimate": [-2.0, 1.5, 0.3, -0.8, -3.0, 0.9],
+    "ci_low": [-2.2, 1.2, -0.1, -1.0, -3.5, 0.1],
+    "ci_high": [-1.8, 1.8, 0.7, -0.6, -2.5, 1.7],
+    "p": [1e-9, 1e-6, 0.2, 1e-4, 1e-8, 0.03],
+})
+
+
+def test_coefficients_forest_top_k_and_significance():
+    fig = rs.plot.coefficients(COEF, top_k=2)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    # two most positive, then two most negative; no intercept; readable names
+    assert labels == ["a: x", "b: w", "b: u", "b: v"]
+    conts = _errorbars(ax)
+    assert len(conts) == 4
+    ests = [c.lines[0].get_xdata()[0] for c in conts]
+    assert ests == pytest.approx([1.5, 0.9, -0.8, -3.0])
+    spans = [sorted([c.lines[2][0].get_segments()[0][0][0], c.lines[2][0].get_segments()[0][1][0]])
+             for c in conts]
+    np.testing.assert_allclose(spans, [[1.2, 1.8], [0.1, 1.7], [-1.0, -0.6], [-3.5, -2.5]])
+    # hollow marker for p >= 0.01 (b[T.w], p = 0.03), filled otherwise
+    hollow = [c.lines[0].get_markerfacecolor() == "white" for c in conts]
+    assert hollow == [False, True, False, False]
+    assert "log-odds" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="top_k"):
+        rs.plot.coefficients(COEF, top_k=0)
+    with pytest.raises(KeyError, match="estimate"):
+        rs.plot.coefficients(COEF.drop(columns=["estimate"]))
+
+
+def test_coefficients_from_a_logit_fit():
+    from refusalstats.logit import logit
+
+    df = small_table(persona_free=False)
+    fit = logit("refusal ~ persona + model", df, penalty="firth", progress=False)
+    fig = rs.plot.coefficients(fit, top_k=5)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    tab = fit.coef_table()
+    assert len(labels) == len(tab) - 1  # every non-intercept term, fewer than 2 x top_k
+
+
+def test_hierarchical_effects_panels_and_hdis():
+    eff = pd.DataFrame({
+        "model": ["A", "A", "A", "B", "B", "B"], "persona": ["x", "y", "z"] * 2,
+        "effect": [0.5, -0.1, 0.0, 1.0, -0.6, 0.2],
+        "effect_low": [0.1, -0.4, -0.3, 0.6, -0.9, -0.1],
+        "effect_high": [0.9, 0.2, 0.3, 1.4, -0.3, 0.5],
+    })
+    eff.attrs["hdi_prob"] = 0.9
+    fig = rs.plot.hierarchical_effects(eff)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["A", "B"]
+    assert panels[0].get_xlabel() == "effect (log-odds), 90% HDI"
+    for ax, g in zip(panels, ["A", "B"]):
+        conts = _errorbars(ax)
+        assert len(conts) == 3
+        sub = eff[eff["model"] == g]
+        spans = [sorted([s[0][0], s[1][0]]) for c in conts for s in c.lines[2][0].get_segments()]
+        np.testing.assert_allclose(spans, sub[["effect_low", "effect_high"]].to_numpy())
+        filled = [c.lines[0].get_markerfacecolor() != "white" for c in conts]
+        assert filled == [bool(lo > 0 or hi < 0) for lo, hi in
+                          zip(sub["effect_low"], sub["effect_high"])]
+    with pytest.raises(KeyError, match="HDI"):
+        rs.plot.hierarchical_effects(eff.drop(columns=["effect_low"]))
+
+
+def test_palette_is_okabe_ito():
+    fig = rs.plot.personas(small_table(persona_free=False), facet=None)
+    colours = {matplotlib.colors.to_hex(c.lines[0].get_color()).upper()
+               for c in _errorbars(fig.axes[0])}
+    assert colours <= {c.upper() for c in rs.plot.OKABE_ITO}

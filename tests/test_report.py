@@ -1,0 +1,257 @@
+"""The HTML report: sections, skip reasons, numbers traced to their sources, files, browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_confint,
+)
+
+import refusalstats as rs
+from refusalstats.report import sections as S
+
+W2_OPTS = {"w2": {"n_boot": 100, "n_perm": 50}}
+
+
+def _text(html: str) -> str:
+    """The page without embedded images (base64 may contain any letters)."""
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return rs.simulate_paper(scale=0.01, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sim_report(simulated, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    rep = rs.report(simulated, out=out, hierarchical=False, seed=1, options=W2_OPTS,
+                    progress=False)
+    return rep, (out / "report.html").read_text(encoding="utf-8")
+
+
+def with_free_and_answers() -> pd.DataFrame:
+    """Two models x two tasks x three personas, persona-free rows and answer text."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for mi, m in enumerate(["M1", "M2"]):
+        for ti, t in enumerate(["nli", "offensiveness"]):
+            for p, g, base in [("Man", "Gender", 0.1), ("Woman", "Gender", 0.15),
+                               ("Black person", "Race", 0.35), ("none", "none", 0.05)]:
+                for q in ["p1", "p2"]:
+                    prob = min(0.95, base + 0.2 * mi + 0.1 * ti)
+                    for i in range(60):
+                        r = int(rng.random() < prob)
+                        rows.append({
+                            "item_id": i, "model": m, "task": t, "persona": p, "persona_group": g, "prompt": q,
+                            "setting": "persona-free" if p == "none" else "persona", "refusal": r,
+                            "response": ("I'm sorry, I cannot answer <that>." if r
+                                      else "The label is: neutral & fine"),
+                        })
+    return rs.validate(pd.DataFrame(rows))
+
+
+# ------------------------------------------------------------------ simulated table
+def test_every_section_is_on_the_page_and_skips_say_why(sim_report):
+    rep, html = sim_report
+    keys = [s.key for s in rep.sections]
+    assert keys == ["rates", "persona_free", "personas", "response_type", "w2", "logit",
+                    "hierarchical", "answers"]
+    for s in rep.sections:
+        assert f'id="{s.key}"' in html and s.title.replace("'", "&#x27;") in html
+    assert set(rep.skipped) == {"persona_free", "hierarchical", "answers"}
+    assert "no persona-free rows" in rep.skipped["persona_free"]
+    assert "hierarchical=False" in rep.skipped["hierarchical"]
+    assert "'response'" in rep.skipped["answers"]
+    for why in rep.skipped.values():
+        assert "Skipped:</b> " + why.replace("'", "&#x27;")[:30] in html
+    txt = _text(html)
+    assert not re.search(r"\bnan\b|\binf\b", txt, flags=re.IGNORECASE)
+    assert "http://" not in txt and "https://" not in txt  # no external requests
+
+
+def test_header_and_files(sim_report, simulated):
+    rep, html = sim_report
+    assert f"{len(simulated):,} answers" in html
+    assert "simulate_paper(scale=0.01, seed=3" in html
+    assert f"<dt>refusalstats</dt><dd>{rs.__version__}</dd>" in html
+    assert "<dt>Seed</dt><dd>1</dd>" in html
+    assert "16: Llama2-7B" in html and "15: Man" in html and "3: nli" in html
+    assert html.count("<img src=\"data:image/png;base64,") == len(rep.figures) >= 7
+    for png in rep.figures.values():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+    for csv in rep.tables.values():
+        assert len(pd.read_csv(csv)) > 0
+    assert {"rates_model_task", "w2_indices", "coefficients", "lr_tests"} <= set(rep.tables)
+
+
+def test_rate_findings_match_the_counts(sim_report, simulated):
+    rep, html = sim_report
+    k, n = int(simulated["refusal"].sum()), len(simulated)
+    lo, hi = proportion_confint(k, n, method="wilson")
+    line = (f"Overall refusal rate {S.pct(k / n)} (95% CI {S.pct_ci(lo, hi)}) over {n:,} "
+            "answers.")
+    assert line in rep.findings and line in html
+    tab = pd.read_csv(rep.tables["rates_model_task"])
+    sub = simulated[(simulated["model"] == "Llama2-13B") & (simulated["task"] == "offensiveness")]
+    row = tab[(tab["model"] == "Llama2-13B") & (tab["task"] == "offensiveness")].iloc[0]
+    assert row["n"] == len(sub) and row["refusals"] == sub["refusal"].sum()
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        proportion_confint(sub["refusal"].sum(), len(sub), method="wilson"))
+
+
+def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated):
+    from refusalstats.logit import logit
+    from refusalstats.sensitivity import w2_sensitivity
+
+    rep, html = sim_report
+    res = w2_sensitivity(simulated, inputs=["model", "task", "persona", "prompt"], seed=1,
+                         progress=False, **W2_OPTS["w2"])
+    w2 = pd.read_csv(rep.tables["w2_indices"]).set_index("input")
+    np.testing.assert_allclose(w2.loc[res.table["input"], "iota"], res.table["iota"])
+    np.testing.assert_allclose(w2.loc[res.table["input"], "ci_low"], res.table["ci_low"])
+    top = res.table.sort_values("iota").iloc[-1]
+    assert top["input"] == "model"  # P1: model explains most
+    assert (f"Model explains the most variation (ι {top['iota']:.3f}, 95% CI "
+            f"{top['ci_low']:.3f}–{top['ci_high']:.3f})") in html
+
+    fit = logit("refusal ~ persona + prompt + task + model", simulated, penalty="firth",
+                cluster="item_id", reference=S.PAPER_REFERENCE, progress=False)
+    coef = pd.read_csv(rep.tables["coefficients"]).set_index("term")
+    np.testing.assert_allclose(coef.loc[fit.params.index, "estimate"], fit.params, rtol=1e-6)
+    lr = fit.drop1().set_index("term")
+    persona = lr.loc["persona"]
+    assert int(persona["df"]) == 14
+    lr_line = [f for f in rep.findings if f.startswith("Likelihood-ratio test")]
+    assert len(lr_line) == 1
+    assert (f"persona: χ² = {persona['lr']:.1f}, df = 14, p "
+            f"{S._p_phrase(persona['p'])}") in lr_line[0]
+    assert f"McFadden pseudo-R² of the regression: {fit.pseudo_r2:.3f}" in html
+
+
+# ------------------------------------------------------------------ persona-free, answers
+def test_persona_free_difference_matches_newcombe(tmp_path):
+    df = with_free_and_answers()
+    rep = rs.report(df, out=tmp_path, hierarchical=True, options=W2_OPTS, progress=False)
+    assert "persona_free" not in rep.skipped and "answers" not in rep.skipped
+    eff = pd.read_csv(rep.tables["persona_vs_free"])
+    for r in eff.itertuples():
+        sub = df[(df["task"] == r.task) & (df["model"] == r.model)]
+        p = sub[sub["setting"] == "persona"]["refusal"]
+        f = sub[sub["setting"] == "persona-free"]["refusal"]
+        assert r.diff == pytest.approx(p.mean() - f.mean())
+        lo, hi = confint_proportions_2indep(p.sum(), len(p), f.sum(), len(f), method="newcomb",
+                                            compare="diff")
+        assert (r.diff_low, r.diff_high) == pytest.approx((lo, hi), abs=1e-9)
+    # the hierarchical model is asked for, but this table is too small: the page says why
+    why = rep.skipped["hierarchical"]
+    assert "too small" in why and "'model' has 2 level(s), fewer than 3" in why
+    html = rep.path.read_text(encoding="utf-8")
+    # answers are shown escaped, as text
+    assert "I&#x27;m sorry, I cannot answer &lt;that&gt;." in html
+    assert "neutral &amp; fine" in html and "<that>" not in html
+    ans = pd.read_csv(rep.tables["answers_sample"])
+    assert set(ans["model"]) == {"M1", "M2"}
+    assert (ans.groupby(["model", "refusal"]).size() == S.ANSWERS_PER_MODEL).all()
+    assert not re.search(r"\bnan\b", _text(html), flags=re.IGNORECASE)
+
+
+def test_missing_module_is_skipped_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "refusalstats.logit", None)  # import now fails
+    df = with_free_and_answers()
+    rep = rs.report(df, out=tmp_path, hierarchical=False, options=W2_OPTS, progress=False)
+    assert "refusalstats.logit) is not available" in rep.skipped["logit"]
+    assert "logit" not in [k for k in rep.tables if k == "coefficients"]
+
+
+def test_constant_refusal_skips_models(tmp_path):
+    df = with_free_and_answers().assign(refusal=0)
+    rep = rs.report(df, out=tmp_path, hierarchical=False, options=W2_OPTS, progress=False)
+    assert "refusal is constant" in rep.skipped["w2"]
+    assert "refusal is constant" in rep.skipped["logit"]
+    assert "rates" not in rep.skipped
+
+
+def test_bad_arguments_name_the_problem(tmp_path):
+    df = with_free_and_answers()
+    with pytest.raises(TypeError, match="DataFrame or a path"):
+        rs.report([1, 2], out=tmp_path)
+    with pytest.raises(ValueError, match="unknown key"):
+        rs.report(df, out=tmp_path, results={"lgoit": None})
+    with pytest.raises(KeyError, match="'age'"):
+        rs.report(df, out=tmp_path, inputs=["model", "age"])
+    with pytest.raises(rs.SchemaError, match="refusal"):
+        rs.report(df.drop(columns=["refusal"]), out=tmp_path)
+
+
+def test_cli_report(tmp_path):
+    from refusalstats.cli import main
+
+    path = rs.write_responses(with_free_and_answers(), tmp_path / "t.parquet",
+                              metadata={"source": "unit test"})
+    out = tmp_path / "rep"
+    assert main(["report", str(path), "-o", str(out), "--no-hierarchical", "--n-boot", "50",
+                 "--n-perm", "20", "-q"]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<dt>Data</dt><dd>" + str(path) in html
+    assert (out / "tables" / "persona_vs_free.csv").exists()
+    with pytest.raises(SystemExit, match="no response table"):
+        main(["report", str(tmp_path / "missing.parquet"), "-o", str(out)])
+
+
+# ------------------------------------------------------------------ browser
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def test_page_renders_in_headless_chromium_without_failed_loads(sim_report, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium binary (the Makefile's test target installs Debian 'chromium')")
+    rep, html = sim_report
+    # every src/href is embedded data or a relative file link: nothing to fetch
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert attr.startswith(("data:image/png;base64,", "#", "figures/")), attr
+    shot = tmp_path / "page.png"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+           f"--screenshot={shot}", "--window-size=1280,4000", rep.path.resolve().as_uri()]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
+    log = proc.stdout + proc.stderr
+    assert shot.exists(), log[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a drawn page, not blank
+    bad = [ln for ln in log.splitlines()
+           if re.search(r"Failed to load resource|net::ERR_|ERR_FILE_NOT_FOUND|"
+                        r"Not allowed to load", ln)]
+    assert not bad, bad
+
+
+# ------------------------------------------------------------------ hierarchical (slow)
+@pytest.mark.slow
+def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
+    rep = rs.report(simulated, out=tmp_path, seed=0, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0},
+                             "hierarchical": {"draws": 150, "tune": 150, "chains": 2}})
+    assert "hierarchical" not in rep.skipped
+    eff = pd.read_csv(rep.tables["hierarchical_effects"])
+    assert len(eff) == 16 * 15
+    assert (eff["effect_low"] <= eff["effect"]).all() and (eff["effect"] <= eff["effect_high"]).all()
+    assert "hierarchical_effects" in rep.figures
+    n_excl = int(((eff["effect_low"] > 0) | (eff["effect_high"] < 0)).sum())
+    assert f"{n_excl} of {len(eff)} persona × model effects" in rep.path.read_text(encoding="utf-8")
