@@ -89,6 +89,7 @@ def _prepare(df: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.DataF
         raise ValueError(f"column {refusal!r} is the refusal outcome; it cannot also group rows")
     present = [c for c in [*columns, refusal] if c in df.columns]
     sub = df[present]
+    sub.attrs = {}  # run metadata (e.g. the simulator's truth) is not needed here
     if refusal != "refusal":
         if "refusal" in columns:
             raise ValueError(
@@ -450,8 +451,8 @@ def cochran_q(
         When blocks are incomplete (some block lacks a condition, or has one twice).
         P1's Monte Carlo design shows each item to only a few personas; there the
         persona effect is tested with the likelihood-ratio test of the persona term
-        of a logistic regression: ``rs.logit("refusal ~ persona + prompt + model +
-        task", df).anova()``.
+        of a logistic regression: ``rs.logit("refusal ~ model + task + prompt +
+        persona", df).anova()`` (the last row tests persona given the other terms).
 
     Examples
     --------
@@ -526,8 +527,9 @@ def _cochran_one(sub, condition, blocks, by, key, original):
             f"{bname}={_plain(block_levels[i])!r} {problem}.{hint} A Monte Carlo design (each "
             "item shown to a few personas, as P1's) has incomplete blocks: test the "
             f"{condition} term with the likelihood-ratio test of a logistic regression "
-            f"instead, e.g. rs.logit('refusal ~ {condition} + prompt + model + task', "
-            "df).anova()."
+            f"instead, e.g. rs.logit('refusal ~ model + task + prompt + {condition}', "
+            f"df).anova() (sequential: {condition} last is tested given the other terms; "
+            ".drop1() tests every term that way)."
         )
     x = np.zeros((b, k), dtype=np.int64)
     x[block_codes, cond_codes] = sub["refusal"].to_numpy()
