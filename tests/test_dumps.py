@@ -708,3 +708,15 @@ def test_generic_from_url(tmp_path, serve, monkeypatch):
     xs = dumps.xstest(base + "/xstest_v2_completions_gpt4.csv", progress=False)
     assert xs["model"].astype(str).unique().tolist() == ["gpt4"]
     assert xs["refusal"].tolist() == [0, 1, 1, 1, 0]
+
+
+def test_absent_parts_are_reported_not_dropped_silently(p2_root):
+    import shutil
+
+    shutil.rmtree(p2_root / "results" / "control" / "zero" / "modelB")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) or folder\(s\) of the layout are absent"):
+        df = dumps.persona_behavior(p2_root, control=True, progress=False)
+    assert any("control/zero/modelB" in a for a in df.attrs["metadata"]["absent"])
+    assert not ((df.model == "modelB") & (df.setting == "control")).any()
+    with pytest.raises(DumpError, match=r"requested file\(s\) or folder\(s\) are missing"):
+        dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)

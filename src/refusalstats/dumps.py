@@ -923,6 +923,13 @@ def persona_behavior(
             f"{'refusal matrices' if source == 'matrices' else 'generations'} for "
             f"datasets {datasets or list(P2_DATASETS)} and models {model_list}"
         )
+    if absent:
+        warnings.warn(
+            f"{len(absent)} file(s) or folder(s) of the layout are absent and were not loaded "
+            f"(e.g. {absent[:3]}); the list is in df.attrs['metadata']['absent']. Ask for "
+            "datasets=/models= explicitly to make this an error",
+            stacklevel=2,
+        )
     df = _concat(frames)
     for c in ("hedge", "refusal_published", "statement", "paraphrase"):
         if c in df.columns and df[c].isna().any():
