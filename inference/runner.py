@@ -21,7 +21,6 @@ metadata in its Parquet key-value metadata.
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import hashlib
 import json
 import os
@@ -492,7 +491,6 @@ def run_generation(
         finally:
             backend.close()
             del backend
-            gc.collect()
         entry.setdefault("sessions", []).append(stats)
         entry["finished"] = _now()
         meta["models"][spec.label] = entry
