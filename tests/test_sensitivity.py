@@ -428,20 +428,30 @@ def test_property_bounds_symmetry_and_reference(data, perm):
         iota, abs=1e-12)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
-    y=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=300, max_size=400),
+    seed=st.integers(0, 2**32 - 1),
+    dist=st.sampled_from(["normal", "exponential", "bimodal"]),
+    scale=st.floats(1e-3, 1e3),
+    decimals=st.integers(1, 4),
     m=st.integers(2, 8),
 )
-def test_property_continuous_path_bounds_and_reference(y, m):
-    y = np.asarray(y)
-    if len(np.unique(y)) <= 256 or y.std() < 1e-6:
-        return
-    x = np.arange(len(y))[::-1].astype(float)
+def test_property_continuous_path_bounds_and_reference(seed, dist, scale, decimals, m):
+    rng = np.random.default_rng(seed)
+    n = 600
+    x = rng.normal(size=n)
+    base = {"normal": rng.normal(size=n), "exponential": rng.exponential(size=n),
+            "bimodal": rng.normal(size=n) + 4 * (rng.random(n) < 0.3)}[dist]
+    y = np.round(scale * (base + rng.uniform(-1, 1) * x), decimals)  # ties included
+    if len(np.unique(y)) <= 256:  # keep to the continuous (row) path
+        y = y + np.arange(n) * 1e-6 * scale
     df = pd.DataFrame({"x": x, "y": y})
-    iota = one_point(df, output="y", inputs=["x"], partitions={"x": m}).loc["x", "iota"]
+    res = w2_sensitivity(df, output="y", inputs=["x"], partitions={"x": m}, n_boot=0, n_perm=0,
+                         progress=False)
+    assert res.output_kind == "continuous"
+    iota = res.table.loc[0, "iota"]
     assert -1e-12 <= iota <= 1 + 1e-12
-    part = _encode_input(df, "x", m, len(y))
+    part = _encode_input(df, "x", m, n)
     assert iota == pytest.approx(iota_ref(part.codes, y), abs=1e-9)
 
 

@@ -593,10 +593,13 @@ def w2_sensitivity(
     ...                    "refusal": (rng.random(4000) < p).astype(int)})
     >>> res = w2_sensitivity(df, inputs=["g", "noise"], n_boot=200, n_perm=100,
     ...                      progress=False)
-    >>> res.table[["input", "iota"]].round(2)
-       input  iota
-    0      g  0.51
-    1  noise  0.00
+    >>> res.table[["input", "iota", "ci_low", "ci_high", "null_q95", "p_value"]].round(3)
+       input   iota  ci_low  ci_high  null_q95  p_value
+    0      g  0.500   0.477    0.527     0.035    0.010
+    1  noise  0.008   0.000    0.026     0.036    0.683
+
+    The truth for ``g`` is 0.25 / (2 * 0.45 * 0.55) = 0.505; ``noise`` is irrelevant and its
+    estimate lies below the permutation null's 95% quantile.
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
