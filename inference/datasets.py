@@ -250,7 +250,8 @@ def load_xnli(
     ----------
     path : str or Path, optional
         A local CSV/TSV/JSONL/Parquet file with ``premise``, ``hypothesis`` and ``label``
-        (or ``gold_label``) columns; other names go through ``columns``. Without a path
+        (or ``gold_label``) columns; other names go through ``columns``. A ``language``
+        column (the XNLI-1.0 TSVs) is filtered to ``language``. Without a path
         the data come from the Hugging Face hub (needs the ``datasets`` package and
         network access).
     language, split : str
@@ -288,6 +289,15 @@ def load_xnli(
         df = read_table(path)
         source = str(path)
     df = _rename(df, columns, repr(source))
+    if path is not None and "language" in df.columns:
+        # the XNLI-1.0 TSVs hold all 15 languages; keep the one asked for
+        langs = set(df["language"].astype(str))
+        if language not in langs:
+            raise ValueError(
+                f"XNLI file {source!r} has no rows with language {language!r} "
+                f"(it has {sorted(langs)}); pass language=..."
+            )
+        df = df[df["language"].astype(str) == language].reset_index(drop=True)
     if "gold_label" not in df.columns and "label" in df.columns:
         df = df.rename(columns={"label": "gold_label"})
     for c in ("premise", "hypothesis", "gold_label"):

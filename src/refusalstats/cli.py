@@ -340,6 +340,8 @@ def _add_design(sub) -> None:
                    help="every persona x template for every item instead of the Monte Carlo draw")
     p.add_argument("--unit", choices=["annotation", "text"], default="annotation",
                    help="POPQUORN item unit (default: each distinct text-rating pair)")
+    p.add_argument("--language", default="en",
+                   help="XNLI language kept from a multilingual file (default en)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", required=True, help="output prompts table (.parquet)")
     p.set_defaults(func=_cmd_design)
@@ -362,6 +364,8 @@ def _cmd_design(args) -> int:
             raise SystemExit(f"error: --task needs TASK=FILE, got {spec!r}")
         task, path = (s.strip() for s in spec.split("=", 1))
         extra = {"unit": args.unit} if task in ("politeness", "offensiveness") else {}
+        if task == "nli":
+            extra = {"language": args.language}
         items = load_task(task, path, columns=maps.get(task), **extra)
         if args.per_class > 0:
             items = select_per_class(items, per_class=args.per_class, seed=args.seed)

@@ -51,6 +51,23 @@ def test_xnli_csv_with_column_mapping_and_string_labels(tmp_path):
     assert items["item_id"].tolist() == ["x1", "x2"]
 
 
+def test_xnli_tsv_with_all_languages_keeps_the_one_asked_for(tmp_path):
+    # layout of XNLI-1.0's xnli.test.tsv (subset of its columns)
+    df = pd.DataFrame({"language": ["en", "de", "en", "fr"],
+                       "gold_label": ["neutral", "entailment", "contradiction", "neutral"],
+                       "sentence1": ["s1", "d1", "s2", "f1"], "sentence2": ["h1", "d2", "h2", "f2"],
+                       "pairID": ["1", "1", "2", "2"]})
+    path = tmp_path / "xnli.test.tsv"
+    df.to_csv(path, sep="\t", index=False)
+    cols = {"premise": "sentence1", "hypothesis": "sentence2", "item_id": "pairID"}
+    items = load_xnli(path, columns=cols)
+    assert items["premise"].tolist() == ["s1", "s2"]
+    assert items["gold_label"].tolist() == ["neutral", "contradiction"]
+    assert load_xnli(path, columns=cols, language="de")["premise"].tolist() == ["d1"]
+    with pytest.raises(ValueError, match="no rows with language 'xx'"):
+        load_xnli(path, columns=cols, language="xx")
+
+
 def test_xnli_bad_label_and_missing_column_name_the_problem(tmp_path):
     df = _xnli_frame(3)
     df.loc[1, "label"] = 7
