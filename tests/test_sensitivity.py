@@ -550,3 +550,11 @@ def test_cli_sensitivity_writes_table_and_plot(tmp_path, capsys):
                           n_perm=20, progress=False).table
     assert np.allclose(got["iota"], want["iota"]) and np.allclose(got["ci_low"], want["ci_low"])
     assert png.stat().st_size > 1000
+
+
+def test_rank_bins_on_few_distinct_values_warn():
+    df = _small_df()
+    df["x"] = np.round(df["x"]).clip(-1, 1)  # three distinct values
+    with pytest.warns(RuntimeWarning, match="only 3 distinct values"):
+        w2_sensitivity(df, inputs=["x"], partitions={"x": 6}, n_boot=0, n_perm=0,
+                       progress=False)

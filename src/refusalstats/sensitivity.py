@@ -239,6 +239,14 @@ def _encode_input(data: pd.DataFrame, name: str, spec, n: int) -> _Partition:
     order = np.argsort(vals, kind="stable")
     codes = K.rank_cells(order.astype(np.int64), m)
     svals = vals[order]
+    n_distinct = 1 + int(np.count_nonzero(np.diff(svals)))
+    if n_distinct < m:
+        warnings.warn(
+            f"input {name!r} has only {n_distinct} distinct values but {m} rank bins were asked "
+            "for: equal values are split across bins by order of appearance. Use "
+            f"partitions={{{name!r}: 'levels'}} to get one partition per value.",
+            RuntimeWarning, stacklevel=3,
+        )
     bounds = np.searchsorted(np.arange(n) * m // n, np.arange(m + 1), side="left")
     labels = [
         f"[{svals[bounds[i]]:.4g}, {svals[min(bounds[i + 1], n) - 1]:.4g}]" for i in range(m)
