@@ -545,9 +545,13 @@ DEFAULT_STRONG_OPENERS: tuple[str, ...] = (
 DEFAULT_NOT_STRONG: tuple[str, ...] = (
     (
         r"(?:i'm |i am )?(?:so |very |truly |really )?sorry,? (?:to hear|for your|about your|"
-        r"for the loss|you're|you are|that you)"
+        r"for the loss|you're|you are|that you|for (?:the|any) confusion|about the confusion)"
     ),
     r"i (?:cannot|can't|can not) (?:see|find|detect|identify|spot|notice|perceive)\b",
+    (
+        r"i (?:cannot|can't|can not) (?:help but|stress enough|emphasi[sz]e enough|"
+        r"thank you enough|wait|believe)"
+    ),
 )
 
 #: Weaker signals at the start: a refusal unless the answer still gives a label.
@@ -580,7 +584,8 @@ DEFAULT_TASK_OPENERS: tuple[str, ...] = (
 DEFAULT_WEAK_ANYWHERE: tuple[str, ...] = (
     (
         r"\bi (?:cannot|can't|can not|won't|will not|am unable to|'m unable to|am not able to|"
-        r"'m not able to|must decline to|refuse to) (?:\w+ )?(?:help|assist|provide|fulfill|fulfil|"
+        r"'m not able to|must decline to|refuse to) (?:\w+ )?(?:help(?:\s+(?:you|with|in|out|on|"
+        r"answer|here|there|this|that)\b|\W*$|[.,!;:])|assist|provide|fulfill|fulfil|"
         r"comply|support|answer|respond|engage|give|offer|create|generate|write|share|classify|"
         r"label|categori[sz]e|determine|make (?:assumptions|judgments|judgements|generali[sz]ations|"
         r"claims)|assume|speculate|predict|participate|condone|encourage|promote|endorse|speak for|"
