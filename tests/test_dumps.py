@@ -146,7 +146,7 @@ def test_persona_behavior_matrices_row_by_row(p2_root):
     got["refusal"] = got["refusal"].astype(int)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert len(df) == 2 * 5 * 4
-    assert df["item_id"].dtype == np.int64
+    assert df["item_id"].dtype == np.int32
     assert df["refusal"].dtype == np.int8
     # display names, categories, constant prompt
     first = df.iloc[0]

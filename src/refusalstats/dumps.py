@@ -372,8 +372,11 @@ def _parse_matrix(path: Path, label: str) -> _Matrix:
     """Read a P2 matrix CSV strictly: every row as long as the header, every cell 0/1.
 
     Cells are either scalars (``0``/``1``) or numpy-printed vectors (``[0 1 0]``, the
-    attitude matrices: one vector of paraphrases per statement).
+    attitude matrices: one vector of paraphrases per statement). Rows are converted as
+    they are read, so a 163 x 58,000 matrix never exists as strings all at once.
     """
+    from collections import Counter
+
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -383,12 +386,14 @@ def _parse_matrix(path: Path, label: str) -> _Matrix:
                 f"one column per item); got {header!r}"
             )
         items = [h.strip() for h in header[1:]]
-        dup = sorted({h for h in items if items.count(h) > 1}) if len(set(items)) != len(items) else []
-        if dup:
+        if len(set(items)) != len(items):
+            dup = sorted(h for h, k in Counter(items).items() if k > 1)
             raise DumpError(f"{label}: item column(s) {dup[:5]} appear more than once in the header")
         personas: list[str] = []
         lines: list[int] = []
-        rows: list[list[str]] = []
+        scalar_rows: list[np.ndarray] = []
+        vector_rows: list[list[str]] = []
+        vector_mode: bool | None = None
         for row in reader:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line (e.g. at the end of the file)
@@ -398,29 +403,36 @@ def _parse_matrix(path: Path, label: str) -> _Matrix:
                     f"but the header has {len(items)} item columns — a ragged row; the file is "
                     "truncated or corrupted, download it again"
                 )
-            personas.append(row[0].strip())
+            persona = row[0].strip()
+            personas.append(persona)
             lines.append(reader.line_num)
-            rows.append(row[1:])
-    if not rows:
+            cells = row[1:]
+            if vector_mode is None:
+                vector_mode = cells[0].lstrip().startswith("[")
+            if vector_mode:
+                vector_rows.append(cells)
+                continue
+            a = np.asarray(cells)
+            is_true = (a == "1") | (a == "1.0") | (a == "True") | (a == "true")
+            ok = is_true | (a == "0") | (a == "0.0") | (a == "False") | (a == "false")
+            if not ok.all():
+                j = int(np.flatnonzero(~ok)[0])
+                raise DumpError(
+                    f"{label}, line {reader.line_num} (persona {persona!r}), item column "
+                    f"{items[j]!r}: value {str(a[j])!r} is not 0/1 ({int((~ok).sum())} such "
+                    "cell(s) in this row). Refusal and hedge matrices hold one 0/1 flag per "
+                    "persona and item"
+                )
+            scalar_rows.append(is_true.astype(np.int8))
+    if not personas:
         raise DumpError(f"{label}: the matrix has a header but no persona rows")
-    dups = sorted({p for p in personas if personas.count(p) > 1}) if len(set(personas)) != len(personas) else []
-    if dups:
+    if len(set(personas)) != len(personas):
+        dups = sorted(p for p, k in Counter(personas).items() if k > 1)
         raise DumpError(f"{label}: persona row(s) {dups[:5]} appear more than once")
-    cells = np.array(rows, dtype=str)
-    if np.char.startswith(np.char.lstrip(cells[:1, :1]), "[").all():
-        values = _parse_vector_cells(cells, personas, items, lines, label)
+    if vector_mode:
+        values = _parse_vector_cells(np.array(vector_rows, dtype=str), personas, items, lines, label)
     else:
-        is_true = np.isin(cells, _TRUE)
-        ok = is_true | np.isin(cells, _FALSE)
-        if not ok.all():
-            bad = np.argwhere(~ok)
-            i, j = bad[0]
-            raise DumpError(
-                f"{label}, line {lines[i]} (persona {personas[i]!r}), item column {items[j]!r}: "
-                f"value {str(cells[i, j])!r} is not 0/1; {len(bad)} cell(s) in this file are not 0/1. "
-                "Refusal and hedge matrices hold one 0/1 flag per persona and item"
-            )
-        values = is_true.astype(np.int8)
+        values = np.stack(scalar_rows)
     try:
         item_ids: list = [int(h) for h in items]
     except ValueError:
@@ -601,16 +613,24 @@ def _matrix_frame(mat: _Matrix, *, model: str, dataset: str, setting: str,
     frame["setting"] = _const_cat(setting, n)
     if w == 1:
         ids = items[col_idx]
-        frame["item_id"] = ids.astype(np.int64) if all(isinstance(x, int) for x in mat.items) else ids.astype(str)
+        frame["item_id"] = _int_ids(ids) if all(isinstance(x, int) for x in mat.items) else ids.astype(str)
     else:
         if not all(isinstance(x, int) for x in mat.items):
             raise DumpError(f"{mat.label}: vector cells need integer item columns, got {mat.items[:3]}")
         stmt = items[col_idx].astype(np.int64)
-        frame["item_id"] = stmt * w + sub_idx
-        frame["statement"] = stmt
-        frame["paraphrase"] = sub_idx
+        frame["item_id"] = _int_ids(stmt * w + sub_idx)
+        frame["statement"] = stmt.astype(np.int32)
+        frame["paraphrase"] = sub_idx.astype(np.int32)
     frame["refusal"] = mat.values.reshape(-1)
     return pd.DataFrame(frame)
+
+
+def _int_ids(ids: np.ndarray) -> np.ndarray:
+    """Item ids as int32 when they fit (P2's largest dataset has ~58,000 items)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) and ids.min() >= np.iinfo(np.int32).min and ids.max() <= np.iinfo(np.int32).max:
+        return ids.astype(np.int32)
+    return ids
 
 
 def _const_cat(value: str, n: int) -> pd.Categorical:
@@ -933,7 +953,7 @@ def persona_behavior(
     df = _concat(frames)
     for c in ("hedge", "refusal_published", "statement", "paraphrase"):
         if c in df.columns and df[c].isna().any():
-            df[c] = df[c].astype("Int8" if c in ("hedge", "refusal_published") else "Int64")
+            df[c] = df[c].astype("Int8" if c in ("hedge", "refusal_published") else "Int32")
     out = validate(df)
     out.attrs["metadata"] = {
         "source": "peluz/persona-behavior (de Araujo & Roth 2024)",
@@ -1018,10 +1038,10 @@ def _generations_frame(r: _Root, mdir: str, model: str, d: str, setting: str,
             cat = CONTROL_CATEGORY if setting == "control" else cats[p]
             frame["persona_category"] = cat
             frame["persona_group"] = cat
-        frame.update({"prompt": P2_PROMPT, "setting": setting, "item_id": ids})
+        frame.update({"prompt": P2_PROMPT, "setting": setting, "item_id": _int_ids(ids)})
         if stmt is not None:
-            frame["statement"] = stmt
-            frame["paraphrase"] = para
+            frame["statement"] = stmt.astype(np.int32)
+            frame["paraphrase"] = para.astype(np.int32)
         frame["response"] = texts
         frame["refusal"] = _run_detector(rule, texts, r.describe(rel)) if texts else np.zeros(0, np.int8)
         parts.append(pd.DataFrame(frame))
