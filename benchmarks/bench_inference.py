@@ -69,18 +69,22 @@ def _items(n_items: int, seed: int) -> pd.DataFrame:
     return pd.concat([nli, pol], ignore_index=True)
 
 
-def bare_loop(model, tokenizer, texts, batches, max_new_tokens, device):
+def bare_loop(model, tokenizer, texts, batches, max_new_tokens, device, eos_ids):
     """The reference: tokenize, generate, decode, batch after batch."""
     import torch
+    from transformers import GenerationConfig
 
+    # plain greedy, as the runner (a model's own generation_config may add e.g. a
+    # repetition penalty; both paths leave it out)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                              eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id)
     out = [None] * len(texts)
     new_tokens = 0
     for b in batches:
         enc = tokenizer([texts[i] for i in b], add_special_tokens=False, padding=True,
                         return_tensors="pt").to(device)
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            gen = model.generate(**enc, generation_config=config)
         new = gen[:, enc["input_ids"].shape[1]:]
         new_tokens += int(new.numel())
         for i, t in zip(b, tokenizer.batch_decode(new, skip_special_tokens=True)):
@@ -129,6 +133,7 @@ def main(argv=None) -> int:
         model, tok = backend.model, backend.tokenizer
         params = DecodingParams(max_new_tokens=args.max_new_tokens)
         dtype_name = backend.info()["dtype"]
+        eos = backend.eos_token_ids
         budget = args.token_budget or backend.token_budget(params)
 
         design = rs.sample_design(_items(args.items, args.seed), k=4, seed=args.seed)
@@ -156,11 +161,11 @@ def main(argv=None) -> int:
         bare_out = None
         table = None
         # warm-up (allocator, kernels) on one batch
-        bare_loop(model, tok, texts, batches[:1], params.max_new_tokens, backend.device)
+        bare_loop(model, tok, texts, batches[:1], params.max_new_tokens, backend.device, eos)
         for r in range(args.repeats):
             t0 = time.perf_counter()
             bare_out, new_tok = bare_loop(model, tok, texts, batches, params.max_new_tokens,
-                                          backend.device)
+                                          backend.device, eos)
             bare_t.append(time.perf_counter() - t0)
             out_dir = tmp / f"run{r}"
             t0 = time.perf_counter()
@@ -170,7 +175,7 @@ def main(argv=None) -> int:
             run_t.append(time.perf_counter() - t0)
             loop_t.append(table.attrs["metadata"]["models"]["bench"]["sessions"][-1]["seconds"])
             t0 = time.perf_counter()
-            bare_loop(model, tok, texts, arrival, params.max_new_tokens, backend.device)
+            bare_loop(model, tok, texts, arrival, params.max_new_tokens, backend.device, eos)
             arr_t.append(time.perf_counter() - t0)
             shutil.rmtree(out_dir, ignore_errors=True)
 

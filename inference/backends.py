@@ -195,6 +195,10 @@ def template_supports_system(render) -> bool:
     return _SYSTEM_PROBE in text
 
 
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
 def _local_fingerprint(path: Path) -> str:
     """A content hash for a local model directory: config files plus weight file sizes."""
     h = hashlib.sha256()
@@ -453,6 +457,10 @@ class TransformersBackend(Backend):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "eos_token_ids": list(self.eos_token_ids),
+            # the model's own generation defaults (sampling, repetition penalty...) are not
+            # used: decoding is plain greedy; recorded so a reader sees what was left out
+            "model_generation_config_ignored": _jsonable(
+                self.model.generation_config.to_diff_dict()),
             "system_role": self.supports_system_role(),
             "versions": package_versions(),
         }
