@@ -576,6 +576,8 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
 
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = data.copy(deep=False)
+    data.attrs = {}  # pandas deep-copies attrs on every operation; the simulator's are large
     parsed = parse_formula(formula)
     if parsed.random:
         raise FormulaError(
@@ -666,20 +668,25 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
         inverse = np.where(keep[inverse], remap[inverse], -1)
         s, n = s[keep], n[keep]
     # R's glm.fit start (mustart = (m y + 0.5)/(m + 1) per input row), summed to patterns
-    m = prior
-    ybar = np.where(prior > 0, yv / np.maximum(tv, 1e-300), 0.0)
-    mu0 = (m * ybar + 0.5) / (m + 1.0)
-    v0 = mu0 * (1 - mu0)
-    w0 = prior * v0
-    z0 = np.log(mu0 / (1 - mu0)) + (ybar - mu0) / v0
     ok = inverse >= 0
     K = len(patterns)
-    start_w = np.bincount(inverse[ok], weights=w0[ok], minlength=K)
-    start_wz = np.bincount(inverse[ok], weights=(w0 * z0)[ok], minlength=K)
     succ_rows = yv * (1 if w is None else w)
-    fail_rows = prior - succ_rows
-    lp0, lq0 = np.log(mu0), np.log1p(-mu0)
-    dev0 = 2.0 * (dev_sat - float(np.sum(succ_rows * lp0 + fail_rows * lq0)))
+    if trials is None and w is None:  # plain 0/1 rows: mustart is 3/4 or 1/4, in closed form
+        z1 = np.log(3.0) + 4.0 / 3.0
+        start_w = 0.1875 * n
+        start_wz = 0.1875 * z1 * (2.0 * s - n)
+        dev0 = -2.0 * len(yv) * np.log(0.75)
+    else:
+        m = prior
+        ybar = np.where(prior > 0, yv / np.maximum(tv, 1e-300), 0.0)
+        mu0 = (m * ybar + 0.5) / (m + 1.0)
+        v0 = mu0 * (1 - mu0)
+        w0 = prior * v0
+        z0 = np.log(mu0 / (1 - mu0)) + (ybar - mu0) / v0
+        start_w = np.bincount(inverse[ok], weights=w0[ok], minlength=K)
+        start_wz = np.bincount(inverse[ok], weights=(w0 * z0)[ok], minlength=K)
+        fail_rows = prior - succ_rows
+        dev0 = 2.0 * (dev_sat - float(np.sum(succ_rows * np.log(mu0) + fail_rows * np.log1p(-mu0))))
     start = _Start(start_w, start_wz, dev0)
 
     X, names, spec = fixed_design(parsed.fixed, patterns[variables] if variables else patterns)

@@ -1,0 +1,226 @@
+"""Benchmark: refusalstats.logit vs statsmodels formula logit vs scikit-learn on P1's full design.
+
+Fits ``refusal ~ persona + task + prompt + model`` (P1's Table 7 model, reference levels
+persona Atheist, prompt p1, task nli, model Llama2-13B) to ``simulate_paper(scale=1.0)``
+(2,032,160 rows) with
+
+* refusalstats ``logit`` (maximum likelihood on collapsed covariate patterns, and Firth),
+* statsmodels ``smf.logit(formula, data).fit()`` (Newton on the rows, patsy design),
+* scikit-learn ``LogisticRegression(C=inf, solver="lbfgs")`` on one-hot encoded rows,
+
+each in its own subprocess (reading the same Parquet file; one BLAS thread each), and prints wall time of the
+fit (design building included), the peak resident memory the fit added on top of the
+loaded table (sampled from /proc every 2 ms), the process's peak RSS (``ru_maxrss``),
+and the largest |coefficient difference| against statsmodels on identified terms
+(terms refusalstats finds separated are reported, not compared), plus the ratios.
+
+Run: ``nice .venv/bin/python benchmarks/bench_logit.py`` (``--scale 0.1`` for a quick run,
+``--calibrate table7`` for data without separation, ``--skip sklearn`` to leave one out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FORMULA = "refusal ~ persona + task + prompt + model"
+REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
+FACTORS = ["persona", "task", "prompt", "model"]
+TOOLS = ["refusalstats", "refusalstats-firth", "statsmodels", "sklearn"]
+
+
+# ----------------------------------------------------------------------------- worker side
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakSampler:
+    """Samples this process's RSS every ``interval`` seconds; ``peak`` is the maximum seen."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self._stop = interval, _rss_bytes(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _fit(tool: str, df):
+    """Fit with one tool; returns ({term: coefficient}, info)."""
+    if tool.startswith("refusalstats"):
+        from refusalstats.logit import logit
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if tool == "refusalstats":
+                f = logit(FORMULA, df, reference=REFERENCE)
+            else:
+                f = logit(FORMULA, df, reference=REFERENCE, penalty="firth", ci="wald")
+        return f.params.to_dict(), {"separated": f.separated_terms, "iterations": f.iterations,
+                                    "patterns": f.n_patterns}
+    if tool == "statsmodels":
+        import statsmodels.formula.api as smf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = smf.logit(FORMULA, df).fit(disp=0)
+        return m.params.to_dict(), {"iterations": int(m.mle_retvals.get("iterations", -1)),
+                                    "converged": bool(m.mle_retvals.get("converged", False))}
+    if tool == "sklearn":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import OneHotEncoder
+
+        enc = OneHotEncoder(categories=[list(df[c].cat.categories) for c in FACTORS],
+                            drop=[REFERENCE[c] for c in FACTORS], sparse_output=False, dtype=np.float64)
+        X = enc.fit_transform(df[FACTORS])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=5000, tol=1e-10)
+            m.fit(X, df["refusal"].to_numpy())
+        names = [f"{c}[T.{lv}]" for c, cats in zip(FACTORS, enc.categories_)
+                 for lv in cats if lv != REFERENCE[c]]
+        out = {"Intercept": float(m.intercept_[0])}
+        out.update(dict(zip(names, m.coef_[0].tolist())))
+        return out, {"iterations": int(np.max(m.n_iter_))}
+    raise ValueError(tool)
+
+
+def _import(tool: str) -> None:
+    """Import the tool's modules before timing (imports are not part of a fit)."""
+    if tool.startswith("refusalstats"):
+        import formulaic  # noqa: F401
+
+        import refusalstats.logit  # noqa: F401
+    elif tool == "statsmodels":
+        import patsy  # noqa: F401
+        import statsmodels.formula.api  # noqa: F401
+    else:
+        import sklearn.linear_model
+        import sklearn.preprocessing  # noqa: F401
+
+
+def _worker(tool: str, path: str, out: str) -> None:
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    _import(tool)
+    base = _rss_bytes()
+    t0 = time.perf_counter()
+    with _PeakSampler() as s:
+        coefs, info = _fit(tool, df)
+    wall = time.perf_counter() - t0
+    res = {"tool": tool, "wall_s": wall, "peak_extra_mb": (s.peak - base) / 2**20,
+           "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "coefs": coefs,
+           "info": info}
+    Path(out).write_text(json.dumps(res))
+
+
+# ----------------------------------------------------------------------------- driver side
+def _run_tool(tool: str, path: Path, tmp: Path) -> dict:
+    out = tmp / f"{tool}.json"
+    cmd = [sys.executable, __file__, "--worker", tool, "--data", str(path), "--out", str(out)]
+    print(f"  {tool} ...", end="", flush=True)
+    t0 = time.perf_counter()
+    # one BLAS thread for every tool: on a shared 2-core machine OpenBLAS threads only contend
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        print(f" failed ({time.perf_counter() - t0:.0f} s)")
+        return {"tool": tool, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    res = json.loads(out.read_text())
+    print(f" {res['wall_s']:.1f} s")
+    return res
+
+
+def _table(results: list[dict], rows: int, patterns: int, separated: list[str]) -> str:
+    sm = next((r for r in results if r["tool"] == "statsmodels" and "error" not in r), None)
+    header = ("| tool | fit wall time (s) | peak memory added by the fit (MiB) | process peak RSS (MiB) "
+              "| max abs coef diff vs statsmodels (identified terms) | speed-up vs statsmodels "
+              "| memory vs statsmodels |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['tool']} | failed: {r['error'][:60]} | | | | | |")
+            continue
+        diff = speed = mem = "—"
+        if sm is not None:
+            common = [t for t in sm["coefs"] if t in r["coefs"] and t not in separated]
+            d = max(abs(r["coefs"][t] - sm["coefs"][t]) for t in common)
+            diff = "—" if r is sm else ("n/a (Firth is another estimator)" if r["tool"].endswith("firth")
+                                          else f"{d:.1e}")
+            speed = f"{sm['wall_s'] / r['wall_s']:.1f}x"
+            mem = f"{r['peak_extra_mb'] / max(sm['peak_extra_mb'], 1e-9):.3f}"
+        lines.append(f"| {r['tool']} | {r['wall_s']:.2f} | {r['peak_extra_mb']:.0f} | {r['maxrss_mb']:.0f} "
+                     f"| {diff} | {speed} | {mem} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calibrate", default="table1,table7", help="comma-separated: table1, table7")
+    ap.add_argument("--skip", default="", help="comma-separated tools to leave out")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args.worker, args.data, args.out)
+        return 0
+
+    from refusalstats.simulate import simulate_paper
+
+    tools = [t for t in TOOLS if t not in args.skip.split(",")]
+    print(f"logit benchmark: {FORMULA!r}, scale {args.scale}; machine: {os.cpu_count()} CPUs, "
+          f"Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        for cal in args.calibrate.split(","):
+            df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=cal)
+            df = df[["model", "task", "persona", "prompt", "refusal"]].copy()
+            df.attrs = {}
+            for c, ref in REFERENCE.items():  # the paper's reference levels first (patsy, one-hot)
+                cats = list(df[c].cat.categories)
+                df[c] = df[c].cat.reorder_categories([ref] + [x for x in cats if x != ref])
+            path = tmp / f"{cal}.parquet"
+            df.to_parquet(path, index=False)
+            print(f"\ncalibrate={cal!r}: {len(df):,} rows")
+            results = [_run_tool(t, path, tmp) for t in tools]
+            rs_res = next((r for r in results if r["tool"] == "refusalstats" and "error" not in r), None)
+            separated = rs_res["info"]["separated"] if rs_res else []
+            patterns = rs_res["info"]["patterns"] if rs_res else 0
+            print(f"\n### calibrate={cal!r}: {len(df):,} rows, {patterns:,} covariate patterns; "
+                  f"separated (not compared): {separated or 'none'}\n")
+            print(_table(results, len(df), patterns, separated))
+            for r in results:
+                if "error" not in r:
+                    print(f"  {r['tool']}: {r['info']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
