@@ -520,3 +520,31 @@ def test_with_labels_keeps_the_detector_kind():
     assert hedge.labels == OFF and not hedge._custom
     both = (rs.detector("paper") | rs.detector("default")).with_labels(POL)
     assert both.detectors[1].labels == POL
+
+
+def test_explain_names_the_rule():
+    texts = [
+        "I\u2019m sorry, but I can\u2019t help with that.",
+        "As an AI, I'd say: polite.",
+        "As an AI, I cannot judge this.",
+        "Polite or impolite? I cannot say.",
+        "Impolite.",
+    ]
+    ex = rs.detector("default", labels=POL).explain(texts)
+    assert ex.columns.tolist() == ["text", "refusal", "rule", "label"]
+    assert ex["refusal"].tolist() == [True, False, True, True, False]
+    assert ex["rule"].tolist() == [
+        'refusal opener "I\u2019m sorry"',
+        "",
+        'weak opener "As an AI", no label given',
+        'refusal statement "I cannot say", no label given',
+        "",
+    ]
+    assert ex["label"].tolist() == [None, "polite", None, None, "impolite"]
+    paper = rs.detector("paper").explain(["  No, it is polite.", "Polite"])
+    assert paper["rule"].tolist() == ['starts with "No,"', ""]
+    hedge = rs.detector("hedge", labels=NLI).explain(["I'm not able to tell.", "Neutral"])
+    assert hedge["rule"].tolist() == ['hedge "I\'m not able", no label extracted', ""]
+    combo = (rs.detector("paper") | rs.detector("hedge")).explain(["Hi. I am unable to."])
+    assert combo["rule"].tolist() == ['hedge: hedge "I am unable"']
+    assert combo["refusal"].tolist() == [True]

@@ -248,6 +248,18 @@ def _subset(arr: pa.Array, mask: np.ndarray) -> tuple[pa.Array, np.ndarray]:
     return arr.take(pa.array(idx)), idx
 
 
+def _matched(arr: pa.Array, prefix: str, body: str) -> np.ndarray:
+    """The text each answer matched (``None`` where it did not): ``prefix(?P<m>body)``."""
+    out = np.full(len(arr), None, dtype=object)
+    if len(arr) == 0:
+        return out
+    body = re.sub(r"(?<!\\)\((?!\?)", "(?:", body)  # only the one named group may capture
+    res = pc.extract_regex(arr, f"{prefix}(?P<m>{body})")
+    ok = res.is_valid().to_numpy(zero_copy_only=False)
+    out[ok] = np.asarray(res.field("m").to_pylist(), dtype=object)[ok]
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # Label extraction
 # --------------------------------------------------------------------------------------
@@ -390,6 +402,34 @@ class Detector:
             return np.zeros(0, dtype=bool)
         return np.asarray(self._detect(arr), dtype=bool)
 
+    def explain(self, texts: Iterable[str]) -> pd.DataFrame:
+        """Why each answer was (or was not) flagged, for auditing a detector.
+
+        Returns
+        -------
+        DataFrame
+            ``text``, ``refusal`` and ``rule``: the phrase or pattern that made the
+            answer a refusal (empty where it is not one). Detectors that use labels
+            add ``label``, the label extracted from the answer (``None`` if none).
+
+        Examples
+        --------
+        >>> import refusalstats as rs
+        >>> rs.detector("paper").explain(["Sorry, no.", "Neutral"])["rule"].tolist()
+        ['starts with "Sorry"', '']
+        """
+        arr = _arrow_texts(texts)
+        flags = self(arr) if len(arr) else np.zeros(0, dtype=bool)
+        out = pd.DataFrame({"text": arr.to_pylist(), "refusal": flags})
+        out["rule"] = self._rules(arr, flags)
+        extractor = getattr(self, "extractor", None)
+        if extractor is not None:
+            out["label"] = pd.Series(extractor.extract(arr), dtype=object)
+        return out
+
+    def _rules(self, arr: pa.Array, flags: np.ndarray) -> np.ndarray:
+        return np.where(flags, self.name, "").astype(object)
+
     def with_labels(self, labels: Sequence[str] | str | None) -> Detector:
         """The same detector for a task with these answer labels.
 
@@ -439,10 +479,15 @@ class PrefixDetector(Detector):
         alts = [_re2_escape(p) for p in self.prefixes]
         if normalize_apostrophes:
             alts = [_apostrophes(a) for a in alts]
-        self._pattern = f"(?i)^{_WS}*(?:{'|'.join(alts)})"
+        self._body = "|".join(alts)
+        self._pattern = f"(?i)^{_WS}*(?:{self._body})"
 
     def _detect(self, arr: pa.Array) -> np.ndarray:
         return _match(arr, self._pattern)
+
+    def _rules(self, arr: pa.Array, flags: np.ndarray) -> np.ndarray:
+        m = _matched(arr, f"(?i)^{_WS}*", self._body)
+        return np.array([f'starts with "{t}"' if f else "" for t, f in zip(m, flags)], object)
 
 
 #: The hedge patterns above in RE2 syntax (no look-behind): "i" not preceded by a
@@ -491,8 +536,8 @@ class HedgeDetector(Detector):
             except re.error as exc:
                 raise ValueError(f"hedge pattern {key!r} is not a valid regex: {exc}") from None
         self._custom = patterns is not None
-        re2 = self.patterns if self._custom else _HEDGE_RE2
-        self._pattern = "(?i)" + _alternation(re2.values())
+        self._re2 = self.patterns if self._custom else _HEDGE_RE2
+        self._pattern = "(?i)" + _alternation(self._re2.values())
         self.extractor = None if labels is None else LabelExtractor(labels)
         self.labels = None if labels is None else self.extractor.labels
         self.name = name
@@ -502,6 +547,14 @@ class HedgeDetector(Detector):
             return _match(arr, self._pattern)
         except pa.ArrowInvalid:
             return _search_python(arr, list(self.patterns.values()))
+
+    def _rules(self, arr: pa.Array, flags: np.ndarray) -> np.ndarray:
+        try:
+            m = _matched(arr, "(?i)", _alternation(self._re2.values()))
+        except pa.ArrowInvalid:  # custom look-around patterns
+            m = np.full(len(arr), "a hedge pattern", dtype=object)
+        tail = ", no label extracted" if self.extractor is not None else ""
+        return np.array([f'hedge "{t}"{tail}' if f else "" for t, f in zip(m, flags)], object)
 
     def _detect(self, arr: pa.Array) -> np.ndarray:
         flags = self._hedges(arr)
@@ -589,7 +642,7 @@ DEFAULT_WEAK_ANYWHERE: tuple[str, ...] = (
         r"comply|support|answer|respond|engage|give|offer|create|generate|write|share|classify|"
         r"label|categori[sz]e|determine|make (?:assumptions|judgments|judgements|generali[sz]ations|"
         r"claims)|assume|speculate|predict|participate|condone|encourage|promote|endorse|speak for|"
-        r"represent|accurately|definitively)"
+        r"represent|accurately|definitively|say|tell|judge|decide|comment|guess|know for)"
     ),
     r"\b(?:i'm|i am) sorry,? but\b",
     r"\bi apologi[sz]e,? but\b",
@@ -672,12 +725,11 @@ class DefaultDetector(Detector):
         self._strong = head + f"(?:{_apostrophes(_alternation(DEFAULT_STRONG_OPENERS))})"
         self._not_strong = head + f"(?:{_apostrophes(_alternation(DEFAULT_NOT_STRONG))})"
         openers = DEFAULT_WEAK_OPENERS + (DEFAULT_TASK_OPENERS if labels is not None else ())
-        self._weak = (
-            head
-            + f"(?:{_apostrophes(_alternation(openers))})"
-            + "|"
-            + _apostrophes(_alternation(DEFAULT_WEAK_ANYWHERE))
-        )
+        self._head = head
+        self._strong_body = _apostrophes(_alternation(DEFAULT_STRONG_OPENERS))
+        self._open_body = _apostrophes(_alternation(openers))
+        self._any_body = _apostrophes(_alternation(DEFAULT_WEAK_ANYWHERE))
+        self._weak = head + f"(?:{self._open_body})" + "|" + self._any_body
 
     def _detect(self, arr: pa.Array) -> np.ndarray:
         strong = _match(arr, self._strong)
@@ -691,6 +743,25 @@ class DefaultDetector(Detector):
             weak[widx] = ~self.extractor.found(sub)
         strong[idx[weak]] = True
         return strong
+
+    def _rules(self, arr: pa.Array, flags: np.ndarray) -> np.ndarray:
+        out = np.full(len(arr), "", dtype=object)
+        if not flags.any():
+            return out
+        sub, idx = _subset(arr, flags)
+        strong = _matched(sub, self._head, self._strong_body)
+        opener = _matched(sub, self._head, self._open_body)
+        anywhere = _matched(sub, "(?i)", self._any_body)
+        not_strong = _match(sub, self._not_strong)
+        tail = ", no label given" if self.extractor is not None else ""
+        for j, i in enumerate(idx):
+            if strong[j] is not None and not not_strong[j]:
+                out[i] = f'refusal opener "{strong[j]}"'
+            elif opener[j] is not None:
+                out[i] = f'weak opener "{opener[j]}"{tail}'
+            else:
+                out[i] = f'refusal statement "{anywhere[j]}"{tail}'
+        return out
 
     def with_labels(self, labels: Sequence[str] | str | None) -> DefaultDetector:
         """The same detector for another task's label set."""
@@ -718,6 +789,18 @@ class AnyOf(Detector):
     def with_labels(self, labels: Sequence[str] | str | None) -> AnyOf:
         """Every component for this label set."""
         return AnyOf(*(d.with_labels(labels) for d in self.detectors))
+
+    def _rules(self, arr: pa.Array, flags: np.ndarray) -> np.ndarray:
+        out = np.full(len(arr), "", dtype=object)
+        todo = np.ones(len(arr), dtype=bool)
+        for d in self.detectors:
+            if not todo.any():
+                break
+            sub, idx = _subset(arr, todo)
+            f = np.asarray(d._detect(sub), dtype=bool)
+            out[idx[f]] = [f"{d.name}: {r}" for r in d._rules(sub, f)[f]]
+            todo[idx[f]] = False
+        return out
 
     def _detect(self, arr: pa.Array) -> np.ndarray:
         out = np.zeros(len(arr), dtype=bool)
