@@ -373,6 +373,9 @@ def test_inputs_of_every_kind_give_the_same_answer():
     np.testing.assert_array_equal(det(pa.array(texts)), want)
     np.testing.assert_array_equal(det(pa.chunked_array([texts[:100], texts[100:]])), want)
     np.testing.assert_array_equal(det(pd.Series(texts, dtype="category")), want)
+    chunked = pd.concat([pd.Series(texts[:100], dtype="str"), pd.Series(texts[100:], dtype="str")])
+    np.testing.assert_array_equal(det(chunked), want)
+    assert det.explain(chunked)["refusal"].tolist() == want.tolist()
     np.testing.assert_array_equal(det(t for t in texts), want)
     assert det([]).shape == (0,)
 

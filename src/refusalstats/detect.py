@@ -209,6 +209,10 @@ def _arrow_texts(texts: Iterable[str], what: str = "texts") -> pa.Array:
                     f"({examples}). Convert them explicitly, e.g. texts.astype(str)"
                 )
             arr = pa.array([None if _is_missing(t) else t for t in values], type=pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):  # e.g. a pandas column read from Parquet
+        if pa.types.is_string(arr.type):
+            arr = arr.cast(pa.large_string())
+        arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     if pa.types.is_null(arr.type):
