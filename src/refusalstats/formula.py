@@ -75,6 +75,7 @@ class ParsedFormula:
 
 _RANDOM_RE = re.compile(r"\(\s*([^()|]*?)\s*\|\s*([^()|]+?)\s*\)")
 _NAME_RE = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_VAR_RE = re.compile("[A-Za-z_.\x00][A-Za-z0-9_.\x00]*")  # \x00 stands for a space inside `backticks`
 _FUNCS = {"C", "Treatment", "Sum", "Poly", "Diff", "Helmert", "np", "log", "exp", "sqrt", "I",
           "center", "scale", "standardize", "lag", "bs", "poly", "Q", "contr", "treatment"}
 
@@ -85,7 +86,7 @@ def _variables(rhs: str) -> list[str]:
     text = re.sub(r"(['\"]).*?\1", " ", text)  # string literals (e.g. reference levels)
     text = re.sub(r"\b(?:reference|contr|levels|spans_intercept)\s*=\s*[^,)]*", " ", text)
     out: list[str] = []
-    for m in _NAME_RE.finditer(text):
+    for m in _VAR_RE.finditer(text):
         name = m.group(0).replace("\x00", " ")
         end = m.end()
         if end < len(text) and text[end:].lstrip().startswith("("):
@@ -192,7 +193,9 @@ def prepare_factors(
                 and col not in reference:
             continue
         if is_cat:
-            s = s.cat.remove_unused_categories()
+            codes = s.cat.codes.to_numpy()
+            if not (np.bincount(codes[codes >= 0], minlength=len(s.cat.categories)) > 0).all():
+                s = s.cat.remove_unused_categories()  # (slow on millions of rows: only when needed)
         else:
             levels = sorted(pd.unique(s.dropna()), key=lambda v: (str(type(v)), v))
             s = pd.Categorical(s, categories=levels)
@@ -278,12 +281,21 @@ def collapse(
             raise ValueError(f"column '{c}' has missing values; drop or fill them before fitting")
         codes.append(k)
         sizes.append(max(m, 1))
-    if float(np.prod(np.array(sizes, dtype=float))) < 2**62:
+    n_keys = float(np.prod(np.array(sizes, dtype=float)))
+    if n_keys <= max(4.0 * n, 2.0**20):
+        # dense key space (the usual all-categorical case): counting instead of sorting
         key = np.ravel_multi_index(codes, sizes)
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        present = np.bincount(key, minlength=int(n_keys)) > 0
+        slot = np.cumsum(present) - 1
+        inverse = slot[key]
+        first = np.full(int(present.sum()), n, dtype=np.int64)
+        np.minimum.at(first, inverse, np.arange(n, dtype=np.int64))  # first row of each pattern
+    elif n_keys < 2**62:
+        key = np.ravel_multi_index(codes, sizes)
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     else:  # pragma: no cover - astronomically many level combinations
         stacked = np.stack(codes, axis=1)
-        uniq, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     k = len(first)
     patterns = data.iloc[first][columns].reset_index(drop=True)
