@@ -231,10 +231,12 @@ def render_chats(
     system_texts: Sequence[str | None],
     render: Callable[[list[dict]], str],
     system_role: bool,
+    render_many: Callable[[list[list[dict]]], list[str]] | None = None,
 ) -> tuple[list[str], list[str], list[str | None]]:
     """Render many prompts with a chat template.
 
     Returns the rendered prompt strings and the user / system text actually sent.
+    ``render_many`` (e.g. ``Backend.render_many``), when given, renders all at once.
 
     Examples
     --------
@@ -242,10 +244,11 @@ def render_chats(
     >>> render_chats(["hi"], ["You are a man."], r, system_role=True)[0]
     ['system:You are a man.|user:hi']
     """
-    rendered, users, systems = [], [], []
+    convs, users, systems = [], [], []
     for u, s in zip(user_texts, system_texts):
         msgs, user, system = chat_messages(u, s, system_role)
-        rendered.append(render(msgs))
+        convs.append(msgs)
         users.append(user)
         systems.append(system)
-    return rendered, users, systems
+    rendered = render_many(convs) if render_many is not None else [render(c) for c in convs]
+    return list(rendered), users, systems

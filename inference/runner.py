@@ -277,7 +277,8 @@ def _generate_model(
 
     system_role = backend.supports_system_role()
     rendered, users, systems = render_chats(
-        todo["user_text"].tolist(), todo["system_text"].tolist(), backend.render, system_role)
+        todo["user_text"].tolist(), todo["system_text"].tolist(), backend.render, system_role,
+        render_many=backend.render_many)
     lengths = np.asarray(backend.count_tokens(rendered), dtype=np.int64)
     if batch_size == "auto":
         budget = int(token_budget or backend.token_budget(params))

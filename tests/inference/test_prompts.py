@@ -124,3 +124,13 @@ def test_design_personas_and_templates_cover_every_persona_row():
                                            for t in TEMPLATES)
     assert out["system_text"].notna().all()
     assert not out["instruction"].str.contains("person", case=False).any()
+
+
+def test_batched_rendering_equals_one_by_one(tiny_backend):
+    users = [f"Label this text as polite or impolite.\n\nText: hello {i}" for i in range(5)]
+    systems = [None, "You are a man.", None, "You are a woman.", "You are an Atheist person."]
+    one = render_chats(users, systems, tiny_backend.render, True)
+    many = render_chats(users, systems, tiny_backend.render, True,
+                        render_many=tiny_backend.render_many)
+    assert one == many
+    assert "<|im_start|>system\nYou are a man.<|im_end|>" in many[0][1]
