@@ -13,6 +13,7 @@ import pingouin as pg
 import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 import refusalstats as rs
@@ -195,6 +196,12 @@ def test_cochran_q_matches_pingouin():
         assert row["dof"] == ref["dof"].item() == 4
         assert (row["n_blocks"], row["n_conditions"]) == (40, 5)
     assert out.loc[1, "p_value"] < 0.05  # m2 has a real persona effect
+    for method, sm in [("holm", "holm"), ("bh", "fdr_bh")]:
+        adj = rs.cochran_q(df, by="model", adjust=method)
+        want = multipletests(adj["p_value"], method=sm)[1]
+        assert adj["p_adjusted"].to_numpy() == pytest.approx(want)
+    with pytest.raises(ValueError, match="adjust must be"):
+        rs.cochran_q(df, by="model", adjust="bonferroni")
 
 
 def test_cochran_q_two_conditions_is_mcnemar():
@@ -367,6 +374,10 @@ def test_rank_agreement_matches_scipy_and_pingouin(tie):
     assert (conc["n_models"], conc["n_personas"], conc["dof"]) == (4, 8, 7)
     assert conc["mean_tau"] == pytest.approx(ra.pairs["tau"].mean())
     assert "Kendall's W" in repr(ra)
+    holm = rs.rank_agreement(df, adjust="holm").pairs
+    assert holm["p_adjusted"].to_numpy() == pytest.approx(
+        multipletests(holm["p_value"], method="holm")[1]
+    )
 
 
 def test_kendall_w_closed_forms():

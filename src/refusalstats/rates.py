@@ -416,6 +416,7 @@ def cochran_q(
     block: str | Sequence[str] = "item_id",
     by: str | Sequence[str] | None = None,
     *,
+    adjust: str | None = None,
     refusal: str = "refusal",
 ) -> pd.DataFrame:
     """Cochran's Q test: do refusal rates differ across conditions, items as blocks?
@@ -436,6 +437,9 @@ def cochran_q(
         ``["item_id", "prompt"]`` when each item is shown with several templates.
     by : str or list of str, optional
         Separate tests per group, e.g. ``["model", "task"]``.
+    adjust : {"holm", "bh"}, optional
+        Adjust the p-values for the number of groups tested (Holm's step-down, or
+        Benjamini–Hochberg's false discovery rate); adds ``p_adjusted``.
     refusal : str
         The 0/1 outcome column.
 
@@ -443,7 +447,8 @@ def cochran_q(
     -------
     DataFrame
         ``by`` columns, then ``n_blocks``, ``n_conditions``, ``Q``, ``dof``,
-        ``p_value``. Q is NaN when no block varies (all refusals or none).
+        ``p_value`` (and ``p_adjusted``). Q is NaN when no block varies (all
+        refusals or none); such groups are left out of the adjustment.
 
     Raises
     ------
@@ -465,6 +470,8 @@ def cochran_q(
     """
     if not isinstance(condition, str):
         raise TypeError("condition must be one column name")
+    if adjust not in (None, "holm", "bh"):
+        raise ValueError(f"adjust must be 'holm', 'bh' or None, got {adjust!r}")
     blocks = _columns(block, "block")
     by = _columns(by, "by")
     if not blocks:
@@ -481,7 +488,17 @@ def cochran_q(
     out = pd.DataFrame(rows, columns=[*by, "n_blocks", "n_conditions", "Q", "dof", "p_value"])
     out["n_blocks"] = out["n_blocks"].astype("int64")
     out["n_conditions"] = out["n_conditions"].astype("int64")
+    if adjust is not None:
+        out["p_adjusted"] = _adjust(out["p_value"], adjust)
     return _restore_dtypes(out, data, by)
+
+
+def _adjust(p: pd.Series, method: str) -> np.ndarray:
+    from .logit import adjust_pvalues
+
+    if method not in ("holm", "bh"):
+        raise ValueError(f"adjust must be 'holm', 'bh' or None, got {method!r}")
+    return adjust_pvalues(p.to_numpy(dtype=float), method)
 
 
 def _cochran_one(sub, condition, blocks, by, key, original):
@@ -831,6 +848,7 @@ def rank_agreement(
     rater: str = "model",
     *,
     by: str | Sequence[str] | None = None,
+    adjust: str | None = None,
     refusal: str = "refusal",
 ) -> RankAgreement:
     """Do models rank personas alike? Kendall's tau between pairs and Kendall's W.
@@ -852,6 +870,9 @@ def rank_agreement(
         Who ranks (default ``"model"``).
     by : str or list of str, optional
         Separate analyses per group (e.g. ``"task"``).
+    adjust : {"holm", "bh"}, optional
+        Adjust the pairwise p-values for the number of pairs (all groups together);
+        adds ``p_adjusted`` to ``.pairs``.
     refusal : str
         The 0/1 outcome column.
 
@@ -872,6 +893,8 @@ def rank_agreement(
     0.5
     """
     by = _columns(by, "by")
+    if adjust not in (None, "holm", "bh"):
+        raise ValueError(f"adjust must be 'holm', 'bh' or None, got {adjust!r}")
     if item == rater:
         raise ValueError("item and rater must be different columns")
     data = _prepare(df, [*by, rater, item], refusal)
@@ -917,6 +940,8 @@ def rank_agreement(
         conc_rows,
         columns=[*by, f"n_{rater}s", f"n_{item}s", "W", "chi2", "dof", "p_value", "mean_tau"],
     )
+    if adjust is not None:
+        pairs["p_adjusted"] = _adjust(pairs["p_value"], adjust)
     for c in (f"{rater}_1", f"{rater}_2"):
         if isinstance(data[rater].dtype, pd.CategoricalDtype):
             pairs[c] = pd.Categorical(pairs[c], categories=data[rater].cat.categories)
