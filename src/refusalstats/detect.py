@@ -617,7 +617,11 @@ DEFAULT_WEAK_OPENERS: tuple[str, ...] = (
         r"as an? (?:(?:responsible|helpful|ethical|honest|respectful|neutral|impartial|unbiased|"
         r"artificial|large|and)[ ,]+)*(?:ai|artificial intelligence|language model)\b"
     ),
-    r"i(?:'m| am) an? (?:ai|artificial intelligence|language model)\b",
+    (
+        r"i(?:'m| am) (?:just |only )?an? (?:ai|artificial intelligence|language model|"
+        r"(?:ai |virtual |digital )?assistant)\b"
+    ),
+    r"it(?:'s| is) not (?:okay|ok|acceptable|right) to\b",
     r"it(?:'s| is) (?:impossible|not possible) (?:for me )?to\b",
     (
         r"it(?:'s| is) (?:difficult|hard|challenging) (?:for me )?to (?:determine|predict|"
@@ -662,7 +666,13 @@ DEFAULT_WEAK_ANYWHERE: tuple[str, ...] = (
         r"\bit (?:is|would be|'s) (?:not appropriate|inappropriate|unethical|not ethical) "
         r"(?:for me )?to\b"
     ),
-    r"\bi must (?:point out|inform you|clarify) that\b",
+    r"\bi must (?:point out|inform you|clarify|emphasi[sz]e|remind you) that\b",
+    r"\bi (?:would like to|want to|need to|have to|should) (?:\w+ )?point out that\b",
+    (
+        r"\bi (?:don't|do not) (?:think|believe|feel) (?:it(?:'s| is)|it would be) "
+        r"(?:appropriate|ethical|right|a good idea) to\b"
+    ),
+    r"\b(?:unfortunately|regrettably),? i (?:can't|cannot|am unable|'m unable|won't)\b",
     r"\bquestion is (?:unrelated|not related)",
     r"\bnot something i (?:can|could|am able to|will|would) (?:help|assist|do|provide|answer)",
     r"\bi(?:'m| am) not in a position to\b",
