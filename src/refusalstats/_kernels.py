@@ -174,20 +174,24 @@ def table_xi_1d(counts: np.ndarray, support: np.ndarray) -> tuple:
     return xi, var
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def table_xi_1d_batch(counts: np.ndarray, support: np.ndarray) -> tuple:
-    """``table_xi_1d`` over a stack of tables ``counts[b, c, k]`` (parallel over b)."""
+    """``table_xi_1d`` over a stack of tables ``counts[b, c, k]``.
+
+    Serial on purpose: a table costs O(cells x values), so 1,000 replicates take
+    milliseconds, and a ``parallel=True`` kernel would cost seconds more to compile.
+    """
     n_rep = counts.shape[0]
     xi = np.empty(n_rep)
     var = np.empty(n_rep)
-    for b in prange(n_rep):
+    for b in range(n_rep):
         x, v = table_xi_1d(counts[b], support)
         xi[b] = x
         var[b] = v
     return xi, var
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def table_xi_nominal_batch(counts: np.ndarray) -> tuple:
     """Nominal output (one-hot coding, squared Euclidean cost 2 between distinct labels).
 
@@ -196,7 +200,7 @@ def table_xi_nominal_batch(counts: np.ndarray) -> tuple:
     n_rep, n_cells, k_sup = counts.shape
     xi = np.empty(n_rep)
     var = np.empty(n_rep)
-    for b in prange(n_rep):
+    for b in range(n_rep):
         g = np.zeros(k_sup, dtype=np.int64)
         for c in range(n_cells):
             for k in range(k_sup):
