@@ -20,14 +20,18 @@ Three published rules and one combination are available by name through
     The combination used wherever no detector is named. It aims at *false*
     refusals in classification tasks: explicit refusals at the start of the answer
     always count; weaker signals (``"as an ai"``, ``"i must point out"``, a refusal
-    statement further into the answer, a hedge) count only when no answer label
-    can be extracted; and a leading ``"No, ..."`` is an answer, not a refusal,
-    unless refusal language follows.
+    statement further into the answer, a hedge, and in a classification task a
+    non-answer such as ``"It depends"``) count only when no answer label can be
+    extracted; and a leading ``"No, ..."`` is an answer, not a refusal, unless
+    refusal language follows. Without ``labels=`` (open-ended prompts, e.g.
+    XSTest's) every refusal signal counts.
 
 Detectors are callables on a sequence of strings that return a boolean NumPy
 array, and they compose with ``|`` (a response is flagged when any part flags it).
 Matching runs as RE2 regular expressions through ``pyarrow.compute`` over all
 answers at once (linear time, no Python loop), so millions of answers take seconds.
+``detector.explain(texts)`` shows the phrase behind each flag, and
+:func:`flag_refusals` scores a response table task by task, each task with its labels.
 
 Examples
 --------
