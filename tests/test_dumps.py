@@ -720,3 +720,13 @@ def test_absent_parts_are_reported_not_dropped_silently(p2_root):
     assert not ((df.model == "modelB") & (df.setting == "control")).any()
     with pytest.raises(DumpError, match=r"requested file\(s\) or folder\(s\) are missing"):
         dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)
+
+
+def test_cli_import_generations_with_detector(p2_generations, tmp_path):
+    out = tmp_path / "gen.parquet"
+    assert cli_main(["import", "persona-behavior", str(p2_generations), "-o", str(out),
+                     "--datasets", "rac", "--models", "modelA", "--source", "generations",
+                     "--detector", "paper"]) == 0
+    back = pd.read_parquet(out).sort_values(["persona_original", "item_id"])
+    assert back["refusal"].tolist() == [1, 0, 0, 1, 0, 1, 0, 1]
+    assert back["refusal_published"].tolist() == RAC_A["a_black_person"] + RAC_A["a_man"]
