@@ -377,8 +377,8 @@ def persona_effect(
         raise ValueError(
             f"persona_effect needs both settings {list(levels)} in column {setting!r}{hint} for "
             f"every group; {len(lacking)} group(s) lack one: " + "; ".join(examples) + ". "
-            "Add the missing setting (e.g. rs.sample_design(..., persona_free=True) for "
-            "persona-free prompts) or drop those groups from by="
+            "Add the missing setting (rs.sample_design(..., setting='both') designs persona "
+            "and persona-free prompts over the same items) or drop those groups from by="
         )
     n1, n2 = size[levels[0]].to_numpy(), size[levels[1]].to_numpy()
     k1, k2 = total[levels[0]].to_numpy(), total[levels[1]].to_numpy()
