@@ -41,6 +41,19 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _import_from_checkout() -> None:
+    """Make ``refusalstats.inference`` importable from a source checkout that is not
+    installed (a bare GPU machine with torch and transformers but no ``pip install -e``)."""
+    try:
+        import refusalstats.inference
+    except ImportError:
+        sys.path.insert(0, str(ROOT / "src"))
+        import refusalstats
+
+        if str(ROOT) not in refusalstats.__path__:
+            refusalstats.__path__.append(str(ROOT))  # inference/ lives at the root
+
+
 def _tiny_model_module():
     spec = importlib.util.spec_from_file_location(
         "tiny_model", ROOT / "tests" / "inference" / "tiny_model.py")
@@ -105,6 +118,7 @@ def main(argv=None) -> int:
                          "only contend)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    _import_from_checkout()
 
     import torch
     from refusalstats.inference import (
