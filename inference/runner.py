@@ -210,11 +210,24 @@ def _normalize_prompts(prompts: pd.DataFrame) -> pd.DataFrame:
         g = df["gold_label"]
         df["gold_label"] = g.astype(object).where(g.notna(), None).map(
             lambda v: None if v is None else str(v))
+    levels = {}
     for c in df.columns:
         if isinstance(df[c].dtype, pd.CategoricalDtype):
+            levels[c] = [str(x) for x in df[c].cat.categories]
             df[c] = df[c].astype(str)
     df["row_id"] = np.arange(len(df), dtype=np.int64)
+    df.attrs["levels"] = levels
     return df
+
+
+def _restore_levels(df: pd.DataFrame, levels: Mapping[str, Sequence[str]]) -> None:
+    """Give columns back the design's level order (unseen values go last)."""
+    for c, lv in levels.items():
+        if c not in df.columns or df[c].isna().any():
+            continue
+        values = df[c].astype(str)
+        extra = [v for v in pd.unique(values) if v not in set(lv)]
+        df[c] = pd.Categorical(values, categories=list(lv) + extra)
 
 
 class _ShardWriter:
@@ -460,7 +473,7 @@ def run_generation(
         meta = {
             "prompts_sha256": fingerprint, "n_rows": len(built), "placement": placement,
             "decoding": params.to_dict(), "seed": seed, "created": _now(), "models": {},
-            "design": table.attrs.get("design"),
+            "design": table.attrs.get("design"), "levels": table.attrs.get("levels", {}),
         }
         _write_json_atomic(run_file, meta)
     meta.setdefault("models", {})
@@ -564,7 +577,9 @@ def collect_responses(
         merged.insert(0, "model", name)
         frames.append(merged)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    df["model"] = pd.Categorical(df["model"], categories=names)  # run order
     df = df.sort_values(["model", "row_id"], kind="stable").reset_index(drop=True)
+    _restore_levels(df, meta.get("levels", {}))
     if detector is None:
         return df
     tasks_map = dict(TASKS if tasks is None else tasks)

@@ -254,3 +254,54 @@ def test_sigkill_mid_run_then_resume_gives_every_row_once(tmp_path):
             backend.render(chat_messages(row["prompt_text"], None, True)[0]))
     meta = json.loads((out / "run.json").read_text())
     assert meta["models"]["echo"]["sessions"][-1]["rows"] == n - done_before
+
+
+def test_design_level_order_survives_the_run(tmp_path):
+    design = rs.sample_design(_items(2, 3), k=3, seed=0, setting="both")
+    table = run_generation(design, ["b=echo", "a=echo"], tmp_path / "r",
+                           backend_factory=lambda s: EchoBackend(), progress=False,
+                           detector="paper")
+    for c in ("persona", "persona_group", "prompt", "response_type", "setting", "task"):
+        assert list(table[c].cat.categories) == list(design[c].cat.categories), c
+    assert list(table["model"].cat.categories) == ["b", "a"]  # run order, not alphabetical
+
+
+def test_a_task_of_ones_own(tmp_path):
+    """Any other task: its own labels, templates and text field, through the whole runner."""
+    from refusalstats.design import Task, Template
+
+    tasks = {"stance": Task("stance", "stance", ("favor", "against"))}
+    templates = [
+        Template("stance", "p1", "unforced", "Would {persona} say this claim is {label1} or "
+                 "{label2} of the policy?", "Is this claim {label1} or {label2} of the policy?"),
+        Template("stance", "p2", "forced", "{Persona} must label the claim: {label1} or "
+                 "{label2}. Only answer with the label.",
+                 "Label the claim: {label1} or {label2}. Only answer with the label."),
+    ]
+    items = pd.DataFrame({"item_id": ["c1", "c2"], "task": "stance",
+                          "claim": ["Taxes fund schools.", "Roads are too wide."],
+                          "gold_label": ["favor", "against"]})
+    design = rs.sample_design(items, k=2, seed=0, tasks=tasks, templates=templates)
+    table = run_generation(design, ["echo"], tmp_path / "r", placement="system",
+                           backend_factory=lambda s: EchoBackend(), progress=False,
+                           detector="default", tasks=tasks, templates=templates,
+                           fields={"stance": ["claim"]})
+    assert len(table) == 4
+    assert table["prompt_text"].str.contains(r"\n\nClaim: ").all()
+    assert table["system_text"].str.match(r"You are an? ").all()
+    assert not table["prompt_text"].str.contains("person").any()
+    det = detector("default", labels=("favor", "against"))
+    assert (table["refusal"].to_numpy() == det(table["response"].tolist())).all()
+
+
+def test_model_spec_parsing():
+    from refusalstats.inference import ModelSpec
+
+    s = ModelSpec.parse("Llama2-13B=meta-llama/Llama-2-13b-chat-hf@abc123")
+    assert (s.label, s.model, s.revision) == ("Llama2-13B", "meta-llama/Llama-2-13b-chat-hf",
+                                              "abc123")
+    assert ModelSpec.parse("Qwen/Qwen2.5-7B-Instruct").label == "Qwen2.5-7B-Instruct"
+    with pytest.raises(ValueError, match="needs a hub id or a path"):
+        ModelSpec.parse("name=")
+    with pytest.raises(ValueError, match="appear twice"):
+        run_generation(pd.DataFrame(), ["x=a", "x=b"], "unused")
