@@ -558,3 +558,17 @@ def test_rank_bins_on_few_distinct_values_warn():
     with pytest.warns(RuntimeWarning, match="only 3 distinct values"):
         w2_sensitivity(df, inputs=["x"], partitions={"x": 6}, n_boot=0, n_perm=0,
                        progress=False)
+
+
+def test_simulated_paper_ranking_model_task_then_persona_prompt():
+    # P1's Fig. 5: model matters most, then task, then persona and prompt (at full scale,
+    # benchmarks/README.md: 0.682 > 0.338 > 0.141 > 0.129); 5% of the items here
+    from refusalstats.simulate import simulate_paper
+
+    df = simulate_paper(scale=0.05, seed=1)
+    tab = w2_sensitivity(df, n_boot=200, n_perm=100, seed=0, progress=False).table
+    tab = tab.set_index("input")
+    assert tab.loc["model", "ci_low"] > tab.loc["task", "ci_high"]
+    assert tab.loc["task", "ci_low"] > max(tab.loc["persona", "ci_high"],
+                                           tab.loc["prompt", "ci_high"])
+    assert (tab["iota"] > tab["null_q95"]).all()
