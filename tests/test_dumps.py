@@ -730,3 +730,22 @@ def test_cli_import_generations_with_detector(p2_generations, tmp_path):
     back = pd.read_parquet(out).sort_values(["persona_original", "item_id"])
     assert back["refusal"].tolist() == [1, 0, 0, 1, 0, 1, 0, 1]
     assert back["refusal_published"].tolist() == RAC_A["a_black_person"] + RAC_A["a_man"]
+
+
+def test_fast_and_strict_matrix_readers_agree(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = {f"a_persona_{i}": rng.integers(0, 2, 500).tolist() for i in range(12)}
+    plain = write_matrix(tmp_path / "plain.csv", rows)
+    assert dumps._parse_plain_matrix(plain) is not None  # the fast path applies
+    spelled = tmp_path / "spelled.csv"  # quoted names and 1.0/0.0 force the strict reader
+    head, *body = plain.read_text().splitlines()
+    spelled.write_text("\n".join([head] + [
+        ",".join([f'"{ln.split(",")[0]}"'] + [c + ".0" for c in ln.split(",")[1:]])
+        for ln in body]) + "\n")
+    assert dumps._parse_plain_matrix(spelled) is None
+    a = dumps._parse_matrix(plain, "plain")
+    b = dumps._parse_matrix(spelled, "spelled")
+    assert a.personas == b.personas == list(rows)
+    assert a.items == b.items == list(range(500))
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.values, np.array(list(rows.values())))

@@ -368,6 +368,38 @@ class _Matrix:
         return 1 if self.values.ndim == 2 else self.values.shape[2]
 
 
+def _parse_plain_matrix(path: Path) -> tuple[list[str], list[str], np.ndarray] | None:
+    """Fast path for a well-formed scalar 0/1 matrix (pandas' C parser); None otherwise.
+
+    Applies only when the file has no quotes or brackets, every non-blank line has exactly
+    as many commas as the header, and every cell parses as an integer in {0, 1}. Anything
+    else returns None and :func:`_parse_matrix` reads the file strictly, naming the
+    problem.
+    """
+    import io
+
+    text = path.read_text(encoding="utf-8")
+    if '"' in text or "[" in text:
+        return None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    n_commas = lines[0].count(",")
+    if n_commas < 1 or any(ln.count(",") != n_commas for ln in lines):
+        return None
+    header = lines[0].split(",")
+    items = [h.strip() for h in header[1:]]
+    personas = [ln.split(",", 1)[0].strip() for ln in lines[1:]]
+    try:
+        vals = pd.read_csv(io.StringIO(text), header=0, usecols=range(1, n_commas + 1),
+                           dtype=np.int8, engine="c").to_numpy()
+    except (ValueError, TypeError, pd.errors.ParserError):
+        return None
+    if vals.shape != (len(personas), len(items)) or not np.isin(vals, (0, 1)).all():
+        return None
+    return personas, items, np.ascontiguousarray(vals, dtype=np.int8)
+
+
 def _parse_matrix(path: Path, label: str) -> _Matrix:
     """Read a P2 matrix CSV strictly: every row as long as the header, every cell 0/1.
 
@@ -377,6 +409,17 @@ def _parse_matrix(path: Path, label: str) -> _Matrix:
     """
     from collections import Counter
 
+    fast = _parse_plain_matrix(path)
+    if fast is not None:
+        personas, items, values = fast
+        if len(set(items)) == len(items) and len(set(personas)) == len(personas) and personas:
+            try:
+                item_ids: list = [int(h) for h in items]
+            except ValueError:
+                item_ids = list(items)
+            return _Matrix(personas, item_ids, values, label)
+    # the strict reader below finds and names any problem (or reads what the fast path
+    # does not handle: quoting, vector cells, 1.0 / True spellings)
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
