@@ -17,6 +17,9 @@ Both sides do the same work (bootstrap only, ``n_perm=0``); the full call with t
 Numba compile time is reported separately: "first call, cold" runs in a fresh process with
 an empty numba cache (JIT compile), "first call, cached" in a fresh process reading the
 on-disk cache (``cache=True``), "warm" is the best of three calls in an already warm process.
+The import of the package (numpy, pandas, matplotlib, ...) is timed apart from the first call.
+All times are wall-clock; on a shared machine they vary with its load (the CPU time of the
+process is printed as well).
 
 Run: ``nice .venv/bin/python benchmarks/bench_w2.py`` (about 2-4 minutes on 2 cores).
 """
@@ -111,13 +114,14 @@ def naive_bootstrap(df: pd.DataFrame, output: str, inputs: list[str], reps: int,
 def time_refusalstats(df, output, inputs, n_boot, n_perm, repeat=3):
     from refusalstats.sensitivity import w2_sensitivity
 
-    best, res = np.inf, None
+    best, cpu, res = np.inf, np.inf, None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = w2_sensitivity(df, output=output, inputs=inputs, n_boot=n_boot, n_perm=n_perm,
                              seed=0, progress=False)
         best = min(best, time.perf_counter() - t0)
-    return best, res
+        cpu = min(cpu, time.process_time() - c0)
+    return best, cpu, res
 
 
 def child(path: str, case: str) -> None:
@@ -127,9 +131,10 @@ def child(path: str, case: str) -> None:
     t0 = time.perf_counter()
     from refusalstats.sensitivity import w2_sensitivity
 
+    t1 = time.perf_counter()
     w2_sensitivity(df, output=output, inputs=inputs, n_boot=N_BOOT, n_perm=0, seed=0,
                    progress=False)
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
+    print(json.dumps({"import": t1 - t0, "seconds": time.perf_counter() - t1}))
 
 
 def case_meta(case: str):
@@ -150,7 +155,8 @@ def first_call(df: pd.DataFrame, case: str, cold: bool, tmp: Path) -> float:
         env["NUMBA_CACHE_DIR"] = cache
     out = subprocess.run([sys.executable, __file__, "--child", str(path), case], env=env,
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return got["seconds"], got["import"]
 
 
 def main() -> None:
@@ -163,10 +169,10 @@ def main() -> None:
                             ("C", "continuous output, 1 numeric input (48 bins)")]:
             df, output, inputs = case_data(case)
             print(f"case {case}: {len(df):,} rows ...", flush=True)
-            cold = first_call(df, case, cold=True, tmp=tmp)
-            cached = first_call(df, case, cold=False, tmp=tmp)
-            warm, _ = time_refusalstats(df, output, inputs, N_BOOT, 0)
-            full, res = time_refusalstats(df, output, inputs, N_BOOT, 200, repeat=1)
+            cold, _ = first_call(df, case, cold=True, tmp=tmp)
+            cached, imp = first_call(df, case, cold=False, tmp=tmp)
+            warm, warm_cpu, _ = time_refusalstats(df, output, inputs, N_BOOT, 0)
+            full, _, res = time_refusalstats(df, output, inputs, N_BOOT, 200, repeat=1)
             tables[case] = res.table
             k = NAIVE_REPS[case]
             naive_k = naive_bootstrap(df, output, inputs, k, binary=(case == "A"))
@@ -174,7 +180,9 @@ def main() -> None:
             rows.append({
                 "case": f"{case}. {label}", "rows": f"{len(df):,}",
                 "refusalstats warm (s)": f"{warm:.2f}",
+                "warm CPU time (s)": f"{warm_cpu:.2f}",
                 "first call, cached / cold compile (s)": f"{cached:.1f} / {cold:.1f}",
+                "import refusalstats (s)": f"{imp:.1f}",
                 "with 200 permutations (s)": f"{full:.2f}",
                 f"naive pandas (s, {N_BOOT} reps)": f"{naive:,.0f} (from {k} reps)",
                 "speed-up (warm)": f"{naive / warm:,.0f}x",
