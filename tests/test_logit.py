@@ -282,6 +282,12 @@ def test_matches_statsmodels_and_cluster_robust(sim_table7):
     d = f0.drop1().set_index("term")
     assert d.loc["persona", "df"] == 14
     assert d.loc["persona", "lr"] == pytest.approx(2 * (m.llf - mr.llf), abs=1e-6)
+    # cluster-robust Wald test of persona as a whole = statsmodels' wald_test with its CR1 covariance
+    R = np.array([[1.0 if name == col else 0.0 for name in mc.params.index]
+                  for col in mc.params.index if col.startswith("persona")])
+    wt = mc.wald_test(R, scalar=True, use_f=False)
+    dc = f.drop1().set_index("term")
+    assert dc.loc["persona", "wald_chi2"] == pytest.approx(float(wt.statistic), rel=1e-6)
 
 
 def test_truth_recovery_on_table7_simulation():
@@ -440,8 +446,8 @@ def test_summary_is_r_style(fit_m1):
 
 def test_cluster_bootstrap_agrees_with_cr1_and_is_seeded(sim_table7):
     df = sim_table7
-    kw = dict(reference=PAPER_REFERENCE, cluster="item_id", ci="bootstrap", n_boot=150, seed=4,
-              progress=False)
+    kw = {"reference": PAPER_REFERENCE, "cluster": "item_id", "ci": "bootstrap", "n_boot": 150, "seed": 4,
+          "progress": False}
     f = logit("refusal ~ task + prompt + persona_group", df, **kw)
     g = logit("refusal ~ task + prompt + persona_group", df, **kw)
     np.testing.assert_array_equal(f.conf_int(), g.conf_int())

@@ -1005,6 +1005,9 @@ class LogitResults:
         As R's ``drop1(fit, test = "LRT")``: only terms not contained in a higher-order
         term are dropped (marginality). For Firth fits the test is the penalized
         likelihood ratio with the full model's penalty (as logistf's ``drop1``).
+        Columns ``wald_chi2`` / ``wald_p`` add the Wald test of the term's coefficients
+        with the fit's covariance — with ``cluster=`` that is the cluster-robust test
+        (likelihood-ratio tests assume independent rows).
 
         Examples
         --------
@@ -1020,10 +1023,15 @@ class LogitResults:
             ft = set(d.term_factors[t])
             if any(u != t and ft < set(d.term_factors[u]) for u in terms):
                 continue
-            ll, df_ = self._refit_dropping(d.term_columns[t])
+            cols = d.term_columns[t]
+            ll, df_ = self._refit_dropping(cols)
             lr = max(2.0 * (full - ll), 0.0)
+            b = self.params.to_numpy()[cols]
+            V = self._cov[np.ix_(cols, cols)]
+            wald = float(b @ np.linalg.solve(V, b)) if np.isfinite(V).all() else np.nan
             out.append({"term": t, "df": df_, "deviance": 2.0 * (d.dev_sat - ll) if self.penalty is None else np.nan,
-                        "lr": lr, "p": float(stats.chi2.sf(lr, df_))})
+                        "lr": lr, "p": float(stats.chi2.sf(lr, df_)),
+                        "wald_chi2": wald, "wald_p": float(stats.chi2.sf(wald, df_)) if np.isfinite(wald) else np.nan})
         return pd.DataFrame(out)
 
     @_single_blas
