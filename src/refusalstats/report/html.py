@@ -404,11 +404,14 @@ Figures and tables are also written as PNG/SVG and CSV next to this page.</p>
 <nav><h2 id="contents">Contents</h2><ol>{toc}</ol></nav>
 <section id="findings"><h2>Findings</h2><ul class="findings">{find}</ul></section>
 {body}
-<footer>Rates: Wilson score intervals; differences: Newcombe hybrid score intervals;
-regression: Firth-penalised logistic regression (profile-likelihood CIs where available,
-cluster-robust standard errors by item when the table has <code>item_id</code>), LR test per
-factor; W2 indices: exact empirical Wasserstein-2 with bootstrap CIs and a permutation null
-(Borgonovo et al. 2024); hierarchical model: PyMC/nutpie with highest-density intervals.
+<footer>Methods. Rates: Wilson score intervals. Persona minus persona-free differences:
+Newcombe hybrid score intervals (independent samples). Regression: logistic regression on
+collapsed covariate patterns, Firth-penalised by default, with cluster-robust (CR1) standard
+errors by item when the table has <code>item_id</code> — the section's note states the
+penalty, standard errors and interval method used; LR tests drop one factor from the full
+model. W2 indices: exact empirical Wasserstein-2 index (Borgonovo, Figalli, Plischke &amp;
+Savaré 2024) with stratified bootstrap intervals and a permutation null. Hierarchical model:
+Bayesian logistic model with random intercepts (PyMC / nutpie), highest-density intervals.
 Reference design: Plaza-del-Arco et al. (2025), "No for Some, Yes for Others".</footer>
 </main>
 </body>

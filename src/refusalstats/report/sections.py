@@ -646,6 +646,7 @@ def hierarchical_section(ctx: Context) -> Section:
         s.findings.append("Group standard deviations (logit scale): " + "; ".join(
             f"{t} {fmt_num(summ.loc[t, 'mean'], 2)} (95% HDI {fmt_num(summ.loc[t, 'hdi_low'], 2)}"
             f"–{fmt_num(summ.loc[t, 'hdi_high'], 2)})" for t in sd_rows) + ".")
+    return s
 
 
 # ----------------------------------------------------------------------------------------
