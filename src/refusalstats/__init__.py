@@ -9,6 +9,7 @@ from . import dumps
 from .detect import detector, evaluate_detector
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .formula import FormulaError
+from .hierarchical import ConvergenceWarning, HierarchicalResult, hierarchical
 from .logit import LogitResults, SeparationWarning, logit
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .report import figures as plot
@@ -20,7 +21,9 @@ from .table import SchemaError, read_responses, validate, write_responses
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
     "FormulaError",
+    "HierarchicalResult",
     "LogitResults",
     "PERSONAS",
     "Persona",
@@ -37,6 +40,7 @@ __all__ = [
     "disparity",
     "dumps",
     "evaluate_detector",
+    "hierarchical",
     "logit",
     "persona_effect",
     "plot",
