@@ -112,6 +112,68 @@ def test_refusal_rates_errors(paper):
         rs.refusal_rates(renamed.assign(refused=5), refusal="refused")
 
 
+def clustered(n_groups=400, n_clusters=40, size=8, a=1.5, b=6.0, seed=0):
+    """Groups of clusters whose rows share a Beta-distributed refusal probability."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(a, b, (n_groups, n_clusters))
+    y = rng.random((n_groups, n_clusters, size)) < p[..., None]
+    g, c, _ = np.indices(y.shape)
+    return pd.DataFrame(
+        {"group": g.ravel(), "item_id": c.ravel(), "refusal": y.ravel().astype(int)}
+    )
+
+
+@pytest.mark.parametrize("method", ["wilson", "clopper-pearson", "jeffreys"])
+def test_clustered_rates_by_hand(method):
+    df = clustered(n_groups=3, seed=1)
+    out = rs.refusal_rates(df, by="group", cluster="item_id", method=method)
+    assert out.columns.tolist()[-3:] == ["n_clusters", "design_effect", "n_eff"]
+    for _, row in out.iterrows():
+        sub = df[df.group == row["group"]]
+        cl = sub.groupby("item_id")["refusal"].agg(["size", "sum"])
+        n, p, c = len(sub), sub.refusal.mean(), len(cl)
+        var = c / (c - 1) * ((cl["sum"] - p * cl["size"]) ** 2).sum() / n**2
+        deff = max(1.0, var / (p * (1 - p) / n))
+        n_eff = n / deff
+        assert row["design_effect"] == pytest.approx(deff)
+        assert row["n_eff"] == pytest.approx(n_eff)
+        lo, hi = proportion_confint(p * n_eff, n_eff, method=SM_METHOD[method])
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-9)
+        assert row["design_effect"] > 1.05  # the rows of an item are correlated
+
+
+def test_clustered_rates_cover_where_naive_ones_do_not():
+    df = clustered(size=12)  # design effect about 2.3
+    truth = 1.5 / 7.5
+    naive = rs.refusal_rates(df, by="group")
+    robust = rs.refusal_rates(df, by="group", cluster="item_id")
+
+    def cover(t):
+        return np.mean((t["ci_low"] <= truth) & (truth <= t["ci_high"]))
+
+    assert cover(naive) < 0.85  # 400 groups: Monte Carlo standard error about 0.011
+    assert 0.92 < cover(robust) < 0.975
+
+
+def test_clustered_rates_edge_cases():
+    # singleton clusters: Var = p(1-p)/(n-1), so n_eff = n - 1
+    df = pd.DataFrame({"item_id": range(50), "refusal": [1] * 10 + [0] * 40})
+    out = rs.refusal_rates(df, cluster="item_id")
+    assert out["n_eff"].item() == pytest.approx(49)
+    # no refusals: the design effect is 1 and the interval is the plain one
+    zero = rs.refusal_rates(df.assign(refusal=0, g=df.item_id % 5), by="g", cluster="item_id")
+    assert (zero["design_effect"] == 1).all() and (zero["ci_low"] == 0).all()
+    with pytest.warns(RuntimeWarning, match="single item_id cluster"):
+        one = rs.refusal_rates(df.assign(item_id=1), cluster="item_id")
+    assert np.isnan(one["ci_low"].item())
+    # several columns form the cluster key
+    twice = pd.concat([df.assign(task="a"), df.assign(task="b")])
+    both = rs.refusal_rates(twice, cluster=["task", "item_id"])
+    assert both["n_clusters"].item() == 100
+    with pytest.raises(ValueError, match="also in by"):
+        rs.refusal_rates(twice, by="task", cluster=["task", "item_id"])
+
+
 # ---------------------------------------------------------------------------------------
 # persona_effect
 # ---------------------------------------------------------------------------------------

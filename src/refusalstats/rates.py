@@ -203,6 +203,7 @@ def refusal_rates(
     *,
     method: str = "wilson",
     conf: float = 0.95,
+    cluster: str | Sequence[str] | None = None,
     refusal: str = "refusal",
 ) -> pd.DataFrame:
     """Refusal rate per group, with a binomial confidence interval.
@@ -219,20 +220,31 @@ def refusal_rates(
         Interval (see :func:`proportion_ci`).
     conf : float
         Confidence level.
+    cluster : str or list of str, optional
+        Column(s) identifying groups of correlated rows (e.g. ``"item_id"``: P1 shows
+        each item ten times to each model; ``["task", "item_id"]`` when item ids
+        restart in each task). The interval then uses the effective sample size
+        n_eff = p(1 - p) / Var(p), with the cluster-robust (ratio estimator)
+        variance Var(p) = C / (C - 1) * sum_c (y_c - p m_c)^2 / n^2 over the C
+        clusters (y_c refusals in m_c rows), as R's ``survey::svyciprop`` and Korn &
+        Graubard (1998) do; the design effect is capped below at 1, so the interval
+        is never narrower than the independent-rows one. Adds ``n_clusters``,
+        ``design_effect`` and ``n_eff``.
     refusal : str
         The 0/1 outcome column.
 
     Returns
     -------
     DataFrame
-        ``by`` columns, then ``n``, ``refusals``, ``rate``, ``ci_low``, ``ci_high``.
+        ``by`` columns, then ``n``, ``refusals``, ``rate``, ``ci_low``, ``ci_high``
+        (and the cluster columns).
 
     Notes
     -----
-    The interval treats the rows of a group as independent trials. In P1's design
-    each item appears ten times (persona x template variations), so rows of one item
-    are correlated and these intervals are too narrow for item-level inference; use
-    ``rs.logit(..., cluster="item_id")`` for cluster-robust uncertainty.
+    Without ``cluster`` the interval treats the rows of a group as independent
+    trials. In P1's design each item appears ten times (persona x template
+    variations), so rows of one item are correlated and those intervals are too
+    narrow; pass ``cluster="item_id"``, or use ``rs.logit(..., cluster="item_id")``.
 
     Examples
     --------
@@ -245,7 +257,12 @@ def refusal_rates(
     by = _columns(by, "by")
     method = _ci_method(method)
     conf = _conf(conf)
-    data = _prepare(df, by, refusal)
+    clusters = _columns(cluster, "cluster")
+    if set(clusters) & set(by):
+        raise ValueError(f"cluster column(s) {sorted(set(clusters) & set(by))} are also in by=")
+    data = _prepare(df, [*by, *clusters], refusal)
+    if clusters:
+        return _clustered_rates(data, by, clusters, method, conf)
     if by:
         agg = data.groupby(by, observed=True, sort=True)["refusal"].agg(["size", "sum"])
         out = agg.reset_index()
@@ -259,6 +276,56 @@ def refusal_rates(
     out.attrs["method"] = method
     out.attrs["conf"] = conf
     return out
+
+
+def _clustered_rates(
+    data: pd.DataFrame, by: list[str], clusters: list[str], method: str, conf: float
+) -> pd.DataFrame:
+    keys = by or ["_all"]
+    d = data.assign(_all=0) if not by else data
+    cl = d.groupby([*keys, *clusters], observed=True, sort=True)["refusal"].agg(["size", "sum"])
+    cl = cl.reset_index()
+    grp = cl.groupby(keys, observed=True, sort=True)
+    out = pd.DataFrame(
+        {"n": grp["size"].sum(), "refusals": grp["sum"].sum(), "n_clusters": grp["size"].size()}
+    )
+    rate = out["refusals"] / out["n"]
+    cl_rate = cl[keys].merge(rate.rename("_p").reset_index(), on=keys, how="left")["_p"]
+    resid2 = (cl["sum"] - cl_rate.to_numpy() * cl["size"]) ** 2
+    ss = resid2.groupby([cl[k] for k in keys], observed=True, sort=True).sum()
+    c = out["n_clusters"].to_numpy(dtype=float)
+    n = out["n"].to_numpy(dtype=float)
+    p = rate.to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(c > 1, c / (c - 1) * ss.to_numpy() / n**2, np.nan)
+        deff = np.where((p > 0) & (p < 1), var / (p * (1 - p) / n), 1.0)
+    deff = np.where(np.isnan(deff), np.nan, np.maximum(deff, 1.0))
+    n_eff = n / deff
+    lo = np.full(len(out), np.nan)
+    hi = np.full(len(out), np.nan)
+    ok = np.isfinite(n_eff)
+    if ok.any():
+        lo[ok], hi[ok] = proportion_ci(p[ok] * n_eff[ok], n_eff[ok], method, conf)
+    if (~ok).any():
+        warnings.warn(
+            f"{int((~ok).sum())} group(s) have a single {'+'.join(clusters)} cluster: no "
+            "cluster-robust "
+            "interval (NaN) can be estimated there",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    res = out.reset_index()
+    if not by:
+        res = res.drop(columns="_all")
+    res["n"] = res["n"].astype("int64")
+    res["refusals"] = res["refusals"].astype("int64")
+    res["rate"] = p
+    res["ci_low"], res["ci_high"] = lo, hi
+    res["n_clusters"] = res.pop("n_clusters").astype("int64")
+    res["design_effect"] = deff
+    res["n_eff"] = n_eff
+    res.attrs.update(method=method, conf=conf, cluster=clusters)
+    return _restore_dtypes(res, data, by)
 
 
 def _newcombe(k1, n1, k2, n2, conf):
