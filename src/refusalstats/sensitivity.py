@@ -494,9 +494,11 @@ class W2SensitivityResult:
         ax.bar(x, iota, width=0.6, color="#4472a8", zorder=2, label="iota")
         lo = tab["ci_low"].to_numpy(float)
         hi = tab["ci_high"].to_numpy(float)
-        if np.isfinite(lo).any():
-            ax.errorbar(x, iota, yerr=[iota - lo, hi - iota], fmt="none", ecolor="black",
-                        capsize=4, zorder=4)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():
+            # drawn from its ends: an interval need not contain the (biased) estimate
+            ax.errorbar(x[ok], (lo[ok] + hi[ok]) / 2, yerr=(hi[ok] - lo[ok]) / 2, fmt="none",
+                        ecolor="black", capsize=4, zorder=4)
         ax.set_xticks(x, tab["input"].tolist())
         ax.set_xlabel("input")
         ax.set_ylabel(r"W2 sensitivity index $\iota$")
@@ -525,7 +527,7 @@ def w2_sensitivity(
     conf: float = 0.95,
     n_perm: int = 200,
     seed: int = 0,
-    ci: str = "bca",
+    ci: str = "percentile",
     progress: bool = True,
 ) -> W2SensitivityResult:
     r"""Wasserstein-2 sensitivity index of each input, with bootstrap CI and permutation null.
@@ -565,8 +567,11 @@ def w2_sensitivity(
         tables the permuted table is a multivariate hypergeometric draw with both margins.
     seed : int
         Seed; each input's random streams derive from it and the input's name.
-    ci : {"bca", "percentile"}
-        Interval type. BCa uses an exact leave-one-out jackknife for tables and a
+    ci : {"percentile", "bca"}
+        Interval type. Percentile is the default: in the tests' simulation (a 0/1 output with
+        a known index of 0.505, N = 6,400) its 95% intervals covered 94% of the time, BCa's
+        93% (90% and 92% at N = 1,600); the estimator is not smooth (an absolute value),
+        which BCa's theory assumes. BCa uses an exact leave-one-out jackknife for tables and a
         delete-a-group jackknife (100 groups) for continuous outputs with more than 1,000 rows.
     progress : bool
         Show a tqdm progress bar.
@@ -603,8 +608,8 @@ def w2_sensitivity(
     ...                      progress=False)
     >>> res.table[["input", "iota", "ci_low", "ci_high", "null_q95", "p_value"]].round(3)
        input   iota  ci_low  ci_high  null_q95  p_value
-    0      g  0.500   0.477    0.527     0.035    0.010
-    1  noise  0.008   0.000    0.026     0.036    0.683
+    0      g  0.500   0.474    0.526     0.035    0.010
+    1  noise  0.008   0.001    0.039     0.036    0.683
 
     The truth for ``g`` is 0.25 / (2 * 0.45 * 0.55) = 0.505; ``noise`` is irrelevant and its
     estimate lies below the permutation null's 95% quantile.
