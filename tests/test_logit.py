@@ -464,3 +464,30 @@ def test_cv_alpha_groups_clusters(rows):
     cv = f.cv
     assert f.alpha == pytest.approx(cv["alpha"].iloc[int(np.argmin(cv["cv_deviance"]))])
     assert np.isfinite(f.params).all() and f.bse.isna().all()
+
+
+def test_frequency_weights_equal_expanded_rows(rows, fit_m1):
+    # each (cell, outcome) once with a weight = its count gives the row-level fit
+    agg = rows.groupby(["persona", "model", "prompt", "refusal"]).size().rename("w").reset_index()
+    f = logit("refusal ~ persona + model + prompt", agg, reference=REF, weights="w")
+    np.testing.assert_allclose(f.params, fit_m1.params, atol=1e-9)
+    np.testing.assert_allclose(f.bse, fit_m1.bse, atol=1e-9)
+    assert f.loglik == pytest.approx(fit_m1.loglik, abs=1e-8)
+
+
+def test_cli_fit_prints_summary_and_writes_csv(tmp_path, capsys):
+    from refusalstats.cli import main
+    from refusalstats.table import write_responses
+
+    df = simulate_paper(scale=0.005, seed=1, calibrate="table7", item_sd=0)
+    df.attrs = {}
+    path = write_responses(df, tmp_path / "t.parquet")
+    out_csv = tmp_path / "coef.csv"
+    rc = main(["fit", "refusal ~ persona + task + prompt + model", str(path), "--reference", "paper",
+               "--penalty", "firth", "--cluster", "item_id", "--csv", str(out_csv)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Coefficients:" in text and "Firth" in text and "Likelihood-ratio test" in text
+    tab = pd.read_csv(out_csv)
+    direct = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", cluster="item_id")
+    np.testing.assert_allclose(tab["estimate"], direct.params.to_numpy(), atol=1e-10)
