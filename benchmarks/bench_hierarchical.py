@@ -1,0 +1,194 @@
+"""Benchmark: refusalstats.hierarchical vs bambi on P1's full design.
+
+Fits ``refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)`` to
+``simulate_paper(scale=1.0)`` (2,032,160 rows) with refusalstats (collapsed binomial
+likelihood, nutpie) and reports wall time, max R-hat, min bulk/tail ESS and divergences.
+
+bambi (row-level Bernoulli likelihood, its default PyMC NUTS sampler) cannot fit two
+million rows in any reasonable time on 2 cores, so it is fitted on a random subsample
+of rows in a child process, and its full-data time is extrapolated as
+
+    (gradient evaluations per NUTS iteration, measured on bambi's own subsample fit)
+  x (iterations refusalstats used: chains x (tune + draws))
+  x (seconds per gradient evaluation at 2,032,160 rows),
+
+the last from timing bambi's compiled log-density gradient at two subsample sizes and
+extending the straight line (the cost of a row-level gradient is linear in rows). The
+extrapolation ignores compilation and parallelism and assumes the full-data posterior
+needs no more leapfrog steps per iteration than the subsample's, so it is a lower bound
+on bambi's real time. refusalstats is also fitted on the same subsample for a direct,
+same-rows comparison.
+
+Run: ``nice .venv/bin/python benchmarks/bench_hierarchical.py`` (bambi is looked up on
+``--bambi-path``, default ``/tmp/bambilib``, then on the normal path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+FORMULA = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"
+REFERENCE = {"task": "nli", "prompt": "p1"}
+
+
+def _bambi_child(path: str, out: str, draws: int, tune: int, chains: int, sizes: list[int],
+                 subsample: int) -> None:
+    """Fit bambi on the table at ``path`` and time its gradient at several row counts."""
+    warnings.filterwarnings("ignore")
+    import bambi as bmb
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    res: dict = {"bambi_version": bmb.__version__, "rows": min(subsample, len(df))}
+    grad = {}
+    for n in sizes:
+        sub = df.iloc[:n]
+        m = bmb.Model(FORMULA, sub, family="bernoulli")
+        m.build()
+        f = m.backend.model.logp_dlogp_function(ravel_inputs=True)
+        f.set_extra_values({})
+        from pymc.blocking import DictToArrayBijection
+
+        x = DictToArrayBijection.map(
+            {k: v for k, v in m.backend.model.initial_point().items() if k in f._grad_vars_names}
+            if hasattr(f, "_grad_vars_names") else m.backend.model.initial_point()).data
+        f(x)
+        reps = 50
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f(x)
+        grad[n] = (time.perf_counter() - t0) / reps
+    res["grad_s"] = grad
+    m = bmb.Model(FORMULA, df.iloc[:subsample], family="bernoulli")
+    t0 = time.perf_counter()
+    idata = m.fit(draws=draws, tune=tune, chains=chains, cores=min(chains, os.cpu_count() or 1),
+                  random_seed=0, progressbar=False)
+    res["fit_s"] = time.perf_counter() - t0
+    st = idata.sample_stats
+    res["steps_per_iter"] = float(st["n_steps"].mean()) if "n_steps" in st else float("nan")
+    res["divergences"] = int(st["diverging"].sum())
+    import arviz as az
+
+    s = az.summary(idata, kind="diagnostics")
+    res["max_rhat"] = float(s["r_hat"].max())
+    res["min_ess_bulk"] = float(s["ess_bulk"].min())
+    with open(out, "w") as fh:
+        json.dump(res, fh)
+
+
+def _fit_ours(df, draws, tune, chains, seed=0):
+    from refusalstats.hierarchical import HierarchicalModel
+
+    t0 = time.perf_counter()
+    m = HierarchicalModel(FORMULA, df, reference=REFERENCE)
+    t_build = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = m.fit(draws=draws, tune=tune, chains=chains, seed=seed, progress=False)
+    wall = time.perf_counter() - t0
+    d = r.diagnostics()
+    steps = float(r.idata.sample_stats["n_steps"].mean())
+    return {"wall_s": wall, "build_s": t_build, "compile_s": r.timings.get("compile_s", np.nan),
+            "sample_s": r.timings.get("sample_s", np.nan), "patterns": len(m.patterns),
+            "steps_per_iter": steps, **{k: d[k] for k in ("max_rhat", "min_ess_bulk", "min_ess_tail",
+                                                          "divergences")}}, r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--draws", type=int, default=500)
+    ap.add_argument("--tune", type=int, default=500)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--subsample", type=int, default=10_000, help="rows for bambi's fit")
+    ap.add_argument("--bambi-draws", type=int, default=300)
+    ap.add_argument("--bambi-path", default="/tmp/bambilib")
+    ap.add_argument("--skip-bambi", action="store_true")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", default="10000,40000", help="row counts for timing bambi's gradient")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child:
+        _bambi_child(args.child[0], args.child[1], args.bambi_draws, args.bambi_draws, args.chains,
+                     sizes, args.subsample)
+        return 0
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import refusalstats as rs
+
+    t0 = time.perf_counter()
+    df = rs.simulate_paper(scale=args.scale)
+    print(f"simulated {len(df):,} rows in {time.perf_counter() - t0:.1f} s; load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains)
+    print(f"refusalstats full: {json.dumps({k: round(v, 4) for k, v in ours.items()})}", flush=True)
+    iters = args.chains * (args.tune + args.draws)
+
+    rows = ["| fit | rows | wall (s) | max R-hat | min bulk ESS | divergences |",
+            "|---|---:|---:|---:|---:|---:|",
+            (f"| refusalstats (nutpie, collapsed to {ours['patterns']:,} patterns; {args.chains}x"
+            f"({args.tune}+{args.draws})) | {len(df):,} | {ours['wall_s']:.1f} (compile "
+            f"{ours['compile_s']:.1f}, sample {ours['sample_s']:.1f}) | {ours['max_rhat']:.4f} | "
+            f"{ours['min_ess_bulk']:.0f} | {ours['divergences']} |")]
+    if not args.skip_bambi:
+        rng = np.random.default_rng(1)
+        n_max = max([args.subsample, *sizes])
+        sub = df.iloc[rng.choice(len(df), n_max, replace=False)].reset_index(drop=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sub.parquet")
+            sub.to_parquet(path)
+            out = os.path.join(tmp, "bambi.json")
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (args.bambi_path, env.get("PYTHONPATH")) if p)
+            t1 = time.perf_counter()
+            cmd = [sys.executable, "-W", "ignore", __file__, "--child", path, out,
+                   "--bambi-draws", str(args.bambi_draws), "--chains", str(args.chains),
+                   "--sizes", ",".join(map(str, sizes)), "--subsample", str(args.subsample)]
+            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:])
+                raise SystemExit("bambi child failed")
+            with open(out) as fh:
+                b = json.load(fh)
+            b["child_s"] = time.perf_counter() - t1
+        print(f"bambi: {json.dumps(b)}", flush=True)
+        ns = np.array(sorted(int(k) for k in b["grad_s"]), dtype=float)
+        ts = np.array([b["grad_s"][str(int(k))] for k in ns])
+        slope, icpt = np.polyfit(ns, ts, 1)
+        per_eval_full = icpt + slope * len(df)
+        est = b["steps_per_iter"] * iters * per_eval_full / min(args.chains, os.cpu_count() or 1)
+        # refusalstats on the same subsample for a same-rows comparison
+        ours_sub, _ = _fit_ours(sub.iloc[:b["rows"]], args.bambi_draws, args.bambi_draws, args.chains)
+        rows.append(f"| refusalstats, same subsample, {args.chains}x({args.bambi_draws}+"
+                    f"{args.bambi_draws}) | {b['rows']:,} | {ours_sub['wall_s']:.1f} | "
+                    f"{ours_sub['max_rhat']:.4f} | {ours_sub['min_ess_bulk']:.0f} | "
+                    f"{ours_sub['divergences']} |")
+        rows.append(f"| bambi {b['bambi_version']} (row-level Bernoulli, PyMC NUTS), "
+                    f"{args.chains}x({args.bambi_draws}+{args.bambi_draws}) | {b['rows']:,} | "
+                    f"{b['fit_s']:.1f} | {b['max_rhat']:.4f} | {b['min_ess_bulk']:.0f} | "
+                    f"{b['divergences']} |")
+        rows.append(f"| bambi, extrapolated to the full table ({b['steps_per_iter']:.1f} gradient "
+                    f"evals/iteration x {iters:,} iterations x {per_eval_full * 1e3:.1f} ms/eval "
+                    f"/ {min(args.chains, os.cpu_count() or 1)} cores) | {len(df):,} | "
+                    f"~{est:,.0f} (lower bound) | | | |")
+        print("\nbambi gradient time per evaluation: " + ", ".join(
+            f"{int(n):,} rows {t * 1e3:.2f} ms" for n, t in zip(ns, ts))
+              + f"; linear fit -> {per_eval_full * 1e3:.1f} ms at {len(df):,} rows")
+        print(f"speed-up on the full table (extrapolated bambi / refusalstats): "
+              f"{est / ours['wall_s']:.0f}x; on the same {b['rows']:,}-row subsample: "
+              f"{b['fit_s'] / ours_sub['wall_s']:.1f}x")
+    print("\n" + "\n".join(rows))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (2 cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
