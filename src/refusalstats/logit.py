@@ -1107,8 +1107,9 @@ class LogitResults:
             raise ValueError(f"type must be 'response' or 'link', got {type!r}")
         X = self._design.X if newdata is None else self._new_X(newdata)
         eta = X @ self.params.to_numpy()
-        if newdata is None:
-            eta = eta[self._design.inverse]
+        if newdata is None:  # one value per input row (NaN for rows with weight 0)
+            inv = self._design.inverse
+            eta = np.where(inv >= 0, eta[np.maximum(inv, 0)], np.nan)
         return expit(eta) if type == "response" else eta
 
     @_single_blas
