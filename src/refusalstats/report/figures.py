@@ -842,6 +842,6 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
         ax.set_xlabel(f"effect (log-odds), {prob:.0%} HDI", fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel(level)
-    fig.suptitle(title or f"{level} effect within each {within} (filled: HDI excludes 0)",
+    fig.suptitle(title or f"{level.capitalize()} effect within each {within} (filled: HDI excludes 0)",
                  x=0.01, ha="left")
     return fig

@@ -569,7 +569,8 @@ def hierarchical_section(ctx: Context) -> Section:
     fit = ctx.results.get("hierarchical")
     if fit is None:
         if ctx.hierarchical is False:
-            s.skipped = "not requested (hierarchical=False / --no-hierarchical)."
+            s.skipped = ("not requested (report(..., hierarchical=False); on the command line "
+                         "'refusalstats report' fits it unless --no-hierarchical is given).")
             return s
         try:
             from ..hierarchical import hierarchical
