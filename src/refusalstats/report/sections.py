@@ -196,9 +196,11 @@ def rates_section(ctx: Context) -> Section:
     never = tab.groupby("model", observed=True)["refusals"].sum()
     never = [str(m) for m, v in never.items() if v == 0]
     if never:
+        one = len(never) == 1
         s.findings.append(
-            f"{len(never)} model(s) never refused: {', '.join(never)} — their regression "
-            "coefficients are not identifiable without penalisation (separation)."
+            f"{len(never)} model{'' if one else 's'} never refused: {', '.join(never)} — "
+            f"{'its' if one else 'their'} regression coefficient{'' if one else 's'} "
+            f"{'is' if one else 'are'} not identifiable without penalisation (separation)."
         )
     return s
 
