@@ -257,7 +257,7 @@ def simulate_paper(
         "intercept": intercept,
         "offsets": offsets,
         "item_sd": item_sd,
-        "item_effects": u,
+        "item_effects": u.tolist(),
         "reference": dict(PAPER_REFERENCE),
         "target_rates": {(m, t): (None if v is None else v / 100.0)
                          for m, vals in PAPER_TABLE1.items() for t, v in zip(PAPER_TASKS, vals)},
