@@ -294,7 +294,7 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
     tab = tab.assign(setting=tab["setting"].astype(str))
     levels = _levels(tab[by])
     panels = _levels(tab[facet]) if facet else [None]
-    fig = _figure(max(4.0, 2.9 * len(panels) + 1.6), 0.3 * len(levels) + 1.8)
+    fig = _figure(max(4.0, 2.9 * len(panels) + 1.6), max(2.8, 0.34 * len(levels) + 1.9))
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
     styles = {"persona": (_CAT[1], "o", 0.17), PERSONA_FREE: (_CAT[0], "s", -0.17)}
     y0 = np.arange(len(levels))[::-1]
@@ -309,6 +309,7 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
             ax.errorbar(r[ok], y0[ok] + dy, xerr=[r[ok] - lo[ok], hi[ok] - r[ok]], fmt=marker,
                         color=colour, ms=4, capsize=2, lw=1, label=setting)
         ax.set_yticks(y0, [str(v) for v in levels])
+        ax.set_ylim(-0.6, len(levels) - 0.4)
         ax.set_xlabel("refusal rate (%)")
         ax.set_xlim(left=0)
         ax.grid(axis="x", color="0.9", lw=0.6)
@@ -317,7 +318,9 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
             ax.set_title(f"{facet}: {panel}")
         _style(ax)
     axes[0].set_ylabel(by)
-    axes[-1].legend(loc="lower right", frameon=False, title="95% CI")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, [f"{lb} (95% CI)" for lb in labels], loc="outside lower center",
+               ncol=2, frameon=False)
     fig.suptitle(title or "Refusal rate with and without a persona", x=0.01, ha="left")
     return fig
 
