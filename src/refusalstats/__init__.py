@@ -6,8 +6,8 @@
 """
 
 from . import dumps
-from .detect import detector, evaluate_detector
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
+from .detect import detector, evaluate_detector
 from .formula import FormulaError
 from .hierarchical import ConvergenceWarning, HierarchicalResult, hierarchical
 from .logit import LogitResults, SeparationWarning, logit
@@ -21,16 +21,16 @@ from .table import SchemaError, read_responses, validate, write_responses
 __version__ = "0.1.0"
 
 __all__ = [
+    "PERSONAS",
+    "TASKS",
+    "TEMPLATES",
     "ConvergenceWarning",
     "FormulaError",
     "HierarchicalResult",
     "LogitResults",
-    "PERSONAS",
     "Persona",
     "SchemaError",
     "SeparationWarning",
-    "TASKS",
-    "TEMPLATES",
     "Task",
     "Template",
     "W2SensitivityResult",
