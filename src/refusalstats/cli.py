@@ -680,7 +680,7 @@ def _cmd_bayes(args) -> int:
 
 #: Draws of the demo's hierarchical fit (chains x (tune + draws)): short enough for the
 #: 3-minute demo, long enough that its printed R-hat / ESS are honest about it.
-_DEMO_BAYES = {"chains": 4, "tune": 300, "draws": 300}
+_DEMO_BAYES = {"chains": 4, "tune": 500, "draws": 700}
 
 
 def _demo_hierarchical(df: pd.DataFrame, args) -> None:
