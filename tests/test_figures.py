@@ -194,10 +194,20 @@ def test_w2_bars_sorted_with_ci_and_null_band():
     assert [b.get_height() for b in bars] == pytest.approx([0.41, 0.20, 0.01])
     nulls = [p for p in ax.patches if p.get_zorder() == 0]
     assert [b.get_height() for b in nulls] == pytest.approx([0.004, 0.002, 0.02])
-    (c,) = _errorbars(ax)
-    segs = c.lines[2][0].get_segments()
+    (c,) = [c for c in ax.collections if c.get_gid() == "ci"]
+    segs = c.get_segments()
     got = np.array([sorted([s[0][1], s[1][1]]) for s in segs])
     np.testing.assert_allclose(got, [[0.40, 0.42], [0.18, 0.22], [0.005, 0.015]])
+
+
+def test_w2_interval_that_excludes_the_estimate():
+    # the given-data estimator is biased upward, so a bootstrap CI can lie above the estimate
+    tab = W2_TABLE.assign(iota=[0.018, 0.41, 0.01], ci_low=[0.022, 0.40, 0.005],
+                          ci_high=[0.096, 0.42, 0.015])
+    ax = rs.plot.w2(tab).axes[0]
+    (c,) = [c for c in ax.collections if c.get_gid() == "ci"]
+    got = sorted(sorted([s[0][1], s[1][1]]) for s in c.get_segments())
+    np.testing.assert_allclose(got, [[0.005, 0.015], [0.022, 0.096], [0.40, 0.42]])
 
 
 def test_w2_takes_the_result_of_w2_sensitivity():

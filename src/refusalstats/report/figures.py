@@ -616,8 +616,11 @@ def w2(result, *, title: str | None = None) -> Figure:
                       zorder=3)
     ax.bar(x, iota, width=0.55, color=_CAT[0], zorder=2)
     ok = np.isfinite(lo) & np.isfinite(hi)
-    ax.errorbar(x[ok], iota[ok], yerr=[iota[ok] - lo[ok], hi[ok] - iota[ok]], fmt="none",
-                ecolor="black", capsize=4, lw=1.2, zorder=4)
+    # Draw each interval from its ends: the given-data estimator is biased upward, so a
+    # bootstrap CI need not contain the estimate (errorbar would reject negative lengths).
+    ax.vlines(x[ok], lo[ok], hi[ok], colors="black", lw=1.2, zorder=4, gid="ci")
+    for end in (lo, hi):
+        ax.hlines(end[ok], x[ok] - 0.08, x[ok] + 0.08, colors="black", lw=1.2, zorder=4)
     top = np.nanmax(np.concatenate([hi[ok] if ok.any() else iota, iota]))
     for xi_, v, a, b, good in zip(x, iota, lo, hi, ok):
         label = f"{v:.3f}" + (f"\n[{a:.3f}, {b:.3f}]" if good else "")
