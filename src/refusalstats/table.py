@@ -246,6 +246,7 @@ def write_responses(
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        table.attrs = {}  # run metadata goes in under METADATA_KEY; attrs may not be JSON
         at = pa.Table.from_pandas(table, preserve_index=False)
         kv = dict(at.schema.metadata or {})
         kv[METADATA_KEY] = meta_json.encode()
