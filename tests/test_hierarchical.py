@@ -255,3 +255,20 @@ def test_input_errors(sim):
         HierarchicalModel(FORMULA, df).fit(sampler="stan")
     with pytest.raises(ValueError, match="parametrization"):
         HierarchicalModel(FORMULA, df, parametrization="wild")
+
+
+def test_pymc_fallback_agrees_with_nutpie():
+    """PyMC's NUTS on the same model gives the same posterior (within Monte Carlo error)."""
+    df, _ = simulate_multilevel(seed=5, n_g=8, n_h=6, per_cell=50)
+    runs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for sampler in ("nutpie", "pymc"):
+            runs[sampler] = hierarchical(FORMULA, df, draws=300, tune=300, chains=2, seed=3,
+                                         sampler=sampler, progress=False)
+    assert runs["pymc"].sampler == "pymc"
+    a, b = runs["nutpie"].summary(), runs["pymc"].summary()
+    for term in ["Intercept", "a[T.a1]", "a[T.a2]", "sd(g)", "sd(h)", "sd(g:h)"]:
+        se = np.hypot(a.loc[term, "sd"] / np.sqrt(a.loc[term, "ess_bulk"]),
+                      b.loc[term, "sd"] / np.sqrt(b.loc[term, "ess_bulk"]))
+        assert abs(a.loc[term, "mean"] - b.loc[term, "mean"]) < 5 * se, term

@@ -400,6 +400,7 @@ class HierarchicalModel:
         cores: int | None = None,
         progress: bool = True,
         low_rank: bool = True,
+        _stacklevel: int = 2,
     ) -> HierarchicalResult:
         """Sample the posterior; see :func:`hierarchical` for the arguments."""
         for name, v in (("draws", draws), ("tune", tune), ("chains", chains)):
@@ -431,11 +432,15 @@ class HierarchicalModel:
             else:
                 idata, timings = self._fit_pymc(draws, tune, chains, cores, seed, target_accept, progress)
         timings["total_s"] = time.perf_counter() - t0
-        return HierarchicalResult(self, idata, sampler=used, seed=seed, timings=timings,
+        res = HierarchicalResult(self, idata, sampler=used, seed=seed, timings=timings,
                                   settings={"draws": draws, "tune": tune, "chains": chains,
                                             "target_accept": target_accept, "method": method,
                                             "low_rank": low_rank,
                                             "parametrization": self.parametrization})
+        msg = res._warning_text()
+        if msg:
+            warnings.warn(msg, ConvergenceWarning, stacklevel=_stacklevel)
+        return res
 
     def _fit_nutpie(self, draws, tune, chains, cores, seed, target_accept, progress, low_rank):
         import nutpie
@@ -529,9 +534,6 @@ class HierarchicalResult:
         self._diag: dict[str, Any] | None = None
         self._summary: pd.DataFrame | None = None
         self._eta_cache: np.ndarray | None = None
-        msg = self._warning_text()
-        if msg:
-            warnings.warn(msg, ConvergenceWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -1055,4 +1057,4 @@ def hierarchical(
                              parametrization=parametrization)
     return spec.fit(draws=draws, tune=tune, chains=chains, sampler=sampler, seed=seed,
                     target_accept=target_accept, method=method, cores=cores, progress=progress,
-                    low_rank=low_rank)
+                    low_rank=low_rank, _stacklevel=3)
