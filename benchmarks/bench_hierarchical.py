@@ -106,7 +106,7 @@ def _fit_ours(df, draws, tune, chains, seed=0):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--draws", type=int, default=500)
+    ap.add_argument("--draws", type=int, default=700)
     ap.add_argument("--tune", type=int, default=500)
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--subsample", type=int, default=10_000, help="rows for bambi's fit")
@@ -142,6 +142,7 @@ def main() -> int:
         rng = np.random.default_rng(1)
         n_max = max([args.subsample, *sizes])
         sub = df.iloc[rng.choice(len(df), n_max, replace=False)].reset_index(drop=True)
+        sub.attrs = {}  # the simulation truth (tuple keys) cannot go into Parquet metadata
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "sub.parquet")
             sub.to_parquet(path)
