@@ -5,8 +5,14 @@ import pandas as pd
 import pytest
 
 import refusalstats as rs
-from refusalstats.design import (PERSONAS, TASKS, TEMPLATES, Template, balance_ratios,
-                                 validate_templates)
+from refusalstats.design import (
+    PERSONAS,
+    TASKS,
+    TEMPLATES,
+    Template,
+    balance_ratios,
+    validate_templates,
+)
 from refusalstats.simulate import PAPER_ITEMS
 
 

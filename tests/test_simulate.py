@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 
 import refusalstats as rs
-from refusalstats.simulate import (PAPER_REFERENCE, PAPER_TABLE1, _systematic_draw,
-                                   paper_table1)
+from refusalstats.simulate import PAPER_REFERENCE, PAPER_TABLE1, _systematic_draw, paper_table1
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def _design_items(scale: float) -> pd.DataFrame:
     frames = []
     start = 0
     for task in PAPER_TASKS:
-        n = max(1, int(round(PAPER_ITEMS[task] * scale)))
+        n = max(1, round(PAPER_ITEMS[task] * scale))
         frames.append(pd.DataFrame({"item_id": np.arange(start, start + n), "task": task}))
         start += n
     return pd.concat(frames, ignore_index=True)
