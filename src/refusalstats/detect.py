@@ -49,13 +49,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from math import sqrt
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy import stats
 
 __all__ = [
     "HEDGE_PATTERNS",
@@ -964,14 +962,13 @@ def flag_refusals(
 
 
 def _wilson(successes: int, n: int, conf: float) -> tuple[float, float]:
+    """Wilson interval of one proportion (NaN for n = 0), from :func:`rates.proportion_ci`."""
     if n == 0:
         return (np.nan, np.nan)
-    z = stats.norm.ppf(0.5 + conf / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from .rates import proportion_ci
+
+    lo, hi = proportion_ci(successes, n, method="wilson", conf=conf)
+    return (float(lo), float(hi))
 
 
 @dataclass
