@@ -47,6 +47,7 @@ Examples
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -378,7 +379,7 @@ def _check_labels(labels: Sequence[str] | str | None) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------
 
 
-class Detector:
+class Detector(ABC):
     """Base class: a callable mapping answers to refusal flags.
 
     Subclasses implement :meth:`_detect` on an Arrow string array. Combine
@@ -387,8 +388,9 @@ class Detector:
 
     name: str = "detector"
 
-    def _detect(self, arr: pa.Array) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _detect(self, arr: pa.Array) -> np.ndarray:
+        """Refusal flags for an Arrow string array (subclasses define the rule)."""
 
     def __call__(self, texts: Iterable[str]) -> np.ndarray:
         """Flag each answer in ``texts``: ``True`` where it is a refusal.
