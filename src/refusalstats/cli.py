@@ -63,6 +63,7 @@ def _cmd_demo(args) -> int:
                            metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
                                      "seed": args.seed})
     print(f"wrote {len(df):,} rows to {path} ({time.perf_counter() - t0:.1f} s)")
+    args.results = {}  # fits the steps share (the report reuses W2, logit and hierarchical)
     for step in _DEMO_STEPS:
         step(df, args)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
@@ -304,7 +305,7 @@ def _demo_report(df: pd.DataFrame, args) -> None:
 
     t0 = time.perf_counter()
     print("\nWriting the report ...", flush=True)
-    results = {k: v for k, v in (getattr(args, "results", None) or {}).items()
+    results = {k: v for k, v in args.results.items()
                if k in ("logit", "w2", "hierarchical")}
     # The report reuses the demo's hierarchical fit; it never fits a second one here (at
     # report()'s default of 4 x 1000 draws that alone takes ~2.5 min on 2 cores).
@@ -512,8 +513,6 @@ def _demo_sensitivity(df: pd.DataFrame, args) -> None:
     print(f"\nW2 sensitivity of refusal (P1's Fig. 5), 95% percentile CIs (1,000 bootstrap replicates), "
           f"permutation null (200); {time.perf_counter() - t0:.1f} s:")
     print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if getattr(args, "results", None) is None:
-        args.results = {}
     args.results["w2"] = res
 
 
@@ -604,8 +603,6 @@ def _demo_logit(df: pd.DataFrame, args) -> None:
           f"{fit.n_patterns:,} covariate patterns, {time.perf_counter() - t0:.1f} s):")
     print(fit.summary())
     print(f"(P1 reports McFadden pseudo-R2 {PAPER_PSEUDO_R2}; this simulated table gives {fit.pseudo_r2:.4f})")
-    if getattr(args, "results", None) is None:
-        args.results = {}
     args.results["logit"] = fit
 
 
@@ -714,8 +711,6 @@ def _demo_hierarchical(df: pd.DataFrame, args) -> None:
             print(f"    {r.persona!s:28s} {100 * r.prob_effect:+7.2f} pp  "
                   f"[{100 * r.prob_low:+6.2f}, {100 * r.prob_high:+6.2f}]  P>0 {r.p_gt_0:.3f}")
     print(f"(hierarchical step: {time.perf_counter() - t0:.1f} s)")
-    if getattr(args, "results", None) is None:
-        args.results = {}
     args.results["hierarchical"] = fit
 
 
