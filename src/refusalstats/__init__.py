@@ -6,6 +6,7 @@
 """
 
 from . import dumps
+from ._validation import ClusterNote
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
@@ -15,7 +16,7 @@ from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal
 from .report import figures as plot
 from .report import report
 from .sensitivity import W2SensitivityResult, w2_sensitivity
-from .simulate import simulate_paper
+from .simulate import simulate_items, simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "PERSONAS",
     "TASKS",
     "TEMPLATES",
+    "ClusterNote",
     "ConvergenceWarning",
     "FormulaError",
     "HierarchicalResult",
@@ -49,6 +51,7 @@ __all__ = [
     "refusal_rates",
     "report",
     "sample_design",
+    "simulate_items",
     "simulate_paper",
     "validate",
     "w2_sensitivity",

@@ -9,6 +9,8 @@ random intercept, and (by default) model x task offsets matching every cell of T
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
@@ -265,5 +267,113 @@ def simulate_paper(
         "calibrate": calibrate,
         "scale": scale,
         "seed": seed,
+    }
+    return df
+
+
+def simulate_items(
+    n_items: int = 200,
+    k: int = 10,
+    *,
+    item_sd: float = 1.0,
+    intercept: float = -1.0,
+    item_levels: int = 3,
+    row_levels: int = 5,
+    item_effect: float | Sequence[float] = 0.0,
+    row_effect: float | Sequence[float] = 0.0,
+    seed: int | None = 0,
+) -> pd.DataFrame:
+    """Small clustered table for calibration: items answered ``k`` times each.
+
+    The shape of every study here — each item answered many times — without the paper's
+    size: ``n_items`` items, each belonging to one level of an *item-level* input
+    ``task`` (constant within item, levels ``t0, t1, ...`` assigned in turn) and answered
+    ``k`` times, each answer under a level of a *row-level* input ``persona`` (varies
+    within item, levels ``p0, p1, ...`` in turn, starting at a random level per item)
+    and a ``prompt`` (``q0, q1`` alternating, no effect). Refusals are Bernoulli with
+
+        logit P(refusal) = intercept + item_effect[task] + row_effect[persona] + u_item,
+        u_item ~ Normal(0, item_sd^2).
+
+    Parameters
+    ----------
+    n_items, k : int
+        Items and answers per item (``n_items * k`` rows).
+    item_sd : float
+        Standard deviation of the item random intercept (logit scale); 0 for independent rows.
+    intercept : float
+        Log-odds of the reference cell for an average item (u = 0).
+    item_levels, row_levels : int
+        Levels of ``task`` and ``persona``.
+    item_effect, row_effect : float or sequence of float
+        Log-odds effect per level (level 0 is the reference; a scalar ``b`` means levels
+        ``0, b, 2b, ...``; 0 everywhere is the null of no effect).
+    seed : int or None
+        Seed for the item effects, level offsets and draws.
+
+    Returns
+    -------
+    DataFrame
+        item_id, task, persona, prompt, refusal; ``attrs["truth"]`` holds the conditional
+        (given the item) effects, ``item_sd``, and the population-averaged rate of each
+        ``task`` and ``persona`` level (by numerical integration over u).
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_items(n_items=50, k=4, seed=1)
+    >>> df.shape
+    (200, 5)
+    """
+    if n_items < 1 or k < 1:
+        raise ValueError(f"n_items and k must be >= 1, got n_items={n_items}, k={k}")
+    if item_levels < 1 or row_levels < 1:
+        raise ValueError("item_levels and row_levels must be >= 1")
+    if item_sd < 0:
+        raise ValueError(f"item_sd must be >= 0, got {item_sd}")
+
+    def effects(value, n, name):
+        if np.ndim(value) == 0:
+            return float(value) * np.arange(n)
+        arr = np.asarray(value, dtype=float)
+        if arr.shape != (n,):
+            raise ValueError(f"{name} needs {n} values (one per level), got {arr.shape[0]}")
+        return arr
+
+    b_item = effects(item_effect, item_levels, "item_effect")
+    b_row = effects(row_effect, row_levels, "row_effect")
+    rng = np.random.default_rng(seed)
+    item = np.repeat(np.arange(n_items), k)
+    task = item % item_levels
+    start = rng.integers(row_levels, size=n_items)
+    persona = (start[item] + np.tile(np.arange(k), n_items)) % row_levels
+    prompt = np.tile(np.arange(k) % 2, n_items)
+    u = rng.normal(0.0, item_sd, n_items) if item_sd > 0 else np.zeros(n_items)
+    eta = intercept + b_item[task] + b_row[persona] + u[item]
+    refusal = (rng.random(len(eta)) < expit(eta)).astype(np.int8)
+
+    # population-averaged rates: integrate over u with Gauss-Hermite quadrature
+    z, w = np.polynomial.hermite_e.hermegauss(61)
+    w = w / w.sum()
+
+    def marginal(lin):
+        return float(np.sum(w * expit(lin + item_sd * z)))
+
+    df = pd.DataFrame({
+        "item_id": item,
+        "task": pd.Categorical.from_codes(task, [f"t{i}" for i in range(item_levels)]),
+        "persona": pd.Categorical.from_codes(persona, [f"p{i}" for i in range(row_levels)]),
+        "prompt": pd.Categorical.from_codes(prompt, ["q0", "q1"]),
+        "refusal": refusal,
+    })
+    df.attrs["truth"] = {
+        "intercept": float(intercept),
+        "item_sd": float(item_sd),
+        "task": {f"t{i}": float(b) for i, b in enumerate(b_item)},
+        "persona": {f"p{i}": float(b) for i, b in enumerate(b_row)},
+        "marginal_rate_task_persona": {
+            f"t{i}|p{j}": marginal(intercept + bi + bj)
+            for i, bi in enumerate(b_item) for j, bj in enumerate(b_row)
+        },
     }
     return df
