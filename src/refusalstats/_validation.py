@@ -90,8 +90,7 @@ def resolve_cluster(
         if missing:
             from .table import SchemaError
 
-            raise SchemaError([
-                f"{prefix}cluster column(s) {missing} not in the table; its columns are "
-                f"{list(map(str, data.columns))}. Pass cluster=None for independent rows."
-            ])
+            msg = (f"{prefix}cluster column(s) {missing} not in the table; its columns are "
+                   f"{list(map(str, data.columns))}. Pass cluster=None for independent rows.")
+            raise SchemaError([msg])
     return cluster

@@ -7,11 +7,60 @@ runs it. ``refusalstats --help`` lists them; ``refusalstats <command> --help`` e
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+
+
+class CLIError(ValueError):
+    """A user error found by the command line itself (bad option value, output = input, ...)."""
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (replicates, draws, chains)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _conf_level(text: str) -> float:
+    """argparse type: a confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), e.g. 0.95, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), e.g. 0.95, got {value:g}")
+    return value
+
+
+def _check_outputs(inputs, outputs) -> None:
+    """Refuse an output path that is one of the inputs (never overwrite what the user gave)."""
+    ins = {Path(p).resolve() for p in inputs if p}
+    for opt, out in outputs:
+        if out and Path(out).resolve() in ins:
+            raise CLIError(f"{opt} {out} is the input table; choose another output file so "
+                           "the input is not overwritten")
+
+
+def _write_csv(frame: pd.DataFrame, path: str) -> None:
+    """Write a CSV atomically (a temp file renamed over the target)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _parse_mapping(text: str | None) -> dict[str, str]:
@@ -21,16 +70,16 @@ def _parse_mapping(text: str | None) -> dict[str, str]:
     out = {}
     for part in text.split(","):
         if "=" not in part:
-            raise SystemExit(f"error: expected key=value pairs separated by commas, got {part!r}")
+            raise CLIError(f"expected key=value pairs separated by commas, got {part!r}")
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     return out
 
 
-def _read_table(path: str) -> pd.DataFrame:
+def _read_table(path: str, sep: str | None = None, validate_table: bool = True) -> pd.DataFrame:
     from .table import read_responses
 
-    return read_responses(path)
+    return read_responses(path, sep=sep, validate_table=validate_table)
 
 
 # --------------------------------------------------------------------------- demo
@@ -108,7 +157,9 @@ def _add_simulate(sub) -> None:
 
 def _cmd_simulate(args) -> int:
     from .simulate import simulate_paper
-    from .table import write_responses
+    from .table import _format_of, write_responses
+
+    _format_of(Path(args.out), None)  # a bad output extension fails before the work
 
     df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=args.calibrate, item_sd=args.item_sd)
     write_responses(df, args.out, metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
@@ -128,19 +179,40 @@ def _add_rates(sub) -> None:
     p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
     p.add_argument("--by", default="model,task", help="comma-separated grouping columns (default model,task)")
     p.add_argument("--method", default="wilson", choices=["wilson", "clopper-pearson", "jeffreys"])
+    p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
+    _add_cluster_option(p)
+    _add_sep_option(p)
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.set_defaults(func=_cmd_rates)
+
+
+def _add_cluster_option(p) -> None:
+    p.add_argument("--cluster", default="auto", metavar="COLUMN",
+                   help="column of correlated answers (items answered many times) for "
+                        "cluster-robust intervals and tests; 'auto' (default) uses item_id when "
+                        "the table has it and it repeats; 'none' treats rows as independent")
+
+
+def _cluster_arg(args):
+    value = getattr(args, "cluster", "auto")
+    return None if value in (None, "none", "None") else value
+
+
+def _add_sep_option(p) -> None:
+    p.add_argument("--sep", help="field delimiter of a CSV table (default: guessed from the "
+                                 "header line among , ; tab |)")
 
 
 def _cmd_rates(args) -> int:
     from .rates import refusal_rates
 
-    df = _read_table(args.table)
+    _check_outputs([args.table], [("--csv", args.csv)])
+    df = _read_table(args.table, sep=args.sep)
     by = [c.strip() for c in args.by.split(",") if c.strip()]
-    res = refusal_rates(df, by=by, method=args.method)
+    res = refusal_rates(df, by=by, method=args.method, conf=args.conf, cluster=_cluster_arg(args))
     print(res.to_string(index=False))
     if args.csv:
-        res.to_csv(args.csv, index=False)
+        _write_csv(res, args.csv)
     return 0
 
 
@@ -211,7 +283,11 @@ def _add_import(sub) -> None:
 
 def _cmd_import(args) -> int:
     from . import dumps
-    from .table import write_responses
+    from .table import _format_of, write_responses
+
+    _format_of(Path(args.out), None)  # a bad output extension fails before the work, not after
+    sources = [getattr(args, k) for k in ("root", "file") if getattr(args, k, None)]
+    _check_outputs([*sources, *(getattr(args, "files", None) or [])], [("-o", args.out)])
 
     def _list(text):
         return [x.strip() for x in text.split(",") if x.strip()] if text else None
@@ -231,7 +307,7 @@ def _cmd_import(args) -> int:
                                     text_column=args.text_column,
                                     constants=_parse_mapping(args.set) or None)
     except (dumps.DumpError, ValueError, TypeError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise CLIError(_one_line(exc)) from None
     meta = dict(df.attrs.get("metadata", {}))
     write_responses(df, args.out, metadata=meta)
     summary = ", ".join(
@@ -264,8 +340,9 @@ def _add_report(sub) -> None:
     p.add_argument("--no-hierarchical", action="store_true",
                    help="skip the Bayesian hierarchical model (the slowest analysis)")
     p.add_argument("--hierarchical-formula", help="formula of the hierarchical model")
-    p.add_argument("--n-boot", type=int, default=1000, help="W2 bootstrap replicates (default 1000)")
-    p.add_argument("--n-perm", type=int, default=200, help="W2 permutations (default 200)")
+    p.add_argument("--n-boot", type=_positive_int, default=1000,
+                   help="W2 bootstrap replicates (default 1000)")
+    p.add_argument("--n-perm", type=_positive_int, default=200, help="W2 permutations (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--title", default="False refusal report", help="page title")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -284,7 +361,7 @@ def _cmd_report(args) -> int:
                      options={"w2": {"n_boot": args.n_boot, "n_perm": args.n_perm}},
                      progress=not args.quiet)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise CLIError(_one_line(exc)) from None
     _print_report(rep, time.perf_counter() - t0)
     return 0
 
@@ -358,13 +435,13 @@ def _cmd_design(args) -> int:
     maps: dict[str, dict[str, str]] = {}
     for m in args.map:
         if ":" not in m:
-            raise SystemExit(f"error: --map needs TASK:ours=theirs,..., got {m!r}")
+            raise CLIError(f"--map needs TASK:ours=theirs,..., got {m!r}")
         task, spec = m.split(":", 1)
         maps[task.strip()] = _parse_mapping(spec)
     frames = []
     for spec in args.task:
         if "=" not in spec:
-            raise SystemExit(f"error: --task needs TASK=FILE, got {spec!r}")
+            raise CLIError(f"--task needs TASK=FILE, got {spec!r}")
         task, path = (s.strip() for s in spec.split("=", 1))
         extra = {"unit": args.unit} if task in ("politeness", "offensiveness") else {}
         if task == "nli":
@@ -463,9 +540,11 @@ def _add_sensitivity(sub) -> None:
                    help="comma-separated input columns (default model,task,persona,prompt)")
     p.add_argument("--output", default="refusal",
                    help="output column, or several comma-separated numeric columns (default refusal)")
-    p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--perm", type=int, default=200, help="permutations for the null (default 200)")
-    p.add_argument("--conf", type=float, default=0.95, help="confidence level (default 0.95)")
+    p.add_argument("--boot", type=_positive_int, default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--perm", type=_positive_int, default=200,
+                   help="permutations for the null (default 200)")
+    p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
+    _add_sep_option(p)
     p.add_argument("--ci", choices=["percentile", "bca"], default="percentile",
                    help="bootstrap interval type (default percentile)")
     p.add_argument("--partitions", default=None,
@@ -481,13 +560,14 @@ def _cmd_sensitivity(args) -> int:
     from .sensitivity import w2_sensitivity
     from .table import read_responses
 
-    df = read_responses(args.table, validate_table=False)
+    _check_outputs([args.table], [("--csv", args.csv), ("--plot", args.plot)])
+    df = read_responses(args.table, validate_table=False, sep=args.sep)
     inputs = [c.strip() for c in args.inputs.split(",") if c.strip()]
     outs = [c.strip() for c in args.output.split(",") if c.strip()]
     parts: dict[str, int | str] = {}
     for k, v in _parse_mapping(args.partitions).items():
         if v != "levels" and not v.isdigit():
-            raise SystemExit(f"error: --partitions {k}={v}: use 'levels' or a number of rank bins")
+            raise CLIError(f"--partitions {k}={v}: use 'levels' or a number of rank bins")
         parts[k] = v if v == "levels" else int(v)
     res = w2_sensitivity(df, output=outs[0] if len(outs) == 1 else outs, inputs=inputs,
                          partitions=parts or None, n_boot=args.boot, n_perm=args.perm,
@@ -498,7 +578,7 @@ def _cmd_sensitivity(args) -> int:
           f"null from {args.perm} permutations")
     print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.csv:
-        res.table.to_csv(args.csv, index=False)
+        _write_csv(res.table, args.csv)
     if args.plot:
         res.plot().savefig(args.plot, dpi=150)
     return 0
@@ -539,10 +619,12 @@ def _add_fit(sub) -> None:
     p.add_argument("--penalty", choices=["none", "firth", "l2", "l1", "elasticnet"], default="none")
     p.add_argument("--alpha", help="penalty strength for l2/l1/elasticnet, or 'cv'")
     p.add_argument("--l1-ratio", type=float, help="elastic-net mixing in (0, 1)")
-    p.add_argument("--cluster", help="cluster column for CR1 standard errors / cluster bootstrap (e.g. item_id)")
+    _add_cluster_option(p)
     p.add_argument("--ci", choices=["wald", "profile", "bootstrap", "none"], help="interval method")
-    p.add_argument("--conf", type=float, default=0.95, help="confidence level (default 0.95)")
-    p.add_argument("--n-boot", type=int, default=999, help="bootstrap replicates (--ci bootstrap)")
+    p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
+    p.add_argument("--n-boot", type=_positive_int, default=999,
+                   help="bootstrap replicates (--ci bootstrap)")
+    _add_sep_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values within each term")
     p.add_argument("--no-tests", action="store_true", help="skip the likelihood-ratio test per term")
@@ -558,30 +640,31 @@ def _cmd_fit(args) -> int:
     from .simulate import PAPER_REFERENCE
     from .table import SchemaError
 
-    df = _read_table(args.table)
+    _check_outputs([args.table], [("--csv", args.csv)])
+    df = _read_table(args.table, sep=args.sep)
     reference = dict(PAPER_REFERENCE) if args.reference == "paper" else _parse_mapping(args.reference)
     alpha = args.alpha
     if alpha is not None and alpha != "cv":
         try:
             alpha = float(alpha)
         except ValueError:
-            raise SystemExit(f"error: --alpha must be a number or 'cv', got {args.alpha!r}") from None
+            raise CLIError(f"--alpha must be a number or 'cv', got {args.alpha!r}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # separation and convergence problems are in the summary
             fit = logit(args.formula, df, reference=reference or None,
                         penalty=None if args.penalty == "none" else args.penalty, alpha=alpha,
-                        l1_ratio=args.l1_ratio, cluster=args.cluster, ci=args.ci, conf=args.conf,
+                        l1_ratio=args.l1_ratio, cluster=_cluster_arg(args), ci=args.ci, conf=args.conf,
                         n_boot=args.n_boot, seed=args.seed)
     except (FormulaError, SchemaError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise CLIError(_one_line(exc)) from None
     print(fit.summary())
     if not args.no_tests and fit.penalty in (None, "firth"):
         print("Likelihood-ratio test of each term (dropped from the full model"
               + (", penalized likelihood" if fit.penalty == "firth" else "") + "):")
         print(fit.drop1().to_string(index=False, float_format=lambda v: f"{v:.6g}"))
     if args.csv:
-        fit.coef_table(adjust=args.adjust).to_csv(args.csv, index=False)
+        _write_csv(fit.coef_table(adjust=args.adjust), args.csv)
         print(f"wrote the coefficient table to {args.csv}")
     return 0
 
@@ -624,9 +707,11 @@ def _add_bayes(sub) -> None:
     p.add_argument("formula", help='e.g. "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"')
     p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
     p.add_argument("--reference", help="reference levels of fixed factors, e.g. task=nli,prompt=p1")
-    p.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
-    p.add_argument("--tune", type=int, default=1000, help="warm-up iterations per chain (default 1000)")
-    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=_positive_int, default=1000,
+                   help="posterior draws per chain (default 1000)")
+    p.add_argument("--tune", type=_positive_int, default=1000,
+                   help="warm-up iterations per chain (default 1000)")
+    p.add_argument("--chains", type=_positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie")
     p.add_argument("--method", choices=["nuts", "advi"], default="nuts",
@@ -650,14 +735,14 @@ def _cmd_bayes(args) -> int:
                            seed=args.seed, target_accept=args.target_accept, method=args.method,
                            parametrization=args.parametrization)
     except (FormulaError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise CLIError(_one_line(exc)) from None
     print(fit)
     eff = None
     if args.effects:
         try:
             eff = fit.effects(args.effects, within=args.within)
         except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
+            raise CLIError(_one_line(exc)) from None
         print(f"\nEffects of {args.effects}" + (f" within {args.within}" if args.within else "")
               + " (logit scale and change in refusal probability, 95% HDIs):")
         print(eff.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -731,19 +816,82 @@ def build_parser() -> argparse.ArgumentParser:
             "honest uncertainty. Run 'refusalstats <command> --help' for a command's options."
         ),
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks on errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for add in _COMMANDS:
         add(sub)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a SchemaError lists its problems joined by '; ')."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        return "; ".join(str(p) for p in problems)
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    parts = [re.sub(r"^- ", "", ln.strip()) for ln in text.splitlines() if ln.strip()]
+    return "; ".join(parts) or type(exc).__name__
+
+
+#: Python spellings in library messages and their command-line equivalents.
+_CLI_WORDS = (("cluster=None", "--cluster none"), ("cluster='item_id'", "--cluster item_id"),
+              ("sep=", "--sep "), ("n_boot", "--n-boot"), ("n_perm", "--n-perm"))
+
+
+def _speak_cli(text: str) -> str:
+    for py, cli in _CLI_WORDS:
+        text = text.replace(py, cli)
+    return text
+
+
+def _user_error(exc: BaseException) -> bool:
+    """Errors that mean "the input or an option is wrong" (exit 2), not a bug (exit 1)."""
+    if isinstance(exc, (ValueError, KeyError, TypeError, LookupError, OSError)):
+        return True
+    try:
+        import pyarrow as pa
+
+        return isinstance(exc, pa.ArrowException)
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one line, no Python source."""
+    print(f"warning: {_speak_cli(_one_line(message) if isinstance(message, Exception) else str(message))}",
+          file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user errors print ``error: ...`` on stderr and return 2."""
+    import warnings
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    if debug:
+        return int(args.func(args) or 0)
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's error contract is decided here
+        if _user_error(exc):
+            print(f"error: {_speak_cli(_one_line(exc))}", file=sys.stderr)
+            return 2
+        print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
+              "--debug for the traceback and please report it", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

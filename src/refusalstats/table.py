@@ -186,11 +186,13 @@ def _format_of(path: Path, fmt: str | None) -> str:
             return "parquet"
         if s == ".csv":
             return "csv"
+        if s == ".tsv":
+            return "tsv"
         if s in (".jsonl", ".ndjson"):
             return "jsonl"
     raise ValueError(
-        f"cannot tell the format of '{path}' from its extension; use .parquet, .csv or .jsonl "
-        "(optionally .gz), or pass format='parquet'|'csv'|'jsonl'"
+        f"cannot tell the format of '{path}' from its extension; use .parquet, .csv, .tsv or "
+        ".jsonl (optionally .gz), or pass format='parquet'|'csv'|'tsv'|'jsonl'"
     )
 
 
@@ -253,8 +255,9 @@ def write_responses(
         at = at.replace_schema_metadata(kv)
         pq.write_table(at, tmp)
     else:
-        if fmt == "csv":
-            table.to_csv(tmp, index=False, compression="infer" if path.suffix == ".gz" else None)
+        if fmt in ("csv", "tsv"):
+            table.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",",
+                         compression="gzip" if path.suffix == ".gz" else None)
         elif fmt == "jsonl":
             table.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:
@@ -266,12 +269,52 @@ def write_responses(
     return path
 
 
-def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True
-                   ) -> pd.DataFrame:
+def _sniff_sep(path: Path) -> str:
+    """The delimiter of a delimited text file: the most frequent of , ; tab | in its first line."""
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        raise ValueError(f"could not read '{path}': {exc}") from None
+    counts = {sep: first.count(sep) for sep in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > 0 else ","
+
+
+def _read_error(path: Path, fmt: str, exc: Exception) -> ValueError:
+    """A one-line, user-facing reason why a table file could not be read."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if path.stat().st_size == 0:
+        why = "the file is empty (0 bytes)"
+    elif fmt == "parquet":
+        why = ("it is not a valid Parquet file (truncated, or another format with a .parquet "
+               f"name: {detail})")
+    else:
+        why = f"it is not valid {fmt.upper()} ({detail})"
+    return ValueError(f"could not read '{path}' as {fmt.upper()}: {why}")
+
+
+def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True,
+                   sep: str | None = None) -> pd.DataFrame:
     """Read a response table written by :func:`write_responses` (or any file in the schema).
 
     Run metadata comes back in ``df.attrs["metadata"]``; categorical columns stay
     categorical with their levels in their stored order.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.parquet``, ``.csv``, ``.tsv`` or ``.jsonl`` file (text formats may end in ``.gz``).
+    format : {"parquet", "csv", "tsv", "jsonl"}, optional
+        Overrides the extension.
+    validate_table : bool
+        Check the schema (:func:`validate`) and return the validated table.
+    sep : str, optional
+        Field delimiter of a CSV file; by default the most frequent of ``,`` ``;`` tab
+        ``|`` in the header line (semicolon CSVs from spreadsheet locales read as they are).
 
     Examples
     --------
@@ -282,12 +325,18 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no response table at '{path}'")
+    if path.is_dir():
+        raise IsADirectoryError(f"'{path}' is a folder; give the table file inside it")
     fmt = _format_of(path, format)
     meta: dict = {}
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        at = pq.read_table(path)
+        try:
+            at = pq.read_table(path)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise _read_error(path, fmt, exc) from None
         kv = at.schema.metadata or {}
         if METADATA_KEY in kv:
             meta = json.loads(kv[METADATA_KEY].decode())
@@ -298,12 +347,20 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
         meta = side.get("metadata", {})
         dtypes = side.get("dtypes", {})
         str_cols = {c: str for c, t in dtypes.items() if t in ("object", "category", "str", "string")}
-        if fmt == "csv":
-            df = pd.read_csv(path, dtype=str_cols or None, keep_default_na=True)
-        elif fmt == "jsonl":
-            df = pd.read_json(path, orient="records", lines=True, dtype=str_cols or None)
-        else:
-            raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv' or 'jsonl'")
+        try:
+            if fmt in ("csv", "tsv"):
+                delim = sep or ("\t" if fmt == "tsv" else _sniff_sep(path))
+                df = pd.read_csv(path, dtype=str_cols or None, keep_default_na=True, sep=delim)
+            elif fmt == "jsonl":
+                df = pd.read_json(path, orient="records", lines=True, dtype=str_cols or None)
+            else:
+                raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv', 'tsv' or 'jsonl'")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise _read_error(path, fmt, exc) from None
+        except ValueError as exc:
+            if "unknown format" in str(exc):
+                raise
+            raise _read_error(path, fmt, exc) from None
         for c, levels in side.get("categories", {}).items():
             if c in df.columns:
                 if dtypes.get(c) and not pd.api.types.is_object_dtype(df[c]):
