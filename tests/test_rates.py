@@ -48,7 +48,7 @@ SM_METHOD = {"wilson": "wilson", "clopper-pearson": "beta", "jeffreys": "jeffrey
 
 @pytest.mark.parametrize("method", ["wilson", "clopper-pearson", "jeffreys"])
 def test_refusal_rates_match_statsmodels(paper, method):
-    out = rs.refusal_rates(paper, by=["model", "task"], method=method, conf=0.9)
+    out = rs.refusal_rates(paper, by=["model", "task"], method=method, conf=0.9, cluster=None)
     counts = paper.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "sum"])
     assert out["n"].tolist() == counts["size"].tolist()
     assert out["refusals"].tolist() == counts["sum"].tolist()
@@ -78,7 +78,7 @@ def test_jeffreys_and_clopper_pearson_boundaries():
 
 
 def test_refusal_rates_overall_and_order(paper):
-    out = rs.refusal_rates(paper)
+    out = rs.refusal_rates(paper, cluster=None)
     assert out.shape == (1, 5)
     assert out["n"].item() == len(paper) and out["refusals"].item() == paper["refusal"].sum()
     by_task = rs.refusal_rates(paper, by="task")
@@ -86,7 +86,7 @@ def test_refusal_rates_overall_and_order(paper):
         t for t in paper["task"].cat.categories if t in set(paper["task"])
     ]
     # unused categorical levels (persona-free) are not listed
-    by_setting = rs.refusal_rates(paper, by="setting")
+    by_setting = rs.refusal_rates(paper, by="setting", cluster=None)
     assert by_setting["setting"].tolist() == ["persona"]
 
 
@@ -137,7 +137,9 @@ def test_clustered_rates_by_hand(method):
         n_eff = n / deff
         assert row["design_effect"] == pytest.approx(deff)
         assert row["n_eff"] == pytest.approx(n_eff)
-        lo, hi = proportion_confint(p * n_eff, n_eff, method=SM_METHOD[method])
+        # Korn & Graubard / survey::svyciprop: n_eff * (qt(.975, n - 1) / qt(.975, C - 1))^2
+        n_ci = n_eff * (stats.t.ppf(0.975, n - 1) / stats.t.ppf(0.975, c - 1)) ** 2
+        lo, hi = proportion_confint(p * n_ci, n_ci, method=SM_METHOD[method])
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-9)
         assert row["design_effect"] > 1.05  # the rows of an item are correlated
 
@@ -145,7 +147,7 @@ def test_clustered_rates_by_hand(method):
 def test_clustered_rates_cover_where_naive_ones_do_not():
     df = clustered(size=12)  # design effect about 2.3
     truth = 1.5 / 7.5
-    naive = rs.refusal_rates(df, by="group")
+    naive = rs.refusal_rates(df, by="group", cluster=None)
     robust = rs.refusal_rates(df, by="group", cluster="item_id")
 
     def cover(t):

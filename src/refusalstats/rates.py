@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._validation import resolve_cluster
+
 __all__ = [
     "RankAgreement",
     "cochran_q",
@@ -203,7 +205,7 @@ def refusal_rates(
     *,
     method: str = "wilson",
     conf: float = 0.95,
-    cluster: str | Sequence[str] | None = None,
+    cluster: str | Sequence[str] | None = "auto",
     refusal: str = "refusal",
 ) -> pd.DataFrame:
     """Refusal rate per group, with a binomial confidence interval.
@@ -220,16 +222,22 @@ def refusal_rates(
         Interval (see :func:`proportion_ci`).
     conf : float
         Confidence level.
-    cluster : str or list of str, optional
+    cluster : "auto", str, list of str or None
         Column(s) identifying groups of correlated rows (e.g. ``"item_id"``: P1 shows
         each item ten times to each model; ``["task", "item_id"]`` when item ids
-        restart in each task). The interval then uses the effective sample size
-        n_eff = p(1 - p) / Var(p), with the cluster-robust (ratio estimator)
-        variance Var(p) = C / (C - 1) * sum_c (y_c - p m_c)^2 / n^2 over the C
-        clusters (y_c refusals in m_c rows), as R's ``survey::svyciprop`` and Korn &
-        Graubard (1998) do; the design effect is capped below at 1, so the interval
-        is never narrower than the independent-rows one. Adds ``n_clusters``,
-        ``design_effect`` and ``n_eff``.
+        restart in each task). The default ``"auto"`` clusters by ``item_id`` when the
+        table has that column and some item repeats (a :class:`~refusalstats.ClusterNote`
+        says so; an ``item_id`` in ``by`` turns it off, each group then being one
+        item); ``None`` treats rows as independent trials. With clusters the interval
+        is Korn & Graubard's (1998): the chosen binomial interval on the effective
+        sample size n_eff = p(1 - p) / Var(p), with the cluster-robust (ratio
+        estimator) variance Var(p) = C / (C - 1) * sum_c (y_c - p m_c)^2 / n^2 over the
+        C clusters (y_c refusals in m_c rows), and n_eff shrunk by the degrees-of-freedom
+        factor (t_{n-1} / t_{C-1})^2 at the interval's quantile, as R's
+        ``survey::svyciprop(method = "beta")`` does. The design effect is capped below
+        at 1, so the interval is never narrower than the independent-rows one. Adds
+        ``n_clusters``, ``design_effect`` and ``n_eff`` (n / design effect, before the
+        degrees-of-freedom factor).
     refusal : str
         The 0/1 outcome column.
 
@@ -241,23 +249,30 @@ def refusal_rates(
 
     Notes
     -----
-    Without ``cluster`` the interval treats the rows of a group as independent
+    With ``cluster=None`` the interval treats the rows of a group as independent
     trials. In P1's design each item appears ten times (persona x template
     variations), so rows of one item are correlated and those intervals are too
-    narrow; pass ``cluster="item_id"``, or use ``rs.logit(..., cluster="item_id")``.
+    narrow: on simulated tables with an item random intercept of sd 1 (logit scale)
+    the independent-rows Wilson interval covers the population rate of a task 85-90%
+    of the time, the clustered one at least 94% (``docs/validity.md``).
 
     Examples
     --------
     >>> import refusalstats as rs
     >>> df = rs.simulate_paper(scale=0.01)
-    >>> t = rs.refusal_rates(df, by=["model", "task"], method="jeffreys")
+    >>> t = rs.refusal_rates(df, by=["model", "task"], method="jeffreys", cluster=None)
     >>> list(t.columns)
     ['model', 'task', 'n', 'refusals', 'rate', 'ci_low', 'ci_high']
+    >>> t = rs.refusal_rates(df, by=["model", "task"], cluster="item_id")
+    >>> list(t.columns)[-3:]
+    ['n_clusters', 'design_effect', 'n_eff']
     """
     by = _columns(by, "by")
     method = _ci_method(method)
     conf = _conf(conf)
-    clusters = _columns(cluster, "cluster")
+    clusters = _columns(
+        resolve_cluster(df, _auto_off(cluster, by), where="refusal_rates"), "cluster"
+    )
     if set(clusters) & set(by):
         raise ValueError(f"cluster column(s) {sorted(set(clusters) & set(by))} are also in by=")
     data = _prepare(df, [*by, *clusters], refusal)
@@ -276,6 +291,32 @@ def refusal_rates(
     out.attrs["method"] = method
     out.attrs["conf"] = conf
     return out
+
+
+def _auto_off(cluster, by: list[str]):
+    """``cluster="auto"`` is off when ``item_id`` groups the rows (each group one item)."""
+    from ._validation import AUTO_CLUSTER_COLUMN
+
+    if isinstance(cluster, str) and cluster == "auto" and AUTO_CLUSTER_COLUMN in by:
+        return None
+    return cluster
+
+
+def _df_factor(n, n_clusters, conf: float):
+    """Korn & Graubard's degrees-of-freedom factor (t_{n-1} / t_{C-1})^2 for n_eff.
+
+    Multiplying the effective sample size by it makes the interval's quantile a t on
+    C - 1 degrees of freedom (C clusters) instead of (nearly) a normal one; it is R's
+    ``survey::svyciprop(method = "beta")`` ratio ``(qt(alpha/2, n - 1) / qt(alpha/2,
+    degf))^2``. For a Wilson interval this is exactly the score interval with the t
+    quantile, since Wilson's limits depend on the quantile q and n only through q^2/n.
+    """
+    q = 1 - (1 - conf) / 2
+    n = np.asarray(n, dtype=float)
+    c = np.asarray(n_clusters, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        big = stats.t.ppf(q, np.maximum(n - 1, 1))
+        return (big / stats.t.ppf(q, np.maximum(c - 1, 1))) ** 2
 
 
 def _clustered_rates(
@@ -305,7 +346,8 @@ def _clustered_rates(
     hi = np.full(len(out), np.nan)
     ok = np.isfinite(n_eff)
     if ok.any():
-        lo[ok], hi[ok] = proportion_ci(p[ok] * n_eff[ok], n_eff[ok], method, conf)
+        n_ci = n_eff[ok] * _df_factor(n[ok], c[ok], conf)
+        lo[ok], hi[ok] = proportion_ci(p[ok] * n_ci, n_ci, method, conf)
     if (~ok).any():
         warnings.warn(
             f"{int((~ok).sum())} group(s) have a single {'+'.join(clusters)} cluster: no "
