@@ -674,9 +674,9 @@ def test_cli_import_xstest_and_generic(tmp_path, capsys):
 
 
 def test_cli_import_reports_errors_cleanly(tmp_path, capsys):
-    with pytest.raises(SystemExit) as err:
-        cli_main(["import", "persona-behavior", str(tmp_path), "-o", str(tmp_path / "x.parquet")])
-    assert "unknown layout" in str(err.value)
+    rc = cli_main(["import", "persona-behavior", str(tmp_path), "-o", str(tmp_path / "x.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown layout" in err and "Traceback" not in err
 
 
 def test_fetch_remembers_404_until_refresh(tmp_path, serve):

@@ -205,8 +205,7 @@ def test_cli_report(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<dt>Data</dt><dd>" + str(path) in html
     assert (out / "tables" / "persona_vs_free.csv").exists()
-    with pytest.raises(SystemExit, match="no response table"):
-        main(["report", str(tmp_path / "missing.parquet"), "-o", str(out)])
+    assert main(["report", str(tmp_path / "missing.parquet"), "-o", str(out)]) == 2
 
 
 # ------------------------------------------------------------------ browser
