@@ -96,3 +96,89 @@ def test_reproducible():
     b = rs.simulate_paper(scale=0.01, seed=5)
     pd.testing.assert_frame_equal(a, b)
     assert not a["refusal"].equals(rs.simulate_paper(scale=0.01, seed=6)["refusal"])
+
+
+# ------------------------------------------------------------------ marginal (population-averaged) truth
+def test_truth_is_serialisable_with_string_keys():
+    import json
+
+    df = rs.simulate_paper(scale=0.01, seed=3)
+    truth = df.attrs["truth"]
+    text = json.dumps(truth)  # raises on tuple keys / numpy values
+    assert "Llama2-7B|nli" in truth["offsets"] and "Llama2-7B|nli" in truth["target_rates"]
+    assert "Llama2-7B|nli" in truth["marginal"]["rates"] and len(truth["marginal"]["rates"]) == 48
+    assert json.loads(text)["marginal"]["separated"] == ["model[T.Qwen2.5-32B]"]
+
+
+def test_marginal_rates_by_independent_monte_carlo_integration():
+    """Target: marginal["rates"] (item intercept integrated out), checked against a
+    Monte Carlo average over u ~ N(0, item_sd^2) computed here from the conditional truth."""
+    df = rs.simulate_paper(scale=0.02, seed=4, calibrate="table7", item_sd=1.3)
+    truth = df.attrs["truth"]
+    coef = truth["coefficients"]
+    d = df[df["model"] == "Llama2-7B"]
+    eta = np.full(len(d), truth["intercept"])
+    for f in ("persona", "prompt", "task", "model"):
+        eta += d[f].astype(str).map(lambda lv, f=f: coef.get(f"{f}[T.{lv}]", 0.0)).to_numpy()
+    u = np.random.default_rng(0).normal(0, 1.3, 4000)
+    p = (1 / (1 + np.exp(-(eta[:, None] + u[None, :])))).mean(1)
+    for task in ("nli", "politeness", "offensiveness"):
+        mc = p[(d["task"] == task).to_numpy()].mean()
+        assert truth["marginal"]["rates"][f"Llama2-7B|{task}"] == pytest.approx(mc, abs=0.004)
+    # without an item intercept the marginal truth is the conditional truth
+    df0 = rs.simulate_paper(scale=0.02, seed=4, calibrate="table7", item_sd=0.0)
+    m0 = df0.attrs["truth"]["marginal"]
+    for k, v in df0.attrs["truth"]["coefficients"].items():
+        assert m0["coefficients"][k] == pytest.approx(v, abs=1e-6), k
+    assert m0["intercept"] == pytest.approx(df0.attrs["truth"]["intercept"], abs=1e-6)
+
+
+def test_marginal_coefficients_equal_statsmodels_weighted_fit():
+    """Target: marginal["coefficients"], recomputed by statsmodels' GLM on the marginal cell
+    rates with the design's cell counts as variance weights (the same population limit)."""
+    sm = pytest.importorskip("statsmodels.api")
+    from scipy.special import expit
+
+    df = rs.simulate_paper(scale=0.02, seed=8, calibrate="table7", item_sd=1.0)
+    truth = df.attrs["truth"]
+    coef = truth["coefficients"]
+    cells = df.groupby(["persona", "prompt", "task", "model"], observed=True).size().rename("n").reset_index()
+    eta = np.full(len(cells), truth["intercept"])
+    for f in ("persona", "prompt", "task", "model"):
+        eta += cells[f].astype(str).map(lambda lv, f=f: coef.get(f"{f}[T.{lv}]", 0.0)).to_numpy()
+    z, w = np.polynomial.hermite_e.hermegauss(40)
+    cells["p"] = (expit(eta[:, None] + z[None, :]) * (w / w.sum())[None, :]).sum(1)
+    X = pd.get_dummies(cells[["persona", "prompt", "task", "model"]].astype(str), prefix_sep="=")
+    X = X.drop(columns=[f"{f}={lv}" for f, lv in PAPER_REFERENCE.items()]).astype(float)
+    X.insert(0, "Intercept", 1.0)
+    res = sm.GLM(cells["p"], X, family=sm.families.Binomial(), var_weights=cells["n"]).fit(tol=1e-12)
+    marg = truth["marginal"]
+    assert res.params["Intercept"] == pytest.approx(marg["intercept"], abs=1e-5)
+    for col, v in res.params.items():
+        if col == "Intercept":
+            continue
+        f, lv = col.split("=", 1)
+        assert marg["coefficients"][f"{f}[T.{lv}]"] == pytest.approx(v, abs=1e-5), col
+
+
+def test_pooled_logit_recovers_marginal_not_conditional_coefficients():
+    """A pooled fit (no item term) targets marginal["coefficients"]; the conditional
+    coefficients (which the hierarchical model with (1|item_id) targets) are attenuated
+    by the item intercept and lie far outside its cluster-robust intervals."""
+    df = rs.simulate_paper(scale=0.05, seed=12, calibrate="table7", item_sd=1.5)
+    truth = df.attrs["truth"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = rs.logit("refusal ~ persona + prompt + task + model", df, reference=PAPER_REFERENCE,
+                     cluster="item_id", progress=False)
+    marg = truth["marginal"]["coefficients"]
+    terms = [t for t in ("task[T.offensiveness]", "task[T.politeness]", "persona[T.Black person]",
+                         "persona[T.White person]", "prompt[T.p6]", "model[T.Llama2-7B]")]
+    z_marg = np.array([(f.params[t] - marg[t]) / f.bse[t] for t in terms])
+    z_cond = np.array([(f.params[t] - truth["coefficients"][t]) / f.bse[t] for t in terms])
+    assert np.abs(z_marg).max() < 3.5, dict(zip(terms, z_marg))
+    # the big effects: the conditional truth is many standard errors away
+    big = [0, 2, 3]  # task[T.offensiveness] (4.16), Black person (2.62), White person (2.18)
+    assert np.abs(z_cond[big]).min() > 4, dict(zip(terms, z_cond))

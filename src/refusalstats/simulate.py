@@ -128,6 +128,118 @@ def _systematic_draw(p: np.ndarray, cell: np.ndarray, rng: np.random.Generator) 
     return out
 
 
+#: Fixed part of the pooled main-effects logistic fit whose population limit
+#: ``attrs["truth"]["marginal"]`` holds (P1's Table 7 model).
+MARGINAL_FORMULA = "refusal ~ persona + prompt + task + model"
+
+
+def _gauss_hermite(item_sd: float, n: int = 61) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of E[f(u)], u ~ N(0, item_sd^2) (probabilists' Gauss-Hermite)."""
+    if item_sd <= 0:
+        return np.zeros(1), np.ones(1)
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    return item_sd * z, w / w.sum()
+
+
+def _weighted_logistic(X: np.ndarray, p: np.ndarray, n: np.ndarray, tol: float = 1e-11,
+                       max_iter: int = 200) -> np.ndarray:
+    """Maximise sum n_c [p_c log q_c + (1 - p_c) log(1 - q_c)], q = expit(X b) (Newton, halving).
+
+    The population limit of a Bernoulli logistic fit when cell c holds a share n_c of
+    the rows and its rows refuse with probability p_c.
+    """
+    from scipy.special import log_expit
+
+    def objective(b):
+        eta = X @ b
+        return float(np.sum(n * (p * log_expit(eta) + (1 - p) * log_expit(-eta))))
+
+    b = np.zeros(X.shape[1])
+    f = objective(b)
+    for _ in range(max_iter):
+        q = expit(X @ b)
+        grad = X.T @ (n * (p - q))
+        H = (X * (n * q * (1 - q))[:, None]).T @ X
+        step = np.linalg.solve(H + 1e-12 * np.eye(len(b)), grad)
+        t = 1.0
+        while True:
+            f_new = objective(b + t * step)
+            if f_new >= f - 1e-12 or t < 1e-8:
+                break
+            t /= 2
+        b, f_old, f = b + t * step, f, f_new
+        if np.max(np.abs(t * step)) < tol or abs(f - f_old) < tol * (1 + abs(f)) * 1e-3:
+            if np.max(np.abs(grad)) < 1e-6 * n.sum():
+                break
+    return b
+
+
+def _marginal_truth(design: pd.DataFrame, models: list[str], coef: dict, intercept: float,
+                    offsets: dict, item_sd: float) -> dict:
+    """Population-averaged (item intercept integrated out) rates and pooled coefficients.
+
+    Every row of a (persona, prompt, task, model) cell shares its linear predictor
+    ``eta_c`` up to the item intercept ``u ~ N(0, item_sd^2)``, so the cell's marginal
+    rate is ``E_u[expit(eta_c + u)]`` (61-node Gauss-Hermite). A pooled logistic fit of
+    :data:`MARGINAL_FORMULA` (no item term) on an ever larger table with this design
+    converges to the maximiser of the expected log-likelihood, i.e. the weighted
+    logistic fit to those marginal cell rates with the design's cell counts as weights,
+    computed here exactly (Newton). With ``calibrate="table1"`` the main-effects model
+    lacks the model x task offsets, so these are its pseudo-true (KL-projection) values.
+    A level whose cells all have rate exactly 0 has coefficient -inf (separation): it is
+    listed in ``separated`` with value None and its cells are left out of the fit.
+    """
+    factors = ["persona", "prompt", "task"]
+    cells = design.groupby(factors, observed=True).size().rename("n").reset_index()
+    cells = cells.merge(pd.DataFrame({"model": models}), how="cross")
+    for f in factors:
+        cells[f] = cells[f].astype(str)
+    eta = np.full(len(cells), float(intercept))
+    for f in (*factors, "model"):
+        eta += cells[f].map(coef[f]).fillna(0.0).to_numpy()
+    if offsets:
+        eta += np.array([offsets[(m, t)] for m, t in zip(cells["model"], cells["task"])])
+    z, w = _gauss_hermite(item_sd)
+    with np.errstate(over="ignore"):
+        p = (expit(eta[:, None] + z[None, :]) * w[None, :]).sum(1)
+    p = np.where(np.isneginf(eta), 0.0, p)
+    cells["p"] = p
+    n = cells["n"].to_numpy(dtype=float)
+    rates = {}
+    for (m, t), g in cells.groupby(["model", "task"], sort=False):
+        rates[f"{m}|{t}"] = float(np.average(g["p"], weights=g["n"]))
+    # pooled main-effects fit to the marginal cell rates
+    separated = []
+    keep = np.ones(len(cells), dtype=bool)
+    for f in (*factors, "model"):
+        tot = cells.groupby(f, sort=False)["p"].sum()
+        for lev in tot.index[tot.to_numpy() == 0]:
+            separated.append(f"{f}[T.{lev}]")
+            keep &= cells[f].to_numpy() != lev
+    names, cols = ["Intercept"], [np.ones(keep.sum())]
+    sub = cells[keep]
+    for f in (*factors, "model"):
+        levels = [lv for lv in (models if f == "model" else list(coef[f]) + [PAPER_REFERENCE[f]])
+                  if lv != PAPER_REFERENCE[f] and f"{f}[T.{lv}]" not in separated
+                  and (sub[f] == lv).any()]
+        for lv in levels:
+            names.append(f"{f}[T.{lv}]")
+            cols.append((sub[f] == lv).to_numpy(dtype=float))
+    X = np.column_stack(cols)
+    b = _weighted_logistic(X, sub["p"].to_numpy(), n[keep])
+    est = dict(zip(names, map(float, b)))
+    return {
+        "formula": MARGINAL_FORMULA,
+        "intercept": est.pop("Intercept"),
+        "coefficients": {**est, **{s: None for s in separated}},
+        "separated": separated,
+        "rates": rates,
+        "overall_rate": float(np.average(p, weights=n)),
+        "method": "Gauss-Hermite (61 nodes) over u ~ N(0, item_sd^2); pooled fit = weighted "
+                  "logistic regression on the marginal cell rates (population limit)",
+    }
+
+
 def simulate_paper(
     scale: float = 1.0,
     seed: int = 0,
@@ -168,7 +280,15 @@ def simulate_paper(
         refusal; categorical columns; ``df.attrs["truth"]`` holds the generating values:
         ``coefficients`` (term name -> value, formulaic/statsmodels treatment names such
         as ``"persona[T.Black person]"``), ``intercept``, ``offsets`` ((model, task) ->
-        value, "table1" only), ``item_sd``, ``reference`` and ``target_rates``.
+        value keyed ``"model|task"``, "table1" only), ``item_sd``, ``reference``,
+        ``target_rates`` (``"model|task"`` -> Table 1 rate) and ``marginal``: the
+        population-averaged targets of a pooled fit without an item term (the item
+        intercept integrated out): ``marginal["rates"]`` (``"model|task"`` -> rate),
+        ``marginal["coefficients"]`` and ``marginal["intercept"]`` (the limit of a pooled
+        logistic fit of :data:`MARGINAL_FORMULA` on this design; None for separated
+        levels), ``marginal["overall_rate"]``. ``coefficients`` and ``intercept`` are
+        *conditional* on the item (the hierarchical model with ``(1|item_id)`` targets
+        those); a pooled fit targets ``marginal``. All keys are strings (Parquet-safe).
 
     Examples
     --------
@@ -254,15 +374,17 @@ def simulate_paper(
     for factor, levels in coef.items():
         for level, value in levels.items():
             terms[f"{factor}[T.{level}]"] = value
+    marginal = _marginal_truth(design, models, coef, intercept, offsets, item_sd)
     df.attrs["truth"] = {
         "coefficients": terms,
         "intercept": intercept,
-        "offsets": offsets,
+        "offsets": {f"{m}|{t}": v for (m, t), v in offsets.items()},
         "item_sd": item_sd,
         "item_effects": u.tolist(),
         "reference": dict(PAPER_REFERENCE),
-        "target_rates": {(m, t): (None if v is None else v / 100.0)
+        "target_rates": {f"{m}|{t}": (None if v is None else v / 100.0)
                          for m, vals in PAPER_TABLE1.items() for t, v in zip(PAPER_TASKS, vals)},
+        "marginal": marginal,
         "overall_rate": target_overall,
         "calibrate": calibrate,
         "scale": scale,
