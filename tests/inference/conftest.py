@@ -57,3 +57,16 @@ def tiny_backend(tiny_model_dir):
     from refusalstats.inference import TransformersBackend
 
     return TransformersBackend(str(tiny_model_dir), device="cpu")
+
+
+#: A checkpoint's generation_config.json that asks for sampling and penalties (Qwen2.5
+#: ships repetition_penalty 1.05 with temperature/top_p/top_k).
+SAMPLING_GENERATION = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                       "repetition_penalty": 1.3, "no_repeat_ngram_size": 2}
+
+
+@pytest.fixture(scope="session")
+def sampling_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with the same weights, saved with a sampling generation config."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-sampling"),
+                            generation=SAMPLING_GENERATION)

@@ -110,3 +110,117 @@ def test_cuda_request_without_cuda_is_a_clear_error(tiny_model_dir):
 
     with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
         TransformersBackend(str(tiny_model_dir), device="cuda")
+
+
+# ---------------------------------------------------------------------------- issue 12
+def _many_prompts(n=36):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_model import corpus_sentences
+
+    return corpus_sentences(n, seed=5)
+
+
+def test_greedy_ignores_a_sampling_generation_config(tiny_backend, sampling_model_dir):
+    """A checkpoint asking for sampling + repetition penalty still decodes plain greedy.
+
+    Regression (issue 12, #1): unset GenerationConfig fields were filled from the
+    model's generation_config.json, so answers were sampled / penalised.
+    """
+    from refusalstats.inference import TransformersBackend
+
+    shipped = TransformersBackend(str(sampling_model_dir), device="cpu")
+    assert shipped.model.config.to_json_string() == tiny_backend.model.config.to_json_string()
+    texts = [tiny_backend.render([{"role": "user", "content": t}]) for t in _many_prompts()]
+    params = DecodingParams(max_new_tokens=12)
+    clean = tiny_backend.generate(texts, params)
+    for _ in range(3):  # sampling would change the answers between identical calls
+        got = shipped.generate(texts, params)
+        assert [c.text for c in got] == [c.text for c in clean]
+        assert [c.n_new_tokens for c in got] == [c.n_new_tokens for c in clean]
+    # and both equal a hand-written argmax loop
+    tok = tiny_backend.tokenizer
+    eos = set(tiny_backend.eos_token_ids)
+    for p, c in list(zip(texts, clean))[:6]:
+        ref = _manual_greedy(shipped.model, tok(p, add_special_tokens=False)["input_ids"], 12, eos)
+        assert c.text == tok.decode([t for t in ref if t not in eos], skip_special_tokens=True)
+    # the shipped settings are kept in the metadata, not used
+    ignored = shipped.info()["model_generation_config_ignored"]
+    assert ignored["do_sample"] is True and ignored["repetition_penalty"] == 1.3
+
+
+def test_greedy_generation_config_is_complete():
+    from refusalstats.inference.backends import greedy_generation_config
+
+    c = greedy_generation_config(7, [3], 0, 1)
+    assert (c.do_sample, c.num_beams, c.repetition_penalty, c.no_repeat_ngram_size) == \
+        (False, 1, 1.0, 0)
+    assert (c.temperature, c.top_p, c.max_new_tokens, c.eos_token_id) == (1.0, 1.0, 7, [3])
+    assert c.suppress_tokens is None and c.bad_words_ids is None
+
+
+def test_from_pretrained_dtype_keyword_follows_the_transformers_version(tiny_model_dir,
+                                                                        monkeypatch):
+    """Regression (issue 12, #2): `dtype=` is a TypeError before transformers 4.56."""
+    import transformers
+    from refusalstats.inference import TransformersBackend
+
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*a, **k):
+        seen.update(k)
+        k.pop("torch_dtype", None)
+        return real(*a, **k, dtype=torch.float32)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(transformers, "__version__", "4.46.3")
+    TransformersBackend(str(tiny_model_dir), device="cpu")
+    assert seen.get("torch_dtype") is torch.float32 and "dtype" not in seen
+
+
+DATE_TEMPLATE = (
+    "{{ bos_token }}{% if date_string is not defined %}{% set date_string = 'none' %}{% endif %}"
+    "<|im_start|>system\nToday: {{ strftime_now('%d %b %Y') }} / {{ date_string }}<|im_end|>\n"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_chat_templates_see_a_fixed_date(tiny_model_dir, tmp_path):
+    """Regression (issue 12, #5): Llama 3.x templates stamp today's date into prompts."""
+    from refusalstats.inference import TransformersBackend
+    from tiny_model import build_tokenizer
+
+    build_tokenizer(DATE_TEMPLATE).save_pretrained(tmp_path)
+    be = TransformersBackend(str(tiny_model_dir), tokenizer=str(tmp_path), device="cpu")
+    msgs = [{"role": "user", "content": "Hi."}]
+    assert "Today: 26 Jul 2024 / 26 Jul 2024" in be.render(msgs)
+    assert all("Today: 26 Jul 2024 / 26 Jul 2024" in r for r in be.render_many([msgs, msgs]))
+    be.template_date = "2023-01-02"
+    assert "Today: 02 Jan 2023 / 02 Jan 2023" in be.render(msgs)
+    # the clock is restored after rendering
+    import datetime
+
+    from transformers.utils import chat_template_utils
+    assert getattr(chat_template_utils, "datetime", datetime.datetime) is datetime.datetime
+    with pytest.raises(ValueError, match="ISO date"):
+        TransformersBackend(str(tiny_model_dir), device="cpu", template_date="July 26")
+
+
+def test_max_positions_and_middle_truncation(tiny_backend):
+    assert tiny_backend.max_positions() == 1024
+    p = tiny_backend.render([{"role": "user", "content": " ".join(_many_prompts(30))}])
+    n = tiny_backend.count_tokens([p])[0]
+    assert n > 60
+    (cut,) = tiny_backend.truncate_prompts([p], 40)
+    ids = tiny_backend._ids[cut]
+    assert len(ids) == 40
+    full = tiny_backend.tokenizer(p, add_special_tokens=False)["input_ids"]
+    assert ids[:20].tolist() == full[:20] and ids[20:].tolist() == full[-20:]
+    c = tiny_backend.generate([cut], DecodingParams(max_new_tokens=2))[0]
+    assert c.n_prompt_tokens == 40

@@ -80,8 +80,13 @@ def build_tokenizer(chat_template: str = CHAT_TEMPLATE_SYSTEM, vocab_size: int =
 
 
 def build_tiny_model(path: str | Path, chat_template: str = CHAT_TEMPLATE_SYSTEM,
-                     seed: int = 0, hidden_size: int = 32, num_layers: int = 2) -> Path:
-    """Save a tiny random ``LlamaForCausalLM`` and its tokenizer to ``path``; return ``path``."""
+                     seed: int = 0, hidden_size: int = 32, num_layers: int = 2,
+                     generation: dict | None = None, max_positions: int = 1024) -> Path:
+    """Save a tiny random ``LlamaForCausalLM`` and its tokenizer to ``path``; return ``path``.
+
+    ``generation`` adds settings to the saved ``generation_config.json`` (e.g. a
+    Qwen-style ``do_sample=True, repetition_penalty=1.05``).
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -91,7 +96,7 @@ def build_tiny_model(path: str | Path, chat_template: str = CHAT_TEMPLATE_SYSTEM
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+        max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
@@ -103,7 +108,7 @@ def build_tiny_model(path: str | Path, chat_template: str = CHAT_TEMPLATE_SYSTEM
         model.lm_head.weight.mul_(40.0)
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, do_sample=False,
+        pad_token_id=tok.pad_token_id, **(generation or {"do_sample": False}),
     )
     model.save_pretrained(path)
     tok.save_pretrained(path)
