@@ -345,6 +345,8 @@ def _add_report(sub) -> None:
     p.add_argument("--n-perm", type=_positive_int, default=200, help="W2 permutations (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--title", default="False refusal report", help="page title")
+    _add_cluster_option(p)
+    _add_sep_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_report)
 
@@ -355,13 +357,13 @@ def _cmd_report(args) -> int:
     hier: bool | str = False if args.no_hierarchical else (args.hierarchical_formula or True)
     inputs = [c.strip() for c in args.inputs.split(",") if c.strip()] if args.inputs else None
     t0 = time.perf_counter()
-    try:
-        rep = report(args.table, out=args.out, formula=args.formula, inputs=inputs,
-                     hierarchical=hier, seed=args.seed, title=args.title,
-                     options={"w2": {"n_boot": args.n_boot, "n_perm": args.n_perm}},
-                     progress=not args.quiet)
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
-        raise CLIError(_one_line(exc)) from None
+    table = _read_table(args.table, sep=args.sep)
+    if Path(args.out).resolve() == Path(args.table).resolve():
+        raise CLIError(f"-o {args.out} is the input table; the report needs a folder of its own")
+    rep = report(table, source=args.table, cluster=_cluster_arg(args), out=args.out,
+                 formula=args.formula, inputs=inputs, hierarchical=hier, seed=args.seed,
+                 title=args.title, options={"w2": {"n_boot": args.n_boot, "n_perm": args.n_perm}},
+                 progress=not args.quiet)
     _print_report(rep, time.perf_counter() - t0)
     return 0
 

@@ -101,15 +101,20 @@ def _levels(s: pd.Series) -> list:
     return list(pd.unique(s.dropna()))
 
 
-def _rate_table(df: pd.DataFrame, by: list[str], method: str = "wilson") -> pd.DataFrame:
-    """Refusal rate with CI per group: computed from a response table, or checked and passed."""
+def _rate_table(df: pd.DataFrame, by: list[str], method: str = "wilson", cluster="auto"
+                ) -> pd.DataFrame:
+    """Refusal rate with CI per group: computed from a response table, or checked and passed.
+
+    ``cluster`` is passed to :func:`refusalstats.rates.refusal_rates` ("auto": item_id when
+    it repeats, so intervals account for items answered many times).
+    """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     if _is_response_table(df):
         from ..rates import refusal_rates
 
         _need(df, by, "this figure")
-        return refusal_rates(df, by=by, method=method)
+        return refusal_rates(df, by=by, method=method, cluster=cluster)
     _need(df, list(by) + ["rate", "ci_low", "ci_high"], "this figure (given a rate table)")
     return df
 
@@ -198,7 +203,7 @@ def _matrix(tab: pd.DataFrame, row: str, col: str, rows: list, cols: list, value
 # Table 1: rate by model x task
 # ----------------------------------------------------------------------------------------
 def rates(data: pd.DataFrame, row: str = "model", col: str = "task", *,
-          method: str = "wilson", title: str | None = None) -> Figure:
+          method: str = "wilson", cluster: str | None = "auto", title: str | None = None) -> Figure:
     """Refusal rate by ``row`` x ``col`` as an annotated heatmap (P1's Table 1).
 
     Each cell shows the rate in percent and its confidence interval below it; the colour
@@ -227,7 +232,7 @@ def rates(data: pd.DataFrame, row: str = "model", col: str = "task", *,
     >>> fig.axes[0].get_xlabel()
     'task'
     """
-    tab = _rate_table(data, [row, col], method)
+    tab = _rate_table(data, [row, col], method, cluster)
     rows, cols = _levels(tab[row]), _levels(tab[col])
     rate = _matrix(tab, row, col, rows, cols, "rate")
     lo = _matrix(tab, row, col, rows, cols, "ci_low")
@@ -249,7 +254,7 @@ def rates(data: pd.DataFrame, row: str = "model", col: str = "task", *,
 # Fig. 1: persona vs persona-free
 # ----------------------------------------------------------------------------------------
 def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "task", *,
-                    method: str = "wilson", title: str | None = None) -> Figure:
+                    method: str = "wilson", cluster: str | None = "auto", title: str | None = None) -> Figure:
     """Refusal rate with and without a persona, per ``by`` level (P1's Fig. 1).
 
     Two points per level (persona: orange circles; persona-free: blue squares) with CI
@@ -290,7 +295,7 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
             "persona_vs_free needs rows of both settings in column 'setting' "
             f"('persona' and 'persona-free'); found {sorted(settings)}"
         )
-    tab = _rate_table(data, by_cols, method)
+    tab = _rate_table(data, by_cols, method, cluster)
     tab = tab.assign(setting=tab["setting"].astype(str))
     levels = _levels(tab[by])
     panels = _levels(tab[facet]) if facet else [None]
@@ -328,7 +333,7 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
 # ----------------------------------------------------------------------------------------
 # Figs. 2, 3: rate per persona
 # ----------------------------------------------------------------------------------------
-def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "wilson",
+def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "wilson", cluster: str | None = "auto",
              title: str | None = None) -> Figure:
     """Refusal rate per persona with CIs, coloured by persona group (P1's Figs. 2-3).
 
@@ -372,7 +377,7 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
         if rows.empty:
             raise ValueError("personas: the table has no rows with a persona")
         has_group = "persona_group" in rows.columns
-        tab = _rate_table(rows, fcols + ["persona"], method)
+        tab = _rate_table(rows, fcols + ["persona"], method, cluster)
         if has_group:
             groups = (rows[["persona", "persona_group"]].drop_duplicates("persona")
                       .set_index("persona")["persona_group"].astype(str))
@@ -380,9 +385,9 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
         if "setting" in data.columns:
             free = data[data["setting"].astype(str) == PERSONA_FREE]
             if len(free):
-                baseline = _rate_table(free, fcols or ["setting"], method)
+                baseline = _rate_table(free, fcols or ["setting"], method, cluster)
     else:
-        tab = _rate_table(data, fcols + ["persona"], method)
+        tab = _rate_table(data, fcols + ["persona"], method, cluster)
     if "persona_group" in tab.columns:
         tab = tab.assign(persona_group=tab["persona_group"].astype(str))
         group_levels = list(pd.unique(tab["persona_group"]))
@@ -444,7 +449,7 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
 # Figs. 7-9: model x persona
 # ----------------------------------------------------------------------------------------
 def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None = None,
-                    method: str = "wilson", title: str | None = None) -> Figure:
+                    method: str = "wilson", cluster: str | None = "auto", title: str | None = None) -> Figure:
     """Refusal rate per ``row`` x persona as an annotated heatmap (P1's Figs. 7-9).
 
     Parameters
@@ -478,7 +483,7 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
         data = data[data["task"].astype(str) == task]
     if _is_response_table(data):
         data = _persona_rows(data)
-    tab = _rate_table(data, [row, "persona"], method)
+    tab = _rate_table(data, [row, "persona"], method, cluster)
     rows, cols = _levels(tab[row]), _levels(tab["persona"])
     rate = _matrix(tab, row, "persona", rows, cols, "rate")
     lo = _matrix(tab, row, "persona", rows, cols, "ci_low")
@@ -501,7 +506,7 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
 # Figs. 4, 10, 11: model x response type
 # ----------------------------------------------------------------------------------------
 def response_types(data: pd.DataFrame, row: str = "model", facet: str | None = "task", *,
-                   method: str = "wilson", title: str | None = None) -> Figure:
+                   method: str = "wilson", cluster: str | None = "auto", title: str | None = None) -> Figure:
     """Refusal rate per ``row`` x response type, one heatmap per ``facet`` level.
 
     P1's Figs. 4, 10 and 11 (unforced, semi-forced, forced prompts); all panels share
@@ -537,7 +542,7 @@ def response_types(data: pd.DataFrame, row: str = "model", facet: str | None = "
     fcols = [facet] if facet else []
     if _is_response_table(data):
         data = _persona_rows(data) if "setting" not in data.columns else data
-    tab = _rate_table(data, fcols + [row, "response_type"], method)
+    tab = _rate_table(data, fcols + [row, "response_type"], method, cluster)
     rows, cols = _levels(tab[row]), _levels(tab["response_type"])
     panels = _levels(tab[facet]) if facet else [None]
     norm = _rate_norm(np.nanmax(100 * tab["ci_high"].to_numpy(float)))

@@ -79,6 +79,7 @@ def report(
     title: str = "False refusal report",
     source: str | None = None,
     progress: bool = True,
+    cluster: str | None = "auto",
 ) -> Report:
     """Run every analysis the table supports and write an HTML report with figures and CSVs.
 
@@ -123,6 +124,12 @@ def report(
         metadata ``source``, or "in-memory table").
     progress : bool
         Show progress bars.
+    cluster : str or None
+        Column of correlated answers, used by every interval and test of the report
+        (rates, persona effects, W2 bootstrap and permutation null, regression
+        standard errors and per-factor tests). ``"auto"`` (default): ``item_id`` when the
+        table has it and it repeats; ``None``: rows treated as independent. The page
+        header says which.
 
     Returns
     -------
@@ -167,12 +174,16 @@ def report(
         if missing:
             raise KeyError(f"inputs {missing} are not columns of the table; it has {list(df.columns)}")
 
+    from .._validation import resolve_cluster
+
+    cluster = resolve_cluster(df, cluster, where="report", note=False)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     ctx = S.Context(data=df, persona_data=_persona_rows(df), formula=formula,
                     inputs=list(inputs) if inputs else None, hierarchical=hierarchical,
-                    seed=seed, results=results, options=options, progress=progress)
+                    seed=seed, results=results, options=options, progress=progress,
+                    cluster=cluster)
     import matplotlib
 
     with matplotlib.rc_context(_rc()), warnings.catch_warnings():
@@ -192,7 +203,7 @@ def report(
             t.data.to_csv(p, index=False)
             tables[t.key] = p
     findings = [f for sec in secs if not sec.skipped for f in sec.findings]
-    meta = _header(df, source, seed)
+    meta = _header(df, source, seed, cluster)
     page = _page(title, meta, findings, secs)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
@@ -211,7 +222,8 @@ def _persona_rows(df: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 # the page
 # ----------------------------------------------------------------------------------------
-def _header(df: pd.DataFrame, source: str | None, seed: int) -> list[tuple[str, str]]:
+def _header(df: pd.DataFrame, source: str | None, seed: int, cluster=None
+            ) -> list[tuple[str, str]]:
     from .. import __version__
 
     meta = df.attrs.get("metadata") or {}
@@ -242,6 +254,15 @@ def _header(df: pd.DataFrame, source: str | None, seed: int) -> list[tuple[str, 
     ]
     if "setting" in df.columns:
         rows.append(("Settings", lv("setting")))
+    if cluster:
+        cols = [cluster] if isinstance(cluster, str) else list(cluster)
+        n_cl = len(df.groupby(cols, observed=True).size())
+        text = (f"answers clustered by {'+'.join(cols)} ({n_cl:,} clusters, "
+                f"{len(df) / n_cl:.3g} answers each on average): every interval and test is "
+                "cluster-robust")
+        rows.append(("Clustering", text))
+    else:
+        rows.append(("Clustering", "none: rows are treated as independent answers"))
     if "item_id" in df.columns:
         rows.append(("Items", f"{df['item_id'].nunique():,}"))
     for k in ("model_revision", "decoding", "seed"):

@@ -102,6 +102,7 @@ class Context:
     results: dict[str, Any]
     options: dict[str, dict[str, Any]]
     progress: bool
+    cluster: str | None = None  # resolved once by report(): every interval and test uses it
 
 
 # ----------------------------------------------------------------------------------------
@@ -162,8 +163,8 @@ def _multi(df: pd.DataFrame, col: str) -> bool:
     return col in df.columns and df[col].nunique(dropna=True) >= 2
 
 
-def _refusal_rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    return F._rate_table(df, by)
+def _refusal_rates(df: pd.DataFrame, by: list[str], cluster: str | None) -> pd.DataFrame:
+    return F._rate_table(df, by, cluster=cluster)
 
 
 # ----------------------------------------------------------------------------------------
@@ -178,12 +179,12 @@ def rates_section(ctx: Context) -> Section:
     if len(d) < len(ctx.data):
         s.notes.append(f"Rows with a persona only ({len(d):,} of {len(ctx.data):,}); "
                        "persona-free rows are compared in the next section.")
-    tab = _refusal_rates(d, ["model", "task"])
+    tab = _refusal_rates(d, ["model", "task"], ctx.cluster)
     s.figures.append(render(F.rates(tab), "rates_model_task",
                             "Refusal rate (%) by model and task with 95% CIs."))
     s.tables.append(TableItem("rates_model_task", "Refusal rate by model and task.", tab,
                               rate_display(tab, ["model", "task"]), collapsed=len(tab) > 24))
-    overall = _refusal_rates(d.assign(_all="all"), ["_all"]).iloc[0]
+    overall = _refusal_rates(d.assign(_all="all"), ["_all"], ctx.cluster).iloc[0]
     s.findings.append(
         f"Overall refusal rate {pct(overall['rate'])} (95% CI {pct_ci(overall['ci_low'], overall['ci_high'])}) "
         f"over {int(overall['n']):,} answers."
@@ -219,14 +220,15 @@ def persona_free_section(ctx: Context) -> Section:
                      "cannot be told apart (add setting = 'persona' / 'persona-free').")
         return s
     settings = set(d["setting"].astype(str).unique())
-    if not {"persona", "persona-free"} <= settings:
-        s.skipped = ("no persona-free rows: column 'setting' holds only "
+    missing = [v for v in ("persona", "persona-free") if v not in settings]
+    if missing:
+        s.skipped = (f"no {' or '.join(missing)} rows: column 'setting' holds only "
                      f"{sorted(settings)}; the comparison needs both 'persona' and "
                      "'persona-free' answers.")
         return s
     by = ["task", "model"] if "task" in d.columns else ["model"]
-    eff = _persona_effect(d, by)
-    s.figures.append(render(F.persona_vs_free(d), "persona_vs_free",
+    eff = _persona_effect(d, by, ctx.cluster)
+    s.figures.append(render(F.persona_vs_free(d, cluster=ctx.cluster), "persona_vs_free",
                             "Refusal rate with and without a persona, per model and task."))
     disp = eff[by].astype(str).copy()
     disp["persona"] = [pct(v) for v in eff["rate_persona"]]
@@ -254,11 +256,11 @@ def persona_free_section(ctx: Context) -> Section:
     return s
 
 
-def _persona_effect(d: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def _persona_effect(d: pd.DataFrame, by: list[str], cluster: str | None) -> pd.DataFrame:
     """Persona minus persona-free rate per group with Newcombe CIs (``rates.persona_effect``)."""
     from ..rates import persona_effect
 
-    eff = persona_effect(d, by=by)
+    eff = persona_effect(d, by=by, cluster=cluster)
     return eff.rename(columns={"rate_persona_free": "rate_free", "difference": "diff",
                                "ci_low": "diff_low", "ci_high": "diff_high"})
 
@@ -276,10 +278,10 @@ def personas_section(ctx: Context) -> Section:
         s.skipped = ("fewer than two personas among the rows with a persona "
                      f"(found {_levels(d, 'persona')}); nothing to compare.")
         return s
-    s.figures.append(render(F.personas(ctx.data if "setting" in ctx.data.columns else d),
+    s.figures.append(render(F.personas(ctx.data if "setting" in ctx.data.columns else d, cluster=ctx.cluster),
                             "personas", "Refusal rate per persona and task, with 95% CIs."))
     by = (["task"] if "task" in d.columns else []) + ["persona"]
-    tab = _refusal_rates(d, by)
+    tab = _refusal_rates(d, by, ctx.cluster)
     s.tables.append(TableItem("rates_persona", "Refusal rate per persona (and task).", tab,
                               rate_display(tab, by), collapsed=True))
     if _multi(d, "model"):
@@ -290,15 +292,15 @@ def personas_section(ctx: Context) -> Section:
                 s.notes.append(f"No refusals at all in task {t}: its model × persona heatmap "
                                "is left out.")
                 continue
-            s.figures.append(render(F.persona_heatmap(sub, task=None if t is None else str(t),
+            s.figures.append(render(F.persona_heatmap(sub, cluster=ctx.cluster, task=None if t is None else str(t),
                                                       title=None),
                                     f"persona_model_{t or 'all'}",
                                     f"Refusal rate by model and persona{'' if t is None else f', task {t}'}."))
-        mt = _refusal_rates(d, ["model"] + by)
+        mt = _refusal_rates(d, ["model"] + by, ctx.cluster)
         s.tables.append(TableItem("rates_model_persona", "Refusal rate per model, task and "
                                   "persona.", mt, rate_display(mt, ["model"] + by),
                                   collapsed=True))
-    pooled = _refusal_rates(d, ["persona"]).sort_values("rate")
+    pooled = _refusal_rates(d, ["persona"], ctx.cluster).sort_values("rate")
     lo, hi = pooled.iloc[0], pooled.iloc[-1]
     overlap = hi["ci_low"] <= lo["ci_high"]
     s.findings.append(
@@ -325,13 +327,13 @@ def response_type_section(ctx: Context) -> Section:
         s.skipped = (f"'response_type' has a single level ({_levels(d, 'response_type')}); "
                      "nothing to compare.")
         return s
-    s.figures.append(render(F.response_types(d), "response_type",
+    s.figures.append(render(F.response_types(d, cluster=ctx.cluster), "response_type",
                             "Refusal rate by model and response type, per task."))
     by = (["task"] if "task" in d.columns else []) + ["model", "response_type"]
-    tab = _refusal_rates(d, by)
+    tab = _refusal_rates(d, by, ctx.cluster)
     s.tables.append(TableItem("rates_response_type", "Refusal rate by task, model and "
                               "response type.", tab, rate_display(tab, by), collapsed=True))
-    pooled = _refusal_rates(d, ["response_type"])
+    pooled = _refusal_rates(d, ["response_type"], ctx.cluster)
     s.findings.append("Refusal rate by response type: " + "; ".join(
         f"{r.response_type} {pct(r.rate)} ({pct_ci(r.ci_low, r.ci_high)})"
         for r in pooled.itertuples()) + ".")
@@ -369,6 +371,7 @@ def w2_section(ctx: Context) -> Section:
                          f"{int(d['refusal'].iloc[0])}): no variability to explain.")
             return s
         opts = {"n_boot": 1000, "n_perm": 200} | ctx.options.get("w2", {})
+        opts.setdefault("cluster", ctx.cluster)
         res = w2_sensitivity(d, inputs=inputs, seed=ctx.seed, progress=ctx.progress, **opts)
     tab = res.table
     s.figures.append(render(F.w2(tab), "w2", "W2 sensitivity index per input with 95% "
@@ -386,16 +389,31 @@ def w2_section(ctx: Context) -> Section:
         disp["permutation p"] = [fmt_p(v) for v in tab["p_value"]]
     s.tables.append(TableItem("w2_indices", "W2 sensitivity indices.", tab, disp))
     srt = tab.sort_values("iota", ascending=False)
-    first = srt.iloc[0]
-    s.findings.append(
-        f"{str(first['input']).capitalize()} explains the most variation (ι {fmt_num(first['iota'])}, 95% CI "
-        f"{fmt_num(first['ci_low'])}–{fmt_num(first['ci_high'])}); order: "
-        + " > ".join(f"{r.input} ({fmt_num(r.iota)})" for r in srt.itertuples()) + "."
-    )
-    weak = srt[srt["iota"] <= srt["null_q95"]]
+    if "distinguishable" in srt.columns:
+        real = srt["distinguishable"].to_numpy(bool)
+    else:
+        real = (srt["iota"] > srt["null_q95"]).to_numpy(bool)
+    weak, strong = srt[~real], srt[real]
+    # lead with the null comparison: an input within its null explains nothing we can tell
     if len(weak):
-        s.findings.append("Not distinguishable from an irrelevant input (ι within the "
-                          "permutation null's 95% quantile): " + ", ".join(weak["input"]) + ".")
+        s.findings.append("Not distinguishable from an irrelevant input with the same number "
+                          "of levels (ι within the permutation null's 95% quantile): "
+                          + ", ".join(map(str, weak["input"])) + ".")
+    if len(strong):
+        first = strong.iloc[0]
+        s.findings.append(
+            f"Among inputs that beat the null, {first['input']} explains the most variation "
+            f"(ι {fmt_num(first['iota'])}, 95% CI {fmt_num(first['ci_low'])}–"
+            f"{fmt_num(first['ci_high'])}); order: "
+            + " > ".join(f"{r.input} ({fmt_num(r.iota)})" for r in strong.itertuples()) + "."
+        )
+    else:
+        s.findings.append("No input's ι is distinguishable from its permutation null.")
+    outside = srt[(srt["iota"] < srt["ci_low"]) | (srt["iota"] > srt["ci_high"])]
+    for r in outside.itertuples():
+        s.notes.append(f"The estimate for {r.input} lies outside its own bootstrap interval "
+                       "(the estimator is biased upward for inputs with many small partitions; "
+                       "read ι − null mean).")
     s.notes.append(f"{res.n:,} rows; {res.conf:.0%} {res.ci_method} bootstrap intervals; "
                    f"output treated as {res.output_kind}.")
     return s
@@ -448,8 +466,7 @@ def logit_section(ctx: Context) -> Section:
                          f"{int(d['refusal'].iloc[0])}): a regression has nothing to explain.")
             return s
         opts = {"penalty": "firth"} | ctx.options.get("logit", {})
-        if "cluster" not in opts and "item_id" in d.columns:
-            opts["cluster"] = "item_id"
+        opts.setdefault("cluster", ctx.cluster)
         if "reference" not in opts:
             opts["reference"] = _reference(d, formula)
         with warnings.catch_warnings(record=True) as caught:
@@ -457,11 +474,11 @@ def logit_section(ctx: Context) -> Section:
             fit = logit(formula, d, **opts)
         for w in caught:
             s.notes.append(f"Warning from the fit: {w.message}")
-    _logit_outputs(s, fit)
+    _logit_outputs(s, fit, d)
     return s
 
 
-def _logit_outputs(s: Section, fit) -> None:
+def _logit_outputs(s: Section, fit, data: pd.DataFrame | None = None) -> None:
     coef = fit.coef_table()
     cf = F.coef_frame(coef)
     s.figures.append(render(F.coefficients(cf, top_k=10), "coefficients",
@@ -522,8 +539,10 @@ def _logit_outputs(s: Section, fit) -> None:
     r2 = getattr(fit, "pseudo_r2", None)
     r2 = r2() if callable(r2) else r2
     if r2 is not None and np.isfinite(r2):
-        s.findings.append(f"McFadden pseudo-R² of the regression: {r2:.3f} (P1 reported 0.573 "
-                          "on its data).")
+        same = data is not None and is_paper_design(data)
+        s.findings.append(f"McFadden pseudo-R² of the regression: {r2:.3f}"
+                          + (" (P1 reported 0.573 on its data with this design)." if same
+                             else "."))
     pos = cf[~cf["term"].str.lower().str.contains("intercept")]
     if len(pos):
         t = pos.loc[pos["estimate"].idxmax()]
@@ -538,6 +557,25 @@ def _logit_outputs(s: Section, fit) -> None:
             s.text = str(summ())
         except DATA_ERRORS:
             s.text = ""
+
+
+def is_paper_design(d: pd.DataFrame) -> bool:
+    """True when the table has P1's design: its tasks, its 15 personas, its 9 templates.
+
+    Only then is a comparison with P1's published numbers (pseudo-R² 0.5733) meaningful.
+    """
+    from ..design import PERSONAS
+    from ..simulate import PAPER_TASKS
+
+    need = {"task": set(PAPER_TASKS), "persona": {p.name for p in PERSONAS},
+            "prompt": {f"p{i}" for i in range(1, 10)}}
+    for col, levels in need.items():
+        if col not in d.columns:
+            return False
+        got = set(d[col].astype(str).unique())
+        if not got or not got <= levels or len(got) < 2:
+            return False
+    return True
 
 
 def _p_phrase(p: float) -> str:
