@@ -25,11 +25,16 @@ from numba import njit, prange
 
 __all__ = [
     "atom_index",
+    "boot_clusters_continuous",
     "boot_continuous",
     "cells_xi_weighted",
     "group_sorted",
     "jack_continuous",
+    "perm_clusters_continuous",
+    "perm_clusters_table",
     "perm_continuous",
+    "perm_within_continuous",
+    "perm_within_table",
     "prefix_table",
     "rank_cells",
     "table_xi_1d",
@@ -417,4 +422,208 @@ def jack_continuous(
         x, v = cells_xi_weighted(ys, members, starts, w)
         xi[g] = x
         var[g] = v
+    return xi, var
+
+
+# ----------------------------------------------------------------------------------------
+# clustered data (answers grouped by item): cluster bootstrap and cluster-aware permutations
+# ----------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def perm_clusters_table(lab: np.ndarray, h: np.ndarray, n_cells: int, seeds: np.ndarray):
+    """Permutation null of an input constant within cluster: shuffle the clusters' labels.
+
+    ``lab[g]`` is cluster g's partition, ``h[g, k]`` its count of output value k. Replicate
+    b permutes ``lab`` (Fisher-Yates) and returns the table ``sum_g [lab'(g) = c] h[g, k]``.
+    """
+    n_g, k_sup = h.shape
+    n_rep = seeds.shape[0]
+    out = np.zeros((n_rep, n_cells, k_sup), dtype=np.int64)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        perm = lab.copy()
+        for i in range(n_g - 1, 0, -1):
+            state, j = _randint(state, i + 1)
+            t = perm[i]
+            perm[i] = perm[j]
+            perm[j] = t
+        for g in range(n_g):
+            c = perm[g]
+            for k in range(k_sup):
+                out[b, c, k] += h[g, k]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def perm_within_table(
+    slot_cell: np.ndarray, cstart: np.ndarray, active: np.ndarray, mstart: np.ndarray,
+    mvals: np.ndarray, kmaj: np.ndarray, base: np.ndarray, seeds: np.ndarray,
+):
+    """Stratified permutation null: the input's labels are shuffled *within* each cluster.
+
+    Rows of cluster g occupy the slots ``cstart[g]:cstart[g+1]``, sorted by partition
+    (``slot_cell``). Shuffling labels within a cluster is the same as placing its output
+    values at random slots; only the values other than the cluster's most frequent one
+    (``kmaj[g]``; the ``mvals[mstart[a]:mstart[a+1]]`` of the a-th active cluster) are
+    placed, by a partial Fisher-Yates over the slots that is undone afterwards, so a
+    replicate costs O(minority answers), not O(rows). ``base`` is the table with every
+    active cluster's slots at its majority value plus the fixed tables of the clusters that
+    have one partition or a constant output.
+    """
+    n_rep = seeds.shape[0]
+    n_cells, k_sup = base.shape
+    n_act = active.shape[0]
+    max_n = 1
+    for a in range(n_act):
+        g = active[a]
+        max_n = max(max_n, cstart[g + 1] - cstart[g])
+    out = np.empty((n_rep, n_cells, k_sup), dtype=np.int64)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        tab = base.copy()
+        idx = np.arange(max_n)
+        js = np.empty(max_n, dtype=np.int64)
+        for a in range(n_act):
+            g = active[a]
+            s0 = cstart[g]
+            n = cstart[g + 1] - s0
+            km = kmaj[g]
+            r = mstart[a + 1] - mstart[a]
+            for i in range(r):
+                state, j = _randint(state, n - i)
+                j += i
+                js[i] = j
+                t = idx[i]
+                idx[i] = idx[j]
+                idx[j] = t
+                c = slot_cell[s0 + idx[i]]
+                tab[c, mvals[mstart[a] + i]] += 1
+                tab[c, km] -= 1
+            for i in range(r - 1, -1, -1):  # undo: idx is the identity again
+                j = js[i]
+                t = idx[i]
+                idx[i] = idx[j]
+                idx[j] = t
+        out[b] = tab
+    return out
+
+
+@njit(cache=True, parallel=True)
+def boot_clusters_continuous(
+    ys: np.ndarray, members: np.ndarray, starts: np.ndarray, clus_sorted: np.ndarray,
+    n_clusters: int, sgroups: np.ndarray, sstarts: np.ndarray, seeds: np.ndarray,
+) -> tuple:
+    """Cluster bootstrap of a continuous output: whole clusters drawn with replacement.
+
+    ``clus_sorted[j]`` is the cluster of sorted position j. Clusters are drawn within strata
+    (``sgroups[sstarts[s]:sstarts[s+1]]`` the clusters of stratum s; one stratum for the
+    plain cluster bootstrap), each stratum at its own size; a row's weight is its cluster's
+    multiplicity. With one cluster per row this is the ordinary (unstratified) bootstrap.
+    """
+    n = ys.shape[0]
+    n_rep = seeds.shape[0]
+    n_str = sstarts.shape[0] - 1
+    yc = np.empty(n)
+    for r in range(n):
+        yc[r] = ys[members[r]]
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        cw = np.zeros(n_clusters, dtype=np.int64)
+        for s in range(n_str):
+            a = sstarts[s]
+            m = sstarts[s + 1] - a
+            for _ in range(m):
+                state, k = _randint(state, m)
+                cw[sgroups[a + k]] += 1
+        w = np.empty(n, dtype=np.int64)
+        for j in range(n):
+            w[j] = cw[clus_sorted[j]]
+        wc = np.empty(n, dtype=np.int64)
+        for r in range(n):
+            wc[r] = w[members[r]]
+        x, v = xi_from_prefix(prefix_table(ys, w), atom_index(w), yc, wc, starts)
+        xi[b] = x
+        var[b] = v
+    return xi, var
+
+
+@njit(cache=True)
+def _xi_of_labels(ys: np.ndarray, lab: np.ndarray, n_cells: int, pre: np.ndarray,
+                  inv: np.ndarray, ones: np.ndarray) -> tuple:
+    members, starts = group_sorted(lab, n_cells)
+    n = ys.shape[0]
+    yc = np.empty(n)
+    for r in range(n):
+        yc[r] = ys[members[r]]
+    return xi_from_prefix(pre, inv, yc, ones, starts)
+
+
+@njit(cache=True, parallel=True)
+def perm_clusters_continuous(
+    ys: np.ndarray, clus_sorted: np.ndarray, clab: np.ndarray, n_cells: int, seeds: np.ndarray
+) -> tuple:
+    """Permutation null of an input constant within cluster (continuous output).
+
+    ``clab[g]`` is cluster g's partition; replicate b shuffles ``clab`` and gives every row
+    its cluster's new label.
+    """
+    n = ys.shape[0]
+    n_g = clab.shape[0]
+    n_rep = seeds.shape[0]
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    ones = np.ones(n, dtype=np.int64)
+    pre = prefix_table(ys, ones)
+    inv = np.arange(n)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        perm = clab.copy()
+        for i in range(n_g - 1, 0, -1):
+            state, j = _randint(state, i + 1)
+            t = perm[i]
+            perm[i] = perm[j]
+            perm[j] = t
+        lab = np.empty(n, dtype=np.int64)
+        for j in range(n):
+            lab[j] = perm[clus_sorted[j]]
+        x, v = _xi_of_labels(ys, lab, n_cells, pre, inv, ones)
+        xi[b] = x
+        var[b] = v
+    return xi, var
+
+
+@njit(cache=True, parallel=True)
+def perm_within_continuous(
+    ys: np.ndarray, cells_sorted: np.ndarray, cmembers: np.ndarray, cstarts: np.ndarray,
+    n_cells: int, seeds: np.ndarray,
+) -> tuple:
+    """Stratified permutation null (continuous output): labels shuffled within each cluster.
+
+    ``cmembers[cstarts[g]:cstarts[g+1]]`` are the sorted positions of cluster g.
+    """
+    n = ys.shape[0]
+    n_g = cstarts.shape[0] - 1
+    n_rep = seeds.shape[0]
+    xi = np.empty(n_rep)
+    var = np.empty(n_rep)
+    ones = np.ones(n, dtype=np.int64)
+    pre = prefix_table(ys, ones)
+    inv = np.arange(n)
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        lab = cells_sorted.copy()
+        for g in range(n_g):
+            s0 = cstarts[g]
+            m = cstarts[g + 1] - s0
+            for i in range(m - 1, 0, -1):
+                state, j = _randint(state, i + 1)
+                p = cmembers[s0 + i]
+                q = cmembers[s0 + j]
+                t = lab[p]
+                lab[p] = lab[q]
+                lab[q] = t
+        x, v = _xi_of_labels(ys, lab, n_cells, pre, inv, ones)
+        xi[b] = x
+        var[b] = v
     return xi, var

@@ -27,6 +27,7 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from . import _kernels as K
+from ._validation import resolve_cluster
 
 __all__ = ["W2SensitivityResult", "default_partitions", "w2_sensitivity"]
 
@@ -39,8 +40,12 @@ JACKKNIFE_GROUPS = 100
 
 TABLE_COLUMNS = [
     "input", "n_partitions", "xi", "iota", "ci_low", "ci_high",
-    "null_mean", "null_q95", "iota_corrected", "p_value",
+    "null_mean", "null_q95", "iota_corrected", "p_value", "distinguishable", "note",
 ]
+#: Level of the permutation test behind ``distinguishable``.
+NULL_LEVEL = 0.05
+#: Bootstrap schemes; the default is chosen by measured coverage (docs/methods_w2.md).
+BOOTSTRAPS = ("unstratified", "stratified")
 
 
 def default_partitions(n: int) -> int:
@@ -280,15 +285,122 @@ def _mv_xi_batch(counts: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.n
     return xi, var
 
 
-class _TableEstimator:
-    """A categorical (or binned) input with a discrete output: counts[partition, value]."""
+@dataclass
+class _Clusters:
+    """Rows grouped into clusters (items answered several times)."""
 
-    def __init__(self, out: _Output, part: _Partition):
+    name: str
+    codes: np.ndarray  # row -> cluster index 0..n-1
+    n: int
+
+
+def _encode_clusters(data: pd.DataFrame, cluster: str | Sequence[str]) -> _Clusters:
+    cols = [cluster] if isinstance(cluster, str) else list(cluster)
+    for c in cols:
+        _nan_error(c, data[c], "cluster")
+    if len(cols) == 1:
+        codes, labels = _factorize(data[cols[0]])
+        n_g = len(labels)
+    else:
+        codes = data.groupby(cols, sort=True, observed=True).ngroup().to_numpy(np.int64)
+        n_g = int(codes.max()) + 1
+    name = ", ".join(cols)
+    if n_g < 2:
+        raise ValueError(
+            f"cluster={cluster!r}: the data hold a single cluster, so whole clusters cannot be "
+            "resampled or permuted. Pass cluster=None to treat rows as independent."
+        )
+    return _Clusters(name, codes.astype(np.int64), n_g)
+
+
+def _cluster_labels(codes: np.ndarray, clus: _Clusters) -> np.ndarray | None:
+    """Each cluster's partition when the input is constant within every cluster, else None."""
+    lab = np.empty(clus.n, dtype=np.int64)
+    lab[clus.codes] = codes
+    return lab if np.array_equal(lab[clus.codes], codes) else None
+
+
+def _strata(lab: np.ndarray | None, n_clusters: int, stratified: bool):
+    """Cluster groups to resample within: one per level of an item-level input when the
+    bootstrap is stratified, else one group of all clusters."""
+    if stratified and lab is not None:
+        order = np.argsort(lab, kind="stable").astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(np.bincount(lab))]).astype(np.int64)
+        return order, starts
+    return np.arange(n_clusters, dtype=np.int64), np.array([0, n_clusters], dtype=np.int64)
+
+
+class _TableEstimator:
+    """A categorical (or binned) input with a discrete output: counts[partition, value].
+
+    Without clusters the bootstrap draws multinomial counts (per partition when stratified,
+    over the whole table otherwise) and the null multivariate hypergeometric tables. With
+    clusters, ``A[g, c * K + k]`` holds cluster g's counts: a bootstrap replicate is the
+    cluster multiplicities times ``A`` (one matrix product for a chunk of replicates) and
+    the null permutes the clusters' labels (input constant within cluster) or places each
+    cluster's answers at random among its own rows (numba kernels).
+    """
+
+    def __init__(self, out: _Output, part: _Partition, clus: _Clusters | None = None,
+                 stratified: bool = True):
         self.out = out
+        self.clus = clus
+        self.stratified = stratified
         k_sup = out.n_support
-        flat = np.bincount(part.codes * k_sup + out.codes, minlength=part.n_cells * k_sup)
-        self.counts = flat.reshape(part.n_cells, k_sup).astype(np.int64)
+        n_cells = part.n_cells
+        flat = np.bincount(part.codes * k_sup + out.codes, minlength=n_cells * k_sup)
+        self.counts = flat.reshape(n_cells, k_sup).astype(np.int64)
         self.sizes = self.counts.sum(axis=1)
+        self.scheme = "rows"
+        if clus is None:
+            return
+        self.part_codes = part.codes
+        n_g = clus.n
+        self.lab = _cluster_labels(part.codes, clus)
+        self.scheme = "items" if self.lab is not None else "within items"
+        self.sgroups, self.sstarts = _strata(self.lab, n_g, stratified)
+        key = (clus.codes * n_cells + part.codes) * k_sup + out.codes
+        width = n_cells * k_sup
+        if n_g * width <= 25_000_000:
+            self.A = np.bincount(key, minlength=n_g * width).reshape(n_g, width).astype(float)
+            self.sparse = False
+        else:
+            from scipy import sparse
+
+            uk, cnt = np.unique(key, return_counts=True)
+            self.A = sparse.csc_matrix((cnt.astype(float), (uk // width, uk % width)),
+                                       shape=(n_g, width)).T.tocsr()  # (width, G)
+            self.sparse = True
+        self.h = np.bincount(clus.codes * k_sup + out.codes,
+                             minlength=n_g * k_sup).reshape(n_g, k_sup).astype(np.int64)
+        if self.lab is None:
+            self._within_setup(part)
+
+    def _within_setup(self, part: _Partition) -> None:
+        clus, out = self.clus, self.out
+        n_g, k_sup, n_cells = clus.n, out.n_support, part.n_cells
+        order = np.lexsort((part.codes, clus.codes))
+        self.slot_cell = np.ascontiguousarray(part.codes[order])
+        self.cstart = np.concatenate([[0], np.cumsum(np.bincount(clus.codes, minlength=n_g))])
+        self.cstart = self.cstart.astype(np.int64)
+        self.kmaj = np.argmax(self.h, axis=1).astype(np.int64)
+        minority = self.cstart[1:] - self.cstart[:-1] - self.h[np.arange(n_g), self.kmaj]
+        gc = np.unique(clus.codes * n_cells + part.codes)
+        n_cells_g = np.bincount(gc // n_cells, minlength=n_g)
+        is_act = (n_cells_g >= 2) & (minority > 0)
+        self.active = np.flatnonzero(is_act).astype(np.int64)
+        act_row = is_act[clus.codes]
+        base = self.counts.ravel().copy()
+        base -= np.bincount(part.codes[act_row] * k_sup + out.codes[act_row],
+                            minlength=n_cells * k_sup)
+        base += np.bincount(part.codes[act_row] * k_sup + self.kmaj[clus.codes[act_row]],
+                            minlength=n_cells * k_sup)
+        self.base = base.reshape(n_cells, k_sup)
+        yo = out.codes[order]
+        co = clus.codes[order]
+        sel = is_act[co] & (yo != self.kmaj[co])
+        self.mvals = np.ascontiguousarray(yo[sel]).astype(np.int64)
+        self.mstart = np.concatenate([[0], np.cumsum(minority[self.active])]).astype(np.int64)
 
     def xi_var(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.out.kind == "ordinal":
@@ -302,20 +414,54 @@ class _TableEstimator:
         return float(xi[0]), float(var[0])
 
     def chunk(self) -> int:
-        per = self.counts.size
+        per = self.counts.size if self.clus is None else max(self.clus.n, self.counts.size)
         return int(max(1, min(1000, 2_000_000 // max(per, 1))))
+
+    def cluster_weights(self, b: int, rng: np.random.Generator) -> np.ndarray:
+        """(b, G) multiplicities of the clusters: each stratum's clusters drawn with
+        replacement at the stratum's size."""
+        n_g = self.clus.n
+        idx = np.empty((b, n_g), dtype=np.int64)
+        for s in range(len(self.sstarts) - 1):
+            a, e = self.sstarts[s], self.sstarts[s + 1]
+            idx[:, a:e] = self.sgroups[a:e][rng.integers(0, e - a, size=(b, e - a))]
+        idx += (np.arange(b, dtype=np.int64) * n_g)[:, None]
+        return np.bincount(idx.ravel(), minlength=b * n_g).reshape(b, n_g)
 
     def boot(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         n_cells, k_sup = self.counts.shape
+        if self.clus is not None:
+            w = self.cluster_weights(b, rng).astype(float)
+            tabs = (self.A @ w.T).T if self.sparse else w @ self.A
+            draws = np.rint(tabs).astype(np.int64).reshape(b, n_cells, k_sup)
+            return self.xi_var(draws)
+        if not self.stratified:
+            n = int(self.counts.sum())
+            flat = rng.multinomial(n, self.counts.ravel() / n, size=b)
+            return self.xi_var(flat.reshape(b, n_cells, k_sup).astype(np.int64))
         draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
         for c in range(n_cells):
             nc = int(self.sizes[c])
             draws[:, c, :] = rng.multinomial(nc, self.counts[c] / nc, size=b)
         return self.xi_var(draws)
 
+    @staticmethod
+    def _seeds(b: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, np.iinfo(np.uint64).max, size=b, dtype=np.uint64, endpoint=True)
+
     def perm(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Tables with the observed margins: a multivariate hypergeometric draw per row."""
+        """Tables under the null. Without clusters: both margins fixed, a multivariate
+        hypergeometric draw per row. With clusters: labels permuted across clusters (input
+        constant within cluster) or within each cluster."""
         n_cells, k_sup = self.counts.shape
+        if self.clus is not None:
+            if self.lab is not None:
+                draws = K.perm_clusters_table(self.lab, self.h, n_cells, self._seeds(b, rng))
+            else:
+                draws = K.perm_within_table(self.slot_cell, self.cstart, self.active,
+                                            self.mstart, self.mvals, self.kmaj, self.base,
+                                            self._seeds(b, rng))
+            return self.xi_var(draws)
         remaining = np.repeat(self.counts.sum(axis=0)[None, :], b, axis=0)
         draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
         for c in range(n_cells):
@@ -334,7 +480,18 @@ class _TableEstimator:
         return self.xi_var(draws)
 
     def jackknife(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Exact leave-one-out: deleting any row of cell (c, k) gives the same table."""
+        """Exact leave-one-out: deleting any row of cell (c, k) gives the same table. With
+        clusters: delete-a-group of clusters (at most ``JACKKNIFE_GROUPS`` groups)."""
+        if self.clus is not None:
+            n_g = self.clus.n
+            g = min(n_g, JACKKNIFE_GROUPS)
+            grp = (rng.permutation(n_g) % g)[self.clus.codes]
+            n_cells, k_sup = self.counts.shape
+            width = n_cells * k_sup
+            cell = self.part_codes * k_sup + self.out.codes
+            drop = np.bincount(grp * width + cell, minlength=g * width).reshape(g, n_cells, k_sup)
+            xi, var = self.xi_var(self.counts[None] - drop)
+            return xi, var, np.ones(g, dtype=np.int64)
         cells, ks = np.nonzero(self.counts)
         mult = self.counts[cells, ks]
         xi_all = np.empty(len(cells))
@@ -351,11 +508,27 @@ class _TableEstimator:
 class _RowEstimator:
     """A continuous 1-d output: the sorted sample with integer weights, in numba."""
 
-    def __init__(self, out: _Output, part: _Partition):
+    def __init__(self, out: _Output, part: _Partition, clus: _Clusters | None = None,
+                 stratified: bool = True):
         self.out = out
+        self.clus = clus
+        self.stratified = stratified
         self.n_cells = part.n_cells
         self.cells_sorted = np.ascontiguousarray(part.codes[out.order]).astype(np.int64)
         self.members, self.starts = K.group_sorted(self.cells_sorted, part.n_cells)
+        self.scheme = "rows"
+        self.lab = None
+        if clus is not None:
+            self.clus_sorted = np.ascontiguousarray(clus.codes[out.order]).astype(np.int64)
+            self.n_clusters = clus.n
+            self.lab = _cluster_labels(part.codes, clus)
+            self.scheme = "items" if self.lab is not None else "within items"
+            self.cmembers, self.cstarts = K.group_sorted(self.clus_sorted, clus.n)
+        elif not stratified:  # the ordinary bootstrap: every row its own cluster
+            self.clus_sorted = np.arange(out.n, dtype=np.int64)
+            self.n_clusters = out.n
+        if clus is not None or not stratified:
+            self.sgroups, self.sstarts = _strata(self.lab, self.n_clusters, stratified)
 
     def point(self) -> tuple[float, float]:
         w = np.ones(self.out.n, dtype=np.int64)
@@ -369,18 +542,39 @@ class _RowEstimator:
         return rng.integers(0, np.iinfo(np.uint64).max, size=b, dtype=np.uint64, endpoint=True)
 
     def boot(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return K.boot_continuous(self.out.ys, self.members, self.starts, self._seeds(b, rng))
+        if self.clus is None and self.stratified:
+            return K.boot_continuous(self.out.ys, self.members, self.starts, self._seeds(b, rng))
+        return K.boot_clusters_continuous(self.out.ys, self.members, self.starts,
+                                          self.clus_sorted, self.n_clusters, self.sgroups,
+                                          self.sstarts, self._seeds(b, rng))
 
     def perm(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return K.perm_continuous(self.out.ys, self.cells_sorted, self.n_cells,
-                                 self._seeds(b, rng))
+        if self.clus is None:
+            return K.perm_continuous(self.out.ys, self.cells_sorted, self.n_cells,
+                                     self._seeds(b, rng))
+        if self.lab is not None:
+            return K.perm_clusters_continuous(self.out.ys, self.clus_sorted, self.lab,
+                                              self.n_cells, self._seeds(b, rng))
+        return K.perm_within_continuous(self.out.ys, self.cells_sorted, self.cmembers,
+                                        self.cstarts, self.n_cells, self._seeds(b, rng))
 
     def jackknife(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.out.n
-        g = n if n <= 1000 else JACKKNIFE_GROUPS
-        groups = (rng.permutation(n) % g).astype(np.int64)
+        if self.clus is not None:
+            g = min(self.clus.n, JACKKNIFE_GROUPS)
+            groups = (rng.permutation(self.clus.n) % g).astype(np.int64)[self.clus_sorted]
+        else:
+            g = n if n <= 1000 else JACKKNIFE_GROUPS
+            groups = (rng.permutation(n) % g).astype(np.int64)
         xi, var = K.jack_continuous(self.out.ys, self.members, self.starts, groups, g)
         return xi, var, np.ones(g, dtype=np.int64)
+
+
+_SCHEME_WORDS = {
+    "rows": "",
+    "items": "; labels permuted across items",
+    "within items": "; labels permuted within items",
+}
 
 
 def _iota(xi: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -454,11 +648,20 @@ class W2SensitivityResult:
     boot: dict[str, np.ndarray]
     null: dict[str, np.ndarray]
     partitions: dict[str, list]
+    cluster: str | None = None
+    n_clusters: int | None = None
+    bootstrap: str = "unstratified"
+    null_scheme: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
+        by = (f", clustered by {self.cluster!r} ({self.n_clusters:,} clusters)"
+              if self.cluster else ", rows independent")
+        tab = self.table.drop(columns="note").to_string(index=False)
+        notes = "".join(f"\nnote: {t}" for t in self.notes)
         return (
             f"W2SensitivityResult(output={self.output!r} [{self.output_kind}], n={self.n:,}, "
-            f"{self.conf:.0%} {self.ci_method} CIs)\n{self.table.to_string(index=False)}"
+            f"{self.conf:.0%} {self.ci_method} CIs, {self.bootstrap} bootstrap{by})\n{tab}{notes}"
         )
 
     def plot(self, ax=None, sort: bool = False):
@@ -529,6 +732,8 @@ def w2_sensitivity(
     seed: int = 0,
     ci: str = "percentile",
     progress: bool = True,
+    cluster: str | Sequence[str] | None = "auto",
+    bootstrap: str = "unstratified",
 ) -> W2SensitivityResult:
     r"""Wasserstein-2 sensitivity index of each input, with bootstrap CI and permutation null.
 
@@ -644,21 +849,34 @@ def w2_sensitivity(
         raise ValueError(f"conf must be in (0, 1), got {conf!r}")
     if ci not in ("bca", "percentile"):
         raise ValueError(f"ci must be 'bca' or 'percentile', got {ci!r}")
+    if bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
+    cl = resolve_cluster(data, cluster, where="w2_sensitivity")
+    if cl is not None:
+        both = [c for c in ([cl] if isinstance(cl, str) else cl) if c in out_names]
+        if both:
+            raise ValueError(f"column(s) {both} are both output and cluster")
 
     out = _encode_output(data, output)
     n = out.n
     parts = [_encode_input(data, name, partitions.get(name), n) for name in inputs]
+    clus = None if cl is None else _encode_clusters(data, cl)
+    stratified = bootstrap == "stratified"
 
     rows = []
     boots: dict[str, np.ndarray] = {}
     nulls: dict[str, np.ndarray] = {}
     alpha = (1.0 - conf) / 2.0
     fallback: list[str] = []
+    notes: list[str] = []
+    schemes: dict[str, str] = {}
     bar = tqdm(total=len(parts) * (n_boot + n_perm), desc="W2 sensitivity", unit="rep",
                disable=not progress or (n_boot + n_perm) == 0, leave=False)
     try:
         for part in parts:
-            est = (_RowEstimator if out.kind == "continuous" else _TableEstimator)(out, part)
+            est = (_RowEstimator if out.kind == "continuous" else _TableEstimator)(
+                out, part, clus, stratified)
+            schemes[part.name] = est.scheme
             xi, var = est.point()
             iota = float(xi / (2.0 * var))
             ss = np.random.SeedSequence([seed, zlib.crc32(part.name.encode())])
@@ -691,12 +909,26 @@ def w2_sensitivity(
                 p_value = (1.0 + np.sum(nl >= iota - 1e-12)) / (len(nl) + 1.0)
             boots[part.name] = boot
             nulls[part.name] = null
+            distinguishable = bool(p_value <= NULL_LEVEL) if n_perm else pd.NA
+            row_notes = []
+            if n_perm and not distinguishable:
+                row_notes.append(
+                    f"not distinguishable from its permutation null (p = {p_value:.3g}; null "
+                    f"95% quantile {null_q95:.3g}{_SCHEME_WORDS[est.scheme]})")
+            if n_boot and np.isfinite(ci_low) and not ci_low <= iota <= ci_high:
+                row_notes.append(
+                    f"estimate {iota:.3g} outside its own {conf:.0%} CI [{ci_low:.3g}, "
+                    f"{ci_high:.3g}]: the estimator's bias is large relative to its spread; "
+                    "read iota_corrected and p_value")
+            for txt in row_notes:
+                notes.append(f"{part.name}: {txt}")
             rows.append({
                 "input": part.name, "n_partitions": part.n_cells,
                 "xi": float(xi) * out.scale2, "iota": iota,
                 "ci_low": float(ci_low), "ci_high": float(ci_high),
                 "null_mean": null_mean, "null_q95": null_q95,
                 "iota_corrected": corrected, "p_value": p_value,
+                "distinguishable": distinguishable, "note": "; ".join(row_notes),
             })
     finally:
         bar.close()
@@ -710,10 +942,14 @@ def w2_sensitivity(
         )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["n_partitions"] = table["n_partitions"].astype(int)
+    table["distinguishable"] = table["distinguishable"].astype("boolean")
     return W2SensitivityResult(
         table=table, output=out.name,
         output_kind="binary" if out.kind == "ordinal" and out.n_support == 2 else out.kind,
         n=n, conf=conf,
         ci_method=ci if n_boot else "none", boot=boots, null=nulls,
         partitions={p.name: p.labels for p in parts},
+        cluster=None if clus is None else clus.name,
+        n_clusters=None if clus is None else clus.n,
+        bootstrap=bootstrap, null_scheme=schemes, notes=notes,
     )
