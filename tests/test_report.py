@@ -98,16 +98,20 @@ def test_header_and_files(sim_report, simulated):
 def test_rate_findings_match_the_counts(sim_report, simulated):
     rep, html = sim_report
     k, n = int(simulated["refusal"].sum()), len(simulated)
-    lo, hi = proportion_confint(k, n, method="wilson")
-    line = (f"Overall refusal rate {S.pct(k / n)} (95% CI {S.pct_ci(lo, hi)}) over {n:,} "
-            "answers.")
+    # items are answered many times, so the report clusters by item_id (cluster="auto")
+    overall = rs.refusal_rates(simulated, cluster="item_id").iloc[0]
+    lo, hi = overall["ci_low"], overall["ci_high"]
+    line = (f"Overall refusal rate {S.pct(k / n)} (95% CI {S.pct_ci(lo, hi)}, clustered by "
+            f"item_id) over {n:,} answers.")
     assert line in rep.findings and line in html
+    naive_lo, naive_hi = proportion_confint(k, n, method="wilson")
+    assert hi - lo > 1.5 * (naive_hi - naive_lo)  # the item random intercept (sd 1) shows
     tab = pd.read_csv(rep.tables["rates_model_task"])
     sub = simulated[(simulated["model"] == "Llama2-13B") & (simulated["task"] == "offensiveness")]
     row = tab[(tab["model"] == "Llama2-13B") & (tab["task"] == "offensiveness")].iloc[0]
     assert row["n"] == len(sub) and row["refusals"] == sub["refusal"].sum()
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
-        proportion_confint(sub["refusal"].sum(), len(sub), method="wilson"))
+    ref = rs.refusal_rates(sub, cluster="item_id").iloc[0]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ref["ci_low"], ref["ci_high"]))
 
 
 def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated):
@@ -122,7 +126,8 @@ def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated
     np.testing.assert_allclose(w2.loc[res.table["input"], "ci_low"], res.table["ci_low"])
     top = res.table.sort_values("iota").iloc[-1]
     assert top["input"] == "model"  # P1: model explains most
-    assert (f"Model explains the most variation (ι {top['iota']:.3f}, 95% CI "
+    assert (f"Among inputs that beat the null, model explains the most variation "
+            f"(ι {top['iota']:.3f}, 95% CI "
             f"{top['ci_low']:.3f}–{top['ci_high']:.3f})") in html
 
     fit = logit("refusal ~ persona + prompt + task + model", simulated, penalty="firth",
@@ -142,7 +147,9 @@ def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated
 # ------------------------------------------------------------------ persona-free, answers
 def test_persona_free_difference_matches_newcombe(tmp_path):
     df = with_free_and_answers()
-    rep = rs.report(df, out=tmp_path, hierarchical=True, options=W2_OPTS, progress=False)
+    # cluster=None: the independent-rows Newcombe interval, checked against statsmodels
+    rep = rs.report(df, out=tmp_path, hierarchical=True, options=W2_OPTS, progress=False,
+                    cluster=None)
     assert "persona_free" not in rep.skipped and "answers" not in rep.skipped
     eff = pd.read_csv(rep.tables["persona_vs_free"])
     for r in eff.itertuples():

@@ -173,7 +173,8 @@ def _refusal_rates(df: pd.DataFrame, by: list[str], cluster: str | None) -> pd.D
 def rates_section(ctx: Context) -> Section:
     s = Section("rates", TITLES["rates"],
                 "Each cell is the share of answers that were refusals, with its 95% Wilson "
-                "interval below; colour follows the square root of the rate so small rates "
+                "interval below (cluster-robust when answers are clustered by item: see the "
+                "header); colour follows the square root of the rate so small rates "
                 "stay visible.")
     d = ctx.persona_data if len(ctx.persona_data) else ctx.data
     if len(d) < len(ctx.data):
@@ -185,9 +186,11 @@ def rates_section(ctx: Context) -> Section:
     s.tables.append(TableItem("rates_model_task", "Refusal rate by model and task.", tab,
                               rate_display(tab, ["model", "task"]), collapsed=len(tab) > 24))
     overall = _refusal_rates(d.assign(_all="all"), ["_all"], ctx.cluster).iloc[0]
+    clustered = f", clustered by {ctx.cluster}" if ctx.cluster else ""
     s.findings.append(
-        f"Overall refusal rate {pct(overall['rate'])} (95% CI {pct_ci(overall['ci_low'], overall['ci_high'])}) "
-        f"over {int(overall['n']):,} answers."
+        f"Overall refusal rate {pct(overall['rate'])} (95% CI "
+        f"{pct_ci(overall['ci_low'], overall['ci_high'])}{clustered}) over "
+        f"{int(overall['n']):,} answers."
     )
     top = tab.loc[tab["rate"].idxmax()]
     s.findings.append(
@@ -390,7 +393,7 @@ def w2_section(ctx: Context) -> Section:
     s.tables.append(TableItem("w2_indices", "W2 sensitivity indices.", tab, disp))
     srt = tab.sort_values("iota", ascending=False)
     if "distinguishable" in srt.columns:
-        real = srt["distinguishable"].to_numpy(bool)
+        real = srt["distinguishable"].fillna(False).to_numpy(bool)
     else:
         real = (srt["iota"] > srt["null_q95"]).to_numpy(bool)
     weak, strong = srt[~real], srt[real]
