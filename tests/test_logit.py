@@ -102,12 +102,13 @@ def test_anova_and_drop1_match_r(fit_m1):
                                atol=1e-8)
     np.testing.assert_allclose(a["resid_dev"], [1126.015056099, 1096.074537787, 1081.877030177,
                                                 1074.579447772], atol=1e-8)
-    np.testing.assert_allclose(a["p"].iloc[1:], [1.4204e-06, 0.00082613, 0.00690475], rtol=1e-4)
+    np.testing.assert_allclose(a["p_value"].iloc[1:], [1.4204e-06, 0.00082613, 0.00690475], rtol=1e-4)
     # drop1(m1, test = "LRT")
     d = fit_m1.drop1()
     np.testing.assert_allclose(d["lr"], [30.849047307014, 13.263484051495, 7.297582404816], atol=1e-8)
     np.testing.assert_allclose(d["deviance"], [1105.428495079, 1087.842931824, 1081.877030177], atol=1e-8)
-    np.testing.assert_allclose(d["p"], [9.1459e-07, 0.0013179, 0.0069047], rtol=1e-4)
+    np.testing.assert_allclose(d["p_value"], [9.1459e-07, 0.0013179, 0.0069047], rtol=1e-4)
+    assert "likelihood ratio" in a.attrs["test"] and "likelihood ratio" in d.attrs["test"]
 
 
 def test_interaction_and_numeric_covariate_match_r(rows):
@@ -271,7 +272,7 @@ def test_matches_statsmodels_and_cluster_robust(sim_table7):
     assert f.loglik == pytest.approx(m.llf, abs=1e-6)
     assert f.pseudo_r2 == pytest.approx(m.prsquared, abs=1e-9)
     # model-based SEs
-    f0 = logit(MAIN, df, reference=PAPER_REFERENCE)
+    f0 = logit(MAIN, df, reference=PAPER_REFERENCE, cluster=None)
     np.testing.assert_allclose(f0.bse, m.bse, rtol=1e-6)
     # CR1 = statsmodels cov_type="cluster" (G/(G-1) (N-1)/(N-k) correction)
     mc = sm.logit(MAIN, df).fit(disp=0, method="newton", maxiter=100, tol=1e-12, cov_type="cluster",
@@ -282,19 +283,25 @@ def test_matches_statsmodels_and_cluster_robust(sim_table7):
     d = f0.drop1().set_index("term")
     assert d.loc["persona", "df"] == 14
     assert d.loc["persona", "lr"] == pytest.approx(2 * (m.llf - mr.llf), abs=1e-6)
-    # cluster-robust Wald test of persona as a whole = statsmodels' wald_test with its CR1 covariance
-    R = np.array([[1.0 if name == col else 0.0 for name in mc.params.index]
-                  for col in mc.params.index if col.startswith("persona")])
-    wt = mc.wald_test(R, scalar=True, use_f=False)
+    # clustered drop1 = cluster-robust Wald F of persona as a whole: statsmodels' wald_test with its
+    # CR1 covariance and use_t=True (F on (q, G - 1) df, Cameron & Miller 2015), no LR column
+    mt = sm.logit(MAIN, df).fit(disp=0, method="newton", maxiter=100, tol=1e-12, cov_type="cluster",
+                                cov_kwds={"groups": df["item_id"].to_numpy()}, use_t=True)
+    R = np.array([[1.0 if name == col else 0.0 for name in mt.params.index]
+                  for col in mt.params.index if col.startswith("persona")])
+    wt = mt.wald_test(R, scalar=True, use_f=True)
     dc = f.drop1().set_index("term")
-    assert dc.loc["persona", "wald_chi2"] == pytest.approx(float(wt.statistic), rel=1e-6)
+    assert "lr" not in dc.columns and "Wald F" in f.drop1().attrs["test"]
+    assert (dc.loc["persona", "df"], dc.loc["persona", "df_resid"]) == (14, wt.df_denom) == (14, 126)
+    assert dc.loc["persona", "F"] == pytest.approx(float(wt.statistic), rel=1e-6)
+    assert dc.loc["persona", "p_value"] == pytest.approx(float(wt.pvalue), rel=1e-6)
 
 
 def test_truth_recovery_on_table7_simulation():
     df = simulate_paper(scale=0.1, seed=11, calibrate="table7", item_sd=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SeparationWarning)
-        f = logit(MAIN, df, reference=PAPER_REFERENCE)
+        f = logit(MAIN, df, reference=PAPER_REFERENCE, cluster=None)  # item_sd=0: independent rows
     truth = df.attrs["truth"]["coefficients"]
     assert set(f.separated_terms) <= {"model[T.Qwen2.5-7B]", "model[T.Qwen2.5-32B]"}
     z = [(f.params[t] - v) / f.bse[t] for t, v in truth.items() if t not in f.separated_terms]
@@ -341,14 +348,14 @@ def test_separation_on_qwen25_detected_and_firth_is_finite():
     df = simulate_paper(scale=0.01, seed=2)  # calibrate="table1": Qwen2.5-32B never refuses
     n_qwen = int((df["model"] == "Qwen2.5-32B").sum())
     with pytest.warns(SeparationWarning, match=f"model=Qwen2.5-32B has 0 refusals in {n_qwen:,} rows"):
-        f = logit(MAIN, df, reference=PAPER_REFERENCE)
+        f = logit(MAIN, df, reference=PAPER_REFERENCE, cluster=None)
     assert "model[T.Qwen2.5-32B]" in f.separated_terms
     assert any("Qwen2.5-32B" in s for s in f.separation)
     assert np.isnan(f.bse["model[T.Qwen2.5-32B]"])
     assert "sep" in str(f.summary())
     with warnings.catch_warnings():
         warnings.simplefilter("error", SeparationWarning)  # Firth does not warn
-        ff = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", ci="wald")
+        ff = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", ci="wald", cluster=None)
     assert np.isfinite(ff.params).all() and np.isfinite(ff.bse).all()
     assert -20 < ff.params["model[T.Qwen2.5-32B]"] < -5
     assert ff.separation  # still reported
@@ -356,7 +363,7 @@ def test_separation_on_qwen25_detected_and_firth_is_finite():
 
 def test_ridge_is_finite_under_separation():
     df = simulate_paper(scale=0.01, seed=2)
-    f = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="l2", alpha=1e-4)
+    f = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="l2", alpha=1e-4, cluster=None)
     assert np.isfinite(f.params).all()
     assert f.params["model[T.Qwen2.5-32B]"] < -3
 

@@ -857,18 +857,55 @@ class LogitResults:
 
     @property
     def zvalues(self) -> pd.Series:
-        return self.params / self.bse
+        """Wald z = estimate / SE (NaN for ridge / lasso / elastic net: no test holds there)."""
+        if self.p_method == "none":
+            return pd.Series(np.nan, index=self.params.index, name="z")
+        return (self.params / self.bse).rename("z")
+
+    @property
+    def statistic(self) -> pd.Series:
+        """The statistic behind each p-value: Wald z (``p_method="wald"``), the penalized
+        likelihood-ratio chi-square on 1 df (``"plr"``, Firth without clusters), or NaN."""
+        return pd.Series(self._stat, index=self.params.index, name=self._stat_column or "statistic")
+
+    @property
+    def _stat_column(self) -> str | None:
+        return {"wald": "z", "plr": "chisq"}.get(self.p_method)
+
+    @property
+    def _p_test(self) -> str:
+        if self.p_method == "plr":
+            return "penalized likelihood-ratio chi-square (1 df), as logistf"
+        if self.p_method == "wald":
+            return "Wald z" + (f" with the CR1 covariance by '{self.cluster}'" if self.cluster else "")
+        return "none (penalized estimates have no frequentist test)"
 
     def cov_params(self) -> pd.DataFrame:
         """Covariance matrix of the estimates (model based or cluster-robust)."""
         return pd.DataFrame(self._cov, index=self.params.index, columns=self.params.index)
 
     def conf_int(self) -> pd.DataFrame:
-        """Confidence intervals at level ``conf`` (columns ``ci_low``, ``ci_high``)."""
+        """Intervals at level ``conf`` (columns ``ci_low``, ``ci_high``); ``ci_method`` says
+        what they are (confidence, posterior, bootstrap)."""
         return self._ci.copy()
+
+    def _no_tests(self, what: str) -> ValueError:
+        name = {"l2": "ridge", "l1": "lasso", "elasticnet": "elastic net"}.get(self.penalty, self.penalty)
+        return ValueError(
+            f"{what}: penalty={self.penalty!r} ({name}) gives no p-values or tests — a penalized estimate "
+            "is biased toward 0 and has no valid frequentist null distribution. Refit with penalty=None "
+            "or penalty='firth' for tests; the intervals here are "
+            + ("posterior / sandwich intervals of the shrunken estimate" if self.penalty == "l2"
+               else "bootstrap intervals (ci='bootstrap') or none")
+        )
 
     def coef_table(self, adjust: str | None = None, family: str = "term") -> pd.DataFrame:
         """Coefficient table with CIs and odds ratios.
+
+        Columns ``term, estimate, std_error``, the test statistic (``z`` for Wald tests,
+        ``chisq`` for Firth's penalized likelihood-ratio tests), ``p``, ``ci_low``,
+        ``ci_high``, odds ratios and ``separated``; ``attrs["test"]`` names the test.
+        Ridge / lasso / elastic-net fits have no statistic or p-value columns.
 
         Parameters
         ----------
@@ -882,16 +919,18 @@ class LogitResults:
         --------
         >>> fit.coef_table(adjust="holm")  # doctest: +SKIP
         """
+        if family not in ("term", "all"):
+            raise ValueError(f"family must be 'term' or 'all', got {family!r}")
+        if adjust is not None and self.p_method == "none":
+            raise self._no_tests("coef_table(adjust=...)")
         ci = self._ci
-        tab = pd.DataFrame({
-            "term": self.params.index,
-            "estimate": self.params.to_numpy(),
-            "std_error": self.bse.to_numpy(),
-            "z": self.zvalues.to_numpy(),
-            "p": self.pvalues.to_numpy(),
-            "ci_low": ci["ci_low"].to_numpy(),
-            "ci_high": ci["ci_high"].to_numpy(),
-        })
+        cols = {"term": self.params.index, "estimate": self.params.to_numpy(),
+                "std_error": self.bse.to_numpy()}
+        if self._stat_column is not None:
+            cols[self._stat_column] = np.asarray(self._stat, float)
+            cols["p"] = self.pvalues.to_numpy()
+        cols.update({"ci_low": ci["ci_low"].to_numpy(), "ci_high": ci["ci_high"].to_numpy()})
+        tab = pd.DataFrame(cols)
         tab["odds_ratio"] = np.exp(tab["estimate"])
         tab["or_ci_low"] = np.exp(tab["ci_low"])
         tab["or_ci_high"] = np.exp(tab["ci_high"])
@@ -899,8 +938,6 @@ class LogitResults:
         if adjust is not None:
             padj = np.full(len(tab), np.nan)
             groups = self._term_of if family == "term" else {nm: "all" for nm in tab["term"]}
-            if family not in ("term", "all"):
-                raise ValueError(f"family must be 'term' or 'all', got {family!r}")
             fam = tab["term"].map(groups)
             for key in fam.dropna().unique():
                 if key == "1":
@@ -908,6 +945,8 @@ class LogitResults:
                 m = (fam == key).to_numpy() & (tab["term"] != "Intercept").to_numpy()
                 padj[m] = adjust_pvalues(tab["p"].to_numpy()[m], adjust)
             tab["p_adj"] = padj
+        tab.attrs["test"] = self._p_test
+        tab.attrs["intervals"] = self.ci_method
         return tab
 
     @property
@@ -916,21 +955,40 @@ class LogitResults:
 
     # -------------------------------------------------------------- summary
     def summary(self) -> str:
-        """The fit printed like R's ``summary(glm(..., family = binomial))``."""
+        """The fit printed like R's ``summary(glm(..., family = binomial))``.
+
+        The statistic column is the one behind the p-value: ``z value`` for Wald tests,
+        ``Chisq`` (with ``Pr(>Chisq)``) for Firth's penalized likelihood-ratio tests, as
+        logistf prints them; ridge / lasso / elastic net show neither (nor stars).
+        """
         tab = self.coef_table()
-        est = [f"{v:.5g}" for v in tab["estimate"]]
-        se = [("NA" if not np.isfinite(v) else f"{v:.5g}") for v in tab["std_error"]]
-        zz = [("NA" if not np.isfinite(v) else f"{v:.3f}") for v in tab["z"]]
-        pp = [_fmt_p(v) for v in tab["p"]]
-        codes = [_signif(v) + (" (sep)" if sep else "") for v, sep in zip(tab["p"], tab["separated"])]
-        lo = [("NA" if not np.isfinite(v) else f"{v:.4g}") for v in tab["ci_low"]]
-        hi = [("NA" if not np.isfinite(v) else f"{v:.4g}") for v in tab["ci_high"]]
+        testing = self._stat_column is not None
+
+        def num(v, f):
+            return "NA" if not np.isfinite(v) else format(v, f)
+
         pct = f"{100 * self.conf:g}%"
-        ptitle = {"wald": "Pr(>|z|)", "plr": "Pr(>Chisq)"}.get(self.p_method, "Pr(>|z|)")
-        head = ["", "Estimate", "Std. Error", "z value", ptitle, "", f"{pct} low", f"{pct} high"]
-        rows = [[t, e, s_, z, p_, c, lo_, hi_] for t, e, s_, z, p_, c, lo_, hi_ in
-                zip(tab["term"], est, se, zz, pp, codes, lo, hi)]
-        widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+        cols = [("", list(tab["term"]), "l"), ("Estimate", [f"{v:.5g}" for v in tab["estimate"]], "r"),
+                ("Std. Error", [num(v, ".5g") for v in tab["std_error"]], "r")]
+        if testing:
+            if self.p_method == "plr":
+                cols += [("Chisq", [num(v, ".3f") for v in tab["chisq"]], "r"),
+                         ("Pr(>Chisq)", [_fmt_p(v) for v in tab["p"]], "r")]
+            else:
+                cols += [("z value", [num(v, ".3f") for v in tab["z"]], "r"),
+                         ("Pr(>|z|)", [_fmt_p(v) for v in tab["p"]], "r")]
+            codes = [_signif(v) + (" (sep)" if sep else "") for v, sep in zip(tab["p"], tab["separated"])]
+        else:
+            codes = [("(sep)" if sep else "") for sep in tab["separated"]]
+        cols.append(("", codes, "l"))
+        cols += [(f"{pct} low", [num(v, ".4g") for v in tab["ci_low"]], "r"),
+                 (f"{pct} high", [num(v, ".4g") for v in tab["ci_high"]], "r")]
+        widths = [max(len(h), *(len(str(x)) for x in vals)) for h, vals, _ in cols]
+
+        def fmt(cells):
+            return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                             for c, w, (_, _, a) in zip(cells, widths, cols)).rstrip()
+
         lines = ["", "Call:", f"logit(formula = {self.formula!r}{self._call_extra})", ""]
         if self.penalty is None:
             pen = "none (maximum likelihood)"
@@ -942,16 +1000,15 @@ class LogitResults:
                                                     if self.penalty == "elasticnet" else "")
         lines.append(f"Penalty: {pen}")
         lines.append(f"Standard errors: {self.cov_type}; intervals: {self.ci_method}")
-        lines += ["", "Coefficients:"]
-
-        def fmt(r):
-            return "  ".join([str(r[0]).ljust(widths[0])] + [str(r[i]).rjust(widths[i]) for i in range(1, 5)]
-                             + [str(r[5]).ljust(widths[5])] + [str(r[i]).rjust(widths[i]) for i in (6, 7)])
-
-        lines.append(fmt(head))
-        lines += [fmt(r) for r in rows]
-        lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1", "",
-                  "(Dispersion parameter for binomial family taken to be 1)", "",
+        lines.append(f"Tests: {self._p_test}")
+        lines += ["", "Coefficients:", fmt([h for h, _, _ in cols])]
+        lines += [fmt([vals[i] for _, vals, _ in cols]) for i in range(len(tab))]
+        if testing:
+            lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+        else:
+            lines += ["---", "No p-values: a penalized estimate is biased toward 0 and has no valid "
+                      "frequentist test (refit with penalty=None or 'firth' for tests)."]
+        lines += ["", "(Dispersion parameter for binomial family taken to be 1)", "",
                   f"    Null deviance: {self.null_deviance:.{_dp(self.null_deviance)}f}  on {self.df_null}  degrees of freedom",
                   f"Residual deviance: {self.deviance:.{_dp(self.deviance)}f}  on {self.df_resid}  degrees of freedom",
                   (f"AIC: {self.aic:.{_dp(self.aic)}f}   BIC: {self.bic:.{_dp(self.bic)}f}   "
@@ -991,62 +1048,99 @@ class LogitResults:
         beta, _, _ = _irls(Xr, d.s, d.n, dev_sat=d.dev_sat, start=d.start)
         return _loglik(Xr @ beta, d.s, d.n), len(cols)
 
-    def _check_lr(self):
+    def _check_tests(self, what: str):
         if self.penalty not in (None, "firth"):
-            raise ValueError(
-                f"likelihood-ratio tests need an (un)penalized likelihood; penalty={self.penalty!r} has "
-                "none. Refit with penalty=None or 'firth'"
-            )
+            raise self._no_tests(what)
+
+    def _wald_label(self) -> str:
+        G = self._design.cluster.n_clusters
+        return (f"cluster-robust Wald F by '{self.cluster}' (CR1 covariance, F = W/q on (q, G-1) = "
+                f"(q, {G - 1}) df, G = {G} clusters)")
+
+    def _cluster_test(self, term: str, cols: list[int], beta: np.ndarray, V: np.ndarray,
+                      separated: bool) -> dict:
+        G = self._design.cluster.n_clusters
+        if separated:
+            return {"term": term, "df": float(len(cols)), "df_resid": float(G - 1), "F": np.nan,
+                    "p_value": np.nan, "note": "separated coefficient(s): the maximum likelihood estimate "
+                    "does not exist, so no Wald test; refit with penalty='firth'"}
+        return {"term": term, **_wald_f(beta, V, G)}
+
+    def _cluster_frame(self, rows: list[dict]) -> pd.DataFrame:
+        out = pd.DataFrame(rows, columns=["term", "df", "df_resid", "F", "p_value", "note"])
+        out.attrs["test"] = self._wald_label()
+        return out
 
     @_single_blas
     def drop1(self) -> pd.DataFrame:
-        """Likelihood-ratio test of each term as a whole, dropped from the full model.
+        """Test of each term as a whole, dropped from the full model (marginality respected).
 
-        As R's ``drop1(fit, test = "LRT")``: only terms not contained in a higher-order
-        term are dropped (marginality). For Firth fits the test is the penalized
-        likelihood ratio with the full model's penalty (as logistf's ``drop1``).
-        Columns ``wald_chi2`` / ``wald_p`` add the Wald test of the term's coefficients
-        with the fit's covariance — with ``cluster=`` that is the cluster-robust test
-        (likelihood-ratio tests assume independent rows).
+        * Unclustered maximum likelihood: R's ``drop1(fit, test = "LRT")``; columns
+          ``term, df, deviance, lr, p_value``.
+        * Unclustered Firth: the penalized likelihood ratio with the full model's penalty
+          (logistf's ``drop1``); same columns (``deviance`` NaN).
+        * Clustered (``cluster=``): the likelihood ratio assumes independent rows and is
+          not shown. Each term gets the cluster-robust Wald test
+          ``W = b' V_CR1^-1 b`` with ``F = W / q`` on ``(q, G - 1)`` df (Cameron & Miller
+          2015; Stata's ``test`` after ``vce(cluster)``); columns
+          ``term, df, df_resid, F, p_value, note``. A singular CR1 block is inverted by
+          pseudo-inverse with ``q`` its rank (noted); with ``q > G - 1`` the test is not
+          available (NaN, noted).
+
+        ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
 
         Examples
         --------
         >>> fit.drop1()  # doctest: +SKIP
-                 term  df   deviance        lr        p
         """
-        self._check_lr()
+        self._check_tests("drop1()")
         d = self._design
+        terms = [t for t in d.term_columns if t != "1"]
+        kept = [t for t in terms if not any(u != t and set(d.term_factors[t]) < set(d.term_factors[u])
+                                            for u in terms)]
+        if self.cluster is not None:
+            beta = self.params.to_numpy()
+            V = self._cov_cluster
+            sep = {self.params.index.get_loc(nm) for nm in self.separated_terms} if self.penalty is None \
+                else set()
+            return self._cluster_frame([
+                self._cluster_test(t, d.term_columns[t], beta[d.term_columns[t]],
+                                   V[np.ix_(d.term_columns[t], d.term_columns[t])],
+                                   bool(sep & set(d.term_columns[t])))
+                for t in kept])
         full = self.penalized_loglik if self.penalty == "firth" else self.loglik - self._ll_const
         out = []
-        terms = [t for t in d.term_columns if t != "1"]
-        for t in terms:
-            ft = set(d.term_factors[t])
-            if any(u != t and ft < set(d.term_factors[u]) for u in terms):
-                continue
-            cols = d.term_columns[t]
-            ll, df_ = self._refit_dropping(cols)
+        for t in kept:
+            ll, df_ = self._refit_dropping(d.term_columns[t])
             lr = max(2.0 * (full - ll), 0.0)
-            b = self.params.to_numpy()[cols]
-            V = self._cov[np.ix_(cols, cols)]
-            wald = float(b @ np.linalg.solve(V, b)) if np.isfinite(V).all() else np.nan
             out.append({"term": t, "df": df_, "deviance": 2.0 * (d.dev_sat - ll) if self.penalty is None else np.nan,
-                        "lr": lr, "p": float(stats.chi2.sf(lr, df_)),
-                        "wald_chi2": wald, "wald_p": float(stats.chi2.sf(wald, df_)) if np.isfinite(wald) else np.nan})
-        return pd.DataFrame(out)
+                        "lr": lr, "p_value": float(stats.chi2.sf(lr, df_))})
+        res = pd.DataFrame(out, columns=["term", "df", "deviance", "lr", "p_value"])
+        res.attrs["test"] = ("penalized likelihood ratio (chi-square), full model's penalty" if self.penalty
+                             == "firth" else "likelihood ratio (chi-square), as R's drop1(test = 'LRT')")
+        return res
 
     @_single_blas
     def anova(self) -> pd.DataFrame:
-        """Sequential likelihood-ratio tests (R's ``anova(fit, test = "Chisq")``).
+        """Sequential tests: terms added in formula order, each given those before it.
 
-        Terms are added in formula order; each row tests the term given those before
-        it. For Firth fits each row is the penalized likelihood ratio of fixing that
-        term's coefficients (and those of later terms) at zero.
+        * Unclustered maximum likelihood: R's ``anova(fit, test = "Chisq")``; columns
+          ``term, df, deviance, resid_df, resid_dev, p_value`` with a ``NULL`` first row.
+        * Unclustered Firth: each row is the penalized likelihood ratio of fixing that
+          term's coefficients (and those of later terms) at zero.
+        * Clustered: row ``k`` fits the model with the first ``k`` terms (same estimator)
+          and gives the cluster-robust Wald F test of term ``k`` in it, as :meth:`drop1`
+          (columns ``term, df, df_resid, F, p_value, note``). No likelihood ratio is shown.
+
+        ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
         """
-        self._check_lr()
+        self._check_tests("anova()")
         d = self._design
         terms = list(d.term_columns)
         has_int = "1" in terms
         order = [t for t in terms if t != "1"]
+        if self.cluster is not None:
+            return self._cluster_frame(self._sequential_wald(order, has_int))
         rows = []
         prev_ll = None
         prev_df = None
@@ -1062,14 +1156,51 @@ class LogitResults:
             df_resid = self.n_obs - len(cols)
             if k == 0:
                 rows.append({"term": "NULL", "df": np.nan, "deviance": np.nan, "resid_df": df_resid,
-                             "resid_dev": dev, "p": np.nan})
+                             "resid_dev": dev, "p_value": np.nan})
             else:
                 lr = max(2.0 * (ll - prev_ll), 0.0)
                 dfk = prev_df - df_resid
                 rows.append({"term": order[k - 1], "df": dfk, "deviance": lr, "resid_df": df_resid,
-                             "resid_dev": dev, "p": float(stats.chi2.sf(lr, dfk))})
+                             "resid_dev": dev, "p_value": float(stats.chi2.sf(lr, dfk))})
             prev_ll, prev_df = ll, df_resid
-        return pd.DataFrame(rows)
+        res = pd.DataFrame(rows)
+        res.attrs["test"] = ("penalized likelihood ratio (chi-square), full model's penalty" if self.penalty
+                             == "firth" else "likelihood ratio (chi-square), as R's anova(test = 'Chisq')")
+        return res
+
+    def _sequential_wald(self, order: list[str], has_int: bool) -> list[dict]:
+        """Cluster-robust Wald F of each term in the model of the terms up to it."""
+        d = self._design
+        cl = d.cluster
+        sep_full = {self.params.index.get_loc(nm) for nm in self.separated_terms} if self.penalty is None \
+            else set()
+        rows = []
+        beta_prev = None
+        for k in range(1, len(order) + 1):
+            incl = (["1"] if has_int else []) + order[:k]
+            cols = [c for t in incl for c in d.term_columns[t]]
+            tested = d.term_columns[order[k - 1]]
+            pos = [cols.index(c) for c in tested]
+            if k == len(order):
+                beta, V = self.params.to_numpy(), self._cov_cluster
+                b_t, V_t = beta[tested], V[np.ix_(tested, tested)]
+            else:
+                Xs = d.X[:, cols]
+                Xsf = d.Xf[:, cols]
+                start = None if beta_prev is None else np.append(beta_prev, np.zeros(len(cols) - len(beta_prev)))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if self.penalty == "firth":
+                        bs, _, _, _ = _firth(Xsf, d.s, d.n, beta0=start)
+                    else:
+                        bs, _, _ = _irls(Xsf, d.s, d.n, dev_sat=d.dev_sat, start=d.start)
+                beta_prev = bs
+                mu = expit(Xs @ bs)
+                bread = _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu)))
+                Vs = _cr1(Xs, cl, bs, bread, d.n_obs)
+                b_t, V_t = bs[pos], Vs[np.ix_(pos, pos)]
+            rows.append(self._cluster_test(order[k - 1], tested, b_t, V_t, bool(sep_full & set(tested))))
+        return rows
 
     # -------------------------------------------------------------- prediction
     def _new_X(self, newdata: pd.DataFrame) -> np.ndarray:
@@ -1166,7 +1297,6 @@ def _dp(x: float) -> int:
 
 
 # ============================================================================ main entry
-@_single_blas
 def logit(
     formula: str,
     data: pd.DataFrame,
@@ -1174,7 +1304,7 @@ def logit(
     penalty: str | None = None,
     alpha: float | str | None = None,
     l1_ratio: float | None = None,
-    cluster: str | None = None,
+    cluster: str | None = "auto",
     weights: str | np.ndarray | None = None,
     ci: str | None = None,
     conf: float = 0.95,
@@ -1211,9 +1341,13 @@ def logit(
         cross-validation (folds grouped by ``cluster`` when given).
     l1_ratio : float, optional
         Elastic-net mixing in (0, 1) (default 0.5 for "elasticnet").
-    cluster : str, optional
-        Column of clusters (e.g. ``"item_id"``): CR1 cluster-robust covariance, and
-        the unit resampled by ``ci="bootstrap"`` and grouped by cross-validation.
+    cluster : "auto", str or None
+        Column of clusters (e.g. ``"item_id"``): CR1 cluster-robust covariance,
+        cluster-robust Wald F tests in ``anova()`` / ``drop1()``, the unit resampled by
+        ``ci="bootstrap"`` and grouped by cross-validation. ``"auto"`` (default): by
+        ``item_id`` when the table has it and items repeat (a one-line
+        :class:`~refusalstats.ClusterNote` says so), else none. ``None``: rows are
+        independent (R's ``glm`` tests).
     weights : str or array, optional
         Frequency weights per row (a column name or an array).
     ci : {"wald", "profile", "bootstrap", "none"}, optional
@@ -1250,6 +1384,30 @@ def logit(
     >>> round(float(fit.params["task[T.offensiveness]"]), 1)  # doctest: +SKIP
     4.2
     """
+    from ._validation import resolve_cluster
+
+    cluster = _one_cluster(resolve_cluster(data, cluster, where="logit"))  # its note points at the caller
+    return _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf,
+                trials=trials, n_boot=n_boot, n_folds=n_folds, seed=seed, collapse=collapse, maxit=maxit,
+                epsilon=epsilon, progress=progress)
+
+
+def _one_cluster(resolved) -> str | None:
+    """The resolved ``cluster=``: logit clusters by one column."""
+    if resolved is None or isinstance(resolved, str):
+        return resolved
+    if len(resolved) == 1:
+        return resolved[0]
+    raise ValueError(
+        f"logit: cluster-robust covariance by one column only, got {list(resolved)}; for nested "
+        "clusters pass the outer one (e.g. 'item_id'), for crossed ones combine them into one key column"
+    )
+
+
+@_single_blas
+def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf, *, trials, n_boot,
+         n_folds, seed, collapse, maxit, epsilon, progress) -> LogitResults:
+    """The body of :func:`logit`, with ``cluster`` resolved (one BLAS thread)."""
     if penalty not in _PENALTIES:
         raise ValueError(f"penalty must be one of {list(_PENALTIES)}, got {penalty!r}")
     if not (0 < conf < 1):
@@ -1311,7 +1469,7 @@ def logit(
         beta, iters, conv = _enet(X, s, n, float(alpha), l1_ratio, pen_mask)
     if not conv:
         warnings.warn(f"logit({formula!r}) did not converge in {iters} iterations; the estimates are "
-                      "unreliable (raise maxit, or check for separation)", RuntimeWarning, stacklevel=2)
+                      "unreliable (raise maxit, or check for separation)", RuntimeWarning, stacklevel=4)
         notes.append(f"the fit did not converge in {iters} iterations")
     eta = X @ beta
     mu = expit(eta)
@@ -1322,12 +1480,15 @@ def logit(
     else:
         bread = _inv_spd(info)
     cov = bread
+    cov_cluster = None
     cov_type = "model-based (inverse Fisher information)"
     if cluster is not None:
-        cov = _cr1(d, beta, bread)
+        cov = cov_cluster = _cr1(d.X, d.cluster, beta, bread, d.n_obs)
         cov_type = f"cluster-robust CR1 by '{cluster}' ({d.cluster.n_clusters:,} clusters)"
     if penalty == "l2":
-        cov_type += " of the ridge estimate (centred on the shrunken estimate)"
+        cov_type = ("posterior covariance under the Gaussian prior the ridge penalty implies (Laplace "
+                    "approximation, (X'WX + N alpha I)^-1)" if cluster is None else
+                    cov_type + " sandwich around the shrunken ridge estimate")
     bse = np.sqrt(np.maximum(np.diag(cov), 0.0))
 
     # ---------------------------------------------------------------- separation
@@ -1338,16 +1499,28 @@ def logit(
             + "; ".join(sep_desc[:5]) + (" ..." if len(sep_desc) > 5 else "")
             + f". Terms {sep_terms[:6]} diverge; their estimates, SEs and intervals are not reported as "
             "valid. Refit with penalty='firth' (finite estimates, profile intervals) or penalty='l2'",
-            SeparationWarning, stacklevel=2)
+            SeparationWarning, stacklevel=4)
     sep_idx = [names.index(t) for t in sep_terms] if penalty is None else []
 
     # ---------------------------------------------------------------- tests and intervals
     zq = stats.norm.ppf(0.5 + conf / 2)
     z = beta / bse
     p_method = "wald"
+    stat = z.copy()  # the statistic behind each p-value: Wald z, or the penalized LR chi-square
     pvals = 2 * stats.norm.sf(np.abs(z))
     ci_low, ci_high = beta - zq * bse, beta + zq * bse
     ci_method = f"Wald {100 * conf:g}%"
+    if penalty in ("l2", "l1", "elasticnet"):
+        # a penalized estimate is biased toward 0: no frequentist test holds, so none is given
+        stat = np.full(p, np.nan)
+        pvals = np.full(p, np.nan)
+        p_method = "none"
+    if penalty == "l2":
+        ci_method = (
+            f"{100 * conf:g}% posterior intervals under the Gaussian prior N(0, 1/(N alpha)) the ridge "
+            "penalty implies (Laplace approximation; not confidence intervals)" if cluster is None else
+            f"{100 * conf:g}% intervals from the CR1 sandwich around the shrunken ridge estimate (not "
+            "confidence intervals: ridge is biased toward 0)")
     if penalty in ("l1", "elasticnet"):
         bse = np.full(p, np.nan)
         pvals = np.full(p, np.nan)
@@ -1361,7 +1534,8 @@ def logit(
             b0 = beta.copy()
             b0[j] = 0.0
             _, _, _, pll0 = _firth(X, s, n, beta0=b0, fixed={j: 0.0})
-            pvals[j] = float(stats.chi2.sf(max(2 * (penalized_ll - pll0), 0.0), 1))
+            stat[j] = max(2 * (penalized_ll - pll0), 0.0)
+            pvals[j] = float(stats.chi2.sf(stat[j], 1))
         p_method = "plr"
     elif penalty == "firth":
         notes.append("p-values are CR1 Wald tests (penalized likelihood-ratio tests assume independent rows)")
@@ -1381,11 +1555,16 @@ def logit(
                 b0[j] = 0.0
                 _, _, _, pll0 = _firth(X, s, n, beta0=b0, fixed={j: 0.0})
                 pvals[j] = float(stats.chi2.sf(max(2 * (penalized_ll - pll0), 0.0), 1))
+                stat[j] = np.nan  # the p-value is not from a z: no z is shown beside it
             notes.append(
                 f"separated term(s) {[names[j] for j in firth_sep]}: CR1 is degenerate along a separating "
                 "direction, so their SE is model based, their interval the profile penalized likelihood "
-                "and their p-value the penalized LR test"
+                "and their p-value the penalized LR test (no z value shown)"
             )
+    if ci == "none":
+        ci_low = ci_high = np.full(p, np.nan)
+        if penalty not in ("l1", "elasticnet"):
+            ci_method = "none (ci='none')"
     if ci == "profile":
         q = float(stats.chi2.ppf(conf, 1))
         ci_low, ci_high = np.empty(p), np.empty(p)
@@ -1418,11 +1597,15 @@ def logit(
         ci_high = np.quantile(bb, 1 - (1 - conf) / 2, axis=0)
         ci_method = (f"{'cluster ' if cluster else ''}bootstrap percentile {100 * conf:g}% "
                      f"({len(bb)} replicates{', by ' + repr(cluster) if cluster else ''})")
+        if penalty in ("l2", "l1", "elasticnet"):
+            ci_method += (" of the penalized estimator (its sampling spread around a shrunken centre; not "
+                          "confidence intervals for the unpenalized coefficients)")
         if penalty in ("l1", "elasticnet"):
             bse = bb.std(0, ddof=1)
     if sep_idx:
         bse[sep_idx] = np.nan
         pvals[sep_idx] = np.nan
+        stat[sep_idx] = np.nan
         ci_low = np.asarray(ci_low, float).copy()
         ci_high = np.asarray(ci_high, float).copy()
         ci_low[sep_idx] = np.nan
@@ -1441,6 +1624,7 @@ def logit(
     else:
         ll0_b = _loglik(np.zeros(K), s, n)
     loglik_null = ll0_b + d.ll_const
+    pseudo_r2 = _mcfadden(ll_b, float(np.sum(s)), N, penalty, notes)
     deviance = 2.0 * (d.dev_sat - ll_b)
     null_dev = 2.0 * (d.dev_sat - ll0_b)
     k_eff = p
@@ -1467,11 +1651,12 @@ def logit(
         bse=pd.Series(bse, index=idx, name="std_error"),
         pvalues=pd.Series(pvals, index=idx, name="p"),
         _ci=pd.DataFrame({"ci_low": ci_low, "ci_high": ci_high}, index=idx),
-        _cov=cov, cov_type=cov_type, ci_method=ci_method, p_method=p_method,
+        _cov=cov, _cov_cluster=cov_cluster, cov_type=cov_type, ci_method=ci_method, p_method=p_method,
+        _stat=stat,
         loglik=loglik, loglik_null=loglik_null, deviance=deviance, null_deviance=null_dev,
         penalized_loglik=penalized_ll + d.ll_const if penalty == "firth" else np.nan,
         df_resid=d.n_obs - p, df_null=d.n_obs - (1 if has_int else 0),
-        aic=aic, bic=bic, pseudo_r2=1.0 - loglik / loglik_null,
+        aic=aic, bic=bic, pseudo_r2=pseudo_r2,
         iterations=iters, converged=conv, n_obs=d.n_obs, n_patterns=K,
         n_clusters=d.cluster.n_clusters if d.cluster else 0,
         separation=sep_desc, separated_terms=sep_terms,
@@ -1482,10 +1667,73 @@ def logit(
 
 
 # ============================================================================ helpers
-def _cr1(d: _Design, beta: np.ndarray, bread: np.ndarray) -> np.ndarray:
+def _mcfadden(ll: float, successes: float, total: float, penalty, notes: list[str]) -> float:
+    """McFadden's pseudo-R², ``1 - l(b) / l_0``, on the row-level Bernoulli log-likelihood.
+
+    ``ll`` is the unpenalized Bernoulli log-likelihood at the fitted coefficients (no
+    binomial coefficients, so rows and aggregated ``trials=`` input agree) and ``l_0``
+    that of the intercept-only model (closed form). ``l(b) <= 0`` makes it at most 1. It
+    is at least 0 for the MLE of any model containing the constant and, with an
+    unpenalized intercept, for ridge / lasso / elastic net (their objective at ``b`` is at
+    most its value at the intercept-only point). A Firth estimate (or a model without the
+    constant in its span) can fall below the null: then 0 is reported and a note gives
+    the raw value.
+    """
+    pbar = successes / total
+    ll0 = successes * np.log(pbar) + (total - successes) * np.log1p(-pbar)
+    r2 = 1.0 - ll / ll0
+    if r2 >= 0.0:
+        return float(min(r2, 1.0))
+    if r2 > -1e-9:  # rounding of two equal log-likelihoods
+        return 0.0
+    what = {"firth": "Firth", None: "maximum-likelihood"}.get(penalty, "penalized")
+    notes.append(
+        f"McFadden pseudo-R2 reported as 0: the unpenalized log-likelihood at the {what} estimate "
+        f"({ll:.6g}) is below the intercept-only model's ({ll0:.6g}); raw value {r2:.3g}")
+    return 0.0
+
+
+def _wald_f(b: np.ndarray, V: np.ndarray, G: int, rtol: float = 1e-10) -> dict:
+    """Cluster-robust Wald test of ``b = 0`` with covariance ``V`` (CR1) and ``G`` clusters.
+
+    ``W = b' V^+ b`` and ``F = W / q`` on ``(q, G - 1)`` degrees of freedom (Cameron &
+    Miller 2015, sec. VI; Stata's ``test`` after ``regress, vce(cluster)``), ``q`` the rank
+    of ``V`` (judged on its correlation matrix: eigenvalues below ``rtol`` times the
+    largest are dropped, and the pseudo-inverse used, with a note). With more
+    coefficients than ``G - 1`` the CR1 matrix cannot estimate their covariance: NaN.
+    """
+    m = len(b)
+    out = {"df": float(m), "df_resid": float(G - 1), "F": np.nan, "p_value": np.nan, "note": ""}
+    if not (np.isfinite(b).all() and np.isfinite(V).all()):
+        out["note"] = "covariance not finite: no test"
+        return out
+    if m > G - 1:
+        out["note"] = (f"not available: {m} coefficients but only G - 1 = {G - 1} cluster degrees of "
+                       "freedom (the CR1 covariance has rank at most G - 1)")
+        return out
+    sd = np.sqrt(np.clip(np.diag(V), 0.0, None))
+    if not (sd > 0).any():
+        out["note"] = "the CR1 covariance of the term is zero: no test"
+        return out
+    live = sd > 0
+    bs = b[live] / sd[live]
+    R = V[np.ix_(live, live)] / np.outer(sd[live], sd[live])
+    ev, U = np.linalg.eigh(0.5 * (R + R.T))
+    keep = ev > rtol * ev.max()
+    q = int(keep.sum())
+    proj = U[:, keep].T @ bs
+    W = float(np.sum(proj ** 2 / ev[keep]))
+    if q < m:
+        out["note"] = (f"CR1 covariance of the {m} coefficients has rank {q} (e.g. a separated or "
+                       f"all-zero-score level): pseudo-inverse, tested on {q} df")
+    out["df"] = float(q)
+    out["F"] = W / q
+    out["p_value"] = float(stats.f.sf(W / q, q, G - 1))
+    return out
+
+
+def _cr1(X: np.ndarray, cl: _Cluster, beta: np.ndarray, bread: np.ndarray, n_obs: int) -> np.ndarray:
     """CR1 sandwich: cluster score sums from (cluster x pattern) counts, no row-level X."""
-    cl = d.cluster
-    X = d.X
     p = expit(X @ beta)
     r = cl.s - cl.n * p[cl.j]
     M = sparse.csr_matrix((r, (cl.g, cl.j)), shape=(cl.n_clusters, X.shape[0]))
@@ -1493,7 +1741,7 @@ def _cr1(d: _Design, beta: np.ndarray, bread: np.ndarray) -> np.ndarray:
     S = S.toarray()
     meat = S.T @ S
     G = cl.n_clusters
-    N = d.n_obs
+    N = n_obs
     k = X.shape[1]
     c = (G / (G - 1.0)) * ((N - 1.0) / (N - k))
     return c * bread @ meat @ bread
