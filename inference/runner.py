@@ -20,11 +20,17 @@ metadata in its Parquet key-value metadata.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import re
+import secrets
+import signal
+import socket
+import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -36,11 +42,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .backends import Backend, DecodingParams, TransformersBackend, is_out_of_memory
+from .backends import (
+    DEFAULT_TEMPLATE_DATE,
+    Backend,
+    DecodingParams,
+    TransformersBackend,
+    is_out_of_memory,
+    package_versions,
+    template_date_kwargs,
+)
 from .prompts import build_user_prompts, render_chats
 
 __all__ = [
     "ModelSpec",
+    "RunInterrupted",
+    "RunLockedError",
     "collect_responses",
     "padded_tokens",
     "plan_batches",
@@ -48,7 +64,122 @@ __all__ = [
 ]
 
 _SHARD_COLUMNS = ("row_id", "response", "prompt_text", "system_text", "n_prompt_tokens",
-                  "n_new_tokens", "finish_reason")
+                  "n_new_tokens", "finish_reason", "truncated", "prompt_sha256", "batch_id")
+
+TRUNCATE = ("error", "middle")
+
+
+class RunLockedError(OSError):
+    """The run directory is in use by another live process."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived; the rows finished so far were written first."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+
+
+# ---------------------------------------------------------------------------- lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _RunLock:
+    """An exclusive lock on a run directory: ``<out>/.lock`` created with O_EXCL.
+
+    It holds the owner's host and pid; a lock left by a dead process on this host is
+    stale and taken over. A lock from another host cannot be checked: it is reported
+    with the file to remove if that run is gone.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+        self.host = socket.gethostname()
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"host": self.host, "pid": os.getpid(), "since": _now()}
+        for _ in range(50):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    time.sleep(0.05)  # being written right now, or removed: look again
+                    continue
+                host, pid = owner.get("host"), int(owner.get("pid", -1))
+                if host == self.host and pid != os.getpid() and not _pid_alive(pid):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()  # stale: its process is gone
+                    continue
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by another run (pid {pid} on {host}, since "
+                    f"{owner.get('since')}); wait for it to end, or remove {self.path} if that "
+                    "process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(me))
+            self.held = True
+            return
+        raise RunLockedError(f"could not take the lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.held = False
+
+
+# ---------------------------------------------------------------------------- signals
+class _Signals:
+    """Turn SIGTERM / SIGINT into :class:`RunInterrupted`, deferred while a shard is written.
+
+    Installed only in the main thread (Python delivers signals there).
+    """
+
+    def __init__(self):
+        self.critical = 0
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.critical:
+            self.pending = signum
+            return
+        raise RunInterrupted(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, h in self.previous.items():
+            signal.signal(sig, h)
+        self.previous.clear()
+        return False
+
+    @contextlib.contextmanager
+    def shielded(self):
+        """No interruption inside (a shard write and its bookkeeping); raise after."""
+        self.critical += 1
+        try:
+            yield
+        finally:
+            self.critical -= 1
+        if not self.critical and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise RunInterrupted(signum)
 
 
 @dataclass(frozen=True)
@@ -62,7 +193,7 @@ class ModelSpec:
     name : str, optional
         Value of the ``model`` column (default: the last part of ``model``), e.g.
         ``"Llama2-13B"`` to match P1's tables.
-    revision, tokenizer, dtype, device, trust_remote_code, device_map
+    revision, tokenizer, dtype, device, trust_remote_code, device_map, attn_implementation
         Passed to :class:`~refusalstats.inference.backends.TransformersBackend`.
 
     Examples
@@ -79,6 +210,7 @@ class ModelSpec:
     device: str = "auto"
     trust_remote_code: bool = False
     device_map: str | None = None
+    attn_implementation: str | None = None
 
     @property
     def label(self) -> str:
@@ -103,6 +235,19 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
+def _shard_dir_name(label: str) -> str:
+    """Folder of a model's shards: readable slug plus a hash of the exact name.
+
+    "Llama 2" and "Llama_2" share a slug but not a folder.
+
+    Examples
+    --------
+    >>> _shard_dir_name("Llama 2") != _shard_dir_name("Llama_2")
+    True
+    """
+    return f"{_slug(label)}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -112,7 +257,7 @@ def plan_batches(
     max_new_tokens: int,
     token_budget: int | None = None,
     batch_size: int | None = None,
-    max_batch_size: int = 256,
+    max_batch_size: int | None = None,
     sort: bool = True,
 ) -> list[np.ndarray]:
     """Cut rows into batches, longest first, under a token budget.
@@ -133,8 +278,8 @@ def plan_batches(
         Budget per batch (needed unless ``batch_size`` is given).
     batch_size : int, optional
         A fixed number of rows per batch.
-    max_batch_size : int
-        Cap on rows per batch under a budget.
+    max_batch_size : int, optional
+        Cap on rows per batch under a budget (default: none; the budget decides).
     sort : bool
         Sort by length (longest first, so an out-of-memory error comes early); False keeps
         the arrival order (for comparison).
@@ -159,11 +304,12 @@ def plan_batches(
         return [order[i:i + int(batch_size)] for i in range(0, n, int(batch_size))]
     if token_budget is None or token_budget < 1:
         raise ValueError("plan_batches needs a positive token_budget or a batch_size")
+    cap = n if max_batch_size is None else int(max_batch_size)
     batches, start = [], 0
     while start < n:
         width = int(lengths[order[start]]) + max_new_tokens
         size = 1
-        while (start + size < n and size < max_batch_size
+        while (start + size < n and size < cap
                and (size + 1) * max(width, int(lengths[order[start + size]]) + max_new_tokens)
                <= token_budget):
             width = max(width, int(lengths[order[start + size]]) + max_new_tokens)
@@ -191,13 +337,13 @@ def _fingerprint(df: pd.DataFrame) -> str:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_parquet(tmp, index=False)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
@@ -231,19 +377,27 @@ def _restore_levels(df: pd.DataFrame, levels: Mapping[str, Sequence[str]]) -> No
 
 
 class _ShardWriter:
-    """Buffer generated rows and write them as atomic Parquet shards."""
+    """Buffer generated rows and write them as atomic Parquet shards.
 
-    def __init__(self, folder: Path, rows: int, seconds: float):
+    Shard names carry the session and a random tag (``part-000003-s02-9f3a1c.parquet``),
+    so no two processes ever write the same file, even without the lock.
+    """
+
+    def __init__(self, folder: Path, rows: int, seconds: float, session: int,
+                 signals: _Signals | None = None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".*.tmp"):
+        for stale in folder.glob(".*.tmp"):  # the run lock is held: no one else writes here
             stale.unlink()
         existing = [int(m.group(1)) for p in folder.glob("part-*.parquet")
-                    if (m := re.match(r"part-(\d+)\.parquet$", p.name))]
+                    if (m := re.match(r"part-(\d+)", p.name))]
         self.next_index = max(existing, default=-1) + 1
-        self.rows, self.seconds = rows, seconds
+        self.tag = f"s{session:02d}-{secrets.token_hex(3)}"
+        self.rows, self.seconds = int(rows), float(seconds)
         self.buffer: list[dict] = []
+        self.written = 0
         self.last = time.monotonic()
+        self.signals = signals
 
     def add(self, records: list[dict]) -> None:
         self.buffer.extend(records)
@@ -253,11 +407,15 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.buffer:
             return
-        df = pd.DataFrame(self.buffer, columns=list(_SHARD_COLUMNS))
-        _write_parquet_atomic(df, self.folder / f"part-{self.next_index:06d}.parquet")
-        self.next_index += 1
-        self.buffer = []
-        self.last = time.monotonic()
+        shield = self.signals.shielded() if self.signals else contextlib.nullcontext()
+        with shield:
+            df = pd.DataFrame(self.buffer, columns=list(_SHARD_COLUMNS))
+            name = f"part-{self.next_index:06d}-{self.tag}.parquet"
+            _write_parquet_atomic(df, self.folder / name)
+            self.next_index += 1
+            self.written += len(self.buffer)
+            self.buffer = []
+            self.last = time.monotonic()
 
 
 def _read_shards(folder: Path) -> pd.DataFrame:
@@ -271,7 +429,12 @@ def _make_backend(spec: ModelSpec) -> Backend:
     return TransformersBackend(
         spec.model, tokenizer=spec.tokenizer, revision=spec.revision, device=spec.device,
         dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, device_map=spec.device_map,
+        attn_implementation=spec.attn_implementation,
     )
+
+
+def _prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _generate_model(
@@ -281,82 +444,130 @@ def _generate_model(
     params: DecodingParams,
     batch_size: int | str,
     token_budget: int | None,
-    max_batch_size: int,
+    max_batch_size: int | None,
     desc: str,
     progress: bool,
-) -> dict[str, Any]:
-    """Generate for the rows of ``todo`` and write them; return counters."""
+    truncate: str,
+    session: int,
+    stats: dict[str, Any],
+) -> None:
+    """Generate for the rows of ``todo`` and write them; counters go into ``stats``.
+
+    The rows finished are flushed to a shard whatever ends the loop (an error, SIGTERM,
+    Ctrl-C), so a resume redoes only what was not finished.
+    """
     from tqdm.auto import tqdm
 
     system_role = backend.supports_system_role()
+    stats["system_role"] = bool(system_role)
     rendered, users, systems = render_chats(
         todo["user_text"].tolist(), todo["system_text"].tolist(), backend.render, system_role,
         render_many=backend.render_many)
     lengths = np.asarray(backend.count_tokens(rendered), dtype=np.int64)
+    mnt = int(params.max_new_tokens)
+    row_ids = todo["row_id"].to_numpy()
+    truncated = np.zeros(len(todo), dtype=bool)
+    limit = backend.max_positions()
+    if limit is not None and len(lengths):
+        if limit - mnt < 2:
+            raise ValueError(f"max_new_tokens={mnt} leaves no room for a prompt in {desc}'s "
+                             f"context of {limit} positions; lower max_new_tokens")
+        over = np.flatnonzero(lengths + mnt > limit)
+        if len(over) and truncate == "error":
+            worst = over[np.argmax(lengths[over])]
+            raise ValueError(
+                f"{len(over)} prompt(s) do not fit {desc}'s context of {limit} positions: the "
+                f"longest (row_id {int(row_ids[worst])}) has {int(lengths[worst])} tokens + "
+                f"max_new_tokens {mnt}; shorten them, lower max_new_tokens, or pass "
+                "truncate='middle' (--truncate middle) to cut the middle out of them (flagged "
+                "in the 'truncated' column)")
+        if len(over):
+            cut = backend.truncate_prompts([rendered[i] for i in over], limit - mnt)
+            for i, text in zip(over, cut):
+                rendered[i] = text
+            lengths[over] = limit - mnt  # the backend keeps the ids exactly as cut
+            truncated[over] = True
+            warnings.warn(f"{desc}: {len(over)} prompt(s) longer than the context of {limit} "
+                          f"positions were cut in the middle to {limit - mnt} tokens "
+                          "(column 'truncated')", stacklevel=3)
+    hashes = [_prompt_hash(r) for r in rendered]
     if batch_size == "auto":
         budget = int(token_budget or backend.token_budget(params))
-        batches = plan_batches(lengths, params.max_new_tokens, token_budget=budget,
-                               max_batch_size=max_batch_size)
+        batches = plan_batches(lengths, mnt, token_budget=budget, max_batch_size=max_batch_size)
     else:
         budget = None
-        batches = plan_batches(lengths, params.max_new_tokens, batch_size=int(batch_size))
-    row_ids = todo["row_id"].to_numpy()
+        batches = plan_batches(lengths, mnt, batch_size=int(batch_size))
+    stats.update(token_budget=budget, batches_planned=len(batches), oom_retries=0,
+                 truncated=int(truncated.sum()),
+                 max_batch_rows=max((len(b) for b in batches), default=0))
     queue = deque(batches)
-    cap: int | None = None
-    n_oom = 0
-    new_tokens = prompt_tokens = 0
+    oom_budget: int | None = None  # tokens per batch after an out-of-memory error
+    n_batch = 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit="row", desc=desc, disable=not progress, dynamic_ncols=True)
     try:
         while queue:
             b = queue.popleft()
-            if cap is not None and len(b) > cap:
-                queue.extendleft(reversed([b[i:i + cap] for i in range(0, len(b), cap)]))
+            cost = len(b) * (int(lengths[b].max()) + mnt)
+            if oom_budget is not None and cost > oom_budget and len(b) > 1:
+                # a token cap, not a row cap: shorter prompts fit more rows again
+                parts = plan_batches(lengths[b], mnt, token_budget=oom_budget,
+                                     max_batch_size=len(b))
+                queue.extendleft(reversed([b[q] for q in parts]))
                 continue
+            oom = None
             try:
                 outs = backend.generate([rendered[i] for i in b], params)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
+                oom = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if oom is not None:
+                # outside the except block: the traceback (and the tensors its frames hold)
+                # is gone, so the cache really frees
                 backend.clear_cache()
                 if len(b) == 1:
                     raise RuntimeError(
                         f"out of memory generating a single prompt of {int(lengths[b[0]])} tokens "
-                        f"with max_new_tokens={params.max_new_tokens}; lower max_new_tokens, use "
-                        "a smaller dtype or a larger device"
-                    ) from exc
-                half = len(b) // 2
-                cap = half
-                n_oom += 1
-                warnings.warn(f"{desc}: out of memory with {len(b)} prompts; retrying with "
-                              f"batches of {half}", stacklevel=2)
-                queue.appendleft(b[half:])
-                queue.appendleft(b[:half])
+                        f"with max_new_tokens={mnt}; lower max_new_tokens, use a smaller dtype or "
+                        f"a larger device ({oom})"
+                    )
+                oom_budget = cost // 2 if oom_budget is None else min(oom_budget, cost // 2)
+                stats["oom_retries"] += 1
+                stats["oom_token_budget"] = oom_budget
+                warnings.warn(f"{desc}: out of memory with {len(b)} prompts ({cost:,} tokens); "
+                              f"retrying with batches of at most {oom_budget:,} tokens",
+                              stacklevel=3)
+                queue.appendleft(b)
                 continue
             if len(outs) != len(b):
                 raise RuntimeError(f"backend returned {len(outs)} completions for {len(b)} prompts")
+            batch_id = f"s{session:02d}-b{n_batch:06d}"
+            n_batch += 1
             records = []
             for i, c in zip(b, outs):
                 records.append({
                     "row_id": int(row_ids[i]), "response": c.text, "prompt_text": users[i],
                     "system_text": systems[i], "n_prompt_tokens": int(c.n_prompt_tokens),
                     "n_new_tokens": int(c.n_new_tokens), "finish_reason": c.finish_reason,
+                    "truncated": bool(truncated[i]), "prompt_sha256": hashes[i],
+                    "batch_id": batch_id,
                 })
-                new_tokens += int(c.n_new_tokens)
-                prompt_tokens += int(c.n_prompt_tokens)
+                stats["new_tokens"] += int(c.n_new_tokens)
+                stats["prompt_tokens"] += int(c.n_prompt_tokens)
             writer.add(records)
+            stats["rows"] += len(b)
             bar.update(len(b))
             dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix({"new tok/s": f"{new_tokens / dt:.0f}",
-                             "prompt tok/s": f"{prompt_tokens / dt:.0f}"}, refresh=False)
-        writer.flush()
+            bar.set_postfix({"new tok/s": f"{stats['new_tokens'] / dt:.0f}",
+                             "prompt tok/s": f"{stats['prompt_tokens'] / dt:.0f}"}, refresh=False)
     finally:
-        bar.close()
-    elapsed = time.perf_counter() - t0
-    return {"rows": len(todo), "batches_planned": len(batches), "oom_retries": n_oom,
-            "token_budget": budget, "new_tokens": int(new_tokens),
-            "prompt_tokens": int(prompt_tokens), "seconds": round(elapsed, 3),
-            "system_role": bool(system_role)}
+        try:
+            writer.flush()
+        finally:
+            bar.close()
+            stats["rows_written"] = writer.written
+            stats["seconds"] = round(time.perf_counter() - t0, 3)
 
 
 def run_generation(
@@ -368,7 +579,7 @@ def run_generation(
     params: DecodingParams | None = None,
     batch_size: int | str = "auto",
     token_budget: int | None = None,
-    max_batch_size: int = 256,
+    max_batch_size: int | None = None,
     resume: bool = False,
     detector: str | Callable | None = "default",
     seed: int = 0,
@@ -376,6 +587,8 @@ def run_generation(
     shard_rows: int = 1024,
     shard_seconds: float = 60.0,
     progress: bool = True,
+    truncate: str = "error",
+    template_date: str = DEFAULT_TEMPLATE_DATE,
     items: pd.DataFrame | None = None,
     personas=None,
     templates=None,
@@ -393,7 +606,8 @@ def run_generation(
         Run one after another; each is loaded, run and freed before the next. Strings
         follow :meth:`ModelSpec.parse` (``name=model@revision``).
     out_dir : str or Path
-        The run directory (see the module docstring).
+        The run directory (see the module docstring). One run at a time: a second run on
+        the same directory raises :class:`RunLockedError`.
     placement : {"template", "system"}
         Persona in the instruction (P1) or as a system message (P2).
     params : DecodingParams, optional
@@ -402,11 +616,12 @@ def run_generation(
         Rows per batch, or "auto": batches under a token budget.
     token_budget : int, optional
         The budget for "auto" (default: the backend's estimate from free GPU memory).
-    max_batch_size : int
-        Cap on rows per batch under "auto".
+    max_batch_size : int, optional
+        Cap on rows per batch under "auto" (default: none, the token budget decides).
     resume : bool
         Continue a run directory, skipping rows already written. Without it an existing
-        run directory is an error (nothing is overwritten).
+        run directory is an error (nothing is overwritten). A model whose identity
+        (source, revision, config, dtype) differs from the one that started is refused.
     detector : str, callable or None
         Refusal detector (:func:`refusalstats.detect.detector` name, called per task with
         the task's labels where it takes them, or a callable on a list of answers). None
@@ -417,9 +632,15 @@ def run_generation(
         ``ModelSpec -> Backend``; default loads a :class:`TransformersBackend`.
     shard_rows, shard_seconds : int, float
         A shard is written every ``shard_rows`` rows or ``shard_seconds`` seconds,
-        whichever comes first (the work a kill can lose).
+        whichever comes first (the work a SIGKILL can lose; SIGTERM and SIGINT write
+        the finished rows first and raise :class:`RunInterrupted`).
     progress : bool
-        Show a progress bar with rows/s and tokens/s.
+        Show a progress bar with rows/s and tokens/s, and "resuming: N of M done".
+    truncate : {"error", "middle"}
+        A prompt that does not fit the model's context with ``max_new_tokens`` is an
+        error, or is cut in the middle (column ``truncated``).
+    template_date : str
+        The date chat templates see as today (ISO), recorded; a resume must use the same.
     items, personas, templates, tasks, fields
         See :func:`refusalstats.inference.prompts.build_user_prompts`.
 
@@ -436,6 +657,14 @@ def run_generation(
     params = params or DecodingParams()
     if isinstance(batch_size, str) and batch_size != "auto":
         raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if max_batch_size is not None and int(max_batch_size) < 1:
+        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+    if truncate not in TRUNCATE:
+        raise ValueError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
+    if int(shard_rows) < 1 or not float(shard_seconds) > 0:
+        raise ValueError(f"shard_rows must be >= 1 and shard_seconds > 0, got {shard_rows} and "
+                         f"{shard_seconds}")
+    template_date_kwargs(template_date)  # validates the date
     specs = [m if isinstance(m, ModelSpec) else ModelSpec.parse(str(m)) for m in models]
     if not specs:
         raise ValueError("models is empty; give at least one hub id or local model path")
@@ -444,17 +673,45 @@ def run_generation(
     if dup:
         raise ValueError(f"model name(s) {dup} appear twice; name them apart with name=model")
     out = Path(out_dir)
-    run_file = out / "run.json"
     table = _normalize_prompts(prompts)
     built = build_user_prompts(table, placement, items=items, personas=personas,
                                templates=templates, tasks=tasks, fields=fields)
     fingerprint = _fingerprint(built[["row_id", "user_text", "system_text"]].fillna(""))
+    if (out / "run.json").exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a run; pass resume=True (--resume) to continue it, or "
+            "choose a new output directory"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _RunLock(out)
+    lock.acquire()
+    try:
+        with _Signals() as signals:
+            _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
+                        token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
+                        shard_seconds, progress, truncate, str(template_date), signals)
+    finally:
+        lock.release()
+    return collect_responses(out, detector=detector, models=labels, tasks=tasks)
+
+
+def _resolved_source(spec: ModelSpec) -> str:
+    p = Path(spec.model)
+    return str(p.resolve()) if p.is_dir() else spec.model
+
+
+def _identity_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
+                token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
+                shard_seconds, progress, truncate, template_date, signals) -> None:
+    run_file = out / "run.json"
     if run_file.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{out} already holds a run; pass resume=True (--resume) to continue it, or "
-                "choose a new output directory"
-            )
+        if not resume:  # another run created it between the first check and the lock
+            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume)")
         meta = json.loads(run_file.read_text())
         if meta.get("prompts_sha256") != fingerprint:
             raise ValueError(
@@ -467,27 +724,52 @@ def run_generation(
                 f"{out} was started with decoding {meta.get('decoding')}, not "
                 f"{params.to_dict()}; resume with the same settings"
             )
+        if meta.get("template_date", template_date) != template_date:
+            raise ValueError(
+                f"{out} was started with template_date {meta['template_date']!r}, not "
+                f"{template_date!r}; resume with the same date (--template-date)"
+            )
     else:
-        out.mkdir(parents=True, exist_ok=True)
         _write_parquet_atomic(built, out / "prompts.parquet")
         meta = {
             "prompts_sha256": fingerprint, "n_rows": len(built), "placement": placement,
-            "decoding": params.to_dict(), "seed": seed, "created": _now(), "models": {},
+            "decoding": params.to_dict(), "seed": seed, "template_date": template_date,
+            "created": _now(), "models": {},
             "design": table.attrs.get("design"), "levels": table.attrs.get("levels", {}),
         }
         _write_json_atomic(run_file, meta)
     meta.setdefault("models", {})
+    meta.setdefault("template_date", template_date)
+    folders = {}
+    for spec in specs:
+        entry = meta["models"].get(spec.label, {})
+        # runs started before shard folders carried a hash keep their folder
+        folders[spec.label] = entry.get("shard_dir") or (
+            _slug(spec.label) if "info" in entry else _shard_dir_name(spec.label))
     factory = backend_factory or _make_backend
     for spec in specs:
-        folder = out / "shards" / _slug(spec.label)
+        label = spec.label
+        entry = meta["models"].get(label, {})
+        entry["shard_dir"] = folders[label]
+        folder = out / "shards" / folders[label]
         done = _read_shards(folder)
         done_ids = set(done["row_id"].astype(np.int64).tolist())
         todo = built[~built["row_id"].isin(done_ids)]
-        entry = meta["models"].get(spec.label, {})
+        n_done = len(built) - len(todo)
+        old_identity = entry.get("identity")
+        if old_identity and backend_factory is None:
+            src = _resolved_source(spec)
+            if old_identity.get("model") not in (None, src) and not Path(spec.model).is_dir():
+                raise ValueError(
+                    f"model {label!r} in {out} was generated with {old_identity.get('model')!r}, "
+                    f"not {src!r}; resume with the same model, or give this one another name")
         entry["spec"] = asdict(spec)
+        meta["models"][label] = entry
         if len(todo) == 0:
-            meta["models"][spec.label] = entry
             continue
+        if n_done and progress:
+            print(f"{label}: resuming: {n_done:,} of {len(built):,} done, {len(todo):,} to go",
+                  file=sys.stderr, flush=True)
         try:
             import torch
 
@@ -495,21 +777,47 @@ def run_generation(
         except ImportError:  # pragma: no cover
             pass
         backend = factory(spec)
+        sessions = entry.setdefault("sessions", [])
+        session = len(sessions)
+        stats: dict[str, Any] = {
+            "session": session, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": _now(), "status": "running", "rows_done_before": n_done, "rows": 0,
+            "new_tokens": 0, "prompt_tokens": 0, "versions": package_versions(),
+        }
         try:
-            entry.update({"info": backend.info(), "started": entry.get("started") or _now()})
-            meta["models"][spec.label] = entry
+            backend.template_date = template_date
+            info = backend.info()
+            identity = dict(backend.identity())
+            if "dtype" in info:
+                identity["dtype"] = info["dtype"]
+            if old_identity:
+                diff = _identity_mismatch(old_identity, identity)
+                if diff:
+                    raise ValueError(
+                        f"model {label!r} in {out} was started with another model ("
+                        + "; ".join(diff) + "); resume with the same model, or give this one "
+                        "another name (NAME=MODEL)")
+            entry.update({"info": info, "identity": identity,
+                          "started": entry.get("started") or _now()})
+            stats["identity"] = identity
+            sessions.append(stats)
             _write_json_atomic(run_file, meta)
-            writer = _ShardWriter(folder, shard_rows, shard_seconds)
-            stats = _generate_model(backend, todo, writer, params, batch_size, token_budget,
-                                    max_batch_size, spec.label, progress)
+            writer = _ShardWriter(folder, shard_rows, shard_seconds, session, signals)
+            _generate_model(backend, todo, writer, params, batch_size, token_budget,
+                            max_batch_size, label, progress, truncate, session, stats)
+            stats["status"] = "complete"
+            entry["finished"] = _now()
+        except BaseException as exc:
+            stats["status"] = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                               else f"failed: {type(exc).__name__}")
+            raise
         finally:
+            stats["finished"] = _now()
+            if stats in sessions:
+                with signals.shielded():
+                    _write_json_atomic(run_file, meta)
             backend.close()
             del backend
-        entry.setdefault("sessions", []).append(stats)
-        entry["finished"] = _now()
-        meta["models"][spec.label] = entry
-        _write_json_atomic(run_file, meta)
-    return collect_responses(out, detector=detector, models=labels, tasks=tasks)
 
 
 def collect_responses(
@@ -560,7 +868,8 @@ def collect_responses(
     names = list(models) if models is not None else list(meta.get("models", {}))
     frames = []
     for name in names:
-        shards = _read_shards(out / "shards" / _slug(name))
+        entry = meta.get("models", {}).get(name, {})
+        shards = _read_shards(out / "shards" / (entry.get("shard_dir") or _slug(name)))
         n_dup = int(shards["row_id"].duplicated().sum())
         if n_dup:
             warnings.warn(f"model {name!r}: {n_dup} row(s) appear in two shards; kept once",

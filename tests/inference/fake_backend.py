@@ -24,13 +24,37 @@ class EchoBackend(Backend):
     engine = "echo"
 
     def __init__(self, model_id: str = "echo", delay: float = 0.0,
-                 oom_once_above: int | None = None, oom_always_above: int | None = None):
+                 oom_once_above: int | None = None, oom_always_above: int | None = None,
+                 oom_above_tokens: int | None = None, max_new_tokens_cost: int = 0,
+                 context: int | None = None, progress_file: str | None = None):
         self.model_id = model_id
         self.delay = delay
         self.oom_once_above = oom_once_above
         self.oom_always_above = oom_always_above
+        self.oom_above_tokens = oom_above_tokens
+        self.max_new_tokens_cost = max_new_tokens_cost
+        self.context = context
+        self.progress_file = progress_file
         self.batch_sizes: list[int] = []
+        self.batch_costs: list[int] = []
+        self.cleared_in_except: list[bool] = []
         self.closed = False
+
+    def max_positions(self):
+        return self.context
+
+    def truncate_prompts(self, prompts, max_tokens):
+        out = []
+        for p in prompts:
+            w = p.split()
+            out.append(p if len(w) <= max_tokens else
+                       " ".join(w[:max_tokens // 2] + w[len(w) - (max_tokens - max_tokens // 2):]))
+        return out
+
+    def clear_cache(self):
+        import sys
+
+        self.cleared_in_except.append(sys.exc_info()[0] is not None)
 
     def render(self, messages):
         return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<a>"
@@ -47,9 +71,16 @@ class EchoBackend(Backend):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         if self.oom_always_above is not None and n > self.oom_always_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        cost = n * (max(len(p.split()) for p in prompts) + params.max_new_tokens)
+        if self.oom_above_tokens is not None and cost > self.oom_above_tokens:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         self.batch_sizes.append(n)
+        self.batch_costs.append(cost)
         if self.delay:
             time.sleep(self.delay)
+        if self.progress_file:
+            with open(self.progress_file, "a") as fh:
+                fh.write(f"{n}\n")
         out = []
         for p in prompts:
             text = answer_for(p)
