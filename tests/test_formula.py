@@ -169,3 +169,17 @@ def test_group_index_labels(table):
     assert len(labels) == table.groupby(["persona", "prompt"]).ngroups
     lab = np.array(labels)[idx]
     np.testing.assert_array_equal(lab, (table["persona"] + ":" + table["prompt"]).to_numpy())
+
+
+@pytest.mark.parametrize("formula", ["refusal ~ persona +", "refusal ~ + persona",
+                                     "refusal ~ persona + + task", "refusal ~ "])
+def test_dangling_plus_or_empty_right_side_is_an_error(formula):
+    # R: `glm(refusal ~ persona +, ...)` is a syntax error; nothing is silently dropped
+    with pytest.raises(FormulaError, match="'\\+' with no term|nothing right of"):
+        parse_formula(formula)
+
+
+def test_reference_must_be_a_mapping():
+    df = pd.DataFrame({"persona": ["a", "b", "a"], "refusal": [0, 1, 1]})
+    with pytest.raises(FormulaError, match="reference must map columns"):
+        prepare_factors(df, ["persona"], reference="a")

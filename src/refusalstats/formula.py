@@ -122,6 +122,15 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"the response must be a column name (e.g. 'refusal'); got {response!r}. For "
             "aggregated counts use a column of successes and pass trials='n'"
         )
+    bare = rhs.strip()
+    if not bare:
+        raise FormulaError(f"formula {formula!r} has nothing right of '~'; write "
+                           "'refusal ~ 1' for an intercept-only model")
+    if bare.endswith("+") or bare.startswith("+") or re.search(r"\+\s*\+", bare):
+        raise FormulaError(
+            f"formula {formula!r} has a '+' with no term on one side; remove it or add the "
+            "term (as R does, a dangling '+' is an error, not ignored)"
+        )
     random: list[RandomTerm] = []
     for m in _RANDOM_RE.finditer(rhs):
         expr, groups = m.group(1).strip(), m.group(2).strip()
@@ -178,6 +187,11 @@ def prepare_factors(
         A ``reference`` key that is not a column, or a level that is not in the column
         (the message lists the levels).
     """
+    if reference is not None and not isinstance(reference, Mapping):
+        raise FormulaError(
+            f"reference must map columns to their reference level, e.g. "
+            f"reference={{'persona': 'Atheist'}}; got {reference!r}"
+        )
     reference = dict(reference or {})
     columns = list(dict.fromkeys(columns))
     out = data.copy()
