@@ -249,7 +249,7 @@ def test_persona_effect_derives_setting_and_errors(paper):
 
 def test_cochran_q_matches_pingouin():
     df = complete_blocks()
-    out = rs.cochran_q(df, condition="persona", block="item_id", by="model")
+    out = rs.cochran_q(df, condition="persona", block="item_id", by="model", method="chi2")
     assert out["model"].tolist() == ["m1", "m2"]
     for _, row in out.iterrows():
         ref = pg.cochran(
@@ -273,9 +273,94 @@ def test_cochran_q_two_conditions_is_mcnemar():
     wide = df.pivot(index="item_id", columns="persona", values="refusal")
     table = pd.crosstab(wide["a"], wide["b"]).reindex(index=[0, 1], columns=[0, 1], fill_value=0)
     ref = mcnemar(table.to_numpy(), exact=False, correction=False)
-    out = rs.cochran_q(df)
+    out = rs.cochran_q(df, method="chi2")
     assert out["Q"].item() == pytest.approx(ref.statistic)
     assert out["p_value"].item() == pytest.approx(ref.pvalue)
+    # the exact conditional test is McNemar's exact test: binomial test on discordant pairs
+    b01, b10 = int(table.loc[0, 1]), int(table.loc[1, 0])
+    exact = rs.cochran_q(df, method="exact")
+    assert exact["method"].item() == "exact"
+    assert exact["p_value"].item() == pytest.approx(
+        stats.binomtest(b01, b01 + b10, 0.5).pvalue, rel=1e-12
+    )
+    assert exact["p_value"].item() == pytest.approx(mcnemar(table.to_numpy(), exact=True).pvalue)
+    assert exact["n_informative"].item() == b01 + b10
+
+
+def brute_force_exact(x):
+    """P(Q >= Q_obs) by listing every placement of each block's refusals."""
+    from itertools import combinations, product
+
+    k = x.shape[1]
+    rows = [r for r in x.sum(axis=1) if 0 < r < k]
+    q_of = lambda c: np.sum(np.asarray(c) ** 2)  # noqa: E731  (Q is monotone in it)
+    obs = q_of(x[(x.sum(1) > 0) & (x.sum(1) < k)].sum(0))
+    hits = total = 0
+    for choice in product(*[list(combinations(range(k), r)) for r in rows]):
+        c = np.zeros(k, int)
+        for cmb in choice:
+            c[list(cmb)] += 1
+        total += 1
+        hits += q_of(c) >= obs
+    return hits / total
+
+
+def test_cochran_q_exact_equals_enumeration_and_permutation_agrees():
+    rng = np.random.default_rng(3)
+    x = (rng.random((9, 4)) < [0.1, 0.2, 0.5, 0.6]).astype(int)
+    x[0] = [1, 1, 1, 1]  # constant blocks carry no information
+    x[1] = 0
+    df = pd.DataFrame([(i, f"c{j}", x[i, j]) for i in range(9) for j in range(4)],
+                      columns=["item_id", "persona", "refusal"])  # fmt: skip
+    want = brute_force_exact(x)
+    assert 0.001 < want < 0.5
+    out = rs.cochran_q(df, method="exact")
+    assert out["p_value"].item() == pytest.approx(want, rel=1e-10)
+    assert out["n_informative"].item() == int(((x.sum(1) > 0) & (x.sum(1) < 4)).sum())
+    with pytest.warns(RuntimeWarning, match="fewer than 20 blocks carry information"):
+        chi = rs.cochran_q(df, method="chi2")
+    assert chi["Q"].item() == pytest.approx(out["Q"].item())
+    auto = rs.cochran_q(df)
+    assert auto["method"].item() == "exact" and auto["p_value"].item() == out["p_value"].item()
+    perm = rs.cochran_q(df, method="permutation", n_perm=20000, seed=1)
+    assert perm["method"].item() == "permutation"
+    se = np.sqrt(want * (1 - want) / 20000)
+    assert abs(perm["p_value"].item() - want) < 4 * se
+    again = rs.cochran_q(df, method="permutation", n_perm=20000, seed=1)
+    assert again["p_value"].item() == perm["p_value"].item()
+
+
+def test_cochran_q_single_refusal_is_not_evidence():
+    # P2's Zephyr racism matrix: one refusal in the whole matrix; chi2 says p ~ .48
+    k, b = 40, 300
+    df = pd.DataFrame([(i, f"p{j}", int(i == 0 and j == 3)) for i in range(b) for j in range(k)],
+                      columns=["item_id", "persona", "refusal"])  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="unreliable"):
+        chi = rs.cochran_q(df, method="chi2")
+    assert chi["Q"].item() == pytest.approx(k - 1)
+    assert chi["p_value"].item() == pytest.approx(stats.chi2.sf(k - 1, k - 1))
+    assert 0.4 < chi["p_value"].item() < 0.5
+    auto = rs.cochran_q(df)
+    assert auto[["p_value", "method", "n_informative"]].values.tolist() == [[1.0, "exact", 1]]
+    perm = rs.cochran_q(df, method="permutation", n_perm=99, seed=0)
+    assert perm["p_value"].item() == 1.0
+
+
+def test_cochran_q_method_choice_and_errors():
+    df = complete_blocks(models=("m",))  # 40 items, about 30 informative
+    auto = rs.cochran_q(df)
+    assert auto["n_informative"].item() >= 20 and auto["method"].item() == "chi2"
+    exact = rs.cochran_q(df, method="exact")
+    assert exact["method"].item() == "exact"
+    # many informative blocks: the chi2 and exact p-values are close
+    assert exact["p_value"].item() == pytest.approx(auto["p_value"].item(), abs=0.02)
+    with pytest.raises(ValueError, match="method must be one of"):
+        rs.cochran_q(df, method="asymptotic")
+    with pytest.raises(ValueError, match="n_perm"):
+        rs.cochran_q(df, method="permutation", n_perm=0)
+    big = complete_blocks(models=("m",), n_items=400, personas=tuple("abcdefghijkl"))
+    with pytest.raises(ValueError, match="too large to enumerate.*permutation"):
+        rs.cochran_q(big, method="exact")
 
 
 def test_cochran_q_blocks_of_several_columns_and_degenerate():
@@ -283,7 +368,7 @@ def test_cochran_q_blocks_of_several_columns_and_degenerate():
     twice = pd.concat([df.assign(prompt="p1"), df.assign(prompt="p2")], ignore_index=True)
     with pytest.raises(ValueError, match=r"more than once.*block=\['item_id', 'prompt'\]"):
         rs.cochran_q(twice)
-    out = rs.cochran_q(twice, block=["item_id", "prompt"])
+    out = rs.cochran_q(twice, block=["item_id", "prompt"], method="chi2")
     assert out["n_blocks"].item() == 80
     ref = pg.cochran(twice.assign(b=twice.item_id.astype(str) + twice.prompt), dv="refusal",
                      within="persona", subject="b")  # fmt: skip

@@ -381,6 +381,68 @@ def _newcombe(k1, n1, k2, n2, conf):
     return d, lo, hi
 
 
+def _clustered_newcombe(data, by, arm, clusters, conf):
+    """Zou & Donner's MOVER from the two clustered Wilson intervals (see persona_effect)."""
+    keys = by or ["_all"]
+    d = data.assign(_all=0, _arm=arm)
+    cl = d.groupby([*keys, *clusters, "_arm"], observed=True, sort=True)["refusal"].agg(
+        ["size", "sum"]
+    )
+    cl = cl.unstack("_arm", fill_value=0).reset_index()
+    f = pd.DataFrame({k: cl[k] for k in keys})
+    for a in (0, 1):
+        f[f"m{a}"] = cl[("size", a)].to_numpy(dtype=float) if ("size", a) in cl else 0.0
+        f[f"y{a}"] = cl[("sum", a)].to_numpy(dtype=float) if ("sum", a) in cl else 0.0
+    g = f.groupby(keys, observed=True, sort=True)
+    for a in (0, 1):
+        p_a = g[f"y{a}"].transform("sum") / g[f"m{a}"].transform("sum")
+        f[f"e{a}"] = f[f"y{a}"] - p_a * f[f"m{a}"]
+        f[f"c{a}"] = (f[f"m{a}"] > 0).astype(float)
+    f["e00"], f["e11"], f["e01"] = f.e0**2, f.e1**2, f.e0 * f.e1
+    agg = g[["m0", "y0", "m1", "y1", "e00", "e11", "e01", "c0", "c1"]].sum()
+    n_cl = g.size().to_numpy(dtype=float)
+    p, var, deff, lims = [], [], [], []
+    for a in (0, 1):
+        n = agg[f"m{a}"].to_numpy()
+        pa = agg[f"y{a}"].to_numpy() / n
+        c = agg[f"c{a}"].to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(c > 1, c / (c - 1) * agg[f"e{a}{a}"].to_numpy() / n**2, np.nan)
+            de = np.where((pa > 0) & (pa < 1), v / (pa * (1 - pa) / n), 1.0)
+        de = np.where(np.isnan(de), np.nan, np.maximum(de, 1.0))
+        n_ci = n / de * _df_factor(n, c, conf)
+        lo = np.full(len(n), np.nan)
+        hi = np.full(len(n), np.nan)
+        ok = np.isfinite(n_ci)
+        if ok.any():
+            lo[ok], hi[ok] = proportion_ci(pa[ok] * n_ci[ok], n_ci[ok], "wilson", conf)
+        p.append(pa)
+        var.append(v)
+        deff.append(de)
+        lims.append((lo, hi))
+    if not np.all(np.isfinite(deff[0]) & np.isfinite(deff[1])):
+        warnings.warn(
+            f"{int((~(np.isfinite(deff[0]) & np.isfinite(deff[1]))).sum())} group(s) have a "
+            f"setting whose rows come from a single {'+'.join(clusters)} cluster: no "
+            "cluster-robust interval (NaN) can be estimated there",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    n0, n1 = agg["m0"].to_numpy(), agg["m1"].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = np.where(n_cl > 1, n_cl / (n_cl - 1) * agg["e01"].to_numpy() / (n0 * n1), np.nan)
+        r = np.where((var[0] > 0) & (var[1] > 0), cov / np.sqrt(var[0] * var[1]), 0.0)
+    r = np.clip(np.nan_to_num(r, nan=0.0), -1.0, 1.0)
+    (l1, u1), (l2, u2) = lims
+    p1, p2 = p
+    diff = p1 - p2
+    a, b = p1 - l1, u2 - p2
+    lo = diff - np.sqrt(np.maximum(a**2 + b**2 - 2 * r * a * b, 0.0))
+    a, b = u1 - p1, p2 - l2
+    hi = diff + np.sqrt(np.maximum(a**2 + b**2 - 2 * r * a * b, 0.0))
+    return diff, lo, hi, {"n_clusters": n_cl, "deff": deff, "r": r}
+
+
 def _slug(level: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in str(level)).strip("_").lower()
 
@@ -392,6 +454,7 @@ def persona_effect(
     setting: str = "setting",
     levels: tuple[str, str] = ("persona", "persona-free"),
     conf: float = 0.95,
+    cluster: str | Sequence[str] | None = "auto",
     refusal: str = "refusal",
 ) -> pd.DataFrame:
     """Persona minus persona-free refusal rate, with Newcombe's interval.
@@ -414,6 +477,10 @@ def persona_effect(
         The persona and the persona-free level of ``setting``.
     conf : float
         Confidence level.
+    cluster : "auto", str, list of str or None
+        Column(s) identifying groups of correlated rows, as in :func:`refusal_rates`
+        (default ``"auto"``: ``item_id`` when the table has it and items repeat;
+        ``None``: independent rows, Newcombe's original interval).
     refusal : str
         The 0/1 outcome column.
 
@@ -422,14 +489,29 @@ def persona_effect(
     DataFrame
         ``by`` columns, then ``n``, ``refusals`` and ``rate`` for each setting
         (suffixed ``_persona`` and ``_persona_free``), ``difference`` (persona minus
-        persona-free), ``ci_low``, ``ci_high``.
+        persona-free), ``ci_low``, ``ci_high``; with clusters also ``n_clusters``,
+        ``design_effect_persona``, ``design_effect_persona_free`` and
+        ``correlation`` (of the two estimated rates).
 
     Notes
     -----
     Newcombe's interval assumes two independent samples. In P1's design the
     persona-free prompts reuse the persona prompts' items, and each item appears
-    several times; for inference that respects this, fit
-    ``rs.logit("refusal ~ setting + ...", df, cluster="item_id")``.
+    several times. With ``cluster`` the interval is the MOVER of Zou & Donner (2008,
+    *Statistics in Medicine* 27:1693-1702) for correlated estimates, the general
+    form of Newcombe's method 10: each rate gets the clustered Wilson interval of
+    :func:`refusal_rates` (Korn & Graubard's effective sample size, t quantile on
+    C - 1 degrees of freedom), and the limits combine as
+
+        L = d - sqrt((p1 - l1)^2 + (u2 - p2)^2 - 2 r (p1 - l1)(u2 - p2)),
+        U = d + sqrt((u1 - p1)^2 + (p2 - l2)^2 - 2 r (u1 - p1)(p2 - l2)),
+
+    with r the cluster-robust correlation of the two rates, C / (C - 1) sum_c
+    e1_c e2_c / (n1 n2) over sqrt(Var(p1) Var(p2)) (e_c the cluster's residual
+    refusals y_c - p m_c; C clusters in the group). Items answered in both settings
+    make r positive and the interval narrower than for independent samples; with
+    r = 0 and singleton clusters it is Newcombe's. Regression adjustment for other
+    factors: ``rs.logit("refusal ~ setting + ...", df, cluster="item_id")``.
 
     Examples
     --------
@@ -445,6 +527,14 @@ def persona_effect(
         raise ValueError(f"levels must be two different setting levels, got {levels!r}")
     if setting in by:
         raise ValueError(f"{setting!r} is the setting column; it cannot also be in by=")
+    clusters = _columns(
+        resolve_cluster(df, _auto_off(cluster, by), where="persona_effect"), "cluster"
+    )
+    if set(clusters) & ({setting} | set(by)):
+        raise ValueError(
+            f"cluster column(s) {sorted(set(clusters) & ({setting} | set(by)))} are also the "
+            "setting column or in by="
+        )
     derived = False
     if isinstance(df, pd.DataFrame) and setting not in df.columns and "persona" in df.columns:
         from .design import NO_PERSONA
@@ -453,7 +543,7 @@ def persona_effect(
             **{setting: np.where(df["persona"].astype(object) == NO_PERSONA, levels[1], levels[0])}
         )
         derived = True
-    data = _prepare(df, [*by, setting], refusal)
+    data = _prepare(df, [*by, setting, *clusters], refusal)
     values = data[setting].astype(object)
     unknown = sorted(set(pd.unique(values)) - set(levels), key=str)
     if unknown:
@@ -491,7 +581,14 @@ def persona_effect(
         )
     n1, n2 = size[levels[0]].to_numpy(), size[levels[1]].to_numpy()
     k1, k2 = total[levels[0]].to_numpy(), total[levels[1]].to_numpy()
-    d, lo, hi = _newcombe(k1, n1, k2, n2, conf)
+    if clusters:
+        arm = (values == levels[1]).to_numpy().astype(np.int8)
+        d, lo, hi, extra = _clustered_newcombe(data, by, arm, clusters, conf)
+        if len(d) != len(n1):  # pragma: no cover - both group the same rows
+            raise RuntimeError("persona_effect: clustered groups do not line up")
+    else:
+        d, lo, hi = _newcombe(k1, n1, k2, n2, conf)
+        extra = {}
     s1, s2 = _slug(levels[0]), _slug(levels[1])
     out = pd.DataFrame(
         {
@@ -506,11 +603,18 @@ def persona_effect(
             "ci_high": hi,
         }
     )
+    if extra:
+        out["n_clusters"] = extra["n_clusters"].astype("int64")
+        out[f"design_effect_{s1}"] = extra["deff"][0]
+        out[f"design_effect_{s2}"] = extra["deff"][1]
+        out["correlation"] = extra["r"]
     if by:
         keys = size.index.to_frame(index=False)
         out = pd.concat([keys.reset_index(drop=True), out], axis=1)
     out.attrs["conf"] = conf
-    out.attrs["method"] = "newcombe"
+    out.attrs["method"] = "mover-clustered" if clusters else "newcombe"
+    if clusters:
+        out.attrs["cluster"] = clusters
     return out
 
 
@@ -525,6 +629,9 @@ def cochran_q(
     block: str | Sequence[str] = "item_id",
     by: str | Sequence[str] | None = None,
     *,
+    method: str = "auto",
+    n_perm: int = 9999,
+    seed: int | None = None,
     adjust: str | None = None,
     refusal: str = "refusal",
 ) -> pd.DataFrame:
@@ -546,6 +653,27 @@ def cochran_q(
         ``["item_id", "prompt"]`` when each item is shown with several templates.
     by : str or list of str, optional
         Separate tests per group, e.g. ``["model", "task"]``.
+    method : {"auto", "chi2", "exact", "permutation"}
+        How the p-value is computed. Only blocks whose answers differ across
+        conditions (neither all refusals nor none) carry information; Q does not
+        change when the others are dropped. ``"chi2"``: the asymptotic chi-squared
+        distribution with k - 1 degrees of freedom, which needs many informative
+        blocks (a warning says so below 20). ``"exact"``: the exact conditional
+        (permutation) distribution: given each block's number of refusals, the
+        refusals fall uniformly on the block's conditions, independently across
+        blocks; p = P(Q >= Q_obs), enumerated by convolving the blocks' placements
+        over the (sorted, by symmetry) vector of condition totals, on which Q depends
+        only through the sum of its squares. Exact enumeration is feasible for small
+        problems; beyond 5 x 10^6 placements it raises. ``"permutation"``: the same
+        null distribution by Monte Carlo, ``n_perm`` draws, p = (1 + #{Q* >= Q_obs}) /
+        (1 + n_perm). ``"auto"`` (default): chi2 when at least 20 blocks are
+        informative; with fewer, exact when the enumeration is small, else
+        permutation. With k = 2 conditions the exact test is McNemar's exact test
+        (the binomial test on the discordant pairs).
+    n_perm : int
+        Monte Carlo draws for ``method="permutation"``.
+    seed : int, optional
+        Seed of the permutation draws.
     adjust : {"holm", "bh"}, optional
         Adjust the p-values for the number of groups tested (Holm's step-down, or
         Benjamini–Hochberg's false discovery rate); adds ``p_adjusted``.
@@ -555,9 +683,10 @@ def cochran_q(
     Returns
     -------
     DataFrame
-        ``by`` columns, then ``n_blocks``, ``n_conditions``, ``Q``, ``dof``,
-        ``p_value`` (and ``p_adjusted``). Q is NaN when no block varies (all
-        refusals or none); such groups are left out of the adjustment.
+        ``by`` columns, then ``n_blocks``, ``n_informative`` (blocks that are not
+        constant), ``n_conditions``, ``Q``, ``dof``, ``p_value``, ``method`` (the
+        one used) (and ``p_adjusted``). Q is NaN when no block varies (all refusals
+        or none); such groups are left out of the adjustment.
 
     Raises
     ------
@@ -574,13 +703,18 @@ def cochran_q(
     >>> df = pd.DataFrame({"item_id": [1, 1, 2, 2, 3, 3, 4, 4],
     ...                    "persona": ["a", "b"] * 4,
     ...                    "refusal": [1, 0, 1, 0, 1, 1, 0, 0]})
-    >>> rs.cochran_q(df)[["Q", "dof"]].round(3).values.tolist()
-    [[2.0, 1.0]]
+    >>> rs.cochran_q(df)[["Q", "dof", "p_value", "method"]].values.tolist()
+    [[2.0, 1, 0.5, 'exact']]
     """
     if not isinstance(condition, str):
         raise TypeError("condition must be one column name")
     if adjust not in (None, "holm", "bh"):
         raise ValueError(f"adjust must be 'holm', 'bh' or None, got {adjust!r}")
+    if method not in Q_METHODS:
+        raise ValueError(f"method must be one of {list(Q_METHODS)}, got {method!r}")
+    if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
+        raise ValueError(f"n_perm must be a positive integer, got {n_perm!r}")
+    rng = np.random.default_rng(seed)
     blocks = _columns(block, "block")
     by = _columns(by, "by")
     if not blocks:
@@ -591,12 +725,30 @@ def cochran_q(
             f"condition, block and by must be different columns; {sorted(overlap)} repeat"
         )
     data = _prepare(df, [*by, condition, *blocks], refusal)
-    rows = []
+    rows, few = [], []
     for key, sub in _groups(data, by):
-        rows.append((*key, *_cochran_one(sub, condition, blocks, by, key, df)))
-    out = pd.DataFrame(rows, columns=[*by, "n_blocks", "n_conditions", "Q", "dof", "p_value"])
-    out["n_blocks"] = out["n_blocks"].astype("int64")
-    out["n_conditions"] = out["n_conditions"].astype("int64")
+        x = _cochran_matrix(sub, condition, blocks, by, key, df)
+        row = _cochran_test(x, method, n_perm, rng)
+        if row[-1] == "chi2" and row[1] < FEW_BLOCKS and np.isfinite(row[3]):
+            few.append((key, row[1]))
+        rows.append((*key, *row))
+    if few:
+        key, n_inf = few[0]
+        where = ", ".join(f"{c}={_plain(v)!r}" for c, v in zip(by, key)) or "the table"
+        warnings.warn(
+            f"cochran_q: in {len(few)} test(s) fewer than {FEW_BLOCKS} blocks carry information "
+            f"(not all refusals or none; e.g. {n_inf} in {where}): the chi-squared p-value is "
+            "unreliable there; use method='exact' or method='permutation' (or 'auto')",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=[*by, "n_blocks", "n_informative", "n_conditions", "Q", "dof", "p_value",
+                 "method"],
+    )
+    for c in ("n_blocks", "n_informative", "n_conditions"):
+        out[c] = out[c].astype("int64")
     if adjust is not None:
         out["p_adjusted"] = _adjust(out["p_value"], adjust)
     return _restore_dtypes(out, data, by)
@@ -610,7 +762,113 @@ def _adjust(p: pd.Series, method: str) -> np.ndarray:
     return adjust_pvalues(p.to_numpy(dtype=float), method)
 
 
-def _cochran_one(sub, condition, blocks, by, key, original):
+Q_METHODS = ("auto", "chi2", "exact", "permutation")
+#: Below this many informative blocks the chi-squared approximation is not trusted.
+FEW_BLOCKS = 20
+#: Largest enumeration (states x placements, summed over blocks) method="exact" runs.
+EXACT_BUDGET = 5_000_000
+#: The enumeration "auto" tries before switching to permutations.
+AUTO_EXACT_BUDGET = 500_000
+
+
+def _cochran_test(x: np.ndarray, method: str, n_perm: int, rng) -> tuple:
+    """Cochran's Q of a complete (blocks x conditions) 0/1 matrix, with its p-value."""
+    b, k = x.shape
+    row = x.sum(axis=1)
+    informative = (row > 0) & (row < k)
+    n_inf = int(informative.sum())
+    col = x.sum(axis=0).astype(float)
+    total = float(row.sum())
+    denom = k * total - float(np.sum(row.astype(float) ** 2))
+    used = "chi2" if method == "auto" and n_inf >= FEW_BLOCKS else method
+    if denom == 0:
+        return b, n_inf, k, np.nan, k - 1, np.nan, "none" if used == "auto" else used
+    q = (k - 1) * (k * np.sum(col**2) - total**2) / denom
+    if used == "chi2":
+        return b, n_inf, k, q, k - 1, float(stats.chi2.sf(q, k - 1)), "chi2"
+    r = row[informative]
+    # Q depends on the placement only through sum_j C_j^2 (C_j the condition totals of
+    # the informative blocks; constant blocks add the same to every C_j and cancel)
+    c_inf = x[informative].sum(axis=0)
+    s_obs = int(np.sum(c_inf.astype(np.int64) ** 2))
+    p = None
+    if used in ("exact", "auto"):
+        budget = EXACT_BUDGET if used == "exact" else AUTO_EXACT_BUDGET
+        p = _cochran_exact(r, k, s_obs, budget)
+        if p is None and used == "exact":
+            raise ValueError(
+                f"cochran_q: the exact distribution of this table ({n_inf} informative blocks, "
+                f"{k} conditions) is too large to enumerate; use method='permutation'"
+            )
+        used = "exact" if p is not None else "permutation"
+    if p is None:
+        p = _cochran_permutation(r, k, s_obs, n_perm, rng)
+    return b, n_inf, k, q, k - 1, p, used
+
+
+def _cochran_exact(r: np.ndarray, k: int, s_obs: int, budget: int) -> float | None:
+    """P(sum_j C_j^2 >= s_obs) when each block puts its r_i refusals uniformly at random.
+
+    The convolution runs over sorted condition-total vectors: every block's placement
+    is exchangeable across conditions, so the distribution of the sorted totals after a
+    block depends only on the sorted totals before it. Returns None past ``budget``.
+    """
+    from itertools import combinations
+
+    from math import comb, factorial
+
+    # about as many sorted total vectors as partitions of the total into k parts: when
+    # even the last block's placements from those would pass the budget, do not start
+    last = comb(k, int(np.median(r))) if len(r) else 1
+    if comb(int(np.sum(r)) + k - 1, k - 1) / factorial(k) * last > budget:
+        return None
+    states = np.zeros((1, k), dtype=np.int64)
+    probs = np.ones(1)
+    base = len(r) + 1  # a condition total never exceeds the number of blocks
+    code = base ** np.arange(k, dtype=np.int64) if k * np.log2(base) < 62 else None
+    placements: dict[int, np.ndarray] = {}
+    work = 0
+    for ri in np.sort(r)[::-1]:
+        ri = int(ri)
+        if ri not in placements:
+            idx = list(combinations(range(k), ri))
+            m = np.zeros((len(idx), k), dtype=np.int64)
+            for i, cmb in enumerate(idx):
+                m[i, list(cmb)] = 1
+            placements[ri] = m
+        m = placements[ri]
+        work += len(states) * len(m)
+        if work > budget:
+            return None
+        new = (states[:, None, :] + m[None, :, :]).reshape(-1, k)
+        new.sort(axis=1)
+        pr = np.repeat(probs / len(m), len(m))
+        if code is not None:  # one integer per sorted state: a fast 1-D unique
+            _, first, inv = np.unique(new @ code, return_index=True, return_inverse=True)
+            states = new[first]
+        else:
+            states, inv = np.unique(new, axis=0, return_inverse=True)
+        probs = np.bincount(inv.ravel(), weights=pr, minlength=len(states))
+    stat = np.sum(states**2, axis=1)
+    return float(min(1.0, probs[stat >= s_obs].sum()))
+
+
+def _cochran_permutation(r: np.ndarray, k: int, s_obs: int, n_perm: int, rng) -> float:
+    """Monte Carlo p-value (1 + #{S* >= S_obs}) / (1 + n_perm) under the same null."""
+    nb = len(r)
+    chunk = max(1, min(n_perm, 2_000_000 // max(nb * k, 1)))
+    hits, done = 0, 0
+    while done < n_perm:
+        m = min(chunk, n_perm - done)
+        rank = rng.random((m, nb, k)).argsort(axis=2).argsort(axis=2)
+        c = (rank < r[None, :, None]).sum(axis=1)
+        hits += int(np.count_nonzero(np.sum(c.astype(np.int64) ** 2, axis=1) >= s_obs))
+        done += m
+    return (1 + hits) / (1 + n_perm)
+
+
+def _cochran_matrix(sub, condition, blocks, by, key, original) -> np.ndarray:
+    """The (blocks x conditions) 0/1 matrix of one group; a clear error if incomplete."""
     cond_codes, cond_levels = pd.factorize(sub[condition], sort=True)
     if len(blocks) == 1:
         block_codes, block_levels = pd.factorize(sub[blocks[0]], sort=True)
@@ -659,14 +917,7 @@ def _cochran_one(sub, condition, blocks, by, key, original):
         )
     x = np.zeros((b, k), dtype=np.int64)
     x[block_codes, cond_codes] = sub["refusal"].to_numpy()
-    col = x.sum(axis=0).astype(float)
-    row = x.sum(axis=1).astype(float)
-    total = row.sum()
-    denom = k * total - np.sum(row**2)
-    if denom == 0:
-        return b, k, np.nan, k - 1, np.nan
-    q = (k - 1) * (k * np.sum(col**2) - total**2) / denom
-    return b, k, q, k - 1, stats.chi2.sf(q, k - 1)
+    return x
 
 
 def _plain(value):
