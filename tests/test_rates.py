@@ -463,7 +463,7 @@ def test_disparity_item_bootstrap_equals_resampling_rows():
         rows += [(persona, cat, i, int(v)) for i, v in enumerate(k)]
     df = pd.DataFrame(rows, columns=["persona", "persona_group", "item_id", "refusal"])
     n_boot = 60
-    out = rs.disparity(df, n_boot=n_boot, block="item_id", conf=0.8, seed=11)
+    out = rs.disparity(df, n_boot=n_boot, cluster="item_id", conf=0.8, seed=11)
     # reference: the same multinomial item weights, applied by repeating rows
     codes, items = pd.factorize(df["item_id"])
     w = np.random.default_rng(11).multinomial(
@@ -475,13 +475,27 @@ def test_disparity_item_bootstrap_equals_resampling_rows():
         ratios.append(rs.disparity(rep)["disparity"].item())
     lo, hi = np.quantile(ratios, [0.1, 0.9])
     assert out[["ci_low", "ci_high"]].iloc[0].tolist() == pytest.approx([lo, hi])
-    assert out.attrs["bootstrap"] == "blocks"
-    binom = rs.disparity(df, n_boot=400, seed=1)
-    again = rs.disparity(df, n_boot=400, seed=1)
+    assert out.attrs["bootstrap"] == "clusters" and out.attrs["cluster"] == ["item_id"]
+    # the default ("auto") clusters by item_id, with a note
+    with pytest.warns(rs.ClusterNote, match="disparity: clustering by 'item_id'"):
+        auto = rs.disparity(df, n_boot=n_boot, conf=0.8, seed=11)
+    pd.testing.assert_frame_equal(auto, out)
+    # block= still works for one release, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="block=.*deprecated.*cluster="):
+        old = rs.disparity(df, n_boot=n_boot, block="item_id", conf=0.8, seed=11)
+    pd.testing.assert_frame_equal(old, out)
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+        rs.disparity(df, n_boot=n_boot, block="item_id", cluster="item_id")
+    binom = rs.disparity(df, n_boot=400, seed=1, cluster=None)
+    again = rs.disparity(df, n_boot=400, seed=1, cluster=None)
     pd.testing.assert_frame_equal(binom, again)
+    assert binom.attrs["bootstrap"] == "binomial"
     assert binom["ci_low"].item() < binom["disparity"].item() < binom["ci_high"].item()
-    with pytest.raises(ValueError, match="also pass n_boot"):
-        rs.disparity(df, block="item_id")
+    # without n_boot clustering is not used: no note, the names are still checked
+    plain = rs.disparity(df, cluster="item_id")
+    assert "ci_low" not in plain.columns
+    with pytest.raises(SchemaError, match=r"cluster column\(s\) \['unit'\] not in the table"):
+        rs.disparity(df, cluster="unit")
 
 
 # ---------------------------------------------------------------------------------------

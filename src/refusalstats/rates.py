@@ -995,10 +995,11 @@ def disparity(
     by: str | Sequence[str] | None = None,
     ddof: int = 1,
     n_boot: int = 0,
-    block: str | Sequence[str] | None = None,
+    cluster: str | Sequence[str] | None = "auto",
     conf: float = 0.95,
     seed: int | None = None,
     refusal: str = "refusal",
+    block: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """de Araujo & Roth's disparity: persona spread within a category over control spread.
 
@@ -1025,18 +1026,23 @@ def disparity(
         Delta degrees of freedom of the standard deviations (1: sample sd).
     n_boot : int
         Bootstrap replicates for a percentile interval of each ratio (0: none).
-        With ``block`` (e.g. ``"item_id"``) whole items are resampled, which keeps
+        With clusters (e.g. ``"item_id"``) whole items are resampled, which keeps
         the correlation between personas answering the same item (P2's complete
-        design); without it each persona's refusal count is redrawn from its
-        binomial, which treats rows as independent.
-    block : str or list of str, optional
-        Column(s) identifying items for the bootstrap.
+        design); with ``cluster=None`` each persona's refusal count is redrawn from
+        its binomial, which treats rows as independent.
+    cluster : "auto", str, list of str or None
+        Column(s) identifying items, the bootstrap's resampling unit. ``"auto"``
+        (default): ``item_id`` when the table has it and items repeat (a
+        :class:`~refusalstats.ClusterNote` says so); ``None``: independent rows. Only
+        the interval uses it; without ``n_boot`` it is not needed.
     conf : float
         Confidence level of the bootstrap interval.
     seed : int, optional
         Seed of the bootstrap.
     refusal : str
         The 0/1 outcome column.
+    block : str or list of str, optional
+        Deprecated name of ``cluster`` (removed in the next release).
 
     Returns
     -------
@@ -1057,13 +1063,28 @@ def disparity(
     [['G', 2.0]]
     """
     by = _columns(by, "by")
-    blocks = _columns(block, "block")
+    if block is not None:
+        warnings.warn(
+            "disparity(block=...) is deprecated: pass cluster=... (the same columns); "
+            "block= goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if not (isinstance(cluster, str) and cluster == "auto"):
+            raise ValueError("pass cluster= or the deprecated block=, not both")
+        cluster = block
     if not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
-    if blocks and not n_boot:
-        raise ValueError("block= is only used by the bootstrap; also pass n_boot (e.g. 2000)")
+    if n_boot:
+        blocks = _columns(
+            resolve_cluster(df, _auto_off(cluster, by), where="disparity"), "cluster"
+        )
+    else:  # the ratio itself does not depend on clustering; only check the names
+        blocks = []
+        if not (isinstance(cluster, str) and cluster == "auto"):
+            resolve_cluster(df, cluster, where="disparity")
     conf = _conf(conf)
     if category == persona:
         raise ValueError("category and persona must be different columns")
@@ -1146,7 +1167,9 @@ def disparity(
     out = pd.DataFrame(rows, columns=columns)
     out.attrs["control"] = sorted(ctrl, key=str)
     if n_boot:
-        out.attrs.update(n_boot=n_boot, conf=conf, bootstrap="blocks" if blocks else "binomial")
+        out.attrs.update(n_boot=n_boot, conf=conf, bootstrap="clusters" if blocks else "binomial")
+        if blocks:
+            out.attrs["cluster"] = blocks
     return _restore_dtypes(out, data, by)
 
 
