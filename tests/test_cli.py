@@ -6,6 +6,8 @@ a traceback"); `--debug` brings the traceback back for bug reports.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import refusalstats as rs
@@ -106,3 +108,53 @@ def test_warnings_are_one_line_without_source(table, capsys):
     warn = [ln for ln in err.splitlines() if ln.strip()]
     assert warn and all(ln.startswith("warning:") for ln in warn), err
     assert "--cluster none" in warn[0]
+
+
+# ------------------------------------------------------------------ analysis subcommands
+@pytest.fixture
+def blocks(tmp_path):
+    """Complete blocks: 40 items x 4 personas per model, two of them control personas."""
+
+
+    rng = np.random.default_rng(0)
+    rows = [{"model": m, "task": "t", "persona": p, "prompt": "p1", "item_id": i,
+                 "refusal": int(rng.random() < 0.2), "persona_group": "control" if p in "xy" else "g"}
+            for m in "abc" for i in range(40) for p in "xyzw"]
+    return rs.write_responses(pd.DataFrame(rows), tmp_path / "blocks.parquet"), pd.DataFrame(rows)
+
+
+def test_cochran_command_matches_the_function(blocks, tmp_path, capsys):
+    path, df = blocks
+    out = tmp_path / "q.csv"
+    rc, _text, err = _run(["cochran", str(path), "--by", "model", "--method", "chi2",
+                          "--csv", str(out)], capsys)
+    assert rc == 0, err
+    got = pd.read_csv(out)
+    want = rs.cochran_q(df, by="model", method="chi2")
+    np.testing.assert_allclose(got["Q"], want["Q"])
+    np.testing.assert_allclose(got["p_value"], want["p_value"])
+
+
+def test_agreement_and_disparity_commands(blocks, capsys):
+    path, df = blocks
+    rc, text, err = _run(["agreement", str(path), "--format", "markdown"], capsys)
+    assert rc == 0, err
+    w = rs.rank_agreement(df).concordance["W"].iloc[0]
+    assert f"| {w:.4g} |" in text
+    rc, text, err = _run(["disparity", str(path), "--cluster", "none"], capsys)
+    assert rc == 0, err
+    d = rs.disparity(df, cluster=None)["disparity"].iloc[0]
+    assert f"{d:.6g}" in text
+
+
+def test_markdown_and_latex_format_p_values():
+    from refusalstats.report.export import format_p, to_latex, to_markdown
+
+    df = pd.DataFrame({"term": ["persona", "task_x"], "F": [2.5, 10.0], "df": [14, 2],
+                       "p_value": [0.0312, 1e-9]})
+    md = to_markdown(df)
+    assert md.splitlines()[1] == "|---|---:|---:|---:|"
+    assert "| task_x | 10 | 2 | < 0.001 |" in md and "| persona | 2.5 | 14 | 0.031 |" in md
+    tex = to_latex(df)
+    assert r"task\_x & 10 & 2 & $<$ 0.001 \\" in tex and r"\begin{tabular}{lrrr}" in tex
+    assert format_p(0.001) == "0.001" and format_p(0.000999) == "< 0.001"

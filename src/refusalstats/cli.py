@@ -804,9 +804,149 @@ def _demo_hierarchical(df: pd.DataFrame, args) -> None:
 _DEMO_STEPS.insert(_DEMO_STEPS.index(_demo_report), _demo_hierarchical)
 
 
+
+# --------------------------------------------------------------------------- cochran, disparity, agreement
+def _columns_arg(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _add_output_options(p) -> None:
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text",
+                   help="how to print the table (default text); markdown and latex format "
+                        "p-values as '< 0.001'")
+
+
+def _print_table(frame: pd.DataFrame, fmt: str = "text") -> None:
+    from .report.export import to_latex, to_markdown
+
+    if fmt == "markdown":
+        print(to_markdown(frame))
+    elif fmt == "latex":
+        print(to_latex(frame))
+    else:
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+
+
+def _emit(frame: pd.DataFrame, args) -> None:
+    _print_table(frame, args.format)
+    if getattr(args, "csv", None):
+        _write_csv(frame, args.csv)
+
+
+def _add_cochran(sub) -> None:
+    p = sub.add_parser(
+        "cochran",
+        help="Cochran's Q: do refusal rates differ across conditions, items as complete blocks?",
+        description=(
+            "Cochran's Q test (de Araujo & Roth 2024) of refusal across the levels of "
+            "--condition, each block (--block, default item_id) answered once under every "
+            "condition. --method auto picks an exact test on small tables, the chi-square "
+            "approximation when enough blocks carry information, a permutation test otherwise."
+        ),
+    )
+    p.add_argument("table", help="response table (.parquet, .csv, .tsv, .jsonl)")
+    p.add_argument("--condition", default="persona", help="within-block factor (default persona)")
+    p.add_argument("--block", default="item_id", help="block column(s), comma-separated (default item_id)")
+    p.add_argument("--by", help="comma-separated columns to test separately (e.g. model,task)")
+    p.add_argument("--method", choices=["auto", "exact", "permutation", "chi2"], default="auto")
+    p.add_argument("--n-perm", type=_positive_int, default=9999,
+                   help="permutations for --method permutation (default 9999)")
+    p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values across --by groups")
+    p.add_argument("--seed", type=int, default=0)
+    _add_sep_option(p)
+    _add_output_options(p)
+    p.set_defaults(func=_cmd_cochran)
+
+
+def _cmd_cochran(args) -> int:
+    from .rates import cochran_q
+
+    _check_outputs([args.table], [("--csv", args.csv)])
+    df = _read_table(args.table, sep=args.sep)
+    res = cochran_q(df, condition=args.condition, block=_columns_arg(args.block),
+                    by=_columns_arg(args.by), method=args.method, n_perm=args.n_perm,
+                    seed=args.seed, adjust=args.adjust)
+    _emit(res, args)
+    return 0
+
+
+def _add_disparity(sub) -> None:
+    p = sub.add_parser(
+        "disparity",
+        help="de Araujo & Roth's disparity: persona spread within a category over control spread",
+        description=(
+            "Standard deviation of persona refusal rates within each --category level divided "
+            "by the standard deviation among control personas; with --n-boot, a cluster "
+            "bootstrap interval (whole items resampled, --cluster)."
+        ),
+    )
+    p.add_argument("table", help="response table (.parquet, .csv, .tsv, .jsonl)")
+    p.add_argument("--category", default="persona_group", help="category column (default persona_group)")
+    p.add_argument("--control", default="control",
+                   help="control category level, or comma-separated control personas (default control)")
+    p.add_argument("--by", help="comma-separated columns to compute separately (e.g. model)")
+    p.add_argument("--n-boot", type=int, default=0,
+                   help="bootstrap replicates for a CI (default 0: none)")
+    p.add_argument("--conf", type=_conf_level, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    _add_cluster_option(p)
+    _add_sep_option(p)
+    _add_output_options(p)
+    p.set_defaults(func=_cmd_disparity)
+
+
+def _cmd_disparity(args) -> int:
+    from .rates import disparity
+
+    _check_outputs([args.table], [("--csv", args.csv)])
+    if args.n_boot < 0:
+        raise CLIError(f"--n-boot must be 0 (no interval) or a positive number, got {args.n_boot}")
+    df = _read_table(args.table, sep=args.sep)
+    control = _columns_arg(args.control) or []
+    res = disparity(df, category=args.category, control=control[0] if len(control) == 1 else control,
+                    by=_columns_arg(args.by), n_boot=args.n_boot, conf=args.conf, seed=args.seed,
+                    cluster=_cluster_arg(args))
+    _emit(res, args)
+    return 0
+
+
+def _add_agreement(sub) -> None:
+    p = sub.add_parser(
+        "agreement",
+        help="do models rank personas alike? Kendall's tau per pair and Kendall's W",
+        description="Rank agreement of --rater columns (default model) on --item rates (default persona).",
+    )
+    p.add_argument("table", help="response table (.parquet, .csv, .tsv, .jsonl)")
+    p.add_argument("--item", default="persona", help="what is ranked (default persona)")
+    p.add_argument("--rater", default="model", help="who ranks (default model)")
+    p.add_argument("--by", help="comma-separated columns to compute separately (e.g. task)")
+    p.add_argument("--adjust", choices=["holm", "bh"], help="adjust the pairwise p-values")
+    p.add_argument("--pairs-csv", help="also write the pairwise taus to this CSV file")
+    _add_sep_option(p)
+    _add_output_options(p)
+    p.set_defaults(func=_cmd_agreement)
+
+
+def _cmd_agreement(args) -> int:
+    from .rates import rank_agreement
+
+    _check_outputs([args.table], [("--csv", args.csv), ("--pairs-csv", args.pairs_csv)])
+    df = _read_table(args.table, sep=args.sep)
+    res = rank_agreement(df, item=args.item, rater=args.rater, by=_columns_arg(args.by),
+                         adjust=args.adjust)
+    print("Kendall's W across raters:")
+    _emit(res.concordance, args)
+    print("\nKendall's tau-b between pairs of raters:")
+    _print_table(res.pairs, args.format)
+    if args.pairs_csv:
+        _write_csv(res.pairs, args.pairs_csv)
+    return 0
+
 # --------------------------------------------------------------------------- main
 _COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_fit, _add_import, _add_report, _add_design,
-             _add_generate, _add_sensitivity, _add_bayes]
+             _add_generate, _add_sensitivity, _add_bayes, _add_cochran, _add_disparity,
+             _add_agreement]
 
 
 def build_parser() -> argparse.ArgumentParser:
