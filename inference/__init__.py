@@ -11,10 +11,12 @@ transformers). The statistical core never imports this package.
 """
 
 from .backends import (
+    DEFAULT_TEMPLATE_DATE,
     Backend,
     Completion,
     DecodingParams,
     TransformersBackend,
+    greedy_generation_config,
     is_out_of_memory,
     template_supports_system,
 )
@@ -29,9 +31,18 @@ from .datasets import (
     select_per_class,
 )
 from .prompts import PLACEMENTS, SYSTEM_FORMAT, build_user_prompts, chat_messages, render_chats
-from .runner import ModelSpec, collect_responses, padded_tokens, plan_batches, run_generation
+from .runner import (
+    ModelSpec,
+    RunInterrupted,
+    RunLockedError,
+    collect_responses,
+    padded_tokens,
+    plan_batches,
+    run_generation,
+)
 
 __all__ = [
+    "DEFAULT_TEMPLATE_DATE",
     "NLI_LABELS",
     "PLACEMENTS",
     "SYSTEM_FORMAT",
@@ -40,10 +51,13 @@ __all__ = [
     "Completion",
     "DecodingParams",
     "ModelSpec",
+    "RunInterrupted",
+    "RunLockedError",
     "TransformersBackend",
     "build_user_prompts",
     "chat_messages",
     "collect_responses",
+    "greedy_generation_config",
     "is_out_of_memory",
     "load_items",
     "load_popquorn",

@@ -132,7 +132,8 @@ def test_greedy_ignores_a_sampling_generation_config(tiny_backend, sampling_mode
     from refusalstats.inference import TransformersBackend
 
     shipped = TransformersBackend(str(sampling_model_dir), device="cpu")
-    assert shipped.model.config.to_json_string() == tiny_backend.model.config.to_json_string()
+    a, b = shipped.model.state_dict(), tiny_backend.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same weights
     texts = [tiny_backend.render([{"role": "user", "content": t}]) for t in _many_prompts()]
     params = DecodingParams(max_new_tokens=12)
     clean = tiny_backend.generate(texts, params)
@@ -173,7 +174,8 @@ def test_from_pretrained_dtype_keyword_follows_the_transformers_version(tiny_mod
     def spy(*a, **k):
         seen.update(k)
         k.pop("torch_dtype", None)
-        return real(*a, **k, dtype=torch.float32)
+        k.pop("dtype", None)
+        return real(*a, **k)  # float32, the default
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     monkeypatch.setattr(transformers, "__version__", "4.46.3")

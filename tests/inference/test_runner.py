@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -312,3 +313,292 @@ def test_model_spec_parsing():
         ModelSpec.parse("name=")
     with pytest.raises(ValueError, match="appear twice"):
         run_generation(pd.DataFrame(), ["x=a", "x=b"], "unused")
+
+
+# ---------------------------------------------------------------------------- issue 12
+_CHILD2 = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    import pandas as pd
+    from fake_backend import EchoBackend
+    from refusalstats.inference import run_generation
+    design = pd.read_parquet({design!r})
+    run_generation(design, ["echo"], {out!r},
+                   backend_factory=lambda s: EchoBackend(delay={delay}, progress_file={prog!r}),
+                   batch_size=3, shard_rows={shard_rows}, shard_seconds=1e9, progress=False,
+                   detector="paper", resume=True)
+""")
+
+
+def _spawn(tmp_path, design, out, delay=0.2, shard_rows=3):
+    dpath = tmp_path / "design.parquet"
+    design.assign(gold_label=design["gold_label"].astype(str)).to_parquet(dpath)
+    prog = tmp_path / f"progress-{time.monotonic_ns()}.txt"
+    code = _CHILD2.format(here=str(HERE), design=str(dpath), out=str(out), delay=delay,
+                          prog=str(prog), shard_rows=shard_rows)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, prog
+
+
+def _wait_for(cond, proc, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"child ended before {what}: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _batches_done(prog):
+    return len(prog.read_text().split()) if prog.exists() else 0
+
+
+def _shard_rows(out):
+    parts = sorted((out / "shards").glob("*/part-*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts]) if parts else pd.DataFrame(
+        {"row_id": []})
+
+
+def test_a_second_concurrent_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    """Regression (issue 12, #3): two runs on one directory generated rows twice."""
+    from refusalstats.inference import RunLockedError
+
+    design = rs.sample_design(_items(4, 6), k=3, seed=0)
+    out = tmp_path / "run"
+    proc, prog = _spawn(tmp_path, design, out)
+    _wait_for(lambda: _batches_done(prog) >= 1, proc, "the first batch")
+    backend = EchoBackend()
+    with pytest.raises(RunLockedError, match=r"is in use by another run \(pid \d+ on "):
+        run_generation(design, ["echo"], out, backend_factory=lambda s: backend,
+                       batch_size=3, progress=False, resume=True)
+    assert backend.batch_sizes == []  # refused before generating anything
+    os.kill(proc.pid, signal.SIGKILL)  # leaves a stale lock behind
+    proc.wait()
+    assert (out / ".lock").exists()
+    table = run_generation(design, ["echo"], out, backend_factory=lambda s: backend,
+                           batch_size=3, progress=False, resume=True, detector="paper")
+    assert sorted(table["row_id"].tolist()) == list(range(len(design)))
+    assert not (out / ".lock").exists()
+    names = [p.name for p in (out / "shards").glob("*/part-*.parquet")]
+    assert all(re.fullmatch(r"part-\d{6}-s\d{2}-[0-9a-f]{6}\.parquet", n) for n in names)
+    assert len({n.split("-")[2] for n in names}) == 2  # two sessions wrote shards
+
+
+def test_a_lock_held_by_a_live_process_is_not_stale(tmp_path):
+    import socket
+
+    from refusalstats.inference import RunLockedError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+                                           "since": "earlier"}))
+    design = rs.sample_design(_items(1, 1), k=1, seed=0)
+    with pytest.raises(RunLockedError, match="wait for it to end, or remove"):
+        run_generation(design, ["echo"], out, backend_factory=lambda s: EchoBackend(),
+                       progress=False)
+    (out / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "x"}))
+    with pytest.raises(RunLockedError, match="on elsewhere"):
+        run_generation(design, ["echo"], out, backend_factory=lambda s: EchoBackend(),
+                       progress=False)
+
+
+class _BreaksAfter(EchoBackend):
+    def __init__(self, n_batches, **kw):
+        super().__init__(**kw)
+        self.n_batches = n_batches
+
+    def generate(self, prompts, params):
+        if len(self.batch_sizes) == self.n_batches:
+            raise ValueError("engine broke")
+        return super().generate(prompts, params)
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    """Regression (issue 12, #4): resuming with a different model mixed its answers in."""
+    design = rs.sample_design(_items(2, 2), k=2, seed=0)
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match="engine broke"):
+        run_generation(design, ["m=x"], out, backend_factory=lambda s: _BreaksAfter(
+            1, model_id="model-a"), batch_size=2, shard_rows=1, progress=False)
+    other = EchoBackend(model_id="model-b")
+    with pytest.raises(ValueError, match=r"was started with another model \(model_id: "
+                       r"'model-a' -> 'model-b'\)"):
+        run_generation(design, ["m=x"], out, backend_factory=lambda s: other, batch_size=2,
+                       progress=False, resume=True)
+    assert other.batch_sizes == []
+    same = EchoBackend(model_id="model-a")
+    table = run_generation(design, ["m=x"], out, backend_factory=lambda s: same, batch_size=2,
+                           progress=False, resume=True, detector="paper")
+    assert len(table) == len(design) and sum(same.batch_sizes) == len(design) - 2
+
+
+def test_resume_checks_the_real_models_identity(tmp_path, tiny_model_dir):
+    from tiny_model import build_tiny_model
+
+    other_dir = build_tiny_model(tmp_path / "other", seed=1)
+    design = rs.sample_design(_items(2, 2), k=2, seed=0)
+    out = tmp_path / "r"
+    params = DecodingParams(max_new_tokens=2)
+
+    def factory(path, broken):
+        class B(TransformersBackend):
+            calls = 0
+
+            def generate(self, prompts, p):
+                B.calls += 1
+                if broken and B.calls > 1:
+                    raise ValueError("engine broke")
+                return super().generate(prompts, p)
+        return lambda spec: B(str(path), device="cpu")
+
+    with pytest.raises(ValueError, match="engine broke"):
+        run_generation(design, [f"tiny={tiny_model_dir}"], out, params=params, batch_size=2,
+                       shard_rows=1, progress=False, backend_factory=factory(tiny_model_dir, True))
+    with pytest.raises(ValueError, match="was started with another model.*commit"):
+        run_generation(design, [f"tiny={other_dir}"], out, params=params, batch_size=2,
+                       progress=False, resume=True, backend_factory=factory(other_dir, False))
+    run_generation(design, [f"tiny={tiny_model_dir}"], out, params=params, batch_size=2,
+                   progress=False, resume=True, backend_factory=factory(tiny_model_dir, False))
+    ident = json.loads((out / "run.json").read_text())["models"]["tiny"]["identity"]
+    assert ident["model"] == str(Path(tiny_model_dir).resolve())
+    assert {"commit", "config_sha256", "dtype"} <= set(ident)
+
+
+def test_names_that_slug_alike_get_their_own_shard_folders(tmp_path):
+    """Regression (issue 12, #4): "Llama 2" and "Llama_2" shared a shard folder."""
+    design = rs.sample_design(_items(2, 2), k=2, seed=0)
+    made = {}
+
+    def factory(spec):
+        made[spec.label] = EchoBackend(model_id=spec.label)
+        return made[spec.label]
+
+    table = run_generation(design, ["Llama 2=x", "Llama_2=y"], tmp_path / "r",
+                           backend_factory=factory, progress=False, detector="paper")
+    assert {k: sum(v.batch_sizes) for k, v in made.items()} == {"Llama 2": len(design),
+                                                                "Llama_2": len(design)}
+    assert table.groupby("model", observed=True).size().tolist() == [len(design)] * 2
+    assert len(list((tmp_path / "r" / "shards").iterdir())) == 2
+
+
+def test_rows_carry_the_rendered_prompt_hash_and_batch_id(tmp_path):
+    """Regression (issue 12, #5): the exact prompt a row was answered from is recorded."""
+    import hashlib
+
+    design = rs.sample_design(_items(3, 3), k=2, seed=0)
+    be = EchoBackend()
+    table = run_generation(design, ["echo"], tmp_path / "r", backend_factory=lambda s: be,
+                           batch_size=4, progress=False, detector="paper",
+                           template_date="2023-05-06")
+    for _, row in table.iterrows():
+        text = be.render(chat_messages(row["prompt_text"], None, True)[0])
+        assert row["prompt_sha256"] == hashlib.sha256(text.encode()).hexdigest()[:16]
+    sizes = table.groupby("batch_id").size()
+    assert sorted(sizes.tolist(), reverse=True) == sorted(be.batch_sizes, reverse=True)
+    assert table["batch_id"].str.fullmatch(r"s00-b\d{6}").all()
+    assert be.template_date == "2023-05-06"
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["template_date"] == "2023-05-06"
+    with pytest.raises(ValueError, match="same date"):
+        run_generation(design, ["echo"], tmp_path / "r", backend_factory=lambda s: be,
+                       progress=False, resume=True)
+
+
+def test_prompts_longer_than_the_context_are_an_error_or_cut(tmp_path):
+    """Regression (issue 12, #6): a prompt longer than the context was answered silently."""
+    design = rs.sample_design(_items(3, 3), k=2, seed=0)
+    lengths = [len(EchoBackend().render(chat_messages(u, None, True)[0]).split())
+               for u in build_user_prompts_for(design)]
+    limit = int(np.median(lengths)) + 8
+    with pytest.raises(ValueError, match=rf"prompt\(s\) do not fit echo's context of {limit} "
+                       r"positions.*truncate='middle'"):
+        run_generation(design, ["echo"], tmp_path / "a", params=DecodingParams(max_new_tokens=8),
+                       backend_factory=lambda s: EchoBackend(context=limit), progress=False)
+    be = EchoBackend(context=limit)
+    with pytest.warns(UserWarning, match="were cut in the middle"):
+        table = run_generation(design, ["echo"], tmp_path / "b",
+                               params=DecodingParams(max_new_tokens=8), truncate="middle",
+                               backend_factory=lambda s: be, progress=False, detector="paper")
+    too_long = np.asarray(lengths) + 8 > limit
+    assert table.sort_values("row_id")["truncated"].tolist() == too_long.tolist()
+    assert (table["n_prompt_tokens"] <= limit - 8).all()
+    with pytest.raises(ValueError, match="truncate must be one of"):
+        run_generation(design, ["echo"], tmp_path / "c", truncate="left", progress=False)
+
+
+def build_user_prompts_for(design):
+    from refusalstats.inference import build_user_prompts
+
+    return build_user_prompts(design, "template")["user_text"].tolist()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_write_the_finished_rows(tmp_path, sig):
+    """Regression (issue 12, #7): buffered rows were lost on SIGTERM / Ctrl-C."""
+    design = rs.sample_design(_items(4, 6), k=3, seed=0)
+    out = tmp_path / "run"
+    proc, prog = _spawn(tmp_path, design, out, delay=0.15, shard_rows=10**9)
+    _wait_for(lambda: _batches_done(prog) >= 3, proc, "three batches")
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    written = _shard_rows(out)
+    assert len(written) >= 3 * (_batches_done(prog) - 1) > 0
+    assert written["row_id"].is_unique
+    meta = json.loads((out / "run.json").read_text())
+    sess = meta["models"]["echo"]["sessions"]
+    assert sess[-1]["status"] == "interrupted" and sess[-1]["rows_written"] == len(written)
+    assert not (out / ".lock").exists()
+    be = EchoBackend()
+    table = run_generation(design, ["echo"], out, backend_factory=lambda s: be, batch_size=3,
+                           progress=False, resume=True, detector="paper")
+    assert sum(be.batch_sizes) == len(design) - len(written)
+    assert sorted(table["row_id"].tolist()) == list(range(len(design)))
+
+
+def test_out_of_memory_backoff_relaxes_for_shorter_prompts_and_frees_outside_except(tmp_path):
+    """Regression (issue 12, #8): after one OOM every later batch stayed at half the rows,
+    and the cache was cleared while the traceback still held the batch's tensors."""
+    s = corpus_sentences(40, seed=3)
+    long_txt = [" ".join(s[i:i + 8]) for i in range(8)]
+    items = pd.DataFrame({"item_id": [f"t{i}" for i in range(16)], "task": "politeness",
+                          "text": long_txt + s[20:28], "gold_label": 3})
+    design = rs.sample_design(items, k=1, seed=0)
+    params = DecodingParams(max_new_tokens=4)
+    be = EchoBackend()
+    lengths = be.count_tokens([be.render(chat_messages(u, None, True)[0])
+                               for u in build_user_prompts_for(design)])
+    lengths = sorted(lengths, reverse=True)
+    first_cost = 8 * (lengths[0] + 4)
+    assert 8 * (lengths[8] + 4) < first_cost // 2  # short prompts: 8 of them fit half
+    be = EchoBackend(oom_above_tokens=first_cost - 1)
+    with pytest.warns(UserWarning, match="out of memory with 8 prompts"):
+        run_generation(design, ["echo"], tmp_path / "r", params=params, batch_size=8,
+                       backend_factory=lambda sp: be, progress=False, detector="paper")
+    assert be.batch_sizes[-1] == 8  # the short batch runs whole again
+    assert max(be.batch_sizes[:-1]) < 8
+    assert be.cleared_in_except == [False]
+
+
+def test_run_json_keeps_every_session_and_says_resuming(tmp_path, capsys):
+    """Regression (issue 12, #9): only the last session was recorded; no resume message."""
+    design = rs.sample_design(_items(2, 2), k=2, seed=0)
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match="engine broke"):
+        run_generation(design, ["echo"], out, backend_factory=lambda s: _BreaksAfter(2),
+                       batch_size=2, shard_rows=2, progress=False)
+    run_generation(design, ["echo"], out, backend_factory=lambda s: EchoBackend(),
+                   batch_size=2, progress=True, resume=True, detector="paper")
+    assert f"echo: resuming: 4 of {len(design)} done" in capsys.readouterr().err
+    sessions = json.loads((out / "run.json").read_text())["models"]["echo"]["sessions"]
+    assert [x["status"] for x in sessions] == ["failed: ValueError", "complete"]
+    assert [x["rows"] for x in sessions] == [4, len(design) - 4]
+    assert [x["rows_done_before"] for x in sessions] == [0, 4]
+    for x in sessions:
+        assert {"host", "pid", "started", "finished", "new_tokens", "prompt_tokens",
+                "versions", "identity"} <= set(x)
+        assert "pandas" in x["versions"] or "refusalstats" in x["versions"]
