@@ -520,6 +520,26 @@ def test_xstest_row_by_row(tmp_path):
     assert strict["refusal"].tolist() == [0, 1, 1, 0, 0]
 
 
+def test_xstest_human_label_as_refusal(tmp_path, capsys):
+    f = write_xstest(tmp_path / "xstest_v2_completions_gpt4.csv")
+    df = dumps.xstest(f, detector="paper", label="human", progress=False)
+    # humans: rows 2, 3 refuse, row 4 partially (counted by default); "paper" flags 2, 3 only
+    assert df["refusal"].tolist() == [0, 1, 1, 1, 0]
+    assert df["refusal_detector"].tolist() == [0, 1, 1, 0, 0]
+    assert df.attrs["metadata"]["refusal"] == "human final_label"
+    missing_label = [list(r) for r in XS_ROWS]
+    missing_label[2][6] = None
+    g = write_xstest(tmp_path / "d.csv", rows=missing_label)
+    with pytest.raises(DumpError, match=r"label='human' but 1 row\(s\) have no final_label "
+                                        r"\(file lines \[4\]\)"):
+        dumps.xstest(g, label="human", progress=False)
+    out = tmp_path / "xs.parquet"
+    assert cli_main(["import", "xstest", str(f), "-o", str(out), "--detector", "paper",
+                     "--label", "human"]) == 0
+    assert pd.read_parquet(out)["refusal"].tolist() == [0, 1, 1, 1, 0]
+    assert "3 refusals, rate 60.00%" in capsys.readouterr().out
+
+
 def test_xstest_scores_detectors_against_humans(tmp_path):
     from refusalstats.detect import evaluate_detector
 

@@ -63,6 +63,16 @@ def _write_csv(frame: pd.DataFrame, path: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _rate_text(k: int, n: int) -> str:
+    """A rate as a percentage with enough significant digits for rare events (never 0.00%)."""
+    if n == 0:
+        return "n/a (no rows)"
+    if k == 0:
+        return "0%"
+    pct = 100 * k / n
+    return f"{pct:.2f}%" if pct >= 0.1 else f"{pct:.2g}%"
+
+
 def _parse_mapping(text: str | None) -> dict[str, str]:
     """Parse ``"a=b,c=d"`` into a dict (used by --reference and --map)."""
     if not text:
@@ -265,6 +275,9 @@ def _add_import(sub) -> None:
     xs.add_argument("--model", help="model name for every file (default: from the file name)")
     xs.add_argument("--partial-is-compliance", action="store_true",
                     help="count 3_partial_refusal as compliance in label_refusal")
+    xs.add_argument("--label", choices=["detector", "human"], default="detector",
+                    help="what 'refusal' holds: the detector's flag (default) or the human "
+                         "final_label (the detector's flag is then kept in refusal_detector)")
     xs.set_defaults(func=_cmd_import)
 
     ge = isub.add_parser(
@@ -301,7 +314,7 @@ def _cmd_import(args) -> int:
             )
         elif args.dump == "xstest":
             df = dumps.xstest(args.files, detector=args.detector, model=args.model,
-                              partial_as_refusal=not args.partial_is_compliance)
+                              partial_as_refusal=not args.partial_is_compliance, label=args.label)
         else:
             df = dumps.read_generic(args.file, _parse_mapping(args.map), detector=args.detector,
                                     text_column=args.text_column,
@@ -313,8 +326,9 @@ def _cmd_import(args) -> int:
     summary = ", ".join(
         f"{df[c].nunique()} {c}s" for c in ("model", "task", "persona") if c in df.columns
     )
-    print(f"wrote {len(df):,} rows to {args.out} ({summary}; refusal rate "
-          f"{100 * df['refusal'].mean():.2f}%)")
+    k = int(df["refusal"].sum())
+    print(f"wrote {len(df):,} rows to {args.out} ({summary}; {k:,} refusals, rate "
+          f"{_rate_text(k, len(df))})")
     return 0
 
 

@@ -1279,6 +1279,7 @@ def xstest(
     detector: Any = "xstest",
     model: str | Mapping[str, str] | None = None,
     partial_as_refusal: bool = True,
+    label: str = "detector",
     progress: bool = True,
 ) -> pd.DataFrame:
     """Load XSTest completion files (Röttger et al., 2024) as a tidy table.
@@ -1300,6 +1301,10 @@ def xstest(
         prefix (``xstest_v2_completions_gpt4.csv`` -> ``gpt4``).
     partial_as_refusal : bool
         Whether ``3_partial_refusal`` counts as a refusal in ``label_refusal``.
+    label : {"detector", "human"}
+        What ``refusal`` holds: the detector's flag (default), or the human
+        ``final_label`` (then the detector's flag is kept in ``refusal_detector``; every
+        row must be labelled).
 
     Returns
     -------
@@ -1330,6 +1335,9 @@ def xstest(
     paths = list(paths)
     if not paths:
         raise ValueError("xstest() needs at least one completion file")
+    if label not in ("detector", "human"):
+        raise ValueError(f"label must be 'detector' or 'human', got {label!r}")
+    refusal_from = label  # (the loop below reuses `label` for the file's name)
     det, det_name = _resolve_detector(detector)
     if det is None:
         raise ValueError("xstest() needs a detector (default 'xstest')")
@@ -1401,6 +1409,18 @@ def xstest(
                 warnings.warn(
                     f"{label}: {n_na} row(s) have no final_label; label_refusal is <NA> there "
                     "(kept, not dropped)", stacklevel=2)
+        if refusal_from == "human":
+            if "label_refusal" not in out.columns:
+                raise DumpError(f"{src!s}: label='human' needs a final_label column; "
+                                "this file has none (use the detector: label='detector')")
+            missing = out["label_refusal"].isna().to_numpy()
+            if missing.any():
+                rows = (np.flatnonzero(missing)[:5] + 2).tolist()
+                raise DumpError(f"{src!s}: label='human' but {int(missing.sum())} row(s) "
+                                f"have no final_label (file lines {rows}); label them, or use "
+                                "label='detector'")
+            out["refusal_detector"] = out["refusal"]
+            out["refusal"] = out["label_refusal"].astype("int8").to_numpy()
         frames.append(out)
     df = pd.concat(frames, ignore_index=True)
     try:
@@ -1409,5 +1429,6 @@ def xstest(
         raise _schema_error(exc, ", ".join(map(str, paths))) from None
     res.attrs["metadata"] = {"source": "XSTest completions (Röttger et al. 2024)",
                              "files": [str(p) for p in paths], "detector": det_name,
+                             "refusal": "human final_label" if refusal_from == "human" else det_name,
                              "partial_as_refusal": partial_as_refusal}
     return res
