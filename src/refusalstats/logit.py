@@ -102,11 +102,18 @@ def _single_blas(fn):
     OpenBLAS threading costs far more than it saves on them (100x on a busy machine)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             return fn(*args, **kwargs)
     return wrapper
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """One threadpoolctl controller for the process: finding the BLAS libraries reads
+    /proc and costs ~10 ms, more than a whole small fit."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 class _Ell:
@@ -537,6 +544,7 @@ class _Design:
     start: _Start | None
     cluster: _Cluster | None = None
     inverse: np.ndarray | None = None
+    row_pair: np.ndarray | None = None     # (cluster, pattern) pair of each input row (plain 0/1 rows)
     term_columns: dict[str, list[int]] = field(default_factory=dict)
     term_factors: dict[str, list[str]] = field(default_factory=dict)
 
@@ -720,6 +728,7 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
         term_columns[key] = list(idx)
         term_factors[key] = [str(f) for f in term.factors if str(f) != "1"]
     cl = None
+    row_pair = None
     if cluster is not None:
         codes, uniq = pd.factorize(frame[cluster], sort=True)
         codes = codes.astype(np.int64)
@@ -735,9 +744,11 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
         )
         if cl.n_clusters < 2:
             raise ValueError(f"cluster column '{cluster}' has a single cluster; cluster-robust SEs need many")
+        if trials is None and w is None and sel.all():
+            row_pair = pinv.astype(np.int32 if len(ukey) < 2**31 else np.int64)
     design = _Design(X=X, Xf=_fast(X), s=s, n=n, names=names, spec=spec, patterns=patterns, variables=variables,
                      factors=factors, n_obs=n_obs, dev_sat=dev_sat, ll_const=ll_const, start=start,
-                     cluster=cl, inverse=inverse, term_columns=term_columns, term_factors=term_factors)
+                     cluster=cl, inverse=inverse, row_pair=row_pair, term_columns=term_columns, term_factors=term_factors)
     return design, parsed
 
 
@@ -1445,9 +1456,17 @@ def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, c
         )
     if ci == "profile" and penalty not in (None, "firth"):
         raise ValueError("profile intervals are available for penalty=None or 'firth'")
-    notes: list[str] = []
-
     d, _parsed = _build(formula, data, reference, trials, weights, cluster, collapse)
+    opts = {"formula": formula, "reference": reference, "penalty": penalty, "alpha": alpha,
+            "l1_ratio": l1_ratio, "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot,
+            "n_folds": n_folds, "seed": seed, "maxit": maxit, "epsilon": epsilon, "progress": progress}
+    return _estimate(d, **opts)
+
+
+def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, cluster, ci, conf, n_boot, n_folds,
+              seed, maxit, epsilon, progress) -> LogitResults:
+    """Fit, covariance, tests and intervals on a built design (``_fit`` after ``_build``)."""
+    notes: list[str] = []
     X, s, n = d.Xf, d.s, d.n
     K, p = X.shape
     names = d.names
@@ -1663,7 +1682,44 @@ def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, c
         reference={v: lv[0] for v, lv in d.factors.items()}, levels=dict(d.factors),
         notes=notes, cv=cv_table, boot=boot,
         _design=d, _term_of=term_of, _ll_const=d.ll_const, _call_extra=call_extra,
+        _opts={"formula": formula, "reference": reference, "penalty": penalty,
+               "alpha": alpha if penalty in ("l2", "l1", "elasticnet") else None, "l1_ratio": l1_ratio,
+               "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot, "n_folds": n_folds, "seed": seed,
+               "maxit": maxit, "epsilon": epsilon, "progress": progress},
     )
+
+
+@_single_blas
+def _refit_responses(fit: LogitResults, y: np.ndarray) -> LogitResults:
+    """The same model refitted to new 0/1 responses on the same rows (for simulation studies).
+
+    Only the counts change: the formula, factors, patterns and clusters are the fit's, so
+    a replicate costs the estimation alone (no parsing, validation or collapsing). For
+    plain 0/1 row input (no ``trials=``, no weights).
+    """
+    d = fit._design
+    y = np.asarray(y, dtype=float)
+    if d.ll_const != 0.0 or d.row_pair is None and d.cluster is not None or len(y) != len(d.inverse):
+        raise ValueError("_refit_responses needs a fit to plain 0/1 rows and one response per row")
+    if (d.start is None or not np.allclose(d.start.w, 0.1875 * d.n) or not np.isin(y, (0.0, 1.0)).all()
+            or (d.inverse < 0).any()):
+        raise ValueError("_refit_responses needs 0/1 responses and no weights")
+    if y.sum() in (0.0, len(y)):
+        raise ValueError("the new responses are constant: nothing to model")
+    K = len(d.s)
+    s = np.bincount(d.inverse, weights=y, minlength=K)
+    start = _Start(d.start.w, 0.1875 * (np.log(3.0) + 4.0 / 3.0) * (2.0 * s - d.n), d.start.dev)
+    cl = d.cluster
+    if cl is not None:
+        cl = _Cluster(name=cl.name, labels=cl.labels, g=cl.g, j=cl.j, n=cl.n,
+                      s=np.bincount(d.row_pair, weights=y, minlength=len(cl.n)))
+    patterns = d.patterns.copy()
+    patterns["successes"] = s
+    nd = _Design(**{**d.__dict__, "s": s, "start": start, "cluster": cl, "patterns": patterns})
+    opts = dict(fit._opts)
+    if opts["penalty"] in ("l2", "l1", "elasticnet") and opts["alpha"] is None:
+        opts["alpha"] = fit.alpha
+    return _estimate(nd, **opts)
 
 
 # ============================================================================ helpers
