@@ -740,6 +740,13 @@ def test_absent_parts_are_reported_not_dropped_silently(p2_root):
     assert not ((df.model == "modelB") & (df.setting == "control")).any()
     with pytest.raises(DumpError, match=r"requested file\(s\) or folder\(s\) are missing"):
         dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)
+    # asked-for things that are absent altogether are errors, not warnings
+    shutil.rmtree(p2_root / "results" / "control")
+    with pytest.raises(DumpError, match=r"no control results under"):
+        dumps.persona_behavior(p2_root, control=True, progress=False)
+    (p2_root / "results" / "zero" / "modelEmpty").mkdir()
+    with pytest.raises(DumpError, match=r"model\(s\) \['modelEmpty'\] were asked for"):
+        dumps.persona_behavior(p2_root, models=["modelA", "modelEmpty"], progress=False)
 
 
 def test_cli_import_generations_with_detector(p2_generations, tmp_path):

@@ -936,6 +936,20 @@ def persona_behavior(
                     missing.append(r.describe(f"{mdir}/{d}_refusals.csv"))
                     continue
                 jobs.append((setting, sdir, model, d))
+    if control and not any(j[0] == "control" for j in jobs):  # a partial tree: warned below
+        raise DumpError(
+            "control=True (--control) asks for the control personas, but the dump has no "
+            f"control results under {r.describe('results/control/zero')}; drop --control "
+            "or add results/control/zero/<model>/ to the dump"
+        )
+    if models is not None:
+        empty = [m for m in model_list if not any(j[2] == m for j in jobs)]
+        if empty:
+            raise DumpError(
+                f"model(s) {empty} were asked for (models= / --models) but have no "
+                f"{'refusal matrices' if source == 'matrices' else 'datasets'} to load under "
+                f"{r.describe('results/zero')}; remove them or check the folder names"
+            )
     if missing and (datasets is not None or models is not None):
         raise DumpError(
             f"{len(missing)} requested file(s) or folder(s) are missing: {missing[:5]}"
