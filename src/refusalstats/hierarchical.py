@@ -83,6 +83,11 @@ _DIAG = {"r_hat": 1.01, "ess": 400}
 #: sd <= 0.2 on the logit scale); otherwise non-centred (levels with few or no refusals).
 AUTO_CENTER_INFO = 25.0
 
+#: parametrization="auto": a level is centred when its Fisher information times the low end
+#: of its group variance (``I_l * sd_low**2``, see ``HierarchicalModel._auto_centre``) is at
+#: least this: the data then outweigh the prior, and the non-centred form would be a ridge.
+AUTO_CENTER_RATIO = 1.0
+
 
 # --------------------------------------------------------------------------- priors
 def _prior_spec(key: str, value: Any, families: Mapping[str, tuple[str, ...]]) -> tuple[str, dict]:
@@ -297,13 +302,54 @@ class HierarchicalModel:
             lev_info = np.bincount(idx, weights=info, minlength=len(levels))
             if parametrization == "centered":
                 cen = np.ones(len(levels), dtype=bool)
-            elif parametrization == "noncentered":
-                cen = np.zeros(len(levels), dtype=bool)
             else:
-                cen = lev_info >= AUTO_CENTER_INFO
+                cen = np.zeros(len(levels), dtype=bool)
             self.groups.append(_GroupTerm(term, idx, levels, cen, lev_info))
         self.priors = _resolve_priors(priors, names, [g.name for g in self.groups])
+        self.auto_rule: dict[str, Any] = {}
+        if parametrization == "auto":
+            self._auto_centre()
         self.model = self._build()
+
+    def _auto_centre(self) -> None:
+        """Choose centred levels from a quick Laplace fit (``parametrization="auto"``).
+
+        A level is sampled centred when its data outweigh its prior even at the low end of
+        its group sd's plausible range: ``I_l * sd_low**2 >= AUTO_CENTER_RATIO`` with
+        ``I_l`` the Fisher information of the level's patterns at the Laplace mode (capped
+        by the observed ``sum k(n-k)/n``, which is 0 for a level without refusals) and
+        ``sd_low = exp(theta_hat - 2 se(theta_hat))`` (theta = log sd, posterior mode and
+        curvature sd from the nested Laplace approximation). A group sd near zero
+        (e.g. persona:model when the data hold no interaction) therefore keeps every level
+        non-centred, where the centred form would be a funnel.
+        """
+        from scipy.special import expit
+
+        t0 = time.perf_counter()
+        try:
+            lap = _Laplace(self)
+            theta, sds, nfev = lap.fit_theta(tol=1e-2)
+            md = lap.mode(theta)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as exc:  # pragma: no cover
+            warnings.warn(f"parametrization='auto': the quick Laplace fit failed ({exc}); "
+                          f"falling back to the information rule (>= {AUTO_CENTER_INFO})", stacklevel=3)
+            for g in self.groups:
+                g.centered[:] = g.information >= AUTO_CENTER_INFO
+            return
+        eta = lap.J @ md["x_d"] + md["x_b"][lap.bidx]
+        q = expit(eta)
+        w = lap.n * q * (1 - q)
+        for t, g in enumerate(self.groups):
+            # expected information at the mode, but never more than the observed k(n-k)/n:
+            # a level with no (or only) refusals has a one-sided likelihood and stays non-centred
+            info = np.minimum(np.bincount(g.index, weights=w, minlength=len(g.levels)), g.information)
+            sd_low = float(np.exp(theta[t] - 2 * sds[t]))
+            g.centered[:] = info * sd_low**2 >= AUTO_CENTER_RATIO
+            self.auto_rule[g.name] = {"sd_mode": float(np.exp(theta[t])), "log_sd_se": float(sds[t]),
+                                      "sd_low": sd_low, "centred": int(g.centered.sum()),
+                                      "levels": len(g.levels)}
+        self.auto_rule["seconds"] = time.perf_counter() - t0
+        self.auto_rule["evaluations"] = int(nfev)
 
     # ------------------------------------------------------------------ pymc
     def _build(self):
@@ -408,8 +454,9 @@ class HierarchicalModel:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not 0 < target_accept < 1:
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-        if method not in ("nuts", "advi"):
-            raise ValueError(f"method must be 'nuts' (exact MCMC) or 'advi' (approximate), got {method!r}")
+        if method not in ("nuts", "advi", "laplace"):
+            raise ValueError(f"method must be 'nuts' (exact MCMC), 'laplace' or 'advi' (approximate), "
+                             f"got {method!r}")
         if sampler not in ("nutpie", "pymc"):
             raise ValueError(f"sampler must be 'nutpie' or 'pymc', got {sampler!r}")
         cores = int(cores or min(chains, os.cpu_count() or 1))
@@ -419,6 +466,9 @@ class HierarchicalModel:
         if method == "advi":
             idata = self._fit_advi(draws, seed, progress)
             used = "advi"
+        elif method == "laplace":
+            idata, timings = self._fit_laplace(draws, seed, progress)
+            used = "laplace"
         else:
             if sampler == "nutpie":
                 try:
@@ -467,6 +517,75 @@ class HierarchicalModel:
                               compute_convergence_checks=False, nuts_sampler="pymc")
         return idata, {"sample_s": time.perf_counter() - t0}
 
+    def _fit_laplace(self, draws, seed, progress):
+        """Nested Laplace approximation (see :class:`_Laplace`); ``draws`` independent draws.
+
+        The log sd's ``theta`` get their posterior mode and a curvature sd each; the latent
+        Gaussians are mixed over 2T+1 points (the mode and +-a sd along each axis, a =
+        sqrt((2T+1)/2) so the design matches the Gaussian's variances), weighted by the
+        Laplace posterior of theta relative to its Gaussian approximation (INLA's
+        correction). Group sd draws are log-normal from the mode and curvature.
+        """
+        import arviz as az
+
+        t0 = time.perf_counter()
+        lap = _Laplace(self)
+        theta, sds, nfev = lap.fit_theta()
+        t1 = time.perf_counter()
+        T = len(theta)
+        a = np.sqrt((2 * T + 1) / 2)
+        points = [theta] + [theta + sgn * a * sds[t] * np.eye(T)[t] for t in range(T) for sgn in (1, -1)]
+        lps, modes = [], []
+        for th in points:
+            lp, md = lap.log_post_theta(th)
+            lps.append(lp)
+            modes.append(md)
+        lq = np.array([0.0] + [-0.5 * a * a] * (2 * T))
+        logw = np.array(lps) - lps[0] - lq
+        w = np.exp(logw - logw.max())
+        w /= w.sum()
+        rng = np.random.default_rng(seed)
+        counts = rng.multinomial(draws, w)
+        xd, xb = [], []
+        for md, c in zip(modes, counts):
+            if c == 0:
+                continue
+            z = rng.standard_normal((c, lap.nd))
+            dd = np.linalg.solve(md["cho"].T, z.T).T
+            db = -(dd @ md["B"]) / md["D"][None, :] + rng.standard_normal((c, lap.nb)) / np.sqrt(md["D"])[None, :]
+            xd.append(md["x_d"][None, :] + dd)
+            xb.append(md["x_b"][None, :] + db)
+        xd, xb = np.vstack(xd), np.vstack(xb)
+        perm = rng.permutation(draws)
+        xd, xb = xd[perm], xb[perm]
+        post: dict[str, np.ndarray] = {}
+        dims: dict[str, list[str]] = {}
+        coords: dict[str, Any] = {}
+        names = self.fixed_names
+        non_int = [j for j, n in enumerate(names) if n != "Intercept"]
+        if "Intercept" in names:
+            post["Intercept"] = xd[None, :, names.index("Intercept")]
+        if non_int:
+            post["beta"] = xd[None, :, non_int]
+            dims["beta"] = ["fixed"]
+            coords["fixed"] = [names[j] for j in non_int]
+        for t, g in enumerate(self.groups):
+            vals = xb if t == lap.big else xd[:, lap.slices[t]]
+            post[g.var] = vals[None]
+            dims[g.var] = [g.dim]
+            coords[g.dim] = g.levels
+            post[f"{g.var}_sigma"] = np.exp(theta[t] + sds[t] * rng.standard_normal(draws))[None]
+        idata = az.from_dict(posterior=post, dims=dims, coords=coords)
+        t2 = time.perf_counter()
+        self.laplace_info = {"theta_mode": theta.tolist(), "theta_sd": sds.tolist(),
+                             "sd_mode": dict(zip([f"sd({g.name})" for g in self.groups],
+                                                 np.exp(theta).tolist())),
+                             "weights": w.tolist(), "evaluations": int(nfev + len(points))}
+        if progress:
+            print(f"laplace: sd mode in {t1 - t0:.1f} s ({nfev} evaluations), draws in {t2 - t1:.1f} s",
+                  flush=True)
+        return idata, {"theta_s": t1 - t0, "draws_s": t2 - t1}
+
     def _fit_advi(self, draws, seed, progress):
         import pymc as pm
 
@@ -475,6 +594,197 @@ class HierarchicalModel:
                             callbacks=[pm.callbacks.CheckParametersConvergence(tolerance=1e-3)])
             idata = approx.sample(draws, random_seed=int(seed))
         return idata
+
+
+# --------------------------------------------------------------------------- Laplace
+class _Laplace:
+    """Nested Laplace approximation of the hierarchical posterior (INLA-like, labelled approximate).
+
+    Given the log group sd's ``theta``, the latent vector ``x = (fixed effects, group
+    effects)`` has a log-concave conditional posterior; its mode and the Hessian ``H``
+    there give a Gaussian ``N(x_hat, H^-1)`` and the Laplace marginal
+    ``log p(y, theta) ~ log p(y, x_hat, theta) - log det(H) / 2 + dim(x) log(2 pi) / 2``.
+    The random term with the most levels (e.g. ``item_id``) forms a diagonal block ``D``
+    of ``H``; everything else (fixed effects and the smaller terms) a dense block ``A``,
+    so every solve and determinant goes through the small Schur complement
+    ``S = A - B D^-1 B'``. Cost per Newton step: one pass over the collapsed patterns.
+    """
+
+    def __init__(self, m: HierarchicalModel):
+        from scipy import sparse
+
+        self.m = m
+        self.s = m.patterns["successes"].to_numpy(dtype=float)
+        self.n = m.patterns["trials"].to_numpy(dtype=float)
+        n_pat = len(self.s)
+        sizes = [len(g.levels) for g in m.groups]
+        self.big = int(np.argmax(sizes))
+        self.p = len(m.fixed_names)
+        blocks = [sparse.csr_matrix(m.X)]
+        self.slices: dict[int, slice] = {}
+        start = self.p
+        for t, g in enumerate(m.groups):
+            if t == self.big:
+                continue
+            L = len(g.levels)
+            blocks.append(sparse.csr_matrix((np.ones(n_pat), (np.arange(n_pat), g.index)), shape=(n_pat, L)))
+            self.slices[t] = slice(start, start + L)
+            start += L
+        self.J = sparse.hstack(blocks, format="csr")
+        self.JT = self.J.T.tocsr()
+        self.nd = start
+        self.bidx = m.groups[self.big].index
+        self.nb = sizes[self.big]
+        self.E = sparse.csr_matrix((np.ones(n_pat), (np.arange(n_pat), self.bidx)), shape=(n_pat, self.nb))
+        # fixed-effect priors: normal (exact) or Student-t
+        self.fx_prior = [m.priors[name] for name in m.fixed_names]
+        self.x_d = np.zeros(self.nd)
+        self.x_b = np.zeros(self.nb)
+        rate = np.clip(self.s.sum() / self.n.sum(), 1e-6, 1 - 1e-6)
+        if "Intercept" in m.fixed_names:
+            self.x_d[m.fixed_names.index("Intercept")] = np.log(rate / (1 - rate))
+
+    # latent prior pieces -------------------------------------------------
+    def _fixed_prior(self, beta):
+        lp = np.zeros(self.p)
+        g = np.zeros(self.p)
+        h = np.zeros(self.p)
+        for j, (dist, q) in enumerate(self.fx_prior):
+            r = beta[j] - q["mu"]
+            if dist == "normal":
+                lp[j] = -0.5 * (r / q["sigma"]) ** 2
+                g[j] = -r / q["sigma"] ** 2
+                h[j] = 1 / q["sigma"] ** 2
+            else:
+                nu, s2 = q["nu"], q["sigma"] ** 2
+                lp[j] = -(nu + 1) / 2 * np.log1p(r * r / (nu * s2))
+                g[j] = -(nu + 1) * r / (nu * s2 + r * r)
+                h[j] = (nu + 1) / (nu * s2 + r * r)  # Fisher-type (positive) curvature
+        return lp.sum(), g, h
+
+    def _prec(self, theta):
+        """Prior precision of the dense latent block (0 for fixed effects, set separately)."""
+        prec = np.zeros(self.nd)
+        for t, sl in self.slices.items():
+            prec[sl] = np.exp(-2 * theta[t])
+        return prec
+
+    def _objective(self, x_d, x_b, theta):
+        from scipy.special import log_expit
+
+        eta = self.J @ x_d + x_b[self.bidx]
+        ll = float(np.sum(self.s * log_expit(eta) + (self.n - self.s) * log_expit(-eta)))
+        lpf, _, _ = self._fixed_prior(x_d[: self.p])
+        prec = self._prec(theta)
+        lpr = -0.5 * float(np.sum(prec * x_d**2)) - 0.5 * float(np.sum(x_b**2)) * np.exp(-2 * theta[self.big])
+        return ll + lpf + lpr, eta
+
+    def mode(self, theta, tol=1e-8, max_iter=100):
+        """Conditional mode and Hessian blocks at ``theta`` (log sd's, one per term)."""
+        from scipy.special import expit
+
+        x_d, x_b = self.x_d.copy(), self.x_b.copy()
+        f, eta = self._objective(x_d, x_b, theta)
+        prec_b = np.exp(-2 * theta[self.big])
+        for it in range(max_iter):
+            q = expit(eta)
+            w = self.n * q * (1 - q)
+            r = self.s - self.n * q
+            _, gf, hf = self._fixed_prior(x_d[: self.p])
+            prec = self._prec(theta)
+            prec[: self.p] = hf
+            g_d = self.JT @ r - prec * x_d
+            g_d[: self.p] = (self.JT @ r)[: self.p] + gf
+            g_b = np.bincount(self.bidx, weights=r, minlength=self.nb) - prec_b * x_b
+            Jw = self.J.multiply(w[:, None]).tocsr()
+            A = (self.JT @ Jw).toarray() + np.diag(prec)
+            B = (Jw.T @ self.E).toarray()
+            D = np.bincount(self.bidx, weights=w, minlength=self.nb) + prec_b
+            BDi = B / D[None, :]
+            S = A - BDi @ B.T
+            S = (S + S.T) / 2
+            cho = np.linalg.cholesky(S + 1e-10 * np.eye(self.nd))
+            rhs = g_d - BDi @ g_b
+            dx_d = np.linalg.solve(cho.T, np.linalg.solve(cho, rhs))
+            dx_b = (g_b - B.T @ dx_d) / D
+            step = 1.0
+            while True:
+                f_new, eta_new = self._objective(x_d + step * dx_d, x_b + step * dx_b, theta)
+                if f_new >= f - 1e-10 * abs(f) or step < 1e-6:
+                    break
+                step /= 2
+            x_d, x_b = x_d + step * dx_d, x_b + step * dx_b
+            done = abs(f_new - f) < tol * (1 + abs(f)) and step == 1.0
+            f, eta = f_new, eta_new
+            if done:
+                break
+        # Hessian at the final point
+        q = expit(eta)
+        w = self.n * q * (1 - q)
+        _, _, hf = self._fixed_prior(x_d[: self.p])
+        prec = self._prec(theta)
+        prec[: self.p] = hf
+        Jw = self.J.multiply(w[:, None]).tocsr()
+        A = (self.JT @ Jw).toarray() + np.diag(prec)
+        B = (Jw.T @ self.E).toarray()
+        D = np.bincount(self.bidx, weights=w, minlength=self.nb) + prec_b
+        S = A - (B / D[None, :]) @ B.T
+        S = (S + S.T) / 2
+        cho = np.linalg.cholesky(S + 1e-10 * np.eye(self.nd))
+        self.x_d, self.x_b = x_d, x_b  # warm start for the next theta
+        logdet = 2 * float(np.sum(np.log(np.diag(cho)))) + float(np.sum(np.log(D)))
+        return {"x_d": x_d, "x_b": x_b, "f": f, "cho": cho, "B": B, "D": D, "logdet": logdet,
+                "w": w, "iterations": it + 1}
+
+    def log_post_theta(self, theta):
+        """Laplace approximation of log p(theta | y) + const (theta = log sd's)."""
+        from scipy import stats
+
+        md = self.mode(theta)
+        out = md["f"] - 0.5 * md["logdet"]
+        # the normalising constants of the group-effect priors: -L_t log sd_t
+        for t, g in enumerate(self.m.groups):
+            out -= len(g.levels) * theta[t]
+        for t, g in enumerate(self.m.groups):
+            dist, q = self.m.priors[f"sd({g.name})"]
+            sd = np.exp(theta[t])
+            if dist == "halfnormal":
+                lp = stats.halfnorm(scale=q["sigma"]).logpdf(sd)
+            elif dist == "exponential":
+                lp = stats.expon(scale=1 / q["lam"]).logpdf(sd)
+            elif dist == "halfstudent_t":
+                lp = stats.t(q["nu"], scale=q["sigma"]).logpdf(sd) + np.log(2)
+            else:
+                lp = stats.halfcauchy(scale=q["beta"]).logpdf(sd)
+            out += lp + theta[t]  # Jacobian of sd = exp(theta)
+        return float(out), md
+
+    def fit_theta(self, tol=1e-3):
+        """Posterior mode of theta and the curvature-based sd of each log sd."""
+        from scipy.optimize import minimize
+
+        T = len(self.m.groups)
+        theta0 = np.full(T, np.log(0.5))
+        cache = {}
+
+        def neg(th):
+            key = tuple(np.round(th, 10))
+            if key not in cache:
+                cache[key] = -self.log_post_theta(np.asarray(th))[0]
+            return cache[key]
+
+        res = minimize(neg, theta0, method="Nelder-Mead",
+                       options={"xatol": tol, "fatol": tol, "maxiter": 400 * T})
+        theta = np.asarray(res.x)
+        f0 = res.fun
+        h = 0.2
+        sds = np.empty(T)
+        for t in range(T):
+            e = np.zeros(T)
+            e[t] = h
+            curv = (neg(theta + e) - 2 * f0 + neg(theta - e)) / h**2
+            sds[t] = 1 / np.sqrt(curv) if curv > 1e-8 else 2.0
+        return theta, np.minimum(sds, 2.0), res.nfev + 2 * T
 
 
 def _fixed_rv(pm, name, dist, p, dims):
@@ -538,7 +848,7 @@ class HierarchicalResult:
     # ------------------------------------------------------------------ basics
     @property
     def approximate(self) -> bool:
-        return self.sampler == "advi"
+        return self.sampler in ("advi", "laplace")
 
     @property
     def n_draws(self) -> int:
@@ -668,7 +978,8 @@ class HierarchicalResult:
         m = self.model
         d = self.diagnostics()
         lines = [
-            "Bayesian hierarchical logistic model" + ("  [APPROXIMATE: ADVI, not MCMC]" if self.approximate else ""),
+            "Bayesian hierarchical logistic model" + (f"  [APPROXIMATE: {self.sampler.upper()}, not MCMC]"
+                                                     if self.approximate else ""),
             f"formula: {m.formula}",
             f"rows: {m.n_rows:,}   collapsed patterns: {len(m.patterns):,}   "
             "groups: " + ", ".join(f"{g.name} ({len(g.levels)})" for g in m.groups),
@@ -684,6 +995,10 @@ class HierarchicalResult:
             w = self._warning_text()
             if w:
                 lines.append("WARNING: " + w)
+        elif self.sampler == "laplace":
+            lines.append("Nested Laplace approximation (INLA-like): Gaussian latent effects given the "
+                         "group sd's, mixed over 2T+1 sd values; no convergence diagnostic applies; "
+                         "use method='nuts' where it is affordable.")
         else:
             lines.append("ADVI is a fast approximation: intervals are typically too narrow and "
                          "no convergence diagnostic applies; use method='nuts' for inference.")
