@@ -825,7 +825,11 @@ def _cochran_exact(r: np.ndarray, k: int, s_obs: int, budget: int) -> float | No
     states = np.zeros((1, k), dtype=np.int64)
     probs = np.ones(1)
     base = len(r) + 1  # a condition total never exceeds the number of blocks
-    code = base ** np.arange(k, dtype=np.int64) if k * np.log2(base) < 62 else None
+    exact_code = k * np.log2(base) < 62
+    if exact_code:
+        code = base ** np.arange(k, dtype=np.int64)
+    else:  # random odd multipliers; integer overflow wraps, which a hash may do
+        code = np.random.default_rng(0).integers(1, 2**62, k, dtype=np.int64) | 1
     placements: dict[int, np.ndarray] = {}
     work = 0
     for ri in np.sort(r)[::-1]:
@@ -843,10 +847,12 @@ def _cochran_exact(r: np.ndarray, k: int, s_obs: int, budget: int) -> float | No
         new = (states[:, None, :] + m[None, :, :]).reshape(-1, k)
         new.sort(axis=1)
         pr = np.repeat(probs / len(m), len(m))
-        if code is not None:  # one integer per sorted state: a fast 1-D unique
-            _, first, inv = np.unique(new @ code, return_index=True, return_inverse=True)
-            states = new[first]
-        else:
+        # one integer per sorted state (exact base-(b+1) digits, or a 64-bit hash whose
+        # collisions are checked) makes the unique a fast 1-D one
+        _, first, inv = np.unique(new @ code, return_index=True, return_inverse=True)
+        inv = inv.ravel()
+        states = new[first]
+        if not exact_code and not np.array_equal(states[inv], new):
             states, inv = np.unique(new, axis=0, return_inverse=True)
         probs = np.bincount(inv.ravel(), weights=pr, minlength=len(states))
     stat = np.sum(states**2, axis=1)

@@ -1,0 +1,200 @@
+"""Calibration of the rates module: interval coverage and false-positive rates.
+
+Exposes ``run(reps, seed) -> list[dict]`` for ``benchmarks/calibration.py``
+(``python benchmarks/calibration.py --area rates``). Every check simulates tables
+shaped like ours with :func:`refusalstats.simulate_items` (items answered many times,
+an item random intercept of sd 1 on the logit scale unless the row says otherwise) and
+runs the public function once on all replicates stacked (``by=["rep", ...]``, item ids
+made unique per replicate), so what is measured is exactly what users call.
+
+Targets: a 95% interval should cover the population-averaged rate of its cell
+(``attrs["truth"]["marginal_rate_task_persona"]``) at least 93% of the time; a test at
+level 0.05 should reject a true null at most 6% of the time (0.05 plus about 1.5 Monte
+Carlo standard errors at 1,000 replicates).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq
+from scipy.special import expit
+
+import refusalstats as rs
+
+COVER = 0.93
+FPR_MAX = 0.06
+ALPHA = 0.05
+
+
+def marginal_logit(rate: float, item_sd: float) -> float:
+    """The conditional logit whose population-averaged rate (over u ~ N(0, sd^2)) is rate."""
+    z, w = np.polynomial.hermite_e.hermegauss(61)
+    w = w / w.sum()
+    return brentq(lambda e: float(np.sum(w * expit(e + item_sd * z))) - rate, -20, 20)
+
+
+def stacked(reps: int, seed: int, **kw) -> tuple[pd.DataFrame, dict]:
+    """``reps`` simulate_items tables in one, with a ``rep`` column and unique item ids."""
+    frames = []
+    truth = None
+    n_items = kw.get("n_items", 200)
+    for r in range(reps):
+        d = rs.simulate_items(seed=seed + r, **kw)
+        truth = d.attrs["truth"]
+        d.attrs = {}
+        d["item_id"] = d["item_id"] + r * n_items
+        d["rep"] = r
+        frames.append(d)
+    return pd.concat(frames, ignore_index=True), truth
+
+
+def _row(check, data, statistic, hits, lo, hi, t0):
+    hits = np.asarray(hits, dtype=bool)
+    return {"check": check, "data": data, "statistic": statistic,
+            "estimate": float(hits.mean()), "target_low": lo, "target_high": hi,
+            "reps": int(hits.size), "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def rates_checks(reps: int, seed: int) -> list[dict]:
+    """refusal_rates by task (item-level input) at about 2%, 10% and 50%."""
+    targets = [0.02, 0.10, 0.50]
+    rows = []
+    for item_sd in (1.0, 0.0):
+        t0 = time.perf_counter()
+        logits = [marginal_logit(t, item_sd) for t in targets]
+        df, truth = stacked(
+            reps, seed, n_items=150, k=10, item_sd=item_sd, item_levels=3, row_levels=5,
+            intercept=logits[0], item_effect=[v - logits[0] for v in logits],
+        )  # fmt: skip
+        true = {f"t{i}": truth["marginal_rate_task_persona"][f"t{i}|p0"] for i in range(3)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rs.ClusterNote)
+            default = rs.refusal_rates(df, by=["rep", "task"])
+            naive = rs.refusal_rates(df, by=["rep", "task"], cluster=None)
+        data = (f"simulate_items: 150 items x 10 answers, 50 items per task, item sd "
+                f"{item_sd:g}")  # fmt: skip
+        for res, name in [(default, "default (cluster='auto')"), (naive, "cluster=None")]:
+            tv = res["task"].astype(str).map(true).to_numpy()
+            hit = (res["ci_low"].to_numpy() <= tv) & (tv <= res["ci_high"].to_numpy())
+            if item_sd > 0 and name.startswith("default"):
+                for i, t in enumerate(targets):
+                    sel = res["task"].astype(str).to_numpy() == f"t{i}"
+                    rows.append(_row(f"refusal_rates {name}, 95% Wilson, task rate {t:.0%}",
+                                     data, "coverage", hit[sel], COVER, None, t0))  # fmt: skip
+            elif item_sd > 0:
+                rows.append(_row("refusal_rates baseline (unclustered): cluster=None, tasks at "
+                                 "2/10/50% pooled", data, "coverage", hit, None, 1.0, t0))
+            elif name.startswith("default"):
+                rows.append(_row(f"refusal_rates {name} on independent rows, tasks at 2/10/50% "
+                                 "pooled", data, "coverage", hit, COVER, None, t0))
+    return rows
+
+
+def cell_checks(reps: int, seed: int) -> list[dict]:
+    """task x persona cells: the persona varies within item (2 rows per item and cell)."""
+    t0 = time.perf_counter()
+    base = marginal_logit(0.05, 1.0)
+    df, truth = stacked(reps, seed + 10_000, n_items=150, k=10, item_sd=1.0, item_levels=3,
+                        row_levels=5, intercept=base, item_effect=1.0, row_effect=0.4)  # fmt: skip
+    marg = truth["marginal_rate_task_persona"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rs.ClusterNote)
+        res = rs.refusal_rates(df, by=["rep", "task", "persona"])
+    key = res["task"].astype(str) + "|" + res["persona"].astype(str)
+    tv = key.map(marg).to_numpy()
+    hit = (res["ci_low"].to_numpy() <= tv) & (tv <= res["ci_high"].to_numpy())
+    keep = tv >= 0.02
+    lo_r, hi_r = min(v for v in marg.values()), max(v for v in marg.values())
+    return [_row("refusal_rates default, task x persona cells (persona varies within item), "
+                 f"cells {lo_r:.0%}-{hi_r:.0%} pooled", "simulate_items: 150 items x 10 "
+                 "answers, item sd 1, 10 rows per item-level cell, 2 per item in a cell",
+                 "coverage", hit[keep], COVER, None, t0)]  # fmt: skip
+
+
+def persona_effect_checks(reps: int, seed: int) -> list[dict]:
+    """Persona minus persona-free difference; persona p0 plays the persona-free prompt."""
+    rows = []
+    t0 = time.perf_counter()
+    base = marginal_logit(0.10, 1.0)
+    eff = [0.0, 0.6, 0.3, 0.9, 0.0]
+    df, truth = stacked(reps, seed + 20_000, n_items=150, k=10, item_sd=1.0, item_levels=3,
+                        row_levels=5, intercept=base, item_effect=[0.0, -1.0, 1.0],
+                        row_effect=eff)  # fmt: skip
+    marg = truth["marginal_rate_task_persona"]
+    true = {f"t{i}": np.mean([marg[f"t{i}|p{j}"] for j in range(1, 5)]) - marg[f"t{i}|p0"]
+            for i in range(3)}  # fmt: skip
+    df["setting"] = np.where(df["persona"].astype(str) == "p0", "persona-free", "persona")
+    data = ("simulate_items: 150 items x 10 answers, item sd 1, persona p0 as persona-free "
+            "(2 of each item's 10 answers); tasks at 10% (free) and -1/+1 logit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rs.ClusterNote)
+        default = rs.persona_effect(df, by=["rep", "task"])
+        naive = rs.persona_effect(df, by=["rep", "task"], cluster=None)
+    for res, name, lo, hi in [(default, "default (cluster='auto', MOVER)", COVER, None),
+                              (naive, "baseline (unclustered): cluster=None, Newcombe", None,
+                               1.0)]:  # fmt: skip
+        tv = res["task"].astype(str).map(true).to_numpy()
+        hit = (res["ci_low"].to_numpy() <= tv) & (tv <= res["ci_high"].to_numpy())
+        rows.append(_row(f"persona_effect {name}, 95%, tasks pooled", data, "coverage", hit,
+                         lo, hi, t0))  # fmt: skip
+    return rows
+
+
+def complete_blocks(reps: int, seed: int, n_items: int, k: int, rate: float) -> pd.DataFrame:
+    """Each item answered once under each of k conditions; no condition effect."""
+    rng = np.random.default_rng(seed)
+    eta = marginal_logit(rate, 1.0) + rng.normal(0.0, 1.0, (reps, n_items, 1))
+    y = (rng.random((reps, n_items, k)) < expit(eta)).astype(np.int8)
+    r, i, j = np.indices(y.shape)
+    return pd.DataFrame({"rep": r.ravel(), "item_id": i.ravel(),
+                         "persona": j.ravel(), "refusal": y.ravel()})  # fmt: skip
+
+
+def cochran_checks(reps: int, seed: int) -> list[dict]:
+    rows = []
+    designs = [
+        (40, 4, 0.20, "typical", ("chi2", "auto", "exact")),
+        (60, 4, 0.03, "sparse", ("chi2", "auto", "exact", "permutation")),
+        (100, 20, 0.01, "sparse, many conditions", ("chi2", "auto", "permutation")),
+    ]
+    for n_items, k, rate, label, methods in designs:
+        df = complete_blocks(reps, seed + 30_000 + n_items, n_items, k, rate)
+        data = (f"complete blocks, {n_items} items x {k} conditions, {label}: rate {rate:.0%}, "
+                "item sd 1, no condition effect")  # fmt: skip
+        for method in methods:
+            t0 = time.perf_counter()
+            kw = {"n_perm": 999, "seed": seed} if method == "permutation" else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # few informative blocks
+                res = rs.cochran_q(df, block="item_id", by="rep", method=method, **kw)
+            p = res["p_value"].to_numpy()
+            reject = np.nan_to_num(p, nan=1.0) <= ALPHA  # no informative block: no rejection
+            used = "/".join(sorted(set(res["method"]) - {"none"}))
+            n_inf = res["n_informative"].median()
+            rows.append(_row(f"cochran_q method={method!r} (used {used}), median "
+                             f"{n_inf:g} informative blocks", data, "false-positive rate",
+                             reject, None, FPR_MAX, t0))  # fmt: skip
+    return rows
+
+
+def run(reps: int = 1000, seed: int = 0) -> list[dict]:
+    rows = []
+    rows += rates_checks(reps, seed)
+    rows += cell_checks(reps, seed)
+    rows += persona_effect_checks(reps, seed)
+    rows += cochran_checks(reps, seed)
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from calibration import table
+
+    out = run(reps=int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    print(table([{**r, "area": "rates"} for r in out]))
