@@ -513,6 +513,20 @@ def _add_generate(sub) -> None:
     p.add_argument("--device-map", help="e.g. 'auto' to spread a large model over GPUs")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off unless asked for)")
+    p.add_argument("--attn-implementation", help="sdpa, flash_attention_2, eager (default: "
+                   "transformers' choice)")
+    p.add_argument("--max-batch-size", type=_positive_int,
+                   help="cap on rows per batch under --batch-size auto (default: none, the "
+                        "token budget from free memory decides)")
+    p.add_argument("--shard-rows", type=_positive_int, default=1024,
+                   help="write a shard every N finished rows (default 1024)")
+    p.add_argument("--shard-seconds", type=float, default=60.0,
+                   help="... or every S seconds, whichever comes first (default 60)")
+    p.add_argument("--truncate", choices=["error", "middle"], default="error",
+                   help="a prompt longer than the model's context: error (default), or cut "
+                        "its middle out (column 'truncated')")
+    p.add_argument("--template-date", default=None, metavar="YYYY-MM-DD",
+                   help="the date chat templates see as today (default 2024-07-26; recorded)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)
 
@@ -523,15 +537,26 @@ def _cmd_generate(args) -> int:
 
     prompts = pd.read_parquet(args.prompts)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    from refusalstats.inference.runner import RunInterrupted
+
     specs = [ModelSpec.parse(m, dtype=args.dtype, device=args.device,
                              trust_remote_code=args.trust_remote_code,
-                             device_map=args.device_map) for m in args.model]
-    table = run_generation(
-        prompts, specs, args.out, placement=args.placement,
-        params=DecodingParams(max_new_tokens=args.max_new_tokens), batch_size=batch,
-        token_budget=args.token_budget, resume=args.resume, detector=args.detector,
-        seed=args.seed,
-    )
+                             device_map=args.device_map,
+                             attn_implementation=args.attn_implementation) for m in args.model]
+    extra = {} if args.template_date is None else {"template_date": args.template_date}
+    try:
+        table = run_generation(
+            prompts, specs, args.out, placement=args.placement,
+            params=DecodingParams(max_new_tokens=args.max_new_tokens), batch_size=batch,
+            token_budget=args.token_budget, max_batch_size=args.max_batch_size,
+            resume=args.resume, detector=args.detector, seed=args.seed,
+            shard_rows=args.shard_rows, shard_seconds=args.shard_seconds,
+            truncate=args.truncate, **extra,
+        )
+    except RunInterrupted as exc:
+        print(f"error: {exc}; the finished rows are written, continue with --resume",
+              file=sys.stderr)
+        return 128 + exc.signum
     rates = table.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "mean"])
     rates = rates.rename(columns={"size": "n", "mean": "refusal rate"})
     print(rates.to_string())
