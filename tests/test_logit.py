@@ -498,3 +498,189 @@ def test_cli_fit_prints_summary_and_writes_csv(tmp_path, capsys):
     tab = pd.read_csv(out_csv)
     direct = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", cluster="item_id")
     np.testing.assert_allclose(tab["estimate"], direct.params.to_numpy(), atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- clusters (issue #11)
+def _items(n_items: int = 80, k: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Items answered k times: task constant within item, persona varying within it."""
+    from refusalstats.simulate import simulate_items
+
+    return simulate_items(n_items, k, item_sd=1.0, seed=seed)
+
+
+def test_cluster_auto_resolves_item_id_with_one_note(rows):
+    from refusalstats import ClusterNote
+
+    df = _items()
+    with pytest.warns(ClusterNote, match="clustering by 'item_id' \\(80 items") as rec:
+        f = logit("refusal ~ task + persona", df)
+    assert len([w for w in rec if issubclass(w.category, ClusterNote)]) == 1
+    assert rec[0].filename == __file__  # the note points at the caller, not inside logit
+    g = logit("refusal ~ task + persona", df, cluster="item_id")
+    assert f.cluster == "item_id" and f.n_clusters == 80
+    np.testing.assert_array_equal(f.bse, g.bse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClusterNote)
+        h = logit("refusal ~ task + persona", df, cluster=None)  # off, silently
+        logit("refusal ~ persona + model", rows)  # no item_id: independent rows, silently
+    assert h.cluster is None and "model-based" in h.cov_type
+    assert not np.allclose(h.bse, g.bse)
+    with pytest.raises(SchemaError, match="cluster column"):
+        logit("refusal ~ task", df, cluster="nope")
+    with pytest.raises(ValueError, match="one column"):
+        logit("refusal ~ task", df.assign(b=df["item_id"] % 3), cluster=["item_id", "b"])
+
+
+def test_refit_responses_equals_a_fresh_fit():
+    from refusalstats.logit import _refit_responses
+
+    df = _items(seed=1)
+    y = _items(seed=2)["refusal"].to_numpy()
+    for kw in ({"cluster": "item_id"}, {"cluster": None}, {"cluster": "item_id", "penalty": "firth"}):
+        a = _refit_responses(logit("refusal ~ task + persona", df, **kw), y)
+        b = logit("refusal ~ task + persona", df.assign(refusal=y), **kw)
+        np.testing.assert_allclose(a.params, b.params, atol=1e-12)
+        np.testing.assert_allclose(a.bse, b.bse, atol=1e-12)
+        pd.testing.assert_frame_equal(a.drop1(), b.drop1())
+        pd.testing.assert_frame_equal(a.anova(), b.anova())
+    with pytest.raises(ValueError, match="one response per row"):
+        _refit_responses(a, y[:-1])
+
+
+def test_clustered_tests_match_statsmodels_wald_f_on_submodels():
+    sm = pytest.importorskip("statsmodels.formula.api")
+    df = _items(seed=3)
+    f = logit("refusal ~ task + persona + prompt", df, cluster="item_id")
+    a = f.anova().set_index("term")
+    d = f.drop1().set_index("term")
+    assert list(a.columns) == ["df", "df_resid", "F", "p_value", "note"]
+    assert "Wald F" in a.attrs["test"] and "(q, 79)" in a.attrs["test"]
+    groups = {"groups": df["item_id"].to_numpy()}
+    for k, (term, upto) in enumerate([("task", "task"), ("persona", "task + persona"),
+                                      ("prompt", "task + persona + prompt")]):
+        m = sm.logit(f"refusal ~ {upto}", df).fit(disp=0, method="newton", tol=1e-12, cov_type="cluster",
+                                                   cov_kwds=groups, use_t=True)
+        R = np.array([[1.0 if nm == c else 0.0 for nm in m.params.index]
+                      for c in m.params.index if c.startswith(term)])
+        wt = m.wald_test(R, scalar=True, use_f=True)
+        assert a.loc[term, "F"] == pytest.approx(float(wt.statistic), rel=1e-6), term
+        assert a.loc[term, "p_value"] == pytest.approx(float(wt.pvalue), rel=1e-6), term
+        assert (a.loc[term, "df"], a.loc[term, "df_resid"]) == (len(R), wt.df_denom) == (len(R), 79)
+    # the last sequential row is the full model's test, as drop1's
+    assert a.loc["prompt", "F"] == pytest.approx(d.loc["prompt", "F"], rel=1e-12)
+
+
+def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
+    """400 null tables (item intercept sd 1, task constant within item, no effect of task or
+    persona): the CR1 Wald F tests reject at most 8% at the 5% level; R's LR test (cluster=None)
+    on the same tables rejects far more (the audit measured 32-46%)."""
+    from refusalstats.logit import _refit_responses
+
+    df = _items(n_items=80, k=8, seed=0)
+    f = logit("refusal ~ task + persona", df, cluster="item_id")
+    g = logit("refusal ~ task + persona", df, cluster=None)
+    rng = np.random.default_rng(11)
+    item = df["item_id"].to_numpy()
+    reject = np.zeros(4)
+    reps = 400
+    for _ in range(reps):
+        u = rng.normal(0.0, 1.0, 80)
+        y = (rng.random(len(df)) < 1 / (1 + np.exp(1.0 - u[item]))).astype(float)
+        fc, gc = _refit_responses(f, y), _refit_responses(g, y)
+        d1 = fc.drop1()["p_value"].to_numpy()  # task, persona
+        reject += [fc.anova()["p_value"].iloc[0] < 0.05, d1[0] < 0.05, d1[1] < 0.05,
+                   gc.drop1()["p_value"].iloc[0] < 0.05]
+    fpr = reject / reps
+    print("FPR: anova task, drop1 task, drop1 persona (CR1 F); unclustered LR task:", fpr)
+    assert fpr[0] <= 0.08 and fpr[1] <= 0.08 and fpr[2] <= 0.08, fpr
+    assert fpr[3] >= 0.15, fpr  # the independent-rows LR test fails this check
+
+
+def test_wald_f_rank_deficiency_and_too_few_clusters(rows):
+    from scipy import stats
+
+    from refusalstats.logit import _wald_f
+
+    # closed form: V = v v' with v = (1, 1) has rank 1, V+ = V / 4, so W = (b.v)^2 / 4
+    out = _wald_f(np.array([1.0, 1.0]), np.ones((2, 2)), G=30)
+    assert out["df"] == 1 and out["F"] == pytest.approx(1.0, abs=1e-12)
+    assert out["p_value"] == pytest.approx(stats.f.sf(1.0, 1, 29), abs=1e-14)
+    assert "rank 1" in out["note"]
+    full = _wald_f(np.array([1.0, 2.0]), np.array([[2.0, 0.5], [0.5, 1.0]]), G=30)
+    W = np.array([1.0, 2.0]) @ np.linalg.solve([[2.0, 0.5], [0.5, 1.0]], [1.0, 2.0])
+    assert full["F"] == pytest.approx(W / 2, rel=1e-12) and full["note"] == ""
+    # 3 clusters: persona (3 coefficients) exceeds G - 1 = 2; prompt (1) does not
+    r = rows.assign(site=np.arange(len(rows)) % 3)
+    d = logit("refusal ~ persona + prompt", r, cluster="site").drop1().set_index("term")
+    assert np.isnan(d.loc["persona", "F"]) and "only G - 1 = 2" in d.loc["persona", "note"]
+    assert np.isfinite(d.loc["prompt", "p_value"]) and d.loc["prompt", "df_resid"] == 2
+
+
+# ----------------------------------------------------------------------------- pseudo-R²
+def test_pseudo_r2_rows_equal_trials_and_closed_form(rows):
+    a = logit("refusal ~ persona + model + prompt", rows, reference=REF)
+    b = logit("k ~ persona + model + prompt", _cells(), reference=REF, trials="n")
+    assert a.pseudo_r2 == pytest.approx(b.pseudo_r2, abs=1e-12)
+    for pen in ("firth", "l2"):
+        kw = {"penalty": pen} | ({"alpha": 0.01} if pen == "l2" else {})
+        fa = logit("refusal ~ persona + model + prompt", rows, reference=REF, **kw)
+        fb = logit("k ~ persona + model + prompt", _cells(), reference=REF, trials="n", **kw)
+        assert fa.pseudo_r2 == pytest.approx(fb.pseudo_r2, abs=1e-12)
+        assert 0 <= fb.pseudo_r2 <= a.pseudo_r2  # the MLE maximises the unpenalized loglik
+    # closed form: a model saturated in prompt has p = s/n per prompt level
+    c = _cells().groupby("prompt")[["k", "n"]].sum()
+    s, n = c["k"].to_numpy(float), c["n"].to_numpy(float)
+    ll = float(np.sum(s * np.log(s / n) + (n - s) * np.log1p(-s / n)))
+    S, N = s.sum(), n.sum()
+    ll0 = S * np.log(S / N) + (N - S) * np.log1p(-S / N)
+    assert logit("refusal ~ prompt", rows).pseudo_r2 == pytest.approx(1 - ll / ll0, abs=1e-12)
+
+
+def test_pseudo_r2_of_firth_below_the_null_is_zero_with_a_note():
+    # four groups with the same rate 2/10: the MLE is the null model; Firth's estimate in a
+    # one-way (saturated) model is p = (s + 1/2)/(n + 1) per group, whose unpenalized
+    # log-likelihood is below the null's
+    df = pd.DataFrame({"g": np.repeat(list("abcd"), 10), "refusal": np.tile([1, 1] + [0] * 8, 4)})
+    f = logit("refusal ~ g", df, penalty="firth")
+    pf = 2.5 / 11
+    ll = 40 * (0.2 * np.log(pf) + 0.8 * np.log1p(-pf))
+    ll0 = 40 * (0.2 * np.log(0.2) + 0.8 * np.log(0.8))
+    assert f.pseudo_r2 == 0.0
+    note = [x for x in f.notes if "pseudo-R2" in x]
+    assert len(note) == 1 and f"{1 - ll / ll0:.3g}" in note[0]
+    assert logit("refusal ~ g", df).pseudo_r2 == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- what the tests say
+def test_firth_summary_pairs_penalized_lr_chisq_with_its_p(endometrial):
+    from scipy import stats
+
+    f = logit("HG ~ NV + PI + EH", endometrial, penalty="firth")
+    tab = f.coef_table()
+    assert "z" not in tab.columns and "chisq" in tab.columns
+    # the chi-square statistic behind R's penalized LR p-values (values in the Firth test above)
+    r_p = [0.00419362788558682, 0.00912366754708601, 0.387482203566458, 2.50686721485585e-05]
+    np.testing.assert_allclose(tab["chisq"], stats.chi2.isf(r_p, 1), rtol=1e-4)
+    s = str(f.summary())
+    assert "Chisq" in s and "Pr(>Chisq)" in s and "z value" not in s and "Pr(>|z|)" not in s
+    assert "penalized likelihood-ratio" in s
+
+
+def test_ridge_and_lasso_give_no_pvalues_or_stars(rows):
+    r = logit("refusal ~ persona + model + prompt", rows, reference=REF, penalty="l2", alpha=0.01)
+    s = str(r.summary())
+    for piece in ("Pr(", "z value", "Signif. codes", "*"):
+        assert piece not in s, piece
+    assert "No p-values" in s and "posterior" in r.ci_method
+    tab = r.coef_table()
+    assert not {"z", "p", "chisq"} & set(tab.columns) and np.isfinite(tab["ci_low"]).all()
+    assert r.pvalues.isna().all() and r.zvalues.isna().all()
+    for call in (r.anova, r.drop1, lambda: r.coef_table(adjust="holm")):
+        with pytest.raises(ValueError, match="no p-values or tests"):
+            call()
+    lasso = logit("refusal ~ persona + model + prompt", rows, reference=REF, penalty="l1", alpha=0.01,
+                  ci="bootstrap", n_boot=30, progress=False)
+    assert "bootstrap" in lasso.ci_method and "not confidence intervals" in lasso.ci_method
+    assert "Pr(" not in str(lasso.summary()) and "p" not in lasso.coef_table().columns
+    with pytest.raises(ValueError, match="no p-values or tests"):
+        lasso.drop1()
