@@ -60,15 +60,25 @@ def with_free_and_answers() -> pd.DataFrame:
     return rs.validate(pd.DataFrame(rows))
 
 
+def rep_rows_refusals(rep) -> int:
+    return int(pd.read_csv(rep.tables["rates_model_task"])["refusals"].sum())
+
+
 # ------------------------------------------------------------------ simulated table
 def test_every_section_is_on_the_page_and_skips_say_why(sim_report):
     rep, html = sim_report
     keys = [s.key for s in rep.sections]
-    assert keys == ["rates", "persona_free", "personas", "response_type", "w2", "logit",
-                    "hierarchical", "answers"]
+    assert keys == ["rates", "factors", "persona_free", "personas", "response_type", "w2",
+                    "logit", "hierarchical", "answers"]
     for s in rep.sections:
         assert f'id="{s.key}"' in html and s.title.replace("'", "&#x27;") in html
     assert set(rep.skipped) == {"persona_free", "hierarchical", "answers"}
+    # a rates table for every design column (simulate_paper: task, persona_group, prompt,
+    # response_type, setting; model and persona have their own sections)
+    for col in ("task", "persona_group", "prompt", "response_type"):
+        tab = pd.read_csv(rep.tables[f"rates_by_{col}"])
+        assert tab["rate"].is_monotonic_increasing
+        assert tab["refusals"].sum() == rep_rows_refusals(rep)
     assert "no persona-free rows" in rep.skipped["persona_free"]
     assert "hierarchical=False" in rep.skipped["hierarchical"]
     assert "'response'" in rep.skipped["answers"]

@@ -445,6 +445,51 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
     return fig
 
 
+def rates_by(data: pd.DataFrame, column: str, *, method: str = "wilson",
+             cluster: str | None = "auto", title: str | None = None) -> Figure:
+    """Refusal rate per level of any column with CIs, levels sorted by rate (a forest plot).
+
+    Parameters
+    ----------
+    data : DataFrame
+        A response table, or a rate table with ``column``, ``rate``, ``ci_low``, ``ci_high``.
+    column : str
+        The design column (e.g. ``"prompt"``, XSTest's prompt type, or ``"persona_group"``).
+    method, cluster : str
+        Interval method and clustering when rates are computed here
+        (:func:`refusalstats.refusal_rates`).
+    title : str, optional
+        Figure title.
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> fig = rs.plot.rates_by(rs.simulate_paper(scale=0.02), "prompt")
+    >>> fig.axes[0].get_xlabel()
+    'refusal rate (%)'
+    """
+    _need(data, [column], "rates_by")
+    tab = _rate_table(data, [column], method, cluster).sort_values("rate", kind="stable")
+    labels = [str(v) for v in tab[column]]
+    r, lo, hi = (100 * tab[c].to_numpy(float) for c in ("rate", "ci_low", "ci_high"))
+    width = max(4.6, 0.055 * max(len(t) for t in labels) + 3.6)
+    fig = _figure(width, 0.24 * len(labels) + 1.5)
+    ax = fig.subplots()
+    y = np.arange(len(labels))
+    ok = np.isfinite(r)
+    ax.errorbar(r[ok], y[ok], xerr=[np.maximum(r - lo, 0)[ok], np.maximum(hi - r, 0)[ok]],
+                fmt="o", color=_CAT[0], ms=4, capsize=2, lw=1, zorder=3)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("refusal rate (%)")
+    ax.set_ylabel(column)
+    ax.set_xlim(left=0)
+    ax.grid(axis="x", color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    _style(ax)
+    fig.suptitle(title or f"Refusal rate by {column} (95% CI)", x=0.01, ha="left")
+    return fig
+
+
 # ----------------------------------------------------------------------------------------
 # Figs. 7-9: model x persona
 # ----------------------------------------------------------------------------------------
@@ -576,13 +621,16 @@ def w2(result, *, title: str | None = None) -> Figure:
     Bars are iota with CI whiskers and the value written above; behind each bar a grey
     box spans 0 to the 95% quantile of iota under permutation (an input whose bar stays
     inside it is indistinguishable from an irrelevant one) and a dashed tick marks the
-    null mean (the estimator's bias at that partition size).
+    null mean (the estimator's bias at that partition size). An input that is not
+    distinguishable from its permutation null (column ``distinguishable`` False, or
+    ``p_value`` > 0.05 when that column is absent) is drawn grey and hatched and labelled
+    "~ null"; an estimate outside its own CI gets a dagger, explained under the axes.
 
     Parameters
     ----------
     result : W2SensitivityResult or DataFrame
         ``w2_sensitivity(...)`` or its ``.table`` (``input, iota, ci_low, ci_high``;
-        ``null_mean``, ``null_q95`` optional).
+        ``null_mean``, ``null_q95``, ``p_value``, ``distinguishable`` optional).
     title : str, optional
         Figure title.
 
@@ -619,17 +667,31 @@ def w2(result, *, title: str | None = None) -> Figure:
             ax.add_patch(Rectangle((xi_ - 0.42, 0.0), 0.84, q95, color="0.85", lw=0, zorder=0))
             ax.hlines(mean, xi_ - 0.42, xi_ + 0.42, colors="0.3", linestyles="--", lw=1,
                       zorder=3)
-    ax.bar(x, iota, width=0.55, color=_CAT[0], zorder=2)
     ok = np.isfinite(lo) & np.isfinite(hi)
+    if "distinguishable" in tab.columns:
+        dist = tab["distinguishable"].astype("boolean").fillna(True).to_numpy(bool)
+    elif "p_value" in tab.columns:
+        pv = tab["p_value"].to_numpy(float)
+        dist = ~(np.isfinite(pv) & (pv > 0.05))
+    else:
+        dist = np.ones(n, dtype=bool)
+    outside = ok & ((iota < lo) | (iota > hi))
+    bars = ax.bar(x, iota, width=0.55, color=[_CAT[0] if d else "0.62" for d in dist],
+                  zorder=2)
+    for bar, d in zip(bars, dist):
+        if not d:
+            bar.set_hatch("//")
+            bar.set_gid("null-like")
     # Draw each interval from its ends: the given-data estimator is biased upward, so a
     # bootstrap CI need not contain the estimate (errorbar would reject negative lengths).
     ax.vlines(x[ok], lo[ok], hi[ok], colors="black", lw=1.2, zorder=4, gid="ci")
     for end in (lo, hi):
         ax.hlines(end[ok], x[ok] - 0.08, x[ok] + 0.08, colors="black", lw=1.2, zorder=4)
     top = np.nanmax(np.concatenate([hi[ok] if ok.any() else iota, iota]))
-    for xi_, v, a, b, good in zip(x, iota, lo, hi, ok):
-        label = f"{v:.3f}" + (f"\n[{a:.3f}, {b:.3f}]" if good else "")
-        ax.text(xi_, (b if good else v) + 0.02 * max(top, 1e-3), label, ha="center",
+    for xi_, v, a, b, good, d, o in zip(x, iota, lo, hi, ok, dist, outside):
+        label = (f"{v:.3f}" + (" \u2020" if o else "") + (f"\n[{a:.3f}, {b:.3f}]" if good else "")
+                 + ("" if d else "\n~ null"))
+        ax.text(xi_, (max(b, v) if good else v) + 0.02 * max(top, 1e-3), label, ha="center",
                 va="bottom", fontsize=7)
     ax.set_xticks(x, tab["input"].astype(str).tolist())
     ax.set_xlabel("input")
@@ -639,7 +701,15 @@ def w2(result, *, title: str | None = None) -> Figure:
     if has_null:
         handles += [Patch(color="0.85", label="permutation null, 0 to 95% quantile"),
                     Line2D([], [], color="0.3", ls="--", label="null mean (bias)")]
+    if not dist.all():
+        handles.append(Patch(facecolor="0.62", hatch="//",
+                             label="~ null: not distinguishable from it (p > 0.05)"))
     ax.legend(handles=handles, loc="upper right", frameon=False)
+    if outside.any():
+        ax.annotate("\u2020 estimate outside its own CI: the estimator's bias is large relative "
+                    "to its spread (see iota_corrected, p_value)", xy=(0, 0),
+                    xycoords="axes fraction", xytext=(0, -32), textcoords="offset points",
+                    fontsize=7, color="0.3", va="top", gid="w2-footnote")
     _style(ax)
     ax.set_title(title or "How much each input explains refusal (W2 index)", loc="left")
     return fig

@@ -42,6 +42,7 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, np.linalg.
 #: Section titles, in page order.
 TITLES: dict[str, str] = {
     "rates": "Refusal rate by model and task (Table 1)",
+    "factors": "Refusal rate by each design factor",
     "persona_free": "With and without a persona (Fig. 1)",
     "personas": "Refusal rate per persona (Figs. 2–3, 7–9)",
     "response_type": "Refusal rate by response type (Figs. 4, 10, 11)",
@@ -205,6 +206,51 @@ def rates_section(ctx: Context) -> Section:
             f"{len(never)} model{'' if one else 's'} never refused: {', '.join(never)} — "
             f"{'its' if one else 'their'} regression coefficient{'' if one else 's'} "
             f"{'is' if one else 'are'} not identifiable without penalisation (separation)."
+        )
+    return s
+
+
+#: Schema columns that describe the design (what was varied), in display order.
+DESIGN_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "persona_group", "prompt",
+                                   "response_type", "setting", "safe")
+#: A non-schema categorical column with at most this many levels is treated as a design column.
+MAX_DESIGN_LEVELS = 60
+
+
+def design_columns(d: pd.DataFrame) -> list[str]:
+    """The table's design columns with >= 2 levels: schema ones, then other categoricals."""
+    cols = [c for c in DESIGN_COLUMNS if _multi(d, c)]
+    skip = set(DESIGN_COLUMNS) | {"refusal", "item_id", "response", "prompt_text", "system_text",
+                                  "gold_label", "predicted_label", "label", "label_refusal"}
+    for c in d.columns:
+        if c in skip or not isinstance(d[c].dtype, pd.CategoricalDtype):
+            continue
+        if 2 <= d[c].nunique(dropna=True) <= MAX_DESIGN_LEVELS:
+            cols.append(c)
+    return cols
+
+
+def factors_section(ctx: Context) -> Section:
+    s = Section("factors", TITLES["factors"],
+                "Refusal rate per level of each column that describes the design, levels "
+                "sorted by rate, with 95% CIs (cluster-robust when answers are clustered).")
+    d = ctx.data
+    cols = [c for c in design_columns(d) if c not in ("persona", "model")]  # own sections
+    if not cols:
+        s.skipped = "no design column other than model and persona has two or more levels."
+        return s
+    for col in cols:
+        tab = _refusal_rates(d, [col], ctx.cluster).sort_values("rate", kind="stable")
+        tab = tab.reset_index(drop=True)
+        s.figures.append(render(F.rates_by(tab, col), f"rates_by_{col}",
+                                f"Refusal rate by {col}, sorted, with 95% CIs."))
+        s.tables.append(TableItem(f"rates_by_{col}", f"Refusal rate by {col}.", tab,
+                                  rate_display(tab, [col]), collapsed=len(tab) > 24))
+        hi, lo = tab.loc[tab["rate"].idxmax()], tab.loc[tab["rate"].idxmin()]
+        s.findings.append(
+            f"By {col}: highest {hi[col]} {pct(hi['rate'])} (95% CI "
+            f"{pct_ci(hi['ci_low'], hi['ci_high'])}), lowest {lo[col]} {pct(lo['rate'])} "
+            f"(95% CI {pct_ci(lo['ci_low'], lo['ci_high'])})."
         )
     return s
 
@@ -503,6 +549,10 @@ def _logit_outputs(s: Section, fit, data: pd.DataFrame | None = None) -> None:
     if getattr(fit, "n_obs", None):
         method.append(f"{fit.n_obs:,} rows in {getattr(fit, 'n_patterns', 0):,} covariate patterns")
     s.notes.append(f"Formula {getattr(fit, 'formula', '')}; " + "; ".join(method) + ".")
+    refs = getattr(fit, "reference", None)
+    if refs:
+        s.notes.append("Reference levels (each coefficient is relative to these): "
+                       + ", ".join(f"{k} = {v}" for k, v in refs.items()) + ".")
     for sep in getattr(fit, "separation", None) or []:
         s.notes.append(f"Separation: {sep}")
     s.tables.append(TableItem("coefficients", "All coefficients (Table 7).",
@@ -739,6 +789,7 @@ def answers_section(ctx: Context) -> Section:
 #: The sections, in page order.
 SECTIONS: list[tuple[str, Callable[[Context], Section]]] = [
     ("rates", rates_section),
+    ("factors", factors_section),
     ("persona_free", persona_free_section),
     ("personas", personas_section),
     ("response_type", response_type_section),
