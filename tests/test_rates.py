@@ -571,3 +571,126 @@ def test_rank_agreement_by_group_and_errors(paper):
     gap = df[~((df.model == "model1") & (df.persona == "persona3"))]
     with pytest.raises(ValueError, match=r"1 combination\(s\) have none.*model1.*persona3"):
         rs.rank_agreement(gap)
+
+
+# ---------------------------------------------------------------------------------------
+# clustering by item: cluster="auto", and calibration (coverage / false-positive rates)
+# ---------------------------------------------------------------------------------------
+
+
+def stacked_items(reps, seed, **kw):
+    """``reps`` rs.simulate_items tables in one (``rep`` column, item ids unique)."""
+    frames, truth = [], None
+    n_items = kw.get("n_items", 200)
+    for r in range(reps):
+        d = rs.simulate_items(seed=seed + r, **kw)
+        truth, d.attrs = d.attrs["truth"], {}
+        frames.append(d.assign(item_id=d["item_id"] + r * n_items, rep=r))
+    return pd.concat(frames, ignore_index=True), truth
+
+
+def test_refusal_rates_auto_clusters_by_item_id():
+    df = rs.simulate_items(n_items=60, k=10, seed=2)
+    with pytest.warns(rs.ClusterNote, match="refusal_rates: clustering by 'item_id'"):
+        auto = rs.refusal_rates(df, by="task")
+    pd.testing.assert_frame_equal(auto, rs.refusal_rates(df, by="task", cluster="item_id"))
+    assert auto.attrs["cluster"] == ["item_id"]
+    # by item: each group is one item, nothing to cluster within; no note
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rs.ClusterNote)
+        per_item = rs.refusal_rates(df, by="item_id")
+        plain = rs.refusal_rates(df.drop(columns="item_id"), by="task")
+    assert "n_eff" not in per_item.columns and "n_eff" not in plain.columns
+    with pytest.raises(SchemaError, match=r"cluster column\(s\) \['unit'\] not in the table"):
+        rs.refusal_rates(df, cluster="unit")
+
+
+def test_refusal_rates_default_covers_on_clustered_items():
+    # three tasks at population-averaged rates 2%, 10%, 50% (item sd 1 on the logit
+    # scale), 50 items x 10 answers per task; 400 replicates x 3 intervals
+    z, w = np.polynomial.hermite_e.hermegauss(61)
+    w = w / w.sum()
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    logit = [brentq(lambda e, t=t: np.sum(w * expit(e + z)) - t, -20, 20)
+             for t in (0.02, 0.10, 0.50)]  # fmt: skip
+    df, truth = stacked_items(400, 100, n_items=150, k=10, item_sd=1.0, item_levels=3,
+                              intercept=logit[0], item_effect=[v - logit[0] for v in logit])
+    true = {f"t{i}": truth["marginal_rate_task_persona"][f"t{i}|p0"] for i in range(3)}
+    assert list(true.values()) == pytest.approx([0.02, 0.10, 0.50])
+
+    def coverage(res):
+        tv = res["task"].astype(str).map(true)
+        return float(np.mean((res["ci_low"] <= tv) & (tv <= res["ci_high"])))
+
+    with pytest.warns(rs.ClusterNote):
+        default = rs.refusal_rates(df, by=["rep", "task"])
+    naive = rs.refusal_rates(df, by=["rep", "task"], cluster=None)
+    # Monte Carlo s.e. about 0.0065 at 0.95 over 1,200 intervals
+    assert 0.93 <= coverage(default) <= 0.975
+    assert coverage(naive) < 0.90  # independent-rows Wilson: about 0.85
+
+
+def test_persona_effect_clustered_by_hand_and_coverage():
+    eff = [0.0, 0.6, 0.3, 0.9, 0.0]
+    df, truth = stacked_items(400, 7, n_items=150, k=10, item_sd=1.0, item_levels=3,
+                              intercept=-2.6, item_effect=[0.0, -1.0, 1.0], row_effect=eff)
+    df["setting"] = np.where(df["persona"].astype(str) == "p0", "persona-free", "persona")
+    marg = truth["marginal_rate_task_persona"]
+    true = {f"t{i}": np.mean([marg[f"t{i}|p{j}"] for j in range(1, 5)]) - marg[f"t{i}|p0"]
+            for i in range(3)}  # fmt: skip
+    with pytest.warns(rs.ClusterNote, match="persona_effect"):
+        out = rs.persona_effect(df, by=["rep", "task"])
+    assert out.attrs["method"] == "mover-clustered"
+    tv = out["task"].astype(str).map(true)
+    cover = float(np.mean((out["ci_low"] <= tv) & (tv <= out["ci_high"])))
+    assert 0.93 <= cover <= 0.975  # s.e. about 0.0065 over 1,200 intervals
+    # by hand for one group: clustered Wilson limits of each arm (as refusal_rates gives
+    # them), the cluster-robust correlation of the two rates, Zou & Donner's MOVER
+    one = df[(df.rep == 0) & (df.task == "t2")]
+    arms = rs.refusal_rates(one, by="setting", cluster="item_id").set_index("setting")
+    (p1, l1, u1), (p2, l2, u2) = (arms.loc[s, ["rate", "ci_low", "ci_high"]]
+                                  for s in ("persona", "persona-free"))  # fmt: skip
+    cl = one.groupby(["item_id", "setting"], observed=True)["refusal"].agg(["size", "sum"])
+    cl = cl.unstack("setting", fill_value=0)
+    e1 = cl[("sum", "persona")] - p1 * cl[("size", "persona")]
+    e2 = cl[("sum", "persona-free")] - p2 * cl[("size", "persona-free")]
+    n1, n2, c = cl[("size", "persona")].sum(), cl[("size", "persona-free")].sum(), len(cl)
+    v1 = c / (c - 1) * (e1**2).sum() / n1**2
+    v2 = c / (c - 1) * (e2**2).sum() / n2**2
+    r = c / (c - 1) * (e1 * e2).sum() / (n1 * n2) / np.sqrt(v1 * v2)
+    d = p1 - p2
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * r * (p1 - l1) * (u2 - p2))
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2 - 2 * r * (u1 - p1) * (p2 - l2))
+    row = out[(out.rep == 0) & (out.task == "t2")].iloc[0]
+    assert row["correlation"] == pytest.approx(r) and r > 0.1  # items shared by both settings
+    assert [row["difference"], row["ci_low"], row["ci_high"]] == pytest.approx([d, lo, hi])
+    assert row["design_effect_persona"] == pytest.approx(arms.loc["persona", "design_effect"])
+    assert row["n_clusters"] == 50
+    # no item_id: Newcombe's independent-samples interval, as before
+    plain = rs.persona_effect(df[df.rep == 0].drop(columns="item_id"), by="task")
+    assert plain.attrs["method"] == "newcombe" and "correlation" not in plain.columns
+
+
+def test_cochran_q_false_positive_rate_on_sparse_complete_blocks():
+    # 400 null tables: 60 items x 4 conditions at about 3%, item sd 1 (few informative
+    # blocks, where chi2 is not trusted); the exact test's size is at most 0.05
+    rng = np.random.default_rng(5)
+    reps, n_items, k = 400, 60, 4
+    eta = -4.0 + rng.normal(0, 1, (reps, n_items, 1))
+    y = (rng.random((reps, n_items, k)) < 1 / (1 + np.exp(-eta))).astype(int)
+    r, i, j = np.indices(y.shape)
+    df = pd.DataFrame({"rep": r.ravel(), "item_id": i.ravel(), "persona": j.ravel(),
+                       "refusal": y.ravel()})  # fmt: skip
+    out = rs.cochran_q(df, by="rep", method="exact")
+    assert (out["method"].isin(["exact", "none"])).all()
+    assert out["n_informative"].median() < 20
+    size = float(np.mean(np.nan_to_num(out["p_value"], nan=1.0) <= 0.05))
+    assert size <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / reps)  # 0.072
+    # under the null the exact p-values are super-uniform: P(p <= a) <= a at every a
+    p = np.nan_to_num(out["p_value"].to_numpy(), nan=1.0)
+    for a in (0.1, 0.25, 0.5):
+        assert np.mean(p <= a) <= a + 2 * np.sqrt(a * (1 - a) / reps)
