@@ -6,12 +6,15 @@ default (``"auto"``) means the same thing in rates, logit, W2, the report and th
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["AUTO_CLUSTER_COLUMN", "ClusterNote", "resolve_cluster"]
+__all__ = ["AUTO_CLUSTER_COLUMN", "ClusterNote", "check_conf", "check_random_state",
+           "resolve_cluster"]
 
 #: The column ``cluster="auto"`` looks for.
 AUTO_CLUSTER_COLUMN = "item_id"
@@ -79,7 +82,8 @@ def resolve_cluster(
                 stacklevel=3,
             )
         return AUTO_CLUSTER_COLUMN
-    names = [cluster] if isinstance(cluster, str) else list(cluster)
+    names = [cluster] if isinstance(cluster, str) else (
+        list(cluster) if isinstance(cluster, (list, tuple)) else None)
     if not names or not all(isinstance(c, str) for c in names):
         raise TypeError(
             f"{prefix}cluster must be 'auto', None, a column name or a list of column names; "
@@ -94,3 +98,40 @@ def resolve_cluster(
                    f"{list(map(str, data.columns))}. Pass cluster=None for independent rows.")
             raise SchemaError([msg])
     return cluster
+
+
+def check_conf(conf, name: str = "conf") -> float:
+    """A confidence level strictly between 0 and 1 (e.g. 0.95), as a float.
+
+    >>> check_conf(0.9)
+    0.9
+    """
+    if isinstance(conf, bool) or not isinstance(conf, numbers.Real) or not 0 < float(conf) < 1:
+        raise ValueError(f"{name} must be a confidence level between 0 and 1 (e.g. 0.95), "
+                         f"got {conf!r}")
+    return float(conf)
+
+
+def check_random_state(seed) -> np.random.Generator:
+    """One random generator from ``seed``: an int, None (fresh entropy) or a Generator.
+
+    A :class:`numpy.random.Generator` is used as given (its state advances), as
+    scikit-learn's ``check_random_state`` does with a ``RandomState``; an int gives a
+    reproducible generator; ``None`` a fresh, unseeded one.
+
+    >>> bool(check_random_state(1).integers(100) == check_random_state(1).integers(100))
+    True
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:
+        return np.random.default_rng()
+    if isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool):
+        if int(seed) < 0:
+            raise ValueError(f"seed must be a non-negative integer, None or a "
+                             f"numpy.random.Generator, got {seed!r}")
+        return np.random.default_rng(int(seed))
+    if isinstance(seed, np.random.SeedSequence):
+        return np.random.default_rng(seed)
+    raise TypeError(f"seed must be an int, None or a numpy.random.Generator, got "
+                    f"{type(seed).__name__} {seed!r}")
