@@ -18,8 +18,12 @@ patterns. Estimators:
   ``alpha="cv"`` picks alpha by K-fold cross-validation with folds grouped by
   ``cluster``.
 
-Standard errors are model based, or cluster-robust (CR1) with ``cluster="item_id"``;
-``ci="bootstrap"`` resamples clusters (or rows). The maths is in ``docs/methods_logit.md``.
+Standard errors are model based, or cluster-robust (CR1) by ``cluster=`` (default
+``"auto"``: ``item_id`` when items repeat); with clusters, ``anova()`` / ``drop1()`` are
+CR1 Wald F tests on (q, G - 1) df instead of likelihood-ratio tests, which assume
+independent rows. ``ci="bootstrap"`` resamples clusters (or rows). The maths is in
+``docs/methods_logit.md``; ``benchmarks/calibration_logit.py`` measures the tests' level
+and the intervals' coverage.
 """
 
 from __future__ import annotations
@@ -846,10 +850,18 @@ class LogitResults:
     Attributes
     ----------
     params, bse, zvalues, pvalues : Series
-        Estimates, standard errors, z statistics and p-values by term name.
-    loglik, loglik_null, deviance, null_deviance, aic, bic, pseudo_r2 : float
-        Log-likelihood (unpenalized), of the null model, deviances, information
-        criteria and McFadden's pseudo-R² ``1 - loglik / loglik_null``.
+        Estimates, standard errors, Wald z statistics and p-values by term name
+        (``statistic`` is the one behind the p-value: z, or Firth's penalized LR
+        chi-square; ridge / lasso / elastic net have no p-values).
+    p_method : str
+        "wald", "plr" (penalized likelihood ratio) or "none".
+    loglik, loglik_null, deviance, null_deviance, aic, bic : float
+        Log-likelihood (unpenalized; R's, with binomial constants for ``trials=``
+        input), of the null model, deviances and information criteria as R.
+    pseudo_r2 : float
+        McFadden's ``1 - l(b) / l_0`` on the row-level Bernoulli log-likelihood
+        (unpenalized, at the fitted coefficients; ``l_0`` intercept-only): the same for
+        rows and ``trials=`` input, in [0, 1] (a Firth fit below the null reports 0 and a note).
     iterations : int
         Newton / Fisher scoring iterations of the fit.
     separation : list of str
