@@ -1029,8 +1029,8 @@ class LogitResults:
         if testing:
             lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
         else:
-            lines += ["---", "No p-values: a penalized estimate is biased toward 0 and has no valid "
-                      "frequentist test (refit with penalty=None or 'firth' for tests)."]
+            lines += ["---", ("No p-values: a penalized estimate is biased toward 0 and has no valid "
+                              "frequentist test (refit with penalty=None or 'firth' for tests).")]
         lines += ["", "(Dispersion parameter for binomial family taken to be 1)", "",
                   f"    Null deviance: {self.null_deviance:.{_dp(self.null_deviance)}f}  on {self.df_null}  degrees of freedom",
                   f"Residual deviance: {self.deviance:.{_dp(self.deviance)}f}  on {self.df_resid}  degrees of freedom",
