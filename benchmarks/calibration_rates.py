@@ -86,11 +86,30 @@ def rates_checks(reps: int, seed: int) -> list[dict]:
                     rows.append(_row(f"refusal_rates {name}, 95% Wilson, task rate {t:.0%}",
                                      data, "coverage", hit[sel], COVER, None, t0))  # fmt: skip
             elif item_sd > 0:
-                rows.append(_row("refusal_rates baseline (unclustered): cluster=None, tasks at "
-                                 "2/10/50% pooled", data, "coverage", hit, None, 1.0, t0))
+                rows.append(
+                    _row(
+                        "refusal_rates baseline (unclustered): cluster=None, tasks at "
+                        "2/10/50% pooled",
+                        data,
+                        "coverage",
+                        hit,
+                        None,
+                        1.0,
+                        t0,
+                    )
+                )
             elif name.startswith("default"):
-                rows.append(_row(f"refusal_rates {name} on independent rows, tasks at 2/10/50% "
-                                 "pooled", data, "coverage", hit, COVER, None, t0))
+                rows.append(
+                    _row(
+                        f"refusal_rates {name} on independent rows, tasks at 2/10/50% pooled",
+                        data,
+                        "coverage",
+                        hit,
+                        COVER,
+                        None,
+                        t0,
+                    )
+                )
     return rows
 
 
@@ -128,8 +147,10 @@ def persona_effect_checks(reps: int, seed: int) -> list[dict]:
     true = {f"t{i}": np.mean([marg[f"t{i}|p{j}"] for j in range(1, 5)]) - marg[f"t{i}|p0"]
             for i in range(3)}  # fmt: skip
     df["setting"] = np.where(df["persona"].astype(str) == "p0", "persona-free", "persona")
-    data = ("simulate_items: 150 items x 10 answers, item sd 1, persona p0 as persona-free "
-            "(2 of each item's 10 answers); tasks at 10% (free) and -1/+1 logit")
+    data = (
+        "simulate_items: 150 items x 10 answers, item sd 1, persona p0 as persona-free "
+        "(2 of each item's 10 answers); tasks at 10% (free) and -1/+1 logit"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rs.ClusterNote)
         default = rs.persona_effect(df, by=["rep", "task"])
@@ -181,12 +202,43 @@ def cochran_checks(reps: int, seed: int) -> list[dict]:
     return rows
 
 
+def disparity_checks(reps: int, seed: int) -> list[dict]:
+    """Item-bootstrap percentile interval of de Araujo & Roth's disparity ratio.
+
+    Complete design (every item answered once by each of 10 personas: 4 in category G
+    with logit effects 0, 0.5, 1, -0.5; 6 controls with 0, +-0.25, +-0.5, 0.1), item
+    sd 1, base rate 15%. Truth: the ratio of the sds of the personas'
+    population-averaged rates. Fewer replicates for the larger table (time).
+    """
+    rows = []
+    eff = [0.0, 0.5, 1.0, -0.5, 0.0, 0.25, -0.25, 0.5, -0.5, 0.1]
+    for n_items, n_rep in [(200, reps), (1000, max(reps // 4, 1))]:
+        t0 = time.perf_counter()
+        df, truth = stacked(n_rep, seed + 40_000 + n_items, n_items=n_items, k=10, item_sd=1.0,
+                            item_levels=1, row_levels=10, intercept=marginal_logit(0.15, 1.0),
+                            row_effect=eff)  # fmt: skip
+        m = truth["marginal_rate_task_persona"]
+        r = np.array([m[f"t0|p{j}"] for j in range(10)])
+        true = float(np.std(r[:4], ddof=1) / np.std(r[4:], ddof=1))
+        df["persona_group"] = np.where(df["persona"].cat.codes < 4, "G", "control")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rs.ClusterNote)
+            out = rs.disparity(df, by="rep", n_boot=300, seed=seed)
+        hit = (out["ci_low"] <= true) & (true <= out["ci_high"])
+        rows.append(_row("disparity default (cluster='auto': item bootstrap), 95% percentile, "
+                         f"true ratio {true:.2f}", f"complete blocks, {n_items} items x 10 "
+                         "personas (4 in the category, 6 controls), item sd 1, rate 15%",
+                         "coverage", hit, COVER, None, t0))  # fmt: skip
+    return rows
+
+
 def run(reps: int = 1000, seed: int = 0) -> list[dict]:
     rows = []
     rows += rates_checks(reps, seed)
     rows += cell_checks(reps, seed)
     rows += persona_effect_checks(reps, seed)
     rows += cochran_checks(reps, seed)
+    rows += disparity_checks(reps, seed)
     return rows
 
 

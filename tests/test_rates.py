@@ -293,7 +293,7 @@ def brute_force_exact(x):
 
     k = x.shape[1]
     rows = [r for r in x.sum(axis=1) if 0 < r < k]
-    q_of = lambda c: np.sum(np.asarray(c) ** 2)  # noqa: E731  (Q is monotone in it)
+    q_of = lambda c: np.sum(np.asarray(c) ** 2)
     obs = q_of(x[(x.sum(1) > 0) & (x.sum(1) < k)].sum(0))
     hits = total = 0
     for choice in product(*[list(combinations(range(k), r)) for r in rows]):
@@ -617,8 +617,16 @@ def test_refusal_rates_default_covers_on_clustered_items():
 
     logit = [brentq(lambda e, t=t: np.sum(w * expit(e + z)) - t, -20, 20)
              for t in (0.02, 0.10, 0.50)]  # fmt: skip
-    df, truth = stacked_items(400, 100, n_items=150, k=10, item_sd=1.0, item_levels=3,
-                              intercept=logit[0], item_effect=[v - logit[0] for v in logit])
+    df, truth = stacked_items(
+        400,
+        100,
+        n_items=150,
+        k=10,
+        item_sd=1.0,
+        item_levels=3,
+        intercept=logit[0],
+        item_effect=[v - logit[0] for v in logit],
+    )
     true = {f"t{i}": truth["marginal_rate_task_persona"][f"t{i}|p0"] for i in range(3)}
     assert list(true.values()) == pytest.approx([0.02, 0.10, 0.50])
 
@@ -636,8 +644,17 @@ def test_refusal_rates_default_covers_on_clustered_items():
 
 def test_persona_effect_clustered_by_hand_and_coverage():
     eff = [0.0, 0.6, 0.3, 0.9, 0.0]
-    df, truth = stacked_items(400, 7, n_items=150, k=10, item_sd=1.0, item_levels=3,
-                              intercept=-2.6, item_effect=[0.0, -1.0, 1.0], row_effect=eff)
+    df, truth = stacked_items(
+        400,
+        7,
+        n_items=150,
+        k=10,
+        item_sd=1.0,
+        item_levels=3,
+        intercept=-2.6,
+        item_effect=[0.0, -1.0, 1.0],
+        row_effect=eff,
+    )
     df["setting"] = np.where(df["persona"].astype(str) == "p0", "persona-free", "persona")
     marg = truth["marginal_rate_task_persona"]
     true = {f"t{i}": np.mean([marg[f"t{i}|p{j}"] for j in range(1, 5)]) - marg[f"t{i}|p0"]
