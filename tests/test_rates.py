@@ -331,15 +331,16 @@ def test_cochran_q_exact_equals_enumeration_and_permutation_agrees():
 
 
 def test_cochran_q_single_refusal_is_not_evidence():
-    # P2's Zephyr racism matrix: one refusal in the whole matrix; chi2 says p ~ .48
-    k, b = 40, 300
+    # P2's Zephyr racism matrix: one refusal among 163 personas; chi2 gives p = .485
+    # (Q = k - 1 on k - 1 df), the exact conditional test p = 1
+    k, b = 163, 300
     df = pd.DataFrame([(i, f"p{j}", int(i == 0 and j == 3)) for i in range(b) for j in range(k)],
                       columns=["item_id", "persona", "refusal"])  # fmt: skip
     with pytest.warns(RuntimeWarning, match="unreliable"):
         chi = rs.cochran_q(df, method="chi2")
     assert chi["Q"].item() == pytest.approx(k - 1)
     assert chi["p_value"].item() == pytest.approx(stats.chi2.sf(k - 1, k - 1))
-    assert 0.4 < chi["p_value"].item() < 0.5
+    assert round(chi["p_value"].item(), 3) == 0.485
     auto = rs.cochran_q(df)
     assert auto[["p_value", "method", "n_informative"]].values.tolist() == [[1.0, "exact", 1]]
     perm = rs.cochran_q(df, method="permutation", n_perm=99, seed=0)

@@ -838,6 +838,9 @@ def _cochran_exact(r: np.ndarray, k: int, s_obs: int, budget: int) -> float | No
     work = 0
     for ri in np.sort(r)[::-1]:
         ri = int(ri)
+        work += len(states) * comb(k, ri)
+        if work > budget:
+            return None
         if ri not in placements:
             idx = list(combinations(range(k), ri))
             m = np.zeros((len(idx), k), dtype=np.int64)
@@ -845,9 +848,6 @@ def _cochran_exact(r: np.ndarray, k: int, s_obs: int, budget: int) -> float | No
                 m[i, list(cmb)] = 1
             placements[ri] = m
         m = placements[ri]
-        work += len(states) * len(m)
-        if work > budget:
-            return None
         new = (states[:, None, :] + m[None, :, :]).reshape(-1, k)
         new.sort(axis=1)
         pr = np.repeat(probs / len(m), len(m))
@@ -860,7 +860,7 @@ def _cochran_exact(r: np.ndarray, k: int, s_obs: int, budget: int) -> float | No
             states, inv = np.unique(new, axis=0, return_inverse=True)
         probs = np.bincount(inv.ravel(), weights=pr, minlength=len(states))
     stat = np.sum(states**2, axis=1)
-    return float(min(1.0, probs[stat >= s_obs].sum()))
+    return float(min(1.0, probs[stat >= s_obs].sum() / probs.sum()))
 
 
 def _cochran_permutation(r: np.ndarray, k: int, s_obs: int, n_perm: int, rng) -> float:
