@@ -712,3 +712,32 @@ def test_cochran_q_false_positive_rate_on_sparse_complete_blocks():
     p = np.nan_to_num(out["p_value"].to_numpy(), nan=1.0)
     for a in (0.1, 0.25, 0.5):
         assert np.mean(p <= a) <= a + 2 * np.sqrt(a * (1 - a) / reps)
+
+
+def test_persona_effect_clustered_edge_cases():
+    # one item only: no cluster-robust interval (NaN), with a warning
+    df = pd.DataFrame({"item_id": [1] * 8, "setting": ["persona"] * 4 + ["persona-free"] * 4,
+                       "refusal": [1, 1, 0, 0, 1, 0, 0, 0]})  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="single item_id cluster"):
+        out = rs.persona_effect(df, cluster="item_id")
+    assert out["difference"].item() == 0.25 and np.isnan(out["ci_low"].item())
+    with pytest.raises(ValueError, match="also the setting column or in by"):
+        rs.persona_effect(df, cluster="setting")
+    with pytest.raises(SchemaError, match="not in the table"):
+        rs.persona_effect(df, cluster="unit")
+    # items never shared by the two settings: r = 0, each arm's clustered Wilson limits
+    two = pd.DataFrame(
+        {
+            "item_id": np.repeat(np.arange(40), 5),
+            "setting": np.where(np.arange(200) < 100, "persona", "persona-free"),
+            "refusal": (np.random.default_rng(0).random(200) < 0.3).astype(int),
+        }
+    )
+    res = rs.persona_effect(two, cluster="item_id")
+    assert res["correlation"].item() == 0.0
+    arms = rs.refusal_rates(two, by="setting", cluster="item_id").set_index("setting")
+    p1, l1, u1 = arms.loc["persona", ["rate", "ci_low", "ci_high"]]
+    p2, l2, u2 = arms.loc["persona-free", ["rate", "ci_low", "ci_high"]]
+    lo = p1 - p2 - np.hypot(p1 - l1, u2 - p2)
+    hi = p1 - p2 + np.hypot(u1 - p1, p2 - l2)
+    assert [res["ci_low"].item(), res["ci_high"].item()] == pytest.approx([lo, hi])
