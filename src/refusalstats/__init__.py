@@ -15,6 +15,7 @@ from .logit import LogitResults, SeparationWarning, logit
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .report import figures as plot
 from .report import report
+from .scan import collapse, scan_columns
 from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
@@ -38,6 +39,7 @@ __all__ = [
     "W2SensitivityResult",
     "__version__",
     "cochran_q",
+    "collapse",
     "detector",
     "disparity",
     "dumps",
@@ -51,6 +53,7 @@ __all__ = [
     "refusal_rates",
     "report",
     "sample_design",
+    "scan_columns",
     "simulate_items",
     "simulate_paper",
     "validate",

@@ -1,0 +1,521 @@
+"""Streaming aggregation of response tables into binomial counts.
+
+Every model in refusalstats needs only sufficient statistics: the number of rows
+(``n``) and of refusals (``refusals``) per covariate pattern, and, for cluster-robust
+inference, per cluster x pattern. :func:`collapse` computes that counts table from a
+DataFrame, a Parquet file, a directory of Parquet shards (searched recursively) or a
+glob, reading only the columns it needs, one record batch at a time: memory grows
+with the number of distinct patterns, never with the number of rows.
+
+The counts table is what ``rs.logit("refusals ~ ...", counts, trials="n")`` fits;
+the fit equals the fit on the rows (the binomial likelihood of a pattern is the
+product of its Bernoulli likelihoods). docs/scale.md shows how to compute the same
+table with DuckDB SQL, Dask or Spark.
+
+Engine: pyarrow datasets (fragment by fragment, record batch by batch), with the
+per-batch group-by done by dictionary codes and ``numpy.bincount``; the measurements
+behind that choice (against DuckDB's ``GROUP BY`` over ``read_parquet``) are in
+benchmarks/README.md ("Scale").
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["collapse", "scan_columns"]
+
+#: Names of the count columns :func:`collapse` adds.
+N_COLUMN = "n"
+REFUSALS_COLUMN = "refusals"
+
+_BATCH_ROWS = 1 << 18  # rows per record batch (memory ~ batch x projected columns)
+_COMPACT_ROWS = 1 << 20  # partial count rows buffered before they are merged
+
+
+# --------------------------------------------------------------------------- sources
+def _parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The Parquet files behind ``path``: a file, a folder (recursive) or a glob, sorted."""
+    if isinstance(path, (list, tuple)):
+        files: list[Path] = []
+        for p in path:
+            files.extend(_parquet_files(p))
+        if not files:
+            raise FileNotFoundError("the list of paths is empty")
+        return list(dict.fromkeys(files))
+    text = str(path)
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in _glob.glob(text, recursive=True)
+                       if Path(p).is_file() and not Path(p).name.startswith((".", "_")))
+        if not files:
+            raise FileNotFoundError(f"no file matches the pattern '{text}'")
+        return files
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no Parquet file or folder at '{p}'")
+    if p.is_file():
+        return [p]
+    if (p / "run.json").exists() and (p / "shards").is_dir():
+        # `refusalstats generate` shards hold raw generations (row_id, response, ...):
+        # no design columns and no refusal label until a detector has run.
+        if (p / "responses.parquet").exists():
+            return [p / "responses.parquet"]
+        raise ValueError(
+            f"'{p}' is a generation run directory: its shards hold raw responses without the "
+            "design columns or refusal labels. Run `refusalstats collect` (or "
+            "refusalstats.inference.collect_responses(..., detector=...)) to write "
+            f"'{p / 'responses.parquet'}', then analyse that"
+        )
+    files = sorted(f for f in p.rglob("*")
+                   if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
+                   and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+    if not files:
+        raise FileNotFoundError(f"the folder '{p}' holds no .parquet files (searched recursively)")
+    return files
+
+
+def _dataset(files: list[Path]):
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    try:
+        return ds.dataset([str(f) for f in files], format="parquet")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"could not open the Parquet dataset ({len(files)} file(s), first "
+                         f"'{files[0]}'): {detail}") from None
+
+
+def scan_columns(path: str | Path | Sequence[str | Path]) -> list[str]:
+    """Column names of a Parquet file, shard folder or glob, read from the schema only.
+
+    Examples
+    --------
+    >>> rs.scan_columns("runs/big/")  # doctest: +SKIP
+    ['item_id', 'model', 'task', 'persona', 'prompt', 'refusal']
+    """
+    return list(_dataset(_parquet_files(path)).schema.names)
+
+
+# --------------------------------------------------------------------------- levels
+@dataclass
+class _Levels:
+    """The distinct values of one key column, with a global id per value."""
+
+    name: str
+    index: pd.Index | None = None
+    categorical: bool | None = None  # dictionary-typed in the source (keeps stored order)
+    numeric: bool | None = None
+    hint: str = ""  # appended to a missing-value error (e.g. for a cluster column)
+
+    def ids(self, values) -> np.ndarray:
+        """Global ids of ``values`` (a pyarrow array of distinct values), adding new ones."""
+        vals = values.to_pandas() if hasattr(values, "to_pandas") else pd.Series(values)
+        vals = pd.Index(vals)
+        if self.index is None:
+            self.index = vals.unique()
+            return self.index.get_indexer(vals)
+        ids = self.index.get_indexer(vals)
+        new = ids < 0
+        if new.any():
+            self.index = self.index.append(vals[new].unique())
+            ids = self.index.get_indexer(vals)
+        return ids
+
+    def order(self, used: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+        """Rank of each global id in the output level order (-1 when unused), and the levels."""
+        idx = self.index if self.index is not None else pd.Index([])
+        used_ids = np.flatnonzero(used)
+        if self.categorical:
+            ordered = used_ids  # order of first appearance of the stored dictionaries
+        else:
+            vals = idx[used_ids]
+            if self.numeric:
+                ordered = used_ids[np.argsort(np.asarray(vals), kind="stable")]
+            else:
+                keys = sorted(range(len(vals)), key=lambda i: (str(type(vals[i])), vals[i]))
+                ordered = used_ids[np.asarray(keys, dtype=np.int64)]
+        rank = np.full(len(idx), -1, dtype=np.int64)
+        rank[ordered] = np.arange(len(ordered))
+        return rank, idx[ordered]
+
+
+@dataclass
+class _Accumulator:
+    """Counts per distinct key (tuple of global level ids), merged batch by batch."""
+
+    levels: list[_Levels]
+    codes: list[np.ndarray] = field(default_factory=list)
+    n: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    r: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pending: list[tuple[list[np.ndarray], np.ndarray, np.ndarray]] = field(default_factory=list)
+    pending_rows: int = 0
+    rows: int = 0
+
+    def add(self, codes: list[np.ndarray], n: np.ndarray, r: np.ndarray) -> None:
+        self.pending.append((codes, n, r))
+        self.pending_rows += len(n)
+        self.rows += int(n.sum())
+        if self.pending_rows >= max(_COMPACT_ROWS, len(self.n)):
+            self.compact()
+
+    def compact(self) -> None:
+        if not self.pending:
+            return
+        k = len(self.levels)
+        parts = ([(self.codes, self.n, self.r)] if len(self.n) else []) + self.pending
+        codes = [np.concatenate([p[0][j] for p in parts]) for j in range(k)]
+        n = np.concatenate([p[1] for p in parts])
+        r = np.concatenate([p[2] for p in parts])
+        self.pending, self.pending_rows = [], 0
+        sizes = [max(len(lv.index) if lv.index is not None else 0, 1) for lv in self.levels]
+        inv, first = _group(codes, sizes)
+        self.codes = [c[first] for c in codes]
+        self.n = np.bincount(inv, weights=n, minlength=len(first)).astype(np.int64)
+        self.r = np.bincount(inv, weights=r, minlength=len(first)).astype(np.int64)
+
+
+def _group(codes: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Group rows by their code tuples: (group of each row, first row of each group)."""
+    m = len(codes[0]) if codes else 0
+    if not codes:
+        return np.zeros(m, dtype=np.int64), np.zeros(min(m, 1), dtype=np.int64)
+    n_keys = float(np.prod(np.array(sizes, dtype=float)))
+    if n_keys < 2.0**62:
+        key = np.ravel_multi_index(codes, sizes) if len(codes) > 1 else codes[0].astype(np.int64)
+        if n_keys <= max(4.0 * m, 2.0**16):
+            counts = np.bincount(key, minlength=int(n_keys))
+            present = np.flatnonzero(counts)
+            slot = np.full(int(n_keys), -1, dtype=np.int64)
+            slot[present] = np.arange(len(present))
+            inv = slot[key]
+            first = np.full(len(present), m, dtype=np.int64)
+            np.minimum.at(first, inv, np.arange(m, dtype=np.int64))
+            return inv, first
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        return inv.ravel(), first
+    stacked = np.stack(codes, axis=1)  # pragma: no cover - astronomically many combinations
+    _, first, inv = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+    return inv.ravel(), first
+
+
+# --------------------------------------------------------------------------- checks
+def _where(source: str | None) -> str:
+    return f" in '{source}'" if source else ""
+
+
+def _key_codes(arr, lv: _Levels, source: str | None) -> np.ndarray:
+    """Global level ids of one key column of a record batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    typ = arr.type
+    is_dict = pa.types.is_dictionary(typ)
+    value_type = typ.value_type if is_dict else typ
+    if lv.categorical is None:
+        lv.categorical = is_dict
+        lv.numeric = (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)
+                      or pa.types.is_boolean(value_type) or pa.types.is_decimal(value_type))
+    n_missing = arr.null_count
+    if pa.types.is_floating(value_type) and not is_dict:
+        n_missing += int(pc.sum(pc.is_nan(arr)).as_py() or 0)
+    if n_missing:
+        raise ValueError(
+            f"column '{lv.name}' has {n_missing:,} missing value(s){_where(source)}; drop or fill "
+            f"them before collapsing (a pattern with an unknown level cannot be modelled){lv.hint}"
+        )
+    enc = arr if is_dict else pc.dictionary_encode(arr)
+    dictionary = enc.dictionary
+    if pa.types.is_floating(dictionary.type) and int(pc.sum(pc.is_nan(dictionary)).as_py() or 0):
+        used = np.unique(enc.indices.to_numpy(zero_copy_only=False))
+        if pc.any(pc.is_nan(dictionary.take(pa.array(used)))).as_py():
+            raise ValueError(f"column '{lv.name}' has missing (NaN) value(s){_where(source)}; drop "
+                             "or fill them before collapsing")
+    lut = lv.ids(dictionary)
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    return lut[idx]
+
+
+def _refusal_values(arr, name: str, source: str | None) -> np.ndarray:
+    """The 0/1 response of a record batch as int64, or a SchemaError naming bad values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .table import SchemaError
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if arr.null_count:
+        raise SchemaError([f"column '{name}' has {arr.null_count:,} missing value(s)"
+                           f"{_where(source)}; {name} must be 0/1"])
+    typ = arr.type
+    if pa.types.is_boolean(typ):
+        return arr.to_numpy(zero_copy_only=False).astype(np.int64)
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        examples = pc.unique(arr).slice(0, 5).to_pylist()
+        raise SchemaError([f"column '{name}' must hold 0/1 or True/False; it has type {typ}"
+                           f"{_where(source)}, e.g. {examples}"])
+    v = arr.to_numpy(zero_copy_only=False)
+    bad = (v != 0) & (v != 1)
+    if bad.any():
+        examples = pd.unique(v[bad])[:5].tolist()
+        raise SchemaError([f"column '{name}' must hold 0/1 or True/False; found {int(bad.sum()):,} "
+                           f"other value(s){_where(source)}, e.g. {examples}"])
+    return v.astype(np.int64)
+
+
+def _add_batch(acc: _Accumulator, batch, keys: list[str], refusal: str, source: str | None) -> None:
+    m = batch.num_rows
+    if m == 0:
+        return
+    y = _refusal_values(batch.column(refusal), refusal, source)
+    codes = [_key_codes(batch.column(c), lv, source) for c, lv in zip(keys, acc.levels)]
+    if not keys:
+        acc.add([], np.array([m], dtype=np.int64), np.array([int(y.sum())], dtype=np.int64))
+        return
+    sizes = [max(len(lv.index), 1) for lv in acc.levels]
+    inv, first = _group(codes, sizes)
+    k = len(first)
+    acc.add([c[first].astype(np.int64) for c in codes],
+            np.bincount(inv, minlength=k).astype(np.int64),
+            np.bincount(inv, weights=y, minlength=k).astype(np.int64))
+
+
+# --------------------------------------------------------------------------- collapse
+def _check_keys(by, cluster_cols: list[str], refusal: str) -> list[str]:
+    if by is None:
+        by = []
+    elif isinstance(by, str):
+        by = [by]
+    elif not isinstance(by, (list, tuple)) or not all(isinstance(c, str) for c in by):
+        raise TypeError(f"by must be a column name or a list of column names, got {by!r}")
+    by = list(by)
+    dup = sorted({c for c in by if by.count(c) > 1})
+    if dup:
+        raise ValueError(f"collapse: by= names column(s) {dup} more than once")
+    both = [c for c in cluster_cols if c in by]
+    if both:
+        raise ValueError(f"collapse: cluster column(s) {both} are also in by=; a cluster column "
+                         "is kept as its own key, name it once")
+    if refusal in by or refusal in cluster_cols:
+        raise ValueError(f"collapse: the response '{refusal}' cannot also be a key column")
+    clash = [c for c in (N_COLUMN, REFUSALS_COLUMN) if c in by or c in cluster_cols]
+    if clash:
+        raise ValueError(f"collapse: key column(s) {clash} clash with the count columns "
+                         f"'{N_COLUMN}' and '{REFUSALS_COLUMN}'; rename them first")
+    return by
+
+
+def _cluster_columns(cluster) -> list[str]:
+    if cluster is None:
+        return []
+    if isinstance(cluster, str):
+        return [cluster]
+    if isinstance(cluster, (list, tuple)) and cluster and all(isinstance(c, str) for c in cluster):
+        return list(cluster)
+    raise TypeError("cluster must be 'auto', None, a column name or a list of column names; "
+                    f"got {cluster!r}")
+
+
+def _missing_columns(needed: list[str], have: list[str], what: str) -> None:
+    from .table import SchemaError
+
+    missing = [c for c in dict.fromkeys(needed) if c not in have]
+    if missing:
+        raise SchemaError([f"collapse: column(s) {missing} are not in {what}; its columns are "
+                           f"{have}"])
+
+
+def collapse(
+    data: pd.DataFrame | str | Path | Sequence[str | Path],
+    by: str | Sequence[str] | None,
+    cluster: str | Sequence[str] | None = None,
+    refusal: str = "refusal",
+    *,
+    batch_rows: int = _BATCH_ROWS,
+) -> pd.DataFrame:
+    """Collapse a response table to binomial counts per unique combination of ``by``.
+
+    The table is read in record batches with only the ``by``, cluster and ``refusal``
+    columns projected, so memory grows with the number of distinct key combinations,
+    never with the number of rows. Fit the result with
+    ``rs.logit("refusals ~ persona + task", counts, trials="n")``.
+
+    Parameters
+    ----------
+    data : DataFrame, path, glob or list of paths
+        The tidy response table, a Parquet file, a folder of Parquet shards (searched
+        recursively; files and folders starting with ``.`` or ``_`` are skipped), a glob
+        such as ``"runs/*/part-*.parquet"``, or a list of those. A generation run
+        directory (``run.json`` + ``shards/``) is read through its collected
+        ``responses.parquet``: its shards carry no refusal labels.
+    by : str or list of str
+        Key columns (the model's predictors). ``[]`` gives one overall row.
+    cluster : None, "auto", str or list of str
+        Cluster column(s) to keep as extra keys, so cluster-robust standard errors can
+        be computed from the counts (``rs.logit(..., trials="n", cluster="item_id")``).
+        ``"auto"``: ``item_id`` when the table has it and some item id repeats (a
+        :class:`~refusalstats.ClusterNote` says so), as everywhere in refusalstats.
+    refusal : str
+        The 0/1 (or True/False) response column.
+    batch_rows : int
+        Rows per record batch (memory per batch ~ ``batch_rows`` x projected columns).
+
+    Returns
+    -------
+    DataFrame
+        One row per observed combination of ``by`` (+ cluster), ordered as
+        ``groupby(..., sort=True, observed=True)`` orders them, with the key columns
+        (categorical keys keep their stored level order, other text keys get sorted
+        levels — the levels ``logit`` would use — numeric keys stay numeric), ``n``
+        (rows, int64) and ``refusals`` (sum of the response, int64).
+        ``attrs["collapse"]`` records the source, the keys and the row count.
+
+    Raises
+    ------
+    SchemaError
+        A column that is not in the data (the message lists the data's columns), or
+        response values other than 0/1/True/False.
+    ValueError
+        Missing values in a key column, an empty table, an unreadable file.
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> counts = rs.collapse(rs.simulate_paper(scale=0.01), by=["model", "task"])
+    >>> list(counts.columns)
+    ['model', 'task', 'n', 'refusals']
+    >>> counts.attrs["collapse"]["rows"]
+    20320
+    """
+    import pyarrow as pa
+
+    if not isinstance(refusal, str):
+        raise TypeError(f"refusal must be a column name, got {refusal!r}")
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    auto = isinstance(cluster, str) and cluster == "auto"
+    if isinstance(data, pd.DataFrame):
+        from ._validation import resolve_cluster
+
+        source = None
+        columns = list(map(str, data.columns))
+        by_list = _check_keys(by, [], refusal)
+        _missing_columns([*by_list, refusal], columns, "the table")
+        if auto:
+            resolved = resolve_cluster(data, cluster, where="collapse")
+        else:
+            _cluster_columns(cluster)  # type check first
+            resolved = resolve_cluster(data, cluster, where="collapse")
+        cluster_cols = _cluster_columns(resolved)
+        auto = False  # resolved against the rows already
+    else:
+        files = _parquet_files(data)
+        dataset = _dataset(files)
+        source = str(data) if not isinstance(data, (list, tuple)) else f"{len(files)} path(s)"
+        columns = list(dataset.schema.names)
+        if auto:
+            from ._validation import AUTO_CLUSTER_COLUMN
+
+            cluster_cols = [AUTO_CLUSTER_COLUMN] if AUTO_CLUSTER_COLUMN in columns else []
+        else:
+            cluster_cols = _cluster_columns(cluster)
+        by_list = _check_keys(by, cluster_cols, refusal)
+        _missing_columns([*by_list, *cluster_cols, refusal], columns, f"the dataset '{source}'")
+    by_list = _check_keys(by_list, cluster_cols, refusal)
+    keys = [*by_list, *cluster_cols]
+    acc = _Accumulator([_Levels(c, hint=", or pass cluster=None for independent rows"
+                                if c in cluster_cols else "") for c in keys])
+
+    if isinstance(data, pd.DataFrame):
+        if len(data) == 0:
+            raise ValueError("collapse: the table is empty (0 rows)")
+        for start in range(0, len(data), int(batch_rows)):
+            chunk = data.iloc[start:start + int(batch_rows)][[*keys, refusal]]
+            try:
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                raise ValueError(f"collapse: cannot read the key columns {keys}: {exc}") from None
+            for batch in table.to_batches():
+                _add_batch(acc, batch, keys, refusal, None)
+    else:
+        for fragment in dataset.get_fragments():
+            path = getattr(fragment, "path", None)
+            try:
+                batches = fragment.to_batches(schema=dataset.schema, columns=[*keys, refusal],
+                                              batch_size=int(batch_rows),
+                                              batch_readahead=1, fragment_readahead=1)
+                for batch in batches:
+                    _add_batch(acc, batch, keys, refusal, path)
+            except pa.ArrowException as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"collapse: could not read '{path}': {detail}") from None
+        if acc.rows == 0:
+            raise ValueError(f"collapse: the dataset '{source}' is empty (0 rows)")
+    acc.compact()
+    out = _frame(acc, keys, data)
+
+    if auto and cluster_cols:
+        col = cluster_cols[0]
+        n_items = int(out[col].nunique())
+        if n_items == acc.rows:  # no item repeats: rows are independent
+            out = _merge_out(out, by_list)
+            cluster_cols = []
+        else:
+            from ._validation import ClusterNote
+
+            warnings.warn(
+                f"collapse: clustering by '{col}' ({n_items:,} items answered "
+                f"{acc.rows / n_items:.3g} times on average); pass cluster=None for "
+                "independent rows",
+                ClusterNote, stacklevel=2)
+    out.attrs["collapse"] = {"source": source if source is not None else "DataFrame",
+                             "by": by_list, "cluster": cluster_cols[0] if len(cluster_cols) == 1
+                             else (cluster_cols or None), "rows": int(acc.rows)}
+    return out
+
+
+def _frame(acc: _Accumulator, keys: list[str], data) -> pd.DataFrame:
+    """The accumulated counts as a DataFrame in groupby(sort=True, observed=True) order."""
+    ranks = []
+    cols: dict[str, object] = {}
+    for j, (c, lv) in enumerate(zip(keys, acc.levels)):
+        size = len(lv.index) if lv.index is not None else 0
+        used = np.bincount(acc.codes[j], minlength=size) > 0 if size else np.zeros(0, bool)
+        rank, levels = lv.order(used)
+        ranks.append(rank[acc.codes[j]])
+        cols[c] = (rank, levels, lv)
+    order = np.lexsort(ranks[::-1]) if ranks else np.arange(len(acc.n))
+    out: dict[str, object] = {}
+    for j, c in enumerate(keys):
+        rank, levels, lv = cols[c]
+        r = ranks[j][order]
+        if lv.numeric and not lv.categorical:
+            values = np.asarray(levels)[r]
+            if isinstance(data, pd.DataFrame) and not isinstance(data[c].dtype, pd.CategoricalDtype):
+                values = pd.array(values, dtype=data[c].dtype)
+            out[c] = values
+        else:
+            out[c] = pd.Categorical.from_codes(r, categories=pd.Index(levels))
+    out[N_COLUMN] = acc.n[order]
+    out[REFUSALS_COLUMN] = acc.r[order]
+    return pd.DataFrame(out)
+
+
+def _merge_out(counts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Drop the cluster key from a counts table (sum over it), keeping level order."""
+    if not by:
+        return pd.DataFrame({N_COLUMN: [int(counts[N_COLUMN].sum())],
+                             REFUSALS_COLUMN: [int(counts[REFUSALS_COLUMN].sum())]})
+    g = counts.groupby(by, observed=True, sort=True)[[N_COLUMN, REFUSALS_COLUMN]].sum()
+    return g.reset_index()
