@@ -45,7 +45,7 @@ TABLE_COLUMNS = [
 #: Level of the permutation test behind ``distinguishable``.
 NULL_LEVEL = 0.05
 #: Bootstrap schemes; the default is chosen by measured coverage (docs/methods_w2.md).
-BOOTSTRAPS = ("unstratified", "stratified")
+BOOTSTRAPS = ("auto", "unstratified", "stratified")
 
 
 def default_partitions(n: int) -> int:
@@ -352,6 +352,7 @@ class _TableEstimator:
         self.counts = flat.reshape(n_cells, k_sup).astype(np.int64)
         self.sizes = self.counts.sum(axis=1)
         self.scheme = "rows"
+        self.boot_scheme = "rows within partitions" if stratified else "rows"
         if clus is None:
             return
         self.part_codes = part.codes
@@ -359,6 +360,7 @@ class _TableEstimator:
         self.lab = _cluster_labels(part.codes, clus)
         self.scheme = "items" if self.lab is not None else "within items"
         self.sgroups, self.sstarts = _strata(self.lab, n_g, stratified)
+        self.boot_scheme = "items within levels" if len(self.sstarts) > 2 else "items"
         key = (clus.codes * n_cells + part.codes) * k_sup + out.codes
         width = n_cells * k_sup
         if n_g * width <= 25_000_000:
@@ -373,34 +375,46 @@ class _TableEstimator:
             self.sparse = True
         self.h = np.bincount(clus.codes * k_sup + out.codes,
                              minlength=n_g * k_sup).reshape(n_g, k_sup).astype(np.int64)
-        if self.lab is None:
-            self._within_setup(part)
+        self.base = None  # within-cluster permutation arrays: built on first use
 
-    def _within_setup(self, part: _Partition) -> None:
-        clus, out = self.clus, self.out
-        n_g, k_sup, n_cells = clus.n, out.n_support, part.n_cells
-        order = np.lexsort((part.codes, clus.codes))
-        self.slot_cell = np.ascontiguousarray(part.codes[order])
-        self.cstart = np.concatenate([[0], np.cumsum(np.bincount(clus.codes, minlength=n_g))])
-        self.cstart = self.cstart.astype(np.int64)
-        self.kmaj = np.argmax(self.h, axis=1).astype(np.int64)
-        minority = self.cstart[1:] - self.cstart[:-1] - self.h[np.arange(n_g), self.kmaj]
-        gc = np.unique(clus.codes * n_cells + part.codes)
-        n_cells_g = np.bincount(gc // n_cells, minlength=n_g)
-        is_act = (n_cells_g >= 2) & (minority > 0)
+    def _within_setup(self) -> None:
+        """Arrays of ``K.perm_within_table``, from the per-cluster counts (no row sort)."""
+        n_g = self.clus.n
+        n_cells, k_sup = self.counts.shape
+        if self.sparse:
+            from scipy import sparse
+
+            a3 = sparse.csr_matrix(self.A.T)  # (G, cells * values)
+            n_gc = np.zeros((n_g, n_cells), dtype=np.int64)
+            coo = a3.tocoo()
+            np.add.at(n_gc, (coo.row, coo.col // k_sup), coo.data.astype(np.int64))
+        else:
+            n_gc = self.A.reshape(n_g, n_cells, k_sup).sum(axis=2).astype(np.int64)
+        h = self.h
+        sizes = n_gc.sum(axis=1)
+        self.cstart = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.slot_cell = np.repeat(np.tile(np.arange(n_cells, dtype=np.int64), n_g), n_gc.ravel())
+        self.kmaj = np.argmax(h, axis=1).astype(np.int64)
+        hmaj = h[np.arange(n_g), self.kmaj]
+        minority = sizes - hmaj
+        is_act = ((n_gc > 0).sum(axis=1) >= 2) & (minority > 0)
         self.active = np.flatnonzero(is_act).astype(np.int64)
-        act_row = is_act[clus.codes]
-        base = self.counts.ravel().copy()
-        base -= np.bincount(part.codes[act_row] * k_sup + out.codes[act_row],
-                            minlength=n_cells * k_sup)
-        base += np.bincount(part.codes[act_row] * k_sup + self.kmaj[clus.codes[act_row]],
-                            minlength=n_cells * k_sup)
-        self.base = base.reshape(n_cells, k_sup)
-        yo = out.codes[order]
-        co = clus.codes[order]
-        sel = is_act[co] & (yo != self.kmaj[co])
-        self.mvals = np.ascontiguousarray(yo[sel]).astype(np.int64)
-        self.mstart = np.concatenate([[0], np.cumsum(minority[self.active])]).astype(np.int64)
+        # the active clusters' answers move; everything else is fixed
+        base = self.counts.copy()
+        if self.sparse:
+            act_counts = (self.A @ is_act.astype(float)).reshape(n_cells, k_sup)
+        else:
+            act_counts = (is_act.astype(float) @ self.A).reshape(n_cells, k_sup)
+        base -= np.rint(act_counts).astype(np.int64)
+        for k in range(k_sup):
+            base[:, k] += n_gc[is_act & (self.kmaj == k)].sum(axis=0)
+        self.base = base
+        hm = h[is_act].copy()
+        hm[np.arange(len(self.active)), self.kmaj[is_act]] = 0
+        self.mvals = np.repeat(np.tile(np.arange(k_sup, dtype=np.int64), len(self.active)),
+                               hm.ravel())
+        self.mstart = np.concatenate([[0], np.cumsum(minority[is_act])]).astype(np.int64)
+        self.work = int(self.mstart[-1])
 
     def xi_var(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.out.kind == "ordinal":
@@ -424,7 +438,8 @@ class _TableEstimator:
         idx = np.empty((b, n_g), dtype=np.int64)
         for s in range(len(self.sstarts) - 1):
             a, e = self.sstarts[s], self.sstarts[s + 1]
-            idx[:, a:e] = self.sgroups[a:e][rng.integers(0, e - a, size=(b, e - a))]
+            idx[:, a:e] = self.sgroups[a:e][rng.integers(0, e - a, size=(b, e - a),
+                                                         dtype=np.int32)]
         idx += (np.arange(b, dtype=np.int64) * n_g)[:, None]
         return np.bincount(idx.ravel(), minlength=b * n_g).reshape(b, n_g)
 
@@ -458,9 +473,12 @@ class _TableEstimator:
             if self.lab is not None:
                 draws = K.perm_clusters_table(self.lab, self.h, n_cells, self._seeds(b, rng))
             else:
-                draws = K.perm_within_table(self.slot_cell, self.cstart, self.active,
-                                            self.mstart, self.mvals, self.kmaj, self.base,
-                                            self._seeds(b, rng))
+                if self.base is None:
+                    self._within_setup()
+                kern = K.perm_within_table_par if self.work * b > 2_000_000 else \
+                    K.perm_within_table
+                draws = kern(self.slot_cell, self.cstart, self.active, self.mstart, self.mvals,
+                             self.kmaj, self.base, self._seeds(b, rng))
             return self.xi_var(draws)
         remaining = np.repeat(self.counts.sum(axis=0)[None, :], b, axis=0)
         draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
@@ -527,8 +545,11 @@ class _RowEstimator:
         elif not stratified:  # the ordinary bootstrap: every row its own cluster
             self.clus_sorted = np.arange(out.n, dtype=np.int64)
             self.n_clusters = out.n
+        self.boot_scheme = "rows within partitions" if stratified else "rows"
         if clus is not None or not stratified:
             self.sgroups, self.sstarts = _strata(self.lab, self.n_clusters, stratified)
+        if clus is not None:
+            self.boot_scheme = "items within levels" if len(self.sstarts) > 2 else "items"
 
     def point(self) -> tuple[float, float]:
         w = np.ones(self.out.n, dtype=np.int64)
@@ -568,6 +589,16 @@ class _RowEstimator:
             groups = (rng.permutation(n) % g).astype(np.int64)
         xi, var = K.jack_continuous(self.out.ys, self.members, self.starts, groups, g)
         return xi, var, np.ones(g, dtype=np.int64)
+
+
+def _distinguishable(tab: pd.DataFrame) -> np.ndarray:
+    """Bool per row: the ``distinguishable`` column (missing = True), else from p_value."""
+    if "distinguishable" in tab.columns:
+        return tab["distinguishable"].astype("boolean").fillna(True).to_numpy(bool)
+    if "p_value" in tab.columns:
+        p = tab["p_value"].to_numpy(float)
+        return ~(np.isfinite(p) & (p > NULL_LEVEL))
+    return np.ones(len(tab), dtype=bool)
 
 
 _SCHEME_WORDS = {
@@ -650,7 +681,8 @@ class W2SensitivityResult:
     partitions: dict[str, list]
     cluster: str | None = None
     n_clusters: int | None = None
-    bootstrap: str = "unstratified"
+    bootstrap: str = "auto"
+    boot_scheme: dict[str, str] = field(default_factory=dict)
     null_scheme: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -661,11 +693,15 @@ class W2SensitivityResult:
         notes = "".join(f"\nnote: {t}" for t in self.notes)
         return (
             f"W2SensitivityResult(output={self.output!r} [{self.output_kind}], n={self.n:,}, "
-            f"{self.conf:.0%} {self.ci_method} CIs, {self.bootstrap} bootstrap{by})\n{tab}{notes}"
+            f"{self.conf:.0%} {self.ci_method} CIs, bootstrap={self.bootstrap!r}{by})\n{tab}{notes}"
         )
 
     def plot(self, ax=None, sort: bool = False):
         """Bar chart of iota per input with CI error bars and the permutation-null band.
+
+        An input not distinguishable from its permutation null (``distinguishable`` False)
+        gets a grey, hatched bar marked "~ null"; an estimate outside its own CI is marked
+        with a dagger, explained under the axes.
 
         Parameters
         ----------
@@ -694,10 +730,23 @@ class W2SensitivityResult:
             for xi_, q95, mean in zip(x, tab["null_q95"], tab["null_mean"]):
                 ax.add_patch(Rectangle((xi_ - 0.45, 0.0), 0.9, q95, color="0.82", zorder=0, lw=0))
                 ax.hlines(mean, xi_ - 0.45, xi_ + 0.45, colors="0.35", linestyles="--", zorder=3)
-        ax.bar(x, iota, width=0.6, color="#4472a8", zorder=2, label="iota")
         lo = tab["ci_low"].to_numpy(float)
         hi = tab["ci_high"].to_numpy(float)
         ok = np.isfinite(lo) & np.isfinite(hi)
+        dist = _distinguishable(tab)
+        outside = ok & ((iota < lo) | (iota > hi))
+        bars = ax.bar(x, iota, width=0.6, color=np.where(dist, "#4472a8", "0.62"), zorder=2,
+                      label="iota")
+        for bar, d in zip(bars, dist):
+            if not d:
+                bar.set_hatch("//")
+                bar.set_gid("null-like")
+        top_ = np.nanmax(np.concatenate([np.where(ok, hi, iota), iota]))
+        for xi_, v, d, o, h in zip(x, iota, dist, outside, np.where(ok, hi, iota)):
+            mark = ("~ null" if not d else "") + (" \u2020" if o else "")
+            if mark:
+                ax.text(xi_, max(h, v) + 0.02 * max(top_, 1e-3), mark.strip(), ha="center",
+                        va="bottom", fontsize="small", color="0.25", gid="w2-mark")
         if ok.any():
             # drawn from its ends: an interval need not contain the (biased) estimate
             ax.errorbar(x[ok], (lo[ok] + hi[ok]) / 2, yerr=(hi[ok] - lo[ok]) / 2, fmt="none",
@@ -714,7 +763,16 @@ class W2SensitivityResult:
         if has_null:
             handles.append(Patch(color="0.82", label="permutation null: 0 to 95% quantile "
                                  "(dashed: mean)"))
+        if not dist.all():
+            handles.append(Patch(facecolor="0.62", hatch="//", label="~ null: not "
+                                 f"distinguishable from the permutation null (p > {NULL_LEVEL})"))
         ax.legend(handles=handles, loc="upper right", fontsize="small", frameon=False)
+        if outside.any():
+            ax.annotate("\u2020 estimate outside its own CI: the estimator's bias is large "
+                        "relative to its spread (read iota_corrected, p_value)",
+                        xy=(0, 0), xycoords="axes fraction", xytext=(0, -30),
+                        textcoords="offset points", fontsize="x-small", color="0.25",
+                        va="top", gid="w2-footnote")
         return fig
 
 
@@ -733,7 +791,7 @@ def w2_sensitivity(
     ci: str = "percentile",
     progress: bool = True,
     cluster: str | Sequence[str] | None = "auto",
-    bootstrap: str = "unstratified",
+    bootstrap: str = "auto",
 ) -> W2SensitivityResult:
     r"""Wasserstein-2 sensitivity index of each input, with bootstrap CI and permutation null.
 
@@ -861,7 +919,11 @@ def w2_sensitivity(
     n = out.n
     parts = [_encode_input(data, name, partitions.get(name), n) for name in inputs]
     clus = None if cl is None else _encode_clusters(data, cl)
-    stratified = bootstrap == "stratified"
+    # "auto": rows independent -> unstratified (partition sizes vary, as they do between
+    # samples when each row's level is random); clustered -> items resampled within the
+    # levels of an item-level input (items per level are fixed by the design) and whole
+    # items otherwise. Measured coverage behind the choice: docs/methods_w2.md.
+    stratified = bootstrap == "stratified" or (bootstrap == "auto" and clus is not None)
 
     rows = []
     boots: dict[str, np.ndarray] = {}
@@ -870,6 +932,7 @@ def w2_sensitivity(
     fallback: list[str] = []
     notes: list[str] = []
     schemes: dict[str, str] = {}
+    boot_schemes: dict[str, str] = {}
     bar = tqdm(total=len(parts) * (n_boot + n_perm), desc="W2 sensitivity", unit="rep",
                disable=not progress or (n_boot + n_perm) == 0, leave=False)
     try:
@@ -877,6 +940,7 @@ def w2_sensitivity(
             est = (_RowEstimator if out.kind == "continuous" else _TableEstimator)(
                 out, part, clus, stratified)
             schemes[part.name] = est.scheme
+            boot_schemes[part.name] = est.boot_scheme
             xi, var = est.point()
             iota = float(xi / (2.0 * var))
             ss = np.random.SeedSequence([seed, zlib.crc32(part.name.encode())])
@@ -951,5 +1015,5 @@ def w2_sensitivity(
         partitions={p.name: p.labels for p in parts},
         cluster=None if clus is None else clus.name,
         n_clusters=None if clus is None else clus.n,
-        bootstrap=bootstrap, null_scheme=schemes, notes=notes,
+        bootstrap=bootstrap, boot_scheme=boot_schemes, null_scheme=schemes, notes=notes,
     )
