@@ -102,7 +102,7 @@ def test_header_and_files(sim_report, simulated):
         assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
     for csv in rep.tables.values():
         assert len(pd.read_csv(csv)) > 0
-    assert {"rates_model_task", "w2_indices", "coefficients", "lr_tests"} <= set(rep.tables)
+    assert {"rates_model_task", "w2_indices", "coefficients", "factor_tests"} <= set(rep.tables)
 
 
 def test_rate_findings_match_the_counts(sim_report, simulated):
@@ -144,13 +144,14 @@ def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated
                 cluster="item_id", reference=S.PAPER_REFERENCE, progress=False)
     coef = pd.read_csv(rep.tables["coefficients"]).set_index("term")
     np.testing.assert_allclose(coef.loc[fit.params.index, "estimate"], fit.params, rtol=1e-6)
-    lr = fit.drop1().set_index("term")
-    persona = lr.loc["persona"]
+    tests = fit.drop1().set_index("term")
+    persona = tests.loc["persona"]
     assert int(persona["df"]) == 14
-    lr_line = [f for f in rep.findings if f.startswith("Likelihood-ratio test")]
-    assert len(lr_line) == 1
-    assert (f"persona: χ² = {persona['lr']:.1f}, df = 14, p "
-            f"{S._p_phrase(persona['p'])}") in lr_line[0]
+    assert "cluster-robust Wald F" in fit.drop1().attrs["test"]  # clustered by item: no LR test
+    line = [f for f in rep.findings if f.startswith("Cluster-robust Wald F test")]
+    assert len(line) == 1 and not any(f.startswith("Likelihood-ratio") for f in rep.findings)
+    assert (f"persona: F(14, {int(persona['df_resid'])}) = {S.fmt_num(persona['F'], 3)}, p "
+            f"{S._p_phrase(persona['p_value'])}") in line[0]
     assert f"McFadden pseudo-R² of the regression: {fit.pseudo_r2:.3f}" in html
 
 

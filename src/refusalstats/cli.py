@@ -340,7 +340,7 @@ def _add_report(sub) -> None:
         description=(
             "Run every analysis the table's columns support (rates by model x task, persona vs "
             "persona-free, per persona, per response type, W2 sensitivity indices, Firth "
-            "logistic regression with LR tests, the hierarchical model) and write "
+            "logistic regression with a test per factor, the hierarchical model) and write "
             "<out>/report.html (figures embedded, readable offline), <out>/figures/*.png|svg "
             "and <out>/tables/*.csv. Analyses the data cannot support are skipped and the "
             "page says why."
@@ -647,8 +647,9 @@ def _add_fit(sub) -> None:
         help="fit a formula logistic regression (MLE, Firth, ridge/lasso) and print an R-style summary",
         description=(
             "Fit refusal ~ predictors (R formula) to a response table on collapsed covariate "
-            "patterns and print the summary like R's summary(glm), with likelihood-ratio tests "
-            "of each term. Example: refusalstats fit \"refusal ~ persona + task + prompt + model\" "
+            "patterns and print the summary like R's summary(glm), with a test of each term "
+            "(cluster-robust Wald F when answers are clustered by item, likelihood-ratio "
+            "otherwise). Example: refusalstats fit \"refusal ~ persona + task + prompt + model\" "
             "table.parquet --reference persona=Atheist,model=Llama2-13B --penalty firth "
             "--cluster item_id --csv coefficients.csv"
         ),
@@ -668,7 +669,9 @@ def _add_fit(sub) -> None:
     _add_sep_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values within each term")
-    p.add_argument("--no-tests", action="store_true", help="skip the likelihood-ratio test per term")
+    p.add_argument("--no-tests", action="store_true", help="skip the test of each term")
+    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text",
+                   help="with --adjust: how to print the coefficient table (default text)")
     p.add_argument("--csv", help="write the coefficient table to this CSV file")
     p.set_defaults(func=_cmd_fit)
 
@@ -701,11 +704,15 @@ def _cmd_fit(args) -> int:
         raise CLIError(_one_line(exc)) from None
     print(fit.summary())
     if not args.no_tests and fit.penalty in (None, "firth"):
-        print("Likelihood-ratio test of each term (dropped from the full model"
-              + (", penalized likelihood" if fit.penalty == "firth" else "") + "):")
-        print(fit.drop1().to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+        tests = fit.drop1()
+        print(f"\nTest of each term (dropped from the full model): {tests.attrs.get('test', '')}")
+        _print_table(tests, args.format)
+    coef = fit.coef_table(adjust=args.adjust) if args.adjust else None
+    if coef is not None:
+        print(f"\nCoefficients with p-values adjusted within each term ({args.adjust}):")
+        _print_table(coef.reset_index() if coef.index.name else coef, args.format)
     if args.csv:
-        _write_csv(fit.coef_table(adjust=args.adjust), args.csv)
+        _write_csv(coef if coef is not None else fit.coef_table(), args.csv)
         print(f"wrote the coefficient table to {args.csv}")
     return 0
 

@@ -88,7 +88,8 @@ def report(
     rate by response type (Figs. 4, 10-11); W2 sensitivity indices with bootstrap CIs and
     permutation null (Fig. 5); logistic regression, Firth-penalised by default with
     cluster-robust SEs on ``item_id`` when present, its coefficient forest plot (Fig. 6),
-    full coefficient table (Table 7) and LR test per factor; the Bayesian hierarchical
+    full coefficient table (Table 7) and a test per factor (cluster-robust Wald F when
+    clustered, likelihood ratio otherwise); the Bayesian hierarchical
     model's persona-within-model effects; sampled answers when a ``response`` column
     exists. An analysis the data cannot support is skipped and the page says why.
 
@@ -425,13 +426,17 @@ Figures and tables are also written as PNG/SVG and CSV next to this page.</p>
 <nav><h2 id="contents">Contents</h2><ol>{toc}</ol></nav>
 <section id="findings"><h2>Findings</h2><ul class="findings">{find}</ul></section>
 {body}
-<footer>Methods. Rates: Wilson score intervals. Persona minus persona-free differences:
-Newcombe hybrid score intervals (independent samples). Regression: logistic regression on
-collapsed covariate patterns, Firth-penalised by default, with cluster-robust (CR1) standard
-errors by item when the table has <code>item_id</code> — the section's note states the
-penalty, standard errors and interval method used; LR tests drop one factor from the full
-model. W2 indices: exact empirical Wasserstein-2 index (Borgonovo, Figalli, Plischke &amp;
-Savaré 2024) with stratified bootstrap intervals and a permutation null. Hierarchical model:
+<footer>Methods. When answers are clustered (the header says by what), every interval and
+test is cluster-robust: rates use the Korn–Graubard effective-sample-size Wilson interval,
+persona minus persona-free differences a MOVER interval from the clustered arms, the
+regression CR1 standard errors and a cluster-robust Wald F test per factor (F = W/q on
+(q, clusters − 1) df), the W2 bootstrap resamples whole items and its permutation null
+permutes labels at item level (or within item for inputs that vary within item). Without
+clustering: Wilson intervals, Newcombe differences, likelihood-ratio tests. Regression:
+logistic regression on collapsed covariate patterns, Firth-penalised by default — the
+section's note states the penalty, standard errors and interval method used. W2 indices:
+exact empirical Wasserstein-2 index (Borgonovo, Figalli, Plischke &amp; Savaré 2024) with
+bootstrap intervals and a permutation null. Calibration of each: docs/validity.md. Hierarchical model:
 Bayesian logistic model with random intercepts (PyMC / nutpie), highest-density intervals.
 Reference design: Plaza-del-Arco et al. (2025), "No for Some, Yes for Others".</footer>
 </main>

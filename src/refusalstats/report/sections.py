@@ -490,8 +490,9 @@ def logit_section(ctx: Context) -> Section:
     s = Section("logit", TITLES["logit"],
                 "Coefficients are log-odds of refusal relative to the reference level of "
                 "their factor (positive: more refusals); whiskers are 95% CIs, hollow markers "
-                "are not significant at p < 0.01. The LR test asks whether a factor as a "
-                "whole matters.")
+                "are not significant at p < 0.01. The per-factor test asks whether a factor "
+                "as a whole matters (a cluster-robust Wald F test when answers are clustered "
+                "by item, a likelihood-ratio test otherwise).")
     d = ctx.persona_data if len(ctx.persona_data) else ctx.data
     fit = ctx.results.get("logit")
     if fit is None:
@@ -558,37 +559,42 @@ def _logit_outputs(s: Section, fit, data: pd.DataFrame | None = None) -> None:
     s.tables.append(TableItem("coefficients", "All coefficients (Table 7).",
                               coef.reset_index() if coef.index.name else coef, disp,
                               collapsed=True))
-    lr_test = getattr(fit, "drop1", None) or getattr(fit, "anova", None)
+    an = None
     try:
-        an = lr_test() if lr_test is not None else None
-    except DATA_ERRORS as exc:  # e.g. a penalty without a likelihood (lasso)
-        s.notes.append(f"No likelihood-ratio tests: {exc}")
-        an = None
+        an = fit.drop1() if hasattr(fit, "drop1") else None
+    except DATA_ERRORS as exc:  # e.g. a penalty without a likelihood (ridge, lasso)
+        s.notes.append(f"No per-factor tests: {exc}")
     if an is not None and len(an):
-        a = an.reset_index() if "term" not in an.columns else an.copy()
-        a = a.rename(columns={a.columns[0]: "term"}) if "term" not in a.columns else a
-        a = a[a["term"].astype(str) != "NULL"].reset_index(drop=True)
-        chi = _first_col(a, ("lr", "chi2", "LR", "chisq", "Chisq", "deviance", "Deviance"))
-        dfc = _first_col(a, ("df", "Df"))
-        pc = _first_col(a, ("p_value", "p", "Pr(>Chi)", "pvalue"))
+        test = an.attrs.get("test", "")
+        a = an[an["term"].astype(str) != "NULL"].reset_index(drop=True)
+        is_f = "F" in a.columns
+        stat = "F" if is_f else "lr"
         adisp = pd.DataFrame({"term": a["term"].astype(str)})
-        if chi:
-            adisp["χ² (LR)"] = [fmt_num(v, 1) for v in a[chi]]
-        if dfc:
-            adisp["df"] = [str(int(v)) if np.isfinite(v) else "—" for v in a[dfc].astype(float)]
-        if pc:
-            adisp["p"] = [fmt_p(v) for v in a[pc]]
-        s.tables.append(TableItem("lr_tests", "Likelihood-ratio test per factor (the factor "
-                                  "dropped from the full model"
-                                  + (", penalized likelihood" if getattr(fit, "penalty", None)
-                                     == "firth" else "") + ").", a, adisp))
-        if chi and dfc and pc:
-            parts = [f"{r['term']}: χ² = {fmt_num(float(r[chi]), 1)}, df = {int(r[dfc])}, "
-                     f"p {_p_phrase(float(r[pc]))}" for _, r in a.iterrows()
-                     if np.isfinite(float(r[chi])) and np.isfinite(float(r[dfc]))]
-            if parts:
-                s.findings.append("Likelihood-ratio test of each factor as a whole — "
-                                  + "; ".join(parts) + ".")
+        adisp["F" if is_f else "χ²"] = [fmt_num(v, 3 if is_f else 1) for v in a[stat]]
+        adisp["df"] = [str(int(v)) if np.isfinite(v) else "—" for v in a["df"].astype(float)]
+        if is_f:
+            adisp["df (clusters − 1)"] = [str(int(v)) if np.isfinite(v) else "—"
+                                          for v in a["df_resid"].astype(float)]
+        adisp["p"] = [fmt_p(v) for v in a["p_value"]]
+        if "note" in a.columns and a["note"].astype(str).str.strip().any():
+            adisp["note"] = a["note"].astype(str)
+        kind = ("Cluster-robust Wald F test" if is_f else
+                "Penalized likelihood-ratio test" if getattr(fit, "penalty", None) == "firth"
+                else "Likelihood-ratio test")
+        s.tables.append(TableItem("factor_tests", f"{kind} of each factor as a whole (the "
+                                  f"factor dropped from the full model): {test}.", a, adisp))
+        parts = []
+        for _, r in a.iterrows():
+            if not (np.isfinite(float(r[stat])) and np.isfinite(float(r["df"]))):
+                continue
+            if is_f:
+                parts.append(f"{r['term']}: F({int(r['df'])}, {int(r['df_resid'])}) = "
+                             f"{fmt_num(float(r['F']), 3)}, p {_p_phrase(float(r['p_value']))}")
+            else:
+                parts.append(f"{r['term']}: χ² = {fmt_num(float(r['lr']), 1)}, df = "
+                             f"{int(r['df'])}, p {_p_phrase(float(r['p_value']))}")
+        if parts:
+            s.findings.append(f"{kind} of each factor as a whole — " + "; ".join(parts) + ".")
     r2 = getattr(fit, "pseudo_r2", None)
     r2 = r2() if callable(r2) else r2
     if r2 is not None and np.isfinite(r2):
