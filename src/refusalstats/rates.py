@@ -22,7 +22,7 @@ Examples
 --------
 >>> import refusalstats as rs
 >>> df = rs.simulate_paper(scale=0.01)
->>> rs.refusal_rates(df, by="task").columns.tolist()
+>>> rs.refusal_rates(df, by="task", cluster=None).columns.tolist()
 ['task', 'n', 'refusals', 'rate', 'ci_low', 'ci_high']
 """
 
