@@ -741,3 +741,15 @@ def test_persona_effect_clustered_edge_cases():
     lo = p1 - p2 - np.hypot(p1 - l1, u2 - p2)
     hi = p1 - p2 + np.hypot(u1 - p1, p2 - l2)
     assert [res["ci_low"].item(), res["ci_high"].item()] == pytest.approx([lo, hi])
+
+
+def test_wilson_bounds_at_zero_and_all_refusals_are_exact():
+    # the Wilson interval's lower bound at k = 0 is 0 and its upper at k = n is 1 exactly
+    # (floating point gave 3.5e-18, printed as a positive bound and a negative error bar)
+    for n in (80, 85, 1234, 102038):
+        lo, hi = proportion_ci(np.array([0, n]), np.array([n, n]))
+        assert lo[0] == 0.0 and hi[1] == 1.0
+    df = rs.simulate_items(n_items=50, k=5, seed=1)
+    df["refusal"] = 0
+    tab = rs.refusal_rates(df, by="task")  # clustered (item_id repeats)
+    assert (tab["ci_low"] == 0.0).all() and (tab["rate"] == 0.0).all()

@@ -170,7 +170,11 @@ def proportion_ci(
         denom = 1 + z**2 / n
         centre = (p + z**2 / (2 * n)) / denom
         half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-        return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        # the Wilson bounds at k = 0 and k = n are exactly 0 and 1; rounding in
+        # centre -/+ half leaves ~1e-17 there, which prints as a spurious positive bound
+        lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))
+        hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+        return lo, hi
     if method == "clopper-pearson":
         with np.errstate(invalid="ignore"):
             lo = stats.beta.ppf(alpha / 2, k, n - k + 1)
