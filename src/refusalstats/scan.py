@@ -51,8 +51,8 @@ def _parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
         return list(dict.fromkeys(files))
     text = str(path)
     if any(ch in text for ch in "*?["):
-        files = sorted(Path(p) for p in _glob.glob(text, recursive=True)
-                       if Path(p).is_file() and not Path(p).name.startswith((".", "_")))
+        files = sorted((Path(p) for p in _glob.glob(text, recursive=True)
+                        if Path(p).is_file() and not Path(p).name.startswith((".", "_"))), key=str)
         if not files:
             raise FileNotFoundError(f"no file matches the pattern '{text}'")
         return files
@@ -72,9 +72,10 @@ def _parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
             "refusalstats.inference.collect_responses(..., detector=...)) to write "
             f"'{p / 'responses.parquet'}', then analyse that"
         )
-    files = sorted(f for f in p.rglob("*")
-                   if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
-                   and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+    files = sorted((f for f in p.rglob("*")
+                    if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
+                    and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts)),
+                   key=str)
     if not files:
         raise FileNotFoundError(f"the folder '{p}' holds no .parquet files (searched recursively)")
     return files
@@ -175,15 +176,14 @@ class _Accumulator:
         r = np.concatenate([p[2] for p in parts])
         self.pending, self.pending_rows = [], 0
         sizes = [max(len(lv.index) if lv.index is not None else 0, 1) for lv in self.levels]
-        inv, first = _group(codes, sizes)
+        inv, first = _group(codes, sizes, len(n))
         self.codes = [c[first] for c in codes]
         self.n = np.bincount(inv, weights=n, minlength=len(first)).astype(np.int64)
         self.r = np.bincount(inv, weights=r, minlength=len(first)).astype(np.int64)
 
 
-def _group(codes: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Group rows by their code tuples: (group of each row, first row of each group)."""
-    m = len(codes[0]) if codes else 0
+def _group(codes: list[np.ndarray], sizes: list[int], m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``m`` rows by their code tuples: (group of each row, first row of each group)."""
     if not codes:
         return np.zeros(m, dtype=np.int64), np.zeros(min(m, 1), dtype=np.int64)
     n_keys = float(np.prod(np.array(sizes, dtype=float)))
@@ -256,21 +256,21 @@ def _refusal_values(arr, name: str, source: str | None) -> np.ndarray:
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if arr.null_count:
-        raise SchemaError([f"column '{name}' has {arr.null_count:,} missing value(s)"
-                           f"{_where(source)}; {name} must be 0/1"])
+        raise SchemaError([(f"column '{name}' has {arr.null_count:,} missing value(s)"
+                           f"{_where(source)}; {name} must be 0/1")])
     typ = arr.type
     if pa.types.is_boolean(typ):
         return arr.to_numpy(zero_copy_only=False).astype(np.int64)
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         examples = pc.unique(arr).slice(0, 5).to_pylist()
-        raise SchemaError([f"column '{name}' must hold 0/1 or True/False; it has type {typ}"
-                           f"{_where(source)}, e.g. {examples}"])
+        raise SchemaError([(f"column '{name}' must hold 0/1 or True/False; it has type {typ}"
+                           f"{_where(source)}, e.g. {examples}")])
     v = arr.to_numpy(zero_copy_only=False)
     bad = (v != 0) & (v != 1)
     if bad.any():
         examples = pd.unique(v[bad])[:5].tolist()
-        raise SchemaError([f"column '{name}' must hold 0/1 or True/False; found {int(bad.sum()):,} "
-                           f"other value(s){_where(source)}, e.g. {examples}"])
+        raise SchemaError([(f"column '{name}' must hold 0/1 or True/False; found {int(bad.sum()):,} "
+                           f"other value(s){_where(source)}, e.g. {examples}")])
     return v.astype(np.int64)
 
 
@@ -284,7 +284,7 @@ def _add_batch(acc: _Accumulator, batch, keys: list[str], refusal: str, source: 
         acc.add([], np.array([m], dtype=np.int64), np.array([int(y.sum())], dtype=np.int64))
         return
     sizes = [max(len(lv.index), 1) for lv in acc.levels]
-    inv, first = _group(codes, sizes)
+    inv, first = _group(codes, sizes, m)
     k = len(first)
     acc.add([c[first].astype(np.int64) for c in codes],
             np.bincount(inv, minlength=k).astype(np.int64),
@@ -332,8 +332,8 @@ def _missing_columns(needed: list[str], have: list[str], what: str) -> None:
 
     missing = [c for c in dict.fromkeys(needed) if c not in have]
     if missing:
-        raise SchemaError([f"collapse: column(s) {missing} are not in {what}; its columns are "
-                           f"{have}"])
+        raise SchemaError([(f"collapse: column(s) {missing} are not in {what}; its columns are "
+                           f"{have}")])
 
 
 def collapse(
