@@ -11,7 +11,7 @@ from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
 from .hierarchical import ConvergenceWarning, HierarchicalResult, hierarchical
-from .logit import LogitResults, SeparationWarning, logit
+from .regression import LogitResults, SeparationWarning, logit
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .report import figures as plot
 from .report import report

@@ -39,7 +39,7 @@ from scipy import linalg, sparse, stats
 from scipy.linalg import lapack
 from scipy.special import expit, gammaln
 
-from .formula import (
+from ..formula import (
     FormulaError,
     check_columns,
     collapse,
@@ -584,7 +584,7 @@ def _check_response(y: pd.Series, name: str, trials: pd.Series | None) -> None:
 
 def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster, collapse_rows: bool
            ) -> tuple[_Design, object]:
-    from .table import SchemaError, validate
+    from ..table import SchemaError, validate
 
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
@@ -1407,7 +1407,7 @@ def logit(
     >>> round(float(fit.params["task[T.offensiveness]"]), 1)  # doctest: +SKIP
     4.2
     """
-    from ._validation import resolve_cluster
+    from .._validation import resolve_cluster
 
     cluster = _one_cluster(resolve_cluster(data, cluster, where="logit"))  # its note points at the caller
     return _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf,
