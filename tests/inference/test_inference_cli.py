@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 import refusalstats as rs
 from refusalstats.cli import main
