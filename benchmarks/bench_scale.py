@@ -1,0 +1,278 @@
+"""Benchmark: streaming collapse of Parquet shards, peak memory vs rows, and the fair peers.
+
+The paper design (``rs.simulate_paper(scale=s)``, 2,032,160 rows at s = 1) is written as
+20 Parquet shards (``rs.write_responses``, one per 1/20 of the rows) for each scale in
+``--scales`` (default 1, 5, 10: 2.0 M, 10.2 M, 20.3 M rows). Each configuration then
+runs in a fresh subprocess that reads the shard folder and reports its wall time and
+peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the whole process: interpreter,
+imports and data):
+
+* ``baseline``        — ``import refusalstats`` and nothing else (the floor of every RSS);
+* ``rs``              — ``rs.collapse(folder, by=[persona, task, prompt, model])`` then
+                        ``rs.logit("refusals ~ ...", counts, trials="n", cluster=None)``;
+* ``rs-cluster``      — the same keeping ``item_id`` (``cluster="item_id"``) and the CR1 fit;
+* ``duckdb``          — DuckDB ``GROUP BY`` over ``read_parquet('<folder>/**/*.parquet')``
+                        (the other embedded engine ``collapse`` could have used; counts only);
+* ``statsmodels``     — the expert's path: ``pd.read_parquet(columns=...)``, pandas
+                        ``groupby``, ``smf.glm(..., family=Binomial())`` on the counts;
+* ``bincount-floor``  — ``pyarrow.parquet.read_table`` of the four key columns plus
+                        ``refusal`` and a bare ``np.bincount`` on the dictionary codes
+                        (no checks, no levels, no table): the floor for any collapse.
+
+It prints one markdown table (time and peak RSS per configuration and scale) plus the
+ratios the issue asks for: ``rs`` end to end against ``statsmodels`` end to end, and
+``rs`` collapse time against the bincount floor (read + count). Coefficients of ``rs`` and
+``statsmodels`` are compared on identified terms.
+
+Run: ``nice .venv/bin/python benchmarks/bench_scale.py`` (``--scales 0.1 0.5`` for a quick
+check; shards are cached under ``--data``, default ``/tmp/refusalstats_bench_scale``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FACTORS = ["persona", "task", "prompt", "model"]
+REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
+RHS = "persona + task + prompt + model"
+CONFIGS = ["baseline", "rs", "rs-cluster", "duckdb", "statsmodels", "bincount-floor"]
+N_SHARDS = 20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------- child side
+def _child(config: str, folder: str) -> dict:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import numpy as np
+
+    import refusalstats as rs
+
+    out: dict = {"config": config}
+    t0 = time.perf_counter()
+    if config == "baseline":
+        pass
+    elif config in ("rs", "rs-cluster"):
+        clustered = config == "rs-cluster"
+        counts = rs.collapse(folder, by=FACTORS, cluster="item_id" if clustered else None)
+        t1 = time.perf_counter()
+        fit = rs.logit(f"refusals ~ {RHS}", counts, trials="n", reference=REFERENCE,
+                       cluster="item_id" if clustered else None)
+        t2 = time.perf_counter()
+        out.update(collapse_s=t1 - t0, fit_s=t2 - t1, lines=len(counts), rows=int(counts["n"].sum()),
+                   params={k: float(v) for k, v in fit.params.items()},
+                   separated=list(fit.separated_terms))
+    elif config == "duckdb":
+        import duckdb
+
+        cols = ", ".join(FACTORS)
+        counts = duckdb.sql(f"SELECT {cols}, count(*) AS n, sum(refusal)::BIGINT AS refusals "
+                            f"FROM read_parquet('{folder}/**/*.parquet') GROUP BY ALL").df()
+        out.update(collapse_s=time.perf_counter() - t0, lines=len(counts), rows=int(counts["n"].sum()))
+    elif config == "statsmodels":
+        import pandas as pd
+        import statsmodels.api as sm
+        import statsmodels.formula.api as smf
+
+        rows = pd.read_parquet(folder, columns=[*FACTORS, "refusal"])
+        counts = (rows.groupby(FACTORS, observed=True)["refusal"].agg(n="size", refusals="sum")
+                  .reset_index())
+        del rows
+        counts["fails"] = counts["n"] - counts["refusals"]
+        t1 = time.perf_counter()
+        rhs = " + ".join(f"C({c}, Treatment({REFERENCE[c]!r}))" for c in FACTORS)
+        fit = smf.glm(f"refusals + fails ~ {rhs}", counts, family=sm.families.Binomial()).fit()
+        t2 = time.perf_counter()
+        names = {k: re.sub(r"C\((\w+), Treatment\('.*?'\)\)\[T\.(.*)\]", r"\1[T.\2]", k)
+                 for k in fit.params.index}
+        out.update(collapse_s=t1 - t0, fit_s=t2 - t1, lines=len(counts), rows=int(counts["n"].sum()),
+                   params={names[k]: float(v) for k, v in fit.params.items()})
+    elif config == "bincount-floor":
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(folder, columns=[*FACTORS, "refusal"])
+        t1 = time.perf_counter()
+        codes, sizes = [], []
+        for c in FACTORS:
+            col = table[c]
+            col = col.combine_chunks() if col.num_chunks > 1 else col.chunk(0)
+            if not hasattr(col, "indices"):
+                col = pc.dictionary_encode(col)
+            codes.append(col.indices.to_numpy(zero_copy_only=False))
+            sizes.append(len(col.dictionary))
+        y = table["refusal"].to_numpy()
+        key = np.ravel_multi_index(codes, sizes)
+        n = np.bincount(key, minlength=int(np.prod(sizes)))
+        r = np.bincount(key, weights=y, minlength=int(np.prod(sizes)))
+        t2 = time.perf_counter()
+        out.update(read_s=t1 - t0, count_s=t2 - t1, collapse_s=t2 - t0, lines=int((n > 0).sum()),
+                   rows=int(n.sum()), refusals=int(r.sum()))
+    else:
+        raise SystemExit(f"unknown config {config!r}")
+    out["total_s"] = time.perf_counter() - t0
+    out["peak_mb"] = _peak_mb()
+    return out
+
+
+# ----------------------------------------------------------------------------- parent side
+def _write_shards(scale: float, root: Path) -> tuple[Path, int]:
+    folder = root / f"scale-{scale:g}"
+    marker = folder / "_rows.json"  # '_' files are skipped by every reader used here
+    if marker.exists():
+        return folder, json.loads(marker.read_text())["rows"]
+    code = (
+        "import sys, numpy as np, refusalstats as rs\n"
+        "from pathlib import Path\n"
+        "scale, out = float(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)\n"
+        "df = rs.simulate_paper(scale=scale, seed=0); df.attrs = {}\n"
+        f"b = np.linspace(0, len(df), {N_SHARDS + 1}).astype(int)\n"
+        f"for i in range({N_SHARDS}):\n"
+        "    rs.write_responses(df.iloc[b[i]:b[i + 1]], out / f'part-{i:05d}.parquet')\n"
+        "print(len(df))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(scale), str(folder)], capture_output=True,
+                         text=True, check=True)
+    rows = int(res.stdout.strip().splitlines()[-1])
+    marker.write_text(json.dumps({"rows": rows}))
+    return folder, rows
+
+
+def _run(config: str, folder: Path, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--child", config, str(folder)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    try:
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"config": config, "error": f"timeout after {timeout:.0f} s"}
+    if res.returncode != 0:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"config": config, "error": tail[0][:200]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _max_coef_diff(a: dict, b: dict, skip: list[str]) -> float:
+    common = [k for k in a if k in b and k not in skip]
+    return max(abs(a[k] - b[k]) for k in common) if common else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 5.0, 10.0])
+    ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    ap.add_argument("--data", type=Path, default=Path("/tmp/refusalstats_bench_scale"))
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration run")
+    ap.add_argument("--cluster-max-rows", type=float, default=25e6,
+                    help="skip rs-cluster above this many rows (its counts grow with the rows)")
+    args = ap.parse_args()
+    try:
+        import duckdb  # noqa: F401
+    except ImportError:
+        args.configs = [c for c in args.configs if c != "duckdb"]
+    started = time.time()
+    load0 = os.getloadavg()
+    results: dict[float, dict[str, dict]] = {}
+    rows_at: dict[float, int] = {}
+    for scale in args.scales:
+        t = time.perf_counter()
+        folder, rows = _write_shards(scale, args.data)
+        rows_at[scale] = rows
+        print(f"# scale {scale:g}: {rows:,} rows in {N_SHARDS} shards at {folder} "
+              f"(ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
+        results[scale] = {}
+        for config in args.configs:
+            if config == "rs-cluster" and rows > args.cluster_max_rows:
+                results[scale][config] = {"config": config, "error": "skipped"}
+                continue
+            r = _run(config, folder, args.timeout)
+            results[scale][config] = r
+            print(f"#   {config}: {json.dumps({k: v for k, v in r.items() if k != 'params'})}",
+                  file=sys.stderr, flush=True)
+    load1 = os.getloadavg()
+
+    print(f"\n{_dt.date.today().isoformat()} · {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()} · load average (1/5/15 min) at start "
+          f"{load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, at end {load1[0]:.1f}/{load1[1]:.1f}/"
+          f"{load1[2]:.1f} · total {time.time() - started:.0f} s\n")
+    head = "| configuration | " + " | ".join(f"{rows_at[s] / 1e6:.1f} M rows" for s in args.scales) + " |"
+    print("Peak RSS (MB, whole process)\n")
+    print(head)
+    print("|---|" + "---:|" * len(args.scales))
+    for config in args.configs:
+        cells = []
+        for s in args.scales:
+            r = results[s][config]
+            cells.append(r.get("error", f"{r['peak_mb']:.0f}") if "error" in r else f"{r['peak_mb']:.0f}")
+        print(f"| {config} | " + " | ".join(cells) + " |")
+    print("\nWall time (s): collapse + fit = total\n")
+    print(head)
+    print("|---|" + "---:|" * len(args.scales))
+    for config in args.configs:
+        if config == "baseline":
+            continue
+        cells = []
+        for s in args.scales:
+            r = results[s][config]
+            if "error" in r:
+                cells.append(r["error"])
+            elif config == "bincount-floor":
+                cells.append(f"{r['read_s']:.2f} read + {r['count_s']:.2f} count = {r['total_s']:.2f}")
+            elif "fit_s" in r:
+                cells.append(f"{r['collapse_s']:.2f} + {r['fit_s']:.2f} = {r['total_s']:.2f}")
+            else:
+                cells.append(f"{r['total_s']:.2f}")
+        print(f"| {config} | " + " | ".join(cells) + " |")
+    print("\nRatios and checks\n")
+    print(head.replace("configuration", "measure"))
+    print("|---|" + "---:|" * len(args.scales))
+    lines = {"statsmodels total / rs total (goal >= 5)": [],
+             "rs collapse / bincount floor total (goal <= 2)": [],
+             "duckdb collapse / rs collapse": [],
+             "rs peak RSS - baseline (MB)": [],
+             "rs-cluster count lines": [],
+             "max |coef rs - statsmodels| (identified terms)": []}
+    for s in args.scales:
+        R = results[s]
+
+        def ok(c: str, R: dict = R) -> bool:
+            return c in R and "error" not in R[c]
+
+        lines["statsmodels total / rs total (goal >= 5)"].append(
+            f"{R['statsmodels']['total_s'] / R['rs']['total_s']:.1f}" if ok("rs") and ok("statsmodels") else "–")
+        lines["rs collapse / bincount floor total (goal <= 2)"].append(
+            f"{R['rs']['collapse_s'] / R['bincount-floor']['total_s']:.2f}"
+            if ok("rs") and ok("bincount-floor") else "–")
+        lines["duckdb collapse / rs collapse"].append(
+            f"{R['duckdb']['collapse_s'] / R['rs']['collapse_s']:.2f}" if ok("rs") and ok("duckdb") else "–")
+        lines["rs peak RSS - baseline (MB)"].append(
+            f"{R['rs']['peak_mb'] - R['baseline']['peak_mb']:.0f}" if ok("rs") and ok("baseline") else "–")
+        lines["rs-cluster count lines"].append(f"{R['rs-cluster']['lines']:,}" if ok("rs-cluster") else "–")
+        lines["max |coef rs - statsmodels| (identified terms)"].append(
+            f"{_max_coef_diff(R['rs']['params'], R['statsmodels']['params'], R['rs']['separated']):.1e}"
+            if ok("rs") and ok("statsmodels") else "–")
+        for c in ("rs", "rs-cluster", "duckdb", "statsmodels", "bincount-floor"):
+            if ok(c) and R[c]["rows"] != rows_at[s]:
+                raise SystemExit(f"{c} counted {R[c]['rows']:,} rows at scale {s:g}, not {rows_at[s]:,}")
+    for name, cells in lines.items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        print(json.dumps(_child(sys.argv[2], sys.argv[3])))
+    else:
+        main()
