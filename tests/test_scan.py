@@ -338,3 +338,44 @@ def test_docs_duckdb_recipe_gives_the_identical_counts_table(shards):
     fit = rs.logit(f"refusals ~ {FORMULA}", env["counts"], trials="n", cluster=None)
     np.testing.assert_allclose(
         fit.params, rs.logit(f"refusals ~ {FORMULA}", want, trials="n", cluster=None).params, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- streamed CR1
+def test_streamed_cr1_equals_the_clustered_row_fit(shards):
+    """Fit the small unclustered counts, stream the rows for the cluster score sums: the
+    covariance equals rs.logit(rows, cluster='item_id') (with N = rows, unlike the
+    counts-with-item_id route above)."""
+    rows = _concat(shards)
+    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
+    counts = rs.collapse(shards, by=KEYS)
+    fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None, epsilon=1e-14)
+    V = scan.cluster_robust_cov(fit, counts, shards, cluster="item_id", batch_rows=500)
+    np.testing.assert_allclose(V.to_numpy(), fit_rows.cov_params().to_numpy(), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(np.sqrt(np.diag(V)), fit_rows.bse, rtol=1e-10)
+    assert V.attrs["cluster_robust_cov"] == {"cluster": "item_id", "n_clusters": 120, "rows": 6000}
+    # the same from the DataFrame, with a numeric covariate and a reference level
+    f2 = "refusals ~ persona + x + task"
+    c2 = rs.collapse(rows, by=["persona", "x", "task"])
+    fit2 = rs.logit(f2, c2, trials="n", cluster=None, reference={"persona": "Man"}, epsilon=1e-14)
+    want = rs.logit("refusal ~ persona + x + task", rows, cluster="item_id", reference={"persona": "Man"},
+                    epsilon=1e-14)
+    V2 = scan.cluster_robust_cov(fit2, c2, rows, cluster="item_id")
+    np.testing.assert_allclose(np.sqrt(np.diag(V2)), want.bse, rtol=1e-10)
+
+
+def test_streamed_cr1_refuses_mismatched_inputs(shards, rows):
+    counts = rs.collapse(shards, by=KEYS)
+    fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None)
+    with pytest.raises(ValueError, match="sums to 6,000"):
+        scan.cluster_robust_cov(fit, counts, rows.head(3000), cluster="item_id")
+    other = rows.assign(persona=rows["persona"].replace({"Man": "Robot"}))
+    with pytest.raises(ValueError, match=r"column 'persona' has value\(s\) \['Robot'\]"):
+        scan.cluster_robust_cov(fit, counts, other, cluster="item_id")
+    with pytest.raises(ValueError, match="not the table the fit was fitted on"):
+        scan.cluster_robust_cov(fit, counts[counts["persona"] != "Man"], rows, cluster="item_id")
+    clustered = rs.logit(f"refusals ~ {FORMULA}", rs.collapse(rows, by=KEYS, cluster="item_id"),
+                         trials="n", cluster="item_id")
+    with pytest.raises(ValueError, match="cluster=None"):
+        scan.cluster_robust_cov(clustered, counts, rows, cluster="item_id")
+    with pytest.raises(SchemaError, match="'batch'"):
+        scan.cluster_robust_cov(fit, counts, shards, cluster="batch")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["collapse", "scan_columns"]
+__all__ = ["cluster_robust_cov", "collapse", "scan_columns"]
 
 #: Names of the count columns :func:`collapse` adds.
 N_COLUMN = "n"
@@ -519,3 +519,169 @@ def _merge_out(counts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                              REFUSALS_COLUMN: [int(counts[REFUSALS_COLUMN].sum())]})
     g = counts.groupby(by, observed=True, sort=True)[[N_COLUMN, REFUSALS_COLUMN]].sum()
     return g.reset_index()
+
+
+# --------------------------------------------------------------------------- streamed CR1
+def _row_batches(data, columns: list[str], batch_rows: int):
+    """(record batch, source) pairs of ``columns`` from a DataFrame or a Parquet source."""
+    import pyarrow as pa
+
+    if isinstance(data, pd.DataFrame):
+        for start in range(0, len(data), int(batch_rows)):
+            chunk = data.iloc[start:start + int(batch_rows)][columns]
+            for batch in pa.Table.from_pandas(chunk, preserve_index=False).to_batches():
+                yield batch, None
+        return
+    files = _parquet_files(data)
+    dataset = _dataset(files)
+    _missing_columns(columns, list(dataset.schema.names), f"the dataset '{data}'")
+    for fragment in dataset.get_fragments():
+        path = getattr(fragment, "path", None)
+        try:
+            for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
+                                             batch_size=int(batch_rows), batch_readahead=1,
+                                             fragment_readahead=1):
+                yield batch, path
+        except pa.ArrowException as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cluster_robust_cov: could not read '{path}': {detail}") from None
+
+
+def cluster_robust_cov(
+    fit,
+    counts: pd.DataFrame,
+    data: pd.DataFrame | str | Path | Sequence[str | Path],
+    cluster: str = "item_id",
+    refusal: str = "refusal",
+    *,
+    batch_rows: int = _BATCH_ROWS,
+) -> pd.DataFrame:
+    """CR1 cluster-robust covariance of a fit from counts, streaming the rows once more.
+
+    A clustered counts table (``collapse(..., cluster="item_id")``) has one line per item
+    x pattern, which in a Monte Carlo design is one line per row. This computes the same
+    covariance as ``rs.logit(formula, rows, cluster=cluster).cov_params()`` without it:
+    fit the (small) unclustered counts, then stream the rows and accumulate each
+    cluster's score sum ``sum_i x_i (y_i - p_i)``. Memory: clusters x coefficients, not rows.
+
+    Parameters
+    ----------
+    fit : LogitResults
+        ``rs.logit("refusals ~ ...", counts, trials="n", cluster=None)`` (maximum likelihood).
+    counts : DataFrame
+        The table ``fit`` was fitted on, from ``collapse(data, by=<the formula's variables>)``.
+    data : DataFrame, path, glob or list of paths
+        The rows ``counts`` was collapsed from.
+    cluster : str
+        The cluster column of ``data``.
+
+    Returns
+    -------
+    DataFrame
+        The covariance (coefficients x coefficients); ``np.sqrt(np.diag(V))`` are the
+        CR1 standard errors. Small-sample factor ``G/(G-1) (N-1)/(N-k)`` with N the rows.
+
+    Examples
+    --------
+    >>> counts = rs.collapse("runs/big/", by=["persona", "task"])  # doctest: +SKIP
+    >>> fit = rs.logit("refusals ~ persona + task", counts, trials="n", cluster=None)  # doctest: +SKIP
+    >>> V = cluster_robust_cov(fit, counts, "runs/big/", cluster="item_id")  # doctest: +SKIP
+    """
+    from scipy import sparse
+    from scipy.special import expit
+
+    from .formula import fixed_design, parse_formula, prepare_factors
+
+    if getattr(fit, "penalty", None) is not None or getattr(fit, "cluster", None) is not None:
+        raise ValueError("cluster_robust_cov: give an unpenalized fit with cluster=None (the "
+                         "sandwich's bread is its model-based covariance)")
+    if not isinstance(cluster, str):
+        raise TypeError(f"cluster must be one column name, got {cluster!r}")
+    if not isinstance(counts, pd.DataFrame):
+        raise TypeError(f"counts must be the DataFrame the fit used, got {type(counts).__name__}")
+    parsed = parse_formula(fit.formula)
+    variables = [v for v in parsed.fixed_variables if v in counts.columns]
+    missing = [v for v in parsed.fixed_variables if v not in counts.columns]
+    if missing:
+        raise ValueError(f"cluster_robust_cov: the formula's column(s) {missing} are not in counts")
+    if cluster in variables:
+        raise ValueError(f"cluster_robust_cov: '{cluster}' is a predictor of the fit, not a cluster")
+    reference = {k: v for k, v in dict(fit.reference or {}).items() if k in variables}
+    frame = prepare_factors(counts[variables], variables, reference)
+    X, names, _ = fixed_design(parsed.fixed, frame if variables else counts)
+    if list(names) != list(map(str, fit.params.index)) or X.shape[0] != len(counts):
+        raise ValueError("cluster_robust_cov: counts is not the table the fit was fitted on "
+                         f"(its design has columns {names[:4]}..., the fit {list(fit.params.index)[:4]}...)")
+    beta = fit.params.to_numpy(dtype=float)
+    prob = expit(X @ beta)
+    Xs = sparse.csr_matrix(X)
+
+    # pattern of a row -> line of counts, through per-column level lookups
+    lookups, sizes = [], []
+    for v in variables:
+        col = frame[v]
+        levels = pd.Index(col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype)
+                          else pd.unique(col))
+        lookups.append(levels)
+        sizes.append(max(len(levels), 1))
+    line_codes = [lv.get_indexer(frame[v].astype(object) if not isinstance(frame[v].dtype, pd.CategoricalDtype)
+                                 else frame[v]) for v, lv in zip(variables, lookups)]
+    line_key = (np.ravel_multi_index(line_codes, sizes) if variables
+                else np.zeros(len(counts), dtype=np.int64))
+    order = np.argsort(line_key, kind="stable")
+    sorted_key = line_key[order]
+    if len(sorted_key) > 1 and (np.diff(sorted_key) == 0).any():
+        raise ValueError("cluster_robust_cov: counts has repeated patterns; collapse by exactly the "
+                         f"formula's variables {variables}")
+
+    clusters = _Levels(cluster, hint=" (the cluster column)")
+    S = np.zeros((0, X.shape[1]))
+    n_rows = 0
+    for batch, source in _row_batches(data, [*variables, cluster, refusal], batch_rows):
+        m = batch.num_rows
+        if m == 0:
+            continue
+        y = _refusal_values(batch.column(refusal), refusal, source)
+        codes = []
+        for v, lv in zip(variables, lookups):
+            arr = batch.column(v)
+            probe = _Levels(v)
+            local = _key_codes(arr, probe, source)  # ids into probe.index (this batch's values)
+            lut = lv.get_indexer(probe.index)
+            if (lut < 0).any():
+                new = list(probe.index[lut < 0][:3])
+                raise ValueError(f"cluster_robust_cov: column '{v}' has value(s) {new}{_where(source)} "
+                                 "that are not in counts; counts must come from the same data")
+            codes.append(lut[local])
+        key = np.ravel_multi_index(codes, sizes) if variables else np.zeros(m, dtype=np.int64)
+        pos = np.searchsorted(sorted_key, key)
+        pos = np.minimum(pos, len(sorted_key) - 1)
+        if (sorted_key[pos] != key).any():
+            raise ValueError(f"cluster_robust_cov: rows{_where(source)} have covariate patterns that "
+                             "are not in counts; counts must come from the same data")
+        line = order[pos]
+        g = _key_codes(batch.column(cluster), clusters, source)
+        if len(clusters.index) > S.shape[0]:
+            grown = np.zeros((max(len(clusters.index), 2 * S.shape[0]), X.shape[1]))
+            grown[:S.shape[0]] = S
+            S = grown
+        ug, gl = np.unique(g, return_inverse=True)
+        M = sparse.csr_matrix((y - prob[line], (gl.ravel(), line)), shape=(len(ug), X.shape[0]))
+        S[ug] += (M @ Xs).toarray()
+        n_rows += m
+    G = len(clusters.index) if clusters.index is not None else 0
+    total = int(counts[N_COLUMN].sum()) if N_COLUMN in counts.columns else None
+    if total is not None and total != n_rows:
+        raise ValueError(f"cluster_robust_cov: data has {n_rows:,} rows but counts sums to {total:,} "
+                         "in 'n'; counts must come from the same data")
+    if G < 2:
+        raise ValueError(f"cluster_robust_cov: cluster column '{cluster}' has {G} cluster(s); "
+                         "cluster-robust SEs need many")
+    S = S[:G]
+    k = X.shape[1]
+    bread = fit.cov_params().to_numpy(dtype=float)
+    c = (G / (G - 1.0)) * ((n_rows - 1.0) / (n_rows - k))
+    V = c * bread @ (S.T @ S) @ bread
+    out = pd.DataFrame(V, index=fit.params.index, columns=fit.params.index)
+    out.attrs["cluster_robust_cov"] = {"cluster": cluster, "n_clusters": G, "rows": n_rows}
+    return out
