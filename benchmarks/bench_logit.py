@@ -71,7 +71,7 @@ class _PeakSampler:
 def _fit(tool: str, df):
     """Fit with one tool; returns ({term: coefficient}, info)."""
     if tool.startswith("refusalstats"):
-        from refusalstats.logit import logit
+        from refusalstats import logit
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -113,7 +113,7 @@ def _import(tool: str) -> None:
     if tool.startswith("refusalstats"):
         import formulaic  # noqa: F401
 
-        import refusalstats.logit  # noqa: F401
+        import refusalstats.regression  # noqa: F401
     elif tool == "statsmodels":
         import patsy  # noqa: F401
         import statsmodels.formula.api  # noqa: F401

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 import refusalstats as rs
-from refusalstats.logit import logit
+from refusalstats import logit
 
 N_ITEMS, K = 250, 10
 FORMULA = "refusal ~ task + persona + prompt"

@@ -253,7 +253,7 @@ def test_coefficients_forest_top_k_and_significance():
 
 
 def test_coefficients_from_a_logit_fit():
-    from refusalstats.logit import logit
+    from refusalstats import logit
 
     df = small_table(persona_free=False)
     fit = logit("refusal ~ persona + model", df, penalty="firth", progress=False)

@@ -1,4 +1,4 @@
-"""Tests for refusalstats.logit against R, statsmodels, published values and simulation truth.
+"""Tests for refusalstats.logit (refusalstats.regression) against R, statsmodels, published values and simulation truth.
 
 R reference values were computed once with R 4.2.2 (Debian r-base-core 4.2.2.20221110),
 glmnet 4.1-6 and brglm2 0.9 on the data built by ``_cells()`` / ``_rows()`` below. The R
@@ -27,7 +27,8 @@ import pandas as pd
 import pytest
 
 from refusalstats.formula import FormulaError
-from refusalstats.logit import LogitResults, SeparationWarning, adjust_pvalues, logit
+from refusalstats.multiplicity import adjust_pvalues
+from refusalstats.regression import LogitResults, SeparationWarning, logit
 from refusalstats.simulate import PAPER_REFERENCE, simulate_paper
 from refusalstats.table import SchemaError
 
@@ -533,7 +534,7 @@ def test_cluster_auto_resolves_item_id_with_one_note(rows):
 
 
 def test_refit_responses_equals_a_fresh_fit():
-    from refusalstats.logit import _refit_responses
+    from refusalstats.regression.model import _refit_responses
 
     df = _items(seed=1)
     y = _items(seed=2)["refusal"].to_numpy()
@@ -575,7 +576,7 @@ def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
     """400 null tables (item intercept sd 1, task constant within item, no effect of task or
     persona): the CR1 Wald F tests reject at most 8% at the 5% level; R's LR test (cluster=None)
     on the same tables rejects far more (the audit measured 32-46%)."""
-    from refusalstats.logit import _refit_responses
+    from refusalstats.regression.model import _refit_responses
 
     df = _items(n_items=80, k=8, seed=0)
     f = logit("refusal ~ task + persona", df, cluster="item_id")
@@ -600,7 +601,7 @@ def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
 def test_wald_f_rank_deficiency_and_too_few_clusters(rows):
     from scipy import stats
 
-    from refusalstats.logit import _wald_f
+    from refusalstats.regression.covariance import _wald_f
 
     # closed form: V = v v' with v = (1, 1) has rank 1, V+ = V / 4, so W = (b.v)^2 / 4
     out = _wald_f(np.array([1.0, 1.0]), np.ones((2, 2)), G=30)

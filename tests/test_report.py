@@ -125,7 +125,7 @@ def test_rate_findings_match_the_counts(sim_report, simulated):
 
 
 def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated):
-    from refusalstats.logit import logit
+    from refusalstats import logit
     from refusalstats.sensitivity import w2_sensitivity
 
     rep, html = sim_report
@@ -185,10 +185,10 @@ def test_persona_free_difference_matches_newcombe(tmp_path):
 
 
 def test_missing_module_is_skipped_with_a_reason(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "refusalstats.logit", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "refusalstats.regression", None)  # import now fails
     df = with_free_and_answers()
     rep = rs.report(df, out=tmp_path, hierarchical=False, options=W2_OPTS, progress=False)
-    assert "refusalstats.logit) is not available" in rep.skipped["logit"]
+    assert "refusalstats.regression) is not available" in rep.skipped["logit"]
     assert "logit" not in [k for k in rep.tables if k == "coefficients"]
 
 

@@ -11,8 +11,8 @@ from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
 from .hierarchical import ConvergenceWarning, HierarchicalResult, hierarchical
-from .regression import LogitResults, SeparationWarning, logit
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
+from .regression import LogitResults, SeparationWarning, logit
 from .report import figures as plot
 from .report import report
 from .scan import collapse, scan_columns

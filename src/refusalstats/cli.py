@@ -680,7 +680,7 @@ def _cmd_fit(args) -> int:
     import warnings
 
     from .formula import FormulaError
-    from .logit import logit
+    from .regression import logit
     from .simulate import PAPER_REFERENCE
     from .table import SchemaError
 
@@ -721,7 +721,7 @@ def _demo_logit(df: pd.DataFrame, args) -> None:
     """Demo: P1's Table 7 model (Firth, paper reference levels, CR1 by item) on the full table."""
     import warnings
 
-    from .logit import logit
+    from .regression import logit
     from .simulate import PAPER_PSEUDO_R2, PAPER_REFERENCE
 
     t0 = time.perf_counter()

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats
 
 from ._validation import resolve_cluster
+from .multiplicity import adjust_pvalues
 
 __all__ = [
     "RankAgreement",
@@ -759,16 +760,8 @@ def cochran_q(
     for c in ("n_blocks", "n_informative", "n_conditions"):
         out[c] = out[c].astype("int64")
     if adjust is not None:
-        out["p_adjusted"] = _adjust(out["p_value"], adjust)
+        out["p_adjusted"] = adjust_pvalues(out["p_value"], adjust)
     return _restore_dtypes(out, data, by)
-
-
-def _adjust(p: pd.Series, method: str) -> np.ndarray:
-    from .logit import adjust_pvalues
-
-    if method not in ("holm", "bh"):
-        raise ValueError(f"adjust must be 'holm', 'bh' or None, got {method!r}")
-    return adjust_pvalues(p.to_numpy(dtype=float), method)
 
 
 Q_METHODS = ("auto", "chi2", "exact", "permutation")
@@ -1336,7 +1329,7 @@ def rank_agreement(
         columns=[*by, f"n_{rater}s", f"n_{item}s", "W", "chi2", "dof", "p_value", "mean_tau"],
     )
     if adjust is not None:
-        pairs["p_adjusted"] = _adjust(pairs["p_value"], adjust)
+        pairs["p_adjusted"] = adjust_pvalues(pairs["p_value"], adjust)
     for c in (f"{rater}_1", f"{rater}_2"):
         if isinstance(data[rater].dtype, pd.CategoricalDtype):
             pairs[c] = pd.Categorical(pairs[c], categories=data[rater].cat.categories)

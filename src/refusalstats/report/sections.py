@@ -497,9 +497,9 @@ def logit_section(ctx: Context) -> Section:
     fit = ctx.results.get("logit")
     if fit is None:
         try:
-            from ..logit import logit
+            from ..regression import logit
         except ImportError as exc:
-            s.skipped = f"the regression module (refusalstats.logit) is not available: {exc}."
+            s.skipped = f"the regression module (refusalstats.regression) is not available: {exc}."
             return s
         formula = ctx.formula
         if formula is None:

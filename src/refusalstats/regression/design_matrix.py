@@ -1,0 +1,265 @@
+"""From a formula and a table to the fitted design: checks, factors, collapsed patterns, clusters.
+
+:func:`_build` validates the input once (every problem at once), sets reference levels
+through :func:`refusalstats.formula.prepare_factors`, collapses rows to unique covariate
+patterns with binomial counts, and returns a :class:`_Design` the estimators share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import linalg
+from scipy.special import gammaln
+
+from ..formula import (
+    FormulaError,
+    check_columns,
+    collapse,
+    fixed_design,
+    parse_formula,
+    prepare_factors,
+)
+from .irls import _Start
+from .linalg import _fast, _xtwx
+
+
+@dataclass
+class _Cluster:
+    name: str
+    labels: np.ndarray     # cluster label per cluster index
+    g: np.ndarray          # cluster index per (cluster, pattern) pair
+    j: np.ndarray          # pattern index per pair
+    s: np.ndarray          # successes per pair
+    n: np.ndarray          # trials per pair
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class _Design:
+    X: np.ndarray              # dense design on the patterns
+    Xf: object                 # the same, sparse when mostly zeros (for the solvers)
+    s: np.ndarray
+    n: np.ndarray
+    names: list[str]
+    spec: object
+    patterns: pd.DataFrame
+    variables: list[str]
+    factors: dict[str, list]
+    n_obs: int
+    dev_sat: float
+    ll_const: float
+    start: _Start | None
+    cluster: _Cluster | None = None
+    inverse: np.ndarray | None = None
+    row_pair: np.ndarray | None = None     # (cluster, pattern) pair of each input row (plain 0/1 rows)
+    term_columns: dict[str, list[int]] = field(default_factory=dict)
+    term_factors: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _check_response(y: pd.Series, name: str, trials: pd.Series | None) -> None:
+    if trials is None:
+        if pd.api.types.is_bool_dtype(y):
+            return
+        if not pd.api.types.is_numeric_dtype(y):
+            raise ValueError(
+                f"response '{name}' must be 0/1 (or True/False); it has dtype {y.dtype} with values "
+                f"like {pd.unique(y)[:5].tolist()}. For aggregated counts pass trials='<column of n>'"
+            )
+        bad = ~y.isin([0, 1])
+        if bad.any():
+            raise ValueError(
+                f"response '{name}' must hold only 0 and 1; found {int(bad.sum())} other value(s), e.g. "
+                f"{pd.unique(y[bad])[:5].tolist()}. For counts of refusals out of n pass trials='n'"
+            )
+    else:
+        yv = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
+        tv = pd.to_numeric(trials, errors="coerce").to_numpy(dtype=float)
+        if np.isnan(yv).any() or np.isnan(tv).any():
+            raise ValueError(f"response '{name}' and trials '{trials.name}' must be numeric without NaN")
+        if (tv <= 0).any():
+            raise ValueError(f"trials column '{trials.name}' must be positive; {int((tv <= 0).sum())} row(s) are not")
+        if (yv < 0).any() or (yv > tv).any():
+            raise ValueError(
+                f"response '{name}' counts successes out of '{trials.name}': it must satisfy "
+                f"0 <= {name} <= {trials.name}; {int(((yv < 0) | (yv > tv)).sum())} row(s) do not"
+            )
+
+
+def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster, collapse_rows: bool
+           ) -> tuple[_Design, object]:
+    from ..table import SchemaError, validate
+
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = data.copy(deep=False)
+    data.attrs = {}  # pandas deep-copies attrs on every operation; the simulator's are large
+    parsed = parse_formula(formula)
+    if parsed.random:
+        raise FormulaError(
+            f"logit() fits fixed effects only; the formula has random terms "
+            f"{[str(t) for t in parsed.random]}. Use refusalstats.hierarchical() for those, or write "
+            "the grouping as a fixed factor"
+        )
+    extra = [c for c in (trials, cluster) if c is not None]
+    if isinstance(weights, str):
+        extra.append(weights)
+    check_columns(parsed, data, extra=extra)
+    variables = [v for v in parsed.fixed_variables if v in data.columns]
+    resp = parsed.response
+    if resp in variables:
+        raise FormulaError(f"the response '{resp}' also appears on the right-hand side of {formula!r}")
+    # the input boundary: every problem at once (NaNs, one-level factors, bad 0/1 response)
+    cols = list(dict.fromkeys([resp, *variables, *extra]))
+    sub = data[cols]
+    if trials is not None and resp == "refusal":
+        sub = sub.rename(columns={resp: "__successes__"})
+    levels_needed = [v for v in variables
+                     if not pd.api.types.is_numeric_dtype(data[v]) or isinstance(data[v].dtype, pd.CategoricalDtype)
+                     or v in (reference or {})]
+    try:
+        validate(sub, required=[c if not (trials is not None and c == "refusal") else "__successes__"
+                                for c in cols],
+                 predictors=[*variables, *([cluster] if cluster else [])], needs_levels=levels_needed)
+    except SchemaError as exc:
+        raise SchemaError([f"{p} (formula {formula!r})" for p in exc.problems]) from None
+    _check_response(data[resp], resp, None if trials is None else data[trials])
+    if isinstance(weights, str):
+        w = data[weights].to_numpy(dtype=float)
+    elif weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (len(data),):
+            raise ValueError(f"weights must have one value per row ({len(data)}), got shape {w.shape}")
+    else:
+        w = None
+    if w is not None and (np.isnan(w).any() or (w < 0).any()):
+        raise ValueError("weights must be non-negative numbers without NaN")
+
+    reference = dict(reference or {})
+    unknown = [k for k in reference if k not in data.columns]
+    if unknown:
+        raise FormulaError(f"reference given for column(s) {unknown}, which are not in the data; "
+                           f"columns: {list(data.columns)}")
+    # a reference for a column the formula does not use has no effect (e.g. the paper's four)
+    reference = {k: v for k, v in reference.items() if k in variables}
+    frame = prepare_factors(data[[c for c in dict.fromkeys([resp, *variables, *extra])]],
+                            variables, reference)
+    yv = frame[resp].to_numpy(dtype=float)
+    tv = np.ones(len(frame)) if trials is None else frame[trials].to_numpy(dtype=float)
+    prior = tv if w is None else tv * w
+    n_obs = int(len(frame) if w is None else np.count_nonzero(w))
+    succ_total = float(np.sum(yv * (1 if w is None else w)))
+    tot = float(np.sum(prior))
+    if succ_total == 0 or succ_total == tot:
+        raise ValueError(
+            f"response '{resp}' is {'0' if succ_total == 0 else '1'} in every row ({tot:,.0f} rows): "
+            "there is nothing to model. Check the response column and the rows you selected"
+        )
+    # saturated log-likelihood and the binomial-coefficient constant of the input rows
+    if trials is None:
+        dev_sat, ll_const = 0.0, 0.0
+    else:
+        ww = 1.0 if w is None else w
+        sv, fv = yv, tv - yv
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sat = np.where(sv > 0, sv * np.log(sv / tv), 0.0) + np.where(fv > 0, fv * np.log(fv / tv), 0.0)
+        dev_sat = float(np.sum(ww * sat))
+        ll_const = float(np.sum(ww * (gammaln(tv + 1) - gammaln(yv + 1) - gammaln(tv - yv + 1))))
+
+    if collapse_rows:
+        col = collapse(frame, variables, resp, trials=trials, weights=w)
+        inverse = col.inverse
+        patterns = col.patterns
+    else:
+        inverse = np.arange(len(frame))
+        patterns = frame[variables].reset_index(drop=True).copy()
+        patterns["successes"] = yv * (1 if w is None else w)
+        patterns["trials"] = prior
+    s = patterns["successes"].to_numpy(dtype=float)
+    n = patterns["trials"].to_numpy(dtype=float)
+    keep = n > 0
+    if not keep.all():  # patterns whose rows all have weight 0
+        patterns = patterns[keep].reset_index(drop=True)
+        remap = np.cumsum(keep) - 1
+        inverse = np.where(keep[inverse], remap[inverse], -1)
+        s, n = s[keep], n[keep]
+    # R's glm.fit start (mustart = (m y + 0.5)/(m + 1) per input row), summed to patterns
+    ok = inverse >= 0
+    K = len(patterns)
+    succ_rows = yv * (1 if w is None else w)
+    if trials is None and w is None:  # plain 0/1 rows: mustart is 3/4 or 1/4, in closed form
+        z1 = np.log(3.0) + 4.0 / 3.0
+        start_w = 0.1875 * n
+        start_wz = 0.1875 * z1 * (2.0 * s - n)
+        dev0 = -2.0 * len(yv) * np.log(0.75)
+    else:
+        m = prior
+        ybar = np.where(prior > 0, yv / np.maximum(tv, 1e-300), 0.0)
+        mu0 = (m * ybar + 0.5) / (m + 1.0)
+        v0 = mu0 * (1 - mu0)
+        w0 = prior * v0
+        z0 = np.log(mu0 / (1 - mu0)) + (ybar - mu0) / v0
+        start_w = np.bincount(inverse[ok], weights=w0[ok], minlength=K)
+        start_wz = np.bincount(inverse[ok], weights=(w0 * z0)[ok], minlength=K)
+        fail_rows = prior - succ_rows
+        dev0 = 2.0 * (dev_sat - float(np.sum(succ_rows * np.log(mu0) + fail_rows * np.log1p(-mu0))))
+    start = _Start(start_w, start_wz, dev0)
+
+    X, names, spec = fixed_design(parsed.fixed, patterns[variables] if variables else patterns)
+    if X.shape[0] != K:
+        raise FormulaError(f"the design of {formula!r} lost rows ({X.shape[0]} of {K})")
+    factors = {v: list(patterns[v].cat.categories) for v in variables
+               if isinstance(patterns[v].dtype, pd.CategoricalDtype)}
+    p = X.shape[1]
+    if p > K:
+        raise ValueError(
+            f"the model has {p} coefficients but the data have only {K} distinct covariate pattern(s): "
+            "the coefficients are not identifiable. Use fewer terms (e.g. drop an interaction) or more data"
+        )
+    gram = _xtwx(_fast(X), n / n.max())
+    scale = np.sqrt(np.maximum(np.diag(gram), 1e-300))
+    gram = gram / scale[:, None] / scale[None, :]
+    rank = np.linalg.matrix_rank(gram, tol=1e-10, hermitian=True)
+    if rank < p:
+        _, _, piv = linalg.qr(gram, pivoting=True)
+        aliased = [names[i] for i in piv[rank:]]
+        raise ValueError(
+            f"the design of {formula!r} is rank deficient ({rank} of {p} columns independent): "
+            f"coefficient(s) {aliased} are aliased with others (a constant numeric column, a "
+            "level combination with no rows in an interaction, or collinear covariates). "
+            "Remove or recode those terms"
+        )
+    term_columns: dict[str, list[int]] = {}
+    term_factors: dict[str, list[str]] = {}
+    for term, idx in spec.term_indices.items():
+        key = str(term)
+        term_columns[key] = list(idx)
+        term_factors[key] = [str(f) for f in term.factors if str(f) != "1"]
+    cl = None
+    row_pair = None
+    if cluster is not None:
+        codes, uniq = pd.factorize(frame[cluster], sort=True)
+        codes = codes.astype(np.int64)
+        sel = ok & (prior > 0)
+        key = codes[sel] * K + inverse[sel]
+        ukey, pinv = np.unique(key, return_inverse=True)
+        pinv = pinv.ravel()
+        cl = _Cluster(
+            name=cluster, labels=np.asarray(uniq),
+            g=(ukey // K).astype(np.int64), j=(ukey % K).astype(np.int64),
+            s=np.bincount(pinv, weights=succ_rows[sel], minlength=len(ukey)),
+            n=np.bincount(pinv, weights=prior[sel], minlength=len(ukey)),
+        )
+        if cl.n_clusters < 2:
+            raise ValueError(f"cluster column '{cluster}' has a single cluster; cluster-robust SEs need many")
+        if trials is None and w is None and sel.all():
+            row_pair = pinv.astype(np.int32 if len(ukey) < 2**31 else np.int64)
+    design = _Design(X=X, Xf=_fast(X), s=s, n=n, names=names, spec=spec, patterns=patterns, variables=variables,
+                     factors=factors, n_obs=n_obs, dev_sat=dev_sat, ll_const=ll_const, start=start,
+                     cluster=cl, inverse=inverse, row_pair=row_pair, term_columns=term_columns, term_factors=term_factors)
+    return design, parsed

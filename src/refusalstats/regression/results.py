@@ -1,0 +1,516 @@
+"""The fitted model: :class:`LogitResults` (tables, R-style summary, tests, prediction)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.special import expit
+
+from ..formula import FormulaError, new_design
+from ..multiplicity import adjust_pvalues
+from .covariance import _cr1, _wald_f
+from .firth import _firth
+from .irls import _irls
+from .likelihood import _loglik
+from .linalg import _inv_spd, _single_blas, _xtwx
+
+
+def _signif(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    for cut, code in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return code
+    return ""
+
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "NA"
+    if p < 2e-16:
+        return "<2e-16"
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
+
+
+class _Text(str):
+    """A string that prints as itself in a REPL (the R-style summary)."""
+
+    def __repr__(self) -> str:  # pragma: no cover - display only
+        return str(self)
+
+class LogitResults:
+    """A fitted logistic regression: estimates, uncertainty and tests, R style.
+
+    Attributes
+    ----------
+    params, bse, zvalues, pvalues : Series
+        Estimates, standard errors, Wald z statistics and p-values by term name
+        (``statistic`` is the one behind the p-value: z, or Firth's penalized LR
+        chi-square; ridge / lasso / elastic net have no p-values).
+    p_method : str
+        "wald", "plr" (penalized likelihood ratio) or "none".
+    loglik, loglik_null, deviance, null_deviance, aic, bic : float
+        Log-likelihood (unpenalized; R's, with binomial constants for ``trials=``
+        input), of the null model, deviances and information criteria as R.
+    pseudo_r2 : float
+        McFadden's ``1 - l(b) / l_0`` on the row-level Bernoulli log-likelihood
+        (unpenalized, at the fitted coefficients; ``l_0`` intercept-only): the same for
+        rows and ``trials=`` input, in [0, 1] (a Firth fit below the null reports 0 and a note).
+    iterations : int
+        Newton / Fisher scoring iterations of the fit.
+    separation : list of str
+        Separated levels or cells found after the fit (empty when none).
+    reference : dict
+        Reference level of every factor (treatment coding).
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    # -------------------------------------------------------------- basics
+    def __repr__(self) -> str:
+        return (f"<LogitResults {self.formula!r}: {len(self.params)} coefficients, "
+                f"penalty={self.penalty}, {self.n_obs:,} rows in {self.n_patterns:,} patterns>")
+
+    @property
+    def zvalues(self) -> pd.Series:
+        """Wald z = estimate / SE (NaN for ridge / lasso / elastic net: no test holds there)."""
+        if self.p_method == "none":
+            return pd.Series(np.nan, index=self.params.index, name="z")
+        return (self.params / self.bse).rename("z")
+
+    @property
+    def statistic(self) -> pd.Series:
+        """The statistic behind each p-value: Wald z (``p_method="wald"``), the penalized
+        likelihood-ratio chi-square on 1 df (``"plr"``, Firth without clusters), or NaN."""
+        return pd.Series(self._stat, index=self.params.index, name=self._stat_column or "statistic")
+
+    @property
+    def _stat_column(self) -> str | None:
+        return {"wald": "z", "plr": "chisq"}.get(self.p_method)
+
+    @property
+    def _p_test(self) -> str:
+        if self.p_method == "plr":
+            return "penalized likelihood-ratio chi-square (1 df), as logistf"
+        if self.p_method == "wald":
+            return "Wald z" + (f" with the CR1 covariance by '{self.cluster}'" if self.cluster else "")
+        return "none (penalized estimates have no frequentist test)"
+
+    def cov_params(self) -> pd.DataFrame:
+        """Covariance matrix of the estimates (model based or cluster-robust)."""
+        return pd.DataFrame(self._cov, index=self.params.index, columns=self.params.index)
+
+    def conf_int(self) -> pd.DataFrame:
+        """Intervals at level ``conf`` (columns ``ci_low``, ``ci_high``); ``ci_method`` says
+        what they are (confidence, posterior, bootstrap)."""
+        return self._ci.copy()
+
+    def _no_tests(self, what: str) -> ValueError:
+        name = {"l2": "ridge", "l1": "lasso", "elasticnet": "elastic net"}.get(self.penalty, self.penalty)
+        return ValueError(
+            f"{what}: penalty={self.penalty!r} ({name}) gives no p-values or tests — a penalized estimate "
+            "is biased toward 0 and has no valid frequentist null distribution. Refit with penalty=None "
+            "or penalty='firth' for tests; the intervals here are "
+            + ("posterior / sandwich intervals of the shrunken estimate" if self.penalty == "l2"
+               else "bootstrap intervals (ci='bootstrap') or none")
+        )
+
+    def coef_table(self, adjust: str | None = None, family: str = "term") -> pd.DataFrame:
+        """Coefficient table with CIs and odds ratios.
+
+        Columns ``term, estimate, std_error``, the test statistic (``z`` for Wald tests,
+        ``chisq`` for Firth's penalized likelihood-ratio tests), ``p``, ``ci_low``,
+        ``ci_high``, odds ratios and ``separated``; ``attrs["test"]`` names the test.
+        Ridge / lasso / elastic-net fits have no statistic or p-value columns.
+
+        Parameters
+        ----------
+        adjust : {"holm", "bh"}, optional
+            Adjust p-values within families of coefficients (column ``p_adj``).
+        family : {"term", "all"}
+            A family is each formula term's coefficients (e.g. all persona levels), or
+            all coefficients but the intercept.
+
+        Examples
+        --------
+        >>> fit.coef_table(adjust="holm")  # doctest: +SKIP
+        """
+        if family not in ("term", "all"):
+            raise ValueError(f"family must be 'term' or 'all', got {family!r}")
+        if adjust is not None and self.p_method == "none":
+            raise self._no_tests("coef_table(adjust=...)")
+        ci = self._ci
+        cols = {"term": self.params.index, "estimate": self.params.to_numpy(),
+                "std_error": self.bse.to_numpy()}
+        if self._stat_column is not None:
+            cols[self._stat_column] = np.asarray(self._stat, float)
+            cols["p"] = self.pvalues.to_numpy()
+        cols.update({"ci_low": ci["ci_low"].to_numpy(), "ci_high": ci["ci_high"].to_numpy()})
+        tab = pd.DataFrame(cols)
+        tab["odds_ratio"] = np.exp(tab["estimate"])
+        tab["or_ci_low"] = np.exp(tab["ci_low"])
+        tab["or_ci_high"] = np.exp(tab["ci_high"])
+        tab["separated"] = tab["term"].isin(self.separated_terms)
+        if adjust is not None:
+            padj = np.full(len(tab), np.nan)
+            groups = self._term_of if family == "term" else {nm: "all" for nm in tab["term"]}
+            fam = tab["term"].map(groups)
+            for key in fam.dropna().unique():
+                if key == "1":
+                    continue
+                m = (fam == key).to_numpy() & (tab["term"] != "Intercept").to_numpy()
+                padj[m] = adjust_pvalues(tab["p"].to_numpy()[m], adjust)
+            tab["p_adj"] = padj
+        tab.attrs["test"] = self._p_test
+        tab.attrs["intervals"] = self.ci_method
+        return tab
+
+    @property
+    def odds_ratios(self) -> pd.Series:
+        return np.exp(self.params)
+
+    # -------------------------------------------------------------- summary
+    def summary(self) -> str:
+        """The fit printed like R's ``summary(glm(..., family = binomial))``.
+
+        The statistic column is the one behind the p-value: ``z value`` for Wald tests,
+        ``Chisq`` (with ``Pr(>Chisq)``) for Firth's penalized likelihood-ratio tests, as
+        logistf prints them; ridge / lasso / elastic net show neither (nor stars).
+        """
+        tab = self.coef_table()
+        testing = self._stat_column is not None
+
+        def num(v, f):
+            return "NA" if not np.isfinite(v) else format(v, f)
+
+        pct = f"{100 * self.conf:g}%"
+        cols = [("", list(tab["term"]), "l"), ("Estimate", [f"{v:.5g}" for v in tab["estimate"]], "r"),
+                ("Std. Error", [num(v, ".5g") for v in tab["std_error"]], "r")]
+        if testing:
+            if self.p_method == "plr":
+                cols += [("Chisq", [num(v, ".3f") for v in tab["chisq"]], "r"),
+                         ("Pr(>Chisq)", [_fmt_p(v) for v in tab["p"]], "r")]
+            else:
+                cols += [("z value", [num(v, ".3f") for v in tab["z"]], "r"),
+                         ("Pr(>|z|)", [_fmt_p(v) for v in tab["p"]], "r")]
+            codes = [_signif(v) + (" (sep)" if sep else "") for v, sep in zip(tab["p"], tab["separated"])]
+        else:
+            codes = [("(sep)" if sep else "") for sep in tab["separated"]]
+        cols.append(("", codes, "l"))
+        cols += [(f"{pct} low", [num(v, ".4g") for v in tab["ci_low"]], "r"),
+                 (f"{pct} high", [num(v, ".4g") for v in tab["ci_high"]], "r")]
+        widths = [max(len(h), *(len(str(x)) for x in vals)) for h, vals, _ in cols]
+
+        def fmt(cells):
+            return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                             for c, w, (_, _, a) in zip(cells, widths, cols)).rstrip()
+
+        lines = ["", "Call:", f"logit(formula = {self.formula!r}{self._call_extra})", ""]
+        if self.penalty is None:
+            pen = "none (maximum likelihood)"
+        elif self.penalty == "firth":
+            pen = "Firth (Jeffreys prior)"
+        else:
+            pen = {"l2": "ridge", "l1": "lasso", "elasticnet": "elastic net"}[self.penalty]
+            pen += f", alpha = {self.alpha:.4g}" + (f", l1_ratio = {self.l1_ratio:g}"
+                                                    if self.penalty == "elasticnet" else "")
+        lines.append(f"Penalty: {pen}")
+        lines.append(f"Standard errors: {self.cov_type}; intervals: {self.ci_method}")
+        lines.append(f"Tests: {self._p_test}")
+        lines += ["", "Coefficients:", fmt([h for h, _, _ in cols])]
+        lines += [fmt([vals[i] for _, vals, _ in cols]) for i in range(len(tab))]
+        if testing:
+            lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+        else:
+            lines += ["---", ("No p-values: a penalized estimate is biased toward 0 and has no valid "
+                              "frequentist test (refit with penalty=None or 'firth' for tests).")]
+        lines += ["", "(Dispersion parameter for binomial family taken to be 1)", "",
+                  f"    Null deviance: {self.null_deviance:.{_dp(self.null_deviance)}f}  on {self.df_null}  degrees of freedom",
+                  f"Residual deviance: {self.deviance:.{_dp(self.deviance)}f}  on {self.df_resid}  degrees of freedom",
+                  (f"AIC: {self.aic:.{_dp(self.aic)}f}   BIC: {self.bic:.{_dp(self.bic)}f}   "
+                  f"McFadden pseudo-R2: {self.pseudo_r2:.4f}")]
+        if self.penalty == "firth":
+            lines.append(f"Penalized log-likelihood: {self.penalized_loglik:.4f} (deviance/AIC use the "
+                         "unpenalized log-likelihood)")
+        lines += ["", (f"Number of {'Fisher Scoring' if self.penalty is None else 'Newton'} iterations: "
+                  f"{self.iterations}{'' if self.converged else ' (did NOT converge)'}"),
+                  f"{self.n_obs:,} rows in {self.n_patterns:,} covariate patterns"
+                  + (f"; {self.n_clusters:,} clusters of '{self.cluster}'" if self.cluster else "")]
+        if self.separation:
+            lines += ["", "Separation (the maximum likelihood estimate does not exist for the terms "
+                      "marked 'sep'):" if self.penalty is None else
+                      "Separation in the data (the penalty keeps the estimates finite):"]
+            lines += [f"  - {t}" for t in self.separation]
+            if self.penalty is None:
+                lines.append("  Their estimates are where the fit stopped, not estimates; refit with "
+                             "penalty='firth' (or 'l2') for finite values.")
+        for note in self.notes:
+            lines.append(f"Note: {note}")
+        return _Text("\n".join(lines) + "\n")
+
+    # -------------------------------------------------------------- tests
+    def _refit_dropping(self, cols: list[int]) -> tuple[float, int]:
+        """Log-likelihood (penalized for Firth) with columns ``cols`` removed/fixed at 0."""
+        d = self._design
+        if self.penalty == "firth":
+            beta0 = self.params.to_numpy().copy()
+            beta0[cols] = 0.0
+            _, _, _, pll = _firth(d.Xf, d.s, d.n, beta0=beta0, fixed={c: 0.0 for c in cols})
+            return pll, len(cols)
+        keep = [j for j in range(d.X.shape[1]) if j not in set(cols)]
+        Xr = d.Xf[:, keep]
+        if Xr.shape[1] == 0:
+            return _loglik(np.zeros(len(d.s)), d.s, d.n), len(cols)
+        beta, _, _ = _irls(Xr, d.s, d.n, dev_sat=d.dev_sat, start=d.start)
+        return _loglik(Xr @ beta, d.s, d.n), len(cols)
+
+    def _check_tests(self, what: str):
+        if self.penalty not in (None, "firth"):
+            raise self._no_tests(what)
+
+    def _wald_label(self) -> str:
+        G = self._design.cluster.n_clusters
+        return (f"cluster-robust Wald F by '{self.cluster}' (CR1 covariance, F = W/q on (q, G-1) = "
+                f"(q, {G - 1}) df, G = {G} clusters)")
+
+    def _cluster_test(self, term: str, cols: list[int], beta: np.ndarray, V: np.ndarray,
+                      separated: bool) -> dict:
+        G = self._design.cluster.n_clusters
+        if separated:
+            return {"term": term, "df": float(len(cols)), "df_resid": float(G - 1), "F": np.nan,
+                    "p_value": np.nan, "note": "separated coefficient(s): the maximum likelihood estimate "
+                    "does not exist, so no Wald test; refit with penalty='firth'"}
+        return {"term": term, **_wald_f(beta, V, G)}
+
+    def _cluster_frame(self, rows: list[dict]) -> pd.DataFrame:
+        out = pd.DataFrame(rows, columns=["term", "df", "df_resid", "F", "p_value", "note"])
+        out.attrs["test"] = self._wald_label()
+        return out
+
+    @_single_blas
+    def drop1(self) -> pd.DataFrame:
+        """Test of each term as a whole, dropped from the full model (marginality respected).
+
+        * Unclustered maximum likelihood: R's ``drop1(fit, test = "LRT")``; columns
+          ``term, df, deviance, lr, p_value``.
+        * Unclustered Firth: the penalized likelihood ratio with the full model's penalty
+          (logistf's ``drop1``); same columns (``deviance`` NaN).
+        * Clustered (``cluster=``): the likelihood ratio assumes independent rows and is
+          not shown. Each term gets the cluster-robust Wald test
+          ``W = b' V_CR1^-1 b`` with ``F = W / q`` on ``(q, G - 1)`` df (Cameron & Miller
+          2015; Stata's ``test`` after ``vce(cluster)``); columns
+          ``term, df, df_resid, F, p_value, note``. A singular CR1 block is inverted by
+          pseudo-inverse with ``q`` its rank (noted); with ``q > G - 1`` the test is not
+          available (NaN, noted).
+
+        ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
+
+        Examples
+        --------
+        >>> fit.drop1()  # doctest: +SKIP
+        """
+        self._check_tests("drop1()")
+        d = self._design
+        terms = [t for t in d.term_columns if t != "1"]
+        kept = [t for t in terms if not any(u != t and set(d.term_factors[t]) < set(d.term_factors[u])
+                                            for u in terms)]
+        if self.cluster is not None:
+            beta = self.params.to_numpy()
+            V = self._cov_cluster
+            sep = {self.params.index.get_loc(nm) for nm in self.separated_terms} if self.penalty is None \
+                else set()
+            return self._cluster_frame([
+                self._cluster_test(t, d.term_columns[t], beta[d.term_columns[t]],
+                                   V[np.ix_(d.term_columns[t], d.term_columns[t])],
+                                   bool(sep & set(d.term_columns[t])))
+                for t in kept])
+        full = self.penalized_loglik if self.penalty == "firth" else self.loglik - self._ll_const
+        out = []
+        for t in kept:
+            ll, df_ = self._refit_dropping(d.term_columns[t])
+            lr = max(2.0 * (full - ll), 0.0)
+            out.append({"term": t, "df": df_, "deviance": 2.0 * (d.dev_sat - ll) if self.penalty is None else np.nan,
+                        "lr": lr, "p_value": float(stats.chi2.sf(lr, df_))})
+        res = pd.DataFrame(out, columns=["term", "df", "deviance", "lr", "p_value"])
+        res.attrs["test"] = ("penalized likelihood ratio (chi-square), full model's penalty" if self.penalty
+                             == "firth" else "likelihood ratio (chi-square), as R's drop1(test = 'LRT')")
+        return res
+
+    @_single_blas
+    def anova(self) -> pd.DataFrame:
+        """Sequential tests: terms added in formula order, each given those before it.
+
+        * Unclustered maximum likelihood: R's ``anova(fit, test = "Chisq")``; columns
+          ``term, df, deviance, resid_df, resid_dev, p_value`` with a ``NULL`` first row.
+        * Unclustered Firth: each row is the penalized likelihood ratio of fixing that
+          term's coefficients (and those of later terms) at zero.
+        * Clustered: row ``k`` fits the model with the first ``k`` terms (same estimator)
+          and gives the cluster-robust Wald F test of term ``k`` in it, as :meth:`drop1`
+          (columns ``term, df, df_resid, F, p_value, note``). No likelihood ratio is shown.
+
+        ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
+        """
+        self._check_tests("anova()")
+        d = self._design
+        terms = list(d.term_columns)
+        has_int = "1" in terms
+        order = [t for t in terms if t != "1"]
+        if self.cluster is not None:
+            return self._cluster_frame(self._sequential_wald(order, has_int))
+        rows = []
+        prev_ll = None
+        prev_df = None
+        for k in range(len(order) + 1):
+            incl = (["1"] if has_int else []) + order[:k]
+            cols = [c for t in incl for c in d.term_columns[t]]
+            drop = [j for j in range(d.X.shape[1]) if j not in set(cols)]
+            if drop:
+                ll, _ = self._refit_dropping(drop)
+            else:
+                ll = self.penalized_loglik if self.penalty == "firth" else self.loglik - self._ll_const
+            dev = 2.0 * (d.dev_sat - ll)
+            df_resid = self.n_obs - len(cols)
+            if k == 0:
+                rows.append({"term": "NULL", "df": np.nan, "deviance": np.nan, "resid_df": df_resid,
+                             "resid_dev": dev, "p_value": np.nan})
+            else:
+                lr = max(2.0 * (ll - prev_ll), 0.0)
+                dfk = prev_df - df_resid
+                rows.append({"term": order[k - 1], "df": dfk, "deviance": lr, "resid_df": df_resid,
+                             "resid_dev": dev, "p_value": float(stats.chi2.sf(lr, dfk))})
+            prev_ll, prev_df = ll, df_resid
+        res = pd.DataFrame(rows)
+        res.attrs["test"] = ("penalized likelihood ratio (chi-square), full model's penalty" if self.penalty
+                             == "firth" else "likelihood ratio (chi-square), as R's anova(test = 'Chisq')")
+        return res
+
+    def _sequential_wald(self, order: list[str], has_int: bool) -> list[dict]:
+        """Cluster-robust Wald F of each term in the model of the terms up to it."""
+        d = self._design
+        cl = d.cluster
+        sep_full = {self.params.index.get_loc(nm) for nm in self.separated_terms} if self.penalty is None \
+            else set()
+        rows = []
+        beta_prev = None
+        for k in range(1, len(order) + 1):
+            incl = (["1"] if has_int else []) + order[:k]
+            cols = [c for t in incl for c in d.term_columns[t]]
+            tested = d.term_columns[order[k - 1]]
+            pos = [cols.index(c) for c in tested]
+            if k == len(order):
+                beta, V = self.params.to_numpy(), self._cov_cluster
+                b_t, V_t = beta[tested], V[np.ix_(tested, tested)]
+            else:
+                Xs = d.X[:, cols]
+                Xsf = d.Xf[:, cols]
+                start = None if beta_prev is None else np.append(beta_prev, np.zeros(len(cols) - len(beta_prev)))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if self.penalty == "firth":
+                        bs, _, _, _ = _firth(Xsf, d.s, d.n, beta0=start)
+                    else:
+                        bs, _, _ = _irls(Xsf, d.s, d.n, dev_sat=d.dev_sat, start=d.start)
+                beta_prev = bs
+                mu = expit(Xs @ bs)
+                bread = _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu)))
+                Vs = _cr1(Xs, cl, bs, bread, d.n_obs)
+                b_t, V_t = bs[pos], Vs[np.ix_(pos, pos)]
+            rows.append(self._cluster_test(order[k - 1], tested, b_t, V_t, bool(sep_full & set(tested))))
+        return rows
+
+    # -------------------------------------------------------------- prediction
+    def _new_X(self, newdata: pd.DataFrame) -> np.ndarray:
+        d = self._design
+        missing = [v for v in d.variables if v not in newdata.columns]
+        if missing:
+            raise FormulaError(f"newdata lacks column(s) {missing} used by {self.formula!r}")
+        nd = newdata[d.variables].copy()
+        for v, levels in d.factors.items():
+            vals = nd[v]
+            known = pd.Index(levels)
+            as_str = {str(x): x for x in levels}
+            mapped = vals.map(lambda x, _k=known, _s=as_str: x if x in _k else _s.get(str(x), x))
+            bad = ~mapped.isin(known)
+            if bad.any():
+                raise ValueError(
+                    f"column '{v}' of newdata has level(s) {pd.unique(mapped[bad]).tolist()[:5]} the model "
+                    f"was not fitted on; fitted levels: {levels}"
+                )
+            nd[v] = pd.Categorical(mapped, categories=levels)
+        if nd.isna().any().any():
+            raise ValueError("newdata has missing values in the model's columns")
+        return new_design(d.spec, nd)
+
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "response") -> np.ndarray:
+        """Predicted refusal probability (``type="response"``) or log-odds (``"link"``).
+
+        New data reuse the fitted factor levels; an unknown level is an error.
+
+        Examples
+        --------
+        >>> fit.predict(pd.DataFrame({"persona": ["Man"], "task": ["nli"], ...}))  # doctest: +SKIP
+        """
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        X = self._design.X if newdata is None else self._new_X(newdata)
+        eta = X @ self.params.to_numpy()
+        if newdata is None:  # one value per input row (NaN for rows with weight 0)
+            inv = self._design.inverse
+            eta = np.where(inv >= 0, eta[np.maximum(inv, 0)], np.nan)
+        return expit(eta) if type == "response" else eta
+
+    @_single_blas
+    def marginal_means(self, factor: str, by: str | None = None, conf: float | None = None) -> pd.DataFrame:
+        """Average predicted refusal probability per level of ``factor`` (emmeans style).
+
+        For each level, every observed row is set to that level and the predicted
+        probabilities are averaged over the observed distribution of the other
+        predictors (within each level of ``by``). Intervals by the delta method on the
+        logit of the mean, with the fit's covariance (model based or CR1).
+
+        Examples
+        --------
+        >>> fit.marginal_means("persona")  # doctest: +SKIP
+        """
+        d = self._design
+        if factor not in d.factors:
+            raise ValueError(f"'{factor}' is not a factor of the model; factors: {list(d.factors)}")
+        if by is not None and by not in d.factors:
+            raise ValueError(f"by='{by}' is not a factor of the model; factors: {list(d.factors)}")
+        conf = self.conf if conf is None else conf
+        zq = stats.norm.ppf(0.5 + conf / 2)
+        beta = self.params.to_numpy()
+        V = self._cov
+        pats = d.patterns
+        groups = [(None, np.ones(len(pats), bool))] if by is None else [
+            (lv, (pats[by].cat.codes == i).to_numpy()) for i, lv in enumerate(d.factors[by])]
+        out = []
+        for lv in d.factors[factor]:
+            newp = pats[d.variables].copy()
+            newp[factor] = pd.Categorical([lv] * len(newp), categories=d.factors[factor])
+            Xl = new_design(d.spec, newp)
+            pr = expit(Xl @ beta)
+            for g, m in groups:
+                if factor == by and g != lv:
+                    continue
+                wts = d.n[m] / d.n[m].sum()
+                mean = float(wts @ pr[m])
+                grad = (wts * pr[m] * (1 - pr[m])) @ Xl[m]
+                se = float(np.sqrt(max(grad @ V @ grad, 0.0)))
+                lg = np.log(mean / (1 - mean))
+                se_l = se / (mean * (1 - mean))
+                row = {factor: lv}
+                if by is not None:
+                    row[by] = g
+                row.update({"prob": mean, "std_error": se, "ci_low": float(expit(lg - zq * se_l)),
+                            "ci_high": float(expit(lg + zq * se_l))})
+                out.append(row)
+        return pd.DataFrame(out)
+
+
+def _dp(x: float) -> int:
+    return 2 if abs(x) >= 100 else 4

@@ -1,0 +1,96 @@
+"""(Quasi-)complete separation: detection by linear programming and a description in levels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .design_matrix import _Design
+
+
+class SeparationWarning(UserWarning):
+    """Complete or quasi-complete separation: some MLE coefficients diverge."""
+
+def _separation(d: _Design, beta: np.ndarray | None = None, bse: np.ndarray | None = None
+                ) -> tuple[list[str], list[str]]:
+    """Detect (quasi-)complete separation; returns (descriptions, separated term names).
+
+    A linear program looks for a direction ``b != 0`` with ``x'b >= 0`` on patterns
+    that are all refusals, ``x'b <= 0`` on patterns with none and ``x'b = 0`` on mixed
+    ones (Konis 2007): one exists exactly when the MLE does not. The patterns the
+    direction moves are described by the factor levels (or two-factor cells) whose
+    rows they contain, with their row counts.
+    """
+    from scipy.optimize import linprog
+
+    X, s, n = d.X, d.s, d.n
+    K, p = X.shape
+    succ = s >= n - 1e-9
+    fail = s <= 1e-9
+    mixed = ~(succ | fail)
+    direction = None
+    if K <= 100_000:
+        c = -(X[succ].sum(0) - X[fail].sum(0))
+        A_ub = np.vstack([-X[succ], X[fail]]) if (succ.any() or fail.any()) else None
+        b_ub = np.zeros(A_ub.shape[0]) if A_ub is not None else None
+        A_eq = X[mixed] if mixed.any() else None
+        b_eq = np.zeros(int(mixed.sum())) if mixed.any() else None
+        res = linprog(c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=[(-1, 1)] * p,
+                      method="highs")
+        if res.status == 0 and -res.fun > 1e-7:
+            direction = res.x
+        elif res.status != 0:
+            direction = None
+    sep_terms: list[str] = []
+    if direction is not None:
+        moved = np.abs(X @ direction) > 1e-7
+        sep_terms = [nm for nm, v in zip(d.names, direction) if abs(v) > 1e-7]
+    elif beta is not None and bse is not None:  # heuristic for very large designs
+        big = (np.abs(beta) > 10) & ((bse > 100) | ~np.isfinite(bse))
+        if not big.any():
+            return [], []
+        sep_terms = [nm for nm, b in zip(d.names, big) if b]
+        moved = np.abs(d.X[:, big]).sum(1) > 0
+        moved &= (succ | fail)
+    else:
+        return [], []
+    pats = d.patterns
+    desc: list[str] = []
+    covered = np.zeros(K, bool)
+    facs = list(d.factors)
+
+    def describe(mask_rows, label):
+        rows = float(n[mask_rows].sum())
+        ref = float(s[mask_rows].sum())
+        if ref == 0:
+            return f"{label} has 0 refusals in {rows:,.0f} rows"
+        return f"{label} has only refusals ({rows:,.0f} of {rows:,.0f} rows)"
+
+    for f in facs:
+        codes = pats[f].cat.codes.to_numpy()
+        for li, lv in enumerate(d.factors[f]):
+            m = codes == li
+            if m.any() and moved[m].all() and (fail[m].all() or succ[m].all()):
+                desc.append(describe(m, f"{f}={lv}"))
+                covered |= m
+    pairs = set()
+    for fs in d.term_factors.values():
+        fs = [x for x in fs if x in d.factors]
+        for a in range(len(fs)):
+            for b in range(a + 1, len(fs)):
+                pairs.add((fs[a], fs[b]))
+    for f1, f2 in sorted(pairs):
+        c1 = pats[f1].cat.codes.to_numpy()
+        c2 = pats[f2].cat.codes.to_numpy()
+        for li in np.unique(c1[moved & ~covered]):
+            for lj in np.unique(c2[moved & ~covered & (c1 == li)]):
+                m = (c1 == li) & (c2 == lj)
+                if moved[m].all() and (fail[m].all() or succ[m].all()):
+                    desc.append(describe(m, f"{f1}={d.factors[f1][li]} & {f2}={d.factors[f2][lj]}"))
+                    covered |= m
+    rest = moved & ~covered
+    if rest.any():
+        desc.append(
+            f"{int(rest.sum())} further covariate pattern(s) ({float(n[rest].sum()):,.0f} rows) are "
+            f"separated along term(s) {sep_terms[:8]}{' ...' if len(sep_terms) > 8 else ''}"
+        )
+    return desc, sep_terms
