@@ -389,11 +389,14 @@ def test_permuted_tables_keep_both_margins_and_hypergeometric_mean():
 
 
 def test_bootstrap_ci_coverage_near_nominal():
+    """Random partition sizes (each row's level drawn at random), iota = 0.50505. The
+    default (unstratified) bootstrap covers 95-96%; the stratified one, which holds the
+    partition sizes fixed, covered 92.9-93.3% in 1,000 data sets (docs/methods_w2.md)."""
     truth = 0.25 / (2 * 0.2475)
     probs = np.array([0.1, 0.3, 0.5, 0.9])
     rng = np.random.default_rng(18)
     hits = {"bca": 0, "percentile": 0}
-    reps = 150
+    reps = 400
     for r in range(reps):
         g = rng.integers(0, 4, 6400)
         y = (rng.random(6400) < probs[g]).astype(int)
@@ -403,7 +406,7 @@ def test_bootstrap_ci_coverage_near_nominal():
                                progress=False).table.iloc[0]
             hits[method] += t["ci_low"] <= truth <= t["ci_high"]
     for method, h in hits.items():
-        assert 0.90 <= h / reps <= 0.99, (method, h / reps)
+        assert 0.93 <= h / reps <= 0.975, (method, h / reps)
 
 
 # --------------------------------------------------------------------------------------
@@ -566,7 +569,8 @@ def test_simulated_paper_ranking_model_task_then_persona_prompt():
     from refusalstats.simulate import simulate_paper
 
     df = simulate_paper(scale=0.05, seed=1)
-    tab = w2_sensitivity(df, n_boot=200, n_perm=100, seed=0, progress=False).table
+    tab = w2_sensitivity(df, n_boot=200, n_perm=100, seed=0, cluster="item_id",
+                         progress=False).table
     tab = tab.set_index("input")
     assert tab.loc["model", "ci_low"] > tab.loc["task", "ci_high"]
     assert tab.loc["task", "ci_low"] > max(tab.loc["persona", "ci_high"],
@@ -674,11 +678,14 @@ def test_cluster_bootstrap_tables_are_resampled_items():
 
 def test_cluster_permutations_keep_the_right_margins():
     rng = np.random.default_rng(43)
-    n_items, k = 60, 8
-    item = np.repeat(np.arange(n_items), k)
+    n_items = 60
+    size = rng.integers(3, 14, n_items)  # items of different sizes
+    item = np.repeat(np.arange(n_items), size)
     p_item = rng.uniform(0.05, 0.9, n_items)[item]
+    # even items see personas 0/1, odd items 2/3: answers may not cross between items
+    persona = 2 * (item % 2) + rng.integers(0, 2, len(item))
     df = pd.DataFrame({"item_id": item, "task": (item % 3).astype(str),
-                       "persona": rng.integers(0, 4, len(item)).astype(str),
+                       "persona": persona.astype(str),
                        "y": (rng.random(len(item)) < p_item).astype(int) + 1})
     # item-level input: whole items move between levels; an item's answers stay together
     est, clus = _clustered_table(df, "task")
@@ -687,8 +694,13 @@ def test_cluster_permutations_keep_the_right_margins():
     est.perm(2000, np.random.default_rng(0))
     tabs = captured[0]
     assert (tabs.sum(axis=1) == est.counts.sum(axis=0)).all()
+    # whole items move, so a level's size changes with the items it gets; its expected
+    # table is (items in the level / items) x the pooled value counts
     sizes = tabs.sum(axis=2)
-    assert set(np.unique(sizes % k)) == {0}  # levels hold whole items
+    assert (sizes != sizes[0]).any()
+    share = np.bincount(est.lab, minlength=3) / n_items
+    want = np.outer(share, est.counts.sum(axis=0))
+    assert np.abs(tabs.mean(axis=0) - want).max() < 0.02 * est.counts.sum() / 3
     # within items: every item's own (partition, value) margins are kept, so the expected
     # table is sum_g outer(n_gc, h_gk) / n_g (not the pooled outer product / N)
     est, clus = _clustered_table(df, "persona")
@@ -698,9 +710,11 @@ def test_cluster_permutations_keep_the_right_margins():
     tabs = captured[0]
     assert (tabs.sum(axis=2) == est.sizes).all()
     assert (tabs.sum(axis=1) == est.counts.sum(axis=0)).all()
+    even = est.h[np.arange(n_items) % 2 == 0].sum(axis=0)
+    assert (tabs[:, :2, :].sum(axis=1) == even).all()
     codes = _encode_input(df, "persona", None, len(df)).codes
     n_gc = np.bincount(clus.codes * 4 + codes, minlength=n_items * 4).reshape(n_items, 4)
-    expected = np.einsum("gc,gk->ck", n_gc, est.h) / k
+    expected = np.einsum("gc,gk->ck", n_gc / size[:, None], est.h)
     pooled = np.outer(est.sizes, est.counts.sum(axis=0)) / len(df)
     assert np.abs(tabs.mean(axis=0) - expected).max() < 0.25
     assert np.abs(pooled - expected).max() > 1.0  # the test can tell the two apart
@@ -810,3 +824,59 @@ def test_item_bootstrap_coverage(which, effects):
 
     cov = _rate(covers, reps)
     assert 0.925 <= cov <= 0.985, cov
+
+
+def test_item_level_bootstrap_spread_matches_the_sampling_sd():
+    """Items per task are fixed by the design (as in P1), so the default draws items within
+    each task and its spread matches the estimator's sampling sd; the plain item bootstrap
+    adds the variability of items per task that the design does not have (measured: ratio
+    0.949 stratified vs 1.041 plain here; 0.0249 vs 0.0278 against 0.0249 at 300 items)."""
+    reps = 1500
+    iotas, sds = [], []
+    for s in range(reps):
+        df = _items(90, 6, seed=5000 + s, item_effect=[0.0, 0.3, 2.0])
+        res = w2_sensitivity(df, inputs=["task"], n_boot=200, n_perm=0, seed=s,
+                             cluster="item_id", progress=False)
+        iotas.append(res.table["iota"].iloc[0])
+        sds.append(res.boot["task"].std())
+    assert res.boot_scheme == {"task": "items within levels"}
+    ratio = np.mean(sds) / np.std(iotas)  # MC error ~0.018; 30 items per level: ~0.98
+    assert 0.90 <= ratio <= 1.005, ratio
+
+
+def test_distinguishable_and_notes_in_table_and_plot():
+    from matplotlib.figure import Figure
+
+    from refusalstats.report.figures import w2 as fig_w2
+
+    df = _items(200, 10, seed=5, item_effect=[0.0, 0.3, 2.0])
+    res = w2_sensitivity(df, inputs=["task", "prompt"], n_boot=200, n_perm=200, seed=1,
+                         cluster="item_id", progress=False)
+    tab = res.table.set_index("input")
+    assert list(res.table.columns) == TABLE_COLUMNS
+    assert str(res.table["distinguishable"].dtype) == "boolean"
+    assert tab.loc["task", "distinguishable"] and tab.loc["task", "note"] == ""
+    # prompt has no effect: p > 0.05 here, and the table, the notes and the plot say so
+    assert tab.loc["prompt", "p_value"] > 0.05
+    assert not tab.loc["prompt", "distinguishable"]
+    assert "not distinguishable from its permutation null" in tab.loc["prompt", "note"]
+    assert any(t.startswith("prompt: not distinguishable") for t in res.notes)
+    # the estimate of a null input typically lies below its own bootstrap CI: noted
+    outside = not tab.loc["prompt", "ci_low"] <= tab.loc["prompt", "iota"] <= tab.loc[
+        "prompt", "ci_high"]
+    assert outside == ("outside its own 95% CI" in tab.loc["prompt", "note"])
+    for fig in (res.plot(), fig_w2(res)):
+        assert isinstance(fig, Figure)
+        ax = fig.axes[0]
+        hatched = [p for p in ax.patches if p.get_gid() == "null-like"]
+        assert len(hatched) == 1
+        foot = [t for t in ax.texts if t.get_gid() == "w2-footnote"]
+        assert len(foot) == int(outside)
+    # no permutations: nothing to compare with, distinguishable is missing (NA)
+    none = w2_sensitivity(df, inputs=["task"], n_boot=0, n_perm=0, cluster=None,
+                          progress=False).table
+    assert none["distinguishable"].isna().all() and none["note"].iloc[0] == ""
+    # an estimate forced outside its interval gets the note and the dagger footnote
+    res.table.loc[0, ["iota", "ci_low", "ci_high"]] = [0.01, 0.02, 0.09]
+    ax = fig_w2(res.table).axes[0]
+    assert [t for t in ax.texts if t.get_gid() == "w2-footnote"]
