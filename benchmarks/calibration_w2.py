@@ -17,10 +17,13 @@ Checks
   (the default ``cluster="auto"`` picks ``item_id``); target <= 0.07;
 * the same item-level null with ``cluster=None`` (rows treated as independent), a contrast
   row that is expected to fail: its permutation null ignores the item effect;
-* bootstrap 95% CI coverage (percentile, unstratified item bootstrap) for ``task`` with
-  log-odds effects (0, 0.3, 2.0) and for ``persona`` with effects (0, 0, 1.2, 1.2, 1.2);
-  target 0.93-0.97;
-* coverage with random partition sizes (no clusters): four equally likely categories with
+* bootstrap 95% CI coverage (percentile, the default ``bootstrap="auto"``: items drawn
+  with replacement within each level of the item-level ``task``, whose items per level are
+  fixed by the design; whole items for the row-level ``persona``) for ``task`` with log-odds
+  effects (0, 0.3, 2.0) and for ``persona`` with effects (0, 0, 1.2, 1.2, 1.2); target
+  0.93-0.97;
+* coverage with random partition sizes (no clusters, so the default is the unstratified
+  row bootstrap): four equally likely categories with
   refusal probabilities .1, .3, .5, .9, N = 6,400 (the case of ``docs/methods_w2.md``), true
   iota = 0.25 / (2 * 0.2475) = 0.50505; target 0.93-0.97.
 
@@ -147,7 +150,7 @@ def run(reps: int = 400, seed: int = 0) -> list[dict]:
                          "item-level input, cluster=None",
                          f"{shape}, task null", reps, seed, 1, "task", None))
         rows.append(_coverage_items(
-            "bootstrap 95% CI (item bootstrap), item-level input (task)",
+            "bootstrap 95% CI (items drawn within task), item-level input (task)",
             f"{shape}, task log-odds 0/0.3/2.0 (iota 0.328)", reps, seed, 3, "task",
             task_effect=TASK_EFFECT))
         rows.append(_coverage_items(
