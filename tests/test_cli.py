@@ -148,7 +148,7 @@ def test_agreement_and_disparity_commands(blocks, capsys):
 
 
 def test_markdown_and_latex_format_p_values():
-    from refusalstats.report.export import format_p, to_latex, to_markdown
+    from refusalstats.reporting.export import format_p, to_latex, to_markdown
 
     df = pd.DataFrame({"term": ["persona", "task_x"], "F": [2.5, 10.0], "df": [14, 2],
                        "p_value": [0.0312, 1e-9]})

@@ -16,7 +16,7 @@ from statsmodels.stats.proportion import (
 )
 
 import refusalstats as rs
-from refusalstats.report import sections as S
+from refusalstats.reporting import sections as S
 
 W2_OPTS = {"w2": {"n_boot": 100, "n_perm": 50}}
 

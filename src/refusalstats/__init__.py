@@ -5,7 +5,7 @@
 >>> rs.refusal_rates(df, by=["model", "task"])  # doctest: +SKIP
 """
 
-from . import dumps
+from . import dumps, plot
 from ._validation import ClusterNote
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
@@ -13,8 +13,7 @@ from .formula import FormulaError
 from .hierarchical import ConvergenceWarning, HierarchicalResult, hierarchical
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .regression import LogitResults, SeparationWarning, logit
-from .report import figures as plot
-from .report import report
+from .reporting import report
 from .scan import collapse, scan_columns
 from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper

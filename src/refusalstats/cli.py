@@ -366,7 +366,7 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from .report import report
+    from .reporting import report
 
     hier: bool | str = False if args.no_hierarchical else (args.hierarchical_formula or True)
     inputs = [c.strip() for c in args.inputs.split(",") if c.strip()] if args.inputs else None
@@ -394,7 +394,7 @@ def _print_report(rep, seconds: float) -> None:
 
 def _demo_report(df: pd.DataFrame, args) -> None:
     """Last demo step: the HTML report of the simulated table (reuses results in args.results)."""
-    from .report import report
+    from .reporting import report
 
     t0 = time.perf_counter()
     print("\nWriting the report ...", flush=True)
@@ -864,7 +864,7 @@ def _add_output_options(p) -> None:
 
 
 def _print_table(frame: pd.DataFrame, fmt: str = "text") -> None:
-    from .report.export import to_latex, to_markdown
+    from .reporting.export import to_latex, to_markdown
 
     if fmt == "markdown":
         print(to_markdown(frame))

@@ -111,7 +111,7 @@ def _rate_table(df: pd.DataFrame, by: list[str], method: str = "wilson", cluster
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     if _is_response_table(df):
-        from ..rates import refusal_rates
+        from .rates import refusal_rates
 
         _need(df, by, "this figure")
         return refusal_rates(df, by=by, method=method, cluster=cluster)

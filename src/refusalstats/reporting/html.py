@@ -1,7 +1,7 @@
 """The uncertainty-aware report: one self-contained HTML page, PNG/SVG figures, CSV tables.
 
 :func:`report` runs every analysis the table's columns support (see
-:mod:`refusalstats.report.sections`) and writes::
+:mod:`refusalstats.reporting.sections`) and writes::
 
     out/report.html             the page (figures embedded; no external requests)
     out/figures/<name>.png|svg  every figure

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import figures as F
+from .. import plot as F
 
 #: The paper's reference levels (P1 Table 7), used when those levels exist in the table.
 PAPER_REFERENCE: dict[str, str] = {"persona": "Atheist", "prompt": "p1", "task": "nli",
