@@ -3,7 +3,10 @@
 Cases
 -----
 A. ``simulate_paper(scale=1.0)``: 2,032,160 rows, 0/1 refusal, inputs model, task, persona,
-   prompt, 1,000 stratified bootstrap replicates (the DESIGN.md target: under 5 s).
+   prompt, 1,000 bootstrap replicates (the DESIGN.md target: under 5 s), rows independent
+   (``cluster=None``).
+A2. The same table clustered by ``item_id`` (12,701 items, 160 answers each; what
+   ``cluster="auto"`` picks): items resampled, permutation null across / within items.
 B. 100,000 rows, a simulated 5-point Likert output and one numeric input (48 rank bins).
 C. 100,000 rows, a continuous output and one numeric input (the numba row kernels).
 
@@ -20,6 +23,8 @@ on-disk cache (``cache=True``), "warm" is the best of three calls in an already 
 The import of the package (numpy, pandas, matplotlib, ...) is timed apart from the first call.
 All times are wall-clock; on a shared machine they vary with its load (the CPU time of the
 process is printed as well).
+
+The naive comparison is run for A, B and C (row resampling); A2 is timed against A.
 
 Run: ``nice .venv/bin/python benchmarks/bench_w2.py`` (about 2-4 minutes on 2 cores).
 """
@@ -45,8 +50,11 @@ NAIVE_REPS = {"A": 3, "B": 5, "C": 5}
 # ----------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------
+CLUSTER = {"A": None, "A2": "item_id", "B": None, "C": None}
+
+
 def case_data(case: str) -> tuple[pd.DataFrame, str, list[str]]:
-    if case == "A":
+    if case in ("A", "A2"):
         from refusalstats.simulate import simulate_paper
 
         return simulate_paper(scale=1.0, seed=0), "refusal", ["model", "task", "persona", "prompt"]
@@ -111,14 +119,14 @@ def naive_bootstrap(df: pd.DataFrame, output: str, inputs: list[str], reps: int,
 # ----------------------------------------------------------------------------------------
 # refusalstats
 # ----------------------------------------------------------------------------------------
-def time_refusalstats(df, output, inputs, n_boot, n_perm, repeat=3):
+def time_refusalstats(df, output, inputs, n_boot, n_perm, repeat=3, case="A"):
     from refusalstats.sensitivity import w2_sensitivity
 
     best, cpu, res = np.inf, np.inf, None
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
         res = w2_sensitivity(df, output=output, inputs=inputs, n_boot=n_boot, n_perm=n_perm,
-                             seed=0, progress=False)
+                             seed=0, progress=False, cluster=CLUSTER[case])
         best = min(best, time.perf_counter() - t0)
         cpu = min(cpu, time.process_time() - c0)
     return best, cpu, res
@@ -133,12 +141,13 @@ def child(path: str, case: str) -> None:
 
     t1 = time.perf_counter()
     w2_sensitivity(df, output=output, inputs=inputs, n_boot=N_BOOT, n_perm=0, seed=0,
-                   progress=False)
+                   progress=False, cluster=CLUSTER[case])
     print(json.dumps({"import": t1 - t0, "seconds": time.perf_counter() - t1}))
 
 
 def case_meta(case: str):
     return {"A": (None, "refusal", ["model", "task", "persona", "prompt"]),
+            "A2": (None, "refusal", ["model", "task", "persona", "prompt"]),
             "B": (None, "likert", ["x"]), "C": (None, "score", ["x"])}[case]
 
 
@@ -146,7 +155,8 @@ def first_call(df: pd.DataFrame, case: str, cold: bool, tmp: Path) -> float:
     path = tmp / f"case_{case}.parquet"
     if not path.exists():
         _, output, inputs = case_meta(case)
-        sub = df[[output, *inputs]].copy()
+        keep = [output, *inputs] + ([CLUSTER[case]] if CLUSTER[case] else [])
+        sub = df[keep].copy()
         sub.attrs = {}  # simulate_paper's truth (tuple keys) is not JSON metadata
         sub.to_parquet(path)
     env = dict(os.environ)
@@ -165,18 +175,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for case, label in [("A", "simulate_paper(1.0), 0/1 refusal, 4 categorical inputs"),
+                            ("A2", "the same, clustered by item_id (12,701 items)"),
                             ("B", "Likert 1-5 output, 1 numeric input (48 bins)"),
                             ("C", "continuous output, 1 numeric input (48 bins)")]:
             df, output, inputs = case_data(case)
             print(f"case {case}: {len(df):,} rows ...", flush=True)
             cold, _ = first_call(df, case, cold=True, tmp=tmp)
             cached, imp = first_call(df, case, cold=False, tmp=tmp)
-            warm, warm_cpu, _ = time_refusalstats(df, output, inputs, N_BOOT, 0)
-            full, _, res = time_refusalstats(df, output, inputs, N_BOOT, 200, repeat=1)
+            warm, warm_cpu, _ = time_refusalstats(df, output, inputs, N_BOOT, 0, case=case)
+            full, _, res = time_refusalstats(df, output, inputs, N_BOOT, 200, repeat=2,
+                                             case=case)
             tables[case] = res.table
-            k = NAIVE_REPS[case]
-            naive_k = naive_bootstrap(df, output, inputs, k, binary=(case == "A"))
-            naive = naive_k / k * N_BOOT
+            if case in NAIVE_REPS:
+                k = NAIVE_REPS[case]
+                naive = naive_bootstrap(df, output, inputs, k, binary=(case == "A")) / k * N_BOOT
+                naive_txt, speed = f"{naive:,.0f} (from {k} reps)", f"{naive / warm:,.0f}x"
+            else:
+                naive_txt, speed = "(row resampling: as A)", ""
             rows.append({
                 "case": f"{case}. {label}", "rows": f"{len(df):,}",
                 "refusalstats warm (s)": f"{warm:.2f}",
@@ -184,17 +199,21 @@ def main() -> None:
                 "first call, cached / cold compile (s)": f"{cached:.1f} / {cold:.1f}",
                 "import refusalstats (s)": f"{imp:.1f}",
                 "with 200 permutations (s)": f"{full:.2f}",
-                f"naive pandas (s, {N_BOOT} reps)": f"{naive:,.0f} (from {k} reps)",
-                "speed-up (warm)": f"{naive / warm:,.0f}x",
+                f"naive pandas (s, {N_BOOT} reps)": naive_txt,
+                "speed-up (warm)": speed,
             })
     print()
-    print(f"W2 sensitivity, {N_BOOT} stratified bootstrap replicates per input; "
-          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"W2 sensitivity, {N_BOOT} bootstrap replicates per input (default scheme); "
+          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print()
     print(pd.DataFrame(rows).to_markdown(index=False))
     print()
     print("case A indices (P1's Fig. 5 ordering: model > task > persona > prompt):")
-    print(tables["A"].round(4).to_string(index=False))
+    print(tables["A"].drop(columns="note").round(4).to_string(index=False))
+    print()
+    print("case A2 (clustered by item_id):")
+    print(tables["A2"].drop(columns="note").round(4).to_string(index=False))
 
 
 if __name__ == "__main__":
