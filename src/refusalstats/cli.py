@@ -515,9 +515,10 @@ def _add_generate(sub) -> None:
                    help="allow model code from the hub (off unless asked for)")
     p.add_argument("--attn-implementation", help="sdpa, flash_attention_2, eager (default: "
                    "transformers' choice)")
-    p.add_argument("--max-batch-size", type=_positive_int,
-                   help="cap on rows per batch under --batch-size auto (default: none, the "
-                        "token budget from free memory decides)")
+    p.add_argument("--max-batch-size", type=_positive_int, default=256,
+                   help="cap on rows per batch under --batch-size auto (default 256, measured "
+                        "faster than budget-sized batches on an H200; the token budget from free "
+                        "memory can lower it)")
     p.add_argument("--shard-rows", type=_positive_int, default=1024,
                    help="write a shard every N finished rows (default 1024)")
     p.add_argument("--shard-seconds", type=float, default=60.0,
