@@ -10,7 +10,10 @@ imports and data):
 * ``baseline``        — ``import refusalstats`` and nothing else (the floor of every RSS);
 * ``rs``              — ``rs.collapse(folder, by=[persona, task, prompt, model])`` then
                         ``rs.logit("refusals ~ ...", counts, trials="n", cluster=None)``;
-* ``rs-cluster``      — the same keeping ``item_id`` (``cluster="item_id"``) and the CR1 fit;
+* ``rs-cluster``      — the same keeping ``item_id`` (``cluster="item_id"``) and the CR1 fit
+                        (in the paper design one count line per row: grows with rows);
+* ``rs-cluster-stream`` — ``rs`` plus ``refusalstats.scan.cluster_robust_cov``: the CR1
+                        covariance from cluster score sums streamed in a second pass;
 * ``duckdb``          — DuckDB ``GROUP BY`` over ``read_parquet('<folder>/**/*.parquet')``
                         (the other embedded engine ``collapse`` could have used; counts only);
 * ``statsmodels``     — the expert's path: ``pd.read_parquet(columns=...)``, pandas
@@ -45,7 +48,7 @@ from pathlib import Path
 FACTORS = ["persona", "task", "prompt", "model"]
 REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
 RHS = "persona + task + prompt + model"
-CONFIGS = ["baseline", "rs", "rs-cluster", "duckdb", "statsmodels", "bincount-floor"]
+CONFIGS = ["baseline", "rs", "rs-cluster", "rs-cluster-stream", "duckdb", "statsmodels", "bincount-floor"]
 N_SHARDS = 20
 
 
@@ -75,6 +78,20 @@ def _child(config: str, folder: str) -> dict:
         t2 = time.perf_counter()
         out.update(collapse_s=t1 - t0, fit_s=t2 - t1, lines=len(counts), rows=int(counts["n"].sum()),
                    params={k: float(v) for k, v in fit.params.items()},
+                   bse={k: float(v) for k, v in fit.bse.items()},
+                   separated=list(fit.separated_terms))
+    elif config == "rs-cluster-stream":
+        from refusalstats.scan import cluster_robust_cov
+
+        counts = rs.collapse(folder, by=FACTORS)
+        t1 = time.perf_counter()
+        fit = rs.logit(f"refusals ~ {RHS}", counts, trials="n", reference=REFERENCE, cluster=None)
+        t2 = time.perf_counter()
+        V = cluster_robust_cov(fit, counts, folder, cluster="item_id")
+        t3 = time.perf_counter()
+        out.update(collapse_s=t1 - t0, fit_s=t3 - t1, logit_s=t2 - t1, cov_s=t3 - t2, lines=len(counts),
+                   rows=int(counts["n"].sum()),
+                   bse={k: float(v) for k, v in zip(fit.params.index, np.sqrt(np.diag(V.to_numpy())))},
                    separated=list(fit.separated_terms))
     elif config == "duckdb":
         import duckdb
@@ -176,7 +193,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--data", type=Path, default=Path("/tmp/refusalstats_bench_scale"))
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration run")
-    ap.add_argument("--cluster-max-rows", type=float, default=25e6,
+    ap.add_argument("--cluster-max-rows", type=float, default=11e6,
                     help="skip rs-cluster above this many rows (its counts grow with the rows)")
     args = ap.parse_args()
     try:
@@ -200,7 +217,7 @@ def main() -> None:
                 continue
             r = _run(config, folder, args.timeout)
             results[scale][config] = r
-            print(f"#   {config}: {json.dumps({k: v for k, v in r.items() if k != 'params'})}",
+            print(f"#   {config}: {json.dumps({k: v for k, v in r.items() if k not in ('params', 'bse')})}",
                   file=sys.stderr, flush=True)
     load1 = os.getloadavg()
 
@@ -216,7 +233,7 @@ def main() -> None:
         cells = []
         for s in args.scales:
             r = results[s][config]
-            cells.append(r.get("error", f"{r['peak_mb']:.0f}") if "error" in r else f"{r['peak_mb']:.0f}")
+            cells.append(r["error"] if "error" in r else f"{r['peak_mb']:.0f}")
         print(f"| {config} | " + " | ".join(cells) + " |")
     print("\nWall time (s): collapse + fit = total\n")
     print(head)
@@ -231,6 +248,9 @@ def main() -> None:
                 cells.append(r["error"])
             elif config == "bincount-floor":
                 cells.append(f"{r['read_s']:.2f} read + {r['count_s']:.2f} count = {r['total_s']:.2f}")
+            elif "cov_s" in r:
+                cells.append(f"{r['collapse_s']:.2f} + {r['logit_s']:.2f} + {r['cov_s']:.2f} stream "
+                             f"= {r['total_s']:.2f}")
             elif "fit_s" in r:
                 cells.append(f"{r['collapse_s']:.2f} + {r['fit_s']:.2f} = {r['total_s']:.2f}")
             else:
@@ -244,6 +264,8 @@ def main() -> None:
              "duckdb collapse / rs collapse": [],
              "rs peak RSS - baseline (MB)": [],
              "rs-cluster count lines": [],
+             "max |CR1 SE stream - rs-cluster| (identified terms)": [],
+             "rs-cluster-stream peak RSS - baseline (MB)": [],
              "max |coef rs - statsmodels| (identified terms)": []}
     for s in args.scales:
         R = results[s]
@@ -261,10 +283,16 @@ def main() -> None:
         lines["rs peak RSS - baseline (MB)"].append(
             f"{R['rs']['peak_mb'] - R['baseline']['peak_mb']:.0f}" if ok("rs") and ok("baseline") else "–")
         lines["rs-cluster count lines"].append(f"{R['rs-cluster']['lines']:,}" if ok("rs-cluster") else "–")
+        lines["max |CR1 SE stream - rs-cluster| (identified terms)"].append(
+            f"{_max_coef_diff(R['rs-cluster-stream']['bse'], R['rs-cluster']['bse'], R['rs']['separated']):.1e}"
+            if ok("rs-cluster") and ok("rs-cluster-stream") and ok("rs") else "–")
+        lines["rs-cluster-stream peak RSS - baseline (MB)"].append(
+            f"{R['rs-cluster-stream']['peak_mb'] - R['baseline']['peak_mb']:.0f}"
+            if ok("rs-cluster-stream") and ok("baseline") else "–")
         lines["max |coef rs - statsmodels| (identified terms)"].append(
             f"{_max_coef_diff(R['rs']['params'], R['statsmodels']['params'], R['rs']['separated']):.1e}"
             if ok("rs") and ok("statsmodels") else "–")
-        for c in ("rs", "rs-cluster", "duckdb", "statsmodels", "bincount-floor"):
+        for c in ("rs", "rs-cluster", "rs-cluster-stream", "duckdb", "statsmodels", "bincount-floor"):
             if ok(c) and R[c]["rows"] != rows_at[s]:
                 raise SystemExit(f"{c} counted {R[c]['rows']:,} rows at scale {s:g}, not {rows_at[s]:,}")
     for name, cells in lines.items():

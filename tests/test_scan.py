@@ -379,3 +379,21 @@ def test_streamed_cr1_refuses_mismatched_inputs(shards, rows):
         scan.cluster_robust_cov(clustered, counts, rows, cluster="item_id")
     with pytest.raises(SchemaError, match="'batch'"):
         scan.cluster_robust_cov(fit, counts, shards, cluster="batch")
+
+
+def test_streamed_cr1_with_a_separated_term(rows):
+    """A model that never refuses: its term diverges (NaN in the covariance, as logit
+    reports it); the identified terms keep the clustered row fit's CR1 SEs."""
+    extra = rows.head(600).assign(model="m-zero", refusal=np.int8(0))
+    data = pd.concat([rows, extra], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = rs.logit(f"refusal ~ {FORMULA}", data, cluster="item_id")
+        counts = rs.collapse(data, by=KEYS)
+        fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None)
+    assert fit.separated_terms == ["model[T.m-zero]"]
+    se = pd.Series(np.sqrt(np.diag(scan.cluster_robust_cov(fit, counts, data).to_numpy())),
+                   index=fit.params.index)
+    assert np.isnan(se["model[T.m-zero]"])
+    ok = [t for t in fit.params.index if t != "model[T.m-zero]"]
+    np.testing.assert_allclose(se[ok], want.bse[ok], rtol=1e-7)  # 1.3e-8 measured

@@ -580,6 +580,7 @@ def cluster_robust_cov(
     DataFrame
         The covariance (coefficients x coefficients); ``np.sqrt(np.diag(V))`` are the
         CR1 standard errors. Small-sample factor ``G/(G-1) (N-1)/(N-k)`` with N the rows.
+        Rows and columns of terms the fit found separated are NaN.
 
     Examples
     --------
@@ -679,9 +680,21 @@ def cluster_robust_cov(
                          "cluster-robust SEs need many")
     S = S[:G]
     k = X.shape[1]
-    bread = fit.cov_params().to_numpy(dtype=float)
+    # bread: the inverse Fisher information at the fit, (X' W X)^-1 with W = n p (1 - p), as
+    # logit computes it (its cov_params() hides separated terms, which the sandwich needs)
+    w = counts[N_COLUMN].to_numpy(dtype=float) * prob * (1.0 - prob)
+    info = X.T @ (X * w[:, None])
+    try:
+        chol = np.linalg.cholesky(info)
+        inv_l = np.linalg.solve(chol, np.eye(k))
+        bread = inv_l.T @ inv_l
+    except np.linalg.LinAlgError:
+        bread = np.linalg.pinv(info, hermitian=True)
     c = (G / (G - 1.0)) * ((n_rows - 1.0) / (n_rows - k))
     V = c * bread @ (S.T @ S) @ bread
+    separated = [list(fit.params.index).index(t) for t in getattr(fit, "separated_terms", []) or []]
+    V[separated, :] = np.nan  # not estimable: no interval, as logit reports them
+    V[:, separated] = np.nan
     out = pd.DataFrame(V, index=fit.params.index, columns=fit.params.index)
     out.attrs["cluster_robust_cov"] = {"cluster": cluster, "n_clusters": G, "rows": n_rows}
     return out
