@@ -169,6 +169,24 @@ def check_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: Iterable[str
         )
 
 
+def default_levels(values: Iterable) -> list:
+    """The levels a column of plain values gets as a factor: sorted, as R's ``factor()``.
+
+    Missing values are dropped; values of different types (numbers and strings in one
+    column) sort by type name first. This is the one rule for level order: it is used by
+    :func:`prepare_factors` (every model) and by :func:`refusalstats.validate` when it
+    turns string columns into categoricals, so a table gives the same levels and
+    reference whether it is passed raw (e.g. from ``pd.read_csv``) or validated.
+
+    Examples
+    --------
+    >>> default_levels(["zeta", "mid", None, "alpha", "mid"])
+    ['alpha', 'mid', 'zeta']
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    return sorted(s.dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+
+
 def prepare_factors(
     data: pd.DataFrame,
     columns: Iterable[str],
@@ -176,10 +194,13 @@ def prepare_factors(
 ) -> pd.DataFrame:
     """Return a copy where non-numeric ``columns`` are categoricals, reference level first.
 
-    Unused categories are removed (they have no rows to estimate from); string columns
-    get sorted levels (R's default); an existing categorical keeps its order except
-    that the reference level moves first. Numeric columns are left numeric unless
-    named in ``reference`` (then treated as a factor).
+    The level-order rule (R's): a column of plain values (strings) gets sorted levels
+    (:func:`default_levels`); a pandas categorical keeps its level order (ordered or
+    not: its categories are an explicit order, like R's ``factor(x, levels = ...)``);
+    ``reference`` moves the named level first. Unused categories are removed (they have
+    no rows to estimate from). The first level is the reference of treatment coding.
+    Numeric columns are left numeric unless named in ``reference`` (then treated as a
+    factor).
 
     Raises
     ------
@@ -211,8 +232,7 @@ def prepare_factors(
             if not (np.bincount(codes[codes >= 0], minlength=len(s.cat.categories)) > 0).all():
                 s = s.cat.remove_unused_categories()  # (slow on millions of rows: only when needed)
         else:
-            levels = sorted(pd.unique(s.dropna()), key=lambda v: (str(type(v)), v))
-            s = pd.Categorical(s, categories=levels)
+            s = pd.Categorical(s, categories=default_levels(s))
             s = pd.Series(s, index=out.index, name=col)
         if col in reference:
             ref = reference[col]

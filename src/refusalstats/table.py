@@ -163,6 +163,15 @@ def validate(
 
 
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """The validated table: 0/1 ``refusal`` as int8, the categorical columns as categoricals.
+
+    A column that is already categorical keeps its level order (the user's, like R's
+    ``factor(x, levels = ...)``); plain values get sorted levels by the models' rule
+    (:func:`refusalstats.formula.default_levels`), so a validated table and the raw one
+    give the same reference levels.
+    """
+    from .formula import default_levels
+
     out = df.copy()
     if "refusal" in out.columns:
         out["refusal"] = out["refusal"].astype("int8")
@@ -171,8 +180,7 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
             col = out[c]
             if col.isna().all():
                 continue
-            levels = pd.unique(col.dropna())
-            out[c] = pd.Categorical(col, categories=levels)
+            out[c] = pd.Categorical(col, categories=default_levels(col))
     out.attrs = dict(df.attrs)
     return out
 

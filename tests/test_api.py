@@ -1,0 +1,182 @@
+"""The shape of the public API (issue #13): modules import as modules, tables survive pandas I/O,
+the reference level does not depend on how the table was loaded."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import types
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import refusalstats as rs
+
+# ---------------------------------------------------------------------------------------
+# every submodule is a module; no function shadows one
+# ---------------------------------------------------------------------------------------
+
+
+def _submodules() -> list[str]:
+    """Every module of the statistical core (``refusalstats.inference`` has its own tests)."""
+    names = []
+    for info in pkgutil.walk_packages(rs.__path__, prefix="refusalstats."):
+        if info.name.startswith("refusalstats.inference"):
+            continue
+        names.append(info.name)
+    return sorted(names)
+
+
+def test_the_package_has_the_expected_rooms():
+    names = set(_submodules())
+    for expected in ("refusalstats.plot", "refusalstats.multiplicity", "refusalstats.regression",
+                     "refusalstats.regression.model", "refusalstats.regression.results",
+                     "refusalstats.reporting", "refusalstats.reporting.html",
+                     "refusalstats.reporting.sections", "refusalstats.reporting.export"):
+        assert expected in names
+    for gone in ("refusalstats.logit", "refusalstats.report", "refusalstats.report.figures"):
+        assert gone not in names
+
+
+@pytest.mark.parametrize("name", _submodules())
+def test_every_submodule_imports_as_a_module(name):
+    mod = importlib.import_module(name)
+    assert isinstance(mod, types.ModuleType)
+    assert mod.__name__ == name
+    # ``import a.b.c`` then ``a.b.c`` is the module: the parent's attribute is not rebound
+    # to a function of the same name
+    parent, _, leaf = name.rpartition(".")
+    assert getattr(importlib.import_module(parent), leaf) is mod
+
+
+def test_plot_is_a_module_of_figure_functions():
+    assert isinstance(rs.plot, types.ModuleType)
+    assert rs.plot is importlib.import_module("refusalstats.plot")
+    for fn in ("rates", "rates_by", "persona_vs_free", "personas", "persona_heatmap", "response_types",
+               "w2", "coefficients", "hierarchical_effects"):
+        assert callable(getattr(rs.plot, fn)), fn
+
+
+def test_model_entry_points_stay_callables():
+    for fn in (rs.logit, rs.report, rs.hierarchical):
+        assert callable(fn) and not isinstance(fn, types.ModuleType)
+    assert rs.logit is importlib.import_module("refusalstats.regression").logit
+    assert rs.report is importlib.import_module("refusalstats.reporting").report
+
+
+def test_one_p_value_adjustment():
+    from refusalstats import multiplicity, rates
+    from refusalstats.regression import results
+
+    assert rates.adjust_pvalues is multiplicity.adjust_pvalues
+    assert results.adjust_pvalues is multiplicity.adjust_pvalues
+
+
+# ---------------------------------------------------------------------------------------
+# every table the package returns survives plain pandas I/O (Parquet)
+# ---------------------------------------------------------------------------------------
+
+
+def _complete_blocks(seed=0, n_items=30, personas=("a", "b", "c", "d"), models=("m1", "m2")):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for mi, m in enumerate(models):
+        item_p = rng.beta(1, 4, n_items)
+        for pi, p in enumerate(personas):
+            refuse = rng.random(n_items) < np.clip(item_p + 0.1 * pi * (mi + 1) / len(personas), 0, 1)
+            rows += [(m, p, i, int(r)) for i, r in enumerate(refuse)]
+    return pd.DataFrame(rows, columns=["model", "persona", "item_id", "refusal"])
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, pd.DataFrame]:
+    df = rs.simulate_paper(scale=0.01, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = rs.logit("refusal ~ persona + task + prompt + model", df, progress=False)
+        fit_rows = rs.logit("refusal ~ persona + task + prompt + model", df, cluster=None, progress=False)
+        out = {
+            "simulate_paper": df,
+            "refusal_rates": rs.refusal_rates(df, by=["model", "task"]),
+            "coef_table": fit.coef_table(adjust="holm"),
+            "drop1": fit.drop1(),
+            "drop1_unclustered": fit_rows.drop1(),
+            "anova": fit_rows.anova(),
+            "marginal_means": fit.marginal_means("task"),
+            "w2_sensitivity": rs.w2_sensitivity(df, n_boot=20, progress=False).table,
+            "cochran_q": rs.cochran_q(_complete_blocks(), by="model", method="chi2", adjust="holm"),
+            "disparity": rs.disparity(df, control=["Atheist", "Man"], by="model", n_boot=50, seed=0),
+        }
+    return out
+
+
+_TABLES = ["simulate_paper", "refusal_rates", "coef_table", "drop1", "drop1_unclustered", "anova",
+           "marginal_means", "w2_sensitivity", "cochran_q", "disparity"]
+
+
+@pytest.mark.parametrize("name", _TABLES)
+def test_tables_survive_a_parquet_round_trip(tables, name, tmp_path):
+    tab = tables[name]
+    assert isinstance(tab, pd.DataFrame)
+    # attrs must be JSON: string keys all the way down, JSON values (pyarrow stores them so)
+    assert json.loads(json.dumps(tab.attrs)) is not None
+    path = tmp_path / f"{name}.parquet"
+    tab.to_parquet(path)
+    back = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(back, tab, check_dtype=False, check_categorical=False)
+    assert back.attrs == json.loads(json.dumps(tab.attrs))
+
+
+def test_validate_keeps_attrs_json(tables, tmp_path):
+    df = rs.validate(tables["simulate_paper"].copy())
+    df.to_parquet(tmp_path / "v.parquet")
+    assert pd.read_parquet(tmp_path / "v.parquet").shape == df.shape
+
+
+# ---------------------------------------------------------------------------------------
+# one level-order rule: raw and validated input give the same reference level
+# ---------------------------------------------------------------------------------------
+
+
+def _first_appearance_not_sorted(seed=0, n=600) -> pd.DataFrame:
+    """Levels whose first appearance (zeta, mid, alpha) differs from their sorted order."""
+    rng = np.random.default_rng(seed)
+    model = np.array(["zeta", "mid", "alpha"])[np.r_[0, 1, 2, rng.integers(0, 3, n - 3)]]
+    task = np.array(["summarise", "classify"])[np.r_[0, 1, 0, rng.integers(0, 2, n - 3)]]
+    eta = -0.5 + 0.8 * (model == "zeta") - 0.4 * (model == "alpha") + 0.6 * (task == "classify")
+    return pd.DataFrame({"model": model, "task": task, "persona": "none", "prompt": "p1",
+                         "refusal": (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)})
+
+
+def test_raw_and_validated_input_give_the_same_reference(tmp_path):
+    path = tmp_path / "answers.csv"
+    _first_appearance_not_sorted().to_csv(path, index=False)
+    raw = pd.read_csv(path)
+    loaded = rs.read_responses(path)
+    validated = rs.validate(raw)
+    formula = "refusal ~ model + task"
+    fits = [rs.logit(formula, d, cluster=None) for d in (raw, loaded, validated)]
+    names = [list(f.params.index) for f in fits]
+    assert names[0] == ["Intercept", "model[T.mid]", "model[T.zeta]", "task[T.summarise]"]
+    assert names[1] == names[0] and names[2] == names[0]
+    assert all(f.reference == {"model": "alpha", "task": "classify"} for f in fits)
+    np.testing.assert_allclose(fits[1].params, fits[0].params, rtol=1e-12)
+    # the validated table's categoricals carry the same (sorted) levels
+    assert list(loaded["model"].cat.categories) == ["alpha", "mid", "zeta"]
+    assert list(validated["task"].cat.categories) == ["classify", "summarise"]
+
+
+def test_explicit_levels_and_reference_win_over_sorting():
+    df = _first_appearance_not_sorted()
+    # a categorical the user built carries an explicit level order (R's factor(levels = ...))
+    leveled = df.assign(model=pd.Categorical(df["model"], categories=["mid", "zeta", "alpha"]))
+    fit = rs.logit("refusal ~ model + task", rs.validate(leveled), cluster=None)
+    assert fit.reference["model"] == "mid"
+    assert list(fit.params.index[1:3]) == ["model[T.zeta]", "model[T.alpha]"]
+    # reference= moves one level first and keeps the rest in their order
+    fit = rs.logit("refusal ~ model + task", df, reference={"model": "zeta"}, cluster=None)
+    assert fit.reference == {"model": "zeta", "task": "classify"}
+    assert list(fit.params.index[1:3]) == ["model[T.alpha]", "model[T.mid]"]
