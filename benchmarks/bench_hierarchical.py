@@ -21,6 +21,14 @@ same-rows comparison.
 
 Run: ``nice .venv/bin/python benchmarks/bench_hierarchical.py`` (bambi is looked up on
 ``--bambi-path``, default ``/tmp/bambilib``, then on the normal path).
+
+Issue #11 (item clustering, convergence of the default formula):
+
+* ``--skip-bambi --draws 1000 --tune 1000 --scale 0.1`` (and 1.0): the default formula
+  with ``hierarchical()``'s defaults (4 chains x (1000 + 1000)); ``--parametrization
+  legacy`` applies the previous "auto" rule (centre when observed information >= 25).
+* ``--item``: adds ``(1|item_id)`` (the recommended formula); ``--method laplace`` for the
+  nested Laplace approximation (the only affordable route at full scale on 2 cores).
 """
 
 from __future__ import annotations
@@ -85,18 +93,35 @@ def _bambi_child(path: str, out: str, draws: int, tune: int, chains: int, sizes:
         json.dump(res, fh)
 
 
-def _fit_ours(df, draws, tune, chains, seed=0):
-    from refusalstats.hierarchical import HierarchicalModel
+def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization="auto", method="nuts"):
+    from refusalstats.hierarchical import AUTO_CENTER_INFO, HierarchicalModel
 
     t0 = time.perf_counter()
-    m = HierarchicalModel(FORMULA, df, reference=REFERENCE)
+    legacy = parametrization == "legacy"
+    m = HierarchicalModel(formula, df, reference=REFERENCE,
+                          parametrization="noncentered" if legacy else parametrization)
+    if legacy:  # the rule before issue #11: centred when the observed information >= 25
+        for g in m.groups:
+            g.centered[:] = g.information >= AUTO_CENTER_INFO
+        m.model = m._build()
     t_build = time.perf_counter() - t0
+    print(f"built in {t_build:.1f} s: {len(m.patterns):,} patterns; centred levels "
+          + ", ".join(f"{g.name} {int(g.centered.sum())}/{len(g.levels)}" for g in m.groups), flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = m.fit(draws=draws, tune=tune, chains=chains, seed=seed, progress=False)
+        r = m.fit(draws=draws, tune=tune, chains=chains, seed=seed, progress=False, method=method)
     wall = time.perf_counter() - t0
     d = r.diagnostics()
+    if method == "laplace":
+        s = r.summary()
+        print(s.round(3).to_string())
+        print("laplace:", json.dumps(m.laplace_info))
+        return {"wall_s": wall, "build_s": t_build, "compile_s": np.nan, "sample_s": np.nan,
+                "patterns": len(m.patterns), "steps_per_iter": np.nan, "max_rhat": np.nan,
+                "min_ess_bulk": np.nan, "min_ess_tail": np.nan, "divergences": 0}, r
     steps = float(r.idata.sample_stats["n_steps"].mean())
+    print(f"worst R-hat at {d['worst_rhat']}", flush=True)
+    print(r.summary().round(3).to_string(), flush=True)
     return {"wall_s": wall, "build_s": t_build, "compile_s": r.timings.get("compile_s", np.nan),
             "sample_s": r.timings.get("sample_s", np.nan), "patterns": len(m.patterns),
             "steps_per_iter": steps, **{k: d[k] for k in ("max_rhat", "min_ess_bulk", "min_ess_tail",
@@ -113,6 +138,10 @@ def main() -> int:
     ap.add_argument("--bambi-draws", type=int, default=300)
     ap.add_argument("--bambi-path", default="/tmp/bambilib")
     ap.add_argument("--skip-bambi", action="store_true")
+    ap.add_argument("--item", action="store_true", help="add (1|item_id) to the formula")
+    ap.add_argument("--method", choices=["nuts", "laplace"], default="nuts")
+    ap.add_argument("--parametrization", choices=["auto", "legacy", "centered", "noncentered"],
+                    default="auto")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="10000,40000", help="row counts for timing bambi's gradient")
     args = ap.parse_args()
@@ -128,7 +157,10 @@ def main() -> int:
     df = rs.simulate_paper(scale=args.scale)
     print(f"simulated {len(df):,} rows in {time.perf_counter() - t0:.1f} s; load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
-    ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains)
+    formula = FORMULA + (" + (1|item_id)" if args.item else "")
+    print(f"formula: {formula}; method {args.method}; parametrization {args.parametrization}", flush=True)
+    ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains, formula=formula,
+                           parametrization=args.parametrization, method=args.method)
     print(f"refusalstats full: {json.dumps({k: round(v, 4) for k, v in ours.items()})}", flush=True)
     iters = args.chains * (args.tune + args.draws)
 

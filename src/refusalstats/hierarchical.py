@@ -317,7 +317,7 @@ class HierarchicalModel:
         A level is sampled centred when its data outweigh its prior even at the low end of
         its group sd's plausible range: ``I_l * sd_low**2 >= AUTO_CENTER_RATIO`` with
         ``I_l`` the Fisher information of the level's patterns at the Laplace mode (capped
-        by the observed ``sum k(n-k)/n``, which is 0 for a level without refusals) and
+        by the observed ``K(N-K)/N`` of the level's totals, 0 for a level without refusals) and
         ``sd_low = exp(theta_hat - 2 se(theta_hat))`` (theta = log sd, posterior mode and
         curvature sd from the nested Laplace approximation). A group sd near zero
         (e.g. persona:model when the data hold no interaction) therefore keeps every level
@@ -342,7 +342,10 @@ class HierarchicalModel:
         for t, g in enumerate(self.groups):
             # expected information at the mode, but never more than the observed k(n-k)/n:
             # a level with no (or only) refusals has a one-sided likelihood and stays non-centred
-            info = np.minimum(np.bincount(g.index, weights=w, minlength=len(g.levels)), g.information)
+            # (observed at the level's totals: with one row per pattern k(n-k)/n is 0 everywhere)
+            K = np.bincount(g.index, weights=lap.s, minlength=len(g.levels))
+            N = np.bincount(g.index, weights=lap.n, minlength=len(g.levels))
+            info = np.minimum(np.bincount(g.index, weights=w, minlength=len(g.levels)), K * (N - K) / N)
             sd_low = float(np.exp(theta[t] - 2 * sds[t]))
             g.centered[:] = info * sd_low**2 >= AUTO_CENTER_RATIO
             self.auto_rule[g.name] = {"sd_mode": float(np.exp(theta[t])), "log_sd_se": float(sds[t]),
