@@ -41,7 +41,14 @@ def test_the_package_has_the_expected_rooms():
         assert gone not in names
 
 
-@pytest.mark.parametrize("name", _submodules())
+#: Modules a same-named function still shadows on their parent (``rs.hierarchical`` is the
+#: function; the module is to become ``refusalstats.bayes``, issue #13).
+_SHADOWED = {"refusalstats.hierarchical"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="function shadows the module (#13)"))
+    if n in _SHADOWED else n for n in _submodules()])
 def test_every_submodule_imports_as_a_module(name):
     mod = importlib.import_module(name)
     assert isinstance(mod, types.ModuleType)
