@@ -166,7 +166,8 @@ def main() -> int:
 
     rows = ["| fit | rows | wall (s) | max R-hat | min bulk ESS | divergences |",
             "|---|---:|---:|---:|---:|---:|",
-            (f"| refusalstats (nutpie, collapsed to {ours['patterns']:,} patterns; {args.chains}x"
+            (f"| refusalstats ({'nested Laplace, APPROXIMATE' if args.method == 'laplace' else 'nutpie'}, "
+            f"collapsed to {ours['patterns']:,} patterns; {args.chains}x"
             f"({args.tune}+{args.draws})) | {len(df):,} | {ours['wall_s']:.1f} (compile "
             f"{ours['compile_s']:.1f}, sample {ours['sample_s']:.1f}) | {ours['max_rhat']:.4f} | "
             f"{ours['min_ess_bulk']:.0f} | {ours['divergences']} |")]

@@ -168,9 +168,9 @@ def _weighted_logistic(X: np.ndarray, p: np.ndarray, n: np.ndarray, tol: float =
                 break
             t /= 2
         b, f_old, f = b + t * step, f, f_new
-        if np.max(np.abs(t * step)) < tol or abs(f - f_old) < tol * (1 + abs(f)) * 1e-3:
-            if np.max(np.abs(grad)) < 1e-6 * n.sum():
-                break
+        small = np.max(np.abs(t * step)) < tol or abs(f - f_old) < tol * (1 + abs(f)) * 1e-3
+        if small and np.max(np.abs(grad)) < 1e-6 * n.sum():
+            break
     return b
 
 
