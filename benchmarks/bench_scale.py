@@ -2,7 +2,9 @@
 
 The paper design (``rs.simulate_paper(scale=s)``, 2,032,160 rows at s = 1) is written as
 20 Parquet shards (``rs.write_responses``, one per 1/20 of the rows) for each scale in
-``--scales`` (default 1, 5, 10: 2.0 M, 10.2 M, 20.3 M rows). Each configuration then
+``--scales`` (default 1, 5, 10, 20: 2.0 M, 10.2 M, 20.3 M, 40.6 M rows; the simulator
+stops at scale 10, so scale 20 is two independent scale-10 replicates, seeds 0 and 1,
+with distinct item ids). Each configuration then
 runs in a fresh subprocess that reads the shard folder and reports its wall time and
 peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the whole process: interpreter,
 imports and data):
@@ -148,22 +150,32 @@ def _child(config: str, folder: str) -> dict:
 
 # ----------------------------------------------------------------------------- parent side
 def _write_shards(scale: float, root: Path) -> tuple[Path, int]:
+    """20 shards of the paper design at ``scale``; above the simulator's limit of 10, k
+    independent replicates at scale/k (seeds 0..k-1, item ids offset so items stay distinct)."""
     folder = root / f"scale-{scale:g}"
     marker = folder / "_rows.json"  # '_' files are skipped by every reader used here
     if marker.exists():
         return folder, json.loads(marker.read_text())["rows"]
     code = (
-        "import sys, numpy as np, refusalstats as rs\n"
+        "import math, sys, numpy as np, refusalstats as rs\n"
         "from pathlib import Path\n"
         "scale, out = float(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)\n"
-        "df = rs.simulate_paper(scale=scale, seed=0); df.attrs = {}\n"
-        f"b = np.linspace(0, len(df), {N_SHARDS + 1}).astype(int)\n"
-        f"for i in range({N_SHARDS}):\n"
-        "    rs.write_responses(df.iloc[b[i]:b[i + 1]], out / f'part-{i:05d}.parquet')\n"
-        "print(len(df))\n"
-    )
+        "k = math.ceil(scale / 10); per = N // k; total = 0; offset = 0; shard = 0\n"
+        "for rep in range(k):\n"
+        "    df = rs.simulate_paper(scale=scale / k, seed=rep); df.attrs = {}\n"
+        "    df['item_id'] = df['item_id'] + offset; offset = int(df['item_id'].max()) + 1\n"
+        "    n_here = per if rep < k - 1 else N - per * (k - 1)\n"
+        "    b = np.linspace(0, len(df), n_here + 1).astype(int)\n"
+        "    for i in range(n_here):\n"
+        "        rs.write_responses(df.iloc[b[i]:b[i + 1]], out / f'part-{shard:05d}.parquet'); shard += 1\n"
+        "    total += len(df); del df\n"
+        "print(total)\n"
+    ).replace("N", str(N_SHARDS))
     res = subprocess.run([sys.executable, "-c", code, str(scale), str(folder)], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"writing the shards for scale {scale:g} failed: "
+                           f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")
     rows = int(res.stdout.strip().splitlines()[-1])
     marker.write_text(json.dumps({"rows": rows}))
     return folder, rows
@@ -189,7 +201,7 @@ def _max_coef_diff(a: dict, b: dict, skip: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 5.0, 10.0])
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 5.0, 10.0, 20.0])
     ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--data", type=Path, default=Path("/tmp/refusalstats_bench_scale"))
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration run")
@@ -206,7 +218,12 @@ def main() -> None:
     rows_at: dict[float, int] = {}
     for scale in args.scales:
         t = time.perf_counter()
-        folder, rows = _write_shards(scale, args.data)
+        try:
+            folder, rows = _write_shards(scale, args.data)
+        except RuntimeError as exc:
+            print(f"# {exc}; scale skipped", file=sys.stderr, flush=True)
+            args.scales = [x for x in args.scales if x != scale]
+            continue
         rows_at[scale] = rows
         print(f"# scale {scale:g}: {rows:,} rows in {N_SHARDS} shards at {folder} "
               f"(ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
@@ -217,6 +234,7 @@ def main() -> None:
                 continue
             r = _run(config, folder, args.timeout)
             results[scale][config] = r
+            (args.data / "results.json").write_text(json.dumps({str(k): v for k, v in results.items()}))
             print(f"#   {config}: {json.dumps({k: v for k, v in r.items() if k not in ('params', 'bse')})}",
                   file=sys.stderr, flush=True)
     load1 = os.getloadavg()
