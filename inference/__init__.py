@@ -20,6 +20,7 @@ from .backends import (
     is_out_of_memory,
     template_supports_system,
 )
+from .collect import collect_runs, find_run_dirs
 from .datasets import (
     NLI_LABELS,
     TASK_FIELDS,
@@ -40,6 +41,7 @@ from .runner import (
     plan_batches,
     run_generation,
 )
+from .sharding import ShardSpec, resolve_shard, shard_assignment
 
 __all__ = [
     "DEFAULT_TEMPLATE_DATE",
@@ -53,10 +55,13 @@ __all__ = [
     "ModelSpec",
     "RunInterrupted",
     "RunLockedError",
+    "ShardSpec",
     "TransformersBackend",
     "build_user_prompts",
     "chat_messages",
     "collect_responses",
+    "collect_runs",
+    "find_run_dirs",
     "greedy_generation_config",
     "is_out_of_memory",
     "load_items",
@@ -67,7 +72,9 @@ __all__ = [
     "plan_batches",
     "read_table",
     "render_chats",
+    "resolve_shard",
     "run_generation",
     "select_per_class",
+    "shard_assignment",
     "template_supports_system",
 ]

@@ -52,6 +52,7 @@ from .backends import (
     template_date_kwargs,
 )
 from .prompts import build_user_prompts, render_chats
+from .sharding import SPLIT_METHOD, ShardSpec, resolve_shard, shard_dir_name, shard_mask
 
 __all__ = [
     "ModelSpec",
@@ -600,6 +601,7 @@ def run_generation(
     templates=None,
     tasks=None,
     fields: Mapping[str, Sequence[str]] | None = None,
+    shard: str | ShardSpec | tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Generate answers for every prompt with every model and write the tidy table.
 
@@ -650,11 +652,18 @@ def run_generation(
         The date chat templates see as today (ISO), recorded; a resume must use the same.
     items, personas, templates, tasks, fields
         See :func:`refusalstats.inference.prompts.build_user_prompts`.
+    shard : "I/N", (I, N) or ShardSpec, optional
+        Run only shard ``I`` of ``N`` (0-based; whole items, see
+        :mod:`refusalstats.inference.sharding`) into ``<out_dir>/shard-I-of-N``, a run
+        directory of its own (lock, metadata, resume). ``row_id`` stays the row's position
+        in the full table; :func:`refusalstats.inference.collect_runs` merges the shards.
+        The environment (SLURM, torchrun) is read by the CLI, not here.
 
     Returns
     -------
     DataFrame
-        The tidy response table (also written to ``<out_dir>/responses.parquet``).
+        The tidy response table (also written to ``<out_dir>/responses.parquet``); for a
+        shard, that shard's rows.
 
     Examples
     --------
@@ -684,6 +693,24 @@ def run_generation(
     built = build_user_prompts(table, placement, items=items, personas=personas,
                                templates=templates, tasks=tasks, fields=fields)
     fingerprint = _fingerprint(built[["row_id", "user_text", "system_text"]].fillna(""))
+    shard_spec = resolve_shard(shard, env={}) if shard is not None else None
+    shard_meta = {"index": 0, "count": 1, "source": None, "method": SPLIT_METHOD,
+                  "n_rows_total": len(built), "prompts_sha256_total": fingerprint}
+    if shard_spec is not None:
+        mask = shard_mask(table, shard_spec)
+        if not mask.any():
+            raise ValueError(
+                f"shard {shard_spec} (from {shard_spec.source}) has no prompts: "
+                f"{len(table)} prompts do not reach {shard_spec.count} shards of whole items; "
+                "use fewer shards")
+        built = built[built["row_id"].isin(table.loc[mask, "row_id"])].reset_index(drop=True)
+        fingerprint = _fingerprint(built[["row_id", "user_text", "system_text"]].fillna(""))
+        shard_meta.update(index=shard_spec.index, count=shard_spec.count,
+                          source=shard_spec.source)
+        out = out / shard_dir_name(shard_spec)
+        if progress:
+            print(f"shard {shard_spec} (from {shard_spec.source}): {len(built):,} of "
+                  f"{shard_meta['n_rows_total']:,} prompts -> {out}", file=sys.stderr, flush=True)
     if (out / "run.json").exists() and not resume:
         raise FileExistsError(
             f"{out} already holds a run; pass resume=True (--resume) to continue it, or "
@@ -696,7 +723,8 @@ def run_generation(
         with _Signals() as signals:
             _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
                         token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
-                        shard_seconds, progress, truncate, str(template_date), signals)
+                        shard_seconds, progress, truncate, str(template_date), signals,
+                        shard_meta)
     finally:
         lock.release()
     return collect_responses(out, detector=detector, models=labels, tasks=tasks)
@@ -714,7 +742,7 @@ def _identity_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
                 token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
-                shard_seconds, progress, truncate, template_date, signals) -> None:
+                shard_seconds, progress, truncate, template_date, signals, shard_meta) -> None:
     run_file = out / "run.json"
     if run_file.exists():
         if not resume:  # another run created it between the first check and the lock
@@ -743,6 +771,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
             "decoding": params.to_dict(), "seed": seed, "template_date": template_date,
             "created": _now(), "models": {},
             "design": table.attrs.get("design"), "levels": table.attrs.get("levels", {}),
+            "shard": shard_meta,
         }
         _write_json_atomic(run_file, meta)
     meta.setdefault("models", {})
@@ -863,7 +892,6 @@ def collect_responses(
     --------
     >>> table = collect_responses("runs/qwen7b", detector="paper")  # doctest: +SKIP
     """
-    from refusalstats.design import TASKS
     from refusalstats.table import validate, write_responses
 
     out = Path(out_dir)
@@ -898,6 +926,25 @@ def collect_responses(
     _restore_levels(df, meta.get("levels", {}))
     if detector is None:
         return df
+    df, det_name = _detect_refusals(df, detector, tasks)
+    meta_out = {
+        "source": "refusalstats.inference", "detector": det_name,
+        "placement": meta.get("placement"), "decoding": meta.get("decoding"),
+        "seed": meta.get("seed"), "created": meta.get("created"), "collected": _now(),
+        "models": {k: v for k, v in meta.get("models", {}).items() if k in names},
+        "design": meta.get("design"), "n_prompts": meta.get("n_rows"),
+    }
+    table = validate(df)
+    write_responses(table, out / "responses.parquet", metadata=meta_out)
+    table.attrs["metadata"] = meta_out
+    return table
+
+
+def _detect_refusals(df: pd.DataFrame, detector: str | Callable, tasks=None
+                     ) -> tuple[pd.DataFrame, str]:
+    """Add ``refusal`` and ``predicted_label``, task by task (each with its label set)."""
+    from refusalstats.design import TASKS
+
     tasks_map = dict(TASKS if tasks is None else tasks)
     refusal = np.zeros(len(df), dtype=bool)
     predicted = np.full(len(df), None, dtype=object)
@@ -927,14 +974,4 @@ def collect_responses(
         refusal[mask] = np.asarray(flags, dtype=bool)
     df["refusal"] = refusal.astype(np.int8)
     df["predicted_label"] = predicted
-    meta_out = {
-        "source": "refusalstats.inference", "detector": det_name,
-        "placement": meta.get("placement"), "decoding": meta.get("decoding"),
-        "seed": meta.get("seed"), "created": meta.get("created"), "collected": _now(),
-        "models": {k: v for k, v in meta.get("models", {}).items() if k in names},
-        "design": meta.get("design"), "n_prompts": meta.get("n_rows"),
-    }
-    table = validate(df)
-    write_responses(table, out / "responses.parquet", metadata=meta_out)
-    table.attrs["metadata"] = meta_out
-    return table
+    return df, det_name

@@ -529,12 +529,70 @@ def _add_generate(sub) -> None:
     p.add_argument("--template-date", default=None, metavar="YYYY-MM-DD",
                    help="the date chat templates see as today (default 2024-07-26; recorded)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", metavar="I/N",
+                   help="run shard I of N (0-based; whole items) into OUT/shard-I-of-N; default "
+                        "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else RANK/WORLD_SIZE; "
+                        "0/1 runs everything; merge with 'refusalstats collect OUT'")
     p.set_defaults(func=_cmd_generate)
+
+
+def _add_collect(sub) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="merge run directories (shards of 'generate --shard', or several runs) into one table",
+        description=(
+            "Merge the answers of run directories into one tidy response table, detect "
+            "refusals and write it. Each RUN_DIR is a run directory or a folder of "
+            "shard-I-of-N run directories. Every prompt of the recorded prompts table must "
+            "be answered exactly once per model: a missing or duplicated prompt is an error "
+            "unless --allow-missing."
+        ),
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--out", required=True, help="output table (.parquet, .csv, .jsonl)")
+    p.add_argument("--detector", default="default",
+                   help="refusal detector: default, paper, xstest, hedge (default: default)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="collect only this model (repeat for several; default: all)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="write the table even when prompts have no answer (the count is printed "
+                        "and stored in the metadata)")
+    p.set_defaults(func=_cmd_collect)
+
+
+def _cmd_collect(args) -> int:
+    import warnings
+
+    from refusalstats.inference.collect import collect_runs
+    from refusalstats.table import write_responses
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing counts are printed below
+        table = collect_runs(args.run_dirs, detector=args.detector, models=args.model,
+                             allow_missing=args.allow_missing)
+    meta = table.attrs["metadata"]
+    path = write_responses(table, args.out, metadata=meta)
+    for name, n in meta["n_missing"].items():
+        print(f"warning: model {name}: {n:,} prompt(s) have no answer (--allow-missing)",
+              file=sys.stderr)
+    print(f"collected {len(table):,} rows ({table['model'].nunique()} model(s), "
+          f"{len(meta['runs'])} run director{'y' if len(meta['runs']) == 1 else 'ies'}) "
+          f"to {path}")
+    return 0
 
 
 def _cmd_generate(args) -> int:
     from refusalstats.inference.backends import DecodingParams
     from refusalstats.inference.runner import ModelSpec, run_generation
+    from refusalstats.inference.sharding import resolve_shard
+
+    shard = resolve_shard(args.shard)
+    if shard is not None and shard.source == "RANK/WORLD_SIZE" and args.device == "auto" \
+            and os.environ.get("LOCAL_RANK", "").isdigit():
+        import torch
+
+        if torch.cuda.is_available():
+            args.device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
 
     prompts = pd.read_parquet(args.prompts)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
@@ -552,7 +610,7 @@ def _cmd_generate(args) -> int:
             token_budget=args.token_budget, max_batch_size=args.max_batch_size,
             resume=args.resume, detector=args.detector, seed=args.seed,
             shard_rows=args.shard_rows, shard_seconds=args.shard_seconds,
-            truncate=args.truncate, **extra,
+            truncate=args.truncate, shard=shard, **extra,
         )
     except RunInterrupted as exc:
         print(f"error: {exc}; the finished rows are written, continue with --resume",
@@ -561,7 +619,14 @@ def _cmd_generate(args) -> int:
     rates = table.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "mean"])
     rates = rates.rename(columns={"size": "n", "mean": "refusal rate"})
     print(rates.to_string())
-    print(f"wrote {len(table):,} rows to {Path(args.out) / 'responses.parquet'}")
+    if shard is None:
+        print(f"wrote {len(table):,} rows to {Path(args.out) / 'responses.parquet'}")
+    else:
+        from refusalstats.inference.sharding import shard_dir_name
+
+        print(f"wrote {len(table):,} rows of shard {shard} to "
+              f"{Path(args.out) / shard_dir_name(shard) / 'responses.parquet'}; when every shard "
+              f"is done: refusalstats collect {args.out} -o table.parquet")
     return 0
 
 
@@ -992,7 +1057,7 @@ def _cmd_agreement(args) -> int:
 
 # --------------------------------------------------------------------------- main
 _COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_fit, _add_import, _add_report, _add_design,
-             _add_generate, _add_sensitivity, _add_bayes, _add_cochran, _add_disparity,
+             _add_generate, _add_collect, _add_sensitivity, _add_bayes, _add_cochran, _add_disparity,
              _add_agreement]
 
 
