@@ -41,7 +41,11 @@ def small_table(persona_free: bool = True) -> pd.DataFrame:
                     rows += [{"model": m, "task": t, "persona": "none", "persona_group": "none",
                                   "prompt": q, "response_type": rt, "setting": "persona-free",
                                   "refusal": int(i < k)} for i in range(20)]
-    return rs.validate(pd.DataFrame(rows))
+    df = pd.DataFrame(rows)
+    for c in ("model", "task", "persona", "persona_group", "prompt", "response_type", "setting"):
+        # the design's order as explicit levels (plain strings would be sorted, as R does)
+        df[c] = pd.Categorical(df[c], categories=pd.unique(df[c]))
+    return rs.validate(df)
 
 
 def wilson(k, n):

@@ -371,6 +371,7 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
         facet = None
     fcols = [facet] if facet else []
     baseline = None
+    group_order = None  # persona groups in the column's level order (categorical) or first appearance
     if _is_response_table(data):
         _need(data, ["persona"] + fcols, "personas")
         rows = _persona_rows(data)
@@ -379,6 +380,7 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
         has_group = "persona_group" in rows.columns
         tab = _rate_table(rows, fcols + ["persona"], method, cluster)
         if has_group:
+            group_order = [str(g) for g in _levels(rows["persona_group"])]
             groups = (rows[["persona", "persona_group"]].drop_duplicates("persona")
                       .set_index("persona")["persona_group"].astype(str))
             tab = tab.assign(persona_group=tab["persona"].map(groups).astype(str))
@@ -389,8 +391,12 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
     else:
         tab = _rate_table(data, fcols + ["persona"], method, cluster)
     if "persona_group" in tab.columns:
+        if group_order is None:
+            group_order = [str(g) for g in _levels(tab["persona_group"])]
         tab = tab.assign(persona_group=tab["persona_group"].astype(str))
-        group_levels = list(pd.unique(tab["persona_group"]))
+        present = set(tab["persona_group"])
+        group_levels = [g for g in group_order if g in present]
+        group_levels += [g for g in pd.unique(tab["persona_group"]) if g not in group_levels]
         order = (tab[["persona", "persona_group"]].drop_duplicates("persona")
                  .assign(g=lambda t: t["persona_group"].map(group_levels.index))
                  .sort_values(["g"], kind="stable")["persona"].tolist())
