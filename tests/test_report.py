@@ -271,4 +271,16 @@ def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     assert (eff["effect_low"] <= eff["effect"]).all() and (eff["effect"] <= eff["effect_high"]).all()
     assert "hierarchical_effects" in rep.figures
     n_excl = int(((eff["effect_low"] > 0) | (eff["effect_high"] < 0)).sum())
-    assert f"{n_excl} of {len(eff)} persona × model effects" in rep.path.read_text(encoding="utf-8")
+    html = rep.path.read_text(encoding="utf-8")
+    assert f"{n_excl} of {len(eff)} persona × model effects" in html
+    # 20,320 item-level patterns: the item term is left out of the default, and the page says so
+    assert "The item random intercept (1|item_id) was left out" in html
+
+
+def test_default_hierarchical_formula_has_the_item_term_when_affordable(simulated):
+    small = simulated[simulated["item_id"].isin(simulated["item_id"].unique()[:40])]
+    formula, why = S.default_hier_formula(small, "item_id")
+    assert formula.endswith("+ (1|item_id)") and why is None
+    formula, why = S.default_hier_formula(simulated, "item_id")
+    assert "(1|item_id)" not in formula and "20,320 covariate patterns" in why
+    assert S.default_hier_formula(simulated, None) == (formula, None)

@@ -652,10 +652,31 @@ def _first_col(df: pd.DataFrame, names) -> str | None:
 # ----------------------------------------------------------------------------------------
 # 7. hierarchical model
 # ----------------------------------------------------------------------------------------
-def default_hier_formula(d: pd.DataFrame) -> str:
+#: The report adds (1|item) to the default hierarchical formula only up to this many
+#: covariate patterns: with an item term nothing collapses across items, and NUTS on 2
+#: cores takes minutes per ~10^4 patterns (benchmarks/README.md, hierarchical section).
+HIER_MAX_ITEM_PATTERNS = 20_000
+
+
+def default_hier_formula(d: pd.DataFrame, cluster: str | None = None) -> tuple[str, str | None]:
+    """The default formula, with ``(1|cluster)`` when it is affordable; and a note if not."""
     fixed = [c for c in ("task", "prompt") if _multi(d, c)]
     rhs = (" + ".join(fixed) + " + ") if fixed else "1 + "
-    return f"refusal ~ {rhs}(1|model) + (1|persona) + (1|persona:model)"
+    base = f"refusal ~ {rhs}(1|model) + (1|persona) + (1|persona:model)"
+    if not isinstance(cluster, str):
+        return base, None
+    cols = [c for c in (*fixed, "model", "persona", cluster) if c in d.columns]
+    n_patterns = len(d.groupby(cols, observed=True).size())
+    if n_patterns <= HIER_MAX_ITEM_PATTERNS:
+        return f"{base} + (1|{cluster})", None
+    return base, (
+        f"The item random intercept (1|{cluster}) was left out of the default formula: with it "
+        f"nothing collapses across items ({n_patterns:,} covariate patterns), which takes too "
+        "long for a report on a small machine. Without it the intervals ignore that items are "
+        "answered many times and are too narrow (about 1.6–1.8× for item-level factors, "
+        "docs/validity.md); pass the formula with (1|item_id) — and method='laplace' for an "
+        "approximate, faster fit — to include it."
+    )
 
 
 def hierarchical_section(ctx: Context) -> Section:
@@ -690,7 +711,12 @@ def hierarchical_section(ctx: Context) -> Section:
         if problems:
             s.skipped = "the table is too small for the hierarchical model: " + "; ".join(problems) + "."
             return s
-        formula = ctx.hierarchical if isinstance(ctx.hierarchical, str) else default_hier_formula(d)
+        if isinstance(ctx.hierarchical, str):
+            formula = ctx.hierarchical
+        else:
+            formula, why = default_hier_formula(d, ctx.cluster)
+            if why:
+                s.notes.append(why)
         opts = {"seed": ctx.seed, "progress": ctx.progress} | ctx.options.get("hierarchical", {})
         if "reference" not in opts:
             opts["reference"] = {k: v for k, v in _reference(d, formula).items()
@@ -701,6 +727,12 @@ def hierarchical_section(ctx: Context) -> Section:
         for w in caught:
             if "convergence" in type(w.category).__name__.lower() or "trustworthy" in str(w.message):
                 s.notes.append(f"Convergence warning: {w.message}")
+    used = str(getattr(getattr(fit, "model", None), "formula", "") or "")
+    if isinstance(ctx.cluster, str) and used and f"(1|{ctx.cluster})" not in used.replace(" ", "") \
+            and not any(ctx.cluster in n for n in s.notes):
+        s.notes.append(f"This fit has no (1|{ctx.cluster}) term although answers are clustered by "
+                       f"{ctx.cluster}: its intervals for item-level factors are too narrow "
+                       "(docs/validity.md).")
     eff = fit.effects("persona", within="model")
     s.figures.append(render(F.hierarchical_effects(eff), "hierarchical_effects",
                             "Posterior effect of each persona within each model, 95% HDIs."))
