@@ -92,13 +92,15 @@ class Completion:
 
     ``finish_reason`` is ``"stop"`` when an EOS/stop token ended it (the token is counted
     in ``n_new_tokens`` but not part of ``text``) and ``"length"`` when it hit
-    ``max_new_tokens``.
+    ``max_new_tokens``. ``extra`` holds engine-specific per-row values written as
+    columns of their own (an API's ``system_fingerprint``, the attempts a request took).
     """
 
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
     finish_reason: str
+    extra: dict = field(default_factory=dict, compare=False)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -183,6 +185,10 @@ class Backend(ABC):
 
     def max_positions(self) -> int | None:
         """The longest sequence (prompt + new tokens) the model takes; None if unknown."""
+        return None
+
+    def max_batch_rows(self) -> int | None:
+        """A cap on rows per batch that suits the engine (None: the runner's cap alone)."""
         return None
 
     def truncate_prompts(self, prompts: Sequence[str], max_tokens: int) -> list[str]:

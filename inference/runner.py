@@ -202,6 +202,12 @@ class ModelSpec:
         ``"Llama2-13B"`` to match P1's tables.
     revision, tokenizer, dtype, device, trust_remote_code, device_map, attn_implementation
         Passed to :class:`~refusalstats.inference.backends.TransformersBackend`.
+    backend : {"transformers", "openai"}
+        The engine; ``"openai"`` sends the chats to an OpenAI-compatible server
+        (:class:`~refusalstats.inference.openai_compat.OpenAIBackend`).
+    base_url, api_key_env, concurrency, request_timeout, max_retries, extra_body
+        Settings of the openai backend; ``api_key_env`` is the name of the environment
+        variable holding the key, never the key.
 
     Examples
     --------
@@ -218,6 +224,20 @@ class ModelSpec:
     trust_remote_code: bool = False
     device_map: str | None = None
     attn_implementation: str | None = None
+    backend: str = "transformers"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    request_timeout: float = 120.0
+    max_retries: int = 8
+    extra_body: dict | None = None
+
+    def __post_init__(self):
+        if self.backend not in ("transformers", "openai"):
+            raise ValueError(f"backend must be 'transformers' or 'openai', got {self.backend!r}")
+        if self.backend == "openai" and self.revision is not None:
+            raise ValueError(f"model {self.model!r}@{self.revision}: the openai backend takes no "
+                             "revision; name the served model as the server does")
 
     @property
     def label(self) -> str:
@@ -231,7 +251,7 @@ class ModelSpec:
         if "=" in text:
             name, text = text.split("=", 1)
         revision = None
-        if "@" in text and not Path(text).exists():
+        if "@" in text and not Path(text).exists() and kwargs.get("backend") != "openai":
             text, revision = text.rsplit("@", 1)
         if not text:
             raise ValueError("--model needs a hub id or a path, e.g. --model Llama2-13B=meta-llama/...")
@@ -416,7 +436,8 @@ class _ShardWriter:
             return
         shield = self.signals.shielded() if self.signals else contextlib.nullcontext()
         with shield:
-            df = pd.DataFrame(self.buffer, columns=list(_SHARD_COLUMNS))
+            extra = dict.fromkeys(k for r in self.buffer for k in r if k not in _SHARD_COLUMNS)
+            df = pd.DataFrame(self.buffer, columns=list(_SHARD_COLUMNS) + list(extra))
             name = f"part-{self.next_index:06d}-{self.tag}.parquet"
             _write_parquet_atomic(df, self.folder / name)
             self.next_index += 1
@@ -433,6 +454,12 @@ def _read_shards(folder: Path) -> pd.DataFrame:
 
 
 def _make_backend(spec: ModelSpec) -> Backend:
+    if spec.backend == "openai":
+        from .openai_compat import OpenAIBackend
+
+        return OpenAIBackend(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env,
+                             concurrency=spec.concurrency, timeout=spec.request_timeout,
+                             max_retries=spec.max_retries, extra_body=spec.extra_body)
     return TransformersBackend(
         spec.model, tokenizer=spec.tokenizer, revision=spec.revision, device=spec.device,
         dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, device_map=spec.device_map,
@@ -498,6 +525,9 @@ def _generate_model(
                           f"positions were cut in the middle to {limit - mnt} tokens "
                           "(column 'truncated')", stacklevel=3)
     hashes = [_prompt_hash(r) for r in rendered]
+    engine_cap = backend.max_batch_rows()
+    if engine_cap is not None:
+        max_batch_size = engine_cap if max_batch_size is None else min(max_batch_size, engine_cap)
     if batch_size == "auto":
         budget = int(token_budget or backend.token_budget(params))
         batches = plan_batches(lengths, mnt, token_budget=budget, max_batch_size=max_batch_size)
@@ -553,13 +583,16 @@ def _generate_model(
             n_batch += 1
             records = []
             for i, c in zip(b, outs):
-                records.append({
+                rec = {
                     "row_id": int(row_ids[i]), "response": c.text, "prompt_text": users[i],
                     "system_text": systems[i], "n_prompt_tokens": int(c.n_prompt_tokens),
                     "n_new_tokens": int(c.n_new_tokens), "finish_reason": c.finish_reason,
                     "truncated": bool(truncated[i]), "prompt_sha256": hashes[i],
                     "batch_id": batch_id,
-                })
+                }
+                for k, v in (getattr(c, "extra", None) or {}).items():
+                    rec.setdefault(k, v)  # engine columns never replace the runner's
+                records.append(rec)
                 stats["new_tokens"] += int(c.n_new_tokens)
                 stats["prompt_tokens"] += int(c.n_prompt_tokens)
             writer.add(records)

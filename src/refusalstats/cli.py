@@ -529,6 +529,28 @@ def _add_generate(sub) -> None:
     p.add_argument("--template-date", default=None, metavar="YYYY-MM-DD",
                    help="the date chat templates see as today (default 2024-07-26; recorded)")
     p.add_argument("--seed", type=int, default=0)
+    api = p.add_argument_group(
+        "OpenAI-compatible server (--backend openai: the OpenAI API, vLLM, SGLang, TGI, "
+        "llama.cpp)")
+    api.add_argument("--backend", choices=["transformers", "openai"], default="transformers",
+                     help="transformers (load the model here, default) or openai (send chat "
+                          "requests to --base-url; --model names the served model)")
+    api.add_argument("--base-url", help="server URL up to /v1 (default $OPENAI_BASE_URL or "
+                                        "https://api.openai.com/v1), e.g. http://127.0.0.1:8000/v1")
+    api.add_argument("--api-key-env", metavar="NAME",
+                     help="environment variable holding the API key (default OPENAI_API_KEY; "
+                          "the key is never written to disk)")
+    api.add_argument("--concurrency", type=_positive_int, default=8,
+                     help="requests in flight at most (default 8)")
+    api.add_argument("--request-timeout", type=float, default=120.0,
+                     help="seconds per request before it is retried (default 120)")
+    api.add_argument("--max-retries", type=int, default=8,
+                     help="retries per request on 429/5xx/timeouts/dropped connections, with "
+                          "exponential backoff honouring Retry-After (default 8)")
+    api.add_argument("--extra-body", metavar="JSON",
+                     help="fields added to every request, e.g. "
+                          "'{\"chat_template_kwargs\": {\"date_string\": \"26 Jul 2024\"}}' "
+                          "(recorded)")
     p.add_argument("--shard", metavar="I/N",
                    help="run shard I of N (0-based; whole items) into OUT/shard-I-of-N; default "
                         "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else RANK/WORLD_SIZE; "
@@ -598,10 +620,24 @@ def _cmd_generate(args) -> int:
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     from refusalstats.inference.runner import RunInterrupted
 
+    engine: dict = {}
+    if args.backend == "openai":
+        import json
+
+        try:
+            extra_body = json.loads(args.extra_body) if args.extra_body else None
+        except ValueError as exc:
+            raise ValueError(f"--extra-body is not JSON: {exc}") from None
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise ValueError("--extra-body must be a JSON object")
+        engine = {"backend": "openai", "base_url": args.base_url, "api_key_env": args.api_key_env,
+                  "concurrency": args.concurrency, "request_timeout": args.request_timeout,
+                  "max_retries": args.max_retries, "extra_body": extra_body}
     specs = [ModelSpec.parse(m, dtype=args.dtype, device=args.device,
                              trust_remote_code=args.trust_remote_code,
                              device_map=args.device_map,
-                             attn_implementation=args.attn_implementation) for m in args.model]
+                             attn_implementation=args.attn_implementation, **engine)
+             for m in args.model]
     extra = {} if args.template_date is None else {"template_date": args.template_date}
     try:
         table = run_generation(
