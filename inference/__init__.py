@@ -31,6 +31,7 @@ from .datasets import (
     read_table,
     select_per_class,
 )
+from .openai_compat import APIError, OpenAIBackend
 from .prompts import PLACEMENTS, SYSTEM_FORMAT, build_user_prompts, chat_messages, render_chats
 from .runner import (
     ModelSpec,
@@ -49,10 +50,12 @@ __all__ = [
     "PLACEMENTS",
     "SYSTEM_FORMAT",
     "TASK_FIELDS",
+    "APIError",
     "Backend",
     "Completion",
     "DecodingParams",
     "ModelSpec",
+    "OpenAIBackend",
     "RunInterrupted",
     "RunLockedError",
     "ShardSpec",

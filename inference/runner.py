@@ -99,12 +99,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _requeued_slurm_owner(owner: Mapping[str, Any], me: Mapping[str, Any]) -> bool:
+    """The lock was left by an earlier run of this same SLURM job (requeued, maybe elsewhere).
+
+    SLURM runs one incarnation of a job at a time and counts restarts, so the lock of the
+    same job id with another restart count belongs to a process that is gone.
+    """
+    return (bool(me.get("slurm_job")) and owner.get("slurm_job") == me.get("slurm_job")
+            and owner.get("slurm_restart") != me.get("slurm_restart"))
+
+
 class _RunLock:
     """An exclusive lock on a run directory: ``<out>/.lock`` created with O_EXCL.
 
     It holds the owner's host and pid; a lock left by a dead process on this host is
-    stale and taken over. A lock from another host cannot be checked: it is reported
-    with the file to remove if that run is gone.
+    stale and taken over, and so is one left by an earlier incarnation of this SLURM job
+    (a requeue: same ``SLURM_JOB_ID``, another ``SLURM_RESTART_COUNT``), whatever its host.
+    Any other lock from another host cannot be checked: it is reported with the file to
+    remove if that run is gone.
     """
 
     def __init__(self, out: Path):
@@ -114,6 +126,9 @@ class _RunLock:
 
     def acquire(self) -> None:
         me = {"host": self.host, "pid": os.getpid(), "since": _now()}
+        if os.environ.get("SLURM_JOB_ID"):
+            me["slurm_job"] = os.environ["SLURM_JOB_ID"]
+            me["slurm_restart"] = os.environ.get("SLURM_RESTART_COUNT", "0")
         for _ in range(50):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -124,6 +139,10 @@ class _RunLock:
                     time.sleep(0.05)  # being written right now, or removed: look again
                     continue
                 host, pid = owner.get("host"), int(owner.get("pid", -1))
+                if _requeued_slurm_owner(owner, me):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()  # this SLURM job's previous, dead incarnation
+                    continue
                 if host == self.host and pid != os.getpid() and not _pid_alive(pid):
                     with contextlib.suppress(FileNotFoundError):
                         self.path.unlink()  # stale: its process is gone

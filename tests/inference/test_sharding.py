@@ -235,3 +235,27 @@ def test_cli_shards_from_slurm_and_flag_then_collect(tmp_path, tiny_model_dir, m
     assert main(base[:5] + [str(whole)] + base[6:] + ["--shard", "0/1"]) == 0
     single = rs.read_responses(whole / "responses.parquet")
     pd.testing.assert_frame_equal(_rows(merged), _rows(single), check_categorical=False)
+
+
+def test_a_requeued_slurm_task_takes_over_its_own_lock_from_another_node(tmp_path, monkeypatch):
+    import json
+
+    from refusalstats.inference import RunLockedError
+
+    design = _design(2, 2, k=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = {"host": "dead-node-17", "pid": 4242, "since": "then", "slurm_job": "777",
+            "slurm_restart": "0"}
+    (out / ".lock").write_text(json.dumps(lock))
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the same incarnation: a live run elsewhere
+    with pytest.raises(RunLockedError, match="dead-node-17"):
+        _run(design, out)
+    monkeypatch.setenv("SLURM_JOB_ID", "778")  # another job: not ours to take
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(RunLockedError):
+        _run(design, out)
+    monkeypatch.setenv("SLURM_JOB_ID", "777")  # requeued: restart 1 of job 777
+    assert len(_run(design, out)) == len(design)
+    assert not (out / ".lock").exists()
