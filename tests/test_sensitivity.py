@@ -663,7 +663,7 @@ def test_cluster_bootstrap_tables_are_resampled_items():
         est, clus = _clustered_table(df, name, stratified)
         captured = _capture(est)
         est.boot(30, np.random.default_rng(1))
-        w = est.cluster_weights(30, np.random.default_rng(1))
+        w = est.cluster_weights(30, np.random.default_rng(1)).astype(np.int64)
         assert (w.sum(axis=1) == n_items).all()
         codes = _encode_input(df, name, None, len(df)).codes
         for b in (0, 7, 29):

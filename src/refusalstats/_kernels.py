@@ -27,6 +27,7 @@ __all__ = [
     "atom_index",
     "boot_clusters_continuous",
     "boot_continuous",
+    "cluster_weights",
     "cells_xi_weighted",
     "group_sorted",
     "jack_continuous",
@@ -655,3 +656,26 @@ def perm_within_continuous(
         xi[b] = x
         var[b] = v
     return xi, var
+
+
+@njit(cache=True, parallel=True)
+def cluster_weights(sgroups: np.ndarray, sstarts: np.ndarray, n_clusters: int,
+                    seeds: np.ndarray) -> np.ndarray:
+    """(replicates, clusters) bootstrap multiplicities, as float64 for a matrix product.
+
+    Replicate b draws, for every stratum s, ``sstarts[s+1] - sstarts[s]`` clusters with
+    replacement from ``sgroups[sstarts[s]:sstarts[s+1]]`` (one splitmix64 stream per
+    replicate, as ``boot_clusters_continuous``).
+    """
+    n_rep = seeds.shape[0]
+    n_str = sstarts.shape[0] - 1
+    w = np.zeros((n_rep, n_clusters))
+    for b in prange(n_rep):
+        state = np.uint64(seeds[b])
+        for s in range(n_str):
+            a = sstarts[s]
+            m = sstarts[s + 1] - a
+            for _ in range(m):
+                state, k = _randint(state, m)
+                w[b, sgroups[a + k]] += 1.0
+    return w
