@@ -846,6 +846,7 @@ def test_item_level_bootstrap_spread_matches_the_sampling_sd():
 
 def test_distinguishable_and_notes_in_table_and_plot():
     from matplotlib.figure import Figure
+
     from refusalstats.plot import w2 as fig_w2
 
     df = _items(200, 10, seed=5, item_effect=[0.0, 0.3, 2.0])
