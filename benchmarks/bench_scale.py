@@ -25,7 +25,7 @@ imports and data):
                         (no checks, no levels, no table): the floor for any collapse.
 
 It prints one markdown table (time and peak RSS per configuration and scale) plus the
-ratios the issue asks for: ``rs`` end to end against ``statsmodels`` end to end, and
+ratios the issue asks for (times: median of ``--repeats`` fresh processes): ``rs`` end to end against ``statsmodels`` end to end, and
 ``rs`` collapse time against the bincount floor (read + count). Coefficients of ``rs`` and
 ``statsmodels`` are compared on identified terms.
 
@@ -194,6 +194,20 @@ def _run(config: str, folder: Path, timeout: float) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """Median of each time over repeated runs, maximum of the peak RSS."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    for key in out:
+        if key.endswith("_s"):
+            out[key] = float(sorted(r[key] for r in ok)[len(ok) // 2])
+    out["peak_mb"] = max(r["peak_mb"] for r in ok)
+    out["repeats"] = len(ok)
+    return out
+
+
 def _max_coef_diff(a: dict, b: dict, skip: list[str]) -> float:
     common = [k for k in a if k in b and k not in skip]
     return max(abs(a[k] - b[k]) for k in common) if common else float("nan")
@@ -205,6 +219,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--data", type=Path, default=Path("/tmp/refusalstats_bench_scale"))
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration run")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per configuration (median time, max peak RSS); rs-cluster runs once")
     ap.add_argument("--cluster-max-rows", type=float, default=11e6,
                     help="skip rs-cluster above this many rows (its counts grow with the rows)")
     args = ap.parse_args()
@@ -232,7 +248,8 @@ def main() -> None:
             if config == "rs-cluster" and rows > args.cluster_max_rows:
                 results[scale][config] = {"config": config, "error": "skipped"}
                 continue
-            r = _run(config, folder, args.timeout)
+            reps = 1 if config in ("baseline", "rs-cluster") else args.repeats
+            r = _median_run([_run(config, folder, args.timeout) for _ in range(reps)])
             results[scale][config] = r
             (args.data / "results.json").write_text(json.dumps({str(k): v for k, v in results.items()}))
             print(f"#   {config}: {json.dumps({k: v for k, v in r.items() if k not in ('params', 'bse')})}",

@@ -36,7 +36,7 @@ N_COLUMN = "n"
 REFUSALS_COLUMN = "refusals"
 
 _BATCH_ROWS = 1 << 18  # rows per record batch (memory ~ batch x projected columns)
-_COMPACT_ROWS = 1 << 20  # partial count rows buffered before they are merged
+_COMPACT_ROWS = 1 << 16  # partial count lines buffered before they are merged (~3 MB)
 
 
 # --------------------------------------------------------------------------- sources
@@ -79,6 +79,19 @@ def _parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"the folder '{p}' holds no .parquet files (searched recursively)")
     return files
+
+
+def _scan_pool():
+    """The memory pool for decoded batches: jemalloc where pyarrow has it. Batches are
+    allocated and freed hundreds of times; mimalloc (pyarrow's default) keeps the freed
+    pages, so peak RSS crept up with the size of the row groups (+75 MB at 40 M rows
+    here), jemalloc hands them back (+18 MB; benchmarks/README.md, "Scale")."""
+    import pyarrow as pa
+
+    try:
+        return pa.jemalloc_memory_pool()
+    except (NotImplementedError, AttributeError):  # builds without jemalloc (macOS, Windows)
+        return pa.default_memory_pool()
 
 
 def _dataset(files: list[Path]):
@@ -176,33 +189,38 @@ class _Accumulator:
         r = np.concatenate([p[2] for p in parts])
         self.pending, self.pending_rows = [], 0
         sizes = [max(len(lv.index) if lv.index is not None else 0, 1) for lv in self.levels]
-        inv, first = _group(codes, sizes, len(n))
-        self.codes = [c[first] for c in codes]
-        self.n = np.bincount(inv, weights=n, minlength=len(first)).astype(np.int64)
-        self.r = np.bincount(inv, weights=r, minlength=len(first)).astype(np.int64)
+        self.codes, (self.n, self.r) = _reduce(codes, sizes, len(n), [n, r])
 
 
-def _group(codes: list[np.ndarray], sizes: list[int], m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Group ``m`` rows by their code tuples: (group of each row, first row of each group)."""
+def _reduce(codes: list[np.ndarray], sizes: list[int], m: int,
+            weights: list[np.ndarray | None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Group ``m`` rows by their code tuples; return each group's codes and weight sums.
+
+    ``weights`` holds one array per sum (None: count rows). Groups come out sorted by
+    their codes. A dense key space is counted (``bincount``), a sparse one sorted.
+    """
+    def sums(key, n_groups):
+        return [np.bincount(key, weights=w, minlength=n_groups).astype(np.int64) for w in weights]
+
     if not codes:
-        return np.zeros(m, dtype=np.int64), np.zeros(min(m, 1), dtype=np.int64)
+        return [], [np.array([m if w is None else int(np.sum(w))], dtype=np.int64) for w in weights]
     n_keys = float(np.prod(np.array(sizes, dtype=float)))
     if n_keys < 2.0**62:
-        key = np.ravel_multi_index(codes, sizes) if len(codes) > 1 else codes[0].astype(np.int64)
+        key = (np.ravel_multi_index(codes, sizes) if len(codes) > 1
+               else np.asarray(codes[0], dtype=np.int64))
         if n_keys <= max(4.0 * m, 2.0**16):
-            counts = np.bincount(key, minlength=int(n_keys))
-            present = np.flatnonzero(counts)
-            slot = np.full(int(n_keys), -1, dtype=np.int64)
-            slot[present] = np.arange(len(present))
-            inv = slot[key]
-            first = np.full(len(present), m, dtype=np.int64)
-            np.minimum.at(first, inv, np.arange(m, dtype=np.int64))
-            return inv, first
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        return inv.ravel(), first
+            totals = sums(key, int(n_keys))
+            present = np.flatnonzero(totals[0] if weights[0] is None else
+                                     np.bincount(key, minlength=int(n_keys)))
+            out = [t[present] for t in totals]
+        else:
+            present, inv = np.unique(key, return_inverse=True)
+            out = sums(inv.ravel(), len(present))
+        groups = np.unravel_index(present, sizes) if len(codes) > 1 else (present,)
+        return [g.astype(np.int64) for g in groups], out
     stacked = np.stack(codes, axis=1)  # pragma: no cover - astronomically many combinations
-    _, first, inv = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
-    return inv.ravel(), first
+    uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
+    return [uniq[:, j].astype(np.int64) for j in range(len(codes))], sums(inv.ravel(), len(uniq))
 
 
 # --------------------------------------------------------------------------- checks
@@ -210,8 +228,8 @@ def _where(source: str | None) -> str:
     return f" in '{source}'" if source else ""
 
 
-def _key_codes(arr, lv: _Levels, source: str | None) -> np.ndarray:
-    """Global level ids of one key column of a record batch."""
+def _local_codes(arr, lv: _Levels, source: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """One key column of a record batch as (dictionary indices, global id of each entry)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -239,8 +257,12 @@ def _key_codes(arr, lv: _Levels, source: str | None) -> np.ndarray:
         if pc.any(pc.is_nan(dictionary.take(pa.array(used)))).as_py():
             raise ValueError(f"column '{lv.name}' has missing (NaN) value(s){_where(source)}; drop "
                              "or fill them before collapsing")
-    lut = lv.ids(dictionary)
-    idx = enc.indices.to_numpy(zero_copy_only=False)
+    return enc.indices.to_numpy(zero_copy_only=False), lv.ids(dictionary)
+
+
+def _key_codes(arr, lv: _Levels, source: str | None) -> np.ndarray:
+    """Global level ids of one key column of a record batch."""
+    idx, lut = _local_codes(arr, lv, source)
     return lut[idx]
 
 
@@ -275,20 +297,16 @@ def _refusal_values(arr, name: str, source: str | None) -> np.ndarray:
 
 
 def _add_batch(acc: _Accumulator, batch, keys: list[str], refusal: str, source: str | None) -> None:
+    """Count one record batch by its own dictionary codes, then map the (few) groups to
+    global level ids: no per-row translation."""
     m = batch.num_rows
     if m == 0:
         return
     y = _refusal_values(batch.column(refusal), refusal, source)
-    codes = [_key_codes(batch.column(c), lv, source) for c, lv in zip(keys, acc.levels)]
-    if not keys:
-        acc.add([], np.array([m], dtype=np.int64), np.array([int(y.sum())], dtype=np.int64))
-        return
-    sizes = [max(len(lv.index), 1) for lv in acc.levels]
-    inv, first = _group(codes, sizes, m)
-    k = len(first)
-    acc.add([c[first].astype(np.int64) for c in codes],
-            np.bincount(inv, minlength=k).astype(np.int64),
-            np.bincount(inv, weights=y, minlength=k).astype(np.int64))
+    local = [_local_codes(batch.column(c), lv, source) for c, lv in zip(keys, acc.levels)]
+    sizes = [max(len(lut), 1) for _, lut in local]
+    groups, (n, r) = _reduce([idx for idx, _ in local], sizes, m, [None, y])
+    acc.add([lut[g] for g, (_, lut) in zip(groups, local)], n, r)
 
 
 # --------------------------------------------------------------------------- collapse
@@ -454,7 +472,8 @@ def collapse(
             try:
                 batches = fragment.to_batches(schema=dataset.schema, columns=[*keys, refusal],
                                               batch_size=int(batch_rows),
-                                              batch_readahead=1, fragment_readahead=1)
+                                              batch_readahead=1, fragment_readahead=1,
+                                              memory_pool=_scan_pool())
                 for batch in batches:
                     _add_batch(acc, batch, keys, refusal, path)
             except pa.ArrowException as exc:
@@ -540,7 +559,7 @@ def _row_batches(data, columns: list[str], batch_rows: int):
         try:
             for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
                                              batch_size=int(batch_rows), batch_readahead=1,
-                                             fragment_readahead=1):
+                                             fragment_readahead=1, memory_pool=_scan_pool()):
                 yield batch, path
         except pa.ArrowException as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
