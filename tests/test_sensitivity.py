@@ -880,3 +880,32 @@ def test_distinguishable_and_notes_in_table_and_plot():
     res.table.loc[0, ["iota", "ci_low", "ci_high"]] = [0.01, 0.02, 0.09]
     ax = fig_w2(res.table).axes[0]
     assert [t for t in ax.texts if t.get_gid() == "w2-footnote"]
+
+
+def test_sparse_cluster_tables_match_dense(monkeypatch):
+    """Many clusters x partitions x values: the per-cluster counts are kept sparse; same
+    numbers as the dense path (same seeds, same draws)."""
+    import refusalstats.sensitivity as S
+
+    df = _items(80, 7, seed=9, item_effect=0.5, row_effect=0.4)
+    df["likert"] = (df["refusal"] * 2 + df["item_id"] % 3).astype(int)
+    kw = {"output": "likert", "inputs": ["task", "persona"], "n_boot": 50, "n_perm": 50,
+          "cluster": "item_id", "ci": "bca", "progress": False}
+    dense = w2_sensitivity(df, **kw).table
+    monkeypatch.setattr(S, "DENSE_CLUSTER_TABLE", 0)
+    sparse = w2_sensitivity(df, **kw).table
+    pd.testing.assert_frame_equal(dense, sparse)
+
+
+def test_clustered_continuous_output_runs_every_scheme():
+    df = _items(60, 8, seed=4, item_effect=2.0)
+    df["score"] = df["refusal"] + 0.3 * np.random.default_rng(0).normal(size=len(df))
+    for boot in ("auto", "unstratified", "stratified"):
+        res = w2_sensitivity(df, output="score", inputs=["task", "persona"], n_boot=60,
+                             n_perm=60, cluster="item_id", bootstrap=boot, ci="bca",
+                             progress=False)
+        t = res.table.set_index("input")
+        assert res.null_scheme == {"task": "items", "persona": "within items"}
+        assert np.isfinite(t[["ci_low", "ci_high", "null_q95"]].to_numpy()).all()
+        assert t.loc["task", "distinguishable"]
+    assert res.boot_scheme == {"task": "items within levels", "persona": "items"}

@@ -35,6 +35,8 @@ __all__ = ["W2SensitivityResult", "default_partitions", "w2_sensitivity"]
 MAX_TABLE_SUPPORT = 256
 #: Largest number of distinct output rows for a multivariate output (dense OT problems).
 MAX_MV_SUPPORT = 2000
+#: Largest clusters x partitions x values array stored dense (else scipy.sparse).
+DENSE_CLUSTER_TABLE = 25_000_000
 #: Jackknife groups for the BCa acceleration of a continuous output with many rows.
 JACKKNIFE_GROUPS = 100
 
@@ -363,7 +365,7 @@ class _TableEstimator:
         self.boot_scheme = "items within levels" if len(self.sstarts) > 2 else "items"
         key = (clus.codes * n_cells + part.codes) * k_sup + out.codes
         width = n_cells * k_sup
-        if n_g * width <= 25_000_000:
+        if n_g * width <= DENSE_CLUSTER_TABLE:
             self.A = np.bincount(key, minlength=n_g * width).reshape(n_g, width).astype(float)
             self.sparse = False
         else:
