@@ -1,4 +1,4 @@
-"""Benchmark: refusalstats.hierarchical vs bambi on P1's full design.
+"""Benchmark: refusalstats.hierarchical (module refusalstats.bayes) vs bambi on P1's full design.
 
 Fits ``refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)`` to
 ``simulate_paper(scale=1.0)`` (2,032,160 rows) with refusalstats (collapsed binomial
@@ -94,7 +94,7 @@ def _bambi_child(path: str, out: str, draws: int, tune: int, chains: int, sizes:
 
 
 def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization="auto", method="nuts"):
-    from refusalstats.hierarchical import AUTO_CENTER_INFO, HierarchicalModel
+    from refusalstats.bayes import AUTO_CENTER_INFO, HierarchicalModel
 
     t0 = time.perf_counter()
     legacy = parametrization == "legacy"

@@ -63,7 +63,7 @@ def _covers(fit, truth: float) -> bool:
 
 def run(reps: int = 40, seed: int = 0) -> list[dict]:
     import refusalstats as rs
-    from refusalstats.hierarchical import ConvergenceWarning, HierarchicalModel
+    from refusalstats.bayes import ConvergenceWarning, HierarchicalModel
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     specs = {

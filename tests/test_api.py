@@ -35,20 +35,15 @@ def test_the_package_has_the_expected_rooms():
     for expected in ("refusalstats.plot", "refusalstats.multiplicity", "refusalstats.regression",
                      "refusalstats.regression.model", "refusalstats.regression.results",
                      "refusalstats.reporting", "refusalstats.reporting.html",
-                     "refusalstats.reporting.sections", "refusalstats.reporting.export"):
+                     "refusalstats.reporting.sections", "refusalstats.reporting.export",
+                     "refusalstats.bayes"):
         assert expected in names
-    for gone in ("refusalstats.logit", "refusalstats.report", "refusalstats.report.figures"):
+    for gone in ("refusalstats.logit", "refusalstats.report", "refusalstats.report.figures",
+                 "refusalstats.hierarchical"):
         assert gone not in names
 
 
-#: Modules a same-named function still shadows on their parent (``rs.hierarchical`` is the
-#: function; the module is to become ``refusalstats.bayes``, issue #13).
-_SHADOWED = {"refusalstats.hierarchical"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="function shadows the module (#13)"))
-    if n in _SHADOWED else n for n in _submodules()])
+@pytest.mark.parametrize("name", _submodules())
 def test_every_submodule_imports_as_a_module(name):
     mod = importlib.import_module(name)
     assert isinstance(mod, types.ModuleType)

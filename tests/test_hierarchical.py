@@ -1,4 +1,4 @@
-"""Tests of the Bayesian hierarchical model (refusalstats.hierarchical).
+"""Tests of the Bayesian hierarchical model (rs.hierarchical, module refusalstats.bayes).
 
 Truth comes from simulation (data drawn from the hierarchical model itself), from an
 independent row-level NumPy computation of the Bernoulli log-likelihood, and from
@@ -17,7 +17,7 @@ from scipy import stats
 from scipy.special import expit
 
 from refusalstats.formula import FormulaError
-from refusalstats.hierarchical import ConvergenceWarning, HierarchicalModel, hierarchical
+from refusalstats.bayes import ConvergenceWarning, HierarchicalModel, hierarchical
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -327,7 +327,7 @@ def test_item_term_interval_comparable_to_cr1(clustered):
 
 def test_laplace_objective_matches_pymc_logp(clustered):
     """The Laplace code's joint log density equals PyMC's (up to a theta-only constant)."""
-    from refusalstats.hierarchical import _Laplace
+    from refusalstats.bayes import _Laplace
 
     m = HierarchicalModel(ITEM_FORMULA, clustered, parametrization="centered")
     lap = _Laplace(m)

@@ -7,10 +7,10 @@
 
 from . import dumps, plot
 from ._validation import ClusterNote
+from .bayes import ConvergenceWarning, HierarchicalResult, hierarchical
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
-from .hierarchical import ConvergenceWarning, HierarchicalResult, hierarchical
 from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
 from .regression import LogitResults, SeparationWarning, logit
 from .reporting import report

@@ -876,7 +876,7 @@ def _add_bayes(sub) -> None:
 
 def _cmd_bayes(args) -> int:
     from .formula import FormulaError
-    from .hierarchical import hierarchical
+    from .bayes import hierarchical
 
     df = _read_table(args.table)
     try:
@@ -919,7 +919,7 @@ def _demo_hierarchical(df: pd.DataFrame, args) -> None:
     """Demo: persona within model effects from the hierarchical model (issue 5)."""
     import warnings
 
-    from .hierarchical import hierarchical
+    from .bayes import hierarchical
 
     t0 = time.perf_counter()
     formula = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"

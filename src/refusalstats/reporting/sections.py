@@ -693,9 +693,9 @@ def hierarchical_section(ctx: Context) -> Section:
                          "'refusalstats report' fits it unless --no-hierarchical is given).")
             return s
         try:
-            from ..hierarchical import hierarchical
+            from ..bayes import hierarchical
         except ImportError as exc:
-            s.skipped = f"the hierarchical module (refusalstats.hierarchical) is not available: {exc}."
+            s.skipped = f"the hierarchical module (refusalstats.bayes) is not available: {exc}."
             return s
         problems = []
         for g in ("model", "persona"):
