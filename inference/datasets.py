@@ -460,7 +460,9 @@ def select_per_class(
     """Draw up to ``per_class`` items of each gold class at random, as P1 did.
 
     Classes with fewer items keep all of them; a warning names them, and
-    ``attrs["selection"]`` holds a table of available / selected counts per class.
+    ``attrs["selection"]`` holds the available / selected counts per class as records
+    (a list of dicts with plain values, so the table survives Parquet and JSON;
+    ``pd.DataFrame(items.attrs["selection"])`` is the table).
 
     Parameters
     ----------
@@ -501,8 +503,8 @@ def select_per_class(
         take = min(n, per_class)
         chosen = rng.choice(idx, size=take, replace=False) if take < n else rng.permutation(idx)
         picks.append(chosen)
-        rows.append({"task": task, "class": label, "available": n, "selected": take,
-                     "short": n < per_class})
+        rows.append({"task": _plain(task), "class": _plain(label), "available": int(n),
+                     "selected": int(take), "short": bool(n < per_class)})
     report = pd.DataFrame(rows)
     short = report[report["short"]]
     if len(short):
@@ -514,5 +516,10 @@ def select_per_class(
         )
     out = items.iloc[np.concatenate(picks)].reset_index(drop=True) if picks else items.iloc[:0]
     out.attrs = dict(items.attrs)
-    out.attrs["selection"] = report
+    out.attrs["selection"] = rows  # JSON records: DataFrame attrs must survive to_parquet
     return out
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value (JSON-able attrs)."""
+    return value.item() if isinstance(value, np.generic) else value

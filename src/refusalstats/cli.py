@@ -466,7 +466,7 @@ def _cmd_design(args) -> int:
         if args.per_class > 0:
             items = select_per_class(items, per_class=args.per_class, seed=args.seed)
             print(f"{task}: {len(items):,} items")
-            print(items.attrs["selection"].to_string(index=False))
+            print(pd.DataFrame(items.attrs["selection"]).to_string(index=False))
         else:
             print(f"{task}: {len(items):,} items (all kept)")
         frames.append(items)
@@ -875,8 +875,8 @@ def _add_bayes(sub) -> None:
 
 
 def _cmd_bayes(args) -> int:
-    from .formula import FormulaError
     from .bayes import hierarchical
+    from .formula import FormulaError
 
     df = _read_table(args.table)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 import warnings
@@ -207,7 +208,8 @@ def test_select_per_class_counts_seed_and_short_classes():
     counts = sel["gold_label"].value_counts().to_dict()
     assert counts == {k: min(v, 20) for k, v in n.items()}
     assert sel["item_id"].is_unique and set(sel["item_id"]) <= set(items["item_id"])
-    rep = sel.attrs["selection"].set_index("class")
+    rep = pd.DataFrame(sel.attrs["selection"]).set_index("class")
+    json.dumps(sel.attrs)  # JSON-able: the items table survives to_parquet
     assert rep.loc[5, "available"] == 5 and rep.loc[5, "selected"] == 5 and rep.loc[5, "short"]
     assert rep.loc[1, "selected"] == 20 and not rep.loc[1, "short"]
     with warnings.catch_warnings():
