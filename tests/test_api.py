@@ -111,12 +111,13 @@ def tables() -> dict[str, pd.DataFrame]:
             "w2_sensitivity": rs.w2_sensitivity(df, n_boot=20, progress=False).table,
             "cochran_q": rs.cochran_q(_complete_blocks(), by="model", method="chi2", adjust="holm"),
             "disparity": rs.disparity(df, control=["Atheist", "Man"], by="model", n_boot=50, seed=0),
+            "collapse": rs.collapse(df, by=["model", "task"], cluster="item_id"),
         }
     return out
 
 
 _TABLES = ["simulate_paper", "refusal_rates", "coef_table", "drop1", "drop1_unclustered", "anova",
-           "marginal_means", "w2_sensitivity", "cochran_q", "disparity"]
+           "marginal_means", "w2_sensitivity", "cochran_q", "disparity", "collapse"]
 
 
 @pytest.mark.parametrize("name", _TABLES)
