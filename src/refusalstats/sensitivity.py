@@ -857,7 +857,7 @@ def w2_sensitivity(
         clusters the bootstrap resamples whole clusters and the permutation null respects
         them (see ``n_perm``). With an item random intercept of sd 1 (logit scale), treating
         rows as independent rejected a null item-level input 27% of the time at 5% and its
-        95% CIs covered 80% (audit: 28-32% and 72%); clustered: 4.1% and 94.1%
+        95% CIs covered 80% (audit: 28-32% and 72%); clustered: 4.1% and 94.6%
         (2,000 data sets each, ``benchmarks/calibration_w2.py``, docs/methods_w2.md).
     bootstrap : {"auto", "unstratified", "stratified"}
         ``"unstratified"``: rows (or clusters) drawn with replacement from all of them, so
@@ -867,7 +867,7 @@ def w2_sensitivity(
         (a row-level input with clusters: whole clusters, nothing to stratify).
         ``"auto"`` (default): unstratified without clusters (random partition sizes,
         iota = 0.505, N = 6,400: 95.3-95.9% coverage vs 92.9-93.3% stratified), stratified
-        with clusters (items per task are fixed by the design: 94.1-94.6% vs 97.3% for the
+        with clusters (items per task are fixed by the design: 94.6% vs 97.3% for the
         plain item bootstrap, whose sd overstated the sampling sd, 0.0278 vs 0.0249). Pass ``"unstratified"``
         when an item-level input's levels are themselves random draws, ``"stratified"``
         when row partitions have sizes fixed by the design.
