@@ -566,7 +566,40 @@ def _row_batches(data, columns: list[str], batch_rows: int):
             raise ValueError(f"cluster_robust_cov: could not read '{path}': {detail}") from None
 
 
-def cluster_robust_cov(
+class _ScoreSums:
+    """Per-cluster score sums (clusters x coefficients) in fixed blocks: growing with new
+    clusters never copies what is there."""
+
+    BLOCK = 1 << 14
+
+    def __init__(self, p: int):
+        self.p = p
+        self.blocks: list[np.ndarray] = []
+
+    def add(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        need = int(ids.max()) // self.BLOCK + 1
+        while len(self.blocks) < need:
+            self.blocks.append(np.zeros((self.BLOCK, self.p)))
+        distinct = len(np.unique(ids)) == len(ids)  # dictionary values are, as a rule
+        which = ids // self.BLOCK
+        for b in np.unique(which):
+            sel = which == b
+            if distinct:
+                self.blocks[b][ids[sel] % self.BLOCK] += rows[sel]
+            else:
+                np.add.at(self.blocks[b], ids[sel] % self.BLOCK, rows[sel])
+
+    def meat(self) -> np.ndarray:
+        """Sum over clusters of the outer products of their score sums (S' S)."""
+        out = np.zeros((self.p, self.p))
+        for block in self.blocks:
+            out += block.T @ block
+        return out
+
+
+def _cluster_robust_cov(
     fit,
     counts: pd.DataFrame,
     data: pd.DataFrame | str | Path | Sequence[str | Path],
@@ -634,7 +667,6 @@ def cluster_robust_cov(
                          f"(its design has columns {names[:4]}..., the fit {list(fit.params.index)[:4]}...)")
     beta = fit.params.to_numpy(dtype=float)
     prob = expit(X @ beta)
-    Xs = sparse.csr_matrix(X)
 
     # pattern of a row -> line of counts, through per-column level lookups
     lookups, sizes = [], []
@@ -655,39 +687,54 @@ def cluster_robust_cov(
                          f"formula's variables {variables}")
 
     clusters = _Levels(cluster, hint=" (the cluster column)")
-    S = np.zeros((0, X.shape[1]))
+    seen = [_Levels(v) for v in variables]  # global ids of the values met so far, per column
+    S = _ScoreSums(X.shape[1])
     n_rows = 0
     for batch, source in _row_batches(data, [*variables, cluster, refusal], batch_rows):
         m = batch.num_rows
         if m == 0:
             continue
         y = _refusal_values(batch.column(refusal), refusal, source)
-        codes = []
-        for v, lv in zip(variables, lookups):
-            arr = batch.column(v)
-            probe = _Levels(v)
-            local = _key_codes(arr, probe, source)  # ids into probe.index (this batch's values)
-            lut = lv.get_indexer(probe.index)
-            if (lut < 0).any():
-                new = list(probe.index[lut < 0][:3])
-                raise ValueError(f"cluster_robust_cov: column '{v}' has value(s) {new}{_where(source)} "
+        # pattern line of each row: count by the batch's own dictionary codes, translate only
+        # the combinations present (few) to lines of counts
+        local = [_local_codes(batch.column(v), lv, source) for v, lv in zip(variables, seen)]
+        if variables:
+            local_sizes = [max(len(lut), 1) for _, lut in local]
+            groups, _ = _reduce([idx for idx, _ in local], local_sizes, m, [None])
+            codes = []
+            for v, g, (_, lut), levels in zip(variables, groups, local, lookups):
+                rank = levels.get_indexer(seen[variables.index(v)].index[lut[g]])
+                if (rank < 0).any():
+                    new = list(seen[variables.index(v)].index[lut[g][rank < 0]].unique()[:3])
+                    raise ValueError(f"cluster_robust_cov: column '{v}' has value(s) {new}"
+                                     f"{_where(source)} that are not in counts; counts must come "
+                                     "from the same data")
+                codes.append(rank)
+            key = np.ravel_multi_index(codes, sizes)
+            pos = np.minimum(np.searchsorted(sorted_key, key), len(sorted_key) - 1)
+            if (sorted_key[pos] != key).any():
+                raise ValueError(f"cluster_robust_cov: rows{_where(source)} have covariate patterns "
                                  "that are not in counts; counts must come from the same data")
-            codes.append(lut[local])
-        key = np.ravel_multi_index(codes, sizes) if variables else np.zeros(m, dtype=np.int64)
-        pos = np.searchsorted(sorted_key, key)
-        pos = np.minimum(pos, len(sorted_key) - 1)
-        if (sorted_key[pos] != key).any():
-            raise ValueError(f"cluster_robust_cov: rows{_where(source)} have covariate patterns that "
-                             "are not in counts; counts must come from the same data")
-        line = order[pos]
-        g = _key_codes(batch.column(cluster), clusters, source)
-        if len(clusters.index) > S.shape[0]:
-            grown = np.zeros((max(len(clusters.index), 2 * S.shape[0]), X.shape[1]))
-            grown[:S.shape[0]] = S
-            S = grown
-        ug, gl = np.unique(g, return_inverse=True)
-        M = sparse.csr_matrix((y - prob[line], (gl.ravel(), line)), shape=(len(ug), X.shape[0]))
-        S[ug] += (M @ Xs).toarray()
+            group_line = order[pos]
+            row_key = np.ravel_multi_index([idx for idx, _ in local], local_sizes)
+            present = np.ravel_multi_index(groups, local_sizes)
+            n_local = int(np.prod(local_sizes))
+            if n_local <= max(4 * m, 1 << 16):
+                table = np.empty(n_local, dtype=np.int64)
+                table[present] = group_line
+                line = table[row_key]
+            else:
+                line = group_line[np.searchsorted(present, row_key)]  # groups come out sorted
+        else:
+            line = np.zeros(m, dtype=np.int64)
+        # cluster score sums: rows -> (cluster of the batch dictionary, line) -> X
+        g_idx, g_lut = _local_codes(batch.column(cluster), clusters, source)
+        used = np.bincount(g_idx, minlength=len(g_lut)) > 0
+        slot = np.cumsum(used) - 1
+        M = sparse.csr_matrix((y - prob[line], (slot[g_idx], line)), shape=(int(used.sum()), X.shape[0]))
+        ids = g_lut[used]
+        for start in range(0, len(ids), _ScoreSums.BLOCK):  # dense pieces of bounded size
+            S.add(ids[start:start + _ScoreSums.BLOCK], M[start:start + _ScoreSums.BLOCK] @ X)
         n_rows += m
     G = len(clusters.index) if clusters.index is not None else 0
     total = int(counts[N_COLUMN].sum()) if N_COLUMN in counts.columns else None
@@ -697,7 +744,6 @@ def cluster_robust_cov(
     if G < 2:
         raise ValueError(f"cluster_robust_cov: cluster column '{cluster}' has {G} cluster(s); "
                          "cluster-robust SEs need many")
-    S = S[:G]
     k = X.shape[1]
     # bread: the inverse Fisher information at the fit, (X' W X)^-1 with W = n p (1 - p), as
     # logit computes it (its cov_params() hides separated terms, which the sandwich needs)
@@ -710,10 +756,29 @@ def cluster_robust_cov(
     except np.linalg.LinAlgError:
         bread = np.linalg.pinv(info, hermitian=True)
     c = (G / (G - 1.0)) * ((n_rows - 1.0) / (n_rows - k))
-    V = c * bread @ (S.T @ S) @ bread
+    V = c * bread @ S.meat() @ bread
     separated = [list(fit.params.index).index(t) for t in getattr(fit, "separated_terms", []) or []]
     V[separated, :] = np.nan  # not estimable: no interval, as logit reports them
     V[:, separated] = np.nan
     out = pd.DataFrame(V, index=fit.params.index, columns=fit.params.index)
     out.attrs["cluster_robust_cov"] = {"cluster": cluster, "n_clusters": G, "rows": n_rows}
     return out
+
+
+def _one_blas_thread(fn):
+    """Run ``fn`` with one BLAS thread: its matrices are small and many, and OpenBLAS
+    threads cost more than they save (far more on a shared machine), as in regression."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+cluster_robust_cov = _one_blas_thread(_cluster_robust_cov)
+cluster_robust_cov.__name__ = cluster_robust_cov.__qualname__ = "cluster_robust_cov"
