@@ -496,7 +496,9 @@ def test_cli_fit_prints_summary_and_writes_csv(tmp_path, capsys):
                "--penalty", "firth", "--cluster", "item_id", "--csv", str(out_csv)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "Coefficients:" in text and "Firth" in text and "Likelihood-ratio test" in text
+    assert "Coefficients:" in text and "Firth" in text
+    # clustered: the per-term test is the cluster-robust Wald F, never an LR test
+    assert "Test of each term (dropped from the full model): cluster-robust Wald F" in text
     tab = pd.read_csv(out_csv)
     direct = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", cluster="item_id")
     np.testing.assert_allclose(tab["estimate"], direct.params.to_numpy(), atol=1e-10)

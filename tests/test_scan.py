@@ -183,26 +183,6 @@ def test_clustered_logit_on_paper_design_counts_equals_rows(tmp_path):
     np.testing.assert_allclose(fit_counts.bse, fit_rows.bse, rtol=1e-10)
 
 
-def _cr1_small_sample(n_obs: int, k: int) -> float:
-    return (n_obs - 1.0) / (n_obs - k)
-
-
-def test_clustered_logit_on_counts_with_repeats_equals_rows_up_to_cr1_n(shards):
-    """With repeated item x pattern pairs the counts have fewer lines than rows; logit's CR1
-    factor (N-1)/(N-k) then uses the number of count lines. Corrected for that, equal."""
-    rows = _concat(shards)
-    counts = rs.collapse(shards, by=KEYS, cluster="item_id")
-    assert len(counts) < len(rows)
-    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
-    fit_counts = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster="item_id", epsilon=1e-14)
-    np.testing.assert_allclose(fit_counts.params, fit_rows.params, rtol=0, atol=1e-10)
-    k = len(fit_rows.params)
-    ratio = np.sqrt(_cr1_small_sample(len(rows), k) / _cr1_small_sample(len(counts), k))
-    np.testing.assert_allclose(fit_counts.bse * ratio, fit_rows.bse, rtol=1e-10)
-
-
-@pytest.mark.xfail(strict=True, reason="logit(trials=) counts count lines, not rows, in CR1's "
-                   "(N-1)/(N-k); passes once logit uses sum(trials) (see docs/scale.md)")
 def test_clustered_logit_on_counts_with_repeats_equals_rows_exactly(shards):
     rows = _concat(shards)
     counts = rs.collapse(shards, by=KEYS, cluster="item_id")

@@ -245,7 +245,8 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
     cov_cluster = None
     cov_type = "model-based (inverse Fisher information)"
     if cluster is not None:
-        cov = cov_cluster = _cr1(d.X, d.cluster, beta, bread, d.n_obs)
+        # CR1 counts Bernoulli rows: a fit from trials= counts equals the fit from its rows
+        cov = cov_cluster = _cr1(d.X, d.cluster, beta, bread, round(float(d.n.sum())))
         cov_type = f"cluster-robust CR1 by '{cluster}' ({d.cluster.n_clusters:,} clusters)"
     if penalty == "l2":
         cov_type = ("posterior covariance under the Gaussian prior the ridge penalty implies (Laplace "

@@ -417,7 +417,7 @@ class LogitResults:
                 beta_prev = bs
                 mu = expit(Xs @ bs)
                 bread = _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu)))
-                Vs = _cr1(Xs, cl, bs, bread, d.n_obs)
+                Vs = _cr1(Xs, cl, bs, bread, round(float(d.n.sum())))
                 b_t, V_t = bs[pos], Vs[np.ix_(pos, pos)]
             rows.append(self._cluster_test(order[k - 1], tested, b_t, V_t, bool(sep_full & set(tested))))
         return rows
