@@ -158,3 +158,19 @@ def test_markdown_and_latex_format_p_values():
     tex = to_latex(df)
     assert r"task\_x & 10 & 2 & $<$ 0.001 \\" in tex and r"\begin{tabular}{lrrr}" in tex
     assert format_p(0.001) == "0.001" and format_p(0.000999) == "< 0.001"
+
+
+def test_sensitivity_command_clusters_by_default(table, tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    rc, text, err = _run(["sensitivity", str(table), "--inputs", "task,persona", "--boot", "50",
+                          "--perm", "50", "--no-progress", "--csv", str(a)], capsys)
+    assert rc == 0, err
+    assert "clustered by item_id (60 clusters)" in text
+    rc, text, err = _run(["sensitivity", str(table), "--inputs", "task,persona", "--boot", "50",
+                          "--perm", "50", "--no-progress", "--cluster", "none", "--csv", str(b)],
+                         capsys)
+    assert rc == 0 and "rows independent" in text
+    clustered, plain = pd.read_csv(a), pd.read_csv(b)
+    np.testing.assert_allclose(clustered["iota"], plain["iota"])  # same estimate
+    # the item-level input's null is wider when items move together
+    assert clustered["null_q95"].iloc[0] > plain["null_q95"].iloc[0]

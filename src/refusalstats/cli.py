@@ -690,6 +690,10 @@ def _add_sensitivity(sub) -> None:
     _add_sep_option(p)
     p.add_argument("--ci", choices=["percentile", "bca"], default="percentile",
                    help="bootstrap interval type (default percentile)")
+    p.add_argument("--bootstrap", choices=["auto", "unstratified", "stratified"], default="auto",
+                   help="how replicates are drawn (default auto: rows unstratified; with "
+                        "clusters, items within each level of an item-level input)")
+    _add_cluster_option(p)
     p.add_argument("--partitions", default=None,
                    help="per-input partitions, e.g. 'age=10,model=levels' (numeric inputs: rank bins)")
     p.add_argument("--seed", type=int, default=0)
@@ -715,10 +719,15 @@ def _cmd_sensitivity(args) -> int:
     res = w2_sensitivity(df, output=outs[0] if len(outs) == 1 else outs, inputs=inputs,
                          partitions=parts or None, n_boot=args.boot, n_perm=args.perm,
                          conf=args.conf, seed=args.seed, ci=args.ci,
-                         progress=not args.no_progress)
-    print(f"W2 sensitivity of {res.output} ({res.output_kind}, N = {res.n:,}); "
+                         progress=not args.no_progress, cluster=_cluster_arg(args),
+                         bootstrap=args.bootstrap)
+    by = (f"clustered by {res.cluster} ({res.n_clusters:,} clusters)" if res.cluster
+          else "rows independent")
+    print(f"W2 sensitivity of {res.output} ({res.output_kind}, N = {res.n:,}, {by}); "
           f"{res.conf:.0%} {res.ci_method} CIs from {args.boot} bootstrap replicates, "
           f"null from {args.perm} permutations")
+    for note in res.notes:
+        print(f"note: {note}")
     print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.csv:
         _write_csv(res.table, args.csv)
