@@ -18,7 +18,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium not installable: the browser test will skip"
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --doctest-modules tests src/refusalstats
 
 demo: $(STAMP)
 	$(BIN)/refusalstats demo
