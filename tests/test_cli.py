@@ -176,3 +176,18 @@ def test_sensitivity_command_clusters_by_default(table, tmp_path, capsys):
                                n_perm=50, seed=0, progress=False, cluster="item_id")
     np.testing.assert_allclose(clustered["null_q95"], direct.table["null_q95"])
     np.testing.assert_allclose(clustered["ci_low"], direct.table["ci_low"])
+
+
+def test_nan_only_matters_in_columns_the_command_uses(tmp_path, capsys):
+    df = rs.simulate_items(n_items=30, k=4, seed=2)
+    df["model"] = "m"
+    df["persona"] = df["persona"].astype(str)
+    df.loc[3, "persona"] = None
+    f = tmp_path / "nan.csv"
+    df.to_csv(f, index=False)
+    rc, _, err = _run(["rates", str(f), "--by", "task"], capsys)
+    assert rc == 0, err
+    rc, _, err = _run(["fit", "refusal ~ task", str(f)], capsys)
+    assert rc == 0, err
+    rc, _, err = _run(["rates", str(f), "--by", "persona"], capsys)
+    _assert_one_line_error(rc, err, "'persona' has 1 missing value(s) (first rows [3])")

@@ -87,6 +87,8 @@ def _parse_mapping(text: str | None) -> dict[str, str]:
 
 
 def _read_table(path: str, sep: str | None = None, validate_table: bool = True) -> pd.DataFrame:
+    """Read a table; analysis commands pass validate_table=False so that only the columns
+    they use are checked (NaN in an unused column is not an error)."""
     from .table import read_responses
 
     return read_responses(path, sep=sep, validate_table=validate_table)
@@ -217,7 +219,7 @@ def _cmd_rates(args) -> int:
     from .rates import refusal_rates
 
     _check_outputs([args.table], [("--csv", args.csv)])
-    df = _read_table(args.table, sep=args.sep)
+    df = _read_table(args.table, sep=args.sep, validate_table=False)
     by = [c.strip() for c in args.by.split(",") if c.strip()]
     res = refusal_rates(df, by=by, method=args.method, conf=args.conf, cluster=_cluster_arg(args))
     print(res.to_string(index=False))
@@ -796,7 +798,7 @@ def _cmd_fit(args) -> int:
     from .table import SchemaError
 
     _check_outputs([args.table], [("--csv", args.csv)])
-    df = _read_table(args.table, sep=args.sep)
+    df = _read_table(args.table, sep=args.sep, validate_table=False)
     reference = dict(PAPER_REFERENCE) if args.reference == "paper" else _parse_mapping(args.reference)
     alpha = args.alpha
     if alpha is not None and alpha != "cv":
@@ -1020,7 +1022,7 @@ def _cmd_cochran(args) -> int:
     from .rates import cochran_q
 
     _check_outputs([args.table], [("--csv", args.csv)])
-    df = _read_table(args.table, sep=args.sep)
+    df = _read_table(args.table, sep=args.sep, validate_table=False)
     res = cochran_q(df, condition=args.condition, block=_columns_arg(args.block),
                     by=_columns_arg(args.by), method=args.method, n_perm=args.n_perm,
                     seed=args.seed, adjust=args.adjust)
@@ -1059,7 +1061,7 @@ def _cmd_disparity(args) -> int:
     _check_outputs([args.table], [("--csv", args.csv)])
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be 0 (no interval) or a positive number, got {args.n_boot}")
-    df = _read_table(args.table, sep=args.sep)
+    df = _read_table(args.table, sep=args.sep, validate_table=False)
     control = _columns_arg(args.control) or []
     res = disparity(df, category=args.category, control=control[0] if len(control) == 1 else control,
                     by=_columns_arg(args.by), n_boot=args.n_boot, conf=args.conf, seed=args.seed,
@@ -1089,7 +1091,7 @@ def _cmd_agreement(args) -> int:
     from .rates import rank_agreement
 
     _check_outputs([args.table], [("--csv", args.csv), ("--pairs-csv", args.pairs_csv)])
-    df = _read_table(args.table, sep=args.sep)
+    df = _read_table(args.table, sep=args.sep, validate_table=False)
     res = rank_agreement(df, item=args.item, rater=args.rater, by=_columns_arg(args.by),
                          adjust=args.adjust)
     print("Kendall's W across raters:")

@@ -59,7 +59,7 @@ def _refusal_problem(values: pd.Series) -> str | None:
     """Describe refusal values outside {0, 1, True, False}, or return None."""
     s = values
     if s.isna().any():
-        rows = list(np.flatnonzero(s.isna().to_numpy())[:5])
+        rows = [int(i) for i in np.flatnonzero(s.isna().to_numpy())[:5]]
         return f"column 'refusal' has {int(s.isna().sum())} missing value(s) (first rows {rows}); refusal must be 0/1"
     if pd.api.types.is_bool_dtype(s):
         return None
@@ -82,6 +82,7 @@ def validate(
     required: Iterable[str] = REQUIRED_COLUMNS,
     predictors: Iterable[str] | None = None,
     needs_levels: Iterable[str] = (),
+    table_columns: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Check a response table and return it in canonical form.
 
@@ -106,6 +107,8 @@ def validate(
         required columns other than ``refusal`` that are present.
     needs_levels : iterable of str
         Columns that must have at least two distinct values.
+    table_columns : iterable of str, optional
+        The user's full column list, for messages when ``df`` is a column subset.
 
     Examples
     --------
@@ -122,7 +125,8 @@ def validate(
     missing = [c for c in required if c not in df.columns]
     if missing:
         problems.append(
-            f"missing required column(s) {missing}; the table has {list(df.columns)}. "
+            f"missing required column(s) {missing}; the table has "
+            f"{list(df.columns) if table_columns is None else list(table_columns)}. "
             "Rename your columns (e.g. df.rename(columns={...})) or map them with "
             "refusalstats.dumps.read_generic(path, mapping={...})"
         )
@@ -144,7 +148,7 @@ def validate(
             continue
         n_nan = int(df[c].isna().sum())
         if n_nan:
-            rows = list(np.flatnonzero(df[c].isna().to_numpy())[:5])
+            rows = [int(i) for i in np.flatnonzero(df[c].isna().to_numpy())[:5]]
             problems.append(
                 f"predictor column '{c}' has {n_nan} missing value(s) (first rows {rows}); "
                 "drop or fill those rows explicitly before fitting"
