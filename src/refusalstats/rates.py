@@ -993,6 +993,68 @@ def _control_personas(df, control, category, persona) -> tuple[set, str]:
     return set(ctrl), "listed control personas"
 
 
+DISPARITY_ESTIMATORS = ("corrected", "plug-in")
+
+# the noise-corrected spread keeps at least this share of the observed sum of squares, so
+# a spread that sampling noise explains entirely stays positive (and its ratio finite)
+_CORRECTED_FLOOR = 0.05
+
+
+def _cluster_rates_noise(s_mat, c_mat, w, sets):
+    """Persona rates and each set's noise term under cluster weights ``w``.
+
+    ``s_mat``/``c_mat`` (clusters x personas) hold refusals and rows per cluster; ``w``
+    (replicates x clusters) weights the clusters (all ones: the data; multinomial counts:
+    an item bootstrap replicate, each draw its own cluster). The rates' covariance is the
+    cluster-robust (ratio-estimator) one of :func:`refusal_rates`,
+    ``C/(C-1) sum_c w_c e_ci e_cj`` with ``e_ci = (y_ci - r_i m_ci) / n_i``; the noise of a
+    set S of k personas is ``tr(H Sigma_S)`` (H the centring matrix), the expected excess
+    of their sum of squared deviations over the true one.
+    """
+    nb, npers = s_mat.shape
+    n = w @ c_mat
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = (w @ s_mat) / n
+    noise = np.full((len(w), len(sets)), np.nan)
+    if nb < 2:
+        return rate, noise
+    f = nb / (nb - 1)
+    chunk = max(1, 4_000_000 // (nb * npers))
+    for a in range(0, len(w), chunk):
+        rb, nbk, wb = np.nan_to_num(rate[a : a + chunk]), n[a : a + chunk], w[a : a + chunk]
+        inv = np.where(nbk > 0, 1.0 / np.where(nbk > 0, nbk, 1.0), 0.0)
+        e = (s_mat[None] - rb[:, None, :] * c_mat[None]) * inv[:, None, :]
+        for j, members in enumerate(sets):
+            es = e[:, :, members]
+            k = np.maximum((nbk[:, members] > 0).sum(1), 1)
+            q = (es**2).sum(-1) - es.sum(-1) ** 2 / k[:, None]
+            noise[a : a + chunk, j] = f * np.einsum("bc,bc->b", wb, q)
+    return rate, noise
+
+
+def _binomial_noise(rate, n, sets):
+    """Each set's noise term ``(1 - 1/k) sum v_i`` with independent rows, v = r(1-r)/(n-1)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where(n > 1, rate * (1 - rate) / np.maximum(n - 1, 1), 0.0)
+    return np.stack([(1 - 1 / max(int(m.sum()), 1)) * v[..., m].sum(-1) for m in sets], axis=-1)
+
+
+def _spread(rate, noise, ddof, corrected):
+    """sd of ``rate`` (replicates x members, NaN for a persona without rows) per replicate.
+
+    With ``corrected`` the sum of squares loses its noise term (method of moments),
+    floored at ``_CORRECTED_FLOOR`` of itself: sqrt(max(SS - noise, floor SS) / (k - ddof)).
+    """
+    k = np.isfinite(rate).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate without these personas
+        dev = rate - np.nanmean(rate, axis=-1, keepdims=True)
+        ss = np.nansum(dev**2, axis=-1)
+        if corrected:
+            ss = np.maximum(ss - noise, _CORRECTED_FLOOR * ss)
+        return np.where(k > ddof, np.sqrt(ss / np.maximum(k - ddof, 1)), np.nan)
+
+
 def disparity(
     df: pd.DataFrame,
     category: str = "persona_group",
@@ -1007,6 +1069,7 @@ def disparity(
     seed: int | None = None,
     refusal: str = "refusal",
     block: str | Sequence[str] | None = None,
+    estimator: str = "corrected",
 ) -> pd.DataFrame:
     """de Araujo & Roth's disparity: persona spread within a category over control spread.
 
@@ -1014,6 +1077,16 @@ def disparity(
     refusal rates is divided by the standard deviation of the control personas'
     rates (paraphrases of "a helpful assistant"). A ratio well above 1 means the
     personas of that category differ more than mere rewordings of a neutral persona.
+
+    Estimated rates carry sampling noise, which inflates every sd, the small control
+    sd most: the plain ratio of sds (``estimator="plug-in"``, the paper's number) is
+    biased low, and its bootstrap interval covers the population ratio too rarely
+    (0.91 at 95% with 200 items, 0.70-0.72 with 120 items; docs/methods_rates.md). The
+    default ``estimator="corrected"`` subtracts each spread's expected noise
+    (method of moments: the sum of squared deviations less the trace of the centred
+    covariance matrix of the rates, cluster-robust as in :func:`refusal_rates`,
+    floored at 5% of itself) before taking the ratio, and bootstraps that; its interval
+    covers 0.95. The plug-in ratio stays in column ``disparity_plugin``.
 
     Parameters
     ----------
@@ -1032,7 +1105,8 @@ def disparity(
     ddof : int
         Delta degrees of freedom of the standard deviations (1: sample sd).
     n_boot : int
-        Bootstrap replicates for a percentile interval of each ratio (0: none).
+        Bootstrap replicates for a percentile interval of each ratio (0: none), of the
+        chosen ``estimator``.
         With clusters (e.g. ``"item_id"``) whole items are resampled, which keeps
         the correlation between personas answering the same item (P2's complete
         design); with ``cluster=None`` each persona's refusal count is redrawn from
@@ -1040,8 +1114,9 @@ def disparity(
     cluster : "auto", str, list of str or None
         Column(s) identifying items, the bootstrap's resampling unit. ``"auto"``
         (default): ``item_id`` when the table has it and items repeat (a
-        :class:`~refusalstats.ClusterNote` says so); ``None``: independent rows. Only
-        the interval uses it; without ``n_boot`` it is not needed.
+        :class:`~refusalstats.ClusterNote` says so); ``None``: independent rows. The
+        bootstrap and the corrected estimator's noise use it; the plug-in ratio without
+        ``n_boot`` does not.
     conf : float
         Confidence level of the bootstrap interval.
     seed : int, optional
@@ -1050,13 +1125,21 @@ def disparity(
         The 0/1 outcome column.
     block : str or list of str, optional
         Deprecated name of ``cluster`` (removed in the next release).
+    estimator : {"corrected", "plug-in"}
+        ``"corrected"`` (default): the noise-corrected ratio
+        ``sd_corrected / control_sd_corrected``, for the ratio of the personas' true
+        (population) rates; ``"plug-in"``: the ratio of the sds of the observed rates,
+        as in de Araujo & Roth (its interval under-covers, see above).
 
     Returns
     -------
     DataFrame
         ``by`` columns, ``category`` (its level), ``n_personas``, ``sd``,
-        ``n_control``, ``control_sd``, ``disparity`` (and ``ci_low``, ``ci_high``
-        with ``n_boot``). A category with fewer than ``ddof + 1`` personas has NaN
+        ``n_control``, ``control_sd`` (sds of the observed rates), with the corrected
+        estimator ``sd_corrected``, ``control_sd_corrected`` and ``disparity_plugin``
+        (= ``sd / control_sd``), then ``disparity`` (the chosen estimator) and
+        ``ci_low``, ``ci_high`` with ``n_boot``. ``attrs["estimator"]`` names the
+        estimator. A category with fewer than ``ddof + 1`` personas has NaN
         sd; a control sd of 0 gives an infinite (or NaN) ratio, with a warning.
 
     Examples
@@ -1066,8 +1149,11 @@ def disparity(
     ...     "persona": ["a", "a", "b", "b", "c", "c", "d", "d"],
     ...     "persona_group": ["G", "G", "G", "G", "control", "control", "control", "control"],
     ...     "refusal": [1, 1, 0, 0, 1, 0, 1, 1]})
-    >>> rs.disparity(df, control="control")[["persona_group", "disparity"]].values.tolist()
+    >>> out = rs.disparity(df, control="control")
+    >>> out[["persona_group", "disparity_plugin"]].values.tolist()
     [['G', 2.0]]
+    >>> rs.disparity(df, control="control", estimator="plug-in")["disparity"].tolist()
+    [2.0]
     """
     by = _columns(by, "by")
     if block is not None:
@@ -1084,9 +1170,11 @@ def disparity(
         raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
-    if n_boot:
+    if estimator not in DISPARITY_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {DISPARITY_ESTIMATORS}, got {estimator!r}")
+    if n_boot or estimator == "corrected":
         blocks = _columns(resolve_cluster(df, _auto_off(cluster, by), where="disparity"), "cluster")
-    else:  # the ratio itself does not depend on clustering; only check the names
+    else:  # the plug-in ratio does not depend on clustering; only check the names
         blocks = []
         if not (isinstance(cluster, str) and cluster == "auto"):
             resolve_cluster(df, cluster, where="disparity")
@@ -1108,6 +1196,7 @@ def disparity(
     cat_order = list(pd.unique(data[category].astype(object)))
     rng = np.random.default_rng(seed)
     alpha = 1 - conf
+    corrected = estimator == "corrected"
     rows, degenerate = [], []
     for key, sub in _groups(data, by):
         p_codes, p_levels = pd.factorize(sub[persona].astype(object), sort=False)
@@ -1121,37 +1210,65 @@ def disparity(
                 f"disparity needs at least {ddof + 1} control personas with rows in {where} "
                 f"(control = {how}); found {int(is_ctrl.sum())}"
             )
-        boot = None
-        if n_boot:
-            if blocks:
-                b_codes, b_levels = pd.factorize(
-                    pd.MultiIndex.from_frame(sub[blocks]) if len(blocks) > 1 else sub[blocks[0]]
-                )
-                nb, npers = len(b_levels), len(p_levels)
-                cell = b_codes.astype(np.int64) * npers + p_codes
-                c_mat = np.bincount(cell, minlength=nb * npers).reshape(nb, npers)
-                s_mat = np.bincount(cell, weights=sub["refusal"].to_numpy(), minlength=nb * npers)
-                w = rng.multinomial(nb, np.full(nb, 1 / nb), size=n_boot).astype(float)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    boot = (w @ s_mat.reshape(nb, npers)) / (w @ c_mat)
-            else:
-                boot = rng.binomial(n_p.astype(np.int64), rate, size=(n_boot, len(rate))) / n_p
-        csd = float(np.std(rate[is_ctrl], ddof=ddof))
         cats = np.array([cat_of[p] for p in p_levels], dtype=object)
-        for lev in [c for c in cat_order if c in set(cats[~is_ctrl])]:
-            members = (cats == lev) & ~is_ctrl
+        levels = [c for c in cat_order if c in set(cats[~is_ctrl])]
+        sets = [is_ctrl] + [(cats == lev) & ~is_ctrl for lev in levels]
+        boot = noise = boot_noise = None
+        if blocks:
+            b_codes, b_levels = pd.factorize(
+                pd.MultiIndex.from_frame(sub[blocks]) if len(blocks) > 1 else sub[blocks[0]]
+            )
+            nb, npers = len(b_levels), len(p_levels)
+            cell = b_codes.astype(np.int64) * npers + p_codes
+            c_mat = np.bincount(cell, minlength=nb * npers).reshape(nb, npers).astype(float)
+            s_mat = np.bincount(
+                cell, weights=sub["refusal"].to_numpy(), minlength=nb * npers
+            ).reshape(nb, npers)
+            if corrected:
+                noise = _cluster_rates_noise(s_mat, c_mat, np.ones((1, nb)), sets)[1][0]
+            if n_boot:
+                w = rng.multinomial(nb, np.full(nb, 1 / nb), size=n_boot).astype(float)
+                if corrected:
+                    boot, boot_noise = _cluster_rates_noise(s_mat, c_mat, w, sets)
+                else:
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        boot = (w @ s_mat) / (w @ c_mat)
+        else:
+            if corrected:
+                noise = _binomial_noise(rate, n_p, sets)
+            if n_boot:
+                boot = rng.binomial(n_p.astype(np.int64), rate, size=(n_boot, len(rate))) / n_p
+                if corrected:
+                    boot_noise = _binomial_noise(boot, n_p, sets)
+        csd = float(np.std(rate[is_ctrl], ddof=ddof))
+        if corrected:
+            csd_c = float(_spread(rate[is_ctrl], noise[0], ddof, True))
+        if boot is not None:
+            boot_csd = _spread(
+                boot[:, is_ctrl], None if boot_noise is None else boot_noise[:, 0], ddof, corrected
+            )
+        for j, lev in enumerate(levels, start=1):
+            members = sets[j]
             r = rate[members]
             sd = float(np.std(r, ddof=ddof)) if len(r) > ddof else np.nan
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.float64(sd) / csd
             if csd == 0:
                 degenerate.append(key)
-            row = [*key, lev, len(r), sd, int(is_ctrl.sum()), csd, ratio]
-            if boot is not None:
+            row = [*key, lev, len(r), sd, int(is_ctrl.sum()), csd]
+            if corrected:
+                sd_c = float(_spread(r, noise[j], ddof, True))
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    dist = np.nanstd(boot[:, members], axis=1, ddof=ddof) / np.nanstd(
-                        boot[:, is_ctrl], axis=1, ddof=ddof
-                    )
+                    row += [sd_c, csd_c, ratio, np.float64(sd_c) / csd_c]
+            else:
+                row += [ratio]
+            if boot is not None:
+                num = _spread(
+                    boot[:, members], None if boot_noise is None else boot_noise[:, j], ddof,
+                    corrected,
+                )  # fmt: skip
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    dist = num / boot_csd
                 dist = dist[~np.isnan(dist)]
                 if len(r) > ddof and len(dist):
                     with np.errstate(invalid="ignore"):  # inf ratios when controls agree
@@ -1166,15 +1283,19 @@ def disparity(
             RuntimeWarning,
             stacklevel=2,
         )
-    columns = [*by, category, "n_personas", "sd", "n_control", "control_sd", "disparity"]
+    columns = [*by, category, "n_personas", "sd", "n_control", "control_sd"]
+    if corrected:
+        columns += ["sd_corrected", "control_sd_corrected", "disparity_plugin"]
+    columns += ["disparity"]
     if n_boot:
         columns += ["ci_low", "ci_high"]
     out = pd.DataFrame(rows, columns=columns)
     out.attrs["control"] = sorted(ctrl, key=str)
+    out.attrs["estimator"] = estimator
+    if blocks:
+        out.attrs["cluster"] = blocks
     if n_boot:
         out.attrs.update(n_boot=n_boot, conf=conf, bootstrap="clusters" if blocks else "binomial")
-        if blocks:
-            out.attrs["cluster"] = blocks
     return _restore_dtypes(out, data, by)
 
 
