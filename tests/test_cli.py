@@ -145,6 +145,11 @@ def test_agreement_and_disparity_commands(blocks, capsys):
     assert rc == 0, err
     d = rs.disparity(df, cluster=None)["disparity"].iloc[0]
     assert f"{d:.6g}" in text
+    rc, text, err = _run(["disparity", str(path), "--cluster", "none", "--estimator", "plug-in"],
+                         capsys)
+    assert rc == 0, err
+    d = rs.disparity(df, cluster=None, estimator="plug-in")["disparity"].iloc[0]
+    assert f"{d:.6g}" in text
 
 
 def test_markdown_and_latex_format_p_values():

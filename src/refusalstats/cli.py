@@ -911,7 +911,7 @@ def _cmd_bayes(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         fit.idata.to_netcdf(str(out / "idata.nc"))
-        fit.summary().to_csv(out / "summary.csv")
+        fit.to_frame().to_csv(out / "summary.csv")
         if eff is not None:
             eff.to_csv(out / "effects.csv", index=False)
         fit.plot_ppc().savefig(out / "ppc.png", dpi=150)
@@ -955,7 +955,7 @@ def _demo_hierarchical(df: pd.DataFrame, args) -> None:
         print(f"\n  {mdl} (observed refusal rate {100 * rate:.2f}%):")
         for r in sub.itertuples():
             print(f"    {r.persona!s:28s} {100 * r.prob_effect:+7.2f} pp  "
-                  f"[{100 * r.prob_low:+6.2f}, {100 * r.prob_high:+6.2f}]  P>0 {r.p_gt_0:.3f}")
+                  f"[{100 * r.prob_ci_low:+6.2f}, {100 * r.prob_ci_high:+6.2f}]  P>0 {r.p_gt_0:.3f}")
     print(f"(hierarchical step: {time.perf_counter() - t0:.1f} s)")
     args.results["hierarchical"] = fit
 
@@ -1047,6 +1047,9 @@ def _add_disparity(sub) -> None:
     p.add_argument("--by", help="comma-separated columns to compute separately (e.g. model)")
     p.add_argument("--n-boot", type=int, default=0,
                    help="bootstrap replicates for a CI (default 0: none)")
+    p.add_argument("--estimator", choices=["corrected", "plug-in"], default="corrected",
+                   help="corrected (default): sampling noise removed from both spreads, whose "
+                        "bootstrap CI covers 95%%; plug-in: de Araujo & Roth's raw ratio")
     p.add_argument("--conf", type=_conf_level, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     _add_cluster_option(p)
@@ -1065,7 +1068,7 @@ def _cmd_disparity(args) -> int:
     control = _columns_arg(args.control) or []
     res = disparity(df, category=args.category, control=control[0] if len(control) == 1 else control,
                     by=_columns_arg(args.by), n_boot=args.n_boot, conf=args.conf, seed=args.seed,
-                    cluster=_cluster_arg(args))
+                    cluster=_cluster_arg(args), estimator=args.estimator)
     _emit(res, args)
     return 0
 
