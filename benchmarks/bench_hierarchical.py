@@ -113,7 +113,7 @@ def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization=
     wall = time.perf_counter() - t0
     d = r.diagnostics()
     if method == "laplace":
-        s = r.summary()
+        s = r.to_frame()
         print(s.round(3).to_string())
         print("laplace:", json.dumps(m.laplace_info))
         return {"wall_s": wall, "build_s": t_build, "compile_s": np.nan, "sample_s": np.nan,
@@ -121,7 +121,7 @@ def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization=
                 "min_ess_bulk": np.nan, "min_ess_tail": np.nan, "divergences": 0}, r
     steps = float(r.idata.sample_stats["n_steps"].mean())
     print(f"worst R-hat at {d['worst_rhat']}", flush=True)
-    print(r.summary().round(3).to_string(), flush=True)
+    print(r.to_frame().round(3).to_string(), flush=True)
     return {"wall_s": wall, "build_s": t_build, "compile_s": r.timings.get("compile_s", np.nan),
             "sample_s": r.timings.get("sample_s", np.nan), "patterns": len(m.patterns),
             "steps_per_iter": steps, **{k: d[k] for k in ("max_rhat", "min_ess_bulk", "min_ess_tail",

@@ -57,8 +57,8 @@ def _marginal_effect(truth: dict) -> float:
 
 
 def _covers(fit, truth: float) -> bool:
-    s = fit.summary(hdi_prob=0.95)
-    return bool(s.loc[TERM, "hdi_low"] <= truth <= s.loc[TERM, "hdi_high"])
+    s = fit.to_frame(conf=0.95)
+    return bool(s.loc[TERM, "ci_low"] <= truth <= s.loc[TERM, "ci_high"])
 
 
 def run(reps: int = 40, seed: int = 0) -> list[dict]:
@@ -101,8 +101,8 @@ def run(reps: int = 40, seed: int = 0) -> list[dict]:
                                           progress=False)
                     if key == "item":
                         rhat.append(fit.diagnostics()["max_rhat"])
-            s = fit.summary()
-            width[key].append(s.loc[TERM, "hdi_high"] - s.loc[TERM, "hdi_low"])
+            s = fit.to_frame()
+            width[key].append(s.loc[TERM, "ci_high"] - s.loc[TERM, "ci_low"])
             hits[key] += _covers(fit, marg if key == "pooled" else cond)
             secs[key] += time.perf_counter() - t0
     rows = [

@@ -229,7 +229,7 @@ COEF = pd.DataFrame({
     "estimate": [-2.0, 1.5, 0.3, -0.8, -3.0, 0.9],
     "ci_low": [-2.2, 1.2, -0.1, -1.0, -3.5, 0.1],
     "ci_high": [-1.8, 1.8, 0.7, -0.6, -2.5, 1.7],
-    "p": [1e-9, 1e-6, 0.2, 1e-4, 1e-8, 0.03],
+    "p_value": [1e-9, 1e-6, 0.2, 1e-4, 1e-8, 0.03],
 })
 
 
@@ -271,10 +271,10 @@ def test_hierarchical_effects_panels_and_hdis():
     eff = pd.DataFrame({
         "model": ["A", "A", "A", "B", "B", "B"], "persona": ["x", "y", "z"] * 2,
         "effect": [0.5, -0.1, 0.0, 1.0, -0.6, 0.2],
-        "effect_low": [0.1, -0.4, -0.3, 0.6, -0.9, -0.1],
-        "effect_high": [0.9, 0.2, 0.3, 1.4, -0.3, 0.5],
+        "ci_low": [0.1, -0.4, -0.3, 0.6, -0.9, -0.1],
+        "ci_high": [0.9, 0.2, 0.3, 1.4, -0.3, 0.5],
     })
-    eff.attrs["hdi_prob"] = 0.9
+    eff.attrs["interval"] = "90% HDI"
     fig = rs.plot.hierarchical_effects(eff)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == ["A", "B"]
@@ -284,12 +284,12 @@ def test_hierarchical_effects_panels_and_hdis():
         assert len(conts) == 3
         sub = eff[eff["model"] == g]
         spans = [sorted([s[0][0], s[1][0]]) for c in conts for s in c.lines[2][0].get_segments()]
-        np.testing.assert_allclose(spans, sub[["effect_low", "effect_high"]].to_numpy())
+        np.testing.assert_allclose(spans, sub[["ci_low", "ci_high"]].to_numpy())
         filled = [c.lines[0].get_markerfacecolor() != "white" for c in conts]
         assert filled == [bool(lo > 0 or hi < 0) for lo, hi in
-                          zip(sub["effect_low"], sub["effect_high"])]
-    with pytest.raises(KeyError, match="HDI"):
-        rs.plot.hierarchical_effects(eff.drop(columns=["effect_low"]))
+                          zip(sub["ci_low"], sub["ci_high"])]
+    with pytest.raises(rs.SchemaError, match="'ci_low'"):
+        rs.plot.hierarchical_effects(eff.drop(columns=["ci_low"]))
 
 
 def test_palette_is_okabe_ito():

@@ -124,10 +124,10 @@ def test_collapsed_likelihood_equals_bernoulli(parametrization):
 # ------------------------------------------------------------------ recovery
 def test_recovers_group_sds_and_effects(fit, sim):
     _, truth = sim
-    s = fit.summary(hdi_prob=0.9)
+    s = fit.to_frame(conf=0.9)
     for term, key in (("g", "sd_g"), ("h", "sd_h"), ("g:h", "sd_gh")):
         row = s.loc[f"sd({term})"]
-        assert row["hdi_low"] <= TRUTH[key] <= row["hdi_high"], (term, row.to_dict())
+        assert row["ci_low"] <= TRUTH[key] <= row["ci_high"], (term, row.to_dict())
     post = fit.idata.posterior
     for term in ("g", "h"):
         true = truth[term]
@@ -143,10 +143,10 @@ def test_recovers_group_sds_and_effects(fit, sim):
     r = np.corrcoef(eff["effect"], true)[0, 1]
     assert r > 0.9, ("g within h", r)
     # fixed effects inside their 95% HDIs
-    s95 = fit.summary()
+    s95 = fit.to_frame()
     for lev in ("a1", "a2"):
         row = s95.loc[f"a[T.{lev}]"]
-        assert row["hdi_low"] <= TRUTH["a"][lev] <= row["hdi_high"]
+        assert row["ci_low"] <= TRUTH["a"][lev] <= row["ci_high"]
     d = fit.diagnostics()
     assert d["divergences"] == 0
     assert d["max_rhat"] < 1.05
@@ -162,7 +162,7 @@ def test_effects_predict_ppc(fit, sim):
     row = eff[(eff["g"] == "g03") & (eff["h"] == "h07")].iloc[0]
     assert row["effect"] == pytest.approx(float(draws.mean()), rel=1e-9)
     assert row["p_gt_0"] == pytest.approx(float((draws > 0).mean()))
-    assert row["effect_low"] <= row["effect"] <= row["effect_high"]
+    assert row["ci_low"] <= row["effect"] <= row["ci_high"]
     raw = df[(df["g"] == "g03") & (df["h"] == "h07")]["refusal"].mean()
     assert row["observed_rate"] == pytest.approx(raw)
     # probability-scale effect has the sign of the logit effect when clearly non-zero
@@ -171,14 +171,14 @@ def test_effects_predict_ppc(fit, sim):
     # predictions: fitted patterns, and the same values row by row on new data
     pred = fit.predict()
     assert len(pred) == len(fit.model.patterns)
-    assert ((pred["p_low"] <= pred["p_mean"]) & (pred["p_mean"] <= pred["p_high"])).all()
+    assert ((pred["ci_low"] <= pred["prob"]) & (pred["prob"] <= pred["ci_high"])).all()
     sub = df.sample(50, random_state=0)
     new = fit.predict(sub)
     key = ["a", "g", "h"]
-    merged = new[key + ["p_mean"]].merge(pred[key + ["p_mean"]], on=key, suffixes=("", "_fit"))
-    np.testing.assert_allclose(merged["p_mean"], merged["p_mean_fit"], rtol=1e-12)
+    merged = new[key + ["prob"]].merge(pred[key + ["prob"]], on=key, suffixes=("", "_fit"))
+    np.testing.assert_allclose(merged["prob"], merged["prob_fit"], rtol=1e-12)
     # posterior predictive check per g x h cell: a well-specified model covers most cells
-    ppc = fit.ppc(by=["g", "h"], prob=0.9)
+    ppc = fit.ppc(by=["g", "h"], conf=0.9)
     obs = df.groupby(["g", "h"], observed=True)["refusal"].mean().to_numpy()
     np.testing.assert_allclose(ppc["observed"], obs)
     assert ppc["inside"].mean() > 0.8
@@ -267,7 +267,7 @@ def test_pymc_fallback_agrees_with_nutpie():
             runs[sampler] = hierarchical(FORMULA, df, draws=300, tune=300, chains=2, seed=3,
                                          sampler=sampler, progress=False)
     assert runs["pymc"].sampler == "pymc"
-    a, b = runs["nutpie"].summary(), runs["pymc"].summary()
+    a, b = runs["nutpie"].to_frame(), runs["pymc"].to_frame()
     for term in ["Intercept", "a[T.a1]", "a[T.a2]", "sd(g)", "sd(h)", "sd(g:h)"]:
         se = np.hypot(a.loc[term, "sd"] / np.sqrt(a.loc[term, "ess_bulk"]),
                       b.loc[term, "sd"] / np.sqrt(b.loc[term, "ess_bulk"]))
@@ -305,19 +305,19 @@ def test_item_term_interval_comparable_to_cr1(clustered):
                                progress=False)
 
     def width(fit):
-        s = fit.summary()
-        return s.loc["task[T.t1]", "hdi_high"] - s.loc["task[T.t1]", "hdi_low"]
+        s = fit.to_frame()
+        return s.loc["task[T.t1]", "ci_high"] - s.loc["task[T.t1]", "ci_low"]
 
     r_item, r_none = width(with_item) / cr1, width(without) / cr1
     assert 0.7 <= r_item <= 1.4, (r_item, r_none)
     assert r_none < 0.75, (r_item, r_none)
     # the item sd is recovered (truth 1.0)
-    s = with_item.summary(hdi_prob=0.95)
-    assert s.loc["sd(item_id)", "hdi_low"] <= 1.0 <= s.loc["sd(item_id)", "hdi_high"]
+    s = with_item.to_frame(conf=0.95)
+    assert s.loc["sd(item_id)", "ci_low"] <= 1.0 <= s.loc["sd(item_id)", "ci_high"]
     # the Laplace approximation agrees with NUTS on the fixed effects and the item sd
     lap = HierarchicalModel(ITEM_FORMULA, df).fit(method="laplace", draws=4000, seed=2, progress=False)
     assert lap.approximate and "APPROXIMATE: LAPLACE" in str(lap)
-    sl = lap.summary()
+    sl = lap.to_frame()
     for term in ("Intercept", "task[T.t1]", "task[T.t2]"):
         # (Laplace with binary data and 10 rows per item sits slightly low: ~0.4 sd here)
         assert abs(sl.loc[term, "mean"] - s.loc[term, "mean"]) < 0.5 * s.loc[term, "sd"], term
@@ -392,3 +392,29 @@ def test_set_responses_reuses_the_model(clustered):
 
 def _beta(fit):
     return fit.idata.posterior["beta"].to_numpy().ravel()
+
+
+# ------------------------------------------------------------------ result object (issue 13)
+def test_result_object_frame_conf_int_summary_repr(fit):
+    tab = fit.to_frame()
+    assert {"mean", "sd", "ci_low", "ci_high", "p_gt_0"} <= set(tab.columns)
+    assert not {"hdi_low", "hdi_high"} & set(tab.columns)
+    assert tab.attrs["interval"] == "95% HDI"
+    ci90, ci95 = fit.conf_int(conf=0.9), fit.conf_int()
+    assert list(ci90.columns) == ["ci_low", "ci_high"] and ci90.attrs["interval"] == "90% HDI"
+    np.testing.assert_allclose(ci95, tab[["ci_low", "ci_high"]])
+    assert ((ci90["ci_high"] - ci90["ci_low"]) < (ci95["ci_high"] - ci95["ci_low"])).all()
+    with pytest.raises(ValueError, match="conf"):
+        fit.conf_int(conf=95)
+    s = fit.summary(conf=0.9)
+    assert isinstance(s, str) and "90% HDI" in str(s) and "sd(g:h)" in str(s)
+    html = s._repr_html_()
+    assert "<table" in html and "ci_low" in html
+    r = repr(fit)
+    assert r.startswith("<HierarchicalResult") and len(r.splitlines()) <= 5
+    assert "InferenceData" not in r and "posterior" not in r
+    eff = fit.effects("g", within="h", conf=0.9)
+    assert {"ci_low", "ci_high", "prob_ci_low", "prob_ci_high"} <= set(eff.columns)
+    assert eff.attrs["interval"] == "90% HDI"
+    ppc = fit.ppc(by="g", conf=0.8, seed=np.random.default_rng(3))
+    assert {"ci_low", "ci_high"} <= set(ppc.columns) and ppc.attrs["conf"] == 0.8

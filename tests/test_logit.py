@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from refusalstats.formula import FormulaError
 from refusalstats.multiplicity import adjust_pvalues
@@ -439,8 +440,8 @@ def test_pvalue_adjustment_matches_statsmodels(fit_m1):
         assert np.isnan(adjust_pvalues(p, ours)[-1])
     tab = fit_m1.coef_table(adjust="holm")
     pers = tab[tab["term"].str.startswith("persona")]
-    np.testing.assert_allclose(pers["p_adj"], mt.multipletests(pers["p"], method="holm")[1], atol=1e-14)
-    assert np.isnan(tab.loc[tab["term"] == "Intercept", "p_adj"]).all()
+    np.testing.assert_allclose(pers["p_adjusted"], mt.multipletests(pers["p_value"], method="holm")[1], atol=1e-14)
+    assert np.isnan(tab.loc[tab["term"] == "Intercept", "p_adjusted"]).all()
     np.testing.assert_allclose(tab["odds_ratio"], np.exp(tab["estimate"]))
 
 
@@ -677,7 +678,7 @@ def test_ridge_and_lasso_give_no_pvalues_or_stars(rows):
         assert piece not in s, piece
     assert "No p-values" in s and "posterior" in r.ci_method
     tab = r.coef_table()
-    assert not {"z", "p", "chisq"} & set(tab.columns) and np.isfinite(tab["ci_low"]).all()
+    assert not {"z", "p_value", "chisq"} & set(tab.columns) and np.isfinite(tab["ci_low"]).all()
     assert r.pvalues.isna().all() and r.zvalues.isna().all()
     for call in (r.anova, r.drop1, lambda: r.coef_table(adjust="holm")):
         with pytest.raises(ValueError, match="no p-values or tests"):
@@ -685,6 +686,40 @@ def test_ridge_and_lasso_give_no_pvalues_or_stars(rows):
     lasso = logit("refusal ~ persona + model + prompt", rows, reference=REF, penalty="l1", alpha=0.01,
                   ci="bootstrap", n_boot=30, progress=False)
     assert "bootstrap" in lasso.ci_method and "not confidence intervals" in lasso.ci_method
-    assert "Pr(" not in str(lasso.summary()) and "p" not in lasso.coef_table().columns
+    assert "Pr(" not in str(lasso.summary()) and "p_value" not in lasso.coef_table().columns
     with pytest.raises(ValueError, match="no p-values or tests"):
         lasso.drop1()
+
+
+# ----------------------------------------------------------------------------- result object (issue 13)
+def test_result_object_frame_conf_int_summary_repr(fit_m1):
+    tab = fit_m1.to_frame()
+    assert list(tab["term"]) == R_M1_NAMES
+    assert {"p_value", "ci_low", "ci_high"} <= set(tab.columns)
+    assert not {"p", "p_adj"} & set(tab.columns)
+    np.testing.assert_allclose(tab["p_value"], R_M1_P, rtol=1e-4)
+    assert "p_adjusted" in fit_m1.coef_table(adjust="holm").columns
+    # Wald intervals at another level: estimate -/+ z * SE (R's confint.default(m1, level = 0.9))
+    ci = fit_m1.conf_int(conf=0.9)
+    z = stats.norm.ppf(0.95)
+    np.testing.assert_allclose(ci["ci_low"], np.array(R_M1_EST) - z * np.array(R_M1_SE), rtol=1e-5)
+    np.testing.assert_allclose(ci["ci_high"], np.array(R_M1_EST) + z * np.array(R_M1_SE), rtol=1e-5)
+    assert ci.attrs["interval"].startswith("Wald 90%")
+    pd.testing.assert_frame_equal(fit_m1.conf_int(), fit_m1.conf_int(conf=0.95))
+    with pytest.raises(ValueError, match="conf"):
+        fit_m1.conf_int(conf=1.5)
+    s = fit_m1.summary()
+    assert isinstance(s, str) and "Pr(>|z|)" in s
+    html = s._repr_html_()
+    assert "<table" in html and "p_value" in html and "persona[T.Man]" in html
+    r = repr(fit_m1)
+    assert r.startswith("<LogitResults 'refusal ~ persona + model + prompt'") and 2 <= len(r.splitlines()) <= 5
+
+
+def test_profile_conf_int_at_another_level_refits():
+    # a profile interval at level 0.9 is the fit's own profile interval at 0.9, not a Wald one
+    cells = _cells()
+    f95 = logit("k ~ persona + model + prompt", cells, reference=REF, trials="n", ci="profile")
+    f90 = logit("k ~ persona + model + prompt", cells, reference=REF, trials="n", ci="profile", conf=0.9)
+    np.testing.assert_allclose(f95.conf_int(conf=0.9), f90.conf_int(), rtol=1e-10)
+    assert "profile" in f95.conf_int(conf=0.9).attrs["interval"]

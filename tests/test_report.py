@@ -268,9 +268,9 @@ def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     assert "hierarchical" not in rep.skipped
     eff = pd.read_csv(rep.tables["hierarchical_effects"])
     assert len(eff) == 16 * 15
-    assert (eff["effect_low"] <= eff["effect"]).all() and (eff["effect"] <= eff["effect_high"]).all()
+    assert (eff["ci_low"] <= eff["effect"]).all() and (eff["effect"] <= eff["ci_high"]).all()
     assert "hierarchical_effects" in rep.figures
-    n_excl = int(((eff["effect_low"] > 0) | (eff["effect_high"] < 0)).sum())
+    n_excl = int(((eff["ci_low"] > 0) | (eff["ci_high"] < 0)).sum())
     html = rep.path.read_text(encoding="utf-8")
     assert f"{n_excl} of {len(eff)} persona × model effects" in html
     # 20,320 item-level patterns: the item term is left out of the default, and the page says so

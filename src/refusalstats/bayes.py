@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._summary import Summary
+from ._validation import check_conf, check_random_state
 from .formula import (
     FormulaError,
     ParsedFormula,
@@ -485,7 +487,7 @@ class HierarchicalModel:
         tune: int = 1000,
         chains: int = 4,
         sampler: str = "nutpie",
-        seed: int = 0,
+        seed: int | np.random.Generator | None = 0,
         target_accept: float = 0.9,
         method: str = "nuts",
         cores: int | None = None,
@@ -494,6 +496,11 @@ class HierarchicalModel:
         _stacklevel: int = 2,
     ) -> HierarchicalResult:
         """Sample the posterior; see :func:`hierarchical` for the arguments."""
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            # a Generator (or None) gives the samplers an int seed, recorded on the result
+            seed = int(check_random_state(seed).integers(2**31 - 1))
+        elif seed < 0:
+            check_random_state(seed)  # raises the one message for negative seeds
         for name, v in (("draws", draws), ("tune", tune), ("chains", chains)):
             if not isinstance(v, (int, np.integer)) or v < (0 if name == "tune" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -591,7 +598,7 @@ class HierarchicalModel:
         logw = np.array(lps) - lps[0] - lq
         w = np.exp(logw - logw.max())
         w /= w.sum()
-        rng = np.random.default_rng(seed)
+        rng = check_random_state(seed)
         counts = rng.multinomial(draws, w)
         xd, xb = [], []
         for md, c in zip(modes, counts):
@@ -978,16 +985,27 @@ class HierarchicalResult:
                 + ". Try: " + "; ".join(advice) + ".")
 
     # ------------------------------------------------------------------ summary
-    def summary(self, hdi_prob: float = 0.95) -> pd.DataFrame:
-        """Fixed effects and group standard deviations (logit scale).
+    def to_frame(self, conf: float = 0.95) -> pd.DataFrame:
+        """Fixed effects and group standard deviations (logit scale), one row per term.
 
-        Columns: ``mean``, ``sd``, ``hdi_low``, ``hdi_high`` (highest-density interval
-        with ``hdi_prob``), ``p_gt_0`` (posterior probability the value exceeds 0),
-        ``r_hat``, ``ess_bulk``, ``ess_tail``. Rows are the fixed-effect names and
-        ``sd(<term>)`` for each random term. Divergences and the worst diagnostics over
-        all parameters are in ``.attrs["diagnostics"]`` (see :meth:`diagnostics`).
+        Parameters
+        ----------
+        conf : float
+            Probability mass of the highest-density intervals.
+
+        Returns
+        -------
+        DataFrame
+            Index ``term``; columns ``mean``, ``sd``, ``ci_low``, ``ci_high`` (highest-density
+            interval with mass ``conf``; ``attrs["interval"]`` says e.g. ``"95% HDI"``),
+            ``p_gt_0`` (posterior probability the value exceeds 0), ``r_hat``, ``ess_bulk``,
+            ``ess_tail``. Rows are the fixed-effect names and ``sd(<term>)`` for each random
+            term. Divergences and the worst diagnostics over all parameters are in
+            ``.attrs["diagnostics"]`` (see :meth:`diagnostics`).
         """
         import arviz as az
+
+        conf = check_conf(conf)
 
         rows = []
         names = []
@@ -1012,9 +1030,9 @@ class HierarchicalResult:
             names.append(f"sd({g.name})")
         out = []
         for (dr, key), n in zip(rows, names):
-            lo, hi = _hdi(dr, hdi_prob)
-            rec = {"term": n, "mean": dr.mean(), "sd": dr.std(ddof=1), "hdi_low": float(lo),
-                   "hdi_high": float(hi), "p_gt_0": float((dr > 0).mean())}
+            lo, hi = _hdi(dr, conf)
+            rec = {"term": n, "mean": dr.mean(), "sd": dr.std(ddof=1), "ci_low": float(lo),
+                   "ci_high": float(hi), "p_gt_0": float((dr > 0).mean())}
             if isinstance(stats, pd.DataFrame) and key in stats.index:
                 rec.update(r_hat=stats.loc[key, "r_hat"], ess_bulk=stats.loc[key, "ess_bulk"],
                            ess_tail=stats.loc[key, "ess_tail"])
@@ -1023,10 +1041,60 @@ class HierarchicalResult:
             out.append(rec)
         df = pd.DataFrame(out).set_index("term")
         df.attrs["diagnostics"] = self.diagnostics()
-        df.attrs["hdi_prob"] = hdi_prob
+        df.attrs["conf"] = conf
+        df.attrs["interval"] = f"{100 * conf:g}% HDI"
         return df
 
+    def conf_int(self, conf: float = 0.95) -> pd.DataFrame:
+        """Highest-density intervals of the fixed effects and group sd's (``ci_low``, ``ci_high``).
+
+        Parameters
+        ----------
+        conf : float
+            Probability mass of the intervals.
+
+        Returns
+        -------
+        DataFrame
+            Index ``term``; ``attrs["interval"]`` names the interval (e.g. ``"95% HDI"``).
+        """
+        tab = self.to_frame(conf)
+        out = tab[["ci_low", "ci_high"]].copy()
+        out.attrs = {"conf": tab.attrs["conf"], "interval": tab.attrs["interval"]}
+        return out
+
+    def summary(self, conf: float = 0.95) -> Summary:
+        """The fit as text (sampler, diagnostics, the :meth:`to_frame` table) and, in notebooks, HTML.
+
+        Parameters
+        ----------
+        conf : float
+            Probability mass of the highest-density intervals.
+
+        Returns
+        -------
+        Summary
+            A string that prints as text and renders as an HTML table (``_repr_html_``).
+        """
+        tab = self.to_frame(conf)
+        w = self._warning_text()
+        return Summary(f"Bayesian hierarchical logistic model: {self.model.formula}",
+                       self._text(tab), tab, notes=[w] if w else [])
+
+    def __repr__(self) -> str:
+        d = self.diagnostics()
+        m = self.model
+        diag = ("approximate, no convergence diagnostic" if self.approximate else
+                f"max R-hat {d['max_rhat']:.3f}, {d['divergences']} divergences")
+        return (f"<HierarchicalResult {m.formula!r}\n"
+                f"  {self.sampler}: {d['chains']} chains x {d['draws']} draws, {diag}\n"
+                f"  {m.n_rows:,} rows; groups: "
+                + ", ".join(f"{g.name} ({len(g.levels)})" for g in m.groups) + ">")
+
     def __str__(self) -> str:
+        return self._text(self.to_frame())
+
+    def _text(self, s: pd.DataFrame) -> str:
         m = self.model
         d = self.diagnostics()
         lines = [
@@ -1054,9 +1122,8 @@ class HierarchicalResult:
         else:
             lines.append("ADVI is a fast approximation: intervals are typically too narrow and "
                          "no convergence diagnostic applies; use method='nuts' for inference.")
-        s = self.summary()
         lines.append("")
-        lines.append("Fixed effects and group sd's (logit scale, 95% HDI):")
+        lines.append(f"Fixed effects and group sd's (logit scale, {s.attrs['interval']}):")
         lines.append(s.round(3).to_string())
         return "\n".join(lines)
 
@@ -1098,7 +1165,7 @@ class HierarchicalResult:
         return self._eta_cache
 
     # ------------------------------------------------------------------ effects
-    def effects(self, term: str, within: str | None = None, hdi_prob: float = 0.95) -> pd.DataFrame:
+    def effects(self, term: str, within: str | None = None, conf: float = 0.95) -> pd.DataFrame:
         """Per-level group effects, e.g. each persona's deviation within each model.
 
         The logit-scale effect of level ``l`` of ``term`` within level ``w`` of ``within``
@@ -1117,14 +1184,16 @@ class HierarchicalResult:
         within : str, optional
             A second grouping variable (e.g. ``"model"``): effects per (term, within)
             combination, including any ``(1|term:within)`` interaction.
-        hdi_prob : float
+        conf : float
             Probability mass of the highest-density intervals.
 
         Returns
         -------
         DataFrame
-            ``[within,] term, effect, effect_low, effect_high, p_gt_0, prob_effect,
-            prob_low, prob_high, observed_rate, n``.
+            ``[within,] term, effect, ci_low, ci_high, p_gt_0, prob_effect,
+            prob_ci_low, prob_ci_high, observed_rate, n``: the logit-scale effect with its
+            interval, then the probability-scale effect with its interval;
+            ``attrs["interval"]`` names them (e.g. ``"95% HDI"``).
 
         Examples
         --------
@@ -1166,19 +1235,21 @@ class HierarchicalResult:
         tot = np.bincount(cell_codes, weights=w, minlength=n_cells)
         prob /= tot
         obs = np.bincount(cell_codes, weights=pat["successes"].to_numpy(dtype=float), minlength=n_cells) / tot
-        lo, hi = _hdi(eff, hdi_prob)
-        plo, phi = _hdi(prob, hdi_prob)
+        conf = check_conf(conf)
+        lo, hi = _hdi(eff, conf)
+        plo, phi = _hdi(prob, conf)
         out = pat.iloc[first][keys[::-1]].reset_index(drop=True)
-        out = out.assign(effect=eff.mean(0), effect_low=lo, effect_high=hi, p_gt_0=(eff > 0).mean(0),
-                         prob_effect=prob.mean(0), prob_low=plo, prob_high=phi,
+        out = out.assign(effect=eff.mean(0), ci_low=lo, ci_high=hi, p_gt_0=(eff > 0).mean(0),
+                         prob_effect=prob.mean(0), prob_ci_low=plo, prob_ci_high=phi,
                          observed_rate=obs, n=tot.astype(np.int64))
         out = out.sort_values(keys[::-1]).reset_index(drop=True)
-        out.attrs["hdi_prob"] = hdi_prob
+        out.attrs["conf"] = conf
+        out.attrs["interval"] = f"{100 * conf:g}% HDI"
         out.attrs["terms"] = [g.name for g in use]
         return out
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, data: pd.DataFrame | None = None, hdi_prob: float = 0.95) -> pd.DataFrame:
+    def predict(self, data: pd.DataFrame | None = None, conf: float = 0.95) -> pd.DataFrame:
         """Posterior refusal probability with a credible interval per covariate pattern.
 
         Without ``data``: one row per collapsed pattern of the fitted table (with its
@@ -1186,11 +1257,20 @@ class HierarchicalResult:
         ``data`` (computed once per unique pattern), using the fitted levels and coding;
         group levels not seen in fitting get the population-average effect 0 (warned).
 
+        Parameters
+        ----------
+        data : DataFrame, optional
+            New rows; default the fitted patterns.
+        conf : float
+            Probability mass of the highest-density intervals.
+
         Returns
         -------
         DataFrame
-            the pattern columns plus ``p_mean``, ``p_low``, ``p_high``.
+            the pattern columns plus ``prob`` (posterior mean probability), ``ci_low``,
+            ``ci_high`` (``attrs["interval"]``, e.g. ``"95% HDI"``).
         """
+        conf = check_conf(conf)
         from scipy.special import expit
 
         m = self.model
@@ -1233,25 +1313,29 @@ class HierarchicalResult:
             pat = base
             inverse = col.inverse
         p = expit(eta)
-        lo, hi = _hdi(p, hdi_prob)
+        lo, hi = _hdi(p, conf)
         out = pat.copy()
-        out["p_mean"], out["p_low"], out["p_high"] = p.mean(0), lo, hi
+        out["prob"], out["ci_low"], out["ci_high"] = p.mean(0), lo, hi
+        out.attrs["conf"] = conf
+        out.attrs["interval"] = f"{100 * conf:g}% HDI"
         if inverse is not None:
             out = out.iloc[inverse].reset_index(drop=True)
             out.index = data.index
         return out
 
     # ------------------------------------------------------------------ checks
-    def ppc(self, by: Sequence[str] | str | None = None, prob: float = 0.9, seed: int | None = None
-            ) -> pd.DataFrame:
+    def ppc(self, by: Sequence[str] | str | None = None, conf: float = 0.9,
+            seed: int | np.random.Generator | None = None) -> pd.DataFrame:
         """Posterior predictive check of refusal rates per cell.
 
         For each posterior draw, replicate every pattern's refusal count from
         ``Binomial(n, p)`` and aggregate to the cells ``by`` (default: the random terms'
-        grouping variables). Reports the observed rate, the mean and central ``prob``
-        interval of the replicated rate, whether the observed rate is inside, and the
-        predictive p-value ``P(rep >= obs)``.
+        grouping variables). Reports the observed rate, the mean and central ``conf``
+        interval of the replicated rate (``ci_low``, ``ci_high``), whether the observed rate
+        is inside, and the predictive p-value ``P(rep >= obs)``. ``seed`` (int, None or a
+        Generator) defaults to the fit's seed.
         """
+        conf = check_conf(conf)
         m = self.model
         if by is None:
             by = m.parsed.group_variables
@@ -1261,7 +1345,7 @@ class HierarchicalResult:
             raise ValueError(f"ppc: by={bad} not among the model's variables {m.parsed.variables}")
         from scipy.special import expit
 
-        rng = np.random.default_rng(self.seed if seed is None else seed)
+        rng = check_random_state(self.seed if seed is None else seed)
         pat = m.patterns
         codes, labels = group_index(pat, RandomTerm(tuple(by)))
         k = len(labels)
@@ -1276,33 +1360,34 @@ class HierarchicalResult:
             y = rng.binomial(n, expit(eta[sl]))
             rep[sl] = np.stack([np.bincount(codes, weights=r, minlength=k) for r in y])
         rate = rep / tot
-        a = (1 - prob) / 2
+        a = (1 - conf) / 2
         first = np.full(k, -1)
         first[codes[::-1]] = np.arange(len(codes))[::-1]
         out = pat.iloc[first][by].reset_index(drop=True)
         obs_rate = obs / tot
         out = out.assign(n=tot.astype(np.int64), observed=obs_rate, predicted=rate.mean(0),
-                         low=np.quantile(rate, a, axis=0), high=np.quantile(rate, 1 - a, axis=0),
+                         ci_low=np.quantile(rate, a, axis=0), ci_high=np.quantile(rate, 1 - a, axis=0),
                          p_value=(rep >= obs[None, :]).mean(0))
-        out["inside"] = (out["observed"] >= out["low"]) & (out["observed"] <= out["high"])
-        out.attrs["prob"] = prob
+        out["inside"] = (out["observed"] >= out["ci_low"]) & (out["observed"] <= out["ci_high"])
+        out.attrs["conf"] = conf
+        out.attrs["interval"] = f"{100 * conf:g}% central posterior predictive interval"
         return out.sort_values(by).reset_index(drop=True)
 
-    def plot_ppc(self, by: Sequence[str] | str | None = None, prob: float = 0.9, ax=None):
+    def plot_ppc(self, by: Sequence[str] | str | None = None, conf: float = 0.9, ax=None):
         """Observed vs posterior-predicted refusal rate per cell (see :meth:`ppc`)."""
         import matplotlib.pyplot as plt
 
-        t = self.ppc(by=by, prob=prob)
+        t = self.ppc(by=by, conf=conf)
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 5))
-        yerr = np.vstack([t["predicted"] - t["low"], t["high"] - t["predicted"]]).clip(0)
+        yerr = np.vstack([t["predicted"] - t["ci_low"], t["ci_high"] - t["predicted"]]).clip(0)
         colors = np.where(t["inside"], "tab:blue", "tab:red")
         ax.errorbar(t["observed"], t["predicted"], yerr=yerr, fmt="none", ecolor="0.7", lw=0.8)
         ax.scatter(t["observed"], t["predicted"], s=10, c=colors, zorder=3)
-        lim = [0, max(t["observed"].max(), t["high"].max()) * 1.05 or 1]
+        lim = [0, max(t["observed"].max(), t["ci_high"].max()) * 1.05 or 1]
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.set_xlabel("observed refusal rate")
-        ax.set_ylabel(f"posterior predicted rate ({int(prob * 100)}% interval)")
+        ax.set_ylabel(f"posterior predicted rate ({100 * conf:g}% interval)")
         inside = t["inside"].mean()
         ax.set_title(f"Posterior predictive check: {inside:.0%} of {len(t)} cells inside")
         return ax.figure
@@ -1351,7 +1436,7 @@ def hierarchical(
     tune: int = 1000,
     chains: int = 4,
     sampler: str = "nutpie",
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     target_accept: float = 0.9,
     method: str = "nuts",
     cores: int | None = None,
@@ -1381,8 +1466,9 @@ def hierarchical(
         Posterior draws and warm-up iterations per chain, number of chains.
     sampler : {"nutpie", "pymc"}
         nutpie (default; falls back to PyMC when not installed) or PyMC's NUTS.
-    seed : int
-        Seed of the sampler (results are reproducible for a given seed and sampler).
+    seed : int, None or numpy.random.Generator
+        Seed of the sampler (results are reproducible for a given int seed and sampler); a
+        Generator or None draws the int seed, which the result records as ``.seed``.
     target_accept : float
         NUTS target acceptance rate; raise it when there are divergences.
     method : {"nuts", "laplace", "advi"}
@@ -1409,7 +1495,7 @@ def hierarchical(
     Returns
     -------
     HierarchicalResult
-        ``.idata`` (ArviZ InferenceData), ``.summary()``, ``.diagnostics()``,
+        ``.idata`` (ArviZ InferenceData), ``.to_frame()``, ``.summary()``, ``.conf_int()``, ``.diagnostics()``,
         ``.effects(term, within=)``, ``.predict()``, ``.ppc()``, ``.plot_ppc()``,
         ``.plot_shrinkage()``. A :class:`ConvergenceWarning` is issued when any R-hat
         > 1.01, any bulk or tail ESS < 400 or any divergence occurred.

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .table import SchemaError
+
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the package
     from matplotlib import colors as mcolors
     from matplotlib.figure import Figure
@@ -84,8 +86,9 @@ def _style(ax) -> None:
 def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise KeyError(
-            f"{what} needs column(s) {missing}, which the table lacks; it has {list(df.columns)}"
+        raise SchemaError(
+            f"{what} needs column(s) {missing}, which the table lacks; its columns are "
+            f"{list(map(str, df.columns))}"
         )
 
 
@@ -728,7 +731,7 @@ _TERM = ("term", "name", "coef_name")
 _EST = ("estimate", "coef", "Estimate", "log_odds")
 _LO = ("ci_low", "conf_low", "lower", "ci_lower", "2.5%")
 _HI = ("ci_high", "conf_high", "upper", "ci_upper", "97.5%")
-_P = ("p_value", "p", "pvalue", "Pr(>|z|)", "p_adj")
+_P = ("p_value", "pvalue", "P>|z|", "Pr(>|z|)")
 
 
 def _pick(df: pd.DataFrame, names: Sequence[str], what: str) -> str | None:
@@ -741,7 +744,7 @@ def _pick(df: pd.DataFrame, names: Sequence[str], what: str) -> str | None:
 def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
     """Normalise a coefficient table to ``term, estimate, ci_low, ci_high, p_value``.
 
-    Accepts ``LogitResult.coef_table()`` or any DataFrame with a term column (or index)
+    Accepts ``LogitResults.coef_table()`` or any DataFrame with a term column (or index)
     and estimate / interval columns under common names.
     """
     tab = getattr(table, "coef_table", None)
@@ -756,8 +759,8 @@ def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
         term = "term" if "term" in df.columns else df.columns[0]
     est, lo, hi = _pick(df, _EST, ""), _pick(df, _LO, ""), _pick(df, _HI, "")
     if est is None or lo is None or hi is None:
-        raise KeyError("a coefficient table needs an estimate and CI columns (e.g. 'estimate', "
-                       f"'ci_low', 'ci_high'); it has {list(df.columns)}")
+        raise SchemaError("a coefficient table needs an estimate and CI columns (e.g. 'estimate', "
+                          f"'ci_low', 'ci_high'); its columns are {list(map(str, df.columns))}")
     p = _pick(df, _P, "")
     out = pd.DataFrame({
         "term": df[term].astype(str).to_numpy(),
@@ -852,8 +855,8 @@ def coefficients(table, top_k: int = 10, *, alpha: float = 0.01,
 # hierarchical effects
 # ----------------------------------------------------------------------------------------
 _MEAN = ("effect", "mean", "estimate", "median")
-_HLO = ("effect_low", "hdi_low", "hdi_lower", "hdi_3%", "hdi_2.5%", "ci_low", "lower")
-_HHI = ("effect_high", "hdi_high", "hdi_upper", "hdi_97%", "hdi_97.5%", "ci_high", "upper")
+_HLO = ("ci_low", "hdi_3%", "hdi_2.5%", "lower")
+_HHI = ("ci_high", "hdi_97%", "hdi_97.5%", "upper")
 
 
 def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: str = "model",
@@ -868,9 +871,9 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     ----------
     effects : DataFrame
         From ``HierarchicalResult.effects("persona", within="model")``: columns ``level``,
-        ``within``, the posterior mean (``effect``, or ``mean``) and HDI bounds
-        (``effect_low``/``effect_high``, or ``hdi_low``/``hdi_high``); the HDI mass is
-        read from ``effects.attrs["hdi_prob"]`` (default 0.95).
+        ``within``, the posterior mean (``effect``, or ``mean``) and interval bounds
+        ``ci_low``/``ci_high``; the interval's name is read from ``effects.attrs["interval"]``
+        (default ``"95% HDI"``).
     level, within : str
         Column names of the effect levels and the panel grouping.
     title : str, optional
@@ -884,19 +887,19 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     --------
     >>> import pandas as pd, refusalstats as rs
     >>> eff = pd.DataFrame({"model": ["A", "A", "B", "B"], "persona": ["x", "y", "x", "y"],
-    ...                     "mean": [0.2, -0.1, 0.5, 0.0], "hdi_low": [0.0, -0.3, 0.3, -0.2],
-    ...                     "hdi_high": [0.4, 0.1, 0.7, 0.2]})
+    ...                     "mean": [0.2, -0.1, 0.5, 0.0], "ci_low": [0.0, -0.3, 0.3, -0.2],
+    ...                     "ci_high": [0.4, 0.1, 0.7, 0.2]})
     >>> fig = rs.plot.hierarchical_effects(eff)
     """
     if not isinstance(effects, pd.DataFrame):
         raise TypeError(f"expected an effects DataFrame, got {type(effects).__name__}")
     m, lo_c, hi_c = _pick(effects, _MEAN, ""), _pick(effects, _HLO, ""), _pick(effects, _HHI, "")
     if m is None or lo_c is None or hi_c is None:
-        raise KeyError("hierarchical_effects needs a mean and HDI columns (e.g. 'mean', "
-                       f"'hdi_low', 'hdi_high'); it has {list(effects.columns)}")
+        raise SchemaError(["hierarchical_effects needs a mean and interval columns (e.g. 'mean', "
+                           f"'ci_low', 'ci_high'); the table's columns are {list(effects.columns)}"])
     cols = [level] + ([within] if within else [])
     _need(effects, cols, "hierarchical_effects")
-    prob = float(effects.attrs.get("hdi_prob", 0.95))
+    interval = str(effects.attrs.get("interval", "95% HDI"))
     groups = _levels(effects[within]) if within else [None]
     levels = _levels(effects[level])
     ncol = min(4, len(groups))
@@ -926,7 +929,7 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     for k in range(len(groups), nrow * ncol):
         axes.flat[k].set_visible(False)
     for ax in axes[-1]:
-        ax.set_xlabel(f"effect (log-odds), {prob:.0%} HDI", fontsize=7)
+        ax.set_xlabel(f"effect (log-odds), {interval}", fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel(level)
     fig.suptitle(title or f"{level.capitalize()} effect within each {within} (filled: HDI excludes 0)",

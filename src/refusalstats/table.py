@@ -43,16 +43,43 @@ CATEGORICAL_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "prompt") + 
 METADATA_KEY = b"refusalstats"
 
 
-class SchemaError(ValueError):
-    """A response table does not follow the schema.
+class SchemaError(ValueError, KeyError):
+    """A table lacks a column an analysis needs, or does not follow the schema.
 
-    ``problems`` lists every problem found, so a user fixes them all at once.
+    Every analysis (rates, models, W2, figures, the report) raises it for a missing
+    column, naming the table's real columns. It is a :class:`ValueError` and, as a
+    missing column is a missing key, a :class:`KeyError` too (its message prints plainly,
+    not quoted as a ``KeyError``'s would be). ``problems`` lists every problem found, so
+    a user fixes them all at once.
     """
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"the response table has {len(self.problems)} problem(s):\n{lines}")
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            msg = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            msg = f"the table has {len(self.problems)} problem(s):\n{lines}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "") -> None:
+    """Raise :class:`SchemaError` when ``data`` lacks any of ``columns``, listing its columns.
+
+    >>> import pandas as pd
+    >>> missing_columns(pd.DataFrame({"a": [1]}), ["a", "b"], "demo")
+    Traceback (most recent call last):
+    ...
+    refusalstats.table.SchemaError: demo: column(s) ['b'] not in the table; its columns are ['a']
+    """
+    missing = [c for c in dict.fromkeys(columns) if c not in data.columns]
+    if missing:
+        prefix = f"{where}: " if where else ""
+        raise SchemaError(f"{prefix}column(s) {missing} not in the table; its columns are "
+                          f"{list(map(str, data.columns))}")
 
 
 def _refusal_problem(values: pd.Series) -> str | None:
@@ -77,7 +104,7 @@ def _refusal_problem(values: pd.Series) -> str | None:
 
 
 def validate(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     *,
     required: Iterable[str] = REQUIRED_COLUMNS,
     predictors: Iterable[str] | None = None,
@@ -98,7 +125,7 @@ def validate(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The response table.
     required : iterable of str
         Columns that must exist (default: model, task, persona, prompt, refusal).
@@ -118,8 +145,9 @@ def validate(
     >>> t["refusal"].tolist()
     [1, 0]
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(data).__name__}")
+    df = data
     required = list(required)
     problems: list[str] = []
     missing = [c for c in required if c not in df.columns]

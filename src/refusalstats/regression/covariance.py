@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse, stats
 from scipy.special import expit
 
+from .._validation import check_random_state
 from .design_matrix import _Cluster, _Design
 from .firth import _firth
 from .irls import _irls
@@ -73,7 +74,7 @@ def _bootstrap(d: _Design, beta, penalty, alpha, l1_ratio, pen_mask, n_boot, see
     """Bootstrap replicates of the coefficients: resample clusters (or rows) as counts."""
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(seed)
+    rng = check_random_state(seed)
     X, s, n = d.Xf, d.s, d.n
     K = len(s)
     out = np.full((n_boot, len(beta)), np.nan)

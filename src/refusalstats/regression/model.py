@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats
 from scipy.special import expit
 
+from .._validation import check_conf
 from .covariance import _bootstrap, _cr1
 from .design_matrix import _build, _Cluster, _Design
 from .firth import _firth, _firth_profile_bound
@@ -66,7 +67,7 @@ def logit(
     trials: str | None = None,
     n_boot: int = 999,
     n_folds: int = 5,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     collapse: bool = True,
     maxit: int = 25,
     epsilon: float = 1e-8,
@@ -112,8 +113,10 @@ def logit(
         Confidence level (default 0.95).
     trials : str, optional
         The response counts refusals out of ``data[trials]`` (aggregated input).
-    n_boot, seed : int
-        Bootstrap replicates and seed (``ci="bootstrap"``; ``seed`` also sets CV folds).
+    n_boot : int
+        Bootstrap replicates (``ci="bootstrap"``).
+    seed : int, None or numpy.random.Generator
+        Randomness of the bootstrap and the CV folds (default 0: reproducible).
     n_folds : int
         Cross-validation folds for ``alpha="cv"``.
     collapse : bool
@@ -164,8 +167,7 @@ def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, c
     """The body of :func:`logit`, with ``cluster`` resolved (one BLAS thread)."""
     if penalty not in _PENALTIES:
         raise ValueError(f"penalty must be one of {list(_PENALTIES)}, got {penalty!r}")
-    if not (0 < conf < 1):
-        raise ValueError(f"conf must be in (0, 1), got {conf}")
+    conf = check_conf(conf)
     if penalty in ("l2", "l1", "elasticnet"):
         if alpha is None:
             raise ValueError(f"penalty={penalty!r} needs alpha=<strength> (glmnet's lambda) or alpha='cv'")
@@ -412,7 +414,7 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         l1_ratio=l1_ratio, cluster=cluster, conf=conf,
         params=pd.Series(beta, index=idx, name="estimate"),
         bse=pd.Series(bse, index=idx, name="std_error"),
-        pvalues=pd.Series(pvals, index=idx, name="p"),
+        pvalues=pd.Series(pvals, index=idx, name="p_value"),
         _ci=pd.DataFrame({"ci_low": ci_low, "ci_high": ci_high}, index=idx),
         _cov=cov, _cov_cluster=cov_cluster, cov_type=cov_type, ci_method=ci_method, p_method=p_method,
         _stat=stat,

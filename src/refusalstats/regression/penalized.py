@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from .._validation import check_random_state
 from .likelihood import _loglik
 from .linalg import _solve_spd, _xtwx
 
@@ -84,7 +85,7 @@ def _cv_alpha(d, l1_ratio, pen_mask, n_folds, seed, progress):
     """Choose alpha by K-fold cross-validated deviance; folds group whole clusters."""
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(seed)
+    rng = check_random_state(seed)
     X, s, n = d.Xf, d.s, d.n
     K = len(s)
     N = float(n.sum())

@@ -9,6 +9,8 @@ import pandas as pd
 from scipy import stats
 from scipy.special import expit
 
+from .._summary import Summary
+from .._validation import check_conf
 from ..formula import FormulaError, new_design
 from ..multiplicity import adjust_pvalues
 from .covariance import _cr1, _wald_f
@@ -34,12 +36,6 @@ def _fmt_p(p: float) -> str:
         return "<2e-16"
     return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
 
-
-class _Text(str):
-    """A string that prints as itself in a REPL (the R-style summary)."""
-
-    def __repr__(self) -> str:  # pragma: no cover - display only
-        return str(self)
 
 class LogitResults:
     """A fitted logistic regression: estimates, uncertainty and tests, R style.
@@ -72,8 +68,22 @@ class LogitResults:
 
     # -------------------------------------------------------------- basics
     def __repr__(self) -> str:
-        return (f"<LogitResults {self.formula!r}: {len(self.params)} coefficients, "
-                f"penalty={self.penalty}, {self.n_obs:,} rows in {self.n_patterns:,} patterns>")
+        clus = f", {self.n_clusters:,} clusters of '{self.cluster}'" if self.cluster else ""
+        return (f"<LogitResults {self.formula!r}\n"
+                f"  {len(self.params)} coefficients, penalty={self.penalty}, tests: {self.p_method}\n"
+                f"  {self.n_obs:,} rows in {self.n_patterns:,} patterns{clus}\n"
+                f"  intervals: {self.ci_method}>")
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy coefficient table (:meth:`coef_table` without adjustment).
+
+        Returns
+        -------
+        DataFrame
+            ``term, estimate, std_error``, the statistic, ``p_value``, ``ci_low``, ``ci_high``,
+            odds ratios and ``separated``.
+        """
+        return self.coef_table()
 
     @property
     def zvalues(self) -> pd.Series:
@@ -104,10 +114,41 @@ class LogitResults:
         """Covariance matrix of the estimates (model based or cluster-robust)."""
         return pd.DataFrame(self._cov, index=self.params.index, columns=self.params.index)
 
-    def conf_int(self) -> pd.DataFrame:
-        """Intervals at level ``conf`` (columns ``ci_low``, ``ci_high``); ``ci_method`` says
-        what they are (confidence, posterior, bootstrap)."""
-        return self._ci.copy()
+    def conf_int(self, conf: float | None = None) -> pd.DataFrame:
+        """Intervals for the coefficients (columns ``ci_low``, ``ci_high``, index ``term``).
+
+        Parameters
+        ----------
+        conf : float, optional
+            Interval level; default the fit's ``conf``. Wald (and ridge posterior) intervals
+            are recomputed from the estimates and standard errors; profile and bootstrap
+            intervals at another level refit the model with that level (same seed).
+
+        Returns
+        -------
+        DataFrame
+            ``ci_low``, ``ci_high``; ``attrs["interval"]`` names the method and level.
+        """
+        conf = self.conf if conf is None else check_conf(conf)
+        if conf == self.conf:
+            out = self._ci.copy()
+            method = self.ci_method
+        elif self._opts["ci"] == "wald" or self._opts["ci"] == "none":
+            zq = stats.norm.ppf(0.5 + conf / 2)
+            b, se = self.params.to_numpy(), self.bse.to_numpy()
+            if self._opts["ci"] == "none":
+                se = np.full_like(b, np.nan)
+            out = pd.DataFrame({"ci_low": b - zq * se, "ci_high": b + zq * se}, index=self.params.index)
+            method = self.ci_method.replace(f"{100 * self.conf:g}%", f"{100 * conf:g}%")
+        else:
+            from .model import _estimate
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                refit = _estimate(self._design, **{**self._opts, "conf": conf, "progress": False})
+            out, method = refit._ci.copy(), refit.ci_method
+        out.attrs["interval"] = method
+        return out
 
     def _no_tests(self, what: str) -> ValueError:
         name = {"l2": "ridge", "l1": "lasso", "elasticnet": "elastic net"}.get(self.penalty, self.penalty)
@@ -123,14 +164,14 @@ class LogitResults:
         """Coefficient table with CIs and odds ratios.
 
         Columns ``term, estimate, std_error``, the test statistic (``z`` for Wald tests,
-        ``chisq`` for Firth's penalized likelihood-ratio tests), ``p``, ``ci_low``,
+        ``chisq`` for Firth's penalized likelihood-ratio tests), ``p_value``, ``ci_low``,
         ``ci_high``, odds ratios and ``separated``; ``attrs["test"]`` names the test.
         Ridge / lasso / elastic-net fits have no statistic or p-value columns.
 
         Parameters
         ----------
         adjust : {"holm", "bh"}, optional
-            Adjust p-values within families of coefficients (column ``p_adj``).
+            Adjust p-values within families of coefficients (column ``p_adjusted``).
         family : {"term", "all"}
             A family is each formula term's coefficients (e.g. all persona levels), or
             all coefficients but the intercept.
@@ -148,7 +189,7 @@ class LogitResults:
                 "std_error": self.bse.to_numpy()}
         if self._stat_column is not None:
             cols[self._stat_column] = np.asarray(self._stat, float)
-            cols["p"] = self.pvalues.to_numpy()
+            cols["p_value"] = self.pvalues.to_numpy()
         cols.update({"ci_low": ci["ci_low"].to_numpy(), "ci_high": ci["ci_high"].to_numpy()})
         tab = pd.DataFrame(cols)
         tab["odds_ratio"] = np.exp(tab["estimate"])
@@ -163,8 +204,8 @@ class LogitResults:
                 if key == "1":
                     continue
                 m = (fam == key).to_numpy() & (tab["term"] != "Intercept").to_numpy()
-                padj[m] = adjust_pvalues(tab["p"].to_numpy()[m], adjust)
-            tab["p_adj"] = padj
+                padj[m] = adjust_pvalues(tab["p_value"].to_numpy()[m], adjust)
+            tab["p_adjusted"] = padj
         tab.attrs["test"] = self._p_test
         tab.attrs["intervals"] = self.ci_method
         return tab
@@ -174,8 +215,11 @@ class LogitResults:
         return np.exp(self.params)
 
     # -------------------------------------------------------------- summary
-    def summary(self) -> str:
+    def summary(self) -> Summary:
         """The fit printed like R's ``summary(glm(..., family = binomial))``.
+
+        Returns a :class:`~refusalstats._summary.Summary`: a string that prints as the R-style
+        text and renders as an HTML coefficient table in notebooks.
 
         The statistic column is the one behind the p-value: ``z value`` for Wald tests,
         ``Chisq`` (with ``Pr(>Chisq)``) for Firth's penalized likelihood-ratio tests, as
@@ -193,11 +237,11 @@ class LogitResults:
         if testing:
             if self.p_method == "plr":
                 cols += [("Chisq", [num(v, ".3f") for v in tab["chisq"]], "r"),
-                         ("Pr(>Chisq)", [_fmt_p(v) for v in tab["p"]], "r")]
+                         ("Pr(>Chisq)", [_fmt_p(v) for v in tab["p_value"]], "r")]
             else:
                 cols += [("z value", [num(v, ".3f") for v in tab["z"]], "r"),
-                         ("Pr(>|z|)", [_fmt_p(v) for v in tab["p"]], "r")]
-            codes = [_signif(v) + (" (sep)" if sep else "") for v, sep in zip(tab["p"], tab["separated"])]
+                         ("Pr(>|z|)", [_fmt_p(v) for v in tab["p_value"]], "r")]
+            codes = [_signif(v) + (" (sep)" if sep else "") for v, sep in zip(tab["p_value"], tab["separated"])]
         else:
             codes = [("(sep)" if sep else "") for sep in tab["separated"]]
         cols.append(("", codes, "l"))
@@ -250,7 +294,8 @@ class LogitResults:
                              "penalty='firth' (or 'l2') for finite values.")
         for note in self.notes:
             lines.append(f"Note: {note}")
-        return _Text("\n".join(lines) + "\n")
+        return Summary(f"Logistic regression: {self.formula}", "\n".join(lines) + "\n", tab,
+                       notes=[f"Tests: {self._p_test}", f"Intervals: {self.ci_method}", *self.notes])
 
     # -------------------------------------------------------------- tests
     def _refit_dropping(self, cols: list[int]) -> tuple[float, int]:

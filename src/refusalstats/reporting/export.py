@@ -1,7 +1,7 @@
 """Result tables as Markdown or LaTeX, with p-values formatted for papers.
 
 Any tidy result table (``coef_table()``, ``anova()``, ``refusal_rates``, ``cochran_q``,
-W2 tables) goes in; columns named like p-values (``p_value``, ``p_adjusted``, ``p``)
+W2 tables) goes in; columns named like p-values (``p_value``, ``p_adjusted``)
 print as ``< 0.001`` below 0.001 and with three decimals otherwise; other floats with
 ``digits`` significant digits; integers as integers.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 __all__ = ["format_p", "format_table", "to_latex", "to_markdown"]
 
 #: Column names that hold p-values.
-P_COLUMNS = ("p_value", "p_adjusted", "p", "p_adj", "pvalue", "Pr(>Chi)", "Pr(>F)")
+P_COLUMNS = ("p_value", "p_adjusted", "pvalue", "Pr(>Chi)", "Pr(>F)", "Pr(>|z|)")
 
 
 def format_p(p: float, threshold: float = 0.001) -> str:

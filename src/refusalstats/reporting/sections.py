@@ -740,26 +740,26 @@ def hierarchical_section(ctx: Context) -> Section:
         "model": eff["model"].astype(str), "persona": eff["persona"].astype(str),
         "effect (log-odds)": [fmt_num(v, 2) for v in eff["effect"]],
         "95% HDI": [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}"
-                    for a, b in zip(eff["effect_low"], eff["effect_high"])],
+                    for a, b in zip(eff["ci_low"], eff["ci_high"])],
         "P(effect > 0)": [fmt_num(v, 3) for v in eff["p_gt_0"]],
         "Δ refusal probability": [f"{fmt_num(100 * v, 2)} pp" for v in eff["prob_effect"]],
         "observed rate": [pct(v) for v in eff["observed_rate"]],
     })
     s.tables.append(TableItem("hierarchical_effects", "Persona effect within each model.",
                               eff, edisp, collapsed=True))
-    summ = fit.summary()
+    summ = fit.to_frame()
     sdisp = pd.DataFrame({
         "term": [str(t) for t in summ.index],
         "mean": [fmt_num(v, 3) for v in summ["mean"]],
         "95% HDI": [f"{fmt_num(a, 3)} to {fmt_num(b, 3)}"
-                    for a, b in zip(summ["hdi_low"], summ["hdi_high"])],
+                    for a, b in zip(summ["ci_low"], summ["ci_high"])],
         "R-hat": [fmt_num(v, 3) for v in summ["r_hat"]],
         "bulk ESS": [fmt_num(v, 0) for v in summ["ess_bulk"]],
     })
     s.tables.append(TableItem("hierarchical_summary", "Fixed effects and group standard "
                               "deviations (logit scale).", summ.reset_index(), sdisp))
     diag = fit.diagnostics()
-    excl = eff[(eff["effect_low"] > 0) | (eff["effect_high"] < 0)]
+    excl = eff[(eff["ci_low"] > 0) | (eff["ci_high"] < 0)]
     s.findings.append(
         f"Hierarchical model: {len(excl)} of {len(eff)} persona × model effects have a 95% HDI "
         f"excluding 0 ({int((excl['effect'] > 0).sum())} raise, "
@@ -776,8 +776,8 @@ def hierarchical_section(ctx: Context) -> Section:
     sd_rows = [t for t in summ.index if str(t).startswith("sd(")]
     if sd_rows:
         s.findings.append("Group standard deviations (logit scale): " + "; ".join(
-            f"{t} {fmt_num(summ.loc[t, 'mean'], 2)} (95% HDI {fmt_num(summ.loc[t, 'hdi_low'], 2)}"
-            f"–{fmt_num(summ.loc[t, 'hdi_high'], 2)})" for t in sd_rows) + ".")
+            f"{t} {fmt_num(summ.loc[t, 'mean'], 2)} (95% HDI {fmt_num(summ.loc[t, 'ci_low'], 2)}"
+            f"–{fmt_num(summ.loc[t, 'ci_high'], 2)})" for t in sd_rows) + ".")
     return s
 
 
