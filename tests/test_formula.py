@@ -17,6 +17,7 @@ from refusalstats.formula import (
     parse_formula,
     prepare_factors,
 )
+from refusalstats.table import SchemaError
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_prepare_factors_levels_and_reference(table):
 def test_prepare_factors_errors(table):
     with pytest.raises(FormulaError, match=r"levels are \['Atheist', 'Black person', 'Man', 'Woman'\]"):
         prepare_factors(table, ["persona"], {"persona": "Martian"})
-    with pytest.raises(FormulaError, match="not in the data"):
+    with pytest.raises(SchemaError, match="not in the table; its columns are"):
         prepare_factors(table, ["persona"], {"task": "nli"})
 
 

@@ -909,3 +909,43 @@ def test_clustered_continuous_output_runs_every_scheme():
         assert np.isfinite(t[["ci_low", "ci_high", "null_q95"]].to_numpy()).all()
         assert t.loc["task", "distinguishable"]
     assert res.boot_scheme == {"task": "items within levels", "persona": "items"}
+
+
+# ----------------------------------------------------------------------------- result object (issue 13)
+def test_result_object_frame_conf_int_summary_repr_and_seeds():
+    rng = np.random.default_rng(5)
+    g = rng.choice(["a", "b", "c"], size=1500)
+    df = pd.DataFrame({"g": g, "noise": rng.choice(["x", "y"], size=1500),
+                       "refusal": (rng.random(1500) < pd.Series(g).map({"a": 0.1, "b": 0.4, "c": 0.8})
+                                   .to_numpy()).astype(int)})
+    res = w2_sensitivity(df, inputs=["g", "noise"], n_boot=300, n_perm=50, seed=1, progress=False)
+    tab = res.to_frame()
+    pd.testing.assert_frame_equal(tab, res.table)
+    assert tab is not res.table
+    ci = res.conf_int()
+    np.testing.assert_allclose(ci.to_numpy(), res.table[["ci_low", "ci_high"]].to_numpy())
+    ci80 = res.conf_int(conf=0.8)
+    boot_g = res.boot["g"][np.isfinite(res.boot["g"])]
+    np.testing.assert_allclose(ci80.loc["g"], np.quantile(boot_g, [0.1, 0.9]))
+    assert ci80.attrs["interval"] == "80% percentile bootstrap"
+    assert ((ci80["ci_high"] - ci80["ci_low"]) <= (ci["ci_high"] - ci["ci_low"])).all()
+    with pytest.raises(ValueError, match="conf"):
+        res.conf_int(conf=0)
+    s = res.summary()
+    assert isinstance(s, str) and "noise" in s and "<table" in s._repr_html_()
+    r = repr(res)
+    assert r.startswith("W2SensitivityResult(") and len(r.splitlines()) <= 4 and "iota" in r
+    # seed: an int, None or a Generator; a Generator advances, an int reproduces
+    again = w2_sensitivity(df, inputs=["g"], n_boot=50, n_perm=0, seed=1, progress=False)
+    same = w2_sensitivity(df, inputs=["g"], n_boot=50, n_perm=0, seed=1, progress=False)
+    np.testing.assert_array_equal(again.boot["g"], same.boot["g"])
+    gen = np.random.default_rng(0)
+    a = w2_sensitivity(df, inputs=["g"], n_boot=50, n_perm=0, seed=gen, progress=False)
+    b = w2_sensitivity(df, inputs=["g"], n_boot=50, n_perm=0, seed=gen, progress=False)
+    assert not np.array_equal(a.boot["g"], b.boot["g"])
+    c = w2_sensitivity(df, inputs=["g"], n_boot=50, n_perm=0, seed=np.random.default_rng(0),
+                       progress=False)
+    np.testing.assert_array_equal(a.boot["g"], c.boot["g"])
+    w2_sensitivity(df, inputs=["g"], n_boot=5, n_perm=0, seed=None, progress=False)
+    with pytest.raises(TypeError, match="seed"):
+        w2_sensitivity(df, inputs=["g"], n_boot=5, n_perm=0, seed="x", progress=False)

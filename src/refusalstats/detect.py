@@ -1235,8 +1235,9 @@ def evaluate_detector(
     >>> ev["precision"], ev["recall"]
     (0.5, 1.0)
     """
-    if not 0 < conf < 1:
-        raise ValueError(f"conf must be between 0 and 1, got {conf}")
+    from ._validation import check_conf
+
+    conf = check_conf(conf)
     det = _detector_by_name(detector) if isinstance(detector, str) else detector
     if not callable(det):
         raise TypeError("detector must be a Detector or a detector name")

@@ -22,9 +22,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .table import SchemaError
+
 
 class FormulaError(ValueError):
     """A formula cannot be used with the data (syntax, missing column, unsupported term)."""
+
+
+class MissingColumnError(SchemaError, FormulaError):
+    """A formula (or ``reference=``) names a column the table lacks.
+
+    Both a :class:`~refusalstats.SchemaError` (the one exception every analysis raises for a
+    missing column) and a :class:`FormulaError`.
+    """
 
 
 @dataclass(frozen=True)
@@ -159,13 +169,13 @@ def parse_formula(formula: str) -> ParsedFormula:
 
 
 def check_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: Iterable[str] = ()) -> None:
-    """Raise FormulaError naming every formula variable missing from ``data``."""
+    """Raise :class:`MissingColumnError` naming every formula variable missing from ``data``."""
     needed = [parsed.response, *parsed.variables, *extra]
     missing = [c for c in dict.fromkeys(needed) if c not in data.columns]
     if missing:
-        raise FormulaError(
-            f"formula {parsed.formula!r} names column(s) {missing} that are not in the data; "
-            f"available: {list(data.columns)}"
+        raise MissingColumnError(
+            f"formula {parsed.formula!r} names column(s) {missing} that are not in the table; "
+            f"its columns are {list(map(str, data.columns))}"
         )
 
 
@@ -218,8 +228,9 @@ def prepare_factors(
     out = data.copy()
     for col in reference:
         if col not in out.columns:
-            raise FormulaError(
-                f"reference given for column '{col}', which is not in the data; columns: {list(out.columns)}"
+            raise MissingColumnError(
+                f"reference given for column '{col}', which is not in the table; its columns are "
+                f"{list(map(str, out.columns))}"
             )
     for col in columns:
         s = out[col]

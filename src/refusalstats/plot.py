@@ -895,8 +895,8 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
         raise TypeError(f"expected an effects DataFrame, got {type(effects).__name__}")
     m, lo_c, hi_c = _pick(effects, _MEAN, ""), _pick(effects, _HLO, ""), _pick(effects, _HHI, "")
     if m is None or lo_c is None or hi_c is None:
-        raise SchemaError(["hierarchical_effects needs a mean and interval columns (e.g. 'mean', "
-                           f"'ci_low', 'ci_high'); the table's columns are {list(effects.columns)}"])
+        raise SchemaError("hierarchical_effects needs a mean and interval columns (e.g. 'mean', "
+                          f"'ci_low', 'ci_high'); its columns are {list(map(str, effects.columns))}")
     cols = [level] + ([within] if within else [])
     _need(effects, cols, "hierarchical_effects")
     interval = str(effects.attrs.get("interval", "95% HDI"))

@@ -27,7 +27,9 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from . import _kernels as K
-from ._validation import resolve_cluster
+from ._summary import Summary
+from ._validation import check_conf, check_random_state, resolve_cluster
+from .table import SchemaError
 
 __all__ = ["W2SensitivityResult", "default_partitions", "w2_sensitivity"]
 
@@ -128,8 +130,9 @@ def _encode_output(data: pd.DataFrame, output: str | Sequence[str]) -> _Output:
         raise ValueError("output must name at least one column, e.g. output='refusal'")
     for nm in names:
         if nm not in data.columns:
-            raise KeyError(
-                f"output column {nm!r} is not in the data; available columns: {list(data.columns)}"
+            raise SchemaError(
+                f"w2_sensitivity: output column {nm!r} is not in the table; its columns are "
+                f"{list(map(str, data.columns))}"
             )
         _nan_error(nm, data[nm], "output")
     n = len(data)
@@ -692,15 +695,76 @@ class W2SensitivityResult:
     null_scheme: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def __repr__(self) -> str:
+    def _header(self) -> str:
         by = (f", clustered by {self.cluster!r} ({self.n_clusters:,} clusters)"
               if self.cluster else ", rows independent")
-        tab = self.table.drop(columns="note").to_string(index=False)
-        notes = "".join(f"\nnote: {t}" for t in self.notes)
-        return (
-            f"W2SensitivityResult(output={self.output!r} [{self.output_kind}], n={self.n:,}, "
-            f"{self.conf:.0%} {self.ci_method} CIs, bootstrap={self.bootstrap!r}{by})\n{tab}{notes}"
-        )
+        return (f"W2SensitivityResult(output={self.output!r} [{self.output_kind}], n={self.n:,}, "
+                f"{self.conf:.0%} {self.ci_method} CIs, bootstrap={self.bootstrap!r}{by})")
+
+    def __repr__(self) -> str:
+        # a few lines: the header and iota per input (the full table is .to_frame())
+        tab = self.table
+        per = ", ".join(f"{r.input} {r.iota:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]"
+                        for r in tab.head(6).itertuples())
+        more = f", ... ({len(tab)} inputs)" if len(tab) > 6 else ""
+        return f"{self._header()}\n  iota: {per}{more}"
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy table, one row per input (a copy of :attr:`table`).
+
+        Returns
+        -------
+        DataFrame
+            ``input, n_partitions, xi, iota, ci_low, ci_high, null_mean, null_q95,
+            iota_corrected, p_value, distinguishable, note``.
+        """
+        return self.table.copy()
+
+    def conf_int(self, conf: float | None = None) -> pd.DataFrame:
+        """Intervals for iota per input (``ci_low``, ``ci_high``, index ``input``).
+
+        Parameters
+        ----------
+        conf : float, optional
+            Interval level; default the fit's ``conf``. Percentile intervals at another
+            level are read from the stored bootstrap replicates; BCa intervals only at the
+            fitted level (rerun :func:`w2_sensitivity` with ``conf=``).
+
+        Returns
+        -------
+        DataFrame
+            ``attrs["interval"]`` names the interval (e.g. ``"95% percentile bootstrap"``).
+        """
+        conf = self.conf if conf is None else check_conf(conf)
+        if conf == self.conf:
+            out = self.table.set_index("input")[["ci_low", "ci_high"]].copy()
+        elif self.ci_method == "percentile":
+            rows = {}
+            for name in self.table["input"]:
+                b = np.asarray(self.boot.get(name, []), float)
+                b = b[np.isfinite(b)]
+                rows[name] = ((np.quantile(b, (1 - conf) / 2), np.quantile(b, (1 + conf) / 2))
+                              if b.size else (np.nan, np.nan))
+            out = pd.DataFrame.from_dict(rows, orient="index", columns=["ci_low", "ci_high"])
+            out.index.name = "input"
+        else:
+            raise ValueError(f"conf_int(conf={conf}): {self.ci_method} intervals are available at the "
+                             f"fitted level {self.conf} only; rerun w2_sensitivity(..., conf={conf})")
+        out.attrs["interval"] = f"{100 * conf:g}% {self.ci_method} bootstrap"
+        return out
+
+    def summary(self) -> Summary:
+        """The result as text (header, table, notes) and, in notebooks, an HTML table.
+
+        Returns
+        -------
+        Summary
+            A string that prints as text and renders as HTML (``_repr_html_``).
+        """
+        tab = self.table.drop(columns="note")
+        text = self._header() + "\n" + tab.to_string(index=False) + "".join(
+            f"\nnote: {t}" for t in self.notes)
+        return Summary(f"W2 sensitivity of {self.output!r}", text, tab, notes=self.notes)
 
     def plot(self, ax=None, sort: bool = False):
         """Bar chart of iota per input with CI error bars and the permutation-null band.
@@ -793,7 +857,7 @@ def w2_sensitivity(
     n_boot: int = 1000,
     conf: float = 0.95,
     n_perm: int = 200,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     ci: str = "percentile",
     progress: bool = True,
     cluster: str | Sequence[str] | None = "auto",
@@ -838,8 +902,9 @@ def w2_sensitivity(
         item-level input such as ``task``) has its labels permuted across clusters, so an
         item's answers move together; any other input is permuted within each cluster (a
         stratified permutation: every item keeps its own answers and its own mix of levels).
-    seed : int
-        Seed; each input's random streams derive from it and the input's name.
+    seed : int, None or numpy.random.Generator
+        Seed; each input's random streams derive from it and the input's name (a Generator
+        or None first draws an int seed).
     ci : {"percentile", "bca"}
         Interval type. Percentile is the default: in the tests' simulation (a 0/1 output with
         a known index of 0.505, random partition sizes, 1,000 data sets) its 95% intervals
@@ -889,8 +954,10 @@ def w2_sensitivity(
 
     Raises
     ------
-    KeyError, TypeError, ValueError
-        Missing column, NaNs, constant output, an input with a single level, more partitions
+    SchemaError
+        A missing column (the message lists the table's columns).
+    TypeError, ValueError
+        NaNs, constant output, an input with a single level, more partitions
         than rows, bad arguments; the message names the column and the fix.
 
     References
@@ -931,7 +998,8 @@ def w2_sensitivity(
         raise ValueError("inputs is empty; name at least one column, e.g. inputs=['model']")
     missing = [c for c in inputs if c not in data.columns]
     if missing:
-        raise KeyError(f"input column(s) {missing} not in the data; available: {list(data.columns)}")
+        raise SchemaError(f"w2_sensitivity: input column(s) {missing} not in the table; its columns are "
+                          f"{list(map(str, data.columns))}")
     dup = sorted({c for c in inputs if inputs.count(c) > 1})
     if dup:
         raise ValueError(f"input(s) {dup} listed more than once")
@@ -946,12 +1014,15 @@ def w2_sensitivity(
     for nm, val, lo in (("n_boot", n_boot, 0), ("n_perm", n_perm, 0)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
             raise ValueError(f"{nm} must be a non-negative integer, got {val!r}")
-    if not 0.0 < conf < 1.0:
-        raise ValueError(f"conf must be in (0, 1), got {conf!r}")
+    conf = check_conf(conf)
     if ci not in ("bca", "percentile"):
         raise ValueError(f"ci must be 'bca' or 'percentile', got {ci!r}")
     if bootstrap not in BOOTSTRAPS:
         raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
+    # an int seeds every input's streams directly (reproducible per input name); a Generator
+    # or None first draws that int
+    seed_int = (int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                and seed >= 0 else int(check_random_state(seed).integers(2**63 - 1)))
     cl = resolve_cluster(data, cluster, where="w2_sensitivity")
     if cl is not None:
         both = [c for c in ([cl] if isinstance(cl, str) else cl) if c in out_names]
@@ -986,7 +1057,7 @@ def w2_sensitivity(
             boot_schemes[part.name] = est.boot_scheme
             xi, var = est.point()
             iota = float(xi / (2.0 * var))
-            ss = np.random.SeedSequence([seed, zlib.crc32(part.name.encode())])
+            ss = np.random.SeedSequence([seed_int, zlib.crc32(part.name.encode())])
             rng_boot, rng_perm, rng_jack = (np.random.default_rng(s) for s in ss.spawn(3))
             step = est.chunk()
             boot = _replicates(est.boot, n_boot, step, rng_boot, bar)

@@ -16,6 +16,7 @@ from scipy.special import gammaln
 
 from ..formula import (
     FormulaError,
+    MissingColumnError,
     check_columns,
     collapse,
     fixed_design,
@@ -143,8 +144,8 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
     reference = dict(reference or {})
     unknown = [k for k in reference if k not in data.columns]
     if unknown:
-        raise FormulaError(f"reference given for column(s) {unknown}, which are not in the data; "
-                           f"columns: {list(data.columns)}")
+        raise MissingColumnError(f"reference given for column(s) {unknown}, which are not in the table; "
+                                 f"its columns are {list(map(str, data.columns))}")
     # a reference for a column the formula does not use has no effect (e.g. the paper's four)
     reference = {k: v for k, v in reference.items() if k in variables}
     frame = prepare_factors(data[[c for c in dict.fromkeys([resp, *variables, *extra])]],

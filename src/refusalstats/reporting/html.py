@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..table import SchemaError
 from . import sections as S
 
 __all__ = ["Report", "report"]
@@ -173,7 +174,8 @@ def report(
     if inputs is not None:
         missing = [c for c in inputs if c not in df.columns]
         if missing:
-            raise KeyError(f"inputs {missing} are not columns of the table; it has {list(df.columns)}")
+            raise SchemaError(f"report: inputs {missing} are not columns of the table; its columns are "
+                              f"{list(map(str, df.columns))}")
 
     from .._validation import resolve_cluster
 
