@@ -872,3 +872,37 @@ def test_wilson_bounds_at_zero_and_all_refusals_are_exact():
     df["refusal"] = 0
     tab = rs.refusal_rates(df, by="task")  # clustered (item_id repeats)
     assert (tab["ci_low"] == 0.0).all() and (tab["rate"] == 0.0).all()
+
+
+# --------------------------------------------------------------------------- result object, seeds (issue 13)
+def test_rank_agreement_result_object():
+    ra = rs.rank_agreement(raters(), item="persona", rater="model")
+    tab = ra.to_frame()
+    pd.testing.assert_frame_equal(tab, ra.concordance)
+    assert tab is not ra.concordance and "p_value" in tab.columns
+    s = ra.summary()
+    assert isinstance(s, str) and "Kendall's tau-b" in s and "Kendall's W" in s
+    html = s._repr_html_()
+    assert "<table" in html and "mean_tau" in html
+    r = repr(ra)
+    assert r.startswith("<RankAgreement") and len(r.splitlines()) <= 3
+    assert f"{tab['W'].item():.3f}" in r
+
+
+def test_seeds_accept_int_none_and_generator():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame([(i, p, int(rng.random() < 0.2 + 0.15 * k)) for i in range(40)
+                       for k, p in enumerate("abc")], columns=["item_id", "persona", "refusal"])
+    kw = dict(condition="persona", block="item_id", method="permutation", n_perm=199)
+    p_int = [rs.cochran_q(df, seed=3, **kw)["p_value"].item() for _ in range(2)]
+    assert p_int[0] == p_int[1]
+    assert rs.cochran_q(df, **kw)["p_value"].item() == rs.cochran_q(df, **kw)["p_value"].item()
+    gen = np.random.default_rng(3)
+    a, b = (rs.cochran_q(df, seed=gen, **kw)["p_value"].item() for _ in range(2))
+    assert a == rs.cochran_q(df, seed=np.random.default_rng(3), **kw)["p_value"].item()
+    assert a != b  # the generator advanced
+    rs.cochran_q(df, seed=None, **kw)
+    with pytest.raises(TypeError, match="seed"):
+        rs.cochran_q(df, seed=1.5, **kw)
+    with pytest.raises(ValueError, match="conf"):
+        rs.refusal_rates(df, conf=95)

@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._validation import resolve_cluster
+from ._summary import Summary
+from ._validation import check_conf, check_random_state, resolve_cluster
 from .multiplicity import adjust_pvalues
 
 __all__ = [
@@ -159,7 +160,7 @@ def proportion_ci(
     (0.0206, 0.1622)
     """
     method = _ci_method(method)
-    conf = _conf(conf)
+    conf = check_conf(conf)
     k = np.asarray(refusals, dtype=float)
     n = np.asarray(n, dtype=float)
     if np.any(n <= 0) or np.any(k < 0) or np.any(k > n):
@@ -195,21 +196,13 @@ def _ci_method(method: str) -> str:
     return m
 
 
-def _conf(conf: float) -> float:
-    if not isinstance(conf, (int, float)) or not 0 < conf < 1:
-        raise ValueError(
-            f"conf must be a confidence level between 0 and 1 (e.g. 0.95), got {conf!r}"
-        )
-    return float(conf)
-
-
 # --------------------------------------------------------------------------------------
 # Rates
 # --------------------------------------------------------------------------------------
 
 
 def refusal_rates(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     by: str | Sequence[str] | None = None,
     *,
     method: str = "wilson",
@@ -221,7 +214,7 @@ def refusal_rates(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The tidy response table.
     by : str or list of str, optional
         Grouping columns (e.g. ``["model", "task"]``); ``None`` gives the overall rate.
@@ -278,9 +271,10 @@ def refusal_rates(
     >>> list(t.columns)[-3:]
     ['n_clusters', 'design_effect', 'n_eff']
     """
+    df = data
     by = _columns(by, "by")
     method = _ci_method(method)
-    conf = _conf(conf)
+    conf = check_conf(conf)
     clusters = _columns(
         resolve_cluster(df, _auto_off(cluster, by), where="refusal_rates"), "cluster"
     )
@@ -459,7 +453,7 @@ def _slug(level: str) -> str:
 
 
 def persona_effect(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     by: str | Sequence[str] | None = None,
     *,
     setting: str = "setting",
@@ -476,7 +470,7 @@ def persona_effect(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The tidy response table with both settings.
     by : str or list of str, optional
         Grouping columns, e.g. ``["model", "task"]``.
@@ -532,8 +526,9 @@ def persona_effect(
     >>> rs.persona_effect(df)["difference"].item()
     0.25
     """
+    df = data
     by = _columns(by, "by")
-    conf = _conf(conf)
+    conf = check_conf(conf)
     if not (isinstance(levels, (tuple, list)) and len(levels) == 2 and levels[0] != levels[1]):
         raise ValueError(f"levels must be two different setting levels, got {levels!r}")
     if setting in by:
@@ -635,14 +630,14 @@ def persona_effect(
 
 
 def cochran_q(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     condition: str = "persona",
     block: str | Sequence[str] = "item_id",
     by: str | Sequence[str] | None = None,
     *,
     method: str = "auto",
     n_perm: int = 9999,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = 0,
     adjust: str | None = None,
     refusal: str = "refusal",
 ) -> pd.DataFrame:
@@ -655,7 +650,7 @@ def cochran_q(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The tidy response table.
     condition : str
         The within-block factor (default ``"persona"``).
@@ -683,8 +678,8 @@ def cochran_q(
         (the binomial test on the discordant pairs).
     n_perm : int
         Monte Carlo draws for ``method="permutation"``.
-    seed : int, optional
-        Seed of the permutation draws.
+    seed : int, None or numpy.random.Generator
+        Seed of the permutation draws (default 0: reproducible; None: fresh entropy).
     adjust : {"holm", "bh"}, optional
         Adjust the p-values for the number of groups tested (Holm's step-down, or
         Benjamini–Hochberg's false discovery rate); adds ``p_adjusted``.
@@ -717,6 +712,7 @@ def cochran_q(
     >>> rs.cochran_q(df)[["Q", "dof", "p_value", "method"]].values.tolist()
     [[2.0, 1, 0.5, 'exact']]
     """
+    df = data
     if not isinstance(condition, str):
         raise TypeError("condition must be one column name")
     if adjust not in (None, "holm", "bh"):
@@ -725,7 +721,7 @@ def cochran_q(
         raise ValueError(f"method must be one of {list(Q_METHODS)}, got {method!r}")
     if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise ValueError(f"n_perm must be a positive integer, got {n_perm!r}")
-    rng = np.random.default_rng(seed)
+    rng = check_random_state(seed)
     blocks = _columns(block, "block")
     by = _columns(by, "by")
     if not blocks:
@@ -1056,7 +1052,7 @@ def _spread(rate, noise, ddof, corrected):
 
 
 def disparity(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     category: str = "persona_group",
     control: str | Sequence[str] = "control",
     *,
@@ -1066,7 +1062,7 @@ def disparity(
     n_boot: int = 0,
     cluster: str | Sequence[str] | None = "auto",
     conf: float = 0.95,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = 0,
     refusal: str = "refusal",
     block: str | Sequence[str] | None = None,
     estimator: str = "corrected",
@@ -1090,7 +1086,7 @@ def disparity(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The tidy response table, control personas included.
     category : str
         Column that groups personas into categories; each persona must belong to one.
@@ -1119,8 +1115,8 @@ def disparity(
         ``n_boot`` does not.
     conf : float
         Confidence level of the bootstrap interval.
-    seed : int, optional
-        Seed of the bootstrap.
+    seed : int, None or numpy.random.Generator
+        Seed of the bootstrap (default 0: reproducible; None: fresh entropy).
     refusal : str
         The 0/1 outcome column.
     block : str or list of str, optional
@@ -1155,6 +1151,7 @@ def disparity(
     >>> rs.disparity(df, control="control", estimator="plug-in")["disparity"].tolist()
     [2.0]
     """
+    df = data
     by = _columns(by, "by")
     if block is not None:
         warnings.warn(
@@ -1178,7 +1175,7 @@ def disparity(
         blocks = []
         if not (isinstance(cluster, str) and cluster == "auto"):
             resolve_cluster(df, cluster, where="disparity")
-    conf = _conf(conf)
+    conf = check_conf(conf)
     if category == persona:
         raise ValueError("category and persona must be different columns")
     extra = [control] if isinstance(control, str) and control in df.columns else []
@@ -1194,7 +1191,7 @@ def disparity(
         )
     cat_of = dict(zip(pairs[persona], pairs[category]))
     cat_order = list(pd.unique(data[category].astype(object)))
-    rng = np.random.default_rng(seed)
+    rng = check_random_state(seed)
     alpha = 1 - conf
     corrected = estimator == "corrected"
     rows, degenerate = [], []
@@ -1326,6 +1323,13 @@ class RankAgreement:
     rates: pd.DataFrame = field(repr=False)
 
     def __repr__(self) -> str:
+        c = self.concordance
+        w = ", ".join(f"{v:.3f}" for v in c["W"].head(4)) + (", ..." if len(c) > 4 else "")
+        return (f"<RankAgreement: Kendall's W {w} ({len(c)} group(s))\n"
+                f"  {len(self.pairs)} pair(s) of raters, mean tau-b "
+                f"{float(self.pairs['tau'].mean()):.3f}; .to_frame(), .pairs, .summary()>")
+
+    def _text(self) -> str:
         with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
             return (
                 "Kendall's W across raters\n"
@@ -1333,6 +1337,28 @@ class RankAgreement:
                 + "\n\nKendall's tau-b between pairs of raters\n"
                 + self.pairs.to_string(index=False)
             )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy table: Kendall's W per group (a copy of :attr:`concordance`).
+
+        Returns
+        -------
+        DataFrame
+            One row per group: ``W``, the Friedman ``chi2``, its ``dof``, ``p_value``
+            (and ``p_adjusted``), the mean pairwise tau. The pairwise taus are :attr:`pairs`.
+        """
+        return self.concordance.copy()
+
+    def summary(self) -> Summary:
+        """Kendall's W and the pairwise taus as text and, in notebooks, an HTML table.
+
+        Returns
+        -------
+        Summary
+            A string that prints as text and renders as HTML (``_repr_html_``).
+        """
+        return Summary("Rank agreement between raters (Kendall's W)", self._text(), self.concordance,
+                       notes=[f"{len(self.pairs)} pair(s) of raters: see .pairs for Kendall's tau-b"])
 
 
 def _kendall_w(x: np.ndarray) -> tuple[float, float, int, float]:
@@ -1352,7 +1378,7 @@ def _kendall_w(x: np.ndarray) -> tuple[float, float, int, float]:
 
 
 def rank_agreement(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     item: str = "persona",
     rater: str = "model",
     *,
@@ -1371,7 +1397,7 @@ def rank_agreement(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The tidy response table.
     item : str
         What is ranked (default ``"persona"``).
@@ -1401,6 +1427,7 @@ def rank_agreement(
     >>> round(ra.pairs["tau"].item(), 3)
     0.5
     """
+    df = data
     by = _columns(by, "by")
     if adjust not in (None, "holm", "bh"):
         raise ValueError(f"adjust must be 'holm', 'bh' or None, got {adjust!r}")
