@@ -4,6 +4,7 @@ the reference level does not depend on how the table was loaded."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import pkgutil
 import types
@@ -183,3 +184,135 @@ def test_explicit_levels_and_reference_win_over_sorting():
     fit = rs.logit("refusal ~ model + task", df, reference={"model": "zeta"}, cluster=None)
     assert fit.reference == {"model": "zeta", "task": "classify"}
     assert list(fit.params.index[1:3]) == ["model[T.alpha]", "model[T.mid]"]
+
+
+# ---------------------------------------------------------------------------------------
+# one name per concept (issue #13): signatures and result columns
+# ---------------------------------------------------------------------------------------
+
+#: Names that the conventions replaced: the table is ``data``, an interval level is ``conf``,
+#: adjusted p-values are ``p_adjusted``.
+_RETIRED_PARAMETERS = {"df", "hdi_prob", "prob", "p_adj"}
+
+
+def _public_callables():
+    """Every public function of the package and of rs.plot, and every public method of the
+    result classes, as (name, callable)."""
+    out = []
+    for name in rs.__all__:
+        obj = getattr(rs, name)
+        if inspect.isfunction(obj):
+            out.append((name, obj))
+        elif inspect.isclass(obj) and name.endswith(("Results", "Result")):
+            out += [(f"{name}.{m}", f) for m, f in vars(obj).items()
+                    if inspect.isfunction(f) and not m.startswith("_")]
+    out += [(f"plot.{n}", f) for n, f in vars(rs.plot).items()
+            if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == "refusalstats.plot"]
+    out += [("RankAgreement." + m, f) for m, f in vars(importlib.import_module("refusalstats.rates")
+                                                      .RankAgreement).items()
+            if inspect.isfunction(f) and not m.startswith("_")]
+    return out
+
+
+_TABLE_FUNCTIONS = ["refusal_rates", "persona_effect", "cochran_q", "disparity", "rank_agreement",
+                    "validate", "write_responses", "w2_sensitivity", "report", "collapse",
+                    "plot.rates", "plot.rates_by", "plot.personas", "plot.persona_vs_free",
+                    "plot.persona_heatmap", "plot.response_types"]
+
+
+@pytest.mark.parametrize("name", _TABLE_FUNCTIONS)
+def test_the_table_argument_is_data(name):
+    fn = dict(_public_callables())[name]
+    assert next(iter(inspect.signature(fn).parameters)) == "data", name
+
+
+@pytest.mark.parametrize("name", ["logit", "hierarchical"])
+def test_formula_functions_take_data_second(name):
+    assert list(inspect.signature(getattr(rs, name)).parameters)[:2] == ["formula", "data"]
+
+
+def test_no_retired_parameter_names():
+    found = {name: sorted(set(inspect.signature(fn).parameters) & _RETIRED_PARAMETERS)
+             for name, fn in _public_callables()}
+    assert not {k: v for k, v in found.items() if v}
+    # a significance level is not called alpha: in this package alpha is logit's penalty
+    alphas = [name for name, fn in _public_callables() if "alpha" in inspect.signature(fn).parameters]
+    assert alphas == ["logit"], alphas
+    # every interval level is conf
+    for name, fn in _public_callables():
+        params = inspect.signature(fn).parameters
+        assert not {"ci_level", "conf_level", "credible", "hdi", "interval_level"} & set(params), name
+
+
+def test_seed_parameters_accept_a_generator():
+    for name, fn in _public_callables():
+        p = inspect.signature(fn).parameters.get("seed")
+        if p is not None and p.annotation is not inspect.Parameter.empty:
+            assert "Generator" in str(p.annotation), name
+
+
+_RETIRED_COLUMNS = {"p", "p_adj", "pvalue", "hdi_low", "hdi_high", "effect_low", "effect_high",
+                    "prob_low", "prob_high", "p_low", "p_high", "p_mean", "low", "high", "lower", "upper"}
+
+
+@pytest.mark.parametrize("name", _TABLES)
+def test_result_tables_use_the_column_names(tables, name):
+    cols = set(map(str, tables[name].columns))
+    assert not cols & _RETIRED_COLUMNS, (name, cols & _RETIRED_COLUMNS)
+    assert not {c for c in cols if c.startswith("p_") and c not in ("p_value", "p_adjusted", "p_gt_0")}
+
+
+def test_adjusted_tables_have_p_value_and_p_adjusted(tables):
+    for name in ("coef_table", "cochran_q"):
+        assert {"p_value", "p_adjusted"} <= set(tables[name].columns), name
+    for name in ("refusal_rates", "coef_table", "w2_sensitivity", "marginal_means"):
+        assert {"ci_low", "ci_high"} <= set(tables[name].columns), name
+
+
+# ---------------------------------------------------------------------------------------
+# one exception for a missing column: SchemaError, naming the table's real columns
+# ---------------------------------------------------------------------------------------
+
+
+def _missing_column_calls():
+    df = rs.simulate_paper(scale=0.01, seed=1)
+    blocks = _complete_blocks()
+    return [
+        ("refusal_rates", lambda: rs.refusal_rates(df, by=["model", "nope"])),
+        ("refusal_rates cluster", lambda: rs.refusal_rates(df, by="model", cluster="nope")),
+        ("persona_effect", lambda: rs.persona_effect(df, by="nope")),
+        ("cochran_q", lambda: rs.cochran_q(blocks, condition="nope")),
+        ("disparity", lambda: rs.disparity(df, category="nope")),
+        ("rank_agreement", lambda: rs.rank_agreement(blocks, item="persona", rater="nope")),
+        ("validate", lambda: rs.validate(df.drop(columns="task"))),
+        ("collapse", lambda: rs.collapse(df, by=["model", "nope"])),
+        ("logit", lambda: rs.logit("refusal ~ model + nope", df, cluster=None)),
+        ("logit reference", lambda: rs.logit("refusal ~ model", df, reference={"nope": "a"}, cluster=None)),
+        ("logit cluster", lambda: rs.logit("refusal ~ model", df, cluster="nope")),
+        ("hierarchical", lambda: rs.hierarchical("refusal ~ task + (1|nope)", df, draws=10, tune=10,
+                                                 chains=1, progress=False)),
+        ("w2 input", lambda: rs.w2_sensitivity(df, inputs=["model", "nope"], n_boot=0, n_perm=0,
+                                               progress=False)),
+        ("w2 output", lambda: rs.w2_sensitivity(df, output="nope", n_boot=0, n_perm=0, progress=False)),
+        ("plot.rates", lambda: rs.plot.rates(df, row="nope")),
+        ("plot.rates_by", lambda: rs.plot.rates_by(df, column="nope")),
+        ("plot.coefficients", lambda: rs.plot.coefficients(pd.DataFrame({"term": ["a"], "x": [1.0]}))),
+        ("plot.hierarchical_effects", lambda: rs.plot.hierarchical_effects(
+            pd.DataFrame({"model": ["A"], "persona": ["x"], "effect": [0.1]}))),
+        ("report", lambda: rs.report(df, inputs=["model", "nope"], out=None)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_missing_column_calls())),
+                         ids=[c[0] for c in _missing_column_calls()])
+def test_a_missing_column_raises_schema_error(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name, call = _missing_column_calls()[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(rs.SchemaError) as info:
+            call()
+    msg = str(info.value)
+    assert "columns are [" in msg or "the table has [" in msg, (name, msg)  # the real columns
+    assert isinstance(info.value, ValueError) and isinstance(info.value, KeyError)
+    assert not msg.startswith("'"), msg  # printed plainly, not quoted as a KeyError would be

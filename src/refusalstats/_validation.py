@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["AUTO_CLUSTER_COLUMN", "ClusterNote", "check_conf", "check_random_state",
-           "resolve_cluster"]
+           "int_seed", "resolve_cluster"]
 
 #: The column ``cluster="auto"`` looks for.
 AUTO_CLUSTER_COLUMN = "item_id"
@@ -135,3 +135,18 @@ def check_random_state(seed) -> np.random.Generator:
         return np.random.default_rng(seed)
     raise TypeError(f"seed must be an int, None or a numpy.random.Generator, got "
                     f"{type(seed).__name__} {seed!r}")
+
+
+def int_seed(seed) -> int:
+    """An int seed as given; a Generator (or None) draws one, so a recorded seed replays.
+
+    For results that record their seed (table ``attrs``, report headers), which must stay
+    JSON: ``int_seed(np.random.default_rng(0))`` is an int drawn from the generator.
+
+    >>> int_seed(7)
+    7
+    """
+    if isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool):
+        check_random_state(seed)  # one message for a negative seed
+        return int(seed)
+    return int(check_random_state(seed).integers(2**31 - 1))

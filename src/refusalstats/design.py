@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._validation import int_seed
+
 
 @dataclass(frozen=True)
 class Persona:
@@ -239,7 +241,7 @@ def _pair(pi: np.ndarray, ti: np.ndarray, n_t: int, rng: np.random.Generator) ->
 def sample_design(
     items: pd.DataFrame,
     k: int = 10,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     *,
     personas: Sequence[Persona] | None = None,
     templates: Sequence[Template] | None = None,
@@ -263,7 +265,7 @@ def sample_design(
         ``text``).
     k : int
         Variations per item (P1: 10).
-    seed : int
+    seed : int, None or numpy.random.Generator
         Seed; the same inputs and seed give the same table.
     personas, templates, tasks : optional
         Your own lists (default: P1's). Templates are validated against the tasks.
@@ -312,6 +314,7 @@ def sample_design(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
 
+    seed = int_seed(seed)  # recorded in attrs, so an int (a Generator draws one)
     rng = np.random.default_rng(seed)
     frames = []
     extra_cols = [c for c in items.columns if c not in ("item_id", "task")]

@@ -781,22 +781,22 @@ def _pretty_term(term: str) -> str:
     return term
 
 
-def coefficients(table, top_k: int = 10, *, alpha: float = 0.01,
+def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01,
                  title: str | None = None) -> Figure:
     """Forest plot of the ``top_k`` largest positive and negative coefficients (P1's Fig. 6).
 
     Log-odds estimates with their CIs (whiskers); filled markers are significant at
-    ``alpha`` (P1 uses 0.01), hollow ones are not. The intercept is left out.
+    ``sig_level`` (P1 uses 0.01), hollow ones are not. The intercept is left out.
 
     Parameters
     ----------
-    table : LogitResult or DataFrame
+    table : LogitResults or DataFrame
         A fitted ``logit`` result (its ``coef_table()`` is used) or a coefficient table
         (``term``, ``estimate``, ``ci_low``, ``ci_high``, optional ``p_value``).
     top_k : int
         How many of the most positive and of the most negative terms to show.
-    alpha : float
-        Significance level of the filled markers.
+    sig_level : float
+        Significance level of the filled markers (not ``alpha``, which is logit's penalty).
     title : str, optional
         Figure title.
 
@@ -828,7 +828,7 @@ def coefficients(table, top_k: int = 10, *, alpha: float = 0.01,
     est = show["estimate"].to_numpy()
     lo = show["ci_low"].to_numpy()
     hi = show["ci_high"].to_numpy()
-    sig = show["p_value"].to_numpy() < alpha
+    sig = show["p_value"].to_numpy() < sig_level
     colour = np.where(est > 0, _CAT[4], _CAT[0])
     for k in range(n):
         ok = np.isfinite(lo[k]) and np.isfinite(hi[k])
@@ -844,7 +844,7 @@ def coefficients(table, top_k: int = 10, *, alpha: float = 0.01,
     handles = [Line2D([], [], color=_CAT[4], marker="o", ls="", label="raises refusal"),
                Line2D([], [], color=_CAT[0], marker="o", ls="", label="lowers refusal"),
                Line2D([], [], color="0.3", marker="o", mfc="white", ls="",
-                      label=f"hollow: p ≥ {alpha:g}")]
+                      label=f"hollow: p ≥ {sig_level:g}")]
     ax.legend(handles=handles, loc="best", frameon=False)
     _style(ax)
     ax.set_title(title or f"Largest {top_k} positive and negative coefficients", loc="left")

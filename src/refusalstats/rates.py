@@ -95,6 +95,10 @@ def _prepare(df: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.DataF
     columns = list(dict.fromkeys(columns))
     if refusal in columns:
         raise ValueError(f"column {refusal!r} is the refusal outcome; it cannot also group rows")
+    missing = [c for c in [*columns, refusal] if c not in df.columns]
+    if missing:
+        raise SchemaError(f"column(s) {missing} not in the table; its columns are "
+                          f"{list(map(str, df.columns))}")
     present = [c for c in [*columns, refusal] if c in df.columns]
     sub = df[present]
     sub.attrs = {}  # run metadata (e.g. the simulator's truth) is not needed here

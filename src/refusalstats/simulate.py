@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from ._validation import int_seed
 from .design import sample_design
 
 #: P1 Table 1: % false refusals per model and task (None = blank in the paper).
@@ -242,7 +243,7 @@ def _marginal_truth(design: pd.DataFrame, models: list[str], coef: dict, interce
 
 def simulate_paper(
     scale: float = 1.0,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     calibrate: str = "table1",
     item_sd: float = 1.0,
     *,
@@ -260,7 +261,7 @@ def simulate_paper(
     ----------
     scale : float
         Fraction of P1's items per task (1.0: 3,000 / 5,000 / 4,701 items, 2,032,160 rows).
-    seed : int
+    seed : int, None or numpy.random.Generator
         Seed for the design, item effects and draws.
     calibrate : {"table1", "table7"}
         "table1": Table 7 effects plus per-cell offsets matching Table 1.
@@ -305,6 +306,7 @@ def simulate_paper(
         raise ValueError(f"item_sd must be >= 0, got {item_sd}")
     if exact_rates is None:
         exact_rates = calibrate == "table1"
+    seed = int_seed(seed)  # recorded in attrs, so an int (a Generator draws one)
     rng = np.random.default_rng(seed)
     items = _design_items(scale)
     design = sample_design(items, k=10, seed=int(rng.integers(2**31)))
@@ -403,7 +405,7 @@ def simulate_items(
     row_levels: int = 5,
     item_effect: float | Sequence[float] = 0.0,
     row_effect: float | Sequence[float] = 0.0,
-    seed: int | None = 0,
+    seed: int | np.random.Generator | None = 0,
 ) -> pd.DataFrame:
     """Small clustered table for calibration: items answered ``k`` times each.
 
@@ -430,7 +432,7 @@ def simulate_items(
     item_effect, row_effect : float or sequence of float
         Log-odds effect per level (level 0 is the reference; a scalar ``b`` means levels
         ``0, b, 2b, ...``; 0 everywhere is the null of no effect).
-    seed : int or None
+    seed : int, None or numpy.random.Generator
         Seed for the item effects, level offsets and draws.
 
     Returns
@@ -464,6 +466,7 @@ def simulate_items(
 
     b_item = effects(item_effect, item_levels, "item_effect")
     b_row = effects(row_effect, row_levels, "row_effect")
+    seed = int_seed(seed)  # recorded in attrs, so an int (a Generator draws one)
     rng = np.random.default_rng(seed)
     item = np.repeat(np.arange(n_items), k)
     task = item % item_levels

@@ -245,7 +245,7 @@ def _categorical_levels(df: pd.DataFrame) -> dict[str, list]:
 
 
 def write_responses(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     path: str | Path,
     metadata: Mapping[str, Any] | None = None,
     *,
@@ -254,13 +254,13 @@ def write_responses(
     """Write a response table to Parquet, CSV or JSONL.
 
     Parquet keeps categorical dtypes natively and stores ``metadata`` (merged over
-    ``df.attrs["metadata"]``) as JSON in the file's key-value metadata. CSV and JSONL
+    ``data.attrs["metadata"]``) as JSON in the file's key-value metadata. CSV and JSONL
     write a sidecar ``<path>.meta.json`` with the metadata and the categorical levels,
     so a round trip restores dtypes there too.
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         The table (validated first; a :class:`SchemaError` lists every problem).
     path : str or Path
         Destination; the format follows the extension unless ``format`` is given.
@@ -274,8 +274,8 @@ def write_responses(
     """
     path = Path(path)
     fmt = _format_of(path, format)
-    table = validate(df)
-    meta = dict(df.attrs.get("metadata", {}) or {})
+    table = validate(data)
+    meta = dict(data.attrs.get("metadata", {}) or {})
     if metadata:
         meta.update(dict(metadata))
     try:

@@ -73,7 +73,7 @@ def report(
     formula: str | None = None,
     inputs: list[str] | None = None,
     hierarchical: bool | str = True,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     *,
     results: Mapping[str, Any] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -111,8 +111,9 @@ def report(
         (1|model) + (1|persona) + (1|persona:model)``); a string is used as its formula;
         False skips it. It is also skipped when the table is too small (fewer than
         1,000 rows, 20 refusals, or 3 models / personas).
-    seed : int
-        Seed of every random step (bootstrap, permutations, sampler, answer samples).
+    seed : int, None or numpy.random.Generator
+        Seed of every random step (bootstrap, permutations, sampler, answer samples); a
+        Generator or None first draws an int seed, which the report records.
     results : mapping, optional
         Already computed results to reuse instead of fitting again: ``"logit"`` (a
         ``logit`` result), ``"w2"`` (a ``w2_sensitivity`` result), ``"hierarchical"``.
@@ -161,6 +162,10 @@ def report(
                         f"got {type(data).__name__}")
     if not isinstance(hierarchical, (bool, str)):
         raise TypeError(f"hierarchical must be True, False or a formula string, got {hierarchical!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        from .._validation import check_random_state
+
+        seed = int(check_random_state(seed).integers(2**31 - 1))
     results = dict(results or {})
     unknown = set(results) - {"logit", "w2", "hierarchical"}
     if unknown:
