@@ -95,10 +95,6 @@ def _prepare(df: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.DataF
     columns = list(dict.fromkeys(columns))
     if refusal in columns:
         raise ValueError(f"column {refusal!r} is the refusal outcome; it cannot also group rows")
-    missing = [c for c in [*columns, refusal] if c not in df.columns]
-    if missing:
-        raise SchemaError(f"column(s) {missing} not in the table; its columns are "
-                          f"{list(map(str, df.columns))}")
     present = [c for c in [*columns, refusal] if c in df.columns]
     sub = df[present]
     sub.attrs = {}  # run metadata (e.g. the simulator's truth) is not needed here
@@ -110,12 +106,12 @@ def _prepare(df: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.DataF
         sub = sub.rename(columns={refusal: "refusal"})
     try:
         out = validate(sub, required=[*columns, "refusal"], predictors=columns)
-    except SchemaError as exc:  # name the user's refusal column
+    except SchemaError as exc:  # name the user's refusal column and the table's real columns
+        real = f"the table has {list(map(str, df.columns))}"
+        problems = [str(p).replace(f"the table has {list(sub.columns)}", real) for p in exc.problems]
         if refusal != "refusal":
-            raise type(exc)(
-                [str(p).replace("'refusal'", repr(refusal)) for p in exc.problems]
-            ) from None
-        raise
+            problems = [p.replace("'refusal'", repr(refusal)) for p in problems]
+        raise type(exc)(problems) from None
     return out
 
 
