@@ -297,3 +297,16 @@ def test_palette_is_okabe_ito():
     colours = {matplotlib.colors.to_hex(c.lines[0].get_color()).upper()
                for c in _errorbars(fig.axes[0])}
     assert colours <= {c.upper() for c in rs.plot.OKABE_ITO}
+
+
+def test_coefficients_on_the_odds_scale():
+    tab = pd.DataFrame({"term": ["a", "b"], "estimate": [1.0, -0.5], "ci_low": [0.5, -0.9],
+                        "ci_high": [1.5, -0.1], "p_value": [0.001, 0.02]})
+    fig = rs.plot.coefficients(tab, top_k=1, scale="odds")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    np.testing.assert_allclose(ax.lines[0].get_xdata()[0], np.exp(1.0))  # 'a' at exp(1)
+    np.testing.assert_allclose(ax.lines[3].get_xdata()[0], np.exp(-0.5))  # 'b' at exp(-0.5)
+    assert any(np.allclose(line.get_xdata(), [1.0, 1.0]) for line in ax.lines)  # line at OR 1
+    with pytest.raises(ValueError, match="scale must be"):
+        rs.plot.coefficients(tab, scale="probability")

@@ -781,7 +781,7 @@ def _pretty_term(term: str) -> str:
     return term
 
 
-def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01,
+def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str = "log-odds",
                  title: str | None = None) -> Figure:
     """Forest plot of the ``top_k`` largest positive and negative coefficients (P1's Fig. 6).
 
@@ -797,6 +797,9 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01,
         How many of the most positive and of the most negative terms to show.
     sig_level : float
         Significance level of the filled markers (not ``alpha``, which is logit's penalty).
+    scale : {"log-odds", "odds"}
+        Plot the coefficients (log-odds, reference line at 0) or the odds ratios
+        ``exp(estimate)`` with their intervals on a log axis (reference line at 1).
     title : str, optional
         Figure title.
 
@@ -810,11 +813,16 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01,
     >>> tab = pd.DataFrame({"term": ["a", "b"], "estimate": [1.0, -0.5],
     ...                     "ci_low": [0.5, -0.9], "ci_high": [1.5, -0.1]})
     >>> fig = rs.plot.coefficients(tab, top_k=1)
+    >>> fig = rs.plot.coefficients(tab, top_k=1, scale="odds")
+    >>> fig.axes[0].get_xscale()
+    'log'
     """
     from matplotlib.lines import Line2D
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if scale not in ("log-odds", "odds"):
+        raise ValueError(f"scale must be 'log-odds' or 'odds', got {scale!r}")
     tab = coef_frame(table)
     tab = tab[~tab["term"].str.lower().isin(["intercept", "(intercept)"])]
     tab = tab[np.isfinite(tab["estimate"])]
@@ -830,14 +838,21 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01,
     hi = show["ci_high"].to_numpy()
     sig = show["p_value"].to_numpy() < sig_level
     colour = np.where(est > 0, _CAT[4], _CAT[0])
+    if scale == "odds":
+        with np.errstate(over="ignore"):
+            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
     for k in range(n):
         ok = np.isfinite(lo[k]) and np.isfinite(hi[k])
         ax.errorbar(est[k], y[k], xerr=[[est[k] - lo[k]], [hi[k] - est[k]]] if ok else None,
                     fmt="o", color=colour[k], mfc=colour[k] if sig[k] else "white", ms=5,
                     capsize=2, lw=1.1)
-    ax.axvline(0, color="0.4", lw=0.8)
+    ax.axvline(1.0 if scale == "odds" else 0.0, color="0.4", lw=0.8)
     ax.set_yticks(y, [_pretty_term(t) for t in show["term"]])
-    ax.set_xlabel("coefficient (log-odds of refusal vs. reference level), 95% CI")
+    if scale == "odds":
+        ax.set_xscale("log")
+        ax.set_xlabel("odds ratio of refusal vs. reference level (log axis), 95% CI")
+    else:
+        ax.set_xlabel("coefficient (log-odds of refusal vs. reference level), 95% CI")
     ax.set_ylabel("term")
     ax.grid(axis="x", color="0.9", lw=0.6)
     ax.set_axisbelow(True)
