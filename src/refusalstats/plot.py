@@ -249,7 +249,7 @@ def rates(data: pd.DataFrame, row: str = "model", col: str = "task", *,
     ax.xaxis.tick_top()
     cb = fig.colorbar(im, ax=ax, shrink=0.6, pad=0.02)
     cb.set_label("refusal rate (%)")
-    ax.set_title(title or f"Refusal rate (%) by {row} and {col}, with 95% CI", loc="left")
+    ax.set_title(title or f"Refusal rate (%) by {row} and {col}, with 95% CI", loc="left", wrap=True)
     return fig
 
 
@@ -329,7 +329,7 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, [f"{lb} (95% CI)" for lb in labels], loc="outside lower center",
                ncol=2, frameon=False)
-    fig.suptitle(title or "Refusal rate with and without a persona", x=0.01, ha="left")
+    fig.suptitle(title or "Refusal rate with and without a persona", x=0.01, ha="left", wrap=True)
     return fig
 
 
@@ -450,7 +450,7 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
                    frameon=False)
-    fig.suptitle(title or "Refusal rate per persona (95% CI)", x=0.01, ha="left")
+    fig.suptitle(title or "Refusal rate per persona (95% CI)", x=0.01, ha="left", wrap=True)
     return fig
 
 
@@ -495,7 +495,7 @@ def rates_by(data: pd.DataFrame, column: str, *, method: str = "wilson",
     ax.grid(axis="x", color="0.9", lw=0.6)
     ax.set_axisbelow(True)
     _style(ax)
-    fig.suptitle(title or f"Refusal rate by {column} (95% CI)", x=0.01, ha="left")
+    fig.suptitle(title or f"Refusal rate by {column} (95% CI)", x=0.01, ha="left", wrap=True)
     return fig
 
 
@@ -552,7 +552,7 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
     cb.set_label("refusal rate (%)")
     what = f"task {task}" if task else "all tasks"
     ax.set_title(title or f"Refusal rate (%) by {row} and persona, {what} (95% CI below)",
-                 loc="left")
+                 loc="left", wrap=True)
     return fig
 
 
@@ -617,7 +617,7 @@ def response_types(data: pd.DataFrame, row: str = "model", facet: str | None = "
     cb = fig.colorbar(im, ax=list(axes), shrink=0.6, pad=0.01)
     cb.set_label("refusal rate (%)")
     fig.suptitle(title or f"Refusal rate (%) by {row} and response type (95% CI below)",
-                 x=0.01, ha="left")
+                 x=0.01, ha="left", wrap=True)
     return fig
 
 
@@ -720,7 +720,7 @@ def w2(result, *, title: str | None = None) -> Figure:
                     xycoords="axes fraction", xytext=(0, -32), textcoords="offset points",
                     fontsize=7, color="0.3", va="top", gid="w2-footnote")
     _style(ax)
-    ax.set_title(title or "How much each input explains refusal (W2 index)", loc="left")
+    ax.set_title(title or "How much each input explains refusal (W2 index)", loc="left", wrap=True)
     return fig
 
 
@@ -772,13 +772,31 @@ def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _pretty_term(term: str) -> str:
-    """``persona[T.Black person]`` -> ``persona: Black person``."""
+def _pretty_one(term: str) -> str:
     if "[T." in term and term.endswith("]"):
         f, lvl = term.split("[T.", 1)
         f = f.removeprefix("C(").split(",")[0].rstrip(")")
         return f"{f}: {lvl[:-1]}"
     return term
+
+
+def _pretty_term(term: str) -> str:
+    """``persona[T.Black person]`` -> ``persona: Black person``; interactions joined by ×.
+
+    >>> _pretty_term("prompt[T.p2]:model[T.Gemma-2B]")
+    'prompt: p2 × model: Gemma-2B'
+    """
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(term):  # split on ':' outside [...] (levels may contain ':')
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            parts.append(term[start:i])
+            start = i + 1
+    parts.append(term[start:])
+    return " × ".join(_pretty_one(p) for p in parts)
 
 
 def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str = "log-odds",
@@ -862,7 +880,7 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str 
                       label=f"hollow: p ≥ {sig_level:g}")]
     ax.legend(handles=handles, loc="best", frameon=False)
     _style(ax)
-    ax.set_title(title or f"Largest {top_k} positive and negative coefficients", loc="left")
+    ax.set_title(title or f"Largest {top_k} positive and negative coefficients", loc="left", wrap=True)
     return fig
 
 
@@ -948,5 +966,5 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     for ax in axes[:, 0]:
         ax.set_ylabel(level)
     fig.suptitle(title or f"{level.capitalize()} effect within each {within} (filled: HDI excludes 0)",
-                 x=0.01, ha="left")
+                 x=0.01, ha="left", wrap=True)
     return fig

@@ -41,13 +41,13 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, np.linalg.
 
 #: Section titles, in page order.
 TITLES: dict[str, str] = {
-    "rates": "Refusal rate by model and task (Table 1)",
+    "rates": "Refusal rate by model and task (P1's Table 1)",
     "factors": "Refusal rate by each design factor",
-    "persona_free": "With and without a persona (Fig. 1)",
-    "personas": "Refusal rate per persona (Figs. 2–3, 7–9)",
-    "response_type": "Refusal rate by response type (Figs. 4, 10, 11)",
-    "w2": "How much each factor explains refusal: W2 sensitivity (Fig. 5)",
-    "logit": "Logistic regression: which factors raise refusal (Fig. 6, Table 7)",
+    "persona_free": "With and without a persona (P1's Fig. 1)",
+    "personas": "Refusal rate per persona (P1's Figs. 2–3, 7–9)",
+    "response_type": "Refusal rate by response type (P1's Figs. 4, 10, 11)",
+    "w2": "How much each factor explains refusal: W2 sensitivity (P1's Fig. 5)",
+    "logit": "Logistic regression: which factors raise refusal (P1's Fig. 6, Table 7)",
     "hierarchical": "Hierarchical model: each persona within each model",
     "answers": "The models' answers",
 }
