@@ -340,6 +340,9 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
              title: str | None = None) -> Figure:
     """Refusal rate per persona with CIs, coloured by persona group (P1's Figs. 2-3).
 
+    Personas are listed by group, and within a group from the highest refusal rate (mean
+    over the panels) to the lowest, top to bottom.
+
     When the table has persona-free rows their rate is drawn as a dashed vertical line
     with its CI as a grey band, the baseline each persona is compared against.
 
@@ -400,12 +403,15 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
         present = set(tab["persona_group"])
         group_levels = [g for g in group_order if g in present]
         group_levels += [g for g in pd.unique(tab["persona_group"]) if g not in group_levels]
+        mean_rate = tab.groupby("persona", observed=True, sort=False)["rate"].mean()
         order = (tab[["persona", "persona_group"]].drop_duplicates("persona")
-                 .assign(g=lambda t: t["persona_group"].map(group_levels.index))
-                 .sort_values(["g"], kind="stable")["persona"].tolist())
+                 .assign(g=lambda t: t["persona_group"].map(group_levels.index),
+                         r=lambda t: -t["persona"].astype(object).map(mean_rate).astype(float))
+                 .sort_values(["g", "r"], kind="stable")["persona"].tolist())
     else:
         group_levels = []
-        order = _levels(tab["persona"])
+        mean_rate = tab.groupby("persona", observed=True, sort=False)["rate"].mean()
+        order = list(mean_rate.sort_values(ascending=False, kind="stable").index)
     panels = _levels(tab[facet]) if facet else [None]
     fig = _figure(max(4.2, 2.8 * len(panels) + 2.0), 0.26 * len(order) + 1.9)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
