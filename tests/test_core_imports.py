@@ -19,7 +19,8 @@ def test_core_modules_do_not_import_torch():
         print(len(names), heavy)
         sys.exit(1 if heavy else 0)
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     n_modules = int(res.stdout.split()[0])
     assert n_modules >= 15  # the walk really saw the core (regression/, reporting/, ...)

@@ -16,8 +16,8 @@ import pytest
 from scipy import stats
 from scipy.special import expit
 
-from refusalstats.formula import FormulaError
 from refusalstats.bayes import ConvergenceWarning, HierarchicalModel, hierarchical
+from refusalstats.formula import FormulaError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -893,7 +893,7 @@ def test_seeds_accept_int_none_and_generator():
     rng = np.random.default_rng(0)
     df = pd.DataFrame([(i, p, int(rng.random() < 0.2 + 0.15 * k)) for i in range(40)
                        for k, p in enumerate("abc")], columns=["item_id", "persona", "refusal"])
-    kw = dict(condition="persona", block="item_id", method="permutation", n_perm=199)
+    kw = {"condition": "persona", "block": "item_id", "method": "permutation", "n_perm": 199}
     p_int = [rs.cochran_q(df, seed=3, **kw)["p_value"].item() for _ in range(2)]
     assert p_int[0] == p_int[1]
     assert rs.cochran_q(df, **kw)["p_value"].item() == rs.cochran_q(df, **kw)["p_value"].item()
