@@ -377,3 +377,27 @@ def test_streamed_cr1_with_a_separated_term(rows):
     assert np.isnan(se["model[T.m-zero]"])
     ok = [t for t in fit.params.index if t != "model[T.m-zero]"]
     np.testing.assert_allclose(se[ok], want.bse[ok], rtol=1e-7)  # 1.3e-8 measured
+
+
+# ------------------------------------------------------------------ analyses on a dataset path
+def test_refusal_rates_and_logit_accept_a_shard_folder(shards):
+    """A path is streamed into counts; results equal the in-memory ones (issue #15)."""
+    rows = _concat(shards)
+    for kw in ({"by": "task", "cluster": "item_id"}, {"by": ["task", "persona"], "cluster": None},
+               {"cluster": "item_id"}):
+        a = rs.refusal_rates(rows, **kw).reset_index(drop=True)
+        b = rs.refusal_rates(shards, **kw).reset_index(drop=True)
+        assert list(a.columns) == list(b.columns)
+        for c in a.columns:
+            if pd.api.types.is_numeric_dtype(a[c]):
+                np.testing.assert_allclose(b[c].to_numpy(float), a[c].to_numpy(float), rtol=1e-12)
+            else:
+                assert b[c].astype(str).tolist() == a[c].astype(str).tolist()
+    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
+    fit_path = rs.logit(f"refusal ~ {FORMULA}", shards, cluster="item_id", epsilon=1e-14)
+    np.testing.assert_allclose(fit_path.params, fit_rows.params, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fit_path.bse, fit_rows.bse, rtol=1e-9)
+    a, b = fit_rows.drop1(), fit_path.drop1()
+    np.testing.assert_allclose(b["F"], a["F"], rtol=1e-8)
+    with pytest.raises(ValueError, match="trials= and weights= are for a DataFrame"):
+        rs.logit(f"refusal ~ {FORMULA}", shards, trials="n")

@@ -214,8 +214,10 @@ def refusal_rates(
 
     Parameters
     ----------
-    data : DataFrame
-        The tidy response table.
+    data : DataFrame or path
+        The tidy response table; or a Parquet file, a folder of Parquet shards, a glob or
+        a list of them, streamed into counts by :func:`refusalstats.collapse` (memory does
+        not grow with rows; the result equals the in-memory one).
     by : str or list of str, optional
         Grouping columns (e.g. ``["model", "task"]``); ``None`` gives the overall rate.
         Groups appear in the order of the columns' levels; only combinations that
@@ -275,6 +277,10 @@ def refusal_rates(
     by = _columns(by, "by")
     method = _ci_method(method)
     conf = check_conf(conf)
+    from .scan import is_dataset
+
+    if is_dataset(df):
+        return _rates_from_dataset(df, by, method, conf, _auto_off(cluster, by), refusal)
     clusters = _columns(
         resolve_cluster(df, _auto_off(cluster, by), where="refusal_rates"), "cluster"
     )
@@ -288,6 +294,31 @@ def refusal_rates(
         out = agg.reset_index()
     else:
         out = pd.DataFrame({"size": [len(data)], "sum": [int(data["refusal"].sum())]})
+    return _rates_table(out, method, conf)
+
+
+def _rates_from_dataset(source, by: list[str], method: str, conf: float, cluster,
+                        refusal: str) -> pd.DataFrame:
+    """refusal_rates on a Parquet dataset: streamed into counts, never into rows."""
+    from .scan import collapse
+
+    if cluster not in (None, "auto") and set(_columns(cluster, "cluster")) & set(by):
+        raise ValueError(f"cluster column(s) {cluster!r} are also in by=")
+    counts = collapse(source, by=by, cluster=cluster, refusal=refusal)
+    used = counts.attrs["collapse"]["cluster"]
+    used = [] if used is None else ([used] if isinstance(used, str) else list(used))
+    cells = counts.rename(columns={"n": "size", "refusals": "sum"})
+    if used:
+        return _clustered_from_cells(cells, counts, by, used, method, conf)
+    if by:
+        out = cells.groupby(by, observed=True, sort=True)[["size", "sum"]].sum().reset_index()
+    else:
+        out = pd.DataFrame({"size": [int(cells["size"].sum())], "sum": [int(cells["sum"].sum())]})
+    return _rates_table(out, method, conf)
+
+
+def _rates_table(out: pd.DataFrame, method: str, conf: float) -> pd.DataFrame:
+    """Group counts (``size``, ``sum``) -> n, refusals, rate and the interval."""
     out = out.rename(columns={"size": "n", "sum": "refusals"})
     out["n"] = out["n"].astype("int64")
     out["refusals"] = out["refusals"].astype("int64")
@@ -330,7 +361,15 @@ def _clustered_rates(
     keys = by or ["_all"]
     d = data.assign(_all=0) if not by else data
     cl = d.groupby([*keys, *clusters], observed=True, sort=True)["refusal"].agg(["size", "sum"])
-    cl = cl.reset_index()
+    return _clustered_from_cells(cl.reset_index(), data, by, clusters, method, conf)
+
+
+def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
+                          clusters: list[str], method: str, conf: float) -> pd.DataFrame:
+    """Clustered rates from per-(group, cluster) counts ``size``/``sum`` (rows or a collapse)."""
+    keys = by or ["_all"]
+    if not by:
+        cl = cl.assign(_all=0)
     grp = cl.groupby(keys, observed=True, sort=True)
     out = pd.DataFrame(
         {"n": grp["size"].sum(), "refusals": grp["sum"].sum(), "n_clusters": grp["size"].size()}

@@ -21,6 +21,7 @@ benchmarks/README.md ("Scale").
 from __future__ import annotations
 
 import glob as _glob
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -352,6 +353,18 @@ def _missing_columns(needed: list[str], have: list[str], what: str) -> None:
     if missing:
         raise SchemaError([(f"collapse: column(s) {missing} are not in {what}; its columns are "
                            f"{have}")])
+
+
+def is_dataset(data) -> bool:
+    """True for a Parquet file, a folder of shards, a glob, or a list of them.
+
+    The analyses that accept such a path stream it through :func:`collapse` (counts,
+    never rows) instead of reading a DataFrame.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    return isinstance(data, (list, tuple)) and bool(data) and all(
+        isinstance(x, (str, os.PathLike)) for x in data)
 
 
 def collapse(

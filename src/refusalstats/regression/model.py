@@ -54,7 +54,7 @@ _PENALTIES = (None, "l2", "l1", "elasticnet", "firth")
 
 def logit(
     formula: str,
-    data: pd.DataFrame,
+    data: pd.DataFrame | str,
     reference: Mapping[str, object] | None = None,
     penalty: str | None = None,
     alpha: float | str | None = None,
@@ -80,8 +80,11 @@ def logit(
     formula : str
         ``"refusal ~ persona + task + prompt + model"``; interactions (``persona:model``,
         ``persona*task``), ``C()`` and numeric covariates as in R / formulaic.
-    data : DataFrame
-        The tidy response table (or any table with the formula's columns).
+    data : DataFrame or path
+        The tidy response table (or any table with the formula's columns); or a Parquet
+        file, a folder of Parquet shards, a glob or a list of them, streamed into counts
+        per covariate pattern (and per cluster) by :func:`refusalstats.collapse`, so memory
+        does not grow with rows; the fit equals the fit on the rows.
     reference : mapping, optional
         Treatment-coding reference level per factor, e.g. the paper's
         ``{"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}``
@@ -142,11 +145,37 @@ def logit(
     4.2
     """
     from .._validation import resolve_cluster
+    from ..scan import is_dataset
 
+    if is_dataset(data):
+        data, trials, cluster = _counts_from_dataset(formula, data, cluster, trials, weights)
     cluster = _one_cluster(resolve_cluster(data, cluster, where="logit"))  # its note points at the caller
     return _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf,
                 trials=trials, n_boot=n_boot, n_folds=n_folds, seed=seed, collapse=collapse, maxit=maxit,
                 epsilon=epsilon, progress=progress)
+
+
+def _counts_from_dataset(formula, source, cluster, trials, weights):
+    """A Parquet file / shard folder / glob streamed into the counts the fit needs.
+
+    Counts per covariate pattern (and per cluster when clustering) equal the rows for the
+    fit: coefficients, standard errors (CR1 included) and tests are the row fit's.
+    """
+    from ..formula import parse_formula
+    from ..scan import collapse as collapse_dataset
+
+    if trials is not None or weights is not None:
+        raise ValueError("trials= and weights= are for a DataFrame; a Parquet dataset is "
+                         "collapsed to counts here (pass a DataFrame of counts with trials= "
+                         "instead)")
+    parsed = parse_formula(formula)
+    if parsed.random:
+        raise ValueError("logit has no random terms; use rs.hierarchical for '(1|group)'")
+    counts = collapse_dataset(source, by=parsed.fixed_variables, cluster=cluster,
+                              refusal=parsed.response)
+    used = counts.attrs["collapse"]["cluster"]
+    counts = counts.rename(columns={"refusals": parsed.response, "n": "_trials"})
+    return counts, "_trials", used
 
 
 def _one_cluster(resolved) -> str | None:
