@@ -196,3 +196,20 @@ def test_nan_only_matters_in_columns_the_command_uses(tmp_path, capsys):
     assert rc == 0, err
     rc, _, err = _run(["rates", str(f), "--by", "persona"], capsys)
     _assert_one_line_error(rc, err, "'persona' has 1 missing value(s) (first rows [3])")
+
+
+def test_rates_and_fit_read_a_folder_of_shards(tmp_path, capsys):
+    df = rs.simulate_items(n_items=40, k=5, seed=4)
+    df["model"] = "m"
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        df.iloc[part].to_parquet(folder / f"part-{i}.parquet")
+    csv = tmp_path / "r.csv"
+    rc, _, err = _run(["rates", str(folder), "--by", "task", "--csv", str(csv)], capsys)
+    assert rc == 0, err
+    want = rs.refusal_rates(df, by="task", cluster="item_id")
+    np.testing.assert_allclose(pd.read_csv(csv)["ci_low"], want["ci_low"], rtol=1e-12)
+    rc, out, err = _run(["fit", "refusal ~ task + persona", str(folder)], capsys)
+    assert rc == 0, err
+    assert "cluster-robust Wald F" in out

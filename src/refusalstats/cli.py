@@ -86,6 +86,15 @@ def _parse_mapping(text: str | None) -> dict[str, str]:
     return out
 
 
+def _table_or_dataset(path: str, sep: str | None = None):
+    """A folder of Parquet shards or a glob stays a path (the analysis streams it into
+    counts); a file is read, checking only the columns the command uses."""
+    p = Path(path)
+    if p.is_dir() or any(ch in path for ch in "*?["):
+        return path
+    return _read_table(path, sep=sep, validate_table=False)
+
+
 def _read_table(path: str, sep: str | None = None, validate_table: bool = True) -> pd.DataFrame:
     """Read a table; analysis commands pass validate_table=False so that only the columns
     they use are checked (NaN in an unused column is not an error)."""
@@ -188,7 +197,8 @@ def _add_rates(sub) -> None:
         help="refusal rates with confidence intervals by any grouping",
         description="Refusal rate, n and CI per group of a response table.",
     )
-    p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
+    p.add_argument("table", help="response table (.parquet, .csv, .tsv, .jsonl), or a folder "
+                                 "of Parquet shards / a glob (streamed, never loaded whole)")
     p.add_argument("--by", default="model,task", help="comma-separated grouping columns (default model,task)")
     p.add_argument("--method", default="wilson", choices=["wilson", "clopper-pearson", "jeffreys"])
     p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
@@ -219,7 +229,7 @@ def _cmd_rates(args) -> int:
     from .rates import refusal_rates
 
     _check_outputs([args.table], [("--csv", args.csv)])
-    df = _read_table(args.table, sep=args.sep, validate_table=False)
+    df = _table_or_dataset(args.table, sep=args.sep)
     by = [c.strip() for c in args.by.split(",") if c.strip()]
     res = refusal_rates(df, by=by, method=args.method, conf=args.conf, cluster=_cluster_arg(args))
     print(res.to_string(index=False))
@@ -798,7 +808,7 @@ def _cmd_fit(args) -> int:
     from .table import SchemaError
 
     _check_outputs([args.table], [("--csv", args.csv)])
-    df = _read_table(args.table, sep=args.sep, validate_table=False)
+    df = _table_or_dataset(args.table, sep=args.sep)
     reference = dict(PAPER_REFERENCE) if args.reference == "paper" else _parse_mapping(args.reference)
     alpha = args.alpha
     if alpha is not None and alpha != "cv":
