@@ -193,7 +193,9 @@ class Backend(ABC):
 
     def truncate_prompts(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
         """Shorten rendered prompts to at most ``max_tokens`` tokens (engines that can)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot truncate prompts")
+        raise ValueError(f"{type(self).__name__} has no local tokenizer, so it cannot truncate "
+                         "prompts; drop --truncate (the server reports prompts that are too "
+                         "long) or shorten them before generating")
 
     def identity(self) -> dict[str, Any]:
         """What makes the answers this model's: compared when a run is resumed."""
