@@ -85,27 +85,39 @@ class ParsedFormula:
 
 _RANDOM_RE = re.compile(r"\(\s*([^()|]*?)\s*\|\s*([^()|]+?)\s*\)")
 _NAME_RE = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
-_VAR_RE = re.compile("[A-Za-z_.\x00][A-Za-z0-9_.\x00]*")  # \x00 stands for a space inside `backticks`
-_FUNCS = {"C", "Treatment", "Sum", "Poly", "Diff", "Helmert", "np", "log", "exp", "sqrt", "I",
-          "center", "scale", "standardize", "lag", "bs", "poly", "Q", "contr", "treatment"}
 
 
 def _variables(rhs: str) -> list[str]:
-    """Column names referenced by a formula's right-hand side (best effort)."""
-    text = re.sub(r"`([^`]*)`", lambda m: " " + m.group(1).replace(" ", "\x00") + " ", rhs)
-    text = re.sub(r"(['\"]).*?\1", " ", text)  # string literals (e.g. reference levels)
-    text = re.sub(r"\b(?:reference|contr|levels|spans_intercept)\s*=\s*[^,)]*", " ", text)
-    out: list[str] = []
-    for m in _VAR_RE.finditer(text):
-        name = m.group(0).replace("\x00", " ")
-        end = m.end()
-        if end < len(text) and text[end:].lstrip().startswith("("):
-            continue  # a function call
-        if name in _FUNCS or name in ("True", "False") or re.fullmatch(r"[0-9.]+", name):
-            continue
-        if name not in out:
-            out.append(name)
-    return out
+    """Column names a formula's right-hand side needs, in order of first appearance.
+
+    The set comes from formulaic (``Formula(rhs).required_variables``: function names,
+    ``np``, contrasts and string literals are not columns). formulaic 1.2 returns nothing
+    for a stateful transform such as ``scale(z)`` or ``bs(x, df=3)``; for those factors its
+    expression parser is asked for the values the call reads.
+    """
+    from formulaic import Formula
+    from formulaic.parser.types import Factor
+    from formulaic.transforms import TRANSFORMS
+    from formulaic.utils.variables import Variable, get_expression_variables
+
+    try:
+        formula = Formula(rhs)
+    except Exception as exc:  # noqa: BLE001 - formulaic's parser raises several types
+        raise FormulaError(f"cannot parse the formula's right-hand side {rhs!r}: {exc}") from None
+    names = {str(v) for v in formula.required_variables} - {"True", "False", "None"}
+    for term in formula:
+        for factor in term.factors:
+            if factor.eval_method == Factor.EvalMethod.PYTHON and not factor.required_variables:
+                names |= {str(v.root) for v in get_expression_variables(factor.expr, {})
+                          if Variable.Role.VALUE in v.roles and v.root not in TRANSFORMS}
+    # order of appearance: string literals blanked (same length) so "Atheist" is not a match
+    text = re.sub(r"(['\"]).*?\1", lambda m: " " * len(m.group(0)), rhs)
+
+    def first(name: str) -> int:
+        m = re.search(r"(?<![A-Za-z0-9_.])" + re.escape(name) + r"(?![A-Za-z0-9_.])", text)
+        return m.start() if m else len(text)
+
+    return sorted(names, key=lambda n: (first(n), n))
 
 
 def parse_formula(formula: str) -> ParsedFormula:
