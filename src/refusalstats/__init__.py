@@ -5,6 +5,8 @@
 >>> rs.refusal_rates(df, by=["model", "task"])  # doctest: +SKIP
 """
 
+from importlib.metadata import version as _version
+
 from . import dumps, plot
 from ._validation import ClusterNote
 from .bayes import ConvergenceWarning, HierarchicalResult, hierarchical
@@ -19,7 +21,7 @@ from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper
 from .table import SchemaError, read_responses, validate, write_responses
 
-__version__ = "0.1.0"
+__version__ = _version("refusalstats")
 
 __all__ = [
     "PERSONAS",
