@@ -54,10 +54,31 @@ def test_paper_design_size_balance_and_reproducibility():
     assert not rs.sample_design(small, seed=3)["persona"].equals(rs.sample_design(small, seed=4)["persona"])
 
 
+def _matchings(d: pd.DataFrame) -> pd.Series:
+    """Per item, how its personas are matched to its templates: the templates' ranks
+    (among the item's templates) listed in the order of the item's personas."""
+    p_rank = {p.name: i for i, p in enumerate(PERSONAS)}
+    d = d.assign(p=d["persona"].map(p_rank), t=d["prompt"].str[1:].astype(int))
+    d = d.sort_values(["item_id", "p"])
+    d["t_rank"] = d.groupby("item_id")["t"].rank(method="first").astype(int)
+    return d.groupby("item_id")["t_rank"].agg(tuple)
+
+
 def test_pairs_are_random_not_fixed():
     d = rs.sample_design(_items({"nli": 900}), k=10, seed=0)
     pairs = d.groupby(["persona", "prompt"], observed=True).size()
     assert len(pairs) == 15 * 9  # every combination occurs
+    # Which persona of an item gets which of its templates is a uniform random matching: with
+    # k = 5 distinct personas and templates, each of the 5! = 120 matchings has chance 1/120.
+    # A fixed pairing (sorted to sorted, a cyclic shift) uses a handful of them.
+    from scipy import stats
+
+    m = _matchings(rs.sample_design(_items({"nli": 900}), k=5, seed=0))
+    assert m.map(len).eq(5).all() and m.map(lambda t: len(set(t))).eq(5).all()
+    counts = m.value_counts()
+    assert len(counts) >= 110  # expected 119.9 distinct matchings in 900 items
+    observed = np.concatenate([counts.to_numpy(), np.zeros(120 - len(counts))])
+    assert stats.chisquare(observed).pvalue > 1e-4
 
 
 def test_rendered_text_and_persona_free():
