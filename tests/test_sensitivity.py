@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import ot
@@ -26,6 +27,7 @@ from refusalstats.sensitivity import (
     default_partitions,
     w2_sensitivity,
 )
+from refusalstats.table import SchemaError
 
 
 # --------------------------------------------------------------------------------------
@@ -949,3 +951,88 @@ def test_result_object_frame_conf_int_summary_repr_and_seeds():
     w2_sensitivity(df, inputs=["g"], n_boot=5, n_perm=0, seed=None, progress=False)
     with pytest.raises(TypeError, match="seed"):
         w2_sensitivity(df, inputs=["g"], n_boot=5, n_perm=0, seed="x", progress=False)
+
+
+# ----------------------------------------------------------------------------- Parquet sources (issue 15)
+def _shards(df, folder, k=3):
+    folder.mkdir()
+    for i, idx in enumerate(np.array_split(np.arange(len(df)), k)):
+        df.iloc[idx].to_parquet(folder / f"part-{i}.parquet")
+    return folder
+
+
+def _same(a, b):
+    pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
+    for name in a.boot:
+        np.testing.assert_array_equal(a.boot[name], b.boot[name])
+        np.testing.assert_array_equal(a.null[name], b.null[name])
+    assert (a.partitions, a.n, a.cluster, a.n_clusters, a.boot_scheme, a.null_scheme) == (
+        b.partitions, b.n, b.cluster, b.n_clusters, b.boot_scheme, b.null_scheme)
+
+
+@pytest.mark.parametrize("kw", [{}, {"cluster": None}, {"ci": "bca"},
+                                {"bootstrap": "unstratified"}])
+def test_parquet_shards_give_the_in_memory_result(tmp_path, kw):
+    """A file, a folder of 3 shards, a glob and a list: counts streamed by collapse, the
+    same estimates, CIs, p-values and replicates as the DataFrame with the same seed."""
+    import refusalstats as rs
+
+    df = rs.simulate_paper(scale=0.02, seed=3)
+    folder = _shards(df, tmp_path / "shards")
+    opts = {"n_boot": 120, "n_perm": 60, "seed": 4, "progress": False, **kw}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rs.ClusterNote)
+        ref = w2_sensitivity(df, **opts)
+        assert ref.cluster == (None if "cluster" in kw else "item_id")
+        for src in (folder, str(folder / "*.parquet"), sorted(folder.glob("*.parquet"))):
+            _same(ref, w2_sensitivity(src, **opts))
+        df.to_parquet(tmp_path / "one.parquet")
+        _same(ref, w2_sensitivity(tmp_path / "one.parquet", **opts))
+
+
+def test_parquet_text_and_bool_columns_and_sparse_cluster_table(tmp_path, monkeypatch):
+    """String (not categorical) inputs and item ids, a bool output, an integer input with few
+    values, several cluster columns and the sparse cluster table: still identical."""
+    import refusalstats.sensitivity as S
+
+    df = _items(90, 6, seed=2, item_effect=0.8)
+    df = df.assign(task=df["task"].astype(str), persona=df["persona"].astype(str),
+                   item_id="i" + df["item_id"].astype(str).str.zfill(3),
+                   refusal=df["refusal"].astype(bool),
+                   dose=df["prompt"].cat.codes.astype(np.int64), site=df["item_id"] % 2)
+    folder = _shards(df, tmp_path / "s")
+    opts = {"inputs": ["task", "persona", "dose"], "n_boot": 80, "n_perm": 40, "seed": 2,
+            "progress": False, "cluster": "item_id"}
+    ref = w2_sensitivity(df, **opts)
+    _same(ref, w2_sensitivity(folder, **opts))
+    two = {**opts, "cluster": ["site", "item_id"]}
+    _same(w2_sensitivity(df, **two), w2_sensitivity(folder, **two))
+    monkeypatch.setattr(S, "DENSE_CLUSTER_TABLE", 0)
+    _same(ref, w2_sensitivity(folder, **opts))
+
+
+def test_parquet_inputs_that_need_rows_say_how_to_proceed(tmp_path):
+    df = _items(40, 5, seed=1)
+    df["score"] = np.random.default_rng(0).normal(size=len(df))
+    df["likert"] = df["item_id"] % 4
+    df["label"] = np.where(df["refusal"] == 1, "no", "yes")
+    folder = _shards(df, tmp_path / "s")
+    base = {"n_boot": 0, "n_perm": 0, "progress": False, "cluster": None}
+    with pytest.raises(ValueError, match=r"'score' \(equal-count rank bins\) needs the rows.*"
+                       r"pd.read_parquet"):
+        w2_sensitivity(folder, inputs=["task", "score"], **base)
+    with pytest.raises(ValueError, match="rank bins"):
+        w2_sensitivity(folder, inputs=["task"], partitions={"task": 3}, **base)
+    with pytest.raises(ValueError, match="values other than 0/1"):
+        w2_sensitivity(folder, output="likert", inputs=["task"], **base)
+    with pytest.raises(ValueError, match="nominal"):
+        w2_sensitivity(folder, output="label", inputs=["task"], **base)
+    with pytest.raises(ValueError, match="multivariate"):
+        w2_sensitivity(folder, output=["score", "likert"], inputs=["task"], **base)
+    with pytest.raises(SchemaError, match="'age'.*its columns are"):
+        w2_sensitivity(folder, inputs=["task", "age"], **base)
+    # a numeric input with few values streams when its levels are asked for
+    res = w2_sensitivity(folder, inputs=["likert"], partitions={"likert": "levels"}, **base)
+    assert res.table["n_partitions"].iloc[0] == 4
+    with pytest.raises(ValueError, match="constant"):
+        w2_sensitivity(_shards(df.assign(refusal=0), tmp_path / "c"), inputs=["task"], **base)

@@ -16,6 +16,7 @@ function of a discrete X scores exactly 1 and the 0/1 closed form is exact. See
 from __future__ import annotations
 
 import math
+import os
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,7 @@ class _Output:
     order: np.ndarray | None = None  # continuous: argsort of the rows
     scale2: float = 1.0  # continuous: population variance (xi back to original units)
     cost: np.ndarray | None = None  # multivariate: squared Euclidean cost between support rows
+    w: np.ndarray | None = None  # table kinds: rows per record (None: one record per row)
 
     @property
     def n_support(self) -> int:
@@ -267,6 +269,14 @@ def _encode_input(data: pd.DataFrame, name: str, spec, n: int) -> _Partition:
 # ----------------------------------------------------------------------------------------
 # estimators: contingency tables (discrete outputs) and sorted rows (continuous outputs)
 # ----------------------------------------------------------------------------------------
+def _count(key: np.ndarray, w: np.ndarray | None, size: int) -> np.ndarray:
+    """Rows per key (int64): ``bincount`` of records, weighted by their row counts ``w``
+    when the records are lines of a counts table (the same integers as counting rows)."""
+    if w is None:
+        return np.bincount(key, minlength=size).astype(np.int64)
+    return np.rint(np.bincount(key, weights=w, minlength=size)).astype(np.int64)
+
+
 def _mv_xi_batch(counts: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import ot
 
@@ -353,8 +363,9 @@ class _TableEstimator:
         self.stratified = stratified
         k_sup = out.n_support
         n_cells = part.n_cells
-        flat = np.bincount(part.codes * k_sup + out.codes, minlength=n_cells * k_sup)
-        self.counts = flat.reshape(n_cells, k_sup).astype(np.int64)
+        self.w = out.w  # records are rows (None) or lines of a counts table (weights)
+        flat = _count(part.codes * k_sup + out.codes, self.w, n_cells * k_sup)
+        self.counts = flat.reshape(n_cells, k_sup)
         self.sizes = self.counts.sum(axis=1)
         self.scheme = "rows"
         self.boot_scheme = "rows within partitions" if stratified else "rows"
@@ -369,17 +380,20 @@ class _TableEstimator:
         key = (clus.codes * n_cells + part.codes) * k_sup + out.codes
         width = n_cells * k_sup
         if n_g * width <= DENSE_CLUSTER_TABLE:
-            self.A = np.bincount(key, minlength=n_g * width).reshape(n_g, width).astype(float)
+            self.A = _count(key, self.w, n_g * width).reshape(n_g, width).astype(float)
             self.sparse = False
         else:
             from scipy import sparse
 
-            uk, cnt = np.unique(key, return_counts=True)
+            if self.w is None:
+                uk, cnt = np.unique(key, return_counts=True)
+            else:
+                uk, inv = np.unique(key, return_inverse=True)
+                cnt = _count(inv.ravel(), self.w, len(uk))
             self.A = sparse.csc_matrix((cnt.astype(float), (uk // width, uk % width)),
                                        shape=(n_g, width)).T.tocsr()  # (width, G)
             self.sparse = True
-        self.h = np.bincount(clus.codes * k_sup + out.codes,
-                             minlength=n_g * k_sup).reshape(n_g, k_sup).astype(np.int64)
+        self.h = _count(clus.codes * k_sup + out.codes, self.w, n_g * k_sup).reshape(n_g, k_sup)
         self.base = None  # within-cluster permutation arrays: built on first use
 
     def _within_setup(self) -> None:
@@ -505,7 +519,7 @@ class _TableEstimator:
             n_cells, k_sup = self.counts.shape
             width = n_cells * k_sup
             cell = self.part_codes * k_sup + self.out.codes
-            drop = np.bincount(grp * width + cell, minlength=g * width).reshape(g, n_cells, k_sup)
+            drop = _count(grp * width + cell, self.w, g * width).reshape(g, n_cells, k_sup)
             xi, var = self.xi_var(self.counts[None] - drop)
             return xi, var, np.ones(g, dtype=np.int64)
         cells, ks = np.nonzero(self.counts)
@@ -847,10 +861,160 @@ class W2SensitivityResult:
 
 
 # ----------------------------------------------------------------------------------------
+# Parquet sources: counts per cluster x input level, never rows
+# ----------------------------------------------------------------------------------------
+def _source_schema(data):
+    """The Arrow schema of a Parquet file, shard folder, glob or list (read from metadata)."""
+    from .scan import _dataset, _parquet_files
+
+    return _dataset(_parquet_files(data)).schema
+
+
+def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, needed: list[str]):
+    """``resolve_cluster`` for a Parquet source: ``"auto"`` clusters by ``item_id`` when some
+    item id repeats (counted by :func:`~refusalstats.collapse`, one line per item)."""
+    from ._validation import AUTO_CLUSTER_COLUMN, ClusterNote
+
+    if cluster is None:
+        return None
+    if isinstance(cluster, str) and cluster == "auto":
+        if AUTO_CLUSTER_COLUMN not in columns:
+            return None
+        per_item = _collapse(data, [AUTO_CLUSTER_COLUMN], None, output, needed)["n"].to_numpy()
+        if not (per_item > 1).any():
+            return None
+        warnings.warn(
+            f"w2_sensitivity: clustering by '{AUTO_CLUSTER_COLUMN}' ({len(per_item):,} items "
+            f"answered {per_item.sum() / len(per_item):.3g} times on average); pass cluster=None "
+            "for independent rows", ClusterNote, stacklevel=3)
+        return AUTO_CLUSTER_COLUMN
+    names = [cluster] if isinstance(cluster, str) else (
+        list(cluster) if isinstance(cluster, (list, tuple)) else None)
+    if not names or not all(isinstance(c, str) for c in names):
+        raise TypeError("w2_sensitivity: cluster must be 'auto', None, a column name or a list of "
+                        f"column names; got {cluster!r}")
+    missing = [c for c in names if c not in columns]
+    if missing:
+        raise SchemaError(f"w2_sensitivity: cluster column(s) {missing} not in the table; its "
+                          f"columns are {columns}")
+    return cluster
+
+
+def _rows_needed(data, what: str, columns: list[str]) -> ValueError:
+    """The error for an analysis that needs rows, with the way to get them."""
+    src = repr(str(data)) if not isinstance(data, (list, tuple)) else "paths"
+    return ValueError(
+        f"w2_sensitivity on a Parquet source streams counts per input level, which needs a 0/1 "
+        f"output and categorical inputs; {what} needs the rows. Pass partitions={{name: 'levels'}} "
+        "for a numeric input with few values, or read just the columns it uses into memory: "
+        f"w2_sensitivity(pd.read_parquet({src}, columns={columns}), ...)"
+    )
+
+
+def _collapse(data, by: list[str], cl_cols: list[str] | None, output: str, needed: list[str]):
+    """``collapse`` with the output as the 0/1 response; other outputs need rows (say so)."""
+    from .scan import collapse
+
+    try:
+        return collapse(data, by=by, cluster=cl_cols or None, refusal=output)
+    except SchemaError as exc:
+        if "must hold 0/1" in str(exc):
+            raise _rows_needed(data, f"an output {output!r} with values other than 0/1 "
+                               "(ordinal or continuous)", needed) from None
+        raise
+
+
+def _check_stream(data, out_names: list[str], inputs: list[str], partitions: dict,
+                  columns: list[str], needed: list[str]) -> None:
+    """What a Parquet source can stream: a 0/1 output and inputs cut into levels."""
+    import pyarrow as pa
+
+    if len(out_names) != 1:
+        raise _rows_needed(data, f"a multivariate output {out_names}", needed)
+    name = out_names[0]
+    if name not in columns:
+        raise SchemaError(f"w2_sensitivity: output column {name!r} is not in the table; its "
+                          f"columns are {columns}")
+    schema = _source_schema(data)
+
+    def value_type(col):
+        t = schema.field(col).type
+        return t.value_type if pa.types.is_dictionary(t) else t
+
+    ot = value_type(name)
+    if not (pa.types.is_integer(ot) or pa.types.is_floating(ot) or pa.types.is_boolean(ot)):
+        raise _rows_needed(data, f"a non-numeric (nominal) output {name!r} of type {ot}", needed)
+    for inp in inputs:
+        t = value_type(inp)
+        spec = partitions.get(inp)
+        if isinstance(spec, str) and spec != "levels":
+            raise ValueError(f"partitions[{inp!r}] must be 'levels' or an integer number of rank "
+                             f"bins, got {spec!r}")
+        if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+            raise _rows_needed(data, f"cutting input {inp!r} into {int(spec)} rank bins", needed)
+        if pa.types.is_floating(t) and spec != "levels":
+            raise _rows_needed(data, f"the numeric input {inp!r} (equal-count rank bins)", needed)
+
+
+def _encode_stream(data, name: str, inputs: list[str], partitions: dict, cl,
+                   needed: list[str]) -> list[tuple[_Output, _Partition, _Clusters | None]]:
+    """Per input, the estimator's arrays from ``collapse(data, by=[input], cluster=cl)``.
+
+    Each line of the counts table (input level x cluster) becomes two weighted records,
+    output 0 (``n - refusals`` rows) and output 1 (``refusals`` rows); the levels and cluster
+    ids are ordered as the in-memory path orders them (``_factorize`` on the counts
+    columns), so the tables, the cluster matrix and hence every random draw are the same.
+    One pass over the source per input: memory is clusters x levels, not rows.
+    """
+    cl_cols = [] if cl is None else ([cl] if isinstance(cl, str) else list(cl))
+    encoded = []
+    n_total = None
+    for inp in inputs:
+        counts = _collapse(data, [inp], cl_cols, name, needed)
+        n_lines = counts["n"].to_numpy(np.int64)
+        r_lines = counts["refusals"].to_numpy(np.int64)
+        if n_total is None:
+            n_total = int(n_lines.sum())
+            n_ref = int(r_lines.sum())
+            if n_ref in (0, n_total):
+                raise ValueError(
+                    f"output column {name!r} is constant (every row is {int(n_ref > 0)}): "
+                    "Var[Y] = 0 and the index is undefined. Check the column, or the subset "
+                    "you passed.")
+        # records: every line twice (output 0, output 1), lines without such rows dropped
+        w = np.concatenate([n_lines - r_lines, r_lines])
+        keep = np.flatnonzero(w > 0)
+        line = np.concatenate([np.arange(len(counts))] * 2)[keep]
+        out = _Output("ordinal", name, n_total,
+                      np.repeat(np.array([0, 1], dtype=np.int64), len(counts))[keep],
+                      np.array([0.0, 1.0]), w=w[keep].astype(np.float64))
+        col = counts[inp]
+        spec = partitions.get(inp)
+        if spec is None and _is_numeric(col) and not pd.api.types.is_bool_dtype(col) \
+                and col.nunique() > default_partitions(n_total):
+            raise _rows_needed(data, f"the integer input {inp!r} with {col.nunique():,} values "
+                               f"(more than {default_partitions(n_total)}: equal-count rank bins)",
+                               needed)
+        codes, labels = _factorize(col)
+        if len(labels) < 2:
+            raise ValueError(
+                f"input {inp!r} has a single level ({labels[0]!r}) in these data: a sensitivity "
+                "index compares partitions, so it needs at least two. Drop the input or pass data "
+                "where it varies.")
+        part = _Partition(inp, codes[line], len(labels), "levels", labels)
+        clus = None
+        if cl_cols:
+            c = _encode_clusters(counts[cl_cols], cl)
+            clus = _Clusters(c.name, c.codes[line], c.n)
+        encoded.append((out, part, clus))
+    return encoded
+
+
+# ----------------------------------------------------------------------------------------
 # public function
 # ----------------------------------------------------------------------------------------
 def w2_sensitivity(
-    data: pd.DataFrame,
+    data: pd.DataFrame | str | os.PathLike | Sequence[str | os.PathLike],
     output: str | Sequence[str] = "refusal",
     inputs: Sequence[str] = ("model", "task", "persona", "prompt"),
     partitions: Mapping[str, int | str] | None = None,
@@ -876,8 +1040,16 @@ def w2_sensitivity(
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, path, glob or list of paths
         One row per observation. No column may contain NaN (rows are never dropped silently).
+        A Parquet file, a folder of Parquet shards, a glob or a list of them is streamed:
+        per input, :func:`refusalstats.collapse` counts rows and refusals per input level
+        (and per cluster x level), reading only those columns, so memory grows with
+        clusters x levels, never with rows; the result equals the in-memory one with the
+        same seed (estimates, CIs, p-values, replicates). This needs a 0/1 (or bool) output
+        and inputs cut into levels; a continuous, ordinal, nominal or multivariate output
+        and numeric inputs cut into rank bins need the rows and raise a ValueError that
+        says how to read just the needed columns.
     output : str or list of str
         The output column. 0/1, bool or numeric with at most 256 distinct values: a 1-d
         discrete output, analysed as a partition x value contingency table. Numeric with more
@@ -987,19 +1159,24 @@ def w2_sensitivity(
     estimate lies below the permutation null's 95% quantile. The table has no ``item_id``,
     so rows are independent and the bootstrap is unstratified.
     """
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    if len(data) == 0:
+    from .scan import is_dataset, scan_columns
+
+    streamed = is_dataset(data)
+    if not streamed and not isinstance(data, pd.DataFrame):
+        raise TypeError("data must be a pandas DataFrame or a Parquet file, folder of shards, glob "
+                        f"or list of them, got {type(data).__name__}")
+    if not streamed and len(data) == 0:
         raise ValueError("data has no rows")
+    columns = scan_columns(data) if streamed else list(map(str, data.columns))
     if isinstance(inputs, str):
         inputs = [inputs]
     inputs = list(inputs)
     if not inputs:
         raise ValueError("inputs is empty; name at least one column, e.g. inputs=['model']")
-    missing = [c for c in inputs if c not in data.columns]
+    missing = [c for c in inputs if c not in columns]
     if missing:
         raise SchemaError(f"w2_sensitivity: input column(s) {missing} not in the table; its columns are "
-                          f"{list(map(str, data.columns))}")
+                          f"{columns}")
     dup = sorted({c for c in inputs if inputs.count(c) > 1})
     if dup:
         raise ValueError(f"input(s) {dup} listed more than once")
@@ -1023,16 +1200,30 @@ def w2_sensitivity(
     # or None first draws that int
     seed_int = (int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
                 and seed >= 0 else int(check_random_state(seed).integers(2**63 - 1)))
-    cl = resolve_cluster(data, cluster, where="w2_sensitivity")
+    if streamed:
+        cl_given = [] if cluster is None or cluster == "auto" else (
+            [cluster] if isinstance(cluster, str) else list(cluster))
+        needed = list(dict.fromkeys([*inputs, *out_names, *cl_given]))
+        _check_stream(data, out_names, inputs, partitions, columns, needed)
+        cl = _resolve_cluster_stream(data, cluster, columns, out_names[0], needed)
+    else:
+        cl = resolve_cluster(data, cluster, where="w2_sensitivity")
     if cl is not None:
         both = [c for c in ([cl] if isinstance(cl, str) else cl) if c in out_names]
         if both:
             raise ValueError(f"column(s) {both} are both output and cluster")
 
-    out = _encode_output(data, output)
+    if streamed:
+        encoded = _encode_stream(data, out_names[0], inputs, partitions, cl, needed)
+        out = encoded[0][0]
+        clus = encoded[0][2]
+    else:
+        out = _encode_output(data, output)
+        clus = None if cl is None else _encode_clusters(data, cl)
+        encoded = [(out, _encode_input(data, name, partitions.get(name), out.n), clus)
+                   for name in inputs]
     n = out.n
-    parts = [_encode_input(data, name, partitions.get(name), n) for name in inputs]
-    clus = None if cl is None else _encode_clusters(data, cl)
+    parts = [part for _, part, _ in encoded]
     # "auto": rows independent -> unstratified (partition sizes vary, as they do between
     # samples when each row's level is random); clustered -> items resampled within the
     # levels of an item-level input (items per level are fixed by the design) and whole
@@ -1050,7 +1241,7 @@ def w2_sensitivity(
     bar = tqdm(total=len(parts) * (n_boot + n_perm), desc="W2 sensitivity", unit="rep",
                disable=not progress or (n_boot + n_perm) == 0, leave=False)
     try:
-        for part in parts:
+        for out, part, clus in encoded:
             est = (_RowEstimator if out.kind == "continuous" else _TableEstimator)(
                 out, part, clus, stratified)
             schemes[part.name] = est.scheme
