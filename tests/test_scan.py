@@ -379,6 +379,89 @@ def test_streamed_cr1_with_a_separated_term(rows):
     np.testing.assert_allclose(se[ok], want.bse[ok], rtol=1e-7)  # 1.3e-8 measured
 
 
+# ------------------------------------------------------------------ logit(path, cluster=...) streams CR1
+@pytest.fixture(scope="module")
+def paper_shards(tmp_path_factory):
+    """A small paper design (every item x pattern pair one row) as 3 Parquet shards."""
+    df = rs.simulate_paper(scale=0.02, seed=5, calibrate="table7")
+    df.attrs = {}
+    df = df[df.groupby("model", observed=True)["refusal"].transform("sum") > 0]  # no separation
+    df = df.assign(model=df["model"].cat.remove_unused_categories()).reset_index(drop=True)
+    root = tmp_path_factory.mktemp("paper")
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False), root / f"part-{i}.parquet")
+    return df, root
+
+
+@pytest.mark.parametrize("design", ["paper", "repeats"])
+def test_clustered_logit_from_a_path_streams_cr1_and_equals_the_dataframe_fit(design, paper_shards, shards,
+                                                                              monkeypatch):
+    """logit(path, cluster=) fits the per-pattern counts and streams the CR1 meat: no counts
+    per item x pattern (as many as the rows in the paper design), results equal the
+    DataFrame fit. "repeats": items answer the same pattern several times."""
+    from refusalstats.regression import covariance
+
+    df, root = paper_shards if design == "paper" else (_concat(shards), shards)
+    ref = {"persona": "Atheist", "prompt": "p1"}
+    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", reference=ref, epsilon=1e-14)
+    passes = []
+    real = scan._stream_cluster_meats
+    monkeypatch.setattr(scan, "_stream_cluster_meats",
+                        lambda *a, **k: passes.append(len(a[6])) or real(*a, **k))
+    got = rs.logit(f"refusal ~ {FORMULA}", root, cluster="item_id", reference=ref, epsilon=1e-14)
+    assert passes == [1]  # one streamed pass for the full model's CR1
+    assert isinstance(got._design.cluster, covariance._StreamedCluster)
+    assert got.n_patterns == want.n_patterns < len(df) // 4  # per pattern, not per item x pattern
+    assert (want._design.cluster.n.max() > 1) == (design == "repeats")  # rows per item x pattern
+    assert got.n_clusters == want.n_clusters == df["item_id"].nunique()
+    assert got.cov_type == want.cov_type
+    np.testing.assert_allclose(got.params, want.params, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.cov_params(), want.cov_params(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got.bse, want.bse, rtol=1e-10)
+    np.testing.assert_allclose(got.conf_int(), want.conf_int(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.conf_int(conf=0.9), want.conf_int(conf=0.9), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.pvalues, want.pvalues, rtol=1e-9, atol=1e-15)
+    # anova refits each sub-model and needs its CR1 covariance: all in one more pass
+    passes.clear()
+    a, b = want.anova(), got.anova()
+    assert passes == [len(a) - 1]
+    assert a["term"].tolist() == b["term"].tolist()
+    np.testing.assert_allclose(b[["df", "df_resid", "F", "p_value"]], a[["df", "df_resid", "F", "p_value"]],
+                               rtol=1e-9)
+    a, b = want.drop1(), got.drop1()
+    np.testing.assert_allclose(b[["df", "df_resid", "F", "p_value"]], a[["df", "df_resid", "F", "p_value"]],
+                               rtol=1e-9)
+    assert b.attrs["test"] == a.attrs["test"]
+
+
+def test_clustered_logit_from_a_path_auto_and_fallbacks(paper_shards, shards, rows, tmp_path):
+    df, root = paper_shards
+    # auto: item ids repeat (paper design) -> clustered, with the note
+    with pytest.warns(rs.ClusterNote, match="clustering by 'item_id'"):
+        got = rs.logit(f"refusal ~ {FORMULA}", root, epsilon=1e-14)
+    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", epsilon=1e-14)
+    assert got.cluster == "item_id"
+    np.testing.assert_allclose(got.bse, want.bse, rtol=1e-10)
+    # auto with item ids that never repeat: not clustered, model-based SEs, no note
+    unique = rows.assign(item_id=np.arange(len(rows)))
+    pq.write_table(pa.Table.from_pandas(unique, preserve_index=False), tmp_path / "u.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rs.ClusterNote)
+        plain = rs.logit(f"refusal ~ {FORMULA}", tmp_path / "u.parquet", epsilon=1e-14)
+    assert plain.cluster is None and plain.n_clusters == 0
+    np.testing.assert_allclose(plain.bse, rs.logit(f"refusal ~ {FORMULA}", rows, cluster=None,
+                                                   epsilon=1e-14).bse, rtol=1e-10)
+    # a cluster column that is not there
+    with pytest.raises(SchemaError, match="'batch'"):
+        rs.logit(f"refusal ~ {FORMULA}", shards, cluster="batch")
+    # the cluster bootstrap resamples clusters: per item x pattern counts, as before
+    b_rows = rs.logit("refusal ~ task + persona", rows, cluster="item_id", ci="bootstrap", n_boot=20,
+                      progress=False)
+    b_path = rs.logit("refusal ~ task + persona", shards, cluster="item_id", ci="bootstrap", n_boot=20,
+                      progress=False)
+    np.testing.assert_allclose(b_path.conf_int(), b_rows.conf_int(), rtol=1e-8)
+
+
 # ------------------------------------------------------------------ analyses on a dataset path
 def test_refusal_rates_and_logit_accept_a_shard_folder(shards):
     """A path is streamed into counts; results equal the in-memory ones (issue #15)."""

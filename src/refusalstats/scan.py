@@ -612,6 +612,111 @@ class _ScoreSums:
         return out
 
 
+class _PatternLines:
+    """Maps the rows of a record batch to lines of a patterns table (one line per
+    distinct combination of ``variables``), through per-column level lookups: only the
+    combinations present in a batch (few) are translated, never row by row."""
+
+    def __init__(self, patterns: pd.DataFrame, variables: list[str], where: str):
+        self.variables = list(variables)
+        self.where = where
+        self.lookups, self.sizes = [], []
+        for v in self.variables:
+            col = patterns[v]
+            levels = pd.Index(col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype)
+                              else pd.unique(col))
+            self.lookups.append(levels)
+            self.sizes.append(max(len(levels), 1))
+        line_codes = [lv.get_indexer(patterns[v] if isinstance(patterns[v].dtype, pd.CategoricalDtype)
+                                     else patterns[v].astype(object))
+                      for v, lv in zip(self.variables, self.lookups)]
+        line_key = (np.ravel_multi_index(line_codes, self.sizes) if self.variables
+                    else np.zeros(len(patterns), dtype=np.int64))
+        self.order = np.argsort(line_key, kind="stable")
+        self.sorted_key = line_key[self.order]
+        if len(self.sorted_key) > 1 and (np.diff(self.sorted_key) == 0).any():
+            raise ValueError(f"{where}: counts has repeated patterns; collapse by exactly the "
+                             f"formula's variables {self.variables}")
+        self.seen = [_Levels(v) for v in self.variables]  # global ids of the values met so far
+
+    def lines(self, batch, source) -> np.ndarray:
+        m = batch.num_rows
+        if not self.variables:
+            return np.zeros(m, dtype=np.int64)
+        local = [_local_codes(batch.column(v), lv, source) for v, lv in zip(self.variables, self.seen)]
+        local_sizes = [max(len(lut), 1) for _, lut in local]
+        groups, _ = _reduce([idx for idx, _ in local], local_sizes, m, [None])
+        codes = []
+        for v, g, (_, lut), levels, seen in zip(self.variables, groups, local, self.lookups, self.seen):
+            rank = levels.get_indexer(seen.index[lut[g]])
+            if (rank < 0).any():
+                new = list(seen.index[lut[g][rank < 0]].unique()[:3])
+                raise ValueError(f"{self.where}: column '{v}' has value(s) {new}{_where(source)} that "
+                                 "are not in counts; counts must come from the same data")
+            codes.append(rank)
+        key = np.ravel_multi_index(codes, self.sizes)
+        pos = np.minimum(np.searchsorted(self.sorted_key, key), len(self.sorted_key) - 1)
+        if (self.sorted_key[pos] != key).any():
+            raise ValueError(f"{self.where}: rows{_where(source)} have covariate patterns that are "
+                             "not in counts; counts must come from the same data")
+        group_line = self.order[pos]
+        row_key = np.ravel_multi_index([idx for idx, _ in local], local_sizes)
+        present = np.ravel_multi_index(groups, local_sizes)
+        n_local = int(np.prod(local_sizes))
+        if n_local <= max(4 * m, 1 << 16):
+            table = np.empty(n_local, dtype=np.int64)
+            table[present] = group_line
+            return table[row_key]
+        return group_line[np.searchsorted(present, row_key)]  # groups come out sorted
+
+
+def _stream_cluster_meats(data, patterns: pd.DataFrame, variables: list[str], cluster: str,
+                          refusal: str, X: np.ndarray, models: list[tuple[np.ndarray, list[int] | None]],
+                          *, batch_rows: int = _BATCH_ROWS, where: str = "logit"
+                          ) -> tuple[list[np.ndarray], int, int]:
+    """The CR1 meats ``S'S`` of several fits in one streaming pass over the rows.
+
+    ``patterns`` (one line per covariate pattern, with the ``variables`` columns) and
+    ``X`` (its design) describe the fits; each model is ``(prob, cols)``: the fitted
+    probability per line and the design columns it uses (None: all). A row's score is
+    ``x[cols] (y - prob[line])``; per cluster these are summed, in memory of clusters x
+    coefficients. Returns the meats, the number of clusters and of rows.
+    """
+    from scipy import sparse
+
+    mapper = _PatternLines(patterns, variables, where)
+    K = X.shape[0]
+    Xs = [X if cols is None else X[:, cols] for _, cols in models]
+    sums = [_ScoreSums(x.shape[1]) for x in Xs]
+    clusters = _Levels(cluster, hint=" (the cluster column)")
+    n_rows = 0
+    for batch, source in _row_batches(data, list(dict.fromkeys([*variables, cluster, refusal])),
+                                      batch_rows):
+        m = batch.num_rows
+        if m == 0:
+            continue
+        y = _refusal_values(batch.column(refusal), refusal, source)
+        line = mapper.lines(batch, source)
+        g_idx, g_lut = _local_codes(batch.column(cluster), clusters, source)
+        used = np.bincount(g_idx, minlength=len(g_lut)) > 0
+        slot = (np.cumsum(used) - 1)[g_idx]
+        n_used = int(used.sum())
+        ids = g_lut[used]
+        # (cluster, pattern) pairs of the batch with their refusals and rows
+        (pair_slot, pair_line), (pair_n, pair_s) = _reduce([slot, line], [max(n_used, 1), K], m, [None, y])
+        for (prob, _), x, S in zip(models, Xs, sums):
+            r = pair_s - pair_n * prob[pair_line]
+            M = sparse.csr_matrix((r, (pair_slot, pair_line)), shape=(n_used, K))
+            for start in range(0, n_used, _ScoreSums.BLOCK):  # dense pieces of bounded size
+                S.add(ids[start:start + _ScoreSums.BLOCK], M[start:start + _ScoreSums.BLOCK] @ x)
+        n_rows += m
+    G = len(clusters.index) if clusters.index is not None else 0
+    if G < 2:
+        raise ValueError(f"{where}: cluster column '{cluster}' has {G} cluster(s); "
+                         "cluster-robust SEs need many")
+    return [S.meat() for S in sums], G, n_rows
+
+
 def _cluster_robust_cov(
     fit,
     counts: pd.DataFrame,
@@ -653,7 +758,6 @@ def _cluster_robust_cov(
     >>> fit = rs.logit("refusals ~ persona + task", counts, trials="n", cluster=None)  # doctest: +SKIP
     >>> V = cluster_robust_cov(fit, counts, "runs/big/", cluster="item_id")  # doctest: +SKIP
     """
-    from scipy import sparse
     from scipy.special import expit
 
     from .formula import fixed_design, parse_formula, prepare_factors
@@ -680,83 +784,13 @@ def _cluster_robust_cov(
                          f"(its design has columns {names[:4]}..., the fit {list(fit.params.index)[:4]}...)")
     beta = fit.params.to_numpy(dtype=float)
     prob = expit(X @ beta)
-
-    # pattern of a row -> line of counts, through per-column level lookups
-    lookups, sizes = [], []
-    for v in variables:
-        col = frame[v]
-        levels = pd.Index(col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype)
-                          else pd.unique(col))
-        lookups.append(levels)
-        sizes.append(max(len(levels), 1))
-    line_codes = [lv.get_indexer(frame[v].astype(object) if not isinstance(frame[v].dtype, pd.CategoricalDtype)
-                                 else frame[v]) for v, lv in zip(variables, lookups)]
-    line_key = (np.ravel_multi_index(line_codes, sizes) if variables
-                else np.zeros(len(counts), dtype=np.int64))
-    order = np.argsort(line_key, kind="stable")
-    sorted_key = line_key[order]
-    if len(sorted_key) > 1 and (np.diff(sorted_key) == 0).any():
-        raise ValueError("cluster_robust_cov: counts has repeated patterns; collapse by exactly the "
-                         f"formula's variables {variables}")
-
-    clusters = _Levels(cluster, hint=" (the cluster column)")
-    seen = [_Levels(v) for v in variables]  # global ids of the values met so far, per column
-    S = _ScoreSums(X.shape[1])
-    n_rows = 0
-    for batch, source in _row_batches(data, [*variables, cluster, refusal], batch_rows):
-        m = batch.num_rows
-        if m == 0:
-            continue
-        y = _refusal_values(batch.column(refusal), refusal, source)
-        # pattern line of each row: count by the batch's own dictionary codes, translate only
-        # the combinations present (few) to lines of counts
-        local = [_local_codes(batch.column(v), lv, source) for v, lv in zip(variables, seen)]
-        if variables:
-            local_sizes = [max(len(lut), 1) for _, lut in local]
-            groups, _ = _reduce([idx for idx, _ in local], local_sizes, m, [None])
-            codes = []
-            for v, g, (_, lut), levels in zip(variables, groups, local, lookups):
-                rank = levels.get_indexer(seen[variables.index(v)].index[lut[g]])
-                if (rank < 0).any():
-                    new = list(seen[variables.index(v)].index[lut[g][rank < 0]].unique()[:3])
-                    raise ValueError(f"cluster_robust_cov: column '{v}' has value(s) {new}"
-                                     f"{_where(source)} that are not in counts; counts must come "
-                                     "from the same data")
-                codes.append(rank)
-            key = np.ravel_multi_index(codes, sizes)
-            pos = np.minimum(np.searchsorted(sorted_key, key), len(sorted_key) - 1)
-            if (sorted_key[pos] != key).any():
-                raise ValueError(f"cluster_robust_cov: rows{_where(source)} have covariate patterns "
-                                 "that are not in counts; counts must come from the same data")
-            group_line = order[pos]
-            row_key = np.ravel_multi_index([idx for idx, _ in local], local_sizes)
-            present = np.ravel_multi_index(groups, local_sizes)
-            n_local = int(np.prod(local_sizes))
-            if n_local <= max(4 * m, 1 << 16):
-                table = np.empty(n_local, dtype=np.int64)
-                table[present] = group_line
-                line = table[row_key]
-            else:
-                line = group_line[np.searchsorted(present, row_key)]  # groups come out sorted
-        else:
-            line = np.zeros(m, dtype=np.int64)
-        # cluster score sums: rows -> (cluster of the batch dictionary, line) -> X
-        g_idx, g_lut = _local_codes(batch.column(cluster), clusters, source)
-        used = np.bincount(g_idx, minlength=len(g_lut)) > 0
-        slot = np.cumsum(used) - 1
-        M = sparse.csr_matrix((y - prob[line], (slot[g_idx], line)), shape=(int(used.sum()), X.shape[0]))
-        ids = g_lut[used]
-        for start in range(0, len(ids), _ScoreSums.BLOCK):  # dense pieces of bounded size
-            S.add(ids[start:start + _ScoreSums.BLOCK], M[start:start + _ScoreSums.BLOCK] @ X)
-        n_rows += m
-    G = len(clusters.index) if clusters.index is not None else 0
+    (meat,), G, n_rows = _stream_cluster_meats(
+        data, frame, variables, cluster, refusal, X, [(prob, None)], batch_rows=batch_rows,
+        where="cluster_robust_cov")
     total = int(counts[N_COLUMN].sum()) if N_COLUMN in counts.columns else None
     if total is not None and total != n_rows:
         raise ValueError(f"cluster_robust_cov: data has {n_rows:,} rows but counts sums to {total:,} "
                          "in 'n'; counts must come from the same data")
-    if G < 2:
-        raise ValueError(f"cluster_robust_cov: cluster column '{cluster}' has {G} cluster(s); "
-                         "cluster-robust SEs need many")
     k = X.shape[1]
     # bread: the inverse Fisher information at the fit, (X' W X)^-1 with W = n p (1 - p), as
     # logit computes it (its cov_params() hides separated terms, which the sandwich needs)
@@ -769,7 +803,7 @@ def _cluster_robust_cov(
     except np.linalg.LinAlgError:
         bread = np.linalg.pinv(info, hermitian=True)
     c = (G / (G - 1.0)) * ((n_rows - 1.0) / (n_rows - k))
-    V = c * bread @ S.meat() @ bread
+    V = c * bread @ meat @ bread
     separated = [list(fit.params.index).index(t) for t in getattr(fit, "separated_terms", []) or []]
     V[separated, :] = np.nan  # not estimable: no interval, as logit reports them
     V[:, separated] = np.nan

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import sparse, stats
 from scipy.special import expit
 
@@ -55,19 +57,69 @@ def _wald_f(b: np.ndarray, V: np.ndarray, G: int, rtol: float = 1e-10) -> dict:
     return out
 
 
-def _cr1(X: np.ndarray, cl: _Cluster, beta: np.ndarray, bread: np.ndarray, n_obs: int) -> np.ndarray:
-    """CR1 sandwich: cluster score sums from (cluster x pattern) counts, no row-level X."""
-    p = expit(X @ beta)
-    r = cl.s - cl.n * p[cl.j]
-    M = sparse.csr_matrix((r, (cl.g, cl.j)), shape=(cl.n_clusters, X.shape[0]))
-    S = M @ sparse.csr_matrix(X)
-    S = S.toarray()
-    meat = S.T @ S
-    G = cl.n_clusters
-    N = n_obs
-    k = X.shape[1]
-    c = (G / (G - 1.0)) * ((N - 1.0) / (N - k))
-    return c * bread @ meat @ bread
+@dataclass
+class _StreamedCluster:
+    """Clusters of rows that stay on disk: a Parquet source streamed once per CR1 request.
+
+    ``logit(path, cluster=...)`` fits the counts per covariate pattern and keeps this in
+    place of :class:`_Cluster` (counts per cluster x pattern, as many lines as rows in a
+    Monte Carlo design). :func:`_cr1_many` streams the rows once and accumulates each
+    cluster's score sums for every fit it is given (memory: clusters x coefficients).
+    """
+
+    name: str
+    source: object             # a Parquet file, folder, glob or list of them
+    variables: list[str]       # the formula's columns (pattern keys)
+    refusal: str               # the 0/1 response column of the rows
+    patterns: pd.DataFrame | None = None   # the design's patterns (set by the fit)
+    n_clusters: int = 0        # known after the first pass
+    n_rows: int = 0
+    auto: bool = False         # chosen by cluster="auto": no clustering if no item repeats
+    batch_rows: int | None = None
+
+
+def _cr1_factor(G: int, N: int, k: int) -> float:
+    return (G / (G - 1.0)) * ((N - 1.0) / (N - k))
+
+
+def _cr1(X: np.ndarray, cl: _Cluster | _StreamedCluster, beta: np.ndarray, bread: np.ndarray, n_obs: int) -> np.ndarray:
+    """CR1 sandwich: cluster score sums from (cluster x pattern) counts, no row-level X
+    (or, for a :class:`_StreamedCluster`, from one streaming pass over the rows)."""
+    return _cr1_many(X, cl, [(beta, bread, None)], n_obs)[0]
+
+
+def _cr1_many(X: np.ndarray, cl: _Cluster | _StreamedCluster, fits: list[tuple[np.ndarray, np.ndarray, list[int] | None]],
+              n_obs: int) -> list[np.ndarray]:
+    """CR1 covariances of several fits on the columns ``cols`` of ``X`` (None: all).
+
+    Each fit is ``(beta, bread, cols)``. With a :class:`_StreamedCluster` all the meats
+    come from one pass over the rows (anova's sub-models cost one pass, not one each).
+    """
+    if isinstance(cl, _StreamedCluster):
+        from ..scan import _BATCH_ROWS, _stream_cluster_meats
+
+        models = [(expit((X if cols is None else X[:, cols]) @ beta), cols) for beta, _, cols in fits]
+        meats, G, n_rows = _stream_cluster_meats(
+            cl.source, cl.patterns, cl.variables, cl.name, cl.refusal, X, models,
+            batch_rows=cl.batch_rows or _BATCH_ROWS, where="logit")
+        if n_rows != n_obs:
+            raise ValueError(f"logit: the dataset now has {n_rows:,} rows, {n_obs:,} when it was "
+                             "collapsed; it changed between the two passes")
+        cl.n_clusters, cl.n_rows = G, n_rows
+        out = []
+        for (_, bread, cols), meat in zip(fits, meats):
+            k = X.shape[1] if cols is None else len(cols)
+            out.append(_cr1_factor(G, n_obs, k) * bread @ meat @ bread)
+        return out
+    out = []
+    for beta, bread, cols in fits:
+        Xs = X if cols is None else X[:, cols]
+        p = expit(Xs @ beta)
+        r = cl.s - cl.n * p[cl.j]
+        M = sparse.csr_matrix((r, (cl.g, cl.j)), shape=(cl.n_clusters, Xs.shape[0]))
+        S = (M @ sparse.csr_matrix(Xs)).toarray()
+        out.append(_cr1_factor(cl.n_clusters, n_obs, Xs.shape[1]) * bread @ (S.T @ S) @ bread)
+    return out
 
 
 def _bootstrap(d: _Design, beta, penalty, alpha, l1_ratio, pen_mask, n_boot, seed, progress):

@@ -37,7 +37,7 @@ from scipy import stats
 from scipy.special import expit
 
 from .._validation import check_conf
-from .covariance import _bootstrap, _cr1
+from .covariance import _bootstrap, _cr1, _StreamedCluster
 from .design_matrix import _build, _Cluster, _Design
 from .firth import _firth, _firth_profile_bound
 from .irls import _irls, _mle_profile, _Start
@@ -147,21 +147,34 @@ def logit(
     from .._validation import resolve_cluster
     from ..scan import is_dataset
 
+    stream = None
     if is_dataset(data):
-        data, trials, cluster = _counts_from_dataset(formula, data, cluster, trials, weights)
-    cluster = _one_cluster(resolve_cluster(data, cluster, where="logit"))  # its note points at the caller
+        # a cluster bootstrap and cluster-grouped CV folds resample clusters: they need the
+        # counts per cluster x pattern; every other clustered fit streams the CR1 meat
+        per_cluster = ci == "bootstrap" or (isinstance(alpha, str) and alpha == "cv")
+        data, trials, cluster, stream = _counts_from_dataset(formula, data, cluster, trials, weights,
+                                                             per_cluster=per_cluster)
+    if stream is None:
+        cluster = _one_cluster(resolve_cluster(data, cluster, where="logit"))  # its note points at the caller
     return _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf,
                 trials=trials, n_boot=n_boot, n_folds=n_folds, seed=seed, collapse=collapse, maxit=maxit,
-                epsilon=epsilon, progress=progress)
+                epsilon=epsilon, progress=progress, stream=stream)
 
 
-def _counts_from_dataset(formula, source, cluster, trials, weights):
+def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_cluster=False):
     """A Parquet file / shard folder / glob streamed into the counts the fit needs.
 
-    Counts per covariate pattern (and per cluster when clustering) equal the rows for the
-    fit: coefficients, standard errors (CR1 included) and tests are the row fit's.
+    Counts per covariate pattern equal the rows for the fit: coefficients, standard
+    errors and tests are the row fit's. With a cluster, the CR1 covariance needs each
+    cluster's score sums: a :class:`_StreamedCluster` streams the rows once more after
+    the fit (memory: clusters x coefficients), so the counts stay per pattern; with
+    ``per_cluster`` (cluster bootstrap, CV folds grouped by cluster) the counts are per
+    cluster x pattern instead, which in a Monte Carlo design are as many as the rows.
+
+    Returns ``(counts, trials column, cluster column or None, _StreamedCluster or None)``.
     """
     from ..formula import parse_formula
+    from ..scan import _cluster_columns, _dataset, _parquet_files
     from ..scan import collapse as collapse_dataset
 
     if trials is not None or weights is not None:
@@ -171,11 +184,35 @@ def _counts_from_dataset(formula, source, cluster, trials, weights):
     parsed = parse_formula(formula)
     if parsed.random:
         raise ValueError("logit has no random terms; use rs.hierarchical for '(1|group)'")
-    counts = collapse_dataset(source, by=parsed.fixed_variables, cluster=cluster,
-                              refusal=parsed.response)
-    used = counts.attrs["collapse"]["cluster"]
+    auto = isinstance(cluster, str) and cluster == "auto"
+    stream = None
+    if not per_cluster and cluster is not None:
+        if auto:
+            from .._validation import AUTO_CLUSTER_COLUMN
+
+            names = list(_dataset(_parquet_files(source)).schema.names)
+            cols = [AUTO_CLUSTER_COLUMN] if AUTO_CLUSTER_COLUMN in names else []
+        else:
+            cols = _cluster_columns(cluster)
+        if cols:
+            col = _one_cluster(cols)
+            stream = _StreamedCluster(name=col, source=source, variables=list(parsed.fixed_variables),
+                                      refusal=parsed.response, auto=auto)
+        if stream is not None:
+            from ..scan import _missing_columns, scan_columns
+
+            _missing_columns([stream.name], scan_columns(source), f"the dataset '{source}'")
+            if stream.name in parsed.fixed_variables or stream.name == parsed.response:
+                raise ValueError(f"logit: the cluster column '{stream.name}' is also in the formula")
+        counts = collapse_dataset(source, by=parsed.fixed_variables, cluster=None,
+                                  refusal=parsed.response)
+        used = stream.name if stream is not None else None
+    else:
+        counts = collapse_dataset(source, by=parsed.fixed_variables, cluster=cluster,
+                                  refusal=parsed.response)
+        used = counts.attrs["collapse"]["cluster"]
     counts = counts.rename(columns={"refusals": parsed.response, "n": "_trials"})
-    return counts, "_trials", used
+    return counts, "_trials", used, stream
 
 
 def _one_cluster(resolved) -> str | None:
@@ -192,7 +229,7 @@ def _one_cluster(resolved) -> str | None:
 
 @_single_blas
 def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf, *, trials, n_boot,
-         n_folds, seed, collapse, maxit, epsilon, progress) -> LogitResults:
+         n_folds, seed, collapse, maxit, epsilon, progress, stream=None) -> LogitResults:
     """The body of :func:`logit`, with ``cluster`` resolved (one BLAS thread)."""
     if penalty not in _PENALTIES:
         raise ValueError(f"penalty must be one of {list(_PENALTIES)}, got {penalty!r}")
@@ -230,7 +267,10 @@ def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, c
         )
     if ci == "profile" and penalty not in (None, "firth"):
         raise ValueError("profile intervals are available for penalty=None or 'firth'")
-    d, _parsed = _build(formula, data, reference, trials, weights, cluster, collapse)
+    d, _parsed = _build(formula, data, reference, trials, weights, None if stream else cluster, collapse)
+    if stream is not None:  # CR1 from the rows on disk, streamed after the fit
+        stream.patterns = d.patterns
+        d.cluster = stream
     opts = {"formula": formula, "reference": reference, "penalty": penalty, "alpha": alpha,
             "l1_ratio": l1_ratio, "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot,
             "n_folds": n_folds, "seed": seed, "maxit": maxit, "epsilon": epsilon, "progress": progress}
@@ -278,6 +318,9 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
     if cluster is not None:
         # CR1 counts Bernoulli rows: a fit from trials= counts equals the fit from its rows
         cov = cov_cluster = _cr1(d.X, d.cluster, beta, bread, round(float(d.n.sum())))
+        if isinstance(d.cluster, _StreamedCluster) and d.cluster.auto:
+            cluster, cov, cov_cluster = _auto_stream_note(d, cluster, cov, bread)
+    if cluster is not None:
         cov_type = f"cluster-robust CR1 by '{cluster}' ({d.cluster.n_clusters:,} clusters)"
     if penalty == "l2":
         cov_type = ("posterior covariance under the Gaussian prior the ridge penalty implies (Laplace "
@@ -462,6 +505,22 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
                "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot, "n_folds": n_folds, "seed": seed,
                "maxit": maxit, "epsilon": epsilon, "progress": progress},
     )
+
+
+def _auto_stream_note(d: _Design, cluster, cov, bread):
+    """``cluster="auto"`` on a Parquet source, resolved after the streamed pass as it is on
+    rows: no clustering when no item repeats, else a :class:`ClusterNote`."""
+    from .._validation import ClusterNote
+
+    cl = d.cluster
+    cl.auto = False  # resolved once: a refit (another conf) keeps the choice
+    if cl.n_clusters == cl.n_rows:
+        d.cluster = None
+        return None, bread, None
+    warnings.warn(f"logit: clustering by '{cluster}' ({cl.n_clusters:,} items answered "
+                  f"{cl.n_rows / cl.n_clusters:.3g} times on average); pass cluster=None for "
+                  "independent rows", ClusterNote, stacklevel=5)
+    return cluster, cov, cov
 
 
 @_single_blas

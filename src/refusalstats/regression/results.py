@@ -13,7 +13,7 @@ from .._summary import Summary
 from .._validation import check_conf
 from ..formula import FormulaError, new_design
 from ..multiplicity import adjust_pvalues
-from .covariance import _cr1, _wald_f
+from .covariance import _cr1_many, _wald_f
 from .firth import _firth
 from .irls import _irls
 from .likelihood import _loglik
@@ -439,31 +439,35 @@ class LogitResults:
         cl = d.cluster
         sep_full = {self.params.index.get_loc(nm) for nm in self.separated_terms} if self.penalty is None \
             else set()
-        rows = []
+        sub = []  # the sub-models' fits, then their CR1 covariances in one go
         beta_prev = None
-        for k in range(1, len(order) + 1):
+        for k in range(1, len(order)):
             incl = (["1"] if has_int else []) + order[:k]
             cols = [c for t in incl for c in d.term_columns[t]]
+            Xs = d.X[:, cols]
+            Xsf = d.Xf[:, cols]
+            start = None if beta_prev is None else np.append(beta_prev, np.zeros(len(cols) - len(beta_prev)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if self.penalty == "firth":
+                    bs, _, _, _ = _firth(Xsf, d.s, d.n, beta0=start)
+                else:
+                    bs, _, _ = _irls(Xsf, d.s, d.n, dev_sat=d.dev_sat, start=d.start,
+                                     eps=self._opts["epsilon"], maxit=self._opts["maxit"])
+            beta_prev = bs
+            mu = expit(Xs @ bs)
+            sub.append((bs, _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu))), cols))
+        covs = _cr1_many(d.X, cl, sub, round(float(d.n.sum()))) if sub else []
+        rows = []
+        for k in range(1, len(order) + 1):
             tested = d.term_columns[order[k - 1]]
-            pos = [cols.index(c) for c in tested]
             if k == len(order):
                 beta, V = self.params.to_numpy(), self._cov_cluster
                 b_t, V_t = beta[tested], V[np.ix_(tested, tested)]
             else:
-                Xs = d.X[:, cols]
-                Xsf = d.Xf[:, cols]
-                start = None if beta_prev is None else np.append(beta_prev, np.zeros(len(cols) - len(beta_prev)))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    if self.penalty == "firth":
-                        bs, _, _, _ = _firth(Xsf, d.s, d.n, beta0=start)
-                    else:
-                        bs, _, _ = _irls(Xsf, d.s, d.n, dev_sat=d.dev_sat, start=d.start)
-                beta_prev = bs
-                mu = expit(Xs @ bs)
-                bread = _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu)))
-                Vs = _cr1(Xs, cl, bs, bread, round(float(d.n.sum())))
-                b_t, V_t = bs[pos], Vs[np.ix_(pos, pos)]
+                bs, _, cols = sub[k - 1]
+                pos = [cols.index(c) for c in tested]
+                b_t, V_t = bs[pos], covs[k - 1][np.ix_(pos, pos)]
             rows.append(self._cluster_test(order[k - 1], tested, b_t, V_t, bool(sep_full & set(tested))))
         return rows
 
