@@ -259,7 +259,7 @@ def test_cochran_q_matches_pingouin():
         )
         assert row["Q"] == pytest.approx(ref["Q"].item(), rel=1e-12)
         assert row["p_value"] == pytest.approx(ref["p_unc"].item(), rel=1e-9)
-        assert row["dof"] == ref["dof"].item() == 4
+        assert row["df"] == ref["dof"].item() == 4
         assert (row["n_blocks"], row["n_conditions"]) == (40, 5)
     assert out.loc[1, "p_value"] < 0.05  # m2 has a real persona effect
     for method, sm in [("holm", "holm"), ("bh", "fdr_bh")]:
@@ -547,11 +547,11 @@ def test_disparity_item_bootstrap_equals_resampling_rows():
     with pytest.warns(rs.ClusterNote, match="disparity: clustering by 'item_id'"):
         auto = rs.disparity(df, n_boot=n_boot, conf=0.8, seed=11)
     pd.testing.assert_frame_equal(auto, out)
-    # block= still works for one release, with a DeprecationWarning
-    with pytest.warns(DeprecationWarning, match="block=.*deprecated.*cluster="):
+    # block= still works for one release, with a FutureWarning (shown to users by default)
+    with pytest.warns(FutureWarning, match="block=.*deprecated.*cluster="):
         old = rs.disparity(df, n_boot=n_boot, block="item_id", conf=0.8, seed=11)
     pd.testing.assert_frame_equal(old, out)
-    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+    with pytest.raises(ValueError, match="not both"), pytest.warns(FutureWarning):
         rs.disparity(df, n_boot=n_boot, block="item_id", cluster="item_id")
     binom = rs.disparity(df, n_boot=400, seed=1, cluster=None)
     again = rs.disparity(df, n_boot=400, seed=1, cluster=None)
@@ -654,7 +654,7 @@ def test_rank_agreement_matches_scipy_and_pingouin(tie):
     assert conc["W"] == pytest.approx(fr["W"].item(), rel=1e-10)
     assert conc["chi2"] == pytest.approx(fr["Q"].item(), rel=1e-10)
     assert conc["p_value"] == pytest.approx(fr["p_unc"].item(), rel=1e-9)
-    assert (conc["n_models"], conc["n_personas"], conc["dof"]) == (4, 8, 7)
+    assert (conc["n_models"], conc["n_personas"], conc["df"]) == (4, 8, 7)
     assert conc["mean_tau"] == pytest.approx(ra.pairs["tau"].mean())
     assert "Kendall's W" in repr(ra)
     holm = rs.rank_agreement(df, adjust="holm").pairs

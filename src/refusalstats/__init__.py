@@ -13,7 +13,9 @@ from .bayes import ConvergenceWarning, HierarchicalResult, hierarchical
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
-from .rates import cochran_q, disparity, persona_effect, rank_agreement, refusal_rates
+from .agreement import cochran_q, rank_agreement
+from .persona_disparity import disparity
+from .rates import persona_effect, refusal_rates
 from .regression import LogitResults, SeparationWarning, logit
 from .reporting import report
 from .scan import collapse, scan_columns
