@@ -228,3 +228,35 @@ def test_disparity_estimator_option(tmp_path, capsys):
                            "--csv", str(out)], capsys)
         assert rc == 0, err
         assert pd.read_csv(out)["disparity"].iloc[0] == pytest.approx(want)
+
+
+def test_demo_is_one_explicit_list_of_steps(tmp_path, monkeypatch, capsys):
+    from refusalstats import demo
+
+    assert [s.__name__ for s in demo.STEPS] == [
+        "demo_rates", "demo_sensitivity", "demo_logit", "demo_hierarchical", "demo_report"]
+    seen = []
+    monkeypatch.setattr(demo, "STEPS", (lambda df, run: seen.append((len(df), run.seed)),
+                                        demo.demo_rates))
+    rc, out, _ = _run(["demo", "-o", str(tmp_path / "d"), "--scale", "0.01", "--seed", "4"], capsys)
+    assert rc == 0
+    table = rs.read_responses(tmp_path / "d" / "responses.parquet")
+    assert seen == [(len(table), 4)]
+    assert "Refusal rate (%) by model x task" in out and "demo finished" in out
+
+
+def test_shared_options_are_defined_once():
+    import argparse
+
+    from refusalstats.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps: dict[str, set] = {}
+    for name, p in sub.choices.items():
+        opts = {o: a for a in p._actions for o in a.option_strings}
+        assert "--debug" in opts, name  # every command documents --debug
+        for o in ("--seed", "--conf", "--cluster", "--sep", "--debug", "--format"):
+            if o in opts:
+                helps.setdefault(o, set()).add((opts[o].help, opts[o].default, opts[o].type))
+    assert {o: len(h) for o, h in helps.items()} == dict.fromkeys(helps, 1)
+    assert set(helps) == {"--seed", "--conf", "--cluster", "--sep", "--debug", "--format"}

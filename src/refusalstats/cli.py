@@ -1,6 +1,7 @@
 """The ``refusalstats`` command line.
 
-Each command is a pair: ``_add_<name>(subparsers)`` registers it, ``_cmd_<name>(args)``
+Each command is a pair: ``_add_<name>(subparsers, opt)`` registers it (shared options come
+from the parent parsers in ``opt``), ``_cmd_<name>(args)``
 runs it. ``refusalstats --help`` lists them; ``refusalstats <command> --help`` explains one.
 """
 
@@ -103,10 +104,52 @@ def _read_table(path: str, sep: str | None = None, validate_table: bool = True) 
     return read_responses(path, sep=sep, validate_table=validate_table)
 
 
+# --------------------------------------------------------------------------- shared options
+class _Options:
+    """Options several commands share, each defined once as an argparse parent parser.
+
+    ``sub.add_parser(name, parents=opt("seed", "sep"))`` gives a command ``--debug`` (every
+    command has it) plus the named options, with one help text everywhere.
+    """
+
+    def __init__(self) -> None:
+        self._parents: dict[str, argparse.ArgumentParser] = {}
+        self._new("debug").add_argument(
+            "--debug", action="store_true",
+            help="show Python tracebacks on errors (for bug reports)")
+        self._new("seed").add_argument("--seed", type=int, default=0,
+                                       help="random seed (default 0)")
+        self._new("conf").add_argument("--conf", type=_conf_level, default=0.95,
+                                       help="confidence level (default 0.95)")
+        self._new("cluster").add_argument(
+            "--cluster", default="auto", metavar="COLUMN",
+            help="column of correlated answers (items answered many times) for "
+                 "cluster-robust intervals and tests; 'auto' (default) uses item_id when "
+                 "the table has it and it repeats; 'none' treats rows as independent")
+        self._new("sep").add_argument(
+            "--sep", help="field delimiter of a CSV table (default: guessed from the "
+                          "header line among , ; tab |)")
+        self._new("csv").add_argument("--csv", help="also write the table to this CSV file")
+        self._new("format").add_argument(
+            "--format", choices=["text", "markdown", "latex"], default="text",
+            help="how to print the table (default text); markdown and latex format "
+                 "p-values as '< 0.001'")
+
+    def _new(self, name: str):
+        """A parent parser; its option goes into the "common options" section of the help."""
+        self._parents[name] = argparse.ArgumentParser(add_help=False)
+        return self._parents[name].add_argument_group("common options")
+
+    def __call__(self, *names: str) -> list[argparse.ArgumentParser]:
+        """The parent parsers of ``names`` (always with ``--debug``)."""
+        return [self._parents[n] for n in ("debug", *names)]
+
+
 # --------------------------------------------------------------------------- demo
-def _add_demo(sub) -> None:
+def _add_demo(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "demo",
+        parents=opt("seed"),
         help="simulate P1's full design and run the analyses on it",
         description=(
             "Simulate the paper's design at full size (16 models x 3 tasks x 10 variations, "
@@ -116,61 +159,26 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("-o", "--out", default="demo", help="output folder (default: demo/)")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's items (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
-    from .simulate import simulate_paper
-    from .table import write_responses
+    from .demo import run_demo
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    print(f"simulating the paper's design (scale {args.scale}, seed {args.seed}) ...", flush=True)
-    df = simulate_paper(scale=args.scale, seed=args.seed)
-    path = write_responses(df, out / "responses.parquet",
-                           metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
-                                     "seed": args.seed})
-    print(f"wrote {len(df):,} rows to {path} ({time.perf_counter() - t0:.1f} s)")
-    args.results = {}  # fits the steps share (the report reuses W2, logit and hierarchical)
-    for step in _DEMO_STEPS:
-        step(df, args)
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    run_demo(args.out, scale=args.scale, seed=args.seed)
     return 0
 
 
-def _demo_rates(df: pd.DataFrame, args) -> None:
-    from .rates import refusal_rates
-
-    rates = refusal_rates(df, by=["model", "task"])
-    pd.set_option("display.width", 140)
-    pd.set_option("display.max_rows", 200)
-    show = rates.copy()
-    for c in ("rate", "ci_low", "ci_high"):
-        show[c] = (100 * show[c]).round(2)
-    print("\nRefusal rate (%) by model x task, 95% Wilson CIs:")
-    print(show.to_string(index=False))
-    counts = df[df["model"] == df["model"].cat.categories[0]].groupby(
-        ["persona", "task"], observed=True).size().unstack("task")
-    print("\nRows per persona and task (one model; P1's Table 5):")
-    print(counts.to_string())
-
-
-#: Steps the demo runs after simulating, in order; each takes (table, args).
-_DEMO_STEPS = [_demo_rates]
-
-
 # --------------------------------------------------------------------------- simulate
-def _add_simulate(sub) -> None:
+def _add_simulate(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "simulate",
+        parents=opt("seed"),
         help="write a paper-calibrated synthetic response table",
         description="Simulate P1's design (see refusalstats.simulate_paper) and write the tidy table.",
     )
     p.add_argument("-o", "--out", required=True, help="output file (.parquet, .csv or .jsonl)")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's items")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibrate", choices=["table1", "table7"], default="table1")
     p.add_argument("--item-sd", type=float, default=1.0, help="sd of the item random intercept")
     p.set_defaults(func=_cmd_simulate)
@@ -191,9 +199,10 @@ def _cmd_simulate(args) -> int:
 
 
 # --------------------------------------------------------------------------- rates
-def _add_rates(sub) -> None:
+def _add_rates(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "rates",
+        parents=opt("conf", "cluster", "sep", "csv"),
         help="refusal rates with confidence intervals by any grouping",
         description="Refusal rate, n and CI per group of a response table.",
     )
@@ -201,28 +210,12 @@ def _add_rates(sub) -> None:
                                  "of Parquet shards / a glob (streamed, never loaded whole)")
     p.add_argument("--by", default="model,task", help="comma-separated grouping columns (default model,task)")
     p.add_argument("--method", default="wilson", choices=["wilson", "clopper-pearson", "jeffreys"])
-    p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
-    _add_cluster_option(p)
-    _add_sep_option(p)
-    p.add_argument("--csv", help="also write the table to this CSV file")
     p.set_defaults(func=_cmd_rates)
-
-
-def _add_cluster_option(p) -> None:
-    p.add_argument("--cluster", default="auto", metavar="COLUMN",
-                   help="column of correlated answers (items answered many times) for "
-                        "cluster-robust intervals and tests; 'auto' (default) uses item_id when "
-                        "the table has it and it repeats; 'none' treats rows as independent")
 
 
 def _cluster_arg(args):
     value = getattr(args, "cluster", "auto")
     return None if value in (None, "none", "None") else value
-
-
-def _add_sep_option(p) -> None:
-    p.add_argument("--sep", help="field delimiter of a CSV table (default: guessed from the "
-                                 "header line among , ; tab |)")
 
 
 def _cmd_rates(args) -> int:
@@ -239,9 +232,10 @@ def _cmd_rates(args) -> int:
 
 
 # --------------------------------------------------------------------------- import
-def _add_import(sub) -> None:
+def _add_import(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "import",
+        parents=opt(),
         help="turn a published response dump into a tidy response table",
         description=(
             "Read another paper's published responses and write the tidy response table, so "
@@ -255,6 +249,7 @@ def _add_import(sub) -> None:
 
     pb = isub.add_parser(
         "persona-behavior",
+        parents=opt(),
         help="peluz/persona-behavior: persona x item refusal matrices or raw generations",
         description=(
             "Load results/zero/<model>/<dataset>_refusals.csv (and results/control/zero/... "
@@ -277,6 +272,7 @@ def _add_import(sub) -> None:
 
     xs = isub.add_parser(
         "xstest",
+        parents=opt(),
         help="XSTest completion files (id, type, prompt, completion[, final_label])",
         description=("Load XSTest completions; prompt = the prompt type, safe = not contrast_*, "
                      "refusal from --detector, human final_label kept as label_refusal."),
@@ -294,6 +290,7 @@ def _add_import(sub) -> None:
 
     ge = isub.add_parser(
         "generic",
+        parents=opt(),
         help="any CSV / TSV / JSONL / JSON / Parquet file with a column mapping",
         description="Map a file's columns onto the schema (model, task, persona, prompt, refusal).",
     )
@@ -345,9 +342,10 @@ def _cmd_import(args) -> int:
 
 
 # --------------------------------------------------------------------------- report
-def _add_report(sub) -> None:
+def _add_report(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "report",
+        parents=opt("seed", "cluster", "sep"),
         help="one self-contained HTML report: every table and figure with its uncertainty",
         description=(
             "Run every analysis the table's columns support (rates by model x task, persona vs "
@@ -369,10 +367,7 @@ def _add_report(sub) -> None:
     p.add_argument("--n-boot", type=_positive_int, default=1000,
                    help="W2 bootstrap replicates (default 1000)")
     p.add_argument("--n-perm", type=_positive_int, default=200, help="W2 permutations (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--title", default="False refusal report", help="page title")
-    _add_cluster_option(p)
-    _add_sep_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_report)
 
@@ -404,30 +399,11 @@ def _print_report(rep, seconds: float) -> None:
           f"{seconds:.1f} s)")
 
 
-def _demo_report(df: pd.DataFrame, args) -> None:
-    """Last demo step: the HTML report of the simulated table (reuses results in args.results)."""
-    from .reporting import report
-
-    t0 = time.perf_counter()
-    print("\nWriting the report ...", flush=True)
-    results = {k: v for k, v in args.results.items()
-               if k in ("logit", "w2", "hierarchical")}
-    # The report reuses the demo's hierarchical fit; it never fits a second one here (at
-    # report()'s default of 4 x 1000 draws that alone takes ~2.5 min on 2 cores).
-    rep = report(df, out=Path(args.out), seed=args.seed, results=results,
-                 hierarchical="hierarchical" in results,
-                 source=f"simulated: refusalstats.simulate_paper(scale={args.scale}, "
-                        f"seed={args.seed}); also in {Path(args.out) / 'responses.parquet'}")
-    _print_report(rep, time.perf_counter() - t0)
-
-
-_DEMO_STEPS.append(_demo_report)  # always the last step: it reports what the others computed
-
-
 # --------------------------------------------------------------------------- design
-def _add_design(sub) -> None:
+def _add_design(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "design",
+        parents=opt("seed"),
         help="build the prompts table from task files (items x personas x templates)",
         description=(
             "Load task items (XNLI for nli, POPQUORN for politeness/offensiveness, any CSV/JSONL/"
@@ -450,7 +426,6 @@ def _add_design(sub) -> None:
                    help="POPQUORN item unit (default: each distinct text-rating pair)")
     p.add_argument("--language", default="en",
                    help="XNLI language kept from a multilingual file (default en)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", required=True, help="output prompts table (.parquet)")
     p.set_defaults(func=_cmd_design)
 
@@ -495,9 +470,10 @@ def _cmd_design(args) -> int:
 
 
 # --------------------------------------------------------------------------- generate
-def _add_generate(sub) -> None:
+def _add_generate(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "generate",
+        parents=opt("seed"),
         help="run a prompts table through models and write the tidy response table",
         description=(
             "Generate greedy answers for every prompt with every --model (one after another), "
@@ -540,7 +516,6 @@ def _add_generate(sub) -> None:
                         "its middle out (column 'truncated')")
     p.add_argument("--template-date", default=None, metavar="YYYY-MM-DD",
                    help="the date chat templates see as today (default 2024-07-26; recorded)")
-    p.add_argument("--seed", type=int, default=0)
     api = p.add_argument_group(
         "OpenAI-compatible server (--backend openai: the OpenAI API, vLLM, SGLang, TGI, "
         "llama.cpp)")
@@ -570,9 +545,10 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _add_collect(sub) -> None:
+def _add_collect(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "collect",
+        parents=opt(),
         help="merge run directories (shards of 'generate --shard', or several runs) into one table",
         description=(
             "Merge the answers of run directories into one tidy response table, detect "
@@ -679,9 +655,10 @@ def _cmd_generate(args) -> int:
 
 
 # --------------------------------------------------------------------------- sensitivity
-def _add_sensitivity(sub) -> None:
+def _add_sensitivity(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "sensitivity",
+        parents=opt("conf", "sep", "cluster", "seed", "csv"),
         help="Wasserstein-2 sensitivity indices with bootstrap CIs and a permutation null",
         description=(
             "How much does each input move the distribution of the output? W2 sensitivity "
@@ -698,18 +675,13 @@ def _add_sensitivity(sub) -> None:
     p.add_argument("--boot", type=_positive_int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--perm", type=_positive_int, default=200,
                    help="permutations for the null (default 200)")
-    p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
-    _add_sep_option(p)
     p.add_argument("--ci", choices=["percentile", "bca"], default="percentile",
                    help="bootstrap interval type (default percentile)")
     p.add_argument("--bootstrap", choices=["auto", "unstratified", "stratified"], default="auto",
                    help="how replicates are drawn (default auto: rows unstratified; with "
                         "clusters, items within each level of an item-level input)")
-    _add_cluster_option(p)
     p.add_argument("--partitions", default=None,
                    help="per-input partitions, e.g. 'age=10,model=levels' (numeric inputs: rank bins)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--plot", help="also save the figure (bars, CIs, null band) to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_sensitivity)
@@ -748,25 +720,11 @@ def _cmd_sensitivity(args) -> int:
     return 0
 
 
-def _demo_sensitivity(df: pd.DataFrame, args) -> None:
-    from .sensitivity import w2_sensitivity
-
-    t0 = time.perf_counter()
-    res = w2_sensitivity(df, inputs=["model", "task", "persona", "prompt"], n_boot=1000,
-                         n_perm=200, seed=args.seed)
-    print(f"\nW2 sensitivity of refusal (P1's Fig. 5), 95% percentile CIs (1,000 bootstrap replicates), "
-          f"permutation null (200); {time.perf_counter() - t0:.1f} s:")
-    print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    args.results["w2"] = res
-
-
-_DEMO_STEPS.insert(_DEMO_STEPS.index(_demo_report), _demo_sensitivity)
-
-
 # --------------------------------------------------------------------------- fit
-def _add_fit(sub) -> None:
+def _add_fit(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "fit",
+        parents=opt("cluster", "conf", "sep", "seed", "format"),
         help="fit a formula logistic regression (MLE, Firth, ridge/lasso) and print an R-style summary",
         description=(
             "Fit refusal ~ predictors (R formula) to a response table on collapsed covariate "
@@ -784,17 +742,11 @@ def _add_fit(sub) -> None:
     p.add_argument("--penalty", choices=["none", "firth", "l2", "l1", "elasticnet"], default="none")
     p.add_argument("--alpha", help="penalty strength for l2/l1/elasticnet, or 'cv'")
     p.add_argument("--l1-ratio", type=float, help="elastic-net mixing in (0, 1)")
-    _add_cluster_option(p)
     p.add_argument("--ci", choices=["wald", "profile", "bootstrap", "none"], help="interval method")
-    p.add_argument("--conf", type=_conf_level, default=0.95, help="confidence level (default 0.95)")
     p.add_argument("--n-boot", type=_positive_int, default=999,
                    help="bootstrap replicates (--ci bootstrap)")
-    _add_sep_option(p)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values within each term")
     p.add_argument("--no-tests", action="store_true", help="skip the test of each term")
-    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text",
-                   help="with --adjust: how to print the coefficient table (default text)")
     p.add_argument("--csv", help="write the coefficient table to this CSV file")
     p.set_defaults(func=_cmd_fit)
 
@@ -840,33 +792,11 @@ def _cmd_fit(args) -> int:
     return 0
 
 
-def _demo_logit(df: pd.DataFrame, args) -> None:
-    """Demo: P1's Table 7 model (Firth, paper reference levels, CR1 by item) on the full table."""
-    import warnings
-
-    from .regression import logit
-    from .simulate import PAPER_PSEUDO_R2, PAPER_REFERENCE
-
-    t0 = time.perf_counter()
-    formula = "refusal ~ persona + task + prompt + model"
-    cluster = "item_id" if "item_id" in df.columns else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = logit(formula, df, reference=PAPER_REFERENCE, penalty="firth", cluster=cluster)
-    print(f"\nLogistic regression, P1's Table 7 model with Firth's penalty ({len(df):,} rows in "
-          f"{fit.n_patterns:,} covariate patterns, {time.perf_counter() - t0:.1f} s):")
-    print(fit.summary())
-    print(f"(P1 reports McFadden pseudo-R2 {PAPER_PSEUDO_R2}; this simulated table gives {fit.pseudo_r2:.4f})")
-    args.results["logit"] = fit
-
-
-_DEMO_STEPS.insert(_DEMO_STEPS.index(_demo_report), _demo_logit)
-
-
 # --------------------------------------------------------------------------- bayes
-def _add_bayes(sub) -> None:
+def _add_bayes(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "bayes",
+        parents=opt("seed"),
         help="fit a Bayesian hierarchical model with lme4-style random intercepts (PyMC, nutpie)",
         description=(
             "Fit refusal ~ fixed part + (1|group) random intercepts on collapsed binomial counts "
@@ -883,7 +813,6 @@ def _add_bayes(sub) -> None:
     p.add_argument("--tune", type=_positive_int, default=1000,
                    help="warm-up iterations per chain (default 1000)")
     p.add_argument("--chains", type=_positive_int, default=4)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie")
     p.add_argument("--method", choices=["nuts", "advi"], default="nuts",
                    help="advi: fast APPROXIMATE variational fit (no R-hat, intervals too narrow)")
@@ -931,59 +860,10 @@ def _cmd_bayes(args) -> int:
     return 0
 
 
-#: Draws of the demo's hierarchical fit (chains x (tune + draws)): short enough for the
-#: 3-minute demo, long enough that its printed R-hat / ESS are honest about it.
-_DEMO_BAYES = {"chains": 4, "tune": 500, "draws": 700}
-
-
-def _demo_hierarchical(df: pd.DataFrame, args) -> None:
-    """Demo: persona within model effects from the hierarchical model (issue 5)."""
-    import warnings
-
-    from .bayes import hierarchical
-
-    t0 = time.perf_counter()
-    formula = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"
-    d = df[df["setting"] == "persona"] if "setting" in df.columns else df
-    print(f"\nBayesian hierarchical model: {formula}\n(nutpie, {_DEMO_BAYES['chains']} chains x "
-          f"({_DEMO_BAYES['tune']} tune + {_DEMO_BAYES['draws']} draws); `refusalstats bayes` "
-          "defaults to 4 x (1000 + 1000)) ...", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the diagnostics are printed with the summary
-        fit = hierarchical(formula, d, reference={"task": "nli", "prompt": "p1"}, seed=args.seed,
-                           progress=False, **_DEMO_BAYES)
-    print(fit)
-    eff = fit.effects("persona", within="model")
-    spread = eff.groupby("model", observed=True)["prob_effect"].std().sort_values(ascending=False)
-    top = list(spread.index[:4])
-    print("\nPersona effects within the four most persona-sensitive models (largest sd of the "
-          "personas' effects on the refusal probability): change in refusal probability vs an "
-          "average persona in that model, percentage points, 95% HDI, P(effect > 0):")
-    for mdl in top:
-        sub = eff[eff["model"] == mdl].sort_values("prob_effect", ascending=False)
-        rate = (sub["observed_rate"] * sub["n"]).sum() / sub["n"].sum()
-        print(f"\n  {mdl} (observed refusal rate {100 * rate:.2f}%):")
-        for r in sub.itertuples():
-            print(f"    {r.persona!s:28s} {100 * r.prob_effect:+7.2f} pp  "
-                  f"[{100 * r.prob_ci_low:+6.2f}, {100 * r.prob_ci_high:+6.2f}]  P>0 {r.p_gt_0:.3f}")
-    print(f"(hierarchical step: {time.perf_counter() - t0:.1f} s)")
-    args.results["hierarchical"] = fit
-
-
-_DEMO_STEPS.insert(_DEMO_STEPS.index(_demo_report), _demo_hierarchical)
-
-
 
 # --------------------------------------------------------------------------- cochran, disparity, agreement
 def _columns_arg(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
-
-
-def _add_output_options(p) -> None:
-    p.add_argument("--csv", help="also write the table to this CSV file")
-    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text",
-                   help="how to print the table (default text); markdown and latex format "
-                        "p-values as '< 0.001'")
 
 
 def _print_table(frame: pd.DataFrame, fmt: str = "text") -> None:
@@ -1003,9 +883,10 @@ def _emit(frame: pd.DataFrame, args) -> None:
         _write_csv(frame, args.csv)
 
 
-def _add_cochran(sub) -> None:
+def _add_cochran(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "cochran",
+        parents=opt("seed", "sep", "csv", "format"),
         help="Cochran's Q: do refusal rates differ across conditions, items as complete blocks?",
         description=(
             "Cochran's Q test (de Araujo & Roth 2024) of refusal across the levels of "
@@ -1022,9 +903,6 @@ def _add_cochran(sub) -> None:
     p.add_argument("--n-perm", type=_positive_int, default=9999,
                    help="permutations for --method permutation (default 9999)")
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values across --by groups")
-    p.add_argument("--seed", type=int, default=0)
-    _add_sep_option(p)
-    _add_output_options(p)
     p.set_defaults(func=_cmd_cochran)
 
 
@@ -1040,9 +918,10 @@ def _cmd_cochran(args) -> int:
     return 0
 
 
-def _add_disparity(sub) -> None:
+def _add_disparity(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "disparity",
+        parents=opt("conf", "seed", "cluster", "sep", "csv", "format"),
         help="de Araujo & Roth's disparity: persona spread within a category over control spread",
         description=(
             "Standard deviation of persona refusal rates within each --category level divided "
@@ -1060,11 +939,6 @@ def _add_disparity(sub) -> None:
     p.add_argument("--estimator", choices=["corrected", "plug-in"], default="corrected",
                    help="corrected (default): sampling noise removed from both spreads, whose "
                         "bootstrap CI covers 95%%; plug-in: de Araujo & Roth's raw ratio")
-    p.add_argument("--conf", type=_conf_level, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
-    _add_cluster_option(p)
-    _add_sep_option(p)
-    _add_output_options(p)
     p.set_defaults(func=_cmd_disparity)
 
 
@@ -1083,9 +957,10 @@ def _cmd_disparity(args) -> int:
     return 0
 
 
-def _add_agreement(sub) -> None:
+def _add_agreement(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "agreement",
+        parents=opt("sep", "csv", "format"),
         help="do models rank personas alike? Kendall's tau per pair and Kendall's W",
         description="Rank agreement of --rater columns (default model) on --item rates (default persona).",
     )
@@ -1095,8 +970,6 @@ def _add_agreement(sub) -> None:
     p.add_argument("--by", help="comma-separated columns to compute separately (e.g. task)")
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust the pairwise p-values")
     p.add_argument("--pairs-csv", help="also write the pairwise taus to this CSV file")
-    _add_sep_option(p)
-    _add_output_options(p)
     p.set_defaults(func=_cmd_agreement)
 
 
@@ -1133,8 +1006,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show Python tracebacks on errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
+    opt = _Options()
     for add in _COMMANDS:
-        add(sub)
+        add(sub, opt)
     return parser
 
 
