@@ -64,8 +64,11 @@ def cochran_q(
 
     Parameters
     ----------
-    data : DataFrame
-        The tidy response table.
+    data : DataFrame or path
+        The tidy response table; or a Parquet file, a folder of Parquet shards, a glob
+        or a list of them, streamed into counts per block x condition by
+        :func:`refusalstats.collapse` (the result, p-values of a seeded permutation test
+        included, equals the in-memory one).
     condition : str
         The within-block factor (default ``"persona"``).
     block : str or list of str
@@ -104,14 +107,15 @@ def cochran_q(
     -------
     DataFrame
         ``by`` columns, then ``n_blocks``, ``n_informative`` (blocks that are not
-        constant), ``n_conditions``, ``Q``, ``dof``, ``p_value``, ``method`` (the
-        one used) (and ``p_adjusted``). Q is NaN when no block varies (all refusals
+        constant), ``n_conditions``, ``Q``, ``df`` (k - 1 degrees of freedom),
+        ``p_value``, ``method`` (the one used) (and ``p_adjusted``). Q is NaN when no block varies (all refusals
         or none); such groups are left out of the adjustment.
 
     Raises
     ------
     ValueError
-        When blocks are incomplete (some block lacks a condition, or has one twice).
+        When blocks are incomplete (some block lacks a condition, or has more than one
+        row under one), the same rule for rows and for streamed counts.
         P1's Monte Carlo design shows each item to only a few personas; there the
         persona effect is tested with the likelihood-ratio test of the persona term
         of a logistic regression: ``rs.logit("refusal ~ model + task + prompt +
@@ -123,7 +127,7 @@ def cochran_q(
     >>> df = pd.DataFrame({"item_id": [1, 1, 2, 2, 3, 3, 4, 4],
     ...                    "persona": ["a", "b"] * 4,
     ...                    "refusal": [1, 0, 1, 0, 1, 1, 0, 0]})
-    >>> rs.cochran_q(df)[["Q", "dof", "p_value", "method"]].values.tolist()
+    >>> rs.cochran_q(df)[["Q", "df", "p_value", "method"]].values.tolist()
     [[2.0, 1, 0.5, 'exact']]
     """
     if not isinstance(condition, str):
@@ -354,14 +358,17 @@ class RankAgreement:
     Attributes
     ----------
     pairs : DataFrame
-        One row per pair of raters: Kendall's tau-b between their item rates, its
-        two-sided p-value and the number of items.
+        One row per pair of raters (columns ``{rater}_1``, ``{rater}_2``, ``n_items``,
+        ``tau``, ``p_value``): Kendall's tau-b between their item rates, its two-sided
+        p-value and the number of items.
     concordance : DataFrame
-        One row per group: Kendall's W (tie-corrected) across all raters, the
-        Friedman chi-square it implies, its degrees of freedom and p-value, and the
-        mean pairwise tau.
+        One row per group (columns ``n_{rater}s``, ``n_{item}s``, ``W``, ``chi2``,
+        ``df``, ``p_value``, ``mean_tau``): Kendall's W (tie-corrected) across all
+        raters, the Friedman chi-square it implies, its degrees of freedom and
+        p-value, and the mean pairwise tau.
     rates : DataFrame
-        The item x rater refusal rates the rankings come from.
+        The item x rater refusal rates the rankings come from (long: ``rater``,
+        ``item``, ``rate``).
     """
 
     pairs: pd.DataFrame
@@ -390,8 +397,9 @@ class RankAgreement:
         Returns
         -------
         DataFrame
-            One row per group: ``W``, the Friedman ``chi2``, its ``dof``, ``p_value``
-            (and ``p_adjusted``), the mean pairwise tau. The pairwise taus are :attr:`pairs`.
+            One row per group: the ``by`` columns, ``n_{rater}s``, ``n_{item}s`` (e.g.
+            ``n_models``, ``n_personas``), ``W``, the Friedman ``chi2``, its ``df``,
+            ``p_value``, ``mean_tau``. The pairwise taus are :attr:`pairs`.
         """
         return self.concordance.copy()
 
@@ -460,9 +468,13 @@ def rank_agreement(
     Returns
     -------
     RankAgreement
-        ``.pairs`` (rater_1, rater_2, n_items, tau, p_value), ``.concordance``
-        (n_raters, n_items, W, chi2, dof, p_value, mean_tau) and ``.rates``. A rater
-        whose rates do not vary has an undefined tau (NaN) with every other rater.
+        ``.pairs``: the ``by`` columns, ``{rater}_1``, ``{rater}_2`` (``model_1``,
+        ``model_2`` by default), ``n_items``, ``tau``, ``p_value`` (and ``p_adjusted``);
+        ``.concordance`` (also ``.to_frame()``): the ``by`` columns, ``n_{rater}s``,
+        ``n_{item}s`` (``n_models``, ``n_personas`` by default), ``W``, ``chi2``, ``df``
+        (n_items - 1), ``p_value``, ``mean_tau``; ``.rates``: the ``by`` columns,
+        ``rater``, ``item`` and ``rate``. A rater whose rates do not vary has an
+        undefined tau (NaN) with every other rater.
 
     Examples
     --------

@@ -178,8 +178,11 @@ def disparity(
 
     Parameters
     ----------
-    data : DataFrame
-        The tidy response table, control personas included.
+    data : DataFrame or path
+        The tidy response table, control personas included; or a Parquet file, a folder
+        of Parquet shards, a glob or a list of them, streamed into counts per persona
+        (x cluster) by :func:`refusalstats.collapse` (the result, a seeded bootstrap
+        interval included, equals the in-memory one).
     category : str
         Column that groups personas into categories; each persona must belong to one.
     control : str or list of str
@@ -212,7 +215,7 @@ def disparity(
     refusal : str
         The 0/1 outcome column.
     block : str or list of str, optional
-        Deprecated name of ``cluster`` (removed in the next release).
+        Deprecated name of ``cluster`` (a FutureWarning; removed in the next release).
     estimator : {"corrected", "plug-in"}
         ``"corrected"`` (default): the noise-corrected ratio
         ``sd_corrected / control_sd_corrected``, for the ratio of the personas' true
@@ -222,7 +225,9 @@ def disparity(
     Returns
     -------
     DataFrame
-        ``by`` columns, ``category`` (its level), ``n_personas``, ``sd``,
+        One row per group and category, categories in the column's level order (sorted,
+        or a categorical's own order): ``by`` columns, ``category`` (its level),
+        ``n_personas``, ``sd``,
         ``n_control``, ``control_sd`` (sds of the observed rates), with the corrected
         estimator ``sd_corrected``, ``control_sd_corrected`` and ``disparity_plugin``
         (= ``sd / control_sd``), then ``disparity`` (the chosen estimator) and

@@ -253,7 +253,8 @@ def proportion_ci(
 
     Returns
     -------
-    (ci_low, ci_high) : arrays
+    ci_low, ci_high : ndarray
+        The lower and upper limits, one per proportion.
 
     Examples
     --------
@@ -575,8 +576,10 @@ def persona_effect(
 
     Parameters
     ----------
-    data : DataFrame
-        The tidy response table with both settings.
+    data : DataFrame or path
+        The tidy response table with both settings; or a Parquet file, a folder of
+        Parquet shards, a glob or a list of them, streamed into counts by
+        :func:`refusalstats.collapse` (the result equals the in-memory one).
     by : str or list of str, optional
         Grouping columns, e.g. ``["model", "task"]``.
     setting : str
