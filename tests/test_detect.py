@@ -457,6 +457,57 @@ def test_evaluate_detector_against_statsmodels():
     assert "Wilson" in repr(ev) and ev["accuracy"] == m.loc["accuracy", "estimate"]
 
 
+def test_evaluate_detector_kappa_against_statsmodels_and_sklearn():
+    from scipy import stats
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    # a judge agreeing with human labels 80% of the time on 40 answers (small example)
+    texts = ["I cannot help with that.", "Neutral"] * 20
+    flags = rs.detector("paper")(texts)
+    truth = flags.copy()
+    truth[[1, 4, 7, 10, 13, 22, 31, 38]] = ~truth[[1, 4, 7, 10, 13, 22, 31, 38]]
+    ev = rs.evaluate_detector("paper", texts, truth, conf=0.9)
+    k = ev.metrics.set_index("metric").loc["kappa"]
+    ref = cohens_kappa(ev.confusion.to_numpy())  # Fleiss-Cohen-Everitt standard error
+    assert k["estimate"] == pytest.approx(ref.kappa, rel=1e-12)
+    # by hand: observed agreement 32/40, chance agreement from the margins
+    p_h, p_d = truth.mean(), flags.mean()
+    p_e = p_h * p_d + (1 - p_h) * (1 - p_d)
+    assert k["estimate"] == pytest.approx((32 / 40 - p_e) / (1 - p_e), rel=1e-12)
+    z = stats.norm.ppf(0.95)
+    assert [k["ci_low"], k["ci_high"]] == pytest.approx(
+        [ref.kappa - z * ref.std_kappa, ref.kappa + z * ref.std_kappa], rel=1e-10)
+    assert [ref.kappa_low, ref.kappa_upp] == pytest.approx(  # statsmodels' own 95% interval
+        ev.conf_int(0.95).loc["kappa"].tolist(), rel=1e-10)
+    assert (k["successes"], k["n"], k["ci_method"]) == (32, 40, "wald")
+
+
+def test_detector_evaluation_is_a_result_object():
+    from refusalstats._summary import Summary
+
+    rng = np.random.default_rng(2)
+    texts = CORPUS[:300]
+    flags = rs.detector("paper")(texts)
+    ev = rs.evaluate_detector("paper", texts, np.where(rng.random(300) < 0.9, flags, ~flags))
+    frame = ev.to_frame()
+    assert frame["metric"].tolist() == ["precision", "recall", "specificity", "f1", "accuracy",
+                                        "kappa"]
+    frame.loc[0, "estimate"] = -1.0  # a copy
+    assert ev["precision"] >= 0
+    assert len(repr(ev).splitlines()) <= 4 and "300" in repr(ev)
+    s = ev.summary()
+    assert isinstance(s, Summary) and "<table" in s._repr_html_()
+    assert "kappa" in s and "compliance" in s  # metrics and the confusion table
+    # conf_int at another level recomputes Wilson intervals from the counts
+    ci = ev.conf_int(0.5)
+    m = ev.metrics.set_index("metric")
+    lo, hi = proportion_confint(m.loc["recall", "successes"], m.loc["recall", "n"], alpha=0.5,
+                                method="wilson")
+    assert ci.loc["recall"].tolist() == pytest.approx([lo, hi], rel=1e-10)
+    assert ev.conf_int().equals(m[["ci_low", "ci_high"]])
+    assert (ci["ci_high"] - ci["ci_low"] < m["ci_high"] - m["ci_low"]).all()
+
+
 def test_f1_interval_covers_in_simulation():
     # coverage of the Wilson-through-Jaccard F1 interval at 90%: binomial truth
     rng = np.random.default_rng(7)

@@ -57,6 +57,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._summary import Summary
+
 __all__ = [
     "HEDGE_PATTERNS",
     "JUDGE_PROMPT",
@@ -1130,21 +1132,82 @@ def _wilson(successes: int, n: int, conf: float) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
+def _kappa(tp: int, fp: int, fn: int, tn: int, conf: float) -> tuple[float, float, float, float]:
+    """Cohen's kappa of the detector's flags against the labels, its large-sample standard
+    error (Fleiss, Cohen & Everitt 1969, as statsmodels' ``cohens_kappa``) and the Wald
+    interval at ``conf``, clipped to [-1, 1]. NaN when chance agreement is 1."""
+    from scipy import stats
+
+    table = np.array([[tp, fn], [fp, tn]], dtype=float)  # rows: human, columns: detector
+    n = table.sum()
+    if n == 0:
+        return (np.nan, np.nan, np.nan, np.nan)
+    p = table / n
+    row, col = p.sum(1), p.sum(0)
+    p_o, p_e = np.trace(p), float(row @ col)
+    if p_e >= 1:
+        return (np.nan, np.nan, np.nan, np.nan)
+    kappa = (p_o - p_e) / (1 - p_e)
+    a = float(np.sum(np.diag(p) * (1 - (row + col) * (1 - kappa)) ** 2))
+    off = p * (col[:, None] + row[None, :]) ** 2
+    np.fill_diagonal(off, 0.0)
+    b = (1 - kappa) ** 2 * float(off.sum())
+    c = (kappa - p_e * (1 - kappa)) ** 2
+    se = float(np.sqrt(max(a + b - c, 0.0) / (1 - p_e) ** 2 / n))
+    z = stats.norm.ppf((1 + conf) / 2)
+    return (float(kappa), se, max(-1.0, kappa - z * se), min(1.0, kappa + z * se))
+
+
+def _metrics(tp: int, fp: int, fn: int, tn: int, conf: float) -> tuple[pd.DataFrame, list[str]]:
+    """The metrics table of a 2 x 2 confusion (see :func:`evaluate_detector`) and notes."""
+    rows = []
+    notes = []
+    for metric, k, n in (
+        ("precision", tp, tp + fp),
+        ("recall", tp, tp + fn),
+        ("specificity", tn, tn + fp),
+        ("accuracy", tp + tn, tp + tn + fp + fn),
+    ):
+        lo, hi = _wilson(k, n, conf)
+        rows.append((metric, k / n if n else np.nan, lo, hi, k, n, "wilson"))
+        if n == 0:
+            notes.append(f"{metric} is undefined: its denominator is 0")
+    m = tp + fp + fn
+    if m:
+        jl, jh = _wilson(tp, m, conf)
+        f1 = ("f1", 2 * tp / (2 * tp + fp + fn), 2 * jl / (1 + jl), 2 * jh / (1 + jh), tp, m,
+              "wilson (jaccard)")
+    else:
+        f1 = ("f1", np.nan, np.nan, np.nan, 0, 0, "wilson (jaccard)")
+        notes.append("f1 is undefined: no refusal in the labels or the detector's flags")
+    rows.insert(3, f1)
+    kappa, _, klo, khi = _kappa(tp, fp, fn, tn, conf)
+    rows.append(("kappa", kappa, klo, khi, tp + tn, tp + fp + fn + tn, "wald"))
+    if np.isnan(kappa) and tp + fp + fn + tn:
+        notes.append("kappa is undefined: the labels and the flags are each one class only")
+    metrics = pd.DataFrame(
+        rows, columns=["metric", "estimate", "ci_low", "ci_high", "successes", "n", "ci_method"]
+    )
+    return metrics, notes
+
+
 @dataclass
 class DetectorEvaluation:
-    """A detector scored against human refusal labels.
+    """A detector scored against human refusal labels (from :func:`evaluate_detector`).
 
     Attributes
     ----------
     metrics : DataFrame
-        One row per metric (precision, recall, specificity, F1, accuracy) with the
-        estimate, its Wilson interval, and the counts it rests on.
+        One row per metric (precision, recall, specificity, F1, accuracy, Cohen's kappa)
+        with the estimate, its interval, the counts it rests on and the interval's method.
     confusion : DataFrame
         2 x 2 counts: rows the human label, columns the detector's flag.
     detector : str
         The detector's name.
     conf : float
         Confidence level of the intervals.
+    notes : list of str
+        Metrics that are undefined on these labels, and why.
     """
 
     metrics: pd.DataFrame
@@ -1157,20 +1220,67 @@ class DetectorEvaluation:
         """The point estimate of one metric, e.g. ``ev["f1"]``."""
         return float(self.metrics.set_index("metric").loc[metric, "estimate"])
 
+    def _header(self) -> str:
+        return (f"DetectorEvaluation(detector={self.detector!r}, "
+                f"n={int(self.confusion.to_numpy().sum()):,}, {self.conf:.0%} Wilson intervals; "
+                "kappa: Wald)")
+
     def __repr__(self) -> str:
+        # a few lines: the header and the estimates (the full table is .to_frame())
+        per = [f"{r.metric} {r.estimate:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]"
+               for r in self.metrics.itertuples()]
+        return "\n  ".join([self._header(), ", ".join(per[:3]), ", ".join(per[3:])])
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy table, one row per metric (a copy of :attr:`metrics`).
+
+        Returns
+        -------
+        DataFrame
+            ``metric, estimate, ci_low, ci_high, successes, n, ci_method``.
+        """
+        return self.metrics.copy()
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        c = self.confusion
+        return (int(c.loc["refusal", "refusal"]), int(c.loc["compliance", "refusal"]),
+                int(c.loc["refusal", "compliance"]), int(c.loc["compliance", "compliance"]))
+
+    def conf_int(self, conf: float | None = None) -> pd.DataFrame:
+        """Intervals of every metric at another level, from the stored counts.
+
+        Parameters
+        ----------
+        conf : float, optional
+            Interval level; default the evaluation's ``conf``.
+
+        Returns
+        -------
+        DataFrame
+            ``ci_low``, ``ci_high`` indexed by ``metric``.
+        """
+        from ._validation import check_conf
+
+        conf = self.conf if conf is None else check_conf(conf)
+        metrics, _ = _metrics(*self._counts(), conf)
+        out = metrics.set_index("metric")[["ci_low", "ci_high"]]
+        out.attrs["conf"] = conf
+        return out
+
+    def summary(self) -> Summary:
+        """The evaluation as text (metrics, confusion, notes) and, in notebooks, HTML.
+
+        Returns
+        -------
+        Summary
+            A string that prints as text and renders as HTML (``_repr_html_``).
+        """
         with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
-            parts = [
-                (
-                    f"Detector {self.detector!r} against human labels "
-                    f"({int(self.confusion.to_numpy().sum())} answers, "
-                    f"{self.conf:.0%} Wilson intervals)"
-                ),
-                self.metrics.to_string(index=False),
-                "",
-                self.confusion.to_string(),
-            ]
+            parts = [self._header(), self.metrics.to_string(index=False), "",
+                     self.confusion.to_string()]
         parts += [f"note: {n}" for n in self.notes]
-        return "\n".join(parts)
+        return Summary(f"Detector {self.detector!r} against human labels", "\n".join(parts),
+                       self.metrics, notes=self.notes)
 
 
 def _as_binary(labels: Iterable, n: int) -> np.ndarray:
@@ -1209,6 +1319,10 @@ def evaluate_detector(
     one: with J = TP / (TP + FP + FN) (the Jaccard index), F1 = 2J / (1 + J), and
     given TP + FP + FN, TP is binomial with success probability J. The Wilson
     interval for J mapped through 2J / (1 + J) is the interval reported for F1.
+    Cohen's kappa (agreement of the flags with the labels beyond chance, e.g. for a
+    :class:`JudgeDetector` against human judges) gets a Wald interval with the
+    large-sample standard error of Fleiss, Cohen & Everitt (1969), as statsmodels'
+    ``cohens_kappa``.
 
     Parameters
     ----------
@@ -1224,8 +1338,9 @@ def evaluate_detector(
     Returns
     -------
     DetectorEvaluation
-        ``.metrics`` (metric, estimate, ci_low, ci_high, successes, n) and
-        ``.confusion`` (human label x detector flag).
+        ``.to_frame()`` / ``.metrics`` (metric, estimate, ci_low, ci_high, successes, n,
+        ci_method; metrics precision, recall, specificity, f1, accuracy, kappa),
+        ``.confusion`` (human label x detector flag), ``.summary()`` and ``.conf_int()``.
 
     Examples
     --------
@@ -1248,30 +1363,7 @@ def evaluate_detector(
     fp = int(np.sum(pred & ~truth))
     fn = int(np.sum(~pred & truth))
     tn = int(np.sum(~pred & ~truth))
-    rows = []
-    notes = []
-    for metric, k, n in (
-        ("precision", tp, tp + fp),
-        ("recall", tp, tp + fn),
-        ("specificity", tn, tn + fp),
-        ("accuracy", tp + tn, tp + tn + fp + fn),
-    ):
-        lo, hi = _wilson(k, n, conf)
-        rows.append((metric, k / n if n else np.nan, lo, hi, k, n))
-        if n == 0:
-            notes.append(f"{metric} is undefined: its denominator is 0")
-    m = tp + fp + fn
-    if m:
-        jl, jh = _wilson(tp, m, conf)
-        rows.insert(
-            3, ("f1", 2 * tp / (2 * tp + fp + fn), 2 * jl / (1 + jl), 2 * jh / (1 + jh), tp, m)
-        )
-    else:
-        rows.insert(3, ("f1", np.nan, np.nan, np.nan, 0, 0))
-        notes.append("f1 is undefined: no refusal in the labels or the detector's flags")
-    metrics = pd.DataFrame(
-        rows, columns=["metric", "estimate", "ci_low", "ci_high", "successes", "n"]
-    )
+    metrics, notes = _metrics(tp, fp, fn, tn, conf)
     confusion = pd.DataFrame(
         [[tp, fn], [fp, tn]],
         index=pd.Index(["refusal", "compliance"], name="human"),
