@@ -378,7 +378,7 @@ def test_cochran_q_on_imported_matrix_matches_pingouin(tmp_path):
     ref = pg.cochran(data=long, dv="refusal", within="persona", subject="item")
     assert len(res) == 1
     row = res.iloc[0]
-    assert (row["n_blocks"], row["n_conditions"], row["dof"]) == (n_items, 4, 3)
+    assert (row["n_blocks"], row["n_conditions"], row["df"]) == (n_items, 4, 3)
     assert row["Q"] == pytest.approx(float(ref["Q"].iloc[0]), rel=1e-10)
     assert row["p_value"] == pytest.approx(float(ref["p_unc"].iloc[0]), rel=1e-8)
     assert row["p_value"] < 0.01  # the personas were built to differ
@@ -420,7 +420,7 @@ def test_persona_behavior_from_url_downloads_and_caches(p2_root, serve, tmp_path
     assert len(cached) == 4
     # a second load is served from the cache: the network seam is never called
     calls = []
-    monkeypatch.setattr(dumps, "_urlopen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(dumps.download, "_urlopen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
     again = dumps.persona_behavior(base, datasets="rac", control=True,
                                    models=["modelA", "modelB"], progress=False)
     assert calls == [] and len(again) == len(remote)
@@ -453,18 +453,18 @@ def test_fetch_progress_and_errors(tmp_path, monkeypatch, serve):
     def unreachable(*a, **k):
         raise urllib.error.URLError("connection refused")
 
-    monkeypatch.setattr(dumps, "_urlopen", unreachable)
+    monkeypatch.setattr(dumps.download, "_urlopen", unreachable)
     with pytest.raises(DumpError, match="connection refused.*pass the local path"):
         dumps.fetch(base + "/other.bin", cache=tmp_path / "c", progress=False)
 
 
 def test_raw_github_addresses():
-    assert dumps._raw_github("https://github.com/peluz/persona-behavior") == \
+    assert dumps.download._raw_github("https://github.com/peluz/persona-behavior") == \
         "https://raw.githubusercontent.com/peluz/persona-behavior/main"
-    assert dumps._raw_github("https://github.com/peluz/persona-behavior/tree/dev/results") == \
+    assert dumps.download._raw_github("https://github.com/peluz/persona-behavior/tree/dev/results") == \
         "https://raw.githubusercontent.com/peluz/persona-behavior/dev/results"
     raw = "https://raw.githubusercontent.com/peluz/persona-behavior/main"
-    assert dumps._raw_github(raw + "/") == raw
+    assert dumps.download._raw_github(raw + "/") == raw
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -759,20 +759,56 @@ def test_cli_import_generations_with_detector(p2_generations, tmp_path):
     assert back["refusal_published"].tolist() == RAC_A["a_black_person"] + RAC_A["a_man"]
 
 
-def test_fast_and_strict_matrix_readers_agree(tmp_path):
+def test_one_matrix_parser_reads_int8_and_text_alike(tmp_path, monkeypatch):
+    from refusalstats.dumps import matrix
+
     rng = np.random.default_rng(3)
     rows = {f"a_persona_{i}": rng.integers(0, 2, 500).tolist() for i in range(12)}
     plain = write_matrix(tmp_path / "plain.csv", rows)
-    assert dumps._parse_plain_matrix(plain) is not None  # the fast path applies
-    spelled = tmp_path / "spelled.csv"  # quoted names and 1.0/0.0 force the strict reader
+    spelled = tmp_path / "spelled.csv"  # quoted names and 1.0/0.0/True/False: read as text
     head, *body = plain.read_text().splitlines()
+    word = {"0": "False", "1": "True"}
     spelled.write_text("\n".join([head] + [
-        ",".join([f'"{ln.split(",")[0]}"'] + [c + ".0" for c in ln.split(",")[1:]])
-        for ln in body]) + "\n")
-    assert dumps._parse_plain_matrix(spelled) is None
-    a = dumps._parse_matrix(plain, "plain")
-    b = dumps._parse_matrix(spelled, "spelled")
-    assert a.personas == b.personas == list(rows)
+        ",".join([f'"{ln.split(",")[0]}"']
+                 + [c + ".0" if k % 2 else word[c] for k, c in enumerate(ln.split(",")[1:])])
+        for ln in body]) + "\n\n")
+
+    def no_text_pass(*a, **k):
+        raise AssertionError("a plain 0/1 matrix is read as int8, without the text pass")
+
+    monkeypatch.setattr(matrix, "_parse_text", no_text_pass)
+    a = dumps.parse_matrix(plain, "plain")
+    b = dumps.parse_matrix(spelled, "spelled")  # pandas reads True and 1.0 as int8 too
+    monkeypatch.undo()
+    names, values = matrix._parse_text(spelled, "spelled", {  # the text pass, on its own
+        "header": None, "skiprows": 1, "names": list(range(501)), "index_col": False,
+        "engine": "c"}, [str(i) for i in range(500)])
+    assert a.personas == b.personas == names == list(rows)
     assert a.items == b.items == list(range(500))
+    assert a.values.dtype == b.values.dtype == values.dtype == np.int8
     np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.values, values)
     np.testing.assert_array_equal(a.values, np.array(list(rows.values())))
+
+
+@pytest.mark.parametrize("text, why", [
+    (",0,1\na_man,0,1,1\na_woman,0,1\n", r"line 2 \(persona 'a_man'\): 3 cell\(s\) but the header has 2"),
+    (",0,1\na_man,0,1\n\na_woman,0\n", r"line 4 \(persona 'a_woman'\): 1 cell\(s\) but the header has 2"),
+    (",0,1\na_man,0,1\n\na_woman,0,\n", r"line 4 \(persona 'a_woman'\), item column '1': value '' is not 0/1"),
+    (",0,0\na_man,0,1\n", r"item column\(s\) \['0'\] appear more than once"),
+    (",0,1\n", r"a header but no persona rows"),
+    ("", r"expected a header row"),
+])
+def test_matrix_parser_names_the_line(tmp_path, text, why):
+    f = tmp_path / "m.csv"
+    f.write_text(text)
+    with pytest.raises(DumpError, match=why):
+        dumps.parse_matrix(f, "m.csv")
+
+
+def test_matrix_parser_skips_blank_lines_and_keeps_quoted_names(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text(',0,1\n"a_man, tall",0,1\n\n  \na_woman,1,1\n\n')
+    m = dumps.parse_matrix(f)
+    assert m.personas == ["a_man, tall", "a_woman"]
+    assert m.values.tolist() == [[0, 1], [1, 1]]

@@ -217,22 +217,30 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _format_of(path: Path, fmt: str | None) -> str:
+#: File extensions and the table format each names; text formats may also end in ``.gz``.
+TABLE_FORMATS: dict[str, str] = {
+    ".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+}
+
+#: Formats :func:`write_responses` writes (``json``, a list of records, is read only).
+_WRITE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
+
+
+def _format_of(path: Path, fmt: str | None, *, formats: Iterable[str] = _WRITE_FORMATS) -> str:
+    """The format of ``path``: ``fmt`` when given, else the one its extension names."""
+    formats = tuple(formats)
     if fmt:
         return fmt.lower()
-    suffixes = [s.lower() for s in path.suffixes]
+    suffixes = [s.lower() for s in Path(path).suffixes]
     for s in reversed(suffixes):
-        if s in (".parquet", ".pq"):
-            return "parquet"
-        if s == ".csv":
-            return "csv"
-        if s == ".tsv":
-            return "tsv"
-        if s in (".jsonl", ".ndjson"):
-            return "jsonl"
+        if TABLE_FORMATS.get(s) in formats:
+            return TABLE_FORMATS[s]
+    exts = [e for e, f in TABLE_FORMATS.items() if f in formats and e not in (".pq", ".ndjson")]
     raise ValueError(
-        f"cannot tell the format of '{path}' from its extension; use .parquet, .csv, .tsv or "
-        ".jsonl (optionally .gz), or pass format='parquet'|'csv'|'tsv'|'jsonl'"
+        f"cannot tell the format of '{path}' from its extension; use "
+        f"{', '.join(exts[:-1])} or {exts[-1]} (text formats optionally .gz), or pass "
+        f"format={'|'.join(repr(f) for f in formats)}"
     )
 
 
@@ -324,9 +332,10 @@ def _sniff_sep(path: Path) -> str:
     return best if counts[best] > 0 else ","
 
 
-def _read_error(path: Path, fmt: str, exc: Exception) -> ValueError:
+def _read_error(path: Path, fmt: str, exc: Exception | None) -> ValueError:
     """A one-line, user-facing reason why a table file could not be read."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip() if exc is not None else ""
+    detail = text.splitlines()[0] if text else type(exc).__name__
     if path.stat().st_size == 0:
         why = "the file is empty (0 bytes)"
     elif fmt == "parquet":
@@ -337,12 +346,146 @@ def _read_error(path: Path, fmt: str, exc: Exception) -> ValueError:
     return ValueError(f"could not read '{path}' as {fmt.upper()}: {why}")
 
 
+def _absent_columns(path: Path, have: Iterable[str], want: list[str]) -> None:
+    have = list(map(str, have))
+    missing = [c for c in want if c not in have]
+    if missing:
+        raise SchemaError(f"'{path}': column(s) {missing} not in the file; its columns are {have}")
+
+
+def read_table(
+    path: str | Path,
+    *,
+    sep: str | None = None,
+    format: str | None = None,
+    columns: Iterable[str] | None = None,
+    dtype: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Read a CSV, TSV, JSONL, JSON or Parquet file into a DataFrame, as it is.
+
+    The one table reader of refusalstats: :func:`read_responses`, the dump loaders
+    (:mod:`refusalstats.dumps`) and the inference task files all read through it, so
+    every file gives the same errors. Nothing is validated or converted; see
+    :func:`read_responses` for a response table.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file: ``.parquet``/``.pq``, ``.csv``, ``.tsv``, ``.jsonl``/``.ndjson`` or
+        ``.json`` (a list of records, or JSON lines); text formats may end in ``.gz``.
+    sep : str, optional
+        Field delimiter of a CSV file. By default the most frequent of ``,`` ``;`` tab
+        ``|`` in the first line (semicolon CSVs from spreadsheet locales read as they
+        are); a TSV file uses tab.
+    format : {"parquet", "csv", "tsv", "jsonl", "json"}, optional
+        Overrides the format the extension names.
+    columns : iterable of str, optional
+        Read only these columns (Parquet and CSV skip the others while reading).
+    dtype : mapping of str to dtype, optional
+        Column dtypes for the text formats (as in :func:`pandas.read_csv`).
+
+    Returns
+    -------
+    DataFrame
+        The file's rows and columns. A Parquet file written by :func:`write_responses`
+        brings its run metadata in ``df.attrs["metadata"]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    IsADirectoryError
+        ``path`` is a folder.
+    ValueError
+        An unknown extension or format, an empty file (``the file is empty (0 bytes)``),
+        a truncated or invalid Parquet file (``not a valid Parquet file``) or a text file
+        that does not parse; the message names the file.
+    SchemaError
+        A column of ``columns`` is not in the file (the message lists the file's columns).
+
+    Examples
+    --------
+    >>> import pandas as pd, tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = f.write_text("model;refusal\\nm1;1\\nm2;0\\n")
+    >>> read_table(f)
+      model  refusal
+    0    m1        1
+    1    m2        0
+    >>> read_table(f, columns=["refusal"])["refusal"].tolist()
+    [1, 0]
+    >>> read_table(f.with_suffix(".xlsx"))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no table file at '...t.xlsx'
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no table file at '{path}'")
+    if path.is_dir():
+        raise IsADirectoryError(f"'{path}' is a folder; give a table file inside it")
+    readable = tuple(dict.fromkeys(TABLE_FORMATS.values()))
+    fmt = _format_of(path, format, formats=readable)
+    if fmt not in readable:
+        raise ValueError(f"unknown format '{fmt}'; use one of {list(readable)}")
+    if path.stat().st_size == 0:
+        raise _read_error(path, fmt, None)
+    want = None if columns is None else list(dict.fromkeys(columns))
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            if want is not None:
+                _absent_columns(path, pq.read_schema(path).names, want)
+            at = pq.read_table(path, columns=want)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if isinstance(exc, SchemaError):
+                raise
+            raise _read_error(path, fmt, exc) from None
+        kv = at.schema.metadata or {}
+        df = at.to_pandas()
+        if METADATA_KEY in kv:
+            df.attrs["metadata"] = json.loads(kv[METADATA_KEY].decode())
+        return df
+    if dtype and want is not None:
+        dtype = {c: t for c, t in dtype.items() if c in want}
+    try:
+        if fmt in ("csv", "tsv"):
+            delim = sep or ("\t" if fmt == "tsv" else _sniff_sep(path))
+            usecols = None
+            if want is not None:
+                _absent_columns(path, pd.read_csv(path, sep=delim, nrows=0).columns, want)
+                usecols = want
+            df = pd.read_csv(path, sep=delim, usecols=usecols, dtype=dtype or None)
+            return df if want is None else df[want]
+        if fmt == "jsonl":
+            df = pd.read_json(path, orient="records", lines=True, dtype=dtype or None)
+        else:
+            try:
+                df = pd.read_json(path, orient="records", dtype=dtype or None)
+            except ValueError:  # JSON lines under a .json name
+                df = pd.read_json(path, orient="records", lines=True, dtype=dtype or None)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise _read_error(path, fmt, exc) from None
+    except ValueError as exc:
+        if isinstance(exc, SchemaError):
+            raise
+        raise _read_error(path, fmt, exc) from None
+    if want is not None:
+        _absent_columns(path, df.columns, want)
+        df = df[want]
+    return df
+
+
 def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True,
                    sep: str | None = None) -> pd.DataFrame:
     """Read a response table written by :func:`write_responses` (or any file in the schema).
 
-    Run metadata comes back in ``df.attrs["metadata"]``; categorical columns stay
-    categorical with their levels in their stored order.
+    The file is read by :func:`read_table`. Run metadata comes back in
+    ``df.attrs["metadata"]``; categorical columns stay categorical with their levels in
+    their stored order (Parquet natively, CSV/JSONL through the ``.meta.json`` sidecar
+    :func:`write_responses` writes).
 
     Parameters
     ----------
@@ -356,6 +499,20 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
         Field delimiter of a CSV file; by default the most frequent of ``,`` ``;`` tab
         ``|`` in the header line (semicolon CSVs from spreadsheet locales read as they are).
 
+    Returns
+    -------
+    DataFrame
+        The table (validated and in canonical form when ``validate_table``), with the run
+        metadata (a dict, empty when the file has none) in ``attrs["metadata"]``.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, ValueError
+        As :func:`read_table`: no file, a folder, an unknown extension, an empty,
+        truncated or unparsable file.
+    SchemaError
+        With ``validate_table``, every problem of the table at once.
+
     Examples
     --------
     >>> table = rs.read_responses("runs/table.parquet")  # doctest: +SKIP
@@ -365,42 +522,19 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no response table at '{path}'")
-    if path.is_dir():
-        raise IsADirectoryError(f"'{path}' is a folder; give the table file inside it")
     fmt = _format_of(path, format)
-    meta: dict = {}
+    if fmt not in _WRITE_FORMATS:
+        raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv', 'tsv' or 'jsonl'")
     if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            at = pq.read_table(path)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise _read_error(path, fmt, exc) from None
-        kv = at.schema.metadata or {}
-        if METADATA_KEY in kv:
-            meta = json.loads(kv[METADATA_KEY].decode())
-        df = at.to_pandas()
+        df = read_table(path, format=fmt)
+        meta = df.attrs.pop("metadata", {})
     else:
         side_path = Path(str(path) + ".meta.json")
         side = json.loads(side_path.read_text()) if side_path.exists() else {}
         meta = side.get("metadata", {})
         dtypes = side.get("dtypes", {})
         str_cols = {c: str for c, t in dtypes.items() if t in ("object", "category", "str", "string")}
-        try:
-            if fmt in ("csv", "tsv"):
-                delim = sep or ("\t" if fmt == "tsv" else _sniff_sep(path))
-                df = pd.read_csv(path, dtype=str_cols or None, keep_default_na=True, sep=delim)
-            elif fmt == "jsonl":
-                df = pd.read_json(path, orient="records", lines=True, dtype=str_cols or None)
-            else:
-                raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv', 'tsv' or 'jsonl'")
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise _read_error(path, fmt, exc) from None
-        except ValueError as exc:
-            if "unknown format" in str(exc):
-                raise
-            raise _read_error(path, fmt, exc) from None
+        df = read_table(path, format=fmt, sep=sep, dtype=str_cols or None)
         for c, levels in side.get("categories", {}).items():
             if c in df.columns:
                 if dtypes.get(c) and not pd.api.types.is_object_dtype(df[c]):
