@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from refusalstats.table import read_table
+
 from .runner import _detect_refusals, _now, _read_shards, _restore_levels, _slug
 
 __all__ = ["collect_runs", "find_run_dirs"]
@@ -74,7 +76,7 @@ def _shard_of(meta: dict) -> dict:
 
 def _run_rows(out: Path, meta: dict, models: Sequence[str] | None) -> list[tuple[str, pd.DataFrame]]:
     """Each model's answered rows in one run directory, duplicates kept."""
-    prompts = pd.read_parquet(out / "prompts.parquet")
+    prompts = read_table(out / "prompts.parquet")
     base = prompts.drop(columns=["prompt_text", "system_text", "user_text"], errors="ignore")
     result = []
     for name, entry in meta.get("models", {}).items():

@@ -8,8 +8,10 @@ An *items* table has one row per unit to classify, with the columns
 ``gold_label``   the gold class ("entailment" / "neutral" / "contradiction" for NLI,
                  the integer rating 1-5 for the POPQUORN tasks)
 
-Files are read from CSV, TSV, JSONL, JSON or Parquet with a column mapping; XNLI can also
-come from the Hugging Face hub when the ``datasets`` package is installed and online.
+Files are read from CSV, TSV, JSONL, JSON or Parquet (optionally ``.gz``) by
+:func:`refusalstats.table.read_table`, the package's one table reader, with a column
+mapping; XNLI can also come from the Hugging Face hub when the ``datasets`` package is
+installed and online.
 :func:`select_per_class` draws the per-class sample the way P1 did (1,000 items per class,
 fewer where a class is short, and says so).
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from refusalstats.table import read_table
 
 __all__ = [
     "NLI_LABELS",
@@ -45,47 +49,6 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 _RATING_LABELS = (1, 2, 3, 4, 5)
-
-
-def read_table(path: str | Path, format: str | None = None) -> pd.DataFrame:
-    """Read a CSV, TSV, JSONL, JSON or Parquet file into a DataFrame.
-
-    Parameters
-    ----------
-    path : str or Path
-        The file. Its suffix picks the reader unless ``format`` is given.
-    format : {"csv", "tsv", "jsonl", "json", "parquet"}, optional
-        Override the format guessed from the suffix.
-
-    Returns
-    -------
-    pandas.DataFrame
-
-    Examples
-    --------
-    >>> df = read_table("xnli_en_test.jsonl")  # doctest: +SKIP
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"task file {str(path)!r} does not exist")
-    fmt = (format or path.suffix.lstrip(".")).lower()
-    if fmt in ("csv", "txt"):
-        return pd.read_csv(path)
-    if fmt == "tsv":
-        return pd.read_csv(path, sep="\t")
-    if fmt in ("jsonl", "ndjson"):
-        return pd.read_json(path, lines=True)
-    if fmt == "json":
-        try:
-            return pd.read_json(path)
-        except ValueError:
-            return pd.read_json(path, lines=True)
-    if fmt in ("parquet", "pq"):
-        return pd.read_parquet(path)
-    raise ValueError(
-        f"cannot tell the format of {str(path)!r} (suffix {path.suffix!r}); "
-        "use a .csv, .tsv, .jsonl, .json or .parquet file or pass format=..."
-    )
 
 
 def _rename(df: pd.DataFrame, columns: Mapping[str, str] | None, path_hint: str) -> pd.DataFrame:
