@@ -92,3 +92,116 @@ def test_unknown_extension(tmp_path):
 def test_read_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         rs.read_responses(tmp_path / "nope.parquet")
+
+
+# ---------------------------------------------------------------------- read_table: the one reader
+def _raw(n=6):
+    return pd.DataFrame({"model": ["m1", "m2"] * (n // 2), "refusal": [0, 1] * (n // 2),
+                         "response": [f"text {i}" for i in range(n)]})
+
+
+@pytest.mark.parametrize("name, write", [
+    ("t.parquet", lambda d, p: d.to_parquet(p, index=False)),
+    ("t.csv", lambda d, p: d.to_csv(p, index=False)),
+    ("t.csv.gz", lambda d, p: d.to_csv(p, index=False)),
+    ("t.tsv", lambda d, p: d.to_csv(p, index=False, sep="\t")),
+    ("semicolon.csv", lambda d, p: d.to_csv(p, index=False, sep=";")),
+    ("t.jsonl", lambda d, p: d.to_json(p, orient="records", lines=True)),
+    ("t.jsonl.gz", lambda d, p: d.to_json(p, orient="records", lines=True)),
+    ("t.json", lambda d, p: d.to_json(p, orient="records")),
+    ("lines.json", lambda d, p: d.to_json(p, orient="records", lines=True)),
+])
+def test_read_table_reads_every_format(tmp_path, name, write):
+    from refusalstats.table import read_table
+
+    df = _raw()
+    write(df, tmp_path / name)
+    back = read_table(tmp_path / name)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    sub = read_table(tmp_path / name, columns=["response", "model"])
+    assert list(sub.columns) == ["response", "model"]
+    assert sub["response"].tolist() == df["response"].tolist()
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.csv"])
+def test_read_table_names_absent_columns(tmp_path, name):
+    from refusalstats.table import read_table
+
+    df = _raw()
+    (df.to_parquet if name.endswith("parquet") else df.to_csv)(tmp_path / name, index=False)
+    with pytest.raises(SchemaError, match=r"\['persona'\] not in the file; its columns are "
+                                          r"\['model', 'refusal', 'response'\]"):
+        read_table(tmp_path / name, columns=["model", "persona"])
+
+
+def test_read_table_sep_and_format_overrides(tmp_path):
+    from refusalstats.table import read_table
+
+    f = tmp_path / "data.txt"
+    f.write_text("a|b\n1|2\n")
+    with pytest.raises(ValueError, match="cannot tell the format of .*data.txt"):
+        read_table(f)
+    assert read_table(f, format="csv").columns.tolist() == ["a", "b"]  # '|' guessed
+    assert read_table(f, format="csv", sep=",").columns.tolist() == ["a|b"]  # --sep wins
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("empty.csv", b"", r"could not read '.*empty.csv' as CSV: the file is empty \(0 bytes\)"),
+    ("empty.parquet", b"", r"as PARQUET: the file is empty \(0 bytes\)"),
+    ("bad.parquet", b"PAR1 this is not parquet", r"not a valid Parquet file"),
+    ("bad.jsonl", b'{"a": 1}\n{"a": \n', r"as JSONL: it is not valid JSONL"),
+])
+def test_read_table_errors_name_the_file(tmp_path, name, content, why):
+    from refusalstats.table import read_table
+
+    f = tmp_path / name
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=why):
+        read_table(f)
+
+
+def test_truncated_parquet_and_folders(tmp_path):
+    from refusalstats.table import read_table
+
+    good = tmp_path / "t.parquet"
+    _raw(200).to_parquet(good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="not a valid Parquet file"):
+        read_table(cut)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        read_table(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_table(tmp_path / "nope.csv")
+
+
+def test_every_reader_goes_through_read_table(tmp_path, monkeypatch):
+    """read_responses, the dump loaders and the inference task files share the one reader
+    (and so its messages): each reports an empty file the same way."""
+    from refusalstats import dumps, table
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    readers = [lambda: rs.read_responses(empty),
+               lambda: dumps.read_generic(empty, progress=False),
+               lambda: dumps.xstest(empty, progress=False)]
+    try:
+        from refusalstats.inference.datasets import load_items
+    except ImportError:  # pragma: no cover - the inference module is optional
+        pass
+    else:
+        readers.append(lambda: load_items(empty, "nli"))
+    for read in readers:
+        with pytest.raises(ValueError, match=r"empty\.csv.*the file is empty \(0 bytes\)"):
+            read()
+    calls = []
+    real = table.read_table
+
+    def spy(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(table, "read_table", spy)
+    with pytest.raises(ValueError):
+        rs.read_responses(empty)
+    assert calls == [empty]
