@@ -5,8 +5,10 @@ published layouts, checked row by row; every error case; the URL path over loopb
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -471,7 +473,73 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("REFUSALSTATS_CACHE", str(tmp_path / "x"))
     assert dumps.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("REFUSALSTATS_CACHE")
-    assert dumps.cache_dir() == Path("~/.cache/refusalstats").expanduser()
+    platformdirs = pytest.importorskip("platformdirs")
+    assert dumps.cache_dir() == Path(platformdirs.user_cache_dir("refusalstats", appauthor=False))
+    if sys.platform.startswith("linux"):  # the platform's rule: XDG_CACHE_HOME, else ~/.cache
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert dumps.cache_dir() == tmp_path / "xdg" / "refusalstats"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert dumps.cache_dir() == Path("~/.cache/refusalstats").expanduser()
+
+
+# ----------------------------------------------------------------------------- SHA-256 pins
+def test_fetch_checks_a_pinned_sha256(tmp_path, serve):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "f.csv").write_bytes(b"a,b\n1,2\n")
+    good = hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    base = serve(folder)
+    assert dumps.sha256_of(folder / "f.csv") == good
+    p = dumps.fetch(base + "/f.csv", cache=tmp_path / "c", progress=False, sha256="sha256:" + good.upper())
+    assert p.read_bytes() == b"a,b\n1,2\n"
+    # a cached copy that no longer matches its pin is downloaded again
+    p.write_bytes(b"corrupted")
+    assert dumps.fetch(base + "/f.csv", cache=tmp_path / "c", progress=False,
+                       sha256=good).read_bytes() == b"a,b\n1,2\n"
+    # a download that differs from its pin is deleted and raises
+    with pytest.raises(dumps.ChecksumError, match=f"SHA-256 is {good}, but it was pinned to {'0' * 64}"):
+        dumps.fetch(base + "/f.csv", cache=tmp_path / "d", progress=False, sha256="0" * 64)
+    assert not [f for f in (tmp_path / "d").rglob("*") if f.is_file()]
+    with pytest.raises(ValueError, match="64 hex digits"):
+        dumps.fetch(base + "/f.csv", cache=tmp_path / "d", sha256="abc")
+
+
+def test_persona_behavior_records_and_checks_sha256(p2_root, serve, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSALSTATS_CACHE", str(tmp_path / "cache"))
+    df = dumps.persona_behavior(p2_root, datasets="rac", progress=False)
+    pins = df.attrs["metadata"]["sha256"]
+    rel = "results/zero/modelA/rac_refusals.csv"
+    assert pins[rel] == dumps.sha256_of(p2_root / rel)
+    assert "data/persona_cat.json" in pins and "results/zero/modelA/rac_hedges.csv" in pins
+    json.dumps(df.attrs["metadata"])  # provenance stays JSON
+    # the digests of one load pin the next, locally and over HTTP
+    again = dumps.persona_behavior(p2_root, datasets="rac", checksums=pins, progress=False)
+    assert again.attrs["metadata"]["sha256"] == pins
+    remote = dumps.persona_behavior(serve(p2_root), datasets="rac", models=["modelA", "modelB"],
+                                    checksums=pins, progress=False)
+    assert len(remote) == len(df)
+    with open(p2_root / rel, "a") as fh:  # the published file changes
+        fh.write("a_new_person,1,1,1,1\n")
+    with pytest.raises(dumps.ChecksumError, match=r"rac_refusals.csv: SHA-256 is .* pinned to"):
+        dumps.persona_behavior(p2_root, datasets="rac", checksums=pins, progress=False)
+
+
+def test_generic_and_xstest_sha256(tmp_path):
+    f = tmp_path / "r.csv"
+    pd.DataFrame({"model": ["m"], "task": ["t"], "persona": ["p"], "prompt": ["q"],
+                  "refusal": [1]}).to_csv(f, index=False)
+    digest = dumps.sha256_of(f)
+    df = dumps.read_generic(f, sha256=digest, progress=False)
+    assert df.attrs["metadata"]["sha256"] == digest
+    with pytest.raises(dumps.ChecksumError, match="r.csv: SHA-256 is"):
+        dumps.read_generic(f, sha256="f" * 64, progress=False)
+    xs = tmp_path / "xstest_v2_completions_m.csv"
+    pd.DataFrame({"id": [1], "type": ["homonyms"], "prompt": ["p"],
+                  "completion": ["Sure."]}).to_csv(xs, index=False)
+    out = dumps.xstest(xs, sha256={str(xs): dumps.sha256_of(xs)}, progress=False)
+    assert out.attrs["metadata"]["sha256"] == {str(xs): dumps.sha256_of(xs)}
+    with pytest.raises(dumps.ChecksumError):
+        dumps.xstest(xs, sha256="0" * 64, progress=False)
 
 
 # ----------------------------------------------------------------------------- XSTest
