@@ -150,7 +150,12 @@ def report(
     """
     from ..table import read_responses, validate
 
-    if isinstance(data, (str, Path)):
+    stream = _parquet_source(data)
+    df = None
+    if stream is not None:
+        source = source or (str(data) if not isinstance(data, (list, tuple))
+                            else f"{len(data)} Parquet path(s)")
+    elif isinstance(data, (str, Path)):
         path_in = Path(data)
         df = read_responses(path_in)
         source = source or str(path_in)
@@ -176,22 +181,30 @@ def report(
     if unknown:
         raise ValueError(f"options has unknown key(s) {sorted(unknown)}; "
                          "use 'logit', 'w2', 'hierarchical'")
+    columns = _stream_columns(stream) if stream is not None else list(map(str, df.columns))
     if inputs is not None:
-        missing = [c for c in inputs if c not in df.columns]
+        missing = [c for c in inputs if c not in columns]
         if missing:
             raise SchemaError(f"report: inputs {missing} are not columns of the table; its columns are "
-                              f"{list(map(str, df.columns))}")
+                              f"{columns}")
 
     from .._validation import resolve_cluster
 
-    cluster = resolve_cluster(df, cluster, where="report", note=False)
+    if stream is not None:
+        cluster, n_clusters, design = _stream_design(stream, cluster, columns)
+        ctx = S.Context(data=None, persona_data=None, formula=formula,
+                        inputs=list(inputs) if inputs else None, hierarchical=hierarchical,
+                        seed=seed, results=results, options=options, progress=progress,
+                        cluster=cluster, source=stream, design=design)
+    else:
+        cluster = resolve_cluster(df, cluster, where="report", note=False)
+        ctx = S.Context(data=df, persona_data=_persona_rows(df), formula=formula,
+                        inputs=list(inputs) if inputs else None, hierarchical=hierarchical,
+                        seed=seed, results=results, options=options, progress=progress,
+                        cluster=cluster)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    ctx = S.Context(data=df, persona_data=_persona_rows(df), formula=formula,
-                    inputs=list(inputs) if inputs else None, hierarchical=hierarchical,
-                    seed=seed, results=results, options=options, progress=progress,
-                    cluster=cluster)
     import matplotlib
 
     with matplotlib.rc_context(_rc()), warnings.catch_warnings():
@@ -211,12 +224,125 @@ def report(
             t.data.to_csv(p, index=False)
             tables[t.key] = p
     findings = [f for sec in secs if not sec.skipped for f in sec.findings]
-    meta = _header(df, source, seed, cluster)
+    meta = (_header(df, source, seed, cluster) if stream is None
+            else _stream_header(ctx, source, seed, n_clusters, columns))
     page = _page(title, meta, findings, secs)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return Report(path=path, out=out, sections=secs, findings=findings, figures=figures,
                   tables=tables)
+
+
+def _parquet_source(data):
+    """``data`` when it is a Parquet source to stream (a .parquet/.pq file, a folder, a glob
+    or a list of them), else None (a DataFrame, or a CSV/TSV/JSONL file read as rows)."""
+    from ..scan import is_dataset
+
+    if not is_dataset(data):
+        return None
+    if isinstance(data, (list, tuple)):
+        return list(data)
+    text = str(data)
+    if any(ch in text for ch in "*?["):
+        return data
+    p = Path(text)
+    if p.is_dir() or p.suffix.lower() in (".parquet", ".pq"):
+        return data
+    return None
+
+
+def _stream_columns(source) -> list[str]:
+    from ..scan import scan_columns
+
+    columns = scan_columns(source)
+    if "refusal" not in columns:
+        raise SchemaError(f"report: the table needs a 0/1 'refusal' column; its columns are "
+                          f"{columns}")
+    return columns
+
+
+def _stream_design(source, cluster, columns: list[str]):
+    """Cluster column, number of clusters and the design counts of a Parquet source.
+
+    The design counts are one :func:`~refusalstats.collapse` by the schema's design
+    columns and the source's other dictionary-typed (categorical) columns, without the
+    cluster: as many lines as design cells, whatever the number of rows.
+    """
+    import pyarrow as pa
+
+    from .._validation import AUTO_CLUSTER_COLUMN
+    from ..scan import _dataset, _parquet_files, collapse
+
+    n_clusters = None
+    if isinstance(cluster, str) and cluster == "auto":
+        cluster = None
+        if AUTO_CLUSTER_COLUMN in columns:
+            per = collapse(source, by=[], cluster=AUTO_CLUSTER_COLUMN)["n"].to_numpy()
+            if (per > 1).any():
+                cluster, n_clusters = AUTO_CLUSTER_COLUMN, len(per)
+    elif cluster is not None:
+        names = [cluster] if isinstance(cluster, str) else list(cluster)
+        missing = [c for c in names if c not in columns]
+        if missing:
+            raise SchemaError(f"report: cluster column(s) {missing} are not in the table; its "
+                              f"columns are {columns}")
+        n_clusters = len(collapse(source, by=[], cluster=names))
+    schema = _dataset(_parquet_files(source)).schema
+    skip = {"refusal", "item_id", "response", "prompt_text", "system_text", "gold_label",
+            "predicted_label", "label", "label_refusal"}
+    cats = [c for c in columns if c not in skip and c not in S.DESIGN_COLUMNS
+            and pa.types.is_dictionary(schema.field(c).type)]
+    keys = [c for c in S.DESIGN_COLUMNS if c in columns] + cats
+    clusters = [] if cluster is None else ([cluster] if isinstance(cluster, str) else list(cluster))
+    keys = [c for c in keys if c not in clusters]
+    design = collapse(source, by=keys, cluster=None)
+    return cluster, n_clusters, design
+
+
+def _stream_header(ctx, source: str, seed: int, n_clusters, columns: list[str]
+                   ) -> list[tuple[str, str]]:
+    """The page header of a streamed source: levels and totals from its design counts."""
+    from .. import __version__
+    from ..scan import collapse
+
+    n, k = S.n_rows(ctx), S.n_refusals(ctx)
+
+    def lv(col: str) -> str:
+        if col not in columns:
+            return "— (no column)"
+        levels = S.levels_of(ctx, col)
+        shown = ", ".join(map(str, levels[:20])) + (" …" if len(levels) > 20 else "")
+        return f"{len(levels)}: {shown}"
+
+    rows = [
+        ("Data", f"{source} (Parquet, streamed into counts: no analysis holds the rows)"),
+        ("Rows", f"{n:,} answers, {k:,} refusals"),
+        ("Models", lv("model")),
+        ("Tasks", lv("task")),
+        ("Personas", lv("persona")),
+        ("Prompts", lv("prompt")),
+    ]
+    if "setting" in columns:
+        rows.append(("Settings", lv("setting")))
+    cluster = ctx.cluster
+    if cluster:
+        cols = [cluster] if isinstance(cluster, str) else list(cluster)
+        text = (f"answers clustered by {'+'.join(cols)} ({n_clusters:,} clusters, "
+                f"{n / n_clusters:.3g} answers each on average): every interval and test is "
+                "cluster-robust")
+        rows.append(("Clustering", text))
+    else:
+        rows.append(("Clustering", "none: rows are treated as independent answers"))
+    if "item_id" in columns:
+        n_items = n_clusters if cluster == "item_id" else len(
+            collapse(ctx.source, by=[], cluster="item_id"))
+        rows.append(("Items", f"{n_items:,}"))
+    rows += [
+        ("Generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("refusalstats", __version__),
+        ("Seed", str(seed)),
+    ]
+    return rows
 
 
 def _rc() -> dict:

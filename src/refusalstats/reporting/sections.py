@@ -92,10 +92,17 @@ class Section:
 
 @dataclass
 class Context:
-    """What every section builder sees."""
+    """What every section builder sees.
 
-    data: pd.DataFrame          # all rows
-    persona_data: pd.DataFrame  # rows with a persona (persona-free rows removed)
+    In memory, ``data`` holds the rows. For a Parquet source (``report(path)``) ``data``
+    and ``persona_data`` are None, ``source`` is the path and ``design`` the counts per
+    combination of the design columns (``n``, ``refusals``; from one
+    :func:`~refusalstats.collapse`): levels and totals come from it, every rate table from
+    ``refusal_rates(source, by=...)`` (one streamed pass each), so no section holds rows.
+    """
+
+    data: pd.DataFrame | None          # all rows (None for a streamed source)
+    persona_data: pd.DataFrame | None  # rows with a persona (persona-free rows removed)
     formula: str | None
     inputs: list[str] | None
     hierarchical: bool | str
@@ -104,6 +111,131 @@ class Context:
     options: dict[str, dict[str, Any]]
     progress: bool
     cluster: str | None = None  # resolved once by report(): every interval and test uses it
+    source: Any = None  # a Parquet file, folder of shards, glob or list: streamed
+    design: pd.DataFrame | None = None  # streamed: counts per design-column combination
+
+
+# ----------------------------------------------------------------------------------------
+# reading the table: rows in memory, or counts streamed from a Parquet source
+# ----------------------------------------------------------------------------------------
+def streamed(ctx: Context) -> bool:
+    """True when the report reads a Parquet source through counts (no rows in memory)."""
+    return ctx.source is not None
+
+
+def _persona_mask(t: pd.DataFrame) -> np.ndarray:
+    """Lines (rows or counts) that have a persona: not persona-free, persona not 'none'."""
+    keep = np.ones(len(t), dtype=bool)
+    if "setting" in t.columns:
+        keep &= (t["setting"].astype(str) != F.PERSONA_FREE).to_numpy()
+    if "persona" in t.columns:
+        keep &= (t["persona"].astype(str) != F._NO_PERSONA).to_numpy()
+    return keep
+
+
+def has_persona_rows(ctx: Context) -> bool:
+    """Some rows name a persona (the rate sections then use those rows only)."""
+    if streamed(ctx):
+        return bool(ctx.design["n"].to_numpy()[_persona_mask(ctx.design)].sum() > 0)
+    return len(ctx.persona_data) > 0
+
+
+def view(ctx: Context, persona_only: bool) -> pd.DataFrame:
+    """The rows (in memory) or the design counts (streamed), all or persona rows only."""
+    t = ctx.design if streamed(ctx) else ctx.data
+    if not persona_only:
+        return t
+    if streamed(ctx):
+        return t[_persona_mask(t)]
+    return ctx.persona_data
+
+
+def n_rows(ctx: Context, persona_only: bool = False) -> int:
+    t = view(ctx, persona_only)
+    return int(t["n"].sum()) if streamed(ctx) else len(t)
+
+
+def n_refusals(ctx: Context, persona_only: bool = False) -> int:
+    t = view(ctx, persona_only)
+    return int(t["refusals"].sum()) if streamed(ctx) else int(t["refusal"].sum())
+
+
+def levels_of(ctx: Context, col: str, persona_only: bool = False) -> list:
+    """Observed levels of ``col`` (categorical order, or first appearance)."""
+    t = view(ctx, persona_only)
+    if streamed(ctx) and col in t.columns:
+        t = t[t["n"] > 0]
+    return _levels(t, col)
+
+
+def multi(ctx: Context, col: str, persona_only: bool = False) -> bool:
+    return len(levels_of(ctx, col, persona_only)) >= 2
+
+
+def columns_of(ctx: Context) -> list[str]:
+    """The source's columns (streamed: from the Parquet schema)."""
+    if streamed(ctx):
+        from ..scan import scan_columns
+
+        return scan_columns(ctx.source)
+    return list(map(str, ctx.data.columns))
+
+
+def _stream_filter(ctx: Context, by: list[str]) -> list[str]:
+    """Key columns to add to ``by`` so that the persona rows are whole groups of a streamed
+    rate table (a group's interval uses its own rows only, so the persona lines of the
+    finer table are the persona-only table). Raises ValueError when that is impossible."""
+    t = ctx.design
+    drop = ~_persona_mask(t)
+    if not drop.any():
+        return []
+    extra = []
+    free = (t["setting"].astype(str) == F.PERSONA_FREE).to_numpy() if "setting" in t.columns \
+        else np.zeros(len(t), bool)
+    none = (t["persona"].astype(str) == F._NO_PERSONA).to_numpy() if "persona" in t.columns \
+        else np.zeros(len(t), bool)
+    if free.any() and "setting" not in by:
+        kept = t.loc[~drop, "setting"].astype(str).unique()
+        if len(kept) > 1:
+            raise ValueError(
+                "a streamed source cannot restrict this table to the rows with a persona: "
+                f"'setting' has several persona levels {sorted(kept)}; pass a DataFrame")
+        extra.append("setting")
+    if (none & ~free).any() and "persona" not in by:
+        raise ValueError(
+            "a streamed source cannot restrict this table to the rows with a persona: persona "
+            "'none' occurs outside setting 'persona-free'; write the persona rows to their own "
+            "Parquet files or pass a DataFrame")
+    return extra
+
+
+def rates_of(ctx: Context, by: list[str], persona_only: bool = False) -> pd.DataFrame:
+    """Refusal rate per ``by`` group (cluster-robust per ``ctx.cluster``): from the rows, or
+    streamed with ``refusal_rates(source, by=...)`` (one pass; the persona rows selected by
+    grouping on ``setting`` too and keeping its persona lines)."""
+    by = list(by)
+    if not streamed(ctx):
+        d = view(ctx, persona_only)
+        if not by:
+            return _refusal_rates(d.assign(_all="all"), ["_all"], ctx.cluster).drop(columns="_all")
+        return _refusal_rates(d, by, ctx.cluster)
+    from ..rates import refusal_rates
+
+    extra = _stream_filter(ctx, by) if persona_only else []
+    tab = refusal_rates(ctx.source, by=[*by, *extra] or None, cluster=ctx.cluster)
+    if persona_only:
+        tab = tab[_persona_mask(tab)]
+        for c in ("persona", "setting"):
+            if c in by and isinstance(tab[c].dtype, pd.CategoricalDtype):
+                tab = tab.assign(**{c: tab[c].cat.remove_unused_categories()})
+    return tab.drop(columns=extra).reset_index(drop=True)
+
+
+def _need_rows(ctx: Context, what: str) -> str:
+    """Skip reason for an analysis that needs rows a streamed source does not provide."""
+    return (f"{what} needs the rows, and this report streams the Parquet source "
+            f"'{ctx.source}' into counts (memory independent of rows); pass a DataFrame "
+            "(e.g. rs.read_responses(path)) to include it.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -177,16 +309,17 @@ def rates_section(ctx: Context) -> Section:
                 "interval below (cluster-robust when answers are clustered by item: see the "
                 "header); colour follows the square root of the rate so small rates "
                 "stay visible.")
-    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
-    if len(d) < len(ctx.data):
-        s.notes.append(f"Rows with a persona only ({len(d):,} of {len(ctx.data):,}); "
+    po = has_persona_rows(ctx)
+    n_po, n_all = n_rows(ctx, po), n_rows(ctx)
+    if n_po < n_all:
+        s.notes.append(f"Rows with a persona only ({n_po:,} of {n_all:,}); "
                        "persona-free rows are compared in the next section.")
-    tab = _refusal_rates(d, ["model", "task"], ctx.cluster)
+    tab = rates_of(ctx, ["model", "task"], po)
     s.figures.append(render(F.rates(tab), "rates_model_task",
                             "Refusal rate (%) by model and task with 95% CIs."))
     s.tables.append(TableItem("rates_model_task", "Refusal rate by model and task.", tab,
                               rate_display(tab, ["model", "task"]), collapsed=len(tab) > 24))
-    overall = _refusal_rates(d.assign(_all="all"), ["_all"], ctx.cluster).iloc[0]
+    overall = rates_of(ctx, [], po).iloc[0]
     clustered = f", clustered by {ctx.cluster}" if ctx.cluster else ""
     s.findings.append(
         f"Overall refusal rate {pct(overall['rate'])} (95% CI "
@@ -234,13 +367,12 @@ def factors_section(ctx: Context) -> Section:
     s = Section("factors", TITLES["factors"],
                 "Refusal rate per level of each column that describes the design, levels "
                 "sorted by rate, with 95% CIs (cluster-robust when answers are clustered).")
-    d = ctx.data
-    cols = [c for c in design_columns(d) if c not in ("persona", "model")]  # own sections
+    cols = [c for c in design_columns(view(ctx, False)) if c not in ("persona", "model")]
     if not cols:
         s.skipped = "no design column other than model and persona has two or more levels."
         return s
     for col in cols:
-        tab = _refusal_rates(d, [col], ctx.cluster).sort_values("rate", kind="stable")
+        tab = rates_of(ctx, [col]).sort_values("rate", kind="stable")
         tab = tab.reset_index(drop=True)
         s.figures.append(render(F.rates_by(tab, col), f"rates_by_{col}",
                                 f"Refusal rate by {col}, sorted, with 95% CIs."))
@@ -263,12 +395,12 @@ def persona_free_section(ctx: Context) -> Section:
                 "Orange circles: refusal rate when the prompt names a persona; blue squares: "
                 "the same prompts without one; whiskers are 95% CIs. The table gives the "
                 "difference (persona − persona-free) with Newcombe's 95% interval.")
-    d = ctx.data
+    d = view(ctx, False)
     if "setting" not in d.columns:
         s.skipped = ("the table has no 'setting' column, so persona and persona-free prompts "
                      "cannot be told apart (add setting = 'persona' / 'persona-free').")
         return s
-    settings = set(d["setting"].astype(str).unique())
+    settings = set(map(str, levels_of(ctx, "setting")))
     missing = [v for v in ("persona", "persona-free") if v not in settings]
     if missing:
         s.skipped = (f"no {' or '.join(missing)} rows: column 'setting' holds only "
@@ -276,8 +408,10 @@ def persona_free_section(ctx: Context) -> Section:
                      "'persona-free' answers.")
         return s
     by = ["task", "model"] if "task" in d.columns else ["model"]
-    eff = _persona_effect(d, by, ctx.cluster)
-    s.figures.append(render(F.persona_vs_free(d, cluster=ctx.cluster), "persona_vs_free",
+    eff = _persona_effect(ctx.source if streamed(ctx) else d, by, ctx.cluster)
+    # the figure from its rate table (what persona_vs_free computes from rows)
+    fig_tab = rates_of(ctx, [*by, "setting"]) if streamed(ctx) else d
+    s.figures.append(render(F.persona_vs_free(fig_tab, cluster=ctx.cluster), "persona_vs_free",
                             "Refusal rate with and without a persona, per model and task."))
     disp = eff[by].astype(str).copy()
     disp["persona"] = [pct(v) for v in eff["rate_persona"]]
@@ -305,7 +439,7 @@ def persona_free_section(ctx: Context) -> Section:
     return s
 
 
-def _persona_effect(d: pd.DataFrame, by: list[str], cluster: str | None) -> pd.DataFrame:
+def _persona_effect(d, by: list[str], cluster: str | None) -> pd.DataFrame:
     """Persona minus persona-free rate per group with Newcombe CIs (``rates.persona_effect``)."""
     from ..rates import persona_effect
 
@@ -322,34 +456,44 @@ def personas_section(ctx: Context) -> Section:
                 "Points are each persona's refusal rate with its 95% CI, coloured by persona "
                 "group; non-overlapping intervals indicate a clear difference. The heatmaps "
                 "break the rate down by model, one per task.")
-    d = ctx.persona_data
-    if not _multi(d, "persona"):
+    d = view(ctx, True)
+    if not multi(ctx, "persona", True):
         s.skipped = ("fewer than two personas among the rows with a persona "
-                     f"(found {_levels(d, 'persona')}); nothing to compare.")
+                     f"(found {levels_of(ctx, 'persona', True)}); nothing to compare.")
         return s
-    s.figures.append(render(F.personas(ctx.data if "setting" in ctx.data.columns else d, cluster=ctx.cluster),
-                            "personas", "Refusal rate per persona and task, with 95% CIs."))
     by = (["task"] if "task" in d.columns else []) + ["persona"]
-    tab = _refusal_rates(d, by, ctx.cluster)
+    tab = rates_of(ctx, by, True)
+    if streamed(ctx):
+        # the figure from rate tables: persona_group is a key that does not split personas
+        grp = ["persona_group"] if "persona_group" in d.columns else []
+        fig_data = rates_of(ctx, by + grp, True)
+        s.notes.append("Streamed source: the per-persona figure is drawn from rate tables, "
+                       "without the persona-free baseline line (the 'With and without a "
+                       "persona' section compares them).")
+    else:
+        fig_data = ctx.data if "setting" in ctx.data.columns else d
+    s.figures.append(render(F.personas(fig_data, cluster=ctx.cluster),
+                            "personas", "Refusal rate per persona and task, with 95% CIs."))
     s.tables.append(TableItem("rates_persona", "Refusal rate per persona (and task).", tab,
                               rate_display(tab, by), collapsed=True))
-    if _multi(d, "model"):
-        tasks = _levels(d, "task") or [None]
+    if multi(ctx, "model", True):
+        tasks = levels_of(ctx, "task", True) or [None]
+        mt = rates_of(ctx, ["model"] + by, True)
         for t in tasks:
             sub = d if t is None else d[d["task"].astype(str) == str(t)]
-            if sub["refusal"].sum() == 0:
+            if (sub["refusals"] if streamed(ctx) else sub["refusal"]).sum() == 0:
                 s.notes.append(f"No refusals at all in task {t}: its model × persona heatmap "
                                "is left out.")
                 continue
-            s.figures.append(render(F.persona_heatmap(sub, cluster=ctx.cluster, task=None if t is None else str(t),
+            heat = mt if streamed(ctx) else sub  # a rate table with task, or the rows
+            s.figures.append(render(F.persona_heatmap(heat, cluster=ctx.cluster, task=None if t is None else str(t),
                                                       title=None),
                                     f"persona_model_{t or 'all'}",
                                     f"Refusal rate by model and persona{'' if t is None else f', task {t}'}."))
-        mt = _refusal_rates(d, ["model"] + by, ctx.cluster)
         s.tables.append(TableItem("rates_model_persona", "Refusal rate per model, task and "
                                   "persona.", mt, rate_display(mt, ["model"] + by),
                                   collapsed=True))
-    pooled = _refusal_rates(d, ["persona"], ctx.cluster).sort_values("rate")
+    pooled = rates_of(ctx, ["persona"], True).sort_values("rate")
     lo, hi = pooled.iloc[0], pooled.iloc[-1]
     overlap = hi["ci_low"] <= lo["ci_high"]
     s.findings.append(
@@ -368,21 +512,22 @@ def response_type_section(ctx: Context) -> Section:
     s = Section("response_type", TITLES["response_type"],
                 "Unforced prompts let the model answer freely, semi-forced ask for the label "
                 "only, forced demand one of the labels; cells give the rate and its 95% CI.")
-    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    po = has_persona_rows(ctx)
+    d = view(ctx, po)
     if "response_type" not in d.columns:
         s.skipped = "the table has no 'response_type' column (unforced / semi-forced / forced)."
         return s
-    if not _multi(d, "response_type"):
-        s.skipped = (f"'response_type' has a single level ({_levels(d, 'response_type')}); "
+    if not multi(ctx, "response_type", po):
+        s.skipped = (f"'response_type' has a single level ({levels_of(ctx, 'response_type', po)}); "
                      "nothing to compare.")
         return s
-    s.figures.append(render(F.response_types(d, cluster=ctx.cluster), "response_type",
-                            "Refusal rate by model and response type, per task."))
     by = (["task"] if "task" in d.columns else []) + ["model", "response_type"]
-    tab = _refusal_rates(d, by, ctx.cluster)
+    tab = rates_of(ctx, by, po)
+    s.figures.append(render(F.response_types(tab if streamed(ctx) else d, cluster=ctx.cluster),
+                            "response_type", "Refusal rate by model and response type, per task."))
     s.tables.append(TableItem("rates_response_type", "Refusal rate by task, model and "
                               "response type.", tab, rate_display(tab, by), collapsed=True))
-    pooled = _refusal_rates(d, ["response_type"], ctx.cluster)
+    pooled = rates_of(ctx, ["response_type"], po)
     s.findings.append("Refusal rate by response type: " + "; ".join(
         f"{r.response_type} {pct(r.rate)} ({pct_ci(r.ci_low, r.ci_high)})"
         for r in pooled.itertuples()) + ".")
@@ -392,8 +537,16 @@ def response_type_section(ctx: Context) -> Section:
 # ----------------------------------------------------------------------------------------
 # 5. W2 sensitivity (Fig. 5)
 # ----------------------------------------------------------------------------------------
+def _rows_subset(ctx: Context, what: str) -> str:
+    """Skip reason: an analysis of the persona rows only, on a streamed source."""
+    return (f"{what} is fitted on the rows with a persona only, and a streamed Parquet source "
+            f"('{ctx.source}') cannot be filtered to them yet ({n_rows(ctx, True):,} of "
+            f"{n_rows(ctx):,} rows have a persona); write the persona rows to their own Parquet "
+            "files and report on those, or pass a DataFrame.")
+
+
 def default_inputs(d: pd.DataFrame) -> list[str]:
-    """P1's factors that the table has with at least two levels."""
+    """P1's factors that the table (rows, or design counts) has with at least two levels."""
     return [c for c in ("model", "task", "persona", "prompt") if _multi(d, c)]
 
 
@@ -403,7 +556,8 @@ def w2_section(ctx: Context) -> Section:
                 "1: all); whiskers are bootstrap 95% CIs; the grey box is what an irrelevant "
                 "input with the same number of levels would score (permutation null, up to "
                 "its 95% quantile).")
-    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    po = has_persona_rows(ctx)
+    d = view(ctx, po)
     res = ctx.results.get("w2")
     if res is None:
         try:
@@ -415,13 +569,17 @@ def w2_section(ctx: Context) -> Section:
         if not inputs:
             s.skipped = "no input column with at least two levels among model, task, persona, prompt."
             return s
-        if d["refusal"].nunique() < 2:
-            s.skipped = ("refusal is constant (all "
-                         f"{int(d['refusal'].iloc[0])}): no variability to explain.")
+        k, n = n_refusals(ctx, po), n_rows(ctx, po)
+        if k in (0, n):
+            s.skipped = f"refusal is constant (all {int(k > 0)}): no variability to explain."
+            return s
+        if streamed(ctx) and n < n_rows(ctx):
+            s.skipped = _rows_subset(ctx, "W2 sensitivity")
             return s
         opts = {"n_boot": 1000, "n_perm": 200} | ctx.options.get("w2", {})
         opts.setdefault("cluster", ctx.cluster)
-        res = w2_sensitivity(d, inputs=inputs, seed=ctx.seed, progress=ctx.progress, **opts)
+        res = w2_sensitivity(ctx.source if streamed(ctx) else d, inputs=inputs, seed=ctx.seed,
+                             progress=ctx.progress, **opts)
     tab = res.table
     s.figures.append(render(F.w2(tab), "w2", "W2 sensitivity index per input with 95% "
                             "bootstrap CIs and the permutation null."))
@@ -493,7 +651,8 @@ def logit_section(ctx: Context) -> Section:
                 "are not significant at p < 0.01. The per-factor test asks whether a factor "
                 "as a whole matters (a cluster-robust Wald F test when answers are clustered "
                 "by item, a likelihood-ratio test otherwise).")
-    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    po = has_persona_rows(ctx)
+    d = view(ctx, po)
     fit = ctx.results.get("logit")
     if fit is None:
         try:
@@ -511,9 +670,13 @@ def logit_section(ctx: Context) -> Section:
             if left_out:
                 s.notes.append("Left out of the default formula (a single level): "
                                + ", ".join(left_out) + ".")
-        if d["refusal"].nunique() < 2:
-            s.skipped = ("refusal is constant (all "
-                         f"{int(d['refusal'].iloc[0])}): a regression has nothing to explain.")
+        k, n = n_refusals(ctx, po), n_rows(ctx, po)
+        if k in (0, n):
+            s.skipped = (f"refusal is constant (all {int(k > 0)}): a regression has nothing to "
+                         "explain.")
+            return s
+        if streamed(ctx) and n < n_rows(ctx):
+            s.skipped = _rows_subset(ctx, "The regression")
             return s
         opts = {"penalty": "firth"} | ctx.options.get("logit", {})
         opts.setdefault("cluster", ctx.cluster)
@@ -521,7 +684,7 @@ def logit_section(ctx: Context) -> Section:
             opts["reference"] = _reference(d, formula)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = logit(formula, d, **opts)
+            fit = logit(formula, ctx.source if streamed(ctx) else d, **opts)
         for w in caught:
             s.notes.append(f"Warning from the fit: {w.message}")
     _logit_outputs(s, fit, d)
@@ -658,15 +821,37 @@ def _first_col(df: pd.DataFrame, names) -> str | None:
 HIER_MAX_ITEM_PATTERNS = 20_000
 
 
-def default_hier_formula(d: pd.DataFrame, cluster: str | None = None) -> tuple[str, str | None]:
-    """The default formula, with ``(1|cluster)`` when it is affordable; and a note if not."""
+def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=None
+                         ) -> tuple[str, str | None]:
+    """The default formula, with ``(1|cluster)`` when it is affordable; and a note if not.
+
+    Parameters
+    ----------
+    d : DataFrame
+        The rows, or (with ``source``) the design counts of a streamed source.
+    cluster : str, optional
+        The cluster column (``(1|cluster)`` is added when the patterns are few enough).
+    source : path, optional
+        A streamed Parquet source: the patterns are counted by ``collapse``.
+
+    Returns
+    -------
+    (str, str or None)
+        The formula, and a note when the item term was left out.
+    """
     fixed = [c for c in ("task", "prompt") if _multi(d, c)]
     rhs = (" + ".join(fixed) + " + ") if fixed else "1 + "
     base = f"refusal ~ {rhs}(1|model) + (1|persona) + (1|persona:model)"
     if not isinstance(cluster, str):
         return base, None
-    cols = [c for c in (*fixed, "model", "persona", cluster) if c in d.columns]
-    n_patterns = len(d.groupby(cols, observed=True).size())
+    cols = [c for c in (*fixed, "model", "persona", cluster) if c in d.columns or c == cluster]
+    if source is not None:  # streamed: count the patterns (one line each), not the rows
+        from ..scan import collapse
+
+        keys = [c for c in cols if c != cluster]
+        n_patterns = len(collapse(source, by=keys, cluster=cluster))
+    else:
+        n_patterns = len(d.groupby([c for c in cols if c in d.columns], observed=True).size())
     if n_patterns <= HIER_MAX_ITEM_PATTERNS:
         return f"{base} + (1|{cluster})", None
     return base, (
@@ -685,7 +870,8 @@ def hierarchical_section(ctx: Context) -> Section:
                 "average persona in that model, from a Bayesian model that pools information "
                 "across models and personas; whiskers are 95% highest-density intervals, "
                 "filled points exclude 0.")
-    d = ctx.persona_data if len(ctx.persona_data) else ctx.data
+    po = has_persona_rows(ctx)
+    d = view(ctx, po)
     fit = ctx.results.get("hierarchical")
     if fit is None:
         if ctx.hierarchical is False:
@@ -703,18 +889,21 @@ def hierarchical_section(ctx: Context) -> Section:
             if n_lv < HIER_MIN_LEVELS:
                 problems.append(f"'{g}' has {n_lv} level(s), fewer than {HIER_MIN_LEVELS} "
                                 "(too few to estimate a group standard deviation)")
-        if len(d) < HIER_MIN_ROWS:
-            problems.append(f"{len(d):,} rows, fewer than {HIER_MIN_ROWS:,}")
-        n_ref = int(d["refusal"].sum())
+        if n_rows(ctx, po) < HIER_MIN_ROWS:
+            problems.append(f"{n_rows(ctx, po):,} rows, fewer than {HIER_MIN_ROWS:,}")
+        n_ref = n_refusals(ctx, po)
         if n_ref < HIER_MIN_REFUSALS:
             problems.append(f"{n_ref} refusal(s), fewer than {HIER_MIN_REFUSALS}")
         if problems:
             s.skipped = "the table is too small for the hierarchical model: " + "; ".join(problems) + "."
             return s
+        if streamed(ctx) and n_rows(ctx, po) < n_rows(ctx):
+            s.skipped = _rows_subset(ctx, "The hierarchical model")
+            return s
         if isinstance(ctx.hierarchical, str):
             formula = ctx.hierarchical
         else:
-            formula, why = default_hier_formula(d, ctx.cluster)
+            formula, why = default_hier_formula(d, ctx.cluster, ctx.source)
             if why:
                 s.notes.append(why)
         opts = {"seed": ctx.seed, "progress": ctx.progress} | ctx.options.get("hierarchical", {})
@@ -723,7 +912,14 @@ def hierarchical_section(ctx: Context) -> Section:
                                  if k in ("task", "prompt")}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = hierarchical(formula, d, **opts)
+            if streamed(ctx):
+                try:
+                    fit = hierarchical(formula, ctx.source, **opts)
+                except TypeError as exc:  # an analysis that does not stream (yet)
+                    s.skipped = _need_rows(ctx, f"The hierarchical model ({exc})")
+                    return s
+            else:
+                fit = hierarchical(formula, d, **opts)
         for w in caught:
             if "convergence" in type(w.category).__name__.lower() or "trustworthy" in str(w.message):
                 s.notes.append(f"Convergence warning: {w.message}")
@@ -786,6 +982,15 @@ def hierarchical_section(ctx: Context) -> Section:
 # ----------------------------------------------------------------------------------------
 ANSWERS_PER_MODEL = 3
 ANSWER_CHARS = 400
+#: A streamed source's answers are sampled from its first this many rows.
+ANSWERS_STREAM_ROWS = 20_000
+
+
+def _head(source, columns: list[str], n: int) -> pd.DataFrame:
+    """The first ``n`` rows of ``columns`` of a Parquet source (nothing else is read)."""
+    from ..scan import _dataset, _parquet_files
+
+    return _dataset(_parquet_files(source)).head(n, columns=columns).to_pandas()
 
 
 def answers_section(ctx: Context) -> Section:
@@ -793,18 +998,24 @@ def answers_section(ctx: Context) -> Section:
                 f"Up to {ANSWERS_PER_MODEL} refusals and {ANSWERS_PER_MODEL} answers per "
                 "model, drawn at random (seeded), so the numbers above can be checked "
                 "against what the models actually wrote.")
-    d = ctx.data
-    if "response" not in d.columns:
+    if "response" not in columns_of(ctx):
         s.skipped = ("the table has no 'response' column (answer text); simulated tables and "
                      "some imported dumps carry only the 0/1 refusal.")
         return s
+    keep = [c for c in ("model", "task", "persona", "prompt", "prompt_text", "refusal", "response")
+            if c in columns_of(ctx)]
+    if streamed(ctx):
+        d = _head(ctx.source, keep, ANSWERS_STREAM_ROWS)
+        s.notes.append(f"Streamed source: answers are drawn from its first {len(d):,} rows "
+                       f"(at most {ANSWERS_STREAM_ROWS:,}, only the columns shown are read), "
+                       "not from every row.")
+    else:
+        d = ctx.data
     d = d[d["response"].notna()]
     if d.empty:
         s.skipped = "every value of 'response' is missing."
         return s
     rng = np.random.default_rng(ctx.seed)
-    keep = [c for c in ("model", "task", "persona", "prompt", "prompt_text", "refusal", "response")
-            if c in d.columns]
     picks = []
     for _, g in d.groupby("model", observed=True):
         for flag in (1, 0):
