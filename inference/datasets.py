@@ -398,6 +398,28 @@ def load_task(
     ``"nli"`` -> :func:`load_xnli`, ``"politeness"`` / ``"offensiveness"`` ->
     :func:`load_popquorn`, anything else -> :func:`load_items`.
 
+    Parameters
+    ----------
+    task : str
+        The task name.
+    path : str, Path or None
+        The task file (read by :func:`refusalstats.table.read_table`); ``None`` only for
+        ``"nli"``, which then comes from the Hugging Face hub.
+    columns : mapping of str to str, optional
+        Our column name -> the file's column name.
+    labels : sequence, optional
+        The allowed gold labels (for :func:`load_items`).
+    drop_missing : bool
+        Drop rows with a missing text or label (counted in ``attrs["dropped"]``) instead
+        of raising.
+    **kwargs
+        Passed on to the loader.
+
+    Returns
+    -------
+    DataFrame
+        The items table (``item_id``, ``task``, the text fields, ``gold_label``).
+
     Examples
     --------
     >>> items = load_task("politeness", "politeness_rating/raw_data.csv")  # doctest: +SKIP

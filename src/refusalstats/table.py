@@ -69,6 +69,27 @@ class SchemaError(ValueError, KeyError):
 def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "") -> None:
     """Raise :class:`SchemaError` when ``data`` lacks any of ``columns``, listing its columns.
 
+    Parameters
+    ----------
+    data : DataFrame
+        The table.
+    columns : iterable of str
+        The columns it must have.
+    where : str
+        What needs them (a function's name), to start the message with.
+
+    Returns
+    -------
+    None
+        When every column is there.
+
+    Raises
+    ------
+    SchemaError
+        Naming the missing columns and the table's real ones.
+
+    Examples
+    --------
     >>> import pandas as pd
     >>> missing_columns(pd.DataFrame({"a": [1]}), ["a", "b"], "demo")
     Traceback (most recent call last):
@@ -135,7 +156,19 @@ def validate(
     needs_levels : iterable of str
         Columns that must have at least two distinct values.
     table_columns : iterable of str, optional
-        The user's full column list, for messages when ``df`` is a column subset.
+        The user's full column list, for messages when ``data`` is a column subset.
+
+    Returns
+    -------
+    DataFrame
+        A validated copy in canonical form.
+
+    Raises
+    ------
+    SchemaError
+        Every problem found, listed in ``problems``.
+    TypeError
+        ``data`` is not a DataFrame.
 
     Examples
     --------
@@ -275,6 +308,14 @@ def write_responses(
     metadata : mapping, optional
         Run metadata (model revision, decoding settings, versions, seed, ...); must
         be JSON-serialisable.
+    format : {"parquet", "csv", "tsv", "jsonl"}, optional
+        Overrides the format the extension names (``.parquet``/``.pq``, ``.csv``,
+        ``.tsv``, ``.jsonl``/``.ndjson``; CSV and TSV may end in ``.gz``).
+
+    Returns
+    -------
+    Path
+        The written file (written to a temporary name first, then moved into place).
 
     Examples
     --------

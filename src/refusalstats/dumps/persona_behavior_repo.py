@@ -81,6 +81,16 @@ def display_persona(name: str) -> str:
     is dropped; case is kept (``an_Asian_person`` -> ``Asian person``). P2's baseline
     without persona (row ``empty``) becomes ``no persona``.
 
+    Parameters
+    ----------
+    name : str
+        The persona as the dump stores it (a file name or matrix row).
+
+    Returns
+    -------
+    str
+        The display name.
+
     Examples
     --------
     >>> display_persona("a_black_person")
