@@ -316,3 +316,120 @@ def test_a_missing_column_raises_schema_error(case, tmp_path, monkeypatch):
     assert "columns are [" in msg or "the table has [" in msg, (name, msg)  # the real columns
     assert isinstance(info.value, ValueError) and isinstance(info.value, KeyError)
     assert not msg.startswith("'"), msg  # printed plainly, not quoted as a KeyError would be
+
+
+# ---------------------------------------------------------------------------------------
+# every public function and result method: the naming conventions and a numpy docstring
+# whose Parameters match the signature and whose Returns says what comes back
+# ---------------------------------------------------------------------------------------
+
+
+def _core_result_classes() -> dict[str, type]:
+    """Public classes of the core with a ``to_frame`` method: the result objects."""
+    out = {}
+    for name in _submodules():
+        mod = importlib.import_module(name)
+        for cname, cls in vars(mod).items():
+            if (inspect.isclass(cls) and not cname.startswith("_") and cls.__module__ == name
+                    and callable(getattr(cls, "to_frame", None))):
+                out[cname] = cls
+    return out
+
+
+def _all_public() -> dict[str, object]:
+    """Every public function reachable from ``refusalstats.__all__`` (functions, the
+    functions of the public modules in it) and every public method of the result classes."""
+    out: dict[str, object] = {}
+    for name in rs.__all__:
+        obj = getattr(rs, name)
+        if inspect.isfunction(obj):
+            out[name] = obj
+        elif isinstance(obj, types.ModuleType):
+            names = getattr(obj, "__all__", None) or [
+                n for n, f in vars(obj).items()
+                if inspect.isfunction(f) and f.__module__.startswith(obj.__name__)]
+            for n in names:
+                f = getattr(obj, n)
+                if inspect.isfunction(f) and not n.startswith("_"):
+                    out[f"{name}.{n}"] = f
+    for cname, cls in sorted(_core_result_classes().items()):
+        for m, f in vars(cls).items():
+            if inspect.isfunction(f) and not m.startswith("_"):
+                out[f"{cname}.{m}"] = f
+    return out
+
+
+_PUBLIC = _all_public()
+#: parameter names for a concept that has another name in this package
+_OTHER_NAMES = {"df": "data", "table": "data", "frame": "data", "responses": "data",
+                "prob": "conf", "hdi_prob": "conf", "ci_level": "conf", "conf_level": "conf",
+                "level": "conf", "random_state": "seed", "rng": "seed", "random_seed": "seed",
+                "block": "cluster", "p_adj": "p_adjusted"}
+
+
+def _returns_something(fn) -> bool:
+    ann = inspect.signature(fn).return_annotation
+    if ann is not inspect.Signature.empty:
+        return str(ann) not in ("None", "NoReturn")
+    import ast
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+
+    def walk(node):  # the function's own returns, not those of nested functions
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(child, (ast.Yield, ast.YieldFrom)) or (
+                    isinstance(child, ast.Return) and child.value is not None):
+                return True
+            if walk(child):
+                return True
+        return False
+
+    return walk(tree)
+
+
+def _deprecated_alias(fn, param: str) -> bool:
+    """A parameter kept only as a deprecated alias: documented as deprecated and warned."""
+    doc = inspect.getdoc(fn) or ""
+    src = inspect.getsource(fn)
+    return ("deprecated" in doc.lower() and param in doc
+            and ("DeprecationWarning" in src or "FutureWarning" in src))
+
+
+@pytest.mark.parametrize("name", sorted(_PUBLIC))
+def test_public_names_follow_the_conventions(name):
+    fn = _PUBLIC[name]
+    params = inspect.signature(fn).parameters
+    wrong = {p: _OTHER_NAMES[p] for p in params
+             if p in _OTHER_NAMES and not _deprecated_alias(fn, p)}
+    assert not wrong, f"{name}: rename {wrong} (old name -> convention)"
+    if "alpha" in params:  # alpha is a penalty strength here, never a significance level
+        doc = inspect.getdoc(fn) or ""
+        assert "penalty" in doc.split("alpha", 1)[1][:200], f"{name}: alpha must be a penalty"
+    first = next(iter(params.values()), None)
+    if first is not None and "DataFrame" in str(first.annotation):
+        assert first.name == "data", f"{name}: the table argument is called data"
+
+
+@pytest.mark.parametrize("name", sorted(_PUBLIC))
+def test_public_names_have_numpy_docstrings(name):
+    from numpydoc.docscrape import FunctionDoc
+
+    fn = _PUBLIC[name]
+    assert inspect.getdoc(fn), f"{name}: no docstring"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpydoc warns about sections it does not know
+        doc = FunctionDoc(fn)
+    params = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+    documented = []
+    for p in doc["Parameters"]:
+        documented += [n.strip().lstrip("*") for n in p.name.split(",") if n.strip()]
+    missing = [p for p in params if p not in documented]
+    unknown = [p for p in documented if p not in params]
+    assert not missing and not unknown, (
+        f"{name}: Parameters section documents {documented}, signature has {params} "
+        f"(missing {missing}, not in the signature {unknown})")
+    if _returns_something(fn):
+        assert doc["Returns"] or doc["Yields"], f"{name}: no Returns section"

@@ -103,6 +103,19 @@ def resolve_cluster(
 def check_conf(conf, name: str = "conf") -> float:
     """A confidence level strictly between 0 and 1 (e.g. 0.95), as a float.
 
+    Parameters
+    ----------
+    conf : float
+        The level to check.
+    name : str
+        The argument's name in the error message.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
     >>> check_conf(0.9)
     0.9
     """
@@ -119,6 +132,17 @@ def check_random_state(seed) -> np.random.Generator:
     scikit-learn's ``check_random_state`` does with a ``RandomState``; an int gives a
     reproducible generator; ``None`` a fresh, unseeded one.
 
+    Parameters
+    ----------
+    seed : int, None or numpy.random.Generator
+        The seed.
+
+    Returns
+    -------
+    numpy.random.Generator
+
+    Examples
+    --------
     >>> bool(check_random_state(1).integers(100) == check_random_state(1).integers(100))
     True
     """
@@ -143,6 +167,17 @@ def int_seed(seed) -> int:
     For results that record their seed (table ``attrs``, report headers), which must stay
     JSON: ``int_seed(np.random.default_rng(0))`` is an int drawn from the generator.
 
+    Parameters
+    ----------
+    seed : int, None or numpy.random.Generator
+        The seed.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
     >>> int_seed(7)
     7
     """

@@ -1052,7 +1052,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; user errors print ``error: ...`` on stderr and return 2."""
+    """Run the command line; user errors print ``error: ...`` on stderr and return 2.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 success, 2 a user error, 1 an internal error, 130 interrupted.
+    """
     import warnings
 
     parser = build_parser()

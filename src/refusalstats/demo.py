@@ -27,11 +27,19 @@ class DemoRun:
     results: dict[str, Any] = field(default_factory=dict)
 
 
-def demo_rates(df: pd.DataFrame, run: DemoRun) -> None:
-    """Refusal rates by model x task with Wilson CIs, and the rows per persona and task."""
+def demo_rates(data: pd.DataFrame, run: DemoRun) -> None:
+    """Refusal rates by model x task with Wilson CIs, and the rows per persona and task.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The simulated response table.
+    run : DemoRun
+        Where to write, the seed, and the fits the steps share.
+    """
     from .rates import refusal_rates
 
-    rates = refusal_rates(df, by=["model", "task"])
+    rates = refusal_rates(data, by=["model", "task"])
     pd.set_option("display.width", 140)
     pd.set_option("display.max_rows", 200)
     show = rates.copy()
@@ -39,18 +47,26 @@ def demo_rates(df: pd.DataFrame, run: DemoRun) -> None:
         show[c] = (100 * show[c]).round(2)
     print("\nRefusal rate (%) by model x task, 95% Wilson CIs:")
     print(show.to_string(index=False))
-    counts = df[df["model"] == df["model"].cat.categories[0]].groupby(
+    counts = data[data["model"] == data["model"].cat.categories[0]].groupby(
         ["persona", "task"], observed=True).size().unstack("task")
     print("\nRows per persona and task (one model; P1's Table 5):")
     print(counts.to_string())
 
 
-def demo_sensitivity(df: pd.DataFrame, run: DemoRun) -> None:
-    """W2 sensitivity indices of refusal (P1's Fig. 5) with bootstrap CIs and the null."""
+def demo_sensitivity(data: pd.DataFrame, run: DemoRun) -> None:
+    """W2 sensitivity indices of refusal (P1's Fig. 5) with bootstrap CIs and the null.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The simulated response table.
+    run : DemoRun
+        Where to write, the seed, and the fits the steps share.
+    """
     from .sensitivity import w2_sensitivity
 
     t0 = time.perf_counter()
-    res = w2_sensitivity(df, inputs=["model", "task", "persona", "prompt"], n_boot=1000,
+    res = w2_sensitivity(data, inputs=["model", "task", "persona", "prompt"], n_boot=1000,
                          n_perm=200, seed=run.seed)
     print(f"\nW2 sensitivity of refusal (P1's Fig. 5), 95% percentile CIs (1,000 bootstrap replicates), "
           f"permutation null (200); {time.perf_counter() - t0:.1f} s:")
@@ -58,8 +74,16 @@ def demo_sensitivity(df: pd.DataFrame, run: DemoRun) -> None:
     run.results["w2"] = res
 
 
-def demo_logit(df: pd.DataFrame, run: DemoRun) -> None:
-    """P1's Table 7 model (Firth, paper reference levels, CR1 by item) on the full table."""
+def demo_logit(data: pd.DataFrame, run: DemoRun) -> None:
+    """P1's Table 7 model (Firth, paper reference levels, CR1 by item) on the full table.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The simulated response table.
+    run : DemoRun
+        Where to write, the seed, and the fits the steps share.
+    """
     import warnings
 
     from .regression import logit
@@ -67,11 +91,11 @@ def demo_logit(df: pd.DataFrame, run: DemoRun) -> None:
 
     t0 = time.perf_counter()
     formula = "refusal ~ persona + task + prompt + model"
-    cluster = "item_id" if "item_id" in df.columns else None
+    cluster = "item_id" if "item_id" in data.columns else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = logit(formula, df, reference=PAPER_REFERENCE, penalty="firth", cluster=cluster)
-    print(f"\nLogistic regression, P1's Table 7 model with Firth's penalty ({len(df):,} rows in "
+        fit = logit(formula, data, reference=PAPER_REFERENCE, penalty="firth", cluster=cluster)
+    print(f"\nLogistic regression, P1's Table 7 model with Firth's penalty ({len(data):,} rows in "
           f"{fit.n_patterns:,} covariate patterns, {time.perf_counter() - t0:.1f} s):")
     print(fit.summary())
     print(f"(P1 reports McFadden pseudo-R2 {PAPER_PSEUDO_R2}; this simulated table gives {fit.pseudo_r2:.4f})")
@@ -83,15 +107,23 @@ def demo_logit(df: pd.DataFrame, run: DemoRun) -> None:
 DEMO_BAYES = {"chains": 4, "tune": 500, "draws": 700}
 
 
-def demo_hierarchical(df: pd.DataFrame, run: DemoRun) -> None:
-    """Persona within model effects from the hierarchical model (issue 5)."""
+def demo_hierarchical(data: pd.DataFrame, run: DemoRun) -> None:
+    """Persona within model effects from the hierarchical model (issue 5).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The simulated response table.
+    run : DemoRun
+        Where to write, the seed, and the fits the steps share.
+    """
     import warnings
 
     from .bayes import hierarchical
 
     t0 = time.perf_counter()
     formula = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"
-    d = df[df["setting"] == "persona"] if "setting" in df.columns else df
+    d = data[data["setting"] == "persona"] if "setting" in data.columns else data
     print(f"\nBayesian hierarchical model: {formula}\n(nutpie, {DEMO_BAYES['chains']} chains x "
           f"({DEMO_BAYES['tune']} tune + {DEMO_BAYES['draws']} draws); `refusalstats bayes` "
           "defaults to 4 x (1000 + 1000)) ...", flush=True)
@@ -117,8 +149,16 @@ def demo_hierarchical(df: pd.DataFrame, run: DemoRun) -> None:
     run.results["hierarchical"] = fit
 
 
-def demo_report(df: pd.DataFrame, run: DemoRun) -> None:
-    """The HTML report of the simulated table, reusing the fits in ``run.results``."""
+def demo_report(data: pd.DataFrame, run: DemoRun) -> None:
+    """The HTML report of the simulated table, reusing the fits in ``run.results``.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The simulated response table.
+    run : DemoRun
+        Where to write, the seed, and the fits the steps share.
+    """
     from .cli import _print_report
     from .reporting import report
 
@@ -127,7 +167,7 @@ def demo_report(df: pd.DataFrame, run: DemoRun) -> None:
     results = {k: v for k, v in run.results.items() if k in ("logit", "w2", "hierarchical")}
     # The report reuses the demo's hierarchical fit; it never fits a second one here (at
     # report()'s default of 4 x 1000 draws that alone takes ~2.5 min on 2 cores).
-    rep = report(df, out=run.out, seed=run.seed, results=results,
+    rep = report(data, out=run.out, seed=run.seed, results=results,
                  hierarchical="hierarchical" in results,
                  source=f"simulated: refusalstats.simulate_paper(scale={run.scale}, "
                         f"seed={run.seed}); also in {run.out / 'responses.parquet'}")
@@ -166,12 +206,12 @@ def run_demo(out: str | Path = "demo", scale: float = 1.0, seed: int = 0,
     run.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"simulating the paper's design (scale {scale}, seed {seed}) ...", flush=True)
-    df = simulate_paper(scale=scale, seed=seed)
-    path = write_responses(df, run.out / "responses.parquet",
+    data = simulate_paper(scale=scale, seed=seed)
+    path = write_responses(data, run.out / "responses.parquet",
                            metadata={"source": "refusalstats.simulate_paper", "scale": scale,
                                      "seed": seed})
-    print(f"wrote {len(df):,} rows to {path} ({time.perf_counter() - t0:.1f} s)")
+    print(f"wrote {len(data):,} rows to {path} ({time.perf_counter() - t0:.1f} s)")
     for step in STEPS if steps is None else steps:
-        step(df, run)
+        step(data, run)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return run

@@ -162,8 +162,19 @@ def validate_templates(templates: Sequence[Template], tasks: Mapping[str, Task])
 
     A persona template needs ``{persona}`` (or ``{Persona}`` at the start of a
     sentence) and ``{label1}``..``{labelK}`` for the K labels of each task of its
-    family; a persona-free template the labels and no persona. Raises ``ValueError``
-    listing every offending template.
+    family; a persona-free template the labels and no persona.
+
+    Parameters
+    ----------
+    templates : sequence of Template
+        The templates to check.
+    tasks : mapping of str to Task
+        The tasks, by name; each template is checked against the tasks of its family.
+
+    Raises
+    ------
+    ValueError
+        Listing every offending template.
     """
     problems = []
     seen = set()
@@ -239,7 +250,7 @@ def _pair(pi: np.ndarray, ti: np.ndarray, n_t: int, rng: np.random.Generator) ->
 
 
 def sample_design(
-    items: pd.DataFrame,
+    data: pd.DataFrame,
     k: int = 10,
     seed: int | np.random.Generator | None = 0,
     *,
@@ -259,8 +270,8 @@ def sample_design(
 
     Parameters
     ----------
-    items : DataFrame
-        Columns ``item_id``, ``task`` (a key of ``tasks``) and optionally
+    data : DataFrame
+        The task items, one row each: columns ``item_id``, ``task`` (a key of ``tasks``) and optionally
         ``gold_label`` and any text columns (kept, e.g. ``premise``, ``hypothesis``,
         ``text``).
     k : int
@@ -289,16 +300,17 @@ def sample_design(
     >>> len(design), design["persona"].nunique()
     (300, 15)
     """
+    items = data
     personas = tuple(PERSONAS if personas is None else personas)
     templates = tuple(TEMPLATES if templates is None else templates)
     tasks = dict(TASKS if tasks is None else tasks)
     if setting not in ("persona", "persona-free", "both"):
         raise ValueError(f"setting must be 'persona', 'persona-free' or 'both', got {setting!r}")
     if not isinstance(items, pd.DataFrame):
-        raise TypeError("items must be a DataFrame with columns item_id and task")
+        raise TypeError("data must be a DataFrame of task items with columns item_id and task")
     missing = [c for c in ("item_id", "task") if c not in items.columns]
     if missing:
-        raise ValueError(f"items lack column(s) {missing}; it has {list(items.columns)}")
+        raise ValueError(f"data (the task items) lacks column(s) {missing}; it has {list(items.columns)}")
     if items["item_id"].duplicated().any():
         dup = items.loc[items["item_id"].duplicated(), "item_id"].head(5).tolist()
         raise ValueError(f"item_id must be unique; duplicated: {dup}")
@@ -414,9 +426,20 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def balance_ratios(design: pd.DataFrame) -> pd.DataFrame:
-    """Max/min count ratio of personas and of templates per task (1.0 is perfect balance)."""
-    d = design[design["setting"] == "persona"] if "setting" in design.columns else design
+def balance_ratios(data: pd.DataFrame) -> pd.DataFrame:
+    """Max/min count ratio of personas and of templates per task (1.0 is perfect balance).
+
+    Parameters
+    ----------
+    data : DataFrame
+        A prompts table from :func:`sample_design` (persona rows are counted).
+
+    Returns
+    -------
+    DataFrame
+        ``task, factor, min, max, ratio``, one row per task and factor (persona, prompt).
+    """
+    d = data[data["setting"] == "persona"] if "setting" in data.columns else data
     rows = []
     for task, g in d.groupby("task", observed=True):
         for col in ("persona", "prompt"):

@@ -324,7 +324,17 @@ class LabelExtractor:
             self._steps.append((i, pattern, contains_later))
 
     def presence(self, texts: Iterable[str]) -> np.ndarray:
-        """Boolean matrix (texts x labels): which labels each answer mentions."""
+        """Boolean matrix (texts x labels): which labels each answer mentions.
+
+        Parameters
+        ----------
+        texts : sequence of str
+            The answers.
+
+        Returns
+        -------
+        numpy.ndarray of bool, shape (len(texts), len(labels))
+        """
         arr = _arrow_texts(texts)
         out = np.zeros((len(arr), len(self.labels)), dtype=bool)
         if len(arr) == 0:
@@ -342,11 +352,31 @@ class LabelExtractor:
         return out
 
     def found(self, texts: Iterable[str]) -> np.ndarray:
-        """Whether exactly one distinct label can be extracted from each answer."""
+        """Whether exactly one distinct label can be extracted from each answer.
+
+        Parameters
+        ----------
+        texts : sequence of str
+            The answers.
+
+        Returns
+        -------
+        numpy.ndarray of bool
+        """
         return self.presence(texts).sum(axis=1) == 1
 
     def extract(self, texts: Iterable[str]) -> np.ndarray:
-        """The extracted label per answer (``None`` where none can be extracted)."""
+        """The extracted label per answer (``None`` where none can be extracted).
+
+        Parameters
+        ----------
+        texts : sequence of str
+            The answers.
+
+        Returns
+        -------
+        numpy.ndarray of object
+        """
         pres = self.presence(texts)
         out = np.full(len(pres), None, dtype=object)
         one = pres.sum(axis=1) == 1
@@ -418,6 +448,11 @@ class Detector(ABC):
     def explain(self, texts: Iterable[str]) -> pd.DataFrame:
         """Why each answer was (or was not) flagged, for auditing a detector.
 
+        Parameters
+        ----------
+        texts : sequence of str
+            The answers.
+
         Returns
         -------
         DataFrame
@@ -447,6 +482,15 @@ class Detector(ABC):
         """The same detector for a task with these answer labels.
 
         Detectors that do not use labels (the prefix lists) return themselves.
+
+        Parameters
+        ----------
+        labels : sequence of str, str or None
+            The task's answer labels (a task name such as ``"nli"`` for its labels).
+
+        Returns
+        -------
+        Detector
         """
         return self
 
@@ -577,7 +621,17 @@ class HedgeDetector(Detector):
         return flags
 
     def with_labels(self, labels: Sequence[str] | str | None) -> HedgeDetector:
-        """The same detector for another task's label set."""
+        """The same detector for another task's label set.
+
+        Parameters
+        ----------
+        labels : sequence of str, str or None
+            The task's answer labels (a task name such as ``"nli"`` for its labels).
+
+        Returns
+        -------
+        HedgeDetector
+        """
         patterns = self.patterns if self._custom else None
         return HedgeDetector(labels=labels, patterns=patterns, name=self.name)
 
@@ -787,7 +841,17 @@ class DefaultDetector(Detector):
         return out
 
     def with_labels(self, labels: Sequence[str] | str | None) -> DefaultDetector:
-        """The same detector for another task's label set."""
+        """The same detector for another task's label set.
+
+        Parameters
+        ----------
+        labels : sequence of str, str or None
+            The task's answer labels (a task name such as ``"nli"`` for its labels).
+
+        Returns
+        -------
+        DefaultDetector
+        """
         return DefaultDetector(labels=labels, name=self.name)
 
 
@@ -810,7 +874,17 @@ class AnyOf(Detector):
         self.name = " | ".join(d.name for d in parts)
 
     def with_labels(self, labels: Sequence[str] | str | None) -> AnyOf:
-        """Every component for this label set."""
+        """Every component for this label set.
+
+        Parameters
+        ----------
+        labels : sequence of str, str or None
+            The task's answer labels (a task name such as ``"nli"`` for its labels).
+
+        Returns
+        -------
+        AnyOf
+        """
         return AnyOf(*(d.with_labels(labels) for d in self.detectors))
 
     def _rules(self, arr: pa.Array, flags: np.ndarray) -> np.ndarray:
@@ -866,6 +940,15 @@ JUDGE_CLASSES = ("full_compliance", "full_refusal", "partial_refusal")
 
 def parse_judgment(text: str) -> str:
     """The class in a judge's reply: one of :data:`JUDGE_CLASSES`, or ``"unparsed"``.
+
+    Parameters
+    ----------
+    text : str
+        The judge's reply.
+
+    Returns
+    -------
+    str
 
     Examples
     --------
@@ -951,7 +1034,18 @@ class JudgeDetector(Detector):
         self.name = f"judge({getattr(backend, 'model_id', '') or type(backend).__name__})"
 
     def classify(self, texts: Iterable[str]) -> list[str]:
-        """The judge's class of each answer (cached by answer text)."""
+        """The judge's class of each answer (cached by answer text).
+
+        Parameters
+        ----------
+        texts : sequence of str
+            The answers.
+
+        Returns
+        -------
+        list of str
+            One of :data:`JUDGE_CLASSES` or ``"unparsed"`` per answer.
+        """
         from refusalstats.inference.backends import DecodingParams
 
         arr = _arrow_texts(texts)
@@ -1045,7 +1139,7 @@ _detector_by_name = detector
 
 
 def flag_refusals(
-    df: pd.DataFrame,
+    data: pd.DataFrame,
     detector: Detector | str = "default",
     *,
     text: str = "response",
@@ -1056,7 +1150,7 @@ def flag_refusals(
 
     Parameters
     ----------
-    df : DataFrame
+    data : DataFrame
         A table with the answers in column ``text``.
     detector : Detector or str
         A detector or a name for :func:`detector` (default ``"default"``).
@@ -1072,7 +1166,7 @@ def flag_refusals(
 
     Returns
     -------
-    Series of bool named ``"refusal"``, aligned with ``df.index``.
+    Series of bool named ``"refusal"``, aligned with ``data.index``.
 
     Examples
     --------
@@ -1082,6 +1176,7 @@ def flag_refusals(
     >>> flag_refusals(df).tolist()
     [True, False]
     """
+    df = data
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     if text not in df.columns:

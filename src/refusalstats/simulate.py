@@ -75,7 +75,13 @@ PAPER_PSEUDO_R2 = 0.5733
 
 
 def paper_table1() -> pd.DataFrame:
-    """Table 1 as a long DataFrame: model, task, rate (fraction; NaN where blank)."""
+    """P1's Table 1 as a long table.
+
+    Returns
+    -------
+    DataFrame
+        ``model, task, rate`` (a fraction; NaN where the paper's cell is blank).
+    """
     rows = [
         {"model": m, "task": t, "rate": np.nan if v is None else v / 100.0}
         for m, vals in PAPER_TABLE1.items() for t, v in zip(PAPER_TASKS, vals)
