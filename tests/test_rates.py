@@ -385,3 +385,118 @@ def test_wilson_bounds_at_zero_and_all_refusals_are_exact():
     df["refusal"] = 0
     tab = rs.refusal_rates(df, by="task")  # clustered (item_id repeats)
     assert (tab["ci_low"] == 0.0).all() and (tab["rate"] == 0.0).all()
+
+
+# ---------------------------------------------------------------------------------------
+# a path in place of the DataFrame (#15): every analysis streams through rates._counts
+# ---------------------------------------------------------------------------------------
+
+
+def parquet_sources(df: pd.DataFrame, root) -> list:
+    """``df`` written as three Parquet shards under ``root``; returns the ways to name
+    them: the folder, a glob, the list of files, and one file holding the whole table."""
+    df = df.copy()
+    df.attrs = {}
+    shards = root / "shards"
+    shards.mkdir(parents=True)
+    files = []
+    for i, rows in enumerate(np.array_split(np.arange(len(df)), 3)):
+        files.append(shards / f"part-{i}.parquet")
+        df.iloc[rows].to_parquet(files[-1], index=False)
+    df.to_parquet(root / "whole.parquet", index=False)
+    return [shards, str(shards / "part-*.parquet"), [str(f) for f in files],
+            str(root / "whole.parquet")]
+
+
+def assert_same_result(from_path: pd.DataFrame, from_rows: pd.DataFrame) -> None:
+    """Equal tables (values exactly: same counts, same arithmetic) and equal attrs."""
+    pd.testing.assert_frame_equal(from_path, from_rows, check_exact=True)
+    assert from_path.attrs == from_rows.attrs
+
+
+@pytest.fixture(scope="module")
+def shuffled_paper():
+    """The paper design (scale 0.02) in shuffled row order, with persona-free rows (two
+    of the templates) so items are answered in both settings, and a control group."""
+    df = rs.simulate_paper(scale=0.02, seed=4).sample(frac=1.0, random_state=1)
+    df = df.reset_index(drop=True)
+    free = df["prompt"].cat.codes.to_numpy() % 5 == 0
+    df["setting"] = pd.Categorical(np.where(free, "persona-free", "persona"),
+                                   categories=["persona", "persona-free"])
+    return df
+
+
+@pytest.mark.filterwarnings("ignore::refusalstats.ClusterNote")
+@pytest.mark.parametrize("kw", [{"by": ["model", "task"], "cluster": "item_id"},
+                                {"by": "task", "cluster": None},
+                                {"by": "model"}])  # fmt: skip
+def test_persona_effect_from_a_path_equals_the_dataframe(shuffled_paper, tmp_path, kw):
+    expected = rs.persona_effect(shuffled_paper, **kw)
+    for source in parquet_sources(shuffled_paper, tmp_path):
+        assert_same_result(rs.persona_effect(source, **kw), expected)
+
+
+@pytest.mark.filterwarnings("ignore::refusalstats.ClusterNote")
+def test_persona_effect_from_a_path_derives_the_setting_and_names_gaps(shuffled_paper, tmp_path):
+    # no setting column: rows whose persona is "none" are the persona-free ones
+    df = shuffled_paper.drop(columns="setting")
+    df["persona"] = df["persona"].cat.add_categories("none")
+    df.loc[shuffled_paper["setting"] == "persona-free", "persona"] = "none"
+    sources = parquet_sources(df, tmp_path)
+    expected = rs.persona_effect(df, by="task")
+    assert_same_result(rs.persona_effect(sources[0], by="task"), expected)
+    # a group without persona-free rows: the same error for rows and files
+    one = df[(df["persona"] != "none") | (df["task"] != df["task"].cat.categories[0])]
+    for data in (one, parquet_sources(one, tmp_path / "gap")[0]):
+        with pytest.raises(ValueError, match=r"\(the setting was derived from persona == "
+                                             r"'none'\).*task='nli' has no 'persona-free' rows"):
+            rs.persona_effect(data, by="task")
+
+
+@pytest.mark.filterwarnings("ignore:cochran_q. in 3 test.s. fewer than 20:RuntimeWarning")
+@pytest.mark.parametrize("kw", [{"method": "chi2"}, {"method": "exact"},
+                                {"method": "permutation", "n_perm": 499, "seed": 7},
+                                {"method": "auto", "adjust": "holm"}])  # fmt: skip
+def test_cochran_q_from_a_path_equals_the_dataframe(tmp_path, kw):
+    # complete blocks (each item answered once under each of 5 personas), shuffled, 3 tasks;
+    # sparse enough that some tests have few informative blocks (exact / permutation)
+    df = rs.simulate_items(n_items=90, k=5, intercept=-2.5, row_effect=0.3,
+                           seed=3)
+    df = df.sample(frac=1.0, random_state=2).reset_index(drop=True)
+    expected = rs.cochran_q(df, by="task", **kw)
+    assert expected["n_blocks"].tolist() == [30, 30, 30]
+    for source in parquet_sources(df, tmp_path):
+        assert_same_result(rs.cochran_q(source, by="task", **kw), expected)
+
+
+def test_cochran_q_from_a_path_refuses_incomplete_blocks_as_the_rows_do(tmp_path):
+    df = rs.simulate_items(n_items=30, k=5, seed=5)
+    twice = pd.concat([df, df.iloc[[7]]], ignore_index=True)  # one item x persona twice
+    gap = df.drop(index=[3])  # one item x persona missing
+    for name, bad, match in [("twice", twice, r"item_id=\d+ has \['p\d'\] more than once"),
+                             ("gap", gap, r"item_id=\d+ lacks 1 of 5 persona")]:
+        for data in (bad, parquet_sources(bad, tmp_path / name)[0]):
+            with pytest.raises(ValueError, match=match):
+                rs.cochran_q(data, by="task")
+
+
+@pytest.mark.filterwarnings("ignore::refusalstats.ClusterNote")
+@pytest.mark.parametrize("kw", [{"n_boot": 200, "seed": 5},
+                                {"n_boot": 200, "seed": 5, "cluster": None},
+                                {"n_boot": 100, "seed": 1, "estimator": "plug-in"},
+                                {"estimator": "plug-in", "cluster": "item_id"}])  # fmt: skip
+def test_disparity_from_a_path_equals_the_dataframe(shuffled_paper, tmp_path, kw):
+    expected = rs.disparity(shuffled_paper, control="Religion", by="task", **kw)
+    assert len(expected) == 3 * 3 and np.isfinite(expected["disparity"]).all()
+    for source in parquet_sources(shuffled_paper, tmp_path):
+        assert_same_result(rs.disparity(source, control="Religion", by="task", **kw), expected)
+
+
+def test_disparity_from_a_path_with_a_control_column_or_list(shuffled_paper, tmp_path):
+    df = shuffled_paper.assign(is_control=shuffled_paper["persona_group"] == "Religion")
+    source = parquet_sources(df, tmp_path)[0]
+    ctrl = sorted(df.loc[df["is_control"], "persona"].unique())
+    for control in ("is_control", ctrl):
+        expected = rs.disparity(df, control=control, n_boot=50, cluster=None)
+        assert_same_result(rs.disparity(source, control=control, n_boot=50, cluster=None),
+                           expected)
