@@ -433,3 +433,13 @@ def test_public_names_have_numpy_docstrings(name):
         f"(missing {missing}, not in the signature {unknown})")
     if _returns_something(fn):
         assert doc["Returns"] or doc["Yields"], f"{name}: no Returns section"
+
+
+def test_the_api_reference_lists_every_public_name():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.rst").read_text()
+    missing = [n for n in rs.__all__ if n not in ("dumps", "plot")
+               and not any(f":: {p}{n}" in page for p in ("", "refusalstats."))]
+    assert not missing, f"docs/api.rst does not document {missing}"
+    assert "automodule:: refusalstats.plot" in page and "automodule:: refusalstats.dumps" in page
