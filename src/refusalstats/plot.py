@@ -34,6 +34,8 @@ __all__ = [
     "OKABE_ITO",
     "coefficients",
     "hierarchical_effects",
+    "hierarchical_ppc",
+    "hierarchical_shrinkage",
     "persona_heatmap",
     "persona_vs_free",
     "personas",
@@ -974,3 +976,100 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     fig.suptitle(title or f"{level.capitalize()} effect within each {within} (filled: HDI excludes 0)",
                  x=0.01, ha="left", wrap=True)
     return fig
+
+def _axes(ax, width: float = 4.2, height: float = 4.2):
+    if ax is not None:
+        return ax
+    fig = _figure(width, height)
+    return fig.subplots()
+
+
+def hierarchical_ppc(ppc: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
+    """Posterior predictive check: observed vs predicted refusal rate per cell.
+
+    One point per cell at (observed rate, posterior predicted rate) with the predictive
+    interval as a vertical whisker; cells whose observed rate falls outside their interval
+    are drawn in vermillion; the dashed line is y = x.
+
+    Parameters
+    ----------
+    ppc : DataFrame
+        From ``HierarchicalResult.ppc()``: columns ``observed``, ``predicted``, ``ci_low``,
+        ``ci_high`` and ``inside``; ``attrs["conf"]`` is the interval level.
+    ax : matplotlib Axes, optional
+        Draw into this axes; default a new figure.
+    title : str, optional
+        Axes title; default says how many cells lie inside their interval.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> t = pd.DataFrame({"observed": [0.1, 0.4], "predicted": [0.12, 0.35],
+    ...                   "ci_low": [0.08, 0.3], "ci_high": [0.16, 0.38], "inside": [True, False]})
+    >>> fig = rs.plot.hierarchical_ppc(t)
+    """
+    if not isinstance(ppc, pd.DataFrame):
+        raise TypeError(f"expected a ppc DataFrame, got {type(ppc).__name__}")
+    _need(ppc, ["observed", "predicted", "ci_low", "ci_high", "inside"], "hierarchical_ppc")
+    ax = _axes(ax)
+    t = ppc
+    yerr = np.vstack([t["predicted"] - t["ci_low"], t["ci_high"] - t["predicted"]]).clip(0)
+    colors = np.where(t["inside"].to_numpy(bool), _CAT[0], _CAT[4])
+    ax.errorbar(t["observed"], t["predicted"], yerr=yerr, fmt="none", ecolor="0.7", lw=0.8)
+    ax.scatter(t["observed"], t["predicted"], s=10, c=colors, zorder=3)
+    lim = [0, max(t["observed"].max(), t["ci_high"].max()) * 1.05 or 1]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    conf = t.attrs.get("conf")
+    ax.set_xlabel("observed refusal rate")
+    ax.set_ylabel("posterior predicted rate" + (f" ({100 * conf:g}% interval)" if conf else ""))
+    ax.set_title(title or f"Posterior predictive check: {t['inside'].mean():.0%} of {len(t)} cells inside")
+    _style(ax)
+    return ax.figure
+
+
+def hierarchical_shrinkage(shrinkage: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
+    """Raw cell rates against partially pooled estimates (logit scale).
+
+    Points off the dashed identity line have been pulled toward their group's mean by the
+    hierarchical model; marker area grows with the cell's rows.
+
+    Parameters
+    ----------
+    shrinkage : DataFrame
+        From ``HierarchicalResult.shrinkage(term, within)``: the cell columns, ``n``,
+        ``raw_logit`` and ``pooled_logit``.
+    ax : matplotlib Axes, optional
+        Draw into this axes; default a new figure.
+    title : str, optional
+        Axes title; default names the cells.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd, refusalstats as rs
+    >>> t = pd.DataFrame({"persona": ["a", "b"], "n": [10, 400], "raw_logit": [-3.0, -1.0],
+    ...                   "pooled_logit": [-2.0, -1.05]})
+    >>> fig = rs.plot.hierarchical_shrinkage(t)
+    """
+    if not isinstance(shrinkage, pd.DataFrame):
+        raise TypeError(f"expected a shrinkage DataFrame, got {type(shrinkage).__name__}")
+    _need(shrinkage, ["n", "raw_logit", "pooled_logit"], "hierarchical_shrinkage")
+    ax = _axes(ax)
+    raw, pooled = shrinkage["raw_logit"].to_numpy(float), shrinkage["pooled_logit"].to_numpy(float)
+    ax.scatter(raw, pooled, s=np.clip(np.sqrt(shrinkage["n"].to_numpy(float)), 4, 60), alpha=0.6,
+               color=_CAT[0])
+    lo, hi = min(raw.min(), pooled.min()), max(raw.max(), pooled.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("raw cell rate (empirical logit)")
+    ax.set_ylabel("partially pooled estimate (logit)")
+    keys = [c for c in shrinkage.columns if c not in ("n", "raw_logit", "pooled_logit")]
+    ax.set_title(title or f"Shrinkage: {' x '.join(map(str, keys))} cells")
+    _style(ax)
+    return ax.figure

@@ -494,23 +494,67 @@ class LogitResults:
             raise ValueError("newdata has missing values in the model's columns")
         return new_design(d.spec, nd)
 
-    def predict(self, newdata: pd.DataFrame | None = None, type: str = "response") -> np.ndarray:
-        """Predicted refusal probability (``type="response"``) or log-odds (``"link"``).
+    def predict(self, newdata: pd.DataFrame | None = None, *, conf: float | None = None,
+                type: str = "response") -> np.ndarray | pd.DataFrame:
+        """Predicted refusal probability (or log-odds), with a Wald interval on request.
 
-        New data reuse the fitted factor levels; an unknown level is an error.
+        The same signature as :meth:`refusalstats.HierarchicalResult.predict`. New data
+        reuse the fitted factor levels; an unknown level is an error.
+
+        Parameters
+        ----------
+        newdata : DataFrame, optional
+            Rows to predict; default the fitted rows (one value per input row, NaN for
+            rows with weight 0).
+        conf : float, optional
+            Without it, point predictions only; with it, also a Wald interval of level
+            ``conf``: ``eta +- z se(eta)`` on the log-odds scale with ``se(eta)^2 = x' V x``
+            and ``V`` the fit's covariance (cluster-robust CR1 when the fit has
+            ``cluster=``), mapped to probabilities for ``type="response"``. Lasso and
+            elastic-net fits have no valid Wald interval: a ``ValueError``.
+        type : {"response", "link"}
+            Probability (default) or log-odds.
+
+        Returns
+        -------
+        ndarray or DataFrame
+            Without ``conf``: a 1-D array. With ``conf``: a DataFrame with ``prediction``,
+            ``ci_low``, ``ci_high`` (``attrs["interval"]`` names them), indexed like
+            ``newdata``.
 
         Examples
         --------
-        >>> fit.predict(pd.DataFrame({"persona": ["Man"], "task": ["nli"], ...}))  # doctest: +SKIP
+        >>> fit.predict(pd.DataFrame({"persona": ["Man"], "task": ["nli"], ...}), conf=0.95)  # doctest: +SKIP
         """
         if type not in ("response", "link"):
             raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        if conf is not None:
+            conf = check_conf(conf)
+            if self.penalty in ("l1", "elasticnet"):
+                raise ValueError(f"predict(conf=...): a penalty={self.penalty!r} fit has no valid Wald "
+                                 "interval; refit with penalty=None, 'firth' or 'l2', or bootstrap it")
         X = self._design.X if newdata is None else self._new_X(newdata)
         eta = X @ self.params.to_numpy()
+        se = None
+        if conf is not None:
+            se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self._cov, X), 0.0))
         if newdata is None:  # one value per input row (NaN for rows with weight 0)
             inv = self._design.inverse
             eta = np.where(inv >= 0, eta[np.maximum(inv, 0)], np.nan)
-        return expit(eta) if type == "response" else eta
+            if se is not None:
+                se = np.where(inv >= 0, se[np.maximum(inv, 0)], np.nan)
+        link = (lambda v: v) if type == "link" else expit
+        if conf is None:
+            return link(eta)
+        z = stats.norm.ppf(0.5 + conf / 2)
+        out = pd.DataFrame({"prediction": link(eta), "ci_low": link(eta - z * se),
+                            "ci_high": link(eta + z * se)})
+        if newdata is not None:
+            out.index = newdata.index
+        out.attrs["conf"] = conf
+        out.attrs["interval"] = (f"{100 * conf:g}% Wald interval on the log-odds scale"
+                                 + (f" (CR1 by '{self.cluster}')" if self.cluster else ""))
+        return out
 
     @_single_blas
     def marginal_means(self, factor: str, by: str | None = None, conf: float | None = None) -> pd.DataFrame:
