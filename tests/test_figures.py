@@ -224,6 +224,49 @@ def test_w2_takes_the_result_of_w2_sensitivity():
     assert sorted(b.get_height() for b in bars) == pytest.approx(sorted(res.table["iota"]))
 
 
+def _legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_w2_legend_names_what_is_drawn():
+    """One legend entry per drawn element, the interval named as the result computed it."""
+    from matplotlib.container import ErrorbarContainer
+
+    ax = rs.plot.w2(W2_TABLE.drop(columns=["null_mean", "null_q95"])).axes[0]
+    assert _legend(ax) == ["ι (value above the bar)", "95% bootstrap CI ([low, high] above the bar)"]
+    tab = W2_TABLE.assign(p_value=[0.01, 0.01, 0.4])
+    tab.attrs["interval"] = "80% percentile bootstrap"
+    ax = rs.plot.w2(tab).axes[0]
+    assert _legend(ax) == [
+        "ι (value above the bar)", "80% percentile bootstrap CI ([low, high] above the bar)",
+        "permutation null, 0 to 95% quantile", "null mean (bias)",
+        "~ null: not distinguishable from the permutation null (p > 0.05)"]
+    assert len([p for p in ax.patches if p.get_gid() == "null-like"]) == 1
+    # the CI entry is drawn as an error bar (whisker with caps), like the intervals
+    assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+
+
+def test_w2_result_plot_is_drawn_by_plot_w2(monkeypatch):
+    """W2SensitivityResult.plot draws with rs.plot.w2 (one home for figures), in the
+    inputs' order, into a given axes, with the result's interval in the legend."""
+    from matplotlib.figure import Figure
+
+    from refusalstats.sensitivity import w2_sensitivity
+
+    df = small_table(persona_free=False)
+    res = w2_sensitivity(df, inputs=["persona", "model"], n_boot=40, n_perm=20, conf=0.9,
+                         ci="bca", progress=False)
+    ax = Figure().subplots()
+    fig = res.plot(ax=ax)
+    assert fig is ax.figure and fig.axes == [ax]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["persona", "model"]
+    assert _legend(ax)[1] == "90% BCa bootstrap CI ([low, high] above the bar)"
+    calls = []
+    monkeypatch.setattr(rs.plot, "w2", lambda *a, **k: calls.append((a, k)) or "drawn")
+    assert res.plot(sort=True) == "drawn"
+    assert calls[0][0] == (res,) and calls[0][1]["sort"] is True
+
+
 COEF = pd.DataFrame({
     "term": ["Intercept", "a[T.x]", "a[T.y]", "b[T.u]", "b[T.v]", "b[T.w]"],
     "estimate": [-2.0, 1.5, 0.3, -0.8, -3.0, 0.9],

@@ -632,7 +632,7 @@ def response_types(data: pd.DataFrame, row: str = "model", facet: str | None = "
 # ----------------------------------------------------------------------------------------
 # Fig. 5: W2 sensitivity indices
 # ----------------------------------------------------------------------------------------
-def w2(result, *, title: str | None = None) -> Figure:
+def w2(result, *, ax=None, sort: bool = True, title: str | None = None) -> Figure:
     """W2 sensitivity index per input with bootstrap CIs and the permutation null (Fig. 5).
 
     Bars are iota with CI whiskers and the value written above; behind each bar a grey
@@ -647,9 +647,15 @@ def w2(result, *, title: str | None = None) -> Figure:
     ----------
     result : W2SensitivityResult or DataFrame
         ``w2_sensitivity(...)`` or its ``.table`` (``input, iota, ci_low, ci_high``;
-        ``null_mean``, ``null_q95``, ``p_value``, ``distinguishable`` optional).
+        ``null_mean``, ``null_q95``, ``p_value``, ``distinguishable`` optional). The legend
+        names the result's interval (``conf``, ``ci_method``); a bare table's is read from
+        ``attrs["interval"]`` when set, else called a 95% bootstrap CI.
+    ax : matplotlib Axes, optional
+        Draw into this axes; default a new figure.
+    sort : bool
+        Order the bars by decreasing iota (default); False keeps the table's order.
     title : str, optional
-        Figure title.
+        Axes title.
 
     Returns
     -------
@@ -670,10 +676,19 @@ def w2(result, *, title: str | None = None) -> Figure:
         raise TypeError("w2() takes a W2SensitivityResult or its .table DataFrame, "
                         f"got {type(result).__name__}")
     _need(tab, ["input", "iota", "ci_low", "ci_high"], "w2")
-    tab = tab.sort_values("iota", ascending=False).reset_index(drop=True)
+    interval = tab.attrs.get("interval", "95% bootstrap")
+    if hasattr(result, "conf") and hasattr(result, "ci_method"):
+        method = {"bca": "BCa", "percentile": "percentile"}.get(result.ci_method, "")
+        interval = f"{result.conf:.0%} {method} bootstrap".replace("  ", " ")
+    if sort:
+        tab = tab.sort_values("iota", ascending=False, kind="stable")
+    tab = tab.reset_index(drop=True)
     n = len(tab)
-    fig = _figure(max(4.5, 1.2 * n + 2.2), 3.8)
-    ax = fig.subplots()
+    if ax is None:
+        fig = _figure(max(4.5, 1.2 * n + 2.2) + 2.6, 3.8)  # + the legend at the right
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
     x = np.arange(n)
     iota = tab["iota"].to_numpy(float)
     lo = tab["ci_low"].to_numpy(float)
@@ -714,14 +729,23 @@ def w2(result, *, title: str | None = None) -> Figure:
     ax.set_xlabel("input")
     ax.set_ylabel("W2 sensitivity index ι (0 to 1)")
     ax.set_ylim(0, min(1.0, 1.3 * top) if np.isfinite(top) and top > 0 else 1.0)
-    handles = [Patch(color=_CAT[0], label="ι with 95% bootstrap CI")]
+    # the CI's legend entry is an error bar like the drawn ones (a whisker with caps)
+    ci_key = ax.errorbar([np.nan], [np.nan], yerr=[[np.nan], [np.nan]], fmt="none",
+                         ecolor="black", elinewidth=1.2, capsize=3)
+    handles = [Patch(color=_CAT[0], label="ι (value above the bar)"),
+               (ci_key, f"{interval} CI ([low, high] above the bar)")]
     if has_null:
         handles += [Patch(color="0.85", label="permutation null, 0 to 95% quantile"),
                     Line2D([], [], color="0.3", ls="--", label="null mean (bias)")]
     if not dist.all():
         handles.append(Patch(facecolor="0.62", hatch="//",
-                             label="~ null: not distinguishable from it (p > 0.05)"))
-    ax.legend(handles=handles, loc="upper right", frameon=False)
+                             label="~ null: not distinguishable from the permutation null "
+                                   "(p > 0.05)"))
+    labels = [h[1] if isinstance(h, tuple) else h.get_label() for h in handles]
+    handles = [h[0] if isinstance(h, tuple) else h for h in handles]
+    # outside the axes, right: inside it covered the values written above the bars
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize=7)
     if outside.any():
         ax.annotate("\u2020 estimate outside its own CI: the estimator's bias is large relative "
                     "to its spread (see iota_corrected, p_value)", xy=(0, 0),
@@ -752,8 +776,17 @@ def _pick(df: pd.DataFrame, names: Sequence[str], what: str) -> str | None:
 def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
     """Normalise a coefficient table to ``term, estimate, ci_low, ci_high, p_value``.
 
-    Accepts ``LogitResults.coef_table()`` or any DataFrame with a term column (or index)
-    and estimate / interval columns under common names.
+    Parameters
+    ----------
+    table : LogitResults or DataFrame
+        A fitted ``logit`` result (its ``coef_table()`` is used) or any DataFrame with a
+        term column (or index) and estimate / interval columns under common names
+        (``estimate``/``coef``, ``ci_low``/``conf_low``/``2.5%``, ``p_value``/``Pr(>|z|)``).
+
+    Returns
+    -------
+    DataFrame
+        ``term, estimate, ci_low, ci_high, p_value`` (``p_value`` NaN when the table has none).
     """
     tab = getattr(table, "coef_table", None)
     if callable(tab):
@@ -876,9 +909,9 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str 
     ax.set_yticks(y, [_pretty_term(t) for t in show["term"]])
     if scale == "odds":
         ax.set_xscale("log")
-        ax.set_xlabel("odds ratio of refusal vs. reference level (log axis), 95% CI")
+        ax.set_xlabel("odds ratio of refusal vs. reference level\n(log axis), 95% CI")
     else:
-        ax.set_xlabel("coefficient (log-odds of refusal vs. reference level), 95% CI")
+        ax.set_xlabel("coefficient: log-odds of refusal vs. reference level\n95% CI")
     ax.set_ylabel("term")
     ax.grid(axis="x", color="0.9", lw=0.6)
     ax.set_axisbelow(True)
@@ -976,6 +1009,7 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     fig.suptitle(title or f"{level.capitalize()} effect within each {within} (filled: HDI excludes 0)",
                  x=0.01, ha="left", wrap=True)
     return fig
+
 
 def _axes(ax, width: float = 4.2, height: float = 4.2):
     if ax is not None:

@@ -59,6 +59,16 @@ def default_partitions(n: int) -> int:
     The heuristic of Plischke, Borgonovo & Smith (2013), as in SALib's ``delta`` method:
     ``min(ceil(n ** (2 / (7 + tanh((1500 - n) / 500)))), 48)``.
 
+    Parameters
+    ----------
+    n : int
+        Number of rows (positive).
+
+    Returns
+    -------
+    int
+        Number of rank bins, at most 48.
+
     Examples
     --------
     >>> [default_partitions(n) for n in (100, 1_000, 10_000, 50_000, 200_000)]
@@ -781,83 +791,28 @@ class W2SensitivityResult:
         return Summary(f"W2 sensitivity of {self.output!r}", text, tab, notes=self.notes)
 
     def plot(self, ax=None, sort: bool = False):
-        """Bar chart of iota per input with CI error bars and the permutation-null band.
+        """Bar chart of iota per input with CI whiskers and the permutation-null band.
 
-        An input not distinguishable from its permutation null (``distinguishable`` False)
-        gets a grey, hatched bar marked "~ null"; an estimate outside its own CI is marked
-        with a dagger, explained under the axes.
+        Draws with :func:`refusalstats.plot.w2` (the one home of the figures): an input not
+        distinguishable from its permutation null (``distinguishable`` False) gets a grey,
+        hatched bar marked "~ null"; an estimate outside its own CI is marked with a
+        dagger, explained under the axes; the legend names this result's interval.
 
         Parameters
         ----------
         ax : matplotlib Axes, optional
             Draw into this axes; a new Figure is created otherwise.
         sort : bool
-            Order the bars by decreasing iota.
+            Order the bars by decreasing iota (default: the order of ``inputs``).
 
         Returns
         -------
         matplotlib.figure.Figure
         """
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch, Rectangle
+        from .plot import w2
 
-        tab = self.table.sort_values("iota", ascending=False) if sort else self.table
-        if ax is None:
-            fig = Figure(figsize=(max(4.0, 1.1 * len(tab) + 2.0), 3.8), layout="constrained")
-            ax = fig.subplots()
-        else:
-            fig = ax.figure
-        x = np.arange(len(tab))
-        iota = tab["iota"].to_numpy(float)
-        has_null = np.isfinite(tab["null_q95"].to_numpy(float)).any()
-        if has_null:
-            for xi_, q95, mean in zip(x, tab["null_q95"], tab["null_mean"]):
-                ax.add_patch(Rectangle((xi_ - 0.45, 0.0), 0.9, q95, color="0.82", zorder=0, lw=0))
-                ax.hlines(mean, xi_ - 0.45, xi_ + 0.45, colors="0.35", linestyles="--", zorder=3)
-        lo = tab["ci_low"].to_numpy(float)
-        hi = tab["ci_high"].to_numpy(float)
-        ok = np.isfinite(lo) & np.isfinite(hi)
-        dist = _distinguishable(tab)
-        outside = ok & ((iota < lo) | (iota > hi))
-        bars = ax.bar(x, iota, width=0.6, color=np.where(dist, "#4472a8", "0.62"), zorder=2,
-                      label="iota")
-        for bar, d in zip(bars, dist):
-            if not d:
-                bar.set_hatch("//")
-                bar.set_gid("null-like")
-        top_ = np.nanmax(np.concatenate([np.where(ok, hi, iota), iota]))
-        for xi_, v, d, o, h in zip(x, iota, dist, outside, np.where(ok, hi, iota)):
-            mark = ("~ null" if not d else "") + (" \u2020" if o else "")
-            if mark:
-                ax.text(xi_, max(h, v) + 0.02 * max(top_, 1e-3), mark.strip(), ha="center",
-                        va="bottom", fontsize="small", color="0.25", gid="w2-mark")
-        if ok.any():
-            # drawn from its ends: an interval need not contain the (biased) estimate
-            ax.errorbar(x[ok], (lo[ok] + hi[ok]) / 2, yerr=(hi[ok] - lo[ok]) / 2, fmt="none",
-                        ecolor="black", capsize=4, zorder=4)
-        ax.set_xticks(x, tab["input"].tolist())
-        ax.set_xlabel("input")
-        ax.set_ylabel(r"W2 sensitivity index $\iota$")
-        top = np.nanmax(np.concatenate([hi, iota, tab["null_q95"].to_numpy(float)]))
-        ax.set_ylim(0.0, min(1.0, 1.15 * top) if np.isfinite(top) and top > 0 else 1.0)
-        ax.set_title(f"W2 sensitivity of {self.output} (N = {self.n:,})")
-        method = {"bca": "BCa", "percentile": "percentile"}.get(self.ci_method, "no")
-        handles = [Patch(color="#4472a8", label=rf"$\iota$ with {self.conf:.0%} "
-                         f"{method} bootstrap CI")]
-        if has_null:
-            handles.append(Patch(color="0.82", label="permutation null: 0 to 95% quantile "
-                                 "(dashed: mean)"))
-        if not dist.all():
-            handles.append(Patch(facecolor="0.62", hatch="//", label="~ null: not "
-                                 f"distinguishable from the permutation null (p > {NULL_LEVEL})"))
-        ax.legend(handles=handles, loc="upper right", fontsize="small", frameon=False)
-        if outside.any():
-            ax.annotate("\u2020 estimate outside its own CI: the estimator's bias is large "
-                        "relative to its spread (read iota_corrected, p_value)",
-                        xy=(0, 0), xycoords="axes fraction", xytext=(0, -30),
-                        textcoords="offset points", fontsize="x-small", color="0.25",
-                        va="top", gid="w2-footnote")
-        return fig
+        return w2(self, ax=ax, sort=sort,
+                  title=f"W2 sensitivity of {self.output} (N = {self.n:,})")
 
 
 # ----------------------------------------------------------------------------------------

@@ -22,6 +22,19 @@ P_COLUMNS = ("p_value", "p_adjusted", "pvalue", "Pr(>Chi)", "Pr(>F)", "Pr(>|z|)"
 def format_p(p: float, threshold: float = 0.001) -> str:
     """``"< 0.001"`` below ``threshold``, else three decimals; blank for NaN.
 
+    Parameters
+    ----------
+    p : float
+        The p-value (None or NaN: blank).
+    threshold : float
+        Values below it print as ``"< threshold"``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
     >>> format_p(2e-9), format_p(0.0312), format_p(float("nan"))
     ('< 0.001', '0.031', '')
     """
@@ -48,7 +61,20 @@ def _format_value(v, digits: int) -> str:
 
 
 def format_table(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """All cells as display strings (p-value columns as ``< 0.001``); the index becomes a column."""
+    """All cells as display strings (p-value columns as ``< 0.001``); the index becomes a column.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        A result table; a named index (or MultiIndex) becomes column(s).
+    digits : int
+        Significant digits of floats other than p-values.
+
+    Returns
+    -------
+    DataFrame
+        The same columns as strings (missing values blank, booleans "yes"/"no").
+    """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"expected a DataFrame (a result's table), got {type(frame).__name__}")
     df = frame.reset_index() if frame.index.name or isinstance(frame.index, pd.MultiIndex) else frame
@@ -63,7 +89,20 @@ def format_table(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 
 
 def to_markdown(frame: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
+    """A GitHub-flavoured Markdown table (numbers right-aligned).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        A result table (formatted by :func:`format_table`).
+    digits : int
+        Significant digits of floats other than p-values.
+
+    Returns
+    -------
+    str
+        The table, one line per row.
+    """
     t = format_table(frame, digits)
     numeric = [pd.api.types.is_numeric_dtype(frame.reset_index()[c])
                if c in frame.reset_index().columns else False for c in t.columns]
@@ -87,7 +126,22 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(frame: pd.DataFrame, digits: int = 4, caption: str | None = None) -> str:
-    """A LaTeX ``tabular`` (booktabs rules), special characters escaped."""
+    """A LaTeX ``tabular`` (booktabs rules), special characters escaped.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        A result table (formatted by :func:`format_table`).
+    digits : int
+        Significant digits of floats other than p-values.
+    caption : str, optional
+        Wrap the tabular in a ``table`` environment with this caption.
+
+    Returns
+    -------
+    str
+        LaTeX source (needs ``\\usepackage{booktabs}``).
+    """
     t = format_table(frame, digits)
     base = frame.reset_index() if frame.index.name or isinstance(frame.index, pd.MultiIndex) else frame
     align = "".join("r" if pd.api.types.is_numeric_dtype(base[c]) else "l" for c in base.columns)
