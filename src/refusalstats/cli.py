@@ -995,18 +995,23 @@ _COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_fit, _add_import, _add_r
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``refusalstats`` parser: one subparser per command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    opt = _Options()
     parser = argparse.ArgumentParser(
         prog="refusalstats",
+        parents=opt(),  # --debug, also accepted after the command
         description=(
             "Study false refusal in language models: run persona x task x prompt x model "
             "experiments, fit R-style models to the tidy response table, and report with "
             "honest uncertainty. Run 'refusalstats <command> --help' for a command's options."
         ),
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="show Python tracebacks on errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    opt = _Options()
     for add in _COMMANDS:
         add(sub, opt)
     return parser
