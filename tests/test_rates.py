@@ -500,3 +500,15 @@ def test_disparity_from_a_path_with_a_control_column_or_list(shuffled_paper, tmp
         expected = rs.disparity(df, control=control, n_boot=50, cluster=None)
         assert_same_result(rs.disparity(source, control=control, n_boot=50, cluster=None),
                            expected)
+
+
+def test_rank_agreement_from_a_path_equals_the_dataframe(shuffled_paper, tmp_path):
+    kw = {"item": "persona", "rater": "model", "by": "task", "adjust": "holm"}
+    df = shuffled_paper[shuffled_paper["model"].isin(["Llama2-7B", "Llama2-13B", "Llama3-8B"])]
+    expected = rs.rank_agreement(df, **kw)
+    assert np.isfinite(expected.concordance["W"]).all()
+    for source in parquet_sources(df, tmp_path):
+        got = rs.rank_agreement(source, **kw)
+        for part in ("pairs", "concordance", "rates"):
+            pd.testing.assert_frame_equal(getattr(got, part), getattr(expected, part),
+                                          check_exact=True)

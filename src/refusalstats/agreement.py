@@ -6,10 +6,10 @@
 * :func:`rank_agreement` — Kendall's tau between raters' (models') rankings of items
   (personas), and Kendall's W across all of them (:class:`RankAgreement`).
 
-:func:`cochran_q` also takes a Parquet file, a folder of shards, a glob or a list of
-them: the table is streamed into counts per block x condition by
-:func:`refusalstats.collapse` and the test runs on those counts, with the same result
-as on the rows.
+Both also take a Parquet file, a folder of shards, a glob or a list of them: the table
+is streamed into counts (per block x condition, per rater x item) by
+:func:`refusalstats.collapse` and the analysis runs on those counts, with the same
+result as on the rows.
 
 Examples
 --------
@@ -33,7 +33,7 @@ from scipy import stats
 from ._summary import Summary
 from ._validation import check_random_state
 from .multiplicity import adjust_pvalues
-from .rates import _columns, _columns_of, _counts, _groups, _plain, _prepare, _restore_dtypes
+from .rates import _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
 __all__ = ["RankAgreement", "cochran_q", "rank_agreement"]
 
@@ -451,8 +451,10 @@ def rank_agreement(
 
     Parameters
     ----------
-    data : DataFrame
-        The tidy response table.
+    data : DataFrame or path
+        The tidy response table; or a Parquet file, a folder of Parquet shards, a glob
+        or a list of them, streamed into counts per rater x item by
+        :func:`refusalstats.collapse` (the result equals the in-memory one).
     item : str
         What is ranked (default ``"persona"``).
     rater : str
@@ -490,12 +492,13 @@ def rank_agreement(
         raise ValueError(f"adjust must be 'holm', 'bh' or None, got {adjust!r}")
     if item == rater:
         raise ValueError("item and rater must be different columns")
-    rows = _prepare(data, [*by, rater, item], refusal)
+    counts, _ = _counts(data, [*by, rater, item], refusal, where="rank_agreement")
     pair_rows, conc_rows, rate_frames = [], [], []
-    for key, sub in _groups(rows, by):
+    for key, sub in _groups(counts, by):
         where = ", ".join(f"{c}={v!r}" for c, v in zip(by, key))
         where = f" in {where}" if where else ""
-        mat = sub.groupby([rater, item], observed=True, sort=True)["refusal"].mean().unstack(item)
+        cells = sub.groupby([rater, item], observed=True, sort=True)[["_k", "_n"]].sum()
+        mat = (cells["_k"] / cells["_n"]).unstack(item)
         if mat.shape[0] < 2:
             raise ValueError(
                 f"rank_agreement needs at least two {rater}s{where}; found {list(mat.index)}"
@@ -536,10 +539,10 @@ def rank_agreement(
     if adjust is not None:
         pairs["p_adjusted"] = adjust_pvalues(pairs["p_value"], adjust)
     for c in (f"{rater}_1", f"{rater}_2"):
-        if isinstance(rows[rater].dtype, pd.CategoricalDtype):
-            pairs[c] = pd.Categorical(pairs[c], categories=rows[rater].cat.categories)
+        if isinstance(counts[rater].dtype, pd.CategoricalDtype):
+            pairs[c] = pd.Categorical(pairs[c], categories=counts[rater].cat.categories)
     return RankAgreement(
-        pairs=_restore_dtypes(pairs, rows, by),
-        concordance=_restore_dtypes(conc, rows, by),
+        pairs=_restore_dtypes(pairs, counts, by),
+        concordance=_restore_dtypes(conc, counts, by),
         rates=pd.concat(rate_frames, ignore_index=True),
     )

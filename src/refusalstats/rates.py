@@ -171,9 +171,9 @@ def _counts(
     is streamed by :func:`refusalstats.collapse`, reading only these columns batch by
     batch. Both give the key columns then ``_n`` (rows) and ``_k`` (refusals), int64, in
     ``groupby(keys + cluster, sort=True, observed=True)`` order (categorical keys in their
-    level order, other keys sorted), so an analysis computed from them is the same for
-    the rows and for the files, down to the order of its arrays (and so the draws of a
-    seeded bootstrap or permutation test).
+    level order, keeping the levels that occur; other keys sorted), so an analysis
+    computed from them is the same for the rows and for the files, down to the order of
+    its arrays (and so the draws of a seeded bootstrap or permutation test).
 
     Parameters
     ----------
@@ -221,6 +221,9 @@ def _counts(
     else:
         counts = (rows.groupby([*keys, *clusters], observed=True, sort=True)["refusal"]
                   .agg(_n="size", _k="sum").reset_index())
+        for c in [*keys, *clusters]:  # the levels that occur, as collapse keeps them
+            if isinstance(counts[c].dtype, pd.CategoricalDtype):
+                counts[c] = counts[c].cat.remove_unused_categories()
     counts["_n"] = counts["_n"].astype("int64")
     counts["_k"] = counts["_k"].astype("int64")
     return counts, clusters
