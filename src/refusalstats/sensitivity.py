@@ -825,7 +825,8 @@ def _source_schema(data):
     return _dataset(_parquet_files(data)).schema
 
 
-def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, needed: list[str]):
+def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, needed: list[str],
+                            exclude: dict | None = None):
     """``resolve_cluster`` for a Parquet source: ``"auto"`` clusters by ``item_id`` when some
     item id repeats (counted by :func:`~refusalstats.collapse`, one line per item)."""
     from ._validation import AUTO_CLUSTER_COLUMN, ClusterNote
@@ -835,7 +836,8 @@ def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, need
     if isinstance(cluster, str) and cluster == "auto":
         if AUTO_CLUSTER_COLUMN not in columns:
             return None
-        per_item = _collapse(data, [AUTO_CLUSTER_COLUMN], None, output, needed)["n"].to_numpy()
+        per_item = _collapse(data, [], [AUTO_CLUSTER_COLUMN], output, needed, exclude)
+        per_item = per_item["n"].to_numpy()
         if not (per_item > 1).any():
             return None
         warnings.warn(
@@ -866,17 +868,40 @@ def _rows_needed(data, what: str, columns: list[str]) -> ValueError:
     )
 
 
-def _collapse(data, by: list[str], cl_cols: list[str] | None, output: str, needed: list[str]):
-    """``collapse`` with the output as the 0/1 response; other outputs need rows (say so)."""
+def _collapse(data, by: list[str], cl_cols: list[str] | None, output: str, needed: list[str],
+              exclude: dict | None = None):
+    """``collapse`` with the output as the 0/1 response; other outputs need rows (say so).
+
+    ``exclude`` ({column: values}): the columns are collapsed too, their lines holding
+    those values dropped and the rest summed back, so the counts are those of the other
+    rows (each line's rows share the column's value)."""
     from .scan import collapse
 
+    extra = [c for c in (exclude or {}) if c not in by and c not in (cl_cols or [])]
     try:
-        return collapse(data, by=by, cluster=cl_cols or None, refusal=output)
+        counts = collapse(data, by=[*by, *extra], cluster=cl_cols or None, refusal=output)
     except SchemaError as exc:
         if "must hold 0/1" in str(exc):
             raise _rows_needed(data, f"an output {output!r} with values other than 0/1 "
                                "(ordinal or continuous)", needed) from None
         raise
+    if not exclude:
+        return counts
+    keep = np.ones(len(counts), dtype=bool)
+    for col, values in exclude.items():
+        keep &= ~counts[col].astype(str).isin(values).to_numpy()
+    counts = counts[keep]
+    if counts.empty:
+        raise ValueError(f"w2_sensitivity: no rows are left after leaving out {exclude}")
+    keys = [*by, *(cl_cols or [])]
+    for c in keys:
+        if isinstance(counts[c].dtype, pd.CategoricalDtype):
+            counts = counts.assign(**{c: counts[c].cat.remove_unused_categories()})
+    if not keys:
+        return pd.DataFrame({"n": [int(counts["n"].sum())],
+                             "refusals": [int(counts["refusals"].sum())]})
+    return (counts.groupby(keys, observed=True, sort=True)[["n", "refusals"]].sum()
+            .reset_index())
 
 
 def _check_stream(data, out_names: list[str], inputs: list[str], partitions: dict,
@@ -912,7 +937,8 @@ def _check_stream(data, out_names: list[str], inputs: list[str], partitions: dic
 
 
 def _encode_stream(data, name: str, inputs: list[str], partitions: dict, cl,
-                   needed: list[str]) -> list[tuple[_Output, _Partition, _Clusters | None]]:
+                   needed: list[str], exclude: dict | None = None
+                   ) -> list[tuple[_Output, _Partition, _Clusters | None]]:
     """Per input, the estimator's arrays from ``collapse(data, by=[input], cluster=cl)``.
 
     Each line of the counts table (input level x cluster) becomes two weighted records,
@@ -925,7 +951,7 @@ def _encode_stream(data, name: str, inputs: list[str], partitions: dict, cl,
     encoded = []
     n_total = None
     for inp in inputs:
-        counts = _collapse(data, [inp], cl_cols, name, needed)
+        counts = _collapse(data, [inp], cl_cols, name, needed, exclude)
         n_lines = counts["n"].to_numpy(np.int64)
         r_lines = counts["refusals"].to_numpy(np.int64)
         if n_total is None:
@@ -1114,6 +1140,16 @@ def w2_sensitivity(
     estimate lies below the permutation null's 95% quantile. The table has no ``item_id``,
     so rows are independent and the bootstrap is unstratified.
     """
+    return _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed, ci,
+                           progress, cluster, bootstrap)
+
+
+def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed, ci, progress,
+                    cluster, bootstrap, exclude: Mapping[str, Sequence] | None = None
+                    ) -> W2SensitivityResult:
+    """:func:`w2_sensitivity`; ``exclude`` ({column: values}, Parquet sources only) leaves
+    out the rows holding those values, as ``data[~data[col].isin(values)]`` would (the
+    report uses it for the rows with a persona)."""
     from .scan import is_dataset, scan_columns
 
     streamed = is_dataset(data)
@@ -1160,7 +1196,9 @@ def w2_sensitivity(
             [cluster] if isinstance(cluster, str) else list(cluster))
         needed = list(dict.fromkeys([*inputs, *out_names, *cl_given]))
         _check_stream(data, out_names, inputs, partitions, columns, needed)
-        cl = _resolve_cluster_stream(data, cluster, columns, out_names[0], needed)
+        exclude = {str(k): [str(v) for v in vals] for k, vals in dict(exclude or {}).items()
+                   if k in columns}
+        cl = _resolve_cluster_stream(data, cluster, columns, out_names[0], needed, exclude)
     else:
         cl = resolve_cluster(data, cluster, where="w2_sensitivity")
     if cl is not None:
@@ -1169,7 +1207,7 @@ def w2_sensitivity(
             raise ValueError(f"column(s) {both} are both output and cluster")
 
     if streamed:
-        encoded = _encode_stream(data, out_names[0], inputs, partitions, cl, needed)
+        encoded = _encode_stream(data, out_names[0], inputs, partitions, cl, needed, exclude)
         out = encoded[0][0]
         clus = encoded[0][2]
     else:

@@ -573,13 +573,22 @@ def w2_section(ctx: Context) -> Section:
         if k in (0, n):
             s.skipped = f"refusal is constant (all {int(k > 0)}): no variability to explain."
             return s
-        if streamed(ctx) and n < n_rows(ctx):
-            s.skipped = _rows_subset(ctx, "W2 sensitivity")
-            return s
         opts = {"n_boot": 1000, "n_perm": 200} | ctx.options.get("w2", {})
         opts.setdefault("cluster", ctx.cluster)
-        res = w2_sensitivity(ctx.source if streamed(ctx) else d, inputs=inputs, seed=ctx.seed,
-                             progress=ctx.progress, **opts)
+        if streamed(ctx) and n < n_rows(ctx):
+            # the persona rows of a stream: counted with the persona-free lines left out
+            import inspect
+
+            from ..sensitivity import _w2_sensitivity
+
+            args = inspect.signature(w2_sensitivity).bind(
+                ctx.source, inputs=inputs, seed=ctx.seed, progress=ctx.progress, **opts)
+            args.apply_defaults()
+            res = _w2_sensitivity(**args.arguments, exclude={"setting": [F.PERSONA_FREE],
+                                                             "persona": [F._NO_PERSONA]})
+        else:
+            res = w2_sensitivity(ctx.source if streamed(ctx) else d, inputs=inputs,
+                                 seed=ctx.seed, progress=ctx.progress, **opts)
     tab = res.table
     s.figures.append(render(F.w2(tab), "w2", "W2 sensitivity index per input with 95% "
                             "bootstrap CIs and the permutation null."))
