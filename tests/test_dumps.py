@@ -848,9 +848,8 @@ def test_one_matrix_parser_reads_int8_and_text_alike(tmp_path, monkeypatch):
     a = dumps.parse_matrix(plain, "plain")
     b = dumps.parse_matrix(spelled, "spelled")  # pandas reads True and 1.0 as int8 too
     monkeypatch.undo()
-    names, values = matrix._parse_text(spelled, "spelled", {  # the text pass, on its own
-        "header": None, "skiprows": 1, "names": list(range(501)), "index_col": False,
-        "engine": "c"}, [str(i) for i in range(500)])
+    names, values = matrix._parse_text(spelled, "spelled",  # the text pass, on its own
+                                       [str(i) for i in range(500)])
     assert a.personas == b.personas == names == list(rows)
     assert a.items == b.items == list(range(500))
     assert a.values.dtype == b.values.dtype == values.dtype == np.int8

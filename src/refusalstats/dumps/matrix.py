@@ -100,21 +100,27 @@ def parse_matrix(path: str | Path, label: str | None = None) -> _Matrix:
         dup = sorted(h for h, k in Counter(items).items() if k > 1)
         raise DumpError(f"{label}: item column(s) {dup[:5]} appear more than once in the header")
     n = len(header)
-    read = {"header": None, "skiprows": 1, "names": list(range(n)), "index_col": False,
-            "engine": "c"}
     values = None
     try:  # the common case: plain 0/1 cells, parsed straight into int8
         with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)  # a long first row
-            body = pd.read_csv(path, dtype={0: str, **dict.fromkeys(range(1, n), np.int8)}, **read)
-        flags = body.iloc[:, 1:].to_numpy()
-        if flags.dtype == np.int8 and np.isin(flags, (0, 1)).all():
-            personas = [str(p).strip() for p in body[0]]
-            values = np.ascontiguousarray(flags)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            flags = pd.read_csv(path, header=0, usecols=range(1, n), dtype=np.int8,
+                                engine="c").to_numpy()
+        # usecols lets a row longer than the header pass, a shorter one fails int8 (NaN):
+        # with every row complete, as many commas as header-long rows means none is longer
+        # (a quoted comma only adds to the count, and sends the file to the text pass)
+        commas = path.read_text(encoding="utf-8").count(",")
+        if (flags.dtype == np.int8 and flags.shape[1] == n - 1
+                and commas == (n - 1) * (len(flags) + 1) and np.isin(flags, (0, 1)).all()):
+            names = pd.read_csv(path, header=0, usecols=[0], dtype=str, keep_default_na=False,
+                                engine="c").iloc[:, 0]
+            if len(names) == len(flags):
+                personas = [p.strip() for p in names]
+                values = np.ascontiguousarray(flags)
     except (ValueError, TypeError, pd.errors.ParserError, pd.errors.ParserWarning):
         pass
     if values is None:  # spellings, vectors, or a problem to name
-        personas, values = _parse_text(path, label, read, items)
+        personas, values = _parse_text(path, label, items)
     if not personas:
         raise DumpError(f"{label}: the matrix has a header but no persona rows")
     if len(set(personas)) != len(personas):
@@ -127,16 +133,16 @@ def parse_matrix(path: str | Path, label: str | None = None) -> _Matrix:
     return _Matrix(personas, item_ids, values, label)
 
 
-def _parse_text(path: Path, label: str, read: dict, items: list[str]
-                ) -> tuple[list[str], np.ndarray]:
+def _parse_text(path: Path, label: str, items: list[str]) -> tuple[list[str], np.ndarray]:
     """The matrix read as text, row by row in file order; the first problem raises."""
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            body = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                               **read)
+            body = pd.read_csv(path, header=None, skiprows=1, names=list(range(len(items) + 1)),
+                               index_col=False, dtype=str, keep_default_na=False,
+                               skip_blank_lines=False, engine="c")
     except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
         for k, fields in enumerate(csv.reader(lines[1:]), start=2):  # name the ragged row
             if fields and any(f.strip() for f in fields) and len(fields) != len(items) + 1:
