@@ -276,23 +276,30 @@ class Collapsed:
     """Unique covariate patterns with binomial counts.
 
     ``patterns`` holds one row per unique combination of ``columns`` with columns
-    ``successes`` (refusals) and ``trials`` (n); ``inverse[i]`` is the pattern of row i.
+    ``successes`` (refusals) and ``trials`` (n); ``inverse[i]`` is the pattern of row i;
+    ``codes[j]`` the integer code (categorical code, or ``pandas.factorize`` number) of
+    each pattern's value of ``columns[j]``.
     """
 
     patterns: pd.DataFrame
     inverse: np.ndarray
     columns: list[str]
+    codes: list[np.ndarray] | None = None  # per column, the code of each pattern's value
 
     @property
     def n_rows(self) -> int:
         return int(self.patterns["trials"].sum())
 
 
-def _codes(s: pd.Series) -> tuple[np.ndarray, int]:
+def _codes(s: pd.Series) -> tuple[np.ndarray, int, object]:
+    """Integer codes of a column (-1 for missing), the number of values, and a function
+    giving the column's values (same dtype) for an array of codes."""
     if isinstance(s.dtype, pd.CategoricalDtype):
-        return s.cat.codes.to_numpy().astype(np.int64), len(s.cat.categories)
+        dtype = pd.CategoricalDtype(s.dtype.categories)  # unordered, as the design uses it
+        return (np.asarray(s.cat.codes), len(dtype.categories),
+                lambda k: pd.Categorical.from_codes(k, dtype=dtype))
     codes, uniques = pd.factorize(s, sort=False)
-    return codes.astype(np.int64), len(uniques)
+    return codes, len(uniques), lambda k: uniques.take(k)
 
 
 def collapse(
@@ -301,12 +308,50 @@ def collapse(
     response: str,
     trials: str | None = None,
     weights: np.ndarray | None = None,
+    *,
+    prepare=None,
 ) -> Collapsed:
     """Collapse rows to unique patterns of ``columns`` with (successes, trials).
 
     With ``trials`` the response holds counts of successes out of ``data[trials]``
     (already aggregated rows are merged further when they share a pattern). With
     ``weights`` each row counts ``weights[i]`` times (frequency weights).
+
+    Rows are grouped by the integer codes of their columns (categorical codes, or
+    ``pandas.factorize``) with ``numpy.bincount`` when the combinations are few, so the
+    work per row is a handful of integer operations; the pattern values are built from
+    the codes (no row is copied).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The rows.
+    columns : iterable of str
+        The key columns (the model's variables).
+    response : str
+        The response column: 0/1 per row, or successes out of ``trials``.
+    trials : str, optional
+        Column of trials per row (aggregated input); default one per row.
+    weights : array, optional
+        Frequency weight per row.
+    prepare : callable, optional
+        Applied to the key columns of the patterns (e.g. ``lambda p: prepare_factors(p,
+        columns, reference)``) before the rows are mapped to them: the patterns come
+        back prepared and ordered by the prepared codes, as collapsing the prepared rows
+        would order them, at the cost of the patterns only.
+
+    Returns
+    -------
+    Collapsed
+        ``patterns``: one row per observed combination of ``columns`` (in the order of
+        the combinations' codes), with the key columns (same dtypes as ``data``; a
+        categorical keeps all its categories; or as ``prepare`` returns them) and
+        ``successes``, ``trials``; ``inverse``: the pattern of each row.
+
+    Raises
+    ------
+    ValueError
+        A missing value in a key column.
 
     Examples
     --------
@@ -318,50 +363,95 @@ def collapse(
     """
     columns = list(columns)
     n = len(data)
-    y = data[response].to_numpy(dtype=float)
-    t = np.ones(n) if trials is None else data[trials].to_numpy(dtype=float)
+    y = data[response].to_numpy()
+    if y.dtype != np.float64 and not (trials is None and weights is None and y.dtype.kind in "biu"):
+        y = y.astype(float)
+    t = None if trials is None else data[trials].to_numpy(dtype=float)
     if weights is not None:
         w = np.asarray(weights, dtype=float)
         if w.shape != (n,):
             raise ValueError(f"weights must have one value per row ({n}), got shape {w.shape}")
         y = y * w
-        t = t * w
+        t = (np.ones(n) if t is None else t) * w
     if not columns:
         inverse = np.zeros(n, dtype=np.int64)
-        patterns = pd.DataFrame({"successes": [y.sum()], "trials": [t.sum()]})
+        patterns = pd.DataFrame({"successes": [float(y.sum())],
+                                 "trials": [float(n if t is None else t.sum())]})
         return Collapsed(patterns, inverse, columns)
-    codes = []
-    sizes = []
+    codes, sizes, values = [], [], []
     for c in columns:
-        k, m = _codes(data[c])
-        if (k < 0).any():
+        k, m, make = _codes(data[c])
+        if k.min(initial=0) < 0:
             raise ValueError(f"column '{c}' has missing values; drop or fill them before fitting")
         codes.append(k)
         sizes.append(max(m, 1))
+        values.append(make)
     n_keys = float(np.prod(np.array(sizes, dtype=float)))
-    if n_keys <= max(4.0 * n, 2.0**20):
-        # dense key space (the usual all-categorical case): counting instead of sorting
-        key = np.ravel_multi_index(codes, sizes)
-        present = np.bincount(key, minlength=int(n_keys)) > 0
-        slot = np.cumsum(present) - 1
+    dense = n_keys <= max(4.0 * n, 2.0**20)
+    if n_keys >= 2**62:  # pragma: no cover - astronomically many level combinations
+        stacked = np.stack([np.asarray(k, dtype=np.int64) for k in codes], axis=1)
+        uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        pattern_codes = [uniq[:, j] for j in range(len(columns))]
+        present = None
+    else:
+        key = _ravel(codes, sizes)
+        if dense:  # the usual all-categorical case: counting instead of sorting
+            counts = np.bincount(key, minlength=int(n_keys))
+            present = np.flatnonzero(counts)
+        else:
+            present, inverse = np.unique(key, return_inverse=True)
+        pattern_codes = list(np.unravel_index(present, sizes))
+    patterns = pd.DataFrame({c: make(np.asarray(pc, dtype=np.intp))
+                             for c, make, pc in zip(columns, values, pattern_codes)})
+    k = len(patterns)
+    order = None
+    if prepare is not None:
+        patterns = prepare(patterns)
+        keys = [np.asarray(patterns[c].cat.codes, dtype=np.int64)
+                if isinstance(patterns[c].dtype, pd.CategoricalDtype) else np.asarray(pc, dtype=np.int64)
+                for c, pc in zip(columns, pattern_codes)]
+        order = np.lexsort(keys[::-1])
+        if (order == np.arange(k)).all():
+            order = None
+        else:
+            patterns = patterns.iloc[order].reset_index(drop=True)
+            pattern_codes = [np.asarray(pc)[order] for pc in pattern_codes]
+    s_pat = None
+    if present is not None and dense:
+        at = present if order is None else present[order]
+        slot = np.full(int(n_keys), -1, dtype=np.int32 if k < 2**31 else np.intp)
+        slot[at] = np.arange(k)
         inverse = slot[key]
-        first = np.full(int(present.sum()), n, dtype=np.int64)
-        np.minimum.at(first, inverse, np.arange(n, dtype=np.int64))  # first row of each pattern
-    elif n_keys < 2**62:
-        key = np.ravel_multi_index(codes, sizes)
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    else:  # pragma: no cover - astronomically many level combinations
-        stacked = np.stack(codes, axis=1)
-        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        n_pat = counts[at].astype(float)
+        if t is None and y.dtype.kind in "biu" and (y.dtype.kind == "b" or (y.min() >= 0 and y.max() <= 1)):
+            # 0/1 rows: count the refusing rows' keys (no float weights over every row)
+            s_pat = np.bincount(key[y != 0], minlength=int(n_keys))[at].astype(float)
+    else:
+        if order is not None:
+            rank = np.empty(k, dtype=np.intp)
+            rank[order] = np.arange(k)
+            inverse = rank[inverse.ravel()]
+        n_pat = None
     inverse = inverse.ravel()
-    k = len(first)
-    patterns = data.iloc[first][columns].reset_index(drop=True)
-    for c in columns:
-        if isinstance(data[c].dtype, pd.CategoricalDtype):
-            patterns[c] = pd.Categorical(patterns[c], categories=data[c].cat.categories)
-    patterns["successes"] = np.bincount(inverse, weights=y, minlength=k)
-    patterns["trials"] = np.bincount(inverse, weights=t, minlength=k)
-    return Collapsed(patterns, inverse, columns)
+    patterns["successes"] = (s_pat if s_pat is not None
+                             else np.bincount(inverse, weights=y, minlength=k).astype(float))
+    if t is None:
+        patterns["trials"] = n_pat if n_pat is not None else np.bincount(inverse, minlength=k).astype(float)
+    else:
+        patterns["trials"] = np.bincount(inverse, weights=t, minlength=k)
+    return Collapsed(patterns, inverse, columns, [np.asarray(pc) for pc in pattern_codes])
+
+
+def _ravel(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """``np.ravel_multi_index`` of per-row codes in the smallest integer type that holds
+    the key (codes of categoricals are int8: the sum is built without int64 copies)."""
+    total = int(np.prod(sizes))
+    dtype = np.int32 if total < 2**31 else np.int64
+    key = codes[0].astype(dtype)
+    for k, m in zip(codes[1:], sizes[1:]):
+        key *= m
+        key += k
+    return key
 
 
 def fixed_design(fixed: str, data: pd.DataFrame):

@@ -117,12 +117,18 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
         raise FormulaError(f"the response '{resp}' also appears on the right-hand side of {formula!r}")
     # the input boundary: every problem at once (NaNs, one-level factors, bad 0/1 response)
     cols = list(dict.fromkeys([resp, *variables, *extra]))
-    sub = data[cols]
-    if trials is not None and resp == "refusal":
-        sub = sub.rename(columns={resp: "__successes__"})
     levels_needed = [v for v in variables
                      if not pd.api.types.is_numeric_dtype(data[v]) or isinstance(data[v].dtype, pd.CategoricalDtype)
                      or v in (reference or {})]
+    if trials is None and weights is None and collapse_rows:
+        # plain 0/1 rows: checks and the collapse on integer codes; any doubt -> the full
+        # validation below, which names every problem
+        fast = _fast_rows(data, resp, variables, cluster, levels_needed, reference)
+        if fast is not None:
+            return _fast_finish(formula, parsed, data, variables, resp, cluster, *fast)
+    sub = data[cols]
+    if trials is not None and resp == "refusal":
+        sub = sub.rename(columns={resp: "__successes__"})
     try:
         validate(sub, required=[c if not (trials is not None and c == "refusal") else "__successes__"
                                 for c in cols],
@@ -141,13 +147,7 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
     if w is not None and (np.isnan(w).any() or (w < 0).any()):
         raise ValueError("weights must be non-negative numbers without NaN")
 
-    reference = dict(reference or {})
-    unknown = [k for k in reference if k not in data.columns]
-    if unknown:
-        raise MissingColumnError(f"reference given for column(s) {unknown}, which are not in the table; "
-                                 f"its columns are {list(map(str, data.columns))}")
-    # a reference for a column the formula does not use has no effect (e.g. the paper's four)
-    reference = {k: v for k, v in reference.items() if k in variables}
+    reference = _reference(reference, data, variables)
     frame = prepare_factors(data[[c for c in dict.fromkeys([resp, *variables, *extra])]],
                             variables, reference)
     yv = frame[resp].to_numpy(dtype=float)
@@ -181,6 +181,14 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
         patterns = frame[variables].reset_index(drop=True).copy()
         patterns["successes"] = yv * (1 if w is None else w)
         patterns["trials"] = prior
+    return _finish(formula, parsed, variables, resp, trials, w, cluster,
+                   frame[cluster] if cluster is not None else None, yv, tv, prior, n_obs, dev_sat, ll_const,
+                   patterns, inverse)
+
+
+def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values, yv, tv, prior, n_obs,
+            dev_sat, ll_const, patterns, inverse) -> tuple[_Design, object]:
+    """Start values, design matrix, rank check and clusters on the collapsed patterns."""
     s = patterns["successes"].to_numpy(dtype=float)
     n = patterns["trials"].to_numpy(dtype=float)
     keep = n > 0
@@ -192,7 +200,7 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
     # R's glm.fit start (mustart = (m y + 0.5)/(m + 1) per input row), summed to patterns
     ok = inverse >= 0
     K = len(patterns)
-    succ_rows = yv * (1 if w is None else w)
+    succ_rows = yv if w is None else yv * w
     if trials is None and w is None:  # plain 0/1 rows: mustart is 3/4 or 1/4, in closed form
         z1 = np.log(3.0) + 4.0 / 3.0
         start_w = 0.1875 * n
@@ -222,7 +230,8 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
             f"the model has {p} coefficients but the data have only {K} distinct covariate pattern(s): "
             "the coefficients are not identifiable. Use fewer terms (e.g. drop an interaction) or more data"
         )
-    gram = _xtwx(_fast(X), n / n.max())
+    Xf = _fast(X)
+    gram = _xtwx(Xf, n / n.max())
     scale = np.sqrt(np.maximum(np.diag(gram), 1e-300))
     gram = gram / scale[:, None] / scale[None, :]
     rank = np.linalg.matrix_rank(gram, tol=1e-10, hermitian=True)
@@ -244,9 +253,9 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
     cl = None
     row_pair = None
     if cluster is not None:
-        codes, uniq = pd.factorize(frame[cluster], sort=True)
+        codes, uniq = pd.factorize(cluster_values, sort=True)
         codes = codes.astype(np.int64)
-        sel = ok & (prior > 0)
+        sel = ok if prior is None else ok & (prior > 0)  # prior None: one trial per row
         key = codes[sel] * K + inverse[sel]
         ukey, pinv = np.unique(key, return_inverse=True)
         pinv = pinv.ravel()
@@ -254,13 +263,75 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
             name=cluster, labels=np.asarray(uniq),
             g=(ukey // K).astype(np.int64), j=(ukey % K).astype(np.int64),
             s=np.bincount(pinv, weights=succ_rows[sel], minlength=len(ukey)),
-            n=np.bincount(pinv, weights=prior[sel], minlength=len(ukey)),
+            n=np.bincount(pinv, weights=None if prior is None else prior[sel],
+                          minlength=len(ukey)).astype(float),
         )
         if cl.n_clusters < 2:
             raise ValueError(f"cluster column '{cluster}' has a single cluster; cluster-robust SEs need many")
         if trials is None and w is None and sel.all():
             row_pair = pinv.astype(np.int32 if len(ukey) < 2**31 else np.int64)
-    design = _Design(X=X, Xf=_fast(X), s=s, n=n, names=names, spec=spec, patterns=patterns, variables=variables,
+    design = _Design(X=X, Xf=Xf, s=s, n=n, names=names, spec=spec, patterns=patterns, variables=variables,
                      factors=factors, n_obs=n_obs, dev_sat=dev_sat, ll_const=ll_const, start=start,
                      cluster=cl, inverse=inverse, row_pair=row_pair, term_columns=term_columns, term_factors=term_factors)
     return design, parsed
+
+
+def _reference(reference, data: pd.DataFrame, variables: list[str]) -> dict:
+    """``reference=`` checked against the table, restricted to the formula's variables."""
+    reference = dict(reference or {})
+    unknown = [k for k in reference if k not in data.columns]
+    if unknown:
+        raise MissingColumnError(f"reference given for column(s) {unknown}, which are not in the table; "
+                                 f"its columns are {list(map(str, data.columns))}")
+    # a reference for a column the formula does not use has no effect (e.g. the paper's four)
+    return {k: v for k, v in reference.items() if k in variables}
+
+
+def _fast_rows(data: pd.DataFrame, resp: str, variables: list[str], cluster, levels_needed: list[str],
+               reference):
+    """Plain 0/1 rows (no trials, no weights): the checks of :func:`refusalstats.validate`
+    and the collapse on integer codes, without copying or converting the table.
+
+    Returns the arguments of :func:`_finish`, or None when anything looks wrong (then
+    the full validation runs and names every problem).
+    """
+    n_rows = len(data)
+    if n_rows == 0:
+        return None
+    y = data[resp]
+    arr = y.to_numpy()
+    kind = arr.dtype.kind
+    if kind == "b":
+        pass
+    elif kind in "iu":
+        if arr.min() < 0 or arr.max() > 1:
+            return None
+    elif kind == "f":
+        if not ((arr == 0.0) | (arr == 1.0)).all():  # NaN included
+            return None
+    else:
+        return None
+    if cluster is not None and data[cluster].isna().any():
+        return None
+    reference = _reference(reference, data, variables)
+    try:
+        col = collapse(data, variables, resp,
+                       prepare=lambda p: prepare_factors(p, variables, reference))
+    except ValueError:  # a missing value in a key column
+        return None
+    raw = col.patterns
+    if raw["successes"].sum() in (0.0, float(n_rows)):  # nothing to model: the full message
+        return None
+    for v in levels_needed:
+        if len(pd.unique(raw[v])) < 2:
+            return None
+    return col, arr
+
+
+def _fast_finish(formula, parsed, data, variables, resp, cluster, col, arr):
+    """:func:`_finish` for :func:`_fast_rows`, whose collapse set the levels and reference
+    on the patterns (a column's levels are the same whether read from its rows or its
+    patterns) and ordered them as the collapse of the prepared rows orders them."""
+    return _finish(formula, parsed, variables, resp, None, None, cluster,
+                   data[cluster] if cluster is not None else None, arr, None, None, len(arr), 0.0, 0.0,
+                   col.patterns, col.inverse)

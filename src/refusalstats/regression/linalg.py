@@ -81,13 +81,16 @@ class _Ell:
 
     @classmethod
     def from_dense(cls, X: np.ndarray) -> _Ell:
-        _K, p = X.shape
-        nz = X != 0
-        r = max(int(nz.sum(1).max()), 1)
-        order = np.argsort(~nz, axis=1, kind="stable")[:, :r]
-        val = np.take_along_axis(X, order, axis=1)
-        idx = np.where(val != 0, order, p)
-        return cls(idx.astype(np.int64), np.where(val != 0, val, 0.0), p)
+        K, p = X.shape
+        rows, cols = np.nonzero(X)  # row by row, columns in increasing order
+        cnt = np.bincount(rows, minlength=K)
+        r = max(int(cnt.max(initial=0)), 1)
+        pos = np.arange(len(rows)) - (np.cumsum(cnt) - cnt)[rows]  # slot of each nonzero in its row
+        idx = np.full((K, r), p, dtype=np.int64)  # padding: column p, value 0
+        val = np.zeros((K, r))
+        idx[rows, pos] = cols
+        val[rows, pos] = X[rows, cols]
+        return cls(idx, val, p)
 
     @property
     def shape(self) -> tuple[int, int]:

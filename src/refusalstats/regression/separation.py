@@ -28,16 +28,29 @@ def _separation(d: _Design, beta: np.ndarray | None = None, bse: np.ndarray | No
     fail = s <= 1e-9
     mixed = ~(succ | fail)
     direction = None
+    if not (succ.any() or fail.any()):
+        return [], []  # every pattern mixed: x'b = 0 on all of them forces b = 0
+    N = np.eye(p)  # directions b = N z allowed by the mixed patterns (x'b = 0 on each)
+    if mixed.any():
+        _, sv, Vt = np.linalg.svd(X[mixed], full_matrices=False)
+        rank = int(np.sum(sv > sv.max() * max(X[mixed].shape) * np.finfo(float).eps))
+        if rank == p:
+            return [], []  # they span every direction: b = 0, no separation
+        N = Vt[rank:].T  # orthonormal basis of their null space
     if K <= 100_000:
-        c = -(X[succ].sum(0) - X[fail].sum(0))
-        A_ub = np.vstack([-X[succ], X[fail]]) if (succ.any() or fail.any()) else None
-        b_ub = np.zeros(A_ub.shape[0]) if A_ub is not None else None
-        A_eq = X[mixed] if mixed.any() else None
-        b_eq = np.zeros(int(mixed.sum())) if mixed.any() else None
-        res = linprog(c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=[(-1, 1)] * p,
-                      method="highs")
+        # the linear program in the m = p - rank coordinates z of the null space: the same
+        # feasible set (N z in the box, x'N z >= 0 on all-refusal patterns, <= 0 on none),
+        # with repeated constraint rows dropped: a few rows instead of thousands
+        G = np.vstack([-X[succ], X[fail]]) @ N
+        G = np.unique(np.round(G, 12), axis=0)
+        G = G[np.abs(G).max(1) > 1e-12]
+        m = N.shape[1]
+        c = -((X[succ].sum(0) - X[fail].sum(0)) @ N)
+        A_ub = np.vstack([G, N, -N])
+        b_ub = np.concatenate([np.zeros(len(G)), np.ones(2 * p)])
+        res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=[(None, None)] * m, method="highs")
         if res.status == 0 and -res.fun > 1e-7:
-            direction = res.x
+            direction = N @ res.x
         elif res.status != 0:
             direction = None
     sep_terms: list[str] = []
