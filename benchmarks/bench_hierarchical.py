@@ -29,11 +29,20 @@ Issue #11 (item clustering, convergence of the default formula):
   legacy`` applies the previous "auto" rule (centre when observed information >= 25).
 * ``--item``: adds ``(1|item_id)`` (the recommended formula); ``--method laplace`` for the
   nested Laplace approximation (the only affordable route at full scale on 2 cores).
+
+Issue #15 (speed; goal <= 30 s at full scale on 2 cores with the same diagnostics):
+
+* ``--skip-bambi --draws 1000 --tune 1000 --compare-old 7ccac46``: also fits the code of
+  that git revision (its ``bayes.py`` or ``bayes/``, imported under another name) with the
+  same settings in the same run, interleaved (old, new, old, new with ``--repeat 2``), and
+  reports wall and CPU seconds of both: CPU seconds are less sensitive than wall time to
+  the other jobs on a shared machine. ``uptime`` is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -93,10 +102,48 @@ def _bambi_child(path: str, out: str, draws: int, tune: int, chains: int, sizes:
         json.dump(res, fh)
 
 
-def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization="auto", method="nuts"):
-    from refusalstats.bayes import AUTO_CENTER_INFO, HierarchicalModel
+def _old_bayes(rev: str):
+    """The hierarchical module of git revision ``rev``, imported as ``refusalstats._bayes_old``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="bayes_old_")
+    listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "src/refusalstats/"],
+                             cwd=root, check=True, capture_output=True, text=True).stdout.split()
+    files = [f for f in listing if f == "src/refusalstats/bayes.py" or f.startswith("src/refusalstats/bayes/")]
+    if not files:
+        raise SystemExit(f"revision {rev} has no src/refusalstats/bayes.py or bayes/")
+    for f in files:
+        dest = os.path.join(tmp, os.path.relpath(f, "src/refusalstats"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "w") as fh:
+            fh.write(subprocess.run(["git", "show", f"{rev}:{f}"], cwd=root, check=True,
+                                    capture_output=True, text=True).stdout)
+    single = os.path.join(tmp, "bayes.py")
+    path = single if os.path.exists(single) else os.path.join(tmp, "bayes", "__init__.py")
+    import refusalstats  # noqa: F401  (the parent package of the relative imports)
+
+    kw = {} if path == single else {"submodule_search_locations": [os.path.dirname(path)]}
+    spec = importlib.util.spec_from_file_location("refusalstats._bayes_old", path, **kw)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"load average {os.getloadavg()}"
+
+
+def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization="auto", method="nuts",
+              module=None, target_accept=0.9):
+    if module is None:
+        from refusalstats import bayes as module
+    HierarchicalModel, AUTO_CENTER_INFO = module.HierarchicalModel, module.AUTO_CENTER_INFO
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     legacy = parametrization == "legacy"
     m = HierarchicalModel(formula, df, reference=REFERENCE,
                           parametrization="noncentered" if legacy else parametrization)
@@ -109,20 +156,22 @@ def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization=
           + ", ".join(f"{g.name} {int(g.centered.sum())}/{len(g.levels)}" for g in m.groups), flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = m.fit(draws=draws, tune=tune, chains=chains, seed=seed, progress=False, method=method)
+        r = m.fit(draws=draws, tune=tune, chains=chains, seed=seed, progress=False, method=method,
+                  target_accept=target_accept)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     d = r.diagnostics()
     if method == "laplace":
         s = r.to_frame()
         print(s.round(3).to_string())
         print("laplace:", json.dumps(m.laplace_info))
-        return {"wall_s": wall, "build_s": t_build, "compile_s": np.nan, "sample_s": np.nan,
+        return {"wall_s": wall, "cpu_s": cpu, "build_s": t_build, "compile_s": np.nan, "sample_s": np.nan,
                 "patterns": len(m.patterns), "steps_per_iter": np.nan, "max_rhat": np.nan,
                 "min_ess_bulk": np.nan, "min_ess_tail": np.nan, "divergences": 0}, r
     steps = float(r.idata.sample_stats["n_steps"].mean())
     print(f"worst R-hat at {d['worst_rhat']}", flush=True)
     print(r.to_frame().round(3).to_string(), flush=True)
-    return {"wall_s": wall, "build_s": t_build, "compile_s": r.timings.get("compile_s", np.nan),
+    return {"wall_s": wall, "cpu_s": cpu, "build_s": t_build, "compile_s": r.timings.get("compile_s", np.nan),
             "sample_s": r.timings.get("sample_s", np.nan), "patterns": len(m.patterns),
             "steps_per_iter": steps, **{k: d[k] for k in ("max_rhat", "min_ess_bulk", "min_ess_tail",
                                                           "divergences")}}, r
@@ -142,6 +191,9 @@ def main() -> int:
     ap.add_argument("--method", choices=["nuts", "laplace"], default="nuts")
     ap.add_argument("--parametrization", choices=["auto", "legacy", "centered", "noncentered"],
                     default="auto")
+    ap.add_argument("--target-accept", type=float, default=0.9)
+    ap.add_argument("--compare-old", metavar="REV", help="also fit the bayes code of this git revision")
+    ap.add_argument("--repeat", type=int, default=1, help="with --compare-old: old/new pairs")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="10000,40000", help="row counts for timing bambi's gradient")
     args = ap.parse_args()
@@ -159,8 +211,30 @@ def main() -> int:
           f"{os.getloadavg()[0]:.2f}", flush=True)
     formula = FORMULA + (" + (1|item_id)" if args.item else "")
     print(f"formula: {formula}; method {args.method}; parametrization {args.parametrization}", flush=True)
+    print(f"uptime before: {_uptime()}", flush=True)
+    if args.compare_old:
+        old = _old_bayes(args.compare_old)
+        rows = [("| code | chains x (tune + draws) | wall (s) | CPU (s) | build / compile / sample (s) | "
+                 "max R-hat | min bulk ESS | min tail ESS | div. | load (1 min) before -> after |"),
+                "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+        for _ in range(args.repeat):
+            for label, mod in ((f"before ({args.compare_old})", old), ("now", None)):
+                l0 = os.getloadavg()[0]
+                res, _fit = _fit_ours(df, args.draws, args.tune, args.chains, formula=formula,
+                                      parametrization=args.parametrization, method=args.method,
+                                      module=mod, target_accept=args.target_accept)
+                rows.append(f"| {label} | {args.chains} x ({args.tune} + {args.draws}) | {res['wall_s']:.1f} | "
+                            f"{res['cpu_s']:.1f} | {res['build_s']:.1f} / {res['compile_s']:.1f} / "
+                            f"{res['sample_s']:.1f} | {res['max_rhat']:.4f} | {res['min_ess_bulk']:.0f} | "
+                            f"{res['min_ess_tail']:.0f} | {res['divergences']} | {l0:.2f} -> "
+                            f"{os.getloadavg()[0]:.2f} |")
+                print(rows[-1], flush=True)
+        print("\n" + "\n".join(rows))
+        print(f"\nuptime after: {_uptime()}")
+        return 0
     ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains, formula=formula,
-                           parametrization=args.parametrization, method=args.method)
+                           parametrization=args.parametrization, method=args.method,
+                           target_accept=args.target_accept)
     print(f"refusalstats full: {json.dumps({k: round(v, 4) for k, v in ours.items()})}", flush=True)
     iters = args.chains * (args.tune + args.draws)
 
@@ -220,7 +294,7 @@ def main() -> int:
               f"{est / ours['wall_s']:.0f}x; on the same {b['rows']:,}-row subsample: "
               f"{b['fit_s'] / ours_sub['wall_s']:.1f}x")
     print("\n" + "\n".join(rows))
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (2 cores)")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (2 cores); uptime after: {_uptime()}")
     return 0
 
 

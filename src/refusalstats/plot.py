@@ -933,9 +933,9 @@ _HLO = ("ci_low", "hdi_3%", "hdi_2.5%", "lower")
 _HHI = ("ci_high", "hdi_97%", "hdi_97.5%", "upper")
 
 
-def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: str = "model",
+def hierarchical_effects(data: pd.DataFrame, term: str = "persona", within: str = "model",
                          *, title: str | None = None) -> Figure:
-    """Posterior effect of each ``level`` within each ``within`` group with HDIs.
+    """Posterior effect of each level of ``term`` within each ``within`` group with HDIs.
 
     One small panel per ``within`` level (e.g. per model), each a forest of the level's
     posterior mean effect (log-odds) with its highest-density interval; filled markers
@@ -943,12 +943,12 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
 
     Parameters
     ----------
-    effects : DataFrame
-        From ``HierarchicalResult.effects("persona", within="model")``: columns ``level``,
-        ``within``, the posterior mean (``effect``, or ``mean``) and interval bounds
-        ``ci_low``/``ci_high``; the interval's name is read from ``effects.attrs["interval"]``
+    data : DataFrame
+        From ``HierarchicalResult.effects("persona", within="model")``: the columns named
+        by ``term`` and ``within``, the posterior mean (``effect``, or ``mean``) and interval bounds
+        ``ci_low``/``ci_high``; the interval's name is read from ``data.attrs["interval"]``
         (default ``"95% HDI"``).
-    level, within : str
+    term, within : str
         Column names of the effect levels and the panel grouping.
     title : str, optional
         Figure title.
@@ -965,17 +965,17 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     ...                     "ci_high": [0.4, 0.1, 0.7, 0.2]})
     >>> fig = rs.plot.hierarchical_effects(eff)
     """
-    if not isinstance(effects, pd.DataFrame):
-        raise TypeError(f"expected an effects DataFrame, got {type(effects).__name__}")
-    m, lo_c, hi_c = _pick(effects, _MEAN, ""), _pick(effects, _HLO, ""), _pick(effects, _HHI, "")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"expected an effects DataFrame, got {type(data).__name__}")
+    m, lo_c, hi_c = _pick(data, _MEAN, ""), _pick(data, _HLO, ""), _pick(data, _HHI, "")
     if m is None or lo_c is None or hi_c is None:
         raise SchemaError("hierarchical_effects needs a mean and interval columns (e.g. 'mean', "
-                          f"'ci_low', 'ci_high'); its columns are {list(map(str, effects.columns))}")
-    cols = [level] + ([within] if within else [])
-    _need(effects, cols, "hierarchical_effects")
-    interval = str(effects.attrs.get("interval", "95% HDI"))
-    groups = _levels(effects[within]) if within else [None]
-    levels = _levels(effects[level])
+                          f"'ci_low', 'ci_high'); its columns are {list(map(str, data.columns))}")
+    cols = [term] + ([within] if within else [])
+    _need(data, cols, "hierarchical_effects")
+    interval = str(data.attrs.get("interval", "95% HDI"))
+    groups = _levels(data[within]) if within else [None]
+    levels = _levels(data[term])
     ncol = min(4, len(groups))
     nrow = int(np.ceil(len(groups) / ncol))
     fig = _figure(2.3 * ncol + 1.4, (0.15 * len(levels) + 0.7) * nrow + 0.8)
@@ -983,8 +983,8 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     y = np.arange(len(levels))[::-1]
     for k, g in enumerate(groups):
         ax = axes.flat[k]
-        sub = effects if g is None else effects[effects[within].astype(str) == str(g)]
-        s = sub.set_index(level).reindex(levels)
+        sub = data if g is None else data[data[within].astype(str) == str(g)]
+        s = sub.set_index(term).reindex(levels)
         mu = s[m].to_numpy(float)
         lo = s[lo_c].to_numpy(float)
         hi = s[hi_c].to_numpy(float)
@@ -1005,8 +1005,8 @@ def hierarchical_effects(effects: pd.DataFrame, level: str = "persona", within: 
     for ax in axes[-1]:
         ax.set_xlabel(f"effect (log-odds), {interval}", fontsize=7)
     for ax in axes[:, 0]:
-        ax.set_ylabel(level)
-    fig.suptitle(title or f"{level.capitalize()} effect within each {within} (filled: HDI excludes 0)",
+        ax.set_ylabel(term)
+    fig.suptitle(title or f"{term.capitalize()} effect within each {within} (filled: HDI excludes 0)",
                  x=0.01, ha="left", wrap=True)
     return fig
 
@@ -1018,7 +1018,7 @@ def _axes(ax, width: float = 4.2, height: float = 4.2):
     return fig.subplots()
 
 
-def hierarchical_ppc(ppc: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
+def hierarchical_ppc(data: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
     """Posterior predictive check: observed vs predicted refusal rate per cell.
 
     One point per cell at (observed rate, posterior predicted rate) with the predictive
@@ -1027,7 +1027,7 @@ def hierarchical_ppc(ppc: pd.DataFrame, *, ax=None, title: str | None = None) ->
 
     Parameters
     ----------
-    ppc : DataFrame
+    data : DataFrame
         From ``HierarchicalResult.ppc()``: columns ``observed``, ``predicted``, ``ci_low``,
         ``ci_high`` and ``inside``; ``attrs["conf"]`` is the interval level.
     ax : matplotlib Axes, optional
@@ -1046,11 +1046,11 @@ def hierarchical_ppc(ppc: pd.DataFrame, *, ax=None, title: str | None = None) ->
     ...                   "ci_low": [0.08, 0.3], "ci_high": [0.16, 0.38], "inside": [True, False]})
     >>> fig = rs.plot.hierarchical_ppc(t)
     """
-    if not isinstance(ppc, pd.DataFrame):
-        raise TypeError(f"expected a ppc DataFrame, got {type(ppc).__name__}")
-    _need(ppc, ["observed", "predicted", "ci_low", "ci_high", "inside"], "hierarchical_ppc")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"expected a ppc DataFrame, got {type(data).__name__}")
+    _need(data, ["observed", "predicted", "ci_low", "ci_high", "inside"], "hierarchical_ppc")
     ax = _axes(ax)
-    t = ppc
+    t = data
     yerr = np.vstack([t["predicted"] - t["ci_low"], t["ci_high"] - t["predicted"]]).clip(0)
     colors = np.where(t["inside"].to_numpy(bool), _CAT[0], _CAT[4])
     ax.errorbar(t["observed"], t["predicted"], yerr=yerr, fmt="none", ecolor="0.7", lw=0.8)
@@ -1065,7 +1065,7 @@ def hierarchical_ppc(ppc: pd.DataFrame, *, ax=None, title: str | None = None) ->
     return ax.figure
 
 
-def hierarchical_shrinkage(shrinkage: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
+def hierarchical_shrinkage(data: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
     """Raw cell rates against partially pooled estimates (logit scale).
 
     Points off the dashed identity line have been pulled toward their group's mean by the
@@ -1073,7 +1073,7 @@ def hierarchical_shrinkage(shrinkage: pd.DataFrame, *, ax=None, title: str | Non
 
     Parameters
     ----------
-    shrinkage : DataFrame
+    data : DataFrame
         From ``HierarchicalResult.shrinkage(term, within)``: the cell columns, ``n``,
         ``raw_logit`` and ``pooled_logit``.
     ax : matplotlib Axes, optional
@@ -1092,18 +1092,18 @@ def hierarchical_shrinkage(shrinkage: pd.DataFrame, *, ax=None, title: str | Non
     ...                   "pooled_logit": [-2.0, -1.05]})
     >>> fig = rs.plot.hierarchical_shrinkage(t)
     """
-    if not isinstance(shrinkage, pd.DataFrame):
-        raise TypeError(f"expected a shrinkage DataFrame, got {type(shrinkage).__name__}")
-    _need(shrinkage, ["n", "raw_logit", "pooled_logit"], "hierarchical_shrinkage")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"expected a shrinkage DataFrame, got {type(data).__name__}")
+    _need(data, ["n", "raw_logit", "pooled_logit"], "hierarchical_shrinkage")
     ax = _axes(ax)
-    raw, pooled = shrinkage["raw_logit"].to_numpy(float), shrinkage["pooled_logit"].to_numpy(float)
-    ax.scatter(raw, pooled, s=np.clip(np.sqrt(shrinkage["n"].to_numpy(float)), 4, 60), alpha=0.6,
+    raw, pooled = data["raw_logit"].to_numpy(float), data["pooled_logit"].to_numpy(float)
+    ax.scatter(raw, pooled, s=np.clip(np.sqrt(data["n"].to_numpy(float)), 4, 60), alpha=0.6,
                color=_CAT[0])
     lo, hi = min(raw.min(), pooled.min()), max(raw.max(), pooled.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel("raw cell rate (empirical logit)")
     ax.set_ylabel("partially pooled estimate (logit)")
-    keys = [c for c in shrinkage.columns if c not in ("n", "raw_logit", "pooled_logit")]
+    keys = [c for c in data.columns if c not in ("n", "raw_logit", "pooled_logit")]
     ax.set_title(title or f"Shrinkage: {' x '.join(map(str, keys))} cells")
     _style(ax)
     return ax.figure

@@ -121,6 +121,20 @@ class HierarchicalModel:
     Building collapses the rows to unique patterns and writes the PyMC model; call
     :meth:`fit` to sample. :func:`hierarchical` does both.
 
+    Parameters
+    ----------
+    formula : str
+        lme4-style formula, e.g. ``"refusal ~ task + (1|model) + (1|persona)"``.
+    data : DataFrame, path or glob
+        One row per response, or a Parquet file / shard folder / glob streamed into
+        counts (see :func:`hierarchical`).
+    reference : mapping, optional
+        Reference level per fixed-effect factor.
+    priors : mapping, optional
+        Overrides of :data:`~refusalstats.bayes.DEFAULT_PRIORS`.
+    parametrization : {"auto", "centered", "noncentered"}
+        How group effects are sampled (see :func:`hierarchical`).
+
     Attributes
     ----------
     parsed : ParsedFormula
@@ -365,6 +379,16 @@ class HierarchicalModel:
         counts change. The compiled sampler (nutpie) is reused, so a refit skips
         compilation. The parametrisation chosen for the first data is kept (it changes
         the sampler's geometry, not the posterior).
+
+        Parameters
+        ----------
+        data : DataFrame
+            Rows with the same design as the data the model was built on.
+
+        Returns
+        -------
+        HierarchicalModel
+            ``self``, with the new counts.
         """
         import pymc as pm
 
@@ -400,6 +424,7 @@ class HierarchicalModel:
 
     @property
     def sd_names(self) -> list[str]:
+        """Names of the group standard deviations in the posterior (``"1|g_sigma"``)."""
         return [f"{g.var}_sigma" for g in self.groups]
 
     @property

@@ -75,10 +75,12 @@ class HierarchicalResult:
     # ------------------------------------------------------------------ basics
     @property
     def approximate(self) -> bool:
+        """True for the Laplace and ADVI approximations (no MCMC diagnostics apply)."""
         return self.sampler in ("advi", "laplace")
 
     @property
     def n_draws(self) -> int:
+        """Posterior draws over all chains."""
         p = self.idata.posterior
         return int(p.sizes["chain"] * p.sizes["draw"])
 
@@ -509,11 +511,23 @@ class HierarchicalResult:
         """Posterior predictive check of refusal rates per cell.
 
         For each posterior draw, replicate every pattern's refusal count from
-        ``Binomial(n, p)`` and aggregate to the cells ``by`` (default: the random terms'
-        grouping variables). Reports the observed rate, the mean and central ``conf``
-        interval of the replicated rate (``ci_low``, ``ci_high``), whether the observed rate
-        is inside, and the predictive p-value ``P(rep >= obs)``. ``seed`` (int, None or a
-        Generator) defaults to the fit's seed.
+        ``Binomial(n, p)`` and aggregate to the cells ``by``.
+
+        Parameters
+        ----------
+        by : str or list of str, optional
+            Cell variables; default the random terms' grouping variables.
+        conf : float
+            Level of the central posterior predictive interval of each cell's rate.
+        seed : int, None or numpy.random.Generator
+            Randomness of the replicated counts; default the fit's seed.
+
+        Returns
+        -------
+        DataFrame
+            One row per cell: the ``by`` columns, ``n``, ``observed`` (rate), ``predicted``
+            (mean replicated rate), ``ci_low``, ``ci_high``, ``p_value`` (``P(rep >= obs)``)
+            and ``inside`` (observed rate within the interval).
         """
         conf = check_conf(conf)
         m = self.model
