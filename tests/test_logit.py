@@ -467,13 +467,33 @@ def test_cluster_bootstrap_agrees_with_cr1_and_is_seeded(sim_table7):
     assert (ci["ci_low"] < f.params).all() and (f.params < ci["ci_high"]).all()
 
 
-def test_cv_alpha_groups_clusters(rows):
-    r = rows.assign(item=np.arange(len(rows)) // 4)
+def test_cv_alpha_groups_clusters(rows, monkeypatch):
+    """Cross-validation folds hold out whole clusters: every item here is 4 rows of one
+    covariate pattern, so a fold that keeps items whole trains on a multiple of 4 rows
+    of every pattern; a fold that split items would not (with 5 folds, almost surely)."""
+    from refusalstats.regression import penalized
+
+    keys = ["persona", "model", "prompt"]
+    r = rows.sort_values(keys, kind="stable")
+    r = r[r.groupby(keys, observed=True).cumcount() < r.groupby(keys, observed=True)["refusal"]
+          .transform("size") // 4 * 4]  # each pattern a multiple of 4 rows
+    r = r.assign(item=np.arange(len(r)) // 4).reset_index(drop=True)  # items within one pattern
+    assert (r.groupby("item")[keys].nunique() == 1).all().all()
+    trained = []  # rows per pattern each fold trains on (patterns it holds out entirely dropped)
+    real = penalized._enet
+    monkeypatch.setattr(penalized, "_enet", lambda X, s, n, *a, **k: trained.append(n.copy()) or
+                        real(X, s, n, *a, **k))
     f = logit("refusal ~ persona + model + prompt", r, reference=REF, penalty="l1", alpha="cv",
-              cluster="item", progress=False)
+              cluster="item", n_folds=5, progress=False)
     cv = f.cv
     assert f.alpha == pytest.approx(cv["alpha"].iloc[int(np.argmin(cv["cv_deviance"]))])
     assert np.isfinite(f.params).all() and f.bse.isna().all()
+    assert len(trained) == 5 * len(cv)
+    assert all(np.allclose(n % 4, 0) for n in trained), "a fold split an item (cluster)"
+    # the 5 folds hold out 1/5 of the items each (sizes differ by at most one item)
+    G = r["item"].nunique()
+    held_items = {round((len(r) - float(n.sum())) / 4) for n in trained}
+    assert held_items <= {G // 5, -(-G // 5)}
 
 
 def test_frequency_weights_equal_expanded_rows(rows, fit_m1):
