@@ -4,8 +4,10 @@ Writes one model's matrices at the real sizes of peluz/persona-behavior (163 per
 30 control personas; off 626, rac 626, truthfulqa 817, mmlu 14,042, bbq 58,492 items,
 attitude 27 x 31), then times
 
-* ``refusalstats.dumps.persona_behavior`` (strict parsing: ragged rows and non-0/1 cells
-  are errors; categories, display names, validation), and
+* ``refusalstats.dumps.persona_behavior`` (strict parsing by the one matrix parser,
+  ``dumps.parse_matrix``: ragged rows and non-0/1 cells are errors; categories, display
+  names, validation, and the SHA-256 of every file read, recorded in
+  ``attrs["metadata"]["sha256"]``), and
 * the peer: what one writes by hand with pandas, ``read_csv(index_col=0)`` + ``stack()``
   to long format per file (no checks; attitude vectors left as strings).
 
