@@ -42,7 +42,7 @@ def complete_blocks(seed=0, n_items=40, personas=("a", "b", "c", "d", "e"), mode
 
 def test_cochran_q_matches_pingouin():
     df = complete_blocks()
-    out = rs.cochran_q(df, condition="persona", block="item_id", by="model", method="chi2")
+    out = rs.cochran_q(df, condition="persona", cluster="item_id", by="model", method="chi2")
     assert out["model"].tolist() == ["m1", "m2"]
     for _, row in out.iterrows():
         ref = pg.cochran(
@@ -160,15 +160,25 @@ def test_cochran_q_method_choice_and_errors():
 def test_cochran_q_blocks_of_several_columns_and_degenerate():
     df = complete_blocks(seed=2, models=("m",))
     twice = pd.concat([df.assign(prompt="p1"), df.assign(prompt="p2")], ignore_index=True)
-    with pytest.raises(ValueError, match=r"more than once.*block=\['item_id', 'prompt'\]"):
+    with pytest.raises(ValueError, match=r"more than once.*cluster=\['item_id', 'prompt'\]"):
         rs.cochran_q(twice)
-    out = rs.cochran_q(twice, block=["item_id", "prompt"], method="chi2")
+    out = rs.cochran_q(twice, cluster=["item_id", "prompt"], method="chi2")
     assert out["n_blocks"].item() == 80
     ref = pg.cochran(twice.assign(b=twice.item_id.astype(str) + twice.prompt), dv="refusal",
                      within="persona", subject="b")  # fmt: skip
     assert out["Q"].item() == pytest.approx(ref["Q"].item())
     none = rs.cochran_q(df.assign(refusal=0))
     assert np.isnan(none["Q"].item()) and np.isnan(none["p_value"].item())
+
+
+def test_cochran_q_block_is_a_deprecated_name_of_cluster():
+    df = complete_blocks(seed=2, models=("m",)).rename(columns={"item_id": "item"})
+    want = rs.cochran_q(df, cluster="item", method="permutation", n_perm=199, seed=4)
+    with pytest.warns(FutureWarning, match=r"block=.*deprecated.*cluster="):
+        old = rs.cochran_q(df, block="item", method="permutation", n_perm=199, seed=4)
+    pd.testing.assert_frame_equal(old, want)
+    with pytest.raises(ValueError, match="not both"), pytest.warns(FutureWarning):
+        rs.cochran_q(df, cluster="item", block="item")
 
 
 def test_cochran_q_incomplete_blocks_point_to_the_likelihood_ratio_test(paper):
@@ -180,7 +190,7 @@ def test_cochran_q_incomplete_blocks_point_to_the_likelihood_ratio_test(paper):
     with pytest.raises(ValueError, match="at least two levels"):
         rs.cochran_q(complete_blocks(personas=("a",), models=("m",)))
     with pytest.raises(ValueError, match="different columns"):
-        rs.cochran_q(df, condition="persona", block="persona")
+        rs.cochran_q(df, condition="persona", cluster="persona")
 
 
 def test_cochran_q_false_positive_rate_on_sparse_complete_blocks():
@@ -299,7 +309,7 @@ def test_seeds_accept_int_none_and_generator():
     rng = np.random.default_rng(0)
     df = pd.DataFrame([(i, p, int(rng.random() < 0.2 + 0.15 * k)) for i in range(40)
                        for k, p in enumerate("abc")], columns=["item_id", "persona", "refusal"])
-    kw = {"condition": "persona", "block": "item_id", "method": "permutation", "n_perm": 199}
+    kw = {"condition": "persona", "cluster": "item_id", "method": "permutation", "n_perm": 199}
     p_int = [rs.cochran_q(df, seed=3, **kw)["p_value"].item() for _ in range(2)]
     assert p_int[0] == p_int[1]
     assert rs.cochran_q(df, **kw)["p_value"].item() == rs.cochran_q(df, **kw)["p_value"].item()

@@ -46,7 +46,7 @@ __all__ = ["RankAgreement", "cochran_q", "rank_agreement"]
 def cochran_q(
     data: pd.DataFrame,
     condition: str = "persona",
-    block: str | Sequence[str] = "item_id",
+    cluster: str | Sequence[str] = "item_id",
     by: str | Sequence[str] | None = None,
     *,
     method: str = "auto",
@@ -54,6 +54,7 @@ def cochran_q(
     seed: int | np.random.Generator | None = 0,
     adjust: str | None = None,
     refusal: str = "refusal",
+    block: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Cochran's Q test: do refusal rates differ across conditions, items as blocks?
 
@@ -71,8 +72,10 @@ def cochran_q(
         included, equals the in-memory one).
     condition : str
         The within-block factor (default ``"persona"``).
-    block : str or list of str
-        The block identifier (default ``"item_id"``); a list combines columns, e.g.
+    cluster : str or list of str
+        The block: the item column(s) whose rows form one complete block, the unit
+        within which the conditions are permuted (default ``"item_id"``, as ``cluster``
+        names the item everywhere in refusalstats); a list combines columns, e.g.
         ``["item_id", "prompt"]`` when each item is shown with several templates.
     by : str or list of str, optional
         Separate tests per group, e.g. ``["model", "task"]``.
@@ -102,6 +105,8 @@ def cochran_q(
         Benjamini–Hochberg's false discovery rate); adds ``p_adjusted``.
     refusal : str
         The 0/1 outcome column.
+    block : str or list of str, optional
+        Deprecated name of ``cluster`` (a FutureWarning; removed in the next release).
 
     Returns
     -------
@@ -139,14 +144,26 @@ def cochran_q(
     if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise ValueError(f"n_perm must be a positive integer, got {n_perm!r}")
     rng = check_random_state(seed)
-    blocks = _columns(block, "block")
+    if block is not None:
+        warnings.warn(
+            "cochran_q(block=...) is deprecated: pass cluster=... (the same columns); "
+            "block= goes in the next release",
+            FutureWarning,
+            stacklevel=2,
+        )
+        if not (isinstance(cluster, str) and cluster == "item_id"):
+            raise ValueError("pass cluster= or the deprecated block=, not both")
+        cluster = block
+    if cluster is None:
+        raise ValueError("cochran_q needs the block column(s) in cluster= (e.g. 'item_id')")
+    blocks = _columns(cluster, "cluster")
     by = _columns(by, "by")
     if not blocks:
-        raise ValueError("block must name at least one column")
+        raise ValueError("cluster must name at least one column")
     overlap = set(blocks) & ({condition} | set(by)) or ({condition} & set(by))
     if overlap:
         raise ValueError(
-            f"condition, block and by must be different columns; {sorted(overlap)} repeat"
+            f"condition, cluster and by must be different columns; {sorted(overlap)} repeat"
         )
     counts, _ = _counts(data, [*by, condition, *blocks], refusal, where="cochran_q")
     hint_setting = "setting" in _columns_of(data)
@@ -323,7 +340,7 @@ def _cochran_matrix(sub, condition, blocks, by, key, setting_hint) -> np.ndarray
         if repeated:
             detail.append(
                 f"has {repeated[:3]} more than once (if each item is shown with several "
-                f"templates, add that column to block=, e.g. block=[{blocks[0]!r}, 'prompt'])"
+                f"templates, add that column to cluster=, e.g. cluster=[{blocks[0]!r}, 'prompt'])"
             )
         hint = ""
         if "none" in map(str, cond_levels) and setting_hint:
