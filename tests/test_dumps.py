@@ -374,7 +374,7 @@ def test_cochran_q_on_imported_matrix_matches_pingouin(tmp_path):
     rows = {p: (rng.random(n_items) < q).astype(int).tolist() for p, q in probs.items()}
     write_matrix(tmp_path / "r" / "results" / "zero" / "m" / "rac_refusals.csv", rows)
     df = dumps.persona_behavior(tmp_path / "r", categories=False, progress=False)
-    res = rates.cochran_q(df, condition="persona", block="item_id", by=["model", "task"])
+    res = rates.cochran_q(df, condition="persona", cluster="item_id", by=["model", "task"])
     long = pd.DataFrame([(p, i, v) for p, vals in rows.items() for i, v in enumerate(vals)],
                         columns=["persona", "item", "refusal"])
     ref = pg.cochran(data=long, dv="refusal", within="persona", subject="item")
@@ -599,7 +599,8 @@ def test_xstest_human_label_as_refusal(tmp_path, capsys):
     missing_label[2][6] = None
     g = write_xstest(tmp_path / "d.csv", rows=missing_label)
     with pytest.raises(DumpError, match=r"label='human' but 1 row\(s\) have no final_label "
-                                        r"\(file lines \[4\]\)"):
+                                        r"\(file lines \[4\]\)"), \
+            pytest.warns(UserWarning, match="1 row\\(s\\) have no final_label"):
         dumps.xstest(g, label="human", progress=False)
     out = tmp_path / "xs.parquet"
     assert cli_main(["import", "xstest", str(f), "-o", str(out), "--detector", "paper",

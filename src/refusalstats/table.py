@@ -455,10 +455,11 @@ def read_table(
     1    m2        0
     >>> read_table(f, columns=["refusal"])["refusal"].tolist()
     [1, 0]
-    >>> read_table(f.with_suffix(".xlsx"))
+    >>> _ = f.with_suffix(".xlsx").write_text("model;refusal\\n")
+    >>> read_table(f.with_suffix(".xlsx"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    FileNotFoundError: no table file at '...t.xlsx'
+    ValueError: cannot tell the format of '...t.xlsx' from its extension; use .parquet, ...
     """
     path = Path(path).expanduser()
     if not path.exists():

@@ -28,8 +28,13 @@ _FALSE = ("0", "0.0", "False", "false")
 
 
 @dataclass
-class _Matrix:
-    """A parsed persona x item matrix; ``values`` is (P, N) or (P, N, W) int8."""
+class PersonaItemMatrix:
+    """A parsed persona x item matrix (what :func:`parse_matrix` returns).
+
+    ``personas`` are the row names as stored, ``items`` the header labels (ints when they
+    all are), ``values`` the flags, int8 of shape (P, N) or, for vector cells, (P, N, W);
+    ``label`` names the source in messages.
+    """
 
     personas: list[str]
     items: list  # column labels (ints when they all are)
@@ -38,6 +43,7 @@ class _Matrix:
 
     @property
     def width(self) -> int:
+        """Flags per cell: 1 for scalar cells, W for vectors of W."""
         return 1 if self.values.ndim == 2 else self.values.shape[2]
 
 
@@ -60,7 +66,7 @@ def _ragged(label: str, line: int, persona: str, n_cells: int, n_items: int) -> 
     )
 
 
-def parse_matrix(path: str | Path, label: str | None = None) -> _Matrix:
+def parse_matrix(path: str | Path, label: str | None = None) -> PersonaItemMatrix:
     """Read a persona x item matrix CSV strictly: every row as long as the header, every cell 0/1.
 
     Parameters
@@ -72,7 +78,7 @@ def parse_matrix(path: str | Path, label: str | None = None) -> _Matrix:
 
     Returns
     -------
-    _Matrix
+    PersonaItemMatrix
         ``personas`` (row names as stored), ``items`` (header labels, ints when they all
         are), ``values`` (int8, personas x items, or personas x items x vector width).
 
@@ -130,7 +136,7 @@ def parse_matrix(path: str | Path, label: str | None = None) -> _Matrix:
         item_ids: list = [int(h) for h in items]
     except ValueError:
         item_ids = list(items)
-    return _Matrix(personas, item_ids, values, label)
+    return PersonaItemMatrix(personas, item_ids, values, label)
 
 
 def _parse_text(path: Path, label: str, items: list[str]) -> tuple[list[str], np.ndarray]:

@@ -25,7 +25,7 @@ from ..table import validate
 from .classify import _resolve_detector, _run_detector
 from .download import _is_url, _local, _raw_github, fetch, sha256_of, verify
 from .errors import DumpError, DumpNotFound
-from .matrix import _Matrix, parse_matrix
+from .matrix import PersonaItemMatrix, parse_matrix
 
 #: P2's datasets (file prefix -> what it is). The refusal matrices are
 #: ``<prefix>_refusals.csv``.
@@ -248,7 +248,7 @@ def _check_categories(raw_personas: Iterable[str], cats: dict[str, str], where: 
         )
 
 
-def _matrix_frame(mat: _Matrix, *, model: str, dataset: str, setting: str,
+def _matrix_frame(mat: PersonaItemMatrix, *, model: str, dataset: str, setting: str,
                   names: Mapping[str, str], cats: Mapping[str, str] | None) -> pd.DataFrame:
     n_p, n_i = len(mat.personas), len(mat.items)
     w = mat.width
@@ -328,7 +328,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return df[order]
 
 
-def _align(other: _Matrix, ref: _Matrix) -> np.ndarray:
+def _align(other: PersonaItemMatrix, ref: PersonaItemMatrix) -> np.ndarray:
     """``other``'s values in ``ref``'s persona and item order, or raise."""
     if set(other.personas) != set(ref.personas) or list(other.items) != list(ref.items) \
             or other.width != ref.width:
@@ -486,7 +486,7 @@ def persona_behavior(
     >>> from refusalstats import dumps, rates  # doctest: +SKIP
     >>> df = dumps.persona_behavior("persona-behavior", datasets="rac", control=True)  # doctest: +SKIP
     >>> rates.cochran_q(df[df.setting == "regular"], condition="persona",
-    ...                 block="item_id", by=["model", "task"])  # doctest: +SKIP
+    ...                 cluster="item_id", by=["model", "task"])  # doctest: +SKIP
     """
     if source not in ("matrices", "generations"):
         raise ValueError(f"source must be 'matrices' or 'generations', got {source!r}")
@@ -636,7 +636,7 @@ def persona_behavior(
 
 
 def _generations_frame(r: _Root, mdir: str, model: str, d: str, setting: str,
-                       det: Callable | None, published: _Matrix | None,
+                       det: Callable | None, published: PersonaItemMatrix | None,
                        cats: dict[str, str] | None, cat_where: str) -> pd.DataFrame | None:
     folder = _GENERATION_FOLDERS[d]
     personas = r.persona_files(f"{mdir}/{folder}")
