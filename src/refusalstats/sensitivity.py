@@ -267,7 +267,7 @@ def _encode_input(data: pd.DataFrame, name: str, spec, n: int) -> _Partition:
             f"input {name!r} has only {n_distinct} distinct values but {m} rank bins were asked "
             "for: equal values are split across bins by order of appearance. Use "
             f"partitions={{{name!r}: 'levels'}} to get one partition per value.",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning, stacklevel=5,  # _encode_input, listcomp, impl, w2_sensitivity
         )
     bounds = np.searchsorted(np.arange(n) * m // n, np.arange(m + 1), side="left")
     labels = [
@@ -843,7 +843,7 @@ def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, need
         warnings.warn(
             f"w2_sensitivity: clustering by '{AUTO_CLUSTER_COLUMN}' ({len(per_item):,} items "
             f"answered {per_item.sum() / len(per_item):.3g} times on average); pass cluster=None "
-            "for independent rows", ClusterNote, stacklevel=3)
+            "for independent rows", ClusterNote, stacklevel=4)
         return AUTO_CLUSTER_COLUMN
     names = [cluster] if isinstance(cluster, str) else (
         list(cluster) if isinstance(cluster, (list, tuple)) else None)
@@ -1200,7 +1200,11 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
                    if k in columns}
         cl = _resolve_cluster_stream(data, cluster, columns, out_names[0], needed, exclude)
     else:
-        cl = resolve_cluster(data, cluster, where="w2_sensitivity")
+        with warnings.catch_warnings(record=True) as caught:  # the note names the caller's
+            warnings.simplefilter("always")                   # line, not w2_sensitivity's
+            cl = resolve_cluster(data, cluster, where="w2_sensitivity")
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=3)
     if cl is not None:
         both = [c for c in ([cl] if isinstance(cl, str) else cl) if c in out_names]
         if both:
@@ -1253,7 +1257,7 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
                     warnings.warn(
                         f"input {part.name!r}: {int((~ok).sum())} of {n_boot} bootstrap replicates "
                         "had a constant output (Var = 0) and were left out of the CI.",
-                        RuntimeWarning, stacklevel=2,
+                        RuntimeWarning, stacklevel=3,  # the caller of w2_sensitivity
                     )
                 bt = boot[ok]
                 if ci == "percentile":
@@ -1300,7 +1304,7 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
             "the estimate, so the bias correction is infinite; their ci_low/ci_high are percentile "
             "intervals. This is typical of an input whose estimate is mostly finite-sample bias: "
             "compare iota with null_mean/null_q95 and p_value.",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning, stacklevel=3,  # the caller of w2_sensitivity
         )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["n_partitions"] = table["n_partitions"].astype(int)
