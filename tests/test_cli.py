@@ -211,6 +211,31 @@ def test_rates_and_fit_read_a_folder_of_shards(tmp_path, capsys):
     assert "cluster-robust Wald F" in out
 
 
+def test_analysis_commands_read_a_folder_of_shards(blocks, tmp_path, capsys):
+    _, df = blocks
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        df.iloc[part].to_parquet(folder / f"part-{i}.parquet")
+    for argv, want in [
+        (["cochran", "--by", "model", "--method", "chi2"],
+         rs.cochran_q(df, by="model", method="chi2")["Q"]),
+        (["cochran", "--by", "model", "--method", "chi2", "--block", "item_id"],  # old spelling
+         rs.cochran_q(df, by="model", method="chi2")["Q"]),
+        (["disparity", "--n-boot", "20"],
+         rs.disparity(df, n_boot=20, seed=0)["ci_high"]),
+    ]:
+        out = tmp_path / "out.csv"
+        rc, _, err = _run([argv[0], str(folder), *argv[1:], "--csv", str(out)], capsys)
+        assert rc == 0, err
+        np.testing.assert_allclose(pd.read_csv(out)[want.name], want, rtol=1e-12)
+    rc, text, err = _run(["agreement", str(folder / "*.parquet"), "--format", "markdown"], capsys)
+    assert rc == 0, err
+    assert f"| {rs.rank_agreement(df).concordance['W'].iloc[0]:.4g} |" in text
+    rc, _, err = _run(["cochran", str(folder), "--cluster", "none"], capsys)
+    _assert_one_line_error(rc, err, "Cochran's Q needs blocks")
+
+
 def test_disparity_estimator_option(tmp_path, capsys):
     rng = np.random.default_rng(5)
     rates = {"x": 0.20, "y": 0.26, "z": 0.10, "w": 0.45}  # x, y control; z, w the category

@@ -88,10 +88,10 @@ def _parse_mapping(text: str | None) -> dict[str, str]:
 
 
 def _table_or_dataset(path: str, sep: str | None = None):
-    """A folder of Parquet shards or a glob stays a path (the analysis streams it into
-    counts); a file is read, checking only the columns the command uses."""
+    """A Parquet file, a folder of Parquet shards or a glob stays a path (the analysis
+    streams it into counts, reading only the columns it uses); a text table is read."""
     p = Path(path)
-    if p.is_dir() or any(ch in path for ch in "*?["):
+    if p.is_dir() or any(ch in path for ch in "*?[") or p.suffix.lower() in (".parquet", ".pq"):
         return path
     return _read_table(path, sep=sep, validate_table=False)
 
@@ -886,18 +886,18 @@ def _emit(frame: pd.DataFrame, args) -> None:
 def _add_cochran(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "cochran",
-        parents=opt("seed", "sep", "csv", "format"),
+        parents=opt("seed", "cluster", "sep", "csv", "format"),
         help="Cochran's Q: do refusal rates differ across conditions, items as complete blocks?",
         description=(
             "Cochran's Q test (de Araujo & Roth 2024) of refusal across the levels of "
-            "--condition, each block (--block, default item_id) answered once under every "
+            "--condition, each block (--cluster; auto means item_id) answered once under every "
             "condition. --method auto picks an exact test on small tables, the chi-square "
             "approximation when enough blocks carry information, a permutation test otherwise."
         ),
     )
     p.add_argument("table", help="response table (.parquet, .csv, .tsv, .jsonl)")
     p.add_argument("--condition", default="persona", help="within-block factor (default persona)")
-    p.add_argument("--block", default="item_id", help="block column(s), comma-separated (default item_id)")
+    p.add_argument("--block", dest="cluster", help=argparse.SUPPRESS)  # old spelling of --cluster
     p.add_argument("--by", help="comma-separated columns to test separately (e.g. model,task)")
     p.add_argument("--method", choices=["auto", "exact", "permutation", "chi2"], default="auto")
     p.add_argument("--n-perm", type=_positive_int, default=9999,
@@ -907,11 +907,16 @@ def _add_cochran(sub, opt: _Options) -> None:
 
 
 def _cmd_cochran(args) -> int:
-    from .rates import cochran_q
+    from .agreement import cochran_q
 
     _check_outputs([args.table], [("--csv", args.csv)])
-    df = _read_table(args.table, sep=args.sep, validate_table=False)
-    res = cochran_q(df, condition=args.condition, block=_columns_arg(args.block),
+    cluster = _cluster_arg(args)
+    if cluster is None:
+        raise CLIError("Cochran's Q needs blocks (each answered once under every condition): "
+                       "give --cluster COLUMN, or leave it at auto for item_id")
+    df = _table_or_dataset(args.table, sep=args.sep)
+    res = cochran_q(df, condition=args.condition,
+                    cluster="item_id" if cluster == "auto" else _columns_arg(cluster),
                     by=_columns_arg(args.by), method=args.method, n_perm=args.n_perm,
                     seed=args.seed, adjust=args.adjust)
     _emit(res, args)
@@ -943,12 +948,12 @@ def _add_disparity(sub, opt: _Options) -> None:
 
 
 def _cmd_disparity(args) -> int:
-    from .rates import disparity
+    from .persona_disparity import disparity
 
     _check_outputs([args.table], [("--csv", args.csv)])
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be 0 (no interval) or a positive number, got {args.n_boot}")
-    df = _read_table(args.table, sep=args.sep, validate_table=False)
+    df = _table_or_dataset(args.table, sep=args.sep)
     control = _columns_arg(args.control) or []
     res = disparity(df, category=args.category, control=control[0] if len(control) == 1 else control,
                     by=_columns_arg(args.by), n_boot=args.n_boot, conf=args.conf, seed=args.seed,
@@ -974,10 +979,10 @@ def _add_agreement(sub, opt: _Options) -> None:
 
 
 def _cmd_agreement(args) -> int:
-    from .rates import rank_agreement
+    from .agreement import rank_agreement
 
     _check_outputs([args.table], [("--csv", args.csv), ("--pairs-csv", args.pairs_csv)])
-    df = _read_table(args.table, sep=args.sep, validate_table=False)
+    df = _table_or_dataset(args.table, sep=args.sep)
     res = rank_agreement(df, item=args.item, rater=args.rater, by=_columns_arg(args.by),
                          adjust=args.adjust)
     print("Kendall's W across raters:")
