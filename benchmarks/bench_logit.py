@@ -7,9 +7,15 @@ persona Atheist, prompt p1, task nli, model Llama2-13B) to ``simulate_paper(scal
 * refusalstats ``logit`` (maximum likelihood on collapsed covariate patterns, and Firth),
 * statsmodels ``smf.logit(formula, data).fit()`` (Newton on the rows, patsy design),
 * scikit-learn ``LogisticRegression(C=inf, solver="lbfgs")`` on one-hot encoded rows,
+* the *fair* peer (issue #15): what an expert does, pandas ``groupby`` of the rows into
+  counts per covariate pattern, then statsmodels ``GLM(Binomial)`` on the counts
+  (``statsmodels-counts``),
+* the floor of any collapse: ``np.bincount`` on the categorical codes (no checks, no
+  fit: ``bincount-floor``),
 
 each in its own subprocess (reading the same Parquet file; one BLAS thread each), and prints wall time of the
-fit (design building included), the peak resident memory the fit added on top of the
+fit (design building included; for the fast tools the median of 7 fits in the process, the first
+included), the peak resident memory the fit added on top of the
 loaded table (sampled from /proc every 2 ms), the process's peak RSS (``ru_maxrss``),
 and the largest |coefficient difference| against statsmodels on identified terms
 (terms refusalstats finds separated are reported, not compared), plus the ratios.
@@ -37,7 +43,8 @@ import numpy as np
 FORMULA = "refusal ~ persona + task + prompt + model"
 REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
 FACTORS = ["persona", "task", "prompt", "model"]
-TOOLS = ["refusalstats", "refusalstats-firth", "statsmodels", "sklearn"]
+TOOLS = ["refusalstats", "refusalstats-firth", "statsmodels-counts", "bincount-floor", "statsmodels", "sklearn"]
+FAST_TOOLS = ("refusalstats", "statsmodels-counts", "bincount-floor")
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -81,6 +88,24 @@ def _fit(tool: str, df):
                 f = logit(FORMULA, df, reference=REFERENCE, penalty="firth", ci="wald")
         return f.params.to_dict(), {"separated": f.separated_terms, "iterations": f.iterations,
                                     "patterns": f.n_patterns}
+    if tool == "statsmodels-counts":
+        import statsmodels.api as sm
+        import statsmodels.formula.api as smf
+
+        counts = df.groupby(FACTORS, observed=True)["refusal"].agg(n="size", refusals="sum").reset_index()
+        counts["fails"] = counts["n"] - counts["refusals"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = smf.glm("refusals + fails ~ " + " + ".join(FACTORS), counts,
+                        family=sm.families.Binomial()).fit()
+        return m.params.to_dict(), {"iterations": int(m.fit_history["iteration"]), "patterns": len(counts)}
+    if tool == "bincount-floor":
+        codes = [df[c].cat.codes.to_numpy().astype(np.int64) for c in FACTORS]
+        sizes = [len(df[c].cat.categories) for c in FACTORS]
+        key = np.ravel_multi_index(codes, sizes)
+        n = np.bincount(key, minlength=int(np.prod(sizes)))
+        s = np.bincount(key, weights=df["refusal"].to_numpy(), minlength=int(np.prod(sizes)))
+        return {}, {"patterns": int((n > 0).sum()), "refusals": int(s.sum())}
     if tool == "statsmodels":
         import statsmodels.formula.api as smf
 
@@ -114,9 +139,12 @@ def _import(tool: str) -> None:
         import formulaic  # noqa: F401
 
         import refusalstats.regression  # noqa: F401
-    elif tool == "statsmodels":
+    elif tool.startswith("statsmodels"):
         import patsy  # noqa: F401
+        import statsmodels.api
         import statsmodels.formula.api  # noqa: F401
+    elif tool == "bincount-floor":
+        pass
     else:
         import sklearn.linear_model
         import sklearn.preprocessing  # noqa: F401
@@ -131,7 +159,14 @@ def _worker(tool: str, path: str, out: str) -> None:
     t0 = time.perf_counter()
     with _PeakSampler() as s:
         coefs, info = _fit(tool, df)
-    wall = time.perf_counter() - t0
+    walls = [time.perf_counter() - t0]
+    # the fast tools take well under a second: the median of 7 fits (this machine is shared)
+    for _ in range(6 if tool in FAST_TOOLS else 0):
+        t0 = time.perf_counter()
+        _fit(tool, df)
+        walls.append(time.perf_counter() - t0)
+    wall = float(np.median(walls))
+    info["wall_all_s"] = [round(w, 4) for w in walls]
     res = {"tool": tool, "wall_s": wall, "peak_extra_mb": (s.peak - base) / 2**20,
            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "coefs": coefs,
            "info": info}
@@ -157,24 +192,33 @@ def _run_tool(tool: str, path: Path, tmp: Path) -> dict:
 
 def _table(results: list[dict], rows: int, patterns: int, separated: list[str]) -> str:
     sm = next((r for r in results if r["tool"] == "statsmodels" and "error" not in r), None)
+    expert = next((r for r in results if r["tool"] == "statsmodels-counts" and "error" not in r), None)
+    floor = next((r for r in results if r["tool"] == "bincount-floor" and "error" not in r), None)
     header = ("| tool | fit wall time (s) | peak memory added by the fit (MiB) | process peak RSS (MiB) "
-              "| max abs coef diff vs statsmodels (identified terms) | speed-up vs statsmodels "
+              "| max abs coef diff vs statsmodels (identified terms) | speed-up vs statsmodels (rows) "
+              "| speed-up vs expert (pandas groupby + GLM on counts) | time / bincount floor "
               "| memory vs statsmodels |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['tool']} | failed: {r['error'][:60]} | | | | | |")
+            lines.append(f"| {r['tool']} | failed: {r['error'][:60]} | | | | | | | |")
             continue
-        diff = speed = mem = "—"
+        diff = speed = mem = vs_expert = vs_floor = "—"
+        ref = sm or expert
+        if ref is not None and r["coefs"]:
+            common = [t for t in ref["coefs"] if t in r["coefs"] and t not in separated]
+            d = max(abs(r["coefs"][t] - ref["coefs"][t]) for t in common)
+            diff = "—" if r is ref else ("n/a (Firth is another estimator)" if r["tool"].endswith("firth")
+                                           else f"{d:.1e}")
         if sm is not None:
-            common = [t for t in sm["coefs"] if t in r["coefs"] and t not in separated]
-            d = max(abs(r["coefs"][t] - sm["coefs"][t]) for t in common)
-            diff = "—" if r is sm else ("n/a (Firth is another estimator)" if r["tool"].endswith("firth")
-                                          else f"{d:.1e}")
             speed = f"{sm['wall_s'] / r['wall_s']:.1f}x"
             mem = f"{r['peak_extra_mb'] / max(sm['peak_extra_mb'], 1e-9):.3f}"
-        lines.append(f"| {r['tool']} | {r['wall_s']:.2f} | {r['peak_extra_mb']:.0f} | {r['maxrss_mb']:.0f} "
-                     f"| {diff} | {speed} | {mem} |")
+        if expert is not None:
+            vs_expert = f"{expert['wall_s'] / r['wall_s']:.1f}x"
+        if floor is not None:
+            vs_floor = f"{r['wall_s'] / floor['wall_s']:.2f}"
+        lines.append(f"| {r['tool']} | {r['wall_s']:.3f} | {r['peak_extra_mb']:.0f} | {r['maxrss_mb']:.0f} "
+                     f"| {diff} | {speed} | {vs_expert} | {vs_floor} | {mem} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ stops at scale 10, so scale 20 is two independent scale-10 replicates, seeds 0 a
 with distinct item ids). Each configuration then
 runs in a fresh subprocess that reads the shard folder and reports its wall time and
 peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the whole process: interpreter,
-imports and data):
+imports and data; times start after each tool's modules are imported):
 
 * ``baseline``        — ``import refusalstats`` and nothing else (the floor of every RSS);
 * ``rs``              — ``rs.collapse(folder, by=[persona, task, prompt, model])`` then
@@ -16,6 +16,13 @@ imports and data):
                         (in the paper design one count line per row: grows with rows);
 * ``rs-cluster-stream`` — ``rs`` plus ``refusalstats.scan.cluster_robust_cov``: the CR1
                         covariance from cluster score sums streamed in a second pass;
+* ``rs-logit-path``   — ``rs.logit("refusal ~ ...", folder, cluster="item_id")``: the same
+                        two passes inside ``logit`` (counts per pattern, CR1 meat streamed),
+                        plus ``drop1()`` (CR1 Wald F tests, no further pass);
+* ``rs-all``          — from the folder: ``rs.refusal_rates(by="model", cluster="item_id")``,
+                        the clustered ``rs.logit`` above and ``rs.w2_sensitivity`` of the
+                        four inputs (``cluster="item_id"``, ``n_boot=20``, ``n_perm=20``:
+                        replicates cost time, not memory);
 * ``duckdb``          — DuckDB ``GROUP BY`` over ``read_parquet('<folder>/**/*.parquet')``
                         (the other embedded engine ``collapse`` could have used; counts only);
 * ``statsmodels``     — the expert's path: ``pd.read_parquet(columns=...)``, pandas
@@ -50,7 +57,8 @@ from pathlib import Path
 FACTORS = ["persona", "task", "prompt", "model"]
 REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
 RHS = "persona + task + prompt + model"
-CONFIGS = ["baseline", "rs", "rs-cluster", "rs-cluster-stream", "duckdb", "statsmodels", "bincount-floor"]
+CONFIGS = ["baseline", "rs", "rs-cluster", "rs-cluster-stream", "rs-logit-path", "rs-all", "duckdb",
+           "statsmodels", "bincount-floor"]
 N_SHARDS = 20
 
 
@@ -59,6 +67,32 @@ def _peak_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- child side
+def _warm_imports(config: str) -> None:
+    """Import what a configuration uses, so its time is the work, not the imports (the
+    lazy imports of refusalstats, statsmodels' and DuckDB's own)."""
+    if config.startswith("rs"):
+        import formulaic  # noqa: F401
+        import pyarrow.dataset
+        import scipy.optimize
+        import scipy.sparse  # noqa: F401
+
+        import refusalstats.regression
+        import refusalstats.scan
+        if config == "rs-all":
+            import refusalstats.sensitivity  # noqa: F401
+    elif config == "statsmodels":
+        import pandas  # noqa: F401
+        import patsy  # noqa: F401
+        import pyarrow.parquet
+        import statsmodels.api
+        import statsmodels.formula.api  # noqa: F401
+    elif config == "duckdb":
+        import duckdb  # noqa: F401
+    elif config == "bincount-floor":
+        import pyarrow.compute
+        import pyarrow.parquet  # noqa: F401
+
+
 def _child(config: str, folder: str) -> dict:
     import warnings
 
@@ -68,6 +102,7 @@ def _child(config: str, folder: str) -> dict:
     import refusalstats as rs
 
     out: dict = {"config": config}
+    _warm_imports(config)  # every tool's modules are loaded before the clock starts
     t0 = time.perf_counter()
     if config == "baseline":
         pass
@@ -82,6 +117,26 @@ def _child(config: str, folder: str) -> dict:
                    params={k: float(v) for k, v in fit.params.items()},
                    bse={k: float(v) for k, v in fit.bse.items()},
                    separated=list(fit.separated_terms))
+        if not clustered and os.environ.get("BENCH_COUNTS_CSV"):  # the counts R's glm fits
+            counts.to_csv(os.environ["BENCH_COUNTS_CSV"], index=False)
+    elif config == "rs-logit-path":
+        fit = rs.logit(f"refusal ~ {RHS}", folder, reference=REFERENCE, cluster="item_id")
+        t1 = time.perf_counter()
+        d1 = fit.drop1()
+        t2 = time.perf_counter()
+        out.update(fit_s=t1 - t0, drop1_s=t2 - t1, lines=fit.n_patterns, rows=int(fit._design.n.sum()),
+                   clusters=fit.n_clusters, drop1_F=[float(x) for x in d1["F"]],
+                   bse={k: float(v) for k, v in fit.bse.items()}, separated=list(fit.separated_terms))
+    elif config == "rs-all":
+        rates = rs.refusal_rates(folder, by="model", cluster="item_id")
+        t1 = time.perf_counter()
+        fit = rs.logit(f"refusal ~ {RHS}", folder, reference=REFERENCE, cluster="item_id")
+        t2 = time.perf_counter()
+        w2 = rs.w2_sensitivity(folder, inputs=FACTORS, cluster="item_id", n_boot=20, n_perm=20,
+                               progress=False)
+        t3 = time.perf_counter()
+        out.update(rates_s=t1 - t0, logit_s=t2 - t1, w2_s=t3 - t2, lines=len(rates),
+                   rows=int(fit._design.n.sum()), w2=str(type(w2).__name__))
     elif config == "rs-cluster-stream":
         from refusalstats.scan import cluster_robust_cov
 
@@ -181,9 +236,11 @@ def _write_shards(scale: float, root: Path) -> tuple[Path, int]:
     return folder, rows
 
 
-def _run(config: str, folder: Path, timeout: float) -> dict:
+def _run(config: str, folder: Path, timeout: float, counts_csv: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", config, str(folder)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if counts_csv is not None:
+        env["BENCH_COUNTS_CSV"] = str(counts_csv)
     try:
         res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -221,7 +278,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration run")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs per configuration (median time, max peak RSS); rs-cluster runs once")
-    ap.add_argument("--cluster-max-rows", type=float, default=11e6,
+    ap.add_argument("--cluster-max-rows", type=float, default=3e6,
                     help="skip rs-cluster above this many rows (its counts grow with the rows)")
     args = ap.parse_args()
     try:
@@ -248,8 +305,9 @@ def main() -> None:
             if config == "rs-cluster" and rows > args.cluster_max_rows:
                 results[scale][config] = {"config": config, "error": "skipped"}
                 continue
-            reps = 1 if config in ("baseline", "rs-cluster") else args.repeats
-            r = _median_run([_run(config, folder, args.timeout) for _ in range(reps)])
+            reps = 1 if config in ("baseline", "rs-cluster", "rs-all") else args.repeats
+            csv = args.data / f"counts-scale-{scale:g}.csv" if config == "rs" else None  # for peer_glm.R
+            r = _median_run([_run(config, folder, args.timeout, csv) for _ in range(reps)])
             results[scale][config] = r
             (args.data / "results.json").write_text(json.dumps({str(k): v for k, v in results.items()}))
             print(f"#   {config}: {json.dumps({k: v for k, v in r.items() if k not in ('params', 'bse')})}",
@@ -283,6 +341,11 @@ def main() -> None:
                 cells.append(r["error"])
             elif config == "bincount-floor":
                 cells.append(f"{r['read_s']:.2f} read + {r['count_s']:.2f} count = {r['total_s']:.2f}")
+            elif config == "rs-all":
+                cells.append(f"{r['rates_s']:.2f} rates + {r['logit_s']:.2f} logit + {r['w2_s']:.2f} W2 "
+                             f"= {r['total_s']:.2f}")
+            elif config == "rs-logit-path":
+                cells.append(f"{r['fit_s']:.2f} + {r['drop1_s']:.2f} drop1 = {r['total_s']:.2f}")
             elif "cov_s" in r:
                 cells.append(f"{r['collapse_s']:.2f} + {r['logit_s']:.2f} + {r['cov_s']:.2f} stream "
                              f"= {r['total_s']:.2f}")
@@ -301,6 +364,9 @@ def main() -> None:
              "rs-cluster count lines": [],
              "max |CR1 SE stream - rs-cluster| (identified terms)": [],
              "rs-cluster-stream peak RSS - baseline (MB)": [],
+             "rs-logit-path peak RSS - baseline (MB)": [],
+             "rs-all (rates + clustered logit + W2) peak RSS (MB)": [],
+             "max |CR1 SE logit(path) - rs-cluster| (identified terms)": [],
              "max |coef rs - statsmodels| (identified terms)": []}
     for s in args.scales:
         R = results[s]
@@ -324,10 +390,19 @@ def main() -> None:
         lines["rs-cluster-stream peak RSS - baseline (MB)"].append(
             f"{R['rs-cluster-stream']['peak_mb'] - R['baseline']['peak_mb']:.0f}"
             if ok("rs-cluster-stream") and ok("baseline") else "–")
+        lines["rs-logit-path peak RSS - baseline (MB)"].append(
+            f"{R['rs-logit-path']['peak_mb'] - R['baseline']['peak_mb']:.0f}"
+            if ok("rs-logit-path") and ok("baseline") else "–")
+        lines["rs-all (rates + clustered logit + W2) peak RSS (MB)"].append(
+            f"{R['rs-all']['peak_mb']:.0f}" if ok("rs-all") else "–")
+        lines["max |CR1 SE logit(path) - rs-cluster| (identified terms)"].append(
+            f"{_max_coef_diff(R['rs-logit-path']['bse'], R['rs-cluster']['bse'], R['rs']['separated']):.1e}"
+            if ok("rs-cluster") and ok("rs-logit-path") and ok("rs") else "–")
         lines["max |coef rs - statsmodels| (identified terms)"].append(
             f"{_max_coef_diff(R['rs']['params'], R['statsmodels']['params'], R['rs']['separated']):.1e}"
             if ok("rs") and ok("statsmodels") else "–")
-        for c in ("rs", "rs-cluster", "rs-cluster-stream", "duckdb", "statsmodels", "bincount-floor"):
+        for c in ("rs", "rs-cluster", "rs-cluster-stream", "rs-logit-path", "rs-all", "duckdb", "statsmodels",
+                  "bincount-floor"):
             if ok(c) and R[c]["rows"] != rows_at[s]:
                 raise SystemExit(f"{c} counted {R[c]['rows']:,} rows at scale {s:g}, not {rows_at[s]:,}")
     for name, cells in lines.items():

@@ -62,23 +62,123 @@ def _parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
         raise FileNotFoundError(f"no Parquet file or folder at '{p}'")
     if p.is_file():
         return [p]
-    if (p / "run.json").exists() and (p / "shards").is_dir():
-        # `refusalstats generate` shards hold raw generations (row_id, response, ...):
-        # no design columns and no refusal label until a detector has run.
-        if (p / "responses.parquet").exists():
-            return [p / "responses.parquet"]
-        raise ValueError(
-            f"'{p}' is a generation run directory: its shards hold raw responses without the "
-            "design columns or refusal labels. Run `refusalstats collect` (or "
-            "refusalstats.inference.collect_responses(..., detector=...)) to write "
-            f"'{p / 'responses.parquet'}', then analyse that"
-        )
-    files = sorted((f for f in p.rglob("*")
-                    if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
-                    and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts)),
-                   key=str)
+    if _is_run_dir(p):
+        return _run_dir_files(p, [p])
+    found = [f for f in p.rglob("*")
+             if f.is_file() and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts)]
+    runs = sorted({f.parent for f in found if f.name == "run.json" and _is_run_dir(f.parent)}, key=str)
+    files = sorted((f for f in found if f.suffix.lower() in (".parquet", ".pq")), key=str)
+    if runs:
+        others = [f for f in files if not any(r in f.parents for r in runs)]
+        if others:
+            raise ValueError(
+                f"'{p}' holds generation run directories ({', '.join(map(str, runs[:3]))}"
+                f"{', ...' if len(runs) > 3 else ''}) and other Parquet files (e.g. '{others[0]}'); "
+                "name the run directories or the files, so rows are not counted twice")
+        return _run_dir_files(p, runs)
     if not files:
         raise FileNotFoundError(f"the folder '{p}' holds no .parquet files (searched recursively)")
+    return files
+
+
+#: Parquet key-value metadata of a shard `refusalstats generate` labelled (see
+#: refusalstats.inference.runner.SHARD_METADATA_KEY).
+_SHARD_METADATA_KEY = b"refusalstats.shard"
+_warned_partial: set[tuple] = set()
+
+
+def _is_run_dir(p: Path) -> bool:
+    """A `refusalstats generate` run directory (``run.json`` with ``shards/`` or prompts)."""
+    return (p / "run.json").is_file() and ((p / "shards").is_dir()
+                                           or (p / "prompts.parquet").is_file())
+
+
+def _run_dir_files(where: Path, runs: list[Path]) -> list[Path]:
+    """The files to read for generation run directories: their labelled shards.
+
+    ``generate`` writes every shard as a fragment of the tidy table (model, design
+    columns, ``refusal``), so a run is read from ``shards/**/part-*.parquet`` directly,
+    finished or not, without ``collect``; prompts.parquet and responses.parquet are never
+    mixed in. A run whose shards are not all labelled (written before shards were
+    labelled, or generated without a detector) is read through its collected
+    ``responses.parquet``, or is an error that says to run collect. Shards labelled by
+    different detectors are an error too. The rows are counted from the Parquet
+    footers: fewer (or more) than prompts x models, as run.json gives them, is a warning
+    naming the numbers (once per run state), since a partial run may be analysed but
+    never silently. A prompt answered twice cannot be told cheaply while streaming:
+    ``refusalstats collect`` is the exactly-once check.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    files: list[Path] = []
+    unlabelled: list[Path] = []
+    detectors: dict[str, Path] = {}
+    groups: dict[str, dict] = {}  # experiment (prompts fingerprint) -> rows expected and found
+    for run in runs:
+        parts = sorted((f for f in (run / "shards").rglob("part-*.parquet")
+                        if not any(x.startswith((".", "_")) for x in f.relative_to(run).parts)),
+                       key=str) if (run / "shards").is_dir() else []
+        footers = [pq.read_metadata(f) for f in parts]
+        infos = [json.loads((m.metadata or {}).get(_SHARD_METADATA_KEY, b"{}")) for m in footers]
+        labelled = bool(parts) and all({"model", "refusal"} <= set(m.schema.names) for m in footers)
+        if labelled:
+            files.extend(parts)
+            for info in infos:
+                if info.get("detector") is not None:
+                    detectors.setdefault(str(info["detector"]), run)
+            n_found = sum(m.num_rows for m in footers)
+        elif (run / "responses.parquet").is_file():
+            files.append(run / "responses.parquet")
+            n_found = pq.read_metadata(run / "responses.parquet").num_rows
+        else:
+            unlabelled.append(run)
+            continue
+        try:
+            meta = json.loads((run / "run.json").read_text())
+        except ValueError:
+            meta = {}
+        shard = meta.get("shard") or {}
+        key = str(shard.get("prompts_sha256_total") or meta.get("prompts_sha256") or run)
+        g = groups.setdefault(key, {"prompts": shard.get("n_rows_total", meta.get("n_rows")),
+                                    "models": set(), "rows": 0})
+        g["models"].update(meta.get("planned_models") or meta.get("models") or {})
+        g["rows"] += int(n_found)
+    if unlabelled:
+        r = unlabelled[0]
+        more = f" (and {len(unlabelled) - 1} more run(s) in '{where}')" if len(unlabelled) > 1 else ""
+        raise ValueError(
+            f"'{r}' is a generation run directory{more}: its shards hold raw responses without "
+            "the design columns or refusal labels (written before shards were labelled, or "
+            "generated without a detector). Run `refusalstats collect` (or "
+            "refusalstats.inference.collect_responses(..., detector=...)) to write "
+            f"'{r / 'responses.parquet'}', then analyse that"
+        )
+    if len(detectors) > 1:
+        raise ValueError(
+            f"the shards in '{where}' were labelled by different detectors ("
+            + ", ".join(f"{d!r} in '{r}'" for d, r in detectors.items())
+            + "); run `refusalstats collect --detector ...` to label them all alike")
+    for g in groups.values():
+        if g["prompts"] is None or not g["models"]:
+            continue
+        expected = int(g["prompts"]) * len(g["models"])
+        if g["rows"] == expected:
+            continue
+        state = (str(where.resolve()), g["rows"], expected)
+        if state in _warned_partial:
+            continue
+        _warned_partial.add(state)
+        if g["rows"] < expected:
+            what = ("the run is incomplete: analysing what is there (finish it with --resume; "
+                    "`refusalstats collect` checks that every prompt is answered once)")
+        else:
+            what = ("more rows than prompts x models: some prompt was answered twice (a shard "
+                    "copied or run twice?); `refusalstats collect` finds them")
+        warnings.warn(
+            f"'{where}': {g['rows']:,} of {expected:,} rows ({len(g['models'])} model(s) x "
+            f"{int(g['prompts']):,} prompts) are in its shards; {what}", UserWarning, stacklevel=4)
     return files
 
 
@@ -102,6 +202,15 @@ def _dataset(files: list[Path]):
     try:
         return ds.dataset([str(f) for f in files], format="parquet")
     except (pa.ArrowException, OSError, ValueError) as exc:
+        import pyarrow.parquet as pq
+
+        from .table import _read_error
+
+        for f in files:  # name the file at fault, as read_table would (footers only)
+            try:
+                pq.read_metadata(f)
+            except (pa.ArrowException, OSError, ValueError) as bad:
+                raise _read_error(Path(f), "parquet", bad) from None
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"could not open the Parquet dataset ({len(files)} file(s), first "
                          f"'{files[0]}'): {detail}") from None
@@ -109,6 +218,22 @@ def _dataset(files: list[Path]):
 
 def scan_columns(path: str | Path | Sequence[str | Path]) -> list[str]:
     """Column names of a Parquet file, shard folder or glob, read from the schema only.
+
+    Parameters
+    ----------
+    path : path, glob or list of paths
+        A Parquet file, a folder of Parquet shards (searched recursively), a glob, or a
+        list of those, as :func:`collapse` reads them.
+
+    Returns
+    -------
+    list of str
+        The dataset's column names (the unified schema of its files), no rows read.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file or folder, or no file matching the glob.
 
     Examples
     --------
@@ -346,13 +471,13 @@ def _cluster_columns(cluster) -> list[str]:
                     f"got {cluster!r}")
 
 
-def _missing_columns(needed: list[str], have: list[str], what: str) -> None:
+def _missing_columns(needed: list[str], have: list[str], what: str, advice: str = "") -> None:
     from .table import SchemaError
 
     missing = [c for c in dict.fromkeys(needed) if c not in have]
     if missing:
         raise SchemaError([(f"collapse: column(s) {missing} are not in {what}; its columns are "
-                           f"{have}")])
+                           f"{have}{advice}")])
 
 
 def is_dataset(data) -> bool:
@@ -360,6 +485,21 @@ def is_dataset(data) -> bool:
 
     The analyses that accept such a path stream it through :func:`collapse` (counts,
     never rows) instead of reading a DataFrame.
+
+    Parameters
+    ----------
+    data : object
+        What an analysis was given as its table.
+
+    Returns
+    -------
+    bool
+        True for a ``str`` or ``os.PathLike``, or a non-empty list or tuple of them.
+
+    Examples
+    --------
+    >>> is_dataset("runs/big/"), is_dataset(["a.parquet", "b.parquet"]), is_dataset(None)
+    (True, True, False)
     """
     if isinstance(data, (str, os.PathLike)):
         return True
@@ -388,8 +528,10 @@ def collapse(
         The tidy response table, a Parquet file, a folder of Parquet shards (searched
         recursively; files and folders starting with ``.`` or ``_`` are skipped), a glob
         such as ``"runs/*/part-*.parquet"``, or a list of those. A generation run
-        directory (``run.json`` + ``shards/``) is read through its collected
-        ``responses.parquet``: its shards carry no refusal labels.
+        directory (``run.json`` + ``shards/``), or a folder of them (``shard-I-of-N``),
+        is read from its labelled shards, finished or not (a partial run warns); runs
+        whose shards carry no labels are read through their collected
+        ``responses.parquet``.
     by : str or list of str
         Key columns (the model's predictors). ``[]`` gives one overall row.
     cluster : None, "auto", str or list of str
@@ -462,7 +604,9 @@ def collapse(
         else:
             cluster_cols = _cluster_columns(cluster)
         by_list = _check_keys(by, cluster_cols, refusal)
-        _missing_columns([*by_list, *cluster_cols, refusal], columns, f"the dataset '{source}'")
+        _missing_columns([*by_list, refusal], columns, f"the dataset '{source}'")
+        _missing_columns(cluster_cols, columns, f"the dataset '{source}'",
+                         advice=" (cluster=None treats rows as independent)")
     by_list = _check_keys(by_list, cluster_cols, refusal)
     keys = [*by_list, *cluster_cols]
     acc = _Accumulator([_Levels(c, hint=", or pass cluster=None for independent rows"
@@ -728,8 +872,11 @@ def _cluster_robust_cov(
 ) -> pd.DataFrame:
     """CR1 cluster-robust covariance of a fit from counts, streaming the rows once more.
 
-    A clustered counts table (``collapse(..., cluster="item_id")``) has one line per item
-    x pattern, which in a Monte Carlo design is one line per row. This computes the same
+    ``rs.logit(path, cluster=...)`` does this itself (the fit, then this pass, also for
+    ``anova()`` / ``drop1()``); this function is for counts computed elsewhere (DuckDB,
+    Spark) with the rows still on disk. A clustered counts table
+    (``collapse(..., cluster="item_id")``) has one line per item x pattern, which in a
+    Monte Carlo design is one line per row. This computes the same
     covariance as ``rs.logit(formula, rows, cluster=cluster).cov_params()`` without it:
     fit the (small) unclustered counts, then stream the rows and accumulate each
     cluster's score sum ``sum_i x_i (y_i - p_i)``. Memory: clusters x coefficients, not rows.
@@ -744,6 +891,10 @@ def _cluster_robust_cov(
         The rows ``counts`` was collapsed from.
     cluster : str
         The cluster column of ``data``.
+    refusal : str
+        The 0/1 response column of ``data``.
+    batch_rows : int
+        Rows per record batch of the streaming pass.
 
     Returns
     -------

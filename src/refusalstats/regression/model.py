@@ -83,8 +83,12 @@ def logit(
     data : DataFrame or path
         The tidy response table (or any table with the formula's columns); or a Parquet
         file, a folder of Parquet shards, a glob or a list of them, streamed into counts
-        per covariate pattern (and per cluster) by :func:`refusalstats.collapse`, so memory
-        does not grow with rows; the fit equals the fit on the rows.
+        per covariate pattern by :func:`refusalstats.collapse`, so memory does not grow
+        with rows; the fit equals the fit on the rows. With a cluster, the CR1 covariance
+        comes from a second streaming pass that sums each cluster's scores (memory:
+        clusters x coefficients), and ``anova()`` / ``drop1()`` work as on rows (anova
+        streams once more for its sub-models); a cluster bootstrap (``ci="bootstrap"``)
+        or ``alpha="cv"`` resamples clusters and collapses per cluster x pattern instead.
     reference : mapping, optional
         Treatment-coding reference level per factor, e.g. the paper's
         ``{"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}``
@@ -133,6 +137,8 @@ def logit(
     Returns
     -------
     LogitResults
+        Coefficients, standard errors, tests and intervals (``to_frame()``,
+        ``summary()``, ``conf_int()``, ``anova()``, ``drop1()``, ``predict()``).
 
     Examples
     --------

@@ -87,7 +87,13 @@ class LogitResults:
 
     @property
     def zvalues(self) -> pd.Series:
-        """Wald z = estimate / SE (NaN for ridge / lasso / elastic net: no test holds there)."""
+        """Wald z = estimate / SE (NaN for ridge / lasso / elastic net: no test holds there).
+
+        Returns
+        -------
+        Series
+            One z per coefficient, named ``z``, indexed by ``term``.
+        """
         if self.p_method == "none":
             return pd.Series(np.nan, index=self.params.index, name="z")
         return (self.params / self.bse).rename("z")
@@ -95,7 +101,13 @@ class LogitResults:
     @property
     def statistic(self) -> pd.Series:
         """The statistic behind each p-value: Wald z (``p_method="wald"``), the penalized
-        likelihood-ratio chi-square on 1 df (``"plr"``, Firth without clusters), or NaN."""
+        likelihood-ratio chi-square on 1 df (``"plr"``, Firth without clusters), or NaN.
+
+        Returns
+        -------
+        Series
+            One value per coefficient, named ``z``, ``chisq`` or ``statistic``.
+        """
         return pd.Series(self._stat, index=self.params.index, name=self._stat_column or "statistic")
 
     @property
@@ -111,7 +123,15 @@ class LogitResults:
         return "none (penalized estimates have no frequentist test)"
 
     def cov_params(self) -> pd.DataFrame:
-        """Covariance matrix of the estimates (model based or cluster-robust)."""
+        """Covariance matrix of the estimates (model based or cluster-robust).
+
+        Returns
+        -------
+        DataFrame
+            Coefficients x coefficients: the inverse Fisher information, or the CR1
+            sandwich with ``cluster=`` (for a Parquet source, from the streamed cluster
+            score sums); NaN rows and columns for separated terms.
+        """
         return pd.DataFrame(self._cov, index=self.params.index, columns=self.params.index)
 
     def conf_int(self, conf: float | None = None) -> pd.DataFrame:
@@ -176,6 +196,12 @@ class LogitResults:
             A family is each formula term's coefficients (e.g. all persona levels), or
             all coefficients but the intercept.
 
+        Returns
+        -------
+        DataFrame
+            One row per coefficient, the columns above (``p_adjusted`` with ``adjust``);
+            ``attrs["test"]`` and ``attrs["intervals"]`` name the test and the intervals.
+
         Examples
         --------
         >>> fit.coef_table(adjust="holm")  # doctest: +SKIP
@@ -212,6 +238,13 @@ class LogitResults:
 
     @property
     def odds_ratios(self) -> pd.Series:
+        """Odds ratios ``exp(estimate)``.
+
+        Returns
+        -------
+        Series
+            One odds ratio per coefficient, indexed by ``term``.
+        """
         return np.exp(self.params)
 
     # -------------------------------------------------------------- summary
@@ -224,6 +257,11 @@ class LogitResults:
         The statistic column is the one behind the p-value: ``z value`` for Wald tests,
         ``Chisq`` (with ``Pr(>Chisq)``) for Firth's penalized likelihood-ratio tests, as
         logistf prints them; ridge / lasso / elastic net show neither (nor stars).
+
+        Returns
+        -------
+        Summary
+            Prints as text, renders as HTML; its table is :meth:`coef_table`.
         """
         tab = self.coef_table()
         testing = self._stat_column is not None
@@ -354,6 +392,11 @@ class LogitResults:
 
         ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
 
+        Returns
+        -------
+        DataFrame
+            One row per term that can be dropped, with the columns above.
+
         Examples
         --------
         >>> fit.drop1()  # doctest: +SKIP
@@ -396,8 +439,15 @@ class LogitResults:
         * Clustered: row ``k`` fits the model with the first ``k`` terms (same estimator)
           and gives the cluster-robust Wald F test of term ``k`` in it, as :meth:`drop1`
           (columns ``term, df, df_resid, F, p_value, note``). No likelihood ratio is shown.
+          For a fit from a Parquet source the sub-models' CR1 covariances come from one
+          more streaming pass over the rows, all sub-models at once.
 
         ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
+
+        Returns
+        -------
+        DataFrame
+            One row per term in formula order (after a ``NULL`` row when unclustered).
         """
         self._check_tests("anova()")
         d = self._design
@@ -564,6 +614,21 @@ class LogitResults:
         probabilities are averaged over the observed distribution of the other
         predictors (within each level of ``by``). Intervals by the delta method on the
         logit of the mean, with the fit's covariance (model based or CR1).
+
+        Parameters
+        ----------
+        factor : str
+            A factor of the model.
+        by : str, optional
+            Another factor: marginal means within each of its levels.
+        conf : float, optional
+            Interval level; default the fit's ``conf``.
+
+        Returns
+        -------
+        DataFrame
+            One row per level of ``factor`` (x ``by``): ``prob`` (the mean predicted
+            probability), ``std_error`` (delta method), ``ci_low``, ``ci_high``.
 
         Examples
         --------
