@@ -216,8 +216,11 @@ def test_auto_cluster_on_a_path_matches_the_dataframe_rule(shards, rows, tmp_pat
 
 # --------------------------------------------------------------------------- bad input
 def test_missing_columns_name_the_dataset_columns(shards):
-    with pytest.raises(SchemaError, match=r"\['temperature', 'seed'\].*its columns are \['item_id', 'model'"):
+    with pytest.raises(SchemaError, match=r"\['temperature'\].*its columns are \['item_id', 'model'"):
         rs.collapse(shards, by=["model", "temperature"], cluster="seed")
+    # a missing cluster column says how to do without clusters
+    with pytest.raises(SchemaError, match=r"\['seed'\].*cluster=None treats rows as independent"):
+        rs.collapse(shards, by=["model"], cluster="seed")
     with pytest.raises(SchemaError, match="'refused'"):
         rs.collapse(shards, by="model", refusal="refused")
     assert rs.scan_columns(shards) == ["item_id", "model", "task", "persona", "prompt", "x", "refusal"]
