@@ -71,10 +71,10 @@ def test_model_entry_points_stay_callables():
 
 
 def test_one_p_value_adjustment():
-    from refusalstats import multiplicity, rates
+    from refusalstats import agreement, multiplicity
     from refusalstats.regression import results
 
-    assert rates.adjust_pvalues is multiplicity.adjust_pvalues
+    assert agreement.adjust_pvalues is multiplicity.adjust_pvalues
     assert results.adjust_pvalues is multiplicity.adjust_pvalues
 
 
@@ -208,7 +208,7 @@ def _public_callables():
                     if inspect.isfunction(f) and not m.startswith("_")]
     out += [(f"plot.{n}", f) for n, f in vars(rs.plot).items()
             if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == "refusalstats.plot"]
-    out += [("RankAgreement." + m, f) for m, f in vars(importlib.import_module("refusalstats.rates")
+    out += [("RankAgreement." + m, f) for m, f in vars(importlib.import_module("refusalstats.agreement")
                                                       .RankAgreement).items()
             if inspect.isfunction(f) and not m.startswith("_")]
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refusalstats import dumps
+from refusalstats import cochran_q, dumps
 from refusalstats.cli import main as cli_main
 from refusalstats.dumps import DumpError, DumpNotFound
 
@@ -367,14 +367,13 @@ def test_generations_bad_json(p2_generations):
 # ----------------------------------------------------------------------------- Cochran's Q
 def test_cochran_q_on_imported_matrix_matches_pingouin(tmp_path):
     pg = pytest.importorskip("pingouin")
-    rates = pytest.importorskip("refusalstats.rates")
     rng = np.random.default_rng(7)
     n_items = 60
     probs = {"a_man": 0.1, "a_woman": 0.2, "a_black_person": 0.45, "a_white_person": 0.3}
     rows = {p: (rng.random(n_items) < q).astype(int).tolist() for p, q in probs.items()}
     write_matrix(tmp_path / "r" / "results" / "zero" / "m" / "rac_refusals.csv", rows)
     df = dumps.persona_behavior(tmp_path / "r", categories=False, progress=False)
-    res = rates.cochran_q(df, condition="persona", cluster="item_id", by=["model", "task"])
+    res = cochran_q(df, condition="persona", cluster="item_id", by=["model", "task"])
     long = pd.DataFrame([(p, i, v) for p, vals in rows.items() for i, v in enumerate(vals)],
                         columns=["persona", "item", "refusal"])
     ref = pg.cochran(data=long, dv="refusal", within="persona", subject="item")

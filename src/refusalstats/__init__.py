@@ -9,11 +9,11 @@ from importlib.metadata import version as _version
 
 from . import dumps, plot
 from ._validation import ClusterNote
+from .agreement import cochran_q, rank_agreement
 from .bayes import ConvergenceWarning, HierarchicalResult, hierarchical
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
-from .agreement import cochran_q, rank_agreement
 from .persona_disparity import disparity
 from .rates import persona_effect, refusal_rates
 from .regression import LogitResults, SeparationWarning, logit
@@ -21,7 +21,7 @@ from .reporting import report
 from .scan import collapse, scan_columns
 from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper
-from .table import SchemaError, read_responses, validate, write_responses
+from .table import SchemaError, read_responses, read_table, validate, write_responses
 
 __version__ = _version("refusalstats")
 
@@ -53,6 +53,7 @@ __all__ = [
     "plot",
     "rank_agreement",
     "read_responses",
+    "read_table",
     "refusal_rates",
     "report",
     "sample_design",

@@ -2,7 +2,7 @@
 
 ``result.summary()`` of :class:`~refusalstats.LogitResults`,
 :class:`~refusalstats.HierarchicalResult`, :class:`~refusalstats.W2SensitivityResult`
-and :class:`~refusalstats.rates.RankAgreement` returns a :class:`Summary`.
+and :class:`~refusalstats.agreement.RankAgreement` returns a :class:`Summary`.
 """
 
 from __future__ import annotations

@@ -40,25 +40,6 @@ from ._validation import check_conf, resolve_cluster
 
 __all__ = ["persona_effect", "proportion_ci", "refusal_rates"]
 
-# names that lived here before the split: still importable from refusalstats.rates
-_MOVED = {
-    "RankAgreement": "refusalstats.agreement",
-    "cochran_q": "refusalstats.agreement",
-    "rank_agreement": "refusalstats.agreement",
-    "disparity": "refusalstats.persona_disparity",
-    "adjust_pvalues": "refusalstats.multiplicity",
-}
-
-
-def __getattr__(name: str):
-    """Resolve the names that moved to :mod:`~refusalstats.agreement` and
-    :mod:`~refusalstats.persona_disparity` (imported lazily: those modules import this one)."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 CI_METHODS = ("wilson", "clopper-pearson", "jeffreys")
 _ALIASES = {
     "beta": "clopper-pearson",

@@ -483,10 +483,10 @@ def persona_behavior(
 
     Examples
     --------
-    >>> from refusalstats import dumps, rates  # doctest: +SKIP
-    >>> df = dumps.persona_behavior("persona-behavior", datasets="rac", control=True)  # doctest: +SKIP
-    >>> rates.cochran_q(df[df.setting == "regular"], condition="persona",
-    ...                 cluster="item_id", by=["model", "task"])  # doctest: +SKIP
+    >>> import refusalstats as rs  # doctest: +SKIP
+    >>> df = rs.dumps.persona_behavior("persona-behavior", datasets="rac", control=True)  # doctest: +SKIP
+    >>> rs.cochran_q(df[df.setting == "regular"], condition="persona",
+    ...              cluster="item_id", by=["model", "task"])  # doctest: +SKIP
     """
     if source not in ("matrices", "generations"):
         raise ValueError(f"source must be 'matrices' or 'generations', got {source!r}")
