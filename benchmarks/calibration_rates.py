@@ -191,7 +191,7 @@ def cochran_checks(reps: int, seed: int) -> list[dict]:
             kw = {"n_perm": 999, "seed": seed} if method == "permutation" else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # few informative blocks
-                res = rs.cochran_q(df, block="item_id", by="rep", method=method, **kw)
+                res = rs.cochran_q(df, cluster="item_id", by="rep", method=method, **kw)
             p = res["p_value"].to_numpy()
             reject = np.nan_to_num(p, nan=1.0) <= ALPHA  # no informative block: no rejection
             used = "/".join(sorted(set(res["method"]) - {"none"}))
