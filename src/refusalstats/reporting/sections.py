@@ -684,20 +684,51 @@ def logit_section(ctx: Context) -> Section:
             s.skipped = (f"refusal is constant (all {int(k > 0)}): a regression has nothing to "
                          "explain.")
             return s
-        if streamed(ctx) and n < n_rows(ctx):
-            s.skipped = _rows_subset(ctx, "The regression")
-            return s
         opts = {"penalty": "firth"} | ctx.options.get("logit", {})
         opts.setdefault("cluster", ctx.cluster)
         if "reference" not in opts:
             opts["reference"] = _reference(d, formula)
+        data = ctx.source if streamed(ctx) else d
+        if streamed(ctx) and n < n_rows(ctx):
+            # the persona rows of a stream: fit their counts (the binomial fit from counts
+            # equals the fit from rows; per item x pattern when clustered)
+            formula, data = _persona_counts(ctx, formula, opts.get("cluster"))
+            opts["trials"] = "n"
+            s.notes.append("Streamed source with persona-free rows: the regression is fitted on "
+                           f"the persona rows' counts per covariate pattern"
+                           f"{' and ' + str(opts['cluster']) if opts.get('cluster') else ''} "
+                           f"({len(data):,} lines).")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = logit(formula, ctx.source if streamed(ctx) else d, **opts)
+            fit = logit(formula, data, **opts)
         for w in caught:
             s.notes.append(f"Warning from the fit: {w.message}")
     _logit_outputs(s, fit, d)
     return s
+
+
+def _persona_counts(ctx: Context, formula: str, cluster) -> tuple[str, pd.DataFrame]:
+    """``refusals ~ ...`` and the counts of the persona rows of a streamed source: collapsed
+    by the formula's variables, the filter columns and the cluster, the persona-free lines
+    dropped and the rest summed back."""
+    from ..formula import parse_formula
+    from ..scan import collapse
+
+    parsed = parse_formula(formula)
+    if parsed.response != "refusal":
+        raise ValueError(f"a streamed source's persona rows are fitted from counts, which needs "
+                         f"the response 'refusal'; the formula has {parsed.response!r}")
+    clusters = [] if cluster is None else ([cluster] if isinstance(cluster, str) else list(cluster))
+    keys = [v for v in parsed.fixed_variables if v not in clusters]
+    extra = [c for c in ("setting", "persona") if c in ctx.design.columns and c not in keys]
+    counts = collapse(ctx.source, by=[*keys, *extra], cluster=clusters or None)
+    counts = counts[_persona_mask(counts)]
+    for c in [*keys, *clusters]:
+        if isinstance(counts[c].dtype, pd.CategoricalDtype):
+            counts = counts.assign(**{c: counts[c].cat.remove_unused_categories()})
+    counts = (counts.groupby([*keys, *clusters], observed=True, sort=True)[["n", "refusals"]]
+              .sum().reset_index())
+    return "refusals ~" + formula.split("~", 1)[1], counts
 
 
 def _logit_outputs(s: Section, fit, data: pd.DataFrame | None = None) -> None:
