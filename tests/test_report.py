@@ -352,3 +352,14 @@ def test_report_of_a_parquet_source_with_persona_free_rows(tmp_path):
         pd.read_csv(mem.tables["answers_sample"]))
     notes = next(s for s in rep.sections if s.key == "answers").notes
     assert any("first 1,920 rows" in n for n in notes)
+
+
+def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simulated, tmp_path):
+    folder = _shards(simulated, tmp_path / "shards")
+    design = rs.collapse(folder, by=["task", "prompt", "model", "persona"])
+    streamed = S.default_hier_formula(design, "item_id", folder)
+    assert streamed == S.default_hier_formula(simulated, "item_id")
+    assert "20,320 covariate patterns" in streamed[1]
+    small = simulated[simulated["item_id"].isin(simulated["item_id"].unique()[:40])]
+    few = _shards(small, tmp_path / "few")
+    assert S.default_hier_formula(design, "item_id", few)[0].endswith("+ (1|item_id)")
