@@ -8,6 +8,17 @@ a run directory::
     <out>/shards/<model>/part-000000.parquet   generated rows, written atomically
     <out>/responses.parquet     the tidy response table the core reads
 
+Each shard is a fragment of the tidy table: the raw generation (``row_id``, ``response``,
+token counts, ...), the model label and the prompt's design columns (everything in
+``prompts.parquet`` but the long text columns: the columns ``collect`` joins), and, when
+the run has a detector, ``refusal`` and ``predicted_label`` computed per written shard by
+the same code collect uses. The model and the design factors are stored as categoricals
+with the run's level order (dictionary-encoded on disk), so ``rs.collapse(run_dir)`` and
+every analysis read a run directory, finished or not, and folders of ``shard-I-of-N``
+runs, straight from the shards (:mod:`refusalstats.scan`). The file's key-value metadata
+(``refusalstats.shard``) names the added columns and the detector; shards written before
+this (raw rows only) still resume and collect.
+
 Rows are sorted by prompt length and cut into batches under a token budget (prompt plus
 new tokens, summed over the batch), so little compute goes to padding. Every shard is
 written to a temporary name and renamed, so a shard on disk is complete; with
@@ -68,6 +79,13 @@ _SHARD_COLUMNS = ("row_id", "response", "prompt_text", "system_text", "n_prompt_
                   "n_new_tokens", "finish_reason", "truncated", "prompt_sha256", "batch_id")
 
 TRUNCATE = ("error", "middle")
+
+#: Parquet key-value metadata of a labelled shard: JSON with the model, the detector and
+#: the columns added to the raw rows (``added``), which :func:`_read_shards` leaves out.
+SHARD_METADATA_KEY = b"refusalstats.shard"
+
+#: The long text columns of prompts.parquet that collect does not join (nor do shards).
+_PROMPT_TEXT_COLUMNS = ("prompt_text", "system_text", "user_text")
 
 
 #: Default cap on rows per batch: on one H200 with a 1.2B model, 256-row batches ran
@@ -388,9 +406,25 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+def _write_parquet_atomic(df: pd.DataFrame, path: Path, metadata: Mapping[str, Any] | None = None
+                          ) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
+    if metadata is None:
+        df.to_parquet(tmp, index=False)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        # a column of only None (gold_label of a batch without gold) is typed null: store
+        # it as text so every shard of a run has one schema
+        for i, f in enumerate(table.schema):
+            if pa.types.is_null(f.type):
+                table = table.set_column(i, pa.field(f.name, pa.string()),
+                                         table.column(i).cast(pa.string()))
+        meta = dict(table.schema.metadata or {})
+        meta[SHARD_METADATA_KEY] = json.dumps(dict(metadata), default=str).encode()
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -422,15 +456,44 @@ def _restore_levels(df: pd.DataFrame, levels: Mapping[str, Sequence[str]]) -> No
         df[c] = pd.Categorical(values, categories=list(lv) + extra)
 
 
+class _ShardLabels:
+    """Turn a batch of raw rows into a fragment of the tidy table, as collect builds it.
+
+    The prompts' design columns are joined on ``row_id`` (prompts.parquet without the
+    long text columns, exactly collect's join), the model label is put first, the
+    design's level order restored and, with a detector, ``refusal`` and
+    ``predicted_label`` added by :func:`_detect_refusals` (collect's code path). Returns
+    the rows and the shard's metadata.
+    """
+
+    def __init__(self, prompts: pd.DataFrame, model: str, models: Sequence[str],
+                 levels: Mapping[str, Sequence[str]], detector: str | Callable | None, tasks):
+        self.base = prompts.drop(columns=list(_PROMPT_TEXT_COLUMNS), errors="ignore")
+        self.model, self.models = model, list(models)
+        self.levels, self.detector, self.tasks = dict(levels or {}), detector, tasks
+
+    def __call__(self, raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+        df = self.base.merge(raw, on="row_id", how="inner", validate="one_to_one")
+        df.insert(0, "model", pd.Categorical([self.model] * len(df), categories=self.models))
+        _restore_levels(df, self.levels)
+        det_name = None
+        if self.detector is not None:
+            df, det_name = _detect_refusals(df, self.detector, self.tasks)
+        added = [c for c in df.columns if c not in set(raw.columns)]
+        return df, {"version": 2, "model": self.model, "detector": det_name, "added": added}
+
+
 class _ShardWriter:
     """Buffer generated rows and write them as atomic Parquet shards.
 
     Shard names carry the session and a random tag (``part-000003-s02-9f3a1c.parquet``),
-    so no two processes ever write the same file, even without the lock.
+    so no two processes ever write the same file, even without the lock. With ``label``
+    (a :class:`_ShardLabels`) every shard is written as a labelled fragment of the tidy
+    table; should labelling fail, the raw rows are written (and collect labels them).
     """
 
     def __init__(self, folder: Path, rows: int, seconds: float, session: int,
-                 signals: _Signals | None = None):
+                 signals: _Signals | None = None, label: _ShardLabels | None = None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".*.tmp"):  # the run lock is held: no one else writes here
@@ -444,6 +507,7 @@ class _ShardWriter:
         self.written = 0
         self.last = time.monotonic()
         self.signals = signals
+        self.label = label
 
     def add(self, records: list[dict]) -> None:
         self.buffer.extend(records)
@@ -458,18 +522,39 @@ class _ShardWriter:
             extra = dict.fromkeys(k for r in self.buffer for k in r if k not in _SHARD_COLUMNS)
             df = pd.DataFrame(self.buffer, columns=list(_SHARD_COLUMNS) + list(extra))
             name = f"part-{self.next_index:06d}-{self.tag}.parquet"
-            _write_parquet_atomic(df, self.folder / name)
+            meta = None
+            if self.label is not None:
+                try:
+                    df, meta = self.label(df)
+                except Exception as exc:  # noqa: BLE001 - never lose generated rows to a labelling error
+                    warnings.warn(f"shard {name} written without labels ({type(exc).__name__}: "
+                                  f"{exc}); `refusalstats collect` labels it", stacklevel=2)
+                    self.label = None
+            _write_parquet_atomic(df, self.folder / name, meta)
             self.next_index += 1
             self.written += len(self.buffer)
             self.buffer = []
             self.last = time.monotonic()
 
 
+def _raw_part(path: Path) -> pd.DataFrame:
+    """One shard's raw rows: a labelled shard without the columns labelling added."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    info = (schema.metadata or {}).get(SHARD_METADATA_KEY)
+    if info is None:  # a shard written before shards were labelled
+        return pd.read_parquet(path)
+    added = set(json.loads(info).get("added", []))
+    return pd.read_parquet(path, columns=[c for c in schema.names if c not in added])
+
+
 def _read_shards(folder: Path) -> pd.DataFrame:
+    """The raw generated rows of a model's shards (old and labelled shards alike)."""
     parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _SHARD_COLUMNS})
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return pd.concat([_raw_part(p) for p in parts], ignore_index=True)
 
 
 def _make_backend(spec: ModelSpec) -> Backend:
@@ -685,8 +770,10 @@ def run_generation(
         (source, revision, config, dtype) differs from the one that started is refused.
     detector : str, callable or None
         Refusal detector (:func:`refusalstats.detect.detector` name, called per task with
-        the task's labels where it takes them, or a callable on a list of answers). None
-        leaves ``refusal`` out and writes no tidy table (returns the raw rows).
+        the task's labels where it takes them, or a callable on a list of answers). It
+        labels every shard as it is written (so the shards are read directly, see the
+        module docstring) and the collected table. None leaves ``refusal`` out and writes
+        no tidy table (returns the raw rows).
     seed : int
         Seeds torch before generation; recorded in the metadata.
     backend_factory : callable, optional
@@ -776,7 +863,7 @@ def run_generation(
             _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
                         token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
                         shard_seconds, progress, truncate, str(template_date), signals,
-                        shard_meta)
+                        shard_meta, detector, tasks)
     finally:
         lock.release()
     return collect_responses(out, detector=detector, models=labels, tasks=tasks)
@@ -794,7 +881,8 @@ def _identity_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 
 def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
                 token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
-                shard_seconds, progress, truncate, template_date, signals, shard_meta) -> None:
+                shard_seconds, progress, truncate, template_date, signals, shard_meta,
+                detector=None, tasks=None) -> None:
     run_file = out / "run.json"
     if run_file.exists():
         if not resume:  # another run created it between the first check and the lock
@@ -828,6 +916,12 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
         _write_json_atomic(run_file, meta)
     meta.setdefault("models", {})
     meta.setdefault("template_date", template_date)
+    # every model this run is to answer with (rows expected = prompts x these): lets a
+    # reader of the shards tell a partial run before a model has started
+    run_models = list(dict.fromkeys([*meta.get("planned_models", []), *meta["models"],
+                                     *(s.label for s in specs)]))
+    meta["planned_models"] = run_models
+    prompts_written = pd.read_parquet(out / "prompts.parquet")  # what collect joins
     folders = {}
     for spec in specs:
         entry = meta["models"].get(spec.label, {})
@@ -890,7 +984,9 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
             stats["identity"] = identity
             sessions.append(stats)
             _write_json_atomic(run_file, meta)
-            writer = _ShardWriter(folder, shard_rows, shard_seconds, session, signals)
+            labels = _ShardLabels(prompts_written, label, run_models, meta.get("levels", {}),
+                                  detector, tasks)
+            writer = _ShardWriter(folder, shard_rows, shard_seconds, session, signals, labels)
             _generate_model(backend, todo, writer, params, batch_size, token_budget,
                             max_batch_size, label, progress, truncate, session, stats)
             stats["status"] = "complete"
