@@ -40,6 +40,7 @@ __all__ = [
     "persona_vs_free",
     "personas",
     "rates",
+    "rates_by",
     "response_types",
     "w2",
 ]
@@ -223,6 +224,9 @@ def rates(data: pd.DataFrame, row: str = "model", col: str = "task", *,
         Grouping columns for the rows and columns of the heatmap.
     method : {"wilson", "clopper-pearson", "jeffreys"}
         Interval method when rates are computed here.
+    cluster : "auto", str or None
+        Clustering of the intervals when rates are computed here (passed to
+        :func:`refusalstats.refusal_rates`; ``"auto"``: ``item_id`` when it repeats).
     title : str, optional
         Figure title.
 
@@ -277,6 +281,9 @@ def persona_vs_free(data: pd.DataFrame, by: str = "model", facet: str | None = "
         One panel per level of this column (default ``task``); None pools.
     method : str
         Interval method when rates are computed here.
+    cluster : "auto", str or None
+        Clustering of the intervals when rates are computed here (passed to
+        :func:`refusalstats.refusal_rates`; ``"auto"``: ``item_id`` when it repeats).
     title : str, optional
         Figure title.
 
@@ -358,6 +365,9 @@ def personas(data: pd.DataFrame, facet: str | None = "task", *, method: str = "w
         One panel per level of this column (default ``task``); None pools.
     method : str
         Interval method when rates are computed here.
+    cluster : "auto", str or None
+        Clustering of the intervals when rates are computed here (passed to
+        :func:`refusalstats.refusal_rates`; ``"auto"``: ``item_id`` when it repeats).
     title : str, optional
         Figure title.
 
@@ -472,11 +482,17 @@ def rates_by(data: pd.DataFrame, column: str, *, method: str = "wilson",
         A response table, or a rate table with ``column``, ``rate``, ``ci_low``, ``ci_high``.
     column : str
         The design column (e.g. ``"prompt"``, XSTest's prompt type, or ``"persona_group"``).
-    method, cluster : str
-        Interval method and clustering when rates are computed here
-        (:func:`refusalstats.refusal_rates`).
+    method : str
+        Interval method when rates are computed here.
+    cluster : "auto", str or None
+        Clustering of the intervals when rates are computed here (passed to
+        :func:`refusalstats.refusal_rates`; ``"auto"``: ``item_id`` when it repeats).
     title : str, optional
         Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
 
     Examples
     --------
@@ -525,6 +541,9 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
         Keep only this task (column ``task``); default: all rows.
     method : str
         Interval method when rates are computed here.
+    cluster : "auto", str or None
+        Clustering of the intervals when rates are computed here (passed to
+        :func:`refusalstats.refusal_rates`; ``"auto"``: ``item_id`` when it repeats).
     title : str, optional
         Figure title.
 
@@ -585,6 +604,9 @@ def response_types(data: pd.DataFrame, row: str = "model", facet: str | None = "
         One panel per level (default ``task``).
     method : str
         Interval method when rates are computed here.
+    cluster : "auto", str or None
+        Clustering of the intervals when rates are computed here (passed to
+        :func:`refusalstats.refusal_rates`; ``"auto"``: ``item_id`` when it repeats).
     title : str, optional
         Figure title.
 
@@ -840,7 +862,7 @@ def _pretty_term(term: str) -> str:
     return " × ".join(_pretty_one(p) for p in parts)
 
 
-def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str = "log-odds",
+def coefficients(data, top_k: int = 10, *, sig_level: float = 0.01, scale: str = "log-odds",
                  title: str | None = None) -> Figure:
     """Forest plot of the ``top_k`` largest positive and negative coefficients (P1's Fig. 6).
 
@@ -849,7 +871,7 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str 
 
     Parameters
     ----------
-    table : LogitResults or DataFrame
+    data : LogitResults or DataFrame
         A fitted ``logit`` result (its ``coef_table()`` is used) or a coefficient table
         (``term``, ``estimate``, ``ci_low``, ``ci_high``, optional ``p_value``).
     top_k : int
@@ -882,7 +904,7 @@ def coefficients(table, top_k: int = 10, *, sig_level: float = 0.01, scale: str 
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if scale not in ("log-odds", "odds"):
         raise ValueError(f"scale must be 'log-odds' or 'odds', got {scale!r}")
-    tab = coef_frame(table)
+    tab = coef_frame(data)
     tab = tab[~tab["term"].str.lower().isin(["intercept", "(intercept)"])]
     tab = tab[np.isfinite(tab["estimate"])]
     pos = tab[tab["estimate"] > 0].nlargest(top_k, "estimate")
