@@ -68,7 +68,7 @@ class Report:
 # public entry point
 # ----------------------------------------------------------------------------------------
 def report(
-    data: pd.DataFrame | str | Path,
+    data: pd.DataFrame | str | Path | list,
     out: str | Path = "report/",
     formula: str | None = None,
     inputs: list[str] | None = None,
@@ -96,8 +96,14 @@ def report(
 
     Parameters
     ----------
-    data : DataFrame or path
-        A response table, or a file readable by :func:`refusalstats.read_responses`.
+    data : DataFrame, path, glob or list of paths
+        A response table; a Parquet file, a folder of Parquet shards, a glob or a list of
+        them, which is streamed: one :func:`~refusalstats.collapse` by the design columns
+        gives the levels and totals, every rate table is ``refusal_rates(path, by=...)``,
+        W2 and the regression read counts, so no analysis holds the rows (the tables
+        equal those of the DataFrame; sampled answers come from the first 20,000 rows,
+        and an analysis that cannot stream says so on the page); or a CSV/TSV/JSONL file,
+        read whole by :func:`refusalstats.read_responses`.
     out : str or Path
         Output folder (created).
     formula : str, optional
