@@ -7,7 +7,7 @@ point :func:`hierarchical`), :mod:`.laplace` (the nested Laplace approximation),
 :mod:`refusalstats.plot`.
 """
 
-from .model import AUTO_CENTER_INFO, AUTO_CENTER_RATIO, HierarchicalModel, hierarchical
+from .model import AUTO_CENTER_INFO, AUTO_CENTER_RATIO, HierarchicalModel, fit_options, hierarchical
 from .priors import DEFAULT_PRIORS
 from .results import ConvergenceWarning, HierarchicalResult
 
@@ -18,5 +18,6 @@ __all__ = [
     "ConvergenceWarning",
     "HierarchicalModel",
     "HierarchicalResult",
+    "fit_options",
     "hierarchical",
 ]

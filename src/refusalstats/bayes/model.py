@@ -49,7 +49,7 @@ from .laplace import _Laplace
 from .priors import _fixed_rv, _resolve_priors, _sd_rv
 from .results import ConvergenceWarning, HierarchicalResult
 
-__all__ = ["AUTO_CENTER_INFO", "AUTO_CENTER_RATIO", "HierarchicalModel", "hierarchical"]
+__all__ = ["AUTO_CENTER_INFO", "AUTO_CENTER_RATIO", "HierarchicalModel", "fit_options", "hierarchical"]
 
 
 #: parametrization="auto": a group level is sampled centred when the data pin its effect
