@@ -27,6 +27,12 @@ process is printed as well).
 The naive comparison is run for A, B and C (row resampling); A2 is timed against A.
 
 Run: ``nice .venv/bin/python benchmarks/bench_w2.py`` (about 2-4 minutes on 2 cores).
+
+``--parquet [K ...]`` (default 1 10) measures instead the peak RSS and wall time of
+``w2_sensitivity`` on a folder of K Parquet shards of ``simulate_paper(scale=1.0,
+seed=i)`` (2.03 M rows each; clustered by item, 200 bootstrap replicates, 100 and 0
+permutations), streamed from the folder and read into a DataFrame first, each in a fresh
+process (docs/methods_w2.md, "Parquet sources").
 """
 
 from __future__ import annotations
@@ -216,8 +222,66 @@ def main() -> None:
     print(tables["A2"].drop(columns="note").round(4).to_string(index=False))
 
 
+def parquet_child(folder: str, mode: str, n_perm: int) -> None:
+    """One streamed (or read-then-analysed) call in this fresh process: JSON on stdout."""
+    import resource
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import refusalstats as rs
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    data = pd.read_parquet(folder) if mode == "DataFrame" else folder
+    res = rs.w2_sensitivity(data, inputs=["model", "task", "persona", "prompt"], n_boot=200,
+                            n_perm=n_perm, seed=0, progress=False, cluster="item_id")
+    print(json.dumps({"seconds": time.perf_counter() - t0, "rows": res.n,
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "import_mb": base}))
+
+
+def parquet_write(folder: str, k: int) -> None:
+    """Write the K shards (in a child: a child process's peak RSS starts from its parent's)."""
+    from refusalstats.simulate import simulate_paper
+
+    for i in range(k):
+        df = simulate_paper(scale=1.0, seed=i)
+        df.attrs = {}
+        df.to_parquet(Path(folder) / f"part-{i:02d}.parquet")
+
+
+def parquet_main(shards: list[int]) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for k in shards:
+            folder = Path(tmpdir) / f"k{k}"
+            folder.mkdir()
+            subprocess.run([sys.executable, __file__, "--parquet-write", str(folder), str(k)],
+                           check=True)
+            for mode, n_perm in [("DataFrame", 100), ("streamed", 100), ("streamed", 0)]:
+                out = subprocess.run([sys.executable, __file__, "--parquet-child", str(folder),
+                                      mode, str(n_perm)], capture_output=True, text=True,
+                                     check=True)
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"rows": f"{got['rows']:,} ({k} shards)", "source": mode,
+                             "permutations": n_perm, "peak RSS (MB)": f"{got['peak_mb']:,.0f}",
+                             "of which imports (MB)": f"{got['import_mb']:,.0f}",
+                             "wall (s)": f"{got['seconds']:.1f}"})
+                print(rows[-1], flush=True)
+    print()
+    print(f"w2_sensitivity on Parquet shards; {platform.machine()}, {os.cpu_count()} cores, "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(pd.DataFrame(rows).to_markdown(index=False))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--parquet-child":
+        parquet_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--parquet-write":
+        parquet_write(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--parquet":
+        parquet_main([int(a) for a in sys.argv[2:]] or [1, 10])
     else:
         main()
