@@ -363,3 +363,26 @@ def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simul
     small = simulated[simulated["item_id"].isin(simulated["item_id"].unique()[:40])]
     few = _shards(small, tmp_path / "few")
     assert S.default_hier_formula(design, "item_id", few)[0].endswith("+ (1|item_id)")
+
+
+def test_report_of_a_stream_gives_the_hierarchical_model_the_path(simulated, tmp_path,
+                                                                   monkeypatch):
+    """No rows for the hierarchical model either: it gets the path (it streams); a model
+    that cannot stream is skipped with the reason on the page."""
+    import refusalstats.bayes as B
+
+    folder = _shards(simulated, tmp_path / "shards")
+    seen = []
+
+    def fake(formula, data, **kw):
+        seen.append((formula, data))
+        raise TypeError("data must be a pandas DataFrame")
+
+    monkeypatch.setattr(B, "hierarchical", fake)
+    rep = rs.report(folder, out=tmp_path / "out", seed=0, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+    assert [d for _, d in seen] == [folder]
+    assert "(1|item_id)" not in seen[0][0]  # 20,320 patterns: the item term is left out
+    why = rep.skipped["hierarchical"]
+    assert "needs the rows" in why and "data must be a pandas DataFrame" in why
+    assert "Skipped:</b> " + why.replace("'", "&#x27;")[:30] in rep.path.read_text("utf-8")
