@@ -179,6 +179,23 @@ def test_sensitivity_command_clusters_by_default(table, tmp_path, capsys):
     np.testing.assert_allclose(clustered["ci_low"], direct.table["ci_low"])
 
 
+def test_sensitivity_command_streams_a_folder_of_shards(table, tmp_path, capsys):
+    df = rs.read_responses(table)
+    folder = tmp_path / "w2"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        df.iloc[part].to_parquet(folder / f"part-{i}.parquet")
+    out = tmp_path / "w2.csv"
+    rc, _, err = _run(["sensitivity", str(folder), "--inputs", "task,persona", "--boot", "40",
+                       "--perm", "40", "--no-progress", "--csv", str(out)], capsys)
+    assert rc == 0, err
+    direct = rs.w2_sensitivity(df, inputs=["task", "persona"], n_boot=40, n_perm=40, seed=0,
+                               progress=False, cluster="item_id")
+    got = pd.read_csv(out)
+    for col in ("iota", "ci_low", "ci_high", "p_value"):
+        np.testing.assert_allclose(got[col], direct.table[col], rtol=1e-12)
+
+
 def test_nan_only_matters_in_columns_the_command_uses(tmp_path, capsys):
     df = rs.simulate_items(n_items=30, k=4, seed=2)
     df["model"] = "m"

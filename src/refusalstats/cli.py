@@ -378,9 +378,9 @@ def _cmd_report(args) -> int:
     hier: bool | str = False if args.no_hierarchical else (args.hierarchical_formula or True)
     inputs = [c.strip() for c in args.inputs.split(",") if c.strip()] if args.inputs else None
     t0 = time.perf_counter()
-    table = _read_table(args.table, sep=args.sep)
     if Path(args.out).resolve() == Path(args.table).resolve():
         raise CLIError(f"-o {args.out} is the input table; the report needs a folder of its own")
+    table = _table_or_dataset(args.table, sep=args.sep)
     rep = report(table, source=args.table, cluster=_cluster_arg(args), out=args.out,
                  formula=args.formula, inputs=inputs, hierarchical=hier, seed=args.seed,
                  title=args.title, options={"w2": {"n_boot": args.n_boot, "n_perm": args.n_perm}},
@@ -689,10 +689,9 @@ def _add_sensitivity(sub, opt: _Options) -> None:
 
 def _cmd_sensitivity(args) -> int:
     from .sensitivity import w2_sensitivity
-    from .table import read_responses
 
     _check_outputs([args.table], [("--csv", args.csv), ("--plot", args.plot)])
-    df = read_responses(args.table, validate_table=False, sep=args.sep)
+    df = _table_or_dataset(args.table, sep=args.sep)
     inputs = [c.strip() for c in args.inputs.split(",") if c.strip()]
     outs = [c.strip() for c in args.output.split(",") if c.strip()]
     parts: dict[str, int | str] = {}
