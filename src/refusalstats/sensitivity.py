@@ -1035,7 +1035,7 @@ def w2_sensitivity(
         The output column. 0/1, bool or numeric with at most 256 distinct values: a 1-d
         discrete output, analysed as a partition x value contingency table. Numeric with more
         values: continuous (sorted rows, numba kernels). Non-numeric (labels): nominal, i.e.
-        one-hot with squared Euclidean cost (W2^2 = sum_k |p_k - q_k|). Several numeric
+        one-hot with squared Euclidean cost (W2^2 = sum_k ``|p_k - q_k|``). Several numeric
         columns: multivariate, exact OT with ``ot.emd2`` on the distinct rows (at most 2,000).
     inputs : list of str
         Input columns. Categorical/string/bool columns and integer columns with few values
