@@ -192,6 +192,7 @@ def main() -> int:
     ap.add_argument("--parametrization", choices=["auto", "legacy", "centered", "noncentered"],
                     default="auto")
     ap.add_argument("--target-accept", type=float, default=0.9)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare-old", metavar="REV", help="also fit the bayes code of this git revision")
     ap.add_argument("--repeat", type=int, default=1, help="with --compare-old: old/new pairs")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -220,10 +221,11 @@ def main() -> int:
         for _ in range(args.repeat):
             for label, mod in ((f"before ({args.compare_old})", old), ("now", None)):
                 l0 = os.getloadavg()[0]
-                res, _fit = _fit_ours(df, args.draws, args.tune, args.chains, formula=formula,
+                res, _fit = _fit_ours(df, args.draws, args.tune, args.chains, seed=args.seed, formula=formula,
                                       parametrization=args.parametrization, method=args.method,
                                       module=mod, target_accept=args.target_accept)
-                rows.append(f"| {label} | {args.chains} x ({args.tune} + {args.draws}) | {res['wall_s']:.1f} | "
+                rows.append(f"| {label}, seed {args.seed} | {args.chains} x ({args.tune} + {args.draws}) | "
+                            f"{res['wall_s']:.1f} | "
                             f"{res['cpu_s']:.1f} | {res['build_s']:.1f} / {res['compile_s']:.1f} / "
                             f"{res['sample_s']:.1f} | {res['max_rhat']:.4f} | {res['min_ess_bulk']:.0f} | "
                             f"{res['min_ess_tail']:.0f} | {res['divergences']} | {l0:.2f} -> "
@@ -232,7 +234,7 @@ def main() -> int:
         print("\n" + "\n".join(rows))
         print(f"\nuptime after: {_uptime()}")
         return 0
-    ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains, formula=formula,
+    ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains, seed=args.seed, formula=formula,
                            parametrization=args.parametrization, method=args.method,
                            target_accept=args.target_accept)
     print(f"refusalstats full: {json.dumps({k: round(v, 4) for k, v in ours.items()})}", flush=True)
