@@ -463,7 +463,7 @@ class HierarchicalModel:
     def fit(
         self,
         draws: int = 1000,
-        tune: int = 500,
+        tune: int = 1000,
         chains: int = 4,
         sampler: str = "nutpie",
         seed: int | np.random.Generator | None = 0,
@@ -481,10 +481,10 @@ class HierarchicalModel:
         Parameters
         ----------
         draws, tune, chains : int
-            Posterior draws and warm-up iterations per chain, number of chains. The
-            default warm-up (500; nutpie's own default is 300) met R-hat <= 1.01, bulk and
-            tail ESS >= 400 and no divergences on P1's design at scales 0.1 and 1 with 300
-            (benchmarks/README.md); raise it if the ConvergenceWarning appears.
+            Posterior draws and warm-up iterations per chain, number of chains. Without
+            ``(1|item_id)``, P1's design met R-hat <= 1.01, bulk and tail ESS >= 400 with
+            only 300 warm-up iterations; with it, 500 fell short on ``sd(persona:model)``
+            (benchmarks/README.md), so the default stays 1000.
         sampler : {"nutpie", "pymc"}
             nutpie (default; falls back to PyMC when not installed) or PyMC's NUTS.
         seed : int, None or numpy.random.Generator
