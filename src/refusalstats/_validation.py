@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["AUTO_CLUSTER_COLUMN", "ClusterNote", "check_conf", "check_random_state",
-           "int_seed", "resolve_cluster"]
+           "cluster_from_block", "int_seed", "resolve_cluster"]
 
 #: The column ``cluster="auto"`` looks for.
 AUTO_CLUSTER_COLUMN = "item_id"
@@ -98,6 +98,31 @@ def resolve_cluster(
                    f"{list(map(str, data.columns))}. Pass cluster=None for independent rows.")
             raise SchemaError([msg])
     return cluster
+
+
+def cluster_from_block(where: str, cluster, block, default):
+    """``cluster`` after the deprecated ``block=`` spelling (a FutureWarning when it is used).
+
+    Parameters
+    ----------
+    where : str
+        The function's name, for the messages.
+    cluster, block
+        What the caller passed for each.
+    default
+        ``cluster``'s default: ``block`` may only come with ``cluster`` left at it.
+
+    Returns
+    -------
+    The cluster column(s) to use.
+    """
+    if block is None:
+        return cluster
+    warnings.warn(f"{where}(block=...) is deprecated: pass cluster=... (the same columns); "
+                  "block= goes in the next release", FutureWarning, stacklevel=3)
+    if not (isinstance(cluster, str) and cluster == default):
+        raise ValueError("pass cluster= or the deprecated block=, not both")
+    return block
 
 
 def check_conf(conf, name: str = "conf") -> float:

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from ._summary import Summary
-from ._validation import check_random_state
+from ._validation import check_random_state, cluster_from_block
 from .multiplicity import adjust_pvalues
 from .rates import _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
@@ -144,16 +144,7 @@ def cochran_q(
     if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise ValueError(f"n_perm must be a positive integer, got {n_perm!r}")
     rng = check_random_state(seed)
-    if block is not None:
-        warnings.warn(
-            "cochran_q(block=...) is deprecated: pass cluster=... (the same columns); "
-            "block= goes in the next release",
-            FutureWarning,
-            stacklevel=2,
-        )
-        if not (isinstance(cluster, str) and cluster == "item_id"):
-            raise ValueError("pass cluster= or the deprecated block=, not both")
-        cluster = block
+    cluster = cluster_from_block("cochran_q", cluster, block, "item_id")
     if cluster is None:
         raise ValueError("cochran_q needs the block column(s) in cluster= (e.g. 'item_id')")
     blocks = _columns(cluster, "cluster")

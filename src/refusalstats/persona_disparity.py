@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ._validation import check_conf, check_random_state
+from ._validation import check_conf, check_random_state, cluster_from_block
 from .rates import _auto_off, _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
 __all__ = ["disparity"]
@@ -249,16 +249,7 @@ def disparity(
     [2.0]
     """
     by = _columns(by, "by")
-    if block is not None:
-        warnings.warn(
-            "disparity(block=...) is deprecated: pass cluster=... (the same columns); "
-            "block= goes in the next release",
-            FutureWarning,
-            stacklevel=2,
-        )
-        if not (isinstance(cluster, str) and cluster == "auto"):
-            raise ValueError("pass cluster= or the deprecated block=, not both")
-        cluster = block
+    cluster = cluster_from_block("disparity", cluster, block, "auto")
     if not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
