@@ -302,3 +302,31 @@ def test_shared_options_are_defined_once():
                 helps.setdefault(o, set()).add((opts[o].help, opts[o].default, opts[o].type))
     assert {o: len(h) for o, h in helps.items()} == dict.fromkeys(helps, 1)
     assert set(helps) == {"--seed", "--conf", "--cluster", "--sep", "--debug", "--format"}
+
+
+def test_bayes_command_streams_a_folder_and_takes_the_fit_defaults(table, tmp_path, capsys):
+    import inspect
+
+    from refusalstats.bayes import HierarchicalModel
+    from refusalstats.cli import build_parser
+
+    fit_sig = inspect.signature(HierarchicalModel.fit).parameters
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices
+               and "bayes" in a.choices)
+    opts = {a.dest: a for a in sub.choices["bayes"]._actions}
+    for name in ("draws", "tune", "chains", "sampler", "method", "target_accept"):
+        assert opts[name].default == fit_sig[name].default, name
+    assert "laplace" in opts["method"].choices
+
+    df = rs.read_responses(table)
+    folder = tmp_path / "b"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 2)):
+        df.iloc[part].to_parquet(folder / f"part-{i}.parquet")
+    formula = "refusal ~ task + (1|persona)"
+    rc, _text, err = _run(["bayes", formula, str(folder), "--method", "laplace",
+                          "--effects", "persona", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    want = rs.hierarchical(formula, df, method="laplace", seed=0, progress=False)
+    got = pd.read_csv(tmp_path / "o" / "effects.csv")
+    np.testing.assert_allclose(got["effect"], want.effects("persona")["effect"], rtol=1e-10)

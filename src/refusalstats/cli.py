@@ -795,7 +795,7 @@ def _cmd_fit(args) -> int:
 def _add_bayes(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "bayes",
-        parents=opt("seed"),
+        parents=opt("seed", "sep"),
         help="fit a Bayesian hierarchical model with lme4-style random intercepts (PyMC, nutpie)",
         description=(
             "Fit refusal ~ fixed part + (1|group) random intercepts on collapsed binomial counts "
@@ -807,15 +807,20 @@ def _add_bayes(sub, opt: _Options) -> None:
     p.add_argument("formula", help='e.g. "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"')
     p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
     p.add_argument("--reference", help="reference levels of fixed factors, e.g. task=nli,prompt=p1")
-    p.add_argument("--draws", type=_positive_int, default=1000,
-                   help="posterior draws per chain (default 1000)")
-    p.add_argument("--tune", type=_positive_int, default=1000,
-                   help="warm-up iterations per chain (default 1000)")
-    p.add_argument("--chains", type=_positive_int, default=4)
-    p.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie")
-    p.add_argument("--method", choices=["nuts", "advi"], default="nuts",
-                   help="advi: fast APPROXIMATE variational fit (no R-hat, intervals too narrow)")
-    p.add_argument("--target-accept", type=float, default=0.9)
+    fit = _fit_defaults()
+    p.add_argument("--draws", type=_positive_int, default=fit["draws"],
+                   help=f"posterior draws per chain (default {fit['draws']})")
+    p.add_argument("--tune", type=_positive_int, default=fit["tune"],
+                   help=f"warm-up iterations per chain (default {fit['tune']})")
+    p.add_argument("--chains", type=_positive_int, default=fit["chains"],
+                   help=f"chains (default {fit['chains']})")
+    p.add_argument("--sampler", choices=["nutpie", "pymc"], default=fit["sampler"])
+    p.add_argument("--method", choices=["nuts", "laplace", "advi"], default=fit["method"],
+                   help="laplace: nested Laplace approximation (labelled approximate; fast with "
+                        "(1|item_id)); advi: fast APPROXIMATE variational fit (no R-hat, "
+                        "intervals too narrow)")
+    p.add_argument("--target-accept", type=float, default=fit["target_accept"],
+                   help=f"NUTS target acceptance (default {fit['target_accept']})")
     p.add_argument("--parametrization", choices=["auto", "centered", "noncentered"], default="auto")
     p.add_argument("--effects", help="print per-level effects of this grouping variable (e.g. persona)")
     p.add_argument("--within", help="... within each level of this one (e.g. model)")
@@ -823,11 +828,21 @@ def _add_bayes(sub, opt: _Options) -> None:
     p.set_defaults(func=_cmd_bayes)
 
 
+def _fit_defaults() -> dict:
+    """The sampler defaults, read from their one home (HierarchicalModel.fit's signature)."""
+    import inspect
+
+    from .bayes import HierarchicalModel
+
+    return {n: q.default for n, q in inspect.signature(HierarchicalModel.fit).parameters.items()
+            if q.default is not inspect.Parameter.empty}
+
+
 def _cmd_bayes(args) -> int:
     from .bayes import hierarchical
     from .formula import FormulaError
 
-    df = _read_table(args.table)
+    df = _table_or_dataset(args.table, sep=args.sep)
     try:
         fit = hierarchical(args.formula, df, reference=_parse_mapping(args.reference) or None,
                            draws=args.draws, tune=args.tune, chains=args.chains, sampler=args.sampler,
