@@ -743,3 +743,32 @@ def test_profile_conf_int_at_another_level_refits():
     f90 = logit("k ~ persona + model + prompt", cells, reference=REF, trials="n", ci="profile", conf=0.9)
     np.testing.assert_allclose(f95.conf_int(conf=0.9), f90.conf_int(), rtol=1e-10)
     assert "profile" in f95.conf_int(conf=0.9).attrs["interval"]
+
+
+def test_main_effects_design_is_formulaics_design():
+    """The design of ``a + b + ...`` (text factors) built from the codes equals formulaic's:
+    columns, names, terms; other formulas are left to formulaic; predictions on new data
+    use formulaic's spec, made when first needed."""
+    from refusalstats.formula import fixed_design, main_effects_design
+
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({
+        "persona": pd.Categorical(rng.choice(["Man", "Atheist", "Woman"], 40), categories=["Woman", "Man", "Atheist"]),
+        "model": pd.Categorical(rng.choice(["m b", "m-a", "m[c]", "m.d"], 40)),
+        "x": rng.normal(size=40), "k": pd.Categorical(rng.integers(0, 3, 40)),
+    })
+    for rhs in ("persona + model", "model + persona", "persona"):
+        X, names, spec, cols, facs = main_effects_design(rhs, df)
+        X0, names0, spec0 = fixed_design(rhs, df)
+        assert names == names0
+        np.testing.assert_array_equal(X, X0)
+        assert cols == {str(t): list(i) for t, i in spec0.term_indices.items()}
+        assert facs == {str(t): [str(f) for f in t.factors if str(f) != "1"] for t in spec0.term_indices}
+        np.testing.assert_array_equal(spec.get_model_matrix(df.iloc[:5]), spec0.get_model_matrix(df.iloc[:5]))
+    for rhs in ("persona * model", "persona + x", "persona + k", "0 + persona", "persona + C(model)"):
+        assert main_effects_design(rhs, df) is None
+    df["refusal"] = (rng.random(40) < 0.4).astype(int)
+    f = logit("refusal ~ persona + model", df, cluster=None)
+    assert list(f.params.index) == fixed_design("persona + model", df)[1]
+    p = f.predict(df.iloc[:6])
+    np.testing.assert_allclose(p, f.predict()[:6], rtol=1e-12)

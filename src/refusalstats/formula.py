@@ -271,20 +271,33 @@ def prepare_factors(
     return out
 
 
-@dataclass
 class Collapsed:
     """Unique covariate patterns with binomial counts.
 
     ``patterns`` holds one row per unique combination of ``columns`` with columns
-    ``successes`` (refusals) and ``trials`` (n); ``inverse[i]`` is the pattern of row i;
+    ``successes`` (refusals) and ``trials`` (n); ``inverse[i]`` is the pattern of row i
+    (computed on first use: a fit without clusters never needs it);
     ``codes[j]`` the integer code (categorical code, or ``pandas.factorize`` number) of
     each pattern's value of ``columns[j]``.
     """
 
-    patterns: pd.DataFrame
-    inverse: np.ndarray
-    columns: list[str]
-    codes: list[np.ndarray] | None = None  # per column, the code of each pattern's value
+    def __init__(self, patterns: pd.DataFrame, inverse, columns: list[str],
+                 codes: list[np.ndarray] | None = None):
+        self.patterns = patterns
+        self._inverse = inverse  # an array, or a function that computes it
+        self.columns = columns
+        self.codes = codes  # per column, the code of each pattern's value
+
+    @property
+    def inverse(self) -> np.ndarray:
+        if callable(self._inverse):
+            self._inverse = self._inverse()
+        return self._inverse
+
+    @property
+    def lazy_inverse(self):
+        """``inverse``, or the function that computes it when it was not needed yet."""
+        return self._inverse
 
     @property
     def n_rows(self) -> int:
@@ -296,7 +309,7 @@ def _codes(s: pd.Series) -> tuple[np.ndarray, int, object]:
     giving the column's values (same dtype) for an array of codes."""
     if isinstance(s.dtype, pd.CategoricalDtype):
         dtype = pd.CategoricalDtype(s.dtype.categories)  # unordered, as the design uses it
-        return (np.asarray(s.cat.codes), len(dtype.categories),
+        return (np.asarray(s.array.codes), len(dtype.categories),
                 lambda k: pd.Categorical.from_codes(k, dtype=dtype))
     codes, uniques = pd.factorize(s, sort=False)
     return codes, len(uniques), lambda k: uniques.take(k)
@@ -395,7 +408,16 @@ def collapse(
         present = None
     else:
         key = _ravel(codes, sizes)
-        if dense:  # the usual all-categorical case: counting instead of sorting
+        binary = (t is None and y.dtype.kind in "biu" and 2.0 * n_keys < 2**31
+                  and (y.dtype.kind == "b" or (y.min(initial=0) >= 0 and y.max(initial=0) <= 1)))
+        if dense and binary:
+            # 0/1 rows: one count of (key, response) gives rows and refusals per key
+            key *= 2
+            key += y
+            both = np.bincount(key, minlength=2 * int(n_keys))
+            counts, succ_keys = both[0::2] + both[1::2], both[1::2]
+            present = np.flatnonzero(counts)
+        elif dense:  # the usual all-categorical case: counting instead of sorting
             counts = np.bincount(key, minlength=int(n_keys))
             present = np.flatnonzero(counts)
         else:
@@ -421,25 +443,40 @@ def collapse(
         at = present if order is None else present[order]
         slot = np.full(int(n_keys), -1, dtype=np.int32 if k < 2**31 else np.intp)
         slot[at] = np.arange(k)
-        inverse = slot[key]
         n_pat = counts[at].astype(float)
-        if t is None and y.dtype.kind in "biu" and (y.dtype.kind == "b" or (y.min() >= 0 and y.max() <= 1)):
-            # 0/1 rows: count the refusing rows' keys (no float weights over every row)
-            s_pat = np.bincount(key[y != 0], minlength=int(n_keys))[at].astype(float)
+        if binary:  # key holds 2 key + response: the row -> pattern map only when asked for
+            s_pat = succ_keys[at].astype(float)
+            inverse = _LazyInverse(np.repeat(slot, 2), key)
+        else:
+            inverse = slot[key]
     else:
         if order is not None:
             rank = np.empty(k, dtype=np.intp)
             rank[order] = np.arange(k)
             inverse = rank[inverse.ravel()]
         n_pat = None
-    inverse = inverse.ravel()
-    patterns["successes"] = (s_pat if s_pat is not None
-                             else np.bincount(inverse, weights=y, minlength=k).astype(float))
-    if t is None:
-        patterns["trials"] = n_pat if n_pat is not None else np.bincount(inverse, minlength=k).astype(float)
+    if not callable(inverse):
+        inverse = inverse.ravel()
+        patterns["successes"] = (s_pat if s_pat is not None
+                                 else np.bincount(inverse, weights=y, minlength=k).astype(float))
+        if t is None:
+            patterns["trials"] = n_pat if n_pat is not None else np.bincount(inverse, minlength=k).astype(float)
+        else:
+            patterns["trials"] = np.bincount(inverse, weights=t, minlength=k)
     else:
-        patterns["trials"] = np.bincount(inverse, weights=t, minlength=k)
+        patterns["successes"] = s_pat
+        patterns["trials"] = n_pat
     return Collapsed(patterns, inverse, columns, [np.asarray(pc) for pc in pattern_codes])
+
+
+class _LazyInverse:
+    """The pattern of each row, ``slot[key]``, computed when called."""
+
+    def __init__(self, slot: np.ndarray, key: np.ndarray):
+        self.slot, self.key = slot, key
+
+    def __call__(self) -> np.ndarray:
+        return self.slot[self.key]
 
 
 def _ravel(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
@@ -469,6 +506,62 @@ def fixed_design(fixed: str, data: pd.DataFrame):
         raise FormulaError(f"cannot build the design for '{fixed}': {exc}") from exc
     X = np.asarray(mm, dtype=float)
     return X, list(mm.columns), mm.model_spec
+
+
+class _LazySpec:
+    """The formulaic ModelSpec of a design built without formulaic, made on first use (to
+    evaluate the formula on new data)."""
+
+    def __init__(self, fixed: str, data: pd.DataFrame):
+        self._fixed, self._data, self._spec = fixed, data, None
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._spec is None:
+            self._spec = fixed_design(self._fixed, self._data)[2]
+            self._data = None
+        return getattr(self._spec, name)
+
+
+def main_effects_design(fixed: str, data: pd.DataFrame):
+    """:func:`fixed_design` of ``a + b + ...`` (main effects of categorical columns with
+    text levels, the usual model here) built directly from the category codes, as
+    formulaic builds it (intercept, then each factor's levels but the first, in formula
+    order, named ``a[T.level]``), without formulaic's per-call cost.
+
+    Returns ``(X, names, spec, term_columns, term_factors)``, ``spec`` made by formulaic
+    when first used; or None for any other formula (then use :func:`fixed_design`).
+    """
+    terms = [t.strip() for t in fixed.split("+")]
+    if not terms or any(not t.isidentifier() for t in terms) or len(set(terms)) != len(terms):
+        return None
+    K = len(data)
+    cols = []
+    for t in terms:
+        if t not in data.columns or not isinstance(data[t].dtype, pd.CategoricalDtype):
+            return None
+        cats = data[t].cat.categories
+        codes = np.asarray(data[t].array.codes)
+        if len(cats) < 2 or not all(isinstance(c, str) for c in cats) or (codes < 0).any():
+            return None
+        cols.append((t, cats, codes))
+    p = 1 + sum(len(c) - 1 for _, c, _ in cols)
+    X = np.zeros((K, p))
+    X[:, 0] = 1.0
+    names = ["Intercept"]
+    term_columns: dict[str, list[int]] = {"1": [0]}
+    term_factors: dict[str, list[str]] = {"1": []}
+    j = 1
+    rows = np.arange(K)
+    for t, cats, codes in cols:
+        on = codes > 0
+        X[rows[on], j + codes[on] - 1] = 1.0
+        names.extend(f"{t}[T.{c}]" for c in cats[1:])
+        term_columns[t] = list(range(j, j + len(cats) - 1))
+        term_factors[t] = [t]
+        j += len(cats) - 1
+    return X, names, _LazySpec(fixed, data), term_columns, term_factors
 
 
 def new_design(spec, data: pd.DataFrame) -> np.ndarray:

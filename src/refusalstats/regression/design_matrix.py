@@ -20,6 +20,7 @@ from ..formula import (
     check_columns,
     collapse,
     fixed_design,
+    main_effects_design,
     parse_formula,
     prepare_factors,
 )
@@ -57,10 +58,17 @@ class _Design:
     ll_const: float
     start: _Start | None
     cluster: _Cluster | None = None
-    inverse: np.ndarray | None = None
+    inverse: object = None  # pattern of each input row: an array, or a function computing it
     row_pair: np.ndarray | None = None     # (cluster, pattern) pair of each input row (plain 0/1 rows)
     term_columns: dict[str, list[int]] = field(default_factory=dict)
     term_factors: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _row_patterns(d: _Design) -> np.ndarray | None:
+    """``d.inverse`` (the pattern of each input row), computed now if it was deferred."""
+    if callable(d.inverse):
+        d.inverse = d.inverse()
+    return d.inverse
 
 
 def _check_response(y: pd.Series, name: str, trials: pd.Series | None) -> None:
@@ -193,12 +201,12 @@ def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values
     n = patterns["trials"].to_numpy(dtype=float)
     keep = n > 0
     if not keep.all():  # patterns whose rows all have weight 0
+        inverse = inverse() if callable(inverse) else inverse
         patterns = patterns[keep].reset_index(drop=True)
         remap = np.cumsum(keep) - 1
         inverse = np.where(keep[inverse], remap[inverse], -1)
         s, n = s[keep], n[keep]
     # R's glm.fit start (mustart = (m y + 0.5)/(m + 1) per input row), summed to patterns
-    ok = inverse >= 0
     K = len(patterns)
     succ_rows = yv if w is None else yv * w
     if trials is None and w is None:  # plain 0/1 rows: mustart is 3/4 or 1/4, in closed form
@@ -207,6 +215,8 @@ def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values
         start_wz = 0.1875 * z1 * (2.0 * s - n)
         dev0 = -2.0 * len(yv) * np.log(0.75)
     else:
+        inverse = inverse() if callable(inverse) else inverse
+        ok = inverse >= 0
         m = prior
         ybar = np.where(prior > 0, yv / np.maximum(tv, 1e-300), 0.0)
         mu0 = (m * ybar + 0.5) / (m + 1.0)
@@ -219,7 +229,16 @@ def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values
         dev0 = 2.0 * (dev_sat - float(np.sum(succ_rows * np.log(mu0) + fail_rows * np.log1p(-mu0))))
     start = _Start(start_w, start_wz, dev0)
 
-    X, names, spec = fixed_design(parsed.fixed, patterns[variables] if variables else patterns)
+    direct = main_effects_design(parsed.fixed, patterns[variables]) if variables else None
+    if direct is not None:  # main effects of text factors: no formulaic call
+        X, names, spec, term_columns, term_factors = direct
+    else:
+        X, names, spec = fixed_design(parsed.fixed, patterns[variables] if variables else patterns)
+        term_columns, term_factors = {}, {}
+        for term, idx in spec.term_indices.items():
+            key = str(term)
+            term_columns[key] = list(idx)
+            term_factors[key] = [str(f) for f in term.factors if str(f) != "1"]
     if X.shape[0] != K:
         raise FormulaError(f"the design of {formula!r} lost rows ({X.shape[0]} of {K})")
     factors = {v: list(patterns[v].cat.categories) for v in variables
@@ -244,15 +263,11 @@ def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values
             "level combination with no rows in an interaction, or collinear covariates). "
             "Remove or recode those terms"
         )
-    term_columns: dict[str, list[int]] = {}
-    term_factors: dict[str, list[str]] = {}
-    for term, idx in spec.term_indices.items():
-        key = str(term)
-        term_columns[key] = list(idx)
-        term_factors[key] = [str(f) for f in term.factors if str(f) != "1"]
     cl = None
     row_pair = None
     if cluster is not None:
+        inverse = inverse() if callable(inverse) else inverse
+        ok = inverse >= 0
         codes, uniq = pd.factorize(cluster_values, sort=True)
         codes = codes.astype(np.int64)
         sel = ok if prior is None else ok & (prior > 0)  # prior None: one trial per row
@@ -334,4 +349,4 @@ def _fast_finish(formula, parsed, data, variables, resp, cluster, col, arr):
     patterns) and ordered them as the collapse of the prepared rows orders them."""
     return _finish(formula, parsed, variables, resp, None, None, cluster,
                    data[cluster] if cluster is not None else None, arr, None, None, len(arr), 0.0, 0.0,
-                   col.patterns, col.inverse)
+                   col.patterns, col.lazy_inverse)

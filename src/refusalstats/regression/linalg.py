@@ -93,8 +93,17 @@ class _Ell:
     def __init__(self, idx: np.ndarray, val: np.ndarray, p: int):
         self.idx, self.val, self.p = idx, val, p
         r = idx.shape[1]
-        self._pairs = (idx[:, :, None] * (p + 1) + idx[:, None, :]).reshape(len(idx), r * r)
-        self._vv = (val[:, :, None] * val[:, None, :]).reshape(len(idx), r * r)
+        # X'WX is symmetric: its upper triangle (r (r + 1) / 2 products per row, not r^2)
+        a, b = np.triu_indices(r)
+        lo, hi = np.minimum(idx[:, a], idx[:, b]), np.maximum(idx[:, a], idx[:, b])
+        self._upairs = (lo * (p + 1) + hi).ravel()
+        self._uvv = val[:, a] * val[:, b]
+
+    @property
+    def _pairs(self) -> np.ndarray:
+        """Flat (column, column) index of every product of two nonzeros of a row (K x r^2)."""
+        idx, r = self.idx, self.idx.shape[1]
+        return (idx[:, :, None] * (self.p + 1) + idx[:, None, :]).reshape(len(idx), r * r)
 
     @classmethod
     def from_dense(cls, X: np.ndarray) -> _Ell:
@@ -126,10 +135,12 @@ class _Ell:
                            minlength=self.p + 1)[: self.p]
 
     def xtwx(self, w: np.ndarray) -> np.ndarray:
-        vv = self._vv * w[:, None]
+        vv = self._uvv * w[:, None]
         P = self.p + 1
-        out = np.bincount(self._pairs.ravel(), weights=vv.ravel(), minlength=P * P).reshape(P, P)
-        return out[: self.p, : self.p]
+        upper = np.bincount(self._upairs, weights=vv.ravel(), minlength=P * P).reshape(P, P)[: self.p, : self.p]
+        out = upper + upper.T
+        np.fill_diagonal(out, np.diagonal(upper))
+        return out
 
     def quad(self, V: np.ndarray) -> np.ndarray:
         """diag(X V X') without forming X V."""

@@ -38,7 +38,7 @@ from scipy.special import expit
 
 from .._validation import check_conf
 from .covariance import _bootstrap, _cr1, _StreamedCluster
-from .design_matrix import _build, _Cluster, _Design
+from .design_matrix import _build, _Cluster, _Design, _row_patterns
 from .firth import _firth, _firth_profile_bound
 from .irls import _irls, _mle_profile, _Start
 from .likelihood import _loglik, _mcfadden
@@ -538,16 +538,17 @@ def _refit_responses(fit: LogitResults, y: np.ndarray) -> LogitResults:
     plain 0/1 row input (no ``trials=``, no weights).
     """
     d = fit._design
+    inverse = _row_patterns(d)
     y = np.asarray(y, dtype=float)
-    if d.ll_const != 0.0 or d.row_pair is None and d.cluster is not None or len(y) != len(d.inverse):
+    if d.ll_const != 0.0 or d.row_pair is None and d.cluster is not None or len(y) != len(inverse):
         raise ValueError("_refit_responses needs a fit to plain 0/1 rows and one response per row")
     if (d.start is None or not np.allclose(d.start.w, 0.1875 * d.n) or not np.isin(y, (0.0, 1.0)).all()
-            or (d.inverse < 0).any()):
+            or (inverse < 0).any()):
         raise ValueError("_refit_responses needs 0/1 responses and no weights")
     if y.sum() in (0.0, len(y)):
         raise ValueError("the new responses are constant: nothing to model")
     K = len(d.s)
-    s = np.bincount(d.inverse, weights=y, minlength=K)
+    s = np.bincount(inverse, weights=y, minlength=K)
     start = _Start(d.start.w, 0.1875 * (np.log(3.0) + 4.0 / 3.0) * (2.0 * s - d.n), d.start.dev)
     cl = d.cluster
     if cl is not None:

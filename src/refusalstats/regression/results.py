@@ -589,7 +589,9 @@ class LogitResults:
         if conf is not None:
             se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self._cov, X), 0.0))
         if newdata is None:  # one value per input row (NaN for rows with weight 0)
-            inv = self._design.inverse
+            from .design_matrix import _row_patterns
+
+            inv = _row_patterns(self._design)
             eta = np.where(inv >= 0, eta[np.maximum(inv, 0)], np.nan)
             if se is not None:
                 se = np.where(inv >= 0, se[np.maximum(inv, 0)], np.nan)
