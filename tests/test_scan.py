@@ -117,6 +117,15 @@ def test_tiny_batches_and_merges_change_nothing(shards, monkeypatch):
     _assert_counts_equal(got, _groupby(_concat(shards), [*KEYS, "item_id"]), [*KEYS, "item_id"])
 
 
+def test_merges_in_a_sparse_key_space_equal_pandas_groupby(rows, monkeypatch):
+    """Keys with many more level combinations than lines (item x a 1,000-level key) are
+    merged by sorting, not in a dense table per key: same counts, same order."""
+    df = rows.assign(u=np.random.default_rng(3).integers(0, 1000, len(rows)))
+    monkeypatch.setattr(scan, "_COMPACT_ROWS", 50)
+    got = rs.collapse(df, by=["u", "model"], cluster="item_id", batch_rows=301)
+    _assert_counts_equal(got, _groupby(df, ["u", "model", "item_id"]), ["u", "model", "item_id"])
+
+
 def test_stored_categorical_levels_keep_their_order_across_shards(tmp_path):
     """Dictionary (categorical) columns keep their stored order, merged in file order, as
     pd.read_parquet(folder) does; unused levels are dropped as prepare_factors does."""
@@ -344,6 +353,17 @@ def test_streamed_cr1_equals_the_clustered_row_fit(shards):
                     epsilon=1e-14)
     V2 = scan.cluster_robust_cov(fit2, c2, rows, cluster="item_id")
     np.testing.assert_allclose(np.sqrt(np.diag(V2)), want.bse, rtol=1e-10)
+
+
+def test_streamed_cr1_in_pieces_of_few_clusters(shards, monkeypatch):
+    """Batches with more clusters than one dense piece holds are summed piece by piece."""
+    rows = _concat(shards)
+    want = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
+    counts = rs.collapse(shards, by=KEYS)
+    fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None, epsilon=1e-14)
+    monkeypatch.setattr(scan._ScoreSums, "BLOCK", 7)  # 120 items: many pieces per batch
+    V = scan.cluster_robust_cov(fit, counts, shards, cluster="item_id", batch_rows=2000)
+    np.testing.assert_allclose(V.to_numpy(), want.cov_params().to_numpy(), rtol=1e-9, atol=1e-14)
 
 
 def test_streamed_cr1_refuses_mismatched_inputs(shards, rows):

@@ -310,12 +310,46 @@ class _Accumulator:
             return
         k = len(self.levels)
         parts = ([(self.codes, self.n, self.r)] if len(self.n) else []) + self.pending
+        sizes = [max(len(lv.index) if lv.index is not None else 0, 1) for lv in self.levels]
+        m = sum(len(p[1]) for p in parts)
+        n_keys = float(np.prod(np.array(sizes, dtype=float)))
+        if k and n_keys <= max(4.0 * m, 2.0**16):
+            # a dense key space (e.g. model x item): add each part's counts into one table
+            # per key, without concatenating the parts or keeping a key per line
+            self.pending, self.pending_rows = [], 0
+            self.codes, self.n, self.r = [], self.n[:0], self.r[:0]
+            n_tot = np.zeros(int(n_keys))
+            r_tot = np.zeros(int(n_keys))
+            while parts:
+                p_codes, p_n, p_r = parts.pop(0)
+                key = (np.ravel_multi_index(p_codes, sizes) if k > 1
+                       else np.asarray(p_codes[0], dtype=np.int64))
+                n_tot += np.bincount(key, weights=p_n, minlength=int(n_keys))
+                r_tot += np.bincount(key, weights=p_r, minlength=int(n_keys))
+                del p_codes, p_n, p_r, key
+            present = np.flatnonzero(n_tot)  # every line has n >= 1
+            self.n = n_tot[present].astype(np.int64)
+            del n_tot
+            self.r = r_tot[present].astype(np.int64)
+            del r_tot
+            self.codes = [c.astype(_id_dtype(size)) for c, size in
+                          zip(np.unravel_index(present, sizes) if k > 1 else (present,), sizes)]
+            return
         codes = [np.concatenate([p[0][j] for p in parts]) for j in range(k)]
         n = np.concatenate([p[1] for p in parts])
         r = np.concatenate([p[2] for p in parts])
         self.pending, self.pending_rows = [], 0
         sizes = [max(len(lv.index) if lv.index is not None else 0, 1) for lv in self.levels]
+        del parts
         self.codes, (self.n, self.r) = _reduce(codes, sizes, len(n), [n, r])
+        del codes, n, r
+        # level ids in the narrowest type that holds them (an item id per line adds up)
+        self.codes = [c.astype(_id_dtype(size), copy=False) for c, size in zip(self.codes, sizes)]
+
+
+def _id_dtype(size: int):
+    """The narrowest integer type for ids below ``size``."""
+    return np.int8 if size <= 127 else np.int16 if size <= 32767 else np.int32 if size < 2**31 else np.int64
 
 
 def _reduce(codes: list[np.ndarray], sizes: list[int], m: int,
@@ -431,8 +465,22 @@ def _add_batch(acc: _Accumulator, batch, keys: list[str], refusal: str, source: 
     y = _refusal_values(batch.column(refusal), refusal, source)
     local = [_local_codes(batch.column(c), lv, source) for c, lv in zip(keys, acc.levels)]
     sizes = [max(len(lut), 1) for _, lut in local]
-    groups, (n, r) = _reduce([idx for idx, _ in local], sizes, m, [None, y])
-    acc.add([lut[g] for g, (_, lut) in zip(groups, local)], n, r)
+    n_keys = float(np.prod(np.array(sizes, dtype=float)))
+    if local and 2.0 * n_keys <= max(8.0 * m, 2.0**17):
+        # one count of (key, response) gives the rows and the refusals of every key
+        key = np.ravel_multi_index([idx for idx, _ in local], sizes) if len(local) > 1 else \
+            np.asarray(local[0][0], dtype=np.int64)
+        key *= 2
+        key += y
+        both = np.bincount(key, minlength=2 * int(n_keys))
+        n_all, r = both[0::2] + both[1::2], both[1::2]
+        present = np.flatnonzero(n_all)
+        groups = np.unravel_index(present, sizes) if len(local) > 1 else (present,)
+        n, r = n_all[present], r[present]
+    else:
+        groups, (n, r) = _reduce([idx for idx, _ in local], sizes, m, [None, y])
+    acc.add([lut[g].astype(_id_dtype(len(lv.index)), copy=False)
+             for g, (_, lut), lv in zip(groups, local, acc.levels)], n, r)
 
 
 # --------------------------------------------------------------------------- collapse
@@ -663,19 +711,25 @@ def collapse(
 
 def _frame(acc: _Accumulator, keys: list[str], data) -> pd.DataFrame:
     """The accumulated counts as a DataFrame in groupby(sort=True, observed=True) order."""
-    ranks = []
     cols: dict[str, object] = {}
+    monotone = True
     for j, (c, lv) in enumerate(zip(keys, acc.levels)):
         size = len(lv.index) if lv.index is not None else 0
         used = np.bincount(acc.codes[j], minlength=size) > 0 if size else np.zeros(0, bool)
         rank, levels = lv.order(used)
-        ranks.append(rank[acc.codes[j]])
+        rank = rank.astype(_id_dtype(max(len(levels), 1)))
+        monotone = monotone and bool(np.all(np.diff(rank[used]) > 0))
         cols[c] = (rank, levels, lv)
-    order = np.lexsort(ranks[::-1]) if ranks else np.arange(len(acc.n))
+    # the lines come out of the merge sorted by their level ids (first key first); when
+    # every key's output order follows its ids, that is already the output order
+    if monotone:
+        order = None
+    else:
+        order = np.lexsort([cols[c][0][acc.codes[j]] for j, c in enumerate(keys)][::-1])
     out: dict[str, object] = {}
     for j, c in enumerate(keys):
         rank, levels, lv = cols[c]
-        r = ranks[j][order]
+        r = rank[acc.codes[j]] if order is None else rank[acc.codes[j][order]]
         if lv.numeric and not lv.categorical:
             values = np.asarray(levels)[r]
             if isinstance(data, pd.DataFrame) and not isinstance(data[c].dtype, pd.CategoricalDtype):
@@ -683,9 +737,9 @@ def _frame(acc: _Accumulator, keys: list[str], data) -> pd.DataFrame:
             out[c] = values
         else:
             out[c] = pd.Categorical.from_codes(r, categories=pd.Index(levels))
-    out[N_COLUMN] = acc.n[order]
-    out[REFUSALS_COLUMN] = acc.r[order]
-    return pd.DataFrame(out)
+    out[N_COLUMN] = acc.n if order is None else acc.n[order]
+    out[REFUSALS_COLUMN] = acc.r if order is None else acc.r[order]
+    return pd.DataFrame(out, copy=False)
 
 
 def _merge_out(counts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -846,13 +900,27 @@ def _stream_cluster_meats(data, patterns: pd.DataFrame, variables: list[str], cl
         slot = (np.cumsum(used) - 1)[g_idx]
         n_used = int(used.sum())
         ids = g_lut[used]
-        # (cluster, pattern) pairs of the batch with their refusals and rows
-        (pair_slot, pair_line), (pair_n, pair_s) = _reduce([slot, line], [max(n_used, 1), K], m, [None, y])
+        # each cluster's score sum is (rows of the cluster) x (their residuals) @ x: a sparse
+        # (clusters x lines) matrix in COO form, whose product with x sums repeated
+        # (cluster, line) entries itself (no grouping, no sort); in dense pieces of at most
+        # BLOCK clusters so the product stays small
+        B = _ScoreSums.BLOCK
+        if n_used <= B:
+            pieces = [(0, n_used, None)]
+        else:
+            blk = (slot // B).astype(np.int32)
+            by_blk = np.argsort(blk, kind="stable")
+            cuts = np.searchsorted(blk[by_blk], np.arange(0, n_used // B + 2))
+            pieces = [(b * B, min(n_used, (b + 1) * B), by_blk[cuts[b]:cuts[b + 1]])
+                      for b in range(len(cuts) - 1) if b * B < n_used]
         for (prob, _), x, S in zip(models, Xs, sums):
-            r = pair_s - pair_n * prob[pair_line]
-            M = sparse.csr_matrix((r, (pair_slot, pair_line)), shape=(n_used, K))
-            for start in range(0, n_used, _ScoreSums.BLOCK):  # dense pieces of bounded size
-                S.add(ids[start:start + _ScoreSums.BLOCK], M[start:start + _ScoreSums.BLOCK] @ x)
+            r = y - prob[line]
+            for lo, hi, rows in pieces:
+                if rows is None:
+                    M = sparse.coo_matrix((r, (slot, line)), shape=(hi - lo, K))
+                else:
+                    M = sparse.coo_matrix((r[rows], (slot[rows] - lo, line[rows])), shape=(hi - lo, K))
+                S.add(ids[lo:hi], M @ x)
         n_rows += m
     G = len(clusters.index) if clusters.index is not None else 0
     if G < 2:
