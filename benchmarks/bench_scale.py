@@ -19,6 +19,10 @@ imports and data; times start after each tool's modules are imported):
 * ``rs-logit-path``   — ``rs.logit("refusal ~ ...", folder, cluster="item_id")``: the same
                         two passes inside ``logit`` (counts per pattern, CR1 meat streamed),
                         plus ``drop1()`` (CR1 Wald F tests, no further pass);
+* ``rs-rates``        — ``rs.refusal_rates(folder, by="model", cluster="item_id")`` alone;
+* ``rs-w2``           — ``rs.w2_sensitivity(folder, inputs=[the four], cluster="item_id",
+                        n_boot=20, n_perm=20)`` alone (with ``rs-rates`` and ``rs-logit-path``:
+                        the memory of each part of ``rs-all`` apart);
 * ``rs-all``          — from the folder: ``rs.refusal_rates(by="model", cluster="item_id")``,
                         the clustered ``rs.logit`` above and ``rs.w2_sensitivity`` of the
                         four inputs (``cluster="item_id"``, ``n_boot=20``, ``n_perm=20``:
@@ -57,8 +61,8 @@ from pathlib import Path
 FACTORS = ["persona", "task", "prompt", "model"]
 REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
 RHS = "persona + task + prompt + model"
-CONFIGS = ["baseline", "rs", "rs-cluster", "rs-cluster-stream", "rs-logit-path", "rs-all", "duckdb",
-           "statsmodels", "bincount-floor"]
+CONFIGS = ["baseline", "rs", "rs-cluster", "rs-cluster-stream", "rs-logit-path", "rs-rates", "rs-w2",
+           "rs-all", "duckdb", "statsmodels", "bincount-floor"]
 N_SHARDS = 20
 
 
@@ -78,7 +82,7 @@ def _warm_imports(config: str) -> None:
 
         import refusalstats.regression
         import refusalstats.scan
-        if config == "rs-all":
+        if config in ("rs-all", "rs-w2"):
             import refusalstats.sensitivity  # noqa: F401
     elif config == "statsmodels":
         import pandas  # noqa: F401
@@ -127,6 +131,14 @@ def _child(config: str, folder: str) -> dict:
         out.update(fit_s=t1 - t0, drop1_s=t2 - t1, lines=fit.n_patterns, rows=int(fit._design.n.sum()),
                    clusters=fit.n_clusters, drop1_F=[float(x) for x in d1["F"]],
                    bse={k: float(v) for k, v in fit.bse.items()}, separated=list(fit.separated_terms))
+    elif config == "rs-rates":
+        rates = rs.refusal_rates(folder, by="model", cluster="item_id")
+        out.update(rates_s=time.perf_counter() - t0, lines=len(rates), rows=int(rates["n"].sum()),
+                   clusters=int(rates["n_clusters"].max()))  # every model answers every item here
+    elif config == "rs-w2":
+        w2 = rs.w2_sensitivity(folder, inputs=FACTORS, cluster="item_id", n_boot=20, n_perm=20,
+                               progress=False)
+        out.update(w2_s=time.perf_counter() - t0, w2=str(type(w2).__name__))
     elif config == "rs-all":
         rates = rs.refusal_rates(folder, by="model", cluster="item_id")
         t1 = time.perf_counter()
@@ -305,7 +317,7 @@ def main() -> None:
             if config == "rs-cluster" and rows > args.cluster_max_rows:
                 results[scale][config] = {"config": config, "error": "skipped"}
                 continue
-            reps = 1 if config in ("baseline", "rs-cluster", "rs-all") else args.repeats
+            reps = 1 if config in ("baseline", "rs-cluster", "rs-all", "rs-w2", "rs-rates") else args.repeats
             csv = args.data / f"counts-scale-{scale:g}.csv" if config == "rs" else None  # for peer_glm.R
             r = _median_run([_run(config, folder, args.timeout, csv) for _ in range(reps)])
             results[scale][config] = r
@@ -346,6 +358,8 @@ def main() -> None:
                              f"= {r['total_s']:.2f}")
             elif config == "rs-logit-path":
                 cells.append(f"{r['fit_s']:.2f} + {r['drop1_s']:.2f} drop1 = {r['total_s']:.2f}")
+            elif config == "rs-rates":
+                cells.append(f"{r['rates_s']:.2f} ({r['clusters']:,} items)")
             elif "cov_s" in r:
                 cells.append(f"{r['collapse_s']:.2f} + {r['logit_s']:.2f} + {r['cov_s']:.2f} stream "
                              f"= {r['total_s']:.2f}")
@@ -365,6 +379,8 @@ def main() -> None:
              "max |CR1 SE stream - rs-cluster| (identified terms)": [],
              "rs-cluster-stream peak RSS - baseline (MB)": [],
              "rs-logit-path peak RSS - baseline (MB)": [],
+             "rs-rates peak RSS - baseline (MB)": [],
+             "rs-w2 peak RSS - baseline (MB)": [],
              "rs-all (rates + clustered logit + W2) peak RSS (MB)": [],
              "max |CR1 SE logit(path) - rs-cluster| (identified terms)": [],
              "max |coef rs - statsmodels| (identified terms)": []}
@@ -393,6 +409,9 @@ def main() -> None:
         lines["rs-logit-path peak RSS - baseline (MB)"].append(
             f"{R['rs-logit-path']['peak_mb'] - R['baseline']['peak_mb']:.0f}"
             if ok("rs-logit-path") and ok("baseline") else "–")
+        for c in ("rs-rates", "rs-w2"):
+            lines[f"{c} peak RSS - baseline (MB)"].append(
+                f"{R[c]['peak_mb'] - R['baseline']['peak_mb']:.0f}" if ok(c) and ok("baseline") else "–")
         lines["rs-all (rates + clustered logit + W2) peak RSS (MB)"].append(
             f"{R['rs-all']['peak_mb']:.0f}" if ok("rs-all") else "–")
         lines["max |CR1 SE logit(path) - rs-cluster| (identified terms)"].append(
@@ -403,7 +422,7 @@ def main() -> None:
             if ok("rs") and ok("statsmodels") else "–")
         for c in ("rs", "rs-cluster", "rs-cluster-stream", "rs-logit-path", "rs-all", "duckdb", "statsmodels",
                   "bincount-floor"):
-            if ok(c) and R[c]["rows"] != rows_at[s]:
+            if ok(c) and R[c].get("rows") is not None and R[c]["rows"] != rows_at[s]:
                 raise SystemExit(f"{c} counted {R[c]['rows']:,} rows at scale {s:g}, not {rows_at[s]:,}")
     for name, cells in lines.items():
         print(f"| {name} | " + " | ".join(cells) + " |")
