@@ -196,6 +196,24 @@ def test_sensitivity_command_streams_a_folder_of_shards(table, tmp_path, capsys)
         np.testing.assert_allclose(got[col], direct.table[col], rtol=1e-12)
 
 
+def test_sensitivity_reads_the_columns_a_numeric_input_needs(tmp_path, capsys):
+    # a numeric input cannot stream as counts: the command reads the columns it uses (the
+    # cluster column included, so clustering is the same as in memory) and says so
+    df = rs.simulate_items(n_items=40, k=4, seed=1)
+    df["x"] = np.random.default_rng(0).normal(size=len(df))
+    df["model"] = "m"
+    path = tmp_path / "x.parquet"
+    df.to_parquet(path)
+    out = tmp_path / "w2.csv"
+    rc, _, err = _run(["sensitivity", str(path), "--inputs", "task,x", "--boot", "30",
+                       "--perm", "30", "--no-progress", "--csv", str(out)], capsys)
+    assert rc == 0, err
+    assert "numeric input 'x'" in err and "into memory" in err
+    want = rs.w2_sensitivity(df, inputs=["task", "x"], n_boot=30, n_perm=30, seed=0,
+                             progress=False, cluster="item_id").table
+    np.testing.assert_allclose(pd.read_csv(out)["ci_high"], want["ci_high"], rtol=1e-12)
+
+
 def test_nan_only_matters_in_columns_the_command_uses(tmp_path, capsys):
     df = rs.simulate_items(n_items=30, k=4, seed=2)
     df["model"] = "m"

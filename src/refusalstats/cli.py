@@ -96,6 +96,13 @@ def _table_or_dataset(path: str, sep: str | None = None):
     return _read_table(path, sep=sep, validate_table=False)
 
 
+def _projected_rows(path: str, columns: list[str]) -> pd.DataFrame:
+    """Only ``columns`` of a Parquet file, shard folder or glob, as a DataFrame."""
+    from .scan import _dataset, _parquet_files
+
+    return _dataset(_parquet_files(path)).to_table(columns=list(columns)).to_pandas()
+
+
 def _read_table(path: str, sep: str | None = None, validate_table: bool = True) -> pd.DataFrame:
     """Read a table; analysis commands pass validate_table=False so that only the columns
     they use are checked (NaN in an unused column is not an error)."""
@@ -688,7 +695,7 @@ def _add_sensitivity(sub, opt: _Options) -> None:
 
 
 def _cmd_sensitivity(args) -> int:
-    from .sensitivity import w2_sensitivity
+    from .sensitivity import RowsNeeded, w2_sensitivity
 
     _check_outputs([args.table], [("--csv", args.csv), ("--plot", args.plot)])
     df = _table_or_dataset(args.table, sep=args.sep)
@@ -699,11 +706,17 @@ def _cmd_sensitivity(args) -> int:
         if v != "levels" and not v.isdigit():
             raise CLIError(f"--partitions {k}={v}: use 'levels' or a number of rank bins")
         parts[k] = v if v == "levels" else int(v)
-    res = w2_sensitivity(df, output=outs[0] if len(outs) == 1 else outs, inputs=inputs,
-                         partitions=parts or None, n_boot=args.boot, n_perm=args.perm,
-                         conf=args.conf, seed=args.seed, ci=args.ci,
-                         progress=not args.no_progress, cluster=_cluster_arg(args),
-                         bootstrap=args.bootstrap)
+    kwargs = {"output": outs[0] if len(outs) == 1 else outs, "inputs": inputs,
+                  "partitions": parts or None, "n_boot": args.boot, "n_perm": args.perm,
+                  "conf": args.conf, "seed": args.seed, "ci": args.ci,
+                  "progress": not args.no_progress, "cluster": _cluster_arg(args),
+                  "bootstrap": args.bootstrap}
+    try:
+        res = w2_sensitivity(df, **kwargs)
+    except RowsNeeded as exc:  # a numeric input or output: read only the columns it uses
+        print(f"note: {exc.args[0].split(';')[1].strip().split('.')[0]}: reading the "
+              f"{len(exc.columns)} column(s) it uses into memory", file=sys.stderr)
+        res = w2_sensitivity(_projected_rows(args.table, exc.columns), **kwargs)
     by = (f"clustered by {res.cluster} ({res.n_clusters:,} clusters)" if res.cluster
           else "rows independent")
     print(f"W2 sensitivity of {res.output} ({res.output_kind}, N = {res.n:,}, {by}); "

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import _kernels as K
 from ._summary import Summary
-from ._validation import check_conf, check_random_state, resolve_cluster
+from ._validation import AUTO_CLUSTER_COLUMN, check_conf, check_random_state, resolve_cluster
 from .table import SchemaError
 
 __all__ = ["W2SensitivityResult", "default_partitions", "w2_sensitivity"]
@@ -857,14 +857,26 @@ def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, need
     return cluster
 
 
-def _rows_needed(data, what: str, columns: list[str]) -> ValueError:
+class RowsNeeded(ValueError):
+    """w2_sensitivity on a Parquet source cannot stream this analysis: it needs the rows.
+
+    ``columns`` names the columns it uses, so a caller can read just those into memory.
+    """
+
+    def __init__(self, message: str, columns: list[str]):
+        super().__init__(message)
+        self.columns = list(columns)
+
+
+def _rows_needed(data, what: str, columns: list[str]) -> RowsNeeded:
     """The error for an analysis that needs rows, with the way to get them."""
     src = repr(str(data)) if not isinstance(data, (list, tuple)) else "paths"
-    return ValueError(
+    return RowsNeeded(
         f"w2_sensitivity on a Parquet source streams counts per input level, which needs a 0/1 "
         f"output and categorical inputs; {what} needs the rows. Pass partitions={{name: 'levels'}} "
         "for a numeric input with few values, or read just the columns it uses into memory: "
-        f"w2_sensitivity(pd.read_parquet({src}, columns={columns}), ...)"
+        f"w2_sensitivity(pd.read_parquet({src}, columns={columns}), ...)",
+        columns,
     )
 
 
@@ -1192,8 +1204,12 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
     seed_int = (int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
                 and seed >= 0 else int(check_random_state(seed).integers(2**63 - 1)))
     if streamed:
-        cl_given = [] if cluster is None or cluster == "auto" else (
-            [cluster] if isinstance(cluster, str) else list(cluster))
+        if cluster is None:
+            cl_given = []
+        elif isinstance(cluster, str) and cluster == "auto":  # rows read back keep the column
+            cl_given = [AUTO_CLUSTER_COLUMN] if AUTO_CLUSTER_COLUMN in columns else []
+        else:
+            cl_given = [cluster] if isinstance(cluster, str) else list(cluster)
         needed = list(dict.fromkeys([*inputs, *out_names, *cl_given]))
         _check_stream(data, out_names, inputs, partitions, columns, needed)
         exclude = {str(k): [str(v) for v in vals] for k, vals in dict(exclude or {}).items()
