@@ -720,12 +720,91 @@ def test_cluster_permutations_keep_the_right_margins():
     pooled = np.outer(est.sizes, est.counts.sum(axis=0)) / len(df)
     assert np.abs(tabs.mean(axis=0) - expected).max() < 0.25
     assert np.abs(pooled - expected).max() > 1.0  # the test can tell the two apart
-    # the threaded kernel gives the same tables as the serial one
-    est._within_setup()
-    seeds = np.arange(1, 40, dtype=np.uint64) * np.uint64(2654435761)
-    args = (est.slot_cell, est.cstart, est.active, est.mstart, est.mvals, est.kmaj, est.base,
-            seeds)
-    assert (K.perm_within_table(*args) == K.perm_within_table_par(*args)).all()
+    # the sparse per-item table (many items x cells) draws the same tables as the dense one
+    import refusalstats.sensitivity as S
+
+    est_d, _ = _clustered_table(df, "persona")
+    old_limit = S.DENSE_CLUSTER_TABLE
+    S.DENSE_CLUSTER_TABLE = 0
+    try:
+        est_s, _ = _clustered_table(df, "persona")
+    finally:
+        S.DENSE_CLUSTER_TABLE = old_limit
+    assert not est_d.sparse and est_s.sparse
+    for est_x in (est_d, est_s):
+        est_x._within_setup()
+    a = est_d._perm_within(50, np.random.default_rng(7))
+    b = est_s._perm_within(50, np.random.default_rng(7))
+    assert (a == b).all()
+
+
+def _within_reference_tables(item, cell, y, n_cells, k_sup, n_rep, rng):
+    """The row-level within-item null, written out: shuffle the outputs within each item
+    (numpy, rows sorted by item) and count the (cell, value) table."""
+    order = np.argsort(item, kind="stable")
+    item, cell, y = item[order], cell[order], y[order]
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]])
+    bounds = np.r_[starts, len(item)]
+    tabs = np.empty((n_rep, n_cells, k_sup), dtype=np.int64)
+    for r in range(n_rep):
+        ys = y.copy()
+        for a, b in itertools.pairwise(bounds):
+            ys[a:b] = rng.permutation(ys[a:b])
+        tabs[r] = np.bincount(cell * k_sup + ys, minlength=n_cells * k_sup).reshape(n_cells,
+                                                                                     k_sup)
+    return tabs
+
+
+@pytest.mark.parametrize("k_sup", [2, 3])
+def test_within_item_null_matches_row_shuffling_in_law(k_sup):
+    """The within-item null is drawn from per-(item, cell) counts (multivariate
+    hypergeometric per item), no longer by placing answers among row slots: its null
+    distribution of the index must match shuffling each item's outputs among its rows
+    (two-sample KS over 2,000 permutations), while the pooled (across items) null, run as a
+    negative control, must not."""
+    from scipy.stats import ks_2samp
+
+    from refusalstats.sensitivity import _iota
+
+    rng = np.random.default_rng(2024)
+    n_items = 40
+    size = rng.integers(4, 16, n_items)
+    item = np.repeat(np.arange(n_items), size)
+    # items differ in rate and in their mix of personas: within != pooled
+    p_item = np.where(np.arange(n_items) % 2 == 0, 0.15, 0.6)[item]
+    persona = 2 * (item % 2) + rng.integers(0, 2, len(item))
+    y = (rng.random(len(item)) < p_item).astype(int)
+    if k_sup == 3:
+        y = y + (rng.random(len(item)) < 0.3)
+    df = pd.DataFrame({"item_id": item, "persona": persona.astype(str), "y": y})
+    est, _ = _clustered_table(df, "persona")
+    assert est.scheme == "within items" and est.counts.shape[1] == k_sup
+    cell = _encode_input(df, "persona", None, len(df)).codes
+    ycode = _encode_output(df, "y").codes
+    n_rep = 2000
+    ref = _within_reference_tables(item, cell, ycode, est.counts.shape[0], k_sup, n_rep,
+                                   np.random.default_rng(1))
+    captured = _capture(est)
+    est.perm(n_rep, np.random.default_rng(2))
+    got = captured[0]
+    assert (got.sum(axis=2) == est.sizes).all()
+    assert (got.sum(axis=1) == est.counts.sum(axis=0)).all()
+    del est.xi_var  # back to the class method
+    stat_ref = _iota(*est.xi_var(ref))
+    stat_new = _iota(*est.xi_var(got))
+    assert ks_2samp(stat_ref, stat_new).pvalue > 0.01
+    # negative control: the pooled null (labels moved across items) is told apart
+    flat = _TableEstimator(_encode_output(df, "y"), _encode_input(df, "persona", None,
+                                                                  len(df)), None, False)
+    stat_flat = _iota(*flat.xi_var(_flat_tables(flat, n_rep)))
+    assert ks_2samp(stat_ref, stat_flat).pvalue < 0.01
+
+
+def _flat_tables(est, n_rep):
+    captured = _capture(est)
+    est.perm(n_rep, np.random.default_rng(3))
+    del est.xi_var
+    return captured[0]
 
 
 def test_cluster_auto_and_explicit_and_errors():

@@ -362,8 +362,10 @@ class _TableEstimator:
     over the whole table otherwise) and the null multivariate hypergeometric tables. With
     clusters, ``A[g, c * K + k]`` holds cluster g's counts: a bootstrap replicate is the
     cluster multiplicities times ``A`` (one matrix product for a chunk of replicates) and
-    the null permutes the clusters' labels (input constant within cluster) or places each
-    cluster's answers at random among its own rows (numba kernels).
+    the null permutes the clusters' labels (input constant within cluster, numba kernel) or
+    shuffles each cluster's answers among its own rows, drawn as one multivariate
+    hypergeometric (cell x value) table per cluster from its per-cell counts
+    (``_perm_within``; memory independent of the rows).
     """
 
     def __init__(self, out: _Output, part: _Partition, clus: _Clusters | None = None,
@@ -407,43 +409,99 @@ class _TableEstimator:
         self.base = None  # within-cluster permutation arrays: built on first use
 
     def _within_setup(self) -> None:
-        """Arrays of ``K.perm_within_table``, from the per-cluster counts (no row sort)."""
+        """Per-(item, cell) sizes for the within-item null: only the (item, cell) pairs that
+        occur, from the per-cluster counts ``A`` (memory O(pairs), never O(rows))."""
         n_g = self.clus.n
         n_cells, k_sup = self.counts.shape
         if self.sparse:
-            from scipy import sparse
-
-            a3 = sparse.csr_matrix(self.A.T)  # (G, cells * values)
-            n_gc = np.zeros((n_g, n_cells), dtype=np.int64)
-            coo = a3.tocoo()
-            np.add.at(n_gc, (coo.row, coo.col // k_sup), coo.data.astype(np.int64))
+            coo = self.A.tocoo()  # (width, G)
+            g, col, val = coo.col.astype(np.int64), coo.row.astype(np.int64), coo.data
         else:
-            n_gc = self.A.reshape(n_g, n_cells, k_sup).sum(axis=2).astype(np.int64)
+            g, col = np.nonzero(self.A)
+            val = self.A[g, col]
+        pair = g.astype(np.int64) * n_cells + col // k_sup
+        upair, inv = np.unique(pair, return_inverse=True)  # sorted by (item, cell)
+        psize = np.rint(np.bincount(inv.ravel(), weights=val, minlength=len(upair)))
+        pg, pc = upair // n_cells, upair % n_cells
         h = self.h
-        sizes = n_gc.sum(axis=1)
-        self.cstart = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.slot_cell = np.repeat(np.tile(np.arange(n_cells, dtype=np.int64), n_g), n_gc.ravel())
-        self.kmaj = np.argmax(h, axis=1).astype(np.int64)
-        hmaj = h[np.arange(n_g), self.kmaj]
-        minority = sizes - hmaj
-        is_act = ((n_gc > 0).sum(axis=1) >= 2) & (minority > 0)
+        # an item's answers move when it spans two cells and its output is not constant
+        is_act = (np.bincount(pg, minlength=n_g) >= 2) & ((h > 0).sum(axis=1) >= 2)
         self.active = np.flatnonzero(is_act).astype(np.int64)
-        # the active clusters' answers move; everything else is fixed
         base = self.counts.copy()
         if self.sparse:
             act_counts = (self.A @ is_act.astype(float)).reshape(n_cells, k_sup)
         else:
             act_counts = (is_act.astype(float) @ self.A).reshape(n_cells, k_sup)
         base -= np.rint(act_counts).astype(np.int64)
-        for k in range(k_sup):
-            base[:, k] += n_gc[is_act & (self.kmaj == k)].sum(axis=0)
-        self.base = base
-        hm = h[is_act].copy()
-        hm[np.arange(len(self.active)), self.kmaj[is_act]] = 0
-        self.mvals = np.repeat(np.tile(np.arange(k_sup, dtype=np.int64), len(self.active)),
-                               hm.ravel())
-        self.mstart = np.concatenate([[0], np.cumsum(minority[is_act])]).astype(np.int64)
-        self.work = int(self.mstart[-1])
+        self.base = base  # the fixed items' table; the active items' tables are drawn
+        keep = is_act[pg]
+        pg, pc, psize = pg[keep], pc[keep], psize[keep].astype(np.int64)
+        a_of = np.full(n_g, -1, dtype=np.int64)
+        a_of[self.active] = np.arange(len(self.active))
+        pa = a_of[pg]  # active index of each pair
+        m = np.bincount(pa, minlength=len(self.active))
+        first = np.concatenate([[0], np.cumsum(m)[:-1]]).astype(np.int64)
+        pos = np.arange(len(pa), dtype=np.int64) - first[pa]
+        last = pos == m[pa] - 1
+        # pairs drawn cell by cell (all but each item's last pair), grouped by position
+        order = np.lexsort((pa, pos))
+        order = order[~last[order]]
+        self.w_item, self.w_cell, self.w_size = pa[order], pc[order], psize[order]
+        self.w_start = np.searchsorted(pos[order], np.arange(int(m.max(initial=1)) + 1))
+        self.last_cell = pc[last]  # each active item's last cell gets its remaining answers
+        self.h_act = h[is_act].astype(np.int64)
+        self.n_act = self.h_act.sum(axis=1)
+
+    def _perm_within(self, b: int, rng: np.random.Generator) -> np.ndarray:
+        """(b, cells, values) tables of the within-item null from per-(item, cell) counts.
+
+        Permuting an item's answers among its rows, with the input's cell sizes fixed,
+        gives the item a (cell x value) table with both margins fixed: a multivariate
+        hypergeometric table. It is drawn directly, vectorised over items and replicates:
+        the item's cells in turn (all but the last) take ``n_ic`` of its remaining rows,
+        value by value ``x_k ~ Hypergeometric(ngood=remaining answers k, nbad=remaining
+        rows with other values, nsample=what the cell still needs)``; the last cell gets
+        what remains. Same law as shuffling the rows (not the same draws as the row-slot
+        kernel of earlier versions), memory independent of the rows; the in-memory and
+        streamed paths hold the same counts, so they give the same tables for a seed.
+        """
+        n_cells, k_sup = self.counts.shape
+        n_a = len(self.active)
+        out = np.empty((b, n_cells, k_sup), dtype=np.int64)
+        if n_a == 0:
+            out[:] = self.base
+            return out
+        step = max(1, 500_000 // (n_a * k_sup))
+        kk = np.arange(k_sup, dtype=np.int64)
+        for s0 in range(0, b, step):
+            nb = min(step, b - s0)
+            tab = np.zeros(nb * n_cells * k_sup)
+            rem = np.repeat(self.h_act[None], nb, axis=0)  # (nb, items, values)
+            left_rows = np.repeat(self.n_act[None], nb, axis=0)
+            bidx = np.arange(nb, dtype=np.int64)[:, None, None] * (n_cells * k_sup)
+            for p in range(len(self.w_start) - 1):
+                sl = slice(self.w_start[p], self.w_start[p + 1])
+                it, n_ic = self.w_item[sl], self.w_size[sl]
+                if len(it) == 0:
+                    break
+                r = rem[:, it, :]
+                left = left_rows[:, it]
+                need = np.broadcast_to(n_ic, left.shape).copy()
+                x = np.empty_like(r)
+                for k in range(k_sup - 1):
+                    left = left - r[:, :, k]
+                    x[:, :, k] = rng.hypergeometric(r[:, :, k], left, need)
+                    need -= x[:, :, k]
+                x[:, :, k_sup - 1] = need
+                rem[:, it, :] = r - x
+                left_rows[:, it] -= n_ic
+                key = bidx + (self.w_cell[sl] * k_sup)[None, :, None] + kk
+                tab += np.bincount(key.ravel(), weights=x.ravel(), minlength=tab.size)
+            key = bidx + (self.last_cell * k_sup)[None, :, None] + kk
+            tab += np.bincount(key.ravel(), weights=rem.ravel(), minlength=tab.size)
+            out[s0:s0 + nb] = self.base + np.rint(tab).astype(np.int64).reshape(
+                nb, n_cells, k_sup)
+        return out
 
     def xi_var(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.out.kind == "ordinal":
@@ -489,7 +547,8 @@ class _TableEstimator:
     def perm(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Tables under the null. Without clusters: both margins fixed, a multivariate
         hypergeometric draw per row. With clusters: labels permuted across clusters (input
-        constant within cluster) or within each cluster."""
+        constant within cluster) or within each cluster (``_perm_within``: each cluster's
+        table drawn from its per-cell counts, the law of shuffling its rows)."""
         n_cells, k_sup = self.counts.shape
         if self.clus is not None:
             if self.lab is not None:
@@ -497,10 +556,7 @@ class _TableEstimator:
             else:
                 if self.base is None:
                     self._within_setup()
-                kern = K.perm_within_table_par if self.work * b > 2_000_000 else \
-                    K.perm_within_table
-                draws = kern(self.slot_cell, self.cstart, self.active, self.mstart, self.mvals,
-                             self.kmaj, self.base, self._seeds(b, rng))
+                draws = self._perm_within(b, rng)
             return self.xi_var(draws)
         remaining = np.repeat(self.counts.sum(axis=0)[None, :], b, axis=0)
         draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
