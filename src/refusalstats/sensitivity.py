@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from numba import njit, prange
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
@@ -355,6 +356,59 @@ def _strata(lab: np.ndarray | None, n_clusters: int, stratified: bool):
     return np.arange(n_clusters, dtype=np.int64), np.array([0, n_clusters], dtype=np.int64)
 
 
+@njit(cache=True)
+def _within_counts_one(pstart, pcell, psize, kmaj, hmin, base, max_m, state):
+    tab = base.copy()
+    cap = np.empty(max_m, dtype=np.int64)
+    k_sup = hmin.shape[1]
+    for a in range(kmaj.shape[0]):
+        s0 = pstart[a]
+        m = pstart[a + 1] - s0
+        free = 0
+        for j in range(m):
+            cap[j] = psize[s0 + j]
+            free += cap[j]
+        km = kmaj[a]
+        for k in range(k_sup):
+            for _ in range(hmin[a, k]):
+                state, u = K._randint(state, free)
+                j = 0
+                while u >= cap[j]:
+                    u -= cap[j]
+                    j += 1
+                cap[j] -= 1
+                free -= 1
+                c = pcell[s0 + j]
+                tab[c, k] += 1
+                tab[c, km] -= 1
+    return tab
+
+
+@njit(cache=True)
+def _within_counts(pstart, pcell, psize, kmaj, hmin, base, seeds):
+    """Within-item null tables from per-(item, cell) counts (``_TableEstimator._perm_within``);
+    serial (small problems: no thread start-up)."""
+    n_rep = seeds.shape[0]
+    max_m = max(1, np.max(np.diff(pstart))) if pstart.shape[0] > 1 else 1
+    out = np.empty((n_rep, base.shape[0], base.shape[1]), dtype=np.int64)
+    for b in range(n_rep):
+        out[b] = _within_counts_one(pstart, pcell, psize, kmaj, hmin, base, max_m,
+                                    np.uint64(seeds[b]))
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _within_counts_par(pstart, pcell, psize, kmaj, hmin, base, seeds):
+    """``_within_counts`` with replicates over threads (same numbers)."""
+    n_rep = seeds.shape[0]
+    max_m = max(1, np.max(np.diff(pstart))) if pstart.shape[0] > 1 else 1
+    out = np.empty((n_rep, base.shape[0], base.shape[1]), dtype=np.int64)
+    for b in prange(n_rep):
+        out[b] = _within_counts_one(pstart, pcell, psize, kmaj, hmin, base, max_m,
+                                    np.uint64(seeds[b]))
+    return out
+
+
 class _TableEstimator:
     """A categorical (or binned) input with a discrete output: counts[partition, value].
 
@@ -363,9 +417,8 @@ class _TableEstimator:
     clusters, ``A[g, c * K + k]`` holds cluster g's counts: a bootstrap replicate is the
     cluster multiplicities times ``A`` (one matrix product for a chunk of replicates) and
     the null permutes the clusters' labels (input constant within cluster, numba kernel) or
-    shuffles each cluster's answers among its own rows, drawn as one multivariate
-    hypergeometric (cell x value) table per cluster from its per-cell counts
-    (``_perm_within``; memory independent of the rows).
+    shuffles each cluster's answers among its own rows, drawn from the cluster's per-cell
+    counts (``_perm_within``; memory independent of the rows).
     """
 
     def __init__(self, out: _Output, part: _Partition, clus: _Clusters | None = None,
@@ -427,81 +480,41 @@ class _TableEstimator:
         # an item's answers move when it spans two cells and its output is not constant
         is_act = (np.bincount(pg, minlength=n_g) >= 2) & ((h > 0).sum(axis=1) >= 2)
         self.active = np.flatnonzero(is_act).astype(np.int64)
+        keep = is_act[pg]
+        pg, pc, psize = pg[keep], pc[keep], psize[keep].astype(np.int64)
+        self.pcell, self.psize = pc.astype(np.int64), psize
+        self.pstart = np.searchsorted(pg, np.r_[self.active, n_g]).astype(np.int64)
+        # every active item starts at its most frequent value; the others are placed
+        h_act = h[is_act].astype(np.int64)
+        self.kmaj = np.argmax(h_act, axis=1).astype(np.int64)
+        self.hmin = h_act.copy()
+        self.hmin[np.arange(len(self.active)), self.kmaj] = 0
         base = self.counts.copy()
         if self.sparse:
             act_counts = (self.A @ is_act.astype(float)).reshape(n_cells, k_sup)
         else:
             act_counts = (is_act.astype(float) @ self.A).reshape(n_cells, k_sup)
         base -= np.rint(act_counts).astype(np.int64)
-        self.base = base  # the fixed items' table; the active items' tables are drawn
-        keep = is_act[pg]
-        pg, pc, psize = pg[keep], pc[keep], psize[keep].astype(np.int64)
-        a_of = np.full(n_g, -1, dtype=np.int64)
-        a_of[self.active] = np.arange(len(self.active))
-        pa = a_of[pg]  # active index of each pair
-        m = np.bincount(pa, minlength=len(self.active))
-        first = np.concatenate([[0], np.cumsum(m)[:-1]]).astype(np.int64)
-        pos = np.arange(len(pa), dtype=np.int64) - first[pa]
-        last = pos == m[pa] - 1
-        # pairs drawn cell by cell (all but each item's last pair), grouped by position
-        order = np.lexsort((pa, pos))
-        order = order[~last[order]]
-        self.w_item, self.w_cell, self.w_size = pa[order], pc[order], psize[order]
-        self.w_start = np.searchsorted(pos[order], np.arange(int(m.max(initial=1)) + 1))
-        self.last_cell = pc[last]  # each active item's last cell gets its remaining answers
-        self.h_act = h[is_act].astype(np.int64)
-        self.n_act = self.h_act.sum(axis=1)
+        np.add.at(base, (pc, np.repeat(self.kmaj, np.diff(self.pstart))), psize)
+        self.base = base
+        self.work = int(self.hmin.sum())
 
     def _perm_within(self, b: int, rng: np.random.Generator) -> np.ndarray:
         """(b, cells, values) tables of the within-item null from per-(item, cell) counts.
 
-        Permuting an item's answers among its rows, with the input's cell sizes fixed,
-        gives the item a (cell x value) table with both margins fixed: a multivariate
-        hypergeometric table. It is drawn directly, vectorised over items and replicates:
-        the item's cells in turn (all but the last) take ``n_ic`` of its remaining rows,
-        value by value ``x_k ~ Hypergeometric(ngood=remaining answers k, nbad=remaining
-        rows with other values, nsample=what the cell still needs)``; the last cell gets
-        what remains. Same law as shuffling the rows (not the same draws as the row-slot
-        kernel of earlier versions), memory independent of the rows; the in-memory and
-        streamed paths hold the same counts, so they give the same tables for a seed.
+        Shuffling an item's answers among its rows, with the input's cell sizes fixed, gives
+        the item a (cell x value) table with both margins fixed (multivariate
+        hypergeometric). It is drawn from the item's cell sizes alone: each answer other
+        than the item's most frequent value in turn takes one of the item's free rows
+        uniformly at random, i.e. cell c with probability (free rows of c) / (free rows);
+        O(minority answers x cells of the item) per replicate, memory O((item, cell) pairs),
+        never O(rows). Same law as shuffling the rows (not the same draws as the row-slot
+        kernel of earlier versions); the in-memory and streamed paths hold the same counts,
+        so they give the same tables for a seed (one splitmix64 stream per replicate).
         """
-        n_cells, k_sup = self.counts.shape
-        n_a = len(self.active)
-        out = np.empty((b, n_cells, k_sup), dtype=np.int64)
-        if n_a == 0:
-            out[:] = self.base
-            return out
-        step = max(1, 500_000 // (n_a * k_sup))
-        kk = np.arange(k_sup, dtype=np.int64)
-        for s0 in range(0, b, step):
-            nb = min(step, b - s0)
-            tab = np.zeros(nb * n_cells * k_sup)
-            rem = np.repeat(self.h_act[None], nb, axis=0)  # (nb, items, values)
-            left_rows = np.repeat(self.n_act[None], nb, axis=0)
-            bidx = np.arange(nb, dtype=np.int64)[:, None, None] * (n_cells * k_sup)
-            for p in range(len(self.w_start) - 1):
-                sl = slice(self.w_start[p], self.w_start[p + 1])
-                it, n_ic = self.w_item[sl], self.w_size[sl]
-                if len(it) == 0:
-                    break
-                r = rem[:, it, :]
-                left = left_rows[:, it]
-                need = np.broadcast_to(n_ic, left.shape).copy()
-                x = np.empty_like(r)
-                for k in range(k_sup - 1):
-                    left = left - r[:, :, k]
-                    x[:, :, k] = rng.hypergeometric(r[:, :, k], left, need)
-                    need -= x[:, :, k]
-                x[:, :, k_sup - 1] = need
-                rem[:, it, :] = r - x
-                left_rows[:, it] -= n_ic
-                key = bidx + (self.w_cell[sl] * k_sup)[None, :, None] + kk
-                tab += np.bincount(key.ravel(), weights=x.ravel(), minlength=tab.size)
-            key = bidx + (self.last_cell * k_sup)[None, :, None] + kk
-            tab += np.bincount(key.ravel(), weights=rem.ravel(), minlength=tab.size)
-            out[s0:s0 + nb] = self.base + np.rint(tab).astype(np.int64).reshape(
-                nb, n_cells, k_sup)
-        return out
+        kern = _within_counts_par if self.work * b > 2_000_000 else _within_counts
+        return kern(self.pstart, self.pcell, self.psize, self.kmaj, self.hmin, self.base,
+                    self._seeds(b, rng))
 
     def xi_var(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.out.kind == "ordinal":
