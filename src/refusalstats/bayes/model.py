@@ -483,8 +483,10 @@ class HierarchicalModel:
         draws, tune, chains : int
             Posterior draws and warm-up iterations per chain, number of chains. Without
             ``(1|item_id)``, P1's design met R-hat <= 1.01, bulk and tail ESS >= 400 with
-            only 300 warm-up iterations; with it, 500 fell short on ``sd(persona:model)``
-            (benchmarks/README.md), so the default stays 1000.
+            only 300 warm-up iterations; with it, ``sd(persona:model)`` mixes slowly
+            (tail ESS >= 400 in 4-5 of 12 seeds at 500 + 500, old and new likelihood
+            alike; benchmarks/README.md), so the default stays 1000 and the
+            ConvergenceWarning says when a fit falls short.
         sampler : {"nutpie", "pymc"}
             nutpie (default; falls back to PyMC when not installed) or PyMC's NUTS.
         seed : int, None or numpy.random.Generator
