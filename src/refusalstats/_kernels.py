@@ -35,8 +35,6 @@ __all__ = [
     "perm_clusters_table",
     "perm_continuous",
     "perm_within_continuous",
-    "perm_within_table",
-    "perm_within_table_par",
     "prefix_table",
     "rank_cells",
     "table_xi_1d",
@@ -452,87 +450,6 @@ def perm_clusters_table(lab: np.ndarray, h: np.ndarray, n_cells: int, seeds: np.
             c = perm[g]
             for k in range(k_sup):
                 out[b, c, k] += h[g, k]
-    return out
-
-
-@njit(cache=True)
-def _within_table_one(slot_cell, cstart, active, mstart, mvals, kmaj, base, max_n, state):
-    tab = base.copy()
-    idx = np.arange(max_n)
-    js = np.empty(max_n, dtype=np.int64)
-    for a in range(active.shape[0]):
-        g = active[a]
-        s0 = cstart[g]
-        n = cstart[g + 1] - s0
-        km = kmaj[g]
-        r = mstart[a + 1] - mstart[a]
-        for i in range(r):
-            state, j = _randint(state, n - i)
-            j += i
-            js[i] = j
-            t = idx[i]
-            idx[i] = idx[j]
-            idx[j] = t
-            c = slot_cell[s0 + idx[i]]
-            tab[c, mvals[mstart[a] + i]] += 1
-            tab[c, km] -= 1
-        for i in range(r - 1, -1, -1):  # undo: idx is the identity again
-            j = js[i]
-            t = idx[i]
-            idx[i] = idx[j]
-            idx[j] = t
-    return tab
-
-
-@njit(cache=True)
-def _max_size(cstart: np.ndarray, active: np.ndarray) -> int:
-    max_n = 1
-    for a in range(active.shape[0]):
-        g = active[a]
-        max_n = max(max_n, cstart[g + 1] - cstart[g])
-    return max_n
-
-
-@njit(cache=True)
-def perm_within_table(
-    slot_cell: np.ndarray, cstart: np.ndarray, active: np.ndarray, mstart: np.ndarray,
-    mvals: np.ndarray, kmaj: np.ndarray, base: np.ndarray, seeds: np.ndarray,
-):
-    """Stratified permutation null: the input's labels are shuffled *within* each cluster.
-
-    Rows of cluster g occupy the slots ``cstart[g]:cstart[g+1]``, sorted by partition
-    (``slot_cell``). Shuffling labels within a cluster is the same as placing its output
-    values at random slots; only the values other than the cluster's most frequent one
-    (``kmaj[g]``; the ``mvals[mstart[a]:mstart[a+1]]`` of the a-th active cluster) are
-    placed, by a partial Fisher-Yates over the slots that is undone afterwards, so a
-    replicate costs O(minority answers), not O(rows). ``base`` is the table with every
-    active cluster's slots at its majority value plus the fixed tables of the clusters that
-    have one partition or a constant output. Serial (small problems: no thread start-up);
-    ``perm_within_table_par`` is the same over threads.
-    """
-    n_rep = seeds.shape[0]
-    n_cells, k_sup = base.shape
-    max_n = _max_size(cstart, active)
-    out = np.empty((n_rep, n_cells, k_sup), dtype=np.int64)
-    for b in range(n_rep):
-        out[b] = _within_table_one(slot_cell, cstart, active, mstart, mvals, kmaj, base, max_n,
-                                   np.uint64(seeds[b]))
-    return out
-
-
-@njit(cache=True, parallel=True)
-def perm_within_table_par(
-    slot_cell: np.ndarray, cstart: np.ndarray, active: np.ndarray, mstart: np.ndarray,
-    mvals: np.ndarray, kmaj: np.ndarray, base: np.ndarray, seeds: np.ndarray,
-):
-    """``perm_within_table`` with replicates over threads (same numbers)."""
-    n_rep = seeds.shape[0]
-    n_cells, k_sup = base.shape
-    max_n = _max_size(cstart, active)
-    out = np.empty((n_rep, n_cells, k_sup), dtype=np.int64)
-    for b in prange(n_rep):
-        out[b] = _within_table_one(slot_cell, cstart, active, mstart, mvals, kmaj, base, max_n,
-                                   np.uint64(seeds[b]))
     return out
 
 
