@@ -216,10 +216,18 @@ def _child(config: str, folder: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- parent side
-def _write_shards(scale: float, root: Path) -> tuple[Path, int]:
+def _write_shards(scale: float, root: Path, same_items: bool = False) -> tuple[Path, int]:
     """20 shards of the paper design at ``scale``; above the simulator's limit of 10, k
-    independent replicates at scale/k (seeds 0..k-1, item ids offset so items stay distinct)."""
-    folder = root / f"scale-{scale:g}"
+    independent replicates at scale/k (seeds 0..k-1, item ids offset so items stay distinct).
+    With ``same_items``: ``scale`` independent replicates of the scale-1 design (seeds
+    0..scale-1) that keep the item ids, so the items stay 12,701 and each is answered
+    ``scale`` times as often (memory against rows at a fixed number of clusters)."""
+    if same_items:
+        if scale != int(scale) or not 1 <= scale <= N_SHARDS:
+            raise RuntimeError(f"--same-items needs whole scales from 1 to {N_SHARDS}")
+        folder = root / f"same-items-{scale:g}"
+    else:
+        folder = root / f"scale-{scale:g}"
     marker = folder / "_rows.json"  # '_' files are skipped by every reader used here
     if marker.exists():
         return folder, json.loads(marker.read_text())["rows"]
@@ -227,10 +235,12 @@ def _write_shards(scale: float, root: Path) -> tuple[Path, int]:
         "import math, sys, numpy as np, refusalstats as rs\n"
         "from pathlib import Path\n"
         "scale, out = float(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)\n"
-        "k = math.ceil(scale / 10); per = N // k; total = 0; offset = 0; shard = 0\n"
+        "same = bool(int(sys.argv[3]))\n"
+        "k = int(scale) if same else math.ceil(scale / 10); per = N // k; total = 0; offset = 0; shard = 0\n"
         "for rep in range(k):\n"
-        "    df = rs.simulate_paper(scale=scale / k, seed=rep); df.attrs = {}\n"
-        "    df['item_id'] = df['item_id'] + offset; offset = int(df['item_id'].max()) + 1\n"
+        "    df = rs.simulate_paper(scale=1.0 if same else scale / k, seed=rep); df.attrs = {}\n"
+        "    if not same:\n"
+        "        df['item_id'] = df['item_id'] + offset; offset = int(df['item_id'].max()) + 1\n"
         "    n_here = per if rep < k - 1 else N - per * (k - 1)\n"
         "    b = np.linspace(0, len(df), n_here + 1).astype(int)\n"
         "    for i in range(n_here):\n"
@@ -238,7 +248,8 @@ def _write_shards(scale: float, root: Path) -> tuple[Path, int]:
         "    total += len(df); del df\n"
         "print(total)\n"
     ).replace("N", str(N_SHARDS))
-    res = subprocess.run([sys.executable, "-c", code, str(scale), str(folder)], capture_output=True,
+    res = subprocess.run([sys.executable, "-c", code, str(scale), str(folder), str(int(same_items))],
+                         capture_output=True,
                          text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"writing the shards for scale {scale:g} failed: "
@@ -290,6 +301,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration run")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs per configuration (median time, max peak RSS); rs-cluster runs once")
+    ap.add_argument("--same-items", action="store_true",
+                    help="scale k = k replicates of the scale-1 design keeping its 12,701 item ids: "
+                         "rows grow, clusters do not")
     ap.add_argument("--cluster-max-rows", type=float, default=3e6,
                     help="skip rs-cluster above this many rows (its counts grow with the rows)")
     args = ap.parse_args()
@@ -304,7 +318,7 @@ def main() -> None:
     for scale in args.scales:
         t = time.perf_counter()
         try:
-            folder, rows = _write_shards(scale, args.data)
+            folder, rows = _write_shards(scale, args.data, args.same_items)
         except RuntimeError as exc:
             print(f"# {exc}; scale skipped", file=sys.stderr, flush=True)
             args.scales = [x for x in args.scales if x != scale]
