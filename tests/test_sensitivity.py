@@ -1090,6 +1090,47 @@ def test_parquet_text_and_bool_columns_and_sparse_cluster_table(tmp_path, monkey
     _same(ref, w2_sensitivity(folder, **opts))
 
 
+def test_parquet_inputs_are_collapsed_one_at_a_time(tmp_path, monkeypatch):
+    """#15: the streamed path builds an input's counts and records only when its turn
+    comes (one collapse per input, in order), and the dense and sparse per-item tables give
+    the within-item null the same (item, cell) arrays."""
+    import refusalstats.sensitivity as S
+
+    df = _items(60, 6, seed=4, item_effect=0.8)
+    folder = _shards(df, tmp_path / "s")
+    calls = []
+    real = S._collapse
+
+    def counting(data, by, *a, **k):
+        calls.append(list(by))
+        return real(data, by, *a, **k)
+
+    monkeypatch.setattr(S, "_collapse", counting)
+    inputs = ["task", "persona", "prompt"]
+    stream = S._encode_stream(folder, "refusal", inputs, {}, "item_id",
+                              [*inputs, "refusal", "item_id"])
+    assert calls == []
+    for i, (out, part, clus) in enumerate(stream):
+        assert calls == [[name] for name in inputs[: i + 1]]
+        assert part.name == inputs[i] and out.n == len(df) and clus.n == 60
+    seen = []
+    ests = {}
+    for limit in (S.DENSE_CLUSTER_TABLE, 0):
+        monkeypatch.setattr(S, "DENSE_CLUSTER_TABLE", limit)
+        for out, part, clus in S._encode_stream(folder, "refusal", ["persona"], {}, "item_id",
+                                                ["persona", "refusal", "item_id"]):
+            est = S._TableEstimator(out, part, clus, True)
+            est._within_setup()
+            ests[est.sparse] = est
+            seen.append(est.sparse)
+    assert seen == [False, True]
+    assert ests[False].scheme == "within items" and len(ests[False].active) > 0
+    for attr in ("active", "pcell", "psize", "pstart", "kmaj", "hmin", "base"):
+        a, b = getattr(ests[False], attr), getattr(ests[True], attr)
+        assert a.dtype == b.dtype == np.int64
+        np.testing.assert_array_equal(a, b)
+
+
 def test_parquet_inputs_that_need_rows_say_how_to_proceed(tmp_path):
     df = _items(40, 5, seed=1)
     df["score"] = np.random.default_rng(0).normal(size=len(df))

@@ -15,6 +15,7 @@ function of a discrete X scores exactly 1 and the 0/1 closed form is exact. See
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -121,7 +122,7 @@ def _factorize(col: pd.Series) -> tuple[np.ndarray, list]:
         used = np.bincount(codes, minlength=len(col.cat.categories)) > 0
         remap = np.cumsum(used) - 1
         labels = [c for c, u in zip(col.cat.categories, used) if u]
-        return remap[codes].astype(np.int64), labels
+        return remap[codes].astype(np.int64, copy=False), labels
     if pd.api.types.is_bool_dtype(col) or pd.api.types.is_integer_dtype(col):
         vals = np.asarray(col, dtype=np.int64)
         lo = int(vals.min())
@@ -132,9 +133,9 @@ def _factorize(col: pd.Series) -> tuple[np.ndarray, list]:
             labels = (np.flatnonzero(present) + lo).tolist()
             if pd.api.types.is_bool_dtype(col):
                 labels = [bool(v) for v in labels]
-            return remap[vals - lo].astype(np.int64), labels
+            return remap[vals - lo].astype(np.int64, copy=False), labels
     codes, uniques = pd.factorize(col, sort=True)
-    return codes.astype(np.int64), list(uniques)
+    return codes.astype(np.int64, copy=False), list(uniques)
 
 
 def _encode_output(data: pd.DataFrame, output: str | Sequence[str]) -> _Output:
@@ -336,7 +337,7 @@ def _encode_clusters(data: pd.DataFrame, cluster: str | Sequence[str]) -> _Clust
             f"cluster={cluster!r}: the data hold a single cluster, so whole clusters cannot be "
             "resampled or permuted. Pass cluster=None to treat rows as independent."
         )
-    return _Clusters(name, codes.astype(np.int64), n_g)
+    return _Clusters(name, codes.astype(np.int64, copy=False), n_g)
 
 
 def _cluster_labels(codes: np.ndarray, clus: _Clusters) -> np.ndarray | None:
@@ -442,10 +443,19 @@ class _TableEstimator:
         self.scheme = "items" if self.lab is not None else "within items"
         self.sgroups, self.sstarts = _strata(self.lab, n_g, stratified)
         self.boot_scheme = "items within levels" if len(self.sstarts) > 2 else "items"
-        key = (clus.codes * n_cells + part.codes) * k_sup + out.codes
+        key = clus.codes * n_cells  # (cluster, cell, value) of each record, built in place
+        key += part.codes
+        key *= k_sup
+        key += out.codes
         width = n_cells * k_sup
         if n_g * width <= DENSE_CLUSTER_TABLE:
-            self.A = _count(key, self.w, n_g * width).reshape(n_g, width).astype(float)
+            # the rows per key as floats (whole numbers): one G x width array, no int64
+            # round trip (the same values as _count(...).astype(float))
+            a = np.bincount(key, weights=self.w, minlength=n_g * width)
+            if self.w is not None:
+                np.rint(a, out=a)
+            self.A = a.astype(float, copy=False).reshape(n_g, width)
+            del a
             self.sparse = False
         else:
             from scipy import sparse
@@ -458,6 +468,7 @@ class _TableEstimator:
             self.A = sparse.csc_matrix((cnt.astype(float), (uk // width, uk % width)),
                                        shape=(n_g, width)).T.tocsr()  # (width, G)
             self.sparse = True
+        del key
         self.h = _count(clus.codes * k_sup + out.codes, self.w, n_g * k_sup).reshape(n_g, k_sup)
         self.base = None  # within-cluster permutation arrays: built on first use
 
@@ -466,24 +477,41 @@ class _TableEstimator:
         occur, from the per-cluster counts ``A`` (memory O(pairs), never O(rows))."""
         n_g = self.clus.n
         n_cells, k_sup = self.counts.shape
+        h = self.h
+        moves = (h > 0).sum(axis=1) >= 2  # the item's output is not constant
         if self.sparse:
             coo = self.A.tocoo()  # (width, G)
             g, col, val = coo.col.astype(np.int64), coo.row.astype(np.int64), coo.data
+            pair = g * n_cells + col // k_sup
+            del g, col
+            upair, inv = np.unique(pair, return_inverse=True)  # sorted by (item, cell)
+            psize = np.rint(np.bincount(inv.ravel(), weights=val, minlength=len(upair)))
+            pg, pc = upair // n_cells, upair % n_cells
+            del coo, val, pair, upair, inv
+            # an item's answers move when it spans two cells and its output is not constant
+            is_act = (np.bincount(pg, minlength=n_g) >= 2) & moves
+            keep = is_act[pg]
+            pg, pc, psize = pg[keep], pc[keep], psize[keep].astype(np.int64)
+            pstart = np.searchsorted(pg, np.r_[np.flatnonzero(is_act), n_g]).astype(np.int64)
+            del pg, keep
         else:
-            g, col = np.nonzero(self.A)
-            val = self.A[g, col]
-        pair = g.astype(np.int64) * n_cells + col // k_sup
-        upair, inv = np.unique(pair, return_inverse=True)  # sorted by (item, cell)
-        psize = np.rint(np.bincount(inv.ravel(), weights=val, minlength=len(upair)))
-        pg, pc = upair // n_cells, upair % n_cells
-        h = self.h
-        # an item's answers move when it spans two cells and its output is not constant
-        is_act = (np.bincount(pg, minlength=n_g) >= 2) & ((h > 0).sum(axis=1) >= 2)
+            # rows per (item, cell) as a G x cells array: the pairs that occur are its
+            # nonzeros, already in (item, cell) order; only the active items' pairs are
+            # taken out (no index arrays per nonzero of A, no filtered copies: #15)
+            per = self.A.reshape(n_g, n_cells, k_sup).sum(axis=2)
+            occupied = per > 0
+            n_occ = occupied.sum(axis=1)
+            is_act = (n_occ >= 2) & moves
+            occupied &= is_act[:, None]
+            pstart = np.r_[0, np.cumsum(n_occ[is_act])].astype(np.int64)
+            flat = np.flatnonzero(occupied)
+            del occupied
+            pc = flat % n_cells
+            psize = np.rint(per.ravel()[flat]).astype(np.int64)
+            del per, flat
         self.active = np.flatnonzero(is_act).astype(np.int64)
-        keep = is_act[pg]
-        pg, pc, psize = pg[keep], pc[keep], psize[keep].astype(np.int64)
-        self.pcell, self.psize = pc.astype(np.int64), psize
-        self.pstart = np.searchsorted(pg, np.r_[self.active, n_g]).astype(np.int64)
+        self.pcell, self.psize = pc.astype(np.int64, copy=False), psize
+        self.pstart = pstart
         # every active item starts at its most frequent value; the others are placed
         h_act = h[is_act].astype(np.int64)
         self.kmaj = np.argmax(h_act, axis=1).astype(np.int64)
@@ -1018,8 +1046,7 @@ def _check_stream(data, out_names: list[str], inputs: list[str], partitions: dic
 
 
 def _encode_stream(data, name: str, inputs: list[str], partitions: dict, cl,
-                   needed: list[str], exclude: dict | None = None
-                   ) -> list[tuple[_Output, _Partition, _Clusters | None]]:
+                   needed: list[str], exclude: dict | None = None):
     """Per input, the estimator's arrays from ``collapse(data, by=[input], cluster=cl)``.
 
     Each line of the counts table (input level x cluster) becomes two weighted records,
@@ -1027,49 +1054,67 @@ def _encode_stream(data, name: str, inputs: list[str], partitions: dict, cl,
     ids are ordered as the in-memory path orders them (``_factorize`` on the counts
     columns), so the tables, the cluster matrix and hence every random draw are the same.
     One pass over the source per input: memory is clusters x levels, not rows.
+
+    A generator of ``(_Output, _Partition, _Clusters | None)``, one input at a time: an
+    input's counts and records are built when the caller asks for them and are freed once
+    it moves on, so the peak holds one input's records, not all of them (issue #15).
     """
     cl_cols = [] if cl is None else ([cl] if isinstance(cl, str) else list(cl))
-    encoded = []
-    n_total = None
+    state: dict = {}  # the first input's row count, for the others
     for inp in inputs:
-        counts = _collapse(data, [inp], cl_cols, name, needed, exclude)
-        n_lines = counts["n"].to_numpy(np.int64)
-        r_lines = counts["refusals"].to_numpy(np.int64)
-        if n_total is None:
-            n_total = int(n_lines.sum())
-            n_ref = int(r_lines.sum())
-            if n_ref in (0, n_total):
-                raise ValueError(
-                    f"output column {name!r} is constant (every row is {int(n_ref > 0)}): "
-                    "Var[Y] = 0 and the index is undefined. Check the column, or the subset "
-                    "you passed.")
-        # records: every line twice (output 0, output 1), lines without such rows dropped
-        w = np.concatenate([n_lines - r_lines, r_lines])
-        keep = np.flatnonzero(w > 0)
-        line = np.concatenate([np.arange(len(counts))] * 2)[keep]
-        out = _Output("ordinal", name, n_total,
-                      np.repeat(np.array([0, 1], dtype=np.int64), len(counts))[keep],
-                      np.array([0.0, 1.0]), w=w[keep].astype(np.float64))
-        col = counts[inp]
-        spec = partitions.get(inp)
-        if spec is None and _is_numeric(col) and not pd.api.types.is_bool_dtype(col) \
-                and col.nunique() > default_partitions(n_total):
-            raise _rows_needed(data, f"the integer input {inp!r} with {col.nunique():,} values "
-                               f"(more than {default_partitions(n_total)}: equal-count rank bins)",
-                               needed)
-        codes, labels = _factorize(col)
-        if len(labels) < 2:
+        # yielded straight from the call: no local of this frame keeps the records alive
+        yield _encode_stream_input(data, name, inp, partitions, cl, cl_cols, needed, exclude,
+                                   state)
+
+
+def _encode_stream_input(data, name: str, inp: str, partitions: dict, cl, cl_cols: list[str],
+                         needed: list[str], exclude: dict | None, state: dict
+                         ) -> tuple[_Output, _Partition, _Clusters | None]:
+    """One input of :func:`_encode_stream` (its temporaries die with this frame);
+    ``state["n_total"]``: the rows, set by the first input."""
+    counts = _collapse(data, [inp], cl_cols, name, needed, exclude)
+    n_lines = counts["n"].to_numpy(np.int64)
+    r_lines = counts["refusals"].to_numpy(np.int64)
+    n_total = state.get("n_total")
+    if n_total is None:
+        n_total = state["n_total"] = int(n_lines.sum())
+        n_ref = int(r_lines.sum())
+        if n_ref in (0, n_total):
             raise ValueError(
-                f"input {inp!r} has a single level ({labels[0]!r}) in these data: a sensitivity "
-                "index compares partitions, so it needs at least two. Drop the input or pass data "
-                "where it varies.")
-        part = _Partition(inp, codes[line], len(labels), "levels", labels)
-        clus = None
-        if cl_cols:
-            c = _encode_clusters(counts[cl_cols], cl)
-            clus = _Clusters(c.name, c.codes[line], c.n)
-        encoded.append((out, part, clus))
-    return encoded
+                f"output column {name!r} is constant (every row is {int(n_ref > 0)}): "
+                "Var[Y] = 0 and the index is undefined. Check the column, or the subset "
+                "you passed.")
+    # records: every line twice (output 0, output 1), lines without such rows dropped;
+    # the lines with answers 0, then those with answers 1 (no 2 x lines temporaries)
+    n0_lines = n_lines - r_lines
+    del n_lines
+    k0, k1 = np.flatnonzero(n0_lines > 0), np.flatnonzero(r_lines > 0)
+    line = np.concatenate([k0, k1])  # record -> its counts line
+    out = _Output("ordinal", name, n_total,
+                  np.repeat(np.array([0, 1], dtype=np.int64), [len(k0), len(k1)]),
+                  np.array([0.0, 1.0]),
+                  w=np.concatenate([n0_lines[k0], r_lines[k1]], dtype=np.float64))
+    del n0_lines, r_lines, k0, k1
+    col = counts[inp]
+    spec = partitions.get(inp)
+    if spec is None and _is_numeric(col) and not pd.api.types.is_bool_dtype(col) \
+            and col.nunique() > default_partitions(n_total):
+        raise _rows_needed(data, f"the integer input {inp!r} with {col.nunique():,} values "
+                           f"(more than {default_partitions(n_total)}: equal-count rank bins)",
+                           needed)
+    codes, labels = _factorize(col)
+    if len(labels) < 2:
+        raise ValueError(
+            f"input {inp!r} has a single level ({labels[0]!r}) in these data: a sensitivity "
+            "index compares partitions, so it needs at least two. Drop the input or pass data "
+            "where it varies.")
+    part = _Partition(inp, codes[line], len(labels), "levels", labels)
+    del codes, col
+    clus = None
+    if cl_cols:
+        c = _encode_clusters(counts[cl_cols], cl)
+        clus = _Clusters(c.name, c.codes[line], c.n)
+    return out, part, clus
 
 
 # ----------------------------------------------------------------------------------------
@@ -1296,16 +1341,22 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
             raise ValueError(f"column(s) {both} are both output and cluster")
 
     if streamed:
-        encoded = _encode_stream(data, out_names[0], inputs, partitions, cl, needed, exclude)
-        out = encoded[0][0]
-        clus = encoded[0][2]
+        # one input at a time: the chain drops the first input's records once the loop
+        # asks for the second, and each later input is collapsed only when its turn comes
+        stream = _encode_stream(data, out_names[0], inputs, partitions, cl, needed, exclude)
+        first = next(stream)
+        out, clus = first[0], first[2]
+        encoded = itertools.chain([first], stream)
+        del first
     else:
         out = _encode_output(data, output)
         clus = None if cl is None else _encode_clusters(data, cl)
         encoded = [(out, _encode_input(data, name, partitions.get(name), out.n), clus)
                    for name in inputs]
     n = out.n
-    parts = [part for _, part, _ in encoded]
+    out_name, out_kind, out_support = out.name, out.kind, out.n_support
+    clus_name, clus_n = (None, None) if clus is None else (clus.name, clus.n)
+    labels: dict[str, list] = {}
     # "auto": rows independent -> unstratified (partition sizes vary, as they do between
     # samples when each row's level is random); clustered -> items resampled within the
     # levels of an item-level input (items per level are fixed by the design) and whole
@@ -1320,7 +1371,7 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
     notes: list[str] = []
     schemes: dict[str, str] = {}
     boot_schemes: dict[str, str] = {}
-    bar = tqdm(total=len(parts) * (n_boot + n_perm), desc="W2 sensitivity", unit="rep",
+    bar = tqdm(total=len(inputs) * (n_boot + n_perm), desc="W2 sensitivity", unit="rep",
                disable=not progress or (n_boot + n_perm) == 0, leave=False)
     try:
         for out, part, clus in encoded:
@@ -1381,6 +1432,9 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
                 "iota_corrected": corrected, "p_value": p_value,
                 "distinguishable": distinguishable, "note": "; ".join(row_notes),
             })
+            labels[part.name] = part.labels
+            # let go of this input's records and estimator before the next is built
+            est = out = part = clus = None
     finally:
         bar.close()
     if fallback:
@@ -1395,12 +1449,12 @@ def _w2_sensitivity(data, output, inputs, partitions, n_boot, conf, n_perm, seed
     table["n_partitions"] = table["n_partitions"].astype(int)
     table["distinguishable"] = table["distinguishable"].astype("boolean")
     return W2SensitivityResult(
-        table=table, output=out.name,
-        output_kind="binary" if out.kind == "ordinal" and out.n_support == 2 else out.kind,
+        table=table, output=out_name,
+        output_kind="binary" if out_kind == "ordinal" and out_support == 2 else out_kind,
         n=n, conf=conf,
         ci_method=ci if n_boot else "none", boot=boots, null=nulls,
-        partitions={p.name: p.labels for p in parts},
-        cluster=None if clus is None else clus.name,
-        n_clusters=None if clus is None else clus.n,
+        partitions=labels,
+        cluster=clus_name,
+        n_clusters=clus_n,
         bootstrap=bootstrap, boot_scheme=boot_schemes, null_scheme=schemes, notes=notes,
     )
