@@ -308,47 +308,17 @@ def _stream_design(source, cluster, columns: list[str]):
 def _stream_header(ctx, source: str, seed: int, n_clusters, columns: list[str]
                    ) -> list[tuple[str, str]]:
     """The page header of a streamed source: levels and totals from its design counts."""
-    from .. import __version__
     from ..scan import collapse
 
-    n, k = S.n_rows(ctx), S.n_refusals(ctx)
-
-    def lv(col: str) -> str:
-        if col not in columns:
-            return "— (no column)"
-        levels = S.levels_of(ctx, col)
-        shown = ", ".join(map(str, levels[:20])) + (" …" if len(levels) > 20 else "")
-        return f"{len(levels)}: {shown}"
-
-    rows = [
-        ("Data", f"{source} (Parquet, streamed into counts: no analysis holds the rows)"),
-        ("Rows", f"{n:,} answers, {k:,} refusals"),
-        ("Models", lv("model")),
-        ("Tasks", lv("task")),
-        ("Personas", lv("persona")),
-        ("Prompts", lv("prompt")),
-    ]
-    if "setting" in columns:
-        rows.append(("Settings", lv("setting")))
     cluster = ctx.cluster
-    if cluster:
-        cols = [cluster] if isinstance(cluster, str) else list(cluster)
-        text = (f"answers clustered by {'+'.join(cols)} ({n_clusters:,} clusters, "
-                f"{n / n_clusters:.3g} answers each on average): every interval and test is "
-                "cluster-robust")
-        rows.append(("Clustering", text))
-    else:
-        rows.append(("Clustering", "none: rows are treated as independent answers"))
+    n_items = None
     if "item_id" in columns:
         n_items = n_clusters if cluster == "item_id" else len(
             collapse(ctx.source, by=[], cluster="item_id"))
-        rows.append(("Items", f"{n_items:,}"))
-    rows += [
-        ("Generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        ("refusalstats", __version__),
-        ("Seed", str(seed)),
-    ]
-    return rows
+    return _header_rows(
+        f"{source} (Parquet, streamed into counts: no analysis holds the rows)",
+        S.n_rows(ctx), S.n_refusals(ctx), lambda col: S.levels_of(ctx, col), columns,
+        cluster, n_clusters, n_items, {}, seed)
 
 
 def _rc() -> dict:
@@ -364,8 +334,6 @@ def _persona_rows(df: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 def _header(df: pd.DataFrame, source: str | None, seed: int, cluster=None
             ) -> list[tuple[str, str]]:
-    from .. import __version__
-
     meta = df.attrs.get("metadata") or {}
     truth = df.attrs.get("truth")
     if source is None:
@@ -376,38 +344,52 @@ def _header(df: pd.DataFrame, source: str | None, seed: int, cluster=None
                       f"seed={truth.get('seed')}, calibrate={truth.get('calibrate')!r})")
         else:
             source = "in-memory table"
+    n_clusters = None
+    if cluster:
+        cols = [cluster] if isinstance(cluster, str) else list(cluster)
+        n_clusters = len(df.groupby(cols, observed=True).size())
+    n_items = df["item_id"].nunique() if "item_id" in df.columns else None
+    return _header_rows(source, len(df), int(df["refusal"].sum()),
+                        lambda col: S._levels(df, col), list(df.columns), cluster, n_clusters,
+                        n_items, meta, seed)
+
+
+def _header_rows(data: str, n: int, k: int, levels, columns: list[str], cluster,
+                 n_clusters: int | None, n_items: int | None, meta: dict, seed: int
+                 ) -> list[tuple[str, str]]:
+    """The page header's rows, from rows or from streamed counts alike."""
+    from .. import __version__
 
     def lv(col: str) -> str:
-        if col not in df.columns:
+        if col not in columns:
             return "— (no column)"
-        levels = S._levels(df, col)
-        shown = ", ".join(map(str, levels[:20])) + (" …" if len(levels) > 20 else "")
-        return f"{len(levels)}: {shown}"
+        levels_ = levels(col)
+        shown = ", ".join(map(str, levels_[:20])) + (" …" if len(levels_) > 20 else "")
+        return f"{len(levels_)}: {shown}"
 
     rows = [
-        ("Data", source),
-        ("Rows", f"{len(df):,} answers, {int(df['refusal'].sum()):,} refusals"),
+        ("Data", data),
+        ("Rows", f"{n:,} answers, {k:,} refusals"),
         ("Models", lv("model")),
         ("Tasks", lv("task")),
         ("Personas", lv("persona")),
         ("Prompts", lv("prompt")),
     ]
-    if "setting" in df.columns:
+    if "setting" in columns:
         rows.append(("Settings", lv("setting")))
     if cluster:
         cols = [cluster] if isinstance(cluster, str) else list(cluster)
-        n_cl = len(df.groupby(cols, observed=True).size())
-        text = (f"answers clustered by {'+'.join(cols)} ({n_cl:,} clusters, "
-                f"{len(df) / n_cl:.3g} answers each on average): every interval and test is "
+        text = (f"answers clustered by {'+'.join(cols)} ({n_clusters:,} clusters, "
+                f"{n / n_clusters:.3g} answers each on average): every interval and test is "
                 "cluster-robust")
         rows.append(("Clustering", text))
     else:
         rows.append(("Clustering", "none: rows are treated as independent answers"))
-    if "item_id" in df.columns:
-        rows.append(("Items", f"{df['item_id'].nunique():,}"))
-    for k in ("model_revision", "decoding", "seed"):
-        if k in meta:
-            rows.append((f"Run {k.replace('_', ' ')}", str(meta[k])))
+    if n_items is not None:
+        rows.append(("Items", f"{n_items:,}"))
+    for key in ("model_revision", "decoding", "seed"):
+        if key in meta:
+            rows.append((f"Run {key.replace('_', ' ')}", str(meta[key])))
     rows += [
         ("Generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("refusalstats", __version__),
