@@ -98,9 +98,9 @@ def _table_or_dataset(path: str, sep: str | None = None):
 
 def _projected_rows(path: str, columns: list[str]) -> pd.DataFrame:
     """Only ``columns`` of a Parquet file, shard folder or glob, as a DataFrame."""
-    from .scan import _dataset, _parquet_files
+    from .scan import open_dataset
 
-    return _dataset(_parquet_files(path)).to_table(columns=list(columns)).to_pandas()
+    return open_dataset(path).to_table(columns=list(columns)).to_pandas()
 
 
 def _read_table(path: str, sep: str | None = None, validate_table: bool = True) -> pd.DataFrame:

@@ -216,6 +216,23 @@ def _dataset(files: list[Path]):
                          f"'{files[0]}'): {detail}") from None
 
 
+def open_dataset(path: str | Path | Sequence[str | Path]):
+    """The pyarrow dataset behind a Parquet file, shard folder, glob or list.
+
+    Only the file list and the schema are read; a file that is not valid Parquet is named.
+
+    Parameters
+    ----------
+    path : str, Path or list of them
+        As for :func:`collapse`.
+
+    Returns
+    -------
+    pyarrow.dataset.Dataset
+    """
+    return _dataset(_parquet_files(path))
+
+
 def scan_columns(path: str | Path | Sequence[str | Path]) -> list[str]:
     """Column names of a Parquet file, shard folder or glob, read from the schema only.
 
@@ -240,7 +257,7 @@ def scan_columns(path: str | Path | Sequence[str | Path]) -> list[str]:
     >>> rs.scan_columns("runs/big/")  # doctest: +SKIP
     ['item_id', 'model', 'task', 'persona', 'prompt', 'refusal']
     """
-    return list(_dataset(_parquet_files(path)).schema.names)
+    return list(open_dataset(path).schema.names)
 
 
 # --------------------------------------------------------------------------- levels

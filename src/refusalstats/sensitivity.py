@@ -917,9 +917,9 @@ class W2SensitivityResult:
 # ----------------------------------------------------------------------------------------
 def _source_schema(data):
     """The Arrow schema of a Parquet file, shard folder, glob or list (read from metadata)."""
-    from .scan import _dataset, _parquet_files
+    from .scan import open_dataset
 
-    return _dataset(_parquet_files(data)).schema
+    return open_dataset(data).schema
 
 
 def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, needed: list[str],

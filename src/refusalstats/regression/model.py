@@ -180,7 +180,7 @@ def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_clust
     Returns ``(counts, trials column, cluster column or None, _StreamedCluster or None)``.
     """
     from ..formula import parse_formula
-    from ..scan import _cluster_columns, _dataset, _parquet_files
+    from ..scan import _cluster_columns, scan_columns
     from ..scan import collapse as collapse_dataset
 
     if trials is not None or weights is not None:
@@ -196,7 +196,7 @@ def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_clust
         if auto:
             from .._validation import AUTO_CLUSTER_COLUMN
 
-            names = list(_dataset(_parquet_files(source)).schema.names)
+            names = scan_columns(source)
             cols = [AUTO_CLUSTER_COLUMN] if AUTO_CLUSTER_COLUMN in names else []
         else:
             cols = _cluster_columns(cluster)

@@ -277,7 +277,7 @@ def _stream_design(source, cluster, columns: list[str]):
     import pyarrow as pa
 
     from .._validation import AUTO_CLUSTER_COLUMN
-    from ..scan import _dataset, _parquet_files, collapse
+    from ..scan import collapse, open_dataset
 
     n_clusters = None
     if isinstance(cluster, str) and cluster == "auto":
@@ -293,7 +293,7 @@ def _stream_design(source, cluster, columns: list[str]):
             raise SchemaError(f"report: cluster column(s) {missing} are not in the table; its "
                               f"columns are {columns}")
         n_clusters = len(collapse(source, by=[], cluster=names))
-    schema = _dataset(_parquet_files(source)).schema
+    schema = open_dataset(source).schema
     skip = {"refusal", "item_id", "response", "prompt_text", "system_text", "gold_label",
             "predicted_label", "label", "label_refusal"}
     cats = [c for c in columns if c not in skip and c not in S.DESIGN_COLUMNS

@@ -1028,9 +1028,9 @@ ANSWERS_STREAM_ROWS = 20_000
 
 def _head(source, columns: list[str], n: int) -> pd.DataFrame:
     """The first ``n`` rows of ``columns`` of a Parquet source (nothing else is read)."""
-    from ..scan import _dataset, _parquet_files
+    from ..scan import open_dataset
 
-    return _dataset(_parquet_files(source)).head(n, columns=columns).to_pandas()
+    return open_dataset(source).head(n, columns=columns).to_pandas()
 
 
 def answers_section(ctx: Context) -> Section:
