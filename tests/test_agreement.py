@@ -322,3 +322,13 @@ def test_seeds_accept_int_none_and_generator():
         rs.cochran_q(df, seed=1.5, **kw)
     with pytest.raises(ValueError, match="conf"):
         rs.refusal_rates(df, conf=95)
+
+
+def test_cochran_q_auto_blocks_are_the_items_and_none_is_refused():
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame([(i, c, int(rng.random() < 0.3)) for i in range(30) for c in "abc"],
+                      columns=["item_id", "persona", "refusal"])
+    pd.testing.assert_frame_equal(rs.cochran_q(df, cluster="auto", method="chi2"),
+                                  rs.cochran_q(df, cluster="item_id", method="chi2"))
+    with pytest.raises(ValueError, match="needs blocks"):
+        rs.cochran_q(df, cluster=None)

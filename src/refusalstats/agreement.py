@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from ._summary import Summary
-from ._validation import check_random_state, cluster_from_block
+from ._validation import AUTO_CLUSTER_COLUMN, check_random_state, cluster_from_block
 from .multiplicity import adjust_pvalues
 from .rates import _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
@@ -75,8 +75,8 @@ def cochran_q(
     cluster : str or list of str
         The block: the item column(s) whose rows form one complete block, the unit
         within which the conditions are permuted (default ``"item_id"``, as ``cluster``
-        names the item everywhere in refusalstats); a list combines columns, e.g.
-        ``["item_id", "prompt"]`` when each item is shown with several templates.
+        names the item everywhere in refusalstats; ``"auto"`` means the same); a list
+        combines columns, e.g. ``["item_id", "prompt"]`` when each item is shown with several templates.
     by : str or list of str, optional
         Separate tests per group, e.g. ``["model", "task"]``.
     method : {"auto", "chi2", "exact", "permutation"}
@@ -146,7 +146,10 @@ def cochran_q(
     rng = check_random_state(seed)
     cluster = cluster_from_block("cochran_q", cluster, block, "item_id")
     if cluster is None:
-        raise ValueError("cochran_q needs the block column(s) in cluster= (e.g. 'item_id')")
+        raise ValueError("Cochran's Q needs blocks (each answered once under every condition): "
+                         "cluster='item_id' names them; cluster=None has none")
+    if isinstance(cluster, str) and cluster == "auto":
+        cluster = AUTO_CLUSTER_COLUMN
     blocks = _columns(cluster, "cluster")
     by = _columns(by, "by")
     if not blocks:

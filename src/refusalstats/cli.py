@@ -938,12 +938,9 @@ def _cmd_cochran(args) -> int:
 
     _check_outputs([args.table], [("--csv", args.csv)])
     cluster = _cluster_arg(args)
-    if cluster is None:
-        raise CLIError("Cochran's Q needs blocks (each answered once under every condition): "
-                       "give --cluster COLUMN, or leave it at auto for item_id")
     df = _table_or_dataset(args.table, sep=args.sep)
     res = cochran_q(df, condition=args.condition,
-                    cluster="item_id" if cluster == "auto" else _columns_arg(cluster),
+                    cluster=cluster if cluster in (None, "auto") else _columns_arg(cluster),
                     by=_columns_arg(args.by), method=args.method, n_perm=args.n_perm,
                     seed=args.seed, adjust=args.adjust)
     _emit(res, args)
