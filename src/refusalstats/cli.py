@@ -714,8 +714,8 @@ def _cmd_sensitivity(args) -> int:
     try:
         res = w2_sensitivity(df, **kwargs)
     except RowsNeeded as exc:  # a numeric input or output: read only the columns it uses
-        print(f"note: {exc.args[0].split(';')[1].strip().split('.')[0]}: reading the "
-              f"{len(exc.columns)} column(s) it uses into memory", file=sys.stderr)
+        print(f"note: {exc.what} needs the rows: reading the {len(exc.columns)} column(s) "
+              "it uses into memory", file=sys.stderr)
         res = w2_sensitivity(_projected_rows(args.table, exc.columns), **kwargs)
     by = (f"clustered by {res.cluster} ({res.n_clusters:,} clusters)" if res.cluster
           else "rows independent")

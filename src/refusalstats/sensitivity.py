@@ -957,11 +957,13 @@ def _resolve_cluster_stream(data, cluster, columns: list[str], output: str, need
 class RowsNeeded(ValueError):
     """w2_sensitivity on a Parquet source cannot stream this analysis: it needs the rows.
 
-    ``columns`` names the columns it uses, so a caller can read just those into memory.
+    ``what`` says what needs the rows; ``columns`` names the columns the analysis uses, so
+    a caller can read just those into memory.
     """
 
-    def __init__(self, message: str, columns: list[str]):
+    def __init__(self, message: str, what: str, columns: list[str]):
         super().__init__(message)
+        self.what = what
         self.columns = list(columns)
 
 
@@ -973,6 +975,7 @@ def _rows_needed(data, what: str, columns: list[str]) -> RowsNeeded:
         f"output and categorical inputs; {what} needs the rows. Pass partitions={{name: 'levels'}} "
         "for a numeric input with few values, or read just the columns it uses into memory: "
         f"w2_sensitivity(pd.read_parquet({src}, columns={columns}), ...)",
+        what,
         columns,
     )
 
