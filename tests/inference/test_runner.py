@@ -369,8 +369,10 @@ def test_a_second_concurrent_run_is_refused_and_a_stale_lock_taken_over(tmp_path
 
     design = rs.sample_design(_items(4, 6), k=3, seed=0)
     out = tmp_path / "run"
-    proc, prog = _spawn(tmp_path, design, out)
-    _wait_for(lambda: _batches_done(prog) >= 1, proc, "the first batch")
+    proc, _prog = _spawn(tmp_path, design, out)
+    # the first shard on disk, not just the first batch generated: a shard is labelled and
+    # written after its batch, and the kill below must come after one session wrote one
+    _wait_for(lambda: any((out / "shards").glob("*/part-*.parquet")), proc, "the first shard")
     backend = EchoBackend()
     with pytest.raises(RunLockedError, match=r"is in use by another run \(pid \d+ on "):
         run_generation(design, ["echo"], out, backend_factory=lambda s: backend,
