@@ -32,11 +32,16 @@ def _separation(d: _Design, beta: np.ndarray | None = None, bse: np.ndarray | No
         return [], []  # every pattern mixed: x'b = 0 on all of them forces b = 0
     N = np.eye(p)  # directions b = N z allowed by the mixed patterns (x'b = 0 on each)
     if mixed.any():
-        _, sv, Vt = np.linalg.svd(X[mixed], full_matrices=False)
-        rank = int(np.sum(sv > sv.max() * max(X[mixed].shape) * np.finfo(float).eps))
+        Xm = X[mixed]
+        # with fewer mixed patterns than coefficients the thin SVD has fewer than p right
+        # singular vectors and would hide the null space: take the full p x p basis then
+        # (cheap: Xm has fewer than p rows); otherwise the thin one (Xm may be tall)
+        _, sv, Vt = np.linalg.svd(Xm, full_matrices=Xm.shape[0] < p)
+        tol = (sv.max() if sv.size else 0.0) * max(Xm.shape) * np.finfo(float).eps
+        rank = int(np.sum(sv > tol))
         if rank == p:
             return [], []  # they span every direction: b = 0, no separation
-        N = Vt[rank:].T  # orthonormal basis of their null space
+        N = Vt[rank:].T  # orthonormal basis of their null space (p - rank columns)
     if K <= 100_000:
         # the linear program in the m = p - rank coordinates z of the null space: the same
         # feasible set (N z in the box, x'N z >= 0 on all-refusal patterns, <= 0 on none),
