@@ -6,6 +6,7 @@ and closed forms, computed here on the same data.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -254,6 +255,8 @@ def test_refusal_rates_auto_clusters_by_item_id():
     with warnings.catch_warnings():
         warnings.simplefilter("error", rs.ClusterNote)
         per_item = rs.refusal_rates(df, by="item_id")
+    # no item_id: independent rows, and the note says so (cluster="auto" is never silent)
+    with pytest.warns(rs.ClusterNote, match="refusal_rates: rows are treated as independent"):
         plain = rs.refusal_rates(df.drop(columns="item_id"), by="task")
     assert "n_eff" not in per_item.columns and "n_eff" not in plain.columns
     with pytest.raises(SchemaError, match=r"cluster column\(s\) \['unit'\] not in the table"):
@@ -394,7 +397,8 @@ def test_wilson_bounds_at_zero_and_all_refusals_are_exact():
 
 def parquet_sources(df: pd.DataFrame, root) -> list:
     """``df`` written as three Parquet shards under ``root``; returns the ways to name
-    them: the folder, a glob, the list of files, and one file holding the whole table."""
+    them: the folder, a glob, the list of files, one Parquet file holding the whole table
+    and the same table as a CSV file (issue #21: ``rs.refusal_rates("good.csv")``)."""
     df = df.copy()
     df.attrs = {}
     shards = root / "shards"
@@ -404,8 +408,12 @@ def parquet_sources(df: pd.DataFrame, root) -> list:
         files.append(shards / f"part-{i}.parquet")
         df.iloc[rows].to_parquet(files[-1], index=False)
     df.to_parquet(root / "whole.parquet", index=False)
+    if "model" in df.columns:  # a text table (with its level sidecar): read, then the same path
+        rs.write_responses(df, root / "whole.csv")
+    else:  # not a full response table: a plain CSV
+        df.to_csv(root / "whole.csv", index=False)
     return [shards, str(shards / "part-*.parquet"), [str(f) for f in files],
-            str(root / "whole.parquet")]
+            str(root / "whole.parquet"), str(root / "whole.csv")]
 
 
 def assert_same_result(from_path: pd.DataFrame, from_rows: pd.DataFrame) -> None:
@@ -424,6 +432,40 @@ def shuffled_paper():
     df["setting"] = pd.Categorical(np.where(free, "persona-free", "persona"),
                                    categories=["persona", "persona-free"])
     return df
+
+
+@pytest.mark.filterwarnings("ignore::refusalstats.ClusterNote")
+@pytest.mark.parametrize("kw", [{"by": ["model", "task"], "cluster": "item_id"},
+                                {"by": "task", "cluster": None},
+                                {"by": "model"}, {"by": None, "method": "jeffreys"}])  # fmt: skip
+def test_refusal_rates_from_any_source_equals_the_dataframe(shuffled_paper, tmp_path, kw):
+    expected = rs.refusal_rates(shuffled_paper, **kw)
+    for source in parquet_sources(shuffled_paper, tmp_path):
+        assert_same_result(rs.refusal_rates(source, **kw), expected)
+
+
+def test_cluster_auto_says_the_same_for_every_source(shuffled_paper, tmp_path):
+    """The one "auto" rule: the same note (column, clusters, effective number) and the same
+    clustering for a DataFrame, a CSV file, a Parquet file and a shard folder."""
+    notes = []
+    for source in [shuffled_paper, *parquet_sources(shuffled_paper, tmp_path)]:
+        with pytest.warns(rs.ClusterNote) as rec:
+            out = rs.refusal_rates(source, by="task")
+        notes.append([str(w.message) for w in rec if w.category is rs.ClusterNote])
+        assert out.attrs["cluster"] == ["item_id"]
+    assert all(n == notes[0] for n in notes) and len(notes[0]) == 1
+    assert re.search(r"refusal_rates: clustering by 'item_id' \(\d[\d,]* items answered .* "
+                     r"effective number", notes[0][0])
+    # without item ids: independent rows, said the same way everywhere, naming prompt_id
+    df = shuffled_paper.rename(columns={"item_id": "prompt_id"})
+    notes = []
+    for source in [df, *parquet_sources(df, tmp_path / "noid")]:
+        with pytest.warns(rs.ClusterNote) as rec:
+            out = rs.persona_effect(source, by="task")
+        notes.append([str(w.message) for w in rec if w.category is rs.ClusterNote])
+        assert "cluster" not in out.attrs
+    assert all(n == notes[0] for n in notes)
+    assert "pass cluster='prompt_id'" in notes[0][0]
 
 
 @pytest.mark.filterwarnings("ignore::refusalstats.ClusterNote")

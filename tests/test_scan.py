@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import refusalstats as rs
-from refusalstats import scan
+from refusalstats import counts, scan
 from refusalstats.formula import prepare_factors
 from refusalstats.table import SchemaError
 
@@ -111,7 +111,7 @@ def test_file_glob_list_and_dataframe_give_the_same_table(shards, rows, tmp_path
 
 def test_tiny_batches_and_merges_change_nothing(shards, monkeypatch):
     want = rs.collapse(shards, by=KEYS, cluster="item_id")
-    monkeypatch.setattr(scan, "_COMPACT_ROWS", 50)  # merge partial counts very often
+    monkeypatch.setattr(counts, "_COMPACT_ROWS", 50)  # merge partial counts very often
     got = rs.collapse(shards, by=KEYS, cluster="item_id", batch_rows=97)
     pd.testing.assert_frame_equal(got, want)
     _assert_counts_equal(got, _groupby(_concat(shards), [*KEYS, "item_id"]), [*KEYS, "item_id"])
@@ -121,7 +121,7 @@ def test_merges_in_a_sparse_key_space_equal_pandas_groupby(rows, monkeypatch):
     """Keys with many more level combinations than lines (item x a 1,000-level key) are
     merged by sorting, not in a dense table per key: same counts, same order."""
     df = rows.assign(u=np.random.default_rng(3).integers(0, 1000, len(rows)))
-    monkeypatch.setattr(scan, "_COMPACT_ROWS", 50)
+    monkeypatch.setattr(counts, "_COMPACT_ROWS", 50)
     got = rs.collapse(df, by=["u", "model"], cluster="item_id", batch_rows=301)
     _assert_counts_equal(got, _groupby(df, ["u", "model", "item_id"]), ["u", "model", "item_id"])
 
@@ -211,16 +211,19 @@ def test_auto_cluster_on_a_path_matches_the_dataframe_rule(shards, rows, tmp_pat
     # item ids that never repeat: no clustering, the plain counts
     unique = rows.assign(item_id=np.arange(len(rows)))
     pq.write_table(pa.Table.from_pandas(unique, preserve_index=False), tmp_path / "u.parquet")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", rs.ClusterNote)
+    # ... and "auto" still says what it did (never silent)
+    with pytest.warns(rs.ClusterNote, match=r"independent.*'item_id' never repeats"):
         got = rs.collapse(tmp_path / "u.parquet", by=KEYS, cluster="auto")
     pd.testing.assert_frame_equal(got, rs.collapse(rows, by=KEYS))
     assert got.attrs["collapse"]["cluster"] is None
-    # no item_id column at all
-    pq.write_table(pa.Table.from_pandas(rows.drop(columns="item_id"), preserve_index=False),
-                   tmp_path / "noid.parquet")
-    assert list(rs.collapse(tmp_path / "noid.parquet", by="model", cluster="auto").columns) == \
-        ["model", "n", "refusals"]
+    # no item_id column at all, item ids under another name: named with the cluster= to pass
+    renamed = rows.rename(columns={"item_id": "prompt_id"})
+    pq.write_table(pa.Table.from_pandas(renamed, preserve_index=False), tmp_path / "noid.parquet")
+    for source in (tmp_path / "noid.parquet", renamed):
+        with pytest.warns(rs.ClusterNote, match=r"no 'item_id' column.*'prompt_id' \(120 values, "
+                          r"50 rows each\).*cluster='prompt_id'"):
+            got = rs.collapse(source, by="model", cluster="auto")
+        assert list(got.columns) == ["model", "n", "refusals"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -507,3 +510,71 @@ def test_refusal_rates_and_logit_accept_a_shard_folder(shards):
     np.testing.assert_allclose(b["F"], a["F"], rtol=1e-8)
     with pytest.raises(ValueError, match="trials= and weights= are for a DataFrame"):
         rs.logit(f"refusal ~ {FORMULA}", shards, trials="n")
+
+
+# --------------------------------------------------------------------------- sources (#20, #21)
+def _runs_with_latest_link(rows: pd.DataFrame, root: Path) -> Path:
+    """runs/run1..run3 with shards, and runs/latest -> run3 (a folder link), as tools leave."""
+    for i, part in enumerate(np.array_split(np.arange(len(rows)), 3), start=1):
+        folder = root / "runs" / f"run{i}" / "shards"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(rows.iloc[part], preserve_index=False),
+                       folder / "part-00000.parquet")
+    (root / "runs" / "latest").symlink_to(root / "runs" / "run3", target_is_directory=True)
+    return root / "runs"
+
+
+def test_a_link_to_a_run_counts_each_row_once(rows, tmp_path):
+    runs = _runs_with_latest_link(rows, tmp_path)
+    want = rs.refusal_rates(rows, by="task", cluster=None)
+    for source in (runs, str(runs / "**" / "*.parquet"), str(runs / "*" / "shards" / "*.parquet")):
+        got = rs.refusal_rates(source, by="task", cluster=None)
+        assert got["n"].sum() == len(rows) == 6000, source
+        pd.testing.assert_frame_equal(got, want)
+    # the link itself, given by name, is read (once)
+    assert rs.collapse(runs / "latest", by=[])["n"].item() == len(np.array_split(np.arange(6000), 3)[2])
+
+
+def test_links_out_of_the_folder_and_link_loops(rows, tmp_path):
+    inside = tmp_path / "data"
+    inside.mkdir()
+    rows.iloc[:100].to_parquet(inside / "a.parquet", index=False)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    rows.iloc[100:300].to_parquet(outside / "b.parquet", index=False)
+    (inside / "out").symlink_to(outside, target_is_directory=True)  # a folder link out
+    (inside / "b.parquet").symlink_to(outside / "b.parquet")  # a file link out
+    (inside / "loop").symlink_to(inside, target_is_directory=True)  # a loop
+    (inside / "sub").mkdir()
+    (inside / "sub" / "up").symlink_to(inside, target_is_directory=True)  # a deeper loop
+    for source in (inside, str(inside / "**" / "*.parquet")):
+        with pytest.warns(UserWarning, match=r"left out symbolic link.*outside") as rec:
+            got = rs.collapse(source, by=[])
+        assert got["n"].item() == 100, source
+        text = " ".join(str(w.message) for w in rec)
+        assert "elsewhere" in text and "loop" in text
+
+
+def test_refusal_rates_and_read_responses_read_text_tables_and_run_directories(rows, tmp_path):
+    rows.to_csv(tmp_path / "good.csv", index=False)
+    with pytest.warns(rs.ClusterNote):
+        got = rs.refusal_rates(str(tmp_path / "good.csv"), by="task")
+    with pytest.warns(rs.ClusterNote):
+        want = rs.refusal_rates(rows, by="task")
+    pd.testing.assert_frame_equal(got, want)
+    # a run directory written by `refusalstats generate` (labelled shards) reads as one table
+    run = tmp_path / "runs" / "two"
+    (run / "shards" / "m").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    tidy = rows.drop(columns="x").assign(model=rows["model"])
+    for i, part in enumerate(np.array_split(np.arange(len(tidy)), 2)):
+        pq.write_table(pa.Table.from_pandas(tidy.iloc[part], preserve_index=False),
+                       run / "shards" / "m" / f"part-{i:06d}.parquet")
+    from refusalstats.sources import source_of
+
+    assert source_of(run).kind == "run-dir"
+    assert source_of(str(tmp_path / "good.csv")).kind == "table-file"
+    back = rs.read_responses(run)
+    assert len(back) == len(rows)
+    assert back["refusal"].sum() == rows["refusal"].sum()
+    assert rs.refusal_rates(run, by="task", cluster=None)["n"].sum() == len(rows)

@@ -14,15 +14,38 @@ from refusalstats._validation import check_conf, check_random_state, resolve_clu
 
 def test_auto_cluster_picks_repeated_item_id_and_says_so():
     df = rs.simulate_items(n_items=20, k=3, seed=0)
-    with pytest.warns(rs.ClusterNote, match=r"clustering by 'item_id' \(20 items answered 3 times"):
+    with pytest.warns(rs.ClusterNote, match=r"clustering by 'item_id' \(20 items answered 3 times"
+                      r" on average: 20 clusters, effective number 20.0\)"):
         assert resolve_cluster(df, "auto", where="f") == "item_id"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_cluster(df, None) is None
         assert resolve_cluster(df, "item_id") == "item_id"  # explicit: no note
-        # unique item ids (each answered once) or no item_id column: independent rows
+    # unique item ids (each answered once) or no item_id column: independent rows, said so
+    with pytest.warns(rs.ClusterNote, match=r"independent.*'item_id' never repeats"):
         assert resolve_cluster(df.drop_duplicates("item_id"), "auto") is None
+    with pytest.warns(rs.ClusterNote, match=r"independent.*no 'item_id' column.*No column looks"):
         assert resolve_cluster(df.drop(columns="item_id"), "auto") is None
+
+
+def test_auto_cluster_names_columns_that_look_like_item_ids():
+    df = rs.simulate_items(n_items=20, k=3, seed=0).rename(columns={"item_id": "prompt_id"})
+    df["row_id"] = np.arange(len(df))  # never repeats: not a candidate
+    with pytest.warns(rs.ClusterNote, match=r"'prompt_id' \(20 values, 3 rows each\): pass "
+                      r"cluster='prompt_id'") as rec:
+        assert resolve_cluster(df, "auto", where="logit") is None
+    assert "row_id" not in str(rec[0].message)
+
+
+def test_effective_number_of_clusters_is_kish():
+    from refusalstats.counts import effective_clusters
+
+    assert effective_clusters([5] * 12) == 12.0
+    # (2 + 2 + 200)^2 / (4 + 4 + 40000) = 41616 / 40008
+    assert effective_clusters([2, 2, 200]) == pytest.approx(41616 / 40008)
+    df = pd.DataFrame({"item_id": np.repeat([1, 2, 3], [2, 2, 200]), "refusal": 0})
+    with pytest.warns(rs.ClusterNote, match=r"3 clusters, effective number 1.0\)"):
+        resolve_cluster(df, "auto")
 
 
 def test_cluster_errors_name_the_problem():

@@ -1,104 +1,21 @@
-"""Checks shared by every analysis: clustering choice, and (growing) conf, seeds, columns.
+"""Checks shared by every analysis: conf, seeds, the deprecated ``block=``.
 
-One place per idea: every engine that takes ``cluster=`` resolves it here, so the
-default (``"auto"``) means the same thing in rates, logit, W2, the report and the CLI.
+The ``cluster=`` rule has its home in :mod:`refusalstats.counts` (``resolve_cluster``,
+for DataFrames and streamed sources alike); its names are re-exported here so old
+imports keep working.
 """
 
 from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
+
+from .counts import AUTO_CLUSTER_COLUMN, ClusterNote, resolve_cluster
 
 __all__ = ["AUTO_CLUSTER_COLUMN", "ClusterNote", "check_conf", "check_random_state",
            "cluster_from_block", "int_seed", "resolve_cluster"]
-
-#: The column ``cluster="auto"`` looks for.
-AUTO_CLUSTER_COLUMN = "item_id"
-
-
-class ClusterNote(UserWarning):
-    """One-line note naming the clustering that ``cluster="auto"`` chose.
-
-    Silence it with ``warnings.simplefilter("ignore", rs.ClusterNote)``, or pass
-    ``cluster="item_id"`` (or ``cluster=None``) explicitly.
-    """
-
-
-def resolve_cluster(
-    data: pd.DataFrame,
-    cluster: str | Sequence[str] | None,
-    *,
-    where: str = "",
-    note: bool = True,
-) -> str | list[str] | None:
-    """Resolve a ``cluster=`` argument against a table.
-
-    Parameters
-    ----------
-    data : DataFrame
-        The response table (only its columns and the cluster column are read).
-    cluster : "auto", str, list of str or None
-        ``"auto"``: ``"item_id"`` when the table has that column and some item id
-        repeats (items answered many times), else ``None``; a note
-        (:class:`ClusterNote`) names the choice when clustering is switched on.
-        A column name (or list of names) is checked to exist and returned as given.
-        ``None`` turns clustering off.
-    where : str
-        The calling function, for messages (e.g. ``"refusal_rates"``).
-    note : bool
-        Emit the :class:`ClusterNote` when ``"auto"`` picks a column.
-
-    Returns
-    -------
-    The column (or list of columns) to cluster by, or ``None``.
-    """
-    prefix = f"{where}: " if where else ""
-    if cluster is None:
-        return None
-    if isinstance(cluster, str) and cluster == "auto":
-        if not isinstance(data, pd.DataFrame) or AUTO_CLUSTER_COLUMN not in data.columns:
-            return None
-        col = data[AUTO_CLUSTER_COLUMN]
-        if not col.duplicated().any():
-            return None
-        if col.isna().any():
-            # a partially missing item id cannot define clusters; say so rather than guess
-            raise ValueError(
-                f"{prefix}cluster='auto' would cluster by '{AUTO_CLUSTER_COLUMN}', but it has "
-                f"{int(col.isna().sum()):,} missing value(s); fill them, or pass cluster=None "
-                "to treat rows as independent"
-            )
-        if note:
-            n_items = int(col.nunique())
-            warnings.warn(
-                f"{prefix}clustering by '{AUTO_CLUSTER_COLUMN}' ({n_items:,} items answered "
-                f"{len(col) / n_items:.3g} times on average); pass cluster=None for "
-                "independent rows",
-                ClusterNote,
-                stacklevel=3,
-            )
-        return AUTO_CLUSTER_COLUMN
-    names = [cluster] if isinstance(cluster, str) else (
-        list(cluster) if isinstance(cluster, (list, tuple)) else None)
-    if not names or not all(isinstance(c, str) for c in names):
-        raise TypeError(
-            f"{prefix}cluster must be 'auto', None, a column name or a list of column names; "
-            f"got {cluster!r}"
-        )
-    if isinstance(data, pd.DataFrame):
-        missing = [c for c in names if c not in data.columns]
-        if missing:
-            from .table import SchemaError
-
-            msg = (f"{prefix}cluster column(s) {missing} not in the table; its columns are "
-                   f"{list(map(str, data.columns))}. Pass cluster=None for independent rows.")
-            raise SchemaError([msg])
-    return cluster
-
 
 def cluster_from_block(where: str, cluster, block, default):
     """``cluster`` after the deprecated ``block=`` spelling (a FutureWarning when it is used).

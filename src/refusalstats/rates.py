@@ -115,14 +115,10 @@ def _groups(data: pd.DataFrame, by: list[str]):
 
 
 def _columns_of(data) -> list[str]:
-    """The column names of a DataFrame, or of a Parquet source (read from its schema)."""
-    from .scan import is_dataset, scan_columns
+    """The column names of any source (a DataFrame, a table file, a Parquet source)."""
+    from .sources import scan_columns
 
-    if is_dataset(data):
-        return scan_columns(data)
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame or a path, got {type(data).__name__}")
-    return list(data.columns)
+    return scan_columns(data)
 
 
 def _at_caller(fn, *args, **kwargs):
@@ -176,25 +172,30 @@ def _counts(
     (DataFrame, list of str)
         The counts and the cluster columns used.
     """
-    from .scan import collapse, is_dataset
+    from .counts import _collapse
+    from .sources import source_of
 
     keys = list(dict.fromkeys(keys))
+    src = source_of(data, where=where)
 
     def check(clusters):
         both = sorted(set(clusters) & set(keys))
         if both:
             raise ValueError(f"{where}: cluster column(s) {both} are also {role}")
 
-    if is_dataset(data):
+    if src.streamed:
         if not (cluster is None or (isinstance(cluster, str) and cluster == "auto")):
             check(_columns(cluster, "cluster"))
-        counts = _at_caller(collapse, data, by=keys, cluster=cluster, refusal=refusal)
+        counts = _at_caller(_collapse, data, by=keys, cluster=cluster, refusal=refusal,
+                            where=where)
         clusters = _columns(counts.attrs["collapse"]["cluster"], "cluster")
         check(clusters)
         counts = counts.rename(columns={"n": "_n", "refusals": "_k"})
         counts.attrs = {}
         return counts, clusters
-    clusters = _columns(_at_caller(resolve_cluster, data, cluster, where=where), "cluster")
+    data = src.frame
+    clusters = _columns(_at_caller(resolve_cluster, data, cluster, where=where, refusal=refusal),
+                        "cluster")
     check(clusters)
     rows = _prepare(data, [*keys, *clusters], refusal)
     if not keys and not clusters:

@@ -532,7 +532,9 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     Parameters
     ----------
     path : str or Path
-        A ``.parquet``, ``.csv``, ``.tsv`` or ``.jsonl`` file (text formats may end in ``.gz``).
+        A ``.parquet``, ``.csv``, ``.tsv`` or ``.jsonl`` file (text formats may end in ``.gz``);
+        or a folder of Parquet shards, a glob, or a run directory written by
+        ``refusalstats generate`` (its labelled shards; :func:`refusalstats.sources.source_of`).
     format : {"parquet", "csv", "tsv", "jsonl"}, optional
         Overrides the extension.
     validate_table : bool
@@ -561,14 +563,22 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     >>> table.attrs["metadata"]["seed"]  # doctest: +SKIP
     0
     """
+    # a folder of Parquet shards, a `refusalstats generate` run directory or a glob: read
+    # through refusalstats.sources (each file once, links kept inside the folder)
+    streamed = format is None and (Path(path).is_dir() or any(ch in str(path) for ch in "*?["))
     path = Path(path)
-    if not path.exists():
+    if not streamed and not path.exists():
         raise FileNotFoundError(f"no response table at '{path}'")
-    fmt = _format_of(path, format)
+    fmt = "parquet" if streamed else _format_of(path, format)
     if fmt not in _WRITE_FORMATS:
         raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv', 'tsv' or 'jsonl'")
     if fmt == "parquet":
-        df = read_table(path, format=fmt)
+        if streamed:
+            from .sources import read_source
+
+            df = read_source(path, where="read_responses")
+        else:
+            df = read_table(path, format=fmt)
         meta = df.attrs.pop("metadata", {})
     else:
         side_path = Path(str(path) + ".meta.json")
