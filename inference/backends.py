@@ -94,6 +94,12 @@ class Completion:
     in ``n_new_tokens`` but not part of ``text``) and ``"length"`` when it hit
     ``max_new_tokens``. ``extra`` holds engine-specific per-row values written as
     columns of their own (an API's ``system_fingerprint``, the attempts a request took).
+
+    ``provider_refusal`` is set (to the reason, e.g. ``"finish_reason content_filter"``)
+    when the engine itself declined: the row gets ``refusal = 1`` with ``refusal_source =
+    "provider"`` whatever the detector says. ``error`` is set when the prompt got no answer
+    (an API's 4xx for this prompt): the row is recorded with ``refusal_source = "error"``
+    and no refusal value, and analyses leave it out (and say so).
     """
 
     text: str
@@ -101,6 +107,8 @@ class Completion:
     n_new_tokens: int
     finish_reason: str
     extra: dict = field(default_factory=dict, compare=False)
+    provider_refusal: str | None = None
+    error: str | None = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

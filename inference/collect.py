@@ -241,6 +241,6 @@ def collect_runs(
 
         df, det_name = _detect_refusals(df, detector, tasks)
         meta_out["detector"] = det_name
-        df = validate(df)
+        df = validate(df, error_rows="keep")
     df.attrs["metadata"] = meta_out
     return df

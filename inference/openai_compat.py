@@ -17,9 +17,22 @@ the messages (persona placement, system role) and records them.
   truncated bodies are retried up to ``max_retries`` times with exponential backoff and
   jitter (``backoff * 2**attempt``, at most ``max_backoff``, drawn from its upper half),
   waiting at least what ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``
-  asks for. Other 4xx errors (bad key, unknown model, prompt too long) stop the run at
-  once with the server's message; the rows finished before are on disk, and ``--resume``
-  continues.
+  asks for. ``timeout`` is a total deadline per attempt (connect, headers and body
+  together): a server trickling bytes cannot hold a request longer.
+* **Client errors**: 401, 403, 404, 405 and 407 (bad key, unknown model or address) stop
+  the run at once with the server's message; the rows finished before are on disk, and
+  ``--resume`` continues. Any other 4xx (a prompt too long, a usage-policy rejection) is
+  about one prompt: it comes back as a :class:`~.backends.Completion` with ``error`` set
+  (or ``provider_refusal`` for a policy rejection) and the run goes on; the runner's
+  ``on_error`` (``--on-error record|stop``) decides what happens to it.
+* **Redirects** are refused (a one-line error naming the target): urllib would resend the
+  ``Authorization`` header to whatever host a 30x names and replay a POST as a GET.
+* **Provider refusals** (the mapping to the table, see ``docs``/the runner):
+  ``finish_reason == "content_filter"``, a ``message.refusal`` field (OpenAI's structured
+  refusal, or a content part of type ``refusal``), a choice without a message, and a 4xx
+  whose error code, type or message names a content/usage policy are provider refusals:
+  ``provider_refusal`` holds the reason and the runner records ``refusal = 1`` with
+  ``refusal_source = "provider"``. Content sent as a list of parts is joined as text.
 * **Per row**: the server's ``system_fingerprint``, the model name it answered as
   (``api_model``), usage (``n_prompt_tokens``, ``n_new_tokens`` from
   ``prompt_tokens``/``completion_tokens``) and the attempts the request took
@@ -46,15 +59,138 @@ from typing import Any
 
 from .backends import Backend, Completion, DecodingParams, package_versions
 
-__all__ = ["APIError", "OpenAIBackend", "parse_retry_after"]
+__all__ = ["APIError", "OpenAIBackend", "RedirectRefused", "is_policy_rejection", "message_text",
+           "parse_retry_after"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
+#: 4xx answers that concern the whole run (key, permissions, address, model), not a prompt.
+RUN_ERROR_STATUS = frozenset({401, 402, 403, 404, 405, 407})
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+#: Words in a 4xx error's code, type or message that mark a content/usage-policy rejection.
+_POLICY_WORDS = ("content_filter", "content_policy", "content policy", "usage polic",
+                 "safety system", "responsible_ai", "responsibleai", "content management polic",
+                 "moderation", "flagged")
 
 
 class APIError(OSError):
     """A request the server refused (4xx), or that failed after every retry."""
+
+
+class RedirectRefused(APIError):
+    """The server answered with a redirect; it is not followed (the key would go along)."""
+
+
+class _PromptRejected(APIError):
+    """A 4xx about one prompt (not the key, model or address): recorded as a row."""
+
+    def __init__(self, message: str, *, policy: bool):
+        super().__init__(message)
+        self.policy = policy
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise RedirectRefused(
+            f"{req.full_url} answered HTTP {code} redirecting to {newurl}; redirects are not "
+            "followed (the API key would be sent along): set --base-url to the final address")
+
+
+def _tracked(cls, req):
+    """A connection factory that leaves the socket on ``req`` once connected (the deadline).
+
+    urllib drops the connection's own reference to the socket once the headers are in;
+    the response keeps reading from it, so the socket itself is what the deadline cuts.
+    """
+    class Tracked(cls):
+        def connect(self):
+            super().connect()
+            req.rs_socket = self.sock
+
+    def make(host, **kw):
+        return Tracked(host, **kw)
+    return make
+
+
+class _TrackedHTTP(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_tracked(http.client.HTTPConnection, req), req)
+
+
+class _TrackedHTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_tracked(http.client.HTTPSConnection, req), req,
+                            context=getattr(self, "_context", None))
+
+
+def _cut_connection(req) -> None:
+    """Shut the request's socket down: a blocked read returns at once (the deadline)."""
+    import socket
+
+    sock = getattr(req, "rs_socket", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def message_text(content) -> str:
+    """The text of a chat message's ``content``: a string, or a list of parts joined.
+
+    Parts are strings or objects with a ``text`` (``{"type": "text", "text": ...}``);
+    other parts (images, refusals) add no text.
+
+    Examples
+    --------
+    >>> message_text([{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}])
+    'Hello there'
+    >>> message_text(None)
+    ''
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append(part["text"])
+        return "".join(out)
+    return str(content)
+
+
+def _parts_refusal(content) -> str | None:
+    if isinstance(content, list):
+        texts = [p.get("refusal") for p in content
+                 if isinstance(p, dict) and p.get("type") == "refusal"]
+        if texts:
+            return " ".join(str(t) for t in texts if t) or "refusal"
+    return None
+
+
+def is_policy_rejection(error) -> bool:
+    """Whether an API error object (or its text) is a content/usage-policy rejection.
+
+    Examples
+    --------
+    >>> is_policy_rejection({"code": "content_policy_violation", "message": "rejected"})
+    True
+    >>> is_policy_rejection({"code": "context_length_exceeded"})
+    False
+    """
+    if isinstance(error, dict):
+        text = " ".join(str(error.get(k, "")) for k in ("code", "type", "message", "param"))
+        inner = error.get("innererror")
+        if isinstance(inner, dict):
+            text += " " + " ".join(str(v) for v in inner.values())
+    else:
+        text = str(error)
+    text = text.lower()
+    return any(w in text for w in _POLICY_WORDS)
 
 
 def parse_retry_after(headers) -> float | None:
@@ -125,7 +261,8 @@ class OpenAIBackend(Backend):
     concurrency : int
         Requests in flight at most (default 8).
     timeout : float
-        Seconds for one request (connect and read) before it is retried.
+        Seconds one attempt may take in all (connect, headers and body: a deadline, not a
+        limit per read) before it is retried.
     max_retries : int
         Retries of one request after the first attempt (default 8).
     backoff, max_backoff : float
@@ -173,7 +310,8 @@ class OpenAIBackend(Backend):
             if k in self.extra_body:
                 raise ValueError(f"extra_body must not set {k!r}")
         host = urllib.parse.urlsplit(self.base_url).hostname
-        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        handlers: list = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        handlers += [_NoRedirects(), _TrackedHTTP(), _TrackedHTTPS()]
         self._opener = urllib.request.build_opener(*handlers)
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
@@ -208,6 +346,15 @@ class OpenAIBackend(Backend):
             retry_after = None
             req = urllib.request.Request(url, data=data, method=method, headers=self._headers())
             self.requests += 1
+            expired = threading.Event()
+
+            def _expire(req=req, expired=expired):
+                expired.set()
+                _cut_connection(req)
+
+            watchdog = threading.Timer(self.timeout, _expire)
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 with self._opener.open(req, timeout=self.timeout) as resp:
                     raw = resp.read()
@@ -220,20 +367,33 @@ class OpenAIBackend(Backend):
                     detail = exc.read(4000).decode("utf-8", "replace")
                 except (OSError, http.client.HTTPException):
                     detail = ""
+                err: Any = detail
                 try:
-                    msg = json.loads(detail)["error"]
-                    msg = msg.get("message", msg) if isinstance(msg, dict) else msg
+                    err = json.loads(detail)["error"]
+                    msg = err.get("message", err) if isinstance(err, dict) else err
                 except (ValueError, KeyError, TypeError):
                     msg = detail
                 msg = self._scrub(" ".join(str(msg).split())[:300])
                 if exc.code not in RETRY_STATUS:
-                    raise APIError(f"HTTP {exc.code} from {url}: {msg or exc.reason}") from None
+                    text = f"HTTP {exc.code} from {url}: {msg or exc.reason}"
+                    if 400 <= exc.code < 500 and exc.code not in RUN_ERROR_STATUS \
+                            and method == "POST":
+                        raise _PromptRejected(
+                            text, policy=is_policy_rejection(err) or is_policy_rejection(msg)
+                        ) from None
+                    raise APIError(text) from None
                 retry_after = parse_retry_after(exc.headers)
                 last = f"HTTP {exc.code} {msg}".strip()
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                    TimeoutError, ValueError) as exc:
+                    TimeoutError, ValueError, OSError) as exc:
+                if isinstance(exc, APIError):
+                    raise
                 reason = getattr(exc, "reason", None) or exc
+                if expired.is_set():
+                    reason = f"no complete answer within {self.timeout:g} s (--request-timeout)"
                 last = self._scrub(f"{type(exc).__name__}: {reason}")
+            finally:
+                watchdog.cancel()
             if attempt == self.max_retries:
                 break
             delay = min(self.max_backoff, self.backoff * 2 ** attempt)
@@ -295,7 +455,18 @@ class OpenAIBackend(Backend):
     def _complete(self, prompt: str, params: DecodingParams, stop: threading.Event) -> Completion:
         body = self._body(prompt, params)
         for _ in range(self.max_retries + 1):
-            reply, attempts = self._request("POST", "/chat/completions", body, stop)
+            try:
+                reply, attempts = self._request("POST", "/chat/completions", body, stop)
+            except _PromptRejected as exc:
+                # about this prompt alone: a row, not the end of the run
+                reason = self._scrub(str(exc))
+                return Completion(text="", n_prompt_tokens=0, n_new_tokens=0,
+                                  finish_reason="rejected",
+                                  extra={"system_fingerprint": None, "api_model": None,
+                                         "request_attempts": 1},
+                                  provider_refusal=f"policy rejection: {reason}" if exc.policy
+                                  else None,
+                                  error=None if exc.policy else reason)
             choices = reply.get("choices")
             if isinstance(choices, list) and choices and isinstance(choices[0], dict):
                 break
@@ -305,17 +476,29 @@ class OpenAIBackend(Backend):
         else:
             raise APIError(f"{self.base_url}/chat/completions answered without choices")
         choice = choices[0]
-        message = choice.get("message") or {}
-        text = message.get("content") or ""
+        message = choice.get("message")
+        finish = str(choice.get("finish_reason") or "unknown")
+        refusal = None
+        if not isinstance(message, dict):
+            refusal, message = "choice without a message", {}
+        content = message.get("content")
+        text = message_text(content)
+        said = message.get("refusal") or _parts_refusal(content)
+        if said:
+            refusal = "message.refusal"
+            text = text or message_text(said)
+        if finish == "content_filter":
+            refusal = "finish_reason content_filter"
         usage = reply.get("usage") or {}
         n_new = usage.get("completion_tokens")
         return Completion(
             text=str(text),
             n_prompt_tokens=int(usage.get("prompt_tokens") or 0),
             n_new_tokens=int(n_new) if n_new is not None else 0,
-            finish_reason=str(choice.get("finish_reason") or "unknown"),
+            finish_reason=finish,
             extra={"system_fingerprint": reply.get("system_fingerprint"),
                    "api_model": reply.get("model"), "request_attempts": int(attempts)},
+            provider_refusal=refusal,
         )
 
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:

@@ -67,18 +67,25 @@ from .sharding import SPLIT_METHOD, ShardSpec, resolve_shard, shard_dir_name, sh
 
 __all__ = [
     "ModelSpec",
+    "PromptError",
     "RunInterrupted",
     "RunLockedError",
+    "ShardError",
     "collect_responses",
     "padded_tokens",
     "plan_batches",
     "run_generation",
+    "session_status",
 ]
 
 _SHARD_COLUMNS = ("row_id", "response", "prompt_text", "system_text", "n_prompt_tokens",
-                  "n_new_tokens", "finish_reason", "truncated", "prompt_sha256", "batch_id")
+                  "n_new_tokens", "finish_reason", "truncated", "prompt_sha256", "batch_id",
+                  "provider_refusal", "error")
 
 TRUNCATE = ("error", "middle")
+
+#: What a prompt without an answer (an API's 4xx for that prompt) does to the run.
+ON_ERROR = ("record", "stop")
 
 #: Parquet key-value metadata of a labelled shard: JSON with the model, the detector and
 #: the columns added to the raw rows (``added``), which :func:`_read_shards` leaves out.
@@ -96,6 +103,10 @@ DEFAULT_MAX_BATCH_SIZE = 256
 
 class RunLockedError(OSError):
     """The run directory is in use by another live process."""
+
+
+class PromptError(RuntimeError):
+    """A prompt got no answer (a 4xx for that prompt) and ``on_error="stop"`` was asked for."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -537,24 +548,51 @@ class _ShardWriter:
             self.last = time.monotonic()
 
 
+class ShardError(ValueError):
+    """A shard file cannot be read (truncated or corrupted); the message names it."""
+
+
 def _raw_part(path: Path) -> pd.DataFrame:
     """One shard's raw rows: a labelled shard without the columns labelling added."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
-    info = (schema.metadata or {}).get(SHARD_METADATA_KEY)
-    if info is None:  # a shard written before shards were labelled
-        return pd.read_parquet(path)
-    added = set(json.loads(info).get("added", []))
-    return pd.read_parquet(path, columns=[c for c in schema.names if c not in added])
+    try:
+        schema = pq.read_schema(path)
+        info = (schema.metadata or {}).get(SHARD_METADATA_KEY)
+        if info is None:  # a shard written before shards were labelled
+            return pd.read_parquet(path)
+        added = set(json.loads(info).get("added", []))
+        return pd.read_parquet(path, columns=[c for c in schema.names if c not in added])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShardError(
+            f"shard {path} cannot be read (truncated or corrupted: {detail}); `generate "
+            "--resume` sets it aside as *.corrupt and generates its rows again, or delete it "
+            "yourself") from None
 
 
-def _read_shards(folder: Path) -> pd.DataFrame:
-    """The raw generated rows of a model's shards (old and labelled shards alike)."""
+def _read_shards(folder: Path, *, set_aside: bool = False) -> pd.DataFrame:
+    """The raw generated rows of a model's shards (old and labelled shards alike).
+
+    An unreadable shard raises :class:`ShardError` naming it; with ``set_aside`` (a
+    resume, under the run lock) it is renamed ``<name>.corrupt`` with a warning instead,
+    so its rows count as not done and are generated again.
+    """
     parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-    if not parts:
+    frames = []
+    for p in parts:
+        try:
+            frames.append(_raw_part(p))
+        except ShardError as exc:
+            if not set_aside:
+                raise
+            os.replace(p, p.with_name(p.name + ".corrupt"))
+            warnings.warn(f"{exc}; set aside as {p.name}.corrupt, its rows are generated again",
+                          stacklevel=2)
+    if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _SHARD_COLUMNS})
-    return pd.concat([_raw_part(p) for p in parts], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _make_backend(spec: ModelSpec) -> Backend:
@@ -588,6 +626,7 @@ def _generate_model(
     truncate: str,
     session: int,
     stats: dict[str, Any],
+    on_error: str = "record",
 ) -> None:
     """Generate for the rows of ``todo`` and write them; counters go into ``stats``.
 
@@ -639,6 +678,7 @@ def _generate_model(
         budget = None
         batches = plan_batches(lengths, mnt, batch_size=int(batch_size))
     stats.update(token_budget=budget, batches_planned=len(batches), oom_retries=0,
+                 error_rows=0, provider_refusals=0, empty_answers=0,
                  truncated=int(truncated.sum()),
                  max_batch_rows=max((len(b) for b in batches), default=0))
     queue = deque(batches)
@@ -657,6 +697,7 @@ def _generate_model(
                 queue.extendleft(reversed([b[q] for q in parts]))
                 continue
             oom = None
+            stop_error = None
             try:
                 outs = backend.generate([rendered[i] for i in b], params)
             except Exception as exc:
@@ -683,6 +724,16 @@ def _generate_model(
                 continue
             if len(outs) != len(b):
                 raise RuntimeError(f"backend returned {len(outs)} completions for {len(b)} prompts")
+            failed = [(i, c) for i, c in zip(b, outs) if getattr(c, "error", None)]
+            if failed and on_error == "stop":
+                keep = [k for k, c in enumerate(outs) if not getattr(c, "error", None)]
+                b, outs = b[keep], [outs[k] for k in keep]
+                i0, c0 = failed[0]
+                stop_error = PromptError(
+                    f"{desc}: row_id {int(row_ids[i0])} got no answer ({c0.error}); "
+                    f"{len(failed)} such prompt(s) in this batch. The other rows are written; "
+                    "continue with --resume --on-error record (on_error='record') to record "
+                    "such prompts as error rows (refusal_source 'error') and go on")
             batch_id = f"s{session:02d}-b{n_batch:06d}"
             n_batch += 1
             records = []
@@ -693,15 +744,22 @@ def _generate_model(
                     "n_new_tokens": int(c.n_new_tokens), "finish_reason": c.finish_reason,
                     "truncated": bool(truncated[i]), "prompt_sha256": hashes[i],
                     "batch_id": batch_id,
+                    "provider_refusal": getattr(c, "provider_refusal", None),
+                    "error": getattr(c, "error", None),
                 }
                 for k, v in (getattr(c, "extra", None) or {}).items():
                     rec.setdefault(k, v)  # engine columns never replace the runner's
                 records.append(rec)
                 stats["new_tokens"] += int(c.n_new_tokens)
                 stats["prompt_tokens"] += int(c.n_prompt_tokens)
+                stats["error_rows"] += bool(rec["error"])
+                stats["provider_refusals"] += bool(rec["provider_refusal"])
+                stats["empty_answers"] += not rec["error"] and not str(c.text).strip()
             writer.add(records)
             stats["rows"] += len(b)
             bar.update(len(b))
+            if stop_error is not None:
+                raise stop_error
             dt = max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix({"new tok/s": f"{stats['new_tokens'] / dt:.0f}",
                              "prompt tok/s": f"{stats['prompt_tokens'] / dt:.0f}"}, refresh=False)
@@ -739,6 +797,7 @@ def run_generation(
     tasks=None,
     fields: Mapping[str, Sequence[str]] | None = None,
     shard: str | ShardSpec | tuple[int, int] | None = None,
+    on_error: str = "record",
 ) -> pd.DataFrame:
     """Generate answers for every prompt with every model and write the tidy table.
 
@@ -797,6 +856,13 @@ def run_generation(
         directory of its own (lock, metadata, resume). ``row_id`` stays the row's position
         in the full table; :func:`refusalstats.inference.collect_runs` merges the shards.
         The environment (SLURM, torchrun) is read by the CLI, not here.
+    on_error : {"record", "stop"}
+        A prompt the engine answers with an error of its own (an API's 4xx for that prompt,
+        e.g. a prompt too long) is recorded as a row with the error text in ``error``,
+        ``refusal_source = "error"`` and no refusal value, and the run goes on
+        (``"record"``, the default; analyses leave such rows out and say how many), or
+        stops the run after writing the batch's other rows (``"stop"``). Errors about the
+        whole run (a bad key, an unknown model) always stop it.
 
     Returns
     -------
@@ -816,6 +882,8 @@ def run_generation(
         raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
     if truncate not in TRUNCATE:
         raise ValueError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if int(shard_rows) < 1 or not float(shard_seconds) > 0:
         raise ValueError(f"shard_rows must be >= 1 and shard_seconds > 0, got {shard_rows} and "
                          f"{shard_seconds}")
@@ -863,10 +931,61 @@ def run_generation(
             _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
                         token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
                         shard_seconds, progress, truncate, str(template_date), signals,
-                        shard_meta, detector, tasks)
+                        shard_meta, detector, tasks, on_error)
     finally:
         lock.release()
     return collect_responses(out, detector=detector, models=labels, tasks=tasks)
+
+
+def _mark_dead_sessions(meta: dict) -> int:
+    """Sessions recorded as running whose process is gone: marked ``"died"``; their count.
+
+    Called with the run lock held, so no other live process writes this run: a session
+    still marked running ended without recording it (SIGKILL, power loss, a node lost).
+    """
+    n = 0
+    for entry in (meta.get("models") or {}).values():
+        for sess in entry.get("sessions", []):
+            if sess.get("status") == "running":
+                sess["status"] = "died"
+                sess["note"] = ("ended without recording its end (killed, or its machine "
+                                f"went down); found dead at {_now()}")
+                n += 1
+    return n
+
+
+def session_status(run_dir: str | Path) -> list[dict]:
+    """Every session of a run directory with its status, a dead "running" one told apart.
+
+    A session recorded as ``"running"`` is reported ``"died"`` when its process is gone:
+    the run's lock is free or stale (its pid is not alive on this host), or the session's
+    pid is not alive on this host.
+
+    Examples
+    --------
+    >>> [s["status"] for s in session_status("runs/p1")]  # doctest: +SKIP
+    ['died', 'complete']
+    """
+    out = Path(run_dir)
+    meta = json.loads((out / "run.json").read_text())
+    host = socket.gethostname()
+    lock_live = False
+    try:
+        owner = json.loads((out / ".lock").read_text())
+        lock_live = owner.get("host") != host or _pid_alive(int(owner.get("pid", -1)))
+    except (OSError, ValueError):
+        pass
+    rows = []
+    for name, entry in (meta.get("models") or {}).items():
+        for sess in entry.get("sessions", []):
+            row = {"model": name, **{k: v for k, v in sess.items() if k != "versions"}}
+            if row.get("status") == "running":
+                same_host = row.get("host") == host
+                dead = not lock_live or (same_host and not _pid_alive(int(row.get("pid", -1))))
+                if dead:
+                    row["status"] = "died"
+            rows.append(row)
+    return rows
 
 
 def _resolved_source(spec: ModelSpec) -> str:
@@ -882,7 +1001,7 @@ def _identity_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_size,
                 token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
                 shard_seconds, progress, truncate, template_date, signals, shard_meta,
-                detector=None, tasks=None) -> None:
+                detector=None, tasks=None, on_error="record") -> None:
     run_file = out / "run.json"
     if run_file.exists():
         if not resume:  # another run created it between the first check and the lock
@@ -916,6 +1035,8 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
         _write_json_atomic(run_file, meta)
     meta.setdefault("models", {})
     meta.setdefault("template_date", template_date)
+    if _mark_dead_sessions(meta):
+        _write_json_atomic(run_file, meta)
     # every model this run is to answer with (rows expected = prompts x these): lets a
     # reader of the shards tell a partial run before a model has started
     run_models = list(dict.fromkeys([*meta.get("planned_models", []), *meta["models"],
@@ -934,7 +1055,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
         entry = meta["models"].get(label, {})
         entry["shard_dir"] = folders[label]
         folder = out / "shards" / folders[label]
-        done = _read_shards(folder)
+        done = _read_shards(folder, set_aside=True)
         done_ids = set(done["row_id"].astype(np.int64).tolist())
         todo = built[~built["row_id"].isin(done_ids)]
         n_done = len(built) - len(todo)
@@ -988,7 +1109,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
                                   detector, tasks)
             writer = _ShardWriter(folder, shard_rows, shard_seconds, session, signals, labels)
             _generate_model(backend, todo, writer, params, batch_size, token_budget,
-                            max_batch_size, label, progress, truncate, session, stats)
+                            max_batch_size, label, progress, truncate, session, stats, on_error)
             stats["status"] = "complete"
             entry["finished"] = _now()
         except BaseException as exc:
@@ -1082,15 +1203,41 @@ def collect_responses(
         "models": {k: v for k, v in meta.get("models", {}).items() if k in names},
         "design": meta.get("design"), "n_prompts": meta.get("n_rows"),
     }
-    table = validate(df)
+    table = validate(df, error_rows="keep")
     write_responses(table, out / "responses.parquet", metadata=meta_out)
     table.attrs["metadata"] = meta_out
     return table
 
 
+def _flagged(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Rows whose ``column`` (text, may be absent: shards of older runs) is set."""
+    if column not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    col = df[column]
+    return (col.notna() & (col.astype(str).str.len() > 0)).to_numpy(dtype=bool)
+
+
 def _detect_refusals(df: pd.DataFrame, detector: str | Callable, tasks=None
                      ) -> tuple[pd.DataFrame, str]:
-    """Add ``refusal`` and ``predicted_label``, task by task (each with its label set)."""
+    """Add ``refusal``, ``refusal_source``, ``empty_response`` and ``predicted_label``.
+
+    The detector runs task by task (each with its label set). Then the engine's own
+    outcomes decide (the documented mapping from API outcomes to the table):
+
+    =========================================  =========  ==================
+    outcome                                    refusal    ``refusal_source``
+    =========================================  =========  ==================
+    an answer                                  detector   ``"detector"``
+    provider refusal (``content_filter``,      1          ``"provider"``
+    ``message.refusal``, no message, a 4xx
+    policy rejection: ``provider_refusal``)
+    no answer (a 4xx for the prompt: ``error``)  missing  ``"error"``
+    =========================================  =========  ==================
+
+    ``empty_response`` flags answers that are empty or blank (not error rows). With
+    error rows ``refusal`` is a nullable ``Int8``; analyses leave those rows out
+    (:func:`refusalstats.table.validate`).
+    """
     from refusalstats.design import TASKS
 
     tasks_map = dict(TASKS if tasks is None else tasks)
@@ -1120,6 +1267,18 @@ def _detect_refusals(df: pd.DataFrame, detector: str | Callable, tasks=None
             if task_def is not None:
                 predicted[mask] = LabelExtractor(tuple(task_def.labels)).extract(texts)
         refusal[mask] = np.asarray(flags, dtype=bool)
-    df["refusal"] = refusal.astype(np.int8)
+    provider = _flagged(df, "provider_refusal")
+    error = _flagged(df, "error")
+    refusal |= provider
+    if error.any():
+        values = pd.array(refusal.astype(np.int8), dtype="Int8")
+        values[error] = pd.NA
+        df["refusal"] = values
+        predicted[error] = None
+    else:
+        df["refusal"] = refusal.astype(np.int8)
+    df["refusal_source"] = np.where(error, "error", np.where(provider, "provider", "detector"))
+    blank = df["response"].fillna("").astype(str).str.strip().eq("").to_numpy()
+    df["empty_response"] = blank & ~error
     df["predicted_label"] = predicted
     return df, det_name

@@ -275,6 +275,10 @@ def _add_import(sub, opt: _Options) -> None:
                                        "(default: P2's own hedge rule)")
     pb.add_argument("--no-categories", action="store_true",
                     help="do not read data/persona_cat.json")
+    pb.add_argument("--sha256", action="append", metavar="PATH=HEX",
+                    help="pin a file under the root to its SHA-256, e.g. "
+                         "results/zero/llama-2-13b-chat-hf/rac_refusals.csv=3f2a...; repeat "
+                         "for several (a load's digests are in the table's metadata, 'sha256')")
     pb.set_defaults(func=_cmd_import)
 
     xs = isub.add_parser(
@@ -293,6 +297,9 @@ def _add_import(sub, opt: _Options) -> None:
     xs.add_argument("--label", choices=["detector", "human"], default="detector",
                     help="what 'refusal' holds: the detector's flag (default) or the human "
                          "final_label (the detector's flag is then kept in refusal_detector)")
+    xs.add_argument("--sha256", action="append", metavar="[FILE=]HEX",
+                    help="pin a file to its SHA-256 (HEX alone with one file; FILE=HEX, as "
+                         "given on the command line, with several; repeat)")
     xs.set_defaults(func=_cmd_import)
 
     ge = isub.add_parser(
@@ -307,6 +314,8 @@ def _add_import(sub, opt: _Options) -> None:
     ge.add_argument("--set", help="constant columns, e.g. task=qa,persona=none,prompt=p1")
     ge.add_argument("--detector", help="classify the text column with this detector")
     ge.add_argument("--text-column", default="response", help="column holding the answers")
+    ge.add_argument("--sha256", metavar="HEX",
+                    help="the file's expected SHA-256: a changed or corrupted file is refused")
     ge.set_defaults(func=_cmd_import)
 
 
@@ -321,20 +330,36 @@ def _cmd_import(args) -> int:
     def _list(text):
         return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
+    def _pins(values, single_ok):
+        if not values:
+            return None
+        if single_ok and len(values) == 1 and "=" not in values[0]:
+            return values[0]
+        pins = {}
+        for v in values:
+            if "=" not in v:
+                raise CLIError(f"--sha256 {v!r}: give FILE=HEX when there are several files")
+            k, h = v.rsplit("=", 1)
+            pins[k.strip()] = h.strip()
+        return pins
+
     try:
         if args.dump == "persona-behavior":
             df = dumps.persona_behavior(
                 args.root, datasets=_list(args.datasets), control=args.control,
                 source=args.source, detector=args.detector, models=_list(args.models),
                 categories=False if args.no_categories else None,
+                checksums=_pins(args.sha256, False),
             )
         elif args.dump == "xstest":
             df = dumps.xstest(args.files, detector=args.detector, model=args.model,
-                              partial_as_refusal=not args.partial_is_compliance, label=args.label)
+                              partial_as_refusal=not args.partial_is_compliance, label=args.label,
+                              sha256=_pins(args.sha256, len(args.files) == 1))
         else:
             df = dumps.read_generic(args.file, _parse_mapping(args.map), detector=args.detector,
                                     text_column=args.text_column,
-                                    constants=_parse_mapping(args.set) or None)
+                                    constants=_parse_mapping(args.set) or None,
+                                    sha256=args.sha256)
     except (dumps.DumpError, ValueError, TypeError) as exc:
         raise CLIError(_one_line(exc)) from None
     meta = dict(df.attrs.get("metadata", {}))
@@ -537,7 +562,13 @@ def _add_generate(sub, opt: _Options) -> None:
     api.add_argument("--concurrency", type=_positive_int, default=8,
                      help="requests in flight at most (default 8)")
     api.add_argument("--request-timeout", type=float, default=120.0,
-                     help="seconds per request before it is retried (default 120)")
+                     help="seconds one request may take in all (connect, headers, body: a "
+                          "deadline, not a limit per read) before it is retried (default 120)")
+    api.add_argument("--on-error", choices=["record", "stop"], default="record",
+                     help="a prompt the server rejects (a 4xx for that prompt, e.g. too long): "
+                          "record it as a row with the error text (refusal_source 'error', "
+                          "left out of analyses, which say how many; default) or stop the run "
+                          "(the other rows are written; --resume continues)")
     api.add_argument("--max-retries", type=int, default=8,
                      help="retries per request on 429/5xx/timeouts/dropped connections, with "
                           "exponential backoff honouring Retry-After (default 8)")
@@ -641,15 +672,25 @@ def _cmd_generate(args) -> int:
             token_budget=args.token_budget, max_batch_size=args.max_batch_size,
             resume=args.resume, detector=args.detector, seed=args.seed,
             shard_rows=args.shard_rows, shard_seconds=args.shard_seconds,
-            truncate=args.truncate, shard=shard, **extra,
+            truncate=args.truncate, shard=shard, on_error=args.on_error, **extra,
         )
     except RunInterrupted as exc:
         print(f"error: {exc}; the finished rows are written, continue with --resume",
               file=sys.stderr)
         return 128 + exc.signum
-    rates = table.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "mean"])
+    from refusalstats.table import is_error_row
+
+    errors = is_error_row(table)
+    answered = table[~errors]
+    rates = answered.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "mean"])
     rates = rates.rename(columns={"size": "n", "mean": "refusal rate"})
     print(rates.to_string())
+    n_provider = int((answered.get("refusal_source") == "provider").sum()) \
+        if "refusal_source" in answered.columns else 0
+    n_empty = int(answered["empty_response"].sum()) if "empty_response" in answered.columns else 0
+    print(f"{n_provider:,} provider refusal(s) (counted as refusals, refusal_source 'provider'); "
+          f"{int(errors.sum()):,} prompt(s) without an answer (error rows, left out of the rates "
+          f"above and of analyses); {n_empty:,} empty answer(s) (column empty_response)")
     if shard is None:
         print(f"wrote {len(table):,} rows to {Path(args.out) / 'responses.parquet'}")
     else:

@@ -9,7 +9,10 @@ decoding settings, package versions, seed) in the file's key-value metadata.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,24 @@ OPTIONAL_COLUMNS: dict[str, bool] = {
     "predicted_label": True,
     "n_new_tokens": False,
     "finish_reason": True,
+    "refusal_source": True,
+    "provider_refusal": False,
+    "error": False,
+    "empty_response": False,
 }
+
+#: ``refusal_source`` of a row whose prompt got no answer (an API's 4xx for that prompt):
+#: it has no refusal value and analyses leave it out, saying how many.
+ERROR_SOURCE = "error"
+
+#: Error rows handling of :func:`validate` and :func:`read_responses`.
+_ERROR_ROWS = ("exclude", "keep")
+
+#: Cells that mean "missing" in the numeric columns (and ``refusal``) of a CSV; label
+#: columns keep them as text ("None", "NA" are labels too).
+_NA_TOKENS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                        "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                        "nan", "null"})
 
 #: Columns stored as pandas categoricals.
 CATEGORICAL_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "prompt") + tuple(
@@ -41,6 +61,70 @@ CATEGORICAL_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "prompt") + 
 
 #: Key under which refusalstats stores run metadata in Parquet key-value metadata.
 METADATA_KEY = b"refusalstats"
+
+#: Environment variables that raise the limits on what a table file may hold, checked
+#: before it is parsed (a CSV with 10^6 columns would otherwise exhaust memory).
+MAX_COLUMNS_ENV = "REFUSALSTATS_MAX_COLUMNS"
+MAX_BYTES_ENV = "REFUSALSTATS_MAX_BYTES"
+#: Default limits: ten times the widest published matrix (P2: 58,493 columns), 8 GiB.
+DEFAULT_MAX_COLUMNS = 600_000
+DEFAULT_MAX_BYTES = 8 * 2**30
+
+
+class TableTooLarge(ValueError):
+    """A file holds more columns or bytes than the limits allow (see :func:`read_limits`)."""
+
+
+def read_limits() -> tuple[int, int]:
+    """The most columns and bytes a table file may hold: ``(max_columns, max_bytes)``.
+
+    ``$REFUSALSTATS_MAX_COLUMNS`` and ``$REFUSALSTATS_MAX_BYTES`` raise (or lower) the
+    defaults, :data:`DEFAULT_MAX_COLUMNS` and :data:`DEFAULT_MAX_BYTES`.
+
+    Examples
+    --------
+    >>> read_limits() == (DEFAULT_MAX_COLUMNS, DEFAULT_MAX_BYTES)  # doctest: +SKIP
+    True
+    """
+    out = []
+    for env, default in ((MAX_COLUMNS_ENV, DEFAULT_MAX_COLUMNS), (MAX_BYTES_ENV, DEFAULT_MAX_BYTES)):
+        raw = os.environ.get(env)
+        if not raw:
+            out.append(default)
+            continue
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise ValueError(f"${env} must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise ValueError(f"${env} must be >= 1, got {raw!r}")
+        out.append(value)
+    return out[0], out[1]
+
+
+def check_size(path: str | Path, *, n_columns: int | None = None, label: str | None = None
+               ) -> None:
+    """Raise :class:`TableTooLarge` when a file is over the byte limit or ``n_columns`` over
+    the column limit (:func:`read_limits`), naming the file and how to raise the limit.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = f.write_text("a,b\\n1,2\\n")
+    >>> check_size(f, n_columns=2)
+    """
+    max_columns, max_bytes = read_limits()
+    name = label or str(path)
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        raise TableTooLarge(
+            f"{name}: {size:,} bytes, more than the limit of {max_bytes:,}; if the file is "
+            f"what you mean to read, raise the limit: export {MAX_BYTES_ENV}={size}")
+    if n_columns is not None and n_columns > max_columns:
+        raise TableTooLarge(
+            f"{name}: {n_columns:,} columns, more than the limit of {max_columns:,}; if the "
+            f"file is what you mean to read, raise the limit: export {MAX_COLUMNS_ENV}={n_columns}")
 
 
 class SchemaError(ValueError, KeyError):
@@ -103,12 +187,45 @@ def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "")
                           f"{list(map(str, data.columns))}")
 
 
+def is_error_row(data: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of the rows whose prompt got no answer (``refusal_source == "error"``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> is_error_row(pd.DataFrame({"refusal_source": ["detector", "error"]})).tolist()
+    [False, True]
+    """
+    if "refusal_source" not in data.columns:
+        return np.zeros(len(data), dtype=bool)
+    return data["refusal_source"].astype(object).eq(ERROR_SOURCE).to_numpy(dtype=bool)
+
+
+def _drop_error_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``df`` without its error rows; a warning says how many, ``attrs["n_error_rows"]`` too."""
+    err = is_error_row(df)
+    n = int(err.sum())
+    if not n:
+        return df
+    out = df.loc[~err].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    out.attrs["n_error_rows"] = n
+    warnings.warn(
+        f"{where}: {n:,} of {len(df):,} row(s) are left out as errors (refusal_source "
+        f"'error': the prompt got no answer, its error text is in column 'error'); the "
+        "analyses use the other rows", stacklevel=3)
+    return out
+
+
 def _refusal_problem(values: pd.Series) -> str | None:
     """Describe refusal values outside {0, 1, True, False}, or return None."""
     s = values
     if s.isna().any():
         rows = [int(i) for i in np.flatnonzero(s.isna().to_numpy())[:5]]
-        return f"column 'refusal' has {int(s.isna().sum())} missing value(s) (first rows {rows}); refusal must be 0/1"
+        return (f"column 'refusal' has {int(s.isna().sum())} missing value(s) (first rows "
+                f"{rows}); refusal must be 0/1 (rows of prompts that got no answer, "
+                "refusal_source 'error', have none: rs.validate(table) or rs.read_responses "
+                "leave them out)")
     if pd.api.types.is_bool_dtype(s):
         return None
     if pd.api.types.is_numeric_dtype(s):
@@ -131,6 +248,7 @@ def validate(
     predictors: Iterable[str] | None = None,
     needs_levels: Iterable[str] = (),
     table_columns: Iterable[str] | None = None,
+    error_rows: str = "exclude",
 ) -> pd.DataFrame:
     """Check a response table and return it in canonical form.
 
@@ -142,7 +260,11 @@ def validate(
     The returned table is a copy in which ``refusal`` is ``int8`` and the known
     categorical columns are pandas categoricals (levels in order of first
     appearance for strings; an existing categorical keeps its levels). No value is
-    changed and no row or column is dropped.
+    changed and no column is dropped. Rows whose prompt got no answer
+    (``refusal_source == "error"``, recorded by ``generate --on-error record``) have no
+    refusal value: they are left out with a warning saying how many (the count is in
+    ``attrs["n_error_rows"]``), or kept with ``error_rows="keep"`` (``refusal`` is then a
+    nullable ``Int8``, missing on exactly those rows).
 
     Parameters
     ----------
@@ -157,6 +279,8 @@ def validate(
         Columns that must have at least two distinct values.
     table_columns : iterable of str, optional
         The user's full column list, for messages when ``data`` is a column subset.
+    error_rows : {"exclude", "keep"}
+        What to do with rows of prompts that got no answer (see above).
 
     Returns
     -------
@@ -180,7 +304,13 @@ def validate(
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(data).__name__}")
+    if error_rows not in _ERROR_ROWS:
+        raise ValueError(f"error_rows must be one of {_ERROR_ROWS}, got {error_rows!r}")
     df = data
+    err = is_error_row(df)
+    if err.any() and error_rows == "exclude":
+        df = _drop_error_rows(df, "validate")
+        err = np.zeros(len(df), dtype=bool)
     required = list(required)
     problems: list[str] = []
     missing = [c for c in required if c not in df.columns]
@@ -194,9 +324,12 @@ def validate(
     if len(df) == 0:
         problems.append("the table is empty (0 rows)")
     if "refusal" in df.columns and len(df):
-        msg = _refusal_problem(df["refusal"])
+        msg = _refusal_problem(df["refusal"][~err] if err.any() else df["refusal"])
         if msg:
             problems.append(msg)
+        if err.any() and df["refusal"][err].notna().any():
+            problems.append("rows with refusal_source 'error' (no answer) must have no refusal "
+                            "value; found 0/1 on some")
     preds = (
         [c for c in required if c != "refusal" and c in df.columns]
         if predictors is None
@@ -224,10 +357,10 @@ def validate(
                 )
     if problems:
         raise SchemaError(problems)
-    return _canonical(df)
+    return _canonical(df, nullable_refusal=bool(err.any()))
 
 
-def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+def _canonical(df: pd.DataFrame, nullable_refusal: bool = False) -> pd.DataFrame:
     """The validated table: 0/1 ``refusal`` as int8, the categorical columns as categoricals.
 
     A column that is already categorical keeps its level order (the user's, like R's
@@ -239,7 +372,7 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
 
     out = df.copy()
     if "refusal" in out.columns:
-        out["refusal"] = out["refusal"].astype("int8")
+        out["refusal"] = out["refusal"].astype("Int8" if nullable_refusal else "int8")
     for c in CATEGORICAL_COLUMNS:
         if c in out.columns and not isinstance(out[c].dtype, pd.CategoricalDtype):
             col = out[c]
@@ -296,8 +429,11 @@ def write_responses(
 
     Parquet keeps categorical dtypes natively and stores ``metadata`` (merged over
     ``data.attrs["metadata"]``) as JSON in the file's key-value metadata. CSV and JSONL
-    write a sidecar ``<path>.meta.json`` with the metadata and the categorical levels,
-    so a round trip restores dtypes there too.
+    write a sidecar ``<path>.meta.json`` with the metadata, the categorical levels and
+    the SHA-256 of the data file it describes, so a round trip restores dtypes there too
+    (a sidecar that does not match its file is ignored with a warning). Both files are
+    written to temporary names and moved into place. Rows of prompts that got no answer
+    (``refusal_source == "error"``) are written as they are.
 
     Parameters
     ----------
@@ -323,7 +459,7 @@ def write_responses(
     """
     path = Path(path)
     fmt = _format_of(path, format)
-    table = validate(data)
+    table = validate(data, error_rows="keep")
     meta = dict(data.attrs.get("metadata", {}) or {})
     if metadata:
         meta.update(dict(metadata))
@@ -332,7 +468,7 @@ def write_responses(
     except TypeError as exc:  # pragma: no cover - default=str handles most
         raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -352,10 +488,26 @@ def write_responses(
         else:
             raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv' or 'jsonl'")
         side = {"metadata": meta, "categories": _categorical_levels(table),
-                "dtypes": {c: str(t) for c, t in table.dtypes.items()}}
-        Path(str(path) + ".meta.json").write_text(json.dumps(side, default=str, indent=1))
-    tmp.replace(path)
+                "dtypes": {c: str(t) for c, t in table.dtypes.items()},
+                "data_sha256": _file_sha256(tmp)}
+        side_path = Path(str(path) + ".meta.json")
+        side_tmp = side_path.with_name(f".{side_path.name}.{os.getpid()}.tmp")
+        side_tmp.write_text(json.dumps(side, default=str, indent=1))
+        # the data first: a kill between the two renames leaves the new file with the old
+        # sidecar, whose data_sha256 no longer matches (read_responses ignores it, saying so)
+        os.replace(tmp, path)
+        os.replace(side_tmp, side_path)
+        return path
+    os.replace(tmp, path)
     return path
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _sniff_sep(path: Path) -> str:
@@ -387,6 +539,26 @@ def _read_error(path: Path, fmt: str, exc: Exception | None) -> ValueError:
     return ValueError(f"could not read '{path}' as {fmt.upper()}: {why}")
 
 
+def _csv_header(path: Path, delim: str) -> list[str]:
+    """The header cells of a delimited text file, as the csv module parses them."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        return next(csv.reader(fh, delimiter=delim), [])
+
+
+def _duplicate_columns(path: Path, names: Iterable[str]) -> None:
+    """Raise when two columns share a name (pandas would rename one, 'x.1', or pick one)."""
+    from collections import Counter
+
+    dup = [n for n, k in Counter(str(x).strip() for x in names).items() if k > 1]
+    if dup:
+        raise SchemaError(f"'{path}': column name(s) {dup} appear more than once in the "
+                          "header; rename them apart (which of them holds the data?)")
+
+
 def _absent_columns(path: Path, have: Iterable[str], want: list[str]) -> None:
     have = list(map(str, have))
     missing = [c for c in want if c not in have]
@@ -401,6 +573,7 @@ def read_table(
     format: str | None = None,
     columns: Iterable[str] | None = None,
     dtype: Mapping[str, Any] | None = None,
+    keep_default_na: bool = True,
 ) -> pd.DataFrame:
     """Read a CSV, TSV, JSONL, JSON or Parquet file into a DataFrame, as it is.
 
@@ -424,6 +597,9 @@ def read_table(
         Read only these columns (Parquet and CSV skip the others while reading).
     dtype : mapping of str to dtype, optional
         Column dtypes for the text formats (as in :func:`pandas.read_csv`).
+    keep_default_na : bool
+        CSV/TSV: read pandas' missing-value spellings ("NA", "None", "null", ...) as
+        missing (default); False reads only empty cells as missing.
 
     Returns
     -------
@@ -439,8 +615,8 @@ def read_table(
         ``path`` is a folder.
     ValueError
         An unknown extension or format, an empty file (``the file is empty (0 bytes)``),
-        a truncated or invalid Parquet file (``not a valid Parquet file``) or a text file
-        that does not parse; the message names the file.
+        a truncated or invalid Parquet file (``not a valid Parquet file``), a text file
+        that does not parse, or two columns of one name (named); the message names the file.
     SchemaError
         A column of ``columns`` is not in the file (the message lists the file's columns).
 
@@ -472,19 +648,23 @@ def read_table(
         raise ValueError(f"unknown format '{fmt}'; use one of {list(readable)}")
     if path.stat().st_size == 0:
         raise _read_error(path, fmt, None)
+    check_size(path)
     want = None if columns is None else list(dict.fromkeys(columns))
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
+            names = pq.read_schema(path).names
+            check_size(path, n_columns=len(names))
             if want is not None:
-                _absent_columns(path, pq.read_schema(path).names, want)
+                _absent_columns(path, names, want)
             at = pq.read_table(path, columns=want)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            if isinstance(exc, SchemaError):
+            if isinstance(exc, (SchemaError, TableTooLarge)):
                 raise
             raise _read_error(path, fmt, exc) from None
+        _duplicate_columns(path, at.schema.names)
         kv = at.schema.metadata or {}
         df = at.to_pandas()
         if METADATA_KEY in kv:
@@ -495,11 +675,15 @@ def read_table(
     try:
         if fmt in ("csv", "tsv"):
             delim = sep or ("\t" if fmt == "tsv" else _sniff_sep(path))
+            header = _csv_header(path, delim)
+            check_size(path, n_columns=len(header))
+            _duplicate_columns(path, header)
             usecols = None
             if want is not None:
                 _absent_columns(path, pd.read_csv(path, sep=delim, nrows=0).columns, want)
                 usecols = want
-            df = pd.read_csv(path, sep=delim, usecols=usecols, dtype=dtype or None)
+            na = {} if keep_default_na else {"keep_default_na": False, "na_values": [""]}
+            df = pd.read_csv(path, sep=delim, usecols=usecols, dtype=dtype or None, **na)
             return df if want is None else df[want]
         if fmt == "jsonl":
             df = pd.read_json(path, orient="records", lines=True, dtype=dtype or None)
@@ -511,7 +695,7 @@ def read_table(
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise _read_error(path, fmt, exc) from None
     except ValueError as exc:
-        if isinstance(exc, SchemaError):
+        if isinstance(exc, (SchemaError, TableTooLarge)):
             raise
         raise _read_error(path, fmt, exc) from None
     if want is not None:
@@ -521,13 +705,16 @@ def read_table(
 
 
 def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True,
-                   sep: str | None = None) -> pd.DataFrame:
+                   sep: str | None = None, error_rows: str = "exclude") -> pd.DataFrame:
     """Read a response table written by :func:`write_responses` (or any file in the schema).
 
     The file is read by :func:`read_table`. Run metadata comes back in
     ``df.attrs["metadata"]``; categorical columns stay categorical with their levels in
     their stored order (Parquet natively, CSV/JSONL through the ``.meta.json`` sidecar
-    :func:`write_responses` writes).
+    :func:`write_responses` writes). Labels round-trip exactly: in a CSV only empty cells
+    are missing in label (text) columns, so a persona called "None" or "NA" stays one;
+    the spellings pandas reads as missing ("NA", "null", ...) are missing only in
+    ``refusal`` and numeric columns.
 
     Parameters
     ----------
@@ -542,6 +729,9 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     sep : str, optional
         Field delimiter of a CSV file; by default the most frequent of ``,`` ``;`` tab
         ``|`` in the header line (semicolon CSVs from spreadsheet locales read as they are).
+    error_rows : {"exclude", "keep"}
+        Rows of prompts that got no answer (``refusal_source == "error"``) are left out
+        with a warning saying how many (``attrs["n_error_rows"]``), or kept.
 
     Returns
     -------
@@ -553,7 +743,7 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     ------
     FileNotFoundError, IsADirectoryError, ValueError
         As :func:`read_table`: no file, a folder, an unknown extension, an empty,
-        truncated or unparsable file.
+        truncated or unparsable file, two columns of one name.
     SchemaError
         With ``validate_table``, every problem of the table at once.
 
@@ -569,6 +759,8 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
     path = Path(path)
     if not streamed and not path.exists():
         raise FileNotFoundError(f"no response table at '{path}'")
+    if error_rows not in _ERROR_ROWS:
+        raise ValueError(f"error_rows must be one of {_ERROR_ROWS}, got {error_rows!r}")
     fmt = "parquet" if streamed else _format_of(path, format)
     if fmt not in _WRITE_FORMATS:
         raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv', 'tsv' or 'jsonl'")
@@ -581,24 +773,86 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
             df = read_table(path, format=fmt)
         meta = df.attrs.pop("metadata", {})
     else:
-        side_path = Path(str(path) + ".meta.json")
-        side = json.loads(side_path.read_text()) if side_path.exists() else {}
+        side = _sidecar(path)
         meta = side.get("metadata", {})
         dtypes = side.get("dtypes", {})
-        str_cols = {c: str for c, t in dtypes.items() if t in ("object", "category", "str", "string")}
-        df = read_table(path, format=fmt, sep=sep, dtype=str_cols or None)
+        if fmt in ("csv", "tsv"):
+            df = read_table(path, format=fmt, sep=sep, dtype=str, keep_default_na=False)
+            df = _typed_text_columns(df, dtypes)
+        else:
+            str_cols = {c: str for c, t in dtypes.items()
+                        if t in ("object", "category", "str", "string")}
+            df = read_table(path, format=fmt, sep=sep, dtype=str_cols or None)
         for c, levels in side.get("categories", {}).items():
             if c in df.columns:
-                if dtypes.get(c) and not pd.api.types.is_object_dtype(df[c]):
-                    levels = pd.Series(levels).astype(df[c].dtype).tolist()
-                df[c] = pd.Categorical(df[c], categories=levels)
+                df[c] = _as_categorical(df[c], levels)
         for c, t in dtypes.items():
             if c in df.columns and t not in ("category", "object", "str", "string"):
                 try:
                     df[c] = df[c].astype(t)
                 except (TypeError, ValueError):
                     pass
+    if error_rows == "exclude":
+        df = _drop_error_rows(df, f"'{path}'")
+    n_err = df.attrs.get("n_error_rows")
     if validate_table:
-        df = validate(df)
+        df = validate(df, error_rows="keep")
     df.attrs["metadata"] = meta
+    if n_err:
+        df.attrs["n_error_rows"] = n_err
     return df
+
+
+def _as_categorical(col: pd.Series, levels: list) -> pd.Categorical:
+    """``col`` with the stored ``levels``: text read back as the levels' own type."""
+    if all(isinstance(x, str) for x in levels):
+        return pd.Categorical(col.astype(object).where(col.notna(), None), categories=levels)
+    if not pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        col = pd.to_numeric(col, errors="coerce")
+    return pd.Categorical(col, categories=pd.Series(levels).astype(col.dtype).tolist())
+
+
+def _sidecar(path: Path) -> dict:
+    """The ``.meta.json`` of a text table, or {} when absent or written for another file."""
+    side_path = Path(str(path) + ".meta.json")
+    if not side_path.exists():
+        return {}
+    try:
+        side = json.loads(side_path.read_text())
+    except ValueError as exc:
+        warnings.warn(f"'{side_path}' is not valid JSON ({exc}); read without it", stacklevel=3)
+        return {}
+    want = side.get("data_sha256")
+    if want and want != _file_sha256(path):
+        warnings.warn(f"'{side_path}' does not describe '{path}' (the file changed after the "
+                      "sidecar was written); its levels and metadata are ignored", stacklevel=3)
+        return {}
+    return side
+
+
+def _typed_text_columns(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
+    """Columns of a CSV read as text (only empty cells missing), typed column by column.
+
+    Label columns (the schema's categorical columns, and text columns by the sidecar)
+    stay text: "None", "NA" are labels. ``refusal`` and every other column become
+    numeric (or boolean) when all their cells are numbers (True/False) or missing-value
+    spellings; otherwise they stay text as written.
+    """
+    labels = set(CATEGORICAL_COLUMNS) | {
+        c for c, t in dtypes.items() if t in ("object", "category", "str", "string")}
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if c in labels and c != "refusal":
+            continue
+        cleaned = col.where(~col.isin(_NA_TOKENS))
+        present = cleaned.dropna()
+        num = pd.to_numeric(cleaned, errors="coerce")
+        if int(num.notna().sum()) == len(present):  # every present cell is a number
+            out[c] = num
+        elif len(present) and present.isin(["True", "False", "true", "false"]).all():
+            out[c] = cleaned.map({"True": True, "False": False, "true": True, "false": False})
+        elif c == "refusal":
+            out[c] = cleaned
+    out.attrs = dict(df.attrs)
+    return out

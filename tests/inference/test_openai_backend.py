@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from refusalstats.inference import DecodingParams, ModelSpec, run_generation
 from refusalstats.inference.openai_compat import APIError, OpenAIBackend, parse_retry_after
+from refusalstats.inference.runner import PromptError
 
 import refusalstats as rs
 from refusalstats.cli import main
@@ -181,9 +182,9 @@ def test_a_failed_run_resumes_with_every_row_once_and_nothing_asked_twice(tmp_pa
         def factory(spec):
             return _backend(server, concurrency=2)  # batches of 16 rows
 
-        with pytest.raises(APIError, match="HTTP 400"):
+        with pytest.raises(PromptError, match="HTTP 400"):
             run_generation(design, ["fake-model"], out, progress=False, shard_rows=1,
-                           backend_factory=factory)
+                           backend_factory=factory, on_error="stop")
         first = _shard_rows(out)
         assert 0 < len(first) < len(design)
         n_before = len(server.posts())
@@ -197,7 +198,7 @@ def test_a_failed_run_resumes_with_every_row_once_and_nothing_asked_twice(tmp_pa
     assert written_keys.isdisjoint({p["key"] for p in second})
     assert len(second) == len(design) - len(first)
     sessions = json.loads((out / "run.json").read_text())["models"]["fake-model"]["sessions"]
-    assert [s["status"] for s in sessions] == ["failed: APIError", "complete"]
+    assert [s["status"] for s in sessions] == ["failed: PromptError", "complete"]
     assert table["response"].tolist() == [canned_answer(_user_messages(t))
                                           for t in table["prompt_text"]]
 
