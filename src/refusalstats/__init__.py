@@ -14,7 +14,19 @@ from .bayes import ConvergenceWarning, HierarchicalResult, hierarchical
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
+from .labels import join_labels, label_sample, read_labels, row_key
 from .persona_disparity import disparity
+from .ppi import (
+    PPILogitResult,
+    detector_card,
+    label_budget,
+    ppi_effect,
+    ppi_logistic,
+    ppi_logit,
+    ppi_mean,
+    ppi_rates,
+    rogan_gladen,
+)
 from .rates import persona_effect, refusal_rates
 from .regression import LogitResults, SeparationWarning, logit
 from .reporting import report
@@ -34,6 +46,7 @@ __all__ = [
     "FormulaError",
     "HierarchicalResult",
     "LogitResults",
+    "PPILogitResult",
     "Persona",
     "SchemaError",
     "SeparationWarning",
@@ -44,18 +57,30 @@ __all__ = [
     "cochran_q",
     "collapse",
     "detector",
+    "detector_card",
     "disparity",
     "dumps",
     "evaluate_detector",
     "hierarchical",
+    "join_labels",
+    "label_budget",
+    "label_sample",
     "logit",
     "persona_effect",
     "plot",
+    "ppi_effect",
+    "ppi_logistic",
+    "ppi_logit",
+    "ppi_mean",
+    "ppi_rates",
     "rank_agreement",
+    "read_labels",
     "read_responses",
     "read_table",
     "refusal_rates",
     "report",
+    "rogan_gladen",
+    "row_key",
     "sample_design",
     "scan_columns",
     "simulate_items",

@@ -1,0 +1,1217 @@
+"""Prediction-powered inference: the detector's error carried into every interval.
+
+The ``refusal`` flag comes from a detector; a column of human labels (``human``: 0/1
+on a random sample of rows, NaN elsewhere; see :mod:`refusalstats.labels`) measures its
+error. The estimators here combine both (Angelopoulos, Bates, Fannjiang, Jordan &
+Zrnic 2023, *Prediction-powered inference*, Science 382:669; Angelopoulos, Duchi &
+Zrnic 2023, *PPI++: efficient prediction-powered inference*, arXiv 2311.01453):
+
+    theta = mean_labelled(human - lam * flag) + lam * mean_unlabelled(flag),
+
+a labels-only estimate corrected by the detector (``lam = 0`` is labels only, ``lam =
+1`` the original PPI, the default tunes ``lam`` to the smallest variance, PPI++). The
+estimate is unbiased for the human-label rate whatever the detector's quality; the
+interval is narrower than the labels-only one when the detector is good and about as
+wide when it is useless.
+
+Two layers:
+
+* :func:`ppi_mean` and :func:`ppi_logistic` take arrays (labelled ``y``, ``yhat``;
+  unlabelled ``yhat_unlabeled``) and reproduce ``ppi_python`` 0.2.3's ``ppi_mean_ci``
+  and ``ppi_logistic_ci`` (its variance conventions and its lam) on i.i.d. data;
+* :func:`ppi_rates`, :func:`ppi_effect` and :func:`ppi_logit` take the response table
+  with a label column; ``refusal_rates``, ``persona_effect``, ``disparity`` and
+  ``logit`` send ``labels="human"`` here. They handle what the table has and the
+  published estimators do not: item clustering (cluster sums of the influence
+  functions of the labelled and the unlabelled parts together) and stratified label
+  samples with different sampling fractions per stratum (``strata=``; inverse
+  probability weights, influence functions centred within each stratum, so a fixed
+  number of labels per stratum is accounted for). The maths is in
+  ``docs/methods_ppi.md``; ``benchmarks/calibration_ppi.py`` measures coverage.
+
+Also: :func:`rogan_gladen` (the classical misclassification correction of a rate, for
+comparison), :func:`detector_card` (sensitivity / specificity per model and raw vs
+corrected rates side by side) and :func:`label_budget` (labels per stratum for a target
+interval width).
+
+Examples
+--------
+>>> import numpy as np, refusalstats as rs
+>>> rng = np.random.default_rng(0)
+>>> y = rng.binomial(1, 0.3, 200); yhat = np.where(rng.random(200) < 0.9, y, 1 - y)
+>>> yu = rng.binomial(1, 0.3 * 0.9 + 0.7 * 0.1, 5000)
+>>> r = rs.ppi_mean(y, yhat, yu)
+>>> bool(r["ci_low"] < r["estimate"] < r["ci_high"])
+True
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, stats
+from scipy.special import expit
+
+from ._summary import Summary
+from ._validation import check_conf, resolve_cluster
+
+__all__ = [
+    "PPILogitResult",
+    "detector_card",
+    "label_budget",
+    "ppi_effect",
+    "ppi_logistic",
+    "ppi_logit",
+    "ppi_mean",
+    "ppi_rates",
+    "rogan_gladen",
+]
+
+
+# ======================================================================================
+# Arrays: the published estimators (ppi_python's conventions)
+# ======================================================================================
+
+
+def _z(conf: float) -> float:
+    return float(stats.norm.ppf(1 - (1 - conf) / 2))
+
+
+def _as_float(x, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has NaN or infinite values; drop those rows")
+    return a
+
+
+def _lam_glm(grads, grads_hat, grads_hat_unl, inv_h) -> float:
+    """PPI++'s tuning parameter for a GLM, as ppi_python's ``_calc_lam_glm`` (clipped)."""
+    n, N = grads.shape[0], grads_hat_unl.shape[0]
+    gc = grads - grads.mean(0)
+    hc = grads_hat - grads_hat.mean(0)
+    cov = (gc.T @ hc + hc.T @ gc) / n
+    var = np.atleast_2d(np.cov(np.concatenate([grads_hat, grads_hat_unl]).T))
+    num = np.trace(inv_h @ cov @ inv_h)
+    den = 2 * (1 + n / N) * np.trace(inv_h @ var @ inv_h)
+    return float(np.clip(num / den, 0, 1)) if den > 0 else 0.0
+
+
+def ppi_mean(y, yhat, yhat_unlabeled, *, lam: float | None = None, conf: float = 0.95) -> dict:
+    """Prediction-powered mean with a z interval (PPI, PPI++), on arrays.
+
+    Parameters
+    ----------
+    y : array of float
+        Human labels of the labelled rows (0/1 for a refusal rate).
+    yhat : array of float
+        The detector's predictions on the same rows.
+    yhat_unlabeled : array of float
+        The detector's predictions on the unlabelled rows.
+    lam : float, optional
+        Power-tuning parameter: 0 gives the labels-only mean, 1 the PPI estimator of
+        Angelopoulos et al. (2023); None (default) estimates the variance-minimizing
+        value clipped to [0, 1] (PPI++).
+    conf : float
+        Confidence level.
+
+    Returns
+    -------
+    dict
+        ``estimate``, ``std_error``, ``ci_low``, ``ci_high``, ``lam``.
+
+    Notes
+    -----
+    ``estimate = lam * mean(yhat_unlabeled) + mean(y - lam * yhat)`` with variance
+    ``lam^2 var(yhat_unlabeled) / N + var(y - lam * yhat) / n`` (variances with
+    divisor n, as ``ppi_python``); the tuned ``lam`` is
+    ``cov(y, yhat) / ((1 + n / N) var(yhat, yhat_unlabeled pooled))``, ppi_python's
+    ``_calc_lam_glm`` for the mean. It equals ``ppi_python.ppi_mean_ci`` and
+    ``ppi_mean_pointestimate`` (tests/test_ppi.py).
+
+    Examples
+    --------
+    >>> r = ppi_mean([1, 0, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0, 1, 1, 0, 0], lam=1)
+    >>> r["estimate"]
+    0.625
+    """
+    conf = check_conf(conf)
+    y, yh, yu = _as_float(y, "y"), _as_float(yhat, "yhat"), _as_float(yhat_unlabeled, "yhat_unlabeled")
+    if len(y) != len(yh):
+        raise ValueError(f"y and yhat must have the same length, got {len(y)} and {len(yh)}")
+    if len(y) < 2 or len(yu) < 1:
+        raise ValueError("ppi_mean needs at least 2 labelled and 1 unlabelled rows")
+    n, N = len(y), len(yu)
+    if lam is None:
+        theta1 = yu.mean() + (y - yh).mean()
+        lam = _lam_glm((y - theta1)[:, None], (yh - theta1)[:, None], (yu - theta1)[:, None], np.eye(1))
+    est = lam * yu.mean() + (y - lam * yh).mean()
+    se = float(np.sqrt((lam * yu).std() ** 2 / N + (y - lam * yh).std() ** 2 / n))
+    z = _z(conf)
+    return {"estimate": float(est), "std_error": se, "ci_low": float(est - z * se),
+            "ci_high": float(est + z * se), "lam": float(lam)}
+
+
+def _logistic_solve(X, y, yh, Xu, yu, lam, w=None, wu=None, start=None) -> np.ndarray:
+    """Minimize the rectified logistic loss (PPI++ for GLMs) by Newton's method.
+
+    loss = 1/n sum w l(y) - lam/n sum w l(yhat) + lam/N sum wu l(yhat_u); its Hessian
+    (1 - lam)/n X'WX + lam/N Xu'WuXu is positive definite for lam in [0, 1].
+    """
+    n, N = len(y), len(yu)
+    w = np.ones(n) if w is None else w
+    wu = np.ones(N) if wu is None else wu
+    beta = np.zeros(X.shape[1]) if start is None else start.copy()
+    for _ in range(100):
+        mu, muu = expit(X @ beta), expit(Xu @ beta)
+        g = X.T @ (w * ((mu - y) - lam * (mu - yh))) / n + lam * Xu.T @ (wu * (muu - yu)) / N
+        H = (X.T * (w * (1 - lam) * mu * (1 - mu))) @ X / n + lam * (Xu.T * (wu * muu * (1 - muu))) @ Xu / N
+        step = np.linalg.solve(H, g)
+        beta -= step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    return beta
+
+
+def _logistic_stats(beta, X, y, yh, Xu, yu):
+    """Gradients and the inverse pooled Hessian, as ppi_python's ``_logistic_get_stats``."""
+    n, N = len(y), len(yu)
+    mu, muu = expit(X @ beta), expit(Xu @ beta)
+    H = ((Xu.T * (muu * (1 - muu))) @ Xu + (X.T * (mu * (1 - mu))) @ X) / (N + n)
+    return X * (mu - y)[:, None], X * (mu - yh)[:, None], Xu * (muu - yu)[:, None], np.linalg.inv(H)
+
+
+def ppi_logistic(X, y, yhat, X_unlabeled, yhat_unlabeled, *, lam: float | None = None,
+                 conf: float = 0.95) -> pd.DataFrame:
+    """Prediction-powered logistic regression coefficients (PPI++ for GLMs), on arrays.
+
+    Parameters
+    ----------
+    X : 2-D array
+        Design matrix of the labelled rows (include a column of ones for an intercept).
+    y : array
+        Human labels (0/1) of the labelled rows.
+    yhat : array
+        The detector's predictions on the labelled rows.
+    X_unlabeled : 2-D array
+        Design matrix of the unlabelled rows.
+    yhat_unlabeled : array
+        The detector's predictions on the unlabelled rows.
+    lam : float, optional
+        Power-tuning parameter (0: labels only; 1: PPI; None: tuned, PPI++).
+    conf : float
+        Confidence level.
+
+    Returns
+    -------
+    DataFrame
+        One row per coefficient: ``estimate``, ``std_error``, ``ci_low``, ``ci_high``;
+        ``attrs["lam"]``.
+
+    Notes
+    -----
+    The estimate minimizes the rectified loss (see :func:`_logistic_solve`); the
+    covariance is ``H^-1 (n/N V_u + V) H^-1 / n`` with ``H`` the Hessian pooled over all
+    rows, ``V`` the covariance of ``grad(y) - lam grad(yhat)`` on the labelled rows and
+    ``V_u`` that of ``lam grad(yhat)`` on the unlabelled rows (divisor n - 1). A tuned
+    ``lam`` follows ``ppi_python.ppi_logistic_ci``: fit with lam = 1, estimate lam, refit,
+    estimate lam again at that fit, refit. It equals ``ppi_logistic_ci`` to 1e-6
+    (tests/test_ppi.py).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> X = np.c_[np.ones(300), rng.normal(size=300)]
+    >>> y = rng.binomial(1, 1 / (1 + np.exp(-X @ [-1, 1])))
+    >>> Xu = np.c_[np.ones(3000), rng.normal(size=3000)]
+    >>> yu = rng.binomial(1, 1 / (1 + np.exp(-Xu @ [-1, 1])))
+    >>> ppi_logistic(X, y, y, Xu, yu, lam=1).shape
+    (2, 4)
+    """
+    conf = check_conf(conf)
+    X = np.asarray(X, dtype=float)
+    Xu = np.asarray(X_unlabeled, dtype=float)
+    y, yh, yu = _as_float(y, "y"), _as_float(yhat, "yhat"), _as_float(yhat_unlabeled, "yhat_unlabeled")
+    if X.ndim != 2 or Xu.ndim != 2 or X.shape[1] != Xu.shape[1] or len(X) != len(y) or len(Xu) != len(yu):
+        raise ValueError("X (n x p), y, yhat (n) and X_unlabeled (N x p), yhat_unlabeled (N) do not line up")
+    n, N = len(y), len(yu)
+    if lam is None:
+        beta = _logistic_solve(X, y, yh, Xu, yu, 1.0)
+        for _ in range(2):
+            lam = _lam_glm(*_logistic_stats(beta, X, y, yh, Xu, yu))
+            beta = _logistic_solve(X, y, yh, Xu, yu, lam, start=beta)
+    else:
+        beta = _logistic_solve(X, y, yh, Xu, yu, float(lam))
+    g, gh, ghu, inv_h = _logistic_stats(beta, X, y, yh, Xu, yu)
+    if lam == 0:  # ppi_python drops the unlabelled rows from the Hessian then
+        mu = expit(X @ beta)
+        inv_h = np.linalg.inv((X.T * (mu * (1 - mu))) @ X / n)
+    d = X.shape[1]
+    v_u = np.atleast_2d(np.cov((lam * ghu).T)).reshape(d, d)
+    v = np.atleast_2d(np.cov((g - lam * gh).T)).reshape(d, d)
+    cov = inv_h @ (n / N * v_u + v) @ inv_h / n
+    se = np.sqrt(np.diag(cov))
+    z = _z(conf)
+    out = pd.DataFrame({"estimate": beta, "std_error": se, "ci_low": beta - z * se, "ci_high": beta + z * se})
+    out.attrs["lam"] = float(lam)
+    return out
+
+
+# ======================================================================================
+# Tables: labels on a random sample of rows, strata, clusters
+# ======================================================================================
+
+
+@dataclass
+class _Atoms:
+    """Rows collapsed to atoms: one per (cell, part, stratum, label, flag[, cluster])."""
+
+    cell: np.ndarray      # target cell (group, or group x arm)
+    lab: np.ndarray       # True: labelled part
+    stratum: np.ndarray   # label stratum code
+    y: np.ndarray         # human label (0 in the unlabelled part)
+    f: np.ndarray         # detector flag
+    w: np.ndarray         # inverse-probability weight of one row of the atom
+    m: np.ndarray         # rows in the atom
+    cluster: np.ndarray | None  # cluster code of the atom (None: rows independent)
+    n_cells: int
+    n_strata: int
+    n_clusters: int = 0
+    part_size: np.ndarray = field(default_factory=lambda: np.zeros(0))  # rows per (part, stratum)
+
+
+def _label_values(data: pd.DataFrame, labels: str) -> np.ndarray:
+    if labels not in data.columns:
+        raise ValueError(
+            f"labels={labels!r} is not a column of the table (columns: {list(map(str, data.columns))}); "
+            "join human labels first (rs.join_labels(df, 'labelled.csv'))"
+        )
+    h = pd.to_numeric(data[labels].astype(object).where(data[labels].notna(), np.nan),
+                      errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isnan(h) & ~np.isin(h, [0.0, 1.0])
+    if bad.any() or (data[labels].notna().to_numpy() & np.isnan(h)).any():
+        raise ValueError(f"labels column {labels!r} must be 0/1 (1 = refusal) or missing; found other values")
+    if (~np.isnan(h)).sum() < 2:
+        raise ValueError(f"labels column {labels!r} has {(~np.isnan(h)).sum()} label(s); "
+                         "label at least a few rows (rs.label_sample)")
+    return h
+
+
+def _codes(frame: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Integer codes of the observed combinations of ``cols`` (in sorted / level order)."""
+    if not cols:
+        return np.zeros(len(frame), dtype=np.int64), pd.DataFrame(index=[0])
+    g = frame.groupby(cols, observed=True, sort=True)
+    codes = g.ngroup().to_numpy().astype(np.int64)
+    keys = g.size().index.to_frame(index=False)
+    return codes, keys
+
+
+def _build_atoms(data, cells: np.ndarray, n_cells: int, *, labels, refusal, strata, cluster, where):
+    """Validate the columns, compute the weights and collapse rows into atoms."""
+    from .rates import _columns
+
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"{where}: labels= needs the response table as a DataFrame (read a file "
+                        f"with rs.read_table first), got {type(data).__name__}")
+    h = _label_values(data, labels)
+    if refusal not in data.columns:
+        raise ValueError(f"{where}: no refusal column {refusal!r} (the detector's flag)")
+    f = pd.to_numeric(data[refusal], errors="coerce").to_numpy(dtype=float)
+    if np.isnan(f).any() or not np.isin(f, [0.0, 1.0]).all():
+        raise ValueError(f"{where}: the detector column {refusal!r} must be 0/1 in every row")
+    lab = ~np.isnan(h)
+    strata = _columns(strata, "strata")
+    missing = [c for c in strata if c not in data.columns]
+    if missing:
+        raise ValueError(f"{where}: strata column(s) {missing} are not in the table")
+    s_codes, s_keys = _codes(data, strata)
+    H = len(s_keys)
+    N_h = np.bincount(s_codes, minlength=H).astype(float)
+    n_h = np.bincount(s_codes, weights=lab, minlength=H)
+    if (n_h == 0).any():
+        ex = s_keys.iloc[np.flatnonzero(n_h == 0)[0]].to_dict() if strata else {}
+        raise ValueError(f"{where}: stratum {ex} has no labelled row; every stratum of strata= needs labels")
+    w_lab = N_h / n_h
+    with np.errstate(divide="ignore"):
+        w_unl = np.where(N_h > n_h, N_h / np.maximum(N_h - n_h, 1), 0.0)
+    clusters = resolve_cluster(data, cluster, where=where)
+    clusters = _columns(clusters, "cluster")
+    frame = {"cell": cells, "lab": lab, "stratum": s_codes, "y": np.nan_to_num(h), "f": f}
+    if clusters:
+        c_codes, _ = _codes(data, clusters)
+        frame["cluster"] = c_codes
+    frame = pd.DataFrame(frame)
+    keys = list(frame.columns)
+    at = frame.groupby(keys, sort=False).size().rename("m").reset_index()
+    part_size = np.bincount(at["lab"].to_numpy().astype(int) * H + at["stratum"].to_numpy(),
+                            weights=at["m"].to_numpy(), minlength=2 * H)
+    atoms = _Atoms(
+        cell=at["cell"].to_numpy(), lab=at["lab"].to_numpy(), stratum=at["stratum"].to_numpy(),
+        y=at["y"].to_numpy(float), f=at["f"].to_numpy(float),
+        w=np.where(at["lab"], w_lab[at["stratum"]], w_unl[at["stratum"]]),
+        m=at["m"].to_numpy(float), cluster=at["cluster"].to_numpy() if clusters else None,
+        n_cells=n_cells, n_strata=H, n_clusters=int(frame["cluster"].max() + 1) if clusters else 0,
+        part_size=part_size,
+    )
+    return atoms, clusters
+
+
+def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z"):
+    """PPI / PPI++ for linear combinations ``L`` (targets x cells) of cell means.
+
+    Each cell's estimate is ``A + lam (FU - FL)``: the weighted labelled mean of the
+    human label, plus lam times the weighted unlabelled minus labelled mean of the flag.
+    Influence of an atom on its cell: ``a = [lab] w (y - A) / W_L`` and ``b = -[lab] w (f
+    - FL) / W_L + [unl] w (f - FU) / W_U``; a target's are ``L @`` those, centred within
+    (part, stratum) (fixed sample sizes per stratum), summed per cluster (or per row),
+    and the variance is ``sum (a + lam b)^2`` (times C / (C - 1) with C clusters); lam
+    minimizes it (``-sum ab / sum b^2``, clipped to [0, 1]).
+    """
+    K = at.n_cells
+    mw = at.m * at.w
+    labw = np.where(at.lab, mw, 0.0)
+    unlw = np.where(~at.lab, mw, 0.0)
+    W_L = np.bincount(at.cell, labw, K)
+    W_U = np.bincount(at.cell, unlw, K)
+    n_lab = np.bincount(at.cell, np.where(at.lab, at.m, 0.0), K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        A = np.bincount(at.cell, labw * at.y, K) / W_L
+        FL = np.bincount(at.cell, labw * at.f, K) / W_L
+        FU = np.where(W_U > 0, np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1), FL)
+    has_u = W_U[at.cell] > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
+        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
+                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
+    b = np.where(has_u, b, 0.0)
+    a, b = np.nan_to_num(a), np.nan_to_num(b)
+    T = L.shape[0]
+    H = at.n_strata
+    part = at.lab.astype(int) * H + at.stratum          # (part, stratum) code
+    P = 2 * H
+    Ls = sparse.csr_matrix(L)
+    # per (cell, part-stratum) sums of the atom influences, then per target
+    ks = at.cell * P + part
+
+    def sums(v):
+        return sparse.csr_matrix(np.bincount(ks, at.m * v, K * P).reshape(K, P))
+
+    Sa, Sb = (Ls @ sums(a)).toarray(), (Ls @ sums(b)).toarray()       # T x P
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cen_a = np.where(at.part_size > 0, Sa / np.where(at.part_size > 0, at.part_size, 1), 0.0)
+        cen_b = np.where(at.part_size > 0, Sb / np.where(at.part_size > 0, at.part_size, 1), 0.0)
+    if at.cluster is None:
+        def q(u, v):
+            return np.bincount(ks, at.m * u * v, K * P).reshape(K, P)
+        L2 = sparse.csr_matrix(L ** 2)
+        # rows of one cell only: sum over atoms of L^2 * (a, b products), minus the centring
+        Vaa = (L2 @ q(a, a)).sum(1) - (cen_a ** 2 * at.part_size).sum(1)
+        Vab = (L2 @ q(a, b)).sum(1) - (cen_a * cen_b * at.part_size).sum(1)
+        Vbb = (L2 @ q(b, b)).sum(1) - (cen_b ** 2 * at.part_size).sum(1)
+        touched = np.asarray((abs(Ls) @ n_lab[:, None]).ravel())
+        factor = np.ones(T)
+        n_units = touched
+    else:
+        C = at.n_clusters
+        kc = at.cell * C + at.cluster
+        Ma = sparse.csr_matrix(np.bincount(kc, at.m * a, K * C).reshape(K, C))
+        Mb = sparse.csr_matrix(np.bincount(kc, at.m * b, K * C).reshape(K, C))
+        cnt = sparse.csr_matrix((at.m, (at.cluster, part)), shape=(C, P))
+        ca = (Ls @ Ma).toarray() - (cnt @ cen_a.T).T
+        cb = (Ls @ Mb).toarray() - (cnt @ cen_b.T).T
+        Vaa, Vab, Vbb = (ca * ca).sum(1), (ca * cb).sum(1), (cb * cb).sum(1)
+        present = sparse.csr_matrix((np.ones(len(kc)), (at.cell, at.cluster)), shape=(K, C))
+        present.data[:] = 1
+        n_cl = np.asarray(((abs(Ls) @ present) > 0).sum(1)).ravel()
+        lab_present = sparse.csr_matrix((at.lab.astype(float), (at.cell, at.cluster)), shape=(K, C))
+        n_units = np.asarray(((abs(Ls) @ lab_present) > 0).sum(1)).ravel()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
+    Vaa, Vab, Vbb = (np.asarray(v, dtype=float).ravel() * factor for v in (Vaa, Vab, Vbb))
+    if lam is None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lam_t = np.where(Vbb > 0, np.clip(-Vab / Vbb, 0, 1), 0.0)
+    else:
+        lam_t = np.full(T, float(lam))
+    est = L @ A + lam_t * (L @ (FU - FL))
+    var = np.maximum(Vaa + 2 * lam_t * Vab + lam_t ** 2 * Vbb, 0.0)
+    se = np.sqrt(var)
+    labels_only = L @ A
+    se_lab = np.sqrt(np.maximum(Vaa, 0))
+    undefined = np.asarray((abs(Ls) @ (n_lab == 0)[:, None].astype(float)).ravel()) > 0
+    est[undefined] = np.nan
+    se[undefined] = np.nan
+    if df_rule == "t":
+        q = stats.t.ppf(1 - (1 - conf) / 2, np.maximum(n_units - 1, 1))
+    else:
+        q = np.full(T, _z(conf))
+    return {"estimate": est, "std_error": se, "ci_low": est - q * se, "ci_high": est + q * se,
+            "lam": lam_t, "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
+                np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q}
+
+
+def _check_lam(lam):
+    if lam is None:
+        return None
+    if not isinstance(lam, (int, float, np.floating, np.integer)) or isinstance(lam, bool) or not 0 <= lam <= 1:
+        raise ValueError(f"lam must be None (tuned, PPI++) or a number in [0, 1] (0: labels only, 1: PPI), "
+                         f"got {lam!r}")
+    return float(lam)
+
+
+def ppi_rates(
+    data: pd.DataFrame,
+    by: str | Sequence[str] | None = None,
+    *,
+    labels: str = "human",
+    conf: float = 0.95,
+    cluster: str | Sequence[str] | None = "auto",
+    strata: str | Sequence[str] | None = None,
+    lam: float | None = None,
+    refusal: str = "refusal",
+    ci: str = "t",
+) -> pd.DataFrame:
+    """Refusal rate per group corrected by human labels (prediction-powered inference).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with the detector's ``refusal`` flag on every row and human
+        labels (0/1) on a random sample of rows, NaN elsewhere.
+    by : str or list of str, optional
+        Grouping columns.
+    labels : str
+        The human label column (default ``"human"``).
+    conf : float
+        Confidence level.
+    cluster : "auto", str, list of str or None
+        Correlated rows (default ``"auto"``: ``item_id`` when items repeat): the
+        influence functions of the labelled and the unlabelled rows are summed per
+        cluster before squaring.
+    strata : str or list of str, optional
+        The ``by`` of :func:`refusalstats.label_sample`: labels were drawn at random
+        within these strata, possibly with different fractions. Each stratum's labelled
+        rows weigh rows / labels of the stratum; unlabelled rows rows / unlabelled rows.
+        None: one simple random sample of rows.
+    lam : float, optional
+        0: labels only; 1: PPI; None (default): PPI++ (per group, the variance-
+        minimizing value in [0, 1]).
+    refusal : str
+        The detector's 0/1 flag.
+    ci : {"t", "z"}
+        Quantile of the interval: Student t on (labelled rows, or clusters with labels,
+        minus 1) degrees of freedom (default; small label samples), or normal.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, ``n`` (rows), ``n_labelled``, ``rate_detector`` (the raw flag
+        rate), ``rate`` (corrected), ``std_error``, ``ci_low``, ``ci_high`` (clipped to
+        [0, 1]), ``lam``, ``rate_labels_only`` and ``se_labels_only`` (the same labels
+        without the detector, for comparison).
+
+    Examples
+    --------
+    >>> import numpy as np, refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> df["human"] = np.where(np.arange(len(df)) % 20 == 0, df["refusal"], np.nan)
+    >>> out = rs.ppi_rates(df, by="task", cluster=None)  # a perfect detector here
+    >>> bool((out["std_error"] < out["se_labels_only"]).all())
+    True
+    """
+    from .rates import _columns
+
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    lam = _check_lam(lam)
+    if ci not in ("t", "z"):
+        raise ValueError(f"ci must be 't' or 'z', got {ci!r}")
+    _need(data, by, "ppi_rates")
+    cells, keys = _codes(data, by)
+    atoms, clusters = _build_atoms(data, cells, len(keys), labels=labels, refusal=refusal,
+                                   strata=strata, cluster=cluster, where="refusal_rates")
+    r = _linear_ppi(atoms, np.eye(len(keys)), lam, conf, ci)
+    n = np.bincount(atoms.cell, atoms.m, len(keys))
+    flag = np.bincount(atoms.cell, atoms.m * atoms.f, len(keys)) / n
+    out = keys.reset_index(drop=True) if by else pd.DataFrame(index=[0])
+    out = out.assign(n=n.astype("int64"), n_labelled=r["n_labelled"].astype("int64"), rate_detector=flag,
+                     rate=r["estimate"], std_error=r["std_error"],
+                     ci_low=np.clip(r["ci_low"], 0, 1), ci_high=np.clip(r["ci_high"], 0, 1), lam=r["lam"],
+                     rate_labels_only=r["labels_only"], se_labels_only=r["labels_only_se"])
+    _notes(out, r, "rate")
+    out.attrs.update(conf=conf, method="ppi++" if lam is None else f"ppi(lam={lam:g})", labels=labels,
+                     cluster=clusters, strata=_columns(strata, "strata"), ci=ci)
+    return out
+
+
+def _need(data, cols, where):
+    if isinstance(data, pd.DataFrame):
+        missing = [c for c in cols if c not in data.columns]
+        if missing:
+            raise ValueError(f"{where}: column(s) {missing} are not in the table "
+                             f"(columns: {list(map(str, data.columns))})")
+
+
+def _notes(out, r, what):
+    bad = np.isnan(r["estimate"])
+    if bad.any():
+        warnings.warn(f"{int(bad.sum())} group(s) have no labelled row; their corrected {what} is NaN. "
+                      "Label rows in every group (rs.label_sample(..., by=...))", RuntimeWarning, stacklevel=3)
+
+
+def ppi_effect(
+    data: pd.DataFrame,
+    by: str | Sequence[str] | None = None,
+    *,
+    labels: str = "human",
+    setting: str = "setting",
+    levels: tuple[str, str] = ("persona", "persona-free"),
+    conf: float = 0.95,
+    cluster: str | Sequence[str] | None = "auto",
+    strata: str | Sequence[str] | None = None,
+    lam: float | None = None,
+    refusal: str = "refusal",
+    ci: str = "t",
+) -> pd.DataFrame:
+    """Persona minus persona-free rate corrected by human labels (prediction-powered).
+
+    The two rates are the cell estimates of :func:`ppi_rates`; the difference's
+    influence function is the difference of theirs, summed per cluster, so items
+    answered in both settings are accounted for. One lam per difference (PPI++).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with both settings, the detector's flag and human labels.
+    by : str or list of str, optional
+        Grouping columns, e.g. ``"model"``.
+    labels, conf, cluster, strata, lam, refusal, ci
+        As in :func:`ppi_rates`.
+    setting : str
+        Column telling the settings apart (derived from ``persona == "none"`` when
+        absent, as :func:`refusalstats.persona_effect`).
+    levels : (str, str)
+        The persona and the persona-free level.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, ``rate_persona``, ``rate_persona_free`` (corrected),
+        ``n_labelled``, ``difference``, ``std_error``, ``ci_low``, ``ci_high``, ``lam``,
+        ``difference_detector`` (raw flags) and ``difference_labels_only``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, refusalstats as rs
+    >>> df = pd.DataFrame({"setting": ["persona", "persona-free"] * 50,
+    ...                    "refusal": [1, 0, 0, 0] * 25})
+    >>> df["human"] = np.where(np.arange(100) % 3 == 0, df["refusal"], np.nan)
+    >>> out = rs.ppi_effect(df, cluster=None)
+    >>> float(out["difference_detector"].iloc[0]), round(float(out["difference"].iloc[0]), 3)
+    (0.5, 0.5)
+    """
+    from .rates import _columns, _slug
+
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    lam = _check_lam(lam)
+    if setting in by:
+        raise ValueError(f"{setting!r} is the setting column; it cannot also be in by=")
+    _need(data, by, "ppi_effect")
+    if setting in data.columns:
+        arm_values = data[setting].astype(object)
+    elif "persona" in data.columns:
+        from .design import NO_PERSONA
+
+        arm_values = pd.Series(np.where(data["persona"].astype(object) == NO_PERSONA, levels[1], levels[0]),
+                               index=data.index)
+    else:
+        raise ValueError(f"persona_effect: no {setting!r} column (and no persona column to derive it from)")
+    unknown = sorted(set(pd.unique(arm_values)) - set(levels), key=str)
+    if unknown:
+        raise ValueError(f"column {setting!r} has level(s) {unknown} besides {list(levels)}; keep only the two")
+    arm = (arm_values == levels[1]).to_numpy().astype(np.int64)
+    g_codes, keys = _codes(data, by)
+    G = len(keys)
+    present = np.zeros((G, 2), bool)
+    present[g_codes, arm] = True
+    if not present.all():
+        raise ValueError(f"persona_effect needs both settings {list(levels)} in every group; "
+                         f"{int((~present.all(1)).sum())} group(s) lack one")
+    atoms, clusters = _build_atoms(data, g_codes * 2 + arm, 2 * G, labels=labels, refusal=refusal,
+                                   strata=strata, cluster=cluster, where="persona_effect")
+    L = np.zeros((G, 2 * G))
+    L[np.arange(G), 2 * np.arange(G)] = 1
+    L[np.arange(G), 2 * np.arange(G) + 1] = -1
+    r = _linear_ppi(atoms, L, lam, conf, ci)
+    rates = _linear_ppi(atoms, np.eye(2 * G), None if lam is None else lam, conf, ci)
+    n = np.bincount(atoms.cell, atoms.m, 2 * G)
+    flag = np.bincount(atoms.cell, atoms.m * atoms.f, 2 * G) / n
+    s1, s2 = _slug(levels[0]), _slug(levels[1])
+    out = keys.reset_index(drop=True) if by else pd.DataFrame(index=[0])
+    out = out.assign(**{f"rate_{s1}": rates["estimate"][0::2], f"rate_{s2}": rates["estimate"][1::2]},
+                     n_labelled=r["n_labelled"].astype("int64"), difference=r["estimate"],
+                     std_error=r["std_error"], ci_low=r["ci_low"], ci_high=r["ci_high"], lam=r["lam"],
+                     difference_detector=flag[0::2] - flag[1::2],
+                     difference_labels_only=r["labels_only"], se_labels_only=r["labels_only_se"])
+    _notes(out, r, "difference")
+    out.attrs.update(conf=conf, method="ppi++" if lam is None else f"ppi(lam={lam:g})", labels=labels,
+                     cluster=clusters, strata=_columns(strata, "strata"), ci=ci)
+    return out
+
+
+# ----------------------------------------------------------------------- Rogan-Gladen
+
+
+def rogan_gladen(
+    data: pd.DataFrame,
+    by: str | Sequence[str] | None = None,
+    *,
+    labels: str = "human",
+    conf: float = 0.95,
+    strata: str | Sequence[str] | None = None,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """Rogan–Gladen corrected rate per group, for comparison with :func:`ppi_rates`.
+
+    ``rate = (p + specificity - 1) / (sensitivity + specificity - 1)`` with ``p`` the
+    detector's flag rate and sensitivity / specificity estimated from the labelled rows
+    of the group (weighted by the label strata), clipped to [0, 1]; delta-method
+    variance ``(var p + rate^2 var se + (1 - rate)^2 var sp) / (se + sp - 1)^2``
+    (Rogan & Gladen 1978; Greenland 1996), rows treated as independent.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with the flag and the human labels.
+    by : str or list of str, optional
+        Grouping columns.
+    labels, conf, strata, refusal
+        As in :func:`ppi_rates`.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, ``sensitivity``, ``specificity``, ``rate_detector``, ``rate``,
+        ``std_error``, ``ci_low``, ``ci_high``. Undefined (NaN) when the labels of a
+        group hold no refusal or no compliance, or ``se + sp <= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> df["human"] = np.where(np.arange(len(df)) % 10 == 0, df["refusal"], np.nan)
+    >>> r = rs.rogan_gladen(df)
+    >>> bool(np.isclose(r["rate"].iloc[0], r["rate_detector"].iloc[0]))
+    True
+    """
+    from .rates import _columns
+
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    _need(data, by, "rogan_gladen")
+    cells, keys = _codes(data, by)
+    at, _ = _build_atoms(data, cells, len(keys), labels=labels, refusal=refusal, strata=strata,
+                         cluster=None, where="rogan_gladen")
+    K = len(keys)
+    lw = np.where(at.lab, at.m * at.w, 0.0)
+    pos_w = np.bincount(at.cell, lw * at.y, K)
+    neg_w = np.bincount(at.cell, lw * (1 - at.y), K)
+    n_pos = np.bincount(at.cell, np.where(at.lab, at.m * at.y, 0), K)
+    n_neg = np.bincount(at.cell, np.where(at.lab, at.m * (1 - at.y), 0), K)
+    n = np.bincount(at.cell, at.m, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.bincount(at.cell, lw * at.y * at.f, K) / pos_w
+        sp = np.bincount(at.cell, lw * (1 - at.y) * (1 - at.f), K) / neg_w
+        p = np.bincount(at.cell, at.m * at.f, K) / n
+        j = se + sp - 1
+        rate = np.clip((p + sp - 1) / j, 0, 1)
+        var = (p * (1 - p) / n + rate ** 2 * se * (1 - se) / n_pos + (1 - rate) ** 2 * sp * (1 - sp) / n_neg) / j ** 2
+    rate = np.where(j > 0, rate, np.nan)
+    sd = np.sqrt(var)
+    z = _z(conf)
+    out = keys.reset_index(drop=True) if by else pd.DataFrame(index=[0])
+    out = out.assign(n=n.astype("int64"), n_labelled=(n_pos + n_neg).astype("int64"), sensitivity=se,
+                     specificity=sp, rate_detector=p, rate=rate, std_error=sd,
+                     ci_low=np.clip(rate - z * sd, 0, 1), ci_high=np.clip(rate + z * sd, 0, 1))
+    out.attrs.update(conf=conf, method="rogan-gladen", labels=labels)
+    return out
+
+
+# ----------------------------------------------------------------------- logistic regression
+
+
+@dataclass
+class PPILogitResult:
+    """Prediction-powered logistic regression coefficients (from :func:`ppi_logit`).
+
+    Attributes
+    ----------
+    params : Series
+        Coefficients (log odds ratios) of the human-label model.
+    cov : DataFrame
+        Their covariance (sandwich, cluster-robust with ``cluster``).
+    lam : float
+        The power-tuning parameter used.
+    params_labels_only, bse_labels_only : Series
+        The same model on the labelled rows only (``lam = 0``), for comparison.
+    params_detector : Series
+        The same model fitted to the detector's flags on every row (the uncorrected fit).
+    formula : str
+        The formula.
+    conf : float
+        Default interval level.
+    n_obs, n_labelled, n_clusters : int
+        Rows, labelled rows, clusters (0: rows independent).
+    """
+
+    params: pd.Series
+    cov: pd.DataFrame
+    lam: float
+    params_labels_only: pd.Series
+    bse_labels_only: pd.Series
+    params_detector: pd.Series
+    formula: str
+    conf: float
+    n_obs: int
+    n_labelled: int
+    n_clusters: int
+    df: float = np.inf
+
+    @property
+    def bse(self) -> pd.Series:
+        """Standard errors."""
+        return pd.Series(np.sqrt(np.diag(self.cov.to_numpy())), index=self.params.index)
+
+    def conf_int(self, conf: float | None = None) -> pd.DataFrame:
+        """Wald intervals (t on ``df`` degrees of freedom with clusters).
+
+        Parameters
+        ----------
+        conf : float, optional
+            Level (default the fit's).
+
+        Returns
+        -------
+        DataFrame
+            ``ci_low``, ``ci_high`` by coefficient.
+        """
+        conf = self.conf if conf is None else check_conf(conf)
+        q = stats.t.ppf(1 - (1 - conf) / 2, self.df) if np.isfinite(self.df) else _z(conf)
+        out = pd.DataFrame({"ci_low": self.params - q * self.bse, "ci_high": self.params + q * self.bse})
+        out.attrs["conf"] = conf
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """The coefficient table.
+
+        Returns
+        -------
+        DataFrame
+            ``estimate``, ``std_error``, ``z``, ``p_value``, ``ci_low``, ``ci_high``,
+            ``estimate_labels_only``, ``std_error_labels_only``, ``estimate_detector``.
+        """
+        z = self.params / self.bse
+        dist = stats.t(self.df) if np.isfinite(self.df) else stats.norm
+        out = pd.DataFrame({"estimate": self.params, "std_error": self.bse, "z": z,
+                            "p_value": 2 * dist.sf(np.abs(z))})
+        out = out.join(self.conf_int())
+        out["estimate_labels_only"] = self.params_labels_only
+        out["std_error_labels_only"] = self.bse_labels_only
+        out["estimate_detector"] = self.params_detector
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PPILogitResult({self.formula!r}, {len(self.params)} coefficients, n={self.n_obs:,}, "
+                f"labelled={self.n_labelled:,}, lam={self.lam:.3f})")
+
+    def summary(self) -> Summary:
+        """The coefficient table as text and HTML.
+
+        Returns
+        -------
+        Summary
+        """
+        t = self.to_frame()
+        head = (f"Prediction-powered logistic regression (PPI++, lam = {self.lam:.3f}): {self.formula}\n"
+                f"rows {self.n_obs:,}, human labels {self.n_labelled:,}"
+                + (f", clusters {self.n_clusters:,} (cluster-robust)" if self.n_clusters else ""))
+        with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 140):
+            text = head + "\n" + t.to_string()
+        return Summary("PPI logistic regression", text, t)
+
+
+def ppi_logit(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    labels: str = "human",
+    reference: Mapping[str, object] | None = None,
+    cluster: str | None = "auto",
+    strata: str | Sequence[str] | None = None,
+    lam: float | None = None,
+    conf: float = 0.95,
+) -> PPILogitResult:
+    """Logistic regression of the human label, powered by the detector's flags (PPI++ GLM).
+
+    The coefficients solve the rectified estimating equation
+
+        sum_lab w x (mu - y) / W_L - lam [sum_lab w x (mu - f) / W_L - sum_unl w x (mu - f) / W_U] = 0,
+
+    (``f`` the flag, ``y`` the human label, ``w`` inverse-probability weights of the
+    label strata). Covariance: the sandwich ``J^-1 B J^-1`` with ``J`` the Jacobian of
+    the equation and ``B`` built from the per-row influence terms, centred within
+    (part, stratum) and summed per cluster (times C / (C - 1)); ``lam`` minimizes its
+    trace (PPI++), refitted once.
+
+    Parameters
+    ----------
+    formula : str
+        ``"refusal ~ persona + model"``; the left-hand side names the detector's flag.
+    data : DataFrame
+        The response table with the flag and human labels.
+    labels : str
+        The human label column.
+    reference : mapping, optional
+        Reference levels, as :func:`refusalstats.logit`.
+    cluster : "auto", str or None
+        Cluster column (default ``item_id`` when items repeat).
+    strata : str or list of str, optional
+        Label sampling strata, as :func:`ppi_rates`.
+    lam : float, optional
+        0: labels only; 1: PPI; None: tuned.
+    conf : float
+        Default interval level.
+
+    Returns
+    -------
+    PPILogitResult
+
+    Examples
+    --------
+    >>> import numpy as np, refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> df["human"] = np.where(np.arange(len(df)) % 5 == 0, df["refusal"], np.nan)
+    >>> fit = rs.ppi_logit("refusal ~ task", df, cluster=None)
+    >>> len(fit.params), fit.n_labelled
+    (3, 4064)
+    """
+    from .formula import fixed_design, parse_formula, prepare_factors
+
+    conf = check_conf(conf)
+    lam = _check_lam(lam)
+    parsed = parse_formula(formula)
+    if parsed.random:
+        raise ValueError("ppi_logit fits fixed effects only; drop the (1|g) terms")
+    resp = parsed.response
+    variables = [v for v in parsed.fixed_variables if v in data.columns]
+    missing = [v for v in parsed.fixed_variables if v not in data.columns]
+    if missing:
+        raise ValueError(f"ppi_logit: formula column(s) {missing} are not in the table")
+    frame = prepare_factors(data[variables], variables, reference)
+    p_codes, patterns = _codes(frame, variables)
+    rhs = formula.split("~", 1)[1]
+    X, names, _ = fixed_design(rhs, prepare_factors(patterns, variables, reference))
+    at, _ = _build_atoms(data, p_codes, len(patterns), labels=labels, refusal=resp, strata=strata,
+                         cluster=cluster, where="logit")
+    Xa = X[at.cell]
+    part = at.lab.astype(int) * at.n_strata + at.stratum
+    W_L = float(np.sum(np.where(at.lab, at.m * at.w, 0)))
+    W_U = float(np.sum(np.where(~at.lab, at.m * at.w, 0)))
+    cw = np.where(at.lab, at.m * at.w / W_L, at.m * at.w / max(W_U, 1e-300))   # per-atom weight (all rows)
+    rw = at.w / np.where(at.lab, W_L, max(W_U, 1e-300))                        # one row's weight
+
+    def solve(lam_, beta):
+        for _ in range(100):
+            mu = expit(Xa @ beta)
+            r = np.where(at.lab, (mu - at.y) - lam_ * (mu - at.f), lam_ * (mu - at.f))
+            g = Xa.T @ (cw * r)
+            c = np.where(at.lab, 1 - lam_, lam_) * mu * (1 - mu)
+            J = (Xa.T * (cw * c)) @ Xa
+            step = np.linalg.solve(J, g)
+            beta = beta - step
+            if np.max(np.abs(step)) < 1e-10:
+                break
+        else:
+            warnings.warn("ppi_logit: Newton's method did not converge in 100 steps (separation?)",
+                          RuntimeWarning, stacklevel=3)
+        return beta, J
+
+    def pieces(beta):
+        """Per-atom influence pieces: u (label part) and v (flag part, times lam), one row each."""
+        mu = expit(Xa @ beta)
+        u = np.where(at.lab, mu - at.y, 0.0)[:, None] * Xa * rw[:, None]
+        v = np.where(at.lab, -(mu - at.f), mu - at.f)[:, None] * Xa * rw[:, None]
+        return u, v
+
+    def centred_sums(u):
+        """Sums per cluster (or per atom, with multiplicity) after centring per (part, stratum)."""
+        P = 2 * at.n_strata
+        tot = np.zeros((P, u.shape[1]))
+        np.add.at(tot, part, at.m[:, None] * u)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cen = np.where(at.part_size[:, None] > 0, tot / np.maximum(at.part_size, 1)[:, None], 0)
+        if at.cluster is None:
+            return u - cen[part], at.m
+        C = at.n_clusters
+        S = np.zeros((C, u.shape[1]))
+        np.add.at(S, at.cluster, at.m[:, None] * u)
+        cnt = np.zeros((C, P))
+        np.add.at(cnt, (at.cluster, part), at.m)
+        return S - cnt @ cen, np.ones(C)
+
+    def covariance(beta, J):
+        """Influence of each cluster (or atom) on the coefficients: label part a, flag part b."""
+        u, v = pieces(beta)
+        du, mult = centred_sums(u)
+        dv, _ = centred_sums(v)
+        Jinv = np.linalg.inv(J)
+        factor = at.n_clusters / (at.n_clusters - 1) if at.cluster is not None else 1.0
+        return du @ Jinv.T, dv @ Jinv.T, mult, factor
+
+    p = X.shape[1]
+    beta0, J0 = solve(0.0, np.zeros(p))
+    a0, _, mult, factor = covariance(beta0, J0)
+    cov_lab = factor * (a0 * mult[:, None]).T @ a0
+    if lam is None:
+        beta, J = solve(1.0, beta0)
+        for _ in range(2):
+            a, b, mult, factor = covariance(beta, J)
+            sab = float(np.sum(mult[:, None] * a * b))
+            sbb = float(np.sum(mult[:, None] * b * b))
+            lam_used = float(np.clip(-sab / sbb, 0, 1)) if sbb > 0 else 0.0
+            beta, J = solve(lam_used, beta)
+    else:
+        lam_used = lam
+        beta, J = solve(lam_used, beta0)
+    a, b, mult, factor = covariance(beta, J)
+    t = a + lam_used * b
+    cov = factor * (t * mult[:, None]).T @ t
+    # the uncorrected fit: the flags of every row as the response
+    det = _flag_fit(Xa, at.f, at.m, p)
+    n_lab = int(np.sum(np.where(at.lab, at.m, 0)))
+    df = at.n_clusters - 1 if at.cluster is not None else np.inf
+    return PPILogitResult(
+        params=pd.Series(beta, index=names), cov=pd.DataFrame(cov, index=names, columns=names),
+        lam=lam_used, params_labels_only=pd.Series(beta0, index=names),
+        bse_labels_only=pd.Series(np.sqrt(np.diag(cov_lab)), index=names),
+        params_detector=pd.Series(det, index=names), formula=formula, conf=conf,
+        n_obs=int(at.m.sum()), n_labelled=n_lab, n_clusters=at.n_clusters, df=float(df),
+    )
+
+
+def _flag_fit(X, f, m, p) -> np.ndarray:
+    beta = np.zeros(p)
+    for _ in range(100):
+        mu = expit(X @ beta)
+        step = np.linalg.solve((X.T * (m * mu * (1 - mu))) @ X, X.T @ (m * (mu - f)))
+        beta -= step
+        if np.max(np.abs(step)) < 1e-10 or not np.isfinite(beta).all():
+            break
+    return beta
+
+
+# ----------------------------------------------------------------------- report card, budget
+
+
+def detector_card(
+    data: pd.DataFrame,
+    by: str | Sequence[str] | None = "model",
+    *,
+    labels: str = "human",
+    conf: float = 0.95,
+    cluster: str | Sequence[str] | None = "auto",
+    strata: str | Sequence[str] | None = None,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """The detector's report card: its errors per group and what they do to the rates.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with the detector's flag and human labels on a sample.
+    by : str or list of str
+        Groups (default ``"model"``; e.g. ``["model", "task"]``).
+    labels, conf, cluster, strata, refusal
+        As in :func:`ppi_rates`.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns; ``n``, ``n_labelled``; ``sensitivity`` and ``specificity`` with
+        Wilson intervals (``*_ci_low``, ``*_ci_high``; from the labelled rows of the
+        group); ``rate_detector`` with its (clustered) interval ``detector_ci_low``,
+        ``detector_ci_high`` (what the package reports without labels); the corrected
+        ``rate`` with ``ci_low``, ``ci_high`` (:func:`ppi_rates`); ``shift`` (corrected
+        minus raw); ``changed`` (True where the corrected estimate falls outside the raw
+        interval: the raw finding does not hold); ``rank_detector`` and ``rank`` (1 =
+        highest rate) so reordered groups show.
+
+    Examples
+    --------
+    >>> import numpy as np, refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> df["human"] = np.where(np.arange(len(df)) % 10 == 0, df["refusal"], np.nan)
+    >>> card = rs.detector_card(df, by="task", cluster=None)
+    >>> card["changed"].any()
+    np.False_
+    """
+    from .rates import _columns, proportion_ci, refusal_rates
+
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cor = ppi_rates(data, by, labels=labels, conf=conf, cluster=cluster, strata=strata, refusal=refusal)
+    clusters = cor.attrs["cluster"] or None
+    raw = refusal_rates(data[[*by, refusal, *(clusters or [])]], by or None, conf=conf,
+                        cluster=clusters, refusal=refusal)
+    h = data[labels].to_numpy(dtype=float)
+    lab = data.loc[~np.isnan(h), [*by, refusal]].assign(_h=h[~np.isnan(h)])
+    lab["_tp"] = (lab["_h"] == 1) & (lab[refusal] == 1)
+    lab["_tn"] = (lab["_h"] == 0) & (lab[refusal] == 0)
+    lab["_pos"] = lab["_h"] == 1
+    lab["_neg"] = lab["_h"] == 0
+    agg = (lab.groupby(by, observed=True)[["_tp", "_tn", "_pos", "_neg"]].sum() if by else
+           lab[["_tp", "_tn", "_pos", "_neg"]].sum().to_frame().T)
+    out = cor[[*by, "n", "n_labelled"]].copy()
+    keys = out[by].set_index(by).index if by else pd.RangeIndex(1)
+    agg = agg.reindex(keys, fill_value=0) if by else agg
+    for name, k, m in (("sensitivity", "_tp", "_pos"), ("specificity", "_tn", "_neg")):
+        kk, mm = agg[k].to_numpy(float), agg[m].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = kk / mm
+        lo, hi = proportion_ci(kk.astype(int), mm.astype(int), "wilson", conf)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = np.where(mm > 0, lo, np.nan), np.where(mm > 0, hi, np.nan)
+    out["rate_detector"] = raw["rate"].to_numpy()
+    out["detector_ci_low"] = raw["ci_low"].to_numpy()
+    out["detector_ci_high"] = raw["ci_high"].to_numpy()
+    out["rate"] = cor["rate"].to_numpy()
+    out["ci_low"] = cor["ci_low"].to_numpy()
+    out["ci_high"] = cor["ci_high"].to_numpy()
+    out["shift"] = out["rate"] - out["rate_detector"]
+    out["changed"] = (out["rate"] < out["detector_ci_low"]) | (out["rate"] > out["detector_ci_high"])
+    out["rank_detector"] = out["rate_detector"].rank(ascending=False, method="min").astype("int64")
+    out["rank"] = out["rate"].rank(ascending=False, method="min").astype("Int64")
+    out.attrs.update(conf=conf, labels=labels, cluster=cor.attrs["cluster"], strata=cor.attrs["strata"])
+    return out
+
+
+def label_budget(
+    data: pd.DataFrame,
+    target_width: float,
+    by: str | Sequence[str] | None = "model",
+    *,
+    labels: str | None = None,
+    sensitivity: float | None = None,
+    specificity: float | None = None,
+    conf: float = 0.95,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """Human labels per stratum needed for a target interval width of the corrected rate.
+
+    From the detector's flag rate ``p`` and its error rates (estimated from the labels
+    already in ``labels``, else the assumed ``sensitivity`` / ``specificity``), the true
+    rate is ``pi = (p + sp - 1) / (se + sp - 1)`` and PPI++'s variance with ``n`` labels
+    out of ``N`` rows is about ``pi (1 - pi) (1 - rho^2) / n + lam^2 p (1 - p) / N``,
+    ``rho`` the correlation of label and flag and ``lam = cov / var(flag)``. Solving
+    ``2 z se = target_width`` for ``n`` gives the labels needed. Rows are treated as
+    independent (item clustering widens the interval a little more; label a few more).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with the detector's flag (and any pilot labels).
+    target_width : float
+        Full width of the interval to reach (e.g. 0.05 for +- 2.5 points).
+    by : str or list of str
+        Strata (default ``"model"``).
+    labels : str, optional
+        A label column with pilot labels to estimate the error rates per stratum from
+        (strata without both classes among their labels fall back to the assumed rates).
+    sensitivity, specificity : float, optional
+        Assumed error rates (default 0.8 and 0.9 when there are no pilot labels).
+    conf : float
+        Interval level.
+    refusal : str
+        The detector's flag.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, ``n`` (rows), ``rate_detector``, ``sensitivity``,
+        ``specificity``, ``error_rates`` ("estimated" or "assumed"), ``rate`` (implied
+        true rate), ``labels_needed`` (PPI++), ``labels_needed_labels_only`` (the
+        labels alone), ``n_labelled`` (already) and ``to_label`` (more needed). Strata
+        where the width cannot be reached even with every row labelled get ``n``.
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> b = rs.label_budget(df, 0.1, by="task")
+    >>> bool((b["labels_needed"] <= b["labels_needed_labels_only"]).all())
+    True
+    """
+    from .rates import _columns
+
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    if not (isinstance(target_width, (int, float)) and 0 < target_width < 1):
+        raise ValueError(f"target_width must be a number in (0, 1) (full interval width), got {target_width!r}")
+    for nm, v in (("sensitivity", sensitivity), ("specificity", specificity)):
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"{nm} must be in (0, 1], got {v!r}")
+    _need(data, [*by, refusal], "label_budget")
+    frame = data[[*by, refusal]].copy()
+    frame["_f"] = pd.to_numeric(frame[refusal]).astype(float)
+    have = labels is not None
+    if have:
+        h = _label_values(data, labels)
+        frame["_lab"] = ~np.isnan(h)
+        frame["_tp"] = (h == 1) & (frame["_f"] == 1)
+        frame["_pos"] = h == 1
+        frame["_tn"] = (h == 0) & (frame["_f"] == 0)
+        frame["_neg"] = h == 0
+    else:
+        frame = frame.assign(_lab=False, _tp=False, _pos=False, _tn=False, _neg=False)
+    grp = frame.groupby(by, observed=True) if by else frame.assign(_all=0).groupby("_all")
+    g = grp.agg(n=("_f", "size"), p=("_f", "mean"), n_labelled=("_lab", "sum"), tp=("_tp", "sum"),
+                pos=("_pos", "sum"), tn=("_tn", "sum"), neg=("_neg", "sum"))
+    se0 = 0.8 if sensitivity is None else sensitivity
+    sp0 = 0.9 if specificity is None else specificity
+    est = (g["pos"] > 0) & (g["neg"] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.where(est, g["tp"] / g["pos"], se0)
+        sp = np.where(est, g["tn"] / g["neg"], sp0)
+    p = g["p"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pi = np.clip((p + sp - 1) / (se + sp - 1), 0, 1)
+        var_y = pi * (1 - pi)
+        var_f = p * (1 - p)
+        cov = pi * se - pi * p
+        rho2 = np.where(var_y * var_f > 0, cov ** 2 / (var_y * var_f), 0.0)
+        lam = np.where(var_f > 0, np.clip(cov / var_f, 0, 1), 0.0)
+    half = target_width / (2 * _z(conf))
+    N = g["n"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        room = half ** 2 - lam ** 2 * var_f / N
+        need = np.where(room > 0, np.ceil(var_y * (1 - np.minimum(rho2, 1)) / room), N)
+        need_lab = np.ceil(var_y / half ** 2)
+    need = np.minimum(np.maximum(need, 2), N)
+    need_lab = np.minimum(np.maximum(need_lab, 2), N)
+    out = (g.index.to_frame(index=False) if by else pd.DataFrame(index=[0]))
+    out = out.assign(n=N.astype("int64"), rate_detector=p, sensitivity=se, specificity=sp,
+                     error_rates=np.where(est, "estimated", "assumed"), rate=pi,
+                     labels_needed=need.astype("int64"), labels_needed_labels_only=need_lab.astype("int64"),
+                     n_labelled=g["n_labelled"].to_numpy().astype("int64"))
+    out["to_label"] = np.maximum(out["labels_needed"] - out["n_labelled"], 0)
+    out.attrs.update(target_width=target_width, conf=conf)
+    return out

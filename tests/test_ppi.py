@@ -1,0 +1,300 @@
+"""Prediction-powered estimates: peer agreement (ppi_python), slow-path references, validity."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import refusalstats as rs
+from refusalstats.ppi import ppi_logistic, ppi_logit, ppi_mean, ppi_rates
+
+
+def _fixture():
+    """The i.i.d. fixture the ppi_python numbers below were computed on."""
+    rng = np.random.default_rng(20261207)
+    n, N = 150, 2000
+
+    def draw(m):
+        x = rng.normal(size=m)
+        y = rng.binomial(1, 1 / (1 + np.exp(-(-1 + 0.8 * x))))
+        flip = rng.random(m) < np.where(y == 1, 0.25, 0.08)
+        return x, y, np.where(flip, 1 - y, y).astype(float)
+
+    x, y, yh = draw(n)
+    xu, _, yhu = draw(N)
+    return x, y.astype(float), yh, xu, yhu
+
+
+# ppi_python 0.2.3 (pip install ppi_python; numpy 2), computed once on _fixture():
+#   ppi_py.ppi_mean_pointestimate(y, yh, yhu, lam=lam)
+#   ppi_py.ppi_mean_ci(y, yh, yhu, alpha=0.05, lam=lam)
+#   lam=None: ppi_py.ppi.ppi._calc_lam_glm at the lam=1 estimate (clip=True)
+PEER_MEAN = {  # lam: (point estimate, ci low, ci high)
+    None: (0.25240897591331724, 0.19672835970637853, 0.30808959212025594),
+    1.0: (0.2571666666666667, 0.192897254942264, 0.3214360783910694),
+    0.0: (0.24666666666666667, 0.1776822039407968, 0.31565112939253653),
+    0.4: (0.2508666666666667, 0.19399824137198096, 0.3077350919613524),
+}
+PEER_MEAN_LAM = 0.5468865949191007
+#   X = [1, x]: ppi_py.ppi_logistic_ci(X, y, yh, Xu, yhu, alpha=0.05, lam=lam)
+#   tuned lam: _calc_lam_glm(*_logistic_get_stats(ppi_logistic_pointestimate(..., lam=None), ...))
+PEER_LOGISTIC = {  # lam: (ci low, ci high) per coefficient (intercept, x)
+    None: ([-1.590539551039059, 0.45076821620254365], [-0.8635916890790947, 1.2526961167824533]),
+    1.0: ([-1.4919798875801302, 0.11834656524417914], [-0.7467056142957007, 0.9149854840092679]),
+    0.0: ([-1.7728569893837292, 0.5557421173961193], [-0.8518805617447668, 1.6712705178317138]),
+}
+PEER_LOGISTIC_LAM = 0.38230926260813064
+
+
+@pytest.mark.parametrize("lam", [None, 1.0, 0.0, 0.4])
+def test_ppi_mean_matches_ppi_python(lam):
+    _x, y, yh, _xu, yhu = _fixture()
+    r = ppi_mean(y, yh, yhu, lam=lam)
+    est, lo, hi = PEER_MEAN[lam]
+    assert r["estimate"] == pytest.approx(est, abs=1e-6)
+    assert r["ci_low"] == pytest.approx(lo, abs=1e-6)
+    assert r["ci_high"] == pytest.approx(hi, abs=1e-6)
+    if lam is None:
+        assert r["lam"] == pytest.approx(PEER_MEAN_LAM, abs=1e-6)
+
+
+@pytest.mark.parametrize("lam", [None, 1.0, 0.0])
+def test_ppi_logistic_matches_ppi_python(lam):
+    x, y, yh, xu, yhu = _fixture()
+    X, Xu = np.c_[np.ones(len(x)), x], np.c_[np.ones(len(xu)), xu]
+    r = ppi_logistic(X, y, yh, Xu, yhu, lam=lam)
+    lo, hi = PEER_LOGISTIC[lam]
+    np.testing.assert_allclose(r["ci_low"], lo, atol=1e-6)
+    np.testing.assert_allclose(r["ci_high"], hi, atol=1e-6)
+    if lam is None:
+        assert r.attrs["lam"] == pytest.approx(PEER_LOGISTIC_LAM, abs=1e-6)
+
+
+def _table():
+    x, y, yh, xu, yhu = _fixture()
+    return pd.DataFrame({"refusal": np.r_[yh, yhu].astype(int), "human": np.r_[y, np.full(len(xu), np.nan)],
+                         "x": np.r_[x, xu]})
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0, 0.4])
+def test_table_rates_equal_the_array_estimator(lam):
+    # one stratum, rows independent, lam fixed: the table layer is ppi_python's estimator
+    out = ppi_rates(_table(), cluster=None, lam=lam, ci="z")
+    est, lo, hi = PEER_MEAN[lam]
+    assert out["rate"].item() == pytest.approx(est, abs=1e-12)
+    assert out["ci_low"].item() == pytest.approx(lo, abs=1e-12)
+    assert out["ci_high"].item() == pytest.approx(hi, abs=1e-12)
+    assert out["rate_labels_only"].item() == pytest.approx(PEER_MEAN[0.0][0], abs=1e-12)
+
+
+def test_tuned_lam_minimizes_the_variance():
+    df = _table()
+    tuned = ppi_rates(df, cluster=None, ci="z")
+    grid = [ppi_rates(df, cluster=None, lam=lam, ci="z")["std_error"].item() for lam in np.linspace(0, 1, 41)]
+    assert tuned["std_error"].item() <= min(grid) + 1e-12
+    # the exact minimizer of the estimated variance, close to ppi_python's pooled-variance lam
+    assert tuned["lam"].item() == pytest.approx(PEER_MEAN_LAM, abs=0.02)
+
+
+def test_logit_labels_only_is_the_hc0_glm_and_lam1_is_ppi_python():
+    df = _table()
+    fit0 = ppi_logit("refusal ~ x", df, cluster=None, lam=0)
+    # statsmodels 0.14: sm.GLM(y, [1, x], family=Binomial()).fit(cov_type="HC0") on the labelled rows
+    np.testing.assert_allclose(fit0.params, [-1.31236877, 1.11350632], atol=1e-7)
+    np.testing.assert_allclose(fit0.bse, [0.23416282, 0.28362862], atol=1e-7)
+    fit1 = ppi_logit("refusal ~ x", df, cluster=None, lam=1)
+    centre = (np.array(PEER_LOGISTIC[1.0][0]) + np.array(PEER_LOGISTIC[1.0][1])) / 2
+    np.testing.assert_allclose(fit1.params, centre, atol=1e-7)
+    # the uncorrected fit is the flags' GLM on every row
+    assert not np.allclose(fit1.params_detector, fit0.params, atol=0.1)
+
+
+def _clustered_stratified(seed=0, n_items=60, per_item=8, fracs=(0.3, 0.1)):
+    rng = np.random.default_rng(seed)
+    item = np.repeat(np.arange(n_items), per_item)
+    model = np.tile(np.array(["a", "b"]).repeat(per_item // 2), n_items)
+    u = rng.normal(0, 1, n_items)[item]
+    truth = rng.binomial(1, 1 / (1 + np.exp(-(-1 + u + (model == "b")))))
+    sens = np.where(model == "a", 0.9, 0.6)
+    flag = np.where(truth == 1, rng.random(len(item)) < sens, rng.random(len(item)) < 0.1).astype(int)
+    df = pd.DataFrame({"item_id": item, "model": model, "refusal": flag, "truth": truth})
+    human = np.full(len(df), np.nan)
+    for m, frac in zip(["a", "b"], fracs):
+        idx = np.flatnonzero(model == m)
+        pick = rng.choice(idx, int(frac * len(idx)), replace=False)
+        human[pick] = truth[pick]
+    df["human"] = human
+    return df
+
+
+def _slow_overall(df, lam, strata, cluster):
+    """The overall corrected rate and its variance, row by row (reference implementation)."""
+    lab = df["human"].notna().to_numpy()
+    s = df[strata].to_numpy() if strata else np.zeros(len(df))
+    w = np.empty(len(df))
+    for h in np.unique(s):
+        on = s == h
+        w[on & lab] = on.sum() / (on & lab).sum()
+        w[on & ~lab] = on.sum() / (on & ~lab).sum()
+    y, f = df["human"].fillna(0).to_numpy(), df["refusal"].to_numpy(float)
+    WL, WU = w[lab].sum(), w[~lab].sum()
+    A = (w * y)[lab].sum() / WL
+    FL = (w * f)[lab].sum() / WL
+    FU = (w * f)[~lab].sum() / WU
+    est = A + lam * (FU - FL)
+    infl = np.where(lab, w * (y - A - lam * (f - FL)) / WL, lam * w * (f - FU) / WU)
+    for h in np.unique(s):  # centre within (part, stratum)
+        for part in (lab, ~lab):
+            on = (s == h) & part
+            infl[on] -= infl[on].mean()
+    if cluster is None:
+        return est, np.sum(infl ** 2)
+    sums = pd.Series(infl).groupby(df[cluster].to_numpy()).sum()
+    C = len(sums)
+    return est, C / (C - 1) * np.sum(sums ** 2)
+
+
+@pytest.mark.parametrize("cluster", [None, "item_id"])
+@pytest.mark.parametrize("strata", [None, "model"])
+def test_clustered_stratified_variance_matches_row_by_row(cluster, strata):
+    df = _clustered_stratified()
+    for lam in (0.0, 0.7, 1.0):
+        out = ppi_rates(df, cluster=cluster, strata=strata, lam=lam, ci="z")
+        est, var = _slow_overall(df, lam, strata, cluster)
+        assert out["rate"].item() == pytest.approx(est, abs=1e-12)
+        assert out["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-10)
+
+
+def test_group_estimates_match_the_overall_code_on_each_group():
+    df = _clustered_stratified(seed=3)
+    by = ppi_rates(df, by="model", cluster="item_id", strata="model", lam=1.0, ci="z")
+    for m in ("a", "b"):
+        one = ppi_rates(df[df["model"] == m], cluster="item_id", lam=1.0, ci="z")
+        assert by.loc[by["model"] == m, "rate"].item() == pytest.approx(one["rate"].item(), abs=1e-12)
+        # the same influence sums; the CR1 factor counts the clusters of each group (all 60 here)
+        assert by.loc[by["model"] == m, "std_error"].item() == pytest.approx(one["std_error"].item(), rel=1e-10)
+
+
+def test_stratified_labels_need_strata_for_the_overall_rate():
+    # model b is labelled at 1/3 the rate of model a and refuses more: without strata= the
+    # overall labels-only part leans to model a; with strata= it is unbiased (simulation truth)
+    est_s, est_n, truth = [], [], []
+    for seed in range(150):
+        df = _clustered_stratified(seed=seed)
+        truth.append(df["truth"].mean())
+        est_s.append(ppi_rates(df, cluster=None, strata="model", lam=0.0)["rate"].item())
+        est_n.append(ppi_rates(df, cluster=None, lam=0.0)["rate"].item())
+    bias_s = np.mean(np.subtract(est_s, truth))
+    bias_n = np.mean(np.subtract(est_n, truth))
+    se_s = np.std(np.subtract(est_s, truth)) / np.sqrt(150)
+    assert abs(bias_s) < 3 * se_s
+    assert bias_n < -5 * se_s
+
+
+def test_perfect_detector_gives_the_detector_rate_with_a_narrow_interval():
+    df = _clustered_stratified(seed=5)
+    df["refusal"] = df["truth"]
+    df["human"] = np.where(df["human"].notna(), df["truth"], np.nan)
+    # lam = 1: the labelled part cancels, the rate is the unlabelled rows' flag rate
+    one = ppi_rates(df, by="model", cluster="item_id", strata="model", lam=1.0)
+    unl = df[df["human"].isna()].groupby("model")["refusal"].mean().to_numpy()
+    np.testing.assert_allclose(one["rate"], unl, atol=1e-12)
+    # tuned: a precision-weighted mix of the labelled and the unlabelled flag rates, narrower
+    out = ppi_rates(df, by="model", cluster="item_id", strata="model")
+    assert (out["std_error"] <= one["std_error"] + 1e-12).all()
+    assert (out["std_error"] < 0.8 * out["se_labels_only"]).all()
+
+
+def test_effect_is_the_difference_of_rates():
+    df = _clustered_stratified(seed=7).rename(columns={"model": "setting"})
+    df["setting"] = df["setting"].map({"a": "persona", "b": "persona-free"})
+    eff = rs.ppi_effect(df, cluster="item_id", strata="setting", lam=1.0, ci="z")
+    rates = ppi_rates(df, by="setting", cluster="item_id", strata="setting", lam=1.0, ci="z")
+    r = rates.set_index("setting")["rate"]
+    assert eff["difference"].item() == pytest.approx(r["persona"] - r["persona-free"], abs=1e-12)
+    # items answered in both settings: the difference's variance has the covariance term
+    se1, se2 = rates["std_error"]
+    assert eff["std_error"].item() != pytest.approx(np.hypot(se1, se2), rel=1e-3)
+    # rows independent: the arms' variances add (no shared clusters, separate strata)
+    e0 = rs.ppi_effect(df, cluster=None, strata="setting", lam=1.0, ci="z")
+    r0 = ppi_rates(df, by="setting", cluster=None, strata="setting", lam=1.0, ci="z")
+    assert e0["std_error"].item() == pytest.approx(np.hypot(*r0["std_error"]), rel=1e-10)
+
+
+def test_rogan_gladen_closed_form():
+    # 10 labelled: 4 refusals (3 flagged), 6 compliances (1 flagged); 90 unlabelled, 30 flagged
+    f = np.r_[[1, 1, 1, 0], [1, 0, 0, 0, 0, 0], np.ones(30), np.zeros(60)].astype(int)
+    h = np.r_[[1, 1, 1, 1], np.zeros(6), np.full(90, np.nan)]
+    out = rs.rogan_gladen(pd.DataFrame({"refusal": f, "human": h}))
+    se, sp, p = 0.75, 5 / 6, 34 / 100
+    rate = (p + sp - 1) / (se + sp - 1)
+    var = (p * (1 - p) / 100 + rate ** 2 * se * (1 - se) / 4 + (1 - rate) ** 2 * sp * (1 - sp) / 6) \
+        / (se + sp - 1) ** 2
+    assert out["rate"].item() == pytest.approx(rate)
+    assert out["std_error"].item() == pytest.approx(np.sqrt(var))
+
+
+def test_errors_name_the_problem():
+    df = _clustered_stratified()
+    with pytest.raises(ValueError, match="not a column"):
+        ppi_rates(df, labels="gold")
+    bad = df.assign(human=df["human"].replace(1.0, 2.0))
+    with pytest.raises(ValueError, match="0/1"):
+        ppi_rates(bad)
+    no_b = df.assign(human=np.where(df["model"] == "b", np.nan, df["human"]))
+    with pytest.raises(ValueError, match="no labelled row"):
+        ppi_rates(no_b, strata="model")
+    with pytest.raises(ValueError, match="lam"):
+        ppi_rates(df, lam=2)
+    with pytest.warns(RuntimeWarning, match="no labelled row"):
+        out = ppi_rates(no_b, by="model", cluster=None)
+    assert np.isnan(out.loc[out["model"] == "b", "rate"]).all()
+
+
+def _errors_table(n=20000, rate=0.2, se=0.7, sp=0.95, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = rng.binomial(1, rate, n)
+    flag = np.where(truth == 1, rng.random(n) < se, rng.random(n) > sp).astype(int)
+    return pd.DataFrame({"model": "m", "refusal": flag, "truth": truth})
+
+
+def test_label_budget_reaches_the_target_width():
+    df = _errors_table()
+    pilot = df.assign(human=np.where(np.arange(len(df)) < 400, df["truth"], np.nan))
+    b = rs.label_budget(pilot, 0.06, labels="human")
+    assert b["error_rates"].item() == "estimated"
+    head = df.head(400)
+    assert b["sensitivity"].item() == pytest.approx(head.loc[head.truth == 1, "refusal"].mean())
+    # planned from the true error rates, the interval has the target width on average
+    b = rs.label_budget(df, 0.06, sensitivity=0.7, specificity=0.95)
+    need = int(b["labels_needed"].item())
+    assert need < b["labels_needed_labels_only"].item()
+    rng = np.random.default_rng(1)
+    widths = []
+    for _ in range(150):
+        lab = rng.choice(len(df), need, replace=False)
+        h = np.full(len(df), np.nan)
+        h[lab] = df["truth"].to_numpy()[lab]
+        r = ppi_rates(df.assign(human=h), cluster=None, ci="z")
+        widths.append((r["ci_high"] - r["ci_low"]).item())
+    assert np.mean(widths) == pytest.approx(0.06, rel=0.08)
+    # a useless detector (flags independent of the truth) needs as many labels as labels alone
+    u = rs.label_budget(_errors_table(), 0.06, sensitivity=0.3, specificity=0.7)
+    assert u["labels_needed"].item() == pytest.approx(u["labels_needed_labels_only"].item(), rel=0.01)
+    assert u["error_rates"].item() == "assumed"
+
+
+def test_detector_card_counts_and_flags_changes():
+    df = pd.concat([_errors_table(4000, se=0.5, sp=0.99, seed=2).assign(model="bad"),
+                    _errors_table(4000, se=0.99, sp=0.99, seed=3).assign(model="good")], ignore_index=True)
+    df["human"] = np.where(np.arange(len(df)) % 8 == 0, df["truth"], np.nan)
+    card = rs.detector_card(df, by="model", cluster=None)
+    lab = df[df["human"].notna()]
+    for m in ("bad", "good"):
+        sub = lab[lab["model"] == m]
+        row = card[card["model"] == m].iloc[0]
+        assert row["sensitivity"] == pytest.approx(((sub.human == 1) & (sub.refusal == 1)).sum() / (sub.human == 1).sum())
+        assert row["specificity"] == pytest.approx(((sub.human == 0) & (sub.refusal == 0)).sum() / (sub.human == 0).sum())
+        assert row["rate_detector"] == pytest.approx(df.loc[df.model == m, "refusal"].mean())
+    # the bad detector halves the refusals: its raw interval misses the corrected rate
+    assert card.set_index("model")["changed"].to_dict() == {"bad": True, "good": False}
+    assert card.set_index("model").loc["bad", "shift"] > 0.05
