@@ -109,25 +109,90 @@ def clustered(n_groups=400, n_clusters=40, size=8, a=1.5, b=6.0, seed=0):
     )
 
 
+def _bm_df_dense(m, k, rho):
+    """Bell–McCaffrey df of the CR2 mean written out with dense matrices (rows x rows):
+    the slow reference for rates._mean_cr2's O(G) form."""
+    item = np.repeat(np.arange(len(m)), m)
+    N = int(np.sum(m))
+    H = np.full((N, N), 1.0 / N)
+    Ir = np.eye(N)
+    cols = []
+    for g in range(len(m)):
+        idx = item == g
+        h = m[g] / N
+        A = np.eye(int(m[g])) + ((1 - h) ** -0.5 - 1) * np.full((m[g], m[g]), 1.0 / m[g])
+        u = np.zeros(N)
+        u[idx] = (A @ np.ones(int(m[g]))) / N  # c'(X'X)^-1 X_g' A_g, as a row vector
+        cols.append((Ir - H) @ u)
+    Gm = np.stack(cols, axis=1)
+    Omega = (1 - rho) * np.eye(N) + rho * (item[:, None] == item[None, :])
+    M = Gm.T @ Omega @ Gm
+    return np.trace(M) ** 2 / np.trace(M @ M)
+
+
+def test_cr2_rate_matches_clubsandwich_and_the_dense_df():
+    from refusalstats import rates
+
+    # R 4.x, clubSandwich 0.5.8 (computed once, 2026-12-07):
+    #   m <- c(2, 3, 5, 8, 13, 4, 2, 20); k <- c(1, 0, 2, 5, 3, 0, 2, 15)
+    #   item <- rep(seq_along(m), m)
+    #   y <- unlist(mapply(function(mm, kk) c(rep(1, kk), rep(0, mm - kk)), m, k))
+    #   fit <- lm(y ~ 1); V <- vcovCR(fit, cluster = item, type = "CR2")
+    #   conf_int(fit, vcov = V, test = "Satterthwaite")  # beta 0.491228070175439,
+    #   V[1, 1] 0.02006588647782, df 3.83092052503604
+    m = np.array([2, 3, 5, 8, 13, 4, 2, 20])
+    k = np.array([1, 0, 2, 5, 3, 0, 2, 15])
+    codes = np.zeros(len(m), dtype=int)
+    try:
+        rates._WORKING_RHO = 0.0  # clubSandwich's default target: the identity
+        ind = rates._mean_cr2(codes, m, k, 1)
+    finally:
+        rates._WORKING_RHO = None
+    assert ind["var"][0] == pytest.approx(0.02006588647782, rel=1e-10)
+    assert ind["df"][0] == pytest.approx(3.83092052503604, rel=1e-10)
+    assert _bm_df_dense(m, k, 0.0) == pytest.approx(3.83092052503604, rel=1e-10)
+    # the default: exchangeable working model with the ANOVA estimate of rho
+    est = rates._mean_cr2(codes, m, k, 1)
+    assert est["var"][0] == ind["var"][0]
+    assert 0 < est["rho"][0] < 1
+    assert est["df"][0] == pytest.approx(_bm_df_dense(m, k, est["rho"][0]), rel=1e-9)
+    assert est["df"][0] < ind["df"][0]
+
+
 @pytest.mark.parametrize("method", ["wilson", "clopper-pearson", "jeffreys"])
 def test_clustered_rates_by_hand(method):
     df = clustered(n_groups=3, seed=1)
     out = rs.refusal_rates(df, by="group", cluster="item_id", method=method)
-    assert out.columns.tolist()[-3:] == ["n_clusters", "design_effect", "n_eff"]
+    assert out.columns.tolist()[-6:] == ["n_clusters", "design_effect", "n_eff",
+                                         "effective_clusters", "df", "few_clusters"]
     for _, row in out.iterrows():
         sub = df[df.group == row["group"]]
         cl = sub.groupby("item_id")["refusal"].agg(["size", "sum"])
-        n, p, c = len(sub), sub.refusal.mean(), len(cl)
-        var = c / (c - 1) * ((cl["sum"] - p * cl["size"]) ** 2).sum() / n**2
+        n, p = len(sub), sub.refusal.mean()
+        # CR2: each item's residual sum over sqrt(1 - its leverage m_g / n)
+        var = (((cl["sum"] - p * cl["size"]) ** 2) / (1 - cl["size"] / n)).sum() / n**2
         deff = max(1.0, var / (p * (1 - p) / n))
         n_eff = n / deff
         assert row["design_effect"] == pytest.approx(deff)
         assert row["n_eff"] == pytest.approx(n_eff)
-        # Korn & Graubard / survey::svyciprop: n_eff * (qt(.975, n - 1) / qt(.975, C - 1))^2
-        n_ci = n_eff * (stats.t.ppf(0.975, n - 1) / stats.t.ppf(0.975, c - 1)) ** 2
+        df_bm = _bm_df_dense(cl["size"].to_numpy(), cl["sum"].to_numpy(), _anova_rho(cl))
+        assert row["df"] == pytest.approx(df_bm, rel=1e-8)
+        # Korn & Graubard / survey::svyciprop: n_eff * (qt(.975, n - 1) / qt(.975, df))^2
+        n_ci = n_eff * (stats.t.ppf(0.975, n - 1) / stats.t.ppf(0.975, df_bm)) ** 2
         lo, hi = proportion_confint(p * n_ci, n_ci, method=SM_METHOD[method])
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-9)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-7)
         assert row["design_effect"] > 1.05  # the rows of an item are correlated
+
+
+def _anova_rho(cl):
+    """ANOVA estimator of the intra-item correlation (unbalanced one-way layout)."""
+    m, y = cl["size"].to_numpy(float), cl["sum"].to_numpy(float)
+    N, G = m.sum(), len(m)
+    p = y.sum() / N
+    msb = (m * (y / m - p) ** 2).sum() / (G - 1)
+    msw = (y - y**2 / m).sum() / (N - G)
+    m0 = (N - (m**2).sum() / N) / (G - 1)
+    return float(np.clip((msb - msw) / (msb + (m0 - 1) * msw), 0, 1))
 
 
 def test_clustered_rates_cover_where_naive_ones_do_not():
@@ -154,12 +219,44 @@ def test_clustered_rates_edge_cases():
     with pytest.warns(RuntimeWarning, match="single item_id cluster"):
         one = rs.refusal_rates(df.assign(item_id=1), cluster="item_id")
     assert np.isnan(one["ci_low"].item())
-    # several columns form the cluster key
     twice = pd.concat([df.assign(task="a"), df.assign(task="b")])
-    both = rs.refusal_rates(twice, cluster=["task", "item_id"])
-    assert both["n_clusters"].item() == 100
     with pytest.raises(ValueError, match="also in by"):
         rs.refusal_rates(twice, by="task", cluster=["task", "item_id"])
+
+
+def test_two_way_clustering_by_hand():
+    """cluster=["item_id", "persona"]: Cameron, Gelbach & Miller's V_item + V_persona -
+    V_item x persona, each the CR2 variance of the rows grouped that way, floored at the
+    larger one-way variance; df the smaller one-way df."""
+    from refusalstats import rates
+
+    rng = np.random.default_rng(3)
+    items, personas = 30, 6
+    u, v = rng.normal(0, 1, items), rng.normal(0, 0.8, personas)
+    df = pd.DataFrame([(i, f"p{j}") for i in range(items) for j in range(personas)] * 3,
+                      columns=["item_id", "persona"])
+    eta = -1 + u[df.item_id] + v[df.persona.str[1:].astype(int)]
+    df["refusal"] = (rng.random(len(df)) < 1 / (1 + np.exp(-eta))).astype(int)
+    two = rs.refusal_rates(df, cluster=["item_id", "persona"])
+
+    def one(cols):
+        cl = df.groupby(cols)["refusal"].agg(["size", "sum"])
+        r = rates._mean_cr2(np.zeros(len(cl), int), cl["size"].to_numpy(), cl["sum"].to_numpy(), 1)
+        return r["var"][0], r["df"][0]
+
+    (vi, di), (vp, dp), (vb, _) = one("item_id"), one("persona"), one(["item_id", "persona"])
+    var = max(vi + vp - vb, vi, vp)
+    p, n = df.refusal.mean(), len(df)
+    assert two["design_effect"].item() == pytest.approx(var / (p * (1 - p) / n))
+    assert two["df"].item() == pytest.approx(min(di, dp)) and min(di, dp) <= personas - 1
+    assert two["n_clusters"].item() == personas
+    assert two.attrs["variance"].startswith("two-way")
+    # the persona dimension widens the interval (personas sampled from a population)
+    with pytest.warns(RuntimeWarning, match="fewer than ~10 effective items.*the table"):
+        rs.refusal_rates(df, cluster=["item_id", "persona"])
+    item_only = rs.refusal_rates(df, cluster="item_id")
+    assert (two.ci_high - two.ci_low).item() > (item_only.ci_high - item_only.ci_low).item()
+    assert bool(two["few_clusters"].item()) and not bool(item_only["few_clusters"].item())
 
 
 # ---------------------------------------------------------------------------------------

@@ -315,21 +315,32 @@ def refusal_rates(
     conf : float
         Confidence level.
     cluster : "auto", str, list of str or None
-        Column(s) identifying groups of correlated rows (e.g. ``"item_id"``: P1 shows
-        each item ten times to each model; ``["task", "item_id"]`` when item ids
-        restart in each task). The default ``"auto"`` clusters by ``item_id`` when the
-        table has that column and some item repeats (a :class:`~refusalstats.ClusterNote`
-        says so; an ``item_id`` in ``by`` turns it off, each group then being one
-        item); ``None`` treats rows as independent trials. With clusters the interval
-        is Korn & Graubard's (1998): the chosen binomial interval on the effective
-        sample size n_eff = p(1 - p) / Var(p), with the cluster-robust (ratio
-        estimator) variance Var(p) = C / (C - 1) * sum_c (y_c - p m_c)^2 / n^2 over the
-        C clusters (y_c refusals in m_c rows), and n_eff shrunk by the degrees-of-freedom
-        factor (t_{n-1} / t_{C-1})^2 at the interval's quantile, as R's
-        ``survey::svyciprop(method = "beta")`` does. The design effect is capped below
-        at 1, so the interval is never narrower than the independent-rows one. Adds
-        ``n_clusters``, ``design_effect`` and ``n_eff`` (n / design effect, before the
-        degrees-of-freedom factor).
+        Column identifying groups of correlated rows (e.g. ``"item_id"``: P1 shows
+        each item ten times to each model). The default ``"auto"`` clusters by
+        ``item_id`` when the table has that column and some item repeats (a
+        :class:`~refusalstats.ClusterNote` always says what it did; an ``item_id`` in
+        ``by`` turns it off, each group then being one item); ``None`` treats rows as
+        independent trials. With clusters the interval is Korn & Graubard's (1998): the
+        chosen binomial interval on the effective sample size n_eff = p(1 - p) / Var(p),
+        shrunk by the degrees-of-freedom factor (t_{n-1} / t_df)^2 at the interval's
+        quantile (R's ``survey::svyciprop(method = "beta")``). Var(p) is the CR2
+        (bias-reduced linearisation) variance sum_g e_g^2 / (1 - m_g / n) / n^2 over the
+        clusters (e_g = y_g - p m_g, y_g refusals in m_g rows), equal to clubSandwich's
+        ``vcovCR(lm(y ~ 1), type = "CR2")``; df are Bell & McCaffrey's Satterthwaite
+        degrees of freedom under an exchangeable working correlation (the intra-item
+        correlation estimated from the data), so a few large items among many small ones
+        give few degrees of freedom rather than G - 1. Groups with df < 9 (fewer than
+        about ten effective items) are flagged (``few_clusters``) with a warning naming
+        them: the calibration does not reach 0.93 there. Two columns, e.g.
+        ``["item_id", "persona"]``, give two-way clustering (Cameron, Gelbach & Miller
+        2011): intervals for the population the personas were sampled from, not only the
+        personas in the table (the default target). Item ids that restart within each
+        task need one column first (``df["item"] = df.task.astype(str) + ":" +
+        df.item_id.astype(str)``). The design effect is capped below at 1, so the
+        interval is never narrower than the independent-rows one. Adds ``n_clusters``,
+        ``design_effect``, ``n_eff`` (n / design effect, before the degrees-of-freedom
+        factor), ``effective_clusters`` (Kish's (sum m)^2 / sum m^2), ``df`` and
+        ``few_clusters``.
     refusal : str
         The 0/1 outcome column.
 
@@ -346,9 +357,12 @@ def refusal_rates(
     variations), so rows of one item are correlated and those intervals are too
     narrow: on simulated tables with an item random intercept of sd 1 (logit scale)
     the independent-rows Wilson interval covers the population-averaged rate of a
-    task about 85% of the time, the clustered one 94.6-95.0% at rates of 2%, 10% and
-    50% (50 items x 10 answers per task, 1,000 replicates;
-    ``benchmarks/calibration_rates.py``, ``docs/validity.md``).
+    task about 85% of the time, the clustered one about 95% at rates of 2%, 10% and
+    50% (50 items x 10 answers per task); with heavy-tailed item sizes (2-200 answers
+    per item, item sd 1.5) and with 12-40 items per group it stays near 0.93-0.97
+    (``benchmarks/calibration_rates.py``, ``docs/validity.md``, with Monte Carlo errors).
+    The default target is the items' population and the personas in the table; pass
+    ``cluster=["item_id", "persona"]`` for a population of personas.
 
     Examples
     --------
@@ -358,8 +372,8 @@ def refusal_rates(
     >>> list(t.columns)
     ['model', 'task', 'n', 'refusals', 'rate', 'ci_low', 'ci_high']
     >>> t = rs.refusal_rates(df, by=["model", "task"], cluster="item_id")
-    >>> list(t.columns)[-3:]
-    ['n_clusters', 'design_effect', 'n_eff']
+    >>> list(t.columns)[-6:]
+    ['n_clusters', 'design_effect', 'n_eff', 'effective_clusters', 'df', 'few_clusters']
     """
     by = _columns(by, "by")
     method = _ci_method(method)
@@ -396,21 +410,171 @@ def _auto_off(cluster, by: list[str]):
     return cluster
 
 
-def _df_factor(n, n_clusters, conf: float):
-    """Korn & Graubard's degrees-of-freedom factor (t_{n-1} / t_{C-1})^2 for n_eff.
+# --------------------------------------------------------------------------------------
+# Cluster-robust variance of a rate with few or unbalanced clusters
+# --------------------------------------------------------------------------------------
 
-    Multiplying the effective sample size by it makes the interval's quantile a t on
-    C - 1 degrees of freedom (C clusters) instead of (nearly) a normal one; it is R's
-    ``survey::svyciprop(method = "beta")`` ratio ``(qt(alpha/2, n - 1) / qt(alpha/2,
-    degf))^2``. For a Wilson interval this is exactly the score interval with the t
-    quantile, since Wilson's limits depend on the quantile q and n only through q^2/n.
+#: Below this many degrees of freedom (about ten effective items) a clustered interval's
+#: coverage is not established by the calibration (docs/validity.md): flagged and warned.
+FEW_CLUSTERS_DF = 9.0
+
+#: Working intra-item correlation of the degrees of freedom: None estimates it (the
+#: default); a number fixes it (0: the independence working model of clubSandwich's
+#: default ``target``), for the ablation in benchmarks/calibration_rates.py.
+_WORKING_RHO: float | None = None
+
+
+def _mean_cr2(codes: np.ndarray, m: np.ndarray, y: np.ndarray, n_groups: int) -> dict:
+    """CR2 variance and Bell–McCaffrey degrees of freedom of a pooled rate, per group.
+
+    ``codes`` (group of each cluster line), ``m`` (rows) and ``y`` (refusals) describe one
+    line per (group, cluster). For the rate p = sum y / sum m (an intercept-only linear
+    model on the rows), the bias-reduced linearisation (Bell & McCaffrey 2002) adjusts each
+    cluster's residual sum by (1 - h_g)^(-1/2), h_g = m_g / N its leverage, so
+
+        Var(p) = sum_g e_g^2 / (1 - h_g) / N^2,    e_g = y_g - p m_g,
+
+    and the degrees of freedom are Satterthwaite's for that quadratic form under an
+    exchangeable working model (intra-item correlation rho, estimated by the ANOVA
+    moment estimator): (tr M)^2 / tr(M^2) with M = G' Omega G (Bell & McCaffrey;
+    Pustejovsky & Tipton 2018, clubSandwich's ``conf_int(test = "Satterthwaite")``). With
+    rho = 0 they are close to Kish's effective number of clusters (sum m)^2 / sum m^2; a
+    few large items among many small ones give few degrees of freedom, never G - 1.
+    M = diag(d) + U C U' (U = [a m, a m^2]) is handled in O(G).
     """
+    def total(v):
+        return np.bincount(codes, weights=v, minlength=n_groups)
+
+    m = m.astype(float)
+    y = y.astype(float)
+    N = total(m)
+    G = np.bincount(codes, minlength=n_groups).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = total(y) / N
+        Ng, pg = N[codes], p[codes]
+        h = m / Ng
+        e = y - pg * m
+        inv = np.where(h < 1, 1.0 / (1.0 - h), np.nan)
+        var = total(e**2 * inv) / N**2
+        var = np.where(G > 1, var, np.nan)
+        # exchangeable working correlation: ANOVA estimator (unbalanced one-way layout)
+        S2 = total(m**2)
+        msb = total(m * (y / m - pg) ** 2) / (G - 1)
+        msw = total(y - y**2 / m) / (N - G)
+        m0 = (N - S2 / N) / (G - 1)
+        rho = (msb - msw) / (msb + (m0 - 1) * msw)
+        rho = np.clip(np.nan_to_num(rho, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0)
+        if _WORKING_RHO is not None:  # the ablation in benchmarks/calibration_rates.py
+            rho = np.full_like(rho, float(_WORKING_RHO))
+        rg = rho[codes]
+        a = np.sqrt(inv) / Ng
+        b, c = a * m, a * m**2
+        d = (1 - rg) * a**2 * m + rg * a**2 * m**2
+        c11 = -(1 - rho) / N + rho * S2 / N**2
+        c12 = -rho / N
+        bb, bc, cc = total(b * b), total(b * c), total(c * c)
+        dbb, dbc, dcc = total(d * b * b), total(d * b * c), total(d * c * c)
+        tr = total(d) + c11 * bb + 2 * c12 * bc
+        # tr((C U'U)^2) with C U'U = [[c11 bb + c12 bc, c11 bc + c12 cc], [c12 bb, c12 bc]]
+        k11, k12 = c11 * bb + c12 * bc, c11 * bc + c12 * cc
+        k21, k22 = c12 * bb, c12 * bc
+        tr2 = (total(d**2) + 2 * (c11 * dbb + 2 * c12 * dbc) + 0 * dcc
+               + k11**2 + 2 * k12 * k21 + k22**2)
+        df = np.where(G > 1, tr**2 / tr2, np.nan)
+    df = np.minimum(df, np.maximum(G - 1, 1))  # never more than the clusters allow
+    kish = np.where(G > 0, N**2 / np.maximum(S2, 1e-300), np.nan)
+    return {"n": N, "y": total(y), "G": G, "var": var, "df": df, "rho": rho, "kish": kish,
+            "e": e, "inv": inv}
+
+
+def _cluster_var(cells: pd.DataFrame, codes: np.ndarray, n_groups: int, clusters: list[str],
+                 n_col: str, k_col: str) -> dict:
+    """Per group: rows, refusals, the cluster-robust variance of the rate and its df.
+
+    One cluster column: :func:`_mean_cr2` on the lines of (group, cluster). Two columns
+    (e.g. ``["item_id", "persona"]``): Cameron, Gelbach & Miller's (2011) two-way variance
+    V_1 + V_2 - V_12, each term the CR2 variance of the rows grouped by that column (or by
+    both), floored at the larger one-way variance (the sum can fall below it, even below 0,
+    in small samples); degrees of freedom the smaller one-way ones. In a group where one
+    column takes a single value (e.g. the persona-free rows' persona) that dimension
+    carries no information: the variance is the other column's one-way variance.
+    ``cells`` holds one line per (group, cluster combination), ``codes`` its group.
+    """
+    def one(cols):
+        sub = cells[[*cols, n_col, k_col]].assign(_g=codes).groupby(
+            ["_g", *cols], observed=True, sort=True)[[n_col, k_col]].sum().reset_index()
+        return _mean_cr2(sub["_g"].to_numpy(), sub[n_col].to_numpy(), sub[k_col].to_numpy(),
+                         n_groups)
+
+    if len(clusters) > 2:
+        raise ValueError(f"cluster= takes one or two columns (two-way clustering), got {clusters}")
+    first = one(clusters[:1])
+    if len(clusters) == 1:
+        return first
+    second, both = one(clusters[1:]), one(clusters)
+    with np.errstate(invalid="ignore"):
+        cgm = np.fmax(first["var"] + second["var"] - both["var"], np.fmax(first["var"], second["var"]))
+    var = np.where(second["G"] <= 1, first["var"], np.where(first["G"] <= 1, second["var"], cgm))
+    df = np.where(second["G"] <= 1, first["df"], np.where(first["G"] <= 1, second["df"],
+                                                          np.fmin(first["df"], second["df"])))
+    G = np.where(second["G"] <= 1, first["G"], np.where(first["G"] <= 1, second["G"],
+                                                        np.minimum(first["G"], second["G"])))
+    return {**first, "var": var, "df": df, "G": G}
+
+
+def _kg_interval(p, n, var, df, method, conf):
+    """Korn & Graubard's interval: the binomial interval on the effective sample size
+    n_eff = p(1 - p) / Var(p) (design effect floored at 1), shrunk by (t_{n-1} / t_df)^2."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deff = np.where((p > 0) & (p < 1), var / (p * (1 - p) / n), 1.0)
+    deff = np.where(np.isnan(deff), np.nan, np.maximum(deff, 1.0))
+    n_eff = n / deff
     q = 1 - (1 - conf) / 2
-    n = np.asarray(n, dtype=float)
-    c = np.asarray(n_clusters, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        big = stats.t.ppf(q, np.maximum(n - 1, 1))
-        return (big / stats.t.ppf(q, np.maximum(c - 1, 1))) ** 2
+    lo = np.full(len(p), np.nan)
+    hi = np.full(len(p), np.nan)
+    ok = np.isfinite(n_eff) & np.isfinite(df)
+    if ok.any():
+        factor = (stats.t.ppf(q, np.maximum(n[ok] - 1, 1)) / stats.t.ppf(q, df[ok])) ** 2
+        n_ci = n_eff[ok] * factor
+        lo[ok], hi[ok] = proportion_ci(p[ok] * n_ci, n_ci, method, conf)
+    return lo, hi, deff, n_eff
+
+
+def _warn_few(where: str, labels: list[str], df: np.ndarray) -> None:
+    few = [lab for lab, d in zip(labels, df) if np.isfinite(d) and d < FEW_CLUSTERS_DF]
+    if few:
+        more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+        warnings.warn(
+            f"{where}: {len(few)} group(s) have fewer than ~10 effective items (degrees of "
+            f"freedom < {FEW_CLUSTERS_DF:g}): {', '.join(few[:5])}{more}; their intervals may be "
+            "too narrow (column few_clusters)", RuntimeWarning, stacklevel=3)
+
+
+def _group_labels(frame: pd.DataFrame, by: list[str]) -> list[str]:
+    if not by:
+        return ["the table"] * len(frame)
+    return [", ".join(f"{c}={_plain(v)!r}" for c, v in zip(by, row))
+            for row in frame[by].itertuples(index=False)]
+
+
+def _arm_cov(cells: pd.DataFrame, codes: np.ndarray, n_groups: int, cols: list[str],
+             p: list[np.ndarray], n: list[np.ndarray]) -> np.ndarray:
+    """CR2-scaled covariance of the two arms' rates from the clusters of ``cols`` holding
+    both: sum_g e0_g e1_g ((1 - h0_g)(1 - h1_g))^(-1/2) / (n0 n1)."""
+    sub = cells[[*cols, "_arm", "_n", "_k"]].assign(_g=codes).groupby(
+        ["_g", *cols, "_arm"], observed=True, sort=True)[["_n", "_k"]].sum()
+    sub = sub.unstack("_arm", fill_value=0)
+    g = sub.index.get_level_values("_g").to_numpy()
+    e, w = [], []
+    for a in (0, 1):
+        m = sub[("_n", a)].to_numpy(dtype=float) if ("_n", a) in sub else np.zeros(len(sub))
+        y = sub[("_k", a)].to_numpy(dtype=float) if ("_k", a) in sub else np.zeros(len(sub))
+        e.append(y - p[a][g] * m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = m / n[a][g]
+            w.append(np.where(h < 1, 1.0 / np.sqrt(1.0 - h), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.bincount(g, weights=e[0] * e[1] * w[0] * w[1], minlength=n_groups) / (n[0] * n[1])
 
 
 def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
@@ -420,47 +584,37 @@ def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
     if not by:
         cl = cl.assign(_all=0)
     grp = cl.groupby(keys, observed=True, sort=True)
-    out = pd.DataFrame(
-        {"n": grp["size"].sum(), "refusals": grp["sum"].sum(), "n_clusters": grp["size"].size()}
-    )
-    rate = out["refusals"] / out["n"]
-    cl_rate = cl[keys].merge(rate.rename("_p").reset_index(), on=keys, how="left")["_p"]
-    resid2 = (cl["sum"] - cl_rate.to_numpy() * cl["size"]) ** 2
-    ss = resid2.groupby([cl[k] for k in keys], observed=True, sort=True).sum()
-    c = out["n_clusters"].to_numpy(dtype=float)
-    n = out["n"].to_numpy(dtype=float)
-    p = rate.to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = np.where(c > 1, c / (c - 1) * ss.to_numpy() / n**2, np.nan)
-        deff = np.where((p > 0) & (p < 1), var / (p * (1 - p) / n), 1.0)
-    deff = np.where(np.isnan(deff), np.nan, np.maximum(deff, 1.0))
-    n_eff = n / deff
-    lo = np.full(len(out), np.nan)
-    hi = np.full(len(out), np.nan)
-    ok = np.isfinite(n_eff)
-    if ok.any():
-        n_ci = n_eff[ok] * _df_factor(n[ok], c[ok], conf)
-        lo[ok], hi[ok] = proportion_ci(p[ok] * n_ci, n_ci, method, conf)
-    if (~ok).any():
+    out = grp[["size"]].sum()
+    res = _cluster_var(cl, grp.ngroup().to_numpy(), len(out), clusters, "size", "sum")
+    n = res["n"]
+    p = res["y"] / n
+    lo, hi, deff, n_eff = _kg_interval(p, n, res["var"], res["df"], method, conf)
+    single = ~np.isfinite(res["var"])
+    if single.any():
         warnings.warn(
-            f"{int((~ok).sum())} group(s) have a single {'+'.join(clusters)} cluster: no "
-            "cluster-robust "
-            "interval (NaN) can be estimated there",
+            f"{int(single.sum())} group(s) have a single {'+'.join(clusters)} cluster: no "
+            "cluster-robust interval (NaN) can be estimated there",
             RuntimeWarning,
             stacklevel=3,
         )
-    res = out.reset_index()
+    res_frame = out.reset_index().drop(columns="size")
     if not by:
-        res = res.drop(columns="_all")
-    res["n"] = res["n"].astype("int64")
-    res["refusals"] = res["refusals"].astype("int64")
-    res["rate"] = p
-    res["ci_low"], res["ci_high"] = lo, hi
-    res["n_clusters"] = res.pop("n_clusters").astype("int64")
-    res["design_effect"] = deff
-    res["n_eff"] = n_eff
-    res.attrs.update(method=method, conf=conf, cluster=clusters)
-    return _restore_dtypes(res, data, by)
+        res_frame = res_frame.drop(columns="_all")
+    res_frame["n"] = n.astype("int64")
+    res_frame["refusals"] = res["y"].astype("int64")
+    res_frame["rate"] = p
+    res_frame["ci_low"], res_frame["ci_high"] = lo, hi
+    res_frame["n_clusters"] = res["G"].astype("int64")
+    res_frame["design_effect"] = deff
+    res_frame["n_eff"] = n_eff
+    res_frame["effective_clusters"] = res["kish"]
+    res_frame["df"] = res["df"]
+    res_frame["few_clusters"] = ~(res["df"] >= FEW_CLUSTERS_DF)
+    _warn_few("refusal_rates", _group_labels(res_frame, by), res["df"])
+    res_frame.attrs.update(method=method, conf=conf, cluster=clusters,
+                           variance="CR2 + Bell-McCaffrey df" if len(clusters) == 1
+                           else "two-way CR2 (Cameron-Gelbach-Miller) + Bell-McCaffrey df")
+    return _restore_dtypes(res_frame, data, by)
 
 
 def _newcombe(k1, n1, k2, n2, conf):
@@ -478,65 +632,54 @@ def _clustered_newcombe(cells, by, clusters, conf):
     """Zou & Donner's MOVER from the two clustered Wilson intervals (see persona_effect).
 
     ``cells`` holds counts ``_n``/``_k`` per (by, cluster, ``_arm``), ``_arm`` 0 for the
-    first setting and 1 for the second.
+    first setting and 1 for the second. Each arm's rate gets the CR2 variance and
+    Bell–McCaffrey degrees of freedom of :func:`refusal_rates` (two-way with two cluster
+    columns); the correlation of the two rates is the CR2-scaled cluster covariance over
+    the clusters answered in both settings.
     """
+    import itertools
+
     keys = by or ["_all"]
-    cl = cells.assign(_all=0).groupby([*keys, *clusters, "_arm"], observed=True, sort=True)[
-        ["_n", "_k"]
-    ].sum()
-    cl = cl.unstack("_arm", fill_value=0).reset_index()
-    f = pd.DataFrame({k: cl[k] for k in keys})
-    for a in (0, 1):
-        f[f"m{a}"] = cl[("_n", a)].to_numpy(dtype=float) if ("_n", a) in cl else 0.0
-        f[f"y{a}"] = cl[("_k", a)].to_numpy(dtype=float) if ("_k", a) in cl else 0.0
-    g = f.groupby(keys, observed=True, sort=True)
-    for a in (0, 1):
-        p_a = g[f"y{a}"].transform("sum") / g[f"m{a}"].transform("sum")
-        f[f"e{a}"] = f[f"y{a}"] - p_a * f[f"m{a}"]
-        f[f"c{a}"] = (f[f"m{a}"] > 0).astype(float)
-    f["e00"], f["e11"], f["e01"] = f.e0**2, f.e1**2, f.e0 * f.e1
-    agg = g[["m0", "y0", "m1", "y1", "e00", "e11", "e01", "c0", "c1"]].sum()
-    n_cl = g.size().to_numpy(dtype=float)
-    p, var, deff, lims = [], [], [], []
-    for a in (0, 1):
-        n = agg[f"m{a}"].to_numpy()
-        pa = agg[f"y{a}"].to_numpy() / n
-        c = agg[f"c{a}"].to_numpy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.where(c > 1, c / (c - 1) * agg[f"e{a}{a}"].to_numpy() / n**2, np.nan)
-            de = np.where((pa > 0) & (pa < 1), v / (pa * (1 - pa) / n), 1.0)
-        de = np.where(np.isnan(de), np.nan, np.maximum(de, 1.0))
-        n_ci = n / de * _df_factor(n, c, conf)
-        lo = np.full(len(n), np.nan)
-        hi = np.full(len(n), np.nan)
-        ok = np.isfinite(n_ci)
-        if ok.any():
-            lo[ok], hi[ok] = proportion_ci(pa[ok] * n_ci[ok], n_ci[ok], "wilson", conf)
-        p.append(pa)
-        var.append(v)
-        deff.append(de)
+    cells = cells.assign(_all=0)
+    grp = cells.groupby(keys, observed=True, sort=True)
+    codes = grp.ngroup().to_numpy()
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    arms = [_cluster_var(cells[cells["_arm"] == a], codes[(cells["_arm"] == a).to_numpy()],
+                         n_groups, clusters, "_n", "_k") for a in (0, 1)]
+    p = [r["y"] / r["n"] for r in arms]
+    n = [r["n"] for r in arms]
+    var = [r["var"] for r in arms]
+    lims, deff = [], []
+    for a, r in enumerate(arms):
+        lo, hi, de, _ = _kg_interval(p[a], n[a], r["var"], r["df"], "wilson", conf)
         lims.append((lo, hi))
-    if not np.all(np.isfinite(deff[0]) & np.isfinite(deff[1])):
+        deff.append(de)
+    bad = ~(np.isfinite(var[0]) & np.isfinite(var[1]))
+    if bad.any():
         warnings.warn(
-            f"{int((~(np.isfinite(deff[0]) & np.isfinite(deff[1]))).sum())} group(s) have a "
+            f"{int(bad.sum())} group(s) have a "
             f"setting whose rows come from a single {'+'.join(clusters)} cluster: no "
             "cluster-robust interval (NaN) can be estimated there",
             RuntimeWarning,
             stacklevel=3,
         )
-    n0, n1 = agg["m0"].to_numpy(), agg["m1"].to_numpy()
+    cov = 0.0
+    for r in range(1, len(clusters) + 1):
+        for subset in itertools.combinations(clusters, r):
+            cov = cov + (-1) ** (r + 1) * _arm_cov(cells, codes, n_groups, list(subset), p, n)
+    n_cl = cells.assign(_g=codes).groupby("_g")[clusters[0]].nunique().to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        cov = np.where(n_cl > 1, n_cl / (n_cl - 1) * agg["e01"].to_numpy() / (n0 * n1), np.nan)
-        r = np.where((var[0] > 0) & (var[1] > 0), cov / np.sqrt(var[0] * var[1]), 0.0)
-    r = np.clip(np.nan_to_num(r, nan=0.0), -1.0, 1.0)
+        rr = np.where((var[0] > 0) & (var[1] > 0), cov / np.sqrt(var[0] * var[1]), 0.0)
+    rr = np.clip(np.nan_to_num(rr, nan=0.0), -1.0, 1.0)
     (l1, u1), (l2, u2) = lims
     p1, p2 = p
     diff = p1 - p2
     a, b = p1 - l1, u2 - p2
-    lo = diff - np.sqrt(np.maximum(a**2 + b**2 - 2 * r * a * b, 0.0))
+    lo = diff - np.sqrt(np.maximum(a**2 + b**2 - 2 * rr * a * b, 0.0))
     a, b = u1 - p1, p2 - l2
-    hi = diff + np.sqrt(np.maximum(a**2 + b**2 - 2 * r * a * b, 0.0))
-    return diff, lo, hi, {"n_clusters": n_cl, "deff": deff, "r": r}
+    hi = diff + np.sqrt(np.maximum(a**2 + b**2 - 2 * rr * a * b, 0.0))
+    df = np.fmin(arms[0]["df"], arms[1]["df"])
+    return diff, lo, hi, {"n_clusters": n_cl, "deff": deff, "r": rr, "df": df}
 
 
 def _slug(level: str) -> str:
@@ -695,9 +838,13 @@ def persona_effect(
         out[f"design_effect_{s1}"] = extra["deff"][0]
         out[f"design_effect_{s2}"] = extra["deff"][1]
         out["correlation"] = extra["r"]
+        out["df"] = extra["df"]
+        out["few_clusters"] = ~(extra["df"] >= FEW_CLUSTERS_DF)
     if by:
         keys = size.index.to_frame(index=False)
         out = pd.concat([keys.reset_index(drop=True), out], axis=1)
+    if clusters:
+        _warn_few("persona_effect", _group_labels(out, by), out["df"].to_numpy())
     out.attrs["conf"] = conf
     out.attrs["method"] = "mover-clustered" if clusters else "newcombe"
     if clusters:
