@@ -19,14 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refusalstats import _kernels as K
-from refusalstats.sensitivity import (
-    TABLE_COLUMNS,
-    _encode_input,
-    _encode_output,
-    _TableEstimator,
-    default_partitions,
-    w2_sensitivity,
-)
+from refusalstats.sensitivity import TABLE_COLUMNS, default_partitions, w2_sensitivity
+from refusalstats.sensitivity.encode import _encode_input, _encode_output
+from refusalstats.sensitivity.estimators import _TableEstimator
 from refusalstats.table import SchemaError
 
 
@@ -646,7 +641,7 @@ def _capture(est):
 
 
 def _clustered_table(df, name, stratified=False):
-    from refusalstats.sensitivity import _encode_clusters
+    from refusalstats.sensitivity.encode import _encode_clusters
 
     out = _encode_output(df, "y")
     clus = _encode_clusters(df, "item_id")
@@ -721,7 +716,7 @@ def test_cluster_permutations_keep_the_right_margins():
     assert np.abs(tabs.mean(axis=0) - expected).max() < 0.25
     assert np.abs(pooled - expected).max() > 1.0  # the test can tell the two apart
     # the sparse per-item table (many items x cells) draws the same tables as the dense one
-    import refusalstats.sensitivity as S
+    import refusalstats.sensitivity.estimators as S
 
     est_d, _ = _clustered_table(df, "persona")
     old_limit = S.DENSE_CLUSTER_TABLE
@@ -764,7 +759,7 @@ def test_within_item_null_matches_row_shuffling_in_law(k_sup):
     negative control, must not."""
     from scipy.stats import ks_2samp
 
-    from refusalstats.sensitivity import _iota
+    from refusalstats.sensitivity.estimators import _iota
 
     rng = np.random.default_rng(2024)
     n_items = 40
@@ -966,7 +961,7 @@ def test_distinguishable_and_notes_in_table_and_plot():
 def test_sparse_cluster_tables_match_dense(monkeypatch):
     """Many clusters x partitions x values: the per-cluster counts are kept sparse; same
     numbers as the dense path (same seeds, same draws)."""
-    import refusalstats.sensitivity as S
+    import refusalstats.sensitivity.estimators as S
 
     df = _items(80, 7, seed=9, item_effect=0.5, row_effect=0.4)
     df["likert"] = (df["refusal"] * 2 + df["item_id"] % 3).astype(int)
@@ -1072,7 +1067,7 @@ def test_parquet_shards_give_the_in_memory_result(tmp_path, kw):
 def test_parquet_text_and_bool_columns_and_sparse_cluster_table(tmp_path, monkeypatch):
     """String (not categorical) inputs and item ids, a bool output, an integer input with few
     values, several cluster columns and the sparse cluster table: still identical."""
-    import refusalstats.sensitivity as S
+    import refusalstats.sensitivity.estimators as S
 
     df = _items(90, 6, seed=2, item_effect=0.8)
     df = df.assign(task=df["task"].astype(str), persona=df["persona"].astype(str),
@@ -1094,7 +1089,8 @@ def test_parquet_inputs_are_collapsed_one_at_a_time(tmp_path, monkeypatch):
     """#15: the streamed path builds an input's counts and records only when its turn
     comes (one collapse per input, in order), and the dense and sparse per-item tables give
     the within-item null the same (item, cell) arrays."""
-    import refusalstats.sensitivity as S
+    import refusalstats.sensitivity.estimators as E
+    import refusalstats.sensitivity.stream as S
 
     df = _items(60, 6, seed=4, item_effect=0.8)
     folder = _shards(df, tmp_path / "s")
@@ -1115,11 +1111,11 @@ def test_parquet_inputs_are_collapsed_one_at_a_time(tmp_path, monkeypatch):
         assert part.name == inputs[i] and out.n == len(df) and clus.n == 60
     seen = []
     ests = {}
-    for limit in (S.DENSE_CLUSTER_TABLE, 0):
-        monkeypatch.setattr(S, "DENSE_CLUSTER_TABLE", limit)
+    for limit in (E.DENSE_CLUSTER_TABLE, 0):
+        monkeypatch.setattr(E, "DENSE_CLUSTER_TABLE", limit)
         for out, part, clus in S._encode_stream(folder, "refusal", ["persona"], {}, "item_id",
                                                 ["persona", "refusal", "item_id"]):
-            est = S._TableEstimator(out, part, clus, True)
+            est = E._TableEstimator(out, part, clus, True)
             est._within_setup()
             ests[est.sparse] = est
             seen.append(est.sparse)
@@ -1156,3 +1152,23 @@ def test_parquet_inputs_that_need_rows_say_how_to_proceed(tmp_path):
     assert res.table["n_partitions"].iloc[0] == 4
     with pytest.raises(ValueError, match="constant"):
         w2_sensitivity(_shards(df.assign(refusal=0), tmp_path / "c"), inputs=["task"], **base)
+
+
+def test_exclude_leaves_out_rows_for_frames_and_sources_alike(tmp_path):
+    """``exclude=`` (public since #23; the report used to bind a private function for it):
+    the DataFrame and the Parquet source give the result of the filtered table."""
+    df = _items(60, 6, seed=5, item_effect=0.8)
+    df["setting"] = np.where(df["prompt"].astype(str) == "q0", "persona-free", "persona")
+    folder = _shards(df, tmp_path / "s")
+    opts = {"inputs": ["task", "persona"], "n_boot": 60, "n_perm": 30, "seed": 3,
+            "progress": False, "cluster": "item_id"}
+    kept = df[df["setting"] != "persona-free"]
+    ref = w2_sensitivity(kept, **opts)
+    excl = {"setting": ["persona-free"], "not_a_column": ["x"]}
+    _same(ref, w2_sensitivity(df, exclude=excl, **opts))
+    _same(ref, w2_sensitivity(folder, exclude=excl, **opts))
+    assert ref.n == len(kept) < len(df)
+    with pytest.raises(ValueError, match="no rows are left"):
+        w2_sensitivity(df, exclude={"setting": ["persona", "persona-free"]}, **opts)
+    with pytest.raises(TypeError, match="list of values"):
+        w2_sensitivity(df, exclude={"setting": "persona-free"}, **opts)

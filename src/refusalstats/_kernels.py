@@ -41,6 +41,8 @@ __all__ = [
     "table_xi_1d_batch",
     "table_xi_nominal_batch",
     "w2sq_discrete",
+    "within_counts",
+    "within_counts_par",
     "xi_from_prefix",
 ]
 
@@ -596,3 +598,59 @@ def cluster_weights(sgroups: np.ndarray, sstarts: np.ndarray, n_clusters: int,
                 state, k = _randint(state, m)
                 w[b, sgroups[a + k]] += 1.0
     return w
+
+
+# ----------------------------------------------------------------------------------------
+# within-item permutation null from per-(item, cell) counts
+# ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def within_counts_one(pstart, pcell, psize, kmaj, hmin, base, max_m, state):
+    tab = base.copy()
+    cap = np.empty(max_m, dtype=np.int64)
+    k_sup = hmin.shape[1]
+    for a in range(kmaj.shape[0]):
+        s0 = pstart[a]
+        m = pstart[a + 1] - s0
+        free = 0
+        for j in range(m):
+            cap[j] = psize[s0 + j]
+            free += cap[j]
+        km = kmaj[a]
+        for k in range(k_sup):
+            for _ in range(hmin[a, k]):
+                state, u = _randint(state, free)
+                j = 0
+                while u >= cap[j]:
+                    u -= cap[j]
+                    j += 1
+                cap[j] -= 1
+                free -= 1
+                c = pcell[s0 + j]
+                tab[c, k] += 1
+                tab[c, km] -= 1
+    return tab
+
+
+@njit(cache=True)
+def within_counts(pstart, pcell, psize, kmaj, hmin, base, seeds):
+    """Within-item null tables from per-(item, cell) counts (``sensitivity.estimators._TableEstimator._perm_within``);
+    serial (small problems: no thread start-up)."""
+    n_rep = seeds.shape[0]
+    max_m = max(1, np.max(np.diff(pstart))) if pstart.shape[0] > 1 else 1
+    out = np.empty((n_rep, base.shape[0], base.shape[1]), dtype=np.int64)
+    for b in range(n_rep):
+        out[b] = within_counts_one(pstart, pcell, psize, kmaj, hmin, base, max_m,
+                                    np.uint64(seeds[b]))
+    return out
+
+
+@njit(cache=True, parallel=True)
+def within_counts_par(pstart, pcell, psize, kmaj, hmin, base, seeds):
+    """``within_counts`` with replicates over threads (same numbers)."""
+    n_rep = seeds.shape[0]
+    max_m = max(1, np.max(np.diff(pstart))) if pstart.shape[0] > 1 else 1
+    out = np.empty((n_rep, base.shape[0], base.shape[1]), dtype=np.int64)
+    for b in prange(n_rep):
+        out[b] = within_counts_one(pstart, pcell, psize, kmaj, hmin, base, max_m,
+                                    np.uint64(seeds[b]))
+    return out

@@ -577,15 +577,10 @@ def w2_section(ctx: Context) -> Section:
         opts.setdefault("cluster", ctx.cluster)
         if streamed(ctx) and n < n_rows(ctx):
             # the persona rows of a stream: counted with the persona-free lines left out
-            import inspect
-
-            from ..sensitivity import _w2_sensitivity
-
-            args = inspect.signature(w2_sensitivity).bind(
-                ctx.source, inputs=inputs, seed=ctx.seed, progress=ctx.progress, **opts)
-            args.apply_defaults()
-            res = _w2_sensitivity(**args.arguments, exclude={"setting": [F.PERSONA_FREE],
-                                                             "persona": [F._NO_PERSONA]})
+            res = w2_sensitivity(ctx.source, inputs=inputs, seed=ctx.seed,
+                                 progress=ctx.progress, **opts,
+                                 exclude={"setting": [F.PERSONA_FREE],
+                                          "persona": [F._NO_PERSONA]})
         else:
             res = w2_sensitivity(ctx.source if streamed(ctx) else d, inputs=inputs,
                                  seed=ctx.seed, progress=ctx.progress, **opts)
