@@ -250,6 +250,122 @@ def disparity_checks(reps: int, seed: int) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- shapes of real tables (#19)
+# Generators of our own, not the package's simulators: heavy-tailed item sizes, few items per
+# group, non-normal item effects, personas sampled from a population.
+_HZ, _HW = np.polynomial.hermite_e.hermegauss(81)
+_HW = _HW / _HW.sum()
+
+
+def _effects(rng, kind: str, sd: float, size: int) -> np.ndarray:
+    """Item effects on the logit scale with sd ``sd``: normal, two-point (+-sd) or scaled t(3)."""
+    if kind == "normal":
+        return rng.normal(0, sd, size)
+    if kind == "two-point":
+        return sd * rng.choice([-1.0, 1.0], size)
+    return sd / np.sqrt(3.0) * rng.standard_t(3, size)
+
+
+def _marginal(b: float, kind: str, sd: float) -> float:
+    """Population-averaged rate E[expit(b + u)] of the item effects ``kind``."""
+    from scipy import integrate, stats
+
+    if kind == "normal":
+        return float(np.sum(_HW * expit(b + sd * _HZ)))
+    if kind == "two-point":
+        return float(0.5 * (expit(b - sd) + expit(b + sd)))
+    s = sd / np.sqrt(3.0)
+    return float(integrate.quad(lambda t: stats.t.pdf(t, 3) * expit(b + s * t), -np.inf, np.inf,
+                                limit=200)[0])
+
+
+def items_table(reps: int, seed: int, n_items: int, sizes, kind: str, sd: float,
+                targets: list[float]) -> pd.DataFrame:
+    """``reps`` tables of len(targets) tasks x ``n_items`` items; answers per item ``sizes``
+    (an int, or "heavy": log-uniform on 2-200), each task's population-averaged rate a target."""
+    rng = np.random.default_rng(seed)
+    logits = [brentq(lambda b, t=t: _marginal(b, kind, sd) - t, -20, 20) for t in targets]
+    T = len(targets)
+    G = reps * T * n_items
+    m = (np.floor(np.exp(rng.uniform(np.log(2), np.log(201), G))).astype(np.int64)
+         if sizes == "heavy" else np.full(G, int(sizes), dtype=np.int64))
+    task = np.tile(np.repeat(np.arange(T), n_items), reps)
+    y = rng.binomial(m, expit(np.asarray(logits)[task] + _effects(rng, kind, sd, G)))
+    item = np.repeat(np.arange(G), m)
+    within = np.arange(len(item)) - np.repeat(np.cumsum(m) - m, m)
+    return pd.DataFrame({"rep": item // (T * n_items), "task": task[item], "item_id": item,
+                         "refusal": (within < y[item]).astype(np.int8)})
+
+
+def personas_table(reps: int, seed: int, n_items: int = 40, n_personas: int = 8,
+                   b: float = -1.5, delta: float = 0.6, item_sd: float = 1.0,
+                   persona_sd: float = 0.6, free_answers: int = 2):
+    """Personas drawn from a population (persona effects N(0, persona_sd^2)), each item
+    answered once by each drawn persona and ``free_answers`` times persona-free. Returns
+    the table, the population persona effect and each replicate's effect for its drawn
+    personas (the default target)."""
+    rng = np.random.default_rng(seed)
+
+    def pa(x, sd):
+        return float(np.sum(_HW * expit(x + sd * _HZ)))
+
+    frames, drawn = [], []
+    for r in range(reps):
+        u, v = rng.normal(0, item_sd, n_items), rng.normal(0, persona_sd, n_personas)
+        it, pj = np.repeat(np.arange(n_items), n_personas), np.tile(np.arange(n_personas), n_items)
+        yp = rng.random(len(it)) < expit(b + delta + u[it] + v[pj])
+        itf = np.repeat(np.arange(n_items), free_answers)
+        yf = rng.random(len(itf)) < expit(b + u[itf])
+        frames.append(pd.DataFrame({
+            "rep": r, "item_id": np.r_[it, itf] + r * n_items,
+            "persona": np.r_[[f"r{r}p{j}" for j in pj], ["none"] * len(itf)],
+            "setting": np.r_[["persona"] * len(it), ["persona-free"] * len(itf)],
+            "refusal": np.r_[yp, yf].astype(np.int8)}))
+        drawn.append(np.mean([pa(b + delta + vj, item_sd) for vj in v]) - pa(b, item_sd))
+    population = pa(b + delta, np.hypot(item_sd, persona_sd)) - pa(b, item_sd)
+    return pd.concat(frames, ignore_index=True), population, np.array(drawn)
+
+
+def shape_checks(reps: int, seed: int) -> list[dict]:
+    """refusal_rates and persona_effect on the shapes of issue #19 (audit: 0.857 and 0.862)."""
+    rows = []
+    targets = [0.05, 0.20, 0.50]
+    cases = [("heavy", 50, "normal"), *[(10, n, k) for n in (12, 20, 40)
+                                        for k in ("two-point", "t3")]]
+    for sizes, n_items, kind in cases:
+        t0 = time.perf_counter()
+        df = items_table(reps, seed, n_items, sizes, kind, 1.5, targets)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = rs.refusal_rates(df, by=["rep", "task"])
+        true = np.asarray(targets)[out["task"].to_numpy()]
+        hit = (out["ci_low"] <= true) & (true <= out["ci_high"])
+        size_text = "2-200 answers per item (log-uniform)" if sizes == "heavy" else \
+            f"{sizes} answers per item"
+        data = (f"{n_items} items per task, {size_text}, {kind} item effects sd 1.5, rates "
+                f"5/20/50%; median df {np.median(out['df']):.1f}")
+        rows.append(_row("refusal_rates default (CR2 + Bell-McCaffrey df), 95%", data,
+                         "coverage", hit, COVER, 0.97, t0))
+    t0 = time.perf_counter()
+    df, population, drawn = personas_table(reps, seed)
+    data = ("8 personas drawn from a population (persona sd 0.6), 40 items, item sd 1, each "
+            "item once per persona and twice persona-free")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = rs.persona_effect(df, by="rep")
+        two_way = rs.persona_effect(df, by="rep", cluster=["item_id", "persona"])
+    for out, name, truth, band in [
+            (default, "persona_effect default (cluster='auto'), the 8 drawn personas", drawn,
+             (COVER, 0.97)),
+            (default, "persona_effect default, population of personas (wrong target)",
+             population, (None, 1.0)),
+            (two_way, "persona_effect cluster=['item_id', 'persona'] (two-way), population",
+             population, (COVER, 0.97))]:
+        hit = (out["ci_low"] <= truth) & (truth <= out["ci_high"])
+        rows.append(_row(name + ", 95%", data, "coverage", hit, *band, t0))
+    return rows
+
+
 def run(reps: int = 1000, seed: int = 0) -> list[dict]:
     rows = []
     rows += rates_checks(reps, seed)
@@ -257,6 +373,7 @@ def run(reps: int = 1000, seed: int = 0) -> list[dict]:
     rows += persona_effect_checks(reps, seed)
     rows += cochran_checks(reps, seed)
     rows += disparity_checks(reps, seed)
+    rows += shape_checks(reps, seed)
     return rows
 
 
@@ -266,5 +383,7 @@ if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     from calibration import table
 
-    out = run(reps=int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    # `python benchmarks/calibration_rates.py 1000 shapes`: only the #19 shapes (docs/validity.md)
+    out = shape_checks(reps, 0) if sys.argv[2:3] == ["shapes"] else run(reps=reps)
     print(table([{**r, "area": "rates"} for r in out]))

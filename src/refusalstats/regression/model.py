@@ -72,6 +72,8 @@ def logit(
     maxit: int = 25,
     epsilon: float = 1e-8,
     progress: bool = True,
+    labels: str | None = None,
+    strata: str | None = None,
 ) -> LogitResults:
     """Fit a logistic regression from an R formula, on collapsed covariate patterns.
 
@@ -133,6 +135,14 @@ def logit(
         IRLS iteration limit and convergence tolerance on the deviance (R's defaults).
     progress : bool
         Show a progress bar for the bootstrap and cross-validation.
+    labels : str, optional
+        A column of human labels (0/1, NaN where unlabelled): the coefficients are then
+        those of the human-label model, powered by the detector's flags (the formula's
+        response) through prediction-powered inference, PPI++ for GLMs
+        (:func:`refusalstats.ppi_logit`, which returns a
+        :class:`~refusalstats.PPILogitResult`; maximum likelihood, Wald intervals only).
+    strata : str, optional
+        With ``labels``: the strata the labels were drawn in.
 
     Returns
     -------
@@ -150,6 +160,14 @@ def logit(
     >>> round(float(fit.params["task[T.offensiveness]"]), 1)  # doctest: +SKIP
     4.2
     """
+    if labels is not None:  # the detector's error carried in by human labels (#22)
+        from ..ppi import ppi_logit
+
+        if penalty is not None or ci not in (None, "wald") or weights is not None or trials is not None:
+            raise ValueError("logit(labels=...) fits maximum likelihood with Wald intervals on row-level "
+                             "data; drop penalty=, ci=, weights= and trials=")
+        return ppi_logit(formula, data, labels=labels, reference=reference, cluster=cluster, strata=strata,
+                         conf=conf)
     from .._validation import resolve_cluster
     from ..scan import is_dataset
 
