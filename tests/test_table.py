@@ -205,3 +205,104 @@ def test_every_reader_goes_through_read_table(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         rs.read_responses(empty)
     assert calls == [empty]
+
+
+# ---------------------------------------------------------------------------- issue 20
+@pytest.mark.parametrize("sidecar", [True, False])
+def test_labels_none_and_na_round_trip_through_csv(tmp_path, sidecar):
+    df = _table(8)
+    df["persona"] = ["None", "NA", "null", "n/a", "Man", "None", "NA", "Woman"]
+    df["model"] = ["NaN", "m2"] * 4
+    df.loc[2, "extra_column"] = np.nan
+    path = rs.write_responses(df, tmp_path / "t.csv")
+    if not sidecar:
+        (tmp_path / "t.csv.meta.json").unlink()
+    back = rs.read_responses(path)
+    assert back["persona"].astype(str).tolist() == df["persona"].tolist()
+    assert back["model"].astype(str).tolist() == df["model"].tolist()
+    assert back["refusal"].tolist() == df["refusal"].tolist()
+    # numeric columns still read missing values as missing
+    assert np.isnan(back.loc[2, "extra_column"]) and back["extra_column"].dtype == float
+    if sidecar:
+        assert back["persona"].cat.categories.tolist() == rs.validate(df)["persona"].cat.categories.tolist()
+
+
+def test_a_csv_with_two_columns_of_one_name_is_an_error_naming_it(tmp_path):
+    f = tmp_path / "dup.csv"
+    f.write_text("model,task,persona,prompt,refusal,refusal\nm,t,p,q,1,0\n")
+    with pytest.raises(SchemaError, match=r"\['refusal'\] appear more than once"):
+        rs.read_responses(f)
+    with pytest.raises(SchemaError, match="appear more than once"):
+        rs.read_table(f)
+
+
+def test_the_sidecar_is_not_written_before_the_csv_is_in_place(tmp_path, monkeypatch):
+    """A kill (here: a failing rename) between the two files leaves the old pair readable."""
+    import os
+    from pathlib import Path
+
+    old = _table(8)
+    path = rs.write_responses(old, tmp_path / "t.csv", metadata={"run": "old"})
+    new = _table(8)
+    new["persona"] = ["Other persona"] * 8
+    real_os_replace, real_path_replace = os.replace, Path.replace
+
+    def boom(src, dst, *a, **k):
+        if Path(dst) == path:
+            raise OSError("killed before the rename")
+        return real_os_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", boom)
+    monkeypatch.setattr(Path, "replace", lambda self, dst: boom(self, dst) or Path(dst))
+    with pytest.raises(OSError, match="killed"):
+        rs.write_responses(new, path, metadata={"run": "new"})
+    monkeypatch.setattr(os, "replace", real_os_replace)
+    monkeypatch.setattr(Path, "replace", real_path_replace)
+    back = rs.read_responses(path)
+    assert back["persona"].astype(str).tolist() == old["persona"].tolist()
+    assert back.attrs["metadata"] == {"run": "old"}
+
+
+def test_a_sidecar_of_another_file_is_ignored_with_a_warning(tmp_path):
+    df = _table(8)
+    assert "Atheist" in df["persona"].tolist()
+    path = rs.write_responses(df, tmp_path / "t.csv", metadata={"run": 1})
+    path.write_text(path.read_text().replace("Atheist", "Believer"))  # edited after the sidecar
+    with pytest.warns(UserWarning, match="does not describe"):
+        back = rs.read_responses(path)
+    assert back["persona"].astype(str).tolist() == [
+        "Believer" if p == "Atheist" else p for p in df["persona"]]
+
+
+def test_a_table_over_the_column_limit_is_refused_with_the_way_to_raise_it(tmp_path, monkeypatch):
+    f = tmp_path / "wide.csv"
+    cols = ["model", "task", "persona", "prompt", "refusal"] + [f"x{i}" for i in range(20)]
+    f.write_text(",".join(cols) + "\n" + ",".join(["m", "t", "p", "q", "1"] + ["0"] * 20) + "\n")
+    monkeypatch.setenv("REFUSALSTATS_MAX_COLUMNS", "10")
+    with pytest.raises(ValueError, match=r"25 columns, more than the limit of 10.*"
+                                         r"REFUSALSTATS_MAX_COLUMNS=25"):
+        rs.read_table(f)
+    monkeypatch.setenv("REFUSALSTATS_MAX_COLUMNS", "25")
+    assert rs.read_table(f).shape == (1, 25)
+    monkeypatch.setenv("REFUSALSTATS_MAX_BYTES", "16")
+    with pytest.raises(ValueError, match=r"bytes, more than the limit of 16.*REFUSALSTATS_MAX_BYTES"):
+        rs.read_table(f)
+
+
+def test_error_rows_are_left_out_with_a_count_and_kept_on_request(tmp_path):
+    df = _table(6)
+    df["refusal"] = pd.array([1, 0, None, 1, None, 0], dtype="Int8")
+    df["refusal_source"] = ["detector", "provider", "error", "detector", "error", "detector"]
+    df["error"] = [None, None, "HTTP 400: too long", None, "HTTP 400: too long", None]
+    with pytest.warns(UserWarning, match="2 of 6 row"):
+        out = rs.validate(df)
+    assert len(out) == 4 and out.attrs["n_error_rows"] == 2 and out["refusal"].dtype == np.int8
+    kept = rs.validate(df, error_rows="keep")
+    assert len(kept) == 6 and kept["refusal"].isna().sum() == 2
+    bad = df.copy()
+    bad.loc[0, "refusal"] = pd.NA  # a missing refusal that is not an error row
+    with pytest.raises(SchemaError, match="missing value"):
+        rs.validate(bad, error_rows="keep")
+    path = rs.write_responses(df, tmp_path / "t.parquet")
+    with pytest.warns(UserWarning, match="left out as errors"):
+        assert len(rs.read_responses(path)) == 4
