@@ -270,7 +270,7 @@ def test_a_rejected_prompt_is_an_error_row_and_the_run_completes(tmp_path):
 
 def test_on_error_stop_stops_and_resume_with_record_gets_past(tmp_path):
     design = _design()
-    script, bad = _one_bad_prompt_server(design)
+    script, _bad = _one_bad_prompt_server(design)
     out = tmp_path / "run"
     with ScriptedServer(script) as server:
         def factory(s):
