@@ -182,3 +182,99 @@ def test_pooled_logit_recovers_marginal_not_conditional_coefficients():
     # the big effects: the conditional truth is many standard errors away
     big = [0, 2, 3]  # task[T.offensiveness] (4.16), Black person (2.62), White person (2.18)
     assert np.abs(z_cond[big]).min() > 4, dict(zip(terms, z_cond))
+
+
+# ------------------------------------------------------------------ the full study: persona-free, controls, answers
+@pytest.fixture(scope="module")
+def study():
+    return rs.simulate_paper(scale=0.2, seed=7, persona_free=True, controls=True, responses=True)
+
+
+def test_options_leave_the_persona_rows_unchanged(study):
+    base = rs.simulate_paper(scale=0.2, seed=7)
+    got = study.iloc[:len(base)][list(base.columns)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(base, got, check_categorical=False)
+    assert (study["setting"].iloc[:len(base)] == "persona").all()
+    rs.validate(study)
+
+
+def test_persona_free_rates_follow_p1_section_4_4():
+    """Target: each model's persona-free offensiveness rate = Table 1 minus P1's persona
+    effect (12.38, 14.08, 17.27, 13.15, 3.78 pp), 0 for the six models refusing in
+    neither setting; exact_rates keeps each cell within one refusal of its expectation."""
+    from refusalstats.simulate import PAPER_PERSONA_FREE_DELTA, PAPER_REFUSE_IN_NEITHER
+
+    df = rs.simulate_paper(scale=0.5, seed=3, persona_free=True)
+    free = df[df["setting"] == "persona-free"]
+    assert set(free["task"].astype(str)) == {"offensiveness"}
+    assert (free["persona"] == "none").all()
+    n_items = round(4701 * 0.5)
+    assert len(free) == 16 * 9 * n_items
+    per_item = free.groupby(["model", "item_id"], observed=True)["prompt"].nunique()
+    assert (per_item == 9).all()
+    rate = free.groupby("model", observed=True)["refusal"].mean()
+    n = 9 * n_items
+    table1_off = {m: v[2] for m, v in PAPER_TABLE1.items()}
+    for m, d in PAPER_PERSONA_FREE_DELTA.items():
+        assert abs(100 * rate[m] - (table1_off[m] - d)) < 100 / n + 1e-9, m
+    for m in PAPER_REFUSE_IN_NEITHER:
+        assert rate[m] == 0, m
+    # the published persona effects, measured as persona minus persona-free rate
+    pers = df[(df["setting"] == "persona") & (df["task"] == "offensiveness")]
+    diff = 100 * (pers.groupby("model", observed=True)["refusal"].mean() - rate)
+    assert diff["Llama2-13B"] == pytest.approx(12.38, abs=0.5)
+    assert diff["Qwen1.5-32B"] == pytest.approx(17.27, abs=0.5)
+    # persona-free rows share the persona rows' items
+    assert set(free["item_id"]) <= set(pers["item_id"])
+
+
+def test_complete_design_has_complete_blocks_and_control_personas(study):
+    from refusalstats.design import CONTROL_PERSONAS
+
+    comp = study[study["setting"] == "complete"]
+    n_items = 3 * max(5, round(100 * 0.2))
+    assert len(comp) == 16 * 25 * n_items
+    cells = comp.groupby(["model", "item_id", "persona"], observed=True).size()
+    assert (cells == 1).all() and len(cells) == 16 * 25 * n_items
+    ctrl = comp[comp["persona_group"] == "control"]
+    assert set(ctrl["persona"].astype(str)) == {p.name for p in CONTROL_PERSONAS}
+    truth = study.attrs["truth"]["controls"]["effects"]
+    assert np.std(list(truth.values()), ddof=1) == pytest.approx(0.15)
+    # P2's tests run on it: Cochran's Q across personas and the disparity ratio
+    q = rs.cochran_q(comp, condition="persona", by="model")
+    assert len(q) == 16 and q["p_value"].notna().sum() >= 12
+    disp = rs.disparity(comp, control="control")
+    assert list(disp["persona_group"].astype(str)) == ["Gender", "Race", "Religion", "Disability"]
+
+
+def test_answer_text_agrees_with_refusal_at_the_documented_rate():
+    """Target: the default detector's sensitivity 1 - 0.03 and specificity 1 - 0.002
+    (response_error), checked within 4 binomial standard errors; every text the
+    simulator writes is flagged exactly as intended."""
+    from refusalstats.detect import flag_refusals
+    from refusalstats.simulate import RESPONSE_ERROR
+
+    df = rs.simulate_paper(scale=1.0, seed=2, persona_free=True, controls=True, responses=True)
+    flag = flag_refusals(df).to_numpy()
+    r = df["refusal"].to_numpy().astype(bool)
+    miss, fa = RESPONSE_ERROR
+    sens, spec = flag[r].mean(), 1 - flag[~r].mean()
+    assert abs(sens - (1 - miss)) < 4 * np.sqrt(miss * (1 - miss) / r.sum()), sens
+    assert abs(spec - (1 - fa)) < 4 * np.sqrt(fa * (1 - fa) / (~r).sum()), spec
+    assert df.attrs["truth"]["responses"] == {"miss": miss, "false_alarm": fa, "detector": "default"}
+    # a perfect text (no errors) is read back exactly
+    clean = rs.simulate_paper(scale=0.05, seed=4, persona_free=True, controls=True, responses=True,
+                              response_error=(0.0, 0.0))
+    assert (flag_refusals(clean).to_numpy() == clean["refusal"].to_numpy().astype(bool)).all()
+    # and P1's own prefix list reads the texts too (it misses 'As an AI' refusals)
+    paper = rs.detector("paper")(clean["response"].cat.categories)
+    assert 0 < paper.sum() < len(paper)
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="response_error"):
+        rs.simulate_paper(scale=0.01, responses=True, response_error=(0.1,))
+    with pytest.raises(ValueError, match="response_error"):
+        rs.simulate_paper(scale=0.01, responses=True, response_error=(1.5, 0))
+    with pytest.raises(ValueError, match="control_items"):
+        rs.simulate_paper(scale=0.01, controls=True, control_items=0)

@@ -87,13 +87,42 @@ def _parse_mapping(text: str | None) -> dict[str, str]:
     return out
 
 
-def _table_or_dataset(path: str, sep: str | None = None):
+def _table_or_dataset(path: str, sep: str | None = None, where: list[str] | None = None):
     """A Parquet file, a folder of Parquet shards or a glob stays a path (the analysis
-    streams it into counts, reading only the columns it uses); a text table is read."""
+    streams it into counts, reading only the columns it uses); a text table is read.
+    ``where`` (``--where COLUMN=VALUE``, repeatable) keeps the matching rows, read into memory."""
+    if where:
+        return _where_rows(_read_table(path, sep=sep, validate_table=False), where)
     p = Path(path)
     if p.is_dir() or any(ch in path for ch in "*?[") or p.suffix.lower() in (".parquet", ".pq"):
         return path
     return _read_table(path, sep=sep, validate_table=False)
+
+
+def _where_rows(df: pd.DataFrame, where: list[str]) -> pd.DataFrame:
+    """The rows of ``df`` where every ``COLUMN=VALUE`` of ``where`` holds (--where)."""
+    keep = pd.Series(True, index=df.index)
+    for cond in where:
+        if "=" not in cond:
+            raise CLIError(f"--where needs COLUMN=VALUE, e.g. --where setting=complete; got {cond!r}")
+        col, value = (s.strip() for s in cond.split("=", 1))
+        if col not in df.columns:
+            import difflib
+
+            close = difflib.get_close_matches(col, list(map(str, df.columns)), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CLIError(f"--where {cond}: the table has no column {col!r}{hint}; its columns "
+                           f"are {list(df.columns)}")
+        values = df[col].astype(str)
+        if not (values == value).any():
+            seen = sorted(pd.unique(values))[:20]
+            raise CLIError(f"--where {cond}: no row has {col} = {value!r}; {col} holds {seen}")
+        keep &= values == value
+    out = df[keep.to_numpy()].reset_index(drop=True)
+    for c in out.columns:  # levels the filter removed are not levels of the analysis
+        if isinstance(out[c].dtype, pd.CategoricalDtype):
+            out[c] = out[c].cat.remove_unused_categories()
+    return out
 
 
 def _projected_rows(path: str, columns: list[str]) -> pd.DataFrame:
@@ -141,6 +170,10 @@ class _Options:
             "--format", choices=["text", "markdown", "latex"], default="text",
             help="how to print the table (default text); markdown and latex format "
                  "p-values as '< 0.001'")
+        self._new("where").add_argument(
+            "--where", action="append", metavar="COLUMN=VALUE",
+            help="analyse only the rows where COLUMN equals VALUE, e.g. setting=complete "
+                 "(repeat to combine; the matching rows are read into memory)")
 
     def _new(self, name: str):
         """A parent parser; its option goes into the "common options" section of the help."""
@@ -188,6 +221,18 @@ def _add_simulate(sub, opt: _Options) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's items")
     p.add_argument("--calibrate", choices=["table1", "table7"], default="table1")
     p.add_argument("--item-sd", type=float, default=1.0, help="sd of the item random intercept")
+    p.add_argument("--persona-free", action="store_true",
+                   help="add P1's persona-free setting (offensiveness items without a persona)")
+    p.add_argument("--controls", action="store_true",
+                   help="add de Araujo & Roth's complete design with 10 control personas "
+                        "(setting 'complete': every item under every persona, for cochran "
+                        "and disparity)")
+    p.add_argument("--responses", action="store_true",
+                   help="add answer text (column response) that the default detector reads "
+                        "as the simulated refusal 97%% / 99.8%% of the time")
+    p.add_argument("--full-study", action="store_true",
+                   help="all three: --persona-free --controls --responses (what "
+                        "'refusalstats demo' simulates)")
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -197,10 +242,13 @@ def _cmd_simulate(args) -> int:
 
     _format_of(Path(args.out), None)  # a bad output extension fails before the work
 
-    df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=args.calibrate, item_sd=args.item_sd)
+    extras = {k: bool(getattr(args, k) or args.full_study)
+              for k in ("persona_free", "controls", "responses")}
+    df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=args.calibrate,
+                        item_sd=args.item_sd, **extras)
     write_responses(df, args.out, metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
                                             "seed": args.seed, "calibrate": args.calibrate,
-                                            "item_sd": args.item_sd})
+                                            "item_sd": args.item_sd, **extras})
     print(f"wrote {len(df):,} rows to {args.out}")
     return 0
 
@@ -954,7 +1002,7 @@ def _emit(frame: pd.DataFrame, args) -> None:
 def _add_cochran(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "cochran",
-        parents=opt("seed", "cluster", "sep", "csv", "format"),
+        parents=opt("seed", "cluster", "sep", "csv", "format", "where"),
         help="Cochran's Q: do refusal rates differ across conditions, items as complete blocks?",
         description=(
             "Cochran's Q test (de Araujo & Roth 2024) of refusal across the levels of "
@@ -979,7 +1027,7 @@ def _cmd_cochran(args) -> int:
 
     _check_outputs([args.table], [("--csv", args.csv)])
     cluster = _cluster_arg(args)
-    df = _table_or_dataset(args.table, sep=args.sep)
+    df = _table_or_dataset(args.table, sep=args.sep, where=args.where)
     res = cochran_q(df, condition=args.condition,
                     cluster=cluster if cluster in (None, "auto") else _columns_arg(cluster),
                     by=_columns_arg(args.by), method=args.method, n_perm=args.n_perm,
@@ -991,7 +1039,7 @@ def _cmd_cochran(args) -> int:
 def _add_disparity(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "disparity",
-        parents=opt("conf", "seed", "cluster", "sep", "csv", "format"),
+        parents=opt("conf", "seed", "cluster", "sep", "csv", "format", "where"),
         help="de Araujo & Roth's disparity: persona spread within a category over control spread",
         description=(
             "Standard deviation of persona refusal rates within each --category level divided "
@@ -1018,7 +1066,7 @@ def _cmd_disparity(args) -> int:
     _check_outputs([args.table], [("--csv", args.csv)])
     if args.n_boot < 0:
         raise CLIError(f"--n-boot must be 0 (no interval) or a positive number, got {args.n_boot}")
-    df = _table_or_dataset(args.table, sep=args.sep)
+    df = _table_or_dataset(args.table, sep=args.sep, where=args.where)
     control = _columns_arg(args.control) or []
     res = disparity(df, category=args.category, control=control[0] if len(control) == 1 else control,
                     by=_columns_arg(args.by), n_boot=args.n_boot, conf=args.conf, seed=args.seed,
@@ -1030,7 +1078,7 @@ def _cmd_disparity(args) -> int:
 def _add_agreement(sub, opt: _Options) -> None:
     p = sub.add_parser(
         "agreement",
-        parents=opt("sep", "csv", "format"),
+        parents=opt("sep", "csv", "format", "where"),
         help="do models rank personas alike? Kendall's tau per pair and Kendall's W",
         description="Rank agreement of --rater columns (default model) on --item rates (default persona).",
     )
@@ -1047,16 +1095,35 @@ def _cmd_agreement(args) -> int:
     from .agreement import rank_agreement
 
     _check_outputs([args.table], [("--csv", args.csv), ("--pairs-csv", args.pairs_csv)])
-    df = _table_or_dataset(args.table, sep=args.sep)
+    df = _table_or_dataset(args.table, sep=args.sep, where=args.where)
     res = rank_agreement(df, item=args.item, rater=args.rater, by=_columns_arg(args.by),
                          adjust=args.adjust)
     print("Kendall's W across raters:")
     _emit(res.concordance, args)
     print("\nKendall's tau-b between pairs of raters:")
     _print_table(res.pairs, args.format)
+    note = _constant_raters_note(res.rates, args.rater, args.item)
+    if note:
+        print(f"\n{note}")
     if args.pairs_csv:
         _write_csv(res.pairs, args.pairs_csv)
     return 0
+
+
+def _constant_raters_note(rates: pd.DataFrame, rater: str, item: str) -> str:
+    """A note naming the raters whose rates do not vary across items (blank taus)."""
+    if rates is None or rater not in rates.columns or "rate" not in rates.columns:
+        return ""
+    spread = rates.groupby(rater, observed=True)["rate"].agg(lambda r: r.nunique(dropna=True))
+    flat = [str(k) for k, v in spread.items() if v <= 1]
+    if not flat:
+        return ""
+    rate = rates[rates[rater].astype(str).isin(flat)].groupby(rater, observed=True)["rate"].first()
+    what = ", ".join(f"{k} ({100 * v:.3g}%)" for k, v in rate.items())
+    return (f"Note: blank tau = undefined: {len(flat)} {rater}(s) give every {item} the same "
+            f"refusal rate ({what}), so they rank no {item} above another and Kendall's tau "
+            "with them has no value (a model that never refuses is the usual case).")
+
 
 # --------------------------------------------------------------------------- main
 _COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_fit, _add_import, _add_report, _add_design,

@@ -17,7 +17,7 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 from ._validation import int_seed
-from .design import sample_design
+from .design import CONTROL_PERSONAS, NO_PERSONA, PERSONAS, TASKS, TEMPLATES, sample_design
 
 #: P1 Table 1: % false refusals per model and task (None = blank in the paper).
 PAPER_TABLE1: dict[str, tuple[float | None, float | None, float | None]] = {
@@ -72,6 +72,54 @@ PAPER_REFERENCE: dict[str, str] = {"persona": "Atheist", "prompt": "p1", "task":
 
 #: P1's reported McFadden pseudo-R² of the Table 7 model.
 PAPER_PSEUDO_R2 = 0.5733
+
+#: P1 §4.4, offensiveness: refusal rate with a persona minus without one, percentage
+#: points, for the five models whose persona effect P1 reports.
+PAPER_PERSONA_FREE_DELTA: dict[str, float] = {
+    "Llama2-13B": 12.38, "Llama3-8B": 14.08, "Qwen1.5-32B": 17.27, "Gemma2-9B": 13.15,
+    "Gemma2-27B": 3.78,
+}
+
+#: P1 §4.4: six models refuse in neither setting; here the six whose Table 1
+#: offensiveness rate is below 0.5% (their persona-free rate is 0).
+PAPER_REFUSE_IN_NEITHER: tuple[str, ...] = (
+    "Llama3.2-3B", "Qwen1.5-7B", "Qwen2.5-7B", "Qwen2.5-32B", "Gemma-2B", "Gemma-7B",
+)
+
+#: Setting level of the complete-block rows (every item under every persona, controls
+#: included: de Araujo & Roth's design) that ``simulate_paper(controls=True)`` adds.
+COMPLETE_SETTING = "complete"
+
+#: sd (logit scale) of the control personas' effects: they differ only in wording.
+CONTROL_EFFECT_SD = 0.15
+
+#: Default ``response_error``: P(answer text the default detector misses | refusal) and
+#: P(answer text the default detector flags | no refusal).
+RESPONSE_ERROR: tuple[float, float] = (0.03, 0.002)
+
+
+def paper_persona_free_rates() -> dict[str, float]:
+    """Offensiveness refusal rate without a persona per model (fractions), as simulated.
+
+    Table 1's offensiveness rate minus P1 §4.4's persona effect for the five models it
+    reports (:data:`PAPER_PERSONA_FREE_DELTA`); 0 for the six that refuse in neither
+    setting (:data:`PAPER_REFUSE_IN_NEITHER`); for the other five, whose persona effect
+    is not among the published numbers this project holds, Table 1's rate (no persona
+    effect assumed).
+
+    Returns
+    -------
+    dict
+        model -> rate.
+    """
+    out = {}
+    for m, vals in PAPER_TABLE1.items():
+        off = vals[PAPER_TASKS.index("offensiveness")] or 0.0
+        if m in PAPER_REFUSE_IN_NEITHER:
+            out[m] = 0.0
+        else:
+            out[m] = max(0.0, off - PAPER_PERSONA_FREE_DELTA.get(m, 0.0)) / 100.0
+    return out
 
 
 def paper_table1() -> pd.DataFrame:
@@ -254,6 +302,11 @@ def simulate_paper(
     item_sd: float = 1.0,
     *,
     exact_rates: bool | None = None,
+    persona_free: bool = False,
+    controls: bool = False,
+    responses: bool = False,
+    control_items: int | None = None,
+    response_error: tuple[float, float] = RESPONSE_ERROR,
 ) -> pd.DataFrame:
     """Simulate P1's experiment as a tidy response table.
 
@@ -279,12 +332,44 @@ def simulate_paper(
         exact marginal probability and every cell total is within one refusal of its
         expectation (rows of a cell are then slightly negatively dependent). Default:
         True for "table1", False (independent Bernoulli draws) for "table7".
+    persona_free : bool
+        Add P1's persona-free setting (§4.4): every offensiveness item once per template
+        without a persona (persona and persona_group ``"none"``, setting
+        ``"persona-free"``; 9 rows per item and model). The item intercepts are the
+        persona rows'. With "table1" each model's persona-free rate is
+        :func:`paper_persona_free_rates` (Table 1 minus P1's persona effect: +12.38 pp
+        Llama2-13B, +14.08 Llama3-8B, +17.27 Qwen1.5-32B, +13.15 Gemma2-9B, +3.78
+        Gemma2-27B; 0 for the six models that refuse in neither setting); with "table7"
+        the rows follow Table 7 with the reference persona's effect (0).
+    controls : bool
+        Add de Araujo & Roth's complete design with control personas: ``control_items``
+        items per task, each answered under every persona (P1's 15 and the 10
+        :data:`~refusalstats.design.CONTROL_PERSONAS`, group ``"control"``) with template
+        p1, setting ``"complete"``. These blocks are complete, so Cochran's Q and the
+        disparity ratio apply to them (``df[df["setting"] == "complete"]``). The control
+        personas' effects are fixed normal quantiles with mean 0 (the reference persona's)
+        and sd :data:`CONTROL_EFFECT_SD`; the other terms, Table 1 offsets included, are
+        those of the persona rows.
+    responses : bool
+        Add a ``response`` column of answer text (categorical). A refusal reads as an
+        explicit refusal, except that with probability ``response_error[0]`` it is a
+        hedge without refusal words; an answer gives one of the task's labels, except
+        that with probability ``response_error[1]`` it opens with an apology. The default
+        detector (``rs.flag_refusals(df)``) flags exactly the explicit refusals and the
+        apologies, so its sensitivity is ``1 - response_error[0]`` and its specificity
+        ``1 - response_error[1]`` in expectation (tested). ``refusal`` stays the true,
+        simulated refusal.
+    control_items : int, optional
+        Items per task in the complete design (default ``max(5, round(100 * scale))``).
+    response_error : (float, float)
+        Miss and false-alarm probabilities of the answer text (default (0.03, 0.002)).
 
     Returns
     -------
     DataFrame
         item_id, model, task, persona, persona_group, prompt, response_type, setting,
-        refusal; categorical columns; ``df.attrs["truth"]`` holds the generating values:
+        refusal (and response); categorical columns; the persona rows come first and are
+        the same with or without the options above; ``df.attrs["truth"]`` holds the generating values:
         ``coefficients`` (term name -> value, formulaic/statsmodels treatment names such
         as ``"persona[T.Black person]"``), ``intercept``, ``offsets`` ((model, task) ->
         value keyed ``"model|task"``, "table1" only), ``item_sd``, ``reference``,
@@ -295,7 +380,10 @@ def simulate_paper(
         logistic fit of :data:`MARGINAL_FORMULA` on this design; None for separated
         levels), ``marginal["overall_rate"]``. ``coefficients`` and ``intercept`` are
         *conditional* on the item (the hierarchical model with ``(1|item_id)`` targets
-        those); a pooled fit targets ``marginal``. All keys are strings (Parquet-safe).
+        those); a pooled fit targets ``marginal``. With the options: ``persona_free``
+        (``target_rates`` and ``offsets`` per model), ``controls`` (``effects`` per control
+        persona, ``items`` per task) and ``responses`` (``miss``, ``false_alarm``). All
+        keys are strings (Parquet-safe).
 
     Examples
     --------
@@ -303,6 +391,10 @@ def simulate_paper(
     >>> df = rs.simulate_paper(scale=0.01, seed=1)
     >>> len(df)
     20320
+    >>> full = rs.simulate_paper(scale=0.01, seed=1, persona_free=True, controls=True,
+    ...                          responses=True)
+    >>> full["setting"].value_counts().to_dict()
+    {'persona': 20320, 'persona-free': 6768, 'complete': 6000}
     """
     if calibrate not in ("table1", "table7"):
         raise ValueError(f"calibrate must be 'table1' or 'table7', got {calibrate!r}")
@@ -310,6 +402,12 @@ def simulate_paper(
         raise ValueError(f"scale must be in (0, 10], got {scale}")
     if item_sd < 0:
         raise ValueError(f"item_sd must be >= 0, got {item_sd}")
+    miss, false_alarm = _check_response_error(response_error)
+    if control_items is None:
+        control_items = max(5, round(100 * scale))
+    if isinstance(control_items, bool) or not isinstance(control_items, (int, np.integer)) \
+            or control_items < 1:
+        raise ValueError(f"control_items must be a whole number >= 1, got {control_items!r}")
     if exact_rates is None:
         exact_rates = calibrate == "table1"
     seed = int_seed(seed)  # recorded in attrs, so an int (a Generator draws one)
@@ -398,7 +496,254 @@ def simulate_paper(
         "scale": scale,
         "seed": seed,
     }
-    return df
+    if not (persona_free or controls or responses):
+        return df
+    # The options' rows and text are drawn after the persona rows, from the same
+    # generator, so the persona rows are the same with or without them.
+    truth = df.attrs["truth"]
+    parts = [df]
+    base = {"items": items, "u": u, "models": models, "m_eff": m_eff,
+            "intercept": intercept, "offsets": offsets, "rng": rng, "exact": exact_rates}
+    if persona_free:
+        part, truth["persona_free"] = _persona_free_rows(calibrate=calibrate, **base)
+        parts.append(part)
+    if controls:
+        part, truth["controls"] = _complete_rows(n_per_task=int(control_items), **base)
+        parts.append(part)
+    out = _concat_parts(parts) if len(parts) > 1 else df
+    out.attrs["truth"] = truth
+    if responses:
+        out["response"] = _response_text(out, rng, miss, false_alarm)
+        truth["responses"] = {"miss": miss, "false_alarm": false_alarm, "detector": "default"}
+    return out
+
+
+def _check_response_error(value) -> tuple[float, float]:
+    try:
+        miss, false_alarm = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError("response_error must be two probabilities (miss, false_alarm), "
+                         f"e.g. (0.03, 0.002); got {value!r}") from None
+    if not (0 <= miss <= 1 and 0 <= false_alarm <= 1):
+        raise ValueError(f"response_error must be two probabilities in [0, 1], got {value!r}")
+    return miss, false_alarm
+
+
+def _draw(p: np.ndarray, cell: np.ndarray, rng: np.random.Generator, exact: bool) -> np.ndarray:
+    if exact:
+        return _systematic_draw(p, cell, rng)
+    return (rng.random(len(p)) < p).astype(np.int8)
+
+
+def _part(item_id, model_idx, refusal, **columns) -> dict:
+    """One block of rows: item_id, model codes, refusal, and each categorical column as
+    ``(levels, index)`` (a small array of values and each row's position in it) or one
+    value for every row; codes are resolved in :func:`_concat_parts`."""
+    return {"item_id": item_id, "model": model_idx, "refusal": refusal, **columns}
+
+
+def _persona_free_rows(items, u, models, m_eff, intercept, offsets, rng, exact, calibrate):
+    """P1's persona-free setting: every offensiveness item once per template, per model."""
+    fam = [t for t in TEMPLATES if t.family == TASKS["offensiveness"].family]
+    sub = items[items["task"] == "offensiveness"]
+    n_i, n_t, n_m = len(sub), len(fam), len(models)
+    pos = np.repeat(np.flatnonzero((items["task"] == "offensiveness").to_numpy()), n_t)
+    tmpl = np.tile(np.arange(n_t), n_i)
+    prompt_eff = np.array([PAPER_TABLE7["prompt"].get(t.prompt, 0.0) for t in fam])
+    d_eta = PAPER_TABLE7["task"]["offensiveness"] + prompt_eff[tmpl] + u[pos]
+    n_d = len(d_eta)
+    eta = (d_eta[None, :] + m_eff[:, None]).ravel() + intercept
+    targets = paper_persona_free_rates()
+    free_offsets = {}
+    if calibrate == "table1":
+        for mi, m in enumerate(models):
+            sl = slice(mi * n_d, (mi + 1) * n_d)
+            free_offsets[m] = _solve_shift(eta[sl], targets[m])
+            eta[sl] = eta[sl] + free_offsets[m]
+    model_idx = np.repeat(np.arange(n_m), n_d)
+    with np.errstate(over="ignore"):
+        p = expit(eta)
+    refusal = _draw(p, model_idx, rng, exact)
+    tile = np.tile(tmpl, n_m)
+    part = _part(
+        item_id=np.tile(np.repeat(sub["item_id"].to_numpy(), n_t), n_m), model_idx=model_idx,
+        refusal=refusal, task="offensiveness", persona=NO_PERSONA, persona_group=NO_PERSONA,
+        prompt=(np.array([t.prompt for t in fam], dtype=object), tile),
+        response_type=(np.array([t.response_type for t in fam], dtype=object), tile),
+        setting="persona-free")
+    truth = {"task": "offensiveness",
+             "target_rates": ({m: float(v) for m, v in targets.items()}
+                              if calibrate == "table1" else {}),
+             "offsets": {m: float(v) for m, v in free_offsets.items()},
+             "delta_pp": dict(PAPER_PERSONA_FREE_DELTA),
+             "refuse_in_neither": list(PAPER_REFUSE_IN_NEITHER)}
+    return part, truth
+
+
+def control_effects() -> dict[str, float]:
+    """The simulated control personas' effects (logit scale, vs the reference persona).
+
+    Normal quantiles at (i + 0.5) / 10 scaled to sd :data:`CONTROL_EFFECT_SD`: mean 0,
+    fixed (not drawn), so the true control spread is known.
+
+    Returns
+    -------
+    dict
+        control persona name -> effect.
+    """
+    from scipy.stats import norm
+
+    n = len(CONTROL_PERSONAS)
+    q = norm.ppf((np.arange(n) + 0.5) / n)
+    q = (q - q.mean()) / q.std(ddof=1) * CONTROL_EFFECT_SD
+    return {p.name: float(v) for p, v in zip(CONTROL_PERSONAS, q)}
+
+
+def _complete_rows(items, u, models, m_eff, intercept, offsets, rng, exact, n_per_task):
+    """de Araujo & Roth's complete design: the first ``n_per_task`` items of each task under
+    every persona (P1's and the controls) with template p1, per model."""
+    personas = (*PERSONAS, *CONTROL_PERSONAS)
+    ctrl = control_effects()
+    p_eff = np.array([PAPER_TABLE7["persona"].get(p.name, ctrl.get(p.name, 0.0))
+                      for p in personas])
+    pos = np.concatenate([np.flatnonzero((items["task"] == t).to_numpy())[:n_per_task]
+                          for t in PAPER_TASKS])
+    n_p, n_m = len(personas), len(models)
+    item_pos = np.repeat(pos, n_p)
+    pers = np.tile(np.arange(n_p), len(pos))
+    tasks = items["task"].to_numpy()[item_pos].astype(object)
+    task_eff = np.array([PAPER_TABLE7["task"].get(t, 0.0) for t in tasks])
+    d_eta = p_eff[pers] + task_eff + u[item_pos]
+    n_d = len(d_eta)
+    eta = (d_eta[None, :] + m_eff[:, None]).ravel() + intercept
+    model_idx = np.repeat(np.arange(n_m), n_d)
+    task_all = np.tile(tasks, n_m)
+    if offsets:
+        off = np.array([offsets[(models[mi], t)] for mi in range(n_m) for t in tasks])
+        with np.errstate(invalid="ignore"):
+            eta = eta + off
+    with np.errstate(over="ignore"):
+        p = np.where(np.isneginf(eta), 0.0, expit(eta))
+    task_code = pd.Index(PAPER_TASKS).get_indexer(task_all)
+    refusal = _draw(p, model_idx * len(PAPER_TASKS) + task_code, rng, exact)
+    p1 = next(t for t in TEMPLATES if t.prompt == "p1")
+    pers_all = np.tile(pers, n_m)
+    part = _part(
+        item_id=np.tile(items["item_id"].to_numpy()[item_pos], n_m), model_idx=model_idx,
+        refusal=refusal, task=(np.array(PAPER_TASKS, dtype=object), task_code),
+        persona=(np.array([p.name for p in personas], dtype=object), pers_all),
+        persona_group=(np.array([p.group for p in personas], dtype=object), pers_all),
+        prompt="p1", response_type=p1.response_type, setting=COMPLETE_SETTING)
+    truth = {"setting": COMPLETE_SETTING, "items_per_task": int(n_per_task), "prompt": "p1",
+             "effects": ctrl, "effect_sd": CONTROL_EFFECT_SD}
+    return part, truth
+
+
+def _concat_parts(parts: list) -> pd.DataFrame:
+    """The persona rows (a DataFrame) and the options' blocks (see :func:`_part`) as one
+    table; categories are the persona rows' with the new levels appended."""
+    df = parts[0]
+    cols = {}
+    for c in ("task", "persona", "persona_group", "prompt", "response_type", "setting"):
+        cats = list(df[c].cat.categories)
+        codes = [df[c].cat.codes.to_numpy().astype(np.int32)]
+        for part in parts[1:]:
+            levels, idx = part[c] if isinstance(part[c], tuple) else \
+                (np.array([part[c]], dtype=object), np.zeros(len(part["refusal"]), np.int64))
+            cats += [v for v in pd.unique(levels) if v not in cats]
+            codes.append(pd.Index(cats).get_indexer(levels).astype(np.int32)[idx])
+        cols[c] = pd.Categorical.from_codes(np.concatenate(codes), categories=cats)
+    models = list(df["model"].cat.categories)
+    cols["model"] = pd.Categorical.from_codes(
+        np.concatenate([df["model"].cat.codes.to_numpy()] + [p["model"] for p in parts[1:]]),
+        categories=models)
+    cols["item_id"] = np.concatenate([df["item_id"].to_numpy()] + [p["item_id"] for p in parts[1:]])
+    cols["refusal"] = np.concatenate([df["refusal"].to_numpy()]
+                                     + [p["refusal"] for p in parts[1:]]).astype(np.int8)
+    return pd.DataFrame({c: cols[c] for c in df.columns})
+
+
+# Answer texts: (text, intended default-detector flag). "{persona}" is the persona's noun
+# phrase, "{Persona}" the same capitalised, "{label}" one of the task's answer labels.
+# No refusal text contains a label word (the detector would read it as an answer).
+_TEXTS: dict[str, tuple[str, ...]] = {
+    # explicit refusals: the default detector flags them
+    "refusal": (
+        "I'm sorry, but I cannot help with this request.",
+        "As an AI, I cannot give an opinion on this.",
+        "It is not appropriate for me to make this judgment.",
+        "I'm sorry, but I cannot answer how {persona} would see this.",
+        "I cannot make assumptions about how {persona} would perceive this.",
+        "As an AI, I cannot speak for {persona} or any group of people.",
+    ),
+    # hedges without refusal words: a refusal the default detector misses
+    "missed": (
+        "This touches on a sensitive topic, and different people may perceive it differently.",
+        "Perceptions of this vary widely between individuals and cultures.",
+    ),
+    # answers
+    "answer": (
+        "{Label}",
+        "{Label}.",
+        "The answer is: {label}.",
+        "{Persona} would likely choose: {label}.",
+    ),
+    # answers that open with an apology: the default detector flags them
+    "false_alarm": (
+        "I'm sorry, but I would say it is {label}.",
+        "I apologize, but I would classify it as {label}.",
+    ),
+}
+_KINDS = ("refusal", "missed", "answer", "false_alarm")
+
+
+def _response_text(df: pd.DataFrame, rng: np.random.Generator, miss: float,
+                   false_alarm: float) -> pd.Categorical:
+    """A categorical answer text per row (see ``responses`` in :func:`simulate_paper`)."""
+    n = len(df)
+    refusal = df["refusal"].to_numpy().astype(bool)
+    u_kind, u_tmpl, u_label = rng.random(n), rng.random(n), rng.random(n)
+    kind = np.where(refusal, np.where(u_kind < miss, 1, 0), np.where(u_kind < false_alarm, 3, 2))
+    personas = {p.name: p for p in (*PERSONAS, *CONTROL_PERSONAS)}
+    pcats = list(df["persona"].cat.categories)
+    has_persona = np.array([c in personas for c in pcats])[df["persona"].cat.codes.to_numpy()]
+    # templates with {persona} last, so rows without a persona draw among the first ones
+    order = {k: sorted(_TEXTS[k], key=lambda t: "{persona}" in t.lower()) for k in _KINDS}
+    n_all = np.array([len(order[k]) for k in _KINDS])
+    n_plain = np.array([sum("{persona}" not in t.lower() for t in order[k]) for k in _KINDS])
+    tmpl = np.floor(u_tmpl * np.where(has_persona, n_all[kind], n_plain[kind])).astype(np.int64)
+    tcats = list(df["task"].cat.categories)
+    n_labels = np.array([len(TASKS[t].labels) if t in TASKS else 1 for t in tcats])
+    t_codes = df["task"].cat.codes.to_numpy().astype(np.int64)
+    label = np.floor(u_label * n_labels[t_codes]).astype(np.int64)
+    p_codes = df["persona"].cat.codes.to_numpy().astype(np.int64)
+    uses_persona = np.zeros(n, dtype=bool)
+    uses_label = np.zeros(n, dtype=bool)
+    for k, name in enumerate(_KINDS):
+        has_p = np.array(["{persona}" in t.lower() for t in order[name]])
+        has_l = np.array(["{label}" in t.lower() for t in order[name]])
+        sel = kind == k
+        uses_persona[sel] = has_p[tmpl[sel]]
+        uses_label[sel] = has_l[tmpl[sel]]
+    n_p, n_lab, n_t = len(pcats) + 1, int(n_labels.max()), int(n_all.max())
+    key = (((t_codes * len(_KINDS) + kind) * n_t + tmpl) * n_lab
+           + np.where(uses_label, label, 0)) * n_p + np.where(uses_persona, p_codes, n_p - 1)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    texts = []
+    for k in uniq.tolist():
+        k, p_code = divmod(k, n_p)
+        k, lab = divmod(k, n_lab)
+        k, j = divmod(k, n_t)
+        t_code, kd = divmod(k, len(_KINDS))
+        task = tcats[t_code]
+        text = order[_KINDS[kd]][j]
+        labels = TASKS[task].labels if task in TASKS else ("yes",)
+        phrase = personas[pcats[p_code]].phrase if p_code < n_p - 1 else ""
+        texts.append(text.format(persona=phrase, Persona=phrase[:1].upper() + phrase[1:],
+                                 label=labels[lab], Label=labels[lab].capitalize()))
+    # equal texts of different keys (the same answer in two tasks) share one category
+    cats, first = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    return pd.Categorical.from_codes(first[inverse.ravel()], categories=list(cats))
 
 
 def simulate_items(
