@@ -33,6 +33,7 @@ import pandas as pd
 __all__ = [
     "SOURCE_KINDS",
     "Source",
+    "frame_or_path",
     "is_dataset",
     "open_dataset",
     "parquet_files",
@@ -185,6 +186,29 @@ def is_dataset(data) -> bool:
         return _is_glob(text) or not _is_text_table(Path(text))
     return isinstance(data, (list, tuple)) and bool(data) and all(
         isinstance(x, (str, os.PathLike)) for x in data)
+
+
+def frame_or_path(data, *, where: str = ""):
+    """A text table file (CSV, TSV, JSON lines) read into a DataFrame; anything else as given.
+
+    For analyses that branch on "DataFrame or streamed Parquet source": a CSV path becomes
+    its rows (read by :func:`refusalstats.read_responses`, not validated), so
+    ``rs.logit(formula, "t.csv")`` reads what ``refusalstats fit t.csv`` reads.
+
+    Parameters
+    ----------
+    data : DataFrame, path, glob or list of paths
+        What the analysis was given.
+    where : str
+        The calling function, for messages.
+
+    Returns
+    -------
+    DataFrame, or ``data`` unchanged
+    """
+    if isinstance(data, (str, os.PathLike)) and not is_dataset(data):
+        return source_of(data, where=where).frame
+    return data
 
 
 def read_source(data, columns: Sequence[str] | None = None, *, where: str = "") -> pd.DataFrame:

@@ -167,8 +167,9 @@ class HierarchicalModel:
         priors: Mapping[str, Any] | None = None,
         parametrization: str = "auto",
     ):
-        from ..scan import is_dataset
+        from ..sources import frame_or_path, is_dataset
 
+        data = frame_or_path(data, where="hierarchical")  # a CSV/JSONL path: its rows
         if not (isinstance(data, pd.DataFrame) or is_dataset(data)):
             raise TypeError("data must be a pandas DataFrame or the path of a Parquet file, a folder "
                             f"of Parquet shards or a glob; got {type(data).__name__}")
