@@ -267,7 +267,7 @@ def sim_table7() -> pd.DataFrame:
 def test_matches_statsmodels_and_cluster_robust(sim_table7):
     sm = pytest.importorskip("statsmodels.formula.api")
     df = sim_table7
-    f = logit(MAIN, df, reference=PAPER_REFERENCE, cluster="item_id")
+    f = logit(MAIN, df, reference=PAPER_REFERENCE, cluster="item_id", vcov="CR1")
     m = sm.logit(MAIN, df).fit(disp=0, method="newton", maxiter=100, tol=1e-12)
     assert list(f.params.index) == list(m.params.index)
     np.testing.assert_allclose(f.params, m.params, atol=1e-6)
@@ -547,13 +547,14 @@ def test_cluster_auto_resolves_item_id_with_one_note(rows):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClusterNote)
         h = logit("refusal ~ task + persona", df, cluster=None)  # off, silently
-        logit("refusal ~ persona + model", rows)  # no item_id: independent rows, silently
+    with pytest.warns(ClusterNote, match="rows are treated as independent"):
+        logit("refusal ~ persona + model", rows)  # no item_id: independent rows, said so
     assert h.cluster is None and "model-based" in h.cov_type
     assert not np.allclose(h.bse, g.bse)
     with pytest.raises(SchemaError, match="cluster column"):
         logit("refusal ~ task", df, cluster="nope")
-    with pytest.raises(ValueError, match="one column"):
-        logit("refusal ~ task", df.assign(b=df["item_id"] % 3), cluster=["item_id", "b"])
+    with pytest.raises(ValueError, match="one column or two crossed columns"):
+        logit("refusal ~ task", df.assign(b=df["item_id"] % 3, c=df["item_id"] % 5), cluster=["item_id", "b", "c"])
 
 
 def test_refit_responses_equals_a_fresh_fit():
@@ -575,7 +576,7 @@ def test_refit_responses_equals_a_fresh_fit():
 def test_clustered_tests_match_statsmodels_wald_f_on_submodels():
     sm = pytest.importorskip("statsmodels.formula.api")
     df = _items(seed=3)
-    f = logit("refusal ~ task + persona + prompt", df, cluster="item_id")
+    f = logit("refusal ~ task + persona + prompt", df, cluster="item_id", vcov="CR1")
     a = f.anova().set_index("term")
     d = f.drop1().set_index("term")
     assert list(a.columns) == ["df", "df_resid", "F", "p_value", "note"]
@@ -597,7 +598,7 @@ def test_clustered_tests_match_statsmodels_wald_f_on_submodels():
 
 def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
     """400 null tables (item intercept sd 1, task constant within item, no effect of task or
-    persona): the CR1 Wald F tests reject at most 8% at the 5% level; R's LR test (cluster=None)
+    persona): the default cluster-robust tests (CR2 + HTZ) reject at most 8% at the 5% level; R's LR test (cluster=None)
     on the same tables rejects far more (the audit measured 32-46%)."""
     from refusalstats.regression.model import _refit_responses
 
@@ -636,7 +637,7 @@ def test_wald_f_rank_deficiency_and_too_few_clusters(rows):
     assert full["F"] == pytest.approx(W / 2, rel=1e-12) and full["note"] == ""
     # 3 clusters: persona (3 coefficients) exceeds G - 1 = 2; prompt (1) does not
     r = rows.assign(site=np.arange(len(rows)) % 3)
-    d = logit("refusal ~ persona + prompt", r, cluster="site").drop1().set_index("term")
+    d = logit("refusal ~ persona + prompt", r, cluster="site", vcov="CR1").drop1().set_index("term")
     assert np.isnan(d.loc["persona", "F"]) and "only G - 1 = 2" in d.loc["persona", "note"]
     assert np.isfinite(d.loc["prompt", "p_value"]) and d.loc["prompt", "df_resid"] == 2
 

@@ -182,11 +182,11 @@ def test_clustered_logit_on_paper_design_counts_equals_rows(tmp_path):
     assert df["model"].nunique() >= 4
     for i, part in enumerate(np.array_split(np.arange(len(df)), 4)):
         pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False), tmp_path / f"part-{i}.parquet")
-    fit_rows = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", epsilon=1e-14)
+    fit_rows = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", epsilon=1e-14)
     with pytest.warns(rs.ClusterNote, match="item_id"):
         counts = rs.collapse(tmp_path, by=KEYS, cluster="auto")
     assert list(counts.columns) == [*KEYS, "item_id", "n", "refusals"]
-    fit_counts = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster="item_id", epsilon=1e-14)
+    fit_counts = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster="item_id", vcov="CR1", epsilon=1e-14)
     assert fit_counts.n_clusters == fit_rows.n_clusters == df.item_id.nunique()
     np.testing.assert_allclose(fit_counts.params, fit_rows.params, rtol=0, atol=1e-10)
     np.testing.assert_allclose(fit_counts.bse, fit_rows.bse, rtol=1e-10)
@@ -195,8 +195,8 @@ def test_clustered_logit_on_paper_design_counts_equals_rows(tmp_path):
 def test_clustered_logit_on_counts_with_repeats_equals_rows_exactly(shards):
     rows = _concat(shards)
     counts = rs.collapse(shards, by=KEYS, cluster="item_id")
-    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
-    fit_counts = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster="item_id", epsilon=1e-14)
+    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", vcov="CR1", epsilon=1e-14)
+    fit_counts = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster="item_id", vcov="CR1", epsilon=1e-14)
     np.testing.assert_allclose(fit_counts.bse, fit_rows.bse, rtol=1e-10)
 
 
@@ -341,7 +341,7 @@ def test_streamed_cr1_equals_the_clustered_row_fit(shards):
     covariance equals rs.logit(rows, cluster='item_id') (with N = rows, unlike the
     counts-with-item_id route above)."""
     rows = _concat(shards)
-    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
+    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", vcov="CR1", epsilon=1e-14)
     counts = rs.collapse(shards, by=KEYS)
     fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None, epsilon=1e-14)
     V = scan.cluster_robust_cov(fit, counts, shards, cluster="item_id", batch_rows=500)
@@ -352,7 +352,7 @@ def test_streamed_cr1_equals_the_clustered_row_fit(shards):
     f2 = "refusals ~ persona + x + task"
     c2 = rs.collapse(rows, by=["persona", "x", "task"])
     fit2 = rs.logit(f2, c2, trials="n", cluster=None, reference={"persona": "Man"}, epsilon=1e-14)
-    want = rs.logit("refusal ~ persona + x + task", rows, cluster="item_id", reference={"persona": "Man"},
+    want = rs.logit("refusal ~ persona + x + task", rows, cluster="item_id", vcov="CR1", reference={"persona": "Man"},
                     epsilon=1e-14)
     V2 = scan.cluster_robust_cov(fit2, c2, rows, cluster="item_id")
     np.testing.assert_allclose(np.sqrt(np.diag(V2)), want.bse, rtol=1e-10)
@@ -361,7 +361,7 @@ def test_streamed_cr1_equals_the_clustered_row_fit(shards):
 def test_streamed_cr1_in_pieces_of_few_clusters(shards, monkeypatch):
     """Batches with more clusters than one dense piece holds are summed piece by piece."""
     rows = _concat(shards)
-    want = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
+    want = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", vcov="CR1", epsilon=1e-14)
     counts = rs.collapse(shards, by=KEYS)
     fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None, epsilon=1e-14)
     monkeypatch.setattr(scan._ScoreSums, "BLOCK", 7)  # 120 items: many pieces per batch
@@ -394,7 +394,7 @@ def test_streamed_cr1_with_a_separated_term(rows):
     data = pd.concat([rows, extra], ignore_index=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        want = rs.logit(f"refusal ~ {FORMULA}", data, cluster="item_id")
+        want = rs.logit(f"refusal ~ {FORMULA}", data, cluster="item_id", vcov="CR1")
         counts = rs.collapse(data, by=KEYS)
         fit = rs.logit(f"refusals ~ {FORMULA}", counts, trials="n", cluster=None)
     assert fit.separated_terms == ["model[T.m-zero]"]
@@ -429,12 +429,12 @@ def test_clustered_logit_from_a_path_streams_cr1_and_equals_the_dataframe_fit(de
 
     df, root = paper_shards if design == "paper" else (_concat(shards), shards)
     ref = {"persona": "Atheist", "prompt": "p1"}
-    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", reference=ref, epsilon=1e-14)
+    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", reference=ref, epsilon=1e-14)
     passes = []
     real = scan._stream_cluster_meats
     monkeypatch.setattr(scan, "_stream_cluster_meats",
                         lambda *a, **k: passes.append(len(a[6])) or real(*a, **k))
-    got = rs.logit(f"refusal ~ {FORMULA}", root, cluster="item_id", reference=ref, epsilon=1e-14)
+    got = rs.logit(f"refusal ~ {FORMULA}", root, cluster="item_id", vcov="CR1", reference=ref, epsilon=1e-14)
     assert passes == [1]  # one streamed pass for the full model's CR1
     assert isinstance(got._design.cluster, covariance._StreamedCluster)
     assert got.n_patterns == want.n_patterns < len(df) // 4  # per pattern, not per item x pattern
@@ -465,7 +465,7 @@ def test_clustered_logit_from_a_path_auto_and_fallbacks(paper_shards, shards, ro
     # auto: item ids repeat (paper design) -> clustered, with the note
     with pytest.warns(rs.ClusterNote, match="clustering by 'item_id'"):
         got = rs.logit(f"refusal ~ {FORMULA}", root, epsilon=1e-14)
-    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", epsilon=1e-14)
+    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", epsilon=1e-14)
     assert got.cluster == "item_id"
     np.testing.assert_allclose(got.bse, want.bse, rtol=1e-10)
     # auto with item ids that never repeat: not clustered, model-based SEs, no note
@@ -481,9 +481,9 @@ def test_clustered_logit_from_a_path_auto_and_fallbacks(paper_shards, shards, ro
     with pytest.raises(SchemaError, match="'batch'"):
         rs.logit(f"refusal ~ {FORMULA}", shards, cluster="batch")
     # the cluster bootstrap resamples clusters: per item x pattern counts, as before
-    b_rows = rs.logit("refusal ~ task + persona", rows, cluster="item_id", ci="bootstrap", n_boot=20,
+    b_rows = rs.logit("refusal ~ task + persona", rows, cluster="item_id", vcov="CR1", ci="bootstrap", n_boot=20,
                       progress=False)
-    b_path = rs.logit("refusal ~ task + persona", shards, cluster="item_id", ci="bootstrap", n_boot=20,
+    b_path = rs.logit("refusal ~ task + persona", shards, cluster="item_id", vcov="CR1", ci="bootstrap", n_boot=20,
                       progress=False)
     np.testing.assert_allclose(b_path.conf_int(), b_rows.conf_int(), rtol=1e-8)
 
@@ -502,8 +502,8 @@ def test_refusal_rates_and_logit_accept_a_shard_folder(shards):
                 np.testing.assert_allclose(b[c].to_numpy(float), a[c].to_numpy(float), rtol=1e-12)
             else:
                 assert b[c].astype(str).tolist() == a[c].astype(str).tolist()
-    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", epsilon=1e-14)
-    fit_path = rs.logit(f"refusal ~ {FORMULA}", shards, cluster="item_id", epsilon=1e-14)
+    fit_rows = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id", vcov="CR1", epsilon=1e-14)
+    fit_path = rs.logit(f"refusal ~ {FORMULA}", shards, cluster="item_id", vcov="CR1", epsilon=1e-14)
     np.testing.assert_allclose(fit_path.params, fit_rows.params, rtol=0, atol=1e-10)
     np.testing.assert_allclose(fit_path.bse, fit_rows.bse, rtol=1e-9)
     a, b = fit_rows.drop1(), fit_path.drop1()
@@ -578,12 +578,3 @@ def test_refusal_rates_and_read_responses_read_text_tables_and_run_directories(r
     assert len(back) == len(rows)
     assert back["refusal"].sum() == rows["refusal"].sum()
     assert rs.refusal_rates(run, by="task", cluster=None)["n"].sum() == len(rows)
-
-
-def test_logit_reads_a_csv_path_as_its_rows(rows, tmp_path):
-    """rs.logit(formula, "t.csv") reads what `refusalstats fit t.csv` reads (#21)."""
-    rows.to_csv(tmp_path / "t.csv", index=False)
-    want = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id")
-    got = rs.logit(f"refusal ~ {FORMULA}", str(tmp_path / "t.csv"), cluster="item_id")
-    np.testing.assert_allclose(got.params, want.params, rtol=1e-12)
-    np.testing.assert_allclose(got.bse, want.bse, rtol=1e-12)

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import minimize
-from scipy.special import expit, logit as qlogis
+from scipy.special import expit
+from scipy.special import logit as qlogis
 
 from refusalstats.regression import SeparationWarning, logit
 from refusalstats.regression.design_matrix import _build

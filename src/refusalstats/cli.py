@@ -265,6 +265,7 @@ def _add_rates(sub, opt: _Options) -> None:
                                  "of Parquet shards / a glob (streamed, never loaded whole)")
     p.add_argument("--by", default="model,task", help="comma-separated grouping columns (default model,task)")
     p.add_argument("--method", default="wilson", choices=["wilson", "clopper-pearson", "jeffreys"])
+    _label_options(p)
     p.set_defaults(func=_cmd_rates)
 
 
@@ -279,6 +280,16 @@ def _cmd_rates(args) -> int:
     _check_outputs([args.table], [("--csv", args.csv)])
     df = _table_or_dataset(args.table, sep=args.sep)
     by = [c.strip() for c in args.by.split(",") if c.strip()]
+    if _labels_wanted(args):  # human labels: rows needed, rates corrected for the detector's errors
+        df = _with_labels(args, df)
+        res = refusal_rates(df, by=by, conf=args.conf, cluster=_cluster_arg(args), labels=args.labels,
+                            strata=_columns_arg(args.strata))
+        print(f"Refusal rates corrected by {res['n_labelled'].sum():,} human labels (column "
+              f"{args.labels!r}; PPI++, {args.conf:.0%} intervals):")
+        print(res.to_string(index=False))
+        if args.csv:
+            _write_csv(res, args.csv)
+        return 0
     res = refusal_rates(df, by=by, method=args.method, conf=args.conf, cluster=_cluster_arg(args))
     print(res.to_string(index=False))
     if args.csv:
@@ -849,6 +860,7 @@ def _add_fit(sub, opt: _Options) -> None:
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values within each term")
     p.add_argument("--no-tests", action="store_true", help="skip the test of each term")
     p.add_argument("--csv", help="write the coefficient table to this CSV file")
+    _label_options(p)
     p.set_defaults(func=_cmd_fit)
 
 
@@ -869,6 +881,14 @@ def _cmd_fit(args) -> int:
             alpha = float(alpha)
         except ValueError:
             raise CLIError(f"--alpha must be a number or 'cv', got {args.alpha!r}") from None
+    if _labels_wanted(args):  # human labels: the human-label model, powered by the flags (PPI++)
+        fit = logit(args.formula, _with_labels(args, df), reference=reference or None,
+                    cluster=_cluster_arg(args), conf=args.conf, labels=args.labels,
+                    strata=_columns_arg(args.strata))
+        print(fit.summary())
+        if args.csv:
+            _write_csv(fit.to_frame().rename_axis("term").reset_index(), args.csv)
+        return 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # separation and convergence problems are in the summary
@@ -1126,9 +1146,134 @@ def _constant_raters_note(rates: pd.DataFrame, rater: str, item: str) -> str:
 
 
 # --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- human labels (#22)
+def _label_options(p) -> None:
+    g = p.add_argument_group("human labels (correct for the detector's errors)")
+    g.add_argument("--labels", metavar="COL",
+                   help="column of human labels (0/1, empty where unlabelled): prediction-powered "
+                        "estimates that carry the detector's error (PPI++)")
+    g.add_argument("--label-file", metavar="FILE",
+                   help="labelled sample from 'refusalstats label-sample' to join onto the table by "
+                        "row_key first (its label column is --labels, default human)")
+    g.add_argument("--strata", metavar="COLS",
+                   help="comma-separated columns the labels were drawn within (label-sample's --by)")
+
+
+def _labels_wanted(args) -> bool:
+    if getattr(args, "label_file", None) and not args.labels:
+        args.labels = "human"
+    return bool(getattr(args, "labels", None))
+
+
+def _with_labels(args, df):
+    """The table as rows (labels need them), with the label file joined when given."""
+    from .labels import join_labels
+
+    if not isinstance(df, pd.DataFrame):
+        df = _read_table(args.table, sep=getattr(args, "sep", None), validate_table=False)
+    if args.label_file:
+        df = join_labels(df, args.label_file, label=args.labels)
+    return df
+
+
+def _add_label_sample(sub, opt: _Options) -> None:
+    p = sub.add_parser(
+        "label-sample",
+        parents=opt("seed", "sep", "conf"),
+        help="draw a stratified random sample of answers for people to label",
+        description=(
+            "Write the answers to label (CSV or Parquet by the suffix of -o) with a stable row_key "
+            "and an empty 'human' column. Fill it with 1 (refusal) / 0, then pass it back with "
+            "--label-file to rates, fit or detector-card. --target-width sizes the sample per "
+            "stratum for a target width of the corrected rates' intervals."
+        ),
+    )
+    p.add_argument("table", help="response table (.parquet, .csv, .jsonl)")
+    p.add_argument("-o", "--out", required=True, help="file to write (.csv or .parquet)")
+    p.add_argument("-n", type=_positive_int, help="labels in all (split in proportion to the strata), "
+                                                   "or per stratum with --per-stratum")
+    p.add_argument("--by", default="model", help="comma-separated strata columns (default model; '' for none)")
+    p.add_argument("--per-stratum", action="store_true", help="-n labels from every stratum")
+    p.add_argument("--target-width", type=float, metavar="W",
+                   help="labels per stratum for corrected-rate intervals of full width W (e.g. 0.05), "
+                        "from the detector's error rates (estimated from --labels, else assumed)")
+    p.add_argument("--labels", metavar="COL", help="column of pilot labels already in the table "
+                                                   "(unlabelled rows are drawn; error rates estimated)")
+    p.add_argument("--sensitivity", type=float, help="assumed detector sensitivity (default 0.8)")
+    p.add_argument("--specificity", type=float, help="assumed detector specificity (default 0.9)")
+    p.set_defaults(func=_cmd_label_sample)
+
+
+def _cmd_label_sample(args) -> int:
+    from .labels import label_sample
+    from .ppi import label_budget
+
+    _check_outputs([args.table], [("--out", args.out)])
+    if (args.n is None) == (args.target_width is None):
+        raise CLIError("give either -n (how many labels) or --target-width (labels for a target width)")
+    df = _read_table(args.table, sep=args.sep, validate_table=False)
+    by = _columns_arg(args.by) or []
+    pool = df
+    if args.labels:
+        if args.labels not in df.columns:
+            raise CLIError(f"--labels {args.labels}: the table has no such column")
+        pool = df[df[args.labels].isna()]
+    n = args.n
+    if args.target_width is not None:
+        budget = label_budget(df, args.target_width, by or None, labels=args.labels,
+                              sensitivity=args.sensitivity, specificity=args.specificity, conf=args.conf)
+        print(f"Labels for {args.conf:.0%} intervals of width {args.target_width:g} (PPI++):")
+        print(budget.to_string(index=False))
+        todo = budget[budget["to_label"] > 0]
+        if not len(todo):
+            print("no more labels needed")
+            return 0
+        n = {tuple(r[c] for c in by) if len(by) > 1 else (r[by[0]] if by else 0): int(r["to_label"])
+             for _, r in todo.iterrows()}
+    sample = label_sample(pool.drop(columns=[args.labels]) if args.labels else pool, n, by or None,
+                          seed=args.seed, allocation="per_stratum" if args.per_stratum else "proportional")
+    path = Path(args.out)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        sample.to_parquet(path, index=False)
+    else:
+        sample.to_csv(path, index=False)
+    print(f"wrote {len(sample):,} answers to label to {args.out} (fill the 'human' column: 1 refusal, 0 not)")
+    return 0
+
+
+def _add_detector_card(sub, opt: _Options) -> None:
+    p = sub.add_parser(
+        "detector-card",
+        parents=opt("conf", "cluster", "sep", "csv", "format"),
+        help="the detector against human labels: sensitivity, specificity, raw vs corrected rates",
+        description=(
+            "Per group: the detector's sensitivity and specificity on the labelled answers (Wilson "
+            "intervals), the raw flag rate and its interval, the corrected rate (PPI++) and its "
+            "interval, and whether the raw finding changes (corrected rate outside the raw interval)."
+        ),
+    )
+    p.add_argument("table", help="response table with a label column (or use --label-file)")
+    p.add_argument("--by", default="model", help="comma-separated groups (default model)")
+    _label_options(p)
+    p.set_defaults(func=_cmd_detector_card)
+
+
+def _cmd_detector_card(args) -> int:
+    from .ppi import detector_card
+
+    _check_outputs([args.table], [("--csv", args.csv)])
+    if not _labels_wanted(args):
+        raise CLIError("detector-card needs human labels: --labels COL or --label-file FILE")
+    df = _with_labels(args, _read_table(args.table, sep=args.sep, validate_table=False))
+    card = detector_card(df, _columns_arg(args.by), labels=args.labels, conf=args.conf,
+                         cluster=_cluster_arg(args), strata=_columns_arg(args.strata))
+    _emit(card, args)
+    return 0
+
+
 _COMMANDS = [_add_demo, _add_simulate, _add_rates, _add_fit, _add_import, _add_report, _add_design,
              _add_generate, _add_collect, _add_sensitivity, _add_bayes, _add_cochran, _add_disparity,
-             _add_agreement]
+             _add_agreement, _add_label_sample, _add_detector_card]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -160,3 +160,442 @@ def _bootstrap(d: _Design, beta, penalty, alpha, l1_ratio, pen_mask, n_boot, see
                 bb, _, _ = _enet(Xb, sb[keep], nb[keep], alpha, l1_ratio, pen_mask, beta0=beta)
         out[b] = bb
     return out
+
+
+# ============================================================================ CR2 (bias-reduced)
+#: relative size below which an eigenvalue of a cluster's I - H_jj counts as zero (clubSandwich's
+#: ``matrix_power`` drops eigenvalues <= 1e-12)
+_EIG_TOL = 1e-12
+#: the per-cluster eigen-decompositions (J p^3 flops, J p^2 memory) are used while they stay
+#: below these sizes; larger designs take the series / first-order path (see _CR2Engine)
+_EXACT_MEMORY = 4_000_000
+_EXACT_FLOPS = 200_000_000
+#: clusters x coefficients^2 floats per chunk of the large path
+_CHUNK_FLOATS = 2_000_000
+
+
+def _sorted_pairs(cl: _Cluster) -> _Cluster:
+    """The (cluster, pattern) pairs ordered by cluster (the design builds them so)."""
+    if len(cl.g) > 1 and (np.diff(cl.g) < 0).any():
+        o = np.argsort(cl.g, kind="stable")
+        return _Cluster(name=cl.name, labels=cl.labels, g=cl.g[o], j=cl.j[o], s=cl.s[o], n=cl.n[o])
+    return cl
+
+
+def _cluster_info(X: np.ndarray, Xf, wts: np.ndarray, cl: _Cluster, lo: int, hi: int,
+                  starts: np.ndarray) -> np.ndarray:
+    """``F_j = sum over the cluster's pairs of n w x x'`` for clusters ``lo .. hi - 1`` ((hi-lo) x p x p).
+
+    ``wts`` is the per-pattern weight ``w = mu (1 - mu)``; pairs are ordered by cluster and
+    ``starts[g]`` is the first pair of cluster ``g``. Dummy-coded designs (:class:`_Ell`) sum
+    the products of each row's few nonzeros with one bincount; others, dense outer products.
+    """
+    from .linalg import _Ell
+
+    a, b = starts[lo], starts[hi]
+    g = cl.g[a:b] - lo
+    j = cl.j[a:b]
+    v = cl.n[a:b] * wts[j]
+    p = X.shape[1]
+    c = hi - lo
+    if isinstance(Xf, _Ell):
+        idx, val = Xf.idx[j], Xf.val[j]
+        P = p + 1
+        flat = (g[:, None, None] * (P * P) + idx[:, :, None] * P + idx[:, None, :]).ravel()
+        wv = (val[:, :, None] * val[:, None, :] * v[:, None, None]).ravel()
+        out = np.bincount(flat, weights=wv, minlength=c * P * P).reshape(c, P, P)
+        return out[:, :p, :p]
+    Xp = X[j]
+    seg = starts[lo:hi] - a  # every cluster has at least one pair
+    return np.add.reduceat(Xp[:, :, None] * (Xp * v[:, None])[:, None, :], seg, axis=0)
+
+
+def _cluster_scores(X: np.ndarray, cl: _Cluster, mu: np.ndarray) -> np.ndarray:
+    """Each cluster's score sum ``sum (y - n mu) x`` (clusters x p), from the pairs."""
+    r = cl.s - cl.n * mu[cl.j]
+    M = sparse.csr_matrix((r, (cl.g, cl.j)), shape=(cl.n_clusters, X.shape[0]))
+    return np.asarray(M @ X)
+
+
+def _inv_sqrt_psd(A: np.ndarray, tol: float = _EIG_TOL) -> np.ndarray:
+    """Symmetric ``A^(-1/2)`` with eigenvalues ``<= tol`` dropped (clubSandwich's matrix_power)."""
+    ev, U = np.linalg.eigh(0.5 * (A + A.T))
+    f = np.where(ev > tol, 1.0 / np.sqrt(np.where(ev > tol, ev, 1.0)), 0.0)
+    return (U * f) @ U.T
+
+
+class _CR2Engine:
+    """Bias-reduced linearization (Bell & McCaffrey 2002) for a logistic fit, in parameter space.
+
+    The GLM's last IRLS step is the weighted least-squares fit of the working response
+    on ``X`` with weights ``w = mu (1 - mu)``; written as OLS on ``X~ = W^(1/2) X``, CR2
+    adjusts each cluster's standardized residuals by ``A_j = (I - H_jj)^(-1/2)``, ``H_jj =
+    X~_j M X~_j'`` and ``M = (X'WX)^-1`` (the working model: independent rows with the
+    binomial variance; clubSandwich's ``vcovCR(type = "CR2")`` on that OLS, see
+    ``docs/methods_logit.md``). Rows of a cluster that share a covariate pattern enter as
+    one line with weight ``n w`` (their within-pattern contrasts have zero leverage and
+    zero weight in the score), so the work is per (cluster, pattern) pair, never per row.
+
+    With ``M = L L'`` and the cluster's information ``F_j = X~_j' X~_j``, the p x p matrix
+    ``Lambda_j = L' F_j L`` has the nonzero eigenvalues of ``H_jj``; every quantity is a
+    function of it:
+
+    * the adjusted score ``X~_j' A_j e~_j = L^-T g(Lambda_j) L' r_j`` with ``g(l) =
+      (1 - l)^(-1/2)`` and ``r_j`` the cluster's score sum; ``V = M sum_j (...)(...)' M``;
+    * for a contrast ``c`` (``u = L' c``) Satterthwaite's df (Pustejovsky & Tipton 2018,
+      clubSandwich's ``get_GH``/``get_P_array``) uses ``h_j = phi(Lambda_j) u`` and
+      ``|g_j|^2 = u' psi(Lambda_j) u`` with ``phi(l) = l g(l)``, ``psi(l) = l g(l)^2``:
+      ``E = sum_j (|g_j|^2 - |h_j|^2)``, ``Var = 2 sum_jk P_jk^2`` with ``P_jk = -h_j.h_k +
+      [j = k] |g_j|^2``, ``df = 2 E^2 / Var``; the double sum is ``|sum_j h_j h_j'|_F^2``
+      (p x p), so nothing is J x J;
+    * HTZ (Hotelling's T^2 with Zhang's df) for ``C b = 0`` from the same pieces.
+
+    While ``J p^2`` and ``J p^3`` stay small the eigen-decompositions of all ``Lambda_j``
+    are kept (``exact``). Larger designs (P1's: 12,701 items x 40 coefficients) take the
+    adjusted scores from the power series of ``g`` (matrix-vector products only, to 1e-13,
+    exact clusters where the series would converge slowly) and the degrees of freedom to
+    first order in the cluster leverages (``psi ~ Lambda``, the cross-cluster terms, which are
+    of relative order max_j |Lambda_j|, dropped); ``approx_note`` says so with that bound.
+    """
+
+    def __init__(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray, *,
+                 exact: bool | None = None):
+        cl = _sorted_pairs(cl)
+        self.X, self.Xf, self.cl = X, Xf, cl
+        p = X.shape[1]
+        self.p, self.J = p, cl.n_clusters
+        mu = expit(X @ beta)
+        self.wts = mu * (1.0 - mu)
+        self.M = 0.5 * (M + M.T)
+        ev, U = np.linalg.eigh(self.M)
+        # a square root of M (Cholesky when it is definite; symmetric root otherwise)
+        try:
+            self.L = np.linalg.cholesky(self.M)
+        except np.linalg.LinAlgError:
+            self.L = (U * np.sqrt(np.clip(ev, 0.0, None))) @ U.T
+        self.starts = np.searchsorted(cl.g, np.arange(self.J + 1))
+        r = _cluster_scores(X, cl, mu)
+        # cluster leverage bound: tr(Lambda_j) = sum over its pairs of n w x' M x
+        lev = self.wts * np.einsum("ka,ab,kb->k", X, self.M, X)
+        self.trace = np.bincount(cl.g, weights=cl.n * lev[cl.j], minlength=self.J)
+        if exact is None:
+            exact = self.J * p * p <= _EXACT_MEMORY and self.J * p ** 3 <= _EXACT_FLOPS
+        self.exact = exact
+        self.approx_note = ""
+        if exact:
+            lam, Q = self._eigen(0, self.J)
+            self.lam, self.Q = lam, Q
+            s = self._adjusted(lam, Q, r @ self.L)
+        else:
+            s = self._adjusted_series(r)
+            self.approx_note = (
+                f"degrees of freedom to first order in the cluster leverages (largest "
+                f"{float(self.trace.max()):.2g}; {self.J:,} clusters x {p} coefficients is past the "
+                "exact per-cluster decomposition)")
+        self.V = self.L @ (s.T @ s) @ self.L.T
+
+    # -------------------------------------------------------------- per-cluster pieces
+    def _eigen(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        F = _cluster_info(self.X, self.Xf, self.wts, self.cl, lo, hi, self.starts)
+        lam, Q = np.linalg.eigh(np.einsum("ai,jab,bk->jik", self.L, F, self.L, optimize=True))
+        return np.clip(lam, 0.0, 1.0), Q
+
+    @staticmethod
+    def _g(lam: np.ndarray) -> np.ndarray:
+        one = 1.0 - lam
+        return np.where(one > _EIG_TOL, 1.0 / np.sqrt(np.where(one > _EIG_TOL, one, 1.0)), 0.0)
+
+    def _adjusted(self, lam, Q, rl) -> np.ndarray:
+        """``g(Lambda_j) L' r_j`` for each cluster (rows)."""
+        t = np.einsum("jab,ja->jb", Q, rl) * self._g(lam)
+        return np.einsum("jab,jb->ja", Q, t)
+
+    def _adjusted_series(self, r: np.ndarray) -> np.ndarray:
+        """``g(Lambda_j) L' r_j`` by the binomial series of ``(1 - l)^(-1/2)`` (matrix-vector
+        products ``Lambda_j v = L' F_j L v`` only) where the cluster's leverage bound
+        ``tr(Lambda_j)`` is below 1/2, by the eigen-decomposition of ``Lambda_j`` elsewhere."""
+        from .linalg import _Ell
+
+        p, J = self.p, self.J
+        out = np.empty((J, p))
+        rl = r @ self.L
+        per_pair = (self.Xf.idx.shape[1] ** 2) if isinstance(self.Xf, _Ell) else p * p
+        for lo, hi in self._chunks(per_pair):
+            F = _cluster_info(self.X, self.Xf, self.wts, self.cl, lo, hi, self.starts)
+            tr = self.trace[lo:hi]
+            slow = tr > 0.5
+            v = rl[lo:hi].copy()
+            acc = v.copy()
+            coef, k = 1.0, 0
+            bound = float(tr[~slow].max()) if (~slow).any() else 0.0
+            while bound > 0 and k < 200:
+                k += 1
+                coef *= (2 * k - 1) / (2.0 * k)
+                v = np.einsum("jab,jb->ja", F, v @ self.L.T) @ self.L
+                acc += coef * v
+                if coef * bound ** (k + 1) / (1.0 - bound) < 1e-14:
+                    break
+            if slow.any():
+                Lam = np.einsum("ai,jab,bk->jik", self.L, F[slow], self.L, optimize=True)
+                lam, Q = np.linalg.eigh(Lam)
+                acc[slow] = self._adjusted(np.clip(lam, 0.0, 1.0), Q, rl[lo:hi][slow])
+            out[lo:hi] = acc
+        return out
+
+    # -------------------------------------------------------------- contrasts
+    def _pieces(self, U: np.ndarray):
+        """``h_j`` (J x p x q) and ``gamma_j = U' psi(Lambda_j) U`` (J x q x q) for ``U`` (p x q)."""
+        T = np.einsum("jab,aq->jbq", self.Q, U)           # Q_j' U
+        g = self._g(self.lam)
+        phi, psi = self.lam * g, self.lam * g * g
+        H = np.einsum("jab,jbq->jaq", self.Q, T * phi[:, :, None])
+        Gm = np.einsum("jbs,jb,jbt->jst", T, psi, T)
+        return H, Gm
+
+    def _first_order_gamma(self, C: np.ndarray) -> np.ndarray:
+        """``gamma_j ~ C M F_j M C'`` (J x q x q) from the pairs, in chunks of clusters."""
+        cl = self.cl
+        Y = self.X @ (self.M @ C.T)                          # K x q
+        q = C.shape[0]
+        out = np.empty((self.J, q, q))
+        for lo, hi in self._chunks(q * q):
+            a, b = self.starts[lo], self.starts[hi]
+            z = Y[cl.j[a:b]] * np.sqrt(cl.n[a:b] * self.wts[cl.j[a:b]])[:, None]
+            out[lo:hi] = np.add.reduceat(z[:, :, None] * z[:, None, :], self.starts[lo:hi] - a, axis=0)
+        return out
+
+    def _chunks(self, per_pair: int):
+        """Ranges of clusters whose pairs x ``per_pair`` floats stay near _CHUNK_FLOATS."""
+        target = max(1, _CHUNK_FLOATS // max(per_pair, 1))
+        lo = 0
+        while lo < self.J:
+            hi = int(np.searchsorted(self.starts, self.starts[lo] + target, side="right")) - 1
+            hi = min(max(hi, lo + 1), self.J)
+            yield lo, hi
+            lo = hi
+
+    def df(self, C: np.ndarray) -> np.ndarray:
+        """Satterthwaite degrees of freedom of each row of ``C`` (clubSandwich's ``coef_test`` /
+        ``linear_contrast`` with ``test = "Satterthwaite"``), in blocks of rows."""
+        C = np.atleast_2d(np.asarray(C, float))
+        block = max(1, _EXACT_MEMORY // max(self.J * self.p, 1))
+        if len(C) > block:
+            return np.concatenate([self.df(C[i:i + block]) for i in range(0, len(C), block)])
+        E = np.einsum("qa,ab,qb->q", C, self.M, C)
+        if not self.exact:
+            gd = self._first_order_diag(C)
+            Var = 2.0 * (gd ** 2).sum(0)
+        else:
+            U = self.L.T @ C.T                                   # p x q
+            T = np.einsum("jab,aq->jbq", self.Q, U)
+            g = self._g(self.lam)
+            H = np.einsum("jab,jbq->jaq", self.Q, T * (self.lam * g)[:, :, None])
+            gd = np.einsum("jbq,jb->jq", T * T, self.lam * g * g)   # |g_j|^2 per contrast
+            hh = np.einsum("jas,jas->js", H, H)                  # |h_j|^2
+            E = (gd - hh).sum(0)
+            S = np.einsum("jas,jbs->sab", H, H)                  # sum_j h_j h_j'
+            Var = 2.0 * ((S ** 2).sum((1, 2)) - 2.0 * (gd * hh).sum(0) + (gd ** 2).sum(0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(Var > 0, 2.0 * E ** 2 / Var, np.nan)
+
+    def _first_order_diag(self, C: np.ndarray) -> np.ndarray:
+        """``c' M F_j M c`` for each cluster and row of ``C`` (J x q), from the pairs."""
+        cl = self.cl
+        Y = self.X @ (self.M @ C.T)
+        z = Y[cl.j] ** 2 * (cl.n * self.wts[cl.j])[:, None]
+        return np.add.reduceat(z, self.starts[:-1], axis=0)
+
+    def htz(self, C: np.ndarray, b: np.ndarray, V: np.ndarray, *, gram: bool | None = None) -> dict:
+        """HTZ Wald test of ``C beta = 0`` (clubSandwich's ``Wald_test(test = "HTZ")``); the
+        double sums over clusters through the J x J Gram matrices (``gram``; default when
+        J <= p q) or through the p x p sums ``S_st``."""
+        C = np.atleast_2d(np.asarray(C, float))
+        q = C.shape[0]
+        out = {"df": float(q), "df_resid": np.nan, "F": np.nan, "p_value": np.nan, "note": ""}
+        cb = C @ b
+        CVC = C @ V @ C.T
+        if not (np.isfinite(cb).all() and np.isfinite(CVC).all()):
+            out["note"] = "covariance not finite: no test"
+            return out
+        ev, Uq = np.linalg.eigh(0.5 * (CVC + CVC.T))
+        keep = ev > 1e-10 * max(ev.max(), 0.0)
+        if not keep.any():
+            out["note"] = "the cluster-robust covariance of the term is zero: no test"
+            return out
+        if keep.sum() < q:  # test the identified combinations only
+            C = (Uq[:, keep].T @ C)
+            cb = C @ b
+            CVC = C @ V @ C.T
+            out["note"] = (f"CR2 covariance of the {q} coefficients has rank {int(keep.sum())}: tested on "
+                           f"{int(keep.sum())} df")
+            q = C.shape[0]
+            out["df"] = float(q)
+        Qstat = float(cb @ np.linalg.solve(CVC, cb))
+        if self.exact:
+            U = self.L.T @ C.T
+            H, Gm = self._pieces(U)
+            Omega = (Gm - np.einsum("jas,jat->jst", H, H)).sum(0)
+            On = _inv_sqrt_psd(Omega)
+            H = np.einsum("jas,st->jat", H, On)
+            Gm = np.einsum("su,jst,tv->juv", On, Gm, On)
+            alpha = np.einsum("jas,jat->jst", H, H)           # h_sj . h_tj
+            if (self.J <= self.p * q) if gram is None else gram:  # J x J Gram route
+                Gr = np.einsum("jas,kat->stjk", H, H)         # h_sj . h_tk
+                t1 = np.einsum("stjk,tsjk->st", Gr, Gr)       # tr(S_ts S_ts)
+                t2 = np.einsum("ssjk,ttjk->st", Gr, Gr)       # tr(S_ts S_st)
+            else:                                             # p x p route
+                S = np.einsum("jas,jbt->stab", H, H)          # S_st = sum_j h_sj h_tj'
+                t1 = np.einsum("tsab,tsba->st", S, S)
+                t2 = np.einsum("tsab,stba->st", S, S)
+            ag = np.einsum("jst,jts->st", alpha, Gm)
+            ga = np.einsum("jst,jts->st", Gm, alpha)
+            gg = np.einsum("jst,jts->st", Gm, Gm)
+            ad = np.einsum("jss->js", alpha)
+            gd = np.einsum("jss->js", Gm)
+            T1 = t1 - ag - ga + gg
+            T2 = t2 - np.einsum("js,jt->st", ad, gd) - np.einsum("js,jt->st", gd, ad) \
+                + np.einsum("js,jt->st", gd, gd)
+            total = float((T1 + T2).sum())
+        else:
+            Omega = C @ self.M @ C.T
+            On = _inv_sqrt_psd(Omega)
+            Gm = self._first_order_gamma(On @ C)
+            gd = np.einsum("jss->js", Gm)
+            total = float(np.einsum("jst,jts->", Gm, Gm) + (gd.sum(1) ** 2).sum())
+        nu = q * (q + 1) / total if total > 0 else np.nan
+        delta = max((nu - q + 1) / nu, 0.0)
+        df2 = nu - q + 1
+        F = delta * Qstat / q
+        out.update({"df_resid": float(df2), "F": float(F),
+                    "p_value": float(stats.f.sf(F, q, df2)) if df2 > 0 else np.nan})
+        return out
+
+
+# ============================================================================ two-way (CGM 2011)
+@dataclass
+class _TwoWay:
+    """Clusters that are the cells of two crossed columns (``cluster=["item_id", "persona"]``):
+    the intersection key is ``first_code * n_second + second_code``."""
+
+    names: list[str]
+    n_second: int
+    sizes: tuple[int, int]
+
+
+def _sum_rows(S: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, int]:
+    codes, uniq = pd.factorize(groups, sort=True)
+    out = np.zeros((len(uniq), S.shape[1]))
+    np.add.at(out, codes, S)
+    return out, len(uniq)
+
+
+def _cr1_two_way(X: np.ndarray, cl: _Cluster, beta: np.ndarray, bread: np.ndarray, n_obs: int
+                 ) -> tuple[np.ndarray, int, int, str]:
+    """Two-way cluster-robust covariance (Cameron, Gelbach & Miller 2011, eq. 2.11):
+    ``V = V_1 + V_2 - V_12`` with each term the CR1 sandwich of one clustering (its own
+    factor ``G/(G-1) (N-1)/(N-k)``), as R's ``sandwich::vcovCL(cluster = ~ a + b, type =
+    "HC1")``; negative eigenvalues, possible in finite samples, are set to zero (CGM sec.
+    2.3) with a note. Returns ``(V, G_1, G_2, note)``."""
+    tw = cl.two_way
+    k = X.shape[1]
+    S12 = _cluster_scores(X, cl, expit(X @ beta))
+    labels = np.asarray(cl.labels, dtype=np.int64)
+    S1, G1 = _sum_rows(S12, labels // tw.n_second)
+    S2, G2 = _sum_rows(S12, labels % tw.n_second)
+    meat = np.zeros((k, k))
+    for S, G, sign in ((S1, G1, 1.0), (S2, G2, 1.0), (S12, len(labels), -1.0)):
+        if G > 1:
+            meat += sign * _cr1_factor(G, n_obs, k) * (S.T @ S)
+    V = bread @ meat @ bread
+    V = 0.5 * (V + V.T)
+    note = ""
+    ev, U = np.linalg.eigh(V)
+    if (ev < -1e-12 * max(abs(ev).max(), 1e-300)).any():
+        V = (U * np.clip(ev, 0.0, None)) @ U.T
+        note = (f"the two-way covariance had {int((ev < 0).sum())} negative eigenvalue(s), set to zero "
+                "(Cameron, Gelbach & Miller 2011, sec. 2.3)")
+    return V, G1, G2, note
+
+
+# ============================================================================ one object per fit
+class _ClusterCov:
+    """A fit's cluster-robust covariance and the degrees of freedom of its tests.
+
+    ``kind`` is "CR2" (t tests with Satterthwaite df, HTZ Wald tests), "CR1" (z tests,
+    Wald F on ``(q, G - 1)``) or "CR1-2way" (t and F on ``min(G_1, G_2) - 1``).
+    """
+
+    def __init__(self, kind: str, V: np.ndarray, n_clusters: int, *, engine: _CR2Engine | None = None,
+                 note: str = "", sizes: tuple[int, ...] = ()):
+        self.kind, self.V, self.n_clusters, self.engine, self.note = kind, V, n_clusters, engine, note
+        self.sizes = sizes
+
+    @property
+    def t_tests(self) -> bool:
+        return self.kind in ("CR2", "CR1-2way")
+
+    def df(self, C: np.ndarray) -> np.ndarray:
+        """Degrees of freedom of the t statistic of each row of ``C`` (inf: z)."""
+        C = np.atleast_2d(C)
+        if self.kind == "CR2":
+            return self.engine.df(C)
+        if self.kind == "CR1-2way":
+            return np.full(len(C), float(min(self.sizes) - 1))
+        return np.full(len(C), np.inf)
+
+    def wald(self, C: np.ndarray, b: np.ndarray, V: np.ndarray | None = None) -> dict:
+        """Test of ``C b = 0``: HTZ for CR2, the Wald F on ``(q, G - 1)`` otherwise."""
+        V = self.V if V is None else V
+        C = np.atleast_2d(C)
+        if self.kind == "CR2":
+            return self.engine.htz(C, b, V)
+        G = self.n_clusters if self.kind == "CR1" else min(self.sizes)
+        return _wald_f(C @ b, C @ V @ C.T, G)
+
+    def label(self, name: str) -> str:
+        if self.kind == "CR2":
+            out = (f"cluster-robust CR2 (bias-reduced linearization, Bell & McCaffrey 2002) by '{name}' "
+                   f"({self.n_clusters:,} clusters)")
+        elif self.kind == "CR1":
+            out = f"cluster-robust CR1 by '{name}' ({self.n_clusters:,} clusters)"
+        else:
+            out = (f"two-way cluster-robust CR1 (Cameron, Gelbach & Miller 2011) by {name} "
+                   f"({self.sizes[0]:,} x {self.sizes[1]:,} clusters)")
+        return out
+
+    def test_label(self) -> str:
+        if self.kind == "CR2":
+            return "t with Satterthwaite degrees of freedom (CR2)"
+        if self.kind == "CR1-2way":
+            return f"t on min(G_1, G_2) - 1 = {min(self.sizes) - 1} df (two-way CR1)"
+        return "Wald z with the CR1 covariance"
+
+
+def _cluster_cov(X: np.ndarray, Xf, cl, beta: np.ndarray, bread: np.ndarray, n_obs: int,
+                 penalty: str | None, vcov: str | None) -> tuple[_ClusterCov, list[str]]:
+    """The covariance ``vcov`` asks for, or the one that applies (with notes saying why)."""
+    notes: list[str] = []
+    if isinstance(cl, _Cluster) and cl.two_way is not None:
+        if vcov == "CR2":
+            notes.append("CR2 is one-way: the two-way clustering uses CGM's CR1 sandwich")
+        V, G1, G2, note = _cr1_two_way(X, cl, beta, bread, n_obs)
+        if note:
+            notes.append(note)
+        return _ClusterCov("CR1-2way", V, min(G1, G2), sizes=(G1, G2)), notes
+    kind = vcov or "CR2"
+    if kind == "CR2" and isinstance(cl, _StreamedCluster):
+        kind = "CR1"
+        if vcov == "CR2":
+            notes.append("CR2 needs each cluster's rows by pattern; a streamed Parquet source gives CR1 "
+                         "(collapse with cluster= into a DataFrame for CR2)")
+    if kind == "CR2" and penalty in ("l2", "l1", "elasticnet"):
+        kind = "CR1"
+        if vcov == "CR2":
+            notes.append("CR2 is defined for the unpenalized fit's hat matrix: ridge uses CR1")
+    if kind == "CR1":
+        V = _cr1(X, cl, beta, bread, n_obs)
+        return _ClusterCov("CR1", V, cl.n_clusters), notes
+    engine = _CR2Engine(X, Xf, cl, beta, bread)
+    if engine.approx_note:
+        notes.append(engine.approx_note)
+    return _ClusterCov("CR2", engine.V, cl.n_clusters, engine=engine), notes

@@ -36,6 +36,7 @@ class _Cluster:
     j: np.ndarray          # pattern index per pair
     s: np.ndarray          # successes per pair
     n: np.ndarray          # trials per pair
+    two_way: object = None  # covariance._TwoWay when the clusters are the cells of two crossed columns
 
     @property
     def n_clusters(self) -> int:

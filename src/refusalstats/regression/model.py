@@ -37,7 +37,7 @@ from scipy import stats
 from scipy.special import expit
 
 from .._validation import check_conf
-from .covariance import _bootstrap, _cr1, _StreamedCluster
+from .covariance import _bootstrap, _cluster_cov, _StreamedCluster
 from .design_matrix import _build, _Cluster, _Design, _row_patterns
 from .firth import _firth, _firth_profile_bound
 from .irls import _irls, _mle_profile, _Start
@@ -50,6 +50,7 @@ from .separation import SeparationWarning, _separation
 __all__ = ["LogitResults", "SeparationWarning", "logit"]
 
 _PENALTIES = (None, "l2", "l1", "elasticnet", "firth")
+_VCOVS = ("CR2", "CR1")
 
 
 def logit(
@@ -64,6 +65,7 @@ def logit(
     ci: str | None = None,
     conf: float = 0.95,
     *,
+    vcov: str | None = None,
     trials: str | None = None,
     n_boot: int = 999,
     n_folds: int = 5,
@@ -105,13 +107,16 @@ def logit(
         cross-validation (folds grouped by ``cluster`` when given).
     l1_ratio : float, optional
         Elastic-net mixing in (0, 1) (default 0.5 for "elasticnet").
-    cluster : "auto", str or None
-        Column of clusters (e.g. ``"item_id"``): CR1 cluster-robust covariance,
-        cluster-robust Wald F tests in ``anova()`` / ``drop1()``, the unit resampled by
+    cluster : "auto", str, list of two str, or None
+        Column of clusters (e.g. ``"item_id"``): cluster-robust covariance (``vcov``),
+        cluster-robust Wald tests in ``anova()`` / ``drop1()``, the unit resampled by
         ``ci="bootstrap"`` and grouped by cross-validation. ``"auto"`` (default): by
         ``item_id`` when the table has it and items repeat (a one-line
         :class:`~refusalstats.ClusterNote` says so), else none. ``None``: rows are
-        independent (R's ``glm`` tests).
+        independent (R's ``glm`` tests). Two columns, e.g. ``["item_id", "persona"]``:
+        two-way cluster-robust covariance (Cameron, Gelbach & Miller 2011) for claims
+        about a population of personas (and of items) rather than the personas in the
+        table; tests on ``min(G_1, G_2) - 1`` degrees of freedom.
     weights : str or array, optional
         Frequency weights per row (a column name or an array).
     ci : {"wald", "profile", "bootstrap", "none"}, optional
@@ -120,6 +125,15 @@ def logit(
         (no Wald interval holds there; use "bootstrap").
     conf : float
         Confidence level (default 0.95).
+    vcov : {"CR2", "CR1"}, optional
+        The cluster-robust covariance (with ``cluster``). ``"CR2"`` (default for maximum
+        likelihood and Firth): bias-reduced linearization (Bell & McCaffrey 2002) with
+        Satterthwaite degrees of freedom for every coefficient, contrast, prediction and
+        marginal mean (t intervals and tests) and the HTZ test (Pustejovsky & Tipton 2018)
+        in ``drop1()`` / ``anova()``. ``"CR1"``: the Stata / statsmodels sandwich with
+        the factor ``G/(G-1) (N-1)/(N-k)``, z intervals and Wald F tests on ``(q, G-1)``
+        df (the default for ridge, for a streamed Parquet source and for two-way
+        clustering, where CR2 does not apply).
     trials : str, optional
         The response counts refusals out of ``data[trials]`` (aggregated input).
     n_boot : int
@@ -169,9 +183,8 @@ def logit(
         return ppi_logit(formula, data, labels=labels, reference=reference, cluster=cluster, strata=strata,
                          conf=conf)
     from .._validation import resolve_cluster
-    from ..sources import frame_or_path, is_dataset
+    from ..scan import is_dataset
 
-    data = frame_or_path(data, where="logit")  # a CSV/JSONL path: its rows
     stream = None
     if is_dataset(data):
         # a cluster bootstrap and cluster-grouped CV folds resample clusters: they need the
@@ -179,11 +192,16 @@ def logit(
         per_cluster = ci == "bootstrap" or (isinstance(alpha, str) and alpha == "cv")
         data, trials, cluster, stream = _counts_from_dataset(formula, data, cluster, trials, weights,
                                                              per_cluster=per_cluster)
+    two_way = None
     if stream is None:
-        cluster = _one_cluster(resolve_cluster(data, cluster, where="logit"))  # its note points at the caller
+        resolved = resolve_cluster(data, cluster, where="logit")  # its note points at the caller
+        if isinstance(resolved, (list, tuple)) and len(resolved) == 2:
+            data, cluster, two_way = _two_way_column(data, list(resolved), formula)
+        else:
+            cluster = _one_cluster(resolved)
     return _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf,
                 trials=trials, n_boot=n_boot, n_folds=n_folds, seed=seed, collapse=collapse, maxit=maxit,
-                epsilon=epsilon, progress=progress, stream=stream)
+                epsilon=epsilon, progress=progress, stream=stream, vcov=vcov, two_way=two_way)
 
 
 def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_cluster=False):
@@ -247,17 +265,42 @@ def _one_cluster(resolved) -> str | None:
     if len(resolved) == 1:
         return resolved[0]
     raise ValueError(
-        f"logit: cluster-robust covariance by one column only, got {list(resolved)}; for nested "
-        "clusters pass the outer one (e.g. 'item_id'), for crossed ones combine them into one key column"
+        f"logit: cluster-robust covariance by one column or two crossed columns, got {list(resolved)}; "
+        "for nested clusters pass the outer one (e.g. 'item_id')"
     )
+
+
+def _two_way_column(data: pd.DataFrame, cols: list[str], formula: str):
+    """Two crossed cluster columns as one intersection key (a new column) and the map from
+    each intersection cluster to its two components (Cameron, Gelbach & Miller 2011)."""
+    from .covariance import _TwoWay
+
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError("logit: two-way clustering needs a DataFrame (a Parquet source streams one "
+                         "cluster column); read the columns with rs.read_responses first")
+    if cols[0] == cols[1]:
+        raise ValueError(f"logit: the two cluster columns are the same ('{cols[0]}')")
+    for c in cols:
+        if data[c].isna().any():
+            raise ValueError(f"logit: cluster column '{c}' has missing values; drop or fill those rows")
+    ca, ua = pd.factorize(data[cols[0]], sort=True)
+    cb, ub = pd.factorize(data[cols[1]], sort=True)
+    key = f"{cols[0]} x {cols[1]}"
+    while key in data.columns:
+        key = "_" + key
+    data = data.assign(**{key: ca.astype(np.int64) * len(ub) + cb})
+    return data, key, _TwoWay(names=cols, n_second=len(ub), sizes=(len(ua), len(ub)))
 
 
 @_single_blas
 def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf, *, trials, n_boot,
-         n_folds, seed, collapse, maxit, epsilon, progress, stream=None) -> LogitResults:
+         n_folds, seed, collapse, maxit, epsilon, progress, stream=None, vcov=None,
+         two_way=None) -> LogitResults:
     """The body of :func:`logit`, with ``cluster`` resolved (one BLAS thread)."""
     if penalty not in _PENALTIES:
         raise ValueError(f"penalty must be one of {list(_PENALTIES)}, got {penalty!r}")
+    if vcov is not None and vcov not in _VCOVS:
+        raise ValueError(f"vcov must be one of {list(_VCOVS)} (or None for the default), got {vcov!r}")
     conf = check_conf(conf)
     if penalty in ("l2", "l1", "elasticnet"):
         if alpha is None:
@@ -290,20 +333,26 @@ def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, c
             f"no Wald interval holds for penalty={penalty!r} (the estimator is not asymptotically normal "
             "around the truth); use ci='bootstrap' or ci='none'"
         )
+    if two_way is not None and (ci == "bootstrap" or alpha == "cv"):
+        raise ValueError("logit: a cluster bootstrap and cross-validation folds resample one clustering; "
+                         "with two cluster columns use ci='wald' and a numeric alpha")
     if ci == "profile" and penalty not in (None, "firth"):
         raise ValueError("profile intervals are available for penalty=None or 'firth'")
     d, _parsed = _build(formula, data, reference, trials, weights, None if stream else cluster, collapse)
     if stream is not None:  # CR1 from the rows on disk, streamed after the fit
         stream.patterns = d.patterns
         d.cluster = stream
+    if two_way is not None:
+        d.cluster.two_way = two_way
     opts = {"formula": formula, "reference": reference, "penalty": penalty, "alpha": alpha,
             "l1_ratio": l1_ratio, "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot,
-            "n_folds": n_folds, "seed": seed, "maxit": maxit, "epsilon": epsilon, "progress": progress}
+            "n_folds": n_folds, "seed": seed, "maxit": maxit, "epsilon": epsilon, "progress": progress,
+            "vcov": vcov}
     return _estimate(d, **opts)
 
 
 def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, cluster, ci, conf, n_boot, n_folds,
-              seed, maxit, epsilon, progress) -> LogitResults:
+              seed, maxit, epsilon, progress, vcov=None) -> LogitResults:
     """Fit, covariance, tests and intervals on a built design (``_fit`` after ``_build``)."""
     notes: list[str] = []
     X, s, n = d.Xf, d.s, d.n
@@ -339,18 +388,20 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         bread = _inv_spd(info)
     cov = bread
     cov_cluster = None
+    ccov = None
     cov_type = "model-based (inverse Fisher information)"
     if cluster is not None:
-        # CR1 counts Bernoulli rows: a fit from trials= counts equals the fit from its rows
-        cov = cov_cluster = _cr1(d.X, d.cluster, beta, bread, round(float(d.n.sum())))
+        # counted in Bernoulli rows: a fit from trials= counts equals the fit from its rows
+        ccov, cnotes = _cluster_cov(d.X, d.Xf, d.cluster, beta, bread, round(float(d.n.sum())), penalty, vcov)
+        notes.extend(cnotes)
+        cov = cov_cluster = ccov.V
         if isinstance(d.cluster, _StreamedCluster) and d.cluster.auto:
             cluster, cov, cov_cluster = _auto_stream_note(d, cluster, cov, bread)
+            if cluster is None:
+                ccov = None
     if cluster is not None:
-        cov_type = f"cluster-robust CR1 by '{cluster}' ({d.cluster.n_clusters:,} clusters)"
-    if penalty == "l2":
-        cov_type = ("posterior covariance under the Gaussian prior the ridge penalty implies (Laplace "
-                    "approximation, (X'WX + N alpha I)^-1)" if cluster is None else
-                    cov_type + " sandwich around the shrunken ridge estimate")
+        cov_type = ccov.label(cluster if d.cluster.two_way is None else " x ".join(
+            repr(c) for c in d.cluster.two_way.names)) if isinstance(d.cluster, _Cluster) else ccov.label(cluster)
     bse = np.sqrt(np.maximum(np.diag(cov), 0.0))
 
     # ---------------------------------------------------------------- separation
@@ -365,13 +416,20 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
     sep_idx = [names.index(t) for t in sep_terms] if penalty is None else []
 
     # ---------------------------------------------------------------- tests and intervals
-    zq = stats.norm.ppf(0.5 + conf / 2)
     z = beta / bse
     p_method = "wald"
-    stat = z.copy()  # the statistic behind each p-value: Wald z, or the penalized LR chi-square
-    pvals = 2 * stats.norm.sf(np.abs(z))
+    stat = z.copy()  # the statistic behind each p-value: Wald z (or t), or the penalized LR chi-square
+    df_coef = np.full(p, np.inf)
+    if ccov is not None and ccov.t_tests and penalty not in ("l2", "l1", "elasticnet"):
+        with np.errstate(invalid="ignore"):
+            df_coef = ccov.df(np.eye(p))
+        p_method = "wald-t"
+    zq = _t_quantile(conf, df_coef)
+    pvals = 2 * stats.t.sf(np.abs(z), df_coef)
     ci_low, ci_high = beta - zq * bse, beta + zq * bse
-    ci_method = f"Wald {100 * conf:g}%"
+    ci_method = f"Wald {100 * conf:g}%" + (
+        " (t with Satterthwaite df)" if p_method == "wald-t" and ccov.kind == "CR2" else
+        " (t on min(G) - 1 df)" if p_method == "wald-t" else "")
     if penalty in ("l2", "l1", "elasticnet"):
         # a penalized estimate is biased toward 0: no frequentist test holds, so none is given
         stat = np.full(p, np.nan)
@@ -400,9 +458,11 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
             pvals[j] = float(stats.chi2.sf(stat[j], 1))
         p_method = "plr"
     elif penalty == "firth":
-        notes.append("p-values are CR1 Wald tests (penalized likelihood-ratio tests assume independent rows)")
+        notes.append(f"p-values are {ccov.kind} Wald tests (penalized likelihood-ratio tests assume "
+                     "independent rows)")
         firth_sep = [names.index(t) for t in sep_terms]
         if firth_sep and ci == "wald":
+            df_coef[firth_sep] = np.inf
             # CR1 is degenerate along a separating direction (rows that never refuse carry almost
             # no score): use the model-based SE, the profile penalized-likelihood interval and the
             # penalized LR test there, and say so.
@@ -419,7 +479,7 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
                 pvals[j] = float(stats.chi2.sf(max(2 * (penalized_ll - pll0), 0.0), 1))
                 stat[j] = np.nan  # the p-value is not from a z: no z is shown beside it
             notes.append(
-                f"separated term(s) {[names[j] for j in firth_sep]}: CR1 is degenerate along a separating "
+                f"separated term(s) {[names[j] for j in firth_sep]}: the sandwich is degenerate along a separating "
                 "direction, so their SE is model based, their interval the profile penalized likelihood "
                 "and their p-value the penalized LR test (no z value shown)"
             )
@@ -514,6 +574,7 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         pvalues=pd.Series(pvals, index=idx, name="p_value"),
         _ci=pd.DataFrame({"ci_low": ci_low, "ci_high": ci_high}, index=idx),
         _cov=cov, _cov_cluster=cov_cluster, cov_type=cov_type, ci_method=ci_method, p_method=p_method,
+        _ccov=ccov, df=pd.Series(df_coef, index=idx, name="df"), vcov=None if ccov is None else ccov.kind,
         _stat=stat,
         loglik=loglik, loglik_null=loglik_null, deviance=deviance, null_deviance=null_dev,
         penalized_loglik=penalized_ll + d.ll_const if penalty == "firth" else np.nan,
@@ -528,8 +589,18 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         _opts={"formula": formula, "reference": reference, "penalty": penalty,
                "alpha": alpha if penalty in ("l2", "l1", "elasticnet") else None, "l1_ratio": l1_ratio,
                "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot, "n_folds": n_folds, "seed": seed,
-               "maxit": maxit, "epsilon": epsilon, "progress": progress},
+               "maxit": maxit, "epsilon": epsilon, "progress": progress, "vcov": vcov},
     )
+
+
+def _t_quantile(conf: float, df: np.ndarray) -> np.ndarray:
+    """The two-sided ``conf`` quantile of t on ``df`` (the normal one where df is infinite)."""
+    df = np.asarray(df, float)
+    out = np.full(df.shape, stats.norm.ppf(0.5 + conf / 2))
+    fin = np.isfinite(df) & (df > 0)
+    out[fin] = stats.t.ppf(0.5 + conf / 2, df[fin])
+    out[~np.isfinite(df) & ~np.isinf(df)] = np.nan
+    return out
 
 
 def _auto_stream_note(d: _Design, cluster, cov, bread):
@@ -572,7 +643,7 @@ def _refit_responses(fit: LogitResults, y: np.ndarray) -> LogitResults:
     cl = d.cluster
     if cl is not None:
         cl = _Cluster(name=cl.name, labels=cl.labels, g=cl.g, j=cl.j, n=cl.n,
-                      s=np.bincount(d.row_pair, weights=y, minlength=len(cl.n)))
+                      s=np.bincount(d.row_pair, weights=y, minlength=len(cl.n)), two_way=cl.two_way)
     patterns = d.patterns.copy()
     patterns["successes"] = s
     nd = _Design(**{**d.__dict__, "s": s, "start": start, "cluster": cl, "patterns": patterns})

@@ -13,7 +13,7 @@ from .._summary import Summary
 from .._validation import check_conf
 from ..formula import FormulaError, new_design
 from ..multiplicity import adjust_pvalues
-from .covariance import _cr1_many, _wald_f
+from .covariance import _cluster_cov, _ClusterCov, _cr1_many, _StreamedCluster
 from .firth import _firth
 from .irls import _irls
 from .likelihood import _loglik
@@ -112,12 +112,14 @@ class LogitResults:
 
     @property
     def _stat_column(self) -> str | None:
-        return {"wald": "z", "plr": "chisq"}.get(self.p_method)
+        return {"wald": "z", "wald-t": "t", "plr": "chisq"}.get(self.p_method)
 
     @property
     def _p_test(self) -> str:
         if self.p_method == "plr":
             return "penalized likelihood-ratio chi-square (1 df), as logistf"
+        if self.p_method == "wald-t":
+            return self._ccov.test_label() + f" by '{self.cluster}'"
         if self.p_method == "wald":
             return "Wald z" + (f" with the CR1 covariance by '{self.cluster}'" if self.cluster else "")
         return "none (penalized estimates have no frequentist test)"
@@ -133,6 +135,14 @@ class LogitResults:
             score sums); NaN rows and columns for separated terms.
         """
         return pd.DataFrame(self._cov, index=self.params.index, columns=self.params.index)
+
+    def _contrast_df(self, C: np.ndarray) -> np.ndarray:
+        """Degrees of freedom of the t statistic of each row of ``C`` (inf: normal)."""
+        C = np.atleast_2d(C)
+        if self._ccov is None or not self._ccov.t_tests or self.p_method == "none":
+            return np.full(len(C), np.inf)
+        with np.errstate(invalid="ignore"):
+            return self._ccov.df(C)
 
     def conf_int(self, conf: float | None = None) -> pd.DataFrame:
         """Intervals for the coefficients (columns ``ci_low``, ``ci_high``, index ``term``).
@@ -154,7 +164,9 @@ class LogitResults:
             out = self._ci.copy()
             method = self.ci_method
         elif self._opts["ci"] == "wald" or self._opts["ci"] == "none":
-            zq = stats.norm.ppf(0.5 + conf / 2)
+            from .model import _t_quantile
+
+            zq = _t_quantile(conf, self.df.to_numpy())
             b, se = self.params.to_numpy(), self.bse.to_numpy()
             if self._opts["ci"] == "none":
                 se = np.full_like(b, np.nan)
@@ -215,6 +227,8 @@ class LogitResults:
                 "std_error": self.bse.to_numpy()}
         if self._stat_column is not None:
             cols[self._stat_column] = np.asarray(self._stat, float)
+            if self.p_method == "wald-t":
+                cols["df"] = self.df.to_numpy()
             cols["p_value"] = self.pvalues.to_numpy()
         cols.update({"ci_low": ci["ci_low"].to_numpy(), "ci_high": ci["ci_high"].to_numpy()})
         tab = pd.DataFrame(cols)
@@ -276,6 +290,10 @@ class LogitResults:
             if self.p_method == "plr":
                 cols += [("Chisq", [num(v, ".3f") for v in tab["chisq"]], "r"),
                          ("Pr(>Chisq)", [_fmt_p(v) for v in tab["p_value"]], "r")]
+            elif self.p_method == "wald-t":
+                cols += [("t value", [num(v, ".3f") for v in tab["t"]], "r"),
+                         ("df", [num(v, ".1f") for v in tab["df"]], "r"),
+                         ("Pr(>|t|)", [_fmt_p(v) for v in tab["p_value"]], "r")]
             else:
                 cols += [("z value", [num(v, ".3f") for v in tab["z"]], "r"),
                          ("Pr(>|z|)", [_fmt_p(v) for v in tab["p_value"]], "r")]
@@ -356,18 +374,29 @@ class LogitResults:
             raise self._no_tests(what)
 
     def _wald_label(self) -> str:
-        G = self._design.cluster.n_clusters
+        cc = self._ccov
+        if cc.kind == "CR2":
+            return (f"cluster-robust HTZ Wald test by '{self.cluster}' (CR2 covariance; Hotelling's T^2 "
+                    f"with Zhang's degrees of freedom, Pustejovsky & Tipton 2018; G = {cc.n_clusters} clusters)")
+        if cc.kind == "CR1-2way":
+            G = min(cc.sizes)
+            return (f"two-way cluster-robust Wald F by {self.cluster!r} (CGM 2011 covariance, F = W/q on "
+                    f"(q, min(G) - 1) = (q, {G - 1}) df)")
+        G = cc.n_clusters
         return (f"cluster-robust Wald F by '{self.cluster}' (CR1 covariance, F = W/q on (q, G-1) = "
                 f"(q, {G - 1}) df, G = {G} clusters)")
 
     def _cluster_test(self, term: str, cols: list[int], beta: np.ndarray, V: np.ndarray,
-                      separated: bool) -> dict:
-        G = self._design.cluster.n_clusters
+                      separated: bool, ccov=None) -> dict:
+        """Cluster-robust test of the coefficients ``cols`` of a fit with ``beta``, ``V``."""
+        ccov = self._ccov if ccov is None else ccov
         if separated:
-            return {"term": term, "df": float(len(cols)), "df_resid": float(G - 1), "F": np.nan,
+            return {"term": term, "df": float(len(cols)), "df_resid": np.nan, "F": np.nan,
                     "p_value": np.nan, "note": "separated coefficient(s): the maximum likelihood estimate "
                     "does not exist, so no Wald test; refit with penalty='firth'"}
-        return {"term": term, **_wald_f(beta, V, G)}
+        C = np.zeros((len(cols), len(beta)))
+        C[np.arange(len(cols)), cols] = 1.0
+        return {"term": term, **ccov.wald(C, beta, V)}
 
     def _cluster_frame(self, rows: list[dict]) -> pd.DataFrame:
         out = pd.DataFrame(rows, columns=["term", "df", "df_resid", "F", "p_value", "note"])
@@ -412,9 +441,7 @@ class LogitResults:
             sep = {self.params.index.get_loc(nm) for nm in self.separated_terms} if self.penalty is None \
                 else set()
             return self._cluster_frame([
-                self._cluster_test(t, d.term_columns[t], beta[d.term_columns[t]],
-                                   V[np.ix_(d.term_columns[t], d.term_columns[t])],
-                                   bool(sep & set(d.term_columns[t])))
+                self._cluster_test(t, d.term_columns[t], beta, V, bool(sep & set(d.term_columns[t])))
                 for t in kept])
         full = self.penalized_loglik if self.penalty == "firth" else self.loglik - self._ll_const
         out = []
@@ -507,18 +534,25 @@ class LogitResults:
             beta_prev = bs
             mu = expit(Xs @ bs)
             sub.append((bs, _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu))), cols))
-        covs = _cr1_many(d.X, cl, sub, round(float(d.n.sum()))) if sub else []
+        n_obs = round(float(d.n.sum()))
+        if isinstance(cl, _StreamedCluster) or self._ccov.kind == "CR1":
+            # CR1 of every sub-model (for a streamed source: all in one pass over the rows)
+            covs = [_ClusterCov("CR1", V, self._ccov.n_clusters)
+                    for V in (_cr1_many(d.X, cl, sub, n_obs) if sub else [])]
+        else:
+            covs = [_cluster_cov(d.X[:, cols], d.Xf[:, cols], cl, bs, bread, n_obs, self.penalty,
+                                 self._opts.get("vcov"))[0]
+                    for bs, bread, cols in sub]
         rows = []
         for k in range(1, len(order) + 1):
             tested = d.term_columns[order[k - 1]]
             if k == len(order):
-                beta, V = self.params.to_numpy(), self._cov_cluster
-                b_t, V_t = beta[tested], V[np.ix_(tested, tested)]
+                b_t, V_t, cc, pos = self.params.to_numpy(), self._cov_cluster, self._ccov, tested
             else:
                 bs, _, cols = sub[k - 1]
                 pos = [cols.index(c) for c in tested]
-                b_t, V_t = bs[pos], covs[k - 1][np.ix_(pos, pos)]
-            rows.append(self._cluster_test(order[k - 1], tested, b_t, V_t, bool(sep_full & set(tested))))
+                b_t, V_t, cc = bs, covs[k - 1].V, covs[k - 1]
+            rows.append(self._cluster_test(order[k - 1], pos, b_t, V_t, bool(sep_full & set(tested)), cc))
         return rows
 
     # -------------------------------------------------------------- prediction
@@ -586,8 +620,10 @@ class LogitResults:
         X = self._design.X if newdata is None else self._new_X(newdata)
         eta = X @ self.params.to_numpy()
         se = None
+        dfs = None
         if conf is not None:
             se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self._cov, X), 0.0))
+            dfs = self._contrast_df(X)
         if newdata is None:  # one value per input row (NaN for rows with weight 0)
             from .design_matrix import _row_patterns
 
@@ -595,17 +631,24 @@ class LogitResults:
             eta = np.where(inv >= 0, eta[np.maximum(inv, 0)], np.nan)
             if se is not None:
                 se = np.where(inv >= 0, se[np.maximum(inv, 0)], np.nan)
+                dfs = np.where(inv >= 0, dfs[np.maximum(inv, 0)], np.nan)
         link = (lambda v: v) if type == "link" else expit
         if conf is None:
             return link(eta)
-        z = stats.norm.ppf(0.5 + conf / 2)
+        from .model import _t_quantile
+
+        z = _t_quantile(conf, dfs)
         out = pd.DataFrame({"prediction": link(eta), "ci_low": link(eta - z * se),
                             "ci_high": link(eta + z * se)})
         if newdata is not None:
             out.index = newdata.index
         out.attrs["conf"] = conf
         out.attrs["interval"] = (f"{100 * conf:g}% Wald interval on the log-odds scale"
-                                 + (f" (CR1 by '{self.cluster}')" if self.cluster else ""))
+                                 + (f" ({self._ccov.kind} by '{self.cluster}'"
+                                    + (", t with Satterthwaite df" if self._ccov.kind == "CR2" else "") + ")"
+                                    if self._ccov is not None else ""))
+        if self._ccov is not None and self._ccov.t_tests:
+            out["df"] = dfs
         return out
 
     @_single_blas
@@ -636,13 +679,14 @@ class LogitResults:
         --------
         >>> fit.marginal_means("persona")  # doctest: +SKIP
         """
+        from .model import _t_quantile
+
         d = self._design
         if factor not in d.factors:
             raise ValueError(f"'{factor}' is not a factor of the model; factors: {list(d.factors)}")
         if by is not None and by not in d.factors:
             raise ValueError(f"by='{by}' is not a factor of the model; factors: {list(d.factors)}")
-        conf = self.conf if conf is None else conf
-        zq = stats.norm.ppf(0.5 + conf / 2)
+        conf = self.conf if conf is None else check_conf(conf)
         beta = self.params.to_numpy()
         V = self._cov
         pats = d.patterns
@@ -661,6 +705,8 @@ class LogitResults:
                 mean = float(wts @ pr[m])
                 grad = (wts * pr[m] * (1 - pr[m])) @ Xl[m]
                 se = float(np.sqrt(max(grad @ V @ grad, 0.0)))
+                df_ = float(self._contrast_df(grad[None, :])[0])
+                zq = float(_t_quantile(conf, np.array([df_]))[0])
                 lg = np.log(mean / (1 - mean))
                 se_l = se / (mean * (1 - mean))
                 row = {factor: lv}
@@ -668,6 +714,8 @@ class LogitResults:
                     row[by] = g
                 row.update({"prob": mean, "std_error": se, "ci_low": float(expit(lg - zq * se_l)),
                             "ci_high": float(expit(lg + zq * se_l))})
+                if self._ccov is not None and self._ccov.t_tests:
+                    row["df"] = df_
                 out.append(row)
         return pd.DataFrame(out)
 

@@ -1,0 +1,234 @@
+"""Cluster-robust covariance of logit (#19, #23): CR2 + Satterthwaite + HTZ, CR1, two-way.
+
+Reference numbers were computed once with R 4.2.2, clubSandwich 0.5.8 and sandwich
+(Debian r-base-core) on the tables built by ``_fixture()`` and ``_crossed()`` below,
+written to CSV (``df.to_csv(path, index=False)``) and read with ``read.csv``.
+
+CR2 of a GLM here is Bell & McCaffrey's bias-reduced linearization of the GLM's last
+IRLS step: the weighted least-squares fit of the working response ``z`` on ``X`` with
+weights ``w = mu (1 - mu)``, written as OLS on ``sqrt(w)``-scaled variables, where
+clubSandwich's CR2 for OLS applies (``A_j = (I - H_jj)^(-1/2)``)::
+
+    library(clubSandwich); library(sandwich)
+    d <- read.csv("fix.csv"); d$task <- factor(d$task); d$persona <- factor(d$persona)
+    irls_ols <- function(fit) {
+      w <- fit$weights; z <- fit$linear.predictors + residuals(fit, type = "working")
+      X <- model.matrix(fit); sw <- sqrt(w); y <- sw * z; Xs <- sw * X
+      lm(y ~ 0 + Xs)
+    }
+    fit <- glm(refusal ~ persona + task, family = binomial, data = d)
+    ols <- irls_ols(fit)
+    V <- vcovCR(ols, cluster = d$item_id, type = "CR2")
+    ct <- conf_int(ols, vcov = V, test = "Satterthwaite", level = 0.95)     # df, CI_L
+    linear_contrast(ols, vcov = V, contrasts = matrix(c(0, -1, 1, 0, 0), 1),
+                    test = "Satterthwaite")$df
+    C <- matrix(0, 2, 5); C[1, 2] <- 1; C[2, 3] <- 1                          # persona
+    Wald_test(ols, constraints = C, vcov = V, test = "HTZ")
+    C <- matrix(0, 2, 5); C[1, 4] <- 1; C[2, 5] <- 1                          # task
+    Wald_test(ols, constraints = C, vcov = V, test = "HTZ")
+    fit0 <- glm(refusal ~ persona, family = binomial, data = d)              # anova's sub-model
+    ols0 <- irls_ols(fit0); V0 <- vcovCR(ols0, cluster = d$item_id, type = "CR2")
+    C <- matrix(0, 2, 3); C[1, 2] <- 1; C[2, 3] <- 1
+    Wald_test(ols0, constraints = C, vcov = V0, test = "HTZ")
+
+clubSandwich's own ``vcovCR.glm`` takes another square root of the cluster blocks (the
+Cholesky root of the mean-scale working covariance, which has no p x p form); on this
+table it gives diag ``0.162271450934546 0.12943809593411 0.166137254839668
+0.360106996982404 0.385925492290263`` and Satterthwaite df ``11.0232775338645
+18.1090544666958 18.6201201144952 11.7281378298869 11.491640099656``: within 0.1% of the
+numbers below (both are CR2: each makes the sandwich unbiased under the working model).
+
+Two-way clustering (``_crossed()``)::
+
+    fit <- glm(refusal ~ task, family = binomial, data = d2)
+    vcovCL(fit, cluster = ~ item_id + persona, type = "HC1")
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from refusalstats.regression import logit
+from refusalstats.regression.covariance import _CR2Engine
+
+FORMULA = "refusal ~ persona + task"
+# R: as.vector(vcovCR(ols, cluster = d$item_id, type = "CR2"))
+V_CR2 = np.array([
+    0.162420266379211, -0.0278671255614276, -0.0414114365905453, -0.128804519951764, -0.131250931477952,
+    -0.0278671255614275, 0.129543454911893, 0.0336019904090701, -0.0217468960033615, -0.044701414340127,
+    -0.0414114365905452, 0.0336019904090701, 0.166299311578963, -0.0516342158520731, -0.0323743808221153,
+    -0.128804519951764, -0.0217468960033614, -0.0516342158520731, 0.359795848617512, 0.154060208539448,
+    -0.131250931477952, -0.044701414340127, -0.0323743808221153, 0.154060208539448, 0.385882460378144,
+]).reshape(5, 5)
+DF_SATT = np.array([11.0228373545489, 18.1092366319679, 18.6201182839475, 11.7282240761534, 11.4917784575416])
+CI_LOW = np.array([-1.01789149760691, -0.22027269760936, -0.339799016747355, -0.71345679535655,
+                   -1.02433331791778])
+CONTRAST_DF = 18.5918707281208  # persona Woman - Man
+HTZ = {"persona": (1.4728086052226, 17.7791590577392, 0.255943393571247),
+       "task": (0.466526224875183, 12.1035094482938, 0.637999405845124)}
+HTZ_SUB_PERSONA = (1.24396922528715, 17.975585849429, 0.311896732078203)
+# R: as.vector(vcovCL(fit, cluster = ~ item_id + persona, type = "HC1")) on _crossed()
+V_2WAY = np.array([0.084966587797703, -0.0229870516870415, -0.0229870516870416, 0.0878993759682517]).reshape(2, 2)
+
+
+def _fixture(seed: int = 19) -> pd.DataFrame:
+    """24 items of 2-12 answers (3 tasks), 3 personas, item effect sd 1."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t, task in enumerate(["nli", "offensiveness", "sentiment"]):
+        for i in range(8):
+            item = f"{task[:3]}{i}"
+            size = int(rng.integers(2, 13))
+            u = rng.normal(0, 1.0)
+            for _ in range(size):
+                persona = rng.choice(["Atheist", "Man", "Woman"])
+                eta = -0.5 + 0.6 * t + (persona == "Woman") * 0.7 + u
+                rows.append((item, task, persona, int(rng.random() < 1 / (1 + np.exp(-eta)))))
+    return pd.DataFrame(rows, columns=["item_id", "task", "persona", "refusal"])
+
+
+def _crossed(seed: int = 23) -> pd.DataFrame:
+    """20 items x 8 personas, each item answered by 3-8 personas 1-3 times; persona effects sd 0.6."""
+    rng = np.random.default_rng(seed)
+    personas = [f"p{k}" for k in range(8)]
+    pe = rng.normal(0, 0.6, 8)
+    rows = []
+    for i in range(20):
+        task = "nli" if i < 10 else "sentiment"
+        u = rng.normal(0, 0.8)
+        for k in rng.choice(8, size=int(rng.integers(3, 9)), replace=False):
+            for _ in range(int(rng.integers(1, 4))):
+                eta = -0.3 + 0.5 * (task == "sentiment") + u + pe[k]
+                rows.append((f"i{i}", task, personas[k], int(rng.random() < 1 / (1 + np.exp(-eta)))))
+    return pd.DataFrame(rows, columns=["item_id", "task", "persona", "refusal"])
+
+
+@pytest.fixture(scope="module")
+def fit():
+    return logit(FORMULA, _fixture(), cluster="item_id")
+
+
+def test_cr2_is_the_default_and_equals_clubsandwich(fit):
+    assert fit.vcov == "CR2" and "CR2" in fit.cov_type
+    np.testing.assert_allclose(fit.cov_params().to_numpy(), V_CR2, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(fit.df.to_numpy(), DF_SATT, rtol=1e-6)
+    tab = fit.coef_table()
+    assert "t" in tab.columns and "df" in tab.columns
+    np.testing.assert_allclose(tab["ci_low"], CI_LOW, rtol=1e-6)
+    t = fit.params / np.sqrt(np.diag(V_CR2))
+    np.testing.assert_allclose(fit.pvalues, 2 * stats.t.sf(np.abs(t), DF_SATT), rtol=1e-5)
+    assert "t value" in str(fit.summary()) and "Satterthwaite" in str(fit.summary())
+
+
+def test_htz_tests_equal_clubsandwich(fit):
+    d1 = fit.drop1().set_index("term")
+    for term, (F, df2, p) in HTZ.items():
+        assert d1.loc[term, "F"] == pytest.approx(F, rel=1e-6)
+        assert d1.loc[term, "df_resid"] == pytest.approx(df2, rel=1e-6)
+        assert d1.loc[term, "p_value"] == pytest.approx(p, rel=1e-6)
+    assert "HTZ" in d1.attrs["test"]
+    an = fit.anova().set_index("term")  # persona in the persona-only model, task in the full one
+    F, df2, p = HTZ_SUB_PERSONA
+    assert an.loc["persona", "F"] == pytest.approx(F, rel=1e-6)
+    assert an.loc["persona", "df_resid"] == pytest.approx(df2, rel=1e-6)
+    assert an.loc["task", "p_value"] == pytest.approx(HTZ["task"][2], rel=1e-6)
+    # both ways of summing over pairs of clusters give clubSandwich's numbers
+    C = np.zeros((2, 5))
+    C[[0, 1], [1, 2]] = 1.0
+    eng, b, V = fit._ccov.engine, fit.params.to_numpy(), fit.cov_params().to_numpy()
+    for gram in (True, False):
+        out = eng.htz(C, b, V, gram=gram)
+        assert (out["F"], out["df_resid"]) == pytest.approx(HTZ["persona"][:2], rel=1e-6)
+
+
+def test_contrast_prediction_and_marginal_mean_df(fit):
+    c = np.array([0.0, -1.0, 1.0, 0.0, 0.0])
+    assert fit._contrast_df(c)[0] == pytest.approx(CONTRAST_DF, rel=1e-6)
+    # a prediction is the contrast x' b: its df is that contrast's
+    new = pd.DataFrame({"persona": ["Woman"], "task": ["sentiment"]})
+    pr = fit.predict(new, conf=0.95, type="link")
+    x = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    assert pr["df"].item() == pytest.approx(fit._contrast_df(x)[0], rel=1e-12)
+    se = np.sqrt(x @ V_CR2 @ x)
+    q = stats.t.ppf(0.975, pr["df"].item())
+    assert pr["ci_high"].item() == pytest.approx(x @ fit.params.to_numpy() + q * se, rel=1e-6)
+    mm = fit.marginal_means("persona")
+    assert (mm["df"] > 5).all() and (mm["df"] < 24).all()
+
+
+def test_cr1_stays_available_by_name():
+    df = _fixture()
+    f1 = logit(FORMULA, df, cluster="item_id", vcov="CR1")
+    assert f1.vcov == "CR1" and "CR1" in f1.cov_type and "z" in f1.coef_table().columns
+    # CR1 = G/(G-1) (N-1)/(N-k) x the row-level sandwich, written out here
+    from scipy.special import expit
+
+    X = np.column_stack([np.ones(len(df)), df["persona"].eq("Man"), df["persona"].eq("Woman"),
+                         df["task"].eq("offensiveness"), df["task"].eq("sentiment")]).astype(float)
+    mu = expit(X @ f1.params.to_numpy())
+    bread = np.linalg.inv((X * (mu * (1 - mu))[:, None]).T @ X)
+    S = pd.DataFrame(X * (df["refusal"].to_numpy() - mu)[:, None]).groupby(df["item_id"].to_numpy()).sum()
+    G, N, k = len(S), len(df), 5
+    want = G / (G - 1) * (N - 1) / (N - k) * bread @ (S.T.to_numpy() @ S.to_numpy()) @ bread
+    np.testing.assert_allclose(f1.cov_params().to_numpy(), want, rtol=1e-8)
+    assert (f1.drop1()["df_resid"] == G - 1).all()
+    with pytest.raises(ValueError, match="vcov must be one of"):
+        logit(FORMULA, df, cluster="item_id", vcov="HC3")
+
+
+def test_series_path_equals_the_exact_cr2_and_first_order_df_is_close():
+    rng = np.random.default_rng(7)
+    n = 6000
+    df = pd.DataFrame({"item_id": rng.integers(0, 400, n), "persona": rng.choice(list("abcde"), n),
+                       "task": rng.choice(["x", "y", "z"], n)})
+    u = rng.normal(0, 1, 400)
+    df["refusal"] = (rng.random(n) < 1 / (1 + np.exp(-(u[df["item_id"]] - 0.3)))).astype(int)
+    f = logit(FORMULA, df, cluster="item_id")
+    d = f._design
+    from scipy.special import expit
+
+    from refusalstats.regression.linalg import _inv_spd, _xtwx
+
+    beta = f.params.to_numpy()
+    mu = expit(d.X @ beta)
+    M = _inv_spd(_xtwx(d.Xf, d.n * mu * (1 - mu)))
+    exact = _CR2Engine(d.X, d.Xf, d.cluster, beta, M, exact=True)
+    series = _CR2Engine(d.X, d.Xf, d.cluster, beta, M, exact=False)
+    np.testing.assert_allclose(series.V, exact.V, rtol=1e-10)
+    assert series.approx_note and not exact.approx_note
+    np.testing.assert_allclose(series.df(np.eye(7)), exact.df(np.eye(7)), rtol=0.05)
+
+
+def test_two_way_clustering_equals_sandwich_vcovcl():
+    df = _crossed()
+    f = logit("refusal ~ task", df, cluster=["item_id", "persona"])
+    np.testing.assert_allclose(f.cov_params().to_numpy(), V_2WAY, rtol=1e-7)
+    assert f.vcov == "CR1-2way" and "Cameron, Gelbach & Miller" in f.cov_type
+    assert (f.df == 7).all()  # min(20 items, 8 personas) - 1
+    d1 = f.drop1()
+    assert d1["df_resid"].item() == 7
+    b, v = f.params["task[T.sentiment]"], V_2WAY[1, 1]
+    assert d1["p_value"].item() == pytest.approx(stats.f.sf(b * b / v, 1, 7), rel=1e-6)
+    # one-way by item is narrower here: the persona effects add between-persona variance
+    one = logit("refusal ~ task", df, cluster="item_id", vcov="CR1")
+    assert f.bse["Intercept"] > one.bse["Intercept"]
+    with pytest.raises(ValueError, match="two cluster columns"):
+        logit("refusal ~ task", df, cluster=["item_id", "persona"], ci="bootstrap")
+
+
+def test_cr2_with_separation_and_firth_is_finite():
+    df = _fixture()
+    df.loc[df["persona"] == "Man", "refusal"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mle = logit(FORMULA, df, cluster="item_id")
+        firth = logit(FORMULA, df, cluster="item_id", penalty="firth")
+    assert mle.separated_terms == ["persona[T.Man]"]
+    assert np.isfinite(mle.bse.drop("persona[T.Man]")).all()
+    assert np.isfinite(firth.conf_int().to_numpy()).all()
+    assert np.isfinite(firth.drop1()["p_value"]).all()
