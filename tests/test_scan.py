@@ -578,3 +578,12 @@ def test_refusal_rates_and_read_responses_read_text_tables_and_run_directories(r
     assert len(back) == len(rows)
     assert back["refusal"].sum() == rows["refusal"].sum()
     assert rs.refusal_rates(run, by="task", cluster=None)["n"].sum() == len(rows)
+
+
+def test_logit_reads_a_csv_path_as_its_rows(rows, tmp_path):
+    """rs.logit(formula, "t.csv") reads what `refusalstats fit t.csv` reads (#21)."""
+    rows.to_csv(tmp_path / "t.csv", index=False)
+    want = rs.logit(f"refusal ~ {FORMULA}", rows, cluster="item_id")
+    got = rs.logit(f"refusal ~ {FORMULA}", str(tmp_path / "t.csv"), cluster="item_id")
+    np.testing.assert_allclose(got.params, want.params, rtol=1e-12)
+    np.testing.assert_allclose(got.bse, want.bse, rtol=1e-12)

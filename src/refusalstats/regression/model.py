@@ -183,8 +183,9 @@ def logit(
         return ppi_logit(formula, data, labels=labels, reference=reference, cluster=cluster, strata=strata,
                          conf=conf)
     from .._validation import resolve_cluster
-    from ..scan import is_dataset
+    from ..sources import frame_or_path, is_dataset
 
+    data = frame_or_path(data, where="logit")  # a CSV/JSONL path: its rows
     stream = None
     if is_dataset(data):
         # a cluster bootstrap and cluster-grouped CV folds resample clusters: they need the
