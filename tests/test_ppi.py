@@ -278,7 +278,7 @@ def test_label_budget_reaches_the_target_width():
         widths.append((r["ci_high"] - r["ci_low"]).item())
     assert np.mean(widths) == pytest.approx(0.06, rel=0.08)
     # a useless detector (flags independent of the truth) needs as many labels as labels alone
-    u = rs.label_budget(_errors_table(), 0.06, sensitivity=0.3, specificity=0.7)
+    u = rs.label_budget(_errors_table(se=0.3, sp=0.7), 0.06, sensitivity=0.3, specificity=0.7)
     assert u["labels_needed"].item() == pytest.approx(u["labels_needed_labels_only"].item(), rel=0.01)
     assert u["error_rates"].item() == "assumed"
 
@@ -298,3 +298,62 @@ def test_detector_card_counts_and_flags_changes():
     # the bad detector halves the refusals: its raw interval misses the corrected rate
     assert card.set_index("model")["changed"].to_dict() == {"bad": True, "good": False}
     assert card.set_index("model").loc["bad", "shift"] > 0.05
+
+
+def test_small_sample_interval_floors_the_rectifier_variance():
+    # 30 labels that all agree with the detector: the plain (ppi_python) interval rests on
+    # the unlabelled rows alone; the default adds half a pseudo-label per (label, flag) cell
+    rng = np.random.default_rng(4)
+    f = rng.binomial(1, 0.1, 3000)
+    h = np.full(3000, np.nan)
+    h[:30] = f[:30]
+    df = pd.DataFrame({"refusal": f, "human": h})
+    plain = ppi_rates(df, cluster=None, lam=1.0, ci="z")
+    fu = f[30:]
+    assert plain["std_error"].item() == pytest.approx(fu.std() / np.sqrt(len(fu)), rel=1e-12)
+    small = ppi_rates(df, cluster=None, lam=1.0)
+    # pseudo-labels: 0.5 * sum over (y, f) of ((y - A) - (f - FL))^2 / n^2 = 1 / n^2 (A = FL)
+    var = (1 / 30 ** 2 + fu.var() / len(fu)) * 30 / 29
+    assert small["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-12)
+    from scipy import stats
+    q = stats.t.ppf(0.975, 29)
+    assert small["ci_high"].item() == pytest.approx(small["rate"].item() + q * np.sqrt(var), rel=1e-12)
+
+
+def test_labels_keyword_dispatches_from_the_public_functions():
+    df = _clustered_stratified(seed=11)
+    a = rs.refusal_rates(df, by="model", labels="human", strata="model", cluster="item_id")
+    b = ppi_rates(df, by="model", strata="model", cluster="item_id")
+    pd.testing.assert_frame_equal(a, b)
+    e = df.assign(setting=np.where(df["model"] == "a", "persona", "persona-free"))
+    pd.testing.assert_frame_equal(rs.persona_effect(e, labels="human", cluster="item_id"),
+                                  rs.ppi_effect(e, cluster="item_id"))
+    fit = rs.logit("refusal ~ model", df, labels="human", cluster="item_id", strata="model")
+    ref = ppi_logit("refusal ~ model", df, cluster="item_id", strata="model")
+    pd.testing.assert_series_equal(fit.params, ref.params)
+    with pytest.raises(ValueError, match="penalty"):
+        rs.logit("refusal ~ model", df, labels="human", penalty="firth")
+    with pytest.raises(ValueError, match="one cluster column"):
+        ppi_rates(df, cluster=["item_id", "model"])
+
+
+def test_logit_clustered_labels_only_matches_statsmodels_cluster_sandwich():
+    # lam = 0 on one stratum: the labelled rows' GLM with a CR1-type sandwich whose factor is
+    # C / (C - 1) over all clusters (statsmodels' cluster cov uses the labelled clusters and
+    # (n - 1) / (n - p) too; compare the meat directly instead)
+    df = _clustered_stratified(seed=12)
+    fit = ppi_logit("refusal ~ model", df, cluster="item_id", lam=0)
+    lab = df[df["human"].notna()]
+    X = np.c_[np.ones(len(lab)), (lab["model"] == "b").to_numpy(float)]
+    y = lab["human"].to_numpy()
+    import statsmodels.api as sm
+    m = sm.GLM(y, X, family=sm.families.Binomial()).fit()
+    np.testing.assert_allclose(fit.params, m.params, atol=1e-8)
+    mu = m.predict(X)
+    score = X * (y - mu)[:, None]
+    score = score - score.mean(0)   # centring within the labelled part (zero at the MLE)
+    S = pd.DataFrame(score).groupby(lab["item_id"].to_numpy()).sum().to_numpy()
+    bread = np.linalg.inv((X.T * (mu * (1 - mu))) @ X)
+    C = df["item_id"].nunique()
+    cov = C / (C - 1) * bread @ S.T @ S @ bread
+    np.testing.assert_allclose(fit.cov.to_numpy(), cov, rtol=1e-8)

@@ -267,6 +267,10 @@ def ppi_logistic(X, y, yhat, X_unlabeled, yhat_unlabeled, *, lam: float | None =
 # Tables: labels on a random sample of rows, strata, clusters
 # ======================================================================================
 
+#: Pseudo-labels per (label, flag) cell of each labelled group in the small-sample
+#: interval (``ci="t"``): a Jeffreys-type floor for the rectifier's variance.
+_PSEUDO = 0.5
+
 
 @dataclass
 class _Atoms:
@@ -343,6 +347,10 @@ def _build_atoms(data, cells: np.ndarray, n_cells: int, *, labels, refusal, stra
         w_unl = np.where(N_h > n_h, N_h / np.maximum(N_h - n_h, 1), 0.0)
     clusters = resolve_cluster(data, cluster, where=where)
     clusters = _columns(clusters, "cluster")
+    if len(clusters) > 1:
+        raise ValueError(f"{where}: labels= takes one cluster column, got {clusters}; two-way clustering "
+                         "is not implemented for prediction-powered estimates (make one column, e.g. "
+                         "df['item'] = df.task.astype(str) + ':' + df.item_id.astype(str))")
     frame = {"cell": cells, "lab": lab, "stratum": s_codes, "y": np.nan_to_num(h), "f": f}
     if clusters:
         c_codes, _ = _codes(data, clusters)
@@ -364,6 +372,7 @@ def _build_atoms(data, cells: np.ndarray, n_cells: int, *, labels, refusal, stra
 
 
 def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z"):
+    small = df_rule == "t"
     """PPI / PPI++ for linear combinations ``L`` (targets x cells) of cell means.
 
     Each cell's estimate is ``A + lam (FU - FL)``: the weighted labelled mean of the
@@ -434,6 +443,28 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         n_units = np.asarray(((abs(Ls) @ lab_present) > 0).sum(1)).ravel()
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
+    if small:
+        if at.cluster is None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                factor = np.where(n_units > 1, n_units / np.maximum(n_units - 1, 1), np.nan)
+        # half a pseudo-label in each of the four (label, flag) cells of every labelled
+        # (cell, stratum): a Jeffreys-type floor for the rectifier's variance, which a few
+        # dozen labels that all agree with the detector would otherwise put at zero
+        ks_lab = np.unique((at.cell * H + at.stratum)[at.lab])
+        kk, hh = ks_lab // H, ks_lab % H
+        w_h = np.zeros(H)
+        w_h[at.stratum[at.lab]] = at.w[at.lab]
+        wk = w_h[hh] / W_L[kk]
+        pa = pb = pab = np.zeros(len(ks_lab))
+        for yy in (0.0, 1.0):
+            for ff in (0.0, 1.0):
+                ua = wk * (yy - A[kk])
+                ub = np.where(W_U[kk] > 0, -wk * (ff - FL[kk]), 0.0)
+                pa, pb, pab = pa + _PSEUDO * ua ** 2, pb + _PSEUDO * ub ** 2, pab + _PSEUDO * ua * ub
+        L2 = sparse.csr_matrix(L ** 2)
+        Vaa = np.asarray(Vaa).ravel() + L2 @ np.bincount(kk, pa, K)
+        Vbb = np.asarray(Vbb).ravel() + L2 @ np.bincount(kk, pb, K)
+        Vab = np.asarray(Vab).ravel() + L2 @ np.bincount(kk, pab, K)
     Vaa, Vab, Vbb = (np.asarray(v, dtype=float).ravel() * factor for v in (Vaa, Vab, Vbb))
     if lam is None:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -547,7 +578,8 @@ def ppi_rates(
                      rate_labels_only=r["labels_only"], se_labels_only=r["labels_only_se"])
     _notes(out, r, "rate")
     out.attrs.update(conf=conf, method="ppi++" if lam is None else f"ppi(lam={lam:g})", labels=labels,
-                     cluster=clusters, strata=_columns(strata, "strata"), ci=ci)
+                     cluster=clusters, strata=_columns(strata, "strata"), ci=ci,
+                     quantile=r["quantile"].tolist())
     return out
 
 
@@ -1193,7 +1225,11 @@ def label_budget(
         sp = np.where(est, g["tn"] / g["neg"], sp0)
     p = g["p"].to_numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        pi = np.clip((p + sp - 1) / (se + sp - 1), 0, 1)
+        pi = (p + sp - 1) / (se + sp - 1)
+    # assumed error rates that the flag rate contradicts (e.g. fewer flags than 1 - sp):
+    # plan with the flag rate itself as the true rate
+    pi = np.where(~est & ((pi <= 0) | (pi >= 1) | ~np.isfinite(pi)), p, np.clip(pi, 0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
         var_y = pi * (1 - pi)
         var_f = p * (1 - p)
         cov = pi * se - pi * p
@@ -1205,8 +1241,11 @@ def label_budget(
         room = half ** 2 - lam ** 2 * var_f / N
         need = np.where(room > 0, np.ceil(var_y * (1 - np.minimum(rho2, 1)) / room), N)
         need_lab = np.ceil(var_y / half ** 2)
-    need = np.minimum(np.maximum(need, 2), N)
-    need_lab = np.minimum(np.maximum(need_lab, 2), N)
+    # the default interval floors the rectifier's variance with pseudo-labels (about one
+    # disagreement's worth): fewer labels than this cannot reach the width
+    floor = np.ceil(2 * _z(conf) * np.sqrt(2 * _PSEUDO) / target_width)
+    need = np.minimum(np.maximum(need, floor), N)
+    need_lab = np.minimum(np.maximum(need_lab, floor), N)
     out = (g.index.to_frame(index=False) if by else pd.DataFrame(index=[0]))
     out = out.assign(n=N.astype("int64"), rate_detector=p, sensitivity=se, specificity=sp,
                      error_rates=np.where(est, "estimated", "assumed"), rate=pi,

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats
 
 from ._validation import check_conf, resolve_cluster
+from .counts import N_COLUMN, REFUSALS_COLUMN
 
 __all__ = ["persona_effect", "proportion_ci", "refusal_rates"]
 
@@ -146,7 +147,8 @@ def _counts(
     The one entry of every analysis here: a DataFrame is validated (:func:`_prepare`:
     every problem at once) and grouped; a path (Parquet file, shard folder, glob or list)
     is streamed by :func:`refusalstats.collapse`, reading only these columns batch by
-    batch. Both give the key columns then ``_n`` (rows) and ``_k`` (refusals), int64, in
+    batch. Both give the key columns then ``n`` (rows) and ``refusals``, int64 (the counts
+    vocabulary of :mod:`refusalstats.counts`), in
     ``groupby(keys + cluster, sort=True, observed=True)`` order (categorical keys in their
     level order, keeping the levels that occur; other keys sorted), so an analysis
     computed from them is the same for the rows and for the files, down to the order of
@@ -176,6 +178,11 @@ def _counts(
     from .sources import source_of
 
     keys = list(dict.fromkeys(keys))
+    clash = [c for c in keys if c in (N_COLUMN, REFUSALS_COLUMN)]
+    if clash:
+        raise ValueError(f"{where}: column(s) {clash} in {role} clash with the count columns "
+                         f"'{N_COLUMN}' and '{REFUSALS_COLUMN}'; rename them first "
+                         "(df.rename(columns={...}))")
     src = source_of(data, where=where)
 
     def check(clusters):
@@ -190,7 +197,6 @@ def _counts(
                             where=where)
         clusters = _columns(counts.attrs["collapse"]["cluster"], "cluster")
         check(clusters)
-        counts = counts.rename(columns={"n": "_n", "refusals": "_k"})
         counts.attrs = {}
         return counts, clusters
     data = src.frame
@@ -199,15 +205,15 @@ def _counts(
     check(clusters)
     rows = _prepare(data, [*keys, *clusters], refusal)
     if not keys and not clusters:
-        counts = pd.DataFrame({"_n": [len(rows)], "_k": [int(rows["refusal"].sum())]})
+        counts = pd.DataFrame({N_COLUMN: [len(rows)], REFUSALS_COLUMN: [int(rows["refusal"].sum())]})
     else:
         counts = (rows.groupby([*keys, *clusters], observed=True, sort=True)["refusal"]
-                  .agg(_n="size", _k="sum").reset_index())
+                  .agg(**{N_COLUMN: "size", REFUSALS_COLUMN: "sum"}).reset_index())
         for c in [*keys, *clusters]:  # the levels that occur, as collapse keeps them
             if isinstance(counts[c].dtype, pd.CategoricalDtype):
                 counts[c] = counts[c].cat.remove_unused_categories()
-    counts["_n"] = counts["_n"].astype("int64")
-    counts["_k"] = counts["_k"].astype("int64")
+    counts[N_COLUMN] = counts[N_COLUMN].astype("int64")
+    counts[REFUSALS_COLUMN] = counts[REFUSALS_COLUMN].astype("int64")
     return counts, clusters
 
 
@@ -297,6 +303,8 @@ def refusal_rates(
     conf: float = 0.95,
     cluster: str | Sequence[str] | None = "auto",
     refusal: str = "refusal",
+    labels: str | None = None,
+    strata: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Refusal rate per group, with a binomial confidence interval.
 
@@ -343,6 +351,13 @@ def refusal_rates(
         ``few_clusters``.
     refusal : str
         The 0/1 outcome column.
+    labels : str, optional
+        A column of human labels (0/1, NaN where unlabelled; :func:`refusalstats.label_sample`
+        and :func:`refusalstats.join_labels`): the rates are then corrected for the
+        detector's errors by prediction-powered inference, and the result is
+        :func:`refusalstats.ppi_rates`'s table (``method`` is not used).
+    strata : str or list of str, optional
+        With ``labels``: the strata the labels were drawn in (``label_sample``'s ``by``).
 
     Returns
     -------
@@ -375,23 +390,28 @@ def refusal_rates(
     >>> list(t.columns)[-6:]
     ['n_clusters', 'design_effect', 'n_eff', 'effective_clusters', 'df', 'few_clusters']
     """
+    if labels is not None:  # the detector's error carried in by human labels (#22)
+        from .ppi import ppi_rates
+
+        return ppi_rates(data, by, labels=labels, conf=conf, cluster=cluster, strata=strata, refusal=refusal)
     by = _columns(by, "by")
     method = _ci_method(method)
     conf = check_conf(conf)
     counts, clusters = _counts(data, by, refusal, _auto_off(cluster, by), where="refusal_rates")
-    cells = counts.rename(columns={"_n": "size", "_k": "sum"})
+    cells = counts
     if clusters:
         return _clustered_from_cells(cells, counts, by, clusters, method, conf)
     if by:
-        out = cells.groupby(by, observed=True, sort=True)[["size", "sum"]].sum().reset_index()
+        out = cells.groupby(by, observed=True, sort=True)[[N_COLUMN, REFUSALS_COLUMN]].sum()
+        out = out.reset_index()
     else:
-        out = pd.DataFrame({"size": [int(cells["size"].sum())], "sum": [int(cells["sum"].sum())]})
+        out = pd.DataFrame({N_COLUMN: [int(cells[N_COLUMN].sum())],
+                            REFUSALS_COLUMN: [int(cells[REFUSALS_COLUMN].sum())]})
     return _rates_table(out, method, conf)
 
 
 def _rates_table(out: pd.DataFrame, method: str, conf: float) -> pd.DataFrame:
-    """Group counts (``size``, ``sum``) -> n, refusals, rate and the interval."""
-    out = out.rename(columns={"size": "n", "sum": "refusals"})
+    """Group counts (``n``, ``refusals``) -> rate and the interval."""
     out["n"] = out["n"].astype("int64")
     out["refusals"] = out["refusals"].astype("int64")
     out["rate"] = out["refusals"] / out["n"]
@@ -561,14 +581,16 @@ def _arm_cov(cells: pd.DataFrame, codes: np.ndarray, n_groups: int, cols: list[s
              p: list[np.ndarray], n: list[np.ndarray]) -> np.ndarray:
     """CR2-scaled covariance of the two arms' rates from the clusters of ``cols`` holding
     both: sum_g e0_g e1_g ((1 - h0_g)(1 - h1_g))^(-1/2) / (n0 n1)."""
-    sub = cells[[*cols, "_arm", "_n", "_k"]].assign(_g=codes).groupby(
-        ["_g", *cols, "_arm"], observed=True, sort=True)[["_n", "_k"]].sum()
+    sub = cells[[*cols, "_arm", N_COLUMN, REFUSALS_COLUMN]].assign(_g=codes).groupby(
+        ["_g", *cols, "_arm"], observed=True, sort=True)[[N_COLUMN, REFUSALS_COLUMN]].sum()
     sub = sub.unstack("_arm", fill_value=0)
     g = sub.index.get_level_values("_g").to_numpy()
     e, w = [], []
     for a in (0, 1):
-        m = sub[("_n", a)].to_numpy(dtype=float) if ("_n", a) in sub else np.zeros(len(sub))
-        y = sub[("_k", a)].to_numpy(dtype=float) if ("_k", a) in sub else np.zeros(len(sub))
+        m = (sub[(N_COLUMN, a)].to_numpy(dtype=float) if (N_COLUMN, a) in sub
+             else np.zeros(len(sub)))
+        y = (sub[(REFUSALS_COLUMN, a)].to_numpy(dtype=float) if (REFUSALS_COLUMN, a) in sub
+             else np.zeros(len(sub)))
         e.append(y - p[a][g] * m)
         with np.errstate(divide="ignore", invalid="ignore"):
             h = m / n[a][g]
@@ -584,8 +606,8 @@ def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
     if not by:
         cl = cl.assign(_all=0)
     grp = cl.groupby(keys, observed=True, sort=True)
-    out = grp[["size"]].sum()
-    res = _cluster_var(cl, grp.ngroup().to_numpy(), len(out), clusters, "size", "sum")
+    out = grp[[N_COLUMN]].sum()
+    res = _cluster_var(cl, grp.ngroup().to_numpy(), len(out), clusters, N_COLUMN, REFUSALS_COLUMN)
     n = res["n"]
     p = res["y"] / n
     lo, hi, deff, n_eff = _kg_interval(p, n, res["var"], res["df"], method, conf)
@@ -597,7 +619,7 @@ def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
             RuntimeWarning,
             stacklevel=3,
         )
-    res_frame = out.reset_index().drop(columns="size")
+    res_frame = out.reset_index().drop(columns=N_COLUMN)
     if not by:
         res_frame = res_frame.drop(columns="_all")
     res_frame["n"] = n.astype("int64")
@@ -631,7 +653,7 @@ def _newcombe(k1, n1, k2, n2, conf):
 def _clustered_newcombe(cells, by, clusters, conf):
     """Zou & Donner's MOVER from the two clustered Wilson intervals (see persona_effect).
 
-    ``cells`` holds counts ``_n``/``_k`` per (by, cluster, ``_arm``), ``_arm`` 0 for the
+    ``cells`` holds counts ``n``/``refusals`` per (by, cluster, ``_arm``), ``_arm`` 0 for the
     first setting and 1 for the second. Each arm's rate gets the CR2 variance and
     Bell–McCaffrey degrees of freedom of :func:`refusal_rates` (two-way with two cluster
     columns); the correlation of the two rates is the CR2-scaled cluster covariance over
@@ -645,7 +667,7 @@ def _clustered_newcombe(cells, by, clusters, conf):
     codes = grp.ngroup().to_numpy()
     n_groups = int(codes.max()) + 1 if len(codes) else 0
     arms = [_cluster_var(cells[cells["_arm"] == a], codes[(cells["_arm"] == a).to_numpy()],
-                         n_groups, clusters, "_n", "_k") for a in (0, 1)]
+                         n_groups, clusters, N_COLUMN, REFUSALS_COLUMN) for a in (0, 1)]
     p = [r["y"] / r["n"] for r in arms]
     n = [r["n"] for r in arms]
     var = [r["var"] for r in arms]
@@ -695,6 +717,8 @@ def persona_effect(
     conf: float = 0.95,
     cluster: str | Sequence[str] | None = "auto",
     refusal: str = "refusal",
+    labels: str | None = None,
+    strata: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Persona minus persona-free refusal rate, with Newcombe's interval.
 
@@ -724,6 +748,12 @@ def persona_effect(
         ``None``: independent rows, Newcombe's original interval).
     refusal : str
         The 0/1 outcome column.
+    labels : str, optional
+        A column of human labels (0/1, NaN where unlabelled): the difference is then
+        corrected for the detector's errors by prediction-powered inference
+        (:func:`refusalstats.ppi_effect`'s table).
+    strata : str or list of str, optional
+        With ``labels``: the strata the labels were drawn in.
 
     Returns
     -------
@@ -762,6 +792,11 @@ def persona_effect(
     >>> rs.persona_effect(df)["difference"].item()
     0.25
     """
+    if labels is not None:  # the detector's error carried in by human labels (#22)
+        from .ppi import ppi_effect
+
+        return ppi_effect(data, by, labels=labels, setting=setting, levels=levels, conf=conf,
+                          cluster=cluster, strata=strata, refusal=refusal)
     by = _columns(by, "by")
     conf = check_conf(conf)
     if not (isinstance(levels, (tuple, list)) and len(levels) == 2 and levels[0] != levels[1]):
@@ -790,10 +825,11 @@ def persona_effect(
         )
     keys = by or ["_all"]
     cells = counts.assign(_all=0, _arm=(values == levels[1]).to_numpy().astype(np.int8))
-    totals = cells.groupby([*keys, "_arm"], observed=True, sort=True)[["_n", "_k"]].sum()
+    totals = cells.groupby([*keys, "_arm"], observed=True, sort=True)[
+        [N_COLUMN, REFUSALS_COLUMN]].sum()
     totals = totals.unstack("_arm", fill_value=0)
-    size = totals["_n"].reindex(columns=[0, 1], fill_value=0)
-    total = totals["_k"].reindex(columns=[0, 1], fill_value=0)
+    size = totals[N_COLUMN].reindex(columns=[0, 1], fill_value=0)
+    total = totals[REFUSALS_COLUMN].reindex(columns=[0, 1], fill_value=0)
     lacking = size[(size == 0).any(axis=1)]
     if len(lacking):
         examples = []

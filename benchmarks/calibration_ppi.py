@@ -1,0 +1,185 @@
+"""Calibration of the prediction-powered (human-label corrected) refusal rates.
+
+Exposes ``run(reps, seed) -> list[dict]`` for ``benchmarks/calibration.py``
+(``python benchmarks/calibration.py --area ppi``); ``python benchmarks/calibration_ppi.py``
+prints the fuller table of docs/methods_ppi.md (coverage with z and t quantiles, the
+labels-only interval, Rogan-Gladen, widths relative to labels only).
+
+Simulated tables: 3 models x 100 items x 10 answers per item and model (3,000 rows),
+personas with effects -0.5..0.5 on the logit scale (two answers per persona per item),
+population-averaged human-label refusal rates 0.10, 0.20 and 0.35 by model. Rows of one
+item share an item random intercept (sd 1, "clustered"; intervals with
+``cluster="item_id"``) or none ("i.i.d."; ``cluster=None``). The detector's flag is made
+from the human label with errors that
+
+* ``good``: sensitivity 0.95, specificity 0.98 for every model;
+* ``differ``: differ by model (sensitivity 0.95 / 0.75 / 0.5, specificity 0.97 / 0.9 /
+  0.8) and depend on the persona (sensitivity -0.1 and specificity -0.03 per persona
+  step) and, clustered, on the item (logit-scale item effect of sd 0.5 on both);
+* ``useless``: flags drawn at 0.3 independently of the label.
+
+Human labels: a stratified sample of 30, 60 or 200 rows per model (``strata="model"``).
+The target is each model's population-averaged rate (Gauss-Hermite over the item
+effect, averaged over personas); a 95% interval should cover it 93-97% of the time.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.special import expit, logit
+
+import refusalstats as rs
+
+N_MODELS, N_ITEMS, PER_ITEM = 3, 100, 10
+RATES = (0.10, 0.20, 0.35)
+PERSONA = np.array([-0.5, -0.25, 0.0, 0.25, 0.5])
+COVER_LO, COVER_HI = 0.93, 0.97
+DETECTORS = {
+    "good": ((0.95, 0.95, 0.95), (0.98, 0.98, 0.98), 0.0, 0.0),
+    "differ": ((0.95, 0.75, 0.5), (0.97, 0.9, 0.8), 0.1, 0.03),
+}
+BATCH = 40
+
+
+def _gh(n=61):
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    return z, w / w.sum()
+
+
+def base_logits(item_sd: float) -> np.ndarray:
+    """Per-model intercepts whose rate averaged over items and personas is ``RATES``."""
+    from scipy.optimize import brentq
+
+    z, w = _gh()
+
+    def marginal(b):
+        return float(np.mean([np.sum(w * expit(b + d + item_sd * z)) for d in PERSONA]))
+
+    return np.array([brentq(lambda b, r=r: marginal(b) - r, -20, 20) for r in RATES])
+
+
+def simulate(rng, reps: int, item_sd: float, detector: str, n_labels: int, base: np.ndarray) -> pd.DataFrame:
+    """``reps`` tables stacked (``rep`` column, item ids unique per replicate)."""
+    rows = N_MODELS * N_ITEMS * PER_ITEM
+    rep = np.repeat(np.arange(reps), rows)
+    model = np.tile(np.repeat(np.arange(N_MODELS), N_ITEMS * PER_ITEM), reps)
+    item_local = np.tile(np.repeat(np.arange(N_ITEMS), PER_ITEM), N_MODELS * reps)
+    item = rep * N_ITEMS + item_local
+    persona = np.tile(np.arange(PER_ITEM) % len(PERSONA), N_MODELS * N_ITEMS * reps)
+    u = rng.normal(0, item_sd, reps * N_ITEMS)[item] if item_sd else 0.0
+    truth = rng.random(len(rep)) < expit(base[model] + PERSONA[persona] + u)
+    if detector == "useless":
+        flag = rng.random(len(rep)) < 0.3
+    else:
+        se, sp, dse, dsp = DETECTORS[detector]
+        v = rng.normal(0, 0.5, reps * N_ITEMS)[item] if item_sd else 0.0
+        step = persona - 2
+        sens = expit(logit(np.clip(np.array(se)[model] - dse * step, 0.05, 0.995)) + v)
+        spec = expit(logit(np.clip(np.array(sp)[model] - dsp * step, 0.05, 0.995)) - v)
+        flag = np.where(truth, rng.random(len(rep)) < sens, rng.random(len(rep)) > spec)
+    human = np.full(len(rep), np.nan)
+    per_stratum = N_ITEMS * PER_ITEM
+    # n_labels rows at random in each (replicate, model) stratum
+    order = np.argsort(rng.random((reps * N_MODELS, per_stratum)), axis=1)[:, :n_labels]
+    picked = (order + (np.arange(reps * N_MODELS) * per_stratum)[:, None]).ravel()
+    human[picked] = truth[picked]
+    return pd.DataFrame({"rep": rep, "model": model, "item_id": item, "persona": persona,
+                         "refusal": flag.astype(np.int8), "human": human})
+
+
+def truth_rates(item_sd: float, base: np.ndarray) -> np.ndarray:
+    z, w = _gh()
+    return np.array([np.mean([np.sum(w * expit(b + d + item_sd * z)) for d in PERSONA]) for b in base])
+
+
+def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
+    """Coverage and widths of one scenario over ``reps`` replicates (3 models each)."""
+    rng = np.random.default_rng(seed)
+    base = base_logits(item_sd)
+    target = truth_rates(item_sd, base)
+    cluster = "item_id" if item_sd else None
+    out = {k: [] for k in ("t", "z", "lab", "rg", "w_ppi", "w_lab", "w_z", "lam")}
+    t0 = time.perf_counter()
+    for start in range(0, reps, BATCH):
+        r = min(BATCH, reps - start)
+        df = simulate(rng, r, item_sd, detector, n_labels, base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"])
+            plain = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"], ci="z")
+            rg = rs.rogan_gladen(df, by=["rep", "model"], strata=["rep", "model"])
+        truth = target[res["model"].to_numpy()]
+        q = np.asarray(res.attrs["quantile"])
+        out["t"].append((res["ci_low"] <= truth) & (truth <= res["ci_high"]))
+        out["z"].append((plain["ci_low"] <= truth) & (truth <= plain["ci_high"]))
+        out["w_z"].append(2 * stats.norm.ppf(0.975) * plain["std_error"])
+        out["lab"].append(np.abs(res["rate_labels_only"] - truth) <= q * res["se_labels_only"])
+        out["rg"].append((rg["ci_low"] <= truth) & (truth <= rg["ci_high"]))
+        out["w_ppi"].append(2 * q * res["std_error"])
+        out["w_lab"].append(2 * q * res["se_labels_only"])
+        out["lam"].append(res["lam"])
+    cat = {k: np.concatenate([np.asarray(v, dtype=float) for v in vs]) for k, vs in out.items()}
+    return {
+        "coverage_t": np.nanmean(cat["t"]), "coverage_z": np.nanmean(cat["z"]),
+        "coverage_labels_only": np.nanmean(cat["lab"]), "coverage_rogan_gladen": np.nanmean(cat["rg"]),
+        "width_ratio": np.nanmean(cat["w_ppi"]) / np.nanmean(cat["w_lab"]),
+        "width": np.nanmean(cat["w_ppi"]), "lam": np.nanmean(cat["lam"]),
+        "width_ratio_z": np.nanmean(cat["w_z"]) / np.nanmean(cat["w_lab"]),
+        "n": int(np.isfinite(cat["t"]).sum()), "seconds": time.perf_counter() - t0,
+    }
+
+
+SCENARIOS = [(sd, det, n) for sd in (0.0, 1.0) for det in ("differ", "useless", "good") for n in (30, 60, 200)]
+
+
+def run(reps: int = 300, seed: int = 20261128) -> list[dict]:
+    """Rows for benchmarks/calibration.py: coverage of the PPI++ rate per scenario."""
+    rows = []
+    for k, (sd, det, n) in enumerate(SCENARIOS):
+        s = scenario(reps, seed + k, sd, det, n)
+        rows.append({
+            "check": "refusal_rates(labels=) PPI++ 95% CI",
+            "data": (f"{'clustered' if sd else 'i.i.d.'}, detector {det}, {n} labels/model; "
+                     f"width {s['width_ratio']:.2f} x labels-only"),
+            "statistic": "coverage", "estimate": float(s["coverage_t"]),
+            "target_low": COVER_LO, "target_high": COVER_HI, "reps": s["n"], "seconds": s["seconds"],
+        })
+    return rows
+
+
+def main() -> None:
+    import argparse
+    import os
+    import platform
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=20261128)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    lines = [("| data | detector | labels/model | PPI++ (default) | PPI++ (ci='z', as ppi_python) | labels only "
+             "| Rogan-Gladen | width / labels-only | mean lam |"), "|---|---|---|---|---|---|---|---|---|"]
+    for k, (sd, det, n) in enumerate(SCENARIOS):
+        s = scenario(args.reps, args.seed + k, sd, det, n)
+        mc = np.sqrt(s["coverage_t"] * (1 - s["coverage_t"]) / s["n"])
+        lines.append(
+            f"| {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {s['coverage_t']:.3f} ± {mc:.3f} "
+            f"| {s['coverage_z']:.3f} | {s['coverage_labels_only']:.3f} | {s['coverage_rogan_gladen']:.3f} "
+            f"| {s['width_ratio']:.2f} | {s['lam']:.2f} |"
+        )
+        print(lines[-1], flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{args.reps} replicates x {N_MODELS} models per row (coverage ± one Monte Carlo s.e.); "
+          f"seed {args.seed}; {time.perf_counter() - t0:.0f} s on {platform.node()} "
+          f"({os.cpu_count()} cores, load {load:.1f}). Command: "
+          f"`python benchmarks/calibration_ppi.py --reps {args.reps}`\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
