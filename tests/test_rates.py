@@ -712,3 +712,11 @@ def test_sampled_personas_need_two_way_clustering_for_the_population():
     cover_two = np.mean((two.ci_low <= population) & (population <= two.ci_high))
     assert cover_one < 0.91 < cover_two  # benchmarks: 0.86 and 0.94-0.96
     assert (two["df"] <= n_pers - 1 + 1e-9).all() and two["few_clusters"].all()
+
+
+def test_counts_vocabulary_names_a_clashing_column():
+    df = rs.simulate_items(n_items=10, k=3, seed=0).rename(columns={"task": "n"})
+    for data in (df, df.rename(columns={"n": "refusals"})):
+        with pytest.raises(ValueError, match=r"clash with the count columns 'n' and 'refusals'"):
+            rs.refusal_rates(data, by=[c for c in ("n", "refusals") if c in data.columns],
+                             cluster=None)

@@ -32,6 +32,7 @@ from scipy import stats
 
 from ._summary import Summary
 from ._validation import AUTO_CLUSTER_COLUMN, check_random_state, cluster_from_block
+from .counts import N_COLUMN, REFUSALS_COLUMN
 from .multiplicity import adjust_pvalues
 from .rates import _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
@@ -321,7 +322,7 @@ def _cochran_matrix(sub, condition, blocks, by, key, setting_hint) -> np.ndarray
             f"cochran_q needs at least two levels of {condition!r}{where}; found {list(cond_levels)}"
         )
     cell = block_codes.astype(np.int64) * k + cond_codes
-    counts = np.bincount(cell, weights=sub["_n"].to_numpy(), minlength=b * k).reshape(b, k)
+    counts = np.bincount(cell, weights=sub[N_COLUMN].to_numpy(), minlength=b * k).reshape(b, k)
     if (counts != 1).any():
         bad_blocks = np.flatnonzero((counts != 1).any(axis=1))
         i = bad_blocks[0]
@@ -354,7 +355,7 @@ def _cochran_matrix(sub, condition, blocks, by, key, setting_hint) -> np.ndarray
             ".drop1() tests every term that way)."
         )
     x = np.zeros((b, k), dtype=np.int64)
-    x[block_codes, cond_codes] = sub["_k"].to_numpy()
+    x[block_codes, cond_codes] = sub[REFUSALS_COLUMN].to_numpy()
     return x
 
 # --------------------------------------------------------------------------------------
@@ -508,8 +509,8 @@ def rank_agreement(
     for key, sub in _groups(counts, by):
         where = ", ".join(f"{c}={v!r}" for c, v in zip(by, key))
         where = f" in {where}" if where else ""
-        cells = sub.groupby([rater, item], observed=True, sort=True)[["_k", "_n"]].sum()
-        mat = (cells["_k"] / cells["_n"]).unstack(item)
+        cells = sub.groupby([rater, item], observed=True, sort=True)[[REFUSALS_COLUMN, N_COLUMN]].sum()
+        mat = (cells[REFUSALS_COLUMN] / cells[N_COLUMN]).unstack(item)
         if mat.shape[0] < 2:
             raise ValueError(
                 f"rank_agreement needs at least two {rater}s{where}; found {list(mat.index)}"

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ._validation import check_conf, check_random_state, cluster_from_block
+from .counts import N_COLUMN, REFUSALS_COLUMN
 from .rates import _auto_off, _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
 __all__ = ["disparity"]
@@ -285,8 +286,8 @@ def disparity(
         # personas in the counts' (category, persona) order, clusters sorted: the same
         # arrays, and so the same bootstrap draws, for a DataFrame and its Parquet files
         p_codes, p_levels = pd.factorize(sub[persona].astype(object), sort=False)
-        n_p = np.bincount(p_codes, weights=sub["_n"].to_numpy(), minlength=len(p_levels))
-        k_p = np.bincount(p_codes, weights=sub["_k"].to_numpy(), minlength=len(p_levels))
+        n_p = np.bincount(p_codes, weights=sub[N_COLUMN].to_numpy(), minlength=len(p_levels))
+        k_p = np.bincount(p_codes, weights=sub[REFUSALS_COLUMN].to_numpy(), minlength=len(p_levels))
         rate = k_p / n_p
         is_ctrl = np.array([p in ctrl for p in p_levels])
         if is_ctrl.sum() <= ddof:
@@ -306,9 +307,9 @@ def disparity(
             )
             nb, npers = len(b_levels), len(p_levels)
             cell = b_codes.astype(np.int64) * npers + p_codes
-            c_mat = np.bincount(cell, weights=sub["_n"].to_numpy(), minlength=nb * npers)
+            c_mat = np.bincount(cell, weights=sub[N_COLUMN].to_numpy(), minlength=nb * npers)
             c_mat = c_mat.reshape(nb, npers)
-            s_mat = np.bincount(cell, weights=sub["_k"].to_numpy(), minlength=nb * npers)
+            s_mat = np.bincount(cell, weights=sub[REFUSALS_COLUMN].to_numpy(), minlength=nb * npers)
             s_mat = s_mat.reshape(nb, npers)
             if corrected:
                 noise = _cluster_rates_noise(s_mat, c_mat, np.ones((1, nb)), sets)[1][0]
