@@ -11,6 +11,7 @@ from . import dumps, plot
 from ._validation import ClusterNote
 from .agreement import cochran_q, rank_agreement
 from .bayes import ConvergenceWarning, HierarchicalResult, hierarchical
+from .counts import collapse
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
@@ -30,9 +31,9 @@ from .ppi import (
 from .rates import persona_effect, refusal_rates
 from .regression import LogitResults, SeparationWarning, logit
 from .reporting import report
-from .scan import collapse, scan_columns
 from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper
+from .sources import scan_columns
 from .table import SchemaError, read_responses, read_table, validate, write_responses
 
 __version__ = _version("refusalstats")

@@ -127,7 +127,7 @@ def _where_rows(df: pd.DataFrame, where: list[str]) -> pd.DataFrame:
 
 def _projected_rows(path: str, columns: list[str]) -> pd.DataFrame:
     """Only ``columns`` of a Parquet file, shard folder or glob, as a DataFrame."""
-    from .scan import open_dataset
+    from .sources import open_dataset
 
     return open_dataset(path).to_table(columns=list(columns)).to_pandas()
 

@@ -251,7 +251,7 @@ class HierarchicalModel:
         collapsed by :func:`refusalstats.formula.collapse` exactly as rows are, so the
         patterns (and their order, for factor variables) equal the in-memory ones.
         """
-        from ..scan import collapse as collapse_dataset
+        from ..counts import collapse as collapse_dataset
 
         variables = self.parsed.variables
         response = self.parsed.response

@@ -217,9 +217,10 @@ def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_clust
 
     Returns ``(counts, trials column, cluster column or None, _StreamedCluster or None)``.
     """
+    from ..counts import _cluster_columns
+    from ..counts import collapse as collapse_dataset
     from ..formula import parse_formula
-    from ..scan import _cluster_columns, scan_columns
-    from ..scan import collapse as collapse_dataset
+    from ..sources import scan_columns
 
     if trials is not None or weights is not None:
         raise ValueError("trials= and weights= are for a DataFrame; a Parquet dataset is "
@@ -243,7 +244,8 @@ def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_clust
             stream = _StreamedCluster(name=col, source=source, variables=list(parsed.fixed_variables),
                                       refusal=parsed.response, auto=auto)
         if stream is not None:
-            from ..scan import _missing_columns, scan_columns
+            from ..counts import _missing_columns
+            from ..sources import scan_columns
 
             _missing_columns([stream.name], scan_columns(source), f"the dataset '{source}'")
             if stream.name in parsed.fixed_variables or stream.name == parsed.response:

@@ -242,7 +242,7 @@ def report(
 def _parquet_source(data):
     """``data`` when it is a Parquet source to stream (a .parquet/.pq file, a folder, a glob
     or a list of them), else None (a DataFrame, or a CSV/TSV/JSONL file read as rows)."""
-    from ..scan import is_dataset
+    from ..sources import is_dataset
 
     if not is_dataset(data):
         return None
@@ -258,7 +258,7 @@ def _parquet_source(data):
 
 
 def _stream_columns(source) -> list[str]:
-    from ..scan import scan_columns
+    from ..sources import scan_columns
 
     columns = scan_columns(source)
     if "refusal" not in columns:
@@ -277,7 +277,8 @@ def _stream_design(source, cluster, columns: list[str]):
     import pyarrow as pa
 
     from .._validation import AUTO_CLUSTER_COLUMN
-    from ..scan import collapse, open_dataset
+    from ..counts import collapse
+    from ..sources import open_dataset
 
     n_clusters = None
     if isinstance(cluster, str) and cluster == "auto":
@@ -308,7 +309,7 @@ def _stream_design(source, cluster, columns: list[str]):
 def _stream_header(ctx, source: str, seed: int, n_clusters, columns: list[str]
                    ) -> list[tuple[str, str]]:
     """The page header of a streamed source: levels and totals from its design counts."""
-    from ..scan import collapse
+    from ..counts import collapse
 
     cluster = ctx.cluster
     n_items = None

@@ -175,7 +175,7 @@ def multi(ctx: Context, col: str, persona_only: bool = False) -> bool:
 def columns_of(ctx: Context) -> list[str]:
     """The source's columns (streamed: from the Parquet schema)."""
     if streamed(ctx):
-        from ..scan import scan_columns
+        from ..sources import scan_columns
 
         return scan_columns(ctx.source)
     return list(map(str, ctx.data.columns))
@@ -706,8 +706,8 @@ def _persona_counts(ctx: Context, formula: str, cluster) -> tuple[str, pd.DataFr
     """``refusals ~ ...`` and the counts of the persona rows of a streamed source: collapsed
     by the formula's variables, the filter columns and the cluster, the persona-free lines
     dropped and the rest summed back."""
+    from ..counts import collapse
     from ..formula import parse_formula
-    from ..scan import collapse
 
     parsed = parse_formula(formula)
     if parsed.response != "refusal":
@@ -881,7 +881,7 @@ def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=Non
         return base, None
     cols = [c for c in (*fixed, "model", "persona", cluster) if c in d.columns or c == cluster]
     if source is not None:  # streamed: count the patterns (one line each), not the rows
-        from ..scan import collapse
+        from ..counts import collapse
 
         keys = [c for c in cols if c != cluster]
         n_patterns = len(collapse(source, by=keys, cluster=cluster))
@@ -1023,7 +1023,7 @@ ANSWERS_STREAM_ROWS = 20_000
 
 def _head(source, columns: list[str], n: int) -> pd.DataFrame:
     """The first ``n`` rows of ``columns`` of a Parquet source (nothing else is read)."""
-    from ..scan import open_dataset
+    from ..sources import open_dataset
 
     return open_dataset(source).head(n, columns=columns).to_pandas()
 

@@ -24,7 +24,7 @@ from .encode import (
 
 def _source_schema(data):
     """The Arrow schema of a Parquet file, shard folder, glob or list (read from metadata)."""
-    from ..scan import open_dataset
+    from ..sources import open_dataset
 
     return open_dataset(data).schema
 
@@ -62,7 +62,7 @@ def _collapse(data, by: list[str], cl_cols: list[str] | None, output: str, neede
     ``exclude`` ({column: values}): the columns are collapsed too, their lines holding
     those values dropped and the rest summed back, so the counts are those of the other
     rows (each line's rows share the column's value)."""
-    from ..scan import collapse
+    from ..counts import collapse
 
     extra = [c for c in (exclude or {}) if c not in by and c not in (cl_cols or [])]
     try:
