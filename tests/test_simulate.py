@@ -193,8 +193,10 @@ def study():
 def test_options_leave_the_persona_rows_unchanged(study):
     base = rs.simulate_paper(scale=0.2, seed=7)
     got = study.iloc[:len(base)][list(base.columns)].reset_index(drop=True)
+    assert list(study.columns) == [*base.columns[:-1], "design", "refusal", "response"]
     pd.testing.assert_frame_equal(base, got, check_categorical=False)
     assert (study["setting"].iloc[:len(base)] == "persona").all()
+    assert (study["design"].iloc[:len(base)] == "p1").all()
     rs.validate(study)
 
 
@@ -231,7 +233,8 @@ def test_persona_free_rates_follow_p1_section_4_4():
 def test_complete_design_has_complete_blocks_and_control_personas(study):
     from refusalstats.design import CONTROL_PERSONAS
 
-    comp = study[study["setting"] == "complete"]
+    comp = study[study["design"] == "complete"]
+    assert (comp["setting"] == "persona").all()
     n_items = 3 * max(5, round(100 * 0.2))
     assert len(comp) == 16 * 25 * n_items
     cells = comp.groupby(["model", "item_id", "persona"], observed=True).size()

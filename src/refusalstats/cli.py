@@ -225,8 +225,8 @@ def _add_simulate(sub, opt: _Options) -> None:
                    help="add P1's persona-free setting (offensiveness items without a persona)")
     p.add_argument("--controls", action="store_true",
                    help="add de Araujo & Roth's complete design with 10 control personas "
-                        "(setting 'complete': every item under every persona, for cochran "
-                        "and disparity)")
+                        "(column design = 'complete': every item under every persona; "
+                        "cochran and disparity take --where design=complete)")
     p.add_argument("--responses", action="store_true",
                    help="add answer text (column response) that the default detector reads "
                         "as the simulated refusal 97%% / 99.8%% of the time")

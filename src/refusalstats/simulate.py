@@ -86,9 +86,10 @@ PAPER_REFUSE_IN_NEITHER: tuple[str, ...] = (
     "Llama3.2-3B", "Qwen1.5-7B", "Qwen2.5-7B", "Qwen2.5-32B", "Gemma-2B", "Gemma-7B",
 )
 
-#: Setting level of the complete-block rows (every item under every persona, controls
-#: included: de Araujo & Roth's design) that ``simulate_paper(controls=True)`` adds.
-COMPLETE_SETTING = "complete"
+#: Levels of the ``design`` column that ``simulate_paper(controls=True)`` adds: P1's rows
+#: (its Monte Carlo persona prompts and persona-free prompts) and the complete-block rows
+#: (every item under every persona, controls included: de Araujo & Roth's design).
+DESIGN_LEVELS: tuple[str, str] = ("p1", "complete")
 
 #: sd (logit scale) of the control personas' effects: they differ only in wording.
 CONTROL_EFFECT_SD = 0.15
@@ -345,8 +346,10 @@ def simulate_paper(
         Add de Araujo & Roth's complete design with control personas: ``control_items``
         items per task, each answered under every persona (P1's 15 and the 10
         :data:`~refusalstats.design.CONTROL_PERSONAS`, group ``"control"``) with template
-        p1, setting ``"complete"``. These blocks are complete, so Cochran's Q and the
-        disparity ratio apply to them (``df[df["setting"] == "complete"]``). The control
+        p1; setting ``"persona"`` and a column ``design`` telling them (``"complete"``) from
+        P1's rows (``"p1"``). These blocks are complete, so Cochran's Q and the disparity
+        ratio apply to them (``df[df["design"] == "complete"]``; on the command line
+        ``--where design=complete``). The control
         personas' effects are fixed normal quantiles with mean 0 (the reference persona's)
         and sd :data:`CONTROL_EFFECT_SD`; the other terms, Table 1 offsets included, are
         those of the persona rows.
@@ -368,7 +371,7 @@ def simulate_paper(
     -------
     DataFrame
         item_id, model, task, persona, persona_group, prompt, response_type, setting,
-        refusal (and response); categorical columns; the persona rows come first and are
+        (design,) refusal (and response); categorical columns; the persona rows come first and are
         the same with or without the options above; ``df.attrs["truth"]`` holds the generating values:
         ``coefficients`` (term name -> value, formulaic/statsmodels treatment names such
         as ``"persona[T.Black person]"``), ``intercept``, ``offsets`` ((model, task) ->
@@ -393,8 +396,8 @@ def simulate_paper(
     20320
     >>> full = rs.simulate_paper(scale=0.01, seed=1, persona_free=True, controls=True,
     ...                          responses=True)
-    >>> full["setting"].value_counts().to_dict()
-    {'persona': 20320, 'persona-free': 6768, 'complete': 6000}
+    >>> full.groupby(["design", "setting"], observed=True).size().to_dict()
+    {('p1', 'persona'): 20320, ('p1', 'persona-free'): 6768, ('complete', 'persona'): 6000}
     """
     if calibrate not in ("table1", "table7"):
         raise ValueError(f"calibrate must be 'table1' or 'table7', got {calibrate!r}")
@@ -633,8 +636,9 @@ def _complete_rows(items, u, models, m_eff, intercept, offsets, rng, exact, n_pe
         refusal=refusal, task=(np.array(PAPER_TASKS, dtype=object), task_code),
         persona=(np.array([p.name for p in personas], dtype=object), pers_all),
         persona_group=(np.array([p.group for p in personas], dtype=object), pers_all),
-        prompt="p1", response_type=p1.response_type, setting=COMPLETE_SETTING)
-    truth = {"setting": COMPLETE_SETTING, "items_per_task": int(n_per_task), "prompt": "p1",
+        prompt="p1", response_type=p1.response_type, setting="persona",
+        design=DESIGN_LEVELS[1])
+    truth = {"design": DESIGN_LEVELS[1], "items_per_task": int(n_per_task), "prompt": "p1",
              "effects": ctrl, "effect_sd": CONTROL_EFFECT_SD}
     return part, truth
 
@@ -660,7 +664,14 @@ def _concat_parts(parts: list) -> pd.DataFrame:
     cols["item_id"] = np.concatenate([df["item_id"].to_numpy()] + [p["item_id"] for p in parts[1:]])
     cols["refusal"] = np.concatenate([df["refusal"].to_numpy()]
                                      + [p["refusal"] for p in parts[1:]]).astype(np.int8)
-    return pd.DataFrame({c: cols[c] for c in df.columns})
+    out = pd.DataFrame({c: cols[c] for c in df.columns})
+    if any("design" in p for p in parts[1:]):
+        codes = [np.zeros(len(df), np.int8)] + [
+            np.full(len(p["refusal"]), DESIGN_LEVELS.index(p.get("design", DESIGN_LEVELS[0])),
+                    np.int8) for p in parts[1:]]
+        out.insert(out.columns.get_loc("setting") + 1, "design", pd.Categorical.from_codes(
+            np.concatenate(codes), categories=list(DESIGN_LEVELS)))
+    return out
 
 
 # Answer texts: (text, intended default-detector flag). "{persona}" is the persona's noun

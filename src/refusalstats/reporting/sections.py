@@ -50,6 +50,7 @@ TITLES: dict[str, str] = {
     "logit": "Logistic regression: which factors raise refusal (P1's Fig. 6, Table 7)",
     "hierarchical": "Hierarchical model: each persona within each model",
     "answers": "The models' answers",
+    "detector": "The refusal detector against human labels",
 }
 
 
@@ -175,7 +176,7 @@ def multi(ctx: Context, col: str, persona_only: bool = False) -> bool:
 def columns_of(ctx: Context) -> list[str]:
     """The source's columns (streamed: from the Parquet schema)."""
     if streamed(ctx):
-        from ..sources import scan_columns
+        from ..scan import scan_columns
 
         return scan_columns(ctx.source)
     return list(map(str, ctx.data.columns))
@@ -706,8 +707,8 @@ def _persona_counts(ctx: Context, formula: str, cluster) -> tuple[str, pd.DataFr
     """``refusals ~ ...`` and the counts of the persona rows of a streamed source: collapsed
     by the formula's variables, the filter columns and the cluster, the persona-free lines
     dropped and the rest summed back."""
-    from ..counts import collapse
     from ..formula import parse_formula
+    from ..scan import collapse
 
     parsed = parse_formula(formula)
     if parsed.response != "refusal":
@@ -881,7 +882,7 @@ def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=Non
         return base, None
     cols = [c for c in (*fixed, "model", "persona", cluster) if c in d.columns or c == cluster]
     if source is not None:  # streamed: count the patterns (one line each), not the rows
-        from ..counts import collapse
+        from ..scan import collapse
 
         keys = [c for c in cols if c != cluster]
         n_patterns = len(collapse(source, by=keys, cluster=cluster))
@@ -1023,7 +1024,7 @@ ANSWERS_STREAM_ROWS = 20_000
 
 def _head(source, columns: list[str], n: int) -> pd.DataFrame:
     """The first ``n`` rows of ``columns`` of a Parquet source (nothing else is read)."""
-    from ..sources import open_dataset
+    from ..scan import open_dataset
 
     return open_dataset(source).head(n, columns=columns).to_pandas()
 
@@ -1070,6 +1071,78 @@ def answers_section(ctx: Context) -> Section:
     return s
 
 
+#: The label column the detector section looks for (rs.label_sample / rs.join_labels).
+LABEL_COLUMN = "human"
+#: Target full width of the corrected rates' 95% intervals in the label-budget table.
+LABEL_TARGET_WIDTH = 0.05
+
+
+def detector_section(ctx: Context) -> Section | None:
+    """The detector's report card (#22); None (no section) when the table has no labels."""
+    from ..ppi import detector_card, label_budget
+
+    if LABEL_COLUMN not in columns_of(ctx):
+        return None
+    s = Section("detector", TITLES["detector"],
+                f"Rows with a human label (column '{LABEL_COLUMN}') score the refusal detector: "
+                "sensitivity (refusals it flags) and specificity (answers it leaves alone) per "
+                "model with 95% Wilson intervals. 'raw' is the detector's rate as the sections "
+                "above report it; 'corrected' is the prediction-powered estimate (PPI++) that "
+                "carries the detector's error into its interval. 'changed' marks models whose "
+                "corrected rate falls outside the raw interval.")
+    if streamed(ctx):
+        s.skipped = _need_rows(ctx, "the detector section (human labels are joined row by row)")
+        return s
+    d = ctx.data
+    if d[LABEL_COLUMN].notna().sum() < 2 or "model" not in d.columns:
+        s.skipped = f"fewer than two human labels in '{LABEL_COLUMN}', or no model column."
+        return s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        card = detector_card(d, "model", labels=LABEL_COLUMN, cluster=ctx.cluster)
+        budget = label_budget(d, LABEL_TARGET_WIDTH, "model", labels=LABEL_COLUMN)
+    disp = card[["model"]].astype(str).copy()
+    disp["labels"] = [f"{int(v):,}" for v in card["n_labelled"]]
+    disp["sensitivity"] = [f"{pct(v)} ({pct_ci(a, b)})" for v, a, b in
+                           zip(card["sensitivity"], card["sensitivity_ci_low"], card["sensitivity_ci_high"])]
+    disp["specificity"] = [f"{pct(v)} ({pct_ci(a, b)})" for v, a, b in
+                           zip(card["specificity"], card["specificity_ci_low"], card["specificity_ci_high"])]
+    disp["raw rate"] = [f"{pct(v)} ({pct_ci(a, b)})" for v, a, b in
+                        zip(card["rate_detector"], card["detector_ci_low"], card["detector_ci_high"])]
+    disp["corrected rate"] = [f"{pct(v)} ({pct_ci(a, b)})" for v, a, b in
+                              zip(card["rate"], card["ci_low"], card["ci_high"])]
+    disp["changed"] = np.where(card["changed"], "yes", "")
+    s.tables.append(TableItem("detector_card", "The detector per model: errors, raw and corrected rates.",
+                              card, disp, collapsed=len(card) > 24))
+    bd = budget[["model"]].astype(str).copy()
+    bd["labels now"] = budget["n_labelled"].astype(int)
+    bd[f"labels for ±{LABEL_TARGET_WIDTH / 2:.1%}"] = budget["labels_needed"].astype(int)
+    bd["labels alone would need"] = budget["labels_needed_labels_only"].astype(int)
+    bd["to label"] = budget["to_label"].astype(int)
+    s.tables.append(TableItem("label_budget", f"Labels per model for corrected-rate intervals of width "
+                              f"{LABEL_TARGET_WIDTH:.0%} (from the estimated error rates).", budget, bd,
+                              collapsed=True))
+    ok = card.dropna(subset=["sensitivity"])
+    if len(ok):
+        s.findings.append(
+            f"Detector sensitivity {pct(ok['sensitivity'].min())}–{pct(ok['sensitivity'].max())} and "
+            f"specificity {pct(card['specificity'].min())}–{pct(card['specificity'].max())} across "
+            f"{len(card)} models ({int(card['n_labelled'].sum()):,} human labels).")
+    shift = card["shift"].dropna()
+    if len(shift):
+        s.findings.append(f"Corrected minus raw rate: {100 * shift.min():+.1f} to {100 * shift.max():+.1f} "
+                          "percentage points.")
+    changed = card.loc[card["changed"], "model"].astype(str).tolist()
+    s.findings.append(
+        f"Raw rate outside the corrected interval for {len(changed)} of {len(card)} models"
+        + (f": {', '.join(changed)}." if changed else ".")
+    )
+    moved = card.loc[card["rank"].astype("float") != card["rank_detector"], "model"].astype(str).tolist()
+    if moved:
+        s.findings.append(f"The models' order by refusal rate changes for {', '.join(moved)}.")
+    return s
+
+
 #: The sections, in page order.
 SECTIONS: list[tuple[str, Callable[[Context], Section]]] = [
     ("rates", rates_section),
@@ -1081,6 +1154,7 @@ SECTIONS: list[tuple[str, Callable[[Context], Section]]] = [
     ("logit", logit_section),
     ("hierarchical", hierarchical_section),
     ("answers", answers_section),
+    ("detector", detector_section),
 ]
 
 
@@ -1095,6 +1169,8 @@ def build(ctx: Context, only: Mapping[str, bool] | None = None) -> list[Section]
         t0 = time.perf_counter()
         try:
             sec = fn(ctx)
+            if sec is None:  # nothing to report on this table (e.g. no human labels)
+                continue
         except DATA_ERRORS as exc:
             sec = Section(key, TITLES.get(key, key), skipped=f"the analysis failed on this table: "
                                             f"{type(exc).__name__}: {exc}")
