@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import re
 import types
 import warnings
 
@@ -444,7 +445,9 @@ def test_the_api_reference_lists_every_public_name():
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "api.rst").read_text()
-    missing = [n for n in rs.__all__ if n not in ("dumps", "plot")
+    # a directive (".. autofunction:: name") or an autosummary entry (an indented line "name")
+    listed = set(re.findall(r"^\s{3}(?:refusalstats\.)?(\w+)\s*$", page, flags=re.MULTILINE))
+    missing = [n for n in rs.__all__ if n not in ("dumps", "plot") and n not in listed
                and not any(f":: {p}{n}" in page for p in ("", "refusalstats."))]
     assert not missing, f"docs/api.rst does not document {missing}"
     assert "automodule:: refusalstats.plot" in page and "automodule:: refusalstats.dumps" in page

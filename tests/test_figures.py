@@ -353,3 +353,42 @@ def test_coefficients_on_the_odds_scale():
     assert any(np.allclose(line.get_xdata(), [1.0, 1.0]) for line in ax.lines)  # line at OR 1
     with pytest.raises(ValueError, match="scale must be"):
         rs.plot.coefficients(tab, scale="probability")
+
+
+def test_coefficients_one_panel_per_factor_with_its_own_axis():
+    tab = COEF.assign(separated=[False, False, False, False, True, False])
+    fig = rs.plot.coefficients(tab, top_k=10, by_factor=True, reference={"a": "r", "b": "s"})
+    a, b = fig.axes[:2]
+    assert [a.get_title(loc="left"), b.get_title(loc="left")] == ["a (vs. r)", "b (vs. s)"]
+    # each panel lists its factor's levels only, all of them (fewer than 2 x top_k), sorted
+    assert [t.get_text() for t in a.get_yticklabels()] == ["x", "y"]
+    assert [t.get_text() for t in b.get_yticklabels()] == ["w", "u", "v (separated)"]
+    assert [c.lines[0].get_xdata()[0] for c in _errorbars(b)] == pytest.approx([0.9, -0.8, -3.0])
+    # own axes: the persona-like panel is not stretched to the other factor's range
+    assert a.get_xlim()[0] > -1.0 and b.get_xlim()[0] < -3.4
+
+
+def test_hierarchical_effects_probability_scale_and_unassessable_cells():
+    eff = pd.DataFrame({
+        "model": ["A", "A", "B", "B"], "persona": ["x", "y"] * 2,
+        "effect": [0.5, -0.5, 0.8, 0.7], "ci_low": [0.1, -0.9, 0.4, 0.3],
+        "ci_high": [0.9, -0.1, 1.2, 1.1],
+        "prob_effect": [0.05, -0.04, 1e-6, 1e-6], "prob_ci_low": [0.01, -0.08, 1e-7, 1e-7],
+        "prob_ci_high": [0.09, -0.01, 2e-6, 2e-6], "observed_rate": [0.3, 0.1, 0.0, 0.0],
+    })
+    fig = rs.plot.hierarchical_effects(eff)
+    pa, pb = [ax for ax in fig.axes if ax.get_visible()]
+    assert pa.get_xlabel() == "Δ refusal probability (pp), 95% HDI"
+    spans = [sorted([s[0][0], s[1][0]]) for c in _errorbars(pa) for s in c.lines[2][0].get_segments()]
+    np.testing.assert_allclose(spans, [[1.0, 9.0], [-8.0, -1.0]])  # percentage points
+    # model B never refused: no interval, no filled point, a grey cross per persona
+    assert _errorbars(pb) == [] and pb.get_title() == "B (never refused)"
+    crosses = [ln for ln in pb.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and len(crosses[0].get_xdata()) == 2
+    assert "not assessed" in fig.get_suptitle()
+    np.testing.assert_array_equal(rs.plot.unassessable(eff), [False, False, True, True])
+    # the log-odds scale on request
+    fig = rs.plot.hierarchical_effects(eff, scale="log-odds")
+    assert fig.axes[0].get_xlabel() == "effect (log-odds), 95% HDI"
+    with pytest.raises(ValueError, match="scale must be"):
+        rs.plot.hierarchical_effects(eff, scale="odds")

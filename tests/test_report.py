@@ -147,7 +147,8 @@ def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated
     tests = fit.drop1().set_index("term")
     persona = tests.loc["persona"]
     assert int(persona["df"]) == 14
-    assert "cluster-robust Wald F" in fit.drop1().attrs["test"]  # clustered by item: no LR test
+    test = fit.drop1().attrs["test"]  # clustered by item: a cluster-robust Wald test, no LR test
+    assert "cluster-robust" in test and "Wald" in test
     line = [f for f in rep.findings if f.startswith("Cluster-robust Wald F test")]
     assert len(line) == 1 and not any(f.startswith("Likelihood-ratio") for f in rep.findings)
     assert (f"persona: F(14, {int(persona['df_resid'])}) = {S.fmt_num(persona['F'], 3)}, p "
@@ -272,9 +273,10 @@ def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     assert len(eff) == 16 * 15
     assert (eff["ci_low"] <= eff["effect"]).all() and (eff["effect"] <= eff["ci_high"]).all()
     assert "hierarchical_effects" in rep.figures
-    n_excl = int(((eff["ci_low"] > 0) | (eff["ci_high"] < 0)).sum())
+    flat = rs.plot.unassessable(eff)
+    n_excl = int((((eff["prob_ci_low"] > 0) | (eff["prob_ci_high"] < 0)) & ~flat).sum())
     html = rep.path.read_text(encoding="utf-8")
-    assert f"{n_excl} of {len(eff)} persona × model effects" in html
+    assert f"{n_excl} of {int((~flat).sum())} persona × model effects" in html
     # 20,320 item-level patterns: the item term is left out of the default, and the page says so
     assert "The item random intercept (1|item_id) was left out" in html
 
@@ -386,3 +388,169 @@ def test_report_of_a_stream_gives_the_hierarchical_model_the_path(simulated, tmp
     why = rep.skipped["hierarchical"]
     assert "needs the rows" in why and "data must be a pandas DataFrame" in why
     assert "Skipped:</b> " + why.replace("'", "&#x27;")[:30] in rep.path.read_text("utf-8")
+
+
+# ------------------------------------------------------------------ issue 21: the report never misleads
+def strong_persona_table() -> pd.DataFrame:
+    """Four models (C never refuses), eight personas (y raises refusal a lot), two prompts."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, base in [("A", 0.3), ("B", 0.15), ("C", 0.0), ("D", 0.25)]:
+        for p, shift in [("x", 0.0), ("y", 0.6), ("z", -0.12), ("w", 0.1), ("v", 0.0),
+                         ("u", -0.05), ("t", 0.05), ("s", 0.0)]:
+            for q in ["p1", "p2"]:
+                for i in range(80):
+                    prob = 0.0 if base == 0 else min(1.0, max(0.0, base + shift))
+                    rows.append({"item_id": i, "model": m, "persona": p, "prompt": q,
+                                 "task": "nli", "refusal": int(rng.random() < prob)})
+    return rs.validate(pd.DataFrame(rows))
+
+
+HIER_FORMULA = "refusal ~ prompt + (1|model) + (1|persona) + (1|persona:model)"
+
+
+@pytest.fixture(scope="module")
+def strong():
+    df = strong_persona_table()
+    fit = rs.hierarchical(HIER_FORMULA, df, method="laplace", seed=0, progress=False)
+    return df, fit
+
+
+def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(strong, tmp_path):
+    df, fit = strong
+    rep = rs.report(df, out=tmp_path, results={"hierarchical": fit}, seed=0, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+    eff = fit.effects("persona", within="model")
+    tab = pd.read_csv(rep.tables["hierarchical_effects"])
+    np.testing.assert_allclose(tab["prob_effect"], eff["prob_effect"])
+    excludes = ((100 * eff["prob_ci_low"] > 0) | (100 * eff["prob_ci_high"] < 0)).to_numpy()
+    never = (eff["model"] == "C").to_numpy()
+    # without the rule the never-refusing model's cells would be counted (tiny but one-signed)
+    assert excludes[never].any()
+    k = int((excludes & ~never).sum())
+    line = [f for f in rep.findings if f.startswith("Hierarchical model:")]
+    assert len(line) == 1
+    assert line[0].startswith(f"Hierarchical model: {k} of 24 persona × model effects on the "
+                              "refusal probability have a 95% HDI excluding 0")
+    assert "8 cells with an observed rate of 0% or 100%" in line[0]
+    # the item caveat sits next to the count (the fit has no (1|item_id) term)
+    assert "without an item term (1|item_id)" in line[0]
+    sec = next(s for s in rep.sections if s.key == "hierarchical")
+    disp = sec.tables[0].display
+    row = disp[(disp["model"] == "A") & (disp["persona"] == "y")].iloc[0]
+    a_y = eff[(eff["model"] == "A") & (eff["persona"] == "y")].iloc[0]
+    assert row["Δ refusal probability (pp)"] == f"{100 * a_y['prob_effect']:.2f}"
+    assert row["95% HDI (pp)"] == (f"{100 * a_y['prob_ci_low']:.2f} to "
+                                   f"{100 * a_y['prob_ci_high']:.2f}")
+    assert (disp.loc[disp["model"] == "C", "note"] != "").all()
+    # the persona x model deviations apart: the (1|persona:model) draws alone
+    dev = pd.read_csv(rep.tables["hierarchical_deviations"])
+    ref = fit.deviations("persona:model")
+    assert len(dev) == 32
+    np.testing.assert_allclose(dev["effect"], ref["effect"])
+    u = fit.deviations("persona").set_index("persona")["effect"]
+    both = eff.set_index(["model", "persona"])["effect"]
+    for r in ref.itertuples():  # effects() = (1|persona) + (1|persona:model)
+        assert both[(r.model, r.persona)] == pytest.approx(u[r.persona] + r.effect, abs=1e-9)
+
+
+def test_cli_bayes_prints_the_report_units(strong, tmp_path, capsys, monkeypatch):
+    from refusalstats import bayes
+    from refusalstats.cli import main
+
+    df, fit = strong
+    monkeypatch.setattr(bayes, "hierarchical", lambda *a, **k: fit)
+    path = rs.write_responses(df, tmp_path / "t.parquet")
+    assert main(["bayes", HIER_FORMULA, str(path), "--effects", "persona", "--within",
+                 "model"]) == 0
+    out = capsys.readouterr().out
+    assert "Δ refusal probability (pp)" in out and "percentage points" in out
+    a_y = fit.effects("persona", within="model").query("model == 'A' and persona == 'y'").iloc[0]
+    assert f"{100 * a_y['prob_effect']:.2f}" in out
+
+
+def test_report_reuses_fitted_results_without_refitting(strong, tmp_path, monkeypatch):
+    import refusalstats.bayes
+    import refusalstats.regression
+    import refusalstats.sensitivity
+
+    df, fit = strong
+    lf = rs.logit("refusal ~ persona + prompt + model", df, penalty="firth", progress=False,
+                  cluster="item_id")
+    w2 = rs.w2_sensitivity(df, inputs=["model", "persona"], n_boot=20, n_perm=10, seed=0,
+                           progress=False, cluster="item_id")
+
+    def refit(*args, **kwargs):
+        raise RuntimeError("the report fitted again")
+
+    for mod, name in [(refusalstats.regression, "logit"), (refusalstats.sensitivity, "w2_sensitivity"),
+                      (refusalstats.bayes, "hierarchical")]:
+        monkeypatch.setattr(mod, name, refit)
+    with pytest.raises(RuntimeError, match="fitted again"):  # the guard works
+        rs.report(df, out=tmp_path / "a", progress=False)
+    rep = rs.report(df, out=tmp_path / "b", progress=False,
+                    results={"logit": lf, "w2": w2, "hierarchical": fit})
+    assert not {"logit", "w2", "hierarchical"} & set(rep.skipped)
+    coef = pd.read_csv(rep.tables["coefficients"]).set_index("term")
+    np.testing.assert_allclose(coef.loc[lf.params.index, "estimate"], lf.params)
+    np.testing.assert_allclose(pd.read_csv(rep.tables["w2_indices"])["iota"], w2.table["iota"])
+    with pytest.raises(TypeError, match="results\\['hierarchical'\\]"):
+        rs.report(df, out=tmp_path / "c", progress=False, results={"hierarchical": lf})
+
+
+def test_odds_ratio_intervals_and_separated_terms_in_the_coefficient_table(strong, tmp_path):
+    df, _ = strong
+    for penalty in (None, "firth"):
+        rep = rs.report(df, out=tmp_path / str(penalty), hierarchical=False, progress=False,
+                        options={"w2": {"n_boot": 0, "n_perm": 0}, "logit": {"penalty": penalty}})
+        sec = next(s for s in rep.sections if s.key == "logit")
+        disp = sec.tables[0].display.set_index("term")
+        raw = pd.read_csv(rep.tables["coefficients"]).set_index("term")
+        sep = raw.index[raw["separated"].astype(bool)]
+        assert len(sep) == 1 and "C" in sep[0]  # model C never refused
+        ok = raw.index[~raw["separated"].astype(bool) & (raw.index != "Intercept")][0]
+        r = raw.loc[ok]
+        assert disp.loc[S.F._pretty_term(ok), "odds ratio (95% CI)"] == (
+            f"{np.exp(r['estimate']):.3g} ({np.exp(r['ci_low']):.3g} to {np.exp(r['ci_high']):.3g})")
+        text = disp.loc[S.F._pretty_term(sep[0]), "odds ratio (95% CI)"]
+        if penalty is None:
+            assert text == "separated; not estimable"
+        else:
+            assert text.endswith("firth-penalised (separated)") and "(" in text
+        # never a bare "0.000" (an odds ratio rounded to nothing)
+        assert not re.search(r"(?<![\d.])0\.000(?!\d)", " ".join(disp["odds ratio (95% CI)"]))
+
+
+def test_findings_one_base_per_sentence_ties_and_one_model(tmp_path):
+    df = with_free_and_answers()
+    rep = rs.report(df, out=tmp_path / "a", hierarchical=False, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+    po = df[df["setting"] == "persona"]
+    overall = rs.refusal_rates(po, cluster="item_id").iloc[0]
+    assert any(f.startswith(f"Overall refusal rate {S.pct(overall['rate'])}") and
+               f"over the {len(po):,} answers to prompts that name a persona" in f
+               for f in rep.findings)
+    task = rs.refusal_rates(po, by="task", cluster="item_id").set_index("task")["rate"]
+    line = next(f for f in rep.findings if f.startswith("Highest task rate (persona rows)"))
+    assert f"offensiveness, {S.pct(task['offensiveness'])}" in line  # same base as overall
+    # ties: every level equal -> one sentence saying so, never "highest x ... lowest x"
+    tied = df.assign(refusal=np.where(df["task"] == "nli", df["refusal"], 0))
+    tied.loc[tied["task"] == "offensiveness", "refusal"] = tied.loc[
+        tied["task"] == "nli", "refusal"].to_numpy()
+    rep = rs.report(tied, out=tmp_path / "b", hierarchical=False, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+    line = next(f for f in rep.findings if f.startswith(("Every task rate", "Highest task rate")))
+    assert line.startswith("Every task rate (persona rows) is the same:") and "lowest" not in line
+    # one model that never refused: no talk of a model coefficient
+    one = df[df["model"] == "M1"].assign(refusal=0)
+    rep = rs.report(one, out=tmp_path / "c", hierarchical=False, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+    assert "The model never refused: M1." in rep.findings
+    assert not any("coefficient" in f for f in rep.findings)
+
+
+def test_w2_section_says_what_iota_is_and_that_indices_do_not_add_up(sim_report):
+    rep, html = sim_report
+    sec = next(s for s in rep.sections if s.key == "w2")
+    assert "2 Var(Y)" in sec.how_to_read and "do not add up to 1" in sec.how_to_read
+    assert "share of the output's variability explained" not in html

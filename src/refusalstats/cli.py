@@ -979,9 +979,12 @@ def _cmd_bayes(args) -> int:
             eff = fit.effects(args.effects, within=args.within)
         except ValueError as exc:
             raise CLIError(_one_line(exc)) from None
+        from .reporting.sections import effects_display
+
         print(f"\nEffects of {args.effects}" + (f" within {args.within}" if args.within else "")
-              + " (logit scale and change in refusal probability, 95% HDIs):")
-        print(eff.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+              + " (change in refusal probability in percentage points, then log-odds; "
+              "95% HDIs; the report shows the same):")
+        print(effects_display(eff).to_string(index=False))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -832,6 +832,8 @@ def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
         "ci_high": df[hi].to_numpy(float),
         "p_value": df[p].to_numpy(float) if p else np.full(len(df), np.nan),
     })
+    if "separated" in df.columns:
+        out["separated"] = df["separated"].fillna(False).astype(bool).to_numpy()
     return out
 
 
@@ -862,12 +864,69 @@ def _pretty_term(term: str) -> str:
     return " × ".join(_pretty_one(p) for p in parts)
 
 
+def _factor_of(term: str) -> str:
+    """The factor a coefficient belongs to: ``persona[T.Man]`` -> ``persona``; an
+    interaction's factors joined by ×; anything else is its own name.
+
+    >>> _factor_of("C(model, Treatment('A'))[T.B]"), _factor_of("x")
+    ('model', 'x')
+    """
+    return " × ".join(p.split(":", 1)[0] for p in _pretty_term(term).split(" × "))
+
+
+def _top(tab: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """The ``top_k`` most positive terms (descending) then the ``top_k`` most negative; all
+    terms, by estimate, when there are at most ``2 * top_k``."""
+    if len(tab) <= 2 * top_k:
+        return tab.sort_values("estimate", ascending=False, kind="stable").reset_index(drop=True)
+    pos = tab[tab["estimate"] > 0].nlargest(top_k, "estimate")
+    neg = tab[tab["estimate"] <= 0].nsmallest(top_k, "estimate")
+    return pd.concat([pos, neg.iloc[::-1]]).reset_index(drop=True)
+
+
+def _forest(ax, show: pd.DataFrame, scale: str, sig_level: float, strip: str | None = None
+            ) -> None:
+    """One forest of coefficients (top row first) into ``ax``."""
+    n = len(show)
+    y = np.arange(n)[::-1]
+    est = show["estimate"].to_numpy(float)
+    lo = show["ci_low"].to_numpy(float)
+    hi = show["ci_high"].to_numpy(float)
+    sig = show["p_value"].to_numpy(float) < sig_level
+    colour = np.where(est > 0, _CAT[4], _CAT[0])
+    if scale == "odds":
+        with np.errstate(over="ignore"):
+            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
+    for k in range(n):
+        ok = np.isfinite(lo[k]) and np.isfinite(hi[k])
+        ax.errorbar(est[k], y[k], xerr=[[est[k] - lo[k]], [hi[k] - est[k]]] if ok else None,
+                    fmt="o", color=colour[k], mfc=colour[k] if sig[k] else "white", ms=5,
+                    capsize=2, lw=1.1)
+    ax.axvline(1.0 if scale == "odds" else 0.0, color="0.4", lw=0.8)
+    labels = [_pretty_term(t) for t in show["term"]]
+    if strip:  # the panel title names the factor: drop it from the tick labels
+        labels = [t.removeprefix(f"{strip}: ") for t in labels]
+    if "separated" in show.columns:
+        labels = [f"{t} (separated)" if sep else t
+                  for t, sep in zip(labels, show["separated"].fillna(False).astype(bool))]
+    ax.set_yticks(y, labels)
+    if scale == "odds":
+        ax.set_xscale("log")
+    ax.grid(axis="x", color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    _style(ax)
+
+
 def coefficients(data, top_k: int = 10, *, sig_level: float = 0.01, scale: str = "log-odds",
+                 by_factor: bool = False, reference: dict | None = None,
                  title: str | None = None) -> Figure:
     """Forest plot of the ``top_k`` largest positive and negative coefficients (P1's Fig. 6).
 
     Log-odds estimates with their CIs (whiskers); filled markers are significant at
-    ``sig_level`` (P1 uses 0.01), hollow ones are not. The intercept is left out.
+    ``sig_level`` (P1 uses 0.01), hollow ones are not. The intercept is left out. With
+    ``by_factor=True`` each factor (persona, prompt, task, model, ...) gets its own panel
+    and its own axis, so that large terms of one factor (a model that never refuses) do
+    not squash the others; P1's Fig. 6 is the persona panel.
 
     Parameters
     ----------
@@ -875,12 +934,18 @@ def coefficients(data, top_k: int = 10, *, sig_level: float = 0.01, scale: str =
         A fitted ``logit`` result (its ``coef_table()`` is used) or a coefficient table
         (``term``, ``estimate``, ``ci_low``, ``ci_high``, optional ``p_value``).
     top_k : int
-        How many of the most positive and of the most negative terms to show.
+        How many of the most positive and of the most negative terms to show (per panel
+        with ``by_factor``).
     sig_level : float
         Significance level of the filled markers (not ``alpha``, which is logit's penalty).
     scale : {"log-odds", "odds"}
         Plot the coefficients (log-odds, reference line at 0) or the odds ratios
         ``exp(estimate)`` with their intervals on a log axis (reference line at 1).
+    by_factor : bool
+        One panel per factor, each with its own x axis (the report's choice).
+    reference : dict, optional
+        Reference level per factor (``{"persona": "Atheist"}``), named in the panel titles;
+        default the fit's ``reference`` when ``data`` is a fitted result.
     title : str, optional
         Figure title.
 
@@ -897,6 +962,11 @@ def coefficients(data, top_k: int = 10, *, sig_level: float = 0.01, scale: str =
     >>> fig = rs.plot.coefficients(tab, top_k=1, scale="odds")
     >>> fig.axes[0].get_xscale()
     'log'
+    >>> tab = pd.DataFrame({"term": ["persona[T.x]", "persona[T.y]", "model[T.B]"],
+    ...                     "estimate": [1.0, 0.5, -9.0], "ci_low": [0.5, 0.1, -12.0],
+    ...                     "ci_high": [1.5, 0.9, -6.0]})
+    >>> [ax.get_title() for ax in rs.plot.coefficients(tab, by_factor=True).axes]
+    ['persona', 'model']
     """
     from matplotlib.lines import Line2D
 
@@ -904,46 +974,49 @@ def coefficients(data, top_k: int = 10, *, sig_level: float = 0.01, scale: str =
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if scale not in ("log-odds", "odds"):
         raise ValueError(f"scale must be 'log-odds' or 'odds', got {scale!r}")
+    if reference is None:
+        reference = getattr(data, "reference", None)
+    reference = dict(reference or {})
     tab = coef_frame(data)
     tab = tab[~tab["term"].str.lower().isin(["intercept", "(intercept)"])]
     tab = tab[np.isfinite(tab["estimate"])]
-    pos = tab[tab["estimate"] > 0].nlargest(top_k, "estimate")
-    neg = tab[tab["estimate"] <= 0].nsmallest(top_k, "estimate")
-    show = pd.concat([pos, neg.iloc[::-1]]).reset_index(drop=True)
-    n = len(show)
-    fig = _figure(6.4, 0.26 * n + 1.6)
-    ax = fig.subplots()
-    y = np.arange(n)[::-1]
-    est = show["estimate"].to_numpy()
-    lo = show["ci_low"].to_numpy()
-    hi = show["ci_high"].to_numpy()
-    sig = show["p_value"].to_numpy() < sig_level
-    colour = np.where(est > 0, _CAT[4], _CAT[0])
-    if scale == "odds":
-        with np.errstate(over="ignore"):
-            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
-    for k in range(n):
-        ok = np.isfinite(lo[k]) and np.isfinite(hi[k])
-        ax.errorbar(est[k], y[k], xerr=[[est[k] - lo[k]], [hi[k] - est[k]]] if ok else None,
-                    fmt="o", color=colour[k], mfc=colour[k] if sig[k] else "white", ms=5,
-                    capsize=2, lw=1.1)
-    ax.axvline(1.0 if scale == "odds" else 0.0, color="0.4", lw=0.8)
-    ax.set_yticks(y, [_pretty_term(t) for t in show["term"]])
-    if scale == "odds":
-        ax.set_xscale("log")
-        ax.set_xlabel("odds ratio of refusal vs. reference level\n(log axis), 95% CI")
+    if by_factor:
+        factor = tab["term"].map(_factor_of)
+        groups = [(f, _top(tab[factor == f], top_k)) for f in pd.unique(factor)]
     else:
-        ax.set_xlabel("coefficient: log-odds of refusal vs. reference level\n95% CI")
-    ax.set_ylabel("term")
-    ax.grid(axis="x", color="0.9", lw=0.6)
-    ax.set_axisbelow(True)
+        groups = [(None, _top(tab, top_k))]
+    sizes = [max(len(g), 1) for _, g in groups]
+    fig = _figure(6.4, 0.26 * sum(sizes) + 0.75 * len(groups) + 1.1)
+    axes = fig.subplots(len(groups), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": [s + 1.2 for s in sizes]})[:, 0]
+    for ax, (f, show) in zip(axes, groups):
+        _forest(ax, show, scale, sig_level, strip=f)
+        if f is not None:
+            ref = f" (vs. {reference[f]})" if f in reference else ""
+            ax.set_title(f"{f}{ref}", loc="left", fontsize=9)
+            ax.set_ylabel("")
+        else:
+            ax.set_ylabel("term")
+    if scale == "odds":
+        axes[-1].set_xlabel("odds ratio of refusal vs. reference level\n(log axis), 95% CI")
+    else:
+        axes[-1].set_xlabel("coefficient: log-odds of refusal vs. reference level\n95% CI"
+                            + ("; each panel has its own axis" if by_factor and len(axes) > 1
+                               else ""))
     handles = [Line2D([], [], color=_CAT[4], marker="o", ls="", label="raises refusal"),
                Line2D([], [], color=_CAT[0], marker="o", ls="", label="lowers refusal"),
                Line2D([], [], color="0.3", marker="o", mfc="white", ls="",
                       label=f"hollow: p ≥ {sig_level:g}")]
-    ax.legend(handles=handles, loc="best", frameon=False)
-    _style(ax)
-    ax.set_title(title or f"Largest {top_k} positive and negative coefficients", loc="left", wrap=True)
+    if by_factor:  # below the panels, where it hides no point
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    else:
+        axes[0].legend(handles=handles, loc="best", frameon=False)
+    if by_factor:
+        fig.suptitle(title or "Coefficients by factor (log-odds vs. the reference level)",
+                     x=0.01, ha="left", wrap=True)
+    else:
+        axes[0].set_title(title or f"Largest {top_k} positive and negative coefficients",
+                          loc="left", wrap=True)
     return fig
 
 
@@ -955,23 +1028,44 @@ _HLO = ("ci_low", "hdi_3%", "hdi_2.5%", "lower")
 _HHI = ("ci_high", "hdi_97%", "hdi_97.5%", "upper")
 
 
+def unassessable(data: pd.DataFrame) -> np.ndarray:
+    """Cells whose observed refusal rate is 0 or 1 (``observed_rate`` column; False without it).
+
+    Such a cell (e.g. every persona of a model that never refused) shows no variation,
+    so a persona effect there is the prior and the pooling speaking, not the cell's data:
+    figures draw it as a grey cross and the report does not count it among effects whose
+    interval excludes 0.
+    """
+    if "observed_rate" not in data.columns:
+        return np.zeros(len(data), dtype=bool)
+    obs = data["observed_rate"].to_numpy(float)
+    return (obs <= 0) | (obs >= 1)
+
+
 def hierarchical_effects(data: pd.DataFrame, term: str = "persona", within: str = "model",
-                         *, title: str | None = None) -> Figure:
+                         *, scale: str = "auto", title: str | None = None) -> Figure:
     """Posterior effect of each level of ``term`` within each ``within`` group with HDIs.
 
     One small panel per ``within`` level (e.g. per model), each a forest of the level's
-    posterior mean effect (log-odds) with its highest-density interval; filled markers
-    are intervals that exclude zero.
+    posterior mean effect with its highest-density interval, on a shared axis; filled
+    markers are intervals that exclude zero. Cells with an observed rate of 0 or 1
+    (``observed_rate`` column, e.g. a model that never refused) are grey crosses without
+    an interval: the data say nothing about a persona effect there.
 
     Parameters
     ----------
     data : DataFrame
         From ``HierarchicalResult.effects("persona", within="model")``: the columns named
         by ``term`` and ``within``, the posterior mean (``effect``, or ``mean``) and interval bounds
-        ``ci_low``/``ci_high``; the interval's name is read from ``data.attrs["interval"]``
-        (default ``"95% HDI"``).
+        ``ci_low``/``ci_high``; on the probability scale ``prob_effect``,
+        ``prob_ci_low``, ``prob_ci_high``; the interval's name is read from
+        ``data.attrs["interval"]`` (default ``"95% HDI"``).
     term, within : str
         Column names of the effect levels and the panel grouping.
+    scale : {"auto", "probability", "log-odds"}
+        ``"probability"``: the change in refusal probability in percentage points (the
+        ``prob_*`` columns); ``"log-odds"``: the logit-scale effect; ``"auto"``:
+        probability when the ``prob_*`` columns are there.
     title : str, optional
         Figure title.
 
@@ -989,47 +1083,71 @@ def hierarchical_effects(data: pd.DataFrame, term: str = "persona", within: str 
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"expected an effects DataFrame, got {type(data).__name__}")
-    m, lo_c, hi_c = _pick(data, _MEAN, ""), _pick(data, _HLO, ""), _pick(data, _HHI, "")
+    if scale not in ("auto", "probability", "log-odds"):
+        raise ValueError(f"scale must be 'auto', 'probability' or 'log-odds', got {scale!r}")
+    prob_cols = ("prob_effect", "prob_ci_low", "prob_ci_high")
+    if scale == "auto":
+        scale = "probability" if all(c in data.columns for c in prob_cols) else "log-odds"
+    if scale == "probability":
+        _need(data, prob_cols, "hierarchical_effects(scale='probability')")
+        m, lo_c, hi_c = prob_cols
+        factor = 100.0
+    else:
+        m, lo_c, hi_c = _pick(data, _MEAN, ""), _pick(data, _HLO, ""), _pick(data, _HHI, "")
+        factor = 1.0
     if m is None or lo_c is None or hi_c is None:
         raise SchemaError("hierarchical_effects needs a mean and interval columns (e.g. 'mean', "
                           f"'ci_low', 'ci_high'); its columns are {list(map(str, data.columns))}")
     cols = [term] + ([within] if within else [])
     _need(data, cols, "hierarchical_effects")
     interval = str(data.attrs.get("interval", "95% HDI"))
+    flat = unassessable(data)
+    data = data.assign(_flat=flat)
     groups = _levels(data[within]) if within else [None]
     levels = _levels(data[term])
     ncol = min(4, len(groups))
     nrow = int(np.ceil(len(groups) / ncol))
-    fig = _figure(2.3 * ncol + 1.4, (0.15 * len(levels) + 0.7) * nrow + 0.8)
+    fig = _figure(2.3 * ncol + 1.4, (0.15 * len(levels) + 0.7) * nrow + 1.0)
     axes = np.atleast_2d(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False))
     y = np.arange(len(levels))[::-1]
     for k, g in enumerate(groups):
         ax = axes.flat[k]
         sub = data if g is None else data[data[within].astype(str) == str(g)]
         s = sub.set_index(term).reindex(levels)
-        mu = s[m].to_numpy(float)
-        lo = s[lo_c].to_numpy(float)
-        hi = s[hi_c].to_numpy(float)
+        mu = factor * s[m].to_numpy(float)
+        lo = factor * s[lo_c].to_numpy(float)
+        hi = factor * s[hi_c].to_numpy(float)
+        no_var = s["_flat"].fillna(False).to_numpy(bool)
         ok = np.isfinite(mu)
-        excl = ok & ((lo > 0) | (hi < 0))
+        excl = ok & ((lo > 0) | (hi < 0)) & ~no_var
         colour = np.where(mu > 0, _CAT[4], _CAT[0])
         ax.axvline(0, color="0.5", lw=0.7)
-        for i in np.flatnonzero(ok):
+        for i in np.flatnonzero(ok & ~no_var):
             ax.errorbar(mu[i], y[i], xerr=[[mu[i] - lo[i]], [hi[i] - mu[i]]], fmt="o",
                         ms=3, lw=0.9, color=colour[i], mfc=colour[i] if excl[i] else "white")
+        if (ok & no_var).any():
+            ax.plot(np.zeros(int((ok & no_var).sum())), y[ok & no_var], "x", color="0.6", ms=3)
         ax.set_yticks(y, [str(v) for v in levels])
         ax.tick_params(labelsize=6.5)
         if g is not None:
-            ax.set_title(str(g), fontsize=8)
+            rate = sub["observed_rate"] if "observed_rate" in sub.columns else None
+            note = ""
+            if rate is not None and len(sub) and no_var[ok].all():
+                note = " (never refused)" if (rate <= 0).all() else " (no variation)"
+            ax.set_title(f"{g}{note}", fontsize=8)
         _style(ax)
     for k in range(len(groups), nrow * ncol):
         axes.flat[k].set_visible(False)
+    label = ("Δ refusal probability (pp)" if scale == "probability" else "effect (log-odds)")
     for ax in axes[-1]:
-        ax.set_xlabel(f"effect (log-odds), {interval}", fontsize=7)
+        ax.set_xlabel(f"{label}, {interval}", fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel(term)
-    fig.suptitle(title or f"{term.capitalize()} effect within each {within} (filled: HDI excludes 0)",
-                 x=0.01, ha="left", wrap=True)
+    what = (f"change in refusal probability vs. an average {term}" if scale == "probability"
+            else f"log-odds vs. an average {term}")
+    extra = "; grey ×: observed rate 0% or 100%, not assessed" if flat.any() else ""
+    fig.suptitle(title or f"{term.capitalize()} effect within each {within}: {what} "
+                 f"(filled: HDI excludes 0{extra})", x=0.01, ha="left", wrap=True, fontsize=9)
     return fig
 
 

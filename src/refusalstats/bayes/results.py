@@ -418,6 +418,50 @@ class HierarchicalResult:
         out.attrs["terms"] = [g.name for g in use]
         return out
 
+    def deviations(self, term: str, conf: float = 0.95) -> pd.DataFrame:
+        """The random intercepts of one random term alone, e.g. each ``persona:model`` deviation.
+
+        :meth:`effects` adds up every random term built from its variables (for
+        ``effects("persona", within="model")``: :math:`u_p + v_{p,m}`); this returns one
+        term's draws only (:math:`v_{p,m}`): how far a persona's effect in one model departs
+        from that persona's average effect over models, on the logit scale.
+
+        Parameters
+        ----------
+        term : str
+            A random term of the formula, by its grouping variables joined with ``:``
+            (``"persona:model"``, ``"model:persona"`` or ``"persona"``).
+        conf : float
+            Probability mass of the highest-density intervals.
+
+        Returns
+        -------
+        DataFrame
+            One row per level: the term's variables, ``effect`` (posterior mean, logit
+            scale), ``ci_low``, ``ci_high`` (HDI) and ``p_gt_0``.
+
+        Examples
+        --------
+        >>> fit.deviations("persona:model")  # doctest: +SKIP
+        """
+        want = tuple(v.strip() for v in str(term).split(":"))
+        match = [g for g in self.model.groups if sorted(g.term.groups) == sorted(want)]
+        if not match:
+            raise ValueError(f"no random term ({term}) in the model; its random terms are "
+                             f"{[g.name for g in self.model.groups]}")
+        g = match[0]
+        u = _draws(self.idata, g.var)
+        conf = check_conf(conf)
+        lo, hi = _hdi(u, conf)
+        first = np.full(len(g.levels), -1)
+        first[g.index[::-1]] = np.arange(len(g.index))[::-1]
+        labels = self.model.patterns.iloc[first][list(want)].reset_index(drop=True)
+        out = labels.assign(effect=u.mean(0), ci_low=lo, ci_high=hi,
+                                        p_gt_0=(u > 0).mean(0))
+        out.attrs["conf"] = conf
+        out.attrs["interval"] = f"{100 * conf:g}% HDI"
+        return out
+
     # ------------------------------------------------------------------ prediction
     def predict(self, newdata: pd.DataFrame | None = None, *, conf: float | None = None
                 ) -> np.ndarray | pd.DataFrame:

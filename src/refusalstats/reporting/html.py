@@ -182,6 +182,12 @@ def report(
     if unknown:
         raise ValueError(f"results has unknown key(s) {sorted(unknown)}; "
                          "use 'logit', 'w2', 'hierarchical'")
+    for key, need, made_by in (("logit", "coef_table", "rs.logit(...)"),
+                               ("w2", "table", "rs.w2_sensitivity(...)"),
+                               ("hierarchical", "effects", "rs.hierarchical(...)")):
+        if results.get(key) is not None and not hasattr(results[key], need):
+            raise TypeError(f"results['{key}'] must be a result of {made_by}, got "
+                            f"{type(results[key]).__name__}")
     options = {k: dict(v) for k, v in (options or {}).items()}
     unknown = set(options) - {"logit", "w2", "hierarchical"}
     if unknown:

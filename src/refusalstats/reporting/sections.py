@@ -176,7 +176,7 @@ def multi(ctx: Context, col: str, persona_only: bool = False) -> bool:
 def columns_of(ctx: Context) -> list[str]:
     """The source's columns (streamed: from the Parquet schema)."""
     if streamed(ctx):
-        from ..scan import scan_columns
+        from ..sources import scan_columns
 
         return scan_columns(ctx.source)
     return list(map(str, ctx.data.columns))
@@ -269,6 +269,17 @@ def fmt_num(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def fmt_sig(x: float, digits: int = 3) -> str:
+    """A positive number (an odds ratio) to ``digits`` significant digits, never ``0.000``.
+
+    >>> fmt_sig(0.000123), fmt_sig(2.5), fmt_sig(float("inf"))
+    ('0.000123', '2.5', '—')
+    """
+    if x is None or not np.isfinite(x):
+        return "—"
+    return f"{x:.{digits}g}"
+
+
 def rate_display(tab: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """``refusal_rates`` output formatted for the page: n, refusals, rate (%), 95% CI."""
     out = tab[by].astype(str).copy()
@@ -322,26 +333,75 @@ def rates_section(ctx: Context) -> Section:
                               rate_display(tab, ["model", "task"]), collapsed=len(tab) > 24))
     overall = rates_of(ctx, [], po).iloc[0]
     clustered = f", clustered by {ctx.cluster}" if ctx.cluster else ""
+    base = (f"the {int(overall['n']):,} answers to prompts that name a persona (persona-free "
+            "answers are compared in their own section)" if n_po < n_all
+            else f"{int(overall['n']):,} answers")
     s.findings.append(
         f"Overall refusal rate {pct(overall['rate'])} (95% CI "
-        f"{pct_ci(overall['ci_low'], overall['ci_high'])}{clustered}) over "
-        f"{int(overall['n']):,} answers."
+        f"{pct_ci(overall['ci_low'], overall['ci_high'])}{clustered}) over {base}."
     )
-    top = tab.loc[tab["rate"].idxmax()]
-    s.findings.append(
-        f"Highest model × task rate: {top['model']} on {top['task']}, {pct(top['rate'])} "
-        f"(95% CI {pct_ci(top['ci_low'], top['ci_high'])})."
-    )
+    safe = _safe_split(ctx, po)
+    if safe:
+        s.findings.append(safe)
+    s.findings.append(_extremes(tab, ["model", "task"], "model × task rate"
+                                + (" (persona rows)" if n_po < n_all else "")))
     never = tab.groupby("model", observed=True)["refusals"].sum()
     never = [str(m) for m, v in never.items() if v == 0]
     if never:
         one = len(never) == 1
-        s.findings.append(
-            f"{len(never)} model{'' if one else 's'} never refused: {', '.join(never)} — "
-            f"{'its' if one else 'their'} regression coefficient{'' if one else 's'} "
-            f"{'is' if one else 'are'} not identifiable without penalisation (separation)."
-        )
+        text = (f"{len(never)} model{'' if one else 's'} never refused: {', '.join(never)}"
+                if len(never) < len(tab["model"].unique()) else
+                ("The model never refused" if one else
+                 f"None of the {len(never)} models ever refused") + f": {', '.join(never)}")
+        if multi(ctx, "model", po) and len(never) < len(tab["model"].unique()):
+            text += (f" — {'its' if one else 'their'} regression coefficient"
+                     f"{'' if one else 's'} {'is' if one else 'are'} not identifiable by "
+                     "maximum likelihood (separation); a penalised fit (Firth, the report's "
+                     "default) gives a finite estimate")
+        s.findings.append(text + ".")
     return s
+
+
+def _safe_split(ctx: Context, po: bool) -> str | None:
+    """The rate on safe prompts (false refusal) and on unsafe ones (refusal expected), when a
+    ``safe`` column has both (XSTest): the overall rate mixes the two."""
+    if "safe" not in columns_of(ctx) or not multi(ctx, "safe", po):
+        return None
+    tab = rates_of(ctx, ["safe"], po)
+    key = tab["safe"].astype(str).str.lower()
+    is_safe, unsafe = tab[key.isin(["true", "1", "safe"])], tab[key.isin(["false", "0", "unsafe"])]
+    if len(is_safe) != 1 or len(unsafe) != 1:
+        return None
+    a, b = is_safe.iloc[0], unsafe.iloc[0]
+    return (f"The overall rate mixes safe and unsafe prompts: on the {int(a['n']):,} safe prompts "
+            f"(where a refusal is a false refusal) the rate is {pct(a['rate'])} (95% CI "
+            f"{pct_ci(a['ci_low'], a['ci_high'])}); on the {int(b['n']):,} unsafe ones (where "
+            f"refusing is expected) {pct(b['rate'])} ({pct_ci(b['ci_low'], b['ci_high'])}).")
+
+
+def _label(row: pd.Series, by: list[str]) -> str:
+    return " on ".join(str(row[c]) for c in by)
+
+
+def _extremes(tab: pd.DataFrame, by: list[str], what: str) -> str:
+    """"Highest ...: A x%; lowest ...: B y%" with ties named (or "all equal")."""
+    rates = tab["rate"].to_numpy(float)
+    ok = np.isfinite(rates)
+    if not ok.any():
+        return f"No {what} could be computed."
+    hi, lo = np.nanmax(rates), np.nanmin(rates)
+    if hi == lo:
+        return f"Every {what} is the same: {pct(hi)} in all {int(ok.sum())}."
+
+    def name(v: float) -> str:
+        rows = tab[rates == v]
+        names = [_label(r, by) for _, r in rows.iterrows()]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        ci = (f" (95% CI {pct_ci(rows['ci_low'].iloc[0], rows['ci_high'].iloc[0])})"
+              if len(rows) == 1 else " each")
+        return f"{shown}, {pct(v)}{ci}"
+
+    return f"Highest {what}: {name(hi)}; lowest: {name(lo)}."
 
 
 #: Schema columns that describe the design (what was varied), in display order.
@@ -372,19 +432,20 @@ def factors_section(ctx: Context) -> Section:
     if not cols:
         s.skipped = "no design column other than model and persona has two or more levels."
         return s
+    po = has_persona_rows(ctx) and n_rows(ctx, True) < n_rows(ctx)
     for col in cols:
-        tab = rates_of(ctx, [col]).sort_values("rate", kind="stable")
+        # one base per sentence: the persona rows (as the overall rate), except for the
+        # columns that tell persona and persona-free answers apart
+        po_col = po and col != "setting"
+        tab = rates_of(ctx, [col], po_col).sort_values("rate", kind="stable")
         tab = tab.reset_index(drop=True)
+        rows = " (rows with a persona)" if po_col else ""
         s.figures.append(render(F.rates_by(tab, col), f"rates_by_{col}",
-                                f"Refusal rate by {col}, sorted, with 95% CIs."))
-        s.tables.append(TableItem(f"rates_by_{col}", f"Refusal rate by {col}.", tab,
+                                f"Refusal rate by {col}{rows}, sorted, with 95% CIs."))
+        s.tables.append(TableItem(f"rates_by_{col}", f"Refusal rate by {col}{rows}.", tab,
                                   rate_display(tab, [col]), collapsed=len(tab) > 24))
-        hi, lo = tab.loc[tab["rate"].idxmax()], tab.loc[tab["rate"].idxmin()]
-        s.findings.append(
-            f"By {col}: highest {hi[col]} {pct(hi['rate'])} (95% CI "
-            f"{pct_ci(hi['ci_low'], hi['ci_high'])}), lowest {lo[col]} {pct(lo['rate'])} "
-            f"(95% CI {pct_ci(lo['ci_low'], lo['ci_high'])})."
-        )
+        s.findings.append(_extremes(tab, [col], f"{col} rate" + (
+            " (persona rows)" if po_col else "")))
     return s
 
 
@@ -496,13 +557,12 @@ def personas_section(ctx: Context) -> Section:
                                   collapsed=True))
     pooled = rates_of(ctx, ["persona"], True).sort_values("rate")
     lo, hi = pooled.iloc[0], pooled.iloc[-1]
-    overlap = hi["ci_low"] <= lo["ci_high"]
-    s.findings.append(
-        f"Persona with the highest refusal rate: {hi['persona']} {pct(hi['rate'])} (95% CI "
-        f"{pct_ci(hi['ci_low'], hi['ci_high'])}); lowest: {lo['persona']} {pct(lo['rate'])} "
-        f"({pct_ci(lo['ci_low'], lo['ci_high'])})"
-        + ("; the intervals overlap." if overlap else "; the intervals do not overlap.")
-    )
+    text = _extremes(pooled, ["persona"], "persona refusal rate")
+    if lo["rate"] < hi["rate"]:
+        overlap = hi["ci_low"] <= lo["ci_high"]
+        text = text[:-1] + ("; the extreme intervals overlap." if overlap
+                            else "; the extreme intervals do not overlap.")
+    s.findings.append(text)
     return s
 
 
@@ -553,10 +613,14 @@ def default_inputs(d: pd.DataFrame) -> list[str]:
 
 def w2_section(ctx: Context) -> Section:
     s = Section("w2", TITLES["w2"],
-                "ι is the share of the output's variability explained by an input (0: none, "
-                "1: all); whiskers are bootstrap 95% CIs; the grey box is what an irrelevant "
-                "input with the same number of levels would score (permutation null, up to "
-                "its 95% quantile).")
+                "ι = E[W2²(P_Y, P_Y|X)] / (2 Var(Y)): how far, on average, knowing the "
+                "input moves the distribution of refusal away from its overall distribution, "
+                "as a share of its largest possible value (0: knowing the input changes "
+                "nothing; 1: it determines refusal). Each input is scored on its own, so the "
+                "indices of several inputs are not shares of one total and do not add up to "
+                "1. Whiskers are bootstrap 95% CIs; the grey box is what an irrelevant input "
+                "with the same number of levels would score (permutation null, up to its 95% "
+                "quantile).")
     po = has_persona_rows(ctx)
     d = view(ctx, po)
     res = ctx.results.get("w2")
@@ -617,7 +681,9 @@ def w2_section(ctx: Context) -> Section:
             f"Among inputs that beat the null, {first['input']} explains the most variation "
             f"(ι {fmt_num(first['iota'])}, 95% CI {fmt_num(first['ci_low'])}–"
             f"{fmt_num(first['ci_high'])}); order: "
-            + " > ".join(f"{r.input} ({fmt_num(r.iota)})" for r in strong.itertuples()) + "."
+            + " > ".join(f"{r.input} ({fmt_num(r.iota)})" for r in strong.itertuples())
+            + (" (each input is scored on its own: the indices are not shares of one total "
+               "and need not add up to 1)." if len(strong) > 1 else ".")
         )
     else:
         s.findings.append("No input's ι is distinguishable from its permutation null.")
@@ -707,8 +773,8 @@ def _persona_counts(ctx: Context, formula: str, cluster) -> tuple[str, pd.DataFr
     """``refusals ~ ...`` and the counts of the persona rows of a streamed source: collapsed
     by the formula's variables, the filter columns and the cluster, the persona-free lines
     dropped and the rest summed back."""
+    from ..counts import collapse
     from ..formula import parse_formula
-    from ..scan import collapse
 
     parsed = parse_formula(formula)
     if parsed.response != "refusal":
@@ -730,18 +796,41 @@ def _persona_counts(ctx: Context, formula: str, cluster) -> tuple[str, pd.DataFr
 def _logit_outputs(s: Section, fit, data: pd.DataFrame | None = None) -> None:
     coef = fit.coef_table()
     cf = F.coef_frame(coef)
-    s.figures.append(render(F.coefficients(cf, top_k=10), "coefficients",
-                            "Ten most positive and ten most negative coefficients with 95% CIs."))
+    cf_sep = cf.assign(separated=coef["separated"].to_numpy(bool)) if "separated" in \
+        coef.columns else cf
+    s.figures.append(render(F.coefficients(cf_sep, top_k=10, by_factor=True,
+                                           reference=getattr(fit, "reference", None)),
+                            "coefficients",
+                            "Coefficients with 95% CIs, one panel per factor, each on its own "
+                            "axis (up to ten most positive and ten most negative terms per "
+                            "factor" + ("; the persona panel is P1's Fig. 6)." if any(
+                                F._factor_of(t) == "persona" for t in cf["term"]) else ").")))
+    penalty = getattr(fit, "penalty", None)
+    sep = (coef["separated"].to_numpy(bool) if "separated" in coef.columns
+           else np.zeros(len(cf), dtype=bool))
+    odds = np.exp(cf["estimate"].to_numpy(float))
+    with np.errstate(over="ignore"):
+        or_lo, or_hi = np.exp(cf["ci_low"].to_numpy(float)), np.exp(cf["ci_high"].to_numpy(float))
+    or_text, est_text = [], []
+    for k in range(len(cf)):
+        ci = (f" ({fmt_sig(or_lo[k])} to {fmt_sig(or_hi[k])})"
+              if np.isfinite(or_lo[k]) and np.isfinite(or_hi[k]) else " (no finite CI)")
+        if sep[k] and not penalty:
+            or_text.append("separated; not estimable")
+            est_text.append("separated; not estimable")
+            continue
+        label = f", {penalty}-penalised (separated)" if sep[k] else ""
+        or_text.append(fmt_sig(odds[k]) + ci + label)
+        est_text.append(fmt_num(cf["estimate"].iloc[k], 3))
     disp = pd.DataFrame({
         "term": [F._pretty_term(t) for t in cf["term"]],
-        "estimate": [fmt_num(v, 3) for v in cf["estimate"]],
+        "estimate": est_text,
         "95% CI": [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}" for a, b in zip(cf["ci_low"], cf["ci_high"])],
-        "odds ratio": [fmt_num(np.exp(v), 3) if np.isfinite(v) and abs(v) < 50 else "—"
-                       for v in cf["estimate"]],
+        "odds ratio (95% CI)": or_text,
         "p": [fmt_p(v) for v in cf["p_value"]],
     })
     if "separated" in coef.columns:
-        disp["separation"] = np.where(coef["separated"].to_numpy(bool), "yes", "")
+        disp["separation"] = np.where(sep, "yes", "")
     method = [f"penalty: {getattr(fit, 'penalty', None) or 'none (maximum likelihood)'}"]
     for attr, label in (("cov_type", "standard errors"), ("ci_method", "intervals")):
         if getattr(fit, attr, None):
@@ -882,7 +971,7 @@ def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=Non
         return base, None
     cols = [c for c in (*fixed, "model", "persona", cluster) if c in d.columns or c == cluster]
     if source is not None:  # streamed: count the patterns (one line each), not the rows
-        from ..scan import collapse
+        from ..counts import collapse
 
         keys = [c for c in cols if c != cluster]
         n_patterns = len(collapse(source, by=keys, cluster=cluster))
@@ -900,12 +989,50 @@ def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=Non
     )
 
 
+def effects_display(eff: pd.DataFrame) -> pd.DataFrame:
+    """``HierarchicalResult.effects`` formatted as the report and ``refusalstats bayes`` show it.
+
+    The change in refusal probability in percentage points with its HDI first, then the
+    log-odds effect; cells with an observed rate of 0% or 100% say "not assessed".
+
+    Parameters
+    ----------
+    eff : DataFrame
+        From ``fit.effects(term, within=...)``.
+
+    Returns
+    -------
+    DataFrame
+        Strings, one row per cell.
+    """
+    interval = str(eff.attrs.get("interval", "95% HDI"))
+    keys = [c for c in eff.columns if c not in (
+        "effect", "ci_low", "ci_high", "p_gt_0", "prob_effect", "prob_ci_low", "prob_ci_high",
+        "observed_rate", "n")]
+    out = eff[keys].astype(str).reset_index(drop=True)
+    flat = F.unassessable(eff)
+    out["Δ refusal probability (pp)"] = [fmt_num(100 * v, 2) for v in eff["prob_effect"]]
+    out[f"{interval} (pp)"] = [f"{fmt_num(100 * a, 2)} to {fmt_num(100 * b, 2)}"
+                               for a, b in zip(eff["prob_ci_low"], eff["prob_ci_high"])]
+    out["effect (log-odds)"] = [fmt_num(v, 2) for v in eff["effect"]]
+    out[f"{interval} (log-odds)"] = [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}"
+                                     for a, b in zip(eff["ci_low"], eff["ci_high"])]
+    out["P(effect > 0)"] = [fmt_num(v, 3) for v in eff["p_gt_0"]]
+    out["observed rate"] = [pct(v) for v in eff["observed_rate"]]
+    out["n"] = [f"{int(v):,}" for v in eff["n"]]
+    out["note"] = np.where(flat, "not assessed: observed rate 0% or 100%", "")
+    return out
+
+
 def hierarchical_section(ctx: Context) -> Section:
     s = Section("hierarchical", TITLES["hierarchical"],
-                "Each point is a persona's effect (log-odds) in one model relative to an "
-                "average persona in that model, from a Bayesian model that pools information "
-                "across models and personas; whiskers are 95% highest-density intervals, "
-                "filled points exclude 0.")
+                "Each point is how much naming a persona changes one model's refusal "
+                "probability (percentage points) compared with an average persona in that "
+                "model, from a Bayesian model that pools information across models and "
+                "personas; whiskers are 95% highest-density intervals from the posterior "
+                "draws, filled points exclude 0. A model that refused rarely can only move "
+                "by a few points. Cells with an observed rate of 0% or 100% are not "
+                "assessed. The second table isolates the persona × model deviations.")
     po = has_persona_rows(ctx)
     d = view(ctx, po)
     fit = ctx.results.get("hierarchical")
@@ -960,25 +1087,37 @@ def hierarchical_section(ctx: Context) -> Section:
             if "convergence" in type(w.category).__name__.lower() or "trustworthy" in str(w.message):
                 s.notes.append(f"Convergence warning: {w.message}")
     used = str(getattr(getattr(fit, "model", None), "formula", "") or "")
-    if isinstance(ctx.cluster, str) and used and f"(1|{ctx.cluster})" not in used.replace(" ", "") \
-            and not any(ctx.cluster in n for n in s.notes):
+    no_item = (isinstance(ctx.cluster, str) and bool(used)
+               and f"(1|{ctx.cluster})" not in used.replace(" ", ""))
+    if no_item and not any(ctx.cluster in n for n in s.notes):
         s.notes.append(f"This fit has no (1|{ctx.cluster}) term although answers are clustered by "
                        f"{ctx.cluster}: its intervals for item-level factors are too narrow "
                        "(docs/validity.md).")
     eff = fit.effects("persona", within="model")
-    s.figures.append(render(F.hierarchical_effects(eff), "hierarchical_effects",
-                            "Posterior effect of each persona within each model, 95% HDIs."))
-    edisp = pd.DataFrame({
-        "model": eff["model"].astype(str), "persona": eff["persona"].astype(str),
-        "effect (log-odds)": [fmt_num(v, 2) for v in eff["effect"]],
-        "95% HDI": [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}"
-                    for a, b in zip(eff["ci_low"], eff["ci_high"])],
-        "P(effect > 0)": [fmt_num(v, 3) for v in eff["p_gt_0"]],
-        "Δ refusal probability": [f"{fmt_num(100 * v, 2)} pp" for v in eff["prob_effect"]],
-        "observed rate": [pct(v) for v in eff["observed_rate"]],
-    })
-    s.tables.append(TableItem("hierarchical_effects", "Persona effect within each model.",
-                              eff, edisp, collapsed=True))
+    flat = F.unassessable(eff)
+    s.figures.append(render(F.hierarchical_effects(eff, scale="probability"),
+                            "hierarchical_effects",
+                            "Change in refusal probability (percentage points) when a prompt "
+                            "names each persona rather than an average persona, within each "
+                            "model; 95% HDIs from the posterior draws. Grey crosses: cells "
+                            "with an observed rate of 0% or 100%, not assessed."))
+    s.tables.append(TableItem("hierarchical_effects", "Persona effect within each model: change "
+                              "in refusal probability (pp) and on the log-odds scale.",
+                              eff, effects_display(eff), collapsed=True))
+    dev = None
+    if any(sorted(g.term.groups) == ["model", "persona"] for g in fit.model.groups):
+        dev = fit.deviations("persona:model")
+        ddisp = pd.DataFrame({
+            "model": dev["model"].astype(str), "persona": dev["persona"].astype(str),
+            "deviation (log-odds)": [fmt_num(v, 2) for v in dev["effect"]],
+            "95% HDI": [f"{fmt_num(a, 2)} to {fmt_num(b, 2)}"
+                        for a, b in zip(dev["ci_low"], dev["ci_high"])],
+            "P(deviation > 0)": [fmt_num(v, 3) for v in dev["p_gt_0"]],
+        })
+        s.tables.append(TableItem("hierarchical_deviations", "Persona × model deviations "
+                                  "(1|persona:model) alone: how far a persona's effect in one "
+                                  "model departs from its average effect over models (log-odds).",
+                                  dev, ddisp, collapsed=True))
     summ = fit.to_frame()
     sdisp = pd.DataFrame({
         "term": [str(t) for t in summ.index],
@@ -991,12 +1130,27 @@ def hierarchical_section(ctx: Context) -> Section:
     s.tables.append(TableItem("hierarchical_summary", "Fixed effects and group standard "
                               "deviations (logit scale).", summ.reset_index(), sdisp))
     diag = fit.diagnostics()
-    excl = eff[(eff["ci_low"] > 0) | (eff["ci_high"] < 0)]
+    lo, hi = 100 * eff["prob_ci_low"], 100 * eff["prob_ci_high"]
+    excl = eff[((lo > 0) | (hi < 0)).to_numpy() & ~flat]
+    caveat = (f" These intervals come from a fit without an item term (1|{ctx.cluster}): they "
+              "are too narrow (about 1.6–1.8× for item-level factors, docs/validity.md), so "
+              "this count is too high." if no_item else "")
+    left = (f"; {int(flat.sum())} cells with an observed rate of 0% or 100% (e.g. a model that "
+            "never refused) are not counted" if flat.any() else "")
     s.findings.append(
-        f"Hierarchical model: {len(excl)} of {len(eff)} persona × model effects have a 95% HDI "
-        f"excluding 0 ({int((excl['effect'] > 0).sum())} raise, "
-        f"{int((excl['effect'] < 0).sum())} lower refusal)."
+        f"Hierarchical model: {len(excl)} of {int((~flat).sum())} persona × model effects on the "
+        f"refusal probability have a 95% HDI excluding 0 ({int((excl['prob_effect'] > 0).sum())} "
+        f"raise, {int((excl['prob_effect'] < 0).sum())} lower refusal){left}.{caveat}"
     )
+    if dev is not None:
+        dflat = F.unassessable(dev.merge(eff[["model", "persona", "observed_rate"]],
+                                         on=["model", "persona"], how="left"))
+        dx = dev[((dev["ci_low"] > 0) | (dev["ci_high"] < 0)).to_numpy() & ~dflat]
+        s.findings.append(
+            f"Persona × model deviations (a persona's effect in one model minus its average "
+            f"over models, log-odds): {len(dx)} of {int((~dflat).sum())} have a 95% HDI "
+            "excluding 0." + (" Most persona effects are shared across models." if
+                              len(dx) <= 0.05 * max(1, int((~dflat).sum())) else ""))
     if diag.get("sampler") == "advi":
         s.notes.append("Fitted by ADVI, a fast approximation: intervals are typically too narrow.")
     else:
@@ -1024,7 +1178,7 @@ ANSWERS_STREAM_ROWS = 20_000
 
 def _head(source, columns: list[str], n: int) -> pd.DataFrame:
     """The first ``n`` rows of ``columns`` of a Parquet source (nothing else is read)."""
-    from ..scan import open_dataset
+    from ..sources import open_dataset
 
     return open_dataset(source).head(n, columns=columns).to_pandas()
 
