@@ -242,3 +242,22 @@ def test_disparity_interval_covers(n_items, effects, n_in_category, rate):
     med, med_plugin = np.median(out["disparity"]), np.median(out["disparity_plugin"])
     assert med_plugin < 0.95 * true
     assert abs(np.log(med / true)) < abs(np.log(med_plugin / true))
+
+
+def test_few_items_are_flagged_with_kish_effective_number():
+    """Items answered by very different numbers of rows: the bootstrap's effective number
+    of items is Kish's (sum m)^2 / sum m^2, flagged below 10 with a warning naming the group."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for item, size in enumerate([60] * 3 + [2] * 30):  # Kish: (180 + 60)^2 / (3*3600 + 30*4) ~ 5.3
+        for persona, group in [("a", "G"), ("b", "G"), ("c", "control"), ("d", "control"), ("e", "control")]:
+            frames.append(pd.DataFrame({"item_id": item, "persona": persona, "persona_group": group,
+                                        "refusal": rng.random(size) < 0.3}))
+    df = pd.concat(frames, ignore_index=True).assign(refusal=lambda d: d.refusal.astype(int))
+    m = df.groupby("item_id").size().to_numpy(float)
+    with pytest.warns(RuntimeWarning, match=r"1 group\(s\) have fewer than 10 effective items.*the table"):
+        out = rs.disparity(df, control="control", cluster="item_id")
+    assert out["effective_clusters"].item() == pytest.approx(m.sum() ** 2 / (m**2).sum())
+    assert out["few_clusters"].item()
+    ok = rs.disparity(df[df.item_id >= 3], control="control", cluster="item_id")  # 30 equal items
+    assert ok["effective_clusters"].item() == pytest.approx(30) and not ok["few_clusters"].item()

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ._validation import check_conf, check_random_state, cluster_from_block
-from .counts import N_COLUMN, REFUSALS_COLUMN
+from .counts import N_COLUMN, REFUSALS_COLUMN, effective_clusters
 from .rates import _auto_off, _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
 __all__ = ["disparity"]
@@ -83,6 +83,10 @@ def _control_personas(data, control, category, persona) -> tuple[set, str]:
 
 
 DISPARITY_ESTIMATORS = ("corrected", "plug-in")
+
+#: Fewer effective items than this (Kish's number over the bootstrap's clusters) flag a
+#: group: its item-bootstrap interval is not calibrated there.
+FEW_CLUSTERS = 10.0
 
 # the noise-corrected spread keeps at least this share of the observed sum of squares, so
 # a spread that sampling noise explains entirely stays positive (and its ratio finite)
@@ -232,9 +236,11 @@ def disparity(
         ``n_control``, ``control_sd`` (sds of the observed rates), with the corrected
         estimator ``sd_corrected``, ``control_sd_corrected`` and ``disparity_plugin``
         (= ``sd / control_sd``), then ``disparity`` (the chosen estimator) and
-        ``ci_low``, ``ci_high`` with ``n_boot``. ``attrs["estimator"]`` names the
-        estimator. A category with fewer than ``ddof + 1`` personas has NaN
-        sd; a control sd of 0 gives an infinite (or NaN) ratio, with a warning.
+        ``ci_low``, ``ci_high`` with ``n_boot``; with clusters ``effective_clusters``
+        (Kish's number of items) and ``few_clusters`` (fewer than 10, with a warning
+        naming the groups). ``attrs["estimator"]`` names the estimator. A category with
+        fewer than ``ddof + 1`` personas has NaN sd; a control sd of 0 gives an infinite
+        (or NaN) ratio, with a warning.
 
     Examples
     --------
@@ -281,7 +287,7 @@ def disparity(
     rng = check_random_state(seed)
     alpha = 1 - conf
     corrected = estimator == "corrected"
-    rows, degenerate = [], []
+    rows, degenerate, few = [], [], []
     for key, sub in _groups(counts, by):
         # personas in the counts' (category, persona) order, clusters sorted: the same
         # arrays, and so the same bootstrap draws, for a DataFrame and its Parquet files
@@ -300,6 +306,7 @@ def disparity(
         levels = [c for c in cat_order if c in set(cats[~is_ctrl])]
         sets = [is_ctrl] + [(cats == lev) & ~is_ctrl for lev in levels]
         boot = noise = boot_noise = None
+        eff = np.nan
         if blocks:
             b_codes, b_levels = pd.factorize(
                 pd.MultiIndex.from_frame(sub[blocks]) if len(blocks) > 1 else sub[blocks[0]],
@@ -311,6 +318,9 @@ def disparity(
             c_mat = c_mat.reshape(nb, npers)
             s_mat = np.bincount(cell, weights=sub[REFUSALS_COLUMN].to_numpy(), minlength=nb * npers)
             s_mat = s_mat.reshape(nb, npers)
+            eff = effective_clusters(c_mat.sum(axis=1))
+            if eff < FEW_CLUSTERS:
+                few.append(", ".join(f"{k}={_plain(v)!r}" for k, v in zip(by, key)) or "the table")
             if corrected:
                 noise = _cluster_rates_noise(s_mat, c_mat, np.ones((1, nb)), sets)[1][0]
             if n_boot:
@@ -362,6 +372,8 @@ def disparity(
                         row += list(np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
                 else:
                     row += [np.nan, np.nan]
+            if blocks:
+                row += [eff, bool(eff < FEW_CLUSTERS)]
             rows.append(tuple(row))
     if degenerate:
         warnings.warn(
@@ -376,6 +388,14 @@ def disparity(
     columns += ["disparity"]
     if n_boot:
         columns += ["ci_low", "ci_high"]
+    if blocks:
+        columns += ["effective_clusters", "few_clusters"]
+    if few:
+        warnings.warn(
+            f"disparity: {len(few)} group(s) have fewer than {FEW_CLUSTERS:g} effective items "
+            f"(Kish's (sum m)^2 / sum m^2 over the {'+'.join(blocks)} clusters): "
+            f"{', '.join(few[:5])}{' and more' if len(few) > 5 else ''}; the item bootstrap's "
+            "interval may be too narrow there (column few_clusters)", RuntimeWarning, stacklevel=2)
     out = pd.DataFrame(rows, columns=columns)
     out.attrs["control"] = sorted(ctrl, key=str)
     out.attrs["estimator"] = estimator
