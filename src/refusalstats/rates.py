@@ -745,7 +745,12 @@ def persona_effect(
     cluster : "auto", str, list of str or None
         Column(s) identifying groups of correlated rows, as in :func:`refusal_rates`
         (default ``"auto"``: ``item_id`` when the table has it and items repeat;
-        ``None``: independent rows, Newcombe's original interval).
+        ``None``: independent rows, Newcombe's original interval). The default target is
+        the effect for the personas in the table; ``["item_id", "persona"]`` (two-way,
+        Cameron, Gelbach & Miller 2011) targets the population the personas were drawn
+        from (the persona-free rows' single persona adds nothing there). Each setting's
+        rate gets the CR2 variance and Bell–McCaffrey degrees of freedom of
+        :func:`refusal_rates`; groups with df < 9 are flagged (``few_clusters``).
     refusal : str
         The 0/1 outcome column.
     labels : str, optional
@@ -761,8 +766,8 @@ def persona_effect(
         ``by`` columns, then ``n``, ``refusals`` and ``rate`` for each setting
         (suffixed ``_persona`` and ``_persona_free``), ``difference`` (persona minus
         persona-free), ``ci_low``, ``ci_high``; with clusters also ``n_clusters``,
-        ``design_effect_persona``, ``design_effect_persona_free`` and
-        ``correlation`` (of the two estimated rates).
+        ``design_effect_persona``, ``design_effect_persona_free``, ``correlation`` (of
+        the two estimated rates), ``df`` and ``few_clusters``.
 
     Notes
     -----
