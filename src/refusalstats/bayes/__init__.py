@@ -7,13 +7,21 @@ point :func:`hierarchical`), :mod:`.laplace` (the nested Laplace approximation),
 :mod:`refusalstats.plot`.
 """
 
-from .model import AUTO_CENTER_INFO, AUTO_CENTER_RATIO, HierarchicalModel, fit_options, hierarchical
+from .model import (
+    AUTO_CENTER_INFO,
+    AUTO_CENTER_RATIO,
+    AUTO_LAPLACE_PATTERNS,
+    HierarchicalModel,
+    fit_options,
+    hierarchical,
+)
 from .priors import DEFAULT_PRIORS
 from .results import ConvergenceWarning, HierarchicalResult
 
 __all__ = [
     "AUTO_CENTER_INFO",
     "AUTO_CENTER_RATIO",
+    "AUTO_LAPLACE_PATTERNS",
     "DEFAULT_PRIORS",
     "ConvergenceWarning",
     "HierarchicalModel",

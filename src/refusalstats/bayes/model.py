@@ -49,13 +49,20 @@ from .laplace import _Laplace
 from .priors import _fixed_rv, _resolve_priors, _sd_rv
 from .results import ConvergenceWarning, HierarchicalResult
 
-__all__ = ["AUTO_CENTER_INFO", "AUTO_CENTER_RATIO", "HierarchicalModel", "fit_options", "hierarchical"]
+__all__ = ["AUTO_CENTER_INFO", "AUTO_CENTER_RATIO", "AUTO_LAPLACE_PATTERNS", "HierarchicalModel", "fit_options",
+           "hierarchical"]
 
 
 #: parametrization="auto": a group level is sampled centred when the data pin its effect
 #: down, i.e. its observed Fisher information sum k(n-k)/n is at least this (likelihood
 #: sd <= 0.2 on the logit scale); otherwise non-centred (levels with few or no refusals).
 AUTO_CENTER_INFO = 25.0
+
+#: method="auto": the nested Laplace approximation above this many collapsed binomial
+#: patterns, NUTS at or below. NUTS costs grow with the patterns (one gradient is a pass over
+#: them) and with the levels to sample; with ``(1|item_id)`` nothing collapses across items
+#: (P1's scale 0.1: 203,200 patterns, 1,270 items; full scale 2,032,160 and 12,700).
+AUTO_LAPLACE_PATTERNS = 20_000
 
 #: parametrization="auto": a level is centred when its Fisher information times the low end
 #: of its group variance (``I_l * sd_low**2``, see ``HierarchicalModel._auto_centre``) is at
@@ -179,6 +186,11 @@ class HierarchicalModel:
                 f"formula {formula!r} has no random intercept such as '(1|persona)'; "
                 "for a model with fixed effects only use refusalstats.logit"
             )
+        if isinstance(data, pd.DataFrame) and data.attrs:
+            # pandas deep-copies .attrs into every derived frame (simulate_paper's truth holds
+            # 12,700 item effects: ~3 s of copies at full scale); drop them once, shallowly
+            data = data.copy(deep=False)
+            data.attrs = {}
         if isinstance(data, pd.DataFrame):
             check_columns(parsed, data)
         self.parsed: ParsedFormula = parsed
@@ -218,10 +230,37 @@ class HierarchicalModel:
                 cen = np.zeros(len(levels), dtype=bool)
             self.groups.append(_GroupTerm(term, idx, levels, cen, lev_info))
         self.priors = _resolve_priors(priors, names, [g.name for g in self.groups])
-        self.auto_rule: dict[str, Any] = {}
-        if parametrization == "auto":
-            self._auto_centre()
-        self.model = self._build()
+        self._auto_rule: dict[str, Any] | None = None
+        self._model = None
+
+    @property
+    def model(self):
+        """The PyMC model (binomial likelihood on ``patterns``), written on first use.
+
+        Only NUTS and ADVI need it; the nested Laplace fit does not, so a large design
+        fitted by ``method="laplace"`` never pays for writing (or auto-centring) it.
+        """
+        if self._model is None:
+            self._resolve_centring()
+            self._model = self._build()
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
+
+    @property
+    def auto_rule(self) -> dict[str, Any]:
+        """``parametrization="auto"``: per term the sd mode, its low end and the centred levels
+        (computed on first use, with the PyMC model); empty for the other parametrisations."""
+        self._resolve_centring()
+        return self._auto_rule
+
+    def _resolve_centring(self) -> None:
+        if self._auto_rule is None:
+            self._auto_rule = {}
+            if self.parametrization == "auto":
+                self._auto_centre()
 
     def _check_groups(self, work: pd.DataFrame) -> None:
         for g in self.parsed.group_variables:
@@ -281,19 +320,22 @@ class HierarchicalModel:
         non-centred, where the centred form would be a funnel.
         """
         from scipy.special import expit
+        from threadpoolctl import threadpool_limits
 
         t0 = time.perf_counter()
         try:
-            lap = _Laplace(self)
-            theta, sds, nfev = lap.fit_theta(tol=1e-2)
-            md = lap.mode(theta)
+            with threadpool_limits(1, user_api="blas"):  # see _fit_laplace
+                lap = _Laplace(self)
+                theta, H, nfev = lap.fit_theta(tol=1e-2)
+                sds = _theta_sd(H)
+                md = lap.mode(theta)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError) as exc:  # pragma: no cover
             warnings.warn(f"parametrization='auto': the quick Laplace fit failed ({exc}); "
                           f"falling back to the information rule (>= {AUTO_CENTER_INFO})", stacklevel=3)
             for g in self.groups:
                 g.centered[:] = g.information >= AUTO_CENTER_INFO
             return
-        eta = lap.J @ md["x_d"] + md["x_b"][lap.bidx]
+        eta = lap._eta(md["x_d"], md["x_b"])
         q = expit(eta)
         w = lap.n * q * (1 - q)
         for t, g in enumerate(self.groups):
@@ -305,11 +347,11 @@ class HierarchicalModel:
             info = np.minimum(np.bincount(g.index, weights=w, minlength=len(g.levels)), K * (N - K) / N)
             sd_low = float(np.exp(theta[t] - 2 * sds[t]))
             g.centered[:] = info * sd_low**2 >= AUTO_CENTER_RATIO
-            self.auto_rule[g.name] = {"sd_mode": float(np.exp(theta[t])), "log_sd_se": float(sds[t]),
+            self._auto_rule[g.name] = {"sd_mode": float(np.exp(theta[t])), "log_sd_se": float(sds[t]),
                                       "sd_low": sd_low, "centred": int(g.centered.sum()),
                                       "levels": len(g.levels)}
-        self.auto_rule["seconds"] = time.perf_counter() - t0
-        self.auto_rule["evaluations"] = int(nfev)
+        self._auto_rule["seconds"] = time.perf_counter() - t0
+        self._auto_rule["evaluations"] = int(nfev)
 
     # ------------------------------------------------------------------ pymc
     def _build(self):
@@ -417,8 +459,9 @@ class HierarchicalModel:
         self.inverse = col.inverse
         self.n_rows = len(work)
         self.observed_rate = float(y.mean())
-        with self.model:
-            pm.set_data({"successes": succ.astype(float)})
+        if self._model is not None:
+            with self._model:
+                pm.set_data({"successes": succ.astype(float)})
         if getattr(self, "_compiled", None) is not None:
             self._compiled = self._compiled.with_data(successes=succ.astype(float))
         return self
@@ -469,7 +512,7 @@ class HierarchicalModel:
         sampler: str = "nutpie",
         seed: int | np.random.Generator | None = 0,
         target_accept: float = 0.9,
-        method: str = "nuts",
+        method: str = "auto",
         cores: int | None = None,
         progress: bool = True,
         low_rank: bool = True,
@@ -499,10 +542,19 @@ class HierarchicalModel:
             as ``.seed``.
         target_accept : float
             NUTS target acceptance rate; raise it when there are divergences.
-        method : {"nuts", "laplace", "advi"}
-            ``"laplace"``: nested Laplace approximation (INLA-like, integrating over the
-            group sd's), APPROXIMATE and labelled so; the practical way to fit
-            ``(1|item_id)`` on large tables (docs/methods_hierarchical.md). ``"advi"``:
+        method : {"auto", "nuts", "laplace", "advi"}
+            Which method runs (the result's ``sampler`` and ``settings["method"]`` say which
+            did). ``"auto"`` (default): ``"nuts"`` when the table collapses to at most
+            :data:`AUTO_LAPLACE_PATTERNS` (20,000) binomial patterns, ``"laplace"`` above
+            that. Patterns are many when nothing collapses across a large random term: with
+            ``(1|item_id)`` P1's full design keeps 2,032,160 patterns (12,700 items), where
+            NUTS takes hours on 2 cores and the nested Laplace fit about a minute; without
+            the item term it has 6,480 patterns and NUTS runs (~25 s).
+            ``"nuts"``: exact MCMC (nutpie or PyMC). ``"laplace"``: nested Laplace
+            approximation (INLA-like: Gaussian latent effects given the group sd's, the sd's
+            integrated over 2T+1 design points), APPROXIMATE and labelled so in every
+            output; ``draws`` independent draws, no R-hat. Checked against NUTS, lme4 and
+            by calibration (docs/methods_hierarchical.md, "Nested Laplace"). ``"advi"``:
             mean-field variational approximation, fast but APPROXIMATE (intervals too
             narrow, no R-hat); labelled as such in every output.
         cores : int, optional
@@ -529,9 +581,12 @@ class HierarchicalModel:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not 0 < target_accept < 1:
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-        if method not in ("nuts", "advi", "laplace"):
-            raise ValueError(f"method must be 'nuts' (exact MCMC), 'laplace' or 'advi' (approximate), "
-                             f"got {method!r}")
+        if method not in ("auto", "nuts", "advi", "laplace"):
+            raise ValueError(f"method must be 'auto', 'nuts' (exact MCMC), 'laplace' or 'advi' "
+                             f"(approximate), got {method!r}")
+        requested = method
+        if method == "auto":
+            method = "laplace" if len(self.patterns) > AUTO_LAPLACE_PATTERNS else "nuts"
         if sampler not in ("nutpie", "pymc"):
             raise ValueError(f"sampler must be 'nutpie' or 'pymc', got {sampler!r}")
         cores = int(cores or min(chains, os.cpu_count() or 1))
@@ -560,6 +615,7 @@ class HierarchicalModel:
         res = HierarchicalResult(self, idata, sampler=used, seed=seed, timings=timings,
                                   settings={"draws": draws, "tune": tune, "chains": chains,
                                             "target_accept": target_accept, "method": method,
+                                            "method_requested": requested,
                                             "low_rank": low_rank,
                                             "parametrization": self.parametrization})
         msg = res._warning_text()
@@ -595,46 +651,73 @@ class HierarchicalModel:
         return idata, {"sample_s": time.perf_counter() - t0}
 
     def _fit_laplace(self, draws, seed, progress):
-        """Nested Laplace approximation (see :class:`_Laplace`); ``draws`` independent draws.
+        """Nested Laplace approximation (see :class:`~refusalstats.bayes.laplace._Laplace`).
 
-        The log sd's ``theta`` get their posterior mode and a curvature sd each; the latent
-        Gaussians are mixed over 2T+1 points (the mode and +-a sd along each axis, a =
-        sqrt((2T+1)/2) so the design matches the Gaussian's variances), weighted by the
-        Laplace posterior of theta relative to its Gaussian approximation (INLA's
-        correction). Group sd draws are log-normal from the mode and curvature.
+        theta (the log group sd's) gets its posterior mode and the Hessian there (exact
+        Laplace gradient, differences of gradients). The latent Gaussians N(x_hat(theta),
+        H(theta)^-1) are mixed over 2T+1 theta values: the mode and +-a along each
+        eigenvector of the Hessian in standardised units (a = sqrt((2T+1)/2), so that equal
+        weights reproduce the Gaussian's covariance), weighted by the Laplace posterior of
+        theta relative to that Gaussian (INLA's correction). The group sd draws come from
+        the Gaussian in the same standardised coordinates with a separate scale on each
+        side of each axis, fitted to the Laplace posterior at the +-a points (INLA's
+        skewness correction). ``draws`` independent draws.
         """
+        from threadpoolctl import threadpool_limits
+
+        # one BLAS thread: the products are small (~280 x 12,700) and, on a loaded 2-core
+        # machine, OpenBLAS's second thread made them ~10x slower (measured: 282^2 x 12,700
+        # product 0.95 s with 2 threads, 0.09 s with 1, load average 9)
+        with threadpool_limits(1, user_api="blas"):
+            return self._fit_laplace_inner(draws, seed, progress)
+
+    def _fit_laplace_inner(self, draws, seed, progress):
         import arviz as az
+        from scipy.linalg import solve_triangular
 
         t0 = time.perf_counter()
         lap = _Laplace(self)
-        theta, sds, nfev = lap.fit_theta()
+        theta, H, nfev = lap.fit_theta()
         t1 = time.perf_counter()
         T = len(theta)
+        lam, V = np.linalg.eigh(H)
+        lam = np.maximum(lam, 1e-6)  # a flat direction (a sd at a bound) gets a wide, finite scale
+        scale = V / np.sqrt(lam)[None, :]  # theta = theta_hat + scale @ z
         a = np.sqrt((2 * T + 1) / 2)
-        points = [theta] + [theta + sgn * a * sds[t] * np.eye(T)[t] for t in range(T) for sgn in (1, -1)]
-        lps, modes = [], []
+        zs = [np.zeros(T)] + [sgn * a * np.eye(T)[t] for t in range(T) for sgn in (1, -1)]
+        points = [np.clip(theta + scale @ z, -12.0, 5.0) for z in zs]
+        lps, states = [], []
+        centre = (lap.x_d.copy(), lap.x_b.copy(), lap._pred)
         for th in points:
+            lap.x_d, lap.x_b, lap._pred = centre  # each point starts from the mode's predictor
             lp, md = lap.log_post_theta(th)
             lps.append(lp)
-            modes.append(md)
-        lq = np.array([0.0] + [-0.5 * a * a] * (2 * T))
-        logw = np.array(lps) - lps[0] - lq
+            # what drawing needs (B D^-1 in single precision: 14 MB per point at full scale)
+            states.append({k: md[k] for k in ("x_d", "x_b", "cho", "D")} | {"BD": md["BD"].astype(np.float32)})
+        lps = np.array(lps)
+        logw = lps - lps[0] + 0.5 * np.array([z @ z for z in zs])
         w = np.exp(logw - logw.max())
         w /= w.sum()
         rng = check_random_state(seed)
         counts = rng.multinomial(draws, w)
         xd, xb = [], []
-        for md, c in zip(modes, counts):
+        for md, c in zip(states, counts):
             if c == 0:
                 continue
             z = rng.standard_normal((c, lap.nd))
-            dd = np.linalg.solve(md["cho"].T, z.T).T
-            db = -(dd @ md["B"]) / md["D"][None, :] + rng.standard_normal((c, lap.nb)) / np.sqrt(md["D"])[None, :]
+            dd = solve_triangular(md["cho"], z.T, lower=True, trans="T").T
+            db = -(dd @ md["BD"].T.astype(float)) + rng.standard_normal((c, lap.nb)) / np.sqrt(md["D"])[None, :]
             xd.append(md["x_d"][None, :] + dd)
             xb.append(md["x_b"][None, :] + db)
         xd, xb = np.vstack(xd), np.vstack(xb)
         perm = rng.permutation(draws)
         xd, xb = xd[perm], xb[perm]
+        # sd draws: skew-corrected Gaussian in the standardised theta coordinates
+        drop = lps[0] - lps[1:].reshape(T, 2)  # (T, [+a, -a]) log-density drops
+        side = np.where(drop > 1e-8, a / np.sqrt(2 * np.maximum(drop, 1e-8)), 1.0)
+        z = rng.standard_normal((draws, T))
+        z = np.where(z >= 0, z * side[:, 0], z * side[:, 1])
+        theta_draws = theta[None, :] + z @ scale.T
         post: dict[str, np.ndarray] = {}
         dims: dict[str, list[str]] = {}
         coords: dict[str, Any] = {}
@@ -650,17 +733,20 @@ class HierarchicalModel:
             vals = xb if t == lap.big else xd[:, lap.slices[t]]
             post[g.var] = vals[None]
             dims[g.var] = [g.dim]
-            coords[g.dim] = g.levels
-            post[f"{g.var}_sigma"] = np.exp(theta[t] + sds[t] * rng.standard_normal(draws))[None]
+            coords[g.dim] = np.asarray(g.levels)  # (arviz deep-copies coords: an array is cheap)
+            post[f"{g.var}_sigma"] = np.exp(theta_draws[:, t])[None]
         idata = az.from_dict(posterior=post, dims=dims, coords=coords)
         t2 = time.perf_counter()
-        self.laplace_info = {"theta_mode": theta.tolist(), "theta_sd": sds.tolist(),
+        self.laplace_info = {"theta_mode": theta.tolist(), "theta_sd": _theta_sd(H).tolist(),
                              "sd_mode": dict(zip([f"sd({g.name})" for g in self.groups],
                                                  np.exp(theta).tolist())),
-                             "weights": w.tolist(), "evaluations": int(nfev + len(points))}
+                             "theta_hessian": H.tolist(), "points": [p.tolist() for p in points],
+                             "weights": w.tolist(), "evaluations": int(lap.evaluations),
+                             "newton_steps": int(lap.newton_steps), "big_term": self.groups[lap.big].name,
+                             "cells": int(lap.J.shape[0]), "dense": int(lap.nd)}
         if progress:
-            print(f"laplace: sd mode in {t1 - t0:.1f} s ({nfev} evaluations), draws in {t2 - t1:.1f} s",
-                  flush=True)
+            print(f"laplace: theta mode and curvature in {t1 - t0:.1f} s ({nfev} evaluations), "
+                  f"design points and draws in {t2 - t1:.1f} s", flush=True)
         return idata, {"theta_s": t1 - t0, "draws_s": t2 - t1}
 
     def _fit_advi(self, draws, seed, progress):
@@ -671,6 +757,16 @@ class HierarchicalModel:
                             callbacks=[pm.callbacks.CheckParametersConvergence(tolerance=1e-3)])
             idata = approx.sample(draws, random_seed=int(seed))
         return idata
+
+
+def _theta_sd(H: np.ndarray) -> np.ndarray:
+    """Marginal posterior sd of each log sd from the Hessian of -log p(theta | y) (capped at 2)."""
+    try:
+        cov = np.linalg.inv(H)
+        sd = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), 4.0))
+    except np.linalg.LinAlgError:  # pragma: no cover
+        sd = np.full(len(H), 2.0)
+    return np.minimum(sd, 2.0)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -768,10 +864,6 @@ def hierarchical(
             f"'reference', 'priors', 'parametrization' and sampler options (passed to .fit()) are "
             f"{valid}"
         )
-    if fit_kwargs.get("method") == "laplace" and parametrization == "auto":
-        # the centring choice only shapes the NUTS geometry; the Laplace fit does not use
-        # it, so skip the auto rule's own quick Laplace fit (minutes with (1|item_id))
-        parametrization = "noncentered"
     spec = HierarchicalModel(formula, data, reference=reference, priors=priors,
                              parametrization=parametrization)
     return spec.fit(**fit_kwargs, _stacklevel=3)

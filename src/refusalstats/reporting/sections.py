@@ -1288,7 +1288,7 @@ def detector_section(ctx: Context) -> Section | None:
                           "percentage points.")
     changed = card.loc[card["changed"], "model"].astype(str).tolist()
     s.findings.append(
-        f"Raw rate outside the corrected interval for {len(changed)} of {len(card)} models"
+        f"Corrected rate outside the raw interval for {len(changed)} of {len(card)} models"
         + (f": {', '.join(changed)}." if changed else ".")
     )
     moved = card.loc[card["rank"].astype("float") != card["rank_detector"], "model"].astype(str).tolist()
