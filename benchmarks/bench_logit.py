@@ -4,7 +4,9 @@ Fits ``refusal ~ persona + task + prompt + model`` (P1's Table 7 model, referenc
 persona Atheist, prompt p1, task nli, model Llama2-13B) to ``simulate_paper(scale=1.0)``
 (2,032,160 rows) with
 
-* refusalstats ``logit`` (maximum likelihood on collapsed covariate patterns, and Firth),
+* refusalstats ``logit`` (maximum likelihood on collapsed covariate patterns, and Firth), and
+  clustered by ``item_id`` with ``vcov="CR1"`` and the default ``vcov="CR2"`` (their ratio is
+  printed: issue #19's budget is CR2 <= 2x CR1),
 * statsmodels ``smf.logit(formula, data).fit()`` (Newton on the rows, patsy design),
 * scikit-learn ``LogisticRegression(C=inf, solver="lbfgs")`` on one-hot encoded rows,
 * the *fair* peer (issue #15): what an expert does, pandas ``groupby`` of the rows into
@@ -43,8 +45,9 @@ import numpy as np
 FORMULA = "refusal ~ persona + task + prompt + model"
 REFERENCE = {"persona": "Atheist", "prompt": "p1", "task": "nli", "model": "Llama2-13B"}
 FACTORS = ["persona", "task", "prompt", "model"]
-TOOLS = ["refusalstats", "refusalstats-firth", "statsmodels-counts", "bincount-floor", "statsmodels", "sklearn"]
-FAST_TOOLS = ("refusalstats", "statsmodels-counts", "bincount-floor")
+TOOLS = ["refusalstats", "refusalstats-firth", "refusalstats-CR1", "refusalstats-CR2", "statsmodels-counts",
+         "bincount-floor", "statsmodels", "sklearn"]
+FAST_TOOLS = ("refusalstats", "refusalstats-CR1", "refusalstats-CR2", "statsmodels-counts", "bincount-floor")
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -83,7 +86,9 @@ def _fit(tool: str, df):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if tool == "refusalstats":
-                f = logit(FORMULA, df, reference=REFERENCE)
+                f = logit(FORMULA, df, reference=REFERENCE, cluster=None)
+            elif tool in ("refusalstats-CR1", "refusalstats-CR2"):  # clustered by item (#19)
+                f = logit(FORMULA, df, reference=REFERENCE, cluster="item_id", vcov=tool[-3:])
             else:
                 f = logit(FORMULA, df, reference=REFERENCE, penalty="firth", ci="wald")
         return f.params.to_dict(), {"separated": f.separated_terms, "iterations": f.iterations,
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpd)
         for cal in args.calibrate.split(","):
             df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=cal)
-            df = df[["model", "task", "persona", "prompt", "refusal"]].copy()
+            df = df[["item_id", "model", "task", "persona", "prompt", "refusal"]].copy()
             df.attrs = {}
             for c, ref in REFERENCE.items():  # the paper's reference levels first (patsy, one-hot)
                 cats = list(df[c].cat.categories)
@@ -263,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in results:
                 if "error" not in r:
                     print(f"  {r['tool']}: {r['info']}")
+            walls = {r["tool"]: r["wall_s"] for r in results if "error" not in r}
+            if "refusalstats-CR1" in walls and "refusalstats-CR2" in walls:
+                print(f"\nclustered by item_id: CR2 {walls['refusalstats-CR2']:.3f} s / CR1 "
+                      f"{walls['refusalstats-CR1']:.3f} s = {walls['refusalstats-CR2'] / walls['refusalstats-CR1']:.2f}x"
+                      + (f"; CR2 / unclustered {walls['refusalstats-CR2'] / walls['refusalstats']:.2f}x"
+                         if "refusalstats" in walls else ""))
     return 0
 
 

@@ -22,6 +22,21 @@ Checks (one dict each, see ``benchmarks/calibration.py``):
     independent rows);
 (e) contrast: the unadjusted likelihood-ratio test (``cluster=None``) of the null
     item-level factor on the item_sd 1 tables of (a) — the known-bad baseline.
+
+Shapes of real tables (issue #19; generators of our own, not ``simulate_items``), each
+fitted with the default ``vcov="CR2"`` and with ``vcov="CR1"`` on the same tables:
+
+(f) heavy-tailed item sizes: 3 tasks x 50 items, answers per item ``2 * U^(-1/0.9)``
+    rounded and clipped to 2-200 (median 4, a few items with 100+), item intercepts
+    ``N(0, 1.5^2)``, personas (4, no effect) drawn per answer, and a null item-level
+    factor ``domain`` (2 levels drawn per item);
+(g) the same with two-point item effects ``+-1.5`` and 20 items per task;
+(h) 12 items per task, 10 answers each (balanced), item sd 1.5.
+
+For each: 95% coverage of the interval of ``task[T.t1]`` (target: the marginal log-odds
+ratio, exact for a normal or two-point item effect) and the 5% false-positive rate of
+``drop1()`` for the null item-level factor (``domain``) and the null row-level factor
+(``persona``).
 """
 
 from __future__ import annotations
@@ -156,9 +171,102 @@ def _coverage_firth(reps: int, seed: int) -> list[dict]:
                  "cluster=None", _data(**kw), "coverage", hits, reps, 0.93, 0.97, t0)]
 
 
+# ----------------------------------------------------------------------------- shapes (#19)
+SHAPE_FORMULA = "refusal ~ task + domain + persona"
+SHAPE_BETA = np.array([0.0, 0.8, -0.5])  # tasks t0, t1, t2 (t0 the reference)
+SHAPE_ALPHA = -0.5
+
+
+def _heavy_sizes(rng, n: int) -> np.ndarray:
+    return np.clip(np.round(2.0 * rng.random(n) ** (-1 / 0.9)), 2, 200).astype(int)
+
+
+def _shape_table(rng, items_per_task: int, sizes: str, effect: str, sd: float = 1.5):
+    """One table of a shape: items x answers with an item intercept (normal or two-point)."""
+    n_items = 3 * items_per_task
+    size = _heavy_sizes(rng, n_items) if sizes == "heavy" else np.full(n_items, 10)
+    task = np.repeat(np.arange(3), items_per_task)
+    if effect == "normal":
+        u = rng.normal(0.0, sd, n_items)
+    else:
+        u = sd * rng.choice([-1.0, 1.0], n_items)
+    domain = rng.integers(0, 2, n_items)
+    item = np.repeat(np.arange(n_items), size)
+    n = len(item)
+    eta = SHAPE_ALPHA + SHAPE_BETA[task[item]] + u[item]
+    import pandas as pd
+
+    return pd.DataFrame({
+        "item_id": item,
+        "task": pd.Categorical.from_codes(task[item], ["t0", "t1", "t2"]),
+        "domain": pd.Categorical.from_codes(domain[item], ["d0", "d1"]),
+        "persona": pd.Categorical.from_codes(rng.integers(0, 4, n), ["p0", "p1", "p2", "p3"]),
+        "refusal": (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int8),
+    })
+
+
+def _shape_truth(effect: str, sd: float = 1.5) -> float:
+    """Marginal log-odds ratio of task t1 vs t0 (population-averaged over the item effect)."""
+    if effect == "normal":
+        x, w = np.polynomial.hermite_e.hermegauss(80)
+        w = w / w.sum()
+        m = [float(w @ (1 / (1 + np.exp(-(SHAPE_ALPHA + b + sd * x))))) for b in SHAPE_BETA[:2]]
+    else:
+        m = [0.5 * sum(1 / (1 + np.exp(-(SHAPE_ALPHA + b + e))) for e in (-sd, sd)) for b in SHAPE_BETA[:2]]
+    return _logit(m[1]) - _logit(m[0])
+
+
+SHAPES = {
+    "f": ("heavy-tailed sizes (2-200 answers/item), 50 items/task, item sd 1.5", 50, "heavy", "normal"),
+    "g": ("two-point item effects +-1.5, 20 items/task, heavy-tailed sizes", 20, "heavy", "two-point"),
+    "h": ("12 items/task x 10 answers (balanced), item sd 1.5", 12, "balanced", "normal"),
+}
+
+
+def _shape_checks(key: str, reps: int, seed: int) -> list[dict]:
+    desc, per_task, sizes, effect = SHAPES[key]
+    truth = _shape_truth(effect)
+    t0 = time.perf_counter()
+    hits = {"CR2": 0, "CR1": 0}
+    fp_item = {"CR2": 0, "CR1": 0}
+    fp_row = {"CR2": 0, "CR1": 0}
+    done = 0
+    for s in _seeds(seed, 100 + ord(key), reps):
+        rng = np.random.default_rng(s)
+        df = _shape_table(rng, per_task, sizes, effect)
+        for vcov in ("CR2", "CR1"):
+            f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", vcov=vcov)
+            ci = f.conf_int().loc["task[T.t1]"]
+            hits[vcov] += ci["ci_low"] <= truth <= ci["ci_high"]
+            d1 = f.drop1().set_index("term")["p_value"]
+            fp_item[vcov] += d1["domain"] < 0.05
+            fp_row[vcov] += d1["persona"] < 0.05
+        done += 1
+    data = f"{desc} (own generator; 3 tasks, 4 personas per answer, null item-level 'domain')"
+    out = []
+    for vcov, label in (("CR2", "CR2 + Satterthwaite t (default)"), ("CR1", "CR1 z (vcov='CR1')")):
+        out.append(_row(f"95% {label} interval of task[T.t1] covers the marginal log-odds ratio "
+                        f"{truth:.3f}", data, "coverage", hits[vcov], done, 0.93, 0.97, t0))
+    for vcov, label in (("CR2", "CR2 + HTZ (default)"), ("CR1", "CR1 Wald F(q, G-1)")):
+        out.append(_row(f"drop1() {label} of a null item-level factor (domain)", data,
+                        "false-positive rate", fp_item[vcov], done, None, 0.07, t0))
+        out.append(_row(f"drop1() {label} of a null row-level factor (persona)", data,
+                        "false-positive rate", fp_row[vcov], done, None, 0.07, t0))
+    return out
+
+
+def run_shapes(reps: int = 400, seed: int = 0) -> list[dict]:
+    """The #19 shapes (f)-(h) only."""
+    rows: list[dict] = []
+    for key in SHAPES:
+        rows += _shape_checks(key, reps, seed)
+    return rows
+
+
 def run(reps: int = 400, seed: int = 0) -> list[dict]:
     """All logit calibration checks; one dict per check (see the module docstring)."""
     rows: list[dict] = []
+    rows += run_shapes(reps, seed)
     rows += _null_item_factor(reps, seed)
     rows += _null_row_factor(reps, seed)
     rows += _coverage_task(reps, seed)

@@ -199,12 +199,16 @@ def _cluster_info(X: np.ndarray, Xf, wts: np.ndarray, cl: _Cluster, lo: int, hi:
     p = X.shape[1]
     c = hi - lo
     if isinstance(Xf, _Ell):
-        idx, val = Xf.idx[j], Xf.val[j]
+        # the upper triangle of each row's products of nonzeros (r (r + 1) / 2 per row), one bincount
         P = p + 1
-        flat = (g[:, None, None] * (P * P) + idx[:, :, None] * P + idx[:, None, :]).ravel()
-        wv = (val[:, :, None] * val[:, None, :] * v[:, None, None]).ravel()
-        out = np.bincount(flat, weights=wv, minlength=c * P * P).reshape(c, P, P)
-        return out[:, :p, :p]
+        flat = Xf._upairs.reshape(len(Xf.idx), -1)[j]
+        flat += (g * (P * P))[:, None]
+        wv = Xf._uvv[j] * v[:, None]
+        up = np.bincount(flat.ravel(), weights=wv.ravel(), minlength=c * P * P).reshape(c, P, P)[:, :p, :p]
+        out = up + up.transpose(0, 2, 1)
+        d = np.arange(p)
+        out[:, d, d] = up[:, d, d]
+        return out
     Xp = X[j]
     seg = starts[lo:hi] - a  # every cluster has at least one pair
     return np.add.reduceat(Xp[:, :, None] * (Xp * v[:, None])[:, None, :], seg, axis=0)
@@ -379,7 +383,7 @@ class _CR2Engine:
         ``linear_contrast`` with ``test = "Satterthwaite"``), in blocks of rows."""
         C = np.atleast_2d(np.asarray(C, float))
         block = max(1, _EXACT_MEMORY // max(self.J * self.p, 1))
-        if len(C) > block:
+        if self.exact and len(C) > block:  # the exact path holds J x p x rows; the other J x rows
             return np.concatenate([self.df(C[i:i + block]) for i in range(0, len(C), block)])
         E = np.einsum("qa,ab,qb->q", C, self.M, C)
         if not self.exact:
@@ -399,11 +403,13 @@ class _CR2Engine:
             return np.where(Var > 0, 2.0 * E ** 2 / Var, np.nan)
 
     def _first_order_diag(self, C: np.ndarray) -> np.ndarray:
-        """``c' M F_j M c`` for each cluster and row of ``C`` (J x q), from the pairs."""
+        """``c' M F_j M c`` for each cluster and row of ``C`` (J x q): the cluster x pattern
+        weights ``n w`` (sparse) times the patterns' ``(x' M c)^2``."""
         cl = self.cl
         Y = self.X @ (self.M @ C.T)
-        z = Y[cl.j] ** 2 * (cl.n * self.wts[cl.j])[:, None]
-        return np.add.reduceat(z, self.starts[:-1], axis=0)
+        if getattr(self, "_Nw", None) is None:
+            self._Nw = sparse.csr_matrix((cl.n * self.wts[cl.j], (cl.g, cl.j)), shape=(self.J, len(self.X)))
+        return np.asarray(self._Nw @ (Y * Y))
 
     def htz(self, C: np.ndarray, b: np.ndarray, V: np.ndarray, *, gram: bool | None = None) -> dict:
         """HTZ Wald test of ``C beta = 0`` (clubSandwich's ``Wald_test(test = "HTZ")``); the
