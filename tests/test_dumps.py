@@ -879,3 +879,109 @@ def test_matrix_parser_skips_blank_lines_and_keeps_quoted_names(tmp_path):
     m = dumps.parse_matrix(f)
     assert m.personas == ["a_man, tall", "a_woman"]
     assert m.values.tolist() == [[0, 1], [1, 1]]
+
+
+# ----------------------------------------------------------------------------- issue 20: sandboxes
+def _recording_urlopen(monkeypatch):
+    seen: list[str] = []
+    real = dumps.download._urlopen
+
+    def record(request, timeout):
+        seen.append(request.full_url)
+        return real(request, timeout)
+
+    monkeypatch.setattr(dumps.download, "_urlopen", record)
+    return seen
+
+
+def test_a_persona_name_from_a_dump_never_becomes_a_path(p2_generations, serve, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setenv("REFUSALSTATS_CACHE", str(tmp_path / "cache"))
+    evil = "../../../../../secret"
+    rows = {evil: [0, 0, 0, 0], **RAC_A}  # the first persona file asked for
+    write_matrix(p2_generations / "results" / "zero" / "modelA" / "rac_refusals.csv", rows)
+    (tmp_path / "secret.json").write_text(json.dumps([[{"generated_text": "TOP SECRET"}]] * 8))
+    seen = _recording_urlopen(monkeypatch)
+    base = serve(tmp_path)  # the server's root is above the repository: '..' would escape
+    repo = base + "/persona-behavior"
+    with pytest.raises(DumpError, match=r"persona '\.\./.*' cannot name a file"):
+        dumps.persona_behavior(repo, datasets="rac", models=["modelA"], source="generations",
+                               categories=False, progress=False)
+    assert seen and not any(".." in u or "secret" in u for u in seen)
+    for bad in ["..", "a/b", "/etc/passwd", "a\\b", "", "~root"]:
+        with pytest.raises(DumpError, match="cannot name a file"):
+            dumps.download.check_name(bad, "persona", "x")
+
+
+def test_a_link_out_of_a_local_clone_is_refused_and_not_quoted(p2_root, tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_text(",0,1\nTOP_SECRET_ROW,0,1\n")
+    mat = p2_root / "results" / "zero" / "modelB" / "rac_refusals.csv"
+    mat.unlink()
+    mat.symlink_to(secret)
+    with pytest.raises(DumpError, match="link to a file outside the dump folder") as err:
+        dumps.persona_behavior(p2_root, datasets="rac", categories=False, progress=False)
+    assert "TOP_SECRET" not in str(err.value)
+    # a link inside the clone is fine
+    mat.unlink()
+    mat.symlink_to(p2_root / "results" / "zero" / "modelA" / "rac_refusals.csv")
+    df = dumps.persona_behavior(p2_root, datasets="rac", categories=False, progress=False)
+    assert set(df["model"].astype(str)) == {"modelA", "modelB"}
+
+
+def test_size_limits_are_clear_errors_the_user_can_raise(tmp_path, monkeypatch):
+    wide = tmp_path / "off_refusals.csv"
+    write_matrix(wide, {"a_man": [0, 1] * 50, "a_woman": [1, 0] * 50})
+    monkeypatch.setenv("REFUSALSTATS_MAX_COLUMNS", "50")
+    with pytest.raises(DumpError, match=r"101 columns, more than the limit of 50.*"
+                                        r"REFUSALSTATS_MAX_COLUMNS=101"):
+        dumps.parse_matrix(wide)
+    g = tmp_path / "g.csv"
+    GENERIC.assign(**{f"x{i}": 0 for i in range(60)}).to_csv(g, index=False)
+    with pytest.raises(DumpError, match="REFUSALSTATS_MAX_COLUMNS"):
+        dumps.read_generic(g, {"model": "llm", "response": "output", "persona": "who",
+                               "prompt": "tmpl"}, detector="paper", progress=False)
+    monkeypatch.setenv("REFUSALSTATS_MAX_COLUMNS", "101")
+    assert dumps.parse_matrix(wide).values.shape == (2, 100)
+    monkeypatch.setenv("REFUSALSTATS_MAX_BYTES", "100")
+    with pytest.raises(DumpError, match=r"bytes, more than the limit of 100.*REFUSALSTATS_MAX_BYTES"):
+        dumps.parse_matrix(wide)
+
+
+def test_the_cache_records_each_files_hash_and_refuses_a_changed_file(tmp_path, serve):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "f.csv").write_bytes(b"a,b\n1,2\n")
+    base = serve(folder)
+    p = dumps.fetch(base + "/f.csv", cache=tmp_path / "c", progress=False)
+    record = p.with_name(p.name + ".sha256")
+    assert record.read_text().strip() == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    assert dumps.fetch(base + "/f.csv", cache=tmp_path / "c", progress=False) == p
+    p.write_bytes(b"a,b\n1,3\n")  # the cached copy tampered with
+    with pytest.raises(dumps.ChecksumError, match=r"changed since it was downloaded.*refresh=True"):
+        dumps.fetch(base + "/f.csv", cache=tmp_path / "c", progress=False)
+    fresh = dumps.fetch(base + "/f.csv", cache=tmp_path / "c", progress=False, refresh=True)
+    assert fresh.read_bytes() == b"a,b\n1,2\n"
+
+
+def test_cli_import_takes_sha256(tmp_path, capsys, p2_root):
+    g = tmp_path / "g.csv"
+    GENERIC.to_csv(g, index=False)
+    mapping = "model=llm,response=output,persona=who,prompt=tmpl"
+    args = ["import", "generic", str(g), "--map", mapping,
+            "--detector", "paper", "-o", str(tmp_path / "g.parquet")]
+    assert cli_main([*args, "--sha256", dumps.sha256_of(g)]) == 0
+    capsys.readouterr()
+    assert cli_main([*args, "--sha256", "0" * 64]) == 2
+    assert "SHA-256 is" in capsys.readouterr().err
+    xs = write_xstest(tmp_path / "xstest_v2_completions_gpt4.csv")
+    xargs = ["import", "xstest", str(xs), "-o", str(tmp_path / "x.parquet")]
+    assert cli_main([*xargs, "--sha256", dumps.sha256_of(xs)]) == 0
+    assert cli_main([*xargs, "--sha256", "1" * 64]) == 2
+    rel = "results/zero/modelA/rac_refusals.csv"
+    pargs = ["import", "persona-behavior", str(p2_root), "--datasets", "rac",
+             "-o", str(tmp_path / "p.parquet")]
+    assert cli_main([*pargs, "--sha256", f"{rel}={dumps.sha256_of(p2_root / rel)}"]) == 0
+    capsys.readouterr()
+    assert cli_main([*pargs, "--sha256", f"{rel}={'2' * 64}"]) == 2
+    assert "rac_refusals.csv: SHA-256 is" in capsys.readouterr().err

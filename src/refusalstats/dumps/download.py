@@ -4,7 +4,15 @@ Every loader accepts an ``http(s)`` URL where it accepts a path: :func:`fetch` d
 it on first use (with a progress bar) into :func:`cache_dir` and answers from there
 afterwards, remembering a 404 too. A file pinned to a SHA-256 digest is checked after
 every download and on every read from the cache, so a changed or corrupted file is
-never analysed silently (:class:`~refusalstats.dumps.errors.ChecksumError`).
+never analysed silently (:class:`~refusalstats.dumps.errors.ChecksumError`). An unpinned
+download records its digest beside it (``<file>.sha256``) and a cached copy that no
+longer has it is refused (``refresh=True`` downloads it again).
+
+Names that come from a dump (persona files, model folders) are data, never path parts:
+:func:`check_name` refuses ``..``, separators and absolute paths before they reach a
+URL or a path, and :func:`inside` refuses a file of a local clone that is a link out of
+it. (Downloads use urllib rather than ``pooch.retrieve(known_hash=...)``: pooch is not
+a dependency, and the 404 memory and the refresh rules here have tests of their own.)
 """
 
 from __future__ import annotations
@@ -130,6 +138,52 @@ def verify(path: str | Path, sha256: str | None, label: str | None = None) -> Pa
     return path
 
 
+def check_name(name: str, what: str, where: str) -> str:
+    """``name`` unchanged when it is safe as one path segment, else :class:`DumpError`.
+
+    A name read from a dump (a matrix row, a folder listing, a user's ``models=``) is
+    refused when it is empty, ``.`` or ``..``, holds ``/``, ``\\`` or a NUL, or starts
+    like an absolute path (``~``, a drive letter): it would name a file outside the dump.
+
+    Examples
+    --------
+    >>> check_name("a_black_person", "persona", "m.csv")
+    'a_black_person'
+    >>> check_name("../../etc/evil", "persona", "m.csv")
+    Traceback (most recent call last):
+    ...
+    refusalstats.dumps.errors.DumpError: m.csv: persona '../../etc/evil' cannot name a file (it holds '/' or '..'); a dump's names are data, not paths: fix the dump
+    """
+    text = str(name)
+    bad = (text in ("", ".", "..") or any(ch in text for ch in ("/", "\\", "\x00"))
+           or text.startswith("~") or re.match(r"^[A-Za-z]:", text) is not None)
+    if bad:
+        raise DumpError(f"{where}: {what} {text!r} cannot name a file (it holds '/' or '..'); "
+                        "a dump's names are data, not paths: fix the dump")
+    return text
+
+
+def check_relative(rel: str, where: str) -> str:
+    """A relative path under a dump's root whose every segment passes :func:`check_name`."""
+    for seg in str(rel).split("/"):
+        check_name(seg, "path part", where)
+    return rel
+
+
+def inside(path: Path, root: Path, label: str) -> Path:
+    """``path`` when its real location (links resolved) is under ``root``'s, else DumpError.
+
+    A file of a local clone that is a symbolic link out of the clone is refused, and its
+    target is neither read nor quoted.
+    """
+    real = Path(path).resolve()
+    base = Path(root).resolve()
+    if real != base and not real.is_relative_to(base):
+        raise DumpError(f"{label} is a link to a file outside the dump folder {root}; refused "
+                        "(a dump's files must be its own: copy the file into the folder)")
+    return path
+
+
 def _is_url(x: object) -> bool:
     return isinstance(x, str) and x.lower().startswith(("http://", "https://"))
 
@@ -219,8 +273,20 @@ def fetch(
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     dest = _cache_path(url, root)
     absent = dest.with_name(dest.name + ".404")
+    record = dest.with_name(dest.name + ".sha256")
     if not refresh:
-        if dest.is_file() and (digest is None or sha256_of(dest) == digest):
+        if dest.is_file() and digest is not None and sha256_of(dest) == digest:
+            return dest
+        if dest.is_file() and digest is None:
+            got = sha256_of(dest)
+            want = record.read_text().strip() if record.is_file() else None
+            if want is None:
+                record.write_text(got + "\n")  # a cache from before digests were recorded
+            elif got != want:
+                raise ChecksumError(
+                    f"{url}: the cached copy {dest} changed since it was downloaded (SHA-256 "
+                    f"{got}, recorded {want}); pass refresh=True (or delete it) to download it "
+                    "again, and pin the file with sha256= to be told when the source changes")
             return dest
         if absent.is_file():  # remembered 404: the cache answers offline too
             raise DumpNotFound(
@@ -266,7 +332,11 @@ def fetch(
     except ChecksumError:
         tmp.unlink(missing_ok=True)
         raise
+    got = digest or sha256_of(tmp)
+    rec_tmp = record.with_name(record.name + ".part")
+    rec_tmp.write_text(got + "\n")
     tmp.replace(dest)
+    rec_tmp.replace(record)
     absent.unlink(missing_ok=True)
     return dest
 

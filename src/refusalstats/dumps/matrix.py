@@ -98,9 +98,16 @@ def parse_matrix(path: str | Path, label: str | None = None) -> PersonaItemMatri
     >>> m.personas, m.items, m.values.tolist()
     (['a_man', 'a_woman'], [0, 1], [[0, 1], [1, 1]])
     """
+    from ..table import TableTooLarge, check_size
+
     path = Path(path)
     label = str(path) if label is None else label
-    header = _header(path, label)
+    try:
+        check_size(path, label=label)
+        header = _header(path, label)
+        check_size(path, n_columns=len(header), label=label)
+    except TableTooLarge as exc:
+        raise DumpError(str(exc)) from None
     items = [h.strip() for h in header[1:]]
     if len(set(items)) != len(items):
         dup = sorted(h for h, k in Counter(items).items() if k > 1)

@@ -23,7 +23,17 @@ from tqdm.auto import tqdm
 
 from ..table import validate
 from .classify import _resolve_detector, _run_detector
-from .download import _is_url, _local, _raw_github, fetch, sha256_of, verify
+from .download import (
+    _is_url,
+    _local,
+    _raw_github,
+    check_name,
+    check_relative,
+    fetch,
+    inside,
+    sha256_of,
+    verify,
+)
 from .errors import DumpError, DumpNotFound
 from .matrix import PersonaItemMatrix, parse_matrix
 
@@ -172,6 +182,7 @@ class _Root:
         A file pinned in ``checksums`` must have that SHA-256; every file read is
         recorded in ``sha256``.
         """
+        check_relative(rel, self.url or str(self.path))
         pin = self.checksums.get(rel)
         if self.url is not None:
             try:
@@ -183,6 +194,7 @@ class _Root:
             p = self.path / rel
             if not p.exists():
                 return None
+            inside(p, self.path, self.describe(rel))
             verify(p, pin, self.describe(rel))
         self.sha256[rel] = pin.lower().removeprefix("sha256:") if pin else sha256_of(p)
         return p
@@ -345,6 +357,12 @@ def _align(other: PersonaItemMatrix, ref: PersonaItemMatrix) -> np.ndarray:
 
 
 def _read_generation_file(path: Path, label: str) -> list[str]:
+    from ..table import TableTooLarge, check_size
+
+    try:
+        check_size(path, label=label)
+    except TableTooLarge as exc:
+        raise DumpError(str(exc)) from None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -646,6 +664,8 @@ def _generations_frame(r: _Root, mdir: str, model: str, d: str, setting: str,
         personas = list(published.personas)
     if not personas:
         return None
+    for p in personas:
+        check_name(p, "persona", r.describe(f"{mdir}/{folder}"))
     names = _display_map(personas, r.describe(f"{mdir}/{folder}"))
     if cats is not None and setting == "regular":
         _check_categories(personas, cats, cat_where, r.describe(f"{mdir}/{folder}"))

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import html
+import os
+import re
+import secrets
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -167,7 +172,10 @@ def report(
         source = source or str(path_in)
     elif isinstance(data, pd.DataFrame):
         df = validate(data)
+        n_err = df.attrs.get("n_error_rows")
         df.attrs = dict(data.attrs)
+        if n_err:
+            df.attrs["n_error_rows"] = n_err
     else:
         raise TypeError(f"data must be a DataFrame or a path to a response table, "
                         f"got {type(data).__name__}")
@@ -215,34 +223,131 @@ def report(
                         seed=seed, results=results, options=options, progress=progress,
                         cluster=cluster)
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    import matplotlib
+    if df is not None:
+        df = _isolate_bidi(df)
+        ctx.data = _isolate_bidi(ctx.data)
+        ctx.persona_data = _isolate_bidi(ctx.persona_data)
+    # the output folder is checked and a staging folder made before any analysis runs:
+    # an unwritable place fails now, not after the analyses
+    staging = _stage(out)
+    try:
+        import matplotlib
 
-    with matplotlib.rc_context(_rc()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tight_layout.*")
-        secs = S.build(ctx)
+        with matplotlib.rc_context(_rc()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*tight_layout.*")
+            secs = S.build(ctx)
 
-    figures: dict[str, Path] = {}
-    tables: dict[str, Path] = {}
-    for sec in secs:
-        for f in sec.figures:
-            p = out / "figures" / f"{f.key}.png"
-            p.write_bytes(f.png)
-            (out / "figures" / f"{f.key}.svg").write_bytes(f.svg)
-            figures[f.key] = p
-        for t in sec.tables:
-            p = out / "tables" / f"{t.key}.csv"
-            t.data.to_csv(p, index=False)
-            tables[t.key] = p
-    findings = [f for sec in secs if not sec.skipped for f in sec.findings]
-    meta = (_header(df, source, seed, cluster) if stream is None
-            else _stream_header(ctx, source, seed, n_clusters, columns))
-    page = _page(title, meta, findings, secs)
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return Report(path=path, out=out, sections=secs, findings=findings, figures=figures,
-                  tables=tables)
+        figures: dict[str, Path] = {}
+        tables: dict[str, Path] = {}
+        for sec in secs:
+            for f in sec.figures:
+                stem = _file_stem(f.key)
+                (staging / "figures" / f"{stem}.png").write_bytes(f.png)
+                (staging / "figures" / f"{stem}.svg").write_bytes(f.svg)
+                figures[f.key] = out / "figures" / f"{stem}.png"
+            for t in sec.tables:
+                stem = _file_stem(t.key)
+                t.data.to_csv(staging / "tables" / f"{stem}.csv", index=False)
+                tables[t.key] = out / "tables" / f"{stem}.csv"
+        findings = [f for sec in secs if not sec.skipped for f in sec.findings]
+        meta = (_header(df, source, seed, cluster) if stream is None
+                else _stream_header(ctx, source, seed, n_clusters, columns))
+        if df is not None and df.attrs.get("n_error_rows"):
+            note = (f"{df.attrs['n_error_rows']:,} (prompts without an answer: "
+                    "refusal_source 'error', text in column 'error')")
+            meta.append(("Error rows left out", note))
+        page = _page(title, meta, findings, secs)
+        (staging / "report.html").write_text(page, encoding="utf-8")
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Report(path=out / "report.html", out=out, sections=secs, findings=findings,
+                  figures=figures, tables=tables)
+
+
+#: What a report folder holds (and what a new report replaces).
+_REPORT_ENTRIES = ("figures", "tables", "report.html")
+
+
+def _file_stem(key: str) -> str:
+    """A safe file name for a figure or table key built from labels ("a/b", "..", spaces).
+
+    Keys that are already safe stay as they are; any other gets its unsafe characters
+    replaced and a hash of the exact key appended, so two keys never share a file.
+
+    Examples
+    --------
+    >>> _file_stem("rates_by_prompt")
+    'rates_by_prompt'
+    >>> _file_stem("persona_model_a/b") != _file_stem("persona_model_a_b")
+    True
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(key)).strip("._")[:80] or "item"
+    if safe == key:
+        return safe
+    return f"{safe}-{hashlib.sha256(str(key).encode()).hexdigest()[:8]}"
+
+
+def _stage(out: Path) -> Path:
+    """A fresh staging folder beside ``out`` (same file system, so renames are atomic)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"report output {out} is a file; give a folder (-o report/)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name or 'report'}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+    (staging / "figures").mkdir(parents=True)
+    (staging / "tables").mkdir()
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move a finished report from ``staging`` into ``out``.
+
+    A new folder, or one that holds nothing but a report, is swapped whole (two renames;
+    the previous report stays complete under ``.<name>.old-*`` until the new one is in
+    place). A folder with other files keeps them: its report entries are replaced one
+    by one, ``report.html`` last. Either way a run killed before this point leaves the
+    previous report untouched.
+    """
+    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.parent / f".{out.name}.old-{tag}"
+    if all(p.name in _REPORT_ENTRIES for p in out.iterdir()):
+        os.replace(out, old)
+        os.replace(staging, out)
+    else:
+        old.mkdir()
+        for name in _REPORT_ENTRIES:
+            dst = out / name
+            if dst.exists():
+                os.replace(dst, old / name)
+            os.replace(staging / name, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+#: Unicode bidirectional controls: embeddings, overrides, isolates and marks.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _isolate_bidi(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Labels holding bidi controls wrapped in FIRST STRONG ISOLATE ... POP DIRECTIONAL
+    ISOLATE, so a right-to-left override in a label cannot reverse the text and numbers
+    printed after it (in tables, findings, figures)."""
+    if df is None:
+        return None
+    out = None
+    for c in df.columns:
+        col = df[c]
+        if not isinstance(col.dtype, pd.CategoricalDtype):
+            continue
+        cats = [str(x) for x in col.cat.categories]
+        if not any(_BIDI.search(x) for x in cats):
+            continue
+        out = df.copy() if out is None else out
+        out[c] = col.cat.rename_categories(
+            [f"\u2068{x}\u2069" if _BIDI.search(x) else x for x in cats])
+    return df if out is None else out
 
 
 def _parquet_source(data):
@@ -436,6 +541,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 6px 0 14px;
         font-variant-numeric: tabular-nums; }
 th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: left;
          vertical-align: top; }
+th, td, dd, li, figcaption, code { unicode-bidi: isolate; }
 th { background: var(--bg2); position: sticky; top: 0; }
 tbody tr:nth-child(even) td { background: #fafafa; }
 td.num { text-align: right; white-space: nowrap; }
@@ -458,7 +564,12 @@ _NUMERIC_HINT = ("n", "refusals", "rate", "95% CI", "estimate", "p", "ι", "df",
 
 
 def _esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    text = str(x)
+    if _BIDI.search(text):  # close whatever the text opens: nothing leaks past it
+        opened = sum(text.count(ch) for ch in "\u202a\u202b\u202d\u202e")
+        isolates = sum(text.count(ch) for ch in "\u2066\u2067\u2068")
+        text = text + "\u202c" * opened + "\u2069" * isolates
+    return html.escape(text, quote=True)
 
 
 def _clean(v: Any) -> str:
@@ -483,7 +594,8 @@ def _table_html(t: S.TableItem, numeric_cols: set[str]) -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     tab = (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
            f"<tbody>{''.join(body)}</tbody></table></div>")
-    csv = f'<p class="note">{_esc(t.caption)} CSV: <code>tables/{_esc(t.key)}.csv</code></p>'
+    csv = (f'<p class="note">{_esc(t.caption)} CSV: '
+           f'<code>tables/{_esc(_file_stem(t.key))}.csv</code></p>')
     if t.collapsed:
         return (f"<details><summary>Table: {_esc(t.caption)} ({len(d):,} rows)</summary>"
                 f"{tab}{csv}</details>")
@@ -505,8 +617,9 @@ def _section_html(sec: S.Section, fig_no: list[int]) -> str:
         parts.append(
             f'<figure><img src="data:image/png;base64,{b64}" alt="{_esc(f.caption)}">'
             f"<figcaption>Figure {fig_no[0]}. {_esc(f.caption)} Full size: "
-            f'<a href="figures/{_esc(f.key)}.png">figures/{_esc(f.key)}.png</a>, '
-            f'<a href="figures/{_esc(f.key)}.svg">.svg</a></figcaption></figure>'
+            f'<a href="figures/{_esc(_file_stem(f.key))}.png">figures/'
+            f'{_esc(_file_stem(f.key))}.png</a>, '
+            f'<a href="figures/{_esc(_file_stem(f.key))}.svg">.svg</a></figcaption></figure>'
         )
     numeric = set(_NUMERIC_HINT)
     for t in sec.tables:
