@@ -302,7 +302,7 @@ def test_detector_card_counts_and_flags_changes():
 
 def test_small_sample_interval_floors_the_rectifier_variance():
     # 30 labels that all agree with the detector: the plain (ppi_python) interval rests on
-    # the unlabelled rows alone; the default adds half a pseudo-label per (label, flag) cell
+    # the unlabelled rows alone; the default adds a quarter pseudo-label per (label, flag) cell
     rng = np.random.default_rng(4)
     f = rng.binomial(1, 0.1, 3000)
     h = np.full(3000, np.nan)
@@ -312,8 +312,8 @@ def test_small_sample_interval_floors_the_rectifier_variance():
     fu = f[30:]
     assert plain["std_error"].item() == pytest.approx(fu.std() / np.sqrt(len(fu)), rel=1e-12)
     small = ppi_rates(df, cluster=None, lam=1.0)
-    # pseudo-labels: 0.5 * sum over (y, f) of ((y - A) - (f - FL))^2 / n^2 = 1 / n^2 (A = FL)
-    var = (1 / 30 ** 2 + fu.var() / len(fu)) * 30 / 29
+    # pseudo-labels: 0.25 * sum over (y, f) of ((y - A) - (f - FL))^2 / n^2 = 0.5 / n^2 (A = FL)
+    var = (0.5 / 30 ** 2 + fu.var() / len(fu)) * 30 / 29
     assert small["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-12)
     from scipy import stats
     q = stats.t.ppf(0.975, 29)
@@ -357,3 +357,28 @@ def test_logit_clustered_labels_only_matches_statsmodels_cluster_sandwich():
     C = df["item_id"].nunique()
     cov = C / (C - 1) * bread @ S.T @ S @ bread
     np.testing.assert_allclose(fit.cov.to_numpy(), cov, rtol=1e-8)
+
+
+def test_report_adds_the_detector_section_only_with_labels(tmp_path):
+    import warnings
+
+    df = rs.simulate_paper(scale=0.005, seed=1)
+    df = df[df["model"].isin(["Llama2-7B", "Qwen2-7B", "Gemma-7B"])][["model", "task", "persona", "prompt", "item_id", "refusal"]]
+    df = df.assign(model=df["model"].astype(str)).reset_index(drop=True)
+    s = rs.label_sample(df, 12, by="model", allocation="per_stratum", seed=0)
+    s["human"] = np.where(np.arange(len(s)) % 4 == 0, 1 - s["refusal"], s["refusal"])
+    t = rs.join_labels(df, s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = rs.report(t, tmp_path / "with", hierarchical=False, progress=False)
+    keys = [x.key for x in rep.sections]
+    assert "detector" in keys and "detector" not in rep.skipped
+    from types import SimpleNamespace
+
+    from refusalstats.reporting.sections import detector_section
+    assert detector_section(SimpleNamespace(data=df, source=None, design=None)) is None  # no labels
+    sec = rep.sections[keys.index("detector")]
+    card = sec.tables[0].data
+    ref = rs.detector_card(t, "model", cluster=card.attrs.get("cluster") or None)
+    np.testing.assert_allclose(card["rate"], ref["rate"])
+    assert "The refusal detector against human labels" in rep.path.read_text()

@@ -269,7 +269,7 @@ def ppi_logistic(X, y, yhat, X_unlabeled, yhat_unlabeled, *, lam: float | None =
 
 #: Pseudo-labels per (label, flag) cell of each labelled group in the small-sample
 #: interval (``ci="t"``): a Jeffreys-type floor for the rectifier's variance.
-_PSEUDO = 0.5
+_PSEUDO = 0.25
 
 
 @dataclass
@@ -447,7 +447,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         if at.cluster is None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 factor = np.where(n_units > 1, n_units / np.maximum(n_units - 1, 1), np.nan)
-        # half a pseudo-label in each of the four (label, flag) cells of every labelled
+        # a quarter pseudo-label in each of the four (label, flag) cells of every labelled
         # (cell, stratum): a Jeffreys-type floor for the rectifier's variance, which a few
         # dozen labels that all agree with the detector would otherwise put at zero
         ks_lab = np.unique((at.cell * H + at.stratum)[at.lab])
@@ -537,8 +537,13 @@ def ppi_rates(
     refusal : str
         The detector's 0/1 flag.
     ci : {"t", "z"}
-        Quantile of the interval: Student t on (labelled rows, or clusters with labels,
-        minus 1) degrees of freedom (default; small label samples), or normal.
+        ``"t"`` (default), the small-sample interval: Student t quantile on (labelled
+        rows, or clusters with labels, minus 1) degrees of freedom, the variance times
+        m / (m - 1) (m those units, rows independent) and floored by a quarter
+        pseudo-label in each of the four (label, flag) cells of every labelled group (a
+        Jeffreys-type prior on the disagreements: 30 labels that all agree with the
+        detector do not make the correction exact). ``"z"``: the published interval
+        (normal quantile, plain variance), as ``ppi_python``.
 
     Returns
     -------
@@ -1120,7 +1125,7 @@ def detector_card(
         kk, mm = agg[k].to_numpy(float), agg[m].to_numpy(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = kk / mm
-        lo, hi = proportion_ci(kk.astype(int), mm.astype(int), "wilson", conf)
+        lo, hi = proportion_ci(kk.astype(int), np.maximum(mm, 1).astype(int), "wilson", conf)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = np.where(mm > 0, lo, np.nan), np.where(mm > 0, hi, np.nan)
     out["rate_detector"] = raw["rate"].to_numpy()
     out["detector_ci_low"] = raw["ci_low"].to_numpy()
