@@ -76,6 +76,7 @@ def _tiny(tiny_model_dir):
 def _rates(data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rs.ClusterNote)
+        warnings.simplefilter("ignore", RuntimeWarning)  # few items per cell in these tiny runs
         return rs.refusal_rates(data, by=["model", "task"])
 
 
@@ -127,7 +128,7 @@ def test_run_directory_and_folder_of_shard_runs_are_read_directly(tiny_runs):
                 want = rs.collapse(ref, by=by, cluster=cluster)
                 pd.testing.assert_frame_equal(got, want)
     # the folder holds prompts.parquet and responses.parquet in every shard run: not read
-    files = rs.scan._parquet_files(sharded)
+    files = rs.sources.parquet_files(sharded)
     assert files and all(f.name.startswith("part-") for f in files)
     assert len(files) == len(_parts(sharded))
     fit_rows = rs.logit("refusal ~ task + model", table, cluster=None)
@@ -195,7 +196,7 @@ def test_old_shards_resume_and_collect_and_unlabelled_runs_say_collect(tmp_path)
     assert list(table.columns) == list(fresh.columns)  # no model_x / refusal_y from a join
     _assert_same_rows(table, fresh, cols)
     # old and new shards mixed: read through the collected table, never the shards
-    assert rs.scan._parquet_files(out) == [out / "responses.parquet"]
+    assert rs.sources.parquet_files(out) == [out / "responses.parquet"]
     assert rs.collapse(out, by="model")["n"].tolist() == [len(design)]
 
 
