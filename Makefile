@@ -31,6 +31,7 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[docs]"
 	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_docs.py  # offline: no network loads
 
 lint: $(STAMP)
 	$(BIN)/ruff check src inference tests benchmarks

@@ -392,3 +392,20 @@ def test_hierarchical_effects_probability_scale_and_unassessable_cells():
     assert fig.axes[0].get_xlabel() == "effect (log-odds), 95% HDI"
     with pytest.raises(ValueError, match="scale must be"):
         rs.plot.hierarchical_effects(eff, scale="odds")
+
+
+def test_persona_heatmap_with_many_personas_puts_them_on_the_rows():
+    rng = np.random.default_rng(1)
+    personas = [f"persona {i:02d}" for i in range(25)]
+    df = pd.DataFrame([{"model": m, "persona": p, "refusal": int(rng.random() < 0.2)}
+                       for m in ["A", "B", "C"] for p in personas for _ in range(20)])
+    ax = rs.plot.persona_heatmap(df, cluster=None).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == personas
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B", "C"]
+    # cell (persona 03, model B) holds that cell's rate
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text().split("\n")[0]
+             for t in ax.texts}
+    sub = df[(df["model"] == "B") & (df["persona"] == "persona 03")]
+    assert texts[(1, 3)] == fmt(sub["refusal"].mean())
+    few = rs.plot.persona_heatmap(df[df["persona"].isin(personas[:5])], cluster=None).axes[0]
+    assert [t.get_text() for t in few.get_yticklabels()] == ["A", "B", "C"]

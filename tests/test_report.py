@@ -554,3 +554,69 @@ def test_w2_section_says_what_iota_is_and_that_indices_do_not_add_up(sim_report)
     sec = next(s for s in rep.sections if s.key == "w2")
     assert "2 Var(Y)" in sec.how_to_read and "do not add up to 1" in sec.how_to_read
     assert "share of the output's variability explained" not in html
+
+
+def test_safe_and_unsafe_prompts_apart_and_relabelled_columns_shown_once(tmp_path):
+    df = with_free_and_answers()
+    df = df.assign(safe=pd.Categorical(np.where(df["prompt"] == "p1", "True", "False")),
+                   persona_original=pd.Categorical("a_" + df["persona"].astype(str)))
+    rep = rs.report(df, out=tmp_path, hierarchical=False, progress=False,
+                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+    po = df[df["setting"] == "persona"]
+    tab = rs.refusal_rates(po, by="safe", cluster="item_id").set_index("safe")
+    line = next(f for f in rep.findings if f.startswith("The overall rate mixes safe and unsafe"))
+    assert (f"on the {int(tab.loc['True', 'n']):,} safe prompts (where a refusal is a false "
+            f"refusal) the rate is {S.pct(tab.loc['True', 'rate'])}") in line
+    assert f"unsafe ones (where refusing is expected) {S.pct(tab.loc['False', 'rate'])}" in line
+    # persona_original renames persona: no second table of the same rates
+    assert "rates_by_persona_original" not in rep.tables and "rates_by_safe" in rep.tables
+
+
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message)));
+window.addEventListener("load", () => {
+  const w = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll("body *")].filter(el => {
+    const r = el.getBoundingClientRect(); return r.right > w + 1 && !el.closest(".scroll, pre");
+  }).slice(0, 5).map(el => el.tagName + "." + el.className);
+  const out = document.createElement("div");
+  out.id = "probe";
+  out.textContent = JSON.stringify({scrollWidth: document.documentElement.scrollWidth, width: w,
+    wide: wide, errors: window.__errors,
+    broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _probe(exe: str, html: str, tmp_path, width: int) -> dict:
+    """Load ``html`` in headless Chromium at ``width`` px; what the page reports on load."""
+    import json
+
+    page = tmp_path / f"probe_{width}.html"
+    page.write_text(html.replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / f'profile{width}'}", f"--window-size={width},2000",
+           "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
+    m = re.search(r'<div id="probe">([^<]*)</div>', proc.stdout)
+    assert m, proc.stderr[-2000:]
+    return json.loads(m.group(1).replace("&quot;", '"'))
+
+
+def test_page_loads_without_script_errors_broken_images_or_horizontal_overflow(sim_report,
+                                                                              tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium binary (the Makefile's test target installs Debian 'chromium')")
+    _, html = sim_report
+    for width in (1280, 760):  # a laptop and a narrow window
+        got = _probe(exe, html, tmp_path, width)
+        assert got["errors"] == [] and got["broken"] == 0, got
+        assert got["scrollWidth"] <= got["width"] and got["wide"] == [], got
+    # the probe sees an element wider than the window (the check can fail)
+    bad = html.replace("<main>", '<main><div style="width:3000px">wide</div>', 1)
+    got = _probe(exe, bad, tmp_path, 1280)
+    assert got["scrollWidth"] > got["width"] and got["wide"]

@@ -526,9 +526,16 @@ def rates_by(data: pd.DataFrame, column: str, *, method: str = "wilson",
 # ----------------------------------------------------------------------------------------
 # Figs. 7-9: model x persona
 # ----------------------------------------------------------------------------------------
+#: persona_heatmap puts personas on the rows when there are more than this many.
+_MAX_HEATMAP_COLUMNS = 18
+
+
 def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None = None,
                     method: str = "wilson", cluster: str | None = "auto", title: str | None = None) -> Figure:
     """Refusal rate per ``row`` x persona as an annotated heatmap (P1's Figs. 7-9).
+
+    Personas are the columns; with more than 18 personas (and fewer ``row`` levels) they
+    are the rows, so that the figure stays readable at page width.
 
     Parameters
     ----------
@@ -569,12 +576,22 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
     rate = _matrix(tab, row, "persona", rows, cols, "rate")
     lo = _matrix(tab, row, "persona", rows, cols, "ci_low")
     hi = _matrix(tab, row, "persona", rows, cols, "ci_high")
-    fig = _figure(0.62 * len(cols) + 2.6, 0.36 * len(rows) + 2.0)
-    ax = fig.subplots()
-    im = _heatmap(ax, rate, lo, hi, rows, cols, _rate_norm(np.nanmax(100 * hi)), fontsize=6.6)
-    ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], rotation=40, ha="right")
-    ax.set_xlabel("persona")
-    ax.set_ylabel(row)
+    norm = _rate_norm(np.nanmax(100 * hi))
+    if len(cols) > _MAX_HEATMAP_COLUMNS and len(rows) < len(cols):
+        # many personas: one line per persona (a page-wide figure stays readable)
+        fig = _figure(1.05 * len(rows) + 3.6, 0.34 * len(cols) + 2.2)
+        ax = fig.subplots()
+        im = _heatmap(ax, rate.T, lo.T, hi.T, cols, rows, norm, fontsize=6.6)
+        ax.set_xticks(np.arange(len(rows)), [str(r) for r in rows], rotation=30, ha="right")
+        ax.set_xlabel(row)
+        ax.set_ylabel("persona")
+    else:
+        fig = _figure(0.62 * len(cols) + 2.6, 0.36 * len(rows) + 2.0)
+        ax = fig.subplots()
+        im = _heatmap(ax, rate, lo, hi, rows, cols, norm, fontsize=6.6)
+        ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], rotation=40, ha="right")
+        ax.set_xlabel("persona")
+        ax.set_ylabel(row)
     cb = fig.colorbar(im, ax=ax, shrink=0.6, pad=0.01)
     cb.set_label("refusal rate (%)")
     what = f"task {task}" if task else "all tasks"

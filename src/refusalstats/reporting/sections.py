@@ -416,12 +416,26 @@ def design_columns(d: pd.DataFrame) -> list[str]:
     cols = [c for c in DESIGN_COLUMNS if _multi(d, c)]
     skip = set(DESIGN_COLUMNS) | {"refusal", "item_id", "response", "prompt_text", "system_text",
                                   "gold_label", "predicted_label", "label", "label_refusal"}
+    known = [c for c in DESIGN_COLUMNS if c in d.columns]
     for c in d.columns:
         if c in skip or not isinstance(d[c].dtype, pd.CategoricalDtype):
             continue
-        if 2 <= d[c].nunique(dropna=True) <= MAX_DESIGN_LEVELS:
+        if 2 <= d[c].nunique(dropna=True) <= MAX_DESIGN_LEVELS and not any(
+                _relabels(d, c, k) for k in known + cols):
             cols.append(c)
     return cols
+
+
+def _relabels(d: pd.DataFrame, a: str, b: str) -> bool:
+    """Column ``a`` is a one-to-one renaming of column ``b`` (e.g. an importer's
+    ``persona_original`` next to ``persona``): the same table twice, so shown once."""
+    if a == b or b not in d.columns:
+        return False
+    n_a, n_b = d[a].nunique(dropna=True), d[b].nunique(dropna=True)
+    if n_a != n_b:
+        return False
+    pairs = d[[a, b]].drop_duplicates().dropna()
+    return len(pairs) == n_a
 
 
 def factors_section(ctx: Context) -> Section:
