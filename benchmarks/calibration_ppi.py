@@ -134,6 +134,46 @@ def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int)
     }
 
 
+def scenario_effect_logit(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
+    """Coverage of persona_effect(labels=) (model 0 vs model 1 as the two settings, items
+    shared: correlated arms) and of logit("refusal ~ model", labels=) coefficients (the
+    population-averaged log odds ratios logit(rate_m) - logit(rate_0))."""
+    rng = np.random.default_rng(seed)
+    base = base_logits(item_sd)
+    target = truth_rates(item_sd, base)
+    cluster = "item_id" if item_sd else None
+    eff_hits, eff_w, eff_w_lab, logit_hits = [], [], [], []
+    t0 = time.perf_counter()
+    for start in range(0, reps, BATCH):
+        r = min(BATCH, reps - start)
+        df = simulate(rng, r, item_sd, detector, n_labels, base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            two = df[df["model"] < 2].assign(setting=lambda d: np.where(d["model"] == 0, "persona", "persona-free"))
+            eff = rs.persona_effect(two, by="rep", labels="human", cluster=cluster, strata=["rep", "model"])
+            truth = target[0] - target[1]
+            eff_hits.append((eff["ci_low"] <= truth) & (truth <= eff["ci_high"]))
+            q = (eff["ci_high"] - eff["ci_low"]) / (2 * eff["std_error"])
+            eff_w.append(2 * q * eff["std_error"])
+            eff_w_lab.append(2 * q * eff["se_labels_only"])
+            for rep_id, d in df.groupby("rep"):
+                fit = rs.logit("refusal ~ C(model)", d.assign(model=d["model"].astype(str)), labels="human",
+                               cluster=cluster, strata="model")
+                ci = fit.conf_int().to_numpy()[1:]
+                lo = logit(target[1:]) - logit(target[0])
+                logit_hits.append((ci[:, 0] <= lo) & (lo <= ci[:, 1]))
+    eh = np.concatenate([np.asarray(h, float) for h in eff_hits])
+    lh = np.concatenate(logit_hits).astype(float)
+    return {"coverage_effect": np.nanmean(eh), "n_effect": int(np.isfinite(eh).sum()),
+            "width_ratio_effect": np.nanmean(np.concatenate(eff_w)) / np.nanmean(np.concatenate(eff_w_lab)),
+            "coverage_logit": np.nanmean(lh), "n_logit": int(np.isfinite(lh).sum()),
+            "seconds": time.perf_counter() - t0}
+
+
+EXTRA = [(1.0, "differ", 30), (1.0, "differ", 60), (1.0, "differ", 200), (0.0, "differ", 60),
+         (1.0, "useless", 60)]
+
+
 SCENARIOS = [(sd, det, n) for sd in (0.0, 1.0) for det in ("differ", "useless", "good") for n in (30, 60, 200)]
 
 
@@ -149,6 +189,15 @@ def run(reps: int = 300, seed: int = 20261128) -> list[dict]:
             "statistic": "coverage", "estimate": float(s["coverage_t"]),
             "target_low": COVER_LO, "target_high": COVER_HI, "reps": s["n"], "seconds": s["seconds"],
         })
+    for k, (sd, det, n) in enumerate(EXTRA):
+        s = scenario_effect_logit(reps, seed + 100 + k, sd, det, n)
+        data = f"{'clustered' if sd else 'i.i.d.'}, detector {det}, {n} labels/model"
+        rows.append({"check": "persona_effect(labels=) PPI++ 95% CI", "data": data, "statistic": "coverage",
+                     "estimate": float(s["coverage_effect"]), "target_low": COVER_LO, "target_high": COVER_HI,
+                     "reps": s["n_effect"], "seconds": s["seconds"]})
+        rows.append({"check": "logit(labels=) PPI++ 95% CI (2 coefficients)", "data": data,
+                     "statistic": "coverage", "estimate": float(s["coverage_logit"]), "target_low": COVER_LO,
+                     "target_high": COVER_HI, "reps": s["n_logit"], "seconds": 0.0})
     return rows
 
 
@@ -178,6 +227,17 @@ def main() -> None:
           f"seed {args.seed}; {time.perf_counter() - t0:.0f} s on {platform.node()} "
           f"({os.cpu_count()} cores, load {load:.1f}). Command: "
           f"`python benchmarks/calibration_ppi.py --reps {args.reps}`\n")
+    print("\n".join(lines))
+    lines = [("| data | detector | labels/model | persona_effect coverage | width / labels-only "
+             "| logit coverage (2 coefficients) |"), "|---|---|---|---|---|---|"]
+    for k, (sd, det, n) in enumerate(EXTRA):
+        s = scenario_effect_logit(args.reps, args.seed + 100 + k, sd, det, n)
+        me = np.sqrt(s["coverage_effect"] * (1 - s["coverage_effect"]) / s["n_effect"])
+        ml = np.sqrt(s["coverage_logit"] * (1 - s["coverage_logit"]) / s["n_logit"])
+        lines.append(f"| {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {s['coverage_effect']:.3f} ± {me:.3f} "
+                     f"| {s['width_ratio_effect']:.2f} | {s['coverage_logit']:.3f} ± {ml:.3f} |")
+        print(lines[-1], flush=True)
+    print(f"\n{time.perf_counter() - t0:.0f} s in all\n")
     print("\n".join(lines))
 
 

@@ -97,11 +97,11 @@ def test_tuned_lam_minimizes_the_variance():
 
 def test_logit_labels_only_is_the_hc0_glm_and_lam1_is_ppi_python():
     df = _table()
-    fit0 = ppi_logit("refusal ~ x", df, cluster=None, lam=0)
+    fit0 = ppi_logit("refusal ~ x", df, cluster=None, lam=0, ci="z")
     # statsmodels 0.14: sm.GLM(y, [1, x], family=Binomial()).fit(cov_type="HC0") on the labelled rows
     np.testing.assert_allclose(fit0.params, [-1.31236877, 1.11350632], atol=1e-7)
     np.testing.assert_allclose(fit0.bse, [0.23416282, 0.28362862], atol=1e-7)
-    fit1 = ppi_logit("refusal ~ x", df, cluster=None, lam=1)
+    fit1 = ppi_logit("refusal ~ x", df, cluster=None, lam=1, ci="z")
     centre = (np.array(PEER_LOGISTIC[1.0][0]) + np.array(PEER_LOGISTIC[1.0][1])) / 2
     np.testing.assert_allclose(fit1.params, centre, atol=1e-7)
     # the uncorrected fit is the flags' GLM on every row
@@ -342,7 +342,7 @@ def test_logit_clustered_labels_only_matches_statsmodels_cluster_sandwich():
     # C / (C - 1) over all clusters (statsmodels' cluster cov uses the labelled clusters and
     # (n - 1) / (n - p) too; compare the meat directly instead)
     df = _clustered_stratified(seed=12)
-    fit = ppi_logit("refusal ~ model", df, cluster="item_id", lam=0)
+    fit = ppi_logit("refusal ~ model", df, cluster="item_id", lam=0, ci="z")
     lab = df[df["human"].notna()]
     X = np.c_[np.ones(len(lab)), (lab["model"] == "b").to_numpy(float)]
     y = lab["human"].to_numpy()

@@ -895,6 +895,7 @@ def ppi_logit(
     strata: str | Sequence[str] | None = None,
     lam: float | None = None,
     conf: float = 0.95,
+    ci: str = "t",
 ) -> PPILogitResult:
     """Logistic regression of the human label, powered by the detector's flags (PPI++ GLM).
 
@@ -926,6 +927,11 @@ def ppi_logit(
         0: labels only; 1: PPI; None: tuned.
     conf : float
         Default interval level.
+    ci : {"t", "z"}
+        ``"t"`` (default): small-sample intervals, the covariance times U / (U - p) and
+        t quantiles on U - p degrees of freedom (U labelled clusters, or labelled rows
+        when rows are independent; p coefficients). ``"z"``: the plain sandwich (times
+        C / (C - 1) with C clusters) and normal quantiles (t on C - 1 with clusters).
 
     Returns
     -------
@@ -944,6 +950,8 @@ def ppi_logit(
 
     conf = check_conf(conf)
     lam = _check_lam(lam)
+    if ci not in ("t", "z"):
+        raise ValueError(f"ci must be 't' or 'z', got {ci!r}")
     parsed = parse_formula(formula)
     if parsed.random:
         raise ValueError("ppi_logit fits fixed effects only; drop the (1|g) terms")
@@ -972,7 +980,9 @@ def ppi_logit(
             g = Xa.T @ (cw * r)
             c = np.where(at.lab, 1 - lam_, lam_) * mu * (1 - mu)
             J = (Xa.T * (cw * c)) @ Xa
-            step = np.linalg.solve(J, g)
+            step = np.linalg.lstsq(J, g, rcond=None)[0]
+            if not np.isfinite(step).all():
+                break
             beta = beta - step
             if np.max(np.abs(step)) < 1e-10:
                 break
@@ -1009,16 +1019,29 @@ def ppi_logit(
         u, v = pieces(beta)
         du, mult = centred_sums(u)
         dv, _ = centred_sums(v)
-        Jinv = np.linalg.inv(J)
+        if ci == "t":  # pseudo-labels: _PSEUDO per (label, flag) pair per stratum, spread over its labels
+            mu = expit(Xa @ beta)
+            lab_i = np.flatnonzero(at.lab)
+            share = _PSEUDO * at.m[lab_i] / at.part_size[part[lab_i]]
+            xr = Xa[lab_i] * rw[lab_i, None]
+            for yy in (0.0, 1.0):
+                for ff in (0.0, 1.0):
+                    du = np.vstack([du, (mu[lab_i] - yy)[:, None] * xr])
+                    dv = np.vstack([dv, -(mu[lab_i] - ff)[:, None] * xr])
+                    mult = np.concatenate([mult, share])
+        Jinv = np.linalg.pinv(J)
         factor = at.n_clusters / (at.n_clusters - 1) if at.cluster is not None else 1.0
         return du @ Jinv.T, dv @ Jinv.T, mult, factor
 
     p = X.shape[1]
-    beta0, J0 = solve(0.0, np.zeros(p))
+    # the uncorrected fit (the flags of every row as the response) starts the others
+    det = _flag_fit(Xa, at.f, at.m, p)
+    start = det if np.isfinite(det).all() else np.zeros(p)
+    beta0, J0 = solve(0.0, start)
     a0, _, mult, factor = covariance(beta0, J0)
     cov_lab = factor * (a0 * mult[:, None]).T @ a0
     if lam is None:
-        beta, J = solve(1.0, beta0)
+        beta, J = solve(1.0, start)
         for _ in range(2):
             a, b, mult, factor = covariance(beta, J)
             sab = float(np.sum(mult[:, None] * a * b))
@@ -1027,14 +1050,20 @@ def ppi_logit(
             beta, J = solve(lam_used, beta)
     else:
         lam_used = lam
-        beta, J = solve(lam_used, beta0)
+        beta, J = solve(lam_used, start)
     a, b, mult, factor = covariance(beta, J)
     t = a + lam_used * b
     cov = factor * (t * mult[:, None]).T @ t
-    # the uncorrected fit: the flags of every row as the response
-    det = _flag_fit(Xa, at.f, at.m, p)
     n_lab = int(np.sum(np.where(at.lab, at.m, 0)))
     df = at.n_clusters - 1 if at.cluster is not None else np.inf
+    if ci == "t":  # small samples: units with labels, less the coefficients
+        units = len(np.unique(at.cluster[at.lab])) if at.cluster is not None else n_lab
+        if units <= p:
+            raise ValueError(f"ppi_logit: {units} labelled {'clusters' if at.cluster is not None else 'rows'} "
+                             f"for {p} coefficients; label more rows or use a smaller formula")
+        cov = cov / factor * units / (units - p)
+        cov_lab = cov_lab / factor * units / (units - p)
+        df = units - p
     return PPILogitResult(
         params=pd.Series(beta, index=names), cov=pd.DataFrame(cov, index=names, columns=names),
         lam=lam_used, params_labels_only=pd.Series(beta0, index=names),
@@ -1048,7 +1077,7 @@ def _flag_fit(X, f, m, p) -> np.ndarray:
     beta = np.zeros(p)
     for _ in range(100):
         mu = expit(X @ beta)
-        step = np.linalg.solve((X.T * (m * mu * (1 - mu))) @ X, X.T @ (m * (mu - f)))
+        step = np.linalg.lstsq((X.T * (m * mu * (1 - mu))) @ X, X.T @ (m * (mu - f)), rcond=None)[0]
         beta -= step
         if np.max(np.abs(step)) < 1e-10 or not np.isfinite(beta).all():
             break
