@@ -484,6 +484,20 @@ def persona_free_section(ctx: Context) -> Section:
                      "'persona-free' answers.")
         return s
     by = ["task", "model"] if "task" in d.columns else ["model"]
+    if not streamed(ctx) and "task" in by:
+        # P1 asked the persona-free prompts of one task only: compare the tasks that have both
+        has = d.groupby("task", observed=True)["setting"].agg(
+            lambda v: {"persona", "persona-free"} <= set(map(str, pd.unique(v))))
+        if not has.all():
+            if not has.any():
+                s.skipped = ("no task has both persona and persona-free answers; the "
+                             "comparison needs both for the same task.")
+                return s
+            d = d[d["task"].isin(list(has.index[has.to_numpy()]))]
+            if isinstance(d["task"].dtype, pd.CategoricalDtype):
+                d = d.assign(task=d["task"].cat.remove_unused_categories())
+            s.notes.append("Only tasks with persona-free prompts are compared; left out: "
+                           + ", ".join(map(str, has.index[~has.to_numpy()])) + ".")
     eff = _persona_effect(ctx.source if streamed(ctx) else d, by, ctx.cluster)
     # the figure from its rate table (what persona_vs_free computes from rows)
     fig_tab = rates_of(ctx, [*by, "setting"]) if streamed(ctx) else d
