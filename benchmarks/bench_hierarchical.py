@@ -177,6 +177,62 @@ def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization=
                                                           "divergences")}}, r
 
 
+ITEM_FORMULA = FORMULA + " + (1|item_id)"
+
+
+def _intervals(fit) -> dict:
+    """95% HDIs of the fixed effects, the group sd's and each persona's effect (u_persona)."""
+    s = fit.to_frame(conf=0.95)
+    out = {t: [float(s.loc[t, "ci_low"]), float(s.loc[t, "ci_high"])] for t in s.index}
+    dev = fit.deviations("persona", conf=0.95)
+    for r in dev.itertuples():
+        out[f"persona[{r.persona}]"] = [float(r.ci_low), float(r.ci_high)]
+    return out
+
+
+def check_nuts(scale: float, draws: int, tune: int, chains: int, seed: int) -> int:
+    """Nested Laplace vs NUTS with (1|item_id) on simulate_paper(scale): 95% HDI endpoints.
+
+    Prints, per term, both intervals and the endpoint differences in units of the NUTS
+    interval's width (target: within 0.10), the NUTS diagnostics and the timings, and the
+    NUTS intervals as a Python dict (pasted into tests/test_hierarchical.py).
+    """
+    import refusalstats as rs
+    from refusalstats.bayes import HierarchicalModel
+
+    df = rs.simulate_paper(scale=scale)
+    print(f"simulate_paper(scale={scale}): {len(df):,} rows, {df['item_id'].nunique():,} items; "
+          f"uptime {_uptime()}", flush=True)
+    m = HierarchicalModel(ITEM_FORMULA, df, reference=REFERENCE)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nuts = m.fit(method="nuts", draws=draws, tune=tune, chains=chains, seed=seed, progress=False)
+    t_nuts, c_nuts = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    lap = HierarchicalModel(ITEM_FORMULA, df, reference=REFERENCE).fit(method="laplace", draws=4000,
+                                                                       seed=seed, progress=False)
+    t_lap, c_lap = time.perf_counter() - t0, time.process_time() - c0
+    d = nuts.diagnostics()
+    print(f"NUTS {chains} x ({tune} + {draws}): {t_nuts:.0f} s wall, {c_nuts:.0f} s CPU (this process; "
+          f"nutpie's chains run in threads); max R-hat {d['max_rhat']:.4f}, min bulk ESS "
+          f"{d['min_ess_bulk']:.0f}, min tail ESS {d['min_ess_tail']:.0f}, divergences {d['divergences']}")
+    print(f"nested Laplace (4000 draws): {t_lap:.1f} s wall, {c_lap:.1f} s CPU")
+    a, b = _intervals(nuts), _intervals(lap)
+    print("\n| term | NUTS 95% HDI | Laplace 95% HDI | low diff / width | high diff / width |")
+    print("|---|---|---|---:|---:|")
+    worst = 0.0
+    for t in a:
+        w = a[t][1] - a[t][0]
+        dl, dh = (b[t][0] - a[t][0]) / w, (b[t][1] - a[t][1]) / w
+        worst = max(worst, abs(dl), abs(dh))
+        print(f"| {t} | {a[t][0]:.3f} to {a[t][1]:.3f} | {b[t][0]:.3f} to {b[t][1]:.3f} | {dl:+.3f} | {dh:+.3f} |")
+    print(f"\nlargest endpoint difference: {worst:.3f} of the NUTS width (target <= 0.10)")
+    print("NUTS_HDI = " + json.dumps({t: [round(v, 4) for v in iv] for t, iv in a.items()}))
+    print(f"uptime after: {_uptime()}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
@@ -197,7 +253,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="with --compare-old: old/new pairs")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="10000,40000", help="row counts for timing bambi's gradient")
+    ap.add_argument("--check-nuts", type=float, metavar="SCALE",
+                    help="nested Laplace vs NUTS with (1|item_id) on simulate_paper(SCALE) (issue #24)")
     args = ap.parse_args()
+    if args.check_nuts:
+        return check_nuts(args.check_nuts, args.draws, args.tune, args.chains, args.seed)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.child:
         _bambi_child(args.child[0], args.child[1], args.bambi_draws, args.bambi_draws, args.chains,

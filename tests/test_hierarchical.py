@@ -84,7 +84,7 @@ def test_collapsed_likelihood_equals_bernoulli(parametrization):
     assert len(m.patterns) < n and m.patterns["trials"].sum() == n
     if parametrization == "auto":
         assert m._model is None  # the PyMC model (and the centring) are written on first use
-        m.model
+        assert m.model is not None
         assert 0 < m.groups[0].centered.sum() < len(m.groups[0].levels)
     from formulaic import model_matrix
 
@@ -486,7 +486,7 @@ def test_fit_from_parquet_path_equals_in_memory(tmp_path):
         m = HierarchicalModel(FORMULA, source, reference={"a": "a1"})
         assert m.inverse is None and m.n_rows == len(df)
         pd.testing.assert_frame_equal(m.patterns, mem.patterns)
-        m.auto_rule  # the centring is chosen on first use (mem's by its NUTS fit)
+        assert m.auto_rule is not None  # the centring is chosen on first use (mem's by its NUTS fit)
         assert [g.centered.tolist() for g in m.groups] == [g.centered.tolist() for g in mem.groups]
         other = m.fit(method="laplace", draws=300, seed=5, progress=False)
         for v in ("Intercept", "beta", "1|g", "1|g:h_sigma"):
@@ -590,3 +590,100 @@ def test_logit_predict_interval_matches_statsmodels():
     b = inspect.signature(HierarchicalResult.predict).parameters
     assert list(b) == ["self", "newdata", "conf"] and list(a)[:3] == ["self", "newdata", "conf"]
     assert a["conf"].kind is b["conf"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+# ------------------------------------------------------------------ nested Laplace (#24)
+P1_ITEM_FORMULA = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model) + (1|item_id)"
+
+
+def test_laplace_gradient_in_theta_matches_finite_differences(clustered):
+    """The analytic gradient of the Laplace marginal log p(theta | y) (with the third-derivative
+    term through the mode) equals central differences of the marginal itself."""
+    from refusalstats.bayes.laplace import _Laplace
+
+    m = HierarchicalModel("refusal ~ task + (1|persona) + (1|item_id)", clustered)
+    lap = _Laplace(m)
+    theta = np.log([0.5, 1.2])
+    _, grad, _ = lap.log_post_theta(theta, gradient=True)
+    h = 1e-4
+    for t in range(2):
+        e = np.zeros(2)
+        e[t] = h
+        fd = (lap.log_post_theta(theta + e)[0] - lap.log_post_theta(theta - e)[0]) / (2 * h)
+        assert grad[t] == pytest.approx(fd, rel=1e-4, abs=1e-5), (t, grad, fd)
+    # without the third-derivative term the gradient would be off by more than that
+    md = lap.mode(theta)
+    assert md["iterations"] >= 1 and np.isfinite(md["logdet"])
+
+
+def test_laplace_schur_state_matches_dense_hessian(clustered):
+    """The cell/Schur bookkeeping gives the dense Hessian's log-determinant and Newton step."""
+    from scipy.special import expit
+
+    from refusalstats.bayes.laplace import _Laplace
+
+    m = HierarchicalModel("refusal ~ task + (1|persona) + (1|item_id)", clustered)
+    lap = _Laplace(m)
+    rng = np.random.default_rng(1)
+    theta = np.log([0.7, 0.9])
+    x_d, x_b = rng.normal(0, 0.3, lap.nd), rng.normal(0, 0.5, lap.nb)
+    st = lap._state(x_d, x_b, theta)
+    # dense reference: J_full = [X, persona one-hot, item one-hot] per pattern
+    n_pat = len(m.patterns)
+    Z = np.zeros((n_pat, lap.nd + lap.nb))
+    Z[:, : lap.p] = m.X
+    Z[np.arange(n_pat), lap.slices[0].start + m.groups[0].index] = 1
+    Z[np.arange(n_pat), lap.nd + m.groups[1].index] = 1
+    eta = Z @ np.concatenate([x_d, x_b])
+    q = expit(eta)
+    H = (Z * (lap.n * q * (1 - q))[:, None]).T @ Z
+    prec = np.concatenate([[1 / 25] + [1 / 2.5**2] * (lap.p - 1), np.full(lap.nd - lap.p, np.exp(-2 * theta[0])),
+                           np.full(lap.nb, np.exp(-2 * theta[1]))])
+    H += np.diag(prec)
+    logdet = 2 * np.sum(np.log(np.diag(st["cho"]))) + np.sum(np.log(st["D"]))
+    assert logdet == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-10)
+    g = Z.T @ (lap.s - lap.n * q) - prec * np.concatenate([x_d, x_b])
+    step = np.linalg.solve(H, g)
+    dx_d = lap._cho_solve(st["cho"], st["g_d"] - st["BD"].T @ st["g_b"])
+    np.testing.assert_allclose(np.concatenate([st["g_d"], st["g_b"]]), g, atol=1e-9)
+    np.testing.assert_allclose(dx_d, step[: lap.nd], atol=1e-9)
+
+
+def test_method_auto_runs_laplace_on_large_designs(clustered, monkeypatch):
+    """method='auto' (default) resolves to the nested Laplace fit above AUTO_LAPLACE_PATTERNS
+    patterns and says so; the PyMC model is never written for it."""
+    import refusalstats.bayes.model as M
+
+    m = HierarchicalModel("refusal ~ task + (1|persona) + (1|item_id)", clustered)
+    assert len(m.patterns) <= M.AUTO_LAPLACE_PATTERNS  # small: the default stays NUTS here
+    monkeypatch.setattr(M, "AUTO_LAPLACE_PATTERNS", 100)
+    r = m.fit(draws=300, seed=1, progress=False)
+    assert r.sampler == "laplace" and r.settings["method"] == "laplace"
+    assert r.settings["method_requested"] == "auto" and r.approximate
+    assert m._model is None
+    assert "APPROXIMATE: LAPLACE" in str(r)
+    with pytest.raises(ValueError, match="'auto', 'nuts'"):
+        m.fit(method="inla")
+
+
+def test_chunked_summaries_equal_the_cached_ones(clustered, monkeypatch):
+    """Above _ETA_CACHE_MAX the (draws x patterns) predictor is built in chunks of draws
+    (P1's full design with the item term): effects, predict and ppc give the same numbers."""
+    import refusalstats.bayes.results as R
+
+    r = HierarchicalModel("refusal ~ task + (1|persona) + (1|item_id)", clustered).fit(
+        method="laplace", draws=300, seed=3, progress=False)
+    eff, pred, ppc = r.effects("persona"), r.predict(conf=0.9), r.ppc(by="task", seed=1)
+    r2 = type(r)(r.model, r.idata, r.sampler, r.seed, r.timings, r.settings)
+    monkeypatch.setattr(R, "_ETA_CACHE_MAX", 1000)
+    with pytest.raises(MemoryError):
+        r2._pattern_eta()
+    pd.testing.assert_frame_equal(r2.effects("persona"), eff)
+    pd.testing.assert_frame_equal(r2.predict(conf=0.9), pred)
+    pd.testing.assert_frame_equal(r2.ppc(by="task", seed=1), ppc)
+    # past _PROB_WORK_MAX the probability scale uses evenly spaced draws (at least 100)
+    monkeypatch.setattr(R, "_PROB_WORK_MAX", 10)
+    sub = r2.effects("persona")
+    assert sub.attrs["prob_draws"] == 100
+    np.testing.assert_allclose(sub["effect"], eff["effect"])
+    np.testing.assert_allclose(sub["prob_effect"], eff["prob_effect"], atol=0.03)  # 100 of 300 draws

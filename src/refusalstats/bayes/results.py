@@ -28,6 +28,14 @@ class ConvergenceWarning(UserWarning):
 
 _DIAG = {"r_hat": 1.01, "ess": 400}
 
+#: Largest (draws x patterns) linear-predictor matrix kept in memory (400 MB of float64);
+#: larger ones (``(1|item_id)`` on P1's full design: 2 million patterns) are computed in chunks.
+_ETA_CACHE_MAX = 50_000_000
+#: Probability-scale summaries over all patterns (``effects``' ``prob_*`` columns, ``ppc``)
+#: use at most this many (draw, pattern) pairs: evenly spaced draws, at least 100 (all when
+#: fewer); ``attrs["prob_draws"]`` says how many were used.
+_PROB_WORK_MAX = 100_000_000
+
 
 # --------------------------------------------------------------------------- results
 def _hdi(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +325,7 @@ class HierarchicalResult:
         B = self._fixed_draws()
         if draws is not None:
             B = B[draws]
-        eta = B @ X.T
+        eta = B @ X.T  # (S, k)
         for g, idx in zip(self.model.groups, group_idx):
             u = _draws(self.idata, g.var)
             if draws is not None:
@@ -328,11 +336,29 @@ class HierarchicalResult:
             eta[:, ok] += u[:, idx[ok]]
         return eta
 
-    def _pattern_eta(self) -> np.ndarray:
-        if self._eta_cache is None:
-            m = self.model
-            self._eta_cache = self._eta(m.X, [g.index for g in m.groups])
-        return self._eta_cache
+    def _pattern_eta(self, draws: np.ndarray | slice | None = None) -> np.ndarray:
+        """(S, patterns) linear predictor, cached when it is small (see ``_ETA_CACHE_MAX``);
+        ``draws`` selects rows (draw indices or a slice) without building the whole matrix."""
+        m = self.model
+        small = self.n_draws * len(m.patterns) <= _ETA_CACHE_MAX
+        if small:
+            if self._eta_cache is None:
+                self._eta_cache = self._eta(m.X, [g.index for g in m.groups])
+            return self._eta_cache if draws is None else self._eta_cache[draws]
+        if draws is None:
+            raise MemoryError(f"{self.n_draws:,} draws x {len(m.patterns):,} patterns do not fit in "
+                              "memory as one matrix; compute by chunks of draws")
+        return self._eta(m.X, [g.index for g in m.groups], draws=draws)
+
+    def _draw_chunks(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Draw indices for a probability-scale summary over all patterns, and chunks of them
+        whose (draws x patterns) blocks stay near 20 million values."""
+        S, k = self.n_draws, max(len(self.model.patterns), 1)
+        max_pairs = _PROB_WORK_MAX
+        n_use = S if S * k <= max_pairs else min(S, max(100, max_pairs // k))
+        idx = np.unique(np.linspace(0, S - 1, n_use).round().astype(np.int64))
+        per = max(1, 20_000_000 // k)
+        return idx, [idx[i:i + per] for i in range(0, len(idx), per)]
 
     # ------------------------------------------------------------------ effects
     def effects(self, term: str, within: str | None = None, conf: float = 0.95) -> pd.DataFrame:
@@ -392,16 +418,18 @@ class HierarchicalResult:
         first[cell_codes[::-1]] = np.arange(len(cell_codes))[::-1]
         for g in use:
             eff += _draws(self.idata, g.var)[:, g.index[first]]
-        eta = self._pattern_eta()
         from scipy.special import expit
 
         w = pat["trials"].to_numpy(dtype=float)
-        prob = np.zeros((S, n_cells))
-        for c0 in range(0, S, 500):
-            sl = slice(c0, min(S, c0 + 500))
-            e = eta[sl]
-            d = expit(e) - expit(e - eff[sl][:, cell_codes])
-            prob[sl] = np.stack([np.bincount(cell_codes, weights=row * w, minlength=n_cells) for row in d])
+        pidx, chunks = self._draw_chunks()
+        prob = np.zeros((len(pidx), n_cells))
+        row0 = 0
+        for ch in chunks:
+            e = self._pattern_eta(ch)
+            d = expit(e) - expit(e - eff[ch][:, cell_codes])
+            prob[row0:row0 + len(ch)] = np.stack([np.bincount(cell_codes, weights=row * w, minlength=n_cells)
+                                                  for row in d])
+            row0 += len(ch)
         tot = np.bincount(cell_codes, weights=w, minlength=n_cells)
         prob /= tot
         obs = np.bincount(cell_codes, weights=pat["successes"].to_numpy(dtype=float), minlength=n_cells) / tot
@@ -416,6 +444,7 @@ class HierarchicalResult:
         out.attrs["conf"] = conf
         out.attrs["interval"] = f"{100 * conf:g}% HDI"
         out.attrs["terms"] = [g.name for g in use]
+        out.attrs["prob_draws"] = len(pidx)
         return out
 
     def deviations(self, term: str, conf: float = 0.95) -> pd.DataFrame:
@@ -500,7 +529,7 @@ class HierarchicalResult:
         m = self.model
         index = None
         if newdata is None:
-            eta = self._pattern_eta()
+            X, idxs = m.X, [g.index for g in m.groups]
             inverse = m.inverse
         else:
             if not isinstance(newdata, pd.DataFrame):
@@ -532,14 +561,23 @@ class HierarchicalResult:
                 idxs.append(pos)
             if unseen:
                 warnings.warn(f"predict: level(s) not seen in fitting get group effect 0: {unseen}", stacklevel=2)
-            eta = self._eta(X, idxs)
             inverse = col.inverse
             index = newdata.index
-        p = expit(eta)
-        mean = p.mean(0)
+        # all draws, by chunks of patterns (2 million patterns x 1,000 draws would be 16 GB)
+        k = X.shape[0]
+        per = max(1, 20_000_000 // max(self.n_draws, 1))
+        mean, lo, hi = np.empty(k), np.empty(k), np.empty(k)
+        for c0 in range(0, k, per):
+            sl = slice(c0, min(k, c0 + per))
+            if newdata is None and self.n_draws * k <= _ETA_CACHE_MAX:
+                p = expit(self._pattern_eta()[:, sl])
+            else:
+                p = expit(self._eta(X[sl], [None if i is None else i[sl] for i in idxs]))
+            mean[sl] = p.mean(0)
+            if conf is not None:
+                lo[sl], hi[sl] = _hdi(p, conf)
         if conf is None:
             return mean if inverse is None else mean[inverse]
-        lo, hi = _hdi(p, conf)
         out = pd.DataFrame({"prediction": mean, "ci_low": lo, "ci_high": hi})
         if inverse is not None:
             out = out.iloc[inverse].reset_index(drop=True)
@@ -590,13 +628,13 @@ class HierarchicalResult:
         n = pat["trials"].to_numpy(dtype=np.int64)
         tot = np.bincount(codes, weights=n, minlength=k)
         obs = np.bincount(codes, weights=pat["successes"].to_numpy(dtype=float), minlength=k)
-        eta = self._pattern_eta()
-        S = eta.shape[0]
-        rep = np.empty((S, k))
-        for c0 in range(0, S, 500):
-            sl = slice(c0, min(S, c0 + 500))
-            y = rng.binomial(n, expit(eta[sl]))
-            rep[sl] = np.stack([np.bincount(codes, weights=r, minlength=k) for r in y])
+        pidx, chunks = self._draw_chunks()
+        rep = np.empty((len(pidx), k))
+        row0 = 0
+        for ch in chunks:
+            y = rng.binomial(n, expit(self._pattern_eta(ch)))
+            rep[row0:row0 + len(ch)] = np.stack([np.bincount(codes, weights=r, minlength=k) for r in y])
+            row0 += len(ch)
         rate = rep / tot
         a = (1 - conf) / 2
         first = np.full(k, -1)
@@ -609,7 +647,9 @@ class HierarchicalResult:
         out["inside"] = (out["observed"] >= out["ci_low"]) & (out["observed"] <= out["ci_high"])
         out.attrs["conf"] = conf
         out.attrs["interval"] = f"{100 * conf:g}% central posterior predictive interval"
-        return out.sort_values(by).reset_index(drop=True)
+        out = out.sort_values(by).reset_index(drop=True)
+        out.attrs["prob_draws"] = len(pidx)
+        return out
 
     def plot_ppc(self, by: Sequence[str] | str | None = None, conf: float = 0.9, ax=None):
         """Observed vs posterior-predicted refusal rate per cell (see :meth:`ppc`).
@@ -662,8 +702,9 @@ class HierarchicalResult:
         n = pat["trials"].to_numpy(dtype=float)
         tot = np.bincount(codes, weights=n, minlength=k)
         obs = np.bincount(codes, weights=pat["successes"].to_numpy(dtype=float), minlength=k)
-        p = expit(self._pattern_eta())
-        pooled = np.stack([np.bincount(codes, weights=row * n, minlength=k) for row in p]) / tot
+        _, chunks = self._draw_chunks()
+        pooled = np.vstack([np.stack([np.bincount(codes, weights=row * n, minlength=k)
+                                      for row in expit(self._pattern_eta(ch))]) for ch in chunks]) / tot
         first = np.full(k, -1)
         first[codes[::-1]] = np.arange(len(codes))[::-1]
         out = pat.iloc[first][keys].reset_index(drop=True)
