@@ -968,10 +968,12 @@ def _first_col(df: pd.DataFrame, names) -> str | None:
 # ----------------------------------------------------------------------------------------
 # 7. hierarchical model
 # ----------------------------------------------------------------------------------------
-#: The report adds (1|item) to the default hierarchical formula only up to this many
-#: covariate patterns: with an item term nothing collapses across items, and NUTS on 2
-#: cores takes minutes per ~10^4 patterns (benchmarks/README.md, hierarchical section).
-HIER_MAX_ITEM_PATTERNS = 20_000
+#: The report adds (1|item) to the default hierarchical formula up to this many covariate
+#: patterns. With an item term nothing collapses across items; above 20,000 patterns the fit
+#: runs the nested Laplace approximation (``method="auto"``, #24): P1's full design (2,032,160
+#: patterns, 12,700 items) in ~20 s of CPU, memory ~items x 280 x 8 bytes per design point
+#: (benchmarks/README.md, hierarchical section). Beyond this the term is left out, with a note.
+HIER_MAX_ITEM_PATTERNS = 5_000_000
 
 
 def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=None
@@ -1009,11 +1011,11 @@ def default_hier_formula(d: pd.DataFrame, cluster: str | None = None, source=Non
         return f"{base} + (1|{cluster})", None
     return base, (
         f"The item random intercept (1|{cluster}) was left out of the default formula: with it "
-        f"nothing collapses across items ({n_patterns:,} covariate patterns), which takes too "
-        "long for a report on a small machine. Without it the intervals ignore that items are "
-        "answered many times and are too narrow (about 1.6–1.8× for item-level factors, "
-        "docs/validity.md); pass the formula with (1|item_id) — and method='laplace' for an "
-        "approximate, faster fit — to include it."
+        f"nothing collapses across items ({n_patterns:,} covariate patterns, more than "
+        f"{HIER_MAX_ITEM_PATTERNS:,}), which needs too much memory for a report. Without it the "
+        "intervals ignore that items are answered many times and are too narrow (about 1.6–1.8× "
+        "for item-level factors, docs/validity.md); pass the formula with (1|item_id) to "
+        "include it."
     )
 
 
@@ -1179,6 +1181,10 @@ def hierarchical_section(ctx: Context) -> Section:
             f"over models, log-odds): {len(dx)} of {int((~dflat).sum())} have a 95% HDI "
             "excluding 0." + (" Most persona effects are shared across models." if
                               len(dx) <= 0.05 * max(1, int((~dflat).sum())) else ""))
+    if diag.get("sampler") == "laplace":
+        s.notes.append("Fitted by the nested Laplace approximation (method='auto' on a large design: "
+                       "Gaussian effects given the group sd's, sd's integrated over a small design; "
+                       "checked against NUTS and lme4, docs/methods_hierarchical.md); no R-hat or ESS.")
     if diag.get("sampler") == "advi":
         s.notes.append("Fitted by ADVI, a fast approximation: intervals are typically too narrow.")
     else:
