@@ -937,8 +937,9 @@ def _add_bayes(sub, opt: _Options) -> None:
     p.add_argument("--chains", type=_positive_int, default=fit["chains"],
                    help=f"chains (default {fit['chains']})")
     p.add_argument("--sampler", choices=["nutpie", "pymc"], default=fit["sampler"])
-    p.add_argument("--method", choices=["nuts", "laplace", "advi"], default=fit["method"],
-                   help="laplace: nested Laplace approximation (labelled approximate; fast with "
+    p.add_argument("--method", choices=["auto", "nuts", "laplace", "advi"], default=fit["method"],
+                   help="auto (default): nuts up to 20,000 collapsed patterns, laplace above; "
+                        "laplace: nested Laplace approximation (labelled approximate; fast with "
                         "(1|item_id)); advi: fast APPROXIMATE variational fit (no R-hat, "
                         "intervals too narrow)")
     p.add_argument("--target-accept", type=float, default=fit["target_accept"],

@@ -526,16 +526,18 @@ def rates_by(data: pd.DataFrame, column: str, *, method: str = "wilson",
 # ----------------------------------------------------------------------------------------
 # Figs. 7-9: model x persona
 # ----------------------------------------------------------------------------------------
-#: persona_heatmap puts personas on the rows when there are more than this many.
+#: persona_heatmap puts personas on the rows when there are more than this many ...
 _MAX_HEATMAP_COLUMNS = 18
+#: ... and at most this many ``row`` levels (models), which then fit across the page.
+_MAX_HEATMAP_ROWS_TO_TURN = 10
 
 
 def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None = None,
                     method: str = "wilson", cluster: str | None = "auto", title: str | None = None) -> Figure:
     """Refusal rate per ``row`` x persona as an annotated heatmap (P1's Figs. 7-9).
 
-    Personas are the columns; with more than 18 personas (and fewer ``row`` levels) they
-    are the rows, so that the figure stays readable at page width.
+    Personas are the columns; with more than 18 personas and at most 10 ``row`` levels
+    they are the rows, so that the figure stays readable at page width.
 
     Parameters
     ----------
@@ -577,7 +579,7 @@ def persona_heatmap(data: pd.DataFrame, row: str = "model", *, task: str | None 
     lo = _matrix(tab, row, "persona", rows, cols, "ci_low")
     hi = _matrix(tab, row, "persona", rows, cols, "ci_high")
     norm = _rate_norm(np.nanmax(100 * hi))
-    if len(cols) > _MAX_HEATMAP_COLUMNS and len(rows) < len(cols):
+    if len(cols) > _MAX_HEATMAP_COLUMNS and len(rows) <= _MAX_HEATMAP_ROWS_TO_TURN:
         # many personas: one line per persona (a page-wide figure stays readable)
         fig = _figure(1.05 * len(rows) + 3.6, 0.34 * len(cols) + 2.2)
         ax = fig.subplots()

@@ -349,10 +349,11 @@ def rates_section(ctx: Context) -> Section:
     never = [str(m) for m, v in never.items() if v == 0]
     if never:
         one = len(never) == 1
-        text = (f"{len(never)} model{'' if one else 's'} never refused: {', '.join(never)}"
+        where = " in the rows with a persona" if n_po < n_all else ""
+        text = (f"{len(never)} model{'' if one else 's'} never refused{where}: {', '.join(never)}"
                 if len(never) < len(tab["model"].unique()) else
                 ("The model never refused" if one else
-                 f"None of the {len(never)} models ever refused") + f": {', '.join(never)}")
+                 f"None of the {len(never)} models ever refused") + f"{where}: {', '.join(never)}")
         if multi(ctx, "model", po) and len(never) < len(tab["model"].unique()):
             text += (f" — {'its' if one else 'their'} regression coefficient"
                      f"{'' if one else 's'} {'is' if one else 'are'} not identifiable by "
@@ -442,9 +443,11 @@ def factors_section(ctx: Context) -> Section:
     s = Section("factors", TITLES["factors"],
                 "Refusal rate per level of each column that describes the design, levels "
                 "sorted by rate, with 95% CIs (cluster-robust when answers are clustered).")
-    cols = [c for c in design_columns(view(ctx, False)) if c not in ("persona", "model")]
+    # setting is compared within task x model in the persona-free section: pooled over all
+    # rows it would mix tasks (persona-free prompts may exist for some tasks only)
+    cols = [c for c in design_columns(view(ctx, False)) if c not in ("persona", "model", "setting")]
     if not cols:
-        s.skipped = "no design column other than model and persona has two or more levels."
+        s.skipped = "no design column other than model, persona and setting has two or more levels."
         return s
     po = has_persona_rows(ctx) and n_rows(ctx, True) < n_rows(ctx)
     for col in cols:
@@ -547,6 +550,10 @@ def personas_section(ctx: Context) -> Section:
                 "group; non-overlapping intervals indicate a clear difference. The heatmaps "
                 "break the rate down by model, one per task.")
     d = view(ctx, True)
+    if not has_persona_rows(ctx):
+        s.skipped = ("no row names a persona (every prompt is persona-free, as in XSTest-style "
+                     "tables); there are no personas to compare.")
+        return s
     if not multi(ctx, "persona", True):
         s.skipped = ("fewer than two personas among the rows with a persona "
                      f"(found {levels_of(ctx, 'persona', True)}); nothing to compare.")
