@@ -161,7 +161,8 @@ class _Options:
             "--cluster", default="auto", metavar="COLUMN",
             help="column of correlated answers (items answered many times) for "
                  "cluster-robust intervals and tests; 'auto' (default) uses item_id when "
-                 "the table has it and it repeats; 'none' treats rows as independent")
+                 "the table has it and it repeats; 'none' treats rows as independent; two "
+                 "columns, e.g. 'item_id,persona', cluster two ways (sampled personas)")
         self._new("sep").add_argument(
             "--sep", help="field delimiter of a CSV table (default: guessed from the "
                           "header line among , ; tab |)")
@@ -271,7 +272,10 @@ def _add_rates(sub, opt: _Options) -> None:
 
 def _cluster_arg(args):
     value = getattr(args, "cluster", "auto")
-    return None if value in (None, "none", "None") else value
+    if value in (None, "none", "None"):
+        return None
+    names = [c.strip() for c in str(value).split(",") if c.strip()]
+    return names if len(names) > 1 else value  # "item_id,persona": two-way clustering
 
 
 def _cmd_rates(args) -> int:
