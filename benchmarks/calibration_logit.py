@@ -24,7 +24,8 @@ Checks (one dict each, see ``benchmarks/calibration.py``):
     item-level factor on the item_sd 1 tables of (a) — the known-bad baseline.
 
 Shapes of real tables (issue #19; generators of our own, not ``simulate_items``), each
-fitted with the default ``vcov="CR2"`` and with ``vcov="CR1"`` on the same tables:
+fitted with the default ``vcov="CR2"``, with ``vcov="CR1"`` and with
+``working="exchangeable"`` (GEE, Mancl-DeRouen) on the same tables:
 
 (f) heavy-tailed item sizes: 3 tasks x 50 items, answers per item ``2 * U^(-1/0.9)``
     rounded and clipped to 2-200 (median 4, a few items with 100+), item intercepts
@@ -227,15 +228,19 @@ def _shape_checks(key: str, reps: int, seed: int) -> list[dict]:
     desc, per_task, sizes, effect = SHAPES[key]
     truth = _shape_truth(effect)
     t0 = time.perf_counter()
-    hits = {"CR2": 0, "CR1": 0}
-    fp_item = {"CR2": 0, "CR1": 0}
-    fp_row = {"CR2": 0, "CR1": 0}
+    kinds = ("CR2", "CR1", "GEE")
+    hits = dict.fromkeys(kinds, 0)
+    fp_item = dict.fromkeys(kinds, 0)
+    fp_row = dict.fromkeys(kinds, 0)
     done = 0
     for s in _seeds(seed, 100 + ord(key), reps):
         rng = np.random.default_rng(s)
         df = _shape_table(rng, per_task, sizes, effect)
-        for vcov in ("CR2", "CR1"):
-            f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", vcov=vcov)
+        for vcov in kinds:
+            if vcov == "GEE":
+                f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", working="exchangeable")
+            else:
+                f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", vcov=vcov)
             ci = f.conf_int().loc["task[T.t1]"]
             hits[vcov] += ci["ci_low"] <= truth <= ci["ci_high"]
             d1 = f.drop1().set_index("term")["p_value"]
@@ -244,10 +249,12 @@ def _shape_checks(key: str, reps: int, seed: int) -> list[dict]:
         done += 1
     data = f"{desc} (own generator; 3 tasks, 4 personas per answer, null item-level 'domain')"
     out = []
-    for vcov, label in (("CR2", "CR2 + Satterthwaite t (default)"), ("CR1", "CR1 z (vcov='CR1')")):
+    for vcov, label in (("CR2", "CR2 + Satterthwaite t (default)"), ("CR1", "CR1 z (vcov='CR1')"),
+                        ("GEE", "GEE exchangeable + Mancl-DeRouen t(G-p) (working='exchangeable')")):
         out.append(_row(f"95% {label} interval of task[T.t1] covers the marginal log-odds ratio "
                         f"{truth:.3f}", data, "coverage", hits[vcov], done, 0.93, 0.97, t0))
-    for vcov, label in (("CR2", "CR2 + HTZ (default)"), ("CR1", "CR1 Wald F(q, G-1)")):
+    for vcov, label in (("CR2", "CR2 + HTZ (default)"), ("CR1", "CR1 Wald F(q, G-1)"),
+                        ("GEE", "GEE exchangeable + Mancl-DeRouen F(q, G-p)")):
         out.append(_row(f"drop1() {label} of a null item-level factor (domain)", data,
                         "false-positive rate", fp_item[vcov], done, None, 0.07, t0))
         out.append(_row(f"drop1() {label} of a null row-level factor (persona)", data,
@@ -280,4 +287,6 @@ if __name__ == "__main__":  # pragma: no cover - use benchmarks/calibration.py
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     from calibration import table
 
-    print(table([dict(r, area="logit") for r in run(reps=int(sys.argv[1]) if len(sys.argv) > 1 else 400)]))
+    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    only_shapes = len(sys.argv) > 2 and sys.argv[2] == "shapes"  # python calibration_logit.py 400 shapes
+    print(table([dict(r, area="logit") for r in (run_shapes(reps) if only_shapes else run(reps=reps))]))

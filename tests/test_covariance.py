@@ -232,3 +232,49 @@ def test_cr2_with_separation_and_firth_is_finite():
     assert np.isfinite(mle.bse.drop("persona[T.Man]")).all()
     assert np.isfinite(firth.conf_int().to_numpy()).all()
     assert np.isfinite(firth.drop1()["p_value"]).all()
+
+
+def test_gee_exchangeable_equals_its_row_level_equations():
+    """working='exchangeable': the estimating equations, the moment estimator of rho and the
+    Mancl-DeRouen covariance written out row by row (m x m per cluster) equal the
+    parameter-space computation from counts."""
+    from scipy.special import expit
+
+    df = _fixture()
+    f = logit(FORMULA, df, cluster="item_id", working="exchangeable")
+    cc = f._ccov
+    assert cc.kind == "GEE-MD" and "Mancl-DeRouen" in f.cov_type
+    X = np.column_stack([np.ones(len(df)), df["persona"].eq("Man"), df["persona"].eq("Woman"),
+                         df["task"].eq("offensiveness"), df["task"].eq("sentiment")]).astype(float)
+    y = df["refusal"].to_numpy(float)
+    b = f.params.to_numpy()
+    mu = expit(X @ b)
+    a = mu * (1 - mu)
+    e = (y - mu) / np.sqrt(a)
+    groups = [np.flatnonzero(df["item_id"].to_numpy() == g) for g in pd.unique(df["item_id"])]
+    N, p = len(df), X.shape[1]
+    phi = (e ** 2).sum() / (N - p)
+    within = sum(e[i].sum() ** 2 - (e[i] ** 2).sum() for i in groups)
+    rho = within / phi / (sum(len(i) * (len(i) - 1) for i in groups) - p)
+    assert cc.rho == pytest.approx(rho, rel=1e-6)
+    U, B, parts = np.zeros(p), np.zeros((p, p)), []
+    for i in groups:
+        m = len(i)
+        R = (1 - rho) * np.eye(m) + rho * np.ones((m, m))
+        Vi = np.linalg.inv(np.sqrt(np.outer(a[i], a[i])) * R)
+        D = X[i] * a[i][:, None]
+        U += D.T @ Vi @ (y[i] - mu[i])
+        B += D.T @ Vi @ D
+        parts.append((D, Vi, y[i] - mu[i]))
+    np.testing.assert_allclose(U, 0.0, atol=1e-8)
+    Binv = np.linalg.inv(B)
+    meat = np.zeros((p, p))
+    for D, Vi, r in parts:
+        H = D @ Binv @ D.T @ Vi
+        u = D.T @ Vi @ np.linalg.solve(np.eye(len(r)) - H, r)
+        meat += np.outer(u, u)
+    np.testing.assert_allclose(f.cov_params().to_numpy(), Binv @ meat @ Binv, rtol=1e-7)
+    G = len(groups)
+    assert (f.df == G - p).all() and (f.drop1()["df_resid"] == G - p).all()
+    with pytest.raises(ValueError, match="GEE"):
+        logit(FORMULA, df, cluster=None, working="exchangeable")

@@ -532,13 +532,14 @@ class _ClusterCov:
     """
 
     def __init__(self, kind: str, V: np.ndarray, n_clusters: int, *, engine: _CR2Engine | None = None,
-                 note: str = "", sizes: tuple[int, ...] = ()):
+                 note: str = "", sizes: tuple[int, ...] = (), df_resid: float | None = None,
+                 rho: float | None = None):
         self.kind, self.V, self.n_clusters, self.engine, self.note = kind, V, n_clusters, engine, note
-        self.sizes = sizes
+        self.sizes, self.df_resid, self.rho = sizes, df_resid, rho
 
     @property
     def t_tests(self) -> bool:
-        return self.kind in ("CR2", "CR1-2way")
+        return self.kind in ("CR2", "CR1-2way", "GEE-MD")
 
     def df(self, C: np.ndarray) -> np.ndarray:
         """Degrees of freedom of the t statistic of each row of ``C`` (inf: z)."""
@@ -547,6 +548,8 @@ class _ClusterCov:
             return self.engine.df(C)
         if self.kind == "CR1-2way":
             return np.full(len(C), float(min(self.sizes) - 1))
+        if self.kind == "GEE-MD":
+            return np.full(len(C), float(self.df_resid))
         return np.full(len(C), np.inf)
 
     def wald(self, C: np.ndarray, b: np.ndarray, V: np.ndarray | None = None) -> dict:
@@ -555,6 +558,8 @@ class _ClusterCov:
         C = np.atleast_2d(C)
         if self.kind == "CR2":
             return self.engine.htz(C, b, V)
+        if self.kind == "GEE-MD":
+            return _wald_f(C @ b, C @ V @ C.T, int(self.df_resid) + 1)
         G = self.n_clusters if self.kind == "CR1" else min(self.sizes)
         return _wald_f(C @ b, C @ V @ C.T, G)
 
@@ -564,6 +569,9 @@ class _ClusterCov:
                    f"({self.n_clusters:,} clusters)")
         elif self.kind == "CR1":
             out = f"cluster-robust CR1 by '{name}' ({self.n_clusters:,} clusters)"
+        elif self.kind == "GEE-MD":
+            out = (f"robust GEE covariance (exchangeable working correlation within '{name}', rho = "
+                   f"{self.rho:.3f}) with the Mancl-DeRouen correction ({self.n_clusters:,} clusters)")
         else:
             out = (f"two-way cluster-robust CR1 (Cameron, Gelbach & Miller 2011) by {name} "
                    f"({self.sizes[0]:,} x {self.sizes[1]:,} clusters)")
@@ -574,6 +582,8 @@ class _ClusterCov:
             return "t with Satterthwaite degrees of freedom (CR2)"
         if self.kind == "CR1-2way":
             return f"t on min(G_1, G_2) - 1 = {min(self.sizes) - 1} df (two-way CR1)"
+        if self.kind == "GEE-MD":
+            return f"t on G - p = {int(self.df_resid)} df (GEE, Mancl-DeRouen)"
         return "Wald z with the CR1 covariance"
 
 

@@ -375,6 +375,9 @@ class LogitResults:
 
     def _wald_label(self) -> str:
         cc = self._ccov
+        if cc.kind == "GEE-MD":
+            return (f"robust Wald F by '{self.cluster}' (GEE exchangeable, Mancl-DeRouen covariance; F = W/q "
+                    f"on (q, G - p) = (q, {int(cc.df_resid)}) df)")
         if cc.kind == "CR2":
             return (f"cluster-robust HTZ Wald test by '{self.cluster}' (CR2 covariance; Hotelling's T^2 "
                     f"with Zhang's degrees of freedom, Pustejovsky & Tipton 2018; G = {cc.n_clusters} clusters)")
@@ -535,7 +538,17 @@ class LogitResults:
             mu = expit(Xs @ bs)
             sub.append((bs, _inv_spd(_xtwx(Xsf, d.n * mu * (1 - mu))), cols))
         n_obs = round(float(d.n.sum()))
-        if isinstance(cl, _StreamedCluster) or self._ccov.kind == "CR1":
+        if self._ccov.kind == "GEE-MD":  # each sub-model by GEE too
+            from .gee import _gee_exchangeable
+
+            covs, refit = [], []
+            for bs, bread, cols in sub:
+                g = _gee_exchangeable(d.X[:, cols], d.Xf[:, cols], cl, bs)
+                refit.append((g["beta"], bread, cols))
+                covs.append(_ClusterCov("GEE-MD", g["cov"], g["n_clusters"], rho=g["rho"],
+                                        df_resid=g["n_clusters"] - len(cols)))
+            sub = refit
+        elif isinstance(cl, _StreamedCluster) or self._ccov.kind == "CR1":
             # CR1 of every sub-model (for a streamed source: all in one pass over the rows)
             covs = [_ClusterCov("CR1", V, self._ccov.n_clusters)
                     for V in (_cr1_many(d.X, cl, sub, n_obs) if sub else [])]
