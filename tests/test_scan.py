@@ -587,3 +587,18 @@ def test_logit_reads_a_csv_path_as_its_rows(rows, tmp_path):
     got = rs.logit(f"refusal ~ {FORMULA}", str(tmp_path / "t.csv"), cluster="item_id")
     np.testing.assert_allclose(got.params, want.params, rtol=1e-12)
     np.testing.assert_allclose(got.bse, want.bse, rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::refusalstats.ClusterNote")
+def test_every_text_table_format_reads_as_its_rows(rows, tmp_path):
+    want = rs.refusal_rates(rows, by="task")
+    rows.to_json(tmp_path / "t.json", orient="records")
+    rows.to_json(tmp_path / "t.jsonl", orient="records", lines=True)
+    rows.to_csv(tmp_path / "t.csv.gz", index=False)
+    rows.to_csv(tmp_path / "t.tsv", index=False, sep="\t")
+    from refusalstats.sources import source_of
+
+    for name in ("t.json", "t.jsonl", "t.csv.gz", "t.tsv"):
+        assert source_of(tmp_path / name, read=False).kind == "table-file"
+        got = rs.refusal_rates(str(tmp_path / name), by="task")
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
