@@ -117,3 +117,31 @@ def test_a_right_to_left_override_in_a_label_is_isolated(tmp_path):
     assert page.count(f"\u2068{evil}\u2069") == n
     assert "unicode-bidi: isolate" in page
     assert H._esc("x\u202ey") == "x\u202ey\u202c"
+
+
+def test_a_cli_figure_killed_while_saving_leaves_the_previous_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from refusalstats.cli import main
+
+    table = tmp_path / "t.parquet"
+    rs.write_responses(_table(), table)
+    plot = tmp_path / "w2.png"
+    plot.write_bytes(b"the previous figure")
+    real = Figure.savefig
+
+    def killed(self, fname, *a, **k):
+        with open(fname, "wb") as fh:
+            fh.write(b"half a pn")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    rc = main(["sensitivity", str(table), "--inputs", "task", "--boot", "20", "--perm", "10",
+               "--no-progress", "--cluster", "none", "--plot", str(plot)])
+    assert rc != 0
+    assert plot.read_bytes() == b"the previous figure"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.setattr(Figure, "savefig", real)
+    assert main(["sensitivity", str(table), "--inputs", "task", "--boot", "20", "--perm", "10",
+                 "--no-progress", "--cluster", "none", "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"

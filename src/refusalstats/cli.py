@@ -64,6 +64,19 @@ def _write_csv(frame: pd.DataFrame, path: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _save_figure(fig, path) -> None:
+    """Save a figure atomically (a temp file renamed over the target; format from the name)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fmt = target.suffix.lstrip(".").lower() or "png"
+    try:
+        fig.savefig(tmp, dpi=150, format=fmt)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _rate_text(k: int, n: int) -> str:
     """A rate as a percentage with enough significant digits for rare events (never 0.00%)."""
     if n == 0:
@@ -832,7 +845,7 @@ def _cmd_sensitivity(args) -> int:
     if args.csv:
         _write_csv(res.table, args.csv)
     if args.plot:
-        res.plot().savefig(args.plot, dpi=150)
+        _save_figure(res.plot(), args.plot)
     return 0
 
 
@@ -994,12 +1007,12 @@ def _cmd_bayes(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         fit.idata.to_netcdf(str(out / "idata.nc"))
-        fit.to_frame().to_csv(out / "summary.csv")
+        _write_csv(fit.to_frame().reset_index(), str(out / "summary.csv"))
         if eff is not None:
-            eff.to_csv(out / "effects.csv", index=False)
-        fit.plot_ppc().savefig(out / "ppc.png", dpi=150)
+            _write_csv(eff, str(out / "effects.csv"))
+        _save_figure(fit.plot_ppc(), out / "ppc.png")
         if args.effects:
-            fit.plot_shrinkage(args.effects, within=args.within).savefig(out / "shrinkage.png", dpi=150)
+            _save_figure(fit.plot_shrinkage(args.effects, within=args.within), out / "shrinkage.png")
         print(f"wrote results to {out}/")
     return 0
 
