@@ -290,10 +290,22 @@ def rate_display(tab: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
+def nested_progress(ctx: Context) -> bool:
+    """Progress bars of an analysis inside the report's own bar: only on a terminal. In a
+    log or a pipe, tqdm's cursor-up codes for a nested bar would show as stray '[A'."""
+    import sys
+
+    return bool(ctx.progress) and sys.stderr.isatty()
+
+
 def render(fig, key: str, caption: str) -> FigureItem:
     """Render a matplotlib Figure to PNG and SVG bytes (the Figure is then released)."""
     png, svg = io.BytesIO(), io.BytesIO()
-    fig.savefig(png, format="png", dpi=DPI)
+    with warnings.catch_warnings():
+        # a small panel the constrained layout cannot fit is drawn anyway; the notice
+        # ("constrained_layout not applied ...") says nothing a reader can act on
+        warnings.filterwarnings("ignore", message=".*constrained_layout not applied.*")
+        fig.savefig(png, format="png", dpi=DPI)
     fig.set_layout_engine("none")  # keep the layout just computed: no second layout pass
     fig.savefig(svg, format="svg")
     fig.clear()
@@ -678,12 +690,12 @@ def w2_section(ctx: Context) -> Section:
         if streamed(ctx) and n < n_rows(ctx):
             # the persona rows of a stream: counted with the persona-free lines left out
             res = w2_sensitivity(ctx.source, inputs=inputs, seed=ctx.seed,
-                                 progress=ctx.progress, **opts,
+                                 progress=nested_progress(ctx), **opts,
                                  exclude={"setting": [F.PERSONA_FREE],
                                           "persona": [F._NO_PERSONA]})
         else:
             res = w2_sensitivity(ctx.source if streamed(ctx) else d, inputs=inputs,
-                                 seed=ctx.seed, progress=ctx.progress, **opts)
+                                 seed=ctx.seed, progress=nested_progress(ctx), **opts)
     tab = res.table
     s.figures.append(render(F.w2(tab), "w2", "W2 sensitivity index per input with 95% "
                             "bootstrap CIs and the permutation null."))
@@ -896,8 +908,9 @@ def _logit_outputs(s: Section, fit, data: pd.DataFrame | None = None) -> None:
         adisp["F" if is_f else "χ²"] = [fmt_num(v, 3 if is_f else 1) for v in a[stat]]
         adisp["df"] = [str(int(v)) if np.isfinite(v) else "—" for v in a["df"].astype(float)]
         if is_f:
-            adisp["df (clusters − 1)"] = [str(int(v)) if np.isfinite(v) else "—"
-                                          for v in a["df_resid"].astype(float)]
+            # clusters - 1 (CR1), or the HTZ / Satterthwaite denominator df (CR2, not an integer)
+            adisp["denominator df"] = [("—" if not np.isfinite(v) else str(int(v)) if float(v).is_integer()
+                                        else f"{v:.1f}") for v in a["df_resid"].astype(float)]
         adisp["p"] = [fmt_p(v) for v in a["p_value"]]
         if "note" in a.columns and a["note"].astype(str).str.strip().any():
             adisp["note"] = a["note"].astype(str)
@@ -1106,7 +1119,7 @@ def hierarchical_section(ctx: Context) -> Section:
             formula, why = default_hier_formula(d, ctx.cluster, ctx.source)
             if why:
                 s.notes.append(why)
-        opts = {"seed": ctx.seed, "progress": ctx.progress} | ctx.options.get("hierarchical", {})
+        opts = {"seed": ctx.seed, "progress": nested_progress(ctx)} | ctx.options.get("hierarchical", {})
         if "reference" not in opts:
             opts["reference"] = {k: v for k, v in _reference(d, formula).items()
                                  if k in ("task", "prompt")}
