@@ -382,3 +382,28 @@ def test_report_adds_the_detector_section_only_with_labels(tmp_path):
     ref = rs.detector_card(t, "model", cluster=card.attrs.get("cluster") or None)
     np.testing.assert_allclose(card["rate"], ref["rate"])
     assert "The refusal detector against human labels" in rep.path.read_text()
+
+
+def test_disparity_with_labels_uses_ppi_rates_and_their_noise():
+    rng = np.random.default_rng(8)
+    personas = {"a": "G", "b": "G", "c": "G", "c1": "control", "c2": "control", "c3": "control"}
+    rate = {"a": 0.1, "b": 0.3, "c": 0.5, "c1": 0.2, "c2": 0.22, "c3": 0.25}
+    df = pd.DataFrame({"persona": np.repeat(list(personas), 400)})
+    df["persona_group"] = df["persona"].map(personas)
+    truth = rng.random(len(df)) < df["persona"].map(rate)
+    df["refusal"] = np.where(truth, rng.random(len(df)) < 0.8, rng.random(len(df)) < 0.05).astype(int)
+    df["human"] = np.where(rng.random(len(df)) < 0.3, truth.astype(float), np.nan)
+    out = rs.disparity(df, control="control", labels="human", cluster=None)
+    pd.testing.assert_frame_equal(out, rs.ppi_disparity(df, control="control", cluster=None))
+    r = ppi_rates(df, by="persona", cluster=None).set_index("persona")
+    from refusalstats.persona_disparity import _spread
+
+    def sd(names):
+        noise = (1 - 1 / len(names)) * np.sum(r.loc[names, "std_error"] ** 2)
+        return float(_spread(r.loc[names, "rate"].to_numpy(), noise, 1, True))
+
+    assert out["sd_corrected"].item() == pytest.approx(sd(["a", "b", "c"]))
+    assert out["control_sd_corrected"].item() == pytest.approx(sd(["c1", "c2", "c3"]))
+    assert out["disparity"].item() == pytest.approx(sd(["a", "b", "c"]) / sd(["c1", "c2", "c3"]))
+    with pytest.raises(ValueError, match="noise-corrected"):
+        rs.disparity(df, control="control", labels="human", estimator="plug-in")

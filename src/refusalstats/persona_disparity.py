@@ -163,6 +163,8 @@ def disparity(
     refusal: str = "refusal",
     block: str | Sequence[str] | None = None,
     estimator: str = "corrected",
+    labels: str | None = None,
+    strata: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """de Araujo & Roth's disparity: persona spread within a category over control spread.
 
@@ -226,6 +228,13 @@ def disparity(
         ``sd_corrected / control_sd_corrected``, for the ratio of the personas' true
         (population) rates; ``"plug-in"``: the ratio of the sds of the observed rates,
         as in de Araujo & Roth (its interval under-covers, see above).
+    labels : str, optional
+        A column of human labels (0/1, NaN where unlabelled): the persona rates are then
+        corrected for the detector's errors by prediction-powered inference and the
+        noise correction uses their PPI covariance (:func:`refusalstats.ppi_disparity`;
+        the noise-corrected estimator only; not yet calibrated by simulation).
+    strata : str or list of str, optional
+        With ``labels``: the strata the labels were drawn in.
 
     Returns
     -------
@@ -255,6 +264,15 @@ def disparity(
     >>> rs.disparity(df, control="control", estimator="plug-in")["disparity"].tolist()
     [2.0]
     """
+    if labels is not None:  # the detector's error carried in by human labels (#22)
+        from .ppi import ppi_disparity
+
+        if estimator != "corrected" or block is not None:
+            raise ValueError("disparity(labels=...) gives the noise-corrected estimator; drop estimator= "
+                             "and block=")
+        return ppi_disparity(data, category, control, labels=labels, persona=persona, by=by, ddof=ddof,
+                             n_boot=n_boot, cluster=cluster, strata=strata, conf=conf, seed=seed,
+                             refusal=refusal)
     by = _columns(by, "by")
     cluster = cluster_from_block("disparity", cluster, block, "auto")
     if not isinstance(ddof, (int, np.integer)) or ddof < 0:

@@ -63,6 +63,7 @@ __all__ = [
     "PPILogitResult",
     "detector_card",
     "label_budget",
+    "ppi_disparity",
     "ppi_effect",
     "ppi_logistic",
     "ppi_logit",
@@ -436,6 +437,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         ca = (Ls @ Ma).toarray() - (cnt @ cen_a.T).T
         cb = (Ls @ Mb).toarray() - (cnt @ cen_b.T).T
         Vaa, Vab, Vbb = (ca * ca).sum(1), (ca * cb).sum(1), (cb * cb).sum(1)
+        influence = (ca, cb)
         present = sparse.csr_matrix((np.ones(len(kc)), (at.cell, at.cluster)), shape=(K, C))
         present.data[:] = 1
         n_cl = np.asarray(((abs(Ls) @ present) > 0).sum(1)).ravel()
@@ -454,7 +456,8 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         kk, hh = ks_lab // H, ks_lab % H
         w_h = np.zeros(H)
         w_h[at.stratum[at.lab]] = at.w[at.lab]
-        wk = w_h[hh] / W_L[kk]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wk = np.where(W_L[kk] > 0, w_h[hh] / np.where(W_L[kk] > 0, W_L[kk], 1), 0.0)
         pa = pb = pab = np.zeros(len(ks_lab))
         for yy in (0.0, 1.0):
             for ff in (0.0, 1.0):
@@ -471,19 +474,26 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             lam_t = np.where(Vbb > 0, np.clip(-Vab / Vbb, 0, 1), 0.0)
     else:
         lam_t = np.full(T, float(lam))
-    est = L @ A + lam_t * (L @ (FU - FL))
+    A0, D0 = np.nan_to_num(A), np.nan_to_num(FU - FL)   # cells without labels: NaN below, not in others
+    est = L @ A0 + lam_t * (L @ D0)
     var = np.maximum(Vaa + 2 * lam_t * Vab + lam_t ** 2 * Vbb, 0.0)
     se = np.sqrt(var)
-    labels_only = L @ A
+    labels_only = L @ A0
     se_lab = np.sqrt(np.maximum(Vaa, 0))
     undefined = np.asarray((abs(Ls) @ (n_lab == 0)[:, None].astype(float)).ravel()) > 0
     est[undefined] = np.nan
+    labels_only[undefined] = np.nan
     se[undefined] = np.nan
     if df_rule == "t":
         q = stats.t.ppf(1 - (1 - conf) / 2, np.maximum(n_units - 1, 1))
     else:
         q = np.full(T, _z(conf))
-    return {"estimate": est, "std_error": se, "ci_low": est - q * se, "ci_high": est + q * se,
+    if at.cluster is not None:  # cluster influence of each target (the covariance of targets)
+        ca, cb = influence
+        infl = (ca + lam_t[:, None] * cb) * np.sqrt(np.where(np.isfinite(factor), factor, 0))[:, None]
+    else:
+        infl = None
+    return {"influence": infl, "estimate": est, "std_error": se, "ci_low": est - q * se, "ci_high": est + q * se,
             "lam": lam_t, "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
                 np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q}
 
@@ -1287,4 +1297,142 @@ def label_budget(
                      n_labelled=g["n_labelled"].to_numpy().astype("int64"))
     out["to_label"] = np.maximum(out["labels_needed"] - out["n_labelled"], 0)
     out.attrs.update(target_width=target_width, conf=conf)
+    return out
+
+
+# ----------------------------------------------------------------------- disparity
+
+
+def _reweighted(at: _Atoms, m: np.ndarray) -> _Atoms:
+    """The atoms with new row counts (a bootstrap replicate), part sizes recomputed."""
+    H = at.n_strata
+    part_size = np.bincount(at.lab.astype(int) * H + at.stratum, weights=m, minlength=2 * H)
+    return _Atoms(cell=at.cell, lab=at.lab, stratum=at.stratum, y=at.y, f=at.f, w=at.w, m=m,
+                  cluster=at.cluster, n_cells=at.n_cells, n_strata=at.n_strata, n_clusters=at.n_clusters,
+                  part_size=part_size)
+
+
+def ppi_disparity(
+    data: pd.DataFrame,
+    category: str = "persona_group",
+    control: str | Sequence[str] = "control",
+    *,
+    labels: str = "human",
+    persona: str = "persona",
+    by: str | Sequence[str] | None = None,
+    ddof: int = 1,
+    n_boot: int = 0,
+    cluster: str | Sequence[str] | None = "auto",
+    strata: str | Sequence[str] | None = None,
+    conf: float = 0.95,
+    seed: int | np.random.Generator | None = 0,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """de Araujo & Roth's disparity from label-corrected persona rates (prediction-powered).
+
+    Each persona's rate is its PPI++ estimate (:func:`ppi_rates` by persona); the spreads
+    are noise-corrected as :func:`refusalstats.disparity`'s ``estimator="corrected"``,
+    with the noise ``tr(H Sigma)`` taken from the PPI covariance of the persona rates
+    (cluster sums of their influence functions; without clusters the rates are
+    independent and Sigma diagonal). ``n_boot`` gives a percentile interval from a
+    bootstrap that resamples clusters (Poisson weights per row without clusters) and
+    recomputes the whole estimate, lam included.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with the detector's flag and human labels.
+    category, control, persona, by, ddof, n_boot, cluster, conf, seed, refusal
+        As in :func:`refusalstats.disparity`.
+    labels, strata
+        As in :func:`ppi_rates`.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, the category level, ``n_personas``, ``sd_corrected``,
+        ``n_control``, ``control_sd_corrected``, ``disparity`` (their ratio), and
+        ``ci_low``, ``ci_high`` with ``n_boot``.
+
+    Examples
+    --------
+    >>> import numpy as np, refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.002, controls=True, seed=1)  # doctest: +SKIP
+    >>> df["human"] = np.where(np.arange(len(df)) % 4 == 0, df["refusal"], np.nan)  # doctest: +SKIP
+    >>> rs.disparity(df, labels="human")  # doctest: +SKIP
+    """
+    from ._validation import check_random_state
+    from .persona_disparity import _control_personas, _spread
+    from .rates import _columns
+
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    _need(data, [*by, category, persona], "disparity")
+    ctrl, how = _control_personas(data, control, category, persona)
+    pairs = data[[persona, category]].astype(object).drop_duplicates()
+    if pairs[persona].duplicated().any():
+        raise ValueError(f"every persona must belong to one {category!r}")
+    cat_of = dict(zip(pairs[persona], pairs[category]))
+    cells, keys = _codes(data, [*by, persona])
+    atoms, clusters = _build_atoms(data, cells, len(keys), labels=labels, refusal=refusal, strata=strata,
+                                   cluster=cluster, where="disparity")
+    g_codes, g_keys = (_codes(keys, by) if by else (np.zeros(len(keys), dtype=np.int64), pd.DataFrame(index=[0])))
+    cat_order = list(pd.unique(data[category].astype(object)))
+    rng = check_random_state(seed)
+    alpha = 1 - conf
+
+    def estimate(at):
+        r = _linear_ppi(at, np.eye(len(keys)), None, conf, "t")
+        out = []
+        for g in range(len(g_keys)):
+            idx = np.flatnonzero(g_codes == g)
+            pers = keys[persona].astype(object).to_numpy()[idx]
+            rate = r["estimate"][idx]
+            is_ctrl = np.array([p in ctrl for p in pers])
+            cats = np.array([cat_of[p] for p in pers], dtype=object)
+            levels = [c for c in cat_order if c in set(cats[~is_ctrl])]
+            sets = [is_ctrl] + [(cats == lev) & ~is_ctrl for lev in levels]
+            noise = []
+            for mem in sets:
+                k = int(mem.sum())
+                if r["influence"] is not None:
+                    t = r["influence"][idx[mem]]
+                    cov = t @ t.T
+                    noise.append(np.trace(cov) - cov.sum() / max(k, 1))
+                else:
+                    noise.append((1 - 1 / max(k, 1)) * np.nansum(r["std_error"][idx[mem]] ** 2))
+            csd = float(_spread(rate[is_ctrl], noise[0], ddof, True))
+            for j, lev in enumerate(levels, start=1):
+                sd = float(_spread(rate[sets[j]], noise[j], ddof, True))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    out.append((g, lev, int(sets[j].sum()), sd, int(is_ctrl.sum()), csd, np.float64(sd) / csd))
+        return out
+
+    rows = estimate(atoms)
+    if n_boot:
+        boots = []
+        for _ in range(n_boot):
+            if atoms.cluster is not None:
+                wc = rng.poisson(1.0, atoms.n_clusters).astype(float)
+                m = atoms.m * wc[atoms.cluster]
+            else:
+                m = rng.poisson(atoms.m).astype(float)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                boots.append([row[-1] for row in estimate(_reweighted(atoms, m))])
+        B = np.array([b if len(b) == len(rows) else [np.nan] * len(rows) for b in boots], dtype=float)
+        lo = np.nanquantile(B, alpha / 2, axis=0)
+        hi = np.nanquantile(B, 1 - alpha / 2, axis=0)
+    out = pd.DataFrame(rows, columns=["_g", category, "n_personas", "sd_corrected", "n_control",
+                                      "control_sd_corrected", "disparity"])
+    if n_boot:
+        out["ci_low"], out["ci_high"] = lo, hi
+    if by:
+        out = pd.concat([g_keys.iloc[out["_g"]].reset_index(drop=True), out.drop(columns="_g")], axis=1)
+    else:
+        out = out.drop(columns="_g")
+    out.attrs.update(control=sorted(ctrl, key=str), control_rule=how, estimator="corrected-ppi", labels=labels,
+                     cluster=clusters, conf=conf, n_boot=n_boot)
     return out
