@@ -19,8 +19,10 @@ the messages (persona placement, system role) and records them.
   waiting at least what ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``
   asks for. ``timeout`` is a total deadline per attempt (connect, headers and body
   together): a server trickling bytes cannot hold a request longer.
-* **Client errors**: 401, 403, 404, 405 and 407 (bad key, unknown model or address) stop
-  the run at once with the server's message; the rows finished before are on disk, and
+* **Client errors**: 401, 402, 403, 404, 405, 407 and 422 (bad key, unknown model or
+  address, a body the server's schema rejects), and any 4xx whose error names a request
+  parameter other than the messages (``"param": "max_tokens"``: a setting), stop the run
+  at once with the server's message; the rows finished before are on disk, and
   ``--resume`` continues. Any other 4xx (a prompt too long, a usage-policy rejection) is
   about one prompt: it comes back as a :class:`~.backends.Completion` with ``error`` set
   (or ``provider_refusal`` for a policy rejection) and the run goes on; the runner's
@@ -64,8 +66,11 @@ __all__ = ["APIError", "OpenAIBackend", "RedirectRefused", "is_policy_rejection"
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
-#: 4xx answers that concern the whole run (key, permissions, address, model), not a prompt.
-RUN_ERROR_STATUS = frozenset({401, 402, 403, 404, 405, 407})
+#: 4xx answers that concern the whole run (key, permissions, address, model, a request body
+#: the server's schema rejects), not a prompt.
+RUN_ERROR_STATUS = frozenset({401, 402, 403, 404, 405, 407, 422})
+#: ``error.param`` values that point at the prompt; any other named parameter is a setting.
+_PROMPT_PARAMS = frozenset({"", "messages", "prompt", "input"})
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 #: Words in a 4xx error's code, type or message that mark a content/usage-policy rejection.
 _POLICY_WORDS = ("content_filter", "content_policy", "content policy", "usage polic",
@@ -376,8 +381,10 @@ class OpenAIBackend(Backend):
                 msg = self._scrub(" ".join(str(msg).split())[:300])
                 if exc.code not in RETRY_STATUS:
                     text = f"HTTP {exc.code} from {url}: {msg or exc.reason}"
+                    setting = isinstance(err, dict) and str(err.get("param") or "") \
+                        not in _PROMPT_PARAMS
                     if 400 <= exc.code < 500 and exc.code not in RUN_ERROR_STATUS \
-                            and method == "POST":
+                            and method == "POST" and not setting:
                         raise _PromptRejected(
                             text, policy=is_policy_rejection(err) or is_policy_rejection(msg)
                         ) from None

@@ -322,3 +322,20 @@ def test_message_text_joins_parts():
 
     assert message_text([{"type": "text", "text": "a"}, "b", {"type": "image_url"}]) == "ab"
     assert message_text("plain") == "plain"
+
+
+def test_a_4xx_about_a_setting_stops_the_run_instead_of_filling_it_with_error_rows(tmp_path):
+    """A 400 naming a request parameter (max_tokens) concerns every prompt: not error rows."""
+    design = _design()
+
+    def script(body):
+        return 400, {"error": {"message": "max_tokens is too large: 99999.",
+                               "type": "invalid_request_error", "param": "max_tokens",
+                               "code": None}}, None
+
+    with ScriptedServer(script) as server:
+        with pytest.raises(APIError, match="HTTP 400 .*max_tokens is too large"):
+            run_generation(design, ["m"], tmp_path / "run", progress=False, detector="paper",
+                           backend_factory=lambda s: OpenAIBackend(
+                               "m", base_url=server.url, concurrency=1, max_retries=0))
+        assert sum(1 for e in server.log if e["method"] == "POST") == 1  # stopped at once
