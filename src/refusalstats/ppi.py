@@ -983,23 +983,55 @@ def ppi_logit(
     cw = np.where(at.lab, at.m * at.w / W_L, at.m * at.w / max(W_U, 1e-300))   # per-atom weight (all rows)
     rw = at.w / np.where(at.lab, W_L, max(W_U, 1e-300))                        # one row's weight
 
-    def solve(lam_, beta):
-        for _ in range(100):
+    # small-sample default: the pseudo-labels of the variance floor (a quarter label per (label,
+    # flag) pair and stratum, spread over its labelled rows) also enter the estimate, a
+    # Jeffreys-type pull toward 1/2 of weight (1 - lam) that keeps it finite when the labels
+    # of a group hold one class only (separation)
+    part_all = at.lab.astype(int) * at.n_strata + at.stratum
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pw = np.where(at.lab & (ci == "t"), 4 * _PSEUDO * at.m / np.maximum(at.part_size[part_all], 1), 0.0) * rw
+
+    def loss(lam_, beta):
+        """The rectified loss (convex for lam in [0, 1]); its gradient is the equation above."""
+        eta = Xa @ beta
+        sp = np.logaddexp(0.0, eta)
+        per = np.where(at.lab, (1 - lam_) * sp - (at.y - lam_ * at.f) * eta, lam_ * (sp - at.f * eta))
+        return float(np.sum(cw * per) + (1 - lam_) * np.sum(pw * (sp - 0.5 * eta)))
+
+    def solve(lam_, beta, warn=True):
+        cur = loss(lam_, beta)
+        converged = False
+        for _ in range(200):
             mu = expit(Xa @ beta)
             r = np.where(at.lab, (mu - at.y) - lam_ * (mu - at.f), lam_ * (mu - at.f))
-            g = Xa.T @ (cw * r)
+            g = Xa.T @ (cw * r + (1 - lam_) * pw * (mu - 0.5))
             c = np.where(at.lab, 1 - lam_, lam_) * mu * (1 - mu)
-            J = (Xa.T * (cw * c)) @ Xa
+            J = (Xa.T * (cw * c + (1 - lam_) * pw * mu * (1 - mu))) @ Xa
             step = np.linalg.lstsq(J, g, rcond=None)[0]
             if not np.isfinite(step).all():
                 break
-            beta = beta - step
-            if np.max(np.abs(step)) < 1e-10:
+            t = 1.0  # backtracking: Newton's full step can overshoot when J is nearly singular
+            while t > 1e-8:
+                new = loss(lam_, beta - t * step)
+                if new <= cur + 1e-12 * abs(cur):
+                    break
+                t /= 2
+            beta, cur = beta - t * step, new
+            if np.max(np.abs(t * step)) < 1e-10:
+                converged = True
                 break
-        else:
-            warnings.warn("ppi_logit: Newton's method did not converge in 100 steps (separation?)",
+        ok = converged and np.max(np.abs(beta)) <= 30
+        if not warn:
+            return beta, J, ok
+        if not converged:
+            warnings.warn("ppi_logit: Newton's method did not converge in 200 steps: the labelled rows "
+                          "separate the classes (a group without labelled refusals?); label more rows",
                           RuntimeWarning, stacklevel=3)
-        return beta, J
+        elif np.max(np.abs(beta)) > 30:
+            warnings.warn("ppi_logit: coefficients beyond +-30 on the log-odds scale: the labelled rows "
+                          "separate the classes; label more rows in the groups without both classes",
+                          RuntimeWarning, stacklevel=3)
+        return beta, J, ok
 
     def pieces(beta):
         """Per-atom influence pieces: u (label part) and v (flag part, times lam), one row each."""
@@ -1047,20 +1079,30 @@ def ppi_logit(
     # the uncorrected fit (the flags of every row as the response) starts the others
     det = _flag_fit(Xa, at.f, at.m, p)
     start = det if np.isfinite(det).all() else np.zeros(p)
-    beta0, J0 = solve(0.0, start)
+    beta0, J0, _ = solve(0.0, start, warn=False)
     a0, _, mult, factor = covariance(beta0, J0)
     cov_lab = factor * (a0 * mult[:, None]).T @ a0
     if lam is None:
-        beta, J = solve(1.0, start)
+        # the pilot fit for lam: PPI (lam = 1) as ppi_python, or the labels-only fit when the
+        # rectified loss at lam = 1 has no finite minimum (a negative corrected rate in a group)
+        pilot, Jp, okp = solve(1.0, start, warn=False)
+        if not okp:
+            pilot, Jp = beta0, J0
         for _ in range(2):
-            a, b, mult, factor = covariance(beta, J)
+            a, b, mult, factor = covariance(pilot, Jp)
             sab = float(np.sum(mult[:, None] * a * b))
             sbb = float(np.sum(mult[:, None] * b * b))
             lam_used = float(np.clip(-sab / sbb, 0, 1)) if sbb > 0 else 0.0
-            beta, J = solve(lam_used, beta)
+            pilot, Jp, okp = solve(lam_used, start, warn=False)
+            if not okp:
+                break
+        # a lam whose loss has no finite minimum is shrunk toward labels only
+        while not okp and lam_used > 1e-3:
+            lam_used /= 2
+            pilot, Jp, okp = solve(lam_used, start, warn=False)
     else:
         lam_used = lam
-        beta, J = solve(lam_used, start)
+    beta, J, _ = solve(lam_used, start)
     a, b, mult, factor = covariance(beta, J)
     t = a + lam_used * b
     cov = factor * (t * mult[:, None]).T @ t
