@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("rates", "logit", "w2", "hierarchical")
+AREAS = ("rates", "logit", "w2", "hierarchical", "ppi")
 BEGIN = "<!-- calibration:begin -->"
 END = "<!-- calibration:end -->"
 
