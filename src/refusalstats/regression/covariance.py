@@ -171,7 +171,7 @@ _EIG_TOL = 1e-12
 _EXACT_MEMORY = 4_000_000
 _EXACT_FLOPS = 200_000_000
 #: clusters x coefficients^2 floats per chunk of the large path
-_CHUNK_FLOATS = 2_000_000
+_CHUNK_FLOATS = 250_000  # small chunks: the bincount scatter stays in cache
 
 
 def _sorted_pairs(cl: _Cluster) -> _Cluster:
@@ -198,6 +198,22 @@ def _cluster_info(X: np.ndarray, Xf, wts: np.ndarray, cl: _Cluster, lo: int, hi:
     v = cl.n[a:b] * wts[j]
     p = X.shape[1]
     c = hi - lo
+    if isinstance(Xf, _Ell) and _dummy_layout(Xf) is not None:
+        # 0/1 dummies after an intercept: the products among the dummies only (r (r - 1) / 2 per
+        # row, weight n w each); the intercept's row is the diagonal, its corner the total
+        up = _dummy_layout(Xf)
+        P = p + 1
+        flat = up[j]
+        flat += (g * (P * P))[:, None]
+        wv = np.broadcast_to(v[:, None], flat.shape)
+        F = np.bincount(flat.ravel(), weights=wv.ravel(), minlength=c * P * P).reshape(c, P, P)[:, :p, :p]
+        out = F + F.transpose(0, 2, 1)
+        d = np.arange(p)
+        out[:, d, d] = F[:, d, d]
+        out[:, 0, :] = out[:, d, d]
+        out[:, :, 0] = out[:, d, d]
+        out[:, 0, 0] = np.bincount(g, weights=v, minlength=c)
+        return out
     if isinstance(Xf, _Ell):
         # the upper triangle of each row's products of nonzeros (r (r + 1) / 2 per row), one bincount
         P = p + 1
@@ -212,6 +228,24 @@ def _cluster_info(X: np.ndarray, Xf, wts: np.ndarray, cl: _Cluster, lo: int, hi:
     Xp = X[j]
     seg = starts[lo:hi] - a  # every cluster has at least one pair
     return np.add.reduceat(Xp[:, :, None] * (Xp * v[:, None])[:, None, :], seg, axis=0)
+
+
+def _dummy_layout(Xf) -> np.ndarray | None:
+    """For a dummy-coded design (column 0 the intercept in every row, every other nonzero a
+    1): the flat (column, column) index of the upper triangle of the products among each
+    row's dummies (K x r(r-1)/2, into a (p+1) x (p+1) grid; cached). Else None."""
+    cached = getattr(Xf, "_dummy_up", False)
+    if cached is not False:
+        return cached
+    idx, val, P = Xf.idx, Xf.val, Xf.p + 1
+    out = None
+    if idx.shape[1] >= 2 and (idx[:, 0] == 0).all() and ((val == 1.0) | ((val == 0.0) & (idx == Xf.p))).all():
+        a, b = np.triu_indices(idx.shape[1] - 1)
+        rest = idx[:, 1:]
+        lo, hi = np.minimum(rest[:, a], rest[:, b]), np.maximum(rest[:, a], rest[:, b])
+        out = lo * P + hi
+    Xf._dummy_up = out
+    return out
 
 
 def _cluster_scores(X: np.ndarray, cl: _Cluster, mu: np.ndarray) -> np.ndarray:
@@ -278,7 +312,8 @@ class _CR2Engine:
         except np.linalg.LinAlgError:
             self.L = (U * np.sqrt(np.clip(ev, 0.0, None))) @ U.T
         self.starts = np.searchsorted(cl.g, np.arange(self.J + 1))
-        r = _cluster_scores(X, cl, mu)
+        # the (cluster x pattern) pairs as CSR rows directly (they are ordered by cluster)
+        r = np.asarray(self._pairs_matrix(cl.s - cl.n * mu[cl.j]) @ X)
         # cluster leverage bound: tr(Lambda_j) = sum over its pairs of n w x' M x
         lev = self.wts * np.einsum("ka,ab,kb->k", X, self.M, X)
         self.trace = np.bincount(cl.g, weights=cl.n * lev[cl.j], minlength=self.J)
@@ -291,7 +326,8 @@ class _CR2Engine:
             self.lam, self.Q = lam, Q
             s = self._adjusted(lam, Q, r @ self.L)
         else:
-            s = self._adjusted_series(r)
+            c = self._adjusted_series(r)                 # adjusted scores in the original coordinates
+            s = c @ self.L                               # = L' c: V = L s's L' = M c'c M
             self.approx_note = (
                 f"degrees of freedom to first order in the cluster leverages (largest "
                 f"{float(self.trace.max()):.2g}; {self.J:,} clusters x {p} coefficients is past the "
@@ -315,35 +351,38 @@ class _CR2Engine:
         return np.einsum("jab,jb->ja", Q, t)
 
     def _adjusted_series(self, r: np.ndarray) -> np.ndarray:
-        """``g(Lambda_j) L' r_j`` by the binomial series of ``(1 - l)^(-1/2)`` (matrix-vector
-        products ``Lambda_j v = L' F_j L v`` only) where the cluster's leverage bound
-        ``tr(Lambda_j)`` is below 1/2, by the eigen-decomposition of ``Lambda_j`` elsewhere."""
+        """The adjusted scores ``c_j = r_j + F_j sum_k a_(k+1) (M F_j)^k M r_j`` (the binomial
+        series of ``(1 - l)^(-1/2)``; matrix-vector products with ``F_j`` only) where the
+        cluster's leverage bound ``tr(Lambda_j)`` is below 1/2, by the eigen-decomposition of
+        ``Lambda_j`` elsewhere."""
         from .linalg import _Ell
 
         p, J = self.p, self.J
         out = np.empty((J, p))
-        rl = r @ self.L
+        M = self.M
         per_pair = (self.Xf.idx.shape[1] ** 2) if isinstance(self.Xf, _Ell) else p * p
         for lo, hi in self._chunks(per_pair):
             F = _cluster_info(self.X, self.Xf, self.wts, self.cl, lo, hi, self.starts)
             tr = self.trace[lo:hi]
             slow = tr > 0.5
-            v = rl[lo:hi].copy()
-            acc = v.copy()
-            coef, k = 1.0, 0
+            y = r[lo:hi] @ M
+            acc = 0.5 * y
+            coef, k = 0.5, 0
             bound = float(tr[~slow].max()) if (~slow).any() else 0.0
             while bound > 0 and k < 200:
                 k += 1
-                coef *= (2 * k - 1) / (2.0 * k)
-                v = np.einsum("jab,jb->ja", F, v @ self.L.T) @ self.L
-                acc += coef * v
+                coef *= (2 * k + 1) / (2.0 * k + 2)
+                y = np.einsum("jab,jb->ja", F, y) @ M
+                acc += coef * y
                 if coef * bound ** (k + 1) / (1.0 - bound) < 1e-14:
                     break
+            c = r[lo:hi] + np.einsum("jab,jb->ja", F, acc)
             if slow.any():
                 Lam = np.einsum("ai,jab,bk->jik", self.L, F[slow], self.L, optimize=True)
                 lam, Q = np.linalg.eigh(Lam)
-                acc[slow] = self._adjusted(np.clip(lam, 0.0, 1.0), Q, rl[lo:hi][slow])
-            out[lo:hi] = acc
+                sl = self._adjusted(np.clip(lam, 0.0, 1.0), Q, r[lo:hi][slow] @ self.L)
+                c[slow] = np.linalg.solve(self.L.T, sl.T).T
+            out[lo:hi] = c
         return out
 
     # -------------------------------------------------------------- contrasts
@@ -408,8 +447,12 @@ class _CR2Engine:
         cl = self.cl
         Y = self.X @ (self.M @ C.T)
         if getattr(self, "_Nw", None) is None:
-            self._Nw = sparse.csr_matrix((cl.n * self.wts[cl.j], (cl.g, cl.j)), shape=(self.J, len(self.X)))
+            self._Nw = self._pairs_matrix(cl.n * self.wts[cl.j])
         return np.asarray(self._Nw @ (Y * Y))
+
+    def _pairs_matrix(self, values: np.ndarray):
+        """A clusters x patterns CSR matrix holding ``values`` at the pairs."""
+        return sparse.csr_matrix((values, self.cl.j, self.starts), shape=(self.J, len(self.X)))
 
     def htz(self, C: np.ndarray, b: np.ndarray, V: np.ndarray, *, gram: bool | None = None) -> dict:
         """HTZ Wald test of ``C beta = 0`` (clubSandwich's ``Wald_test(test = "HTZ")``); the
