@@ -86,3 +86,21 @@ def test_simulate_items_matches_its_truth():
     # task constant within item, persona varying within item
     assert (df.groupby("item_id")["task"].nunique() == 1).all()
     assert (df.groupby("item_id")["persona"].nunique() == 2).all()
+
+
+def test_choose_cluster_reports_what_it_did_for_frames_and_files(tmp_path):
+    from refusalstats.counts import choose_cluster
+
+    df = rs.simulate_items(n_items=12, k=4, seed=1)
+    df.to_parquet(tmp_path / "t.parquet", index=False)
+    for data in (df, tmp_path / "t.parquet"):
+        with pytest.warns(rs.ClusterNote):
+            got = choose_cluster(data, "auto", where="f")
+        assert (got.column, got.n_clusters, got.effective) == ("item_id", 12, 12.0)
+        assert got.note.startswith("f: clustering by 'item_id' (12 items answered 4 times")
+        explicit = choose_cluster(data, "persona", count=True)
+        assert explicit.column == "persona" and explicit.n_clusters == df.persona.nunique()
+        assert explicit.note == ""
+    with pytest.warns(rs.ClusterNote):
+        none = choose_cluster(df.rename(columns={"item_id": "question_id"}), "auto")
+    assert none.column is None and none.candidates == ["question_id"]

@@ -42,7 +42,9 @@ __all__ = [
     "AUTO_CLUSTER_COLUMN",
     "N_COLUMN",
     "REFUSALS_COLUMN",
+    "ClusterChoice",
     "ClusterNote",
+    "choose_cluster",
     "collapse",
     "effective_clusters",
     "resolve_cluster",
@@ -147,6 +149,31 @@ def _sizes(src: Source, column: str, refusal: str) -> np.ndarray:
     return acc.n
 
 
+@dataclass(frozen=True)
+class ClusterChoice:
+    """What a ``cluster=`` argument resolved to (:func:`choose_cluster`).
+
+    Attributes
+    ----------
+    column : str, list of str or None
+        The column(s) to cluster by; None for independent rows.
+    n_clusters : int or None
+        Number of clusters (``"auto"``, or when counted).
+    effective : float or None
+        Kish's effective number of clusters (:func:`effective_clusters`).
+    note : str
+        The sentence of the :class:`ClusterNote` (``"auto"``); "" for an explicit choice.
+    candidates : list of str
+        Columns that look like item ids when ``"auto"`` found none.
+    """
+
+    column: str | list[str] | None
+    n_clusters: int | None = None
+    effective: float | None = None
+    note: str = ""
+    candidates: list[str] = field(default_factory=list)
+
+
 def resolve_cluster(
     data,
     cluster: str | Sequence[str] | None,
@@ -155,6 +182,39 @@ def resolve_cluster(
     note: bool = True,
     refusal: str = "refusal",
 ) -> str | list[str] | None:
+    """The column(s) a ``cluster=`` argument means for a table (see :func:`choose_cluster`).
+
+    Parameters
+    ----------
+    data : DataFrame, path, glob or list of paths
+        The table or any source.
+    cluster : "auto", str, list of str or None
+        As :func:`choose_cluster` takes it.
+    where : str
+        The calling function, for messages.
+    note : bool
+        Emit the :class:`ClusterNote` for ``"auto"``.
+    refusal : str
+        The response column.
+
+    Returns
+    -------
+    The column (or list of columns) to cluster by, or ``None``.
+    """
+    return choose_cluster(data, cluster, where=where, note=note, refusal=refusal,
+                          stacklevel=5).column
+
+
+def choose_cluster(
+    data,
+    cluster: str | Sequence[str] | None,
+    *,
+    where: str = "",
+    note: bool = True,
+    refusal: str = "refusal",
+    count: bool = False,
+    stacklevel: int = 4,
+) -> ClusterChoice:
     """Resolve a ``cluster=`` argument against a table: the one ``"auto"`` rule.
 
     Parameters
@@ -177,10 +237,16 @@ def resolve_cluster(
         Emit the :class:`ClusterNote` for ``"auto"``.
     refusal : str
         The response column (never a candidate item id).
+    count : bool
+        Also count the clusters of an explicit ``cluster=`` (one pass over those columns
+        of a streamed source); ``"auto"`` always counts.
+    stacklevel : int
+        Where the note points (the caller's caller by default).
 
     Returns
     -------
-    The column (or list of columns) to cluster by, or ``None``.
+    ClusterChoice
+        The column(s), the number and effective number of clusters, the note's text.
 
     Raises
     ------
@@ -195,12 +261,13 @@ def resolve_cluster(
     >>> df = pd.DataFrame({"item_id": [1, 1, 2, 2], "refusal": [0, 1, 0, 0]})
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")
-    ...     resolve_cluster(df, "auto")
-    'item_id'
+    ...     choice = choose_cluster(df, "auto")
+    >>> choice.column, choice.n_clusters, choice.effective
+    ('item_id', 2, 2.0)
     """
     prefix = f"{where}: " if where else ""
     if cluster is None:
-        return None
+        return ClusterChoice(None)
     auto = isinstance(cluster, str) and cluster == "auto"
     if not auto:
         names = [cluster] if isinstance(cluster, str) else (
@@ -223,7 +290,13 @@ def resolve_cluster(
 
             raise SchemaError([(f"{prefix}cluster column(s) {missing} not in the table; its columns "
                                f"are {columns} (cluster=None treats rows as independent)")])
-        return cluster
+        if not count:
+            return ClusterChoice(cluster)
+        if src.frame is not None:
+            sizes = src.frame.groupby(names, observed=True, sort=False).size().to_numpy()
+        else:
+            sizes = _collapse(data, [], names, refusal, where=where)[N_COLUMN].to_numpy()
+        return ClusterChoice(cluster, len(sizes), effective_clusters(sizes))
     col = AUTO_CLUSTER_COLUMN
     sizes = None
     if col in columns:
@@ -238,39 +311,40 @@ def resolve_cluster(
             sizes = values.value_counts(sort=False).to_numpy()
         else:
             sizes = _sizes(src, col, refusal)
-    return _decide_auto(sizes, src, columns, where=where, note=note, refusal=refusal)
+    return _decide_auto(sizes, src, columns, where=where, note=note, refusal=refusal,
+                        stacklevel=stacklevel)
 
 
 def _decide_auto(sizes: np.ndarray | None, src: Source, columns: list[str], *, where: str,
-                 note: bool, refusal: str, stacklevel: int = 4) -> str | None:
+                 note: bool, refusal: str, stacklevel: int = 4) -> ClusterChoice:
     """``cluster="auto"`` given the rows per ``item_id`` value (None: no such column)."""
     prefix = f"{where}: " if where else ""
     col = AUTO_CLUSTER_COLUMN
     if sizes is not None and (sizes > 1).any():
-        if note:
-            warnings.warn(
-                f"{prefix}clustering by '{col}' ({len(sizes):,} items answered "
+        eff = effective_clusters(sizes)
+        text = (f"{prefix}clustering by '{col}' ({len(sizes):,} items answered "
                 f"{sizes.sum() / len(sizes):.3g} times on average: {len(sizes):,} clusters, "
-                f"effective number {effective_clusters(sizes):,.1f}) as cluster='auto' does; "
-                "pass cluster=None for independent rows",
-                ClusterNote, stacklevel=stacklevel)
-        return col
+                f"effective number {eff:,.1f}) as cluster='auto' does; "
+                "pass cluster=None for independent rows")
+        if note:
+            warnings.warn(text, ClusterNote, stacklevel=stacklevel)
+        return ClusterChoice(col, len(sizes), eff, text)
     if sizes is not None:
         why = f"'{col}' never repeats (each of its {len(sizes):,} values is one row)"
     else:
         why = f"the table has no '{col}' column"
+    cands = _candidates(src, columns, refusal)
+    if cands:
+        c = cands[0][0]
+        look = "; ".join(f"'{n}' ({k:,} values, {r:.3g} rows each)" for n, k, r in cands[:3])
+        hint = (f" Column(s) that look like item ids: {look}: pass cluster='{c}' if rows "
+                "sharing it are answers to one item.")
+    else:
+        hint = " No column looks like an item id (an '*_id' name whose values repeat)."
+    text = f"{prefix}rows are treated as independent (cluster='auto'), since {why}.{hint}"
     if note:
-        cands = _candidates(src, columns, refusal)
-        if cands:
-            c = cands[0][0]
-            look = "; ".join(f"'{n}' ({k:,} values, {r:.3g} rows each)" for n, k, r in cands[:3])
-            hint = (f" Column(s) that look like item ids: {look}: pass cluster='{c}' if rows "
-                    "sharing it are answers to one item.")
-        else:
-            hint = " No column looks like an item id (an '*_id' name whose values repeat)."
-        warnings.warn(f"{prefix}rows are treated as independent (cluster='auto'), since {why}."
-                      f"{hint}", ClusterNote, stacklevel=stacklevel)
-    return None
+        warnings.warn(text, ClusterNote, stacklevel=stacklevel)
+    return ClusterChoice(None, None, None, text, [c for c, _, _ in cands])
 
 
 # --------------------------------------------------------------------------- levels
@@ -666,7 +740,7 @@ def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = 
     if auto:
         sizes = out.groupby(AUTO_CLUSTER_COLUMN, observed=True)[N_COLUMN].sum().to_numpy()
         if _decide_auto(sizes, src, columns, where=where, note=True, refusal=refusal,
-                        stacklevel=4) is None:
+                        stacklevel=4).column is None:
             out = _merge_out(out, by_list)
             cluster_cols = []
     out.attrs["collapse"] = {"source": src.label, "kind": src.kind,

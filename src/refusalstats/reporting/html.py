@@ -387,17 +387,13 @@ def _stream_design(source, cluster, columns: list[str]):
     """
     import pyarrow as pa
 
-    from .._validation import AUTO_CLUSTER_COLUMN
-    from ..counts import collapse
+    from ..counts import choose_cluster, collapse
     from ..sources import open_dataset
 
     n_clusters = None
-    if isinstance(cluster, str) and cluster == "auto":
-        cluster = None
-        if AUTO_CLUSTER_COLUMN in columns:
-            per = collapse(source, by=[], cluster=AUTO_CLUSTER_COLUMN)["n"].to_numpy()
-            if (per > 1).any():
-                cluster, n_clusters = AUTO_CLUSTER_COLUMN, len(per)
+    if isinstance(cluster, str) and cluster == "auto":  # the one "auto" rule (counts.py)
+        choice = choose_cluster(source, "auto", where="report", note=False)
+        cluster, n_clusters = choice.column, choice.n_clusters
     elif cluster is not None:
         names = [cluster] if isinstance(cluster, str) else list(cluster)
         missing = [c for c in names if c not in columns]
