@@ -407,3 +407,30 @@ def test_disparity_with_labels_uses_ppi_rates_and_their_noise():
     assert out["disparity"].item() == pytest.approx(sd(["a", "b", "c"]) / sd(["c1", "c2", "c3"]))
     with pytest.raises(ValueError, match="noise-corrected"):
         rs.disparity(df, control="control", labels="human", estimator="plug-in")
+
+
+def test_cli_label_sample_then_corrected_rates_and_card(tmp_path, capsys):
+    from refusalstats.cli import main
+
+    df = rs.simulate_paper(scale=0.005, seed=2)
+    table = tmp_path / "t.parquet"
+    df.to_parquet(table)
+    out = tmp_path / "to_label.csv"
+    assert main(["label-sample", str(table), "-o", str(out), "-n", "20", "--per-stratum", "--by", "model"]) == 0
+    lab = pd.read_csv(out)
+    assert (lab.groupby("model").size() == 20).all() and lab["human"].isna().all()
+    lab["human"] = lab["refusal"]
+    lab.to_csv(out, index=False)
+    capsys.readouterr()
+    assert main(["rates", str(table), "--by", "model", "--label-file", str(out), "--strata", "model",
+                 "--cluster", "none", "--csv", str(tmp_path / "r.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "corrected by 320 human labels" in text
+    got = pd.read_csv(tmp_path / "r.csv")
+    ref = ppi_rates(rs.join_labels(df, out), by="model", strata="model", cluster=None)
+    np.testing.assert_allclose(got["rate"], ref["rate"])
+    assert main(["detector-card", str(table), "--label-file", str(out), "--cluster", "none"]) == 0
+    assert "sensitivity" in capsys.readouterr().out
+    assert main(["label-sample", str(table), "-o", str(tmp_path / "b.csv"), "--target-width", "0.2",
+                 "--by", "task"]) == 0
+    assert "labels_needed" in capsys.readouterr().out
