@@ -277,11 +277,15 @@ def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     n_excl = int((((eff["prob_ci_low"] > 0) | (eff["prob_ci_high"] < 0)) & ~flat).sum())
     html = rep.path.read_text(encoding="utf-8")
     assert f"{n_excl} of {int((~flat).sum())} persona × model effects" in html
-    # 20,320 item-level patterns: the item term is left out of the default, and the page says so
-    assert "The item random intercept (1|item_id) was left out" in html
+    # 20,320 item-level patterns: the default keeps (1|item_id) (up to HIER_MAX_ITEM_PATTERNS),
+    # so neither the page nor the count carries the too-narrow caveat
+    assert "was left out" not in html and "without an item term" not in html
 
 
-def test_default_hierarchical_formula_has_the_item_term_when_affordable(simulated):
+def test_default_hierarchical_formula_has_the_item_term_when_affordable(simulated, monkeypatch):
+    formula, why = S.default_hier_formula(simulated, "item_id")
+    assert formula.endswith("+ (1|item_id)") and why is None
+    monkeypatch.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
     small = simulated[simulated["item_id"].isin(simulated["item_id"].unique()[:40])]
     formula, why = S.default_hier_formula(small, "item_id")
     assert formula.endswith("+ (1|item_id)") and why is None
@@ -356,7 +360,9 @@ def test_report_of_a_parquet_source_with_persona_free_rows(tmp_path):
     assert any("first 1,920 rows" in n for n in notes)
 
 
-def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simulated, tmp_path):
+def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simulated, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
     folder = _shards(simulated, tmp_path / "shards")
     design = rs.collapse(folder, by=["task", "prompt", "model", "persona"])
     streamed = S.default_hier_formula(design, "item_id", folder)
@@ -381,6 +387,7 @@ def test_report_of_a_stream_gives_the_hierarchical_model_the_path(simulated, tmp
         raise TypeError("data must be a pandas DataFrame")
 
     monkeypatch.setattr(B, "hierarchical", fake)
+    monkeypatch.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
     rep = rs.report(folder, out=tmp_path / "out", seed=0, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0}})
     assert [d for _, d in seen] == [folder]
@@ -545,7 +552,7 @@ def test_findings_one_base_per_sentence_ties_and_one_model(tmp_path):
     one = df[df["model"] == "M1"].assign(refusal=0)
     rep = rs.report(one, out=tmp_path / "c", hierarchical=False, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0}})
-    assert "The model never refused: M1." in rep.findings
+    assert "The model never refused in the rows with a persona: M1." in rep.findings
     assert not any("coefficient" in f for f in rep.findings)
 
 

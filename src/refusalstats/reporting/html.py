@@ -556,7 +556,9 @@ _NUMERIC_HINT = ("n", "refusals", "rate", "95% CI", "estimate", "p", "ι", "df",
                  "mean", "R-hat", "bulk ESS", "odds ratio", "levels", "null mean", "null 95%",
                  "ι − null mean", "permutation p", "effect (log-odds)", "95% HDI",
                  "P(effect > 0)", "Δ refusal probability", "observed rate", "persona",
-                 "persona-free", "difference (pp)", "95% CI (pp)")
+                 "persona-free", "difference (pp)", "95% CI (pp)", "Δ refusal probability (pp)",
+                 "95% HDI (pp)", "95% HDI (log-odds)", "deviation (log-odds)",
+                 "P(deviation > 0)", "odds ratio (95% CI)")
 
 
 def _esc(x: Any) -> str:
