@@ -294,7 +294,8 @@ def test_demo_is_one_explicit_list_of_steps(tmp_path, monkeypatch, capsys):
     from refusalstats import demo
 
     assert [s.__name__ for s in demo.STEPS] == [
-        "demo_rates", "demo_sensitivity", "demo_logit", "demo_hierarchical", "demo_report"]
+        "demo_rates", "demo_persona_free", "demo_answers", "demo_p2", "demo_sensitivity",
+        "demo_logit", "demo_hierarchical", "demo_report"]
     seen = []
     monkeypatch.setattr(demo, "STEPS", (lambda df, run: seen.append((len(df), run.seed)),
                                         demo.demo_rates))
@@ -348,3 +349,89 @@ def test_bayes_command_streams_a_folder_and_takes_the_fit_defaults(table, tmp_pa
     want = rs.hierarchical(formula, df, method="laplace", seed=0, progress=False)
     got = pd.read_csv(tmp_path / "o" / "effects.csv")
     np.testing.assert_allclose(got["effect"], want.effects("persona")["effect"], rtol=1e-10)
+
+
+# ------------------------------------------------------------------ issue 21: messages a newcomer meets
+def test_generate_names_the_missing_prompts_table_and_how_to_make_it(tmp_path, capsys):
+    pytest.importorskip("refusalstats.inference")
+    rc, _, err = _run(["generate", str(tmp_path / "prompts.parquet"), "--model", "m",
+                       "-o", str(tmp_path / "run")], capsys)
+    _assert_one_line_error(rc, err, "prompts.parquet", "does not exist", "refusalstats design")
+
+
+def test_a_bare_missing_path_is_called_a_missing_file(capsys, monkeypatch):
+    from refusalstats import cli
+
+    def boom(args):
+        raise FileNotFoundError("prompts.parquet")  # what pyarrow raises
+
+    monkeypatch.setattr(cli, "_cmd_rates", boom)
+    rc, _, err = _run(["rates", "x.parquet"], capsys)
+    _assert_one_line_error(rc, err, "no such file or folder: prompts.parquet")
+
+
+def test_design_suggests_the_map_option_not_python(tmp_path, capsys):
+    pytest.importorskip("refusalstats.inference")
+    f = tmp_path / "pol.csv"
+    f.write_text("text,rating\nhello,1\nbye,5\n")
+    rc, _, err = _run(["design", "--task", f"politeness={f}", "-o", str(tmp_path / "p.parquet")],
+                      capsys)
+    _assert_one_line_error(rc, err, "--map politeness:gold_label=")
+    assert "columns={" not in err
+
+
+def test_debug_shows_the_original_error_not_the_cli_wrapper(table):
+    from refusalstats.formula import FormulaError
+
+    with pytest.raises(FormulaError, match="not a level"):
+        main(["fit", "refusal ~ persona", str(table), "--reference", "persona=nobody", "--debug"])
+
+
+def test_rates_prints_percentages_and_writes_proportions(table, tmp_path, capsys):
+    csv = tmp_path / "r.csv"
+    rc, out, err = _run(["rates", str(table), "--by", "task", "--csv", str(csv)], capsys)
+    assert rc == 0, err
+    want = rs.refusal_rates(rs.read_responses(table), by="task")
+    header = out.splitlines()[0].split()
+    assert "%" in header and "rate" in header and "ci_low" in header
+    assert f"{100 * want['rate'].iloc[0]:.2f}" in out
+    np.testing.assert_allclose(pd.read_csv(csv)["rate"], want["rate"])
+
+
+def test_percent_table_keeps_rare_rates_visible():
+    from refusalstats.cli import _percent_table
+
+    t = _percent_table(pd.DataFrame({"rate": [0.0, 0.000123, 0.5], "n": [1, 2, 3]}))
+    assert list(t.columns) == ["rate %", "n"]
+    assert t["rate %"].tolist() == ["0.00", "0.012", "50.00"]
+
+
+def test_where_keeps_matching_rows_and_explains_typos(blocks, capsys):
+    path, df = blocks
+    rc, out, err = _run(["cochran", str(path), "--where", "model=a", "--method", "chi2"], capsys)
+    assert rc == 0, err
+    want = rs.cochran_q(df[df["model"] == "a"], method="chi2")
+    assert f"{want['Q'].iloc[0]:.6g}" in out
+    rc, _, err = _run(["cochran", str(path), "--where", "Model=a"], capsys)
+    _assert_one_line_error(rc, err, "no column 'Model'", "did you mean 'model'")
+    rc, _, err = _run(["disparity", str(path), "--where", "model=q"], capsys)
+    _assert_one_line_error(rc, err, "no row has model = 'q'", "['a', 'b', 'c']")
+
+
+def test_agreement_notes_blank_taus_of_a_model_that_never_refuses(blocks, capsys):
+    _, df = blocks
+    df = df.copy()
+    df.loc[df["model"] == "c", "refusal"] = 0
+    path = rs.write_responses(df, blocks[0].parent / "never.parquet")
+    rc, out, err = _run(["agreement", str(path)], capsys)
+    assert rc == 0, err
+    assert "blank tau" in out and "c (0%)" in out
+
+
+def test_simulate_full_study_writes_every_setting(tmp_path, capsys):
+    out = tmp_path / "t.parquet"
+    rc, _, err = _run(["simulate", "--scale", "0.01", "--full-study", "-o", str(out)], capsys)
+    assert rc == 0, err
+    t = rs.read_responses(out)
+    assert set(t["setting"].astype(str)) == {"persona", "persona-free"}
+    assert set(t["design"].astype(str)) == {"p1", "complete"} and "response" in t.columns

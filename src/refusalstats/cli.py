@@ -308,10 +308,27 @@ def _cmd_rates(args) -> int:
             _write_csv(res, args.csv)
         return 0
     res = refusal_rates(df, by=by, method=args.method, conf=args.conf, cluster=_cluster_arg(args))
-    print(res.to_string(index=False))
+    print(_percent_table(res).to_string(index=False))
     if args.csv:
-        _write_csv(res, args.csv)
+        _write_csv(res, args.csv)  # the tidy table: proportions
     return 0
+
+
+#: Proportion columns the command line prints as percentages (as the report does).
+_PERCENT_COLUMNS = ("rate", "ci_low", "ci_high", "refusal rate")
+
+
+def _percent_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its proportion columns shown as percentages ('rate %', 2 decimals, or
+    2 significant digits below 0.1%: rare refusals stay visible)."""
+    out = frame.copy()
+    for c in _PERCENT_COLUMNS:
+        if c in out.columns:
+            pct = 100 * out[c].astype(float)
+            out[c] = [("" if pd.isna(v) else f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.2g}")
+                      for v in pct]
+            out = out.rename(columns={c: f"{c} %"})
+    return out
 
 
 # --------------------------------------------------------------------------- import
@@ -538,6 +555,17 @@ def _add_design(sub, opt: _Options) -> None:
     p.set_defaults(func=_cmd_design)
 
 
+def _map_hint(text: str, task: str) -> str:
+    """A loader's ``columns={'ours': 'theirs'}`` advice as the option that does it here."""
+
+    def option(m: re.Match) -> str:
+        ours = m.group(1)
+        return (f"--map {task}:our_name=file_column" if ours == "our_name"
+                else f"--map {task}:{ours}=<file column>")
+
+    return re.sub(r"columns=\{'([^']+)': '[^']*'(?:, \.\.\.)?\}", option, text)
+
+
 def _cmd_design(args) -> int:
     from refusalstats.inference.datasets import load_task, select_per_class
 
@@ -557,7 +585,10 @@ def _cmd_design(args) -> int:
         extra = {"unit": args.unit} if task in ("politeness", "offensiveness") else {}
         if task == "nli":
             extra = {"language": args.language}
-        items = load_task(task, path, columns=maps.get(task), **extra)
+        try:
+            items = load_task(task, path, columns=maps.get(task), **extra)
+        except (KeyError, ValueError) as exc:  # say it in command-line words (--map)
+            raise CLIError(_map_hint(_one_line(exc), task)) from exc
         if args.per_class > 0:
             items = select_per_class(items, per_class=args.per_class, seed=args.seed)
             print(f"{task}: {len(items):,} items")
@@ -718,6 +749,10 @@ def _cmd_generate(args) -> int:
         if torch.cuda.is_available():
             args.device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
 
+    if not Path(args.prompts).exists():
+        raise CLIError(f"the prompts table {args.prompts!r} does not exist; write it first with "
+                       f"'refusalstats design --task nli=xnli.jsonl -o {args.prompts}' (see "
+                       "'refusalstats design --help')")
     prompts = pd.read_parquet(args.prompts)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     from refusalstats.inference.runner import RunInterrupted
@@ -760,7 +795,7 @@ def _cmd_generate(args) -> int:
     answered = table[~errors]
     rates = answered.groupby(["model", "task"], observed=True)["refusal"].agg(["size", "mean"])
     rates = rates.rename(columns={"size": "n", "mean": "refusal rate"})
-    print(rates.to_string())
+    print(_percent_table(rates).to_string())
     n_provider = int((answered.get("refusal_source") == "provider").sum()) \
         if "refusal_source" in answered.columns else 0
     n_empty = int(answered["empty_response"].sum()) if "empty_response" in answered.columns else 0
@@ -1382,7 +1417,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if debug:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except CLIError as exc:
+            # the error the command translated into one line: show it and its traceback
+            original = exc.__cause__ or exc.__context__
+            if original is not None:
+                raise original from None
+            raise
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
@@ -1392,7 +1434,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's error contract is decided here
         if _user_error(exc):
-            print(f"error: {_speak_cli(_one_line(exc))}", file=sys.stderr)
+            msg = _one_line(exc)
+            if isinstance(exc, FileNotFoundError) and " " not in msg.strip():
+                msg = f"no such file or folder: {msg}"  # pyarrow's message is the bare path
+            print(f"error: {_speak_cli(msg)}", file=sys.stderr)
             return 2
         print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
               "--debug for the traceback and please report it", file=sys.stderr)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .table import SchemaError
+from .table import SchemaError, column_hint
 
 
 class FormulaError(ValueError):
@@ -187,8 +187,63 @@ def check_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: Iterable[str
     if missing:
         raise MissingColumnError(
             f"formula {parsed.formula!r} names column(s) {missing} that are not in the table; "
-            f"its columns are {list(map(str, data.columns))}"
+            f"its columns are {list(map(str, data.columns))}{column_hint(missing, data.columns)}"
         )
+
+
+def normalize_reference(reference, data=None, columns: Iterable[str] = ()) -> dict:
+    """``reference=`` as a dict: a mapping as given, None as {}, or a bare level name.
+
+    A bare string (``reference="Atheist"``) is accepted when it is a level of exactly one
+    of ``columns`` in ``data`` (a DataFrame); otherwise the error says what to pass.
+
+    Parameters
+    ----------
+    reference : mapping, str or None
+        The user's ``reference=``.
+    data : DataFrame, optional
+        The table (a path or None: a bare string cannot be resolved).
+    columns : iterable of str
+        The formula's variables, where a bare level is looked for.
+
+    Returns
+    -------
+    dict
+        column -> reference level.
+
+    Raises
+    ------
+    FormulaError
+        ``reference`` is neither a mapping, None nor a level of exactly one column.
+    """
+    if reference is None:
+        return {}
+    if isinstance(reference, Mapping):
+        return dict(reference)
+    example = "reference={'persona': 'Atheist'}"
+    if not isinstance(reference, str):
+        raise FormulaError(f"reference must map columns to their reference level, e.g. {example}; "
+                           f"got {type(reference).__name__} {reference!r}")
+    found = []
+    if isinstance(data, pd.DataFrame):
+        for col in dict.fromkeys(columns):
+            if col in data.columns:
+                s = data[col]
+                levels = s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) \
+                    else pd.unique(s.dropna())
+                if reference in set(map(str, levels)):
+                    found.append(col)
+    if len(found) == 1:
+        return {found[0]: reference}
+    if found:
+        why = (f"it is a level of several columns ({found}); say which, e.g. "
+               f"reference={{{found[0]!r}: {reference!r}}}")
+    elif isinstance(data, pd.DataFrame):
+        why = f"it is not a level of any of the formula's columns {list(dict.fromkeys(columns))}"
+    else:
+        why = "a bare level can only be matched to its column on a DataFrame"
+    raise FormulaError(f"reference must map columns to their reference level, e.g. {example}; got "
+                       f"the string {reference!r}: {why}")
 
 
 def default_levels(values: Iterable) -> list:
@@ -230,19 +285,14 @@ def prepare_factors(
         A ``reference`` key that is not a column, or a level that is not in the column
         (the message lists the levels).
     """
-    if reference is not None and not isinstance(reference, Mapping):
-        raise FormulaError(
-            f"reference must map columns to their reference level, e.g. "
-            f"reference={{'persona': 'Atheist'}}; got {reference!r}"
-        )
-    reference = dict(reference or {})
     columns = list(dict.fromkeys(columns))
+    reference = normalize_reference(reference, data, columns)
     out = data.copy()
     for col in reference:
         if col not in out.columns:
             raise MissingColumnError(
                 f"reference given for column '{col}', which is not in the table; its columns are "
-                f"{list(map(str, out.columns))}"
+                f"{list(map(str, out.columns))}{column_hint([col], out.columns)}"
             )
     for col in columns:
         s = out[col]

@@ -55,10 +55,12 @@ _ALIASES = {
 
 
 def _columns(value: str | Sequence[str] | None, arg: str) -> list[str]:
+    """Column names from None, one name, a comma-separated string ("model,task", as on the
+    command line) or a list."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
+        return [c.strip() for c in value.split(",") if c.strip()] if "," in value else [value]
     try:
         cols = list(value)
     except TypeError:
@@ -96,7 +98,8 @@ def _prepare(data: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.Dat
             )
         sub = sub.rename(columns={refusal: "refusal"})
     try:
-        out = validate(sub, required=[*columns, "refusal"], predictors=columns)
+        out = validate(sub, required=[*columns, "refusal"], predictors=columns,
+                       table_columns=list(data.columns))
     except SchemaError as exc:  # name the user's refusal column and the table's real columns
         real = f"the table has {list(map(str, data.columns))}"
         problems = [str(p).replace(f"the table has {list(sub.columns)}", real) for p in exc.problems]

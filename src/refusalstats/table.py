@@ -150,6 +150,48 @@ class SchemaError(ValueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def column_hint(missing: Iterable[str], columns: Iterable) -> str:
+    """" (did you mean ...?)" for missing column names that look like the table's.
+
+    A name differing in case or a few letters gets the closest column (difflib); a
+    comma-separated name whose parts are all columns gets "pass a list".
+
+    Parameters
+    ----------
+    missing : iterable of str
+        The names not found.
+    columns : iterable
+        The table's columns.
+
+    Returns
+    -------
+    str
+        The hint, starting with a space, or "" when nothing is close.
+
+    Examples
+    --------
+    >>> column_hint(["Refusal"], ["model", "refusal"])
+    " (did you mean 'refusal'?)"
+    """
+    import difflib
+
+    cols = [str(c) for c in columns]
+    lower = {c.lower(): c for c in cols}
+    missing = [str(m) for m in missing]
+    means, lists = [], []
+    for name in missing:
+        parts = [p.strip() for p in name.split(",")]
+        if len(parts) > 1 and all(p in cols for p in parts):
+            lists.append(f"{name!r} is several columns: pass a list, {parts!r}")
+            continue
+        close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.7)
+        close = [lower[c] for c in close]
+        if close:
+            means.append(repr(close[0]) if len(missing) == 1 else f"{close[0]!r} for {name!r}")
+    out = ([f"did you mean {', '.join(means)}?"] if means else []) + lists
+    return f" ({'; '.join(out)})" if out else ""
+
+
 def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "") -> None:
     """Raise :class:`SchemaError` when ``data`` lacks any of ``columns``, listing its columns.
 
@@ -184,7 +226,7 @@ def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "")
     if missing:
         prefix = f"{where}: " if where else ""
         raise SchemaError(f"{prefix}column(s) {missing} not in the table; its columns are "
-                          f"{list(map(str, data.columns))}")
+                          f"{list(map(str, data.columns))}{column_hint(missing, data.columns)}")
 
 
 def is_error_row(data: pd.DataFrame) -> np.ndarray:
@@ -317,7 +359,8 @@ def validate(
     if missing:
         problems.append(
             f"missing required column(s) {missing}; the table has "
-            f"{list(df.columns) if table_columns is None else list(table_columns)}. "
+            f"{list(df.columns) if table_columns is None else list(table_columns)}"
+            f"{column_hint(missing, df.columns if table_columns is None else table_columns)}. "
             "Rename your columns (e.g. df.rename(columns={...})) or map them with "
             "refusalstats.dumps.read_generic(path, mapping={...})"
         )

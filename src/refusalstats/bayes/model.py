@@ -42,6 +42,7 @@ from ..formula import (
     collapse,
     fixed_design,
     group_index,
+    normalize_reference,
     parse_formula,
     prepare_factors,
 )
@@ -197,7 +198,7 @@ class HierarchicalModel:
         self.formula = formula
         if parsed.response in parsed.variables:
             raise FormulaError(f"the response '{parsed.response}' also appears on the right of '~'")
-        self.reference = dict(reference or {})
+        self.reference = normalize_reference(reference, data, parsed.variables)
         if isinstance(data, pd.DataFrame):
             col = self._collapse_rows(data)
             #: row i of ``data`` is pattern ``inverse[i]`` (None when built from a path)

@@ -294,11 +294,15 @@ def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values
 
 def _reference(reference, data: pd.DataFrame, variables: list[str]) -> dict:
     """``reference=`` checked against the table, restricted to the formula's variables."""
-    reference = dict(reference or {})
+    from ..formula import normalize_reference
+    from ..table import column_hint
+
+    reference = normalize_reference(reference, data, variables)
     unknown = [k for k in reference if k not in data.columns]
     if unknown:
         raise MissingColumnError(f"reference given for column(s) {unknown}, which are not in the table; "
-                                 f"its columns are {list(map(str, data.columns))}")
+                                 f"its columns are {list(map(str, data.columns))}"
+                                 f"{column_hint(unknown, data.columns)}")
     # a reference for a column the formula does not use has no effect (e.g. the paper's four)
     return {k: v for k, v in reference.items() if k in variables}
 

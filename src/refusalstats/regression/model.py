@@ -102,7 +102,8 @@ def logit(
     penalty : {None, "firth", "l2", "l1", "elasticnet"}
         None: maximum likelihood. "firth": Jeffreys-prior bias reduction (finite under
         separation; profile penalized-likelihood CIs). "l2"/"l1"/"elasticnet": glmnet's
-        objective with strength ``alpha`` (intercept unpenalized).
+        objective with strength ``alpha`` (intercept unpenalized). ``"none"`` (any case,
+        as on the command line) means None.
     alpha : float or "cv"
         Penalty strength for "l2"/"l1"/"elasticnet"; "cv" chooses it by K-fold
         cross-validation (folds grouped by ``cluster`` when given).
@@ -183,6 +184,13 @@ def logit(
     >>> round(float(fit.params["task[T.offensiveness]"]), 1)  # doctest: +SKIP
     4.2
     """
+    if isinstance(penalty, str):  # the command line's spelling, and any case
+        penalty = None if penalty.strip().lower() == "none" else penalty.strip().lower()
+    if reference is not None and not isinstance(reference, Mapping):
+        from ..formula import normalize_reference, parse_formula
+
+        variables = parse_formula(formula).variables if isinstance(formula, str) else ()
+        reference = normalize_reference(reference, data, variables)
     if labels is not None:  # the detector's error carried in by human labels (#22)
         from ..ppi import ppi_logit
 
