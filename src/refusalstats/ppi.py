@@ -572,6 +572,7 @@ def ppi_rates(
     >>> bool((out["std_error"] < out["se_labels_only"]).all())
     True
     """
+    data = _frame(data, "ppi_rates")
     from .rates import _columns
 
     by = _columns(by, "by")
@@ -596,6 +597,20 @@ def ppi_rates(
                      cluster=clusters, strata=_columns(strata, "strata"), ci=ci,
                      quantile=r["quantile"].tolist())
     return out
+
+
+def _frame(data, where):
+    """A path (Parquet file, shard folder, CSV, ...) read into rows: labels need the rows."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    from pathlib import Path
+
+    if isinstance(data, (str, Path)):
+        from .table import read_responses
+
+        return read_responses(data, validate_table=False)
+    raise TypeError(f"{where}: labels= needs the response table as a DataFrame or a path, "
+                    f"got {type(data).__name__}")
 
 
 def _need(data, cols, where):
@@ -664,6 +679,7 @@ def ppi_effect(
     >>> float(out["difference_detector"].iloc[0]), round(float(out["difference"].iloc[0]), 3)
     (0.5, 0.5)
     """
+    data = _frame(data, "ppi_effect")
     from .rates import _columns, _slug
 
     by = _columns(by, "by")
@@ -759,6 +775,7 @@ def rogan_gladen(
     >>> bool(np.isclose(r["rate"].iloc[0], r["rate_detector"].iloc[0]))
     True
     """
+    data = _frame(data, "rogan_gladen")
     from .rates import _columns
 
     by = _columns(by, "by")
@@ -956,6 +973,7 @@ def ppi_logit(
     >>> len(fit.params), fit.n_labelled
     (3, 4064)
     """
+    data = _frame(data, "logit")
     from .formula import fixed_design, parse_formula, prepare_factors
 
     conf = check_conf(conf)
@@ -1181,6 +1199,7 @@ def detector_card(
     >>> card["changed"].any()
     np.False_
     """
+    data = _frame(data, "detector_card")
     from .rates import _columns, proportion_ci, refusal_rates
 
     by = _columns(by, "by")
@@ -1278,6 +1297,7 @@ def label_budget(
     >>> bool((b["labels_needed"] <= b["labels_needed_labels_only"]).all())
     True
     """
+    data = _frame(data, "label_budget")
     from .rates import _columns
 
     by = _columns(by, "by")
@@ -1403,6 +1423,7 @@ def ppi_disparity(
     >>> df["human"] = np.where(np.arange(len(df)) % 4 == 0, df["refusal"], np.nan)  # doctest: +SKIP
     >>> rs.disparity(df, labels="human")  # doctest: +SKIP
     """
+    data = _frame(data, "ppi_disparity")
     from ._validation import check_random_state
     from .persona_disparity import _control_personas, _spread
     from .rates import _columns
