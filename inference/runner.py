@@ -1111,6 +1111,12 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
             _generate_model(backend, todo, writer, params, batch_size, token_budget,
                             max_batch_size, label, progress, truncate, session, stats, on_error)
             stats["status"] = "complete"
+            if stats.get("error_rows") or stats.get("provider_refusals"):
+                warnings.warn(
+                    f"{label}: {stats.get('error_rows', 0):,} prompt(s) got no answer (error rows: "
+                    f"refusal_source 'error', text in column 'error', left out of analyses) and "
+                    f"{stats.get('provider_refusals', 0):,} were refused by the provider "
+                    "(refusal_source 'provider', counted as refusals)", stacklevel=3)
             entry["finished"] = _now()
         except BaseException as exc:
             stats["status"] = ("interrupted" if isinstance(exc, KeyboardInterrupt)

@@ -241,9 +241,10 @@ def test_a_rejected_prompt_is_an_error_row_and_the_run_completes(tmp_path):
     script, bad = _one_bad_prompt_server(design)
     out = tmp_path / "run"
     with ScriptedServer(script) as server:
-        table = run_generation(design, ["m"], out, progress=False, detector="paper",
-                               backend_factory=lambda s: OpenAIBackend(
-                                   "m", base_url=server.url, concurrency=2, max_retries=0))
+        with pytest.warns(UserWarning, match="m: 1 prompt.* got no answer .* 0 were refused"):
+            table = run_generation(design, ["m"], out, progress=False, detector="paper",
+                                   backend_factory=lambda s: OpenAIBackend(
+                                       "m", base_url=server.url, concurrency=2, max_retries=0))
         n_posts = sum(1 for e in server.log if e["method"] == "POST")
     assert len(table) == len(design) and n_posts == len(design)  # asked once each
     err = table["refusal_source"].astype(str) == "error"
