@@ -29,7 +29,7 @@ benchmarks/README.md ("Scale").
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ __all__ = [
     "choose_cluster",
     "collapse",
     "effective_clusters",
+    "patterns",
     "resolve_cluster",
 ]
 
@@ -790,3 +791,228 @@ def _merge_out(counts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     g = counts.groupby(by, observed=True, sort=True)[[N_COLUMN, REFUSALS_COLUMN]].sum()
     return g.reset_index()
 
+
+# --------------------------------------------------------------------------- patterns (model fits)
+class Collapsed:
+    """Unique covariate patterns with binomial counts.
+
+    ``patterns`` holds one row per unique combination of ``columns`` with columns
+    ``successes`` (refusals) and ``trials`` (n); ``inverse[i]`` is the pattern of row i
+    (computed on first use: a fit without clusters never needs it);
+    ``codes[j]`` the integer code (categorical code, or ``pandas.factorize`` number) of
+    each pattern's value of ``columns[j]``.
+    """
+
+    def __init__(self, patterns: pd.DataFrame, inverse, columns: list[str],
+                 codes: list[np.ndarray] | None = None):
+        self.patterns = patterns
+        self._inverse = inverse  # an array, or a function that computes it
+        self.columns = columns
+        self.codes = codes  # per column, the code of each pattern's value
+
+    @property
+    def inverse(self) -> np.ndarray:
+        if callable(self._inverse):
+            self._inverse = self._inverse()
+        return self._inverse
+
+    @property
+    def lazy_inverse(self):
+        """``inverse``, or the function that computes it when it was not needed yet."""
+        return self._inverse
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.patterns["trials"].sum())
+
+
+def _pattern_codes(s: pd.Series) -> tuple[np.ndarray, int, object]:
+    """Integer codes of a column (-1 for missing), the number of values, and a function
+    giving the column's values (same dtype) for an array of codes."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        dtype = pd.CategoricalDtype(s.dtype.categories)  # unordered, as the design uses it
+        return (np.asarray(s.array.codes), len(dtype.categories),
+                lambda k: pd.Categorical.from_codes(k, dtype=dtype))
+    codes, uniques = pd.factorize(s, sort=False)
+    return codes, len(uniques), lambda k: uniques.take(k)
+
+
+def patterns(
+    data: pd.DataFrame,
+    columns: Iterable[str],
+    response: str,
+    trials: str | None = None,
+    weights: np.ndarray | None = None,
+    *,
+    prepare=None,
+) -> Collapsed:
+    """Collapse rows to unique patterns of ``columns`` with (successes, trials), row map kept.
+
+    The in-memory collapse of the model fits (``logit``, ``hierarchical``): unlike
+    :func:`collapse` (a counts table from any source) it keeps the pattern of every row
+    (``inverse``), takes aggregated input (``trials``) and frequency weights, and can order
+    the patterns by prepared factor levels. ``refusalstats.formula.collapse`` is its old name.
+
+    With ``trials`` the response holds counts of successes out of ``data[trials]``
+    (already aggregated rows are merged further when they share a pattern). With
+    ``weights`` each row counts ``weights[i]`` times (frequency weights).
+
+    Rows are grouped by the integer codes of their columns (categorical codes, or
+    ``pandas.factorize``) with ``numpy.bincount`` when the combinations are few, so the
+    work per row is a handful of integer operations; the pattern values are built from
+    the codes (no row is copied).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The rows.
+    columns : iterable of str
+        The key columns (the model's variables).
+    response : str
+        The response column: 0/1 per row, or successes out of ``trials``.
+    trials : str, optional
+        Column of trials per row (aggregated input); default one per row.
+    weights : array, optional
+        Frequency weight per row.
+    prepare : callable, optional
+        Applied to the key columns of the patterns (e.g. ``lambda p: prepare_factors(p,
+        columns, reference)``) before the rows are mapped to them: the patterns come
+        back prepared and ordered by the prepared codes, as collapsing the prepared rows
+        would order them, at the cost of the patterns only.
+
+    Returns
+    -------
+    Collapsed
+        ``patterns``: one row per observed combination of ``columns`` (in the order of
+        the combinations' codes), with the key columns (same dtypes as ``data``; a
+        categorical keeps all its categories; or as ``prepare`` returns them) and
+        ``successes``, ``trials``; ``inverse``: the pattern of each row.
+
+    Raises
+    ------
+    ValueError
+        A missing value in a key column.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"a": list("xxyy"), "refusal": [1, 0, 0, 0]})
+    >>> patterns(df, ["a"], "refusal").patterns
+       a  successes  trials
+    0  x        1.0     2.0
+    1  y        0.0     2.0
+    """
+    columns = list(columns)
+    n = len(data)
+    y = data[response].to_numpy()
+    if y.dtype != np.float64 and not (trials is None and weights is None and y.dtype.kind in "biu"):
+        y = y.astype(float)
+    t = None if trials is None else data[trials].to_numpy(dtype=float)
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have one value per row ({n}), got shape {w.shape}")
+        y = y * w
+        t = (np.ones(n) if t is None else t) * w
+    if not columns:
+        inverse = np.zeros(n, dtype=np.int64)
+        patterns = pd.DataFrame({"successes": [float(y.sum())],
+                                 "trials": [float(n if t is None else t.sum())]})
+        return Collapsed(patterns, inverse, columns)
+    codes, sizes, values = [], [], []
+    for c in columns:
+        k, m, make = _pattern_codes(data[c])
+        if k.min(initial=0) < 0:
+            raise ValueError(f"column '{c}' has missing values; drop or fill them before fitting")
+        codes.append(k)
+        sizes.append(max(m, 1))
+        values.append(make)
+    n_keys = float(np.prod(np.array(sizes, dtype=float)))
+    dense = n_keys <= max(4.0 * n, 2.0**20)
+    if n_keys >= 2**62:  # pragma: no cover - astronomically many level combinations
+        stacked = np.stack([np.asarray(k, dtype=np.int64) for k in codes], axis=1)
+        uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        pattern_codes = [uniq[:, j] for j in range(len(columns))]
+        present = None
+    else:
+        key = _ravel(codes, sizes)
+        binary = (t is None and y.dtype.kind in "biu" and 2.0 * n_keys < 2**31
+                  and (y.dtype.kind == "b" or (y.min(initial=0) >= 0 and y.max(initial=0) <= 1)))
+        if dense and binary:
+            # 0/1 rows: one count of (key, response) gives rows and refusals per key
+            key *= 2
+            key += y
+            both = np.bincount(key, minlength=2 * int(n_keys))
+            counts, succ_keys = both[0::2] + both[1::2], both[1::2]
+            present = np.flatnonzero(counts)
+        elif dense:  # the usual all-categorical case: counting instead of sorting
+            counts = np.bincount(key, minlength=int(n_keys))
+            present = np.flatnonzero(counts)
+        else:
+            present, inverse = np.unique(key, return_inverse=True)
+        pattern_codes = list(np.unravel_index(present, sizes))
+    patterns = pd.DataFrame({c: make(np.asarray(pc, dtype=np.intp))
+                             for c, make, pc in zip(columns, values, pattern_codes)})
+    k = len(patterns)
+    order = None
+    if prepare is not None:
+        patterns = prepare(patterns)
+        keys = [np.asarray(patterns[c].cat.codes, dtype=np.int64)
+                if isinstance(patterns[c].dtype, pd.CategoricalDtype) else np.asarray(pc, dtype=np.int64)
+                for c, pc in zip(columns, pattern_codes)]
+        order = np.lexsort(keys[::-1])
+        if (order == np.arange(k)).all():
+            order = None
+        else:
+            patterns = patterns.iloc[order].reset_index(drop=True)
+            pattern_codes = [np.asarray(pc)[order] for pc in pattern_codes]
+    s_pat = None
+    if present is not None and dense:
+        at = present if order is None else present[order]
+        slot = np.full(int(n_keys), -1, dtype=np.int32 if k < 2**31 else np.intp)
+        slot[at] = np.arange(k)
+        n_pat = counts[at].astype(float)
+        if binary:  # key holds 2 key + response: the row -> pattern map only when asked for
+            s_pat = succ_keys[at].astype(float)
+            inverse = _LazyInverse(np.repeat(slot, 2), key)
+        else:
+            inverse = slot[key]
+    else:
+        if order is not None:
+            rank = np.empty(k, dtype=np.intp)
+            rank[order] = np.arange(k)
+            inverse = rank[inverse.ravel()]
+        n_pat = None
+    if not callable(inverse):
+        inverse = inverse.ravel()
+        patterns["successes"] = (s_pat if s_pat is not None
+                                 else np.bincount(inverse, weights=y, minlength=k).astype(float))
+        if t is None:
+            patterns["trials"] = n_pat if n_pat is not None else np.bincount(inverse, minlength=k).astype(float)
+        else:
+            patterns["trials"] = np.bincount(inverse, weights=t, minlength=k)
+    else:
+        patterns["successes"] = s_pat
+        patterns["trials"] = n_pat
+    return Collapsed(patterns, inverse, columns, [np.asarray(pc) for pc in pattern_codes])
+
+
+class _LazyInverse:
+    """The pattern of each row, ``slot[key]``, computed when called."""
+
+    def __init__(self, slot: np.ndarray, key: np.ndarray):
+        self.slot, self.key = slot, key
+
+    def __call__(self) -> np.ndarray:
+        return self.slot[self.key]
+
+
+def _ravel(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """``np.ravel_multi_index`` of per-row codes in the smallest integer type that holds
+    the key (codes of categoricals are int8: the sum is built without int64 copies)."""
+    total = int(np.prod(sizes))
+    dtype = np.int32 if total < 2**31 else np.int64
+    key = codes[0].astype(dtype)
+    for k, m in zip(codes[1:], sizes[1:]):
+        key *= m
+        key += k
+    return key
