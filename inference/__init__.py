@@ -8,6 +8,12 @@ transformers). The statistical core never imports this package.
 >>> design = rs.sample_design(items, k=10, seed=0)  # doctest: +SKIP
 >>> table = run_generation(design, ["Llama2-13B=meta-llama/Llama-2-13b-chat-hf"],
 ...                        "runs/p1")  # doctest: +SKIP
+
+The chat-model refusal judge lives here too (:class:`JudgeDetector`, :data:`JUDGE_PROMPT`,
+:func:`parse_judgment`); ``rs.detector("judge", ...)`` finds it through the
+``refusalstats.detectors`` entry point. The command-line commands ``design``,
+``generate`` and ``collect`` are registered from :mod:`refusalstats.inference.cli`
+(entry point group ``refusalstats.commands``).
 """
 
 from .backends import (
@@ -31,6 +37,7 @@ from .datasets import (
     read_table,
     select_per_class,
 )
+from .judge import JUDGE_CLASSES, JUDGE_PROMPT, JudgeDetector, parse_judgment
 from .openai_compat import APIError, OpenAIBackend
 from .prompts import PLACEMENTS, SYSTEM_FORMAT, build_user_prompts, chat_messages, render_chats
 from .runner import (
@@ -46,6 +53,8 @@ from .sharding import ShardSpec, resolve_shard, shard_assignment
 
 __all__ = [
     "DEFAULT_TEMPLATE_DATE",
+    "JUDGE_CLASSES",
+    "JUDGE_PROMPT",
     "NLI_LABELS",
     "PLACEMENTS",
     "SYSTEM_FORMAT",
@@ -54,6 +63,7 @@ __all__ = [
     "Backend",
     "Completion",
     "DecodingParams",
+    "JudgeDetector",
     "ModelSpec",
     "OpenAIBackend",
     "RunInterrupted",
@@ -72,6 +82,7 @@ __all__ = [
     "load_task",
     "load_xnli",
     "padded_tokens",
+    "parse_judgment",
     "plan_batches",
     "read_table",
     "render_chats",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from refusalstats.rundir import PROMPTS_FILE, RUN_FILE, SHARD_RUN_GLOB, SHARDS_DIR
 from refusalstats.table import read_table
 
 from .runner import _detect_refusals, _now, _read_shards, _restore_levels, _slug
@@ -38,10 +39,10 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     seen = set()
     for p in paths:
         p = Path(p)
-        if (p / "run.json").is_file():
+        if (p / RUN_FILE).is_file():
             dirs = [p]
         elif p.is_dir():
-            dirs = sorted(q.parent for pattern in ("*/run.json", "*/shard-*-of-*/run.json")
+            dirs = sorted(q.parent for pattern in (f"*/{RUN_FILE}", f"*/{SHARD_RUN_GLOB}/{RUN_FILE}")
                           for q in p.glob(pattern))
             if not dirs:
                 raise FileNotFoundError(f"{p} holds no run: neither {p}/run.json nor "
@@ -76,13 +77,13 @@ def _shard_of(meta: dict) -> dict:
 
 def _run_rows(out: Path, meta: dict, models: Sequence[str] | None) -> list[tuple[str, pd.DataFrame]]:
     """Each model's answered rows in one run directory, duplicates kept."""
-    prompts = read_table(out / "prompts.parquet")
+    prompts = read_table(out / PROMPTS_FILE)
     base = prompts.drop(columns=["prompt_text", "system_text", "user_text"], errors="ignore")
     result = []
     for name, entry in meta.get("models", {}).items():
         if models is not None and name not in models:
             continue
-        shards = _read_shards(out / "shards" / (entry.get("shard_dir") or _slug(name)))
+        shards = _read_shards(out / SHARDS_DIR / (entry.get("shard_dir") or _slug(name)))
         shards = shards[shards["row_id"].isin(prompts["row_id"])]
         merged = base.merge(shards, on="row_id", how="inner")
         merged.insert(0, "model", name)
@@ -139,7 +140,7 @@ def collect_runs(
     frames = []
     run_meta = {}
     for d in dirs:
-        meta = json.loads((d / "run.json").read_text())
+        meta = json.loads((d / RUN_FILE).read_text())
         shard = _shard_of(meta)
         key = str(shard["prompts_sha256_total"])
         g = groups.setdefault(key, {

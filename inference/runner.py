@@ -53,6 +53,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from refusalstats.rundir import (
+    LOCK_FILE,
+    PROMPTS_FILE,
+    RESPONSES_FILE,
+    RUN_FILE,
+    SHARD_GLOB,
+    SHARD_METADATA_KEY,
+    SHARDS_DIR,
+)
+
 from .backends import (
     DEFAULT_TEMPLATE_DATE,
     Backend,
@@ -87,9 +97,9 @@ TRUNCATE = ("error", "middle")
 #: What a prompt without an answer (an API's 4xx for that prompt) does to the run.
 ON_ERROR = ("record", "stop")
 
-#: Parquet key-value metadata of a labelled shard: JSON with the model, the detector and
-#: the columns added to the raw rows (``added``), which :func:`_read_shards` leaves out.
-SHARD_METADATA_KEY = b"refusalstats.shard"
+# The run-directory layout (file names, SHARD_METADATA_KEY: JSON with the model, the
+# detector and the columns added to the raw rows, ``added``, which :func:`_read_shards`
+# leaves out) has its home in the core: refusalstats.rundir.
 
 #: The long text columns of prompts.parquet that collect does not join (nor do shards).
 _PROMPT_TEXT_COLUMNS = ("prompt_text", "system_text", "user_text")
@@ -149,7 +159,7 @@ class _RunLock:
     """
 
     def __init__(self, out: Path):
-        self.path = out / ".lock"
+        self.path = out / LOCK_FILE
         self.host = socket.gethostname()
         self.held = False
 
@@ -509,7 +519,7 @@ class _ShardWriter:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".*.tmp"):  # the run lock is held: no one else writes here
             stale.unlink()
-        existing = [int(m.group(1)) for p in folder.glob("part-*.parquet")
+        existing = [int(m.group(1)) for p in folder.glob(SHARD_GLOB)
                     if (m := re.match(r"part-(\d+)", p.name))]
         self.next_index = max(existing, default=-1) + 1
         self.tag = f"s{session:02d}-{secrets.token_hex(3)}"
@@ -579,7 +589,7 @@ def _read_shards(folder: Path, *, set_aside: bool = False) -> pd.DataFrame:
     resume, under the run lock) it is renamed ``<name>.corrupt`` with a warning instead,
     so its rows count as not done and are generated again.
     """
-    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    parts = sorted(folder.glob(SHARD_GLOB)) if folder.exists() else []
     frames = []
     for p in parts:
         try:
@@ -918,7 +928,7 @@ def run_generation(
         if progress:
             print(f"shard {shard_spec} (from {shard_spec.source}): {len(built):,} of "
                   f"{shard_meta['n_rows_total']:,} prompts -> {out}", file=sys.stderr, flush=True)
-    if (out / "run.json").exists() and not resume:
+    if (out / RUN_FILE).exists() and not resume:
         raise FileExistsError(
             f"{out} already holds a run; pass resume=True (--resume) to continue it, or "
             "choose a new output directory"
@@ -967,11 +977,11 @@ def session_status(run_dir: str | Path) -> list[dict]:
     ['died', 'complete']
     """
     out = Path(run_dir)
-    meta = json.loads((out / "run.json").read_text())
+    meta = json.loads((out / RUN_FILE).read_text())
     host = socket.gethostname()
     lock_live = False
     try:
-        owner = json.loads((out / ".lock").read_text())
+        owner = json.loads((out / LOCK_FILE).read_text())
         lock_live = owner.get("host") != host or _pid_alive(int(owner.get("pid", -1)))
     except (OSError, ValueError):
         pass
@@ -1002,7 +1012,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
                 token_budget, max_batch_size, resume, seed, backend_factory, shard_rows,
                 shard_seconds, progress, truncate, template_date, signals, shard_meta,
                 detector=None, tasks=None, on_error="record") -> None:
-    run_file = out / "run.json"
+    run_file = out / RUN_FILE
     if run_file.exists():
         if not resume:  # another run created it between the first check and the lock
             raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume)")
@@ -1024,7 +1034,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
                 f"{template_date!r}; resume with the same date (--template-date)"
             )
     else:
-        _write_parquet_atomic(built, out / "prompts.parquet")
+        _write_parquet_atomic(built, out / PROMPTS_FILE)
         meta = {
             "prompts_sha256": fingerprint, "n_rows": len(built), "placement": placement,
             "decoding": params.to_dict(), "seed": seed, "template_date": template_date,
@@ -1042,7 +1052,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
     run_models = list(dict.fromkeys([*meta.get("planned_models", []), *meta["models"],
                                      *(s.label for s in specs)]))
     meta["planned_models"] = run_models
-    prompts_written = pd.read_parquet(out / "prompts.parquet")  # what collect joins
+    prompts_written = pd.read_parquet(out / PROMPTS_FILE)  # what collect joins
     folders = {}
     for spec in specs:
         entry = meta["models"].get(spec.label, {})
@@ -1054,7 +1064,7 @@ def _run_locked(out, specs, built, table, fingerprint, placement, params, batch_
         label = spec.label
         entry = meta["models"].get(label, {})
         entry["shard_dir"] = folders[label]
-        folder = out / "shards" / folders[label]
+        folder = out / SHARDS_DIR / folders[label]
         done = _read_shards(folder, set_aside=True)
         done_ids = set(done["row_id"].astype(np.int64).tolist())
         todo = built[~built["row_id"].isin(done_ids)]
@@ -1170,16 +1180,16 @@ def collect_responses(
     from refusalstats.table import validate, write_responses
 
     out = Path(out_dir)
-    run_file = out / "run.json"
+    run_file = out / RUN_FILE
     if not run_file.exists():
         raise FileNotFoundError(f"{out} is not a run directory (no run.json)")
     meta = json.loads(run_file.read_text())
-    prompts = pd.read_parquet(out / "prompts.parquet")
+    prompts = pd.read_parquet(out / PROMPTS_FILE)
     names = list(models) if models is not None else list(meta.get("models", {}))
     frames = []
     for name in names:
         entry = meta.get("models", {}).get(name, {})
-        shards = _read_shards(out / "shards" / (entry.get("shard_dir") or _slug(name)))
+        shards = _read_shards(out / SHARDS_DIR / (entry.get("shard_dir") or _slug(name)))
         n_dup = int(shards["row_id"].duplicated().sum())
         if n_dup:
             warnings.warn(f"model {name!r}: {n_dup} row(s) appear in two shards; kept once",
@@ -1210,7 +1220,7 @@ def collect_responses(
         "design": meta.get("design"), "n_prompts": meta.get("n_rows"),
     }
     table = validate(df, error_rows="keep")
-    write_responses(table, out / "responses.parquet", metadata=meta_out)
+    write_responses(table, out / RESPONSES_FILE, metadata=meta_out)
     table.attrs["metadata"] = meta_out
     return table
 

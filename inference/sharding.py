@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from refusalstats.rundir import shard_run_dir
+
 __all__ = ["ShardSpec", "resolve_shard", "shard_dir_name", "shard_mask"]
 
 SPLIT_METHOD = "item-hash-blocks-v1"
@@ -131,7 +133,7 @@ def shard_dir_name(spec: ShardSpec) -> str:
     >>> shard_dir_name(ShardSpec(2, 8))
     'shard-2-of-8'
     """
-    return f"shard-{spec.index}-of-{spec.count}"
+    return shard_run_dir(spec.index, spec.count)
 
 
 def _item_keys(prompts: pd.DataFrame) -> pd.Series:

@@ -610,36 +610,26 @@ def test_explain_names_the_rule():
 
 
 # ---------------------------------------------------------------------------- judge
-class _FakeJudgeBackend:
-    """Backend-shaped judge: 'full_refusal' when the answer says sorry; logs what it was sent."""
+def test_judge_is_found_through_its_entry_point_and_says_what_to_install(monkeypatch):
+    """The core never imports the inference part: detector("judge") loads it through the
+    refusalstats.detectors entry point, and without it names the extra to install.
+    (The judge itself is tested in tests/inference/test_judge.py.)"""
+    import importlib.metadata as md
 
-    def __init__(self):
-        self.sent = []
+    import refusalstats.detect as D
 
-    def render(self, messages):
-        return messages[-1]["content"]
+    found = [ep for ep in md.entry_points(group=D.DETECTOR_ENTRY_POINTS) if ep.name == "judge"]
+    assert [ep.value for ep in found] == ["refusalstats.inference.judge:JudgeDetector"]
 
-    def generate(self, prompts, params):
-        from types import SimpleNamespace
+    class Backend:
+        def render(self, messages):
+            return messages[-1]["content"]
 
-        self.sent.append(len(prompts))
-        return [SimpleNamespace(text="2_full_refusal" if "sorry" in p.split("RESPONSE:")[1].lower()
-                                else "1_full_compliance") for p in prompts]
+        def generate(self, prompts, params):
+            raise AssertionError("not called")
 
-
-def test_judge_detector_parses_caches_batches_and_composes():
-    from refusalstats.detect import JudgeDetector, parse_judgment
-
-    assert [parse_judgment(t) for t in ("1_full_compliance", "CLASS: 2_full_refusal",
-                                        "3", "partial refusal.", "no idea")] == \
-        ["full_compliance", "full_refusal", "partial_refusal", "partial_refusal", "unparsed"]
-    be = _FakeJudgeBackend()
-    judge = JudgeDetector(be, batch_size=2)
-    texts = ["Neutral", "Well, sorry.", "Neutral", "Polite", "Oh sorry", "x"]
-    assert judge(texts).tolist() == [False, True, False, False, True, False]
-    assert be.sent == [2, 2, 1]  # five distinct answers in batches of two
-    assert judge(texts[:3]).tolist() == [False, True, False] and be.sent == [2, 2, 1]
-    be2 = _FakeJudgeBackend()
-    combo = rs.detector("paper") | JudgeDetector(be2)
-    assert combo(["Sorry, no.", "Well, sorry."]).tolist() == [True, True]
-    assert be2.sent == [1]  # the rule caught the first; only the second was judged
+    judge = rs.detector("judge", backend=Backend())
+    assert type(judge).__module__ == "refusalstats.inference.judge"
+    monkeypatch.setattr(md, "entry_points", lambda group: [])
+    with pytest.raises(ImportError, match=r"pip install 'refusalstats\[inference\]'"):
+        rs.detector("judge", backend=Backend())

@@ -30,6 +30,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from .rundir import (
+    RESPONSES_FILE,
+    RUN_FILE,
+    SHARD_GLOB,
+    SHARD_METADATA_KEY,
+    SHARDS_DIR,
+    is_run_dir,
+)
+
 __all__ = [
     "SOURCE_KINDS",
     "Source",
@@ -394,7 +403,7 @@ def parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
         return _run_dir_files(p, [p])
     found = _walk(p, skipped)
     _warn_skipped(skipped, text)
-    runs = sorted({f.parent for f in found if f.name == "run.json" and _is_run_dir(f.parent)}, key=str)
+    runs = sorted({f.parent for f in found if f.name == RUN_FILE and _is_run_dir(f.parent)}, key=str)
     files = [f for f in found if f.suffix.lower() in _PARQUET_SUFFIXES]
     if runs:
         others = [f for f in files if not any(r in f.parents for r in runs)]
@@ -410,16 +419,11 @@ def parquet_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- run directories
-#: Parquet key-value metadata of a shard `refusalstats generate` labelled (see
-#: refusalstats.inference.runner.SHARD_METADATA_KEY).
-_SHARD_METADATA_KEY = b"refusalstats.shard"
+_SHARD_METADATA_KEY = SHARD_METADATA_KEY  # the run-directory layout: refusalstats.rundir
 _warned_partial: set[tuple] = set()
 
 
-def _is_run_dir(p: Path) -> bool:
-    """A `refusalstats generate` run directory (``run.json`` with ``shards/`` or prompts)."""
-    return (p / "run.json").is_file() and ((p / "shards").is_dir()
-                                           or (p / "prompts.parquet").is_file())
+_is_run_dir = is_run_dir
 
 
 def _run_dir_files(where: Path, runs: list[Path]) -> list[Path]:
@@ -445,9 +449,9 @@ def _run_dir_files(where: Path, runs: list[Path]) -> list[Path]:
     groups: dict[str, dict] = {}  # experiment (prompts fingerprint) -> rows expected and found
     for run in runs:
         skipped: list[str] = []
-        parts = [f for f in _walk(run / "shards", skipped)
-                 if fnmatch.fnmatchcase(f.name, "part-*.parquet")] if (run / "shards").is_dir() else []
-        _warn_skipped(skipped, str(run / "shards"))
+        parts = [f for f in _walk(run / SHARDS_DIR, skipped)
+                 if fnmatch.fnmatchcase(f.name, SHARD_GLOB)] if (run / SHARDS_DIR).is_dir() else []
+        _warn_skipped(skipped, str(run / SHARDS_DIR))
         footers = [pq.read_metadata(f) for f in parts]
         infos = [json.loads((m.metadata or {}).get(_SHARD_METADATA_KEY, b"{}")) for m in footers]
         labelled = bool(parts) and all({"model", "refusal"} <= set(m.schema.names) for m in footers)
@@ -457,14 +461,14 @@ def _run_dir_files(where: Path, runs: list[Path]) -> list[Path]:
                 if info.get("detector") is not None:
                     detectors.setdefault(str(info["detector"]), run)
             n_found = sum(m.num_rows for m in footers)
-        elif (run / "responses.parquet").is_file():
-            files.append(run / "responses.parquet")
-            n_found = pq.read_metadata(run / "responses.parquet").num_rows
+        elif (run / RESPONSES_FILE).is_file():
+            files.append(run / RESPONSES_FILE)
+            n_found = pq.read_metadata(run / RESPONSES_FILE).num_rows
         else:
             unlabelled.append(run)
             continue
         try:
-            meta = json.loads((run / "run.json").read_text())
+            meta = json.loads((run / RUN_FILE).read_text())
         except ValueError:
             meta = {}
         shard = meta.get("shard") or {}

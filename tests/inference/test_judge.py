@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from refusalstats.inference import OpenAIBackend
+from refusalstats.inference import JUDGE_PROMPT, JudgeDetector, OpenAIBackend
 
 import refusalstats as rs
-from refusalstats.detect import JUDGE_PROMPT, JudgeDetector
 
 sys.path.insert(0, str(Path(__file__).parent))
 from api_server import FakeChatServer
@@ -93,3 +92,39 @@ def test_judge_settings_errors():
         rs.detector("judge", backend=object())
     with pytest.raises(ValueError, match="response"):
         JudgeDetector(object(), prompt="no placeholder")
+
+
+# ---------------------------------------------------------------------------- a fake backend
+class _FakeJudgeBackend:
+    """Backend-shaped judge: 'full_refusal' when the answer says sorry; logs what it was sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def render(self, messages):
+        return messages[-1]["content"]
+
+    def generate(self, prompts, params):
+        from types import SimpleNamespace
+
+        self.sent.append(len(prompts))
+        return [SimpleNamespace(text="2_full_refusal" if "sorry" in p.split("RESPONSE:")[1].lower()
+                                else "1_full_compliance") for p in prompts]
+
+
+def test_judge_detector_parses_caches_batches_and_composes():
+    from refusalstats.inference import parse_judgment
+
+    assert [parse_judgment(t) for t in ("1_full_compliance", "CLASS: 2_full_refusal",
+                                        "3", "partial refusal.", "no idea")] == \
+        ["full_compliance", "full_refusal", "partial_refusal", "partial_refusal", "unparsed"]
+    be = _FakeJudgeBackend()
+    judge = JudgeDetector(be, batch_size=2)
+    texts = ["Neutral", "Well, sorry.", "Neutral", "Polite", "Oh sorry", "x"]
+    assert judge(texts).tolist() == [False, True, False, False, True, False]
+    assert be.sent == [2, 2, 1]  # five distinct answers in batches of two
+    assert judge(texts[:3]).tolist() == [False, True, False] and be.sent == [2, 2, 1]
+    be2 = _FakeJudgeBackend()
+    combo = rs.detector("paper") | JudgeDetector(be2)
+    assert combo(["Sorry, no.", "Well, sorry."]).tolist() == [True, True]
+    assert be2.sent == [1]  # the rule caught the first; only the second was judged
