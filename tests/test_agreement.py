@@ -332,3 +332,12 @@ def test_cochran_q_auto_blocks_are_the_items_and_none_is_refused():
                                   rs.cochran_q(df, cluster="item_id", method="chi2"))
     with pytest.raises(ValueError, match="needs blocks"):
         rs.cochran_q(df, cluster=None)
+
+
+def test_cochran_q_auto_without_item_id_names_the_id_like_columns():
+    df = rs.simulate_items(n_items=90, k=5, intercept=-2.5, row_effect=0.3, seed=3)
+    df = df.rename(columns={"item_id": "prompt_id"})
+    with pytest.raises(ValueError, match=r"lacks; column\(s\) that look like item ids: "
+                                         r"\['prompt_id'\]: pass cluster='prompt_id'"):
+        rs.cochran_q(df, by="task")
+    assert rs.cochran_q(df, by="task", cluster="prompt_id")["n_blocks"].tolist() == [30, 30, 30]

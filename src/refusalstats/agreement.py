@@ -151,6 +151,14 @@ def cochran_q(
                          "cluster='item_id' names them; cluster=None has none")
     if isinstance(cluster, str) and cluster == "auto":
         cluster = AUTO_CLUSTER_COLUMN
+    if cluster == AUTO_CLUSTER_COLUMN and AUTO_CLUSTER_COLUMN not in _columns_of(data):
+        from .counts import choose_cluster  # say where the blocks may be
+
+        cands = choose_cluster(data, "auto", where="cochran_q", note=False).candidates
+        hint = (f"; column(s) that look like item ids: {cands[:3]}: pass "
+                f"cluster={cands[0]!r}" if cands else "; pass cluster=<the item column>")
+        raise ValueError(f"cochran_q: the blocks (items) come from '{AUTO_CLUSTER_COLUMN}' by "
+                         f"default, which the table lacks{hint}")
     blocks = _columns(cluster, "cluster")
     by = _columns(by, "by")
     if not blocks:
@@ -393,6 +401,33 @@ class RankAgreement:
         return (f"<RankAgreement: Kendall's W {w} ({len(c)} group(s))\n"
                 f"  {len(self.pairs)} pair(s) of raters, mean tau-b "
                 f"{float(self.pairs['tau'].mean()):.3f}; .to_frame(), .pairs, .summary()>")
+
+    def constant_raters_note(self, rater: str = "model", item: str = "item_id") -> str:
+        """A note naming the raters whose rates do not vary across items (blank taus).
+
+        Parameters
+        ----------
+        rater, item : str
+            The rater and item columns the agreement was computed for.
+
+        Returns
+        -------
+        str
+            The note, or ``""`` when every rater's rates vary.
+        """
+        rates = self.rates
+        if rates is None or rater not in rates.columns or "rate" not in rates.columns:
+            return ""
+        spread = rates.groupby(rater, observed=True)["rate"].agg(lambda r: r.nunique(dropna=True))
+        flat = [str(k) for k, v in spread.items() if v <= 1]
+        if not flat:
+            return ""
+        rate = (rates[rates[rater].astype(str).isin(flat)]
+                .groupby(rater, observed=True)["rate"].first())
+        what = ", ".join(f"{k} ({100 * v:.3g}%)" for k, v in rate.items())
+        return (f"Note: blank tau = undefined: {len(flat)} {rater}(s) give every {item} the same "
+                f"refusal rate ({what}), so they rank no {item} above another and Kendall's tau "
+                "with them has no value (a model that never refuses is the usual case).")
 
     def _text(self) -> str:
         with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
