@@ -493,18 +493,8 @@ def _cmd_report(args) -> int:
                  formula=args.formula, inputs=inputs, hierarchical=hier, seed=args.seed,
                  title=args.title, options={"w2": {"n_boot": args.n_boot, "n_perm": args.n_perm}},
                  progress=not args.quiet)
-    _print_report(rep, time.perf_counter() - t0)
+    rep.print_summary(time.perf_counter() - t0)
     return 0
-
-
-def _print_report(rep, seconds: float) -> None:
-    print("\nFindings:")
-    for f in rep.findings:
-        print(f"  - {f}")
-    for key, why in rep.skipped.items():
-        print(f"  skipped {key}: {why}")
-    print(f"wrote {rep.path} ({len(rep.figures)} figures, {len(rep.tables)} CSV tables; "
-          f"{seconds:.1f} s)")
 
 
 # --------------------------------------------------------------------------- sensitivity
@@ -872,27 +862,12 @@ def _cmd_agreement(args) -> int:
     _emit(res.concordance, args)
     print("\nKendall's tau-b between pairs of raters:")
     _print_table(res.pairs, args.format)
-    note = _constant_raters_note(res.rates, args.rater, args.item)
+    note = res.constant_raters_note(args.rater, args.item)
     if note:
         print(f"\n{note}")
     if args.pairs_csv:
         _write_csv(res.pairs, args.pairs_csv)
     return 0
-
-
-def _constant_raters_note(rates: pd.DataFrame, rater: str, item: str) -> str:
-    """A note naming the raters whose rates do not vary across items (blank taus)."""
-    if rates is None or rater not in rates.columns or "rate" not in rates.columns:
-        return ""
-    spread = rates.groupby(rater, observed=True)["rate"].agg(lambda r: r.nunique(dropna=True))
-    flat = [str(k) for k, v in spread.items() if v <= 1]
-    if not flat:
-        return ""
-    rate = rates[rates[rater].astype(str).isin(flat)].groupby(rater, observed=True)["rate"].first()
-    what = ", ".join(f"{k} ({100 * v:.3g}%)" for k, v in rate.items())
-    return (f"Note: blank tau = undefined: {len(flat)} {rater}(s) give every {item} the same "
-            f"refusal rate ({what}), so they rank no {item} above another and Kendall's tau "
-            "with them has no value (a model that never refuses is the usual case).")
 
 
 # --------------------------------------------------------------------------- main

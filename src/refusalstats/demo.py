@@ -168,7 +168,6 @@ def demo_p2(data: pd.DataFrame, run: DemoRun) -> None:
     import warnings
 
     from .agreement import cochran_q, rank_agreement
-    from .cli import _constant_raters_note
     from .persona_disparity import disparity
 
     comp = _complete_rows(data)
@@ -193,7 +192,7 @@ def demo_p2(data: pd.DataFrame, run: DemoRun) -> None:
         index=False, float_format=lambda v: f"{v:.3f}"))
     print("\nDo the models rank P1's personas alike? Kendall's W (persona rows):")
     print(agree.concordance.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    note = _constant_raters_note(agree.rates, "model", "persona")
+    note = agree.constant_raters_note("model", "persona")
     if note:
         print(note)
 
@@ -318,7 +317,6 @@ def demo_report(data: pd.DataFrame, run: DemoRun) -> None:
     run : DemoRun
         Where to write, the seed, and the fits the steps share.
     """
-    from .cli import _print_report
     from .reporting import report
 
     t0 = time.perf_counter()
@@ -330,7 +328,7 @@ def demo_report(data: pd.DataFrame, run: DemoRun) -> None:
                  hierarchical="hierarchical" in results,
                  source=f"simulated: refusalstats.simulate_paper(scale={run.scale}, "
                         f"seed={run.seed}, persona_free=True, controls=True, responses=True); also in {run.out / 'responses.parquet'}")
-    _print_report(rep, time.perf_counter() - t0)
+    rep.print_summary(time.perf_counter() - t0)
 
 
 #: What the demo simulates beyond P1's persona rows (see :func:`refusalstats.simulate_paper`).

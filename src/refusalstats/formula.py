@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .table import SchemaError, column_hint
+from .table import SchemaError, column_hint, default_levels
 
 
 class FormulaError(ValueError):
@@ -244,24 +244,6 @@ def normalize_reference(reference, data=None, columns: Iterable[str] = ()) -> di
         why = "a bare level can only be matched to its column on a DataFrame"
     raise FormulaError(f"reference must map columns to their reference level, e.g. {example}; got "
                        f"the string {reference!r}: {why}")
-
-
-def default_levels(values: Iterable) -> list:
-    """The levels a column of plain values gets as a factor: sorted, as R's ``factor()``.
-
-    Missing values are dropped; values of different types (numbers and strings in one
-    column) sort by type name first. This is the one rule for level order: it is used by
-    :func:`prepare_factors` (every model) and by :func:`refusalstats.validate` when it
-    turns string columns into categoricals, so a table gives the same levels and
-    reference whether it is passed raw (e.g. from ``pd.read_csv``) or validated.
-
-    Examples
-    --------
-    >>> default_levels(["zeta", "mid", None, "alpha", "mid"])
-    ['alpha', 'mid', 'zeta']
-    """
-    s = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    return sorted(s.dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
 
 
 def prepare_factors(

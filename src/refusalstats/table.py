@@ -403,16 +403,32 @@ def validate(
     return _canonical(df, nullable_refusal=bool(err.any()))
 
 
+def default_levels(values: Iterable) -> list:
+    """The levels a column of plain values gets as a factor: sorted, as R's ``factor()``.
+
+    Missing values are dropped; values of different types (numbers and strings in one
+    column) sort by type name first. This is the one rule for level order: it is used by
+    :func:`refusalstats.formula.prepare_factors` (every model) and by :func:`validate` when it
+    turns string columns into categoricals, so a table gives the same levels and
+    reference whether it is passed raw (e.g. from ``pd.read_csv``) or validated.
+
+    Examples
+    --------
+    >>> default_levels(["zeta", "mid", None, "alpha", "mid"])
+    ['alpha', 'mid', 'zeta']
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    return sorted(s.dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+
+
 def _canonical(df: pd.DataFrame, nullable_refusal: bool = False) -> pd.DataFrame:
     """The validated table: 0/1 ``refusal`` as int8, the categorical columns as categoricals.
 
     A column that is already categorical keeps its level order (the user's, like R's
     ``factor(x, levels = ...)``); plain values get sorted levels by the models' rule
-    (:func:`refusalstats.formula.default_levels`), so a validated table and the raw one
+    (:func:`default_levels`), so a validated table and the raw one
     give the same reference levels.
     """
-    from .formula import default_levels
-
     out = df.copy()
     if "refusal" in out.columns:
         out["refusal"] = out["refusal"].astype("Int8" if nullable_refusal else "int8")

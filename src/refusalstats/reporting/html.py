@@ -63,6 +63,23 @@ class Report:
         """Section key -> reason, for the analyses that did not run."""
         return {s.key: s.skipped for s in self.sections if s.skipped}
 
+    def print_summary(self, seconds: float | None = None) -> None:
+        """Print the findings, the skipped sections and what was written (the CLI's output).
+
+        Parameters
+        ----------
+        seconds : float, optional
+            The time the report took, shown when given.
+        """
+        print("\nFindings:")
+        for f in self.findings:
+            print(f"  - {f}")
+        for key, why in self.skipped.items():
+            print(f"  skipped {key}: {why}")
+        took = "" if seconds is None else f"; {seconds:.1f} s"
+        print(f"wrote {self.path} ({len(self.figures)} figures, {len(self.tables)} CSV tables"
+              f"{took})")
+
     def __repr__(self) -> str:
         ran = [s.key for s in self.sections if not s.skipped]
         return (f"Report({str(self.path)!r}: sections {ran}, skipped {list(self.skipped)}, "
