@@ -151,6 +151,14 @@ def cochran_q(
                          "cluster='item_id' names them; cluster=None has none")
     if isinstance(cluster, str) and cluster == "auto":
         cluster = AUTO_CLUSTER_COLUMN
+    if cluster == AUTO_CLUSTER_COLUMN and AUTO_CLUSTER_COLUMN not in _columns_of(data):
+        from .counts import choose_cluster  # say where the blocks may be
+
+        cands = choose_cluster(data, "auto", where="cochran_q", note=False).candidates
+        hint = (f"; column(s) that look like item ids: {cands[:3]}: pass "
+                f"cluster={cands[0]!r}" if cands else "; pass cluster=<the item column>")
+        raise ValueError(f"cochran_q: the blocks (items) come from '{AUTO_CLUSTER_COLUMN}' by "
+                         f"default, which the table lacks{hint}")
     blocks = _columns(cluster, "cluster")
     by = _columns(by, "by")
     if not blocks:
