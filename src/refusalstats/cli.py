@@ -207,8 +207,12 @@ def _add_demo(sub, opt: _Options) -> None:
         help="simulate P1's full design and run the analyses on it",
         description=(
             "Simulate the paper's design at full size (16 models x 3 tasks x 10 variations, "
-            "2,032,160 rows, calibrated to its Table 1 and Table 7), write it to "
-            "<out>/responses.parquet and run the analyses, printing their results."
+            "2,032,160 rows, calibrated to its Table 1 and Table 7) with its persona-free "
+            "prompts, de Araujo & Roth's complete design with control personas and answer "
+            "text (simulate --full-study), write it to <out>/responses.parquet and run the "
+            "analyses, printing their results: Table 1, Fig. 1, the detectors on the answers, "
+            "Cochran's Q, disparity and Kendall's W, W2, the Table 7 regression, the "
+            "hierarchical model and the HTML report."
         ),
     )
     p.add_argument("-o", "--out", default="demo", help="output folder (default: demo/)")
