@@ -271,6 +271,10 @@ def ppi_logistic(X, y, yhat, X_unlabeled, yhat_unlabeled, *, lam: float | None =
 #: Pseudo-labels per (label, flag) cell of each labelled group in the small-sample
 #: interval (``ci="t"``): a Jeffreys-type floor for the rectifier's variance.
 _PSEUDO = 0.25
+#: The same for the logistic regression (spread over each stratum's labelled rows, in the
+#: estimate and the variance); smaller: a log-odds sandwich with pseudo-labels at 0.25
+#: over-covered (0.97-0.99 with 30-60 labels per model; benchmarks/calibration_ppi.py).
+_PSEUDO_LOGIT = 0.1
 
 
 @dataclass
@@ -1007,7 +1011,8 @@ def ppi_logit(
     # of a group hold one class only (separation)
     part_all = at.lab.astype(int) * at.n_strata + at.stratum
     with np.errstate(invalid="ignore", divide="ignore"):
-        pw = np.where(at.lab & (ci == "t"), 4 * _PSEUDO * at.m / np.maximum(at.part_size[part_all], 1), 0.0) * rw
+        pw = np.where(at.lab & (ci == "t"), 4 * _PSEUDO_LOGIT * at.m / np.maximum(at.part_size[part_all], 1),
+                      0.0) * rw
 
     def loss(lam_, beta):
         """The rectified loss (convex for lam in [0, 1]); its gradient is the equation above."""
@@ -1079,10 +1084,10 @@ def ppi_logit(
         u, v = pieces(beta)
         du, mult = centred_sums(u)
         dv, _ = centred_sums(v)
-        if ci == "t":  # pseudo-labels: _PSEUDO per (label, flag) pair per stratum, spread over its labels
+        if ci == "t":  # pseudo-labels: _PSEUDO_LOGIT per (label, flag) pair and stratum, over its labels
             mu = expit(Xa @ beta)
             lab_i = np.flatnonzero(at.lab)
-            share = _PSEUDO * at.m[lab_i] / at.part_size[part[lab_i]]
+            share = _PSEUDO_LOGIT * at.m[lab_i] / at.part_size[part[lab_i]]
             xr = Xa[lab_i] * rw[lab_i, None]
             for yy in (0.0, 1.0):
                 for ff in (0.0, 1.0):
