@@ -431,8 +431,8 @@ def test_clustered_logit_from_a_path_streams_cr1_and_equals_the_dataframe_fit(de
     ref = {"persona": "Atheist", "prompt": "p1"}
     want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", reference=ref, epsilon=1e-14)
     passes = []
-    real = scan._stream_cluster_meats
-    monkeypatch.setattr(scan, "_stream_cluster_meats",
+    real = covariance._stream_cluster_meats  # its home since #23 (scan re-exports it)
+    monkeypatch.setattr(covariance, "_stream_cluster_meats",
                         lambda *a, **k: passes.append(len(a[6])) or real(*a, **k))
     got = rs.logit(f"refusal ~ {FORMULA}", root, cluster="item_id", vcov="CR1", reference=ref, epsilon=1e-14)
     assert passes == [1]  # one streamed pass for the full model's CR1
@@ -468,11 +468,11 @@ def test_clustered_logit_from_a_path_auto_and_fallbacks(paper_shards, shards, ro
     want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", epsilon=1e-14)
     assert got.cluster == "item_id"
     np.testing.assert_allclose(got.bse, want.bse, rtol=1e-10)
-    # auto with item ids that never repeat: not clustered, model-based SEs, no note
+    # auto with item ids that never repeat: not clustered, model-based SEs, and said so before the
+    # fit (the one cluster='auto' rule for frames and sources, #23)
     unique = rows.assign(item_id=np.arange(len(rows)))
     pq.write_table(pa.Table.from_pandas(unique, preserve_index=False), tmp_path / "u.parquet")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", rs.ClusterNote)
+    with pytest.warns(rs.ClusterNote, match="rows are treated as independent"):
         plain = rs.logit(f"refusal ~ {FORMULA}", tmp_path / "u.parquet", epsilon=1e-14)
     assert plain.cluster is None and plain.n_clusters == 0
     np.testing.assert_allclose(plain.bse, rs.logit(f"refusal ~ {FORMULA}", rows, cluster=None,

@@ -208,6 +208,10 @@ def logit(
         # a cluster bootstrap and cluster-grouped CV folds resample clusters: they need the
         # counts per cluster x pattern; every other clustered fit streams the CR1 meat
         per_cluster = ci == "bootstrap" or (isinstance(alpha, str) and alpha == "cv")
+        # "auto" is decided here, before any fit, by the one rule for frames and sources (#23)
+        cluster = resolve_cluster(data, cluster, where="logit")
+        if isinstance(cluster, (list, tuple)):
+            cluster = _one_cluster(cluster)
         data, trials, cluster, stream = _counts_from_dataset(formula, data, cluster, trials, weights,
                                                              per_cluster=per_cluster)
     two_way = None
@@ -246,23 +250,15 @@ def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_clust
     parsed = parse_formula(formula)
     if parsed.random:
         raise ValueError("logit has no random terms; use rs.hierarchical for '(1|group)'")
-    auto = isinstance(cluster, str) and cluster == "auto"
     stream = None
-    if not per_cluster and cluster is not None:
-        if auto:
-            from .._validation import AUTO_CLUSTER_COLUMN
-
-            names = scan_columns(source)
-            cols = [AUTO_CLUSTER_COLUMN] if AUTO_CLUSTER_COLUMN in names else []
-        else:
-            cols = _cluster_columns(cluster)
+    if not per_cluster and cluster is not None:  # cluster: a column, "auto" already resolved
+        cols = _cluster_columns(cluster)
         if cols:
             col = _one_cluster(cols)
             stream = _StreamedCluster(name=col, source=source, variables=list(parsed.fixed_variables),
-                                      refusal=parsed.response, auto=auto)
+                                      refusal=parsed.response)
         if stream is not None:
             from ..counts import _missing_columns
-            from ..sources import scan_columns
 
             _missing_columns([stream.name], scan_columns(source), f"the dataset '{source}'")
             if stream.name in parsed.fixed_variables or stream.name == parsed.response:
@@ -438,10 +434,6 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         cov = cov_cluster = ccov.V
         if ccov.kind == "CR2":
             notes.extend(_unequal_clusters_note(d.cluster))
-        if isinstance(d.cluster, _StreamedCluster) and d.cluster.auto:
-            cluster, cov, cov_cluster = _auto_stream_note(d, cluster, cov, bread)
-            if cluster is None:
-                ccov = None
     if cluster is not None:
         cov_type = ccov.label(cluster if d.cluster.two_way is None else " x ".join(
             repr(c) for c in d.cluster.two_way.names)) if isinstance(d.cluster, _Cluster) else ccov.label(cluster)
@@ -668,22 +660,6 @@ def _t_quantile(conf: float, df: np.ndarray) -> np.ndarray:
     out[fin] = stats.t.ppf(0.5 + conf / 2, df[fin])
     out[~np.isfinite(df) & ~np.isinf(df)] = np.nan
     return out
-
-
-def _auto_stream_note(d: _Design, cluster, cov, bread):
-    """``cluster="auto"`` on a Parquet source, resolved after the streamed pass as it is on
-    rows: no clustering when no item repeats, else a :class:`ClusterNote`."""
-    from .._validation import ClusterNote
-
-    cl = d.cluster
-    cl.auto = False  # resolved once: a refit (another conf) keeps the choice
-    if cl.n_clusters == cl.n_rows:
-        d.cluster = None
-        return None, bread, None
-    warnings.warn(f"logit: clustering by '{cluster}' ({cl.n_clusters:,} items answered "
-                  f"{cl.n_rows / cl.n_clusters:.3g} times on average); pass cluster=None for "
-                  "independent rows", ClusterNote, stacklevel=5)
-    return cluster, cov, cov
 
 
 @_single_blas
