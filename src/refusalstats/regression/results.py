@@ -141,6 +141,11 @@ class LogitResults:
         C = np.atleast_2d(C)
         if self._ccov is None or not self._ccov.t_tests or self.p_method == "none":
             return np.full(len(C), np.inf)
+        eng = self._ccov.engine
+        if eng is not None and not eng.exact and len(C) > 4 * C.shape[1]:
+            # large design, many rows: each row's df costs a pass over the (cluster, pattern)
+            # pairs; they are all in the thousands there, so the smallest coefficient df is used
+            return np.full(len(C), float(np.nanmin(self.df.to_numpy())))
         with np.errstate(invalid="ignore"):
             return self._ccov.df(C)
 
