@@ -1,0 +1,186 @@
+"""Parity (#23): the same table as a DataFrame, a CSV file, a Parquet file and a folder of
+Parquet shards gives the same result in every analysis.
+
+Each source reaches the analysis through a different path (rows in memory, a text file
+read into rows, one Parquet file and a folder streamed in batches into counts), and the
+``cluster="auto"`` rule, the level order and the counting are each decided on that path;
+a difference between paths is a bug (a streamed W2 once clustered differently from the
+same rows in memory). The table is small (2,160 rows) so every analysis runs in seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import refusalstats as rs
+
+MODELS = ["m1", "m2", "m3"]
+PERSONAS = {"Man": "Gender", "Woman": "Gender", "Christian": "Religion", "Atheist": "Religion",
+            "Helpful assistant": "control", "Friendly assistant": "control"}
+N_ITEMS = 20  # 10 per task
+SOURCES = ["frame", "csv", "parquet", "folder"]
+
+
+def _table(seed: int = 7) -> pd.DataFrame:
+    """Every item under every persona for every model (a complete design), plus persona-free
+    rows, with item, model and persona effects on the logit scale."""
+    rng = np.random.default_rng(seed)
+    item_eff = rng.normal(0, 1.0, N_ITEMS)
+    model_eff = dict(zip(MODELS, [-0.5, 0.0, 0.6]))
+    persona_eff = dict(zip(PERSONAS, [0.0, 0.3, -0.2, 0.5, -0.4, 0.1]))
+    rows = []
+    for item in range(N_ITEMS):
+        task = "t1" if item < N_ITEMS // 2 else "t2"
+        for model in MODELS:
+            for persona, group in [*PERSONAS.items(), ("none", "none")]:
+                setting = "persona-free" if persona == "none" else "persona"
+                for rep in range(5):
+                    eta = -1.0 + item_eff[item] + model_eff[model] + persona_eff.get(persona, 0.0)
+                    rows.append((item, model, task, persona, group, setting, f"p{rep}",
+                                 int(rng.random() < 1 / (1 + np.exp(-eta)))))
+    df = pd.DataFrame(rows, columns=["item_id", "model", "task", "persona", "persona_group",
+                                     "setting", "prompt", "refusal"])
+    df["refusal"] = df["refusal"].astype("int8")
+    return df
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """The table four ways: DataFrame, CSV, one Parquet file, a folder of 3 shards."""
+    df = _table()
+    root = tmp_path_factory.mktemp("parity")
+    df.to_csv(root / "t.csv", index=False)
+    df.to_parquet(root / "t.parquet", index=False)
+    (root / "shards").mkdir()
+    for i, model in enumerate(MODELS):  # shards split by model, not by row order
+        df[df["model"] == model].to_parquet(root / "shards" / f"part-{i}.parquet", index=False)
+    return {"frame": df, "csv": str(root / "t.csv"), "parquet": str(root / "t.parquet"),
+            "folder": str(root / "shards")}
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """A result table with categoricals as their labels and a fresh index, for comparing."""
+    out = frame.copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.CategoricalDtype) or out[c].dtype == object:
+            out[c] = out[c].astype(object).where(out[c].notna(), None).map(
+                lambda v: v if v is None else str(v))
+    return out.reset_index(drop=True)
+
+
+def _same(results: dict[str, pd.DataFrame], rtol: float = 1e-9) -> None:
+    base = _plain(results["frame"])
+    assert len(base) > 0
+    for name, got in results.items():
+        pd.testing.assert_frame_equal(_plain(got), base, check_dtype=False, rtol=rtol,
+                                      obj=f"{name} vs DataFrame")
+
+
+def _each(sources, fn):
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cluster notes say the same thing on each path
+        for name in SOURCES:
+            out[name] = fn(sources[name])
+    return out
+
+
+def test_the_sources_hold_the_same_rows(sources):
+    df = sources["frame"]
+    for name in ("csv", "parquet", "folder"):
+        got = rs.read_responses(sources[name], validate_table=False) if name != "folder" else \
+            rs.read_responses(sources[name])
+        got = got.sort_values(["item_id", "model", "persona", "prompt"], kind="stable")
+        assert len(got) == len(df) and int(got["refusal"].sum()) == int(df["refusal"].sum())
+
+
+@pytest.mark.parametrize("cluster", ["auto", "item_id", None])
+def test_refusal_rates(sources, cluster):
+    _same(_each(sources, lambda s: rs.refusal_rates(s, by=["model", "task"], cluster=cluster)))
+
+
+def test_refusal_rates_by_persona_group(sources):
+    _same(_each(sources, lambda s: rs.refusal_rates(s, by="persona_group")))
+
+
+def test_persona_effect(sources):
+    _same(_each(sources, lambda s: rs.persona_effect(s, by="model")))
+
+
+def test_cochran_q(sources):
+    _same(_each(sources, lambda s: rs.cochran_q(s, condition="persona", by="model", cluster=["item_id", "prompt"],
+                                                method="chi2")))
+
+
+def test_disparity(sources):
+    _same(_each(sources, lambda s: rs.disparity(s, by="model", n_boot=50, seed=1)))
+
+
+def test_rank_agreement(sources):
+    res = _each(sources, lambda s: rs.rank_agreement(s, item="persona", rater="model"))
+    _same({k: v.concordance for k, v in res.items()})
+    _same({k: v.pairs for k, v in res.items()})
+
+
+# A Parquet source reaches logit as streamed counts, which get CR1 with z where the same rows
+# in memory get the CR2 default with Satterthwaite t (std errors 0.240 vs 0.246 for the
+# intercept here): open in #23 for the regression owner; strict, so the fix shows as XPASS.
+_STREAMED_LOGIT_CR1 = pytest.mark.xfail(
+    reason="logit on a Parquet source uses CR1/z, on the same rows CR2/t (#23)", strict=True)
+
+
+@pytest.mark.parametrize("cluster", ["auto", "item_id"])
+def test_logit_frame_and_csv(sources, cluster):
+    res = _each(sources, lambda s: rs.logit("refusal ~ model + persona + task", s,
+                                            cluster=cluster, progress=False))
+    _same({k: res[k].to_frame() for k in ("frame", "csv")}, rtol=1e-7)
+
+
+@_STREAMED_LOGIT_CR1
+@pytest.mark.parametrize("cluster", ["auto", "item_id"])
+def test_logit(sources, cluster):
+    res = _each(sources, lambda s: rs.logit("refusal ~ model + persona + task", s,
+                                            cluster=cluster, progress=False))
+    _same({k: v.to_frame() for k, v in res.items()}, rtol=1e-7)
+
+
+def test_w2_sensitivity(sources):
+    """The streamed W2 once clustered differently from the rows in memory (#23)."""
+    res = _each(sources, lambda s: rs.w2_sensitivity(
+        s, inputs=["model", "task", "persona"], n_boot=40, n_perm=20, seed=3, progress=False))
+    assert len({str(r.cluster) for r in res.values()}) == 1, {k: r.cluster for k, r in res.items()}
+    _same({k: v.to_frame() for k, v in res.items()}, rtol=1e-9)
+
+
+def test_hierarchical(sources):
+    res = _each(sources, lambda s: rs.hierarchical(
+        "refusal ~ model + (1|persona)", s, method="laplace", draws=200, seed=0))
+    _same({k: v.summary() if isinstance(v.summary(), pd.DataFrame) else v.to_frame()
+           for k, v in res.items()}, rtol=1e-6)
+
+
+def test_report_header_counts(sources, tmp_path):
+    """The page header (rows, refusals, items, clusters, levels) is the same however the
+    table arrives; the report's analyses are the ones tested above."""
+    heads, findings = {}, {}
+    for name in ("frame", "folder"):  # rows in memory; streamed counts (a file streams alike)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rep = rs.report(sources[name], out=tmp_path / name, hierarchical=False,
+                            options={"w2": {"n_boot": 20, "n_perm": 10}}, progress=False,
+                            source="the table")
+        text = rep.path.read_text()
+        head = text[:text.find("</table>")] if "</table>" in text else text[:4000]
+        head = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "<time>", head)
+        # the source line says how the table was read; everything after it must agree
+        heads[name] = head.replace(" (Parquet, streamed into counts: no analysis holds the rows)", "")
+        findings[name] = rep.findings
+        assert rep.findings
+    assert "<dt>Rows</dt><dd>2,100 answers" in heads["frame"]
+    assert heads["folder"] == heads["frame"]
+    assert findings["folder"] == findings["frame"]
