@@ -161,7 +161,7 @@ def _fit_ours(df, draws, tune, chains, seed=0, formula=FORMULA, parametrization=
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     d = r.diagnostics()
-    if method == "laplace":
+    if r.sampler == "laplace":
         s = r.to_frame()
         print(s.round(3).to_string())
         print("laplace:", json.dumps(m.laplace_info))
@@ -233,6 +233,54 @@ def check_nuts(scale: float, draws: int, tune: int, chains: int, seed: int) -> i
     return 0
 
 
+def _versus_glmer(df, args, ours: dict, fit, load_before: float) -> int:
+    """Ours vs R lme4 glmer(nAGQ = 0) on the same formula and table: wall and CPU seconds."""
+    import pandas as pd
+
+    if not args.item:
+        raise SystemExit("--glmer compares the formula with (1|item_id): add --item")
+    root = os.path.dirname(os.path.abspath(__file__))
+    if args.glmer_csv:
+        g = pd.read_csv(args.glmer_csv)
+        label = f"recorded earlier ({args.glmer_csv}), not this run"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            counts = (df.groupby(["item_id", "task", "prompt", "model", "persona"], observed=True)["refusal"]
+                      .agg(n="size", refusals="sum").reset_index())
+            path, out = os.path.join(tmp, "counts.csv"), os.path.join(tmp, "glmer.csv")
+            counts.to_csv(path, index=False)
+            proc = subprocess.run(["Rscript", os.path.join(root, "peer_glmer.R"), path, out, "0"],
+                                  capture_output=True, text=True, check=False)
+            print(proc.stdout[-3000:], proc.stderr[-2000:], flush=True)
+            if proc.returncode != 0:
+                raise SystemExit("peer_glmer.R failed")
+            g = pd.read_csv(out)
+        label = "this run"
+    gs, gc = float(g["glmer_s"].iloc[0]), float(g.get("glmer_cpu_s", pd.Series([np.nan])).iloc[0])
+    s = fit.to_frame()
+    ref = g.set_index("term")
+    print("\n| term | refusalstats (mean, 95% HDI) | glmer nAGQ=0 (estimate +- 1.96 se) |")
+    print("|---|---|---|")
+    for t in s.index:
+        key = {"Intercept": "(Intercept)"}.get(t, t.replace("[T.", "").replace("]", ""))
+        if t.startswith("sd("):
+            key = t
+        if key in ref.index:
+            e, se = ref.loc[key, "estimate"], ref.loc[key, "std_error"]
+            gtxt = f"{e:.3f}" + ("" if pd.isna(se) else f" ({e - 1.96 * se:.3f} to {e + 1.96 * se:.3f})")
+        else:
+            gtxt = "-"
+        print(f"| {t} | {s.loc[t, 'mean']:.3f} ({s.loc[t, 'ci_low']:.3f} to {s.loc[t, 'ci_high']:.3f}) | {gtxt} |")
+    print(f"\n| fit | rows | wall (s) | CPU (s) | load (1 min) |\n|---|---:|---:|---:|---|\n"
+          f"| refusalstats hierarchical ({fit.sampler}; method={args.method}) | {len(df):,} | "
+          f"{ours['wall_s']:.1f} | {ours['cpu_s']:.1f} | {load_before:.1f} before |\n"
+          f"| R lme4 {g['lme4'].iloc[0]} glmer(nAGQ=0), {label} | {int(g['rows'].iloc[0]):,} | {gs:.1f} | "
+          f"{gc:.1f} | {float(g.get('load_1min', pd.Series([np.nan])).iloc[0]):.1f} at its end |")
+    print(f"\nglmer / refusalstats: wall {gs / ours['wall_s']:.1f}x, CPU {gc / ours['cpu_s']:.1f}x; "
+          f"goal: refusalstats <= 60 s and faster than glmer. uptime after: {_uptime()}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
@@ -244,7 +292,13 @@ def main() -> int:
     ap.add_argument("--bambi-path", default="/tmp/bambilib")
     ap.add_argument("--skip-bambi", action="store_true")
     ap.add_argument("--item", action="store_true", help="add (1|item_id) to the formula")
-    ap.add_argument("--method", choices=["nuts", "laplace"], default="nuts")
+    ap.add_argument("--method", choices=["auto", "nuts", "laplace"], default="nuts")
+    ap.add_argument("--glmer", action="store_true",
+                    help="with --item: also fit R lme4 glmer(nAGQ=0) on the same table in the same "
+                         "run (benchmarks/peer_glmer.R) and print wall and CPU ratios (issue #24)")
+    ap.add_argument("--glmer-csv", metavar="CSV",
+                    help="with --item: compare with a glmer result recorded earlier by peer_glmer.R "
+                         "(e.g. a full-scale run in the background), labelled as not the same run")
     ap.add_argument("--parametrization", choices=["auto", "legacy", "centered", "noncentered"],
                     default="auto")
     ap.add_argument("--target-accept", type=float, default=0.9)
@@ -294,15 +348,18 @@ def main() -> int:
         print("\n" + "\n".join(rows))
         print(f"\nuptime after: {_uptime()}")
         return 0
+    l0 = os.getloadavg()[0]
     ours, _fit = _fit_ours(df, args.draws, args.tune, args.chains, seed=args.seed, formula=formula,
                            parametrization=args.parametrization, method=args.method,
                            target_accept=args.target_accept)
     print(f"refusalstats full: {json.dumps({k: round(v, 4) for k, v in ours.items()})}", flush=True)
+    if args.glmer or args.glmer_csv:
+        return _versus_glmer(df, args, ours, _fit, l0)
     iters = args.chains * (args.tune + args.draws)
 
     rows = ["| fit | rows | wall (s) | max R-hat | min bulk ESS | divergences |",
             "|---|---:|---:|---:|---:|---:|",
-            (f"| refusalstats ({'nested Laplace, APPROXIMATE' if args.method == 'laplace' else 'nutpie'}, "
+            (f"| refusalstats ({'nested Laplace, APPROXIMATE' if _fit.sampler == 'laplace' else 'nutpie'}, "
             f"collapsed to {ours['patterns']:,} patterns; {args.chains}x"
             f"({args.tune}+{args.draws})) | {len(df):,} | {ours['wall_s']:.1f} (compile "
             f"{ours['compile_s']:.1f}, sample {ours['sample_s']:.1f}) | {ours['max_rhat']:.4f} | "

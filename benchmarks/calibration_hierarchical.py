@@ -74,7 +74,7 @@ def _covers(fit, truth: float) -> bool:
     return bool(s.loc[TERM, "ci_low"] <= truth <= s.loc[TERM, "ci_high"])
 
 
-P1_SHAPE = {"items_per_task": 100, "k": 4, "models": 8, "personas": 10, "prompts": 4}
+P1_SHAPE = {"items_per_task": 100, "k": 4, "models": 8, "personas": 15, "prompts": 4}
 P1_SD = {"model": 1.5, "persona": 0.8, "persona:model": 0.3, "item_id": 1.0}
 P1_FIXED = {"intercept": -1.5, "task": [0.0, 0.5, 1.0], "prompt": [0.0, -0.3, 0.2, -0.5]}
 P1_FORMULA = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model) + (1|item_id)"
@@ -116,7 +116,7 @@ def _p1_like(rng: np.random.Generator):
     return df, truth
 
 
-def run_p1(reps: int = 300, seed: int = 0) -> list[dict]:
+def run_p1(reps: int = 300, seed: int = 0, progress: bool = False) -> list[dict]:
     """Coverage of the nested Laplace fit's task and persona intervals (issue #24)."""
     from refusalstats.bayes import HierarchicalModel
 
@@ -138,6 +138,9 @@ def run_p1(reps: int = 300, seed: int = 0) -> list[dict]:
         hits_pers += int(inside.sum())
         n_pers += len(inside)
         frac_pers.append(inside.mean())
+        if progress and (r + 1) % 10 == 0:
+            print(f"rep {r + 1}: task {hits_task}/{r + 1}, persona {hits_pers}/{n_pers}, "
+                  f"{secs:.0f} s", flush=True)
     se_between = float(np.std(frac_pers, ddof=1) / np.sqrt(reps)) if reps > 1 else float("nan")
     return [
         {"check": f"95% HDI of task effect t1, (1|item_id), method='laplace' (nested Laplace, "
@@ -223,7 +226,8 @@ if __name__ == "__main__":  # pragma: no cover
     from calibration import table
 
     if len(sys.argv) > 2 and sys.argv[1] == "--p1":
-        out = run_p1(reps=int(sys.argv[2]), seed=int(sys.argv[3]) if len(sys.argv) > 3 else 20261128)
+        out = run_p1(reps=int(sys.argv[2]), seed=int(sys.argv[3]) if len(sys.argv) > 3 else 20261128,
+                     progress=True)
     else:
         out = run(reps=int(sys.argv[1]) if len(sys.argv) > 1 else 40)
     for row in out:

@@ -687,3 +687,52 @@ def test_chunked_summaries_equal_the_cached_ones(clustered, monkeypatch):
     assert sub.attrs["prob_draws"] == 100
     np.testing.assert_allclose(sub["effect"], eff["effect"])
     np.testing.assert_allclose(sub["prob_effect"], eff["prob_effect"], atol=0.03)  # 100 of 300 draws
+
+
+# R lme4 1.1.31 (R 4.2.2), computed once on 2026-12-07 with benchmarks/peer_glmer.R:
+#   counts = simulate_paper(scale=0.1) collapsed to (item_id, task, prompt, model, persona)
+#   glmer(cbind(refusals, n - refusals) ~ task + prompt + (1|model) + (1|persona) +
+#         (1|persona:model) + (1|item_id), family = binomial, nAGQ = 0)
+#   (task reference nli, prompt reference p1; 203,200 count lines = rows; 3,006 s wall on the
+#   loaded 2-core machine). Estimates and standard errors; sd's from VarCorr.
+GLMER_SCALE_01 = {
+    "Intercept": (-7.23711266, 0.86454862),
+    "task[T.offensiveness]": (4.34535603, 0.08842320),
+    "task[T.politeness]": (2.10128468, 0.08678910),
+    "prompt[T.p2]": (-1.59751252, 0.04998815),
+    "prompt[T.p3]": (-0.48043740, 0.04494184),
+    "prompt[T.p4]": (-1.41172304, 0.04885158),
+    "prompt[T.p5]": (-1.82387037, 0.05130277),
+    "prompt[T.p6]": (-1.87964898, 0.05158518),
+    "prompt[T.p7]": (-1.42175336, 0.04904540),
+    "prompt[T.p8]": (-1.88344095, 0.05159274),
+    "prompt[T.p9]": (-1.86765920, 0.05153393),
+}
+GLMER_SD_SCALE_01 = {"sd(item_id)": 0.94127758, "sd(persona:model)": 0.09421814,
+                     "sd(model)": 3.32921265, "sd(persona)": 0.77623077}
+
+
+@pytest.fixture(scope="module")
+def p1_tenth():
+    import refusalstats as rs
+
+    return rs.simulate_paper(scale=0.1)
+
+
+def test_laplace_matches_glmer_on_a_tenth_of_p1(p1_tenth):
+    """The nested Laplace fit (what method='auto' runs here: 203,200 patterns) against lme4's
+    glmer(nAGQ = 0) on the same formula and table: fixed effects, their standard errors and
+    the variance components (our posterior modes of the sd's; the priors are weak)."""
+    r = hierarchical(P1_ITEM_FORMULA, p1_tenth, reference={"task": "nli", "prompt": "p1"}, seed=1,
+                     progress=False)
+    assert r.sampler == "laplace" and r.settings["method_requested"] == "auto"
+    s = r.to_frame()
+    for term, (est, se) in GLMER_SCALE_01.items():
+        tol = 0.5 if term == "Intercept" else 0.2  # the intercept carries the sd(model) prior
+        assert abs(s.loc[term, "mean"] - est) < tol * se, (term, s.loc[term, "mean"], est)
+        assert s.loc[term, "sd"] == pytest.approx(se, rel=0.15), term
+    mode = r.model.laplace_info["sd_mode"]
+    assert mode["sd(item_id)"] == pytest.approx(GLMER_SD_SCALE_01["sd(item_id)"], rel=0.02)
+    for term in ("sd(persona)", "sd(persona:model)", "sd(model)"):
+        assert mode[term] == pytest.approx(GLMER_SD_SCALE_01[term], rel=0.1), term
+        assert s.loc[term, "ci_low"] < GLMER_SD_SCALE_01[term] < s.loc[term, "ci_high"], term

@@ -534,7 +534,8 @@ class HierarchicalModel:
             (benchmarks/README.md). With ``(1|item_id)``, ``sd(persona:model)`` mixes
             slowly whatever the warm-up (tail ESS >= 400 in 4-5 of 12 seeds at 500 + 500;
             304 at 1000 + 1000): the ConvergenceWarning says when a fit falls short, and
-            more ``draws`` is the remedy.
+            more ``draws`` is the remedy. The nested Laplace fit returns ``draws``
+            independent draws in one chain (``tune`` and ``chains`` do not apply).
         sampler : {"nutpie", "pymc"}
             nutpie (default; falls back to PyMC when not installed) or PyMC's NUTS.
         seed : int, None or numpy.random.Generator
