@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import false_discovery_control
 
 __all__ = ["adjust_pvalues"]
 
@@ -28,7 +29,8 @@ def adjust_pvalues(p: Sequence[float], method: str = "holm") -> np.ndarray:
     Returns
     -------
     ndarray
-        Adjusted p-values, in the input order, capped at 1.
+        Adjusted p-values, in the input order, capped at 1. Benjamini–Hochberg is
+        :func:`scipy.stats.false_discovery_control`.
 
     Examples
     --------
@@ -42,13 +44,15 @@ def adjust_pvalues(p: Sequence[float], method: str = "holm") -> np.ndarray:
     m = len(q)
     if m == 0:
         return out
-    order = np.argsort(q)
-    if method == "holm":
-        adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
-    elif method in ("bh", "fdr_bh"):
-        adj = np.minimum.accumulate((m / np.arange(m, 0, -1)) * q[order][::-1])[::-1]
-    else:
+    if method in ("bh", "fdr_bh"):
+        out[ok] = false_discovery_control(q, method="bh")  # scipy: capped at 1
+        return out
+    if method != "holm":
         raise ValueError(f"adjust must be 'holm' or 'bh', got {method!r}")
+    # Holm (scipy has no step-down FWER adjustment): sorted p times m, m-1, ..., 1, made
+    # monotone, capped at 1; = statsmodels multipletests(method='holm')
+    order = np.argsort(q)
+    adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
     res = np.empty(m)
     res[order] = np.minimum(adj, 1.0)
     out[ok] = res
