@@ -47,8 +47,8 @@ __all__ = [
     "choose_cluster",
     "collapse",
     "effective_clusters",
-    "patterns",
     "resolve_cluster",
+    "row_patterns",
 ]
 
 #: Names of the count columns :func:`collapse` adds (the one vocabulary of counts).
@@ -792,7 +792,7 @@ def _merge_out(counts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return g.reset_index()
 
 
-# --------------------------------------------------------------------------- patterns (model fits)
+# --------------------------------------------------------------------------- row patterns (model fits)
 class Collapsed:
     """Unique covariate patterns with binomial counts.
 
@@ -837,7 +837,7 @@ def _pattern_codes(s: pd.Series) -> tuple[np.ndarray, int, object]:
     return codes, len(uniques), lambda k: uniques.take(k)
 
 
-def patterns(
+def row_patterns(
     data: pd.DataFrame,
     columns: Iterable[str],
     response: str,
@@ -896,7 +896,7 @@ def patterns(
     Examples
     --------
     >>> df = pd.DataFrame({"a": list("xxyy"), "refusal": [1, 0, 0, 0]})
-    >>> patterns(df, ["a"], "refusal").patterns
+    >>> row_patterns(df, ["a"], "refusal").patterns
        a  successes  trials
     0  x        1.0     2.0
     1  y        0.0     2.0

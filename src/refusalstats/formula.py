@@ -304,9 +304,9 @@ def prepare_factors(
 
 
 # Rows -> covariate patterns has one home with the other counts
-# (:func:`refusalstats.counts.patterns`); the old names stay importable from here.
+# (:func:`refusalstats.counts.row_patterns`); the old names stay importable from here.
 from .counts import Collapsed  # noqa: F401
-from .counts import patterns as collapse  # noqa: F401
+from .counts import row_patterns as collapse  # noqa: F401
 
 
 def fixed_design(fixed: str, data: pd.DataFrame):

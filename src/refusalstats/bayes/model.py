@@ -11,7 +11,7 @@ fits
 with the fixed part in R (Wilkinson) syntax, random intercepts in lme4 syntax and
 non-centred group effects :math:`u_{t,l} = \\sigma_t z_{t,l}`. Rows are collapsed to
 unique combinations of fixed-effect variables and grouping levels with binomial
-counts (:func:`refusalstats.formula.collapse`), so two million rows of the paper's
+counts (:func:`refusalstats.counts.row_patterns`), so two million rows of the paper's
 design cost at most 6,480 binomial terms; the binomial likelihood differs from the
 Bernoulli one only by the constant :math:`\\sum \\log\\binom{n}{k}`, so the posterior is
 the same. Sampling uses nutpie (Rust NUTS on a numba-compiled log density) by default,
@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 
 from .._validation import check_random_state
+from ..counts import row_patterns
 from ..formula import (
     FormulaError,
     ParsedFormula,
     RandomTerm,
     check_columns,
-    collapse,
     fixed_design,
     group_index,
     normalize_reference,
@@ -275,13 +275,13 @@ class HierarchicalModel:
                 raise ValueError(f"grouping column '{g}' has {int(work[g].isna().sum())} missing value(s)")
 
     def _collapse_rows(self, data: pd.DataFrame):
-        """Rows of a DataFrame -> binomial patterns (:func:`refusalstats.formula.collapse`)."""
+        """Rows of a DataFrame -> binomial patterns (:func:`refusalstats.counts.row_patterns`)."""
         variables = self.parsed.variables
         y = _check_response(data, self.parsed.response)
         work = prepare_factors(data[variables], variables, self.reference)
         self._check_groups(work)
         work[self.parsed.response] = y
-        return collapse(work, variables, self.parsed.response)
+        return row_patterns(work, variables, self.parsed.response)
 
     def _collapse_dataset(self, path):
         """A Parquet file, shard folder or glob -> the same binomial patterns as the rows.
@@ -306,7 +306,7 @@ class HierarchicalModel:
         work = prepare_factors(counts[variables], variables, self.reference)
         self._check_groups(work)
         work["_successes"], work["_trials"] = k, n
-        return collapse(work, variables, "_successes", trials="_trials")
+        return row_patterns(work, variables, "_successes", trials="_trials")
 
     def _auto_centre(self) -> None:
         """Choose centred levels from a quick Laplace fit (``parametrization="auto"``).
@@ -443,7 +443,7 @@ class HierarchicalModel:
         y = _check_response(data, self.parsed.response)
         work = prepare_factors(data[variables], variables, self.reference)
         work[self.parsed.response] = y
-        col = collapse(work, variables, self.parsed.response)
+        col = row_patterns(work, variables, self.parsed.response)
         new, old = col.patterns, self.patterns
         same = len(new) == len(old) and np.array_equal(new["trials"].to_numpy(), old["trials"].to_numpy())
         if same:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from .._summary import Summary
 from .._validation import check_conf, check_random_state
-from ..formula import FormulaError, RandomTerm, collapse, group_index, new_design
+from ..counts import row_patterns
+from ..formula import FormulaError, RandomTerm, group_index, new_design
 
 if TYPE_CHECKING:
     from .model import HierarchicalModel
@@ -540,7 +541,7 @@ class HierarchicalResult:
                 raise FormulaError(f"predict: newdata lack column(s) {missing} used by the formula")
             sub = newdata[variables].copy()
             sub["_one"] = 0
-            col = collapse(sub, variables, "_one")
+            col = row_patterns(sub, variables, "_one")
             base = col.patterns[variables].copy()
             fx = base.copy()
             for v in m.parsed.fixed_variables:  # the fixed part with the fitted levels

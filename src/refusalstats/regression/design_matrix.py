@@ -14,11 +14,11 @@ import pandas as pd
 from scipy import linalg
 from scipy.special import gammaln
 
+from ..counts import row_patterns
 from ..formula import (
     FormulaError,
     MissingColumnError,
     check_columns,
-    collapse,
     fixed_design,
     main_effects_design,
     parse_formula,
@@ -182,7 +182,7 @@ def _build(formula: str, data: pd.DataFrame, reference, trials, weights, cluster
         ll_const = float(np.sum(ww * (gammaln(tv + 1) - gammaln(yv + 1) - gammaln(tv - yv + 1))))
 
     if collapse_rows:
-        col = collapse(frame, variables, resp, trials=trials, weights=w)
+        col = row_patterns(frame, variables, resp, trials=trials, weights=w)
         inverse = col.inverse
         patterns = col.patterns
     else:
@@ -335,7 +335,7 @@ def _fast_rows(data: pd.DataFrame, resp: str, variables: list[str], cluster, lev
         return None
     reference = _reference(reference, data, variables)
     try:
-        col = collapse(data, variables, resp,
+        col = row_patterns(data, variables, resp,
                        prepare=lambda p: prepare_factors(p, variables, reference))
     except ValueError:  # a missing value in a key column
         return None
