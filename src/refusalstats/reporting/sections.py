@@ -473,8 +473,9 @@ def factors_section(ctx: Context) -> Section:
                                 f"Refusal rate by {col}{rows}, sorted, with 95% CIs."))
         s.tables.append(TableItem(f"rates_by_{col}", f"Refusal rate by {col}{rows}.", tab,
                                   rate_display(tab, [col]), collapsed=len(tab) > 24))
-        s.findings.append(_extremes(tab, [col], f"{col} rate" + (
-            " (persona rows)" if po_col else "")))
+        if col != "safe":  # safe vs unsafe is stated, with its meaning, in the rates section
+            s.findings.append(_extremes(tab, [col], f"{col} rate" + (
+                " (persona rows)" if po_col else "")))
     return s
 
 
@@ -739,6 +740,9 @@ def w2_section(ctx: Context) -> Section:
         s.notes.append(f"The estimate for {r.input} lies outside its own bootstrap interval "
                        "(the estimator is biased upward for inputs with many small partitions; "
                        "read ι − null mean).")
+    for name in getattr(res, "few_items", []):
+        s.notes.append(f"The interval for {name} may be too narrow: it rests on fewer than 10 "
+                       "effective items (in its smallest level, for an item-level input).")
     s.notes.append(f"{res.n:,} rows; {res.conf:.0%} {res.ci_method} bootstrap intervals; "
                    f"output treated as {res.output_kind}.")
     return s
