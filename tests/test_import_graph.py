@@ -49,3 +49,17 @@ def test_lazy_imports_add_no_new_circle():
     report prints itself, RankAgreement writes its own blank-tau note)."""
     found = {tuple(c) for c in ig.room_circles(ig.import_graph(lazy=True))}
     assert found <= STILL_OPEN, sorted(found - STILL_OPEN)
+
+
+def test_architecture_page_names_every_room():
+    """docs/architecture.md is kept true to the tree: every top-level module and
+    sub-package of the core is named there (a new room gets its line)."""
+    root = _PATH.parents[1]
+    page = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    core = root / "src" / "refusalstats"
+    rooms = [p.stem for p in core.glob("*.py") if p.stem != "__init__"]
+    rooms += [p.name for p in core.iterdir() if (p / "__init__.py").exists()]
+    assert len(rooms) >= 20
+    missing = [r for r in rooms if f"`{r}.py`" not in page and f"`{r}/`" not in page
+               and f"`{r}`" not in page]
+    assert missing == [], missing
