@@ -736,3 +736,71 @@ def test_laplace_matches_glmer_on_a_tenth_of_p1(p1_tenth):
     for term in ("sd(persona)", "sd(persona:model)", "sd(model)"):
         assert mode[term] == pytest.approx(GLMER_SD_SCALE_01[term], rel=0.1), term
         assert s.loc[term, "ci_low"] < GLMER_SD_SCALE_01[term] < s.loc[term, "ci_high"], term
+
+
+# NUTS reference, computed once on 2026-12-07 by
+#   benchmarks/bench_hierarchical.py --check-nuts 0.01 --draws 1000 --tune 500 --chains 4 --seed 0
+# (simulate_paper(scale=0.01): 20,320 rows, 127 items; nutpie 4 x (500 + 1000), max R-hat 1.0045,
+# min bulk ESS 364, min tail ESS 529, no divergences; 990 s wall on the loaded machine):
+# 95% HDIs of the fixed effects, the group sd's and each persona's u_persona.
+NUTS_HDI_SCALE_001 = {
+    "Intercept": (-9.0133, -5.4716),
+    "task[T.politeness]": (1.5807, 2.6961),
+    "task[T.offensiveness]": (3.8638, 5.0255),
+    "prompt[T.p2]": (-1.9936, -1.3659),
+    "prompt[T.p3]": (-1.0365, -0.4774),
+    "prompt[T.p4]": (-1.9886, -1.357),
+    "prompt[T.p5]": (-2.0039, -1.401),
+    "prompt[T.p6]": (-2.2765, -1.625),
+    "prompt[T.p7]": (-1.8433, -1.2447),
+    "prompt[T.p8]": (-2.3444, -1.7032),
+    "prompt[T.p9]": (-2.382, -1.7212),
+    "sd(model)": (2.2099, 4.5765),
+    "sd(persona)": (0.5418, 1.2025),
+    "sd(persona:model)": (0.0049, 0.3226),
+    "sd(item_id)": (0.8418, 1.1692),
+    "persona[Man]": (-1.3409, -0.2144),
+    "persona[Woman]": (-1.2294, -0.1249),
+    "persona[Transgender man]": (-0.0975, 0.9679),
+    "persona[Transgender woman]": (-0.2416, 0.8521),
+    "persona[Non-binary person]": (-0.6028, 0.4718),
+    "persona[Black person]": (1.322, 2.3343),
+    "persona[White person]": (0.7586, 1.7934),
+    "persona[Asian]": (-0.6946, 0.4039),
+    "persona[Jewish]": (-0.4508, 0.6258),
+    "persona[Christian]": (-0.829, 0.2572),
+    "persona[Atheist]": (-1.424, -0.2814),
+    "persona[Muslim]": (-0.1998, 0.8849),
+    "persona[Religious person]": (-0.7116, 0.3904),
+    "persona[Physically-disabled person]": (-0.9286, 0.1574),
+    "persona[Able-bodied person]": (-1.5652, -0.4061),
+}
+
+
+def test_laplace_intervals_against_nuts_on_a_hundredth_of_p1():
+    """Nested Laplace vs NUTS with (1|item_id) on simulate_paper(scale=0.01): HDI endpoints in
+    units of the NUTS interval's width. Measured (benchmarks/README.md, #24): persona effects,
+    prompts and sd(model), sd(persona), sd(item_id) within 0.10 (largest 0.125 on a prompt);
+    the reference-task fixed effects (intercept, task) within 0.19 -- at this scale the
+    reference task (nli) has very few refusals and its posterior is skewed, which a Gaussian
+    misses; the lower end of sd(persona:model) (truth 0: its posterior piles up at 0) 0.19."""
+    import refusalstats as rs
+
+    df = rs.simulate_paper(scale=0.01)
+    lap = hierarchical(P1_ITEM_FORMULA, df, reference={"task": "nli", "prompt": "p1"}, method="laplace",
+                       draws=4000, seed=0, progress=False)
+    s = lap.to_frame()
+    dev = lap.deviations("persona").set_index("persona")
+    got = {t: (s.loc[t, "ci_low"], s.loc[t, "ci_high"]) for t in s.index}
+    got.update({f"persona[{p}]": (r.ci_low, r.ci_high) for p, r in dev.iterrows()})
+    worst = {}
+    for term, (lo, hi) in NUTS_HDI_SCALE_001.items():
+        w = hi - lo
+        worst[term] = max(abs(got[term][0] - lo), abs(got[term][1] - hi)) / w
+    skewed = {"Intercept", "task[T.politeness]", "task[T.offensiveness]", "sd(persona:model)"}
+    for term, d in worst.items():
+        assert d < (0.25 if term in skewed else 0.15), (term, d)
+    persona = [d for t, d in worst.items() if t.startswith("persona[")]
+    assert max(persona) < 0.10 and np.mean(persona) < 0.05, persona
+    for term in ("sd(model)", "sd(persona)", "sd(item_id)"):
+        assert worst[term] < 0.10, (term, worst[term])
