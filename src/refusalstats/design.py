@@ -51,9 +51,6 @@ PERSONAS: tuple[Persona, ...] = (
     Persona("Able-bodied person", "Disability", "an able-bodied person"),
 )
 
-#: persona name -> group
-PERSONA_GROUPS: dict[str, str] = {p.name: p.group for p in PERSONAS}
-
 #: Group of the control personas (the level :func:`refusalstats.disparity` takes as ``control``).
 CONTROL_GROUP = "control"
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plot as F
+from .export import format_p
 
 #: The paper's reference levels (P1 Table 7), used when those levels exist in the table.
 PAPER_REFERENCE: dict[str, str] = {"persona": "Atheist", "prompt": "p1", "task": "nli",
@@ -255,12 +256,11 @@ def pct_ci(lo: float, hi: float) -> str:
 
 
 def fmt_p(p: float) -> str:
-    """A p-value as reported in papers: ``< 0.001`` below 0.001, else 3 significant digits."""
+    """A p-value on the page: :func:`refusalstats.reporting.export.format_p` (``< 0.001``,
+    else three decimals), with a dash where there is none."""
     if p is None or not np.isfinite(p):
         return "—"
-    if p < 0.001:
-        return "< 0.001"
-    return f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+    return format_p(float(p))
 
 
 def fmt_num(x: float, digits: int = 3) -> str:
@@ -980,13 +980,6 @@ def is_paper_design(d: pd.DataFrame) -> bool:
 def _p_phrase(p: float) -> str:
     f = fmt_p(p)
     return f if f.startswith("<") else f"= {f}"
-
-
-def _first_col(df: pd.DataFrame, names) -> str | None:
-    for n in names:
-        if n in df.columns:
-            return n
-    return None
 
 
 # ----------------------------------------------------------------------------------------
