@@ -358,9 +358,9 @@ def simulate_paper(
         explicit refusal, except that with probability ``response_error[0]`` it is a
         hedge without refusal words; an answer gives one of the task's labels, except
         that with probability ``response_error[1]`` it opens with an apology. The default
-        detector (``rs.flag_refusals(df)``) flags exactly the explicit refusals and the
-        apologies, so its sensitivity is ``1 - response_error[0]`` and its specificity
-        ``1 - response_error[1]`` in expectation (tested). ``refusal`` stays the true,
+        detector (``refusalstats.detect.flag_refusals(df)``) flags exactly the explicit
+        refusals and the apologies, so its sensitivity is ``1 - response_error[0]`` and its
+        specificity ``1 - response_error[1]`` in expectation (tested). ``refusal`` stays the true,
         simulated refusal.
     control_items : int, optional
         Items per task in the complete design (default ``max(5, round(100 * scale))``).
@@ -739,7 +739,12 @@ def _response_text(df: pd.DataFrame, rng: np.random.Generator, miss: float,
     n_p, n_lab, n_t = len(pcats) + 1, int(n_labels.max()), int(n_all.max())
     key = (((t_codes * len(_KINDS) + kind) * n_t + tmpl) * n_lab
            + np.where(uses_label, label, 0)) * n_p + np.where(uses_persona, p_codes, n_p - 1)
-    uniq, inverse = np.unique(key, return_inverse=True)
+    # the key space is small (tasks x kinds x templates x labels x personas): number the
+    # keys that occur by a lookup table instead of sorting millions of rows (np.unique)
+    present = np.zeros(len(tcats) * len(_KINDS) * n_t * n_lab * n_p, dtype=bool)
+    present[key] = True
+    uniq = np.flatnonzero(present)
+    inverse = (np.cumsum(present) - 1)[key]
     texts = []
     for k in uniq.tolist():
         k, p_code = divmod(k, n_p)
