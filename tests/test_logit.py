@@ -773,3 +773,27 @@ def test_main_effects_design_is_formulaics_design():
     assert list(f.params.index) == fixed_design("persona + model", df)[1]
     p = f.predict(df.iloc[:6])
     np.testing.assert_allclose(p, f.predict()[:6], rtol=1e-12)
+
+
+def test_logit_model_builds_once_and_fits_like_logit(rows):
+    """LogitModel(formula, data, ...).fit(...) (#23): one design, several estimators, each equal to
+    logit(); results hold their model and refit profile intervals through it, and the results
+    module no longer imports the model module (no model <-> results import circle)."""
+    import ast
+    import pathlib
+
+    from refusalstats.regression import LogitModel
+    from refusalstats.regression import results as results_module
+
+    model = LogitModel("refusal ~ persona + model + prompt", rows, reference=REF, cluster=None)
+    for kw in ({}, {"penalty": "firth"}, {"penalty": "l2", "alpha": 0.01}):
+        got = model.fit(**kw)
+        want = logit("refusal ~ persona + model + prompt", rows, reference=REF, cluster=None, **kw)
+        np.testing.assert_allclose(got.params, want.params, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.bse, want.bse, rtol=1e-12)
+        assert got.model is model and got._design is model.design
+    prof = model.fit(ci="profile")
+    np.testing.assert_allclose(prof.conf_int(0.9), model.fit(ci="profile", conf=0.9).conf_int(), rtol=1e-10)
+    tree = ast.parse(pathlib.Path(results_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "model" not in imported

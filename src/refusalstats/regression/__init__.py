@@ -4,6 +4,6 @@
 :class:`LogitResults`. The maths is in ``docs/methods_logit.md``.
 """
 
-from .model import LogitResults, SeparationWarning, logit
+from .model import LogitModel, LogitResults, SeparationWarning, logit
 
-__all__ = ["LogitResults", "SeparationWarning", "logit"]
+__all__ = ["LogitModel", "LogitResults", "SeparationWarning", "logit"]

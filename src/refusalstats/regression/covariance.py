@@ -24,8 +24,6 @@ from ..counts import (
     _where,
 )
 from ..sources import _dataset
-from ..sources import parquet_files as _parquet_files
-from ..sources import scan_pool as _scan_pool
 from .design_matrix import _Cluster, _Design
 from .firth import _firth
 from .irls import _irls
@@ -90,6 +88,16 @@ class _StreamedCluster:
     n_clusters: int = 0        # known after the first pass
     n_rows: int = 0
     batch_rows: int | None = None
+
+
+def _t_quantile(conf: float, df: np.ndarray) -> np.ndarray:
+    """The two-sided ``conf`` quantile of t on ``df`` (the normal one where df is infinite)."""
+    df = np.asarray(df, float)
+    out = np.full(df.shape, stats.norm.ppf(0.5 + conf / 2))
+    fin = np.isfinite(df) & (df > 0)
+    out[fin] = stats.t.ppf(0.5 + conf / 2, df[fin])
+    out[np.isnan(df)] = np.nan
+    return out
 
 
 def _cr1_factor(G: int, N: int, k: int) -> float:
@@ -676,28 +684,18 @@ def _cluster_cov(X: np.ndarray, Xf, cl, beta: np.ndarray, bread: np.ndarray, n_o
 # (moved from refusalstats.scan, issue #23: one home for the cluster-robust covariance; the
 # sandwich's factor, bread and one-BLAS-thread rule are the ones above)
 def _row_batches(data, columns: list[str], batch_rows: int):
-    """(record batch, source) pairs of ``columns`` from a DataFrame or a Parquet source."""
-    import pyarrow as pa
+    """(record batch, source) pairs of ``columns`` from a DataFrame or a Parquet source.
 
-    if isinstance(data, pd.DataFrame):
-        for start in range(0, len(data), int(batch_rows)):
-            chunk = data.iloc[start:start + int(batch_rows)][columns]
-            for batch in pa.Table.from_pandas(chunk, preserve_index=False).to_batches():
-                yield batch, None
-        return
-    files = _parquet_files(data)
-    dataset = _dataset(files)
-    _missing_columns(columns, list(dataset.schema.names), f"the dataset '{data}'")
-    for fragment in dataset.get_fragments():
-        path = getattr(fragment, "path", None)
-        try:
-            for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
-                                             batch_size=int(batch_rows), batch_readahead=1,
-                                             fragment_readahead=1, memory_pool=_scan_pool()):
-                yield batch, path
-        except pa.ArrowException as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"cluster_robust_cov: could not read '{path}': {detail}") from None
+    Read by :func:`refusalstats.sources.source_batches`, so error rows (``refusal_source
+    == "error"``) are left out here as :func:`refusalstats.collapse` leaves them out.
+    """
+    from ..sources import source_batches, source_of
+
+    src = source_of(data, where="cluster_robust_cov")
+    if src.frame is None:
+        _missing_columns(columns, list(_dataset(list(src.files)).schema.names),
+                         f"the dataset '{data}'")
+    yield from source_batches(src, columns, batch_rows, where="cluster_robust_cov")
 
 
 class _ScoreSums:

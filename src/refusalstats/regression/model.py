@@ -37,7 +37,7 @@ from scipy import stats
 from scipy.special import expit
 
 from .._validation import check_conf
-from .covariance import _bootstrap, _cluster_cov, _ClusterCov, _StreamedCluster
+from .covariance import _bootstrap, _cluster_cov, _ClusterCov, _StreamedCluster, _t_quantile
 from .design_matrix import _build, _Cluster, _Design, _row_patterns
 from .firth import _firth, _firth_profile_bound
 from .irls import _irls, _mle_profile, _Start
@@ -47,7 +47,7 @@ from .penalized import _cv_alpha, _enet
 from .results import LogitResults
 from .separation import SeparationWarning, _separation
 
-__all__ = ["LogitResults", "SeparationWarning", "logit"]
+__all__ = ["LogitModel", "LogitResults", "SeparationWarning", "logit"]
 
 _PENALTIES = (None, "l2", "l1", "elasticnet", "firth")
 _VCOVS = ("CR2", "CR1")
@@ -199,31 +199,118 @@ def logit(
                              "data; drop penalty=, ci=, weights= and trials=")
         return ppi_logit(formula, data, labels=labels, reference=reference, cluster=cluster, strata=strata,
                          conf=conf)
-    from .._validation import resolve_cluster
-    from ..sources import frame_or_path, is_dataset
+    model = LogitModel(formula, data, reference=reference, cluster=cluster, weights=weights, trials=trials,
+                       collapse=collapse,
+                       per_cluster=ci == "bootstrap" or (isinstance(alpha, str) and alpha == "cv"), _frames=2)
+    return model.fit(penalty=penalty, alpha=alpha, l1_ratio=l1_ratio, ci=ci, conf=conf, vcov=vcov,
+                     working=working, n_boot=n_boot, n_folds=n_folds, seed=seed, maxit=maxit,
+                     epsilon=epsilon, progress=progress)
 
-    data = frame_or_path(data, where="logit")  # a CSV/JSONL path: its rows
-    stream = None
-    if is_dataset(data):
-        # a cluster bootstrap and cluster-grouped CV folds resample clusters: they need the
-        # counts per cluster x pattern; every other clustered fit streams the CR1 meat
-        per_cluster = ci == "bootstrap" or (isinstance(alpha, str) and alpha == "cv")
-        # "auto" is decided here, before any fit, by the one rule for frames and sources (#23)
-        cluster = resolve_cluster(data, cluster, where="logit")
-        if isinstance(cluster, (list, tuple)):
-            cluster = _one_cluster(cluster)
-        data, trials, cluster, stream = _counts_from_dataset(formula, data, cluster, trials, weights,
-                                                             per_cluster=per_cluster)
-    two_way = None
-    if stream is None:
-        resolved = resolve_cluster(data, cluster, where="logit")  # its note points at the caller
-        if isinstance(resolved, (list, tuple)) and len(resolved) == 2:
-            data, cluster, two_way = _two_way_column(data, list(resolved), formula)
-        else:
-            cluster = _one_cluster(resolved)
-    return _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf,
-                trials=trials, n_boot=n_boot, n_folds=n_folds, seed=seed, collapse=collapse, maxit=maxit,
-                epsilon=epsilon, progress=progress, stream=stream, vcov=vcov, two_way=two_way, working=working)
+
+class LogitModel:
+    """A formula logistic regression specified on a table, before it is fitted.
+
+    The table is checked, factors and reference levels set, rows collapsed to covariate
+    patterns and clusters resolved once (``cluster="auto"`` decided here, with its note);
+    :meth:`fit` then runs one estimator on that design, as often as asked. This is the
+    split of bambi's ``Model(...).fit()``; :func:`logit` is ``LogitModel(...).fit(...)``.
+
+    Parameters
+    ----------
+    formula, data, reference, cluster, weights, trials, collapse
+        As :func:`logit`.
+    per_cluster : bool
+        For a Parquet source: collapse per cluster x pattern (what a cluster bootstrap
+        and cross-validation folds need) instead of streaming the cluster sums later.
+        :meth:`fit` rebuilds the model this way by itself when asked for those.
+
+    Examples
+    --------
+    >>> import refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.02, item_sd=0)
+    >>> model = LogitModel("refusal ~ persona + task", df, cluster="item_id")  # doctest: +SKIP
+    >>> mle, firth = model.fit(), model.fit(penalty="firth")  # doctest: +SKIP
+    """
+
+    def __init__(self, formula: str, data, reference: Mapping[str, object] | None = None,
+                 cluster: str | list[str] | None = "auto", *, weights: str | np.ndarray | None = None,
+                 trials: str | None = None, collapse: bool = True, per_cluster: bool = False,
+                 _frames: int = 1):
+        from ..counts import choose_cluster
+        from ..sources import frame_or_path, is_dataset
+
+        def resolve_cluster(data, cluster, where):  # the ClusterNote points at the user's call
+            return choose_cluster(data, cluster, where=where, stacklevel=4 + _frames).column
+
+        self.formula, self.reference, self.weights, self.collapse = formula, reference, weights, collapse
+        data = frame_or_path(data, where="logit")  # a CSV/JSONL path: its rows
+        self._source = (data, cluster, trials)
+        stream = None
+        if is_dataset(data):
+            # "auto" is decided here, before any fit, by the one rule for frames and sources (#23);
+            # a cluster bootstrap and cluster-grouped CV folds resample clusters: they need the
+            # counts per cluster x pattern; every other clustered fit streams the CR1 meat
+            cluster = resolve_cluster(data, cluster, where="logit")
+            if isinstance(cluster, (list, tuple)):
+                cluster = _one_cluster(cluster)
+            data, trials, cluster, stream = _counts_from_dataset(formula, data, cluster, trials, weights,
+                                                                 per_cluster=per_cluster)
+        two_way = None
+        if stream is None:
+            resolved = resolve_cluster(data, cluster, where="logit")
+            if isinstance(resolved, (list, tuple)) and len(resolved) == 2:
+                data, cluster, two_way = _two_way_column(data, list(resolved), formula)
+            else:
+                cluster = _one_cluster(resolved)
+        self.cluster = cluster
+        self._stream, self._two_way = stream, two_way
+        self.design = _single_blas(_build_design)(formula, data, reference, trials, weights, cluster, collapse,
+                                                  stream, two_way)
+
+    @classmethod
+    def _of_design(cls, design: _Design, formula: str, reference, cluster) -> LogitModel:
+        """A model around a design built elsewhere (new responses on the same rows)."""
+        self = cls.__new__(cls)
+        self.formula, self.reference, self.weights, self.collapse = formula, reference, None, True
+        self.cluster, self.design = cluster, design
+        self._source, self._stream, self._two_way = None, None, getattr(design.cluster, "two_way", None)
+        return self
+
+    def fit(self, penalty: str | None = None, alpha: float | str | None = None, l1_ratio: float | None = None,
+            ci: str | None = None, conf: float = 0.95, *, vcov: str | None = None,
+            working: str = "independence", n_boot: int = 999, n_folds: int = 5,
+            seed: int | np.random.Generator | None = 0, maxit: int = 25, epsilon: float = 1e-8,
+            progress: bool = True) -> LogitResults:
+        """Fit one estimator to the model's design.
+
+        Parameters
+        ----------
+        penalty, alpha, l1_ratio, ci, conf, vcov, working, n_boot, n_folds, seed, maxit, epsilon, progress
+            As :func:`logit`.
+
+        Returns
+        -------
+        LogitResults
+            The fit; ``results.model`` is this model.
+        """
+        wants_per_cluster = ci == "bootstrap" or (isinstance(alpha, str) and alpha == "cv")
+        if self._stream is not None and wants_per_cluster and self._source is not None:
+            data, cluster, trials = self._source
+            again = LogitModel(self.formula, data, self.reference, cluster, weights=self.weights, trials=trials,
+                               collapse=self.collapse, per_cluster=True)
+            return again.fit(penalty, alpha, l1_ratio, ci, conf, vcov=vcov, working=working, n_boot=n_boot,
+                             n_folds=n_folds, seed=seed, maxit=maxit, epsilon=epsilon, progress=progress)
+        opts = _check_fit_args(penalty, alpha, l1_ratio, ci, conf, vcov, working, cluster=self.cluster,
+                               two_way=self._two_way, stream=self._stream)
+        opts.update({"formula": self.formula, "reference": self.reference, "cluster": self.cluster,
+                     "n_boot": n_boot, "n_folds": n_folds, "seed": seed, "maxit": maxit, "epsilon": epsilon,
+                     "progress": progress, "vcov": vcov, "working": working})
+        return self._fit_design(self.design, opts)
+
+    @_single_blas
+    def _fit_design(self, design: _Design, opts: dict) -> LogitResults:
+        """The estimator of ``opts`` on ``design`` (this model's, or new responses on its rows)."""
+        return _estimate(design, model=self, **opts)
 
 
 def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_cluster=False):
@@ -308,11 +395,8 @@ def _two_way_column(data: pd.DataFrame, cols: list[str], formula: str):
     return data, key, _TwoWay(names=cols, n_second=len(ub), sizes=(len(ua), len(ub)))
 
 
-@_single_blas
-def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, ci, conf, *, trials, n_boot,
-         n_folds, seed, collapse, maxit, epsilon, progress, stream=None, vcov=None,
-         two_way=None, working="independence") -> LogitResults:
-    """The body of :func:`logit`, with ``cluster`` resolved (one BLAS thread)."""
+def _check_fit_args(penalty, alpha, l1_ratio, ci, conf, vcov, working, *, cluster, two_way, stream) -> dict:
+    """The estimator's arguments checked and completed (l1_ratio, the default ci)."""
     if penalty not in _PENALTIES:
         raise ValueError(f"penalty must be one of {list(_PENALTIES)}, got {penalty!r}")
     if vcov is not None and vcov not in _VCOVS:
@@ -361,22 +445,23 @@ def _fit(formula, data, reference, penalty, alpha, l1_ratio, cluster, weights, c
                          "with two cluster columns use ci='wald' and a numeric alpha")
     if ci == "profile" and penalty not in (None, "firth"):
         raise ValueError("profile intervals are available for penalty=None or 'firth'")
+    return {"penalty": penalty, "alpha": alpha, "l1_ratio": l1_ratio, "ci": ci, "conf": conf}
+
+
+def _build_design(formula, data, reference, trials, weights, cluster, collapse, stream, two_way) -> _Design:
+    """The collapsed design, with the streamed or two-way clusters attached."""
     d, _parsed = _build(formula, data, reference, trials, weights, None if stream else cluster, collapse)
     if stream is not None:  # CR1 from the rows on disk, streamed after the fit
         stream.patterns = d.patterns
         d.cluster = stream
     if two_way is not None:
         d.cluster.two_way = two_way
-    opts = {"formula": formula, "reference": reference, "penalty": penalty, "alpha": alpha,
-            "l1_ratio": l1_ratio, "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot,
-            "n_folds": n_folds, "seed": seed, "maxit": maxit, "epsilon": epsilon, "progress": progress,
-            "vcov": vcov, "working": working}
-    return _estimate(d, **opts)
+    return d
 
 
 def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, cluster, ci, conf, n_boot, n_folds,
-              seed, maxit, epsilon, progress, vcov=None, working="independence") -> LogitResults:
-    """Fit, covariance, tests and intervals on a built design (``_fit`` after ``_build``)."""
+              seed, maxit, epsilon, progress, vcov=None, working="independence", model=None) -> LogitResults:
+    """Fit, covariance, tests and intervals on a built design (:meth:`LogitModel.fit`)."""
     notes: list[str] = []
     X, s, n = d.Xf, d.s, d.n
     K, p = X.shape
@@ -385,18 +470,9 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
     pen_mask = np.array([nm != "Intercept" for nm in names])
 
     # ---------------------------------------------------------------- fit
-    penalized_ll = np.nan
-    cv_table = None
-    if penalty is None:
-        beta, iters, conv = _irls(X, s, n, dev_sat=d.dev_sat, start=d.start, eps=epsilon, maxit=maxit)
-    elif penalty == "firth":
-        beta0, _, _ = _irls(X, s, n, dev_sat=d.dev_sat, start=d.start, maxit=4)
-        beta0 = np.clip(beta0, -10, 10)
-        beta, iters, conv, penalized_ll = _firth(X, s, n, beta0=beta0)
-    else:
-        if alpha == "cv":
-            alpha, cv_table = _cv_alpha(d, l1_ratio, pen_mask, n_folds, seed, progress)
-        beta, iters, conv = _enet(X, s, n, float(alpha), l1_ratio, pen_mask)
+    beta, iters, conv, penalized_ll, alpha, cv_table = _coefficients(
+        d, penalty, alpha, l1_ratio, pen_mask, n_folds=n_folds, seed=seed, progress=progress, maxit=maxit,
+        epsilon=epsilon)
     gee = None
     if working == "exchangeable":
         from .gee import _gee_exchangeable
@@ -573,21 +649,8 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         cov[:, sep_idx] = np.nan
 
     # ---------------------------------------------------------------- fit statistics
-    ll_b = _loglik(eta, s, n)
-    loglik = ll_b + d.ll_const
+    fstats = _fit_statistics(d, eta, penalty, notes)
     has_int = "Intercept" in names
-    if has_int:
-        pbar = float(np.sum(s)) / N
-        ll0_b = _loglik(np.full(K, np.log(pbar / (1 - pbar))), s, n)
-    else:
-        ll0_b = _loglik(np.zeros(K), s, n)
-    loglik_null = ll0_b + d.ll_const
-    pseudo_r2 = _mcfadden(ll_b, float(np.sum(s)), N, penalty, notes)
-    deviance = 2.0 * (d.dev_sat - ll_b)
-    null_dev = 2.0 * (d.dev_sat - ll0_b)
-    k_eff = p
-    aic = -2 * loglik + 2 * k_eff
-    bic = -2 * loglik + np.log(d.n_obs) * k_eff
     call_extra = ""
     if reference:
         call_extra += f", reference={dict(reference)!r}"
@@ -608,7 +671,7 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         notes.append("AIC/BIC count every coefficient; they are not the penalized model's effective df")
     idx = pd.Index(names, name="term")
     return LogitResults(
-        formula=formula, penalty=penalty, alpha=None if alpha is None else float(alpha),
+        model=model, formula=formula, penalty=penalty, alpha=None if alpha is None else float(alpha),
         l1_ratio=l1_ratio, cluster=cluster, conf=conf,
         params=pd.Series(beta, index=idx, name="estimate"),
         bse=pd.Series(bse, index=idx, name="std_error"),
@@ -617,10 +680,9 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         _cov=cov, _cov_cluster=cov_cluster, cov_type=cov_type, ci_method=ci_method, p_method=p_method,
         _ccov=ccov, df=pd.Series(df_coef, index=idx, name="df"), vcov=None if ccov is None else ccov.kind,
         _stat=stat,
-        loglik=loglik, loglik_null=loglik_null, deviance=deviance, null_deviance=null_dev,
+        **fstats,
         penalized_loglik=penalized_ll + d.ll_const if penalty == "firth" else np.nan,
         df_resid=d.n_obs - p, df_null=d.n_obs - (1 if has_int else 0),
-        aic=aic, bic=bic, pseudo_r2=pseudo_r2,
         iterations=iters, converged=conv, n_obs=d.n_obs, n_patterns=K,
         n_clusters=d.cluster.n_clusters if d.cluster else 0,
         separation=sep_desc, separated_terms=sep_terms,
@@ -638,6 +700,44 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
 _GEE_HINT_EFFECTIVE = 20.0
 
 
+def _coefficients(d: _Design, penalty, alpha, l1_ratio, pen_mask, *, n_folds, seed, progress, maxit, epsilon):
+    """One estimator per penalty: IRLS (R's glm.fit), Firth, or the elastic net (alpha by CV on
+    request). Returns ``(beta, iterations, converged, penalized loglik, alpha, cv table)``."""
+    X, s, n = d.Xf, d.s, d.n
+    penalized_ll = np.nan
+    cv_table = None
+    if penalty is None:
+        beta, iters, conv = _irls(X, s, n, dev_sat=d.dev_sat, start=d.start, eps=epsilon, maxit=maxit)
+    elif penalty == "firth":
+        beta0, _, _ = _irls(X, s, n, dev_sat=d.dev_sat, start=d.start, maxit=4)
+        beta0 = np.clip(beta0, -10, 10)
+        beta, iters, conv, penalized_ll = _firth(X, s, n, beta0=beta0)
+    else:
+        if alpha == "cv":
+            alpha, cv_table = _cv_alpha(d, l1_ratio, pen_mask, n_folds, seed, progress)
+        beta, iters, conv = _enet(X, s, n, float(alpha), l1_ratio, pen_mask)
+    return beta, iters, conv, penalized_ll, alpha, cv_table
+
+
+def _fit_statistics(d: _Design, eta: np.ndarray, penalty, notes: list[str]) -> dict:
+    """Log-likelihoods (R's, with the binomial constants of ``trials=`` input), deviances, AIC,
+    BIC and McFadden's pseudo-R² at the linear predictor ``eta``."""
+    s, n = d.s, d.n
+    N = float(np.sum(n))
+    K, p = len(s), len(d.names)
+    ll_b = _loglik(eta, s, n)
+    loglik = ll_b + d.ll_const
+    if "Intercept" in d.names:
+        pbar = float(np.sum(s)) / N
+        ll0_b = _loglik(np.full(K, np.log(pbar / (1 - pbar))), s, n)
+    else:
+        ll0_b = _loglik(np.zeros(K), s, n)
+    return {"loglik": loglik, "loglik_null": ll0_b + d.ll_const,
+            "deviance": 2.0 * (d.dev_sat - ll_b), "null_deviance": 2.0 * (d.dev_sat - ll0_b),
+            "aic": -2 * loglik + 2 * p, "bic": -2 * loglik + np.log(d.n_obs) * p,
+            "pseudo_r2": _mcfadden(ll_b, float(np.sum(s)), N, penalty, notes)}
+
+
 def _unequal_clusters_note(cl: _Cluster) -> list[str]:
     """A note when cluster sizes are so unequal that CR2's tests of cluster-level terms
     fell short in the calibration (benchmarks/calibration_logit.py, shape (g))."""
@@ -650,16 +750,6 @@ def _unequal_clusters_note(cl: _Cluster) -> list[str]:
             "task) reached only 0.86 coverage and 0.085 false positives in the calibration, GEE "
             "(working='exchangeable') 0.955 and 0.055; CR2 stays right for row-level terms (0.025 false "
             "positives; GEE 0.13). benchmarks/calibration_logit.py, shape (g)")]
-
-
-def _t_quantile(conf: float, df: np.ndarray) -> np.ndarray:
-    """The two-sided ``conf`` quantile of t on ``df`` (the normal one where df is infinite)."""
-    df = np.asarray(df, float)
-    out = np.full(df.shape, stats.norm.ppf(0.5 + conf / 2))
-    fin = np.isfinite(df) & (df > 0)
-    out[fin] = stats.t.ppf(0.5 + conf / 2, df[fin])
-    out[~np.isfinite(df) & ~np.isinf(df)] = np.nan
-    return out
 
 
 @_single_blas
@@ -693,4 +783,4 @@ def _refit_responses(fit: LogitResults, y: np.ndarray) -> LogitResults:
     opts = dict(fit._opts)
     if opts["penalty"] in ("l2", "l1", "elasticnet") and opts["alpha"] is None:
         opts["alpha"] = fit.alpha
-    return _estimate(nd, **opts)
+    return LogitModel._of_design(nd, fit.formula, opts["reference"], opts["cluster"])._fit_design(nd, opts)

@@ -13,7 +13,7 @@ from .._summary import Summary
 from .._validation import check_conf
 from ..formula import FormulaError, new_design
 from ..multiplicity import adjust_pvalues
-from .covariance import _cluster_cov, _ClusterCov, _cr1_many, _StreamedCluster
+from .covariance import _cluster_cov, _ClusterCov, _cr1_many, _StreamedCluster, _t_quantile
 from .firth import _firth
 from .irls import _irls
 from .likelihood import _loglik
@@ -169,20 +169,16 @@ class LogitResults:
             out = self._ci.copy()
             method = self.ci_method
         elif self._opts["ci"] == "wald" or self._opts["ci"] == "none":
-            from .model import _t_quantile
-
             zq = _t_quantile(conf, self.df.to_numpy())
             b, se = self.params.to_numpy(), self.bse.to_numpy()
             if self._opts["ci"] == "none":
                 se = np.full_like(b, np.nan)
             out = pd.DataFrame({"ci_low": b - zq * se, "ci_high": b + zq * se}, index=self.params.index)
             method = self.ci_method.replace(f"{100 * self.conf:g}%", f"{100 * conf:g}%")
-        else:
-            from .model import _estimate
-
+        else:  # the same estimator at another level, through the fit's model (no import cycle)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                refit = _estimate(self._design, **{**self._opts, "conf": conf, "progress": False})
+                refit = self.model._fit_design(self._design, {**self._opts, "conf": conf, "progress": False})
             out, method = refit._ci.copy(), refit.ci_method
         out.attrs["interval"] = method
         return out
@@ -653,8 +649,6 @@ class LogitResults:
         link = (lambda v: v) if type == "link" else expit
         if conf is None:
             return link(eta)
-        from .model import _t_quantile
-
         z = _t_quantile(conf, dfs)
         out = pd.DataFrame({"prediction": link(eta), "ci_low": link(eta - z * se),
                             "ci_high": link(eta + z * se)})
@@ -697,8 +691,6 @@ class LogitResults:
         --------
         >>> fit.marginal_means("persona")  # doctest: +SKIP
         """
-        from .model import _t_quantile
-
         d = self._design
         if factor not in d.factors:
             raise ValueError(f"'{factor}' is not a factor of the model; factors: {list(d.factors)}")
