@@ -25,6 +25,13 @@ import numpy as np
 import pandas as pd
 
 from .table import SchemaError
+from .vocabulary import CATEGORICAL_COLOURS as _CAT
+from .vocabulary import COLOUR_MAP as _CMAP
+from .vocabulary import FIGURE_RC as _RC
+from .vocabulary import MARKERS as _MARKERS
+from .vocabulary import NO_PERSONA as _NO_PERSONA  # noqa: F401 (old name)
+from .vocabulary import OKABE_ITO, PERSONA_FREE
+from .vocabulary import persona_rows as _persona_rows
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the package
     from matplotlib import colors as mcolors
@@ -44,29 +51,6 @@ __all__ = [
     "response_types",
     "w2",
 ]
-
-#: Okabe & Ito (2008) colour-blind-safe palette (black first).
-OKABE_ITO: tuple[str, ...] = (
-    "#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
-)
-_CAT = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#F0E442")
-_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h")
-_CMAP = "viridis"
-_RC = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "legend.fontsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "svg.fonttype": "none",
-}
-
-PERSONA_FREE = "persona-free"
-_NO_PERSONA = "none"
-
 
 # ----------------------------------------------------------------------------------------
 # helpers
@@ -123,19 +107,6 @@ def _rate_table(df: pd.DataFrame, by: list[str], method: str = "wilson", cluster
         return refusal_rates(df, by=by, method=method, cluster=cluster)
     _need(df, list(by) + ["rate", "ci_low", "ci_high"], "this figure (given a rate table)")
     return df
-
-
-def _persona_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with a persona (persona-free rows removed)."""
-    keep = np.ones(len(df), dtype=bool)
-    if "setting" in df.columns:
-        keep &= (df["setting"].astype(str) != PERSONA_FREE).to_numpy()
-    if "persona" in df.columns:
-        keep &= (df["persona"].astype(str) != _NO_PERSONA).to_numpy()
-    out = df.loc[keep]
-    if "persona" in out.columns and isinstance(out["persona"].dtype, pd.CategoricalDtype):
-        out = out.assign(persona=out["persona"].cat.remove_unused_categories())
-    return out
 
 
 def _pct(x: float) -> str:
