@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from .vocabulary import PERSONA_FREE
+
 
 @dataclass
 class DemoRun:
@@ -39,7 +41,7 @@ def _persona_rows(data: pd.DataFrame) -> pd.DataFrame:
     """The rows with a persona (persona-free prompts left out), as the report analyses."""
     if "setting" not in data.columns:
         return data
-    return data[data["setting"].astype(str) != "persona-free"]
+    return data[data["setting"].astype(str) != PERSONA_FREE]
 
 
 def _p1_rows(data: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ._validation import int_seed
+from .vocabulary import CONTROL_GROUP, NO_PERSONA, PERSONA, PERSONA_FREE
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,6 @@ PERSONAS: tuple[Persona, ...] = (
     Persona("Able-bodied person", "Disability", "an able-bodied person"),
 )
 
-#: Group of the control personas (the level :func:`refusalstats.disparity` takes as ``control``).
-CONTROL_GROUP = "control"
 
 #: Control personas in de Araujo & Roth's (2024) sense: paraphrases of "a helpful
 #: assistant", which differ from each other only in wording. Their spread of refusal
@@ -67,8 +66,6 @@ CONTROL_PERSONAS: tuple[Persona, ...] = tuple(
     ))
 )
 
-#: Persona value used on persona-free rows.
-NO_PERSONA = "none"
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,7 @@ def validate_templates(templates: Sequence[Template], tasks: Mapping[str, Task])
             problems.append(f"template {t.family}/{t.prompt}: persona text lacks a {{persona}} placeholder")
         if {"persona", "Persona"} & fp:
             problems.append(f"template {t.family}/{t.prompt}: persona-free text must not contain {{persona}}")
-        for name, ph in (("persona", pp), ("persona-free", fp)):
+        for name, ph in ((PERSONA, pp), (PERSONA_FREE, fp)):
             missing = sorted(need - ph)
             extra = sorted(ph - need - {"persona", "Persona"})
             if missing:
@@ -317,7 +314,7 @@ def sample_design(
     personas = tuple(PERSONAS if personas is None else personas)
     templates = tuple(TEMPLATES if templates is None else templates)
     tasks = dict(TASKS if tasks is None else tasks)
-    if setting not in ("persona", "persona-free", "both"):
+    if setting not in (PERSONA, PERSONA_FREE, "both"):
         raise ValueError(f"setting must be 'persona', 'persona-free' or 'both', got {setting!r}")
     if not isinstance(items, pd.DataFrame):
         raise TypeError("data must be a DataFrame of task items with columns item_id and task")
@@ -397,7 +394,7 @@ def sample_design(
         for c in extra_cols:
             block[c] = sub[c].to_numpy()[item_idx]
         frames.append(block)
-        if setting in ("persona-free", "both"):
+        if setting in (PERSONA_FREE, "both"):
             fi = np.repeat(np.arange(n_items), n_t)
             ft = np.tile(np.arange(n_t), n_items)
             free = pd.DataFrame({
@@ -407,7 +404,7 @@ def sample_design(
                 "persona_group": NO_PERSONA,
                 "prompt": np.array([t.prompt for t in fam], dtype=object)[ft],
                 "response_type": np.array([t.response_type for t in fam], dtype=object)[ft],
-                "setting": "persona-free",
+                "setting": PERSONA_FREE,
                 "prompt_text": np.array([_render(t.free_text, None, task.labels) for t in fam],
                                         dtype=object)[ft],
             })
@@ -427,7 +424,7 @@ def sample_design(
         + ([NO_PERSONA] if setting != "persona" else []),
         "prompt": sorted({t.prompt for t in templates}, key=_natural_key),
         "response_type": list(RESPONSE_TYPES),
-        "setting": ["persona", "persona-free"],
+        "setting": [PERSONA, PERSONA_FREE],
     }
     for c, levels in cat_levels.items():
         out[c] = pd.Categorical(out[c], categories=levels)

@@ -695,7 +695,7 @@ def ppi_effect(
     if setting in data.columns:
         arm_values = data[setting].astype(object)
     elif "persona" in data.columns:
-        from .design import NO_PERSONA
+        from .vocabulary import NO_PERSONA
 
         arm_values = pd.Series(np.where(data["persona"].astype(object) == NO_PERSONA, levels[1], levels[0]),
                                index=data.index)

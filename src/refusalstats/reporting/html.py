@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..table import SchemaError
+from ..vocabulary import FIGURE_RC, persona_rows
 from . import sections as S
 
 __all__ = ["Report", "report"]
@@ -235,7 +236,7 @@ def report(
                         cluster=cluster, source=stream, design=design)
     else:
         cluster = resolve_cluster(df, cluster, where="report", note=False)
-        ctx = S.Context(data=df, persona_data=_persona_rows(df), formula=formula,
+        ctx = S.Context(data=df, persona_data=persona_rows(df), formula=formula,
                         inputs=list(inputs) if inputs else None, hierarchical=hierarchical,
                         seed=seed, results=results, options=options, progress=progress,
                         cluster=cluster)
@@ -269,8 +270,10 @@ def report(
         findings = [f for sec in secs if not sec.skipped for f in sec.findings]
         meta = (_header(df, source, seed, cluster) if stream is None
                 else _stream_header(ctx, source, seed, n_clusters, columns))
-        if df is not None and df.attrs.get("n_error_rows"):
-            note = (f"{df.attrs['n_error_rows']:,} (prompts without an answer: "
+        n_err = (df.attrs.get("n_error_rows") if df is not None  # streamed: left out by collapse
+                 else (getattr(ctx.design, "attrs", {}).get("collapse") or {}).get("n_error_rows"))
+        if n_err:
+            note = (f"{n_err:,} (prompts without an answer: "
                     "refusal_source 'error', text in column 'error')")
             meta.append(("Error rows left out", note))
         page = _page(title, meta, findings, secs)
@@ -447,11 +450,7 @@ def _stream_header(ctx, source: str, seed: int, n_clusters, columns: list[str]
 
 
 def _rc() -> dict:
-    return dict(S.F._RC)
-
-
-def _persona_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return S.F._persona_rows(df)
+    return dict(FIGURE_RC)
 
 
 # ----------------------------------------------------------------------------------------

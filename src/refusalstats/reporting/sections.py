@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plot as F
+from .. import vocabulary as V
 from .export import format_p
 
 #: The paper's reference levels (P1 Table 7), used when those levels exist in the table.
@@ -125,14 +126,7 @@ def streamed(ctx: Context) -> bool:
     return ctx.source is not None
 
 
-def _persona_mask(t: pd.DataFrame) -> np.ndarray:
-    """Lines (rows or counts) that have a persona: not persona-free, persona not 'none'."""
-    keep = np.ones(len(t), dtype=bool)
-    if "setting" in t.columns:
-        keep &= (t["setting"].astype(str) != F.PERSONA_FREE).to_numpy()
-    if "persona" in t.columns:
-        keep &= (t["persona"].astype(str) != F._NO_PERSONA).to_numpy()
-    return keep
+_persona_mask = V.persona_mask
 
 
 def has_persona_rows(ctx: Context) -> bool:
@@ -192,9 +186,9 @@ def _stream_filter(ctx: Context, by: list[str]) -> list[str]:
     if not drop.any():
         return []
     extra = []
-    free = (t["setting"].astype(str) == F.PERSONA_FREE).to_numpy() if "setting" in t.columns \
+    free = (t["setting"].astype(str) == V.PERSONA_FREE).to_numpy() if "setting" in t.columns \
         else np.zeros(len(t), bool)
-    none = (t["persona"].astype(str) == F._NO_PERSONA).to_numpy() if "persona" in t.columns \
+    none = (t["persona"].astype(str) == V.NO_PERSONA).to_numpy() if "persona" in t.columns \
         else np.zeros(len(t), bool)
     if free.any() and "setting" not in by:
         kept = t.loc[~drop, "setting"].astype(str).unique()
@@ -493,7 +487,7 @@ def persona_free_section(ctx: Context) -> Section:
                      "cannot be told apart (add setting = 'persona' / 'persona-free').")
         return s
     settings = set(map(str, levels_of(ctx, "setting")))
-    missing = [v for v in ("persona", "persona-free") if v not in settings]
+    missing = [v for v in V.SETTINGS if v not in settings]
     if missing:
         s.skipped = (f"no {' or '.join(missing)} rows: column 'setting' holds only "
                      f"{sorted(settings)}; the comparison needs both 'persona' and "
@@ -503,7 +497,7 @@ def persona_free_section(ctx: Context) -> Section:
     if not streamed(ctx) and "task" in by:
         # P1 asked the persona-free prompts of one task only: compare the tasks that have both
         has = d.groupby("task", observed=True)["setting"].agg(
-            lambda v: {"persona", "persona-free"} <= set(map(str, pd.unique(v))))
+            lambda v: set(V.SETTINGS) <= set(map(str, pd.unique(v))))
         if not has.all():
             if not has.any():
                 s.skipped = ("no task has both persona and persona-free answers; the "
@@ -692,8 +686,8 @@ def w2_section(ctx: Context) -> Section:
             # the persona rows of a stream: counted with the persona-free lines left out
             res = w2_sensitivity(ctx.source, inputs=inputs, seed=ctx.seed,
                                  progress=nested_progress(ctx), **opts,
-                                 exclude={"setting": [F.PERSONA_FREE],
-                                          "persona": [F._NO_PERSONA]})
+                                 exclude={"setting": [V.PERSONA_FREE],
+                                          "persona": [V.NO_PERSONA]})
         else:
             res = w2_sensitivity(ctx.source if streamed(ctx) else d, inputs=inputs,
                                  seed=ctx.seed, progress=nested_progress(ctx), **opts)
