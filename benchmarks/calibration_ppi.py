@@ -209,8 +209,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=20261128)
+    ap.add_argument("--disparity", action="store_true",
+                    help="only the disparity(labels=) rows (100 bootstrap replicates each)")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.disparity:
+        print("| data | labels/persona | category (true ratio) | coverage | median interval |\n|---|---|---|---|---|")
+        for k, (sd, n) in enumerate([(1.0, 40), (1.0, 100), (0.0, 40)]):
+            s = scenario_disparity(args.reps, args.seed + 200 + k, sd, n)
+            for cat in ("G1", "G2"):
+                c = s["coverage"][cat]
+                lo, hi = s["median_interval"][cat]
+                print(f"| {'clustered' if sd else 'i.i.d.'} | {n} | {cat} ({s['truth'][cat]:.2f}) "
+                      f"| {c:.3f} ± {np.sqrt(c * (1 - c) / s['n']):.3f} | {lo:.2f}–{hi:.2f} |", flush=True)
+        print(f"\n{args.reps} replicates per row, seed {args.seed}, {time.perf_counter() - t0:.0f} s. Command: "
+              f"`python benchmarks/calibration_ppi.py --disparity --reps {args.reps}`")
+        return
     lines = [("| data | detector | labels/model | PPI++ (default) | PPI++ (ci='z', as ppi_python) | labels only "
              "| Rogan-Gladen | width / labels-only | mean lam |"), "|---|---|---|---|---|---|---|---|---|"]
     for k, (sd, det, n) in enumerate(SCENARIOS):
@@ -239,6 +253,67 @@ def main() -> None:
         print(lines[-1], flush=True)
     print(f"\n{time.perf_counter() - t0:.0f} s in all\n")
     print("\n".join(lines))
+
+
+
+# ----------------------------------------------------------------------- disparity (#22)
+DISP_PERSONAS = {"g1": ("G1", [-0.9, -0.3, 0.3, 0.9]), "g2": ("G2", [-0.3, -0.1, 0.1, 0.3]),
+                 "c": ("control", [-0.25, -0.08, 0.08, 0.25])}
+
+
+def disparity_truth(item_sd: float, base: float = -1.5) -> dict:
+    """sd of the personas' population-averaged rates per category over the controls' sd."""
+    z, w = _gh()
+    sds = {}
+    for (cat, effects) in DISP_PERSONAS.values():
+        rates = [float(np.sum(w * expit(base + e + item_sd * z))) for e in effects]
+        sds[cat] = np.std(rates, ddof=1)
+    return {cat: sds[cat] / sds["control"] for cat in ("G1", "G2")}
+
+
+def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_boot: int = 100) -> dict:
+    """Coverage of disparity(labels=) bootstrap intervals: 12 personas (4 per category, 4
+    controls), 150 items answered under every persona; detector errors depend on the
+    persona (sensitivity 0.9 - 0.1 per persona index within its category); ``n_labels``
+    labels per persona."""
+    rng = np.random.default_rng(seed)
+    base, n_items = -1.5, 150
+    truth = disparity_truth(item_sd, base)
+    names, cats, effects = [], [], []
+    for key, (cat, eff) in DISP_PERSONAS.items():
+        for j, e in enumerate(eff):
+            names.append(f"{key}{j}")
+            cats.append(cat)
+            effects.append(e)
+    P = len(names)
+    hits = {"G1": [], "G2": []}
+    ends = {"G1": [], "G2": []}
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        item = np.repeat(np.arange(n_items), P)
+        pi = np.tile(np.arange(P), n_items)
+        u = rng.normal(0, item_sd, n_items)[item] if item_sd else 0.0
+        y = rng.random(len(item)) < expit(base + np.array(effects)[pi] + u)
+        sens = 0.9 - 0.1 * (pi % 4)
+        flag = np.where(y, rng.random(len(item)) < sens, rng.random(len(item)) < 0.05)
+        human = np.full(len(item), np.nan)
+        for p in range(P):
+            rows = np.flatnonzero(pi == p)
+            pick = rng.choice(rows, n_labels, replace=False)
+            human[pick] = y[pick]
+        df = pd.DataFrame({"item_id": item, "persona": np.array(names)[pi], "persona_group": np.array(cats)[pi],
+                           "refusal": flag.astype(int), "human": human})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = rs.disparity(df, control="control", labels="human", strata="persona", n_boot=n_boot,
+                               cluster="item_id" if item_sd else None, seed=int(rng.integers(2**31)))
+        for _, r in out.iterrows():
+            t = truth[r["persona_group"]]
+            hits[r["persona_group"]].append(r["ci_low"] <= t <= r["ci_high"])
+            ends[r["persona_group"]].append((r["ci_low"], r["ci_high"]))
+    return {"coverage": {cat: float(np.mean(h)) for cat, h in hits.items()},
+            "median_interval": {cat: tuple(np.median(np.array(e), 0)) for cat, e in ends.items()},
+            "n": reps, "seconds": time.perf_counter() - t0, "truth": truth}
 
 
 if __name__ == "__main__":

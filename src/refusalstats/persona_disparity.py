@@ -232,7 +232,8 @@ def disparity(
         A column of human labels (0/1, NaN where unlabelled): the persona rates are then
         corrected for the detector's errors by prediction-powered inference and the
         noise correction uses their PPI covariance (:func:`refusalstats.ppi_disparity`;
-        the noise-corrected estimator only; not yet calibrated by simulation).
+        the noise-corrected estimator only; its interval is conservative and wide with
+        tens of labels per persona: docs/methods_ppi.md).
     strata : str or list of str, optional
         With ``labels``: the strata the labels were drawn in.
 
