@@ -10,6 +10,7 @@ import http.server
 import json
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +95,16 @@ def p2_root(tmp_path: Path) -> Path:
     return root
 
 
-def expected_rows(rows: dict, *, model: str, task: str, setting: str) -> pd.DataFrame:
+def expected_rows(rows: dict, *, model: str, task: str, folder: str) -> pd.DataFrame:
+    """The rows a matrix of P2's ``folder`` ("regular" / "control") gives: P2's baseline
+    row ``empty`` is persona-free, every other row a persona (the package's settings)."""
     recs = []
     for persona, vals in rows.items():
+        setting = "persona-free" if persona == "empty" else "persona"
         for i, v in enumerate(vals):
             recs.append({"model": model, "task": task, "persona_original": persona,
-                         "setting": setting, "item_id": i, "refusal": v})
+                         "setting": setting, "setting_original": folder, "item_id": i,
+                         "refusal": v})
     return pd.DataFrame(recs)
 
 
@@ -121,7 +126,7 @@ def as_plain(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
         ("Isabelle_from_France", "Isabelle from France"),
         ("John_F._Kennedy", "John F. Kennedy"),
         ("a_helpful_assistant", "helpful assistant"),
-        ("empty", "no persona"),
+        ("empty", "none"),  # P2's baseline: the package's persona of persona-free rows
         ("a", "a"),  # a bare article is a name, not an article
     ],
 )
@@ -141,8 +146,8 @@ def test_display_persona_collision_is_an_error(tmp_path):
 def test_persona_behavior_matrices_row_by_row(p2_root):
     df = dumps.persona_behavior(p2_root, datasets=["rac"], progress=False)
     want = pd.concat([
-        expected_rows(RAC_A, model="modelA", task="rac", setting="regular"),
-        expected_rows(RAC_B, model="modelB", task="rac", setting="regular"),
+        expected_rows(RAC_A, model="modelA", task="rac", folder="regular"),
+        expected_rows(RAC_B, model="modelB", task="rac", folder="regular"),
     ], ignore_index=True)
     got = as_plain(df, list(want.columns))
     got["refusal"] = got["refusal"].astype(int)
@@ -154,10 +159,14 @@ def test_persona_behavior_matrices_row_by_row(p2_root):
     first = df.iloc[0]
     assert (first["persona"], first["persona_original"]) == ("black person", "a_black_person")
     cat = dict(zip(df["persona_original"].astype(str), df["persona_category"].astype(str)))
-    assert cat == CATS
-    assert (df["persona_group"].astype(str) == df["persona_category"].astype(str)).all()
+    assert cat == CATS  # P2's categories as stored, the baseline's "empty" included
+    group = dict(zip(df["persona_original"].astype(str), df["persona_group"].astype(str)))
+    assert group == {**CATS, "empty": "none"}  # the package's group of persona-free rows
     assert set(df["prompt"].astype(str)) == {dumps.P2_PROMPT}
-    assert df.loc[df.persona_original == "empty", "persona"].astype(str).unique().tolist() == ["no persona"]
+    base = df[df.persona_original == "empty"]
+    assert base["persona"].astype(str).unique().tolist() == ["none"]
+    assert base["setting"].astype(str).unique().tolist() == ["persona-free"]
+    assert (df.loc[df.persona_original != "empty", "setting"].astype(str) == "persona").all()
     # hedges attached where the file exists (model A), <NA> elsewhere
     a = df[df.model == "modelA"]
     want_h = [v for vals in HEDGE_A.values() for v in vals]
@@ -169,17 +178,97 @@ def test_persona_behavior_matrices_row_by_row(p2_root):
 
 def test_persona_behavior_control_personas(p2_root):
     df = dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)
-    ctl = df[df.setting == "control"]
+    ctl = df[df.setting_original == "control"]
     want = pd.concat([
-        expected_rows(CONTROL_RAC, model="modelA", task="rac", setting="control"),
-        expected_rows(CONTROL_RAC, model="modelB", task="rac", setting="control"),
+        expected_rows(CONTROL_RAC, model="modelA", task="rac", folder="control"),
+        expected_rows(CONTROL_RAC, model="modelB", task="rac", folder="control"),
     ], ignore_index=True)
     got = as_plain(ctl, list(want.columns))
     got["refusal"] = got["refusal"].astype(int)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert set(ctl["persona"].astype(str)) == {"helpful assistant", "useful helper"}
     assert set(ctl["persona_category"].astype(str)) == {"control"}
+    assert set(ctl["persona_group"].astype(str)) == {"control"}  # disparity's control=
     assert len(df) == 2 * 5 * 4 + 2 * 2 * 4
+
+
+def test_persona_behavior_baseline_is_persona_free_and_the_report_compares_it(p2_root, tmp_path):
+    """P2's baseline row ``empty`` is the package's persona-free setting: the report draws
+    its persona vs persona-free section (P1's Fig. 1) and no persona analysis counts the
+    baseline as a persona; the dump's own labels stay in the *_original columns."""
+    import refusalstats as rs
+
+    df = dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)
+    assert set(df["setting"].astype(str)) == {"persona", "persona-free"}
+    free = df[df.setting == "persona-free"]
+    assert set(free["persona_original"].astype(str)) == {"empty"}
+    assert set(free["persona"].astype(str)) == {"none"}
+    assert set(free["setting_original"].astype(str)) == {"regular"}
+    assert set(df.loc[df.setting == "persona", "setting_original"].astype(str)) == {"regular", "control"}
+    assert "none" not in set(df.loc[df.setting == "persona", "persona"].astype(str))
+
+    # persona minus persona-free per model, counted from the fixture's matrices: the
+    # persona arm is every regular persona but the baseline, and the control personas
+    def arm(rows, base):
+        vals = [v for p, vs in rows.items() if (p == "empty") == base for v in vs]
+        return sum(vals), len(vals)
+
+    want = {}
+    for model, rows in (("modelA", RAC_A), ("modelB", RAC_B)):
+        (r_p, n_p), (r_c, n_c), (r_f, n_f) = arm(rows, False), arm(CONTROL_RAC, False), arm(rows, True)
+        want[model] = ((r_p + r_c) / (n_p + n_c), r_f / n_f)
+    assert want == {"modelA": (10 / 24, 0.0), "modelB": (10 / 24, 1.0)}
+    eff = rs.persona_effect(df, by=["model"], cluster=None)
+    for _, row in eff.iterrows():
+        rp, rf = want[row["model"]]
+        assert row["rate_persona"] == pytest.approx(rp) and row["rate_persona_free"] == pytest.approx(rf)
+        assert row["difference"] == pytest.approx(rp - rf)
+
+    with warnings.catch_warnings():  # 4 items: few-cluster notes, not under test here
+        warnings.simplefilter("ignore")
+        rep = rs.report(df, tmp_path / "report", hierarchical=False, progress=False, seed=0,
+                        options={"w2": {"n_boot": 20, "n_perm": 10}})
+    assert "persona_free" not in rep.skipped
+    tab = pd.read_csv(rep.tables["persona_vs_free"])
+    assert sorted(tab["model"]) == sorted(want)
+    for m, p, f in zip(tab["model"], tab["rate_persona"], tab["rate_free"]):
+        assert (p, f) == pytest.approx(want[m])
+    # the persona analyses see the 6 personas and never the baseline
+    personas = {"black person", "white person", "man", "woman", "helpful assistant", "useful helper"}
+    assert set(pd.read_csv(rep.tables["rates_persona"])["persona"]) == personas
+    terms = pd.read_csv(rep.tables["coefficients"])["term"].tolist()
+    assert [t for t in terms if t.startswith("persona")] and not any("none" in t for t in terms)
+    w2 = pd.read_csv(rep.tables["w2_indices"]).set_index("input")
+    assert w2.loc["persona", "n_partitions"] == len(personas)
+    assert "none" not in set(pd.read_csv(rep.tables["rates_by_persona_group"])["persona_group"])
+
+
+def test_persona_behavior_baseline_needs_no_category_and_stays_distinct(p2_root, tmp_path):
+    cats = {k: v for k, v in CATS.items() if k != "empty"}
+    (p2_root / "data" / "persona_cat.json").write_text(json.dumps(cats))
+    df = dumps.persona_behavior(p2_root, datasets="rac", models=["modelA"], progress=False)
+    base = df[df.persona_original == "empty"]
+    assert set(base["persona_category"].astype(str)) == {"empty"}
+    assert set(base["persona_group"].astype(str)) == {"none"}
+    # a persona stored as "none" would be mistaken for the baseline: refused, named
+    write_matrix(tmp_path / "r" / "results" / "zero" / "m" / "off_refusals.csv",
+                 {"empty": [0, 1], "none": [1, 0]})
+    with pytest.raises(DumpError, match=r"'empty' and 'none' both display as 'none'"):
+        dumps.persona_behavior(tmp_path / "r", categories=False, progress=False)
+
+
+def test_persona_behavior_baseline_generations_are_persona_free(p2_root):
+    z = p2_root / "results" / "zero" / "modelA" / "toxicity"
+    write_generations(z / "empty.json", ["(2) Disagree."] * 4 + ["I'm sorry, I cannot."] * 4)
+    write_generations(z / "a_man.json", ["(3) Neutral."] * 8)
+    df = dumps.persona_behavior(p2_root, datasets=["rac"], models=["modelA"],
+                                source="generations", progress=False)
+    got = df.groupby(["persona_original", "persona", "setting", "setting_original"],
+                     observed=True)["refusal"].agg(["size", "sum"])
+    assert got.to_dict("index") == {
+        ("a_man", "man", "persona", "regular"): {"size": 4, "sum": 0},
+        ("empty", "none", "persona-free", "regular"): {"size": 4, "sum": 4},
+    }
 
 
 def test_persona_behavior_attitude_vectors(p2_root):
@@ -805,7 +894,7 @@ def test_absent_parts_are_reported_not_dropped_silently(p2_root):
     with pytest.warns(UserWarning, match=r"1 file\(s\) or folder\(s\) of the layout are absent"):
         df = dumps.persona_behavior(p2_root, control=True, progress=False)
     assert any("control/zero/modelB" in a for a in df.attrs["metadata"]["absent"])
-    assert not ((df.model == "modelB") & (df.setting == "control")).any()
+    assert not ((df.model == "modelB") & (df.setting_original == "control")).any()
     with pytest.raises(DumpError, match=r"requested file\(s\) or folder\(s\) are missing"):
         dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)
     # asked-for things that are absent altogether are errors, not warnings

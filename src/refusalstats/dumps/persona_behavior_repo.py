@@ -6,6 +6,15 @@
 (``results/zero/<model>/<folder>/<persona>.json``) re-classified with any refusalstats
 detector, into the tidy response table. :func:`display_persona` gives the display form
 of a stored persona name.
+
+P2's folders and its baseline are put in the package's vocabulary (that of
+:mod:`refusalstats.vocabulary`): every persona, control personas included, has
+``setting = "persona"``; the baseline without a persona (row ``empty``) has
+``setting = "persona-free"`` and ``persona = persona_group = "none"``, so that the
+report compares persona with persona-free answers and no persona analysis counts the
+baseline as a persona. What the dump itself says is kept: the stored persona name in
+``persona_original``, P2's category in ``persona_category`` and P2's folder
+(``"regular"`` / ``"control"``) in ``setting_original``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..table import validate
+from ..vocabulary import CONTROL_GROUP, NO_PERSONA, PERSONA, PERSONA_FREE
 from .classify import _resolve_detector, _run_detector
 from .download import (
     _is_url,
@@ -67,8 +77,16 @@ P2_PROMPT = "zero-shot"
 #: Where the repository keeps the persona -> category mapping.
 P2_CATEGORY_FILE = "data/persona_cat.json"
 
-#: Category given to control personas (paraphrases of "a helpful assistant").
-CONTROL_CATEGORY = "control"
+#: Category given to control personas (paraphrases of "a helpful assistant"): the
+#: package's control group, the level :func:`refusalstats.disparity` takes as ``control``.
+CONTROL_CATEGORY = CONTROL_GROUP
+
+#: P2's row (and generation file) for the baseline prompt without a persona. Its rows are
+#: imported as persona-free (``setting = "persona-free"``, ``persona = "none"``).
+P2_BASELINE = "empty"
+
+#: P2's folders: ``setting_original`` value -> folder under the root.
+_P2_FOLDERS: dict[str, str] = {"regular": "results/zero", "control": "results/control/zero"}
 
 # Generation folders per dataset. "off" and "rac" share the folder "toxicity": each
 # JSON holds the offensiveness answers first, then the racism answers.
@@ -89,7 +107,8 @@ def display_persona(name: str) -> str:
 
     Underscores become spaces and a leading lower-case article (``a``, ``an``, ``the``)
     is dropped; case is kept (``an_Asian_person`` -> ``Asian person``). P2's baseline
-    without persona (row ``empty``) becomes ``no persona``.
+    without persona (row ``empty``) becomes ``"none"``, the ``persona`` of persona-free
+    rows throughout the package (:data:`refusalstats.vocabulary.NO_PERSONA`).
 
     Parameters
     ----------
@@ -108,15 +127,20 @@ def display_persona(name: str) -> str:
     >>> display_persona("an_Asian_person"), display_persona("John_F._Kennedy")
     ('Asian person', 'John F. Kennedy')
     >>> display_persona("empty")
-    'no persona'
+    'none'
     """
     if not isinstance(name, str):
         raise TypeError(f"persona names are strings, got {name!r}")
+    if _is_baseline(name):
+        return NO_PERSONA
     s = " ".join(name.replace("_", " ").split())
-    if s in ("", "empty"):
-        return "no persona"
     s = re.sub(r"^(?:a|an|the) (?=\S)", "", s)
     return s
+
+
+def _is_baseline(name: str) -> bool:
+    """Whether a stored persona name is P2's baseline without persona (``empty``)."""
+    return " ".join(name.replace("_", " ").split()) in ("", P2_BASELINE)
 
 
 def _display_map(raw: Iterable[str], where: str) -> dict[str, str]:
@@ -250,7 +274,7 @@ def _load_categories(root: _Root, categories: str | Path | Mapping[str, str] | N
 
 def _check_categories(raw_personas: Iterable[str], cats: dict[str, str], where: str,
                       label: str) -> None:
-    missing = [p for p in raw_personas if p not in cats]
+    missing = [p for p in raw_personas if p not in cats and not _is_baseline(p)]
     if missing:
         raise DumpError(
             f"{label}: {len(missing)} persona(s) are missing from the category file {where}: "
@@ -258,6 +282,24 @@ def _check_categories(raw_personas: Iterable[str], cats: dict[str, str], where: 
             "categories={...} with every persona, or categories=False to load without "
             "categories"
         )
+
+
+def _category(raw: str, folder: str, cats: Mapping[str, str]) -> str:
+    """P2's category of a persona: the control category in the control folder, the
+    category file's entry otherwise (for the baseline, ``empty`` when the file has none)."""
+    if _is_baseline(raw):
+        return cats.get(raw, P2_BASELINE)
+    return CONTROL_CATEGORY if folder == "control" else cats[raw]
+
+
+def _vocabulary(raw: str, folder: str, cats: Mapping[str, str] | None
+                ) -> dict[str, str]:
+    """The package's ``setting`` (and ``persona_group``) of a stored persona of a folder."""
+    base = _is_baseline(raw)
+    out = {"setting": PERSONA_FREE if base else PERSONA}
+    if cats is not None:
+        out["persona_group"] = NO_PERSONA if base else _category(raw, folder, cats)
+    return out
 
 
 def _matrix_frame(mat: PersonaItemMatrix, *, model: str, dataset: str, setting: str,
@@ -273,12 +315,14 @@ def _matrix_frame(mat: PersonaItemMatrix, *, model: str, dataset: str, setting: 
     frame: dict[str, Any] = {"model": _const_cat(model, n), "task": _const_cat(dataset, n)}
     frame["persona"] = _coded_cat([names[p] for p in mat.personas], p_idx)
     frame["persona_original"] = _coded_cat(list(mat.personas), p_idx)
+    voc = [_vocabulary(p, setting, cats) for p in mat.personas]
     if cats is not None:
-        per = [CONTROL_CATEGORY if setting == "control" else cats[p] for p in mat.personas]
-        frame["persona_category"] = _coded_cat(per, p_idx)
-        frame["persona_group"] = _coded_cat(per, p_idx)
+        frame["persona_category"] = _coded_cat([_category(p, setting, cats) for p in mat.personas],
+                                               p_idx)
+        frame["persona_group"] = _coded_cat([v["persona_group"] for v in voc], p_idx)
     frame["prompt"] = _const_cat(P2_PROMPT, n)
-    frame["setting"] = _const_cat(setting, n)
+    frame["setting"] = _coded_cat([v["setting"] for v in voc], p_idx)
+    frame["setting_original"] = _const_cat(setting, n)
     if w == 1:
         ids = items[col_idx]
         frame["item_id"] = _int_ids(ids) if all(isinstance(x, int) for x in mat.items) else ids.astype(str)
@@ -313,7 +357,7 @@ def _coded_cat(per_level: list[str], codes: np.ndarray) -> pd.Categorical:
 
 #: Columns the P2 loader stores as categoricals (concatenated with union_categoricals).
 _P2_CATEGORICALS = ("model", "task", "persona", "persona_original", "persona_category",
-                    "persona_group", "prompt", "setting")
+                    "persona_group", "prompt", "setting", "setting_original")
 
 
 def _object_cat(col: pd.Series) -> pd.Categorical:
@@ -443,8 +487,9 @@ def persona_behavior(
         model loaded.
     control : bool
         Also load the 30 control personas (``results/control/zero/...``), with
-        ``setting = "control"`` and ``persona_category = "control"``. The regular
-        personas always load, with ``setting = "regular"``.
+        ``setting_original = "control"`` and ``persona_category = "control"``. The
+        regular personas (and the baseline) always load, with
+        ``setting_original = "regular"``.
     source : {"matrices", "generations"}
         ``"matrices"``: the published 0/1 refusal matrices ``<dataset>_refusals.csv``
         (plus ``<dataset>_hedges.csv`` as a ``hedge`` column when present).
@@ -481,9 +526,12 @@ def persona_behavior(
         The tidy response table: ``model`` (the repository's folder name), ``task``
         (the dataset), ``persona`` (display name, e.g. ``"black person"``),
         ``persona_original`` (as stored, ``"a_black_person"``), ``persona_category``
-        and ``persona_group`` (same values), ``prompt`` (the constant
-        :data:`P2_PROMPT`: P2 uses one zero-shot prompt), ``setting``
-        (``"regular"``/``"control"``), ``item_id``, ``refusal`` (0/1), and ``hedge``,
+        (P2's category, ``"control"`` for control personas, ``"empty"`` for the
+        baseline) and ``persona_group`` (the same, except ``"none"`` for the baseline),
+        ``prompt`` (the constant :data:`P2_PROMPT`: P2 uses one zero-shot prompt),
+        ``setting`` (``"persona"``, or ``"persona-free"`` for P2's baseline row
+        :data:`P2_BASELINE`, whose ``persona`` is ``"none"``), ``setting_original``
+        (P2's folder: ``"regular"`` or ``"control"``), ``item_id``, ``refusal`` (0/1), and ``hedge``,
         ``response``, ``refusal_published``, ``statement``/``paraphrase`` (attitude
         items: ``item_id = statement * 31 + paraphrase``) where they apply. Provenance
         is in ``df.attrs["metadata"]``, with the SHA-256 of every file read under
@@ -503,8 +551,10 @@ def persona_behavior(
     --------
     >>> import refusalstats as rs  # doctest: +SKIP
     >>> df = rs.dumps.persona_behavior("persona-behavior", datasets="rac", control=True)  # doctest: +SKIP
-    >>> rs.cochran_q(df[df.setting == "regular"], condition="persona",
+    >>> # P2's test: the regular personas and the baseline as conditions, items as blocks
+    >>> rs.cochran_q(df[df.setting_original == "regular"], condition="persona",
     ...              cluster="item_id", by=["model", "task"])  # doctest: +SKIP
+    >>> rs.persona_effect(df, by=["model", "task"])  # personas vs the baseline  # doctest: +SKIP
     """
     if source not in ("matrices", "generations"):
         raise ValueError(f"source must be 'matrices' or 'generations', got {source!r}")
@@ -530,9 +580,9 @@ def persona_behavior(
     else:
         cats, cat_where = _load_categories(r, None if categories is True else categories)
 
-    settings = [("regular", "results/zero")]
+    settings = [("regular", _P2_FOLDERS["regular"])]
     if control:
-        settings.append(("control", "results/control/zero"))
+        settings.append(("control", _P2_FOLDERS["control"]))
 
     # which models
     if models is not None:
@@ -719,11 +769,12 @@ def _generations_frame(r: _Root, mdir: str, model: str, d: str, setting: str,
         frame: dict[str, Any] = {
             "model": model, "task": d, "persona": names[p], "persona_original": p,
         }
+        voc = _vocabulary(p, setting, cats)
         if cats is not None:
-            cat = CONTROL_CATEGORY if setting == "control" else cats[p]
-            frame["persona_category"] = cat
-            frame["persona_group"] = cat
-        frame.update({"prompt": P2_PROMPT, "setting": setting, "item_id": _int_ids(ids)})
+            frame["persona_category"] = _category(p, setting, cats)
+            frame["persona_group"] = voc["persona_group"]
+        frame.update({"prompt": P2_PROMPT, "setting": voc["setting"],
+                      "setting_original": setting, "item_id": _int_ids(ids)})
         if stmt is not None:
             frame["statement"] = stmt.astype(np.int32)
             frame["paraphrase"] = para.astype(np.int32)
