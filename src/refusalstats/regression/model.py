@@ -692,7 +692,7 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
         _opts={"formula": formula, "reference": reference, "penalty": penalty,
                "alpha": alpha if penalty in ("l2", "l1", "elasticnet") else None, "l1_ratio": l1_ratio,
                "cluster": cluster, "ci": ci, "conf": conf, "n_boot": n_boot, "n_folds": n_folds, "seed": seed,
-               "maxit": maxit, "epsilon": epsilon, "progress": progress, "vcov": vcov},
+               "maxit": maxit, "epsilon": epsilon, "progress": progress, "vcov": vcov, "working": working},
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ def _fmt_p(p: float) -> str:
     return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
 
 
+@dataclass(eq=False, repr=False)
 class LogitResults:
     """A fitted logistic regression: estimates, uncertainty and tests, R style.
 
@@ -63,8 +66,53 @@ class LogitResults:
         Reference level of every factor (treatment coding).
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    model: Any                   # the LogitModel it was fitted from
+    formula: str
+    penalty: str | None
+    alpha: float | None
+    l1_ratio: float | None
+    cluster: str | None
+    conf: float
+    params: pd.Series
+    bse: pd.Series
+    pvalues: pd.Series
+    _ci: pd.DataFrame
+    _cov: np.ndarray
+    _cov_cluster: np.ndarray | None
+    cov_type: str
+    ci_method: str
+    p_method: str                # "wald", "wald-t", "plr" or "none"
+    _ccov: Any                   # covariance._ClusterCov or None
+    df: pd.Series                # degrees of freedom of each coefficient's t (inf: z)
+    vcov: str | None             # "CR2", "CR1", "CR1-2way", "GEE-MD" or None
+    _stat: np.ndarray
+    loglik: float
+    loglik_null: float
+    deviance: float
+    null_deviance: float
+    aic: float
+    bic: float
+    pseudo_r2: float
+    penalized_loglik: float
+    df_resid: int
+    df_null: int
+    iterations: int
+    converged: bool
+    n_obs: int
+    n_patterns: int
+    n_clusters: int
+    separation: list[str]
+    separated_terms: list[str]
+    reference: dict
+    levels: dict
+    notes: list[str]
+    cv: pd.DataFrame | None
+    boot: np.ndarray | None
+    _design: Any
+    _term_of: dict
+    _ll_const: float
+    _call_extra: str
+    _opts: dict
 
     # -------------------------------------------------------------- basics
     def __repr__(self) -> str:
