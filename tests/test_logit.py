@@ -380,7 +380,7 @@ def test_bad_inputs_are_clear_errors(rows):
         logit("refusal ~ persona + task", one)
     with pytest.raises(SchemaError, match="missing value"):
         logit("refusal ~ persona + model", rows.assign(persona=rows["persona"].where(rows.index > 3)))
-    with pytest.raises(ValueError, match="only 0 and 1"):
+    with pytest.raises(ValueError, match=r"'y' must hold 0/1 or True/False; found \d+ other .*trials='n'"):
         logit("y ~ persona", rows.assign(y=rows["refusal"] * 2))
     with pytest.raises(ValueError, match="nothing to model"):
         logit("refusal ~ persona", rows.assign(refusal=0))

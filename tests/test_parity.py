@@ -184,3 +184,28 @@ def test_report_header_counts(sources, tmp_path):
     assert "<dt>Rows</dt><dd>2,100 answers" in heads["frame"]
     assert heads["folder"] == heads["frame"]
     assert findings["folder"] == findings["frame"]
+
+
+def test_a_bad_response_gets_the_same_words_everywhere(tmp_path):
+    """One validation boundary (#23): a refusal value of 2 is described by
+    table.binary_problem whether the table is validated, streamed into counts, fitted by
+    logit or by the hierarchical model (each raises its own error type)."""
+    from refusalstats.table import binary_problem
+
+    df = _table().head(300).copy()
+    df.loc[5, "refusal"] = 2
+    df.to_parquet(tmp_path / "bad.parquet", index=False)
+    words = "'refusal' must hold 0/1 or True/False; found 1 other value(s)"
+    assert words in binary_problem(df["refusal"])
+    calls = {
+        "validate": lambda: rs.validate(df),
+        "refusal_rates": lambda: rs.refusal_rates(df, by="model"),
+        "collapse": lambda: rs.collapse(tmp_path / "bad.parquet", by="model"),
+        "logit": lambda: rs.logit("refusal ~ model", df, cluster=None, progress=False),
+        "hierarchical": lambda: rs.hierarchical("refusal ~ model + (1|persona)", df,
+                                                method="laplace", draws=50),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError) as info:
+            call()
+        assert words in str(info.value), (name, str(info.value))

@@ -277,7 +277,7 @@ def choose_cluster(
             raise TypeError(
                 f"{prefix}cluster must be 'auto', None, a column name or a list of column names; "
                 f"got {cluster!r}")
-    src = _answered(source_of(data, where=where))
+    src = source_of(data, where=where)
     if src.frame is not None:
         columns = list(map(str, src.frame.columns))
     else:
@@ -314,19 +314,6 @@ def choose_cluster(
             sizes = _sizes(src, col, refusal)
     return _decide_auto(sizes, src, columns, where=where, note=note, refusal=refusal,
                         stacklevel=stacklevel)
-
-
-def _answered(src: Source) -> Source:
-    """A source whose in-memory rows leave out the error rows (``refusal_source ==
-    "error"``), as the counts do; streamed sources leave them out as they are read."""
-    if src.frame is None:
-        return src
-    from .table import is_error_row
-
-    err = is_error_row(src.frame)
-    if not err.any():
-        return src
-    return Source(src.kind, src.frame.loc[~err], src.files, src.label)
 
 
 def _decide_auto(sizes: np.ndarray | None, src: Source, columns: list[str], *, where: str,
@@ -541,7 +528,6 @@ def _local_codes(arr, lv: _Levels, source: str | None) -> tuple[np.ndarray, np.n
 def _refusal_values(arr, name: str, source: str | None) -> np.ndarray:
     """The 0/1 response of a record batch as int64, or a SchemaError naming bad values."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from .table import SchemaError
 
@@ -549,22 +535,21 @@ def _refusal_values(arr, name: str, source: str | None) -> np.ndarray:
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    if arr.null_count:
-        raise SchemaError([(f"column '{name}' has {arr.null_count:,} missing value(s)"
-                           f"{_where(source)}; {name} must be 0/1")])
+    def problem():  # the one 0/1 check's words (table.binary_problem), on the bad batch only
+        from .table import binary_problem
+
+        return SchemaError([binary_problem(arr.to_pandas(), name, _where(source),
+                                           positions=False)])
+
     typ = arr.type
+    if arr.null_count or not (pa.types.is_boolean(typ) or pa.types.is_integer(typ)
+                              or pa.types.is_floating(typ)):
+        raise problem()
     if pa.types.is_boolean(typ):
         return arr.to_numpy(zero_copy_only=False).astype(np.int64)
-    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
-        examples = pc.unique(arr).slice(0, 5).to_pylist()
-        raise SchemaError([(f"column '{name}' must hold 0/1 or True/False; it has type {typ}"
-                           f"{_where(source)}, e.g. {examples}")])
     v = arr.to_numpy(zero_copy_only=False)
-    bad = (v != 0) & (v != 1)
-    if bad.any():
-        examples = pd.unique(v[bad])[:5].tolist()
-        raise SchemaError([(f"column '{name}' must hold 0/1 or True/False; found {int(bad.sum()):,} "
-                           f"other value(s){_where(source)}, e.g. {examples}")])
+    if ((v != 0) & (v != 1)).any():
+        raise problem()
     return v.astype(np.int64)
 
 
@@ -686,10 +671,7 @@ def collapse(
         (categorical keys keep their stored level order, other text keys get sorted
         levels — the levels ``logit`` would use — numeric keys stay numeric), ``n``
         (rows, int64) and ``refusals`` (sum of the response, int64).
-        ``attrs["collapse"]`` records the source, the keys, the row count and
-        ``n_error_rows``: rows of prompts that got no answer (``refusal_source ==
-        "error"``, no ``refusal``), left out with a warning as
-        :func:`refusalstats.validate` leaves them out.
+        ``attrs["collapse"]`` records the source, the keys and the row count.
 
     Raises
     ------
@@ -748,8 +730,7 @@ def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = 
                                 if c in cluster_cols else "") for c in keys])
     if src.frame is not None and len(src.frame) == 0:
         raise ValueError(f"{where}: the table is empty (0 rows)")
-    read: dict = {}
-    for batch, path in source_batches(src, [*keys, refusal], batch_rows, where=where, stats=read):
+    for batch, path in source_batches(src, [*keys, refusal], batch_rows, where=where):
         _add_batch(acc, batch, keys, refusal, path)
     if acc.rows == 0:
         raise ValueError(f"{where}: {what} is empty (0 rows)")
@@ -763,8 +744,7 @@ def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = 
             cluster_cols = []
     out.attrs["collapse"] = {"source": src.label, "kind": src.kind,
                              "by": by_list, "cluster": cluster_cols[0] if len(cluster_cols) == 1
-                             else (cluster_cols or None), "rows": int(acc.rows),
-                             "n_error_rows": int(read.get("n_error_rows", 0))}
+                             else (cluster_cols or None), "rows": int(acc.rows)}
     return out
 
 

@@ -259,15 +259,45 @@ def _drop_error_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
-def _refusal_problem(values: pd.Series) -> str | None:
-    """Describe refusal values outside {0, 1, True, False}, or return None."""
-    s = values
-    if s.isna().any():
-        rows = [int(i) for i in np.flatnonzero(s.isna().to_numpy())[:5]]
-        return (f"column 'refusal' has {int(s.isna().sum())} missing value(s) (first rows "
-                f"{rows}); refusal must be 0/1 (rows of prompts that got no answer, "
-                "refusal_source 'error', have none: rs.validate(table) or rs.read_responses "
-                "leave them out)")
+def binary_problem(values, name: str = "refusal", where: str = "", *,
+                   positions: bool = True) -> str | None:
+    """Describe values of a 0/1 column outside {0, 1, True, False}, or return None.
+
+    The one check of a 0/1 response (#23): :func:`validate`, the streamed counts
+    (:func:`refusalstats.collapse`), :func:`refusalstats.logit` and
+    :func:`refusalstats.hierarchical` all word a bad response with it; each raises its own
+    error type with this text.
+
+    Parameters
+    ----------
+    values : Series or array-like
+        The column.
+    name : str
+        Its name, for the message.
+    where : str
+        Appended after the counts (e.g. ``" in 'part-0.parquet'"``).
+    positions : bool
+        Name the first rows with a missing value (their positions in ``values``).
+
+    Returns
+    -------
+    str or None
+        The problem, or None when every value is 0/1 or True/False.
+
+    Examples
+    --------
+    >>> binary_problem(pd.Series([0, 1, 1])) is None
+    True
+    >>> binary_problem(pd.Series([0, 2, 1]))
+    "column 'refusal' must hold 0/1 or True/False; found 1 other value(s), e.g. [2]"
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    missing = s.isna().to_numpy()
+    if missing.any():
+        first = (f" (first rows {[int(i) for i in np.flatnonzero(missing)[:5]]})"
+                 if positions else "")
+        return (f"column '{name}' has {int(missing.sum()):,} missing value(s){where}; {name} "
+                f"must be 0/1 or True/False{first}")
     if pd.api.types.is_bool_dtype(s):
         return None
     if pd.api.types.is_numeric_dtype(s):
@@ -276,11 +306,18 @@ def _refusal_problem(values: pd.Series) -> str | None:
         bad = ~s.astype(object).isin([0, 1, True, False])
     if bad.any():
         examples = pd.unique(s[bad])[:5].tolist()
-        return (
-            f"column 'refusal' must hold 0/1 or True/False; found {int(bad.sum())} other value(s), "
-            f"e.g. {examples}"
-        )
+        return (f"column '{name}' must hold 0/1 or True/False; found {int(bad.sum()):,} other "
+                f"value(s){where}, e.g. {examples}")
     return None
+
+
+def _refusal_problem(values: pd.Series) -> str | None:
+    """Describe refusal values outside {0, 1, True, False}, or return None."""
+    msg = binary_problem(values, "refusal")
+    if msg and values.isna().any():
+        msg += (" (rows of prompts that got no answer, refusal_source 'error', have none: "
+                "rs.validate(table) or rs.read_responses leave them out)")
+    return msg
 
 
 def validate(

@@ -46,6 +46,7 @@ from ..formula import (
     parse_formula,
     prepare_factors,
 )
+from ..table import binary_problem
 from .laplace import _Laplace
 from .priors import _fixed_rv, _resolve_priors, _sd_rv
 from .results import ConvergenceWarning, HierarchicalResult
@@ -95,23 +96,10 @@ class _GroupTerm:
 
 def _check_response(data: pd.DataFrame, response: str) -> np.ndarray:
     s = data[response]
-    if s.isna().any():
-        raise ValueError(
-            f"response '{response}' has {int(s.isna().sum())} missing value(s); drop those rows first"
-        )
-    if pd.api.types.is_bool_dtype(s):
-        y = s.to_numpy(dtype=float)
-    else:
-        try:
-            y = pd.to_numeric(s).to_numpy(dtype=float)
-        except (TypeError, ValueError):
-            raise ValueError(f"response '{response}' must hold 0/1 or True/False; found {s.dtype} values") from None
-        bad = ~np.isin(y, (0.0, 1.0))
-        if bad.any():
-            raise ValueError(
-                f"response '{response}' must hold 0/1 or True/False; found {int(bad.sum())} other "
-                f"value(s), e.g. {pd.unique(s[bad])[:5].tolist()}"
-            )
+    problem = binary_problem(s, response)  # the one 0/1 check (table.py)
+    if problem:
+        raise ValueError(problem + ("; drop those rows first" if s.isna().any() else ""))
+    y = s.astype(object).astype(float).to_numpy() if s.dtype == object else s.to_numpy(dtype=float)
     if len(y) == 0:
         raise ValueError("the data have no rows")
     if y.sum() == 0 or y.sum() == len(y):

@@ -24,6 +24,7 @@ from ..formula import (
     parse_formula,
     prepare_factors,
 )
+from ..table import binary_problem
 from .irls import _Start
 from .linalg import _fast, _xtwx
 
@@ -74,19 +75,9 @@ def _row_patterns(d: _Design) -> np.ndarray | None:
 
 def _check_response(y: pd.Series, name: str, trials: pd.Series | None) -> None:
     if trials is None:
-        if pd.api.types.is_bool_dtype(y):
-            return
-        if not pd.api.types.is_numeric_dtype(y):
-            raise ValueError(
-                f"response '{name}' must be 0/1 (or True/False); it has dtype {y.dtype} with values "
-                f"like {pd.unique(y)[:5].tolist()}. For aggregated counts pass trials='<column of n>'"
-            )
-        bad = ~y.isin([0, 1])
-        if bad.any():
-            raise ValueError(
-                f"response '{name}' must hold only 0 and 1; found {int(bad.sum())} other value(s), e.g. "
-                f"{pd.unique(y[bad])[:5].tolist()}. For counts of refusals out of n pass trials='n'"
-            )
+        problem = binary_problem(y, name)  # the one 0/1 check (table.py)
+        if problem:
+            raise ValueError(f"{problem}. For counts of refusals out of n pass trials='n'")
     else:
         yv = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
         tv = pd.to_numeric(trials, errors="coerce").to_numpy(dtype=float)
