@@ -602,3 +602,107 @@ def test_every_text_table_format_reads_as_its_rows(rows, tmp_path):
         assert source_of(tmp_path / name, read=False).kind == "table-file"
         got = rs.refusal_rates(str(tmp_path / name), by="task")
         pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+# --------------------------------------------------------------------------- error rows
+def _with_error_rows(rows: pd.DataFrame, at=(5, 77, 400)) -> pd.DataFrame:
+    """``rows`` as ``generate --on-error record`` writes them: ``refusal_source``, and rows of
+    prompts that got no answer (``"error"``, no refusal, the error text in ``error``)."""
+    df = rows.drop(columns="x").copy()
+    df["refusal"] = df["refusal"].astype("Int8")
+    df["refusal_source"] = "detector"
+    df["error"] = None
+    at = list(at)
+    df.loc[at, "refusal"] = pd.NA
+    df.loc[at, "refusal_source"] = "error"
+    df.loc[at, "error"] = "HTTP 400: context too long"
+    return df
+
+
+def _error_run(df: pd.DataFrame, run: Path) -> Path:
+    """A generation run directory holding ``df`` as two labelled shards."""
+    (run / "shards" / "m").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 2)):
+        pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False),
+                       run / "shards" / "m" / f"part-{i:06d}.parquet")
+    return run
+
+
+def _left_out(caught) -> list[str]:
+    return [str(w.message) for w in caught if "left out as errors" in str(w.message)]
+
+
+@pytest.mark.parametrize("kind", ["run-dir", "parquet-file", "folder"])
+def test_streamed_sources_leave_error_rows_out_as_validate_does(rows, tmp_path, kind):
+    """A Parquet source with error rows (no refusal) gives what the same table in memory
+    gives (validate leaves them out), and says once how many rows it left out."""
+    from refusalstats.sources import source_of
+
+    raw = _with_error_rows(rows)
+    if kind == "run-dir":
+        path = _error_run(raw, tmp_path / "run")
+    elif kind == "parquet-file":
+        path = tmp_path / "t.parquet"
+        raw.to_parquet(path, index=False)
+    else:
+        path = _write_shards(raw, tmp_path / "shards")
+    assert source_of(path).kind == kind
+    with pytest.warns(UserWarning, match="3 of 6,000 row"):
+        clean = rs.validate(raw, required=["refusal"])
+    assert len(clean) == len(rows) - 3
+    ref = {"persona": "Atheist", "prompt": "p1"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # three passes over the rows: cluster='auto', the counts and the streamed CR1 meat
+        got = rs.logit(f"refusal ~ {FORMULA}", path, cluster="auto", vcov="CR1", reference=ref,
+                        epsilon=1e-14)
+        rates = rs.refusal_rates(path, by=["model", "task"])
+        counted = rs.collapse(path, by="task")
+    said = _left_out(caught)
+    assert said == [f"'{path}': 3 of 6,000 row(s) are left out as errors (refusal_source 'error': "
+                    "the prompt got no answer, its error text is in column 'error'); the analyses "
+                    "use the other rows"], said  # once, in validate's words
+    assert counted.attrs["collapse"]["n_error_rows"] == 3
+    assert counted.attrs["collapse"]["rows"] == int(counted["n"].sum()) == len(rows) - 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = rs.logit(f"refusal ~ {FORMULA}", clean, cluster="auto", vcov="CR1", reference=ref,
+                        epsilon=1e-14)
+        want_rates = rs.refusal_rates(clean, by=["model", "task"])
+        raw_rates = rs.refusal_rates(raw, by=["model", "task"])  # the rows with their errors
+    assert got.n_clusters == want.n_clusters and want.n_obs == len(rows) - 3
+    np.testing.assert_allclose(got.params, want.params, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.bse, want.bse, rtol=1e-9)
+    pd.testing.assert_frame_equal(rates, want_rates, check_dtype=False, check_categorical=False)
+    pd.testing.assert_frame_equal(raw_rates, want_rates, check_dtype=False, check_categorical=False)
+    assert rates["n"].sum() == len(rows) - 3
+    # read_responses of the same source leaves the same rows out, in the same words
+    with pytest.warns(UserWarning, match=re.escape(said[0][len(f"'{path}': "):])):
+        assert len(rs.read_responses(path)) == len(rows) - 3
+
+
+def test_streamed_report_header_counts_error_rows_as_the_dataframe_does(tmp_path):
+    """rs.report on a Parquet run with one error row has the header of the same table in
+    memory: rows and refusals without it, and an 'Error rows left out' line saying 1."""
+    df = rs.simulate_paper(scale=0.005, seed=2)
+    df["refusal"] = df["refusal"].astype("Int8")
+    df["refusal_source"] = pd.Series("detector", index=df.index, dtype=object)
+    df.loc[3, "refusal"] = pd.NA
+    df.loc[3, "refusal_source"] = "error"
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path, index=False)
+    heads = {}
+    for name, data in (("frame", df), ("parquet", str(path))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rep = rs.report(data, out=tmp_path / name, hierarchical=False, inputs=["model"],
+                            options={"w2": {"n_boot": 10, "n_perm": 10}}, progress=False,
+                            source="the table")
+        text = rep.path.read_text()
+        head = text[:text.find("</dl>")]
+        head = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "<time>", head)
+        heads[name] = head.replace(" (Parquet, streamed into counts: no analysis holds the rows)", "")
+    assert f"<dd>{len(df) - 1:,} answers" in heads["frame"]
+    assert "Error rows left out</dt><dd>1 (" in heads["frame"]
+    assert heads["parquet"] == heads["frame"]

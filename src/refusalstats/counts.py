@@ -277,7 +277,7 @@ def choose_cluster(
             raise TypeError(
                 f"{prefix}cluster must be 'auto', None, a column name or a list of column names; "
                 f"got {cluster!r}")
-    src = source_of(data, where=where)
+    src = _answered(source_of(data, where=where))
     if src.frame is not None:
         columns = list(map(str, src.frame.columns))
     else:
@@ -314,6 +314,19 @@ def choose_cluster(
             sizes = _sizes(src, col, refusal)
     return _decide_auto(sizes, src, columns, where=where, note=note, refusal=refusal,
                         stacklevel=stacklevel)
+
+
+def _answered(src: Source) -> Source:
+    """A source whose in-memory rows leave out the error rows (``refusal_source ==
+    "error"``), as the counts do; streamed sources leave them out as they are read."""
+    if src.frame is None:
+        return src
+    from .table import is_error_row
+
+    err = is_error_row(src.frame)
+    if not err.any():
+        return src
+    return Source(src.kind, src.frame.loc[~err], src.files, src.label)
 
 
 def _decide_auto(sizes: np.ndarray | None, src: Source, columns: list[str], *, where: str,
@@ -671,7 +684,10 @@ def collapse(
         (categorical keys keep their stored level order, other text keys get sorted
         levels — the levels ``logit`` would use — numeric keys stay numeric), ``n``
         (rows, int64) and ``refusals`` (sum of the response, int64).
-        ``attrs["collapse"]`` records the source, the keys and the row count.
+        ``attrs["collapse"]`` records the source, the keys, the row count and
+        ``n_error_rows``: rows of prompts that got no answer (``refusal_source ==
+        "error"``, no ``refusal``), left out with a warning as
+        :func:`refusalstats.validate` leaves them out.
 
     Raises
     ------
@@ -730,7 +746,8 @@ def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = 
                                 if c in cluster_cols else "") for c in keys])
     if src.frame is not None and len(src.frame) == 0:
         raise ValueError(f"{where}: the table is empty (0 rows)")
-    for batch, path in source_batches(src, [*keys, refusal], batch_rows, where=where):
+    read: dict = {}
+    for batch, path in source_batches(src, [*keys, refusal], batch_rows, where=where, stats=read):
         _add_batch(acc, batch, keys, refusal, path)
     if acc.rows == 0:
         raise ValueError(f"{where}: {what} is empty (0 rows)")
@@ -744,7 +761,8 @@ def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = 
             cluster_cols = []
     out.attrs["collapse"] = {"source": src.label, "kind": src.kind,
                              "by": by_list, "cluster": cluster_cols[0] if len(cluster_cols) == 1
-                             else (cluster_cols or None), "rows": int(acc.rows)}
+                             else (cluster_cols or None), "rows": int(acc.rows),
+                             "n_error_rows": int(read.get("n_error_rows", 0))}
     return out
 
 

@@ -38,6 +38,7 @@ from scipy import stats
 
 from ._validation import check_conf, resolve_cluster
 from .counts import N_COLUMN, REFUSALS_COLUMN
+from .sources import ERROR_COLUMN
 
 __all__ = ["persona_effect", "proportion_ci", "refusal_rates"]
 
@@ -89,7 +90,10 @@ def _prepare(data: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.Dat
     if refusal in columns:
         raise ValueError(f"column {refusal!r} is the refusal outcome; it cannot also group rows")
     present = [c for c in [*columns, refusal] if c in data.columns]
-    sub = data[present]
+    # error rows (refusal_source 'error', no refusal) are left out by validate, with its
+    # warning, as collapse leaves them out of a streamed source
+    flagged = ERROR_COLUMN in data.columns and ERROR_COLUMN not in present
+    sub = data[[*present, ERROR_COLUMN]] if flagged else data[present]
     sub.attrs = {}  # run metadata (e.g. the simulator's truth) is not needed here
     if refusal != "refusal":
         if "refusal" in columns:
@@ -106,6 +110,11 @@ def _prepare(data: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.Dat
         if refusal != "refusal":
             problems = [p.replace("'refusal'", repr(refusal)) for p in problems]
         raise type(exc)(problems) from None
+    if flagged:
+        n_err = out.attrs.get("n_error_rows")
+        out = out.drop(columns=ERROR_COLUMN)
+        if n_err:
+            out.attrs["n_error_rows"] = n_err
     return out
 
 

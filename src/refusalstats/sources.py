@@ -597,29 +597,122 @@ def scan_columns(path: str | Path | Sequence[str | Path]) -> list[str]:
     return list(open_dataset(path).schema.names)
 
 
-def source_batches(src: Source, columns: list[str], batch_rows: int, *, where: str):
-    """(record batch, file) pairs of ``columns`` from a source, one batch at a time."""
+#: The column that marks a row whose prompt got no answer, and the mark
+#: (``refusalstats.table.ERROR_SOURCE``): such rows have no ``refusal`` and are left out.
+ERROR_COLUMN = "refusal_source"
+ERROR_MARK = "error"
+
+_warned_errors: set[tuple] = set()
+
+
+def _error_mask(arr):
+    """Boolean pyarrow mask of the error rows of a ``refusal_source`` column (None: none can be).
+
+    As :func:`refusalstats.table.is_error_row`: the string ``"error"``; a missing value or
+    any other value (or a column that is not text) is not an error row.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+            or getattr(pa.types, "is_string_view", lambda t: False)(arr.type)):
+        return None
+    return pc.fill_null(pc.equal(arr, pa.scalar(ERROR_MARK, arr.type)), False)
+
+
+def _source_state(src: Source) -> tuple:
+    """What identifies a source's rows for the once-only warnings (files and their stamps)."""
+    if src.frame is not None:
+        return ("frame", id(src.frame), len(src.frame))
+    state = []
+    for f in src.files:
+        try:
+            st = os.stat(f)
+            state.append((os.path.realpath(f), st.st_mtime_ns, st.st_size))
+        except OSError:
+            state.append((str(f), None, None))
+    return tuple(state)
+
+
+def _warn_error_rows(src: Source, n_err: int, n_rows: int) -> None:
+    """The warning :func:`refusalstats.validate` gives for error rows, once per source state."""
+    key = (_source_state(src), n_err, n_rows)
+    if key in _warned_errors:
+        return
+    _warned_errors.add(key)
+    where = "DataFrame" if src.kind == "frame" else f"'{src.label}'"
+    warnings.warn(
+        f"{where}: {n_err:,} of {n_rows:,} row(s) are left out as errors (refusal_source "
+        f"'error': the prompt got no answer, its error text is in column 'error'); the "
+        "analyses use the other rows", UserWarning, stacklevel=4)
+
+
+def _without_errors(batch, columns: list[str], flagged: bool):
+    """``batch`` without its error rows, projected to ``columns``; and how many it had."""
+    import pyarrow.compute as pc
+
+    if not flagged:
+        return batch, 0
+    mask = _error_mask(batch.column(ERROR_COLUMN))
+    n_err = 0 if mask is None else int(pc.sum(mask).as_py() or 0)
+    if n_err:
+        batch = batch.filter(pc.invert(mask))
+    if ERROR_COLUMN not in columns:
+        batch = batch.select(columns)
+    return batch, n_err
+
+
+def source_batches(src: Source, columns: list[str], batch_rows: int, *, where: str,
+                   stats: dict | None = None):
+    """(record batch, file) pairs of ``columns`` from a source, one batch at a time.
+
+    Rows of prompts that got no answer (``refusal_source == "error"``, no ``refusal``)
+    are left out, as :func:`refusalstats.validate` and :func:`refusalstats.read_responses`
+    leave them out of a table in memory: one warning (once per source state) says how
+    many. ``stats``, when given, receives ``"rows"`` (rows read, errors included) and
+    ``"n_error_rows"`` once the batches are exhausted.
+    """
     import pyarrow as pa
 
+    columns = list(columns)
+    n_err = n_rows = 0
     if src.frame is not None:
+        flagged = ERROR_COLUMN in src.frame.columns
+        read = [*columns, ERROR_COLUMN] if flagged and ERROR_COLUMN not in columns else columns
         for start in range(0, len(src.frame), int(batch_rows)):
-            chunk = src.frame.iloc[start:start + int(batch_rows)][columns]
+            chunk = src.frame.iloc[start:start + int(batch_rows)][read]
             try:
                 table = pa.Table.from_pandas(chunk, preserve_index=False)
             except (pa.ArrowException, TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: cannot read the columns {columns}: {exc}") from None
+                raise ValueError(f"{where}: cannot read the columns {read}: {exc}") from None
             for batch in table.to_batches():
+                n_rows += batch.num_rows
+                batch, k = _without_errors(batch, columns, flagged)
+                n_err += k
                 yield batch, None
-        return
-    dataset = _dataset(list(src.files))
-    for fragment in dataset.get_fragments():
-        path = getattr(fragment, "path", None)
-        try:
-            for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
-                                             batch_size=int(batch_rows), batch_readahead=1,
-                                             fragment_readahead=1, memory_pool=scan_pool()):
-                yield batch, path
-        except pa.ArrowException as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{where}: could not read '{path}': {detail}") from None
-
+    else:
+        dataset = _dataset(list(src.files))
+        flagged = ERROR_COLUMN in dataset.schema.names
+        read = [*columns, ERROR_COLUMN] if flagged and ERROR_COLUMN not in columns else columns
+        for fragment in dataset.get_fragments():
+            path = getattr(fragment, "path", None)
+            try:
+                for batch in fragment.to_batches(schema=dataset.schema, columns=read,
+                                                 batch_size=int(batch_rows), batch_readahead=1,
+                                                 fragment_readahead=1, memory_pool=scan_pool()):
+                    n_rows += batch.num_rows
+                    batch, k = _without_errors(batch, columns, flagged)
+                    n_err += k
+                    yield batch, path
+            except pa.ArrowException as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{where}: could not read '{path}': {detail}") from None
+    if stats is not None:
+        stats["rows"] = n_rows
+        stats["n_error_rows"] = n_err
+    if n_err:
+        _warn_error_rows(src, n_err, n_rows)
