@@ -804,3 +804,22 @@ def test_laplace_intervals_against_nuts_on_a_hundredth_of_p1():
     assert max(persona) < 0.10 and np.mean(persona) < 0.05, persona
     for term in ("sd(model)", "sd(persona)", "sd(item_id)"):
         assert worst[term] < 0.10, (term, worst[term])
+
+
+def test_probability_scale_effects_kernel_matches_numpy(clustered):
+    """effects()' probability-scale columns (a numba pass per draw) equal the NumPy formula
+    on the full (draws x patterns) linear predictor."""
+    from refusalstats.formula import RandomTerm, group_index
+
+    r = HierarchicalModel("refusal ~ task + (1|persona) + (1|item_id)", clustered).fit(
+        method="laplace", draws=200, seed=2, progress=False)
+    got = r.effects("persona")
+    pat = r.model.patterns
+    cell, labels = group_index(pat, RandomTerm(("persona",)))
+    eta = r._pattern_eta()
+    u = r.idata.posterior["1|persona"].to_numpy().reshape(200, -1)
+    w = pat["trials"].to_numpy(dtype=float)
+    d = (expit(eta) - expit(eta - u[:, r.model.groups[0].index])) * w
+    prob = np.stack([np.bincount(cell, weights=row, minlength=len(labels)) for row in d])
+    prob /= np.bincount(cell, weights=w, minlength=len(labels))
+    np.testing.assert_allclose(got["prob_effect"], prob.mean(0), rtol=1e-10)

@@ -38,6 +38,32 @@ _ETA_CACHE_MAX = 50_000_000
 _PROB_WORK_MAX = 100_000_000
 
 
+# --------------------------------------------------------------------------- kernels
+def _prob_effect_py(F, xinv, U, gidx, E, ecell, w, n_cells):
+    """Per draw s and cell c: sum over the cell's patterns k of
+    ``w_k (expit(eta_sk) - expit(eta_sk - E[s, c]))`` with ``eta_sk = F[s, xinv[k]] +
+    sum_g U[s, gidx[g, k]]`` (the probability-scale effect of :meth:`HierarchicalResult.effects`)."""
+    S, K, G = F.shape[0], xinv.shape[0], gidx.shape[0]
+    out = np.zeros((S, n_cells))
+    for s in range(S):
+        for k in range(K):
+            e = F[s, xinv[k]]
+            for g in range(G):
+                e += U[s, gidx[g, k]]
+            c = ecell[k]
+            d = 1.0 / (1.0 + np.exp(-e)) - 1.0 / (1.0 + np.exp(-(e - E[s, c])))
+            out[s, c] += d * w[k]
+    return out
+
+
+try:
+    import numba as _nb
+
+    _prob_effect = _nb.njit(cache=True)(_prob_effect_py)
+except ImportError:  # pragma: no cover
+    _prob_effect = None
+
+
 # --------------------------------------------------------------------------- results
 def _hdi(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
     """Highest-density interval of draws along axis 0, by :func:`arviz.hdi`.
@@ -351,6 +377,28 @@ class HierarchicalResult:
                               "memory as one matrix; compute by chunks of draws")
         return self._eta(m.X, [g.index for g in m.groups], draws=draws)
 
+    def _eta_parts(self, draws: np.ndarray):
+        """The pattern linear predictor in parts, for the kernels: fixed part per unique design
+        row ``F`` (draws x rows) and the row of each pattern ``xinv``; every group's draws side
+        by side ``U`` (draws x levels) and each pattern's column in it per term ``gidx``."""
+        m = self.model
+        if getattr(self, "_xrows", None) is None:
+            X = np.ascontiguousarray(m.X)
+            rows, xinv = np.unique(X.view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel(),
+                                   return_inverse=True)
+            self._xrows = (np.frombuffer(rows.tobytes(), dtype=X.dtype).reshape(len(rows), X.shape[1]),
+                           xinv.ravel().astype(np.int64))
+        Xu, xinv = self._xrows
+        F = np.ascontiguousarray(self._fixed_draws()[draws] @ Xu.T)
+        Us, gidx, off = [], [], 0
+        for g in m.groups:
+            Us.append(_draws(self.idata, g.var)[draws])
+            gidx.append(g.index.astype(np.int64) + off)
+            off += len(g.levels)
+        U = np.ascontiguousarray(np.hstack(Us)) if Us else np.zeros((len(draws), 1))
+        G = np.vstack(gidx) if gidx else np.zeros((0, len(xinv)), dtype=np.int64)
+        return F, xinv, U, np.ascontiguousarray(G)
+
     def _draw_chunks(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """Draw indices for a probability-scale summary over all patterns, and chunks of them
         whose (draws x patterns) blocks stay near 20 million values."""
@@ -419,18 +467,23 @@ class HierarchicalResult:
         first[cell_codes[::-1]] = np.arange(len(cell_codes))[::-1]
         for g in use:
             eff += _draws(self.idata, g.var)[:, g.index[first]]
-        from scipy.special import expit
-
         w = pat["trials"].to_numpy(dtype=float)
         pidx, chunks = self._draw_chunks()
-        prob = np.zeros((len(pidx), n_cells))
-        row0 = 0
-        for ch in chunks:
-            e = self._pattern_eta(ch)
-            d = expit(e) - expit(e - eff[ch][:, cell_codes])
-            prob[row0:row0 + len(ch)] = np.stack([np.bincount(cell_codes, weights=row * w, minlength=n_cells)
-                                                  for row in d])
-            row0 += len(ch)
+        if _prob_effect is not None:  # one pass over the patterns per draw (numba)
+            F, xinv, U, gidx = self._eta_parts(pidx)
+            prob = _prob_effect(F, xinv, U, gidx, np.ascontiguousarray(eff[pidx]),
+                                np.ascontiguousarray(cell_codes, dtype=np.int64), w, n_cells)
+        else:  # pragma: no cover
+            from scipy.special import expit
+
+            prob = np.zeros((len(pidx), n_cells))
+            row0 = 0
+            for ch in chunks:
+                e = self._pattern_eta(ch)
+                d = expit(e) - expit(e - eff[ch][:, cell_codes])
+                prob[row0:row0 + len(ch)] = np.stack([np.bincount(cell_codes, weights=row * w,
+                                                                  minlength=n_cells) for row in d])
+                row0 += len(ch)
         tot = np.bincount(cell_codes, weights=w, minlength=n_cells)
         prob /= tot
         obs = np.bincount(cell_codes, weights=pat["successes"].to_numpy(dtype=float), minlength=n_cells) / tot
