@@ -31,6 +31,7 @@ def test_demo_steps_show_every_section(tmp_path, capsys):
     assert (run.out / "responses.parquet").exists()
     # P1 §4.4's published persona effects are printed next to the simulated ones
     assert "12.38" in out and "17.27" in out
+    assert "misses 3% of refusals and flags 0.2% of answers" in out
 
 
 def test_report_on_the_full_study_skips_no_section(study, tmp_path):

@@ -145,9 +145,12 @@ def demo_answers(data: pd.DataFrame, run: DemoRun) -> None:
                          "sensitivity": m.loc["recall", "estimate"],
                          "specificity": m.loc["specificity", "estimate"],
                          "kappa": m.loc["kappa", "estimate"]})
+    truth = data.attrs.get("truth", {}).get("responses", {})
+    miss, false_alarm = truth.get("miss", float("nan")), truth.get("false_alarm", float("nan"))
     print(f"\nRefusal detectors on {len(sample):,} answers drawn at random, against the simulated "
-          "refusal (the text is written so that the default detector misses 3% of refusals and "
-          "flags 0.2% of answers; P1's prefix list misses the 'As an AI, I cannot ...' refusals):")
+          f"refusal (the text is written so that the default detector misses {100 * miss:.3g}% of "
+          f"refusals and flags {100 * false_alarm:.3g}% of answers; P1's prefix list misses the "
+          "'As an AI, I cannot ...' refusals):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     ex = sample.groupby("refusal", observed=True).head(2)[["model", "task", "persona", "refusal",
                                                            "response"]]
@@ -214,7 +217,7 @@ def demo_sensitivity(data: pd.DataFrame, run: DemoRun) -> None:
     t0 = time.perf_counter()
     res = w2_sensitivity(_persona_rows(data), inputs=["model", "task", "persona", "prompt"], n_boot=1000,
                          n_perm=200, seed=run.seed)
-    print(f"\nW2 sensitivity of refusal (P1's Fig. 5), 95% percentile CIs (1,000 bootstrap replicates), "
+    print(f"\nW2 sensitivity of refusal (P1's Fig. 5), 95% {res.ci_method} CIs (1,000 bootstrap replicates), "
           f"permutation null (200); {time.perf_counter() - t0:.1f} s:")
     print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     run.results["w2"] = res
