@@ -828,7 +828,9 @@ def test_cli_import_persona_behavior(p2_root, tmp_path, capsys):
     pd.testing.assert_frame_equal(as_plain(back, list(direct.columns)),
                                   as_plain(direct, list(direct.columns)), check_dtype=False)
     assert back.attrs["metadata"]["files"] == "matrices"
-    assert "56 rows" in capsys.readouterr().out
+    # 4 regular + 2 control personas; the baseline (2 models x 4 items) is not a persona
+    assert "56 rows" in (said := capsys.readouterr().out)
+    assert "6 personas, 8 persona-free rows;" in said
 
 
 def test_cli_import_xstest_and_generic(tmp_path, capsys):
@@ -837,6 +839,8 @@ def test_cli_import_xstest_and_generic(tmp_path, capsys):
     assert cli_main(["import", "xstest", str(f), "-o", str(out), "--detector", "paper"]) == 0
     back = pd.read_parquet(out)
     assert back["refusal"].tolist() == [0, 1, 1, 0, 0]
+    # XSTest prompts have no persona: its persona 'none' is not counted as one
+    assert "0 personas, 5 persona-free rows;" in capsys.readouterr().out
     g = tmp_path / "g.csv"
     GENERIC.to_csv(g, index=False)
     out2 = tmp_path / "g.parquet"

@@ -342,7 +342,9 @@ def _add_import(sub, opt: _Options) -> None:
             "Load results/zero/<model>/<dataset>_refusals.csv (and results/control/zero/... "
             "with --control) from a clone of peluz/persona-behavior, or its raw generations "
             "re-classified by a detector (--source generations). The prompt column is the "
-            "constant 'zero-shot' (P2 uses one prompt); setting is regular/control."
+            "constant 'zero-shot' (P2 uses one prompt); setting is 'persona', or "
+            "'persona-free' (persona 'none') for P2's baseline row 'empty'; P2's folder "
+            "(regular/control) is in setting_original."
         ),
     )
     pb.add_argument("root", help="repository folder (holding results/ and data/), or its URL")
@@ -444,9 +446,15 @@ def _cmd_import(args) -> int:
         raise CLIError(_one_line(exc)) from None
     meta = dict(df.attrs.get("metadata", {}))
     write_responses(df, args.out, metadata=meta)
-    summary = ", ".join(
-        f"{df[c].nunique()} {c}s" for c in ("model", "task", "persona") if c in df.columns
-    )
+    from .vocabulary import persona_mask
+
+    parts = [f"{df[c].nunique()} {c}s" for c in ("model", "task") if c in df.columns]
+    has = persona_mask(df)  # the persona-free rows' persona ('none') is not a persona
+    if "persona" in df.columns:
+        parts.append(f"{df.loc[has, 'persona'].nunique()} personas")
+    if not has.all():
+        parts.append(f"{int((~has).sum()):,} persona-free rows")
+    summary = ", ".join(parts)
     k = int(df["refusal"].sum())
     print(f"wrote {len(df):,} rows to {args.out} ({summary}; {k:,} refusals, rate "
           f"{_rate_text(k, len(df))})")
