@@ -183,4 +183,9 @@ def test_dangling_plus_or_empty_right_side_is_an_error(formula):
 def test_reference_must_be_a_mapping():
     df = pd.DataFrame({"persona": ["a", "b", "a"], "refusal": [0, 1, 1]})
     with pytest.raises(FormulaError, match="reference must map columns"):
-        prepare_factors(df, ["persona"], reference="a")
+        prepare_factors(df, ["persona"], reference="c")  # a level of no column
+    with pytest.raises(FormulaError, match="reference must map columns"):
+        prepare_factors(df, ["persona"], reference=["persona", "a"])
+    # a bare level of exactly one column is that column's reference (#21)
+    out = prepare_factors(df, ["persona"], reference="b")
+    assert list(out["persona"].cat.categories) == ["b", "a"]
