@@ -30,7 +30,7 @@ from .ppi import (
     rogan_gladen,
 )
 from .rates import persona_effect, refusal_rates
-from .regression import LogitResults, SeparationWarning, logit
+from .regression import LogitModel, LogitResults, SeparationWarning, logit
 from .reporting import report
 from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper
@@ -47,6 +47,7 @@ __all__ = [
     "ConvergenceWarning",
     "FormulaError",
     "HierarchicalResult",
+    "LogitModel",
     "LogitResults",
     "PPILogitResult",
     "Persona",
