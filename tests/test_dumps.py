@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import refusalstats as rs
 from refusalstats import cochran_q, dumps
 from refusalstats.cli import main as cli_main
 from refusalstats.dumps import DumpError, DumpNotFound
+from refusalstats.vocabulary import persona_mask
 
 # ----------------------------------------------------------------------------- fixtures
 # P2's layout (peluz/persona-behavior): results/zero/<model>/<dataset>_refusals.csv is a
@@ -196,8 +198,6 @@ def test_persona_behavior_baseline_is_persona_free_and_the_report_compares_it(p2
     """P2's baseline row ``empty`` is the package's persona-free setting: the report draws
     its persona vs persona-free section (P1's Fig. 1) and no persona analysis counts the
     baseline as a persona; the dump's own labels stay in the *_original columns."""
-    import refusalstats as rs
-
     df = dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)
     assert set(df["setting"].astype(str)) == {"persona", "persona-free"}
     free = df[df.setting == "persona-free"]
@@ -658,7 +658,10 @@ def test_xstest_row_by_row(tmp_path):
     df = dumps.xstest(f, progress=False)
     assert df["model"].astype(str).unique().tolist() == ["gpt4"]
     assert df["task"].astype(str).unique().tolist() == ["xstest"]
+    # no persona: the package's persona-free setting, never a persona called 'none'
     assert df["persona"].astype(str).unique().tolist() == ["none"]
+    assert df["setting"].astype(str).unique().tolist() == ["persona-free"]
+    assert not persona_mask(df).any()
     assert df["prompt"].astype(str).tolist() == [r[1] for r in XS_ROWS]
     assert df["safe"].tolist() == [True, True, False, True, False]
     assert df["item_id"].tolist() == [1, 2, 3, 4, 5]

@@ -13,6 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..table import SchemaError, validate
+from ..vocabulary import NO_PERSONA, PERSONA_FREE
 from .classify import _resolve_detector, _run_detector
 from .download import _is_url, _local, sha256_of
 from .errors import DumpError, _schema_error
@@ -162,8 +163,8 @@ def xstest(
         out = pd.DataFrame({
             "model": mname,
             "task": "xstest",
-            "persona": "none",
-            "setting": "persona-free",
+            "persona": NO_PERSONA,  # XSTest prompts name no persona: the persona-free setting
+            "setting": PERSONA_FREE,
             "prompt": types.to_numpy(),
             "safe": ~types.str.startswith("contrast_").to_numpy(),
             "item_id": raw["id"].to_numpy() if "id" in raw.columns else np.arange(len(raw)),
