@@ -278,3 +278,18 @@ def test_gee_exchangeable_equals_its_row_level_equations():
     assert (f.df == G - p).all() and (f.drop1()["df_resid"] == G - p).all()
     with pytest.raises(ValueError, match="GEE"):
         logit(FORMULA, df, cluster=None, working="exchangeable")
+
+
+def test_cli_fit_takes_vcov_and_working(tmp_path, capsys):
+    from refusalstats.cli import main
+
+    df = _fixture().assign(model="m", prompt="p1")
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    for extra, want in ((["--vcov", "CR1"], "cluster-robust CR1 by 'item_id'"),
+                        ([], "cluster-robust CR2"),
+                        (["--working", "exchangeable"], "Mancl-DeRouen")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["fit", FORMULA, str(path), "--cluster", "item_id", *extra]) == 0
+        assert want in capsys.readouterr().out

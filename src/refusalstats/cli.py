@@ -603,6 +603,12 @@ def _add_fit(sub, opt: _Options) -> None:
     p.add_argument("--alpha", help="penalty strength for l2/l1/elasticnet, or 'cv'")
     p.add_argument("--l1-ratio", type=float, help="elastic-net mixing in (0, 1)")
     p.add_argument("--ci", choices=["wald", "profile", "bootstrap", "none"], help="interval method")
+    p.add_argument("--vcov", choices=["CR2", "CR1"],
+                   help="cluster-robust covariance with --cluster: CR2 (default; Satterthwaite t, HTZ tests) "
+                        "or CR1 (z, Wald F on G-1 df)")
+    p.add_argument("--working", choices=["independence", "exchangeable"], default="independence",
+                   help="working correlation within a cluster: independence (the logistic regression, "
+                        "default) or exchangeable (GEE with the Mancl-DeRouen correction)")
     p.add_argument("--n-boot", type=_positive_int, default=999,
                    help="bootstrap replicates (--ci bootstrap)")
     p.add_argument("--adjust", choices=["holm", "bh"], help="adjust p-values within each term")
@@ -643,7 +649,7 @@ def _cmd_fit(args) -> int:
             fit = logit(args.formula, df, reference=reference or None,
                         penalty=None if args.penalty == "none" else args.penalty, alpha=alpha,
                         l1_ratio=args.l1_ratio, cluster=_cluster_arg(args), ci=args.ci, conf=args.conf,
-                        n_boot=args.n_boot, seed=args.seed)
+                        n_boot=args.n_boot, seed=args.seed, vcov=args.vcov, working=args.working)
     except (FormulaError, SchemaError, ValueError) as exc:
         raise CLIError(_one_line(exc)) from None
     print(fit.summary())

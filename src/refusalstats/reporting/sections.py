@@ -1313,6 +1313,20 @@ def detector_section(ctx: Context) -> Section | None:
     disp["changed"] = np.where(card["changed"], "yes", "")
     s.tables.append(TableItem("detector_card", "The detector per model: errors, raw and corrected rates.",
                               card, disp, collapsed=len(card) > 24))
+    if "task" in d.columns and d["task"].nunique() > 1:  # errors differ by task too (refusal style)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            by_task = detector_card(d, ["model", "task"], labels=LABEL_COLUMN, cluster=ctx.cluster)
+        dt = by_task[["model", "task"]].astype(str).copy()
+        dt["labels"] = by_task["n_labelled"].astype(int)
+        for col in ("sensitivity", "specificity"):
+            dt[col] = [f"{pct(v)} ({pct_ci(a, b)})" for v, a, b in
+                       zip(by_task[col], by_task[f"{col}_ci_low"], by_task[f"{col}_ci_high"])]
+        dt["raw rate"] = [pct(v) for v in by_task["rate_detector"]]
+        dt["corrected rate"] = [f"{pct(v)} ({pct_ci(a, b)})" for v, a, b in
+                                zip(by_task["rate"], by_task["ci_low"], by_task["ci_high"])]
+        s.tables.append(TableItem("detector_card_task", "The detector per model and task.", by_task, dt,
+                                  collapsed=True))
     bd = budget[["model"]].astype(str).copy()
     bd["labels now"] = budget["n_labelled"].astype(int)
     bd[f"labels for ±{LABEL_TARGET_WIDTH / 2:.1%}"] = budget["labels_needed"].astype(int)
