@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .table import SchemaError, column_hint, default_levels
+from .table import SchemaError, default_levels, its_columns
 
 
 class FormulaError(ValueError):
@@ -187,7 +187,7 @@ def check_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: Iterable[str
     if missing:
         raise MissingColumnError(
             f"formula {parsed.formula!r} names column(s) {missing} that are not in the table; "
-            f"its columns are {list(map(str, data.columns))}{column_hint(missing, data.columns)}"
+            f"{its_columns(data.columns, missing)}"
         )
 
 
@@ -273,8 +273,8 @@ def prepare_factors(
     for col in reference:
         if col not in out.columns:
             raise MissingColumnError(
-                f"reference given for column '{col}', which is not in the table; its columns are "
-                f"{list(map(str, out.columns))}{column_hint([col], out.columns)}"
+                f"reference given for column '{col}', which is not in the table; "
+                f"{its_columns(out.columns, [col])}"
             )
     for col in columns:
         s = out[col]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .table import SchemaError
+from .table import SchemaError, its_columns
 from .vocabulary import CATEGORICAL_COLOURS as _CAT
 from .vocabulary import COLOUR_MAP as _CMAP
 from .vocabulary import FIGURE_RC as _RC
@@ -74,8 +74,8 @@ def _need(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise SchemaError(
-            f"{what} needs column(s) {missing}, which the table lacks; its columns are "
-            f"{list(map(str, df.columns))}"
+            f"{what} needs column(s) {missing}, which the table lacks; "
+            f"{its_columns(df.columns, missing)}"
         )
 
 
@@ -813,7 +813,7 @@ def coef_frame(table: pd.DataFrame) -> pd.DataFrame:
     est, lo, hi = _pick(df, _EST, ""), _pick(df, _LO, ""), _pick(df, _HI, "")
     if est is None or lo is None or hi is None:
         raise SchemaError("a coefficient table needs an estimate and CI columns (e.g. 'estimate', "
-                          f"'ci_low', 'ci_high'); its columns are {list(map(str, df.columns))}")
+                          f"'ci_low', 'ci_high'); {its_columns(df.columns)}")
     p = _pick(df, _P, "")
     out = pd.DataFrame({
         "term": df[term].astype(str).to_numpy(),
@@ -1087,7 +1087,7 @@ def hierarchical_effects(data: pd.DataFrame, term: str = "persona", within: str 
         factor = 1.0
     if m is None or lo_c is None or hi_c is None:
         raise SchemaError("hierarchical_effects needs a mean and interval columns (e.g. 'mean', "
-                          f"'ci_low', 'ci_high'); its columns are {list(map(str, data.columns))}")
+                          f"'ci_low', 'ci_high'); {its_columns(data.columns)}")
     cols = [term] + ([within] if within else [])
     _need(data, cols, "hierarchical_effects")
     interval = str(data.attrs.get("interval", "95% HDI"))

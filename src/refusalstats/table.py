@@ -192,6 +192,29 @@ def column_hint(missing: Iterable[str], columns: Iterable) -> str:
     return f" ({'; '.join(out)})" if out else ""
 
 
+def its_columns(columns: Iterable, missing: Iterable[str] = ()) -> str:
+    """The end of every missing-column message: ``its columns are [...]`` and a did-you-mean.
+
+    Parameters
+    ----------
+    columns : iterable
+        The table's (or file's) columns.
+    missing : iterable of str
+        The names asked for that are not there (for :func:`column_hint`).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> its_columns(["model", "persona"], ["persnoa"])
+    "its columns are ['model', 'persona'] (did you mean 'persona'?)"
+    """
+    columns = list(map(str, columns))
+    return f"its columns are {columns}{column_hint(list(missing), columns)}"
+
+
 def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "") -> None:
     """Raise :class:`SchemaError` when ``data`` lacks any of ``columns``, listing its columns.
 
@@ -225,8 +248,8 @@ def missing_columns(data: pd.DataFrame, columns: Iterable[str], where: str = "")
     missing = [c for c in dict.fromkeys(columns) if c not in data.columns]
     if missing:
         prefix = f"{where}: " if where else ""
-        raise SchemaError(f"{prefix}column(s) {missing} not in the table; its columns are "
-                          f"{list(map(str, data.columns))}{column_hint(missing, data.columns)}")
+        raise SchemaError(f"{prefix}column(s) {missing} not in the table; "
+                          f"{its_columns(data.columns, missing)}")
 
 
 def is_error_row(data: pd.DataFrame) -> np.ndarray:
@@ -659,7 +682,8 @@ def _absent_columns(path: Path, have: Iterable[str], want: list[str]) -> None:
     have = list(map(str, have))
     missing = [c for c in want if c not in have]
     if missing:
-        raise SchemaError(f"'{path}': column(s) {missing} not in the file; its columns are {have}")
+        raise SchemaError(f"'{path}': column(s) {missing} not in the file; "
+                          f"{its_columns(have, missing)}")
 
 
 def read_table(

@@ -24,7 +24,7 @@ from ..formula import (
     parse_formula,
     prepare_factors,
 )
-from ..table import binary_problem
+from ..table import binary_problem, its_columns
 from .irls import _Start
 from .linalg import _fast, _xtwx
 
@@ -286,14 +286,12 @@ def _finish(formula, parsed, variables, resp, trials, w, cluster, cluster_values
 def _reference(reference, data: pd.DataFrame, variables: list[str]) -> dict:
     """``reference=`` checked against the table, restricted to the formula's variables."""
     from ..formula import normalize_reference
-    from ..table import column_hint
 
     reference = normalize_reference(reference, data, variables)
     unknown = [k for k in reference if k not in data.columns]
     if unknown:
         raise MissingColumnError(f"reference given for column(s) {unknown}, which are not in the table; "
-                                 f"its columns are {list(map(str, data.columns))}"
-                                 f"{column_hint(unknown, data.columns)}")
+                                 f"{its_columns(data.columns, unknown)}")
     # a reference for a column the formula does not use has no effect (e.g. the paper's four)
     return {k: v for k, v in reference.items() if k in variables}
 

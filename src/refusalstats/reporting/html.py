@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..table import SchemaError
+from ..table import SchemaError, its_columns
 from ..vocabulary import FIGURE_RC, persona_rows
 from . import sections as S
 
@@ -223,8 +223,8 @@ def report(
     if inputs is not None:
         missing = [c for c in inputs if c not in columns]
         if missing:
-            raise SchemaError(f"report: inputs {missing} are not columns of the table; its columns are "
-                              f"{columns}")
+            raise SchemaError(f"report: inputs {missing} are not columns of the table; "
+                              f"{its_columns(columns, missing)}")
 
     from .._validation import resolve_cluster
 
@@ -393,8 +393,8 @@ def _stream_columns(source) -> list[str]:
 
     columns = scan_columns(source)
     if "refusal" not in columns:
-        raise SchemaError(f"report: the table needs a 0/1 'refusal' column; its columns are "
-                          f"{columns}")
+        raise SchemaError(f"report: the table needs a 0/1 'refusal' column; "
+                          f"{its_columns(columns, ['refusal'])}")
     return columns
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _kernels as K
-from ..table import SchemaError
+from ..table import SchemaError, its_columns
 
 #: Largest number of distinct output values handled as a contingency table (1-d outputs).
 MAX_TABLE_SUPPORT = 256
@@ -115,8 +115,8 @@ def _encode_output(data: pd.DataFrame, output: str | Sequence[str]) -> _Output:
     for nm in names:
         if nm not in data.columns:
             raise SchemaError(
-                f"w2_sensitivity: output column {nm!r} is not in the table; its columns are "
-                f"{list(map(str, data.columns))}"
+                f"w2_sensitivity: output column {nm!r} is not in the table; "
+                f"{its_columns(data.columns, [nm])}"
             )
         _nan_error(nm, data[nm], "output")
     n = len(data)
