@@ -1371,7 +1371,7 @@ SECTIONS: list[tuple[str, Callable[[Context], Section]]] = [
 ]
 
 
-def build(ctx: Context, only: Mapping[str, bool] | None = None) -> list[Section]:
+def build(ctx: Context) -> list[Section]:
     """Run every section builder; a data problem becomes a skipped section with the reason."""
     from tqdm.auto import tqdm
 
