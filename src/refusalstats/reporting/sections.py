@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
