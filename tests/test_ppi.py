@@ -382,6 +382,8 @@ def test_report_adds_the_detector_section_only_with_labels(tmp_path):
     ref = rs.detector_card(t, "model", cluster=card.attrs.get("cluster") or None)
     np.testing.assert_allclose(card["rate"], ref["rate"])
     assert "The refusal detector against human labels" in rep.path.read_text()
+    by_task = next(x for x in sec.tables if x.key == "detector_card_task").data
+    assert len(by_task) == t.groupby(["model", "task"], observed=True).ngroups
 
 
 def test_disparity_with_labels_uses_ppi_rates_and_their_noise():
