@@ -52,7 +52,10 @@ def test_systematic_draw_keeps_marginals():
 
 
 def test_table7_recovery_row_level_statsmodels():
-    sm = pytest.importorskip("statsmodels.formula.api")
+    """statsmodels' binomial GLM on the covariate-pattern counts: the same likelihood, MLE
+    and Wald intervals as its row-level logit on the 100,000 rows (#23: 1 s instead of 46)."""
+    sm = pytest.importorskip("statsmodels.api")
+    smf = pytest.importorskip("statsmodels.formula.api")
     df = rs.simulate_paper(scale=0.05, seed=11, calibrate="table7", item_sd=0.0)
     truth = df.attrs["truth"]
     assert truth["calibrate"] == "table7" and truth["offsets"] == {}
@@ -65,7 +68,11 @@ def test_table7_recovery_row_level_statsmodels():
     ref = PAPER_REFERENCE
     formula = (f"refusal ~ C(persona, Treatment('{ref['persona']}')) + C(task, Treatment('{ref['task']}'))"
                f" + C(prompt, Treatment('{ref['prompt']}')) + C(model, Treatment('{ref['model']}'))")
-    res = sm.logit(formula, fit_df).fit(disp=0, maxiter=100)
+    counts = (fit_df.groupby(["persona", "prompt", "task", "model"], observed=True)["refusal"]
+              .agg(refusals="sum", n="size").reset_index())
+    counts["kept"] = counts["n"] - counts["refusals"]
+    res = smf.glm(formula.replace("refusal ~", "refusals + kept ~"), counts,
+                  family=sm.families.Binomial()).fit(tol=1e-12)
     ci = res.conf_int(0.01)
     covered, n_terms = 0, 0
     for name in res.params.index:
