@@ -15,7 +15,10 @@ counts (:func:`refusalstats.counts.row_patterns`), so two million rows of the pa
 design cost at most 6,480 binomial terms; the binomial likelihood differs from the
 Bernoulli one only by the constant :math:`\\sum \\log\\binom{n}{k}`, so the posterior is
 the same. Sampling uses nutpie (Rust NUTS on a numba-compiled log density) by default,
-PyMC's NUTS as a fallback, or ADVI as an explicitly approximate shortcut.
+PyMC's NUTS as a fallback, or ADVI as an explicitly approximate shortcut. Above 20,000
+patterns (``(1|item_id)`` on large tables, where nothing collapses across items) the default
+``method="auto"`` runs the nested Laplace approximation (:mod:`.laplace`), labelled
+APPROXIMATE in every output.
 
 The maths and the default priors are in ``docs/methods_hierarchical.md``.
 """
