@@ -17,4 +17,4 @@ def test_three_decimals_and_the_threshold():
     assert export.format_p(0.25) == "0.250" and export.format_p(0.0312) == "0.031"
     assert export.format_p(0.001) == "0.001" and export.format_p(0.000999) == "< 0.001"
     assert export.format_p(float("nan")) == "" and sections.fmt_p(np.nan) == "—"
-    assert sections._p_phrase(0.25) == "= 0.250" and sections._p_phrase(1e-5) == "< 0.001"
+    assert sections.fmt_p(1e-5) == "< 0.001" and sections.fmt_p(None) == "—"
