@@ -1013,13 +1013,20 @@ def test_parquet_text_and_bool_columns_and_sparse_cluster_table(tmp_path, monkey
                    item_id="i" + df["item_id"].astype(str).str.zfill(3),
                    refusal=df["refusal"].astype(bool),
                    dose=df["prompt"].cat.codes.astype(np.int64), site=df["item_id"] % 2)
+    df["site_item"] = df["site"].astype(str) + "|" + df["item_id"]  # a combined key column
     folder = _shards(df, tmp_path / "s")
     opts = {"inputs": ["task", "persona", "dose"], "n_boot": 80, "n_perm": 40, "seed": 2,
             "progress": False, "cluster": "item_id"}
     ref = w2_sensitivity(df, **opts)
     _same(ref, w2_sensitivity(folder, **opts))
-    two = {**opts, "cluster": ["site", "item_id"]}
+    two = {**opts, "cluster": "site_item"}
     _same(w2_sensitivity(df, **two), w2_sensitivity(folder, **two))
+    # a list of cluster columns means two-way clustering elsewhere (refusal_rates, logit):
+    # refused here, with the recipe for the key column above (#23)
+    for data in (df, folder):
+        with pytest.raises(ValueError, match=r"w2_sensitivity: cluster=\['site', 'item_id'\] names "
+                                             r"2 columns.*two-way.*df\['site_item_id'\] = "):
+            w2_sensitivity(data, **{**opts, "cluster": ["site", "item_id"]})
     monkeypatch.setattr(S, "DENSE_CLUSTER_TABLE", 0)
     _same(ref, w2_sensitivity(folder, **opts))
 

@@ -134,10 +134,12 @@ def w2_sensitivity(
         rows, and delete-a-group of clusters (at most 100 groups) with clusters.
     progress : bool
         Show a tqdm progress bar.
-    cluster : "auto", str, list of str or None
+    cluster : "auto", str or None
         Rows that belong together (answers to the same item). ``"auto"`` (default) clusters
         by ``item_id`` when the table has it and item ids repeat, with a one-line
-        :class:`~refusalstats.ClusterNote`; ``None`` treats rows as independent. With
+        :class:`~refusalstats.ClusterNote`; ``None`` treats rows as independent. A list of
+        columns (two-way clustering in ``refusal_rates``, ``persona_effect`` and ``logit``)
+        is refused: make one key column of their combination and pass its name. With
         clusters the bootstrap resamples whole clusters and the permutation null respects
         them (see ``n_perm``). With an item random intercept of sd 1 (logit scale), treating
         rows as independent rejected a null item-level input 27% of the time at 5% and its
@@ -288,9 +290,10 @@ def _check_args(data, output, inputs, partitions, n_boot, conf, n_perm, seed, ci
 
     Returns the data to analyse (a table file read into a DataFrame, the rows ``exclude``
     leaves out dropped from a DataFrame; a Parquet source as given) and the plan."""
-    from ..counts import resolve_cluster
+    from ..counts import one_way_cluster, resolve_cluster
     from ..sources import scan_columns, source_of
 
+    cluster = one_way_cluster(cluster, where="w2_sensitivity")  # a list is two-way elsewhere
     src = source_of(data, where="w2_sensitivity")
     streamed = src.streamed
     if not streamed:
