@@ -22,6 +22,11 @@ Checks
   fixed by the design; whole items for the row-level ``persona``) for ``task`` with log-odds
   effects (0, 0.3, 2.0) and for ``persona`` with effects (0, 0, 1.2, 1.2, 1.2); target
   0.93-0.97;
+* coverage of the default interval (expanded percentile) on the shapes real tables take
+  (:func:`shaped_items`, a generator of its own): 12, 20 and 40 items per level of an
+  item-level input, balanced or unbalanced (0.5x/1x/1.5x items per level, heavy-tailed
+  answers per item), 5 items per level (too few: the warning is measured, not a target),
+  and a row-level input over 36 items; ``--intervals`` compares every interval type;
 * coverage with random partition sizes (no clusters, so the default is the unstratified
   row bootstrap): four equally likely categories with
   refusal probabilities .1, .3, .5, .9, N = 6,400 (the case of ``docs/methods_w2.md``), true
@@ -158,12 +163,230 @@ def run(reps: int = 400, seed: int = 0) -> list[dict]:
             f"{shape}, persona log-odds 0/0/1.2/1.2/1.2 (iota 0.231)", reps, seed, 4,
             "persona", persona_effect=PERSONA_EFFECT))
         rows.append(_coverage_four(reps, seed, 5))
+        for label, which in ([(lb, "task") for lb in SHAPES]
+                             + [("12 balanced", "persona"), ("12 unbalanced", "persona")]):
+            check = (10 if which == "task" else 20) + list(SHAPES).index(label)
+            rows.append(_coverage_shape(label, which, reps, seed, check))
     return rows
 
 
+def _coverage_shape(label: str, which: str, reps: int, seed: int, check: int) -> dict:
+    """Coverage of the default interval (expanded percentile, default bootstrap) on one
+    shape of :func:`shaped_items`; a shape with too few items carries the warning instead
+    of a target (the share of data sets that warned is in the row)."""
+    per_level, unbalanced = SHAPES[label]
+    truth = shaped_truth(per_level, unbalanced, which)
+    t0 = time.perf_counter()
+    hits = warned = 0
+    for s in _seeds(seed, check, reps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = w2_sensitivity(shaped_items(s, per_level, unbalanced), inputs=[which],
+                                 n_boot=N_BOOT, n_perm=0, seed=s, cluster="item_id",
+                                 progress=False)
+        row = res.table.iloc[0]
+        hits += bool(row["ci_low"] <= truth <= row["ci_high"])
+        warned += bool(res.few_items)
+    few = "too few" in label
+    level = "item-level input (task)" if which == "task" else "row-level input (persona)"
+    return {"check": f"bootstrap 95% CI (default: expanded), {level}"
+                     + ("; warns: too few effective items" if few else ""),
+            "data": f"shaped_items: {label.replace(' (too few)', '')} items per task level"
+                    f" (iota {truth:.3f}); warned in {warned / reps:.0%}",
+            "statistic": "coverage", "estimate": hits / reps,
+            "target_low": None if few else 0.93, "target_high": None if few else 0.97,
+            "reps": reps, "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------------------
+# few or unbalanced items per level (#19): which bootstrap interval, by measured coverage
+# ----------------------------------------------------------------------------------------
+#: The designs of the interval study: items per level of ``task`` and how unbalanced.
+SHAPES = {
+    "12 balanced": (12, False), "20 balanced": (20, False), "40 balanced": (40, False),
+    "12 unbalanced": (12, True), "20 unbalanced": (20, True), "40 unbalanced": (40, True),
+    "5 balanced (too few)": (5, False), "5 unbalanced (too few)": (5, True),
+}
+#: (ci, bootstrap) pairs compared; ("expanded", "auto") is the default since #19.
+METHODS = [("expanded", "auto"), ("percentile", "auto"), ("bc", "auto"), ("bca", "auto"),
+           ("studentized", "auto"), ("percentile", "unstratified"),
+           ("studentized", "unstratified")]
+LEVEL_SHARES = np.array([0.5, 1.0, 1.5])  # unbalanced: items per level relative to the mean
+ROW_EFFECT = np.array([0.0, 0.0, 1.2, 1.2, 1.2])
+
+
+def shaped_items(seed: int, per_level: int, unbalanced: bool, item_sd: float = ITEM_SD,
+                 intercept: float = INTERCEPT) -> pd.DataFrame:
+    """A generator of its own (not the package's simulators) for the shapes real tables take.
+
+    Three ``task`` levels (log-odds effects 0, 0.3, 2.0, constant within item) with
+    ``per_level`` items each, or (``unbalanced``) 0.5x, 1x and 1.5x ``per_level`` items and
+    heavy-tailed answers per item (``2 + floor(lognormal(1.5, 1.1))`` capped at 200: median
+    6, mean about 10, a few items with 100+); balanced items have 10 answers. Each answer
+    draws one of five personas uniformly (log-odds 0, 0, 1.2, 1.2, 1.2); item intercepts are
+    Normal(0, ``item_sd``). Rows: item_id, task, persona, refusal.
+    """
+    rng = np.random.default_rng(seed)
+    counts = (np.rint(per_level * LEVEL_SHARES).astype(int) if unbalanced
+              else np.full(3, per_level))
+    task = np.repeat(np.arange(3), counts)
+    n_items = len(task)
+    size = (np.minimum(200, 2 + np.floor(rng.lognormal(1.5, 1.1, n_items))).astype(int)
+            if unbalanced else np.full(n_items, K))
+    u = rng.normal(0.0, item_sd, n_items)
+    item = np.repeat(np.arange(n_items), size)
+    persona = rng.integers(0, 5, len(item))
+    eta = intercept + np.asarray(TASK_EFFECT)[task[item]] + ROW_EFFECT[persona] + u[item]
+    y = (rng.random(len(item)) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int8)
+    return pd.DataFrame({
+        "item_id": item, "task": pd.Categorical.from_codes(task[item], ["t0", "t1", "t2"]),
+        "persona": pd.Categorical.from_codes(persona, [f"p{i}" for i in range(5)]),
+        "refusal": y})
+
+
+def shaped_truth(per_level: int, unbalanced: bool, which: str, item_sd: float = ITEM_SD,
+                 intercept: float = INTERCEPT) -> float:
+    """Population iota of ``task`` or ``persona`` in :func:`shaped_items`: rates averaged
+    over the item intercept (Gauss-Hermite, 61 nodes), levels weighted by their expected
+    share of rows (answers per item are independent of the level and the intercept)."""
+    x, wq = np.polynomial.hermite_e.hermegauss(61)
+    wq = wq / wq.sum()
+    counts = (np.rint(per_level * LEVEL_SHARES) if unbalanced else np.full(3, per_level))
+    w_task = counts / counts.sum()
+    eta = (intercept + np.asarray(TASK_EFFECT)[:, None, None] + ROW_EFFECT[None, :, None]
+           + item_sd * x[None, None, :])
+    rate = (1.0 / (1.0 + np.exp(-eta)) * wq).sum(axis=2)  # task x persona
+    if which == "task":
+        w, p_c = w_task, rate.mean(axis=1)
+    else:
+        w, p_c = np.full(5, 0.2), w_task @ rate
+    p = float(w @ p_c)
+    return float(w @ np.abs(p_c - p) / (2 * p * (1 - p)))
+
+
+def _intervals_of(df: pd.DataFrame, which: str, s: int) -> tuple[dict, bool]:
+    """Every compared interval of one data set: three fits share their bootstrap draws
+    within a scheme (``conf_int(ci=...)`` reads them back); and whether the few-items
+    warning came."""
+    got = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for boot in ("auto", "unstratified"):
+            res = w2_sensitivity(df, inputs=[which], n_boot=N_BOOT, n_perm=0, seed=s,
+                                 cluster="item_id", ci="studentized", bootstrap=boot,
+                                 progress=False)
+            cis = ["expanded", "percentile", "bc", "studentized"] if boot == "auto" else \
+                ["percentile", "studentized"]
+            for ci in cis:
+                got[(ci, boot)] = tuple(res.conf_int(ci=ci).iloc[0])
+            if boot == "auto":
+                warned = bool(res.few_items)
+        res = w2_sensitivity(df, inputs=[which], n_boot=N_BOOT, n_perm=0, seed=s,
+                             cluster="item_id", ci="bca", progress=False)
+        got[("bca", "auto")] = tuple(res.conf_int().iloc[0])
+    del caught
+    return got, warned
+
+
+def interval_study(reps: int = 300, seed: int = 0, shapes=None, which: str = "task",
+                   methods=METHODS) -> pd.DataFrame:
+    """Coverage of every (ci, bootstrap) pair on every shape: one row per pair and shape,
+    with the Monte Carlo standard error, the mean width and the share of data sets that
+    carried the few-items warning (``res.few_items``). Each data set is analysed with every
+    method from the same seed (the bootstrap draws are shared within a scheme)."""
+    rows = []
+    for label in shapes or SHAPES:
+        per_level, unbalanced = SHAPES[label]
+        truth = shaped_truth(per_level, unbalanced, which)
+        hits = {m: 0 for m in methods}
+        width = {m: 0.0 for m in methods}
+        warned = 0
+        t0 = time.perf_counter()
+        for s in _seeds(seed, 100 + list(SHAPES).index(label), reps):
+            got, w = _intervals_of(shaped_items(s, per_level, unbalanced), which, s)
+            warned += w
+            for m in methods:
+                lo, hi = got[m]
+                hits[m] += bool(lo <= truth <= hi)
+                width[m] += (hi - lo) / reps
+        secs = time.perf_counter() - t0
+        for m in methods:
+            p = hits[m] / reps
+            rows.append({"shape": label, "input": which, "truth": round(truth, 4), "ci": m[0],
+                         "bootstrap": m[1], "coverage": p,
+                         "mc_se": float(np.sqrt(p * (1 - p) / reps)), "mean_width": width[m],
+                         "warned": warned / reps, "reps": reps, "seconds": secs})
+    return pd.DataFrame(rows)
+
+
+def scaling_study(reps: int = 300, seed: int = 20261207, shapes=None, which: str = "task"
+                  ) -> pd.DataFrame:
+    """The scalings of the stratified percentile interval tried before ``"expanded"`` was
+    chosen, on the data sets of :func:`interval_study` (same seeds): about the estimate,
+    by ``sqrt(G/(G-1))`` alone, times ``t`` on the effective items less the strata (the
+    rule ``"expanded"`` adopted, there about the replicates' median), or times ``t`` on the
+    effective items of the smallest level less one."""
+    from scipy.stats import norm
+    from scipy.stats import t as tdist
+
+    from refusalstats.counts import effective_clusters
+
+    z = norm.ppf(0.975)
+    names = {"p": "percentile", "a": "x sqrt(G/(G-1))", "b": "x sqrt(G/(G-1)) t(Geff - strata)/z",
+             "c": "x sqrt(G/(G-1)) t(Geff of smallest level - 1)/z"}
+    rows = []
+    for label in shapes or SHAPES:
+        per, ub = SHAPES[label]
+        truth = shaped_truth(per, ub, which)
+        hits = dict.fromkeys(names, 0)
+        for s in _seeds(seed, 100 + list(SHAPES).index(label), reps):
+            df = shaped_items(s, per, ub)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = w2_sensitivity(df, inputs=[which], n_boot=N_BOOT, n_perm=0, seed=s,
+                                     cluster="item_id", ci="percentile", progress=False)
+            th, b = res.table["iota"].iloc[0], res.boot[which]
+            lo, hi = np.quantile(b, [0.025, 0.975])
+            sizes = df.groupby("item_id").size()
+            if which == "task":
+                lev = df.groupby("item_id")["task"].first()
+                gmin, strata = lev.value_counts().min(), lev.nunique()
+                eff_min = min(effective_clusters(sizes[lev == c].to_numpy()) for c in lev.unique())
+            else:
+                gmin, strata, eff_min = len(sizes), 1, effective_clusters(sizes.to_numpy())
+            ca = np.sqrt(gmin / (gmin - 1))
+            scale = {"p": 1.0, "a": ca,
+                     "b": ca * tdist.ppf(0.975, max(effective_clusters(sizes.to_numpy())
+                                                    - strata, 1)) / z,
+                     "c": ca * tdist.ppf(0.975, max(eff_min - 1, 1)) / z}
+            for k, c in scale.items():
+                hits[k] += max(th - c * (th - lo), 0) <= truth <= min(th + c * (hi - th), 1)
+        for k, name in names.items():
+            p = hits[k] / reps
+            rows.append({"shape": label, "input": which, "interval": name, "coverage": p,
+                         "mc_se": float(np.sqrt(p * (1 - p) / reps)), "reps": reps})
+    return pd.DataFrame(rows)
+
+
 if __name__ == "__main__":
+    # python benchmarks/calibration_w2.py [REPS]: the driver's rows;
+    # python benchmarks/calibration_w2.py --intervals REPS [SHAPE,SHAPE,...] [task|persona]:
+    # the interval study (docs/methods_w2.md, "Few or unbalanced items")
     import sys
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    for r in run(n):
-        print(r)
+    args = sys.argv[1:]
+    if args and args[0] == "--scalings":
+        args = args[1:]
+        out = scaling_study(int(args[0]) if args else 300,
+                            shapes=args[1].split(",") if len(args) > 1 else None,
+                            which=args[2] if len(args) > 2 else "task")
+        print(out.to_markdown(index=False, floatfmt=".3f"))
+    elif args and args[0] == "--intervals":
+        args = args[1:]
+        out = interval_study(int(args[0]) if args else 300, seed=20261207,
+                             shapes=args[1].split(",") if len(args) > 1 else None,
+                             which=args[2] if len(args) > 2 else "task")
+        print(out.to_markdown(index=False, floatfmt=".3f"))
+    else:
+        for r in run(int(args[0]) if args else 400):
+            print(r)

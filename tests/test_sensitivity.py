@@ -939,10 +939,20 @@ def test_result_object_frame_conf_int_summary_repr_and_seeds():
     assert tab is not res.table
     ci = res.conf_int()
     np.testing.assert_allclose(ci.to_numpy(), res.table[["ci_low", "ci_high"]].to_numpy())
-    ci80 = res.conf_int(conf=0.8)
+    ci80 = res.conf_int(conf=0.8, ci="percentile")
     boot_g = res.boot["g"][np.isfinite(res.boot["g"])]
     np.testing.assert_allclose(ci80.loc["g"], np.quantile(boot_g, [0.1, 0.9]))
     assert ci80.attrs["interval"] == "80% percentile bootstrap"
+    # the default, expanded: the spread about the median scaled by sqrt(G/(G-1)) t_df / z,
+    # G = 1,500 rows (one stratum: the unstratified bootstrap), df = 1,500 - 1
+    from scipy.stats import norm, t
+
+    assert res.ci_method == "expanded" and res.units["g"] == (1500.0, 1499.0)
+    exp80 = res.conf_int(conf=0.8)
+    scale = np.sqrt(1500 / 1499) * t.ppf(0.9, 1499) / norm.ppf(0.9)
+    mid = np.median(boot_g)
+    np.testing.assert_allclose(exp80.loc["g"], mid + scale * (np.quantile(boot_g, [0.1, 0.9]) - mid))
+    assert exp80.attrs["interval"] == "80% expanded bootstrap"
     assert ((ci80["ci_high"] - ci80["ci_low"]) <= (ci["ci_high"] - ci["ci_low"])).all()
     with pytest.raises(ValueError, match="conf"):
         res.conf_int(conf=0)
@@ -1118,3 +1128,145 @@ def test_exclude_leaves_out_rows_for_frames_and_sources_alike(tmp_path):
         w2_sensitivity(df, exclude={"setting": ["persona", "persona-free"]}, **opts)
     with pytest.raises(TypeError, match="list of values"):
         w2_sensitivity(df, exclude={"setting": "persona-free"}, **opts)
+
+
+# --------------------------------------------------------------------------------------
+# bootstrap intervals (#19, #23): BCa against scipy, the studentized interval's standard error
+# --------------------------------------------------------------------------------------
+def _iota_rows(g, y):
+    """iota of a 0/1 output from rows (population variance), for scipy's bootstrap."""
+    p = y.mean()
+    if p in (0.0, 1.0):
+        return np.nan
+    levels = np.unique(g)
+    return sum(np.mean(g == c) * abs(y[g == c].mean() - p) for c in levels) / (2 * p * (1 - p))
+
+
+def test_bca_matches_scipy_bootstrap_on_iid_rows():
+    """Given scipy's own bootstrap distribution, our BCa interval (with the table's exact
+    leave-one-out jackknife, multiplicities per cell) is scipy.stats.bootstrap's BCa interval;
+    the acceleration is far from 0 here, so its sign is tested (flipping it moves the
+    bounds by more than the tolerance)."""
+    from scipy import stats
+
+    from refusalstats.sensitivity.intervals import acceleration, bca_interval
+
+    rng = np.random.default_rng(11)
+    g = rng.integers(0, 3, 90)
+    y = (rng.random(90) < np.array([0.1, 0.25, 0.7])[g]).astype(float)
+    res = stats.bootstrap((g, y), _iota_rows, paired=True, vectorized=False, method="BCa",
+                          n_resamples=3000, confidence_level=0.9, random_state=3)
+    df = pd.DataFrame({"g": g.astype(str), "y": y.astype(int)})
+    est = _TableEstimator(_encode_output(df, "y"), _encode_input(df, "g", None, len(df)))
+    jx, jv, mult = est.jackknife(np.random.default_rng(0))
+    from refusalstats.sensitivity.estimators import _iota
+
+    jack = _iota(jx, jv)
+    theta = _iota_rows(g, y)
+    assert est.point()[0] / (2 * est.point()[1]) == pytest.approx(theta, abs=1e-12)
+    loo = np.array([_iota_rows(np.delete(g, i), np.delete(y, i)) for i in range(len(g))])
+    assert acceleration(jack, mult) == pytest.approx(acceleration(loo), abs=1e-12)
+    a = acceleration(jack, mult)
+    assert abs(a) > 0.01
+    lo, hi = bca_interval(theta, res.bootstrap_distribution, jack, mult, 0.9)
+    assert (lo, hi) == pytest.approx(tuple(res.confidence_interval), abs=1e-12)
+    flipped = bca_interval(theta, res.bootstrap_distribution, 2 * np.mean(loo) - loo, None, 0.9)
+    assert abs(flipped[0] - lo) + abs(flipped[1] - hi) > 1e-3
+
+
+def test_studentized_standard_error_gradient_and_bootstrap_sd():
+    """The closed-form gradient of iota equals finite differences and sums to 0 against the
+    table (degree-0 homogeneity); the linearization standard error agrees with the sd of
+    the bootstrap replicates for rows, items and items within levels."""
+    from refusalstats.sensitivity.encode import _encode_clusters
+    from refusalstats.sensitivity.estimators import _iota, _iota_gradient
+
+    rng = np.random.default_rng(0)
+    tab = rng.integers(5, 50, size=(3, 4, 2)).astype(float)
+
+    def iota_of(t):
+        n_c = t.sum(-1)
+        n = n_c.sum(-1)
+        p = t[..., 1].sum(-1) / n
+        return np.abs(t[..., 1] - n_c * p[:, None]).sum(-1) / (2 * n * p * (1 - p))
+
+    grad = _iota_gradient(tab)
+    h = 1e-6
+    for c, k in itertools.product(range(4), range(2)):
+        bump = tab.copy()
+        bump[:, c, k] += h
+        np.testing.assert_allclose((iota_of(bump) - iota_of(tab)) / h, grad[:, c, k],
+                                   atol=1e-6)
+    np.testing.assert_allclose((grad * tab).sum(axis=(1, 2)), 0.0, atol=1e-12)
+    df = _items(60, 10, seed=1, item_effect=[0, 0.3, 2.0], row_effect=[0, 0, 1.2, 1.2, 1.2])
+    df = df.rename(columns={"refusal": "y"})
+    out, clus = _encode_output(df, "y"), _encode_clusters(df, "item_id")
+    for name, cl, strat in [("task", clus, True), ("task", clus, False), ("persona", clus, True),
+                            ("task", None, True), ("persona", None, False)]:
+        est = _TableEstimator(out, _encode_input(df, name, None, len(df)), cl, strat)
+        x, v, se = est.boot(3000, np.random.default_rng(1), True)
+        sd = _iota(x, v).std()
+        assert est.se()[0] == pytest.approx(sd, rel=0.08), (name, cl is None, strat)
+        assert np.mean(se) == pytest.approx(sd, rel=0.08)
+
+
+def test_interval_types_and_conf_int_read_back():
+    """ci= picks the interval; a studentized fit keeps what conf_int needs to give the
+    percentile, bc and studentized intervals at any level (the same numbers as fits with
+    those types and the same seed); studentized needs a 0/1 output."""
+    df = _items(45, 8, seed=2, item_effect=[0, 0.3, 2.0])
+    kw = {"inputs": ["task", "persona"], "n_boot": 400, "n_perm": 0, "seed": 5,
+          "progress": False, "cluster": "item_id"}
+    stud = w2_sensitivity(df, ci="studentized", **kw)
+    assert set(stud.se) == {"task", "persona"} and len(stud.boot_se["task"]) == 400
+    for ci in ("percentile", "bc", "studentized"):
+        fit = w2_sensitivity(df, ci=ci, **kw)
+        pd.testing.assert_frame_equal(stud.conf_int(ci=ci), fit.conf_int(), check_exact=True)
+    assert stud.conf_int(0.8, ci="bc")["ci_low"].gt(
+        stud.conf_int(0.95, ci="bc")["ci_low"]).all()
+    with pytest.raises(ValueError, match="ci='bca'"):
+        stud.conf_int(ci="bca")
+    with pytest.raises(ValueError, match="rerun"):
+        w2_sensitivity(df, ci="percentile", **kw).conf_int(ci="studentized")
+    df["score"] = df["refusal"] * 2 + df["item_id"] % 3
+    with pytest.raises(ValueError, match="needs a 0/1 output"):
+        w2_sensitivity(df, output="score", ci="studentized", **kw)
+    with pytest.raises(ValueError, match="ci must be one of"):
+        w2_sensitivity(df, ci="normal", **kw)
+
+
+def test_few_effective_items_warn_and_are_flagged():
+    """An item-level input with fewer than 10 effective items in a level gets a warning, a
+    note and its name in few_items (the report lists it); 40 items per level do not."""
+    few = _items(15, 10, seed=3, item_effect=[0, 0.3, 2.0])  # 5 items per task
+    with pytest.warns(RuntimeWarning, match="too few effective items"):
+        res = w2_sensitivity(few, inputs=["task", "persona"], n_boot=100, n_perm=0,
+                             progress=False, cluster="item_id")
+    assert res.few_items == ["task"]  # persona: 15 items over all levels
+    assert "5.0 in its smallest level" in res.table.set_index("input").loc["task", "note"]
+    many = _items(120, 10, seed=3, item_effect=[0, 0.3, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ok = w2_sensitivity(many, inputs=["task"], n_boot=100, n_perm=0, progress=False,
+                            cluster="item_id")
+    assert ok.few_items == []
+
+
+def test_shaped_items_truth_matches_a_large_simulation():
+    """The population iota of the interval study's own generator (benchmarks/calibration_w2
+    shaped_items: quadrature over the item intercept, levels weighted by expected row
+    shares) against 12,000 items, balanced and unbalanced."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from calibration_w2 import shaped_items, shaped_truth
+    finally:
+        sys.path.pop(0)
+    for unbalanced, tol in ((False, 0.004), (True, 0.008)):
+        big = shaped_items(1, 4000, unbalanced)
+        got = w2_sensitivity(big, inputs=["task", "persona"], n_boot=0, n_perm=0, cluster=None,
+                             progress=False).table.set_index("input")["iota"]
+        for which in ("task", "persona"):
+            assert got[which] == pytest.approx(shaped_truth(4000, unbalanced, which), abs=tol)

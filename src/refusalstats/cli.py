@@ -530,8 +530,10 @@ def _add_sensitivity(sub, opt: _Options) -> None:
     p.add_argument("--boot", type=_positive_int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--perm", type=_positive_int, default=200,
                    help="permutations for the null (default 200)")
-    p.add_argument("--ci", choices=["percentile", "bca"], default="percentile",
-                   help="bootstrap interval type (default percentile)")
+    p.add_argument("--ci", choices=["expanded", "percentile", "bc", "bca", "studentized"],
+                   default="expanded",
+                   help="bootstrap interval type (default expanded: the percentile interval "
+                        "widened for few or unequal items; docs/methods_w2.md)")
     p.add_argument("--bootstrap", choices=["auto", "unstratified", "stratified"], default="auto",
                    help="how replicates are drawn (default auto: rows unstratified; with "
                         "clusters, items within each level of an item-level input)")

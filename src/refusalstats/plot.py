@@ -690,7 +690,9 @@ def w2(result, *, ax=None, sort: bool = True, title: str | None = None) -> Figur
     _need(tab, ["input", "iota", "ci_low", "ci_high"], "w2")
     interval = tab.attrs.get("interval", "95% bootstrap")
     if hasattr(result, "conf") and hasattr(result, "ci_method"):
-        method = {"bca": "BCa", "percentile": "percentile"}.get(result.ci_method, "")
+        method = {"bca": "BCa", "bc": "BC", "percentile": "percentile",
+                  "expanded": "expanded percentile",
+                  "studentized": "studentized"}.get(result.ci_method, "")
         interval = f"{result.conf:.0%} {method} bootstrap".replace("  ", " ")
     if sort:
         tab = tab.sort_values("iota", ascending=False, kind="stable")

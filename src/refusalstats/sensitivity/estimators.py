@@ -85,6 +85,7 @@ class _TableEstimator:
         self.sizes = self.counts.sum(axis=1)
         self.scheme = "rows"
         self.boot_scheme = "rows within partitions" if stratified else "rows"
+        self.lab = None  # each cluster's partition (input constant within clusters)
         if clus is None:
             return
         self.part_codes = part.codes
@@ -214,22 +215,75 @@ class _TableEstimator:
         replacement at the stratum's size (numba, one splitmix64 stream per replicate)."""
         return K.cluster_weights(self.sgroups, self.sstarts, self.clus.n, self._seeds(b, rng))
 
-    def boot(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def boot(self, b: int, rng: np.random.Generator, with_se: bool = False) -> tuple:
+        """``(xi, var)`` of ``b`` bootstrap tables, and with ``with_se`` their linearization
+        standard errors of iota (:meth:`se`; the same draws either way)."""
         n_cells, k_sup = self.counts.shape
+        w = None
         if self.clus is not None:
             w = self.cluster_weights(b, rng)
             tabs = (self.A @ w.T).T if self.sparse else w @ self.A
             draws = np.rint(tabs).astype(np.int64).reshape(b, n_cells, k_sup)
-            return self.xi_var(draws)
-        if not self.stratified:
+        elif not self.stratified:
             n = int(self.counts.sum())
             flat = rng.multinomial(n, self.counts.ravel() / n, size=b)
-            return self.xi_var(flat.reshape(b, n_cells, k_sup).astype(np.int64))
-        draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
-        for c in range(n_cells):
-            nc = int(self.sizes[c])
-            draws[:, c, :] = rng.multinomial(nc, self.counts[c] / nc, size=b)
-        return self.xi_var(draws)
+            draws = flat.reshape(b, n_cells, k_sup).astype(np.int64)
+        else:
+            draws = np.empty((b, n_cells, k_sup), dtype=np.int64)
+            for c in range(n_cells):
+                nc = int(self.sizes[c])
+                draws[:, c, :] = rng.multinomial(nc, self.counts[c] / nc, size=b)
+        xi, var = self.xi_var(draws)
+        if not with_se:
+            return xi, var
+        return xi, var, self.se(draws, w)
+
+    @property
+    def studentizable(self) -> bool:
+        """Whether :meth:`se` applies: a 0/1 output (the gradient of iota is closed form)."""
+        return self.out.kind == "ordinal" and self.out.n_support == 2
+
+    def se(self, tables: np.ndarray | None = None, w: np.ndarray | None = None) -> np.ndarray:
+        """Linearization (delta-method) standard error of iota for each table.
+
+        ``iota`` is a function of the table, homogeneous of degree 0, so its influence
+        values sum to zero (Euler): the unit's value is the gradient dotted with the unit's
+        own counts (a cluster's table; a row's cell without clusters), and the variance is
+        the sum of squared values, centred within each stratum of the bootstrap, times
+        ``n_s / (n_s - 1)``. ``tables``: (b, cells, 2) bootstrap tables (default: the data's
+        table); ``w``: (b, G) cluster multiplicities of those tables (clusters only).
+        """
+        if tables is None:
+            tables = self.counts[None]
+            if self.clus is not None:
+                w = np.ones((1, self.clus.n))
+        b = tables.shape[0]
+        grad = _iota_gradient(tables.astype(np.float64)).reshape(b, -1)
+        if self.clus is None:
+            t = tables.reshape(b, -1).astype(np.float64)
+            if self.stratified:  # rows within partitions: each partition a stratum
+                g3 = grad.reshape(tables.shape)
+                n_c = tables.sum(axis=2).astype(np.float64)
+                s1 = (tables * g3).sum(axis=2)
+                s2 = (tables * g3 ** 2).sum(axis=2)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    per = np.where(n_c > 1, n_c / (n_c - 1) * (s2 - s1 ** 2 / n_c), 0.0)
+                var = per.sum(axis=1)
+            else:
+                n = t.sum(axis=1)
+                var = n / (n - 1) * (t * grad ** 2).sum(axis=1)
+            return np.sqrt(np.maximum(var, 0.0))
+        infl = (self.A.T @ grad.T).T if self.sparse else grad @ self.A.T  # (b, G)
+        infl = np.asarray(infl)
+        wg = w[:, self.sgroups]
+        vg = infl[:, self.sgroups]
+        starts = self.sstarts[:-1]
+        n_s = np.diff(self.sstarts).astype(np.float64)
+        s1 = np.add.reduceat(wg * vg, starts, axis=1)
+        s2 = np.add.reduceat(wg * vg ** 2, starts, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per = np.where(n_s > 1, n_s / (n_s - 1) * (s2 - s1 ** 2 / n_s), 0.0)
+        return np.sqrt(np.maximum(per.sum(axis=1), 0.0))
 
     @staticmethod
     def _seeds(b: int, rng: np.random.Generator) -> np.ndarray:
@@ -366,12 +420,49 @@ def _iota(xi: np.ndarray, var: np.ndarray) -> np.ndarray:
         return np.where(var > 0, xi / (2.0 * var), np.nan)
 
 
-def _replicates(fn, total: int, step: int, rng: np.random.Generator, bar) -> np.ndarray:
-    """Run ``total`` replicates of ``fn`` in chunks of ``step`` (progress per chunk)."""
-    vals = []
+def _iota_gradient(tables: np.ndarray) -> np.ndarray:
+    """Gradient of iota with respect to the counts of (b, cells, 2) tables of a 0/1 output.
+
+    With ``n_c = a_c + r_c`` (answers 0 and 1 in cell c), ``N``, ``p = R / N``,
+    ``U = sum_c |r_c - n_c p|`` and ``iota = U / (2 N p (1 - p))``:
+    ``dU/dr_c = (s_c - m / N)(1 - p)``, ``dU/da_c = -(s_c - m / N) p`` with
+    ``s_c = sign(r_c - n_c p)``, ``m = sum_c s_c n_c``; then
+    ``d iota/dr_c = dU/dr_c / (2 N p (1 - p)) - iota (1 - p) / (N p)`` and
+    ``d iota/da_c = dU/da_c / (2 N p (1 - p)) - iota p / (N (1 - p))``.
+    """
+    a, r = tables[..., 0], tables[..., 1]
+    n_c = a + r
+    n = n_c.sum(axis=1)
+    p = r.sum(axis=1) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = r - n_c * p[:, None]
+        s = np.sign(d)
+        u = np.abs(d).sum(axis=1)
+        m = (s * n_c).sum(axis=1)
+        den = 2.0 * n * p * (1.0 - p)
+        iota = u / den
+        shift = (s - (m / n)[:, None])
+        g_r = shift * (1.0 - p)[:, None] / den[:, None] - (iota * (1.0 - p) / (n * p))[:, None]
+        g_a = -shift * p[:, None] / den[:, None] - (iota * p / (n * (1.0 - p)))[:, None]
+    out = np.stack([g_a, g_r], axis=-1)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _replicates(fn, total: int, step: int, rng: np.random.Generator, bar,
+                with_se: bool = False):
+    """Run ``total`` replicates of ``fn`` in chunks of ``step`` (progress per chunk): iota,
+    and with ``with_se`` also the replicates' standard errors (``fn(b, rng, True)``)."""
+    vals, ses = [], []
     for s in range(0, total, step):
         b = min(step, total - s)
-        x, v = fn(b, rng)
+        if with_se:
+            x, v, se = fn(b, rng, True)
+            ses.append(se)
+        else:
+            x, v = fn(b, rng)
         vals.append(_iota(x, v))
         bar.update(b)
-    return np.concatenate(vals) if vals else np.empty(0)
+    iota = np.concatenate(vals) if vals else np.empty(0)
+    if not with_se:
+        return iota
+    return iota, (np.concatenate(ses) if ses else np.empty(0))

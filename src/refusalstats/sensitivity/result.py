@@ -55,6 +55,17 @@ class W2SensitivityResult:
     notes : list of str
         One line per input that is not distinguishable from its permutation null or whose
         estimate lies outside its own CI.
+    few_items : list of str
+        Inputs whose interval rests on fewer than 10 effective items (Kish's effective
+        number of clusters; for an item-level input, in its level with the fewest): their
+        intervals may be too narrow (a warning and a note say so; the report too).
+    units : dict of str -> (float, float)
+        Per input, ``(G, df)`` of the expanded interval (:func:`.intervals.expansion`): the
+        fewest resampling units in a bootstrap stratum and the effective units less the
+        strata.
+    se, boot_se : dict of str -> float, dict of str -> ndarray
+        With ``ci="studentized"``: per input, the linearization standard error of iota and
+        that of every bootstrap replicate (empty otherwise).
     """
 
     table: pd.DataFrame
@@ -72,6 +83,10 @@ class W2SensitivityResult:
     boot_scheme: dict[str, str] = field(default_factory=dict)
     null_scheme: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    few_items: list[str] = field(default_factory=list)
+    units: dict[str, tuple[float, float]] = field(default_factory=dict)
+    se: dict[str, float] = field(default_factory=dict)
+    boot_se: dict[str, np.ndarray] = field(default_factory=dict)
 
     def _header(self) -> str:
         by = (f", clustered by {self.cluster!r} ({self.n_clusters:,} clusters)"
@@ -98,37 +113,66 @@ class W2SensitivityResult:
         """
         return self.table.copy()
 
-    def conf_int(self, conf: float | None = None) -> pd.DataFrame:
+    def conf_int(self, conf: float | None = None, ci: str | None = None) -> pd.DataFrame:
         """Intervals for iota per input (``ci_low``, ``ci_high``, index ``input``).
 
         Parameters
         ----------
         conf : float, optional
-            Interval level; default the fit's ``conf``. Percentile intervals at another
-            level are read from the stored bootstrap replicates; BCa intervals only at the
-            fitted level (rerun :func:`w2_sensitivity` with ``conf=``).
+            Interval level; default the fit's ``conf``.
+        ci : {"expanded", "percentile", "bc", "studentized", "bca"}, optional
+            Interval type; default the fit's ``ci_method``. Expanded, percentile and
+            bias-corrected (``bc``) intervals at any level come from the stored bootstrap
+            replicates,
+            studentized ones from the stored replicates and standard errors of a fit with
+            ``ci="studentized"``; BCa intervals only at the fitted level and type (rerun
+            :func:`w2_sensitivity` with ``conf=``, ``ci=``).
 
         Returns
         -------
         DataFrame
             ``attrs["interval"]`` names the interval (e.g. ``"95% percentile bootstrap"``).
         """
+        from .intervals import (
+            bc_interval,
+            expanded_interval,
+            expansion,
+            percentile_interval,
+            studentized_interval,
+        )
+
         conf = self.conf if conf is None else check_conf(conf)
-        if conf == self.conf:
+        ci = self.ci_method if ci is None else ci
+        if ci not in ("expanded", "percentile", "bc", "studentized", "bca"):
+            raise ValueError("ci must be 'expanded', 'percentile', 'bc', 'studentized' or "
+                             f"'bca', got {ci!r}")
+        if conf == self.conf and ci == self.ci_method:
             out = self.table.set_index("input")[["ci_low", "ci_high"]].copy()
-        elif self.ci_method == "percentile":
+        elif ci == "bca" or (ci == "studentized" and not self.boot_se):
+            raise ValueError(
+                f"conf_int(conf={conf}, ci={ci!r}): these intervals need what only a fit with "
+                f"ci={ci!r} keeps (the jackknife; the replicates' standard errors); rerun "
+                f"w2_sensitivity(..., conf={conf}, ci={ci!r})")
+        else:
             rows = {}
-            for name in self.table["input"]:
+            for name, iota in zip(self.table["input"], self.table["iota"]):
                 b = np.asarray(self.boot.get(name, []), float)
-                b = b[np.isfinite(b)]
-                rows[name] = ((np.quantile(b, (1 - conf) / 2), np.quantile(b, (1 + conf) / 2))
-                              if b.size else (np.nan, np.nan))
+                ok = np.isfinite(b)
+                got = None
+                if ok.any() and ci == "expanded":
+                    got = expanded_interval(b[ok], conf, expansion(*self.units[name], conf))
+                elif ok.any() and ci == "bc":
+                    got = bc_interval(float(iota), b[ok], conf)
+                elif ok.any() and ci == "studentized":
+                    got = studentized_interval(float(iota), self.se[name], b[ok],
+                                               self.boot_se[name][ok], conf)
+                    got = None if got is None else (max(got[0], 0.0), min(got[1], 1.0))
+                if got is None and ok.any():
+                    got = percentile_interval(b[ok], conf)
+                rows[name] = got if got is not None else (np.nan, np.nan)
             out = pd.DataFrame.from_dict(rows, orient="index", columns=["ci_low", "ci_high"])
             out.index.name = "input"
-        else:
-            raise ValueError(f"conf_int(conf={conf}): {self.ci_method} intervals are available at the "
-                             f"fitted level {self.conf} only; rerun w2_sensitivity(..., conf={conf})")
-        out.attrs["interval"] = f"{100 * conf:g}% {self.ci_method} bootstrap"
+        out.attrs["interval"] = f"{100 * conf:g}% {ci} bootstrap"
         return out
 
     def summary(self) -> Summary:
