@@ -240,7 +240,7 @@ def demo_logit(data: pd.DataFrame, run: DemoRun) -> None:
 
     t0 = time.perf_counter()
     formula = "refusal ~ persona + task + prompt + model"
-    cluster = "item_id" if "item_id" in data.columns else None
+    cluster = "auto"  # the one rule (counts.choose_cluster): item_id when items repeat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         d = _persona_rows(data)
