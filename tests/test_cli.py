@@ -435,3 +435,27 @@ def test_simulate_full_study_writes_every_setting(tmp_path, capsys):
     t = rs.read_responses(out)
     assert set(t["setting"].astype(str)) == {"persona", "persona-free"}
     assert set(t["design"].astype(str)) == {"p1", "complete"} and "response" in t.columns
+
+
+def test_inference_commands_come_from_entry_points(monkeypatch, capsys):
+    """design/generate/collect are the inference part's (refusalstats.inference.cli),
+    registered through the refusalstats.commands entry points (#23); when the part does not
+    import, the command still exists and says what to install (exit 2)."""
+    import importlib.metadata as md
+
+    from refusalstats import cli
+
+    eps = list(md.entry_points(group=cli.COMMAND_ENTRY_POINTS))
+    assert sorted(ep.name for ep in eps) == ["collect", "design", "generate"]
+    assert {ep.value.split(":")[0] for ep in eps} == {"refusalstats.inference.cli"}
+
+    class Broken:
+        name, value = "design", "refusalstats.inference.cli:add_design"
+
+        def load(self):
+            raise ImportError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [Broken()])
+    assert cli.main(["design", "--task", "nli=x.jsonl", "-o", "p.parquet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the inference part" in err and "pip install 'refusalstats[inference]'" in err

@@ -1035,9 +1035,10 @@ def _add_plugin_commands(sub, opt: _Options) -> None:
         try:
             add = ep.load()
         except ImportError as exc:
-            p = sub.add_parser(ep.name, parents=opt(), add_help=False,
+            # takes any arguments (no option prefix), so it can say what is missing
+            p = sub.add_parser(ep.name, add_help=False, prefix_chars="\x00",
                                help=f"(needs the inference extra: {exc.name or exc})")
-            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.add_argument("rest", nargs="*")
             p.set_defaults(func=_needs_extra(ep.name, exc))
             continue
         add(sub, opt)
