@@ -160,10 +160,26 @@ def test_cochran_q_method_choice_and_errors():
 def test_cochran_q_blocks_of_several_columns_and_degenerate():
     df = complete_blocks(seed=2, models=("m",))
     twice = pd.concat([df.assign(prompt="p1"), df.assign(prompt="p2")], ignore_index=True)
-    with pytest.raises(ValueError, match=r"more than once.*cluster=\['item_id', 'prompt'\]"):
+    with pytest.raises(ValueError, match=r"more than once.*df\['item_prompt'\] = "
+                                         r"df\['item_id'\].*cluster='item_prompt'"):
         rs.cochran_q(twice)
-    out = rs.cochran_q(twice, cluster=["item_id", "prompt"], method="chi2")
+    # a list of columns means two-way clustering elsewhere: refused here, saying how to
+    # make the combined block column (#23)
+    with pytest.raises(ValueError, match=r"cochran_q: cluster=\['item_id', 'prompt'\] names 2 "
+                                         r"columns.*two-way clustering.*df\['item_id_prompt'\] = "
+                                         r"df\['item_id'\]\.astype\(str\) \+ '\|' \+ "
+                                         r"df\['prompt'\]\.astype\(str\)"):
+        rs.cochran_q(twice, cluster=["item_id", "prompt"], method="chi2")
+    with pytest.raises(ValueError, match="two-way"), pytest.warns(FutureWarning):
+        rs.cochran_q(twice, block=["item_id", "prompt"], method="chi2")
+    twice["item_id_prompt"] = twice["item_id"].astype(str) + "|" + twice["prompt"].astype(str)
+    out = rs.cochran_q(twice, cluster="item_id_prompt", method="chi2")
     assert out["n_blocks"].item() == 80
+    pd.testing.assert_frame_equal(rs.cochran_q(twice, cluster=["item_id_prompt"], method="chi2"), out)
+    # cluster='auto' is the one rule (counts.choose_cluster): an item_id that never repeats
+    # gives no blocks
+    with pytest.raises(ValueError, match="'item_id' by default, which never repeats"):
+        rs.cochran_q(twice.assign(item_id=np.arange(len(twice))), cluster="auto")
     ref = pg.cochran(twice.assign(b=twice.item_id.astype(str) + twice.prompt), dv="refusal",
                      within="persona", subject="b")  # fmt: skip
     assert out["Q"].item() == pytest.approx(ref["Q"].item())

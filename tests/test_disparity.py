@@ -161,8 +161,9 @@ def test_disparity_item_bootstrap_equals_resampling_rows():
     ratios, plug = [], []
     for r in range(n_boot):
         rep = df.loc[df.index.repeat(w[r][codes])]
-        rep = rep.assign(copy=rep.groupby(level=0).cumcount())
-        ratios.append(rs.disparity(rep, cluster=["item_id", "copy"])["disparity"].item())
+        rep = rep.assign(copy=rep["item_id"].astype(str) + "|"
+                         + rep.groupby(level=0).cumcount().astype(str))
+        ratios.append(rs.disparity(rep, cluster="copy")["disparity"].item())
         plug.append(rs.disparity(rep, cluster=None, estimator="plug-in")["disparity"].item())
     lo, hi = np.quantile(ratios, [0.1, 0.9])
     assert out[["ci_low", "ci_high"]].iloc[0].tolist() == pytest.approx([lo, hi])
@@ -261,3 +262,30 @@ def test_few_items_are_flagged_with_kish_effective_number():
     assert out["few_clusters"].item()
     ok = rs.disparity(df[df.item_id >= 3], control="control", cluster="item_id")  # 30 equal items
     assert ok["effective_clusters"].item() == pytest.approx(30) and not ok["few_clusters"].item()
+
+
+def test_a_list_of_cluster_columns_is_refused_with_the_combined_key_recipe(tmp_path):
+    """A list of cluster columns means two-way clustering in refusal_rates, persona_effect
+    and logit; disparity's bootstrap resamples one column, so a list is refused (it once
+    meant the combination of the columns here), naming the key column to make (#23)."""
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame([(p, g, i, t, int(rng.random() < 0.3))
+                       for p, g in [("a", "G"), ("b", "G"), ("c", "control"), ("d", "control")]
+                       for i in range(20) for t in ("p1", "p2")],
+                      columns=["persona", "persona_group", "item_id", "prompt", "refusal"])
+    msg = (r"disparity: cluster=\['item_id', 'prompt'\] names 2 columns\. A list of cluster columns "
+           r"means two-way clustering .*df\['item_id_prompt'\] = df\['item_id'\]\.astype\(str\) "
+           r"\+ '\|' \+ df\['prompt'\]\.astype\(str\), and pass cluster='item_id_prompt'")
+    df.to_parquet(tmp_path / "t.parquet", index=False)
+    for data in (df, str(tmp_path / "t.parquet")):
+        with pytest.raises(ValueError, match=msg):
+            rs.disparity(data, cluster=["item_id", "prompt"], n_boot=10)
+    with pytest.raises(ValueError, match=msg):
+        rs.disparity(df.assign(label=np.nan), cluster=["item_id", "prompt"], labels="label")
+    with pytest.raises(ValueError, match="two-way"), pytest.warns(FutureWarning):
+        rs.disparity(df, block=["item_id", "prompt"], n_boot=10)
+    # the recipe of the message works, and a one-column list is that column
+    df["item_id_prompt"] = df["item_id"].astype(str) + "|" + df["prompt"].astype(str)
+    one = rs.disparity(df, cluster="item_id_prompt", n_boot=20, seed=1)
+    assert one.attrs["cluster"] == ["item_id_prompt"]
+    pd.testing.assert_frame_equal(rs.disparity(df, cluster=["item_id_prompt"], n_boot=20, seed=1), one)

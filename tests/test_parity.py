@@ -113,8 +113,10 @@ def test_persona_effect(sources):
 
 
 def test_cochran_q(sources):
-    _same(_each(sources, lambda s: rs.cochran_q(s, condition="persona", by="model", cluster=["item_id", "prompt"],
-                                                method="chi2")))
+    # blocks are items within (model, prompt): a list of cluster columns is two-way
+    # clustering elsewhere, so cochran_q takes one block column (#23)
+    _same(_each(sources, lambda s: rs.cochran_q(s, condition="persona", by=["model", "prompt"],
+                                                cluster="item_id", method="chi2")))
 
 
 def test_disparity(sources):

@@ -32,7 +32,7 @@ from scipy import stats
 
 from ._summary import Summary
 from ._validation import AUTO_CLUSTER_COLUMN, check_random_state, cluster_from_block
-from .counts import N_COLUMN, REFUSALS_COLUMN
+from .counts import N_COLUMN, REFUSALS_COLUMN, one_way_cluster
 from .multiplicity import adjust_pvalues
 from .rates import _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
@@ -73,11 +73,15 @@ def cochran_q(
         included, equals the in-memory one).
     condition : str
         The within-block factor (default ``"persona"``).
-    cluster : str or list of str
-        The block: the item column(s) whose rows form one complete block, the unit
+    cluster : str
+        The block: the item column whose rows form one complete block, the unit
         within which the conditions are permuted (default ``"item_id"``, as ``cluster``
-        names the item everywhere in refusalstats; ``"auto"`` means the same); a list
-        combines columns, e.g. ``["item_id", "prompt"]`` when each item is shown with several templates.
+        names the item everywhere in refusalstats; ``"auto"`` means the same). A list
+        of columns is refused: elsewhere it means two-way clustering, which Q has no
+        form of. When each item is shown with several templates, make one block column
+        of both, ``df["item_prompt"] = df["item_id"].astype(str) + "|" +
+        df["prompt"].astype(str)``,
+        and pass ``cluster="item_prompt"``.
     by : str or list of str, optional
         Separate tests per group, e.g. ``["model", "task"]``.
     method : {"auto", "chi2", "exact", "permutation"}
@@ -106,7 +110,7 @@ def cochran_q(
         Benjamini–Hochberg's false discovery rate); adds ``p_adjusted``.
     refusal : str
         The 0/1 outcome column.
-    block : str or list of str, optional
+    block : str, optional
         Deprecated name of ``cluster`` (a FutureWarning; removed in the next release).
 
     Returns
@@ -145,20 +149,26 @@ def cochran_q(
     if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise ValueError(f"n_perm must be a positive integer, got {n_perm!r}")
     rng = check_random_state(seed)
-    cluster = cluster_from_block("cochran_q", cluster, block, "item_id")
+    cluster = one_way_cluster(cluster_from_block("cochran_q", cluster, block, "item_id"),
+                              where="cochran_q", unit="block")
     if cluster is None:
         raise ValueError("Cochran's Q needs blocks (each answered once under every condition): "
                          "cluster='item_id' names them; cluster=None has none")
-    if isinstance(cluster, str) and cluster == "auto":
-        cluster = AUTO_CLUSTER_COLUMN
-    if cluster == AUTO_CLUSTER_COLUMN and AUTO_CLUSTER_COLUMN not in _columns_of(data):
-        from .counts import choose_cluster  # say where the blocks may be
+    auto = isinstance(cluster, str) and cluster == "auto"
+    if auto or (cluster == AUTO_CLUSTER_COLUMN and AUTO_CLUSTER_COLUMN not in _columns_of(data)):
+        from .counts import choose_cluster  # the one "auto" rule; and where the blocks may be
 
-        cands = choose_cluster(data, "auto", where="cochran_q", note=False).candidates
-        hint = (f"; column(s) that look like item ids: {cands[:3]}: pass "
-                f"cluster={cands[0]!r}" if cands else "; pass cluster=<the item column>")
-        raise ValueError(f"cochran_q: the blocks (items) come from '{AUTO_CLUSTER_COLUMN}' by "
-                         f"default, which the table lacks{hint}")
+        choice = choose_cluster(data, "auto", where="cochran_q", note=False)
+        if auto and choice.column is not None:
+            cluster = choice.column
+        else:
+            cands = choice.candidates
+            hint = (f"; column(s) that look like item ids: {cands[:3]}: pass "
+                    f"cluster={cands[0]!r}" if cands else "; pass cluster=<the item column>")
+            why = ("which never repeats" if AUTO_CLUSTER_COLUMN in _columns_of(data)
+                   else "which the table lacks")
+            raise ValueError(f"cochran_q: the blocks (items) come from '{AUTO_CLUSTER_COLUMN}' by "
+                             f"default, {why}{hint}")
     blocks = _columns(cluster, "cluster")
     by = _columns(by, "by")
     if not blocks:
@@ -343,7 +353,9 @@ def _cochran_matrix(sub, condition, blocks, by, key, setting_hint) -> np.ndarray
         if repeated:
             detail.append(
                 f"has {repeated[:3]} more than once (if each item is shown with several "
-                f"templates, add that column to cluster=, e.g. cluster=[{blocks[0]!r}, 'prompt'])"
+                f"templates, make one block column of item and template, e.g. "
+                f"df['item_prompt'] = df[{blocks[0]!r}].astype(str) + '|' + "
+                "df['prompt'].astype(str), and pass cluster='item_prompt')"
             )
         hint = ""
         if "none" in map(str, cond_levels) and setting_hint:

@@ -47,6 +47,7 @@ __all__ = [
     "choose_cluster",
     "collapse",
     "effective_clusters",
+    "one_way_cluster",
     "resolve_cluster",
     "row_patterns",
 ]
@@ -148,6 +149,62 @@ def _sizes(src: Source, column: str, refusal: str) -> np.ndarray:
         acc.add([lut[present]], n[present].astype(np.int64), np.zeros(len(present), np.int64))
     acc.compact()
     return acc.n
+
+
+#: The analyses where a list of cluster columns means two-way clustering (Cameron,
+#: Gelbach & Miller 2011): a list means that, or is refused, everywhere.
+TWO_WAY_ANALYSES = ("refusal_rates", "persona_effect", "logit")
+
+
+def one_way_cluster(cluster, *, where: str, unit: str = "cluster"):
+    """``cluster`` for an analysis with one-way clustering only: a list of columns refused.
+
+    A list of cluster columns means two-way clustering wherever refusalstats takes one
+    (:data:`TWO_WAY_ANALYSES`); an analysis without a two-way form refuses it rather than
+    read it as something else (e.g. one cluster per combination of the columns), saying
+    how to make a combined key column when that is what was meant. A one-element list is
+    its column.
+
+    Parameters
+    ----------
+    cluster : "auto", str, list of str or None
+        What the caller passed.
+    where : str
+        The analysis, for the message.
+    unit : str
+        What the analysis calls a cluster (``"block"`` for Cochran's Q).
+
+    Returns
+    -------
+    "auto", str or None
+
+    Raises
+    ------
+    ValueError
+        ``cluster`` names two or more columns.
+
+    Examples
+    --------
+    >>> one_way_cluster(["item_id"], where="disparity")
+    'item_id'
+    """
+    if not isinstance(cluster, (list, tuple)):
+        return cluster
+    cols = list(cluster)
+    if len(cols) == 1 and isinstance(cols[0], str):
+        return cols[0]
+    if not cols or not all(isinstance(c, str) for c in cols):
+        raise TypeError(f"{where}: cluster must be 'auto', None or a column name; got {cluster!r}")
+    key = "_".join(cols)
+    parts = " + '|' + ".join(f"df[{c!r}].astype(str)" for c in cols)
+    raise ValueError(
+        f"{where}: cluster={cols!r} names {len(cols)} columns. A list of cluster columns means "
+        f"two-way clustering (as in {', '.join(TWO_WAY_ANALYSES)}), which {where} does not "
+        f"have: it takes one {unit} column. To use each combination of {' and '.join(map(repr, cols))} "
+        f"as one {unit}, make a key column, df[{key!r}] = {parts}, and pass cluster={key!r} "
+        "(a Parquet source: rs.read_responses(path) first)"
+        + (f"; or, when the other columns are nested in one, pass that coarser column alone "
+           f"(e.g. cluster={cols[0]!r})" if unit == "cluster" else ""))
 
 
 @dataclass(frozen=True)

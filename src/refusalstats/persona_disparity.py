@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ._validation import check_conf, check_random_state, cluster_from_block
-from .counts import N_COLUMN, REFUSALS_COLUMN, effective_clusters
+from .counts import N_COLUMN, REFUSALS_COLUMN, effective_clusters, one_way_cluster
 from .rates import _auto_off, _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
 
 __all__ = ["disparity"]
@@ -209,19 +209,21 @@ def disparity(
         the correlation between personas answering the same item (P2's complete
         design); with ``cluster=None`` each persona's refusal count is redrawn from
         its binomial, which treats rows as independent.
-    cluster : "auto", str, list of str or None
-        Column(s) identifying items, the bootstrap's resampling unit. ``"auto"``
+    cluster : "auto", str or None
+        The column identifying items, the bootstrap's resampling unit. ``"auto"``
         (default): ``item_id`` when the table has it and items repeat (a
         :class:`~refusalstats.ClusterNote` says so); ``None``: independent rows. The
         bootstrap and the corrected estimator's noise use it; the plug-in ratio without
-        ``n_boot`` does not.
+        ``n_boot`` does not. A list of columns is refused (elsewhere it means two-way
+        clustering, which this bootstrap has no form of); to resample combinations of
+        columns, make one key column of them and pass its name.
     conf : float
         Confidence level of the bootstrap interval.
     seed : int, None or numpy.random.Generator
         Seed of the bootstrap (default 0: reproducible; None: fresh entropy).
     refusal : str
         The 0/1 outcome column.
-    block : str or list of str, optional
+    block : str, optional
         Deprecated name of ``cluster`` (a FutureWarning; removed in the next release).
     estimator : {"corrected", "plug-in"}
         ``"corrected"`` (default): the noise-corrected ratio
@@ -265,6 +267,7 @@ def disparity(
     >>> rs.disparity(df, control="control", estimator="plug-in")["disparity"].tolist()
     [2.0]
     """
+    cluster = one_way_cluster(cluster, where="disparity")  # a list is two-way elsewhere
     if labels is not None:  # the detector's error carried in by human labels (#22)
         from .ppi import ppi_disparity
 
@@ -275,7 +278,8 @@ def disparity(
                              n_boot=n_boot, cluster=cluster, strata=strata, conf=conf, seed=seed,
                              refusal=refusal)
     by = _columns(by, "by")
-    cluster = cluster_from_block("disparity", cluster, block, "auto")
+    cluster = one_way_cluster(cluster_from_block("disparity", cluster, block, "auto"),
+                              where="disparity")
     if not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
