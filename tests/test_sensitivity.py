@@ -994,7 +994,7 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("kw", [{}, {"cluster": None}, {"ci": "bca"},
-                                {"bootstrap": "unstratified"}])
+                                {"bootstrap": "unstratified"}, {"ci": "studentized"}])
 def test_parquet_shards_give_the_in_memory_result(tmp_path, kw):
     """A file, a folder of 3 shards, a glob and a list: counts streamed by collapse, the
     same estimates, CIs, p-values and replicates as the DataFrame with the same seed."""
