@@ -436,3 +436,31 @@ def test_cli_label_sample_then_corrected_rates_and_card(tmp_path, capsys):
     assert main(["label-sample", str(table), "-o", str(tmp_path / "b.csv"), "--target-width", "0.2",
                  "--by", "task"]) == 0
     assert "labels_needed" in capsys.readouterr().out
+
+
+def test_cli_disparity_with_labels_equals_the_python_estimate(tmp_path, capsys):
+    from refusalstats.cli import main
+
+    rng = np.random.default_rng(22)
+    personas = {"a": "G", "b": "G", "c": "G", "c1": "control", "c2": "control", "c3": "control"}
+    rate = {"a": 0.1, "b": 0.3, "c": 0.5, "c1": 0.2, "c2": 0.22, "c3": 0.25}
+    df = pd.DataFrame({"persona": np.tile(list(personas), 300), "item_id": np.repeat(np.arange(300), 6)})
+    df["persona_group"] = df["persona"].map(personas)
+    truth = rng.random(len(df)) < df["persona"].map(rate)
+    df["refusal"] = np.where(truth, rng.random(len(df)) < 0.8, rng.random(len(df)) < 0.05).astype(int)
+    df["human"] = np.where(rng.random(len(df)) < 0.3, truth.astype(float), np.nan)
+    table = tmp_path / "t.parquet"
+    df.to_parquet(table)
+    for cluster in ("none", "item_id"):
+        out = tmp_path / f"d_{cluster}.csv"
+        assert main(["disparity", str(table), "--labels", "human", "--cluster", cluster, "--n-boot", "30",
+                     "--seed", "3", "--csv", str(out)]) == 0
+        assert f"corrected by {int(df['human'].notna().sum()):,} human labels" in capsys.readouterr().out
+        ref = rs.disparity(df, control="control", labels="human", cluster=None if cluster == "none" else cluster,
+                           n_boot=30, seed=3)
+        pd.testing.assert_frame_equal(pd.read_csv(out), ref, check_dtype=False, rtol=1e-12)
+        # the labels change the estimate: the detector's flags alone give another ratio
+        assert ref["disparity"].item() != pytest.approx(
+            rs.disparity(df, control="control", cluster=None if cluster == "none" else cluster)["disparity"].item())
+    assert main(["disparity", str(table), "--labels", "human", "--estimator", "plug-in"]) == 2
+    assert "--estimator plug-in" in capsys.readouterr().err

@@ -837,6 +837,7 @@ def _add_disparity(sub, opt: _Options) -> None:
     p.add_argument("--estimator", choices=["corrected", "plug-in"], default="corrected",
                    help="corrected (default): sampling noise removed from both spreads, whose "
                         "bootstrap CI covers 95%%; plug-in: de Araujo & Roth's raw ratio")
+    _label_options(p)
     p.set_defaults(func=_cmd_disparity)
 
 
@@ -848,7 +849,21 @@ def _cmd_disparity(args) -> int:
         raise CLIError(f"--n-boot must be 0 (no interval) or a positive number, got {args.n_boot}")
     df = _table_or_dataset(args.table, sep=args.sep, where=args.where)
     control = _columns_arg(args.control) or []
-    res = disparity(df, category=args.category, control=control[0] if len(control) == 1 else control,
+    control = control[0] if len(control) == 1 else control
+    if _labels_wanted(args):  # human labels: persona rates corrected for the detector's errors (PPI++)
+        if args.estimator != "corrected":
+            raise CLIError("--labels gives the noise-corrected disparity only; drop --estimator "
+                           f"{args.estimator}")
+        df = _with_labels(args, df)
+        res = disparity(df, category=args.category, control=control, by=_columns_arg(args.by),
+                        n_boot=args.n_boot, conf=args.conf, seed=args.seed, cluster=_cluster_arg(args),
+                        labels=args.labels, strata=_columns_arg(args.strata))
+        n_labelled = int(df[args.labels].notna().sum())
+        print(f"Disparity from persona rates corrected by {n_labelled:,} human labels (column "
+              f"{args.labels!r}; PPI++):")
+        _emit(res, args)
+        return 0
+    res = disparity(df, category=args.category, control=control,
                     by=_columns_arg(args.by), n_boot=args.n_boot, conf=args.conf, seed=args.seed,
                     cluster=_cluster_arg(args), estimator=args.estimator)
     _emit(res, args)
