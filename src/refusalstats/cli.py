@@ -175,8 +175,7 @@ class _Options:
             help="column of correlated answers (items answered many times) for "
                  "cluster-robust intervals and tests; 'auto' (default) uses item_id when "
                  "the table has it and it repeats; 'none' treats rows as independent; two "
-                 "columns, e.g. 'item_id,persona', cluster two ways (sampled personas) in "
-                 "rates and fit; sensitivity, cochran, disparity and --labels take one column")
+                 "columns, e.g. 'item_id,persona', cluster two ways (sampled personas)")
         self._new("sep").add_argument(
             "--sep", help="field delimiter of a CSV table (default: guessed from the "
                           "header line among , ; tab |)")
