@@ -293,6 +293,8 @@ def main() -> int:
     ap.add_argument("--skip-bambi", action="store_true")
     ap.add_argument("--item", action="store_true", help="add (1|item_id) to the formula")
     ap.add_argument("--method", choices=["auto", "nuts", "laplace"], default="nuts")
+    ap.add_argument("--effects", action="store_true",
+                    help="also time what the report computes from the fit (effects, deviations)")
     ap.add_argument("--glmer", action="store_true",
                     help="with --item: also fit R lme4 glmer(nAGQ=0) on the same table in the same "
                          "run (benchmarks/peer_glmer.R) and print wall and CPU ratios (issue #24)")
@@ -353,6 +355,15 @@ def main() -> int:
                            parametrization=args.parametrization, method=args.method,
                            target_accept=args.target_accept)
     print(f"refusalstats full: {json.dumps({k: round(v, 4) for k, v in ours.items()})}", flush=True)
+    if args.effects:  # what the report computes from the fit
+        t1, c1 = time.perf_counter(), time.process_time()
+        eff = _fit.effects("persona", within="model")
+        _fit.deviations("persona:model")
+        _fit.to_frame()
+        print(f"report's use of the fit (effects('persona', within='model'), deviations, to_frame): "
+              f"{time.perf_counter() - t1:.1f} s wall, {time.process_time() - c1:.1f} s CPU; "
+              f"{len(eff)} cells, probability scale on {eff.attrs['prob_draws']} draws; load "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
     if args.glmer or args.glmer_csv:
         return _versus_glmer(df, args, ours, _fit, l0)
     iters = args.chains * (args.tune + args.draws)
