@@ -518,8 +518,9 @@ def test_cli_fit_prints_summary_and_writes_csv(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "Coefficients:" in text and "Firth" in text
-    # clustered: the per-term test is the cluster-robust Wald F, never an LR test
-    assert "Test of each term (dropped from the full model): cluster-robust Wald F" in text
+    # clustered: the per-term test is the cluster-robust HTZ Wald test (CR2, as for the same
+    # rows in a DataFrame, #19), never an LR test
+    assert "Test of each term (dropped from the full model): cluster-robust HTZ Wald test" in text
     tab = pd.read_csv(out_csv)
     direct = logit(MAIN, df, reference=PAPER_REFERENCE, penalty="firth", cluster="item_id")
     np.testing.assert_allclose(tab["estimate"], direct.params.to_numpy(), atol=1e-10)

@@ -129,26 +129,50 @@ def test_rank_agreement(sources):
     _same({k: v.pairs for k, v in res.items()})
 
 
-# A Parquet source reaches logit as streamed counts, which get CR1 with z where the same rows
-# in memory get the CR2 default with Satterthwaite t (std errors 0.240 vs 0.246 for the
-# intercept here): open in #23 for the regression owner; strict, so the fix shows as XPASS.
-_STREAMED_LOGIT_CR1 = pytest.mark.xfail(
-    reason="logit on a Parquet source uses CR1/z, on the same rows CR2/t (#23)", strict=True)
-
-
-@pytest.mark.parametrize("cluster", ["auto", "item_id"])
-def test_logit_frame_and_csv(sources, cluster):
-    res = _each(sources, lambda s: rs.logit("refusal ~ model + persona + task", s,
-                                            cluster=cluster, progress=False))
-    _same({k: res[k].to_frame() for k in ("frame", "csv")}, rtol=1e-7)
-
-
-@_STREAMED_LOGIT_CR1
-@pytest.mark.parametrize("cluster", ["auto", "item_id"])
+@pytest.mark.parametrize("cluster", ["auto", "item_id", None])
 def test_logit(sources, cluster):
     res = _each(sources, lambda s: rs.logit("refusal ~ model + persona + task", s,
                                             cluster=cluster, progress=False))
-    _same({k: v.to_frame() for k, v in res.items()}, rtol=1e-7)
+    _same({k: v.to_frame() for k, v in res.items()}, rtol=1e-10)
+
+
+def test_logit_default_cluster_is_cr2_on_every_source(sources):
+    """The default clustered logit: a Parquet file and a shard folder are collapsed to
+    (cluster, pattern) counts batch by batch and get the CR2 covariance with Satterthwaite
+    t that the same rows in a DataFrame get (they got CR1 with z, #19/#23): the coefficient
+    table (estimate, std_error, t, df, p_value, ci), drop1's and anova's HTZ tests, the fit
+    statistics and the printed summary are the DataFrame's."""
+    res = _each(sources, lambda s: rs.logit("refusal ~ model + persona + task", s, progress=False))
+    base = res["frame"]
+    assert base.vcov == "CR2" and base.n_clusters == N_ITEMS
+    assert {"t", "df", "ci_low", "ci_high", "p_value"} <= set(base.to_frame().columns)
+    assert np.isfinite(base.df).all() and (base.df < N_ITEMS).all()  # Satterthwaite, not z
+    for name, fit in res.items():
+        assert fit.vcov == "CR2" and fit.n_clusters == N_ITEMS, name
+        assert fit.n_obs == base.n_obs == len(sources["frame"]), name
+        for stat in ("loglik", "deviance", "null_deviance", "aic", "bic"):
+            assert getattr(fit, stat) == pytest.approx(getattr(base, stat), rel=1e-12, abs=1e-12), (name, stat)
+        assert fit.summary() == base.summary(), name
+    _same({k: v.to_frame() for k, v in res.items()}, rtol=1e-10)
+    _same({k: v.drop1() for k, v in res.items()}, rtol=1e-10)
+    _same({k: v.anova() for k, v in res.items()}, rtol=1e-10)
+
+
+def test_logit_streamed_cr1_fallback(sources, monkeypatch):
+    """A source with more (cluster, pattern) pairs than the CR2 limit keeps its counts per
+    pattern and streams the CR1 sandwich from the rows, with a warning and a note; that CR1
+    is the CR1 of the same rows in a DataFrame (vcov="CR1")."""
+    from refusalstats.regression import model as logit_model
+
+    monkeypatch.setattr(logit_model, "_CR2_MAX_PAIRS", 50)  # the table has 420 (item, pattern) pairs
+    formula = "refusal ~ model + persona + task"
+    with pytest.warns(UserWarning, match=r"more than 50 \(cluster, pattern\) pairs"):
+        streamed = rs.logit(formula, sources["parquet"], cluster="item_id", progress=False)
+    assert streamed.vcov == "CR1" and "z" in streamed.to_frame().columns
+    assert any("too many to hold for CR2" in n for n in streamed.notes)
+    frame = rs.logit(formula, sources["frame"], cluster="item_id", vcov="CR1", progress=False)
+    _same({"frame": frame.to_frame(), "parquet": streamed.to_frame()}, rtol=1e-10)
+    _same({"frame": frame.drop1(), "parquet": streamed.drop1()}, rtol=1e-10)
 
 
 def test_w2_sensitivity(sources):

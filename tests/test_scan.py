@@ -422,11 +422,14 @@ def paper_shards(tmp_path_factory):
 @pytest.mark.parametrize("design", ["paper", "repeats"])
 def test_clustered_logit_from_a_path_streams_cr1_and_equals_the_dataframe_fit(design, paper_shards, shards,
                                                                               monkeypatch):
-    """logit(path, cluster=) fits the per-pattern counts and streams the CR1 meat: no counts
-    per item x pattern (as many as the rows in the paper design), results equal the
-    DataFrame fit. "repeats": items answer the same pattern several times."""
+    """A source with more (cluster, pattern) pairs than CR2 holds (the limit set to 0 here):
+    logit(path, cluster=) fits the per-pattern counts and streams the CR1 meat, no counts per
+    item x pattern (as many as the rows in the paper design); results equal the DataFrame's
+    CR1 fit. "repeats": items answer the same pattern several times."""
     from refusalstats.regression import covariance
+    from refusalstats.regression import model as logit_model
 
+    monkeypatch.setattr(logit_model, "_CR2_MAX_PAIRS", 0)
     df, root = paper_shards if design == "paper" else (_concat(shards), shards)
     ref = {"persona": "Atheist", "prompt": "p1"}
     want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", reference=ref, epsilon=1e-14)
@@ -434,7 +437,9 @@ def test_clustered_logit_from_a_path_streams_cr1_and_equals_the_dataframe_fit(de
     real = covariance._stream_cluster_meats  # its home since #23 (scan re-exports it)
     monkeypatch.setattr(covariance, "_stream_cluster_meats",
                         lambda *a, **k: passes.append(len(a[6])) or real(*a, **k))
-    got = rs.logit(f"refusal ~ {FORMULA}", root, cluster="item_id", vcov="CR1", reference=ref, epsilon=1e-14)
+    with pytest.warns(UserWarning, match=r"more than 0 \(cluster, pattern\) pairs"):
+        got = rs.logit(f"refusal ~ {FORMULA}", root, cluster="item_id", vcov="CR1", reference=ref,
+                       epsilon=1e-14)
     assert passes == [1]  # one streamed pass for the full model's CR1
     assert isinstance(got._design.cluster, covariance._StreamedCluster)
     assert got.n_patterns == want.n_patterns < len(df) // 4  # per pattern, not per item x pattern
@@ -462,12 +467,14 @@ def test_clustered_logit_from_a_path_streams_cr1_and_equals_the_dataframe_fit(de
 
 def test_clustered_logit_from_a_path_auto_and_fallbacks(paper_shards, shards, rows, tmp_path):
     df, root = paper_shards
-    # auto: item ids repeat (paper design) -> clustered, with the note
+    # auto: item ids repeat (paper design) -> clustered, with the note; the default CR2 with
+    # Satterthwaite df, as for the same rows in a DataFrame (#19)
     with pytest.warns(rs.ClusterNote, match="clustering by 'item_id'"):
         got = rs.logit(f"refusal ~ {FORMULA}", root, epsilon=1e-14)
-    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", vcov="CR1", epsilon=1e-14)
-    assert got.cluster == "item_id"
+    want = rs.logit(f"refusal ~ {FORMULA}", df, cluster="item_id", epsilon=1e-14)
+    assert got.cluster == "item_id" and got.vcov == want.vcov == "CR2"
     np.testing.assert_allclose(got.bse, want.bse, rtol=1e-10)
+    np.testing.assert_allclose(got.df, want.df, rtol=1e-10)
     # auto with item ids that never repeat: not clustered, model-based SEs, and said so before the
     # fit (the one cluster='auto' rule for frames and sources, #23)
     unique = rows.assign(item_id=np.arange(len(rows)))

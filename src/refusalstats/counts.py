@@ -766,9 +766,17 @@ def collapse(
     return _collapse(data, by, cluster, refusal, batch_rows=batch_rows, where="collapse")
 
 
+class _TooManyLines(Exception):
+    """Raised by :func:`_collapse` when the counts outgrow ``max_lines`` lines."""
+
+
 def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = _BATCH_ROWS,
-              where: str = "collapse") -> pd.DataFrame:
-    """:func:`collapse`, its messages naming the analysis ``where`` that asked."""
+              where: str = "collapse", max_lines: int | None = None) -> pd.DataFrame:
+    """:func:`collapse`, its messages naming the analysis ``where`` that asked.
+
+    ``max_lines``: stop with :class:`_TooManyLines` as soon as the counts hold more lines
+    than that (a caller that falls back to another method for very large key spaces).
+    """
     if not isinstance(refusal, str):
         raise TypeError(f"refusal must be a column name, got {refusal!r}")
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1:
@@ -806,6 +814,12 @@ def _collapse(data, by, cluster, refusal: str = "refusal", *, batch_rows: int = 
     read: dict = {}
     for batch, path in source_batches(src, [*keys, refusal], batch_rows, where=where, stats=read):
         _add_batch(acc, batch, keys, refusal, path)
+        if max_lines is not None and len(acc.n) > max_lines:
+            raise _TooManyLines(len(acc.n))
+    if max_lines is not None:
+        acc.compact()
+        if len(acc.n) > max_lines:
+            raise _TooManyLines(len(acc.n))
     if acc.rows == 0:
         raise ValueError(f"{where}: {what} is empty (0 rows)")
     acc.compact()

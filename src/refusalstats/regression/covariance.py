@@ -74,9 +74,9 @@ def _wald_f(b: np.ndarray, V: np.ndarray, G: int, rtol: float = 1e-10) -> dict:
 class _StreamedCluster:
     """Clusters of rows that stay on disk: a Parquet source streamed once per CR1 request.
 
-    ``logit(path, cluster=...)`` fits the counts per covariate pattern and keeps this in
-    place of :class:`_Cluster` (counts per cluster x pattern, as many lines as rows in a
-    Monte Carlo design). :func:`_cr1_many` streams the rows once and accumulates each
+    ``logit(path, cluster=...)`` on a source with more (cluster, pattern) pairs than CR2
+    holds (``regression.model._CR2_MAX_PAIRS``) fits the counts per covariate pattern and
+    keeps this in place of :class:`_Cluster`. :func:`_cr1_many` streams the rows once and accumulates each
     cluster's score sums for every fit it is given (memory: clusters x coefficients).
     """
 
@@ -88,6 +88,7 @@ class _StreamedCluster:
     n_clusters: int = 0        # known after the first pass
     n_rows: int = 0
     batch_rows: int | None = None
+    note: str = ""             # why the source is streamed (too many (cluster, pattern) pairs for CR2)
 
 
 def _t_quantile(conf: float, df: np.ndarray) -> np.ndarray:
@@ -664,9 +665,8 @@ def _cluster_cov(X: np.ndarray, Xf, cl, beta: np.ndarray, bread: np.ndarray, n_o
     kind = vcov or "CR2"
     if kind == "CR2" and isinstance(cl, _StreamedCluster):
         kind = "CR1"
-        if vcov == "CR2":
-            notes.append("CR2 needs each cluster's rows by pattern; a streamed Parquet source gives CR1 "
-                         "(collapse with cluster= into a DataFrame for CR2)")
+        notes.append(cl.note or "CR2 needs each cluster's counts by pattern; a streamed Parquet source gives "
+                     "CR1 (collapse with cluster= into a DataFrame for CR2)")
     if kind == "CR2" and penalty in ("l2", "l1", "elasticnet"):
         kind = "CR1"
         if vcov == "CR2":

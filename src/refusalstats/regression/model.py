@@ -255,6 +255,7 @@ class LogitModel:
                 cluster = _one_cluster(cluster)
             data, trials, cluster, stream = _counts_from_dataset(formula, data, cluster, trials, weights,
                                                                  per_cluster=per_cluster)
+        from_rows = is_dataset(self._source[0])
         two_way = None
         if stream is None:
             resolved = resolve_cluster(data, cluster, where="logit")
@@ -265,7 +266,7 @@ class LogitModel:
         self.cluster = cluster
         self._stream, self._two_way = stream, two_way
         self.design = _single_blas(_build_design)(formula, data, reference, trials, weights, cluster, collapse,
-                                                  stream, two_way)
+                                                  stream, two_way, from_rows=from_rows)
 
     @classmethod
     def _of_design(cls, design: _Design, formula: str, reference, cluster) -> LogitModel:
@@ -313,19 +314,27 @@ class LogitModel:
         return _estimate(design, model=self, **opts)
 
 
+#: (cluster, pattern) count lines above which a streamed source falls back from CR2 (which
+#: needs them) to the CR1 sandwich streamed from the rows (memory: clusters x coefficients)
+_CR2_MAX_PAIRS = 20_000_000
+
+
 def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_cluster=False):
     """A Parquet file / shard folder / glob streamed into the counts the fit needs.
 
     Counts per covariate pattern equal the rows for the fit: coefficients, standard
-    errors and tests are the row fit's. With a cluster, the CR1 covariance needs each
-    cluster's score sums: a :class:`_StreamedCluster` streams the rows once more after
-    the fit (memory: clusters x coefficients), so the counts stay per pattern; with
-    ``per_cluster`` (cluster bootstrap, CV folds grouped by cluster) the counts are per
-    cluster x pattern instead, which in a Monte Carlo design are as many as the rows.
+    errors and tests are the row fit's. With a cluster the counts are per (cluster,
+    pattern), streamed batch by batch (memory: those lines, never the rows), which is
+    what the CR2 default, a cluster bootstrap and CV folds grouped by cluster need, so a
+    Parquet source gets the same covariance, tests and intervals as the same rows in a
+    DataFrame (#19, #23). When there are more than ``_CR2_MAX_PAIRS`` such lines the
+    counts stay per pattern and a :class:`_StreamedCluster` streams each cluster's CR1
+    score sums after the fit (memory: clusters x coefficients), with a note saying so;
+    ``per_cluster`` (cluster bootstrap, CV folds) always collapses per cluster x pattern.
 
     Returns ``(counts, trials column, cluster column or None, _StreamedCluster or None)``.
     """
-    from ..counts import _cluster_columns
+    from ..counts import _cluster_columns, _collapse, _TooManyLines
     from ..counts import collapse as collapse_dataset
     from ..formula import parse_formula
     from ..sources import scan_columns
@@ -342,14 +351,26 @@ def _counts_from_dataset(formula, source, cluster, trials, weights, *, per_clust
         cols = _cluster_columns(cluster)
         if cols:
             col = _one_cluster(cols)
+            if col in parsed.fixed_variables or col == parsed.response:
+                raise ValueError(f"logit: the cluster column '{col}' is also in the formula")
+            try:
+                counts = _collapse(source, parsed.fixed_variables, cluster, parsed.response, where="logit",
+                                   max_lines=_CR2_MAX_PAIRS)
+            except _TooManyLines as many:
+                note = (f"logit: the source has more than {_CR2_MAX_PAIRS:,} (cluster, pattern) pairs "
+                        f"({int(many.args[0]):,} counted before stopping), too many to hold for CR2: the "
+                        "covariance is CR1 streamed from the rows, with z tests (the same rows as a "
+                        "DataFrame get CR2 with Satterthwaite t)")
+                warnings.warn(note, UserWarning, stacklevel=5)
+            else:
+                counts = counts.rename(columns={"refusals": parsed.response, "n": "_trials"})
+                return counts, "_trials", counts.attrs["collapse"]["cluster"], None
             stream = _StreamedCluster(name=col, source=source, variables=list(parsed.fixed_variables),
-                                      refusal=parsed.response)
+                                      refusal=parsed.response, note=note)
         if stream is not None:
             from ..counts import _missing_columns
 
             _missing_columns([stream.name], scan_columns(source), f"the dataset '{source}'")
-            if stream.name in parsed.fixed_variables or stream.name == parsed.response:
-                raise ValueError(f"logit: the cluster column '{stream.name}' is also in the formula")
         counts = collapse_dataset(source, by=parsed.fixed_variables, cluster=None,
                                   refusal=parsed.response)
         used = stream.name if stream is not None else None
@@ -448,9 +469,21 @@ def _check_fit_args(penalty, alpha, l1_ratio, ci, conf, vcov, working, *, cluste
     return {"penalty": penalty, "alpha": alpha, "l1_ratio": l1_ratio, "ci": ci, "conf": conf}
 
 
-def _build_design(formula, data, reference, trials, weights, cluster, collapse, stream, two_way) -> _Design:
-    """The collapsed design, with the streamed or two-way clusters attached."""
+def _build_design(formula, data, reference, trials, weights, cluster, collapse, stream, two_way, *,
+                  from_rows: bool = False) -> _Design:
+    """The collapsed design, with the streamed or two-way clusters attached.
+
+    ``from_rows``: ``data`` are counts of a source's 0/1 rows (a Parquet source), so the
+    fit is the rows' fit: its row count, log-likelihood (no binomial constants), deviance
+    and IRLS start are those of the rows, as for the same rows in a DataFrame.
+    """
     d, _parsed = _build(formula, data, reference, trials, weights, None if stream else cluster, collapse)
+    if from_rows:
+        n_rows = float(np.sum(d.n))
+        d.n_obs, d.dev_sat, d.ll_const = round(n_rows), 0.0, 0.0
+        # R's glm.fit start on 0/1 rows (mustart 3/4 or 1/4), summed to the patterns
+        d.start = _Start(0.1875 * d.n, 0.1875 * (np.log(3.0) + 4.0 / 3.0) * (2.0 * d.s - d.n),
+                         -2.0 * n_rows * np.log(0.75))
     if stream is not None:  # CR1 from the rows on disk, streamed after the fit
         stream.patterns = d.patterns
         d.cluster = stream

@@ -518,8 +518,8 @@ class LogitResults:
         * Clustered: row ``k`` fits the model with the first ``k`` terms (same estimator)
           and gives the cluster-robust Wald F test of term ``k`` in it, as :meth:`drop1`
           (columns ``term, df, df_resid, F, p_value, note``). No likelihood ratio is shown.
-          For a fit from a Parquet source the sub-models' CR1 covariances come from one
-          more streaming pass over the rows, all sub-models at once.
+          For a fit from a Parquet source too large for CR2 (streamed CR1) the sub-models'
+          CR1 covariances come from one more streaming pass over the rows, all at once.
 
         ``attrs["test"]`` names the test. Ridge / lasso / elastic net: no tests (error).
 
