@@ -10,6 +10,11 @@ can be run end to end where the real dump cannot be downloaded.
 Truth built in: every (model, dataset) has persona effects (refusal odds differ by
 persona category and by persona), except zephyr-7b-beta on ``rac``, where no persona
 matters (P2 report p = .49 for Zephyr on racism). Control personas differ only a little.
+The baseline row ``empty`` (no persona, as in P2) has effect 0 while most categories
+shift refusal up, so in every cell but Zephyr on ``rac`` the personas' expected refusal
+rate is above the baseline's (for seed 0: mean persona effect +0.35 on the log-odds
+scale, controls about 0). The importer reads that row as the persona-free setting, which
+the report's "With and without a persona" section compares with the personas.
 
 Usage::
 
