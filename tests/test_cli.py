@@ -243,7 +243,8 @@ def test_rates_and_fit_read_a_folder_of_shards(tmp_path, capsys):
     np.testing.assert_allclose(pd.read_csv(csv)["ci_low"], want["ci_low"], rtol=1e-12)
     rc, out, err = _run(["fit", "refusal ~ task + persona", str(folder)], capsys)
     assert rc == 0, err
-    assert "cluster-robust Wald F" in out
+    # the default CR2 and its HTZ test, as for the same rows in a DataFrame (#19)
+    assert "cluster-robust HTZ Wald test" in out and "Satterthwaite" in out
 
 
 def test_analysis_commands_read_a_folder_of_shards(blocks, tmp_path, capsys):
