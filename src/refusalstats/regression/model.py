@@ -18,10 +18,11 @@ patterns. Estimators:
   ``alpha="cv"`` picks alpha by K-fold cross-validation with folds grouped by
   ``cluster``.
 
-Standard errors are model based, or cluster-robust (CR1) by ``cluster=`` (default
-``"auto"``: ``item_id`` when items repeat); with clusters, ``anova()`` / ``drop1()`` are
-CR1 Wald F tests on (q, G - 1) df instead of likelihood-ratio tests, which assume
-independent rows. ``ci="bootstrap"`` resamples clusters (or rows). The maths is in
+Standard errors are model based, or cluster-robust by ``cluster=`` (default ``"auto"``:
+``item_id`` when items repeat): CR2 with Satterthwaite t by default (``vcov="CR1"``: CR1
+with z), from the (cluster, pattern) counts, for a DataFrame and a Parquet source alike;
+with clusters, ``anova()`` / ``drop1()`` are cluster-robust Wald tests (HTZ for CR2, F on
+(q, G - 1) df for CR1) instead of likelihood-ratio tests, which assume independent rows. ``ci="bootstrap"`` resamples clusters (or rows). The maths is in
 ``docs/methods_logit.md``; ``benchmarks/calibration_logit.py`` measures the tests' level
 and the intervals' coverage.
 """
