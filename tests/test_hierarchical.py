@@ -573,10 +573,10 @@ def test_logit_predict_interval_matches_statsmodels():
     allrows = fit.predict(conf=0.9)
     assert len(allrows) == n
     np.testing.assert_allclose(allrows.iloc[[0, 5, 17, 99]].to_numpy(), got.to_numpy(), rtol=1e-12)
-    # a clustered fit uses its CR1 covariance: wider here than the model-based interval
+    # a clustered fit with vcov="CR1" uses its CR1 covariance and z (the default CR2 uses t)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clustered = rs.logit("refusal ~ task + persona", df.assign(item=np.arange(n) // 20), cluster="item")
+        clustered = rs.logit("refusal ~ task + persona", df.assign(item=np.arange(n) // 20), cluster="item", vcov="CR1")
     c = clustered.predict(new, conf=0.9, type="link")
     V = clustered.cov_params().to_numpy()
     se = np.sqrt(np.einsum("ij,jk,ik->i", X[[0, 5, 17, 99]], V, X[[0, 5, 17, 99]]))

@@ -240,8 +240,8 @@ def test_two_way_clustering_by_hand():
     two = rs.refusal_rates(df, cluster=["item_id", "persona"])
 
     def one(cols):
-        cl = df.groupby(cols)["refusal"].agg(["size", "sum"])
-        r = rates._mean_cr2(np.zeros(len(cl), int), cl["size"].to_numpy(), cl["sum"].to_numpy(), 1)
+        cl = df.groupby(cols)["refusal"].agg(n="size", refusals="sum")
+        r = rates._mean_cr2(np.zeros(len(cl), int), cl["n"].to_numpy(), cl["refusals"].to_numpy(), 1)
         return r["var"][0], r["df"][0]
 
     (vi, di), (vp, dp), (vb, _) = one("item_id"), one("persona"), one(["item_id", "persona"])

@@ -667,9 +667,10 @@ def test_streamed_sources_leave_error_rows_out_as_validate_does(rows, tmp_path, 
         rates = rs.refusal_rates(path, by=["model", "task"])
         counted = rs.collapse(path, by="task")
     said = _left_out(caught)
-    assert said == [f"'{path}': 3 of 6,000 row(s) are left out as errors (refusal_source 'error': "
-                    "the prompt got no answer, its error text is in column 'error'); the analyses "
-                    "use the other rows"], said  # once, in validate's words
+    words = (f"'{path}': 3 of 6,000 row(s) are left out as errors (refusal_source 'error': "
+             "the prompt got no answer, its error text is in column 'error'); the analyses "
+             "use the other rows")
+    assert said == [words], said  # once, in validate's words
     assert counted.attrs["collapse"]["n_error_rows"] == 3
     assert counted.attrs["collapse"]["rows"] == int(counted["n"].sum()) == len(rows) - 3
     with warnings.catch_warnings():
@@ -713,3 +714,19 @@ def test_streamed_report_header_counts_error_rows_as_the_dataframe_does(tmp_path
     assert f"<dd>{len(df) - 1:,} answers" in heads["frame"]
     assert "Error rows left out</dt><dd>1 (" in heads["frame"]
     assert heads["parquet"] == heads["frame"]
+
+
+def test_collapse_of_a_dataframe_leaves_error_rows_out_too(rows):
+    """collapse(DataFrame) and choose_cluster leave error rows out as a Parquet source
+    does (one rule in sources.source_batches), so counts never depend on how rows arrive."""
+    raw = _with_error_rows(rows)
+    with pytest.warns(UserWarning, match=r"DataFrame: 3 of 6,000 row\(s\) are left out as errors"):
+        got = rs.collapse(raw, by=["model", "task"], cluster="item_id")
+    want = rs.collapse(rows.drop(index=[5, 77, 400]), by=["model", "task"], cluster="item_id")
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert got.attrs["collapse"]["n_error_rows"] == 3 and want.attrs["collapse"]["n_error_rows"] == 0
+    choice = counts.choose_cluster(raw, "item_id", count=True)
+    sizes = rows.drop(index=[5, 77, 400]).groupby("item_id").size()
+    assert choice.effective == pytest.approx(counts.effective_clusters(sizes), rel=1e-13)
+    assert choice.effective != pytest.approx(  # the error rows would change it
+        counts.effective_clusters(rows.groupby("item_id").size()), rel=1e-13)

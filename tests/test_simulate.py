@@ -194,7 +194,7 @@ def test_pooled_logit_recovers_marginal_not_conditional_coefficients():
 # ------------------------------------------------------------------ the full study: persona-free, controls, answers
 @pytest.fixture(scope="module")
 def study():
-    return rs.simulate_paper(scale=0.2, seed=7, persona_free=True, controls=True, responses=True)
+    return rs.simulate_paper(scale=0.2, seed=7, persona_free=True, controls=True, answer_text=True)
 
 
 def test_options_leave_the_persona_rows_unchanged(study):
@@ -264,7 +264,7 @@ def test_answer_text_agrees_with_refusal_at_the_documented_rate():
     from refusalstats.detect import flag_refusals
     from refusalstats.simulate import RESPONSE_ERROR
 
-    df = rs.simulate_paper(scale=1.0, seed=2, persona_free=True, controls=True, responses=True)
+    df = rs.simulate_paper(scale=1.0, seed=2, persona_free=True, controls=True, answer_text=True)
     flag = flag_refusals(df).to_numpy()
     r = df["refusal"].to_numpy().astype(bool)
     miss, fa = RESPONSE_ERROR
@@ -273,7 +273,7 @@ def test_answer_text_agrees_with_refusal_at_the_documented_rate():
     assert abs(spec - (1 - fa)) < 4 * np.sqrt(fa * (1 - fa) / (~r).sum()), spec
     assert df.attrs["truth"]["responses"] == {"miss": miss, "false_alarm": fa, "detector": "default"}
     # a perfect text (no errors) is read back exactly
-    clean = rs.simulate_paper(scale=0.05, seed=4, persona_free=True, controls=True, responses=True,
+    clean = rs.simulate_paper(scale=0.05, seed=4, persona_free=True, controls=True, answer_text=True,
                               response_error=(0.0, 0.0))
     assert (flag_refusals(clean).to_numpy() == clean["refusal"].to_numpy().astype(bool)).all()
     # and P1's own prefix list reads the texts too (it misses 'As an AI' refusals)
@@ -283,8 +283,8 @@ def test_answer_text_agrees_with_refusal_at_the_documented_rate():
 
 def test_option_errors():
     with pytest.raises(ValueError, match="response_error"):
-        rs.simulate_paper(scale=0.01, responses=True, response_error=(0.1,))
+        rs.simulate_paper(scale=0.01, answer_text=True, response_error=(0.1,))
     with pytest.raises(ValueError, match="response_error"):
-        rs.simulate_paper(scale=0.01, responses=True, response_error=(1.5, 0))
+        rs.simulate_paper(scale=0.01, answer_text=True, response_error=(1.5, 0))
     with pytest.raises(ValueError, match="control_items"):
         rs.simulate_paper(scale=0.01, controls=True, control_items=0)

@@ -175,7 +175,8 @@ class _Options:
             help="column of correlated answers (items answered many times) for "
                  "cluster-robust intervals and tests; 'auto' (default) uses item_id when "
                  "the table has it and it repeats; 'none' treats rows as independent; two "
-                 "columns, e.g. 'item_id,persona', cluster two ways (sampled personas)")
+                 "columns, e.g. 'item_id,persona', cluster two ways (sampled personas) in "
+                 "rates and fit; sensitivity, cochran, disparity and --labels take one column")
         self._new("sep").add_argument(
             "--sep", help="field delimiter of a CSV table (default: guessed from the "
                           "header line among , ; tab |)")
@@ -245,11 +246,11 @@ def _add_simulate(sub, opt: _Options) -> None:
                    help="add de Araujo & Roth's complete design with 10 control personas "
                         "(column design = 'complete': every item under every persona; "
                         "cochran and disparity take --where design=complete)")
-    p.add_argument("--responses", action="store_true",
+    p.add_argument("--answer-text", action="store_true",
                    help="add answer text (column response) that the default detector reads "
                         "as the simulated refusal 97%% / 99.8%% of the time")
     p.add_argument("--full-study", action="store_true",
-                   help="all three: --persona-free --controls --responses (what "
+                   help="all three: --persona-free --controls --answer-text (what "
                         "'refusalstats demo' simulates)")
     p.set_defaults(func=_cmd_simulate)
 
@@ -261,7 +262,7 @@ def _cmd_simulate(args) -> int:
     _format_of(Path(args.out), None)  # a bad output extension fails before the work
 
     extras = {k: bool(getattr(args, k) or args.full_study)
-              for k in ("persona_free", "controls", "responses")}
+              for k in ("persona_free", "controls", "answer_text")}
     df = simulate_paper(scale=args.scale, seed=args.seed, calibrate=args.calibrate,
                         item_sd=args.item_sd, **extras)
     write_responses(df, args.out, metadata={"source": "refusalstats.simulate_paper", "scale": args.scale,
@@ -312,10 +313,27 @@ def _cmd_rates(args) -> int:
             _write_csv(res, args.csv)
         return 0
     res = refusal_rates(df, by=by, method=args.method, conf=args.conf, cluster=_cluster_arg(args))
-    print(res.to_string(index=False))
+    print(_percent_table(res).to_string(index=False))
     if args.csv:
-        _write_csv(res, args.csv)
+        _write_csv(res, args.csv)  # the tidy table: proportions
     return 0
+
+
+#: Proportion columns the command line prints as percentages (as the report does).
+_PERCENT_COLUMNS = ("rate", "ci_low", "ci_high", "refusal rate")
+
+
+def _percent_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its proportion columns shown as percentages ('rate %', 2 decimals, or
+    2 significant digits below 0.1%: rare refusals stay visible)."""
+    out = frame.copy()
+    for c in _PERCENT_COLUMNS:
+        if c in out.columns:
+            pct = 100 * out[c].astype(float)
+            out[c] = [("" if pd.isna(v) else f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.2g}")
+                      for v in pct]
+            out = out.rename(columns={c: f"{c} %"})
+    return out
 
 
 # --------------------------------------------------------------------------- import
@@ -1152,7 +1170,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if debug:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except CLIError as exc:
+            # the error the command translated into one line: show it and its traceback
+            original = exc.__cause__ or exc.__context__
+            if original is not None:
+                raise original from None
+            raise
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
@@ -1162,7 +1187,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's error contract is decided here
         if _user_error(exc):
-            print(f"error: {_speak_cli(_one_line(exc))}", file=sys.stderr)
+            msg = _one_line(exc)
+            if isinstance(exc, FileNotFoundError) and " " not in msg.strip():
+                msg = f"no such file or folder: {msg}"  # pyarrow's message is the bare path
+            print(f"error: {_speak_cli(msg)}", file=sys.stderr)
             return 2
         print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
               "--debug for the traceback and please report it", file=sys.stderr)

@@ -5,7 +5,7 @@ simulated table and the :class:`DemoRun` (output folder, scale, seed, and the fi
 steps share); the report comes last because it reuses what the others computed.
 
 The table is the full study ``simulate_paper(persona_free=True, controls=True,
-responses=True)``: P1's Monte Carlo persona rows (setting ``"persona"``), its
+answer_text=True)``: P1's Monte Carlo persona rows (setting ``"persona"``), its
 persona-free offensiveness prompts (``"persona-free"``), de Araujo & Roth's complete
 design with control personas (setting ``"persona"``, column ``design`` ``"complete"``) and
 answer text. The model fits (W2,
@@ -332,12 +332,12 @@ def demo_report(data: pd.DataFrame, run: DemoRun) -> None:
     rep = report(data, out=run.out, seed=run.seed, results=results,
                  hierarchical="hierarchical" in results,
                  source=f"simulated: refusalstats.simulate_paper(scale={run.scale}, "
-                        f"seed={run.seed}, persona_free=True, controls=True, responses=True); also in {run.out / 'responses.parquet'}")
+                        f"seed={run.seed}, persona_free=True, controls=True, answer_text=True); also in {run.out / 'responses.parquet'}")
     rep.print_summary(time.perf_counter() - t0)
 
 
 #: What the demo simulates beyond P1's persona rows (see :func:`refusalstats.simulate_paper`).
-FULL_STUDY = {"persona_free": True, "controls": True, "responses": True}
+FULL_STUDY = {"persona_free": True, "controls": True, "answer_text": True}
 
 #: The demo's steps, in the order they run after simulating; the report is last because it
 #: reuses the W2, logit and hierarchical fits.

@@ -957,7 +957,7 @@ def coefficients(data, top_k: int = 10, *, sig_level: float = 0.01, scale: str =
     >>> tab = pd.DataFrame({"term": ["persona[T.x]", "persona[T.y]", "model[T.B]"],
     ...                     "estimate": [1.0, 0.5, -9.0], "ci_low": [0.5, 0.1, -12.0],
     ...                     "ci_high": [1.5, 0.9, -6.0]})
-    >>> [ax.get_title() for ax in rs.plot.coefficients(tab, by_factor=True).axes]
+    >>> [ax.get_title(loc="left") for ax in rs.plot.coefficients(tab, by_factor=True).axes]
     ['persona', 'model']
     """
     from matplotlib.lines import Line2D

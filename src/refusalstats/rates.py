@@ -515,8 +515,8 @@ def _mean_cr2(codes: np.ndarray, m: np.ndarray, y: np.ndarray, n_groups: int) ->
         df = np.where(G > 1, tr**2 / tr2, np.nan)
     df = np.minimum(df, np.maximum(G - 1, 1))  # never more than the clusters allow
     kish = np.where(G > 0, N**2 / np.maximum(S2, 1e-300), np.nan)
-    return {"n": N, "y": total(y), "G": G, "var": var, "df": df, "rho": rho, "kish": kish,
-            "e": e, "inv": inv}
+    return {N_COLUMN: N, REFUSALS_COLUMN: total(y), "G": G, "var": var, "df": df, "rho": rho,
+            "kish": kish, "e": e, "inv": inv}
 
 
 def _cluster_var(cells: pd.DataFrame, codes: np.ndarray, n_groups: int, clusters: list[str],
@@ -613,15 +613,15 @@ def _arm_cov(cells: pd.DataFrame, codes: np.ndarray, n_groups: int, cols: list[s
 
 def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
                           clusters: list[str], method: str, conf: float) -> pd.DataFrame:
-    """Clustered rates from per-(group, cluster) counts ``size``/``sum`` (rows or a collapse)."""
+    """Clustered rates from per-(group, cluster) counts ``n``/``refusals`` (rows or a collapse)."""
     keys = by or ["_all"]
     if not by:
         cl = cl.assign(_all=0)
     grp = cl.groupby(keys, observed=True, sort=True)
     out = grp[[N_COLUMN]].sum()
     res = _cluster_var(cl, grp.ngroup().to_numpy(), len(out), clusters, N_COLUMN, REFUSALS_COLUMN)
-    n = res["n"]
-    p = res["y"] / n
+    n = res[N_COLUMN]
+    p = res[REFUSALS_COLUMN] / n
     lo, hi, deff, n_eff = _kg_interval(p, n, res["var"], res["df"], method, conf)
     single = ~np.isfinite(res["var"])
     if single.any():
@@ -635,7 +635,7 @@ def _clustered_from_cells(cl: pd.DataFrame, data: pd.DataFrame, by: list[str],
     if not by:
         res_frame = res_frame.drop(columns="_all")
     res_frame["n"] = n.astype("int64")
-    res_frame["refusals"] = res["y"].astype("int64")
+    res_frame[REFUSALS_COLUMN] = res[REFUSALS_COLUMN].astype("int64")
     res_frame["rate"] = p
     res_frame["ci_low"], res_frame["ci_high"] = lo, hi
     res_frame["n_clusters"] = res["G"].astype("int64")
@@ -680,8 +680,8 @@ def _clustered_newcombe(cells, by, clusters, conf):
     n_groups = int(codes.max()) + 1 if len(codes) else 0
     arms = [_cluster_var(cells[cells["_arm"] == a], codes[(cells["_arm"] == a).to_numpy()],
                          n_groups, clusters, N_COLUMN, REFUSALS_COLUMN) for a in (0, 1)]
-    p = [r["y"] / r["n"] for r in arms]
-    n = [r["n"] for r in arms]
+    p = [r[REFUSALS_COLUMN] / r[N_COLUMN] for r in arms]
+    n = [r[N_COLUMN] for r in arms]
     var = [r["var"] for r in arms]
     lims, deff = [], []
     for a, r in enumerate(arms):

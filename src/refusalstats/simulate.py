@@ -305,7 +305,7 @@ def simulate_paper(
     exact_rates: bool | None = None,
     persona_free: bool = False,
     controls: bool = False,
-    responses: bool = False,
+    answer_text: bool = False,
     control_items: int | None = None,
     response_error: tuple[float, float] = RESPONSE_ERROR,
 ) -> pd.DataFrame:
@@ -353,7 +353,7 @@ def simulate_paper(
         personas' effects are fixed normal quantiles with mean 0 (the reference persona's)
         and sd :data:`CONTROL_EFFECT_SD`; the other terms, Table 1 offsets included, are
         those of the persona rows.
-    responses : bool
+    answer_text : bool
         Add a ``response`` column of answer text (categorical). A refusal reads as an
         explicit refusal, except that with probability ``response_error[0]`` it is a
         hedge without refusal words; an answer gives one of the task's labels, except
@@ -385,7 +385,7 @@ def simulate_paper(
         *conditional* on the item (the hierarchical model with ``(1|item_id)`` targets
         those); a pooled fit targets ``marginal``. With the options: ``persona_free``
         (``target_rates`` and ``offsets`` per model), ``controls`` (``effects`` per control
-        persona, ``items`` per task) and ``responses`` (``miss``, ``false_alarm``). All
+        persona, ``items`` per task) and ``answer_text`` (``miss``, ``false_alarm``). All
         keys are strings (Parquet-safe).
 
     Examples
@@ -395,7 +395,7 @@ def simulate_paper(
     >>> len(df)
     20320
     >>> full = rs.simulate_paper(scale=0.01, seed=1, persona_free=True, controls=True,
-    ...                          responses=True)
+    ...                          answer_text=True)
     >>> full.groupby(["design", "setting"], observed=True).size().to_dict()
     {('p1', 'persona'): 20320, ('p1', 'persona-free'): 6768, ('complete', 'persona'): 6000}
     """
@@ -499,7 +499,7 @@ def simulate_paper(
         "scale": scale,
         "seed": seed,
     }
-    if not (persona_free or controls or responses):
+    if not (persona_free or controls or answer_text):
         return df
     # The options' rows and text are drawn after the persona rows, from the same
     # generator, so the persona rows are the same with or without them.
@@ -515,7 +515,7 @@ def simulate_paper(
         parts.append(part)
     out = _concat_parts(parts) if len(parts) > 1 else df
     out.attrs["truth"] = truth
-    if responses:
+    if answer_text:
         out["response"] = _response_text(out, rng, miss, false_alarm)
         truth["responses"] = {"miss": miss, "false_alarm": false_alarm, "detector": "default"}
     return out
@@ -710,7 +710,7 @@ _KINDS = ("refusal", "missed", "answer", "false_alarm")
 
 def _response_text(df: pd.DataFrame, rng: np.random.Generator, miss: float,
                    false_alarm: float) -> pd.Categorical:
-    """A categorical answer text per row (see ``responses`` in :func:`simulate_paper`)."""
+    """A categorical answer text per row (see ``answer_text`` in :func:`simulate_paper`)."""
     n = len(df)
     refusal = df["refusal"].to_numpy().astype(bool)
     u_kind, u_tmpl, u_label = rng.random(n), rng.random(n), rng.random(n)
