@@ -824,7 +824,7 @@ def test_cli_import_persona_behavior(p2_root, tmp_path, capsys):
     rc = cli_main(["import", "persona-behavior", str(p2_root), "-o", str(out),
                    "--datasets", "rac", "--control"])
     assert rc == 0
-    from refusalstats.table import read_responses
+    from refusalstats import read_responses
 
     back = read_responses(out)
     direct = dumps.persona_behavior(p2_root, datasets="rac", control=True, progress=False)

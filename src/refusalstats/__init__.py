@@ -15,11 +15,10 @@ from .counts import collapse
 from .design import PERSONAS, TASKS, TEMPLATES, Persona, Task, Template, sample_design
 from .detect import detector, evaluate_detector
 from .formula import FormulaError
-from .labels import join_labels, label_sample, read_labels, row_key
+from .labels import detector_card, join_labels, label_sample, read_labels, row_key
 from .persona_disparity import disparity
 from .ppi import (
     PPILogitResult,
-    detector_card,
     label_budget,
     ppi_disparity,
     ppi_effect,
@@ -34,8 +33,8 @@ from .regression import LogitModel, LogitResults, SeparationWarning, logit
 from .reporting import report
 from .sensitivity import W2SensitivityResult, w2_sensitivity
 from .simulate import simulate_items, simulate_paper
-from .sources import scan_columns
-from .table import SchemaError, read_responses, read_table, validate, write_responses
+from .sources import read_responses, scan_columns
+from .table import SchemaError, read_table, validate, write_responses
 
 __version__ = _version("refusalstats")
 

@@ -1,4 +1,4 @@
-"""Checks shared by every analysis: conf, seeds, the deprecated ``block=``.
+"""Checks shared by every analysis: conf, seeds, column-name arguments, the deprecated ``block=``.
 
 The ``cluster=`` rule has its home in :mod:`refusalstats.counts` (``resolve_cluster``,
 for DataFrames and streamed sources alike); its names are re-exported here so old
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
 from .counts import AUTO_CLUSTER_COLUMN, ClusterNote, resolve_cluster
 
 __all__ = ["AUTO_CLUSTER_COLUMN", "ClusterNote", "check_conf", "check_random_state",
-           "cluster_from_block", "int_seed", "resolve_cluster"]
+           "cluster_from_block", "column_names", "int_seed", "resolve_cluster"]
 
 def cluster_from_block(where: str, cluster, block, default):
     """``cluster`` after the deprecated ``block=`` spelling (a FutureWarning when it is used).
@@ -127,3 +128,22 @@ def int_seed(seed) -> int:
         check_random_state(seed)  # one message for a negative seed
         return int(seed)
     return int(check_random_state(seed).integers(2**31 - 1))
+
+
+def column_names(value: str | Sequence[str] | None, arg: str) -> list[str]:
+    """Column names from None, one name, a comma-separated string ("model,task", as on the
+    command line) or a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [c.strip() for c in value.split(",") if c.strip()] if "," in value else [value]
+    try:
+        cols = list(value)
+    except TypeError:
+        raise TypeError(f"{arg} must be a column name or a list of column names") from None
+    bad = [c for c in cols if not isinstance(c, str)]
+    if bad:
+        raise TypeError(f"{arg} must hold column names (strings); got {bad!r}")
+    if len(set(cols)) != len(cols):
+        raise ValueError(f"{arg} names a column twice: {cols}")
+    return cols

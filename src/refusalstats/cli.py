@@ -148,7 +148,7 @@ def _projected_rows(path: str, columns: list[str]) -> pd.DataFrame:
 def _read_table(path: str, sep: str | None = None, validate_table: bool = True) -> pd.DataFrame:
     """Read a table; analysis commands pass validate_table=False so that only the columns
     they use are checked (NaN in an unused column is not an error)."""
-    from .table import read_responses
+    from .sources import read_responses
 
     return read_responses(path, sep=sep, validate_table=validate_table)
 
@@ -1037,7 +1037,7 @@ def _add_detector_card(sub, opt: _Options) -> None:
 
 
 def _cmd_detector_card(args) -> int:
-    from .ppi import detector_card
+    from .labels import detector_card
 
     _check_outputs([args.table], [("--csv", args.csv)])
     if not _labels_wanted(args):

@@ -1086,10 +1086,10 @@ def flag_refusals(
 
 
 def _wilson(successes: int, n: int, conf: float) -> tuple[float, float]:
-    """Wilson interval of one proportion (NaN for n = 0), from :func:`rates.proportion_ci`."""
+    """Wilson interval of one proportion (NaN for n = 0), from :func:`refusalstats.intervals.proportion_ci`."""
     if n == 0:
         return (np.nan, np.nan)
-    from .rates import proportion_ci
+    from .intervals import proportion_ci
 
     lo, hi = proportion_ci(successes, n, method="wilson", conf=conf)
     return (float(lo), float(hi))

@@ -12,7 +12,9 @@ the bookkeeping around those labels:
   re-reading the table;
 * :func:`read_labels` reads a labelled sample back (CSV, TSV, JSONL or Parquet) and
   :func:`join_labels` joins it onto the table as a ``human`` column: 0/1 where
-  labelled, NaN elsewhere.
+  labelled, NaN elsewhere;
+* :func:`detector_card` says what the labels show about the detector: its sensitivity
+  and specificity per group, and its rates beside the label-corrected ones.
 
 Examples
 --------
@@ -27,15 +29,20 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._validation import check_random_state
+from ._validation import check_conf, check_random_state
+from ._validation import column_names as _columns
+from .intervals import proportion_ci
+from .ppi import ppi_rates, response_rows
+from .rates import refusal_rates
 
-__all__ = ["IDENTITY_COLUMNS", "join_labels", "label_sample", "read_labels", "row_key"]
+__all__ = ["IDENTITY_COLUMNS", "detector_card", "join_labels", "label_sample", "read_labels", "row_key"]
 
 #: Columns that identify an answer, hashed (those present) into the stable row key. The
 #: refusal flag, human labels and any computed column are left out on purpose.
@@ -379,4 +386,86 @@ def join_labels(
     out[label] = col
     out.attrs = dict(data.attrs)
     out.attrs["labels"] = {"column": label, "n_labelled": int(np.isfinite(col).sum())}
+    return out
+
+
+def detector_card(
+    data: pd.DataFrame,
+    by: str | Sequence[str] | None = "model",
+    *,
+    labels: str = "human",
+    conf: float = 0.95,
+    cluster: str | Sequence[str] | None = "auto",
+    strata: str | Sequence[str] | None = None,
+    refusal: str = "refusal",
+) -> pd.DataFrame:
+    """The detector's report card: its errors per group and what they do to the rates.
+
+    Parameters
+    ----------
+    data : DataFrame
+        The response table with the detector's flag and human labels on a sample.
+    by : str or list of str
+        Groups (default ``"model"``; e.g. ``["model", "task"]``).
+    labels, conf, cluster, strata, refusal
+        As in :func:`refusalstats.ppi_rates`.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns; ``n``, ``n_labelled``; ``sensitivity`` and ``specificity`` with
+        Wilson intervals (``*_ci_low``, ``*_ci_high``; from the labelled rows of the
+        group); ``rate_detector`` with its (clustered) interval ``detector_ci_low``,
+        ``detector_ci_high`` (what the package reports without labels); the corrected
+        ``rate`` with ``ci_low``, ``ci_high`` (:func:`refusalstats.ppi_rates`); ``shift`` (corrected
+        minus raw); ``changed`` (True where the corrected estimate falls outside the raw
+        interval: the raw finding does not hold); ``rank_detector`` and ``rank`` (1 =
+        highest rate) so reordered groups show.
+
+    Examples
+    --------
+    >>> import numpy as np, refusalstats as rs
+    >>> df = rs.simulate_paper(scale=0.01, seed=1)
+    >>> df["human"] = np.where(np.arange(len(df)) % 10 == 0, df["refusal"], np.nan)
+    >>> card = rs.detector_card(df, by="task", cluster=None)
+    >>> bool(card["changed"].any())
+    False
+    """
+    data = response_rows(data, "detector_card")
+    by = _columns(by, "by")
+    conf = check_conf(conf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cor = ppi_rates(data, by, labels=labels, conf=conf, cluster=cluster, strata=strata, refusal=refusal)
+    clusters = cor.attrs["cluster"] or None
+    raw = refusal_rates(data[[*by, refusal, *(clusters or [])]], by or None, conf=conf,
+                        cluster=clusters, refusal=refusal)
+    h = data[labels].to_numpy(dtype=float)
+    lab = data.loc[~np.isnan(h), [*by, refusal]].assign(_h=h[~np.isnan(h)])
+    lab["_tp"] = (lab["_h"] == 1) & (lab[refusal] == 1)
+    lab["_tn"] = (lab["_h"] == 0) & (lab[refusal] == 0)
+    lab["_pos"] = lab["_h"] == 1
+    lab["_neg"] = lab["_h"] == 0
+    agg = (lab.groupby(by, observed=True)[["_tp", "_tn", "_pos", "_neg"]].sum() if by else
+           lab[["_tp", "_tn", "_pos", "_neg"]].sum().to_frame().T)
+    out = cor[[*by, "n", "n_labelled"]].copy()
+    keys = out[by].set_index(by).index if by else pd.RangeIndex(1)
+    agg = agg.reindex(keys, fill_value=0) if by else agg
+    for name, k, m in (("sensitivity", "_tp", "_pos"), ("specificity", "_tn", "_neg")):
+        kk, mm = agg[k].to_numpy(float), agg[m].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = kk / mm
+        lo, hi = proportion_ci(kk.astype(int), np.maximum(mm, 1).astype(int), "wilson", conf)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = np.where(mm > 0, lo, np.nan), np.where(mm > 0, hi, np.nan)
+    out["rate_detector"] = raw["rate"].to_numpy()
+    out["detector_ci_low"] = raw["ci_low"].to_numpy()
+    out["detector_ci_high"] = raw["ci_high"].to_numpy()
+    out["rate"] = cor["rate"].to_numpy()
+    out["ci_low"] = cor["ci_low"].to_numpy()
+    out["ci_high"] = cor["ci_high"].to_numpy()
+    out["shift"] = out["rate"] - out["rate_detector"]
+    out["changed"] = (out["rate"] < out["detector_ci_low"]) | (out["rate"] > out["detector_ci_high"])
+    out["rank_detector"] = out["rate_detector"].rank(ascending=False, method="min").astype("int64")
+    out["rank"] = out["rate"].rank(ascending=False, method="min").astype("Int64")
+    out.attrs.update(conf=conf, labels=labels, cluster=cor.attrs["cluster"], strata=cor.attrs["strata"])
     return out

@@ -29,57 +29,10 @@ import pandas as pd
 from ._validation import check_conf, check_random_state, cluster_from_block
 from .counts import N_COLUMN, REFUSALS_COLUMN, effective_clusters, one_way_cluster
 from .rates import _auto_off, _columns, _columns_of, _counts, _groups, _plain, _restore_dtypes
+from .spread import control_personas as _control_personas
+from .spread import spread as _spread
 
 __all__ = ["disparity"]
-
-
-def _control_personas(data, control, category, persona) -> tuple[set, str]:
-    """Resolve ``control`` to a set of persona levels and a description (``data``: the counts)."""
-    if isinstance(control, str):
-        in_category = category in data.columns and (data[category].astype(object) == control).any()
-        is_column = control in data.columns
-        if in_category and is_column:
-            raise ValueError(
-                f"control={control!r} is both a level of {category!r} and a column; "
-                "pass the control personas as a list instead"
-            )
-        if in_category:
-            mask = (data[category].astype(object) == control).to_numpy()
-            return set(
-                pd.unique(data.loc[mask, persona].astype(object))
-            ), f"{category} == {control!r}"
-        if is_column:
-            col = data[control]
-            if col.isna().any() or not col.astype(object).isin([0, 1, True, False]).all():
-                raise ValueError(
-                    f"control column {control!r} must be True/False (or 0/1) for every row"
-                )
-            mask = col.astype(bool).to_numpy()
-            ctrl = set(pd.unique(data.loc[mask, persona].astype(object)))
-            other = set(pd.unique(data.loc[~mask, persona].astype(object)))
-            both = sorted(ctrl & other, key=str)
-            if both:
-                raise ValueError(
-                    f"control column {control!r} marks persona(s) {both[:5]} as control in "
-                    "some rows and not in others; it must be constant within a persona"
-                )
-            return ctrl, f"{control} is True"
-        control = [control]
-    try:
-        ctrl = list(control)
-    except TypeError:
-        raise TypeError(
-            "control must be a list of control personas, a level of the category column, "
-            "or the name of a True/False column"
-        ) from None
-    known = set(pd.unique(data[persona].astype(object)))
-    missing = [c for c in ctrl if c not in known]
-    if missing:
-        raise ValueError(
-            f"control persona(s) {missing[:5]} do not occur in column {persona!r} (nor as a level "
-            f"of {category!r} or a column); known personas include {sorted(known, key=str)[:8]}"
-        )
-    return set(ctrl), "listed control personas"
 
 
 DISPARITY_ESTIMATORS = ("corrected", "plug-in")
@@ -87,11 +40,6 @@ DISPARITY_ESTIMATORS = ("corrected", "plug-in")
 #: Fewer effective items than this (Kish's number over the bootstrap's clusters) flag a
 #: group: its item-bootstrap interval is not calibrated there.
 FEW_CLUSTERS = 10.0
-
-# the noise-corrected spread keeps at least this share of the observed sum of squares, so
-# a spread that sampling noise explains entirely stays positive (and its ratio finite)
-_CORRECTED_FLOOR = 0.05
-
 
 def _cluster_rates_noise(s_mat, c_mat, w, sets):
     """Persona rates and each set's noise term under cluster weights ``w``.
@@ -130,22 +78,6 @@ def _binomial_noise(rate, n, sets):
     with np.errstate(invalid="ignore", divide="ignore"):
         v = np.where(n > 1, rate * (1 - rate) / np.maximum(n - 1, 1), 0.0)
     return np.stack([(1 - 1 / max(int(m.sum()), 1)) * v[..., m].sum(-1) for m in sets], axis=-1)
-
-
-def _spread(rate, noise, ddof, corrected):
-    """sd of ``rate`` (replicates x members, NaN for a persona without rows) per replicate.
-
-    With ``corrected`` the sum of squares loses its noise term (method of moments),
-    floored at ``_CORRECTED_FLOOR`` of itself: sqrt(max(SS - noise, floor SS) / (k - ddof)).
-    """
-    k = np.isfinite(rate).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate without these personas
-        dev = rate - np.nanmean(rate, axis=-1, keepdims=True)
-        ss = np.nansum(dev**2, axis=-1)
-        if corrected:
-            ss = np.maximum(ss - noise, _CORRECTED_FLOOR * ss)
-        return np.where(k > ddof, np.sqrt(ss / np.maximum(k - ddof, 1)), np.nan)
 
 
 def disparity(

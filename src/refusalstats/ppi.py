@@ -30,9 +30,10 @@ Two layers:
   ``docs/methods_ppi.md``; ``benchmarks/calibration_ppi.py`` measures coverage.
 
 Also: :func:`rogan_gladen` (the classical misclassification correction of a rate, for
-comparison), :func:`detector_card` (sensitivity / specificity per model and raw vs
-corrected rates side by side) and :func:`label_budget` (labels per stratum for a target
-interval width).
+comparison) and :func:`label_budget` (labels per stratum for a target
+interval width). The detector's report card, sensitivity / specificity per model and
+raw vs corrected rates side by side, is :func:`refusalstats.detector_card`
+(:mod:`refusalstats.labels`, which builds it on both the rates and this module).
 
 Examples
 --------
@@ -58,10 +59,12 @@ from scipy.special import expit
 
 from ._summary import Summary
 from ._validation import check_conf, resolve_cluster
+from ._validation import column_names as _columns
+from .spread import control_personas, spread
+from .vocabulary import level_slug
 
 __all__ = [
     "PPILogitResult",
-    "detector_card",
     "label_budget",
     "ppi_disparity",
     "ppi_effect",
@@ -324,7 +327,6 @@ def _codes(frame: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.DataFra
 
 def _build_atoms(data, cells: np.ndarray, n_cells: int, *, labels, refusal, strata, cluster, where):
     """Validate the columns, compute the weights and collapse rows into atoms."""
-    from .rates import _columns
 
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"{where}: labels= needs the response table as a DataFrame (read a file "
@@ -576,8 +578,7 @@ def ppi_rates(
     >>> bool((out["std_error"] < out["se_labels_only"]).all())
     True
     """
-    data = _frame(data, "ppi_rates")
-    from .rates import _columns
+    data = response_rows(data, "ppi_rates")
 
     by = _columns(by, "by")
     conf = check_conf(conf)
@@ -603,14 +604,14 @@ def ppi_rates(
     return out
 
 
-def _frame(data, where):
+def response_rows(data, where):
     """A path (Parquet file, shard folder, CSV, ...) read into rows: labels need the rows."""
     if isinstance(data, pd.DataFrame):
         return data
     from pathlib import Path
 
     if isinstance(data, (str, Path)):
-        from .table import read_responses
+        from .sources import read_responses
 
         return read_responses(data, validate_table=False)
     raise TypeError(f"{where}: labels= needs the response table as a DataFrame or a path, "
@@ -683,8 +684,7 @@ def ppi_effect(
     >>> float(out["difference_detector"].iloc[0]), round(float(out["difference"].iloc[0]), 2)
     (0.5, 0.5)
     """
-    data = _frame(data, "ppi_effect")
-    from .rates import _columns, _slug
+    data = response_rows(data, "ppi_effect")
 
     by = _columns(by, "by")
     conf = check_conf(conf)
@@ -721,7 +721,7 @@ def ppi_effect(
     rates = _linear_ppi(atoms, np.eye(2 * G), None if lam is None else lam, conf, ci)
     n = np.bincount(atoms.cell, atoms.m, 2 * G)
     flag = np.bincount(atoms.cell, atoms.m * atoms.f, 2 * G) / n
-    s1, s2 = _slug(levels[0]), _slug(levels[1])
+    s1, s2 = level_slug(levels[0]), level_slug(levels[1])
     out = keys.reset_index(drop=True) if by else pd.DataFrame(index=[0])
     out = out.assign(**{f"rate_{s1}": rates["estimate"][0::2], f"rate_{s2}": rates["estimate"][1::2]},
                      n_labelled=r["n_labelled"].astype("int64"), difference=r["estimate"],
@@ -779,8 +779,7 @@ def rogan_gladen(
     >>> bool(np.isclose(r["rate"].iloc[0], r["rate_detector"].iloc[0]))
     True
     """
-    data = _frame(data, "rogan_gladen")
-    from .rates import _columns
+    data = response_rows(data, "rogan_gladen")
 
     by = _columns(by, "by")
     conf = check_conf(conf)
@@ -979,7 +978,7 @@ def ppi_logit(
     >>> len(fit.params), fit.n_labelled
     (3, 4064)
     """
-    data = _frame(data, "logit")
+    data = response_rows(data, "logit")
     from .formula import fixed_design, parse_formula, prepare_factors
 
     conf = check_conf(conf)
@@ -1164,90 +1163,6 @@ def _flag_fit(X, f, m, p) -> np.ndarray:
 # ----------------------------------------------------------------------- report card, budget
 
 
-def detector_card(
-    data: pd.DataFrame,
-    by: str | Sequence[str] | None = "model",
-    *,
-    labels: str = "human",
-    conf: float = 0.95,
-    cluster: str | Sequence[str] | None = "auto",
-    strata: str | Sequence[str] | None = None,
-    refusal: str = "refusal",
-) -> pd.DataFrame:
-    """The detector's report card: its errors per group and what they do to the rates.
-
-    Parameters
-    ----------
-    data : DataFrame
-        The response table with the detector's flag and human labels on a sample.
-    by : str or list of str
-        Groups (default ``"model"``; e.g. ``["model", "task"]``).
-    labels, conf, cluster, strata, refusal
-        As in :func:`ppi_rates`.
-
-    Returns
-    -------
-    DataFrame
-        ``by`` columns; ``n``, ``n_labelled``; ``sensitivity`` and ``specificity`` with
-        Wilson intervals (``*_ci_low``, ``*_ci_high``; from the labelled rows of the
-        group); ``rate_detector`` with its (clustered) interval ``detector_ci_low``,
-        ``detector_ci_high`` (what the package reports without labels); the corrected
-        ``rate`` with ``ci_low``, ``ci_high`` (:func:`ppi_rates`); ``shift`` (corrected
-        minus raw); ``changed`` (True where the corrected estimate falls outside the raw
-        interval: the raw finding does not hold); ``rank_detector`` and ``rank`` (1 =
-        highest rate) so reordered groups show.
-
-    Examples
-    --------
-    >>> import numpy as np, refusalstats as rs
-    >>> df = rs.simulate_paper(scale=0.01, seed=1)
-    >>> df["human"] = np.where(np.arange(len(df)) % 10 == 0, df["refusal"], np.nan)
-    >>> card = rs.detector_card(df, by="task", cluster=None)
-    >>> bool(card["changed"].any())
-    False
-    """
-    data = _frame(data, "detector_card")
-    from .rates import _columns, proportion_ci, refusal_rates
-
-    by = _columns(by, "by")
-    conf = check_conf(conf)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        cor = ppi_rates(data, by, labels=labels, conf=conf, cluster=cluster, strata=strata, refusal=refusal)
-    clusters = cor.attrs["cluster"] or None
-    raw = refusal_rates(data[[*by, refusal, *(clusters or [])]], by or None, conf=conf,
-                        cluster=clusters, refusal=refusal)
-    h = data[labels].to_numpy(dtype=float)
-    lab = data.loc[~np.isnan(h), [*by, refusal]].assign(_h=h[~np.isnan(h)])
-    lab["_tp"] = (lab["_h"] == 1) & (lab[refusal] == 1)
-    lab["_tn"] = (lab["_h"] == 0) & (lab[refusal] == 0)
-    lab["_pos"] = lab["_h"] == 1
-    lab["_neg"] = lab["_h"] == 0
-    agg = (lab.groupby(by, observed=True)[["_tp", "_tn", "_pos", "_neg"]].sum() if by else
-           lab[["_tp", "_tn", "_pos", "_neg"]].sum().to_frame().T)
-    out = cor[[*by, "n", "n_labelled"]].copy()
-    keys = out[by].set_index(by).index if by else pd.RangeIndex(1)
-    agg = agg.reindex(keys, fill_value=0) if by else agg
-    for name, k, m in (("sensitivity", "_tp", "_pos"), ("specificity", "_tn", "_neg")):
-        kk, mm = agg[k].to_numpy(float), agg[m].to_numpy(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[name] = kk / mm
-        lo, hi = proportion_ci(kk.astype(int), np.maximum(mm, 1).astype(int), "wilson", conf)
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = np.where(mm > 0, lo, np.nan), np.where(mm > 0, hi, np.nan)
-    out["rate_detector"] = raw["rate"].to_numpy()
-    out["detector_ci_low"] = raw["ci_low"].to_numpy()
-    out["detector_ci_high"] = raw["ci_high"].to_numpy()
-    out["rate"] = cor["rate"].to_numpy()
-    out["ci_low"] = cor["ci_low"].to_numpy()
-    out["ci_high"] = cor["ci_high"].to_numpy()
-    out["shift"] = out["rate"] - out["rate_detector"]
-    out["changed"] = (out["rate"] < out["detector_ci_low"]) | (out["rate"] > out["detector_ci_high"])
-    out["rank_detector"] = out["rate_detector"].rank(ascending=False, method="min").astype("int64")
-    out["rank"] = out["rate"].rank(ascending=False, method="min").astype("Int64")
-    out.attrs.update(conf=conf, labels=labels, cluster=cor.attrs["cluster"], strata=cor.attrs["strata"])
-    return out
-
-
 def label_budget(
     data: pd.DataFrame,
     target_width: float,
@@ -1304,8 +1219,7 @@ def label_budget(
     >>> bool((b["labels_needed"] <= b["labels_needed_labels_only"]).all())
     True
     """
-    data = _frame(data, "label_budget")
-    from .rates import _columns
+    data = response_rows(data, "label_budget")
 
     by = _columns(by, "by")
     conf = check_conf(conf)
@@ -1432,17 +1346,15 @@ def ppi_disparity(
     >>> df["human"] = np.where(np.arange(len(df)) % 4 == 0, df["refusal"], np.nan)  # doctest: +SKIP
     >>> rs.disparity(df, labels="human")  # doctest: +SKIP
     """
-    data = _frame(data, "ppi_disparity")
+    data = response_rows(data, "ppi_disparity")
     from ._validation import check_random_state
-    from .persona_disparity import _control_personas, _spread
-    from .rates import _columns
 
     by = _columns(by, "by")
     conf = check_conf(conf)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
     _need(data, [*by, category, persona], "disparity")
-    ctrl, how = _control_personas(data, control, category, persona)
+    ctrl, how = control_personas(data, control, category, persona)
     pairs = data[[persona, category]].astype(object).drop_duplicates()
     if pairs[persona].duplicated().any():
         raise ValueError(f"every persona must belong to one {category!r}")
@@ -1475,9 +1387,9 @@ def ppi_disparity(
                     noise.append(np.trace(cov) - cov.sum() / max(k, 1))
                 else:
                     noise.append((1 - 1 / max(k, 1)) * np.nansum(r["std_error"][idx[mem]] ** 2))
-            csd = float(_spread(rate[is_ctrl], noise[0], ddof, True))
+            csd = float(spread(rate[is_ctrl], noise[0], ddof, True))
             for j, lev in enumerate(levels, start=1):
-                sd = float(_spread(rate[sets[j]], noise[j], ddof, True))
+                sd = float(spread(rate[sets[j]], noise[j], ddof, True))
                 with np.errstate(divide="ignore", invalid="ignore"):
                     out.append((g, lev, int(sets[j].sum()), sd, int(is_ctrl.sum()), csd, np.float64(sd) / csd))
         return out

@@ -10,7 +10,7 @@ independent rows):
   Clopper–Pearson or Jeffreys intervals (P1's Table 1 and figures);
 * :func:`persona_effect` — persona minus persona-free rate with Newcombe's hybrid
   score interval (P1's Figure 1), or its clustered form (Zou & Donner's MOVER);
-* :func:`proportion_ci` — the binomial intervals themselves.
+* :func:`proportion_ci` — the binomial intervals themselves (from :mod:`refusalstats.intervals`).
 
 Cochran's Q and Kendall's rank agreement live in :mod:`refusalstats.agreement`, the
 disparity ratio in :mod:`refusalstats.persona_disparity`; both build on the table handling
@@ -37,41 +37,17 @@ import pandas as pd
 from scipy import stats
 
 from ._validation import check_conf, resolve_cluster
+from ._validation import column_names as _columns  # agreement, persona_disparity use it from here
 from .counts import N_COLUMN, REFUSALS_COLUMN
+from .intervals import check_ci_method, proportion_ci
 from .sources import ERROR_COLUMN
+from .vocabulary import level_slug
 
 __all__ = ["persona_effect", "proportion_ci", "refusal_rates"]
-
-CI_METHODS = ("wilson", "clopper-pearson", "jeffreys")
-_ALIASES = {
-    "beta": "clopper-pearson",
-    "exact": "clopper-pearson",
-    "clopper_pearson": "clopper-pearson",
-}
-
 
 # --------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------
-
-
-def _columns(value: str | Sequence[str] | None, arg: str) -> list[str]:
-    """Column names from None, one name, a comma-separated string ("model,task", as on the
-    command line) or a list."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [c.strip() for c in value.split(",") if c.strip()] if "," in value else [value]
-    try:
-        cols = list(value)
-    except TypeError:
-        raise TypeError(f"{arg} must be a column name or a list of column names") from None
-    bad = [c for c in cols if not isinstance(c, str)]
-    if bad:
-        raise TypeError(f"{arg} must hold column names (strings); got {bad!r}")
-    if len(set(cols)) != len(cols):
-        raise ValueError(f"{arg} names a column twice: {cols}")
-    return cols
 
 
 def _prepare(data: pd.DataFrame, columns: Sequence[str], refusal: str) -> pd.DataFrame:
@@ -229,78 +205,6 @@ def _counts(
     return counts, clusters
 
 
-# --------------------------------------------------------------------------------------
-# Binomial intervals
-# --------------------------------------------------------------------------------------
-
-
-def proportion_ci(
-    refusals: np.ndarray | int,
-    n: np.ndarray | int,
-    method: str = "wilson",
-    conf: float = 0.95,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided confidence interval for binomial proportions (vectorized).
-
-    Parameters
-    ----------
-    refusals, n : array-like of int
-        Successes and trials (``n > 0``).
-    method : {"wilson", "clopper-pearson", "jeffreys"}
-        Wilson score interval; Clopper–Pearson "exact" interval; Jeffreys interval
-        (equal-tailed Beta(k + 1/2, n - k + 1/2) quantiles, with the lower limit set
-        to 0 when k = 0 and the upper to 1 when k = n, as Brown, Cai & DasGupta 2001
-        recommend, so that the interval always contains the estimate).
-    conf : float
-        Confidence level.
-
-    Returns
-    -------
-    ci_low, ci_high : ndarray
-        The lower and upper limits, one per proportion.
-
-    Examples
-    --------
-    >>> lo, hi = proportion_ci(3, 50)
-    >>> round(float(lo), 4), round(float(hi), 4)
-    (0.0206, 0.1622)
-    """
-    method = _ci_method(method)
-    conf = check_conf(conf)
-    k = np.asarray(refusals, dtype=float)
-    n = np.asarray(n, dtype=float)
-    if np.any(n <= 0) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("need 0 <= refusals <= n and n > 0 for every group")
-    alpha = 1 - conf
-    if method == "wilson":
-        z = stats.norm.ppf(1 - alpha / 2)
-        p = k / n
-        denom = 1 + z**2 / n
-        centre = (p + z**2 / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-        # the Wilson bounds at k = 0 and k = n are exactly 0 and 1; rounding in
-        # centre -/+ half leaves ~1e-17 there, which prints as a spurious positive bound
-        lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))
-        hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
-        return lo, hi
-    if method == "clopper-pearson":
-        with np.errstate(invalid="ignore"):
-            lo = stats.beta.ppf(alpha / 2, k, n - k + 1)
-            hi = stats.beta.ppf(1 - alpha / 2, k + 1, n - k)
-        return np.where(k == 0, 0.0, lo), np.where(k == n, 1.0, hi)
-    lo = stats.beta.ppf(alpha / 2, k + 0.5, n - k + 0.5)
-    hi = stats.beta.ppf(1 - alpha / 2, k + 0.5, n - k + 0.5)
-    return np.where(k == 0, 0.0, lo), np.where(k == n, 1.0, hi)
-
-
-def _ci_method(method: str) -> str:
-    if not isinstance(method, str):
-        raise TypeError(f"method must be one of {list(CI_METHODS)}")
-    m = _ALIASES.get(method.lower(), method.lower())
-    if m not in CI_METHODS:
-        raise ValueError(f"unknown interval method {method!r}; choose one of {list(CI_METHODS)}")
-    return m
-
 
 # --------------------------------------------------------------------------------------
 # Rates
@@ -407,7 +311,7 @@ def refusal_rates(
 
         return ppi_rates(data, by, labels=labels, conf=conf, cluster=cluster, strata=strata, refusal=refusal)
     by = _columns(by, "by")
-    method = _ci_method(method)
+    method = check_ci_method(method)
     conf = check_conf(conf)
     counts, clusters = _counts(data, by, refusal, _auto_off(cluster, by), where="refusal_rates")
     cells = counts
@@ -716,10 +620,6 @@ def _clustered_newcombe(cells, by, clusters, conf):
     return diff, lo, hi, {"n_clusters": n_cl, "deff": deff, "r": rr, "df": df}
 
 
-def _slug(level: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in str(level)).strip("_").lower()
-
-
 def persona_effect(
     data: pd.DataFrame,
     by: str | Sequence[str] | None = None,
@@ -872,7 +772,7 @@ def persona_effect(
     else:
         d, lo, hi = _newcombe(k1, n1, k2, n2, conf)
         extra = {}
-    s1, s2 = _slug(levels[0]), _slug(levels[1])
+    s1, s2 = level_slug(levels[0]), level_slug(levels[1])
     out = pd.DataFrame(
         {
             f"n_{s1}": n1.astype("int64"),

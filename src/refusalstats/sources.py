@@ -16,6 +16,9 @@ symbolic link is never followed out of the folder given (or out of a glob's fixe
 folders), folder links are not descended at all (what they point to inside the folder is
 read through its own path; a link loop is harmless), and files or folders whose names
 start with ``.`` or ``_`` are skipped. Links that are left out are named in a warning.
+
+:func:`read_responses` (``refusalstats.read_responses``) reads any of them whole into a
+validated response table; one file goes through :mod:`refusalstats.table`'s reader.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "is_dataset",
     "open_dataset",
     "parquet_files",
+    "read_responses",
     "read_source",
     "scan_columns",
     "source_of",
@@ -154,12 +158,12 @@ def source_of(data, *, where: str = "", read: bool = True) -> Source:
                 raise FileNotFoundError(f"{prefix}no table file at '{p}'")
             frame = None
             if read:
-                from .table import read_responses, read_table
+                from .table import read_response_file, read_table
 
                 if p.name.lower().endswith((".json", ".json.gz")):  # records: read as they are
                     frame = read_table(p)
                 else:
-                    frame = read_responses(p, validate_table=False)
+                    frame = read_response_file(p, validate_table=False)
                 frame.attrs = {}
             return Source("table-file", frame, (), text)
         return Source("parquet-file", None, tuple(parquet_files(p)), text)
@@ -221,6 +225,73 @@ def frame_or_path(data, *, where: str = ""):
     if isinstance(data, (str, os.PathLike)) and not is_dataset(data):
         return source_of(data, where=where).frame
     return data
+
+
+def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True,
+                   sep: str | None = None, error_rows: str = "exclude") -> pd.DataFrame:
+    """Read a response table written by :func:`refusalstats.write_responses` (or any file in the schema).
+
+    One file is read by :func:`refusalstats.table.read_response_file` (through
+    :func:`refusalstats.read_table`); a folder, glob or run directory through
+    :func:`read_source` (each file once, links kept inside the folder). Run metadata comes back in
+    ``df.attrs["metadata"]``; categorical columns stay categorical with their levels in
+    their stored order (Parquet natively, CSV/JSONL through the ``.meta.json`` sidecar
+    :func:`refusalstats.write_responses` writes). Labels round-trip exactly: in a CSV only empty cells
+    are missing in label (text) columns, so a persona called "None" or "NA" stays one;
+    the spellings pandas reads as missing ("NA", "null", ...) are missing only in
+    ``refusal`` and numeric columns.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.parquet``, ``.csv``, ``.tsv`` or ``.jsonl`` file (text formats may end in ``.gz``);
+        or a folder of Parquet shards, a glob, or a run directory written by
+        ``refusalstats generate`` (its labelled shards; :func:`source_of`).
+    format : {"parquet", "csv", "tsv", "jsonl"}, optional
+        Overrides the extension.
+    validate_table : bool
+        Check the schema (:func:`refusalstats.validate`) and return the validated table.
+    sep : str, optional
+        Field delimiter of a CSV file; by default the most frequent of ``,`` ``;`` tab
+        ``|`` in the header line (semicolon CSVs from spreadsheet locales read as they are).
+    error_rows : {"exclude", "keep"}
+        Rows of prompts that got no answer (``refusal_source == "error"``) are left out
+        with a warning saying how many (``attrs["n_error_rows"]``), or kept.
+
+    Returns
+    -------
+    DataFrame
+        The table (validated and in canonical form when ``validate_table``), with the run
+        metadata (a dict, empty when the file has none) in ``attrs["metadata"]``.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, ValueError
+        As :func:`refusalstats.read_table`: no file, a folder, an unknown extension, an empty,
+        truncated or unparsable file, two columns of one name.
+    SchemaError
+        With ``validate_table``, every problem of the table at once.
+
+    Examples
+    --------
+    >>> table = rs.read_responses("runs/table.parquet")  # doctest: +SKIP
+    >>> table.attrs["metadata"]["seed"]  # doctest: +SKIP
+    0
+    """
+    from .table import finish_responses, read_response_file
+
+    # a folder of Parquet shards, a `refusalstats generate` run directory or a glob: its
+    # rows through read_source; one file: the table's own reader
+    streamed = format is None and (Path(path).is_dir() or any(ch in str(path) for ch in "*?["))
+    if not streamed:
+        return read_response_file(path, format=format, validate_table=validate_table, sep=sep,
+                                  error_rows=error_rows, stacklevel=3)
+    if error_rows not in ("exclude", "keep"):
+        raise ValueError(f"error_rows must be one of ('exclude', 'keep'), got {error_rows!r}")
+    df = read_source(path, where="read_responses")
+    meta = df.attrs.pop("metadata", {})
+    return finish_responses(df, meta, Path(path), error_rows=error_rows,
+                            validate_table=validate_table, stacklevel=3)
 
 
 def read_source(data, columns: Sequence[str] | None = None, *, where: str = "") -> pd.DataFrame:

@@ -45,7 +45,7 @@ OPTIONAL_COLUMNS: dict[str, bool] = {
 #: it has no refusal value and analyses leave it out, saying how many.
 ERROR_SOURCE = "error"
 
-#: Error rows handling of :func:`validate` and :func:`read_responses`.
+#: Error rows handling of :func:`validate` and :func:`refusalstats.read_responses`.
 _ERROR_ROWS = ("exclude", "keep")
 
 #: Cells that mean "missing" in the numeric columns (and ``refusal``) of a CSV; label
@@ -266,7 +266,7 @@ def is_error_row(data: pd.DataFrame) -> np.ndarray:
     return data["refusal_source"].astype(object).eq(ERROR_SOURCE).to_numpy(dtype=bool)
 
 
-def _drop_error_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
+def _drop_error_rows(df: pd.DataFrame, where: str, stacklevel: int = 3) -> pd.DataFrame:
     """``df`` without its error rows; a warning says how many, ``attrs["n_error_rows"]`` too."""
     err = is_error_row(df)
     n = int(err.sum())
@@ -278,7 +278,7 @@ def _drop_error_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
     warnings.warn(
         f"{where}: {n:,} of {len(df):,} row(s) are left out as errors (refusal_source "
         f"'error': the prompt got no answer, its error text is in column 'error'); the "
-        "analyses use the other rows", stacklevel=3)
+        "analyses use the other rows", stacklevel=stacklevel)
     return out
 
 
@@ -697,10 +697,10 @@ def read_table(
 ) -> pd.DataFrame:
     """Read a CSV, TSV, JSONL, JSON or Parquet file into a DataFrame, as it is.
 
-    The one table reader of refusalstats: :func:`read_responses`, the dump loaders
+    The one table reader of refusalstats: :func:`refusalstats.read_responses`, the dump loaders
     (:mod:`refusalstats.dumps`) and the inference task files all read through it, so
     every file gives the same errors. Nothing is validated or converted; see
-    :func:`read_responses` for a response table.
+    :func:`refusalstats.read_responses` for a response table.
 
     Parameters
     ----------
@@ -824,76 +824,49 @@ def read_table(
     return df
 
 
-def read_responses(path: str | Path, *, format: str | None = None, validate_table: bool = True,
-                   sep: str | None = None, error_rows: str = "exclude") -> pd.DataFrame:
-    """Read a response table written by :func:`write_responses` (or any file in the schema).
+def read_response_file(path: str | Path, *, format: str | None = None, validate_table: bool = True,
+                       sep: str | None = None, error_rows: str = "exclude",
+                       stacklevel: int = 2) -> pd.DataFrame:
+    """Read one response table file (Parquet, CSV, TSV, JSON lines).
 
-    The file is read by :func:`read_table`. Run metadata comes back in
-    ``df.attrs["metadata"]``; categorical columns stay categorical with their levels in
-    their stored order (Parquet natively, CSV/JSONL through the ``.meta.json`` sidecar
-    :func:`write_responses` writes). Labels round-trip exactly: in a CSV only empty cells
-    are missing in label (text) columns, so a persona called "None" or "NA" stays one;
-    the spellings pandas reads as missing ("NA", "null", ...) are missing only in
-    ``refusal`` and numeric columns.
+    The one-file reader behind :func:`refusalstats.read_responses`, which also reads a
+    folder of shards, a glob or a run directory (through :mod:`refusalstats.sources`);
+    the parameters and the table returned are the same.
 
     Parameters
     ----------
     path : str or Path
-        A ``.parquet``, ``.csv``, ``.tsv`` or ``.jsonl`` file (text formats may end in ``.gz``);
-        or a folder of Parquet shards, a glob, or a run directory written by
-        ``refusalstats generate`` (its labelled shards; :func:`refusalstats.sources.source_of`).
-    format : {"parquet", "csv", "tsv", "jsonl"}, optional
-        Overrides the extension.
-    validate_table : bool
-        Check the schema (:func:`validate`) and return the validated table.
-    sep : str, optional
-        Field delimiter of a CSV file; by default the most frequent of ``,`` ``;`` tab
-        ``|`` in the header line (semicolon CSVs from spreadsheet locales read as they are).
-    error_rows : {"exclude", "keep"}
-        Rows of prompts that got no answer (``refusal_source == "error"``) are left out
-        with a warning saying how many (``attrs["n_error_rows"]``), or kept.
+        A ``.parquet``, ``.csv``, ``.tsv`` or ``.jsonl`` file (text formats may end in ``.gz``).
+    format, validate_table, sep, error_rows
+        As in :func:`refusalstats.read_responses`.
+    stacklevel : int
+        ``stacklevel`` of the error-row warning, counted from this function (2: its caller).
 
     Returns
     -------
     DataFrame
-        The table (validated and in canonical form when ``validate_table``), with the run
-        metadata (a dict, empty when the file has none) in ``attrs["metadata"]``.
+        The table, with the run metadata in ``attrs["metadata"]``.
 
     Raises
     ------
     FileNotFoundError, IsADirectoryError, ValueError
-        As :func:`read_table`: no file, a folder, an unknown extension, an empty,
-        truncated or unparsable file, two columns of one name.
+        As :func:`read_table`.
     SchemaError
         With ``validate_table``, every problem of the table at once.
-
-    Examples
-    --------
-    >>> table = rs.read_responses("runs/table.parquet")  # doctest: +SKIP
-    >>> table.attrs["metadata"]["seed"]  # doctest: +SKIP
-    0
     """
-    # a folder of Parquet shards, a `refusalstats generate` run directory or a glob: read
-    # through refusalstats.sources (each file once, links kept inside the folder)
-    streamed = format is None and (Path(path).is_dir() or any(ch in str(path) for ch in "*?["))
     path = Path(path)
-    if not streamed and not path.exists():
+    if not path.exists():
         raise FileNotFoundError(f"no response table at '{path}'")
     if error_rows not in _ERROR_ROWS:
         raise ValueError(f"error_rows must be one of {_ERROR_ROWS}, got {error_rows!r}")
-    fmt = "parquet" if streamed else _format_of(path, format)
+    fmt = _format_of(path, format)
     if fmt not in _WRITE_FORMATS:
         raise ValueError(f"unknown format '{fmt}'; use 'parquet', 'csv', 'tsv' or 'jsonl'")
     if fmt == "parquet":
-        if streamed:
-            from .sources import read_source
-
-            df = read_source(path, where="read_responses")
-        else:
-            df = read_table(path, format=fmt)
+        df = read_table(path, format=fmt)
         meta = df.attrs.pop("metadata", {})
     else:
-        side = _sidecar(path)
+        side = _sidecar(path, stacklevel=stacklevel + 1)
         meta = side.get("metadata", {})
         dtypes = side.get("dtypes", {})
         if fmt in ("csv", "tsv"):
@@ -912,12 +885,44 @@ def read_responses(path: str | Path, *, format: str | None = None, validate_tabl
                     df[c] = df[c].astype(t)
                 except (TypeError, ValueError):
                     pass
+    return finish_responses(df, meta, path, error_rows=error_rows, validate_table=validate_table,
+                            stacklevel=stacklevel + 1)
+
+
+def finish_responses(df: pd.DataFrame, metadata: dict, path, *, error_rows: str = "exclude",
+                     validate_table: bool = True, stacklevel: int = 2) -> pd.DataFrame:
+    """Rows read from a response table, as :func:`refusalstats.read_responses` returns them.
+
+    The last step of every reader of a whole table, one file or many: error rows left out
+    (or kept), the schema checked, the run metadata put in ``attrs["metadata"]``.
+
+    Parameters
+    ----------
+    df : DataFrame
+        The rows as read.
+    metadata : dict
+        The run metadata of the file (or files).
+    path : str or Path
+        Where the rows came from, for the error-row warning.
+    error_rows : {"exclude", "keep"}
+        As in :func:`refusalstats.read_responses`.
+    validate_table : bool
+        Check the schema (:func:`validate`) and return the validated table.
+    stacklevel : int
+        ``stacklevel`` of the error-row warning, counted from this function (2: its caller).
+
+    Returns
+    -------
+    DataFrame
+    """
+    if error_rows not in _ERROR_ROWS:
+        raise ValueError(f"error_rows must be one of {_ERROR_ROWS}, got {error_rows!r}")
     if error_rows == "exclude":
-        df = _drop_error_rows(df, f"'{path}'")
+        df = _drop_error_rows(df, f"'{path}'", stacklevel=stacklevel + 1)
     n_err = df.attrs.get("n_error_rows")
     if validate_table:
         df = validate(df, error_rows="keep")
-    df.attrs["metadata"] = meta
+    df.attrs["metadata"] = metadata
     if n_err:
         df.attrs["n_error_rows"] = n_err
     return df
@@ -932,7 +937,7 @@ def _as_categorical(col: pd.Series, levels: list) -> pd.Categorical:
     return pd.Categorical(col, categories=pd.Series(levels).astype(col.dtype).tolist())
 
 
-def _sidecar(path: Path) -> dict:
+def _sidecar(path: Path, stacklevel: int = 3) -> dict:
     """The ``.meta.json`` of a text table, or {} when absent or written for another file."""
     side_path = Path(str(path) + ".meta.json")
     if not side_path.exists():
@@ -940,12 +945,12 @@ def _sidecar(path: Path) -> dict:
     try:
         side = json.loads(side_path.read_text())
     except ValueError as exc:
-        warnings.warn(f"'{side_path}' is not valid JSON ({exc}); read without it", stacklevel=3)
+        warnings.warn(f"'{side_path}' is not valid JSON ({exc}); read without it", stacklevel=stacklevel)
         return {}
     want = side.get("data_sha256")
     if want and want != _file_sha256(path):
         warnings.warn(f"'{side_path}' does not describe '{path}' (the file changed after the "
-                      "sidecar was written); its levels and metadata are ignored", stacklevel=3)
+                      "sidecar was written); its levels and metadata are ignored", stacklevel=stacklevel)
         return {}
     return side
 

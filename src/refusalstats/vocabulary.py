@@ -22,6 +22,7 @@ __all__ = [
     "PERSONA",
     "PERSONA_FREE",
     "SETTINGS",
+    "level_slug",
     "persona_mask",
     "persona_rows",
 ]
@@ -111,3 +112,8 @@ FIGURE_RC: dict[str, object] = {
     "axes.spines.right": False,
     "svg.fonttype": "none",
 }
+
+
+def level_slug(level) -> str:
+    """A level as a column-name suffix: ``"persona-free"`` -> ``"persona_free"`` (effect columns)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in str(level)).strip("_").lower()

@@ -177,7 +177,8 @@ def report(
     >>> rep.skipped  # doctest: +SKIP
     {'persona_free': "no persona-free rows: ...", ...}
     """
-    from ..table import read_responses, validate
+    from ..sources import read_responses
+    from ..table import validate
 
     stream = _parquet_source(data)
     df = None

@@ -1278,7 +1278,8 @@ LABEL_TARGET_WIDTH = 0.05
 
 def detector_section(ctx: Context) -> Section | None:
     """The detector's report card (#22); None (no section) when the table has no labels."""
-    from ..ppi import detector_card, label_budget
+    from ..labels import detector_card
+    from ..ppi import label_budget
 
     if LABEL_COLUMN not in columns_of(ctx):
         return None
