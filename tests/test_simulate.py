@@ -192,13 +192,18 @@ def test_pooled_logit_recovers_marginal_not_conditional_coefficients():
 
 
 # ------------------------------------------------------------------ the full study: persona-free, controls, answers
+#: Small enough to keep the module fast; the full-size table is checked in test_full_size_and_columns.
+STUDY_SCALE = 0.1
+
+
 @pytest.fixture(scope="module")
 def study():
-    return rs.simulate_paper(scale=0.2, seed=7, persona_free=True, controls=True, answer_text=True)
+    return rs.simulate_paper(scale=STUDY_SCALE, seed=7, persona_free=True, controls=True,
+                             answer_text=True)
 
 
 def test_options_leave_the_persona_rows_unchanged(study):
-    base = rs.simulate_paper(scale=0.2, seed=7)
+    base = rs.simulate_paper(scale=STUDY_SCALE, seed=7)
     got = study.iloc[:len(base)][list(base.columns)].reset_index(drop=True)
     assert list(study.columns) == [*base.columns[:-1], "design", "refusal", "response"]
     pd.testing.assert_frame_equal(base, got, check_categorical=False)
@@ -242,7 +247,7 @@ def test_complete_design_has_complete_blocks_and_control_personas(study):
 
     comp = study[study["design"] == "complete"]
     assert (comp["setting"] == "persona").all()
-    n_items = 3 * max(5, round(100 * 0.2))
+    n_items = 3 * max(5, round(100 * STUDY_SCALE))
     assert len(comp) == 16 * 25 * n_items
     cells = comp.groupby(["model", "item_id", "persona"], observed=True).size()
     assert (cells == 1).all() and len(cells) == 16 * 25 * n_items
