@@ -34,6 +34,7 @@ def test_demo_steps_show_every_section(tmp_path, capsys):
     assert "misses 3% of refusals and flags 0.2% of answers" in out
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_report_on_the_full_study_skips_no_section(study, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

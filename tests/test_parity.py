@@ -190,6 +190,7 @@ def test_hierarchical(sources):
            for k, v in res.items()}, rtol=1e-6)
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_report_header_counts(sources, tmp_path):
     """The page header (rows, refusals, items, clusters, levels) is the same however the
     table arrives; the report's analyses are the ones tested above."""

@@ -317,6 +317,7 @@ def _same_tables(a, b, only=None):
             pd.testing.assert_frame_equal(x, y, check_exact=True, obj=k)
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_report_of_a_shard_folder_equals_the_in_memory_report(sim_report, simulated, tmp_path):
     """report(path) streams every analysis (counts, never rows) and writes the same tables
     as report(df): rates, W2 (same seed: same CIs, p-values), regression."""
@@ -337,6 +338,7 @@ def test_report_of_a_shard_folder_equals_the_in_memory_report(sim_report, simula
         f for f in rep.findings if "Overall" in f]
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_report_of_a_parquet_source_with_persona_free_rows(tmp_path):
     """Persona-only tables are selected through 'setting' (identical numbers); what cannot
     stream yet is skipped with a reason on the page, and answers come from a small head."""
@@ -373,6 +375,7 @@ def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simul
     assert S.default_hier_formula(design, "item_id", few)[0].endswith("+ (1|item_id)")
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_report_of_a_stream_gives_the_hierarchical_model_the_path(simulated, tmp_path,
                                                                    monkeypatch):
     """No rows for the hierarchical model either: it gets the path (it streams); a model
@@ -528,6 +531,7 @@ def test_odds_ratio_intervals_and_separated_terms_in_the_coefficient_table(stron
         assert not re.search(r"(?<![\d.])0\.000(?!\d)", " ".join(disp["odds ratio (95% CI)"]))
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_findings_one_base_per_sentence_ties_and_one_model(tmp_path):
     df = with_free_and_answers()
     rep = rs.report(df, out=tmp_path / "a", hierarchical=False, progress=False,

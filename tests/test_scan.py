@@ -690,6 +690,7 @@ def test_streamed_sources_leave_error_rows_out_as_validate_does(rows, tmp_path, 
         assert len(rs.read_responses(path)) == len(rows) - 3
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # the header is checked, not the figures
 def test_streamed_report_header_counts_error_rows_as_the_dataframe_does(tmp_path):
     """rs.report on a Parquet run with one error row has the header of the same table in
     memory: rows and refusals without it, and an 'Error rows left out' line saying 1."""
