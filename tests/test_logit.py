@@ -598,9 +598,11 @@ def test_clustered_tests_match_statsmodels_wald_f_on_submodels():
 
 
 def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
-    """400 null tables (item intercept sd 1, task constant within item, no effect of task or
-    persona): the default cluster-robust tests (CR2 + HTZ) reject at most 8% at the 5% level; R's LR test (cluster=None)
-    on the same tables rejects far more (the audit measured 32-46%)."""
+    """100 null tables (item intercept sd 1, task constant within item, no effect of task or
+    persona): the default cluster-robust tests (CR2 + HTZ) reject at most 10% at the 5% level
+    (Monte Carlo sd 2.2 points); R's LR test (cluster=None) on the same tables rejects far
+    more (the audit measured 32-46%). The study itself (400+ tables of 250 items, Monte Carlo
+    errors) is benchmarks/calibration_logit.py's checks (a) and (e)."""
     from refusalstats.regression.model import _refit_responses
 
     df = _items(n_items=80, k=8, seed=0)
@@ -609,7 +611,7 @@ def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
     rng = np.random.default_rng(11)
     item = df["item_id"].to_numpy()
     reject = np.zeros(4)
-    reps = 400
+    reps = 100
     for _ in range(reps):
         u = rng.normal(0.0, 1.0, 80)
         y = (rng.random(len(df)) < 1 / (1 + np.exp(1.0 - u[item]))).astype(float)
@@ -619,7 +621,7 @@ def test_clustered_anova_holds_its_level_and_the_unclustered_lr_does_not():
                    gc.drop1()["p_value"].iloc[0] < 0.05]
     fpr = reject / reps
     print("FPR: anova task, drop1 task, drop1 persona (CR1 F); unclustered LR task:", fpr)
-    assert fpr[0] <= 0.08 and fpr[1] <= 0.08 and fpr[2] <= 0.08, fpr
+    assert fpr[0] <= 0.10 and fpr[1] <= 0.10 and fpr[2] <= 0.10, fpr
     assert fpr[3] >= 0.15, fpr  # the independent-rows LR test fails this check
 
 
