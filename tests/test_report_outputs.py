@@ -36,6 +36,7 @@ def _report(df, out, **kw):
                      cluster=None, **kw)
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # files and text are checked, not drawings
 @pytest.mark.parametrize("fail_at", ["sections", "page"])
 def test_a_report_killed_midway_leaves_the_previous_report_intact(tmp_path, monkeypatch,
                                                                   fail_at):
@@ -69,6 +70,7 @@ class _Boom:
         return getattr(sections, name)
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # files and text are checked, not drawings
 def test_a_new_report_replaces_the_old_one_whole_and_keeps_other_files(tmp_path):
     out = tmp_path / "report"
     _report(_table(), out)
@@ -106,6 +108,7 @@ def test_an_unwritable_output_fails_before_the_analyses(tmp_path, monkeypatch):
     assert called == []
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # files and text are checked, not drawings
 def test_a_right_to_left_override_in_a_label_is_isolated(tmp_path):
     evil = "Man\u202e"
     df = _table(personas=(evil, "Woman", "Atheist"))
