@@ -202,11 +202,17 @@ def study():
                              answer_text=True)
 
 
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype({c: str for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)})
+
+
 def test_options_leave_the_persona_rows_unchanged(study):
     base = rs.simulate_paper(scale=STUDY_SCALE, seed=7)
     got = study.iloc[:len(base)][list(base.columns)].reset_index(drop=True)
     assert list(study.columns) == [*base.columns[:-1], "design", "refusal", "response"]
-    pd.testing.assert_frame_equal(base, got, check_categorical=False)
+    # categories differ (the study adds levels): compare values, as strings (check_categorical=False
+    # compares the same values but takes seconds)
+    pd.testing.assert_frame_equal(_plain(base), _plain(got))
     assert (study["setting"].iloc[:len(base)] == "persona").all()
     assert (study["design"].iloc[:len(base)] == "p1").all()
     rs.validate(study)
@@ -269,7 +275,8 @@ def test_answer_text_agrees_with_refusal_at_the_documented_rate():
     from refusalstats.detect import flag_refusals
     from refusalstats.simulate import RESPONSE_ERROR
 
-    df = rs.simulate_paper(scale=1.0, seed=2, persona_free=True, controls=True, answer_text=True)
+    # a quarter of the study: 4 binomial s.e. are 0.27 points (miss), 0.022 (false alarm)
+    df = rs.simulate_paper(scale=0.25, seed=2, persona_free=True, controls=True, answer_text=True)
     flag = flag_refusals(df).to_numpy()
     r = df["refusal"].to_numpy().astype(bool)
     miss, fa = RESPONSE_ERROR
