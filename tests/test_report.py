@@ -267,7 +267,7 @@ def test_page_renders_in_headless_chromium_without_failed_loads(sim_report, tmp_
 def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     rep = rs.report(simulated, out=tmp_path, seed=0, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0},
-                             "hierarchical": {"draws": 150, "tune": 150, "chains": 2}})
+                             "hierarchical": {"draws": 50, "tune": 50, "chains": 2}})
     assert "hierarchical" not in rep.skipped
     eff = pd.read_csv(rep.tables["hierarchical_effects"])
     assert len(eff) == 16 * 15
