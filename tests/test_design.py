@@ -48,9 +48,9 @@ def test_paper_design_size_balance_and_reproducibility():
     assert ratios["ratio"].max() <= 1.01, ratios
     # far better than the paper's own Monte Carlo draw (Table 5: 2121/1937 = 1.095 on NLI)
     assert (ratios["max"] - ratios["min"]).max() <= 1
-    d2 = rs.sample_design(items, k=10, seed=3)
-    pd.testing.assert_frame_equal(d1, d2)
-    small = items.iloc[:300]
+    small = items.iloc[:300]  # reproducibility on a slice (the full design takes seconds)
+    pd.testing.assert_frame_equal(rs.sample_design(small, k=10, seed=3),
+                                  rs.sample_design(small, k=10, seed=3))
     assert not rs.sample_design(small, seed=3)["persona"].equals(rs.sample_design(small, seed=4)["persona"])
 
 
