@@ -283,18 +283,22 @@ def demo_hierarchical(data: pd.DataFrame, run: DemoRun) -> None:
     from .bayes import hierarchical
 
     t0 = time.perf_counter()
-    formula = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model)"
+    # with the item term (answers share their item): method="auto" fits it by the nested
+    # Laplace approximation above 20,000 patterns (issue 24), NUTS below
+    formula = "refusal ~ task + prompt + (1|model) + (1|persona) + (1|persona:model) + (1|item_id)"
     d = _persona_rows(data)
     bayes = _bayes_defaults()
-    print(f"\nBayesian hierarchical model: {formula}\n(nutpie, {DEMO_BAYES['chains']} chains x "
-          f"({DEMO_BAYES['tune']} tune + {DEMO_BAYES['draws']} draws); `refusalstats bayes` "
-          f"defaults to {bayes['chains']} x ({bayes['tune']} tune + {bayes['draws']} draws)) ...",
-          flush=True)
+    print(f"\nBayesian hierarchical model: {formula}\n(method='auto': NUTS (nutpie, "
+          f"{DEMO_BAYES['chains']} chains x ({DEMO_BAYES['tune']} tune + {DEMO_BAYES['draws']} "
+          f"draws)) up to 20,000 covariate patterns, the nested Laplace approximation with "
+          f"{DEMO_BAYES['draws']} draws above; `refusalstats bayes` defaults to {bayes['chains']} x "
+          f"({bayes['tune']} tune + {bayes['draws']} draws)) ...", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the diagnostics are printed with the summary
         fit = hierarchical(formula, d, reference={"task": "nli", "prompt": "p1"}, seed=run.seed,
                            progress=False, **DEMO_BAYES)
     print(fit)
+    print(f"(fitted by: {fit.sampler})")
     eff = fit.effects("persona", within="model")
     spread = eff.groupby("model", observed=True)["prob_effect"].std().sort_values(ascending=False)
     top = list(spread.index[:4])
