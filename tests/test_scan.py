@@ -731,3 +731,17 @@ def test_collapse_of_a_dataframe_leaves_error_rows_out_too(rows):
     assert choice.effective == pytest.approx(counts.effective_clusters(sizes), rel=1e-13)
     assert choice.effective != pytest.approx(  # the error rows would change it
         counts.effective_clusters(rows.groupby("item_id").size()), rel=1e-13)
+
+
+def test_missing_column_messages_end_in_one_hint_everywhere(tmp_path):
+    """collapse, a Parquet source's column read and w2_sensitivity end a missing-column
+    error with table.its_columns (the column list and a did-you-mean), not a message of their own."""
+    df = pd.DataFrame({"model": ["a", "b"] * 5, "persona": ["x"] * 10, "refusal": [0, 1] * 5})
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path)
+    with pytest.raises(rs.SchemaError, match=r"did you mean 'persona'"):
+        rs.collapse(df, by="persnoa")
+    with pytest.raises(rs.SchemaError, match=r"did you mean 'persona'"):
+        rs.collapse(path, by="persnoa")
+    with pytest.raises(rs.SchemaError, match=r"did you mean 'persona'"):
+        rs.w2_sensitivity(df, inputs=["persnoa"], n_boot=0)

@@ -687,12 +687,12 @@ def _cluster_columns(cluster) -> list[str]:
 
 
 def _missing_columns(needed: list[str], have: list[str], what: str, advice: str = "") -> None:
-    from .table import SchemaError
+    from .table import SchemaError, its_columns
 
     missing = [c for c in dict.fromkeys(needed) if c not in have]
     if missing:
-        raise SchemaError([(f"collapse: column(s) {missing} are not in {what}; its columns are "
-                           f"{have}{advice}")])
+        raise SchemaError([(f"collapse: column(s) {missing} are not in {what}; "
+                           f"{its_columns(have, missing)}{advice}")])
 
 
 def collapse(

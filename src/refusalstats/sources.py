@@ -322,12 +322,12 @@ def read_source(data, columns: Sequence[str] | None = None, *, where: str = "") 
         return src.frame[list(columns)]
     dataset = _dataset(list(src.files))
     if columns is not None:
-        from .table import SchemaError
+        from .table import SchemaError, its_columns
 
         absent = [c for c in columns if c not in dataset.schema.names]
         if absent:
             raise SchemaError([(f"{where + ': ' if where else ''}column(s) {absent} are not in "
-                               f"'{src.label}'; its columns are {list(dataset.schema.names)}")])
+                               f"'{src.label}'; {its_columns(dataset.schema.names, absent)}")])
     df = dataset.to_table(columns=None if columns is None else list(columns)).to_pandas()
     meta = {}
     if len(src.files) == 1:

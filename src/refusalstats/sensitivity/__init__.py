@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .._validation import AUTO_CLUSTER_COLUMN, check_conf, check_random_state
-from ..table import SchemaError
+from ..table import SchemaError, its_columns
 from .encode import (
     _Clusters,
     _encode_clusters,
@@ -334,8 +334,8 @@ def _check_args(data, output, inputs, partitions, n_boot, conf, n_perm, seed, ci
         raise ValueError("inputs is empty; name at least one column, e.g. inputs=['model']")
     missing = [c for c in inputs if c not in columns]
     if missing:
-        raise SchemaError(f"w2_sensitivity: input column(s) {missing} not in the table; its columns are "
-                          f"{columns}")
+        raise SchemaError(f"w2_sensitivity: input column(s) {missing} not in the table; "
+                          f"{its_columns(columns, missing)}")
     dup = sorted({c for c in inputs if inputs.count(c) > 1})
     if dup:
         raise ValueError(f"input(s) {dup} listed more than once")
