@@ -19,6 +19,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from fake_backend import answer_for
 
 
+def send_json_head(handler: BaseHTTPRequestHandler, code: int, obj, headers=None) -> bytes:
+    """Send a JSON reply's status line and headers; return the body for the caller to write
+    (at once, or a byte at a time for a trickling server)."""
+    data = json.dumps(obj).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    return data
+
+
 def messages_key(messages) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -49,14 +62,7 @@ class FakeChatServer:
                 pass
 
             def _send(self, code, obj, headers=None):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(send_json_head(self, code, obj, headers))
 
             def _auth_ok(self):
                 got = self.headers.get("Authorization", "")

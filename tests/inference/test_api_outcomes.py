@@ -29,6 +29,7 @@ from refusalstats.cli import main
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from api_server import send_json_head
 from test_runner import _items
 
 
@@ -51,13 +52,7 @@ class ScriptedServer:
                 pass
 
             def _send(self, code, obj, headers=None):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
+                data = send_json_head(self, code, obj, headers)
                 if server.trickle is None:
                     self.wfile.write(data)
                     return
