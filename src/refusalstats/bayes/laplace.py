@@ -37,10 +37,6 @@ except ImportError:  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- kernels
-def _softplus(e):
-    return max(e, 0.0) + np.log1p(np.exp(-abs(e)))
-
-
 def _expit(e):
     if e >= 0:
         return 1.0 / (1.0 + np.exp(-e))
@@ -48,18 +44,23 @@ def _expit(e):
     return z / (1.0 + z)
 
 
-def _pass_py(eta_c, x_b, cell, item, s, n, indptr, indices, data, B, want):  # pragma: no cover
-    """Reference (slow) version of :func:`_pass`: log-likelihood; per-cell and per-item sums
-    of weights ``w = n q (1 - q)`` and residuals ``r = s - n q``; ``B[i, j] += w a_c[j]``."""
+if _nb is not None:
+    _expit = _nb.njit(cache=True, inline="always")(_expit)
+
+
+def _pass(eta_c, x_b, cell, item, s, n, indptr, indices, data, B, want):
+    """Log-likelihood; per-cell and per-item sums of weights ``w = n q (1 - q)`` and
+    residuals ``r = s - n q``; ``B[i, j] += w a_c[j]`` (a numba kernel when numba imports)."""
     ll = 0.0
     nc, nb = eta_c.shape[0], x_b.shape[0]
     wc, rc, wi, ri = np.zeros(nc), np.zeros(nc), np.zeros(nb), np.zeros(nb)
     for k in range(cell.shape[0]):
         c, i = cell[k], item[k]
         e = eta_c[c] + x_b[i]
-        ll += s[k] * e - n[k] * _softplus(e)
+        z = np.exp(-abs(e))  # one exp for both softplus(e) and expit(e)
+        ll += s[k] * e - n[k] * (max(e, 0.0) + np.log1p(z))
         if want:
-            q = _expit(e)
+            q = 1.0 / (1.0 + z) if e >= 0 else z / (1.0 + z)
             w = n[k] * q * (1.0 - q)
             r = s[k] - n[k] * q
             wc[c] += w
@@ -71,9 +72,10 @@ def _pass_py(eta_c, x_b, cell, item, s, n, indptr, indices, data, B, want):  # p
     return ll, wc, rc, wi, ri
 
 
-def _var_pass_py(eta_c, x_b, cell, item, n, indptr, indices, data, Q, cellvar, itemvar):  # pragma: no cover
+def _var_pass(eta_c, x_b, cell, item, n, indptr, indices, data, Q, cellvar, itemvar):
     """Per-cell and per-item sums of ``m3_k v_k``: ``m3 = n q (1-q)(1-2q)`` (derivative of the
-    weight) times ``v = Var(eta_k)`` under the conditional Gaussian."""
+    weight) times ``v = Var(eta_k)`` under the conditional Gaussian (a numba kernel when
+    numba imports)."""
     nc, nb = eta_c.shape[0], x_b.shape[0]
     cc, ci = np.zeros(nc), np.zeros(nb)
     for k in range(cell.shape[0]):
@@ -89,48 +91,9 @@ def _var_pass_py(eta_c, x_b, cell, item, n, indptr, indices, data, Q, cellvar, i
     return cc, ci
 
 
-if _nb is not None:
-    _expit_nb = _nb.njit(cache=True, inline="always")(_expit)
-
-    @_nb.njit(cache=True)
-    def _pass(eta_c, x_b, cell, item, s, n, indptr, indices, data, B, want):
-        ll = 0.0
-        nc, nb = eta_c.shape[0], x_b.shape[0]
-        wc, rc, wi, ri = np.zeros(nc), np.zeros(nc), np.zeros(nb), np.zeros(nb)
-        for k in range(cell.shape[0]):
-            c, i = cell[k], item[k]
-            e = eta_c[c] + x_b[i]
-            z = np.exp(-abs(e))  # one exp for both softplus(e) and expit(e)
-            ll += s[k] * e - n[k] * (max(e, 0.0) + np.log1p(z))
-            if want:
-                q = 1.0 / (1.0 + z) if e >= 0 else z / (1.0 + z)
-                w = n[k] * q * (1.0 - q)
-                r = s[k] - n[k] * q
-                wc[c] += w
-                rc[c] += r
-                wi[i] += w
-                ri[i] += r
-                for j in range(indptr[c], indptr[c + 1]):
-                    B[i, indices[j]] += w * data[j]
-        return ll, wc, rc, wi, ri
-
-    @_nb.njit(cache=True)
-    def _var_pass(eta_c, x_b, cell, item, n, indptr, indices, data, Q, cellvar, itemvar):
-        nc, nb = eta_c.shape[0], x_b.shape[0]
-        cc, ci = np.zeros(nc), np.zeros(nb)
-        for k in range(cell.shape[0]):
-            c, i = cell[k], item[k]
-            q = _expit_nb(eta_c[c] + x_b[i])
-            cross = 0.0
-            for j in range(indptr[c], indptr[c + 1]):
-                cross += data[j] * Q[i, indices[j]]
-            v = cellvar[c] - 2.0 * cross + itemvar[i]
-            t = n[k] * q * (1.0 - q) * (1.0 - 2.0 * q) * v
-            cc[c] += t
-            ci[i] += t
-        return cc, ci
-else:  # pragma: no cover
-    _pass, _var_pass = _pass_py, _var_pass_py
+if _nb is not None:  # one body for both: compiled here, plain Python without numba
+    _pass = _nb.njit(cache=True)(_pass)
+    _var_pass = _nb.njit(cache=True)(_var_pass)
 
 
 def _syrk(Bs: np.ndarray, A: np.ndarray) -> np.ndarray:
