@@ -360,8 +360,10 @@ class _Laplace:
             return float(out), md
         return float(out), self._gradient(theta, md) + dprior, md
 
-    def _gradient(self, theta, md):
-        """d/dtheta of f(x_hat) - logdet(H)/2 - L'theta (see docs/methods_hierarchical.md)."""
+    def _third(self, md):
+        """The latent Hessian's derivative terms at a mode: ``S^-1``, each item's variance and
+        ``z = H^-1 sum_k m3_k v_k a_k`` (``m3 = n q (1-q)(1-2q)``, ``v_k = Var(eta_k)`` under
+        the Gaussian, ``a_k`` pattern ``k``'s design row), as ``(Sinv, itemvar, z_d, z_b)``."""
         from scipy.linalg import solve_triangular
 
         x_d, x_b, cho, BD, B, D = md["x_d"], md["x_b"], md["cho"], md["BD"], md["B"], md["D"]
@@ -378,6 +380,26 @@ class _Laplace:
         c_d = self.JT @ cc
         z_d = self._cho_solve(cho, c_d - BD.T @ ci)
         z_b = (ci - B @ z_d) / D
+        return Sinv, itemvar, z_d, z_b
+
+    def mean_shift(self, md):
+        """Second-order correction of the conditional mode towards the conditional mean.
+
+        ``E[x | theta, y] ~ x_hat + H^-1 grad(-log det H / 2)`` (the Laplace expansion's
+        next term; the mean of INLA's simplified Laplace marginals to first order): the
+        gradient is ``sum_k d3_k v_k a_k / 2`` with ``d3 = -n q (1-q)(1-2q)`` the third
+        derivative of pattern ``k``'s log-likelihood in ``eta_k``. Many weakly informed
+        latent values (item effects, a rarely refused reference level) move the mean away
+        from the mode; this shift is what a Gaussian at the mode misses (benchmarks/README.md,
+        #24). Returns ``(dx_d, dx_b)``.
+        """
+        _, _, z_d, z_b = self._third(md)
+        return -0.5 * z_d, -0.5 * z_b
+
+    def _gradient(self, theta, md):
+        """d/dtheta of f(x_hat) - logdet(H)/2 - L'theta (see docs/methods_hierarchical.md)."""
+        x_d, x_b = md["x_d"], md["x_b"]
+        Sinv, itemvar, z_d, z_b = self._third(md)
         T = len(theta)
         grad = np.zeros(T)
         diag = np.diag(Sinv)
@@ -442,3 +464,135 @@ class _Laplace:
             v = np.var(z) - np.mean(1 / (K + 0.5) + 1 / (N - K + 0.5))
             th[t] = 0.5 * np.log(max(v, 0.01))
         return np.clip(th, -4.0, 2.0)
+
+    # ------------------------------------------------------------------ posterior draws
+    def design(self, theta, H):
+        """The 2T+1 theta design points: the mode and +-a along each eigenvector of ``H`` in
+        standardised units (``a = sqrt((2T+1)/2)``: equal weights reproduce the Gaussian's
+        covariance). Returns ``(points, zs, scale)`` with ``theta = theta_hat + scale @ z``."""
+        T = len(theta)
+        lam, V = np.linalg.eigh(H)
+        lam = np.maximum(lam, 1e-6)  # a flat direction (a sd at a bound) gets a wide, finite scale
+        scale = V / np.sqrt(lam)[None, :]
+        a = np.sqrt((2 * T + 1) / 2)
+        zs = [np.zeros(T)] + [sgn * a * np.eye(T)[t] for t in range(T) for sgn in (1, -1)]
+        points = [np.clip(theta + scale @ z, -12.0, 5.0) for z in zs]
+        return points, zs, scale
+
+    def theta_marginal(self, theta, H, lp0, t, max_drop=7.5):
+        """Marginal log posterior of ``theta_t`` on a grid (INLA-style, APPROXIMATE).
+
+        The Laplace log posterior is evaluated along the path on which the other log sd's
+        follow their Gaussian regression on ``theta_t`` (``theta_hat + s u``, ``s`` in
+        units of ``theta_t``'s curvature sd, capped at 2) at ``s = +-1.5, +-3`` and, where
+        the density has dropped by less than 3.5 at ``+-3`` (a tail heavier than Gaussian,
+        e.g. a group sd whose posterior reaches 0: its log sd has an exponential left tail),
+        further out in steps growing by 1.6 until it has dropped by ``max_drop`` or theta
+        reaches its bound. Returns ``(x, logp)``: theta_t's values and the log density
+        (monotone cubic interpolation, linear extrapolation 6 units past the last point,
+        cut at the bounds -12 and 5), normalised on the grid.
+        """
+        from scipy.interpolate import PchipInterpolator
+
+        lam, V = np.linalg.eigh(H)
+        cov = (V / np.maximum(lam, 1e-6)) @ V.T
+        sd = min(float(np.sqrt(max(cov[t, t], 1e-12))), 2.0)
+        u = cov[:, t] / max(cov[t, t], 1e-12) * sd  # theta_t moves by sd per unit s
+        lo_s, hi_s = (-12.0 - theta[t]) / sd, (5.0 - theta[t]) / sd
+        centre = (self.x_d.copy(), self.x_b.copy(), self._pred)
+        S, L = [0.0], [0.0]
+        for sgn in (1.0, -1.0):
+            self.x_d, self.x_b, self._pred = centre
+            s, drop = 0.0, 0.0
+            for step in (1.5, 3.0, 4.8, 7.7, 12.3, 19.7, 31.5, 50.4, 80.6):
+                if step > 3.0 and drop >= (3.5 if step == 4.8 else max_drop):
+                    break
+                s = float(np.clip(sgn * step, lo_s, hi_s))
+                if s == S[-1]:
+                    break
+                th = np.clip(theta + s * u, -12.0, 5.0)
+                drop = lp0 - self.log_post_theta(th)[0]
+                S.append(s)
+                L.append(-drop)
+                if s in (lo_s, hi_s):
+                    break
+        self.x_d, self.x_b, self._pred = centre
+        order = np.argsort(S)
+        S, L = np.asarray(S)[order], np.asarray(L)[order]
+        grid = np.linspace(max(S[0] - 6.0, lo_s), min(S[-1] + 6.0, hi_s), 1201)
+        f = PchipInterpolator(S, L, extrapolate=False)(grid)
+        left, right = grid < S[0], grid > S[-1]
+        sl0 = (L[1] - L[0]) / (S[1] - S[0])
+        sl1 = (L[-1] - L[-2]) / (S[-1] - S[-2])
+        f[left] = L[0] + max(sl0, 0.5) * (grid[left] - S[0])  # at least a slowly decaying tail
+        f[right] = L[-1] + min(sl1, -0.5) * (grid[right] - S[-1])
+        x = theta[t] + grid * sd
+        f -= np.log(np.trapezoid(np.exp(f - f.max()), x)) + f.max()
+        return x, f
+
+    def sample(self, theta, H, draws, rng):
+        """Draws of the latent vector and of theta from the nested Laplace approximation.
+
+        The latent Gaussians ``N(x_hat(theta) + dx(theta), H(theta)^-1)`` (``dx`` the mean
+        correction of :meth:`mean_shift`) are mixed over the :meth:`design` points, weighted
+        by the Laplace posterior of theta relative to its Gaussian (INLA's correction).
+        Each log sd's marginal comes from :meth:`theta_marginal` (a grid), and their draws
+        are joined by the Gaussian's correlation (a Gaussian copula). Returns
+        ``(x_d draws, x_b draws, theta draws, info)``.
+        """
+        from scipy.linalg import solve_triangular
+        from scipy.special import ndtr
+
+        T = len(theta)
+        points, zs, scale = self.design(theta, H)
+        lps, states = [], []
+        centre = (self.x_d.copy(), self.x_b.copy(), self._pred)
+        shifts = []
+        for th in points:
+            self.x_d, self.x_b, self._pred = centre  # each point starts from the mode's predictor
+            lp, md = self.log_post_theta(th)
+            lps.append(lp)
+            dd, db = self.mean_shift(md)
+            shifts.append(dd[: self.p].copy())
+            # what drawing needs (B D^-1 in single precision: 14 MB per point at full scale)
+            states.append({"x_d": md["x_d"] + dd, "x_b": md["x_b"] + db, "cho": md["cho"], "D": md["D"],
+                           "BD": md["BD"].astype(np.float32)})
+        self.x_d, self.x_b, self._pred = centre
+        lps = np.array(lps)
+        logw = lps - lps[0] + 0.5 * np.array([z @ z for z in zs])
+        w = np.exp(logw - logw.max())
+        w /= w.sum()
+        counts = rng.multinomial(draws, w)
+        xd, xb = [], []
+        for md, c in zip(states, counts):
+            if c == 0:
+                continue
+            z = rng.standard_normal((c, self.nd))
+            dd = solve_triangular(md["cho"], z.T, lower=True, trans="T").T
+            db = -(dd @ md["BD"].T.astype(float)) + rng.standard_normal((c, self.nb)) / np.sqrt(md["D"])[None, :]
+            xd.append(md["x_d"][None, :] + dd)
+            xb.append(md["x_b"][None, :] + db)
+        xd, xb = np.vstack(xd), np.vstack(xb)
+        perm = rng.permutation(draws)
+        xd, xb = xd[perm], xb[perm]
+        # theta: grid marginals joined by the Gaussian's correlation
+        cov = scale @ scale.T
+        sdv = np.sqrt(np.diag(cov))
+        corr = cov / np.outer(sdv, sdv)
+        zc = rng.multivariate_normal(np.zeros(T), corr, size=draws, method="eigh")
+        theta_draws = np.empty((draws, T))
+        e0 = self.evaluations
+        for t in range(T):
+            x, f = self.theta_marginal(theta, H, lps[0], t)
+            p = np.exp(f)
+            cdf = np.concatenate([[0.0], np.cumsum((p[1:] + p[:-1]) / 2 * np.diff(x))])
+            cdf /= cdf[-1]
+            theta_draws[:, t] = np.interp(ndtr(zc[:, t]), cdf, x)
+        names = self.m.fixed_names
+        info = {"points": [p.tolist() for p in points], "weights": w.tolist(),
+                # the fixed effects at the joint mode given theta_hat (what glmer(nAGQ = 0)
+                # estimates) and the mean correction added to them there
+                "fixed_mode": dict(zip(names, (states[0]["x_d"][: self.p] - shifts[0]).tolist())),
+                "mean_shift_fixed": dict(zip(names, shifts[0].tolist())),
+                "theta_grid_evaluations": self.evaluations - e0}
+        return xd, xb, theta_draws, info

@@ -647,14 +647,15 @@ class HierarchicalModel:
         """Nested Laplace approximation (see :class:`~refusalstats.bayes.laplace._Laplace`).
 
         theta (the log group sd's) gets its posterior mode and the Hessian there (exact
-        Laplace gradient, differences of gradients). The latent Gaussians N(x_hat(theta),
-        H(theta)^-1) are mixed over 2T+1 theta values: the mode and +-a along each
-        eigenvector of the Hessian in standardised units (a = sqrt((2T+1)/2), so that equal
-        weights reproduce the Gaussian's covariance), weighted by the Laplace posterior of
-        theta relative to that Gaussian (INLA's correction). The group sd draws come from
-        the Gaussian in the same standardised coordinates with a separate scale on each
-        side of each axis, fitted to the Laplace posterior at the +-a points (INLA's
-        skewness correction). ``draws`` independent draws.
+        Laplace gradient, differences of gradients). The latent Gaussians N(x_hat(theta) +
+        dx(theta), H(theta)^-1), with ``dx`` the second-order mean correction
+        (:meth:`~refusalstats.bayes.laplace._Laplace.mean_shift`), are mixed over 2T+1 theta
+        values: the mode and +-a along each eigenvector of the Hessian in standardised units
+        (a = sqrt((2T+1)/2), so that equal weights reproduce the Gaussian's covariance),
+        weighted by the Laplace posterior of theta relative to that Gaussian (INLA's
+        correction). Each group sd's draws come from its log sd's Laplace marginal on a
+        grid (:meth:`~refusalstats.bayes.laplace._Laplace.theta_marginal`), joined by the
+        Gaussian's correlation. ``draws`` independent draws.
         """
         from threadpoolctl import threadpool_limits
 
@@ -666,51 +667,12 @@ class HierarchicalModel:
 
     def _fit_laplace_inner(self, draws, seed, progress):
         import arviz as az
-        from scipy.linalg import solve_triangular
 
         t0 = time.perf_counter()
         lap = _Laplace(self)
         theta, H, nfev = lap.fit_theta()
         t1 = time.perf_counter()
-        T = len(theta)
-        lam, V = np.linalg.eigh(H)
-        lam = np.maximum(lam, 1e-6)  # a flat direction (a sd at a bound) gets a wide, finite scale
-        scale = V / np.sqrt(lam)[None, :]  # theta = theta_hat + scale @ z
-        a = np.sqrt((2 * T + 1) / 2)
-        zs = [np.zeros(T)] + [sgn * a * np.eye(T)[t] for t in range(T) for sgn in (1, -1)]
-        points = [np.clip(theta + scale @ z, -12.0, 5.0) for z in zs]
-        lps, states = [], []
-        centre = (lap.x_d.copy(), lap.x_b.copy(), lap._pred)
-        for th in points:
-            lap.x_d, lap.x_b, lap._pred = centre  # each point starts from the mode's predictor
-            lp, md = lap.log_post_theta(th)
-            lps.append(lp)
-            # what drawing needs (B D^-1 in single precision: 14 MB per point at full scale)
-            states.append({k: md[k] for k in ("x_d", "x_b", "cho", "D")} | {"BD": md["BD"].astype(np.float32)})
-        lps = np.array(lps)
-        logw = lps - lps[0] + 0.5 * np.array([z @ z for z in zs])
-        w = np.exp(logw - logw.max())
-        w /= w.sum()
-        rng = check_random_state(seed)
-        counts = rng.multinomial(draws, w)
-        xd, xb = [], []
-        for md, c in zip(states, counts):
-            if c == 0:
-                continue
-            z = rng.standard_normal((c, lap.nd))
-            dd = solve_triangular(md["cho"], z.T, lower=True, trans="T").T
-            db = -(dd @ md["BD"].T.astype(float)) + rng.standard_normal((c, lap.nb)) / np.sqrt(md["D"])[None, :]
-            xd.append(md["x_d"][None, :] + dd)
-            xb.append(md["x_b"][None, :] + db)
-        xd, xb = np.vstack(xd), np.vstack(xb)
-        perm = rng.permutation(draws)
-        xd, xb = xd[perm], xb[perm]
-        # sd draws: skew-corrected Gaussian in the standardised theta coordinates
-        drop = lps[0] - lps[1:].reshape(T, 2)  # (T, [+a, -a]) log-density drops
-        side = np.where(drop > 1e-8, a / np.sqrt(2 * np.maximum(drop, 1e-8)), 1.0)
-        z = rng.standard_normal((draws, T))
-        z = np.where(z >= 0, z * side[:, 0], z * side[:, 1])
-        theta_draws = theta[None, :] + z @ scale.T
+        xd, xb, theta_draws, info = lap.sample(theta, H, draws, check_random_state(seed))
         post: dict[str, np.ndarray] = {}
         dims: dict[str, list[str]] = {}
         coords: dict[str, Any] = {}
@@ -733,8 +695,7 @@ class HierarchicalModel:
         self.laplace_info = {"theta_mode": theta.tolist(), "theta_sd": _theta_sd(H).tolist(),
                              "sd_mode": dict(zip([f"sd({g.name})" for g in self.groups],
                                                  np.exp(theta).tolist())),
-                             "theta_hessian": H.tolist(), "points": [p.tolist() for p in points],
-                             "weights": w.tolist(), "evaluations": int(lap.evaluations),
+                             "theta_hessian": H.tolist(), **info, "evaluations": int(lap.evaluations),
                              "newton_steps": int(lap.newton_steps), "big_term": self.groups[lap.big].name,
                              "cells": int(lap.J.shape[0]), "dense": int(lap.nd)}
         if progress:
