@@ -24,15 +24,19 @@ Checks (one dict each, see ``benchmarks/calibration.py``):
     item-level factor on the item_sd 1 tables of (a) — the known-bad baseline.
 
 Shapes of real tables (issue #19; generators of our own, not ``simulate_items``), each
-fitted with the default ``vcov="CR2"``, with ``vcov="CR1"`` and with
-``working="exchangeable"`` (GEE, Mancl-DeRouen) on the same tables:
+fitted with the default (``vcov=None``: CR3 when the Kish effective number of clusters is
+below 20, else CR2), with ``vcov="CR2"``, ``"CR3"``, ``"CR1"`` and with
+``working="exchangeable"`` (GEE, Mancl-DeRouen) on the same tables (``SHAPE_FITS``):
 
 (f) heavy-tailed item sizes: 3 tasks x 50 items, answers per item ``2 * U^(-1/0.9)``
     rounded and clipped to 2-200 (median 4, a few items with 100+), item intercepts
     ``N(0, 1.5^2)``, personas (4, no effect) drawn per answer, and a null item-level
     factor ``domain`` (2 levels drawn per item);
 (g) the same with two-point item effects ``+-1.5`` and 20 items per task;
-(h) 12 items per task, 10 answers each (balanced), item sd 1.5.
+(h) 12 items per task, 10 answers each (balanced), item sd 1.5;
+(i) as (g) with 8 items per task (a Kish effective number of about 6 clusters: too few);
+(j) 5 items per task, 10 answers each (balanced, 15 clusters);
+(k) as (g) with 30 items per task.
 
 For each: 95% coverage of the interval of ``task[T.t1]`` (target: the marginal log-odds
 ratio, exact for a normal or two-point item effect) and the 5% false-positive rate of
@@ -221,6 +225,26 @@ SHAPES = {
     "f": ("heavy-tailed sizes (2-200 answers/item), 50 items/task, item sd 1.5", 50, "heavy", "normal"),
     "g": ("two-point item effects +-1.5, 20 items/task, heavy-tailed sizes", 20, "heavy", "two-point"),
     "h": ("12 items/task x 10 answers (balanced), item sd 1.5", 12, "balanced", "normal"),
+    "i": ("two-point item effects +-1.5, 8 items/task, heavy-tailed sizes (too few effective clusters)", 8,
+          "heavy", "two-point"),
+    "j": ("5 items/task x 10 answers (balanced, 15 clusters), item sd 1.5", 5, "balanced", "normal"),
+    "k": ("two-point item effects +-1.5, 30 items/task, heavy-tailed sizes", 30, "heavy", "two-point"),
+}
+#: thresholds of the default's rule (CR3 below min(T, G/2) effective clusters) whose calibration is
+#: recomputed from the vcov='CR2' and vcov='CR3' fits of the same tables (printed, not in the table)
+RULE_THRESHOLDS = (10.0, 15.0, 20.0, 25.0, 30.0)
+
+
+#: the fits of each shape: key -> (logit keywords, label of the interval, label of the test)
+SHAPE_FITS = {
+    "default": ({}, ("default (vcov=None: CR3 below min(20, G/2) Kish effective clusters, else CR2) + "
+                     "Satterthwaite t"),
+                "default (CR3 / CR2 by the Kish rule) + HTZ"),
+    "CR2": ({"vcov": "CR2"}, "CR2 + Satterthwaite t (vcov='CR2')", "CR2 + HTZ (vcov='CR2')"),
+    "CR3": ({"vcov": "CR3"}, "CR3 + Satterthwaite t (vcov='CR3')", "CR3 + HTZ (vcov='CR3')"),
+    "CR1": ({"vcov": "CR1"}, "CR1 z (vcov='CR1')", "CR1 Wald F(q, G-1) (vcov='CR1')"),
+    "GEE": ({"working": "exchangeable"}, "GEE exchangeable + Mancl-DeRouen t(G-p) (working='exchangeable')",
+            "GEE exchangeable + Mancl-DeRouen F(q, G-p) (working='exchangeable')"),
 }
 
 
@@ -228,38 +252,58 @@ def _shape_checks(key: str, reps: int, seed: int) -> list[dict]:
     desc, per_task, sizes, effect = SHAPES[key]
     truth = _shape_truth(effect)
     t0 = time.perf_counter()
-    kinds = ("CR2", "CR1", "GEE")
-    hits = dict.fromkeys(kinds, 0)
-    fp_item = dict.fromkeys(kinds, 0)
-    fp_row = dict.fromkeys(kinds, 0)
+    hits = dict.fromkeys(SHAPE_FITS, 0)
+    fp_item = dict.fromkeys(SHAPE_FITS, 0)
+    fp_row = dict.fromkeys(SHAPE_FITS, 0)
+    chose_cr3 = 0
+    kish = []
+    per_rep = {k: [] for k in ("CR2", "CR3")}  # (covered, fp item, fp row) per replicate
     done = 0
     for s in _seeds(seed, 100 + ord(key), reps):
         rng = np.random.default_rng(s)
         df = _shape_table(rng, per_task, sizes, effect)
-        for vcov in kinds:
-            if vcov == "GEE":
-                f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", working="exchangeable")
-            else:
-                f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", vcov=vcov)
+        m = df.groupby("item_id").size().to_numpy()
+        kish.append(m.sum() ** 2 / np.sum(m * m))
+        for kind, (kw, _, _) in SHAPE_FITS.items():
+            f = _fit(df, formula=SHAPE_FORMULA, cluster="item_id", **kw)
+            if kind == "default":
+                chose_cr3 += f.vcov == "CR3"
             ci = f.conf_int().loc["task[T.t1]"]
-            hits[vcov] += ci["ci_low"] <= truth <= ci["ci_high"]
+            hits[kind] += ci["ci_low"] <= truth <= ci["ci_high"]
             d1 = f.drop1().set_index("term")["p_value"]
-            fp_item[vcov] += d1["domain"] < 0.05
-            fp_row[vcov] += d1["persona"] < 0.05
+            fp_item[kind] += d1["domain"] < 0.05
+            fp_row[kind] += d1["persona"] < 0.05
+            if kind in per_rep:
+                per_rep[kind].append((ci["ci_low"] <= truth <= ci["ci_high"], d1["domain"] < 0.05,
+                                      d1["persona"] < 0.05))
         done += 1
-    data = f"{desc} (own generator; 3 tasks, 4 personas per answer, null item-level 'domain')"
+    _rule_sensitivity(key, np.array(kish), 3 * per_task, {k: np.array(v, float) for k, v in per_rep.items()})
+    data = (f"{desc} (own generator; 3 tasks, 4 personas per answer, null item-level 'domain'; Kish effective "
+            f"clusters median {np.median(kish):.1f}, default chose CR3 in {chose_cr3}/{done})")
     out = []
-    for vcov, label in (("CR2", "CR2 + Satterthwaite t (default)"), ("CR1", "CR1 z (vcov='CR1')"),
-                        ("GEE", "GEE exchangeable + Mancl-DeRouen t(G-p) (working='exchangeable')")):
+    for kind, (_, label, _) in SHAPE_FITS.items():
         out.append(_row(f"95% {label} interval of task[T.t1] covers the marginal log-odds ratio "
-                        f"{truth:.3f}", data, "coverage", hits[vcov], done, 0.93, 0.97, t0))
-    for vcov, label in (("CR2", "CR2 + HTZ (default)"), ("CR1", "CR1 Wald F(q, G-1)"),
-                        ("GEE", "GEE exchangeable + Mancl-DeRouen F(q, G-p)")):
+                        f"{truth:.3f}", data, "coverage", hits[kind], done, 0.93, 0.97, t0))
+    for kind, (_, _, label) in SHAPE_FITS.items():
         out.append(_row(f"drop1() {label} of a null item-level factor (domain)", data,
-                        "false-positive rate", fp_item[vcov], done, None, 0.07, t0))
+                        "false-positive rate", fp_item[kind], done, None, 0.07, t0))
         out.append(_row(f"drop1() {label} of a null row-level factor (persona)", data,
-                        "false-positive rate", fp_row[vcov], done, None, 0.07, t0))
+                        "false-positive rate", fp_row[kind], done, None, 0.07, t0))
     return out
+
+
+def _rule_sensitivity(key: str, kish: np.ndarray, n_clusters: int, per_rep: dict) -> None:
+    """Print the default rule's coverage and false-positive rates had its threshold been each of
+    RULE_THRESHOLDS (from the forced CR2 / CR3 fits of the same tables)."""
+    import sys
+
+    parts = []
+    for t in RULE_THRESHOLDS:
+        cr3 = kish < min(t, 0.5 * n_clusters)
+        pick = np.where(cr3[:, None], per_rep["CR3"], per_rep["CR2"]).mean(0)
+        parts.append(f"T={t:g}: {pick[0]:.3f} / {pick[1]:.3f} / {pick[2]:.3f}")
+    print(f"shape ({key}) rule threshold sensitivity, coverage / fp item / fp row: " + "; ".join(parts),
+          file=sys.stderr)
 
 
 def run_shapes(reps: int = 400, seed: int = 0) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Cluster-robust covariance of logit (#19, #23): CR2 + Satterthwaite + HTZ, CR1, two-way.
+"""Cluster-robust covariance of logit (#19, #23): CR2 / CR3 + Satterthwaite + HTZ, CR1, two-way.
 
 Reference numbers were computed once with R 4.2.2, clubSandwich 0.5.8 and sandwich
 (Debian r-base-core) on the tables built by ``_fixture()`` and ``_crossed()`` below,
@@ -31,12 +31,14 @@ clubSandwich's CR2 for OLS applies (``A_j = (I - H_jj)^(-1/2)``)::
     C <- matrix(0, 2, 3); C[1, 2] <- 1; C[2, 3] <- 1
     Wald_test(ols0, constraints = C, vcov = V0, test = "HTZ")
 
-clubSandwich's own ``vcovCR.glm`` takes another square root of the cluster blocks (the
-Cholesky root of the mean-scale working covariance, which has no p x p form); on this
-table it gives diag ``0.162271450934546 0.12943809593411 0.166137254839668
-0.360106996982404 0.385925492290263`` and Satterthwaite df ``11.0232775338645
-18.1090544666958 18.6201201144952 11.7281378298869 11.491640099656``: within 0.1% of the
-numbers below (both are CR2: each makes the sandwich unbiased under the working model).
+clubSandwich's own ``vcovCR.glm`` takes another square root of the cluster blocks: it
+treats the fit as WLS of ``y`` on the mean function with target ``Theta = V = diag(mu (1 -
+mu))`` and uses ``V^(1/2) [V (I - H_jj) V]^(-1/2) V^(1/2)`` where the working OLS has ``V^(1/2)
+(I - H_jj)^(-1/2) V^(-1/2)`` (both unbiased under the working model; equal when ``mu`` is constant
+within clusters). That has no p x p form; ``vcov="CR2-glm"`` computes it per cluster and is
+tested against ``vcovCR(glm_fit, type = "CR2")`` below (``GLM_REF``), 0.1% from the numbers just
+below. CR3's ``(I - H_jj)^-1`` is the same in both forms: ``vcov="CR3"`` equals
+``vcovCR(glm_fit, type = "CR3")``.
 
 Two-way clustering (``_crossed()``)::
 
@@ -72,6 +74,47 @@ CONTRAST_DF = 18.5918707281208  # persona Woman - Man
 HTZ = {"persona": (1.4728086052226, 17.7791590577392, 0.255943393571247),
        "task": (0.466526224875183, 12.1035094482938, 0.637999405845124)}
 HTZ_SUB_PERSONA = (1.24396922528715, 17.975585849429, 0.311896732078203)
+# clubSandwich on the glm itself (not the working OLS), _fixture(), R 4.2.2, clubSandwich 0.5.8:
+#   fit <- glm(refusal ~ persona + task, family = binomial, data = d,
+#              control = glm.control(epsilon = 1e-14, maxit = 100))   # the converged MLE; R's
+#   # default epsilon 1e-8 stops about 2e-7 (relative) away from it, which moves vcovCR as much
+#   for (type in c("CR3", "CR2")) {
+#     V <- vcovCR(fit, cluster = d$item_id, type = type)
+#     ct <- conf_int(fit, vcov = V, test = "Satterthwaite", level = 0.95)     # df, CI_L
+#     C <- matrix(0, 2, 5); C[1, 2] <- 1; C[2, 3] <- 1                          # persona
+#     Wald_test(fit, constraints = C, vcov = V, test = "HTZ")                   # Fstat, df_denom, p_val
+#     C <- matrix(0, 2, 5); C[1, 4] <- 1; C[2, 5] <- 1                          # task
+#     Wald_test(fit, constraints = C, vcov = V, test = "HTZ") }
+GLM_REF = {
+    "CR3": {
+        "V": [0.18820713733391234, -0.025940903358465033, -0.042805898227737907, -0.15341209658604898,
+              -0.15502243757287093, -0.025940903358464971, 0.14030816962833143, 0.03224453968984442,
+              -0.025797186079803382, -0.055251546688507763, -0.04280589822773781, 0.032244539689844455,
+              0.17818408827161125, -0.057455926709459988, -0.035622756609799348, -0.15341209658604874,
+              -0.025797186079803486, -0.057455926709460085, 0.42408979716285145, 0.18195626433093604,
+              -0.15502243757287121, -0.055251546688507555, -0.035622756609799085, 0.18195626433093623,
+              0.46338625605218325],
+        "df": [10.334943352039391, 17.838993790608736, 18.367748881433425, 11.268925341762273,
+               11.069893991704411],
+        "ci_low": [-1.0934883871795673, -0.25189964919903152, -0.37065479749314389, -0.83234016725914295,
+                   -1.1613102594092908],
+        "persona": (1.3922970737434832, 17.540702290567754, 0.27465405321686948),
+        "task": (0.39426977191859985, 11.616413915195656, 0.68286076390097461)},
+    "CR2-glm": {
+        "V": [0.16227148022935112, -0.027752236626910582, -0.041269488578298999, -0.12892210362569764,
+              -0.13136907384821431, -0.027752236626910707, 0.12943820469241699, 0.033455356619166557,
+              -0.021456784382032242, -0.044476558531085432, -0.041269488578299061, 0.033455356619166508,
+              0.1661373581545964, -0.051458940844707229, -0.032151745308646153, -0.12892210362569739,
+              -0.021456784382032468, -0.051458940844707431, 0.3601074202116839, 0.15404968859434962,
+              -0.13136907384821436, -0.044476558531085439, -0.032151745308646139, 0.15404968859434975,
+              0.38592565207570867],
+        "df": [11.023278647701233, 18.109052510716371, 18.620119271521066, 11.728131523772401,
+               11.491638363944562],
+        "ci_low": [-1.0174809474873752, -0.21996601163660534, -0.33938272079642551, -0.7140251106158727,
+                   -1.0244113321147306],
+        "persona": (1.4750286472726206, 17.779073532768709, 0.25545658596592441),
+        "task": (0.46618281752585361, 12.103485397413952, 0.63820287697269906)},
+}
 # R: as.vector(vcovCL(fit, cluster = ~ item_id + persona, type = "HC1")) on _crossed()
 V_2WAY = np.array([0.084966587797703, -0.0229870516870415, -0.0229870516870416, 0.0878993759682517]).reshape(2, 2)
 
@@ -161,6 +204,68 @@ def test_contrast_prediction_and_marginal_mean_df(fit):
     assert (mm["df"] > 5).all() and (mm["df"] < 24).all()
 
 
+@pytest.mark.parametrize("vcov", ["CR3", "CR2-glm"])
+def test_cr3_and_the_glm_form_of_cr2_equal_clubsandwich_on_the_glm(vcov):
+    """``vcovCR(glm_fit, type = "CR3")`` is our CR3 (its (I - H_jj)^-1 is the same in the GLM's
+    and the working OLS's parametrization); ``vcovCR(glm_fit, type = "CR2")`` takes the square
+    root on the response scale, which ``vcov="CR2-glm"`` does per cluster."""
+    ref = GLM_REF[vcov]
+    f = logit(FORMULA, _fixture(), cluster="item_id", vcov=vcov)
+    assert f.vcov == vcov
+    np.testing.assert_allclose(f.cov_params().to_numpy(), np.reshape(ref["V"], (5, 5)), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(f.df.to_numpy(), ref["df"], rtol=1e-6)
+    np.testing.assert_allclose(f.conf_int()["ci_low"].to_numpy(), ref["ci_low"], rtol=1e-6)
+    d1 = f.drop1().set_index("term")
+    for term in ("persona", "task"):
+        assert tuple(d1.loc[term, ["F", "df_resid", "p_value"]]) == pytest.approx(ref[term], rel=1e-6)
+    # both route the double sums the same way
+    C = np.zeros((2, 5))
+    C[[0, 1], [1, 2]] = 1.0
+    out = f._ccov.engine.htz(C, f.params.to_numpy(), f.cov_params().to_numpy(), gram=False)
+    assert (out["F"], out["df_resid"]) == pytest.approx(ref["persona"][:2], rel=1e-6)
+    # the working-OLS CR2 (the default's form) is a different root: 0.1% from the GLM form here
+    if vcov == "CR2-glm":
+        rel = np.abs(np.diag(V_CR2) / np.diag(f.cov_params().to_numpy()) - 1)
+        assert 1e-5 < rel.max() < 3e-3
+
+
+def _sized(sizes: list[int], seed: int = 3) -> pd.DataFrame:
+    """Items of the given sizes (answers each), tasks by item, personas by answer, item sd 1."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, m in enumerate(sizes):
+        task = ["nli", "offensiveness", "sentiment"][i % 3]
+        u = rng.normal(0, 1.0)
+        for _ in range(m):
+            persona = rng.choice(["Atheist", "Man", "Woman"])
+            eta = -0.3 + 0.4 * (task == "sentiment") + u
+            rows.append((f"i{i}", task, persona, int(rng.random() < 1 / (1 + np.exp(-eta)))))
+    return pd.DataFrame(rows, columns=["item_id", "task", "persona", "refusal"])
+
+
+def test_default_is_cr3_for_very_unequal_clusters_and_says_why():
+    # Kish effective number 192^2 / (2 * 40^2 + 28 * 4^2) = 10.1 < min(20, 30 / 2): CR3
+    unequal = _sized([40, 40] + [4] * 28)
+    f = logit(FORMULA, unequal, cluster="item_id")
+    assert f.vcov == "CR3" and "CR3" in f.cov_type
+    why = [n for n in f.notes if n.startswith("vcov: CR3")]
+    assert why and "Kish effective number 10.1" in why[0] and "shape (g)" in why[0]
+    assert "vcov: CR3" in str(f.summary())
+    f3 = logit(FORMULA, unequal, cluster="item_id", vcov="CR3")
+    np.testing.assert_allclose(f.cov_params().to_numpy(), f3.cov_params().to_numpy(), rtol=1e-12)
+    assert "HTZ" in f.drop1().attrs["test"] and "CR3" in f.drop1().attrs["test"]
+    f2 = logit(FORMULA, unequal, cluster="item_id", vcov="CR2")  # by name, with a note
+    assert f2.vcov == "CR2" and any("vcov='CR2' on 30 clusters" in n for n in f2.notes)
+    assert (f3.bse > f2.bse).all()  # (I - H)^-1 > (I - H)^(-1/2) wherever a cluster has leverage
+    # balanced few clusters: Kish = G = 12, not under half of G: CR2, no caveat
+    balanced = logit(FORMULA, _sized([10] * 12), cluster="item_id")
+    assert balanced.vcov == "CR2" and any(n.startswith("vcov: CR2 (Kish effective number of clusters 12.0")
+                                          for n in balanced.notes)
+    # one item carries most rows: Kish 1.96 < 8: the default is CR3 and says that it was conservative
+    few = logit(FORMULA, _sized([80] + [3] * 11), cluster="item_id")
+    assert few.vcov == "CR3" and any("effective clusters (Kish)" in n and "conservative" in n for n in few.notes)
+
+
 def test_cr1_stays_available_by_name():
     df = _fixture()
     f1 = logit(FORMULA, df, cluster="item_id", vcov="CR1")
@@ -228,8 +333,10 @@ def test_cr2_with_separation_and_firth_is_finite():
         warnings.simplefilter("ignore")
         mle = logit(FORMULA, df, cluster="item_id")
         firth = logit(FORMULA, df, cluster="item_id", penalty="firth")
+        cr3 = logit(FORMULA, df, cluster="item_id", vcov="CR3")
     assert mle.separated_terms == ["persona[T.Man]"]
     assert np.isfinite(mle.bse.drop("persona[T.Man]")).all()
+    assert np.isfinite(cr3.bse.drop("persona[T.Man]")).all() and np.isfinite(cr3.drop1()["F"]).any()
     assert np.isfinite(firth.conf_int().to_numpy()).all()
     assert np.isfinite(firth.drop1()["p_value"]).all()
 
@@ -288,6 +395,7 @@ def test_cli_fit_takes_vcov_and_working(tmp_path, capsys):
     df.to_csv(path, index=False)
     for extra, want in ((["--vcov", "CR1"], "cluster-robust CR1 by 'item_id'"),
                         ([], "cluster-robust CR2"),
+                        (["--vcov", "CR3"], "cluster-robust CR3"),
                         (["--working", "exchangeable"], "Mancl-DeRouen")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

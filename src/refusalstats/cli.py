@@ -623,8 +623,10 @@ def _add_fit(sub, opt: _Options) -> None:
     p.add_argument("--alpha", help="penalty strength for l2/l1/elasticnet, or 'cv'")
     p.add_argument("--l1-ratio", type=float, help="elastic-net mixing in (0, 1)")
     p.add_argument("--ci", choices=["wald", "profile", "bootstrap", "none"], help="interval method")
-    p.add_argument("--vcov", choices=["CR2", "CR1"],
-                   help="cluster-robust covariance with --cluster: CR2 (default; Satterthwaite t, HTZ tests) "
+    p.add_argument("--vcov", choices=["CR2", "CR3", "CR1", "CR2-glm"],
+                   help="cluster-robust covariance with --cluster: CR2 or CR3 (Satterthwaite t, HTZ tests; "
+                        "default CR2, CR3 when the Kish effective number of clusters is below 20 and half "
+                        "the clusters) "
                         "or CR1 (z, Wald F on G-1 df)")
     p.add_argument("--working", choices=["independence", "exchangeable"], default="independence",
                    help="working correlation within a cluster: independence (the logistic regression, "

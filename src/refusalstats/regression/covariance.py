@@ -187,6 +187,20 @@ def _bootstrap(d: _Design, beta, penalty, alpha, l1_ratio, pen_mask, n_boot, see
 #: relative size below which an eigenvalue of a cluster's I - H_jj counts as zero (clubSandwich's
 #: ``matrix_power`` drops eigenvalues <= 1e-12)
 _EIG_TOL = 1e-12
+#: the adjustment ``A_j = (I - H_jj)^(-power)`` of each bias-reduced sandwich (clubSandwich's CR2, CR3)
+_ADJUSTMENT_POWER = {"CR2": 0.5, "CR3": 1.0}
+#: the bias-reduced sandwiches (t tests with Satterthwaite df, HTZ Wald tests)
+_BIAS_REDUCED = ("CR2", "CR3", "CR2-glm")
+#: the default (vcov=None) is CR3 when the Kish effective number of clusters is below both this
+#: number and _CR3_BELOW_SHARE of the clusters (sizes very unequal), CR2 otherwise: measured in
+#: benchmarks/calibration_logit.py, SHAPES (f)-(k) (CR2 alone fell short on (g) and (k), CR3 alone
+#: over-covered (f) and the balanced few-cluster shape (j); any threshold from 15 to 30 met the
+#: targets on (f)-(h))
+_CR3_BELOW_EFFECTIVE = 20.0
+_CR3_BELOW_SHARE = 0.5
+#: below this Kish effective number of clusters the summary says that even the default was off
+#: target in the calibration (shape (i): conservative)
+_FEW_EFFECTIVE = 8.0
 #: the per-cluster eigen-decompositions (J p^3 flops, J p^2 memory) are used while they stay
 #: below these sizes; larger designs take the series / first-order path (see _CR2Engine)
 _EXACT_MEMORY = 4_000_000
@@ -318,7 +332,11 @@ class _CR2Engine:
     """
 
     def __init__(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray, *,
-                 exact: bool | None = None):
+                 exact: bool | None = None, kind: str = "CR2"):
+        if kind not in _ADJUSTMENT_POWER:
+            raise ValueError(f"kind must be one of {list(_ADJUSTMENT_POWER)}, got {kind!r}")
+        self.kind = kind
+        self.power = _ADJUSTMENT_POWER[kind]
         cl = _sorted_pairs(cl)
         self.X, self.Xf, self.cl = X, Xf, cl
         p = X.shape[1]
@@ -361,10 +379,12 @@ class _CR2Engine:
         lam, Q = np.linalg.eigh(np.einsum("ai,jab,bk->jik", self.L, F, self.L, optimize=True))
         return np.clip(lam, 0.0, 1.0), Q
 
-    @staticmethod
-    def _g(lam: np.ndarray) -> np.ndarray:
+    def _g(self, lam: np.ndarray) -> np.ndarray:
+        """The adjustment ``g(l) = (1 - l)^(-power)``: power 1/2 for CR2, 1 for CR3 (0 where
+        ``1 - l`` is numerically zero, as clubSandwich's ``matrix_power`` / a pseudo-inverse)."""
         one = 1.0 - lam
-        return np.where(one > _EIG_TOL, 1.0 / np.sqrt(np.where(one > _EIG_TOL, one, 1.0)), 0.0)
+        safe = np.where(one > _EIG_TOL, one, 1.0)
+        return np.where(one > _EIG_TOL, 1.0 / (np.sqrt(safe) if self.power == 0.5 else safe ** self.power), 0.0)
 
     def _adjusted(self, lam, Q, rl) -> np.ndarray:
         """``g(Lambda_j) L' r_j`` for each cluster (rows)."""
@@ -373,7 +393,7 @@ class _CR2Engine:
 
     def _adjusted_series(self, r: np.ndarray) -> np.ndarray:
         """The adjusted scores ``c_j = r_j + F_j sum_k a_(k+1) (M F_j)^k M r_j`` (the binomial
-        series of ``(1 - l)^(-1/2)``; matrix-vector products with ``F_j`` only) where the
+        series of ``(1 - l)^(-power)``; matrix-vector products with ``F_j`` only) where the
         cluster's leverage bound ``tr(Lambda_j)`` is below 1/2, by the eigen-decomposition of
         ``Lambda_j`` elsewhere."""
         from .linalg import _Ell
@@ -387,12 +407,12 @@ class _CR2Engine:
             tr = self.trace[lo:hi]
             slow = tr > 0.5
             y = r[lo:hi] @ M
-            acc = 0.5 * y
-            coef, k = 0.5, 0
+            coef, k = self.power, 0              # the series of (1 - l)^(-power): a_1 = power
+            acc = coef * y
             bound = float(tr[~slow].max()) if (~slow).any() else 0.0
-            while bound > 0 and k < 200:
+            while bound > 0 and k < 400:
                 k += 1
-                coef *= (2 * k + 1) / (2.0 * k + 2)
+                coef *= (k + self.power) / (k + 1.0)   # a_(k+1) = a_k (k + power) / (k + 1)
                 y = np.einsum("jab,jb->ja", F, y) @ M
                 acc += coef * y
                 if coef * bound ** (k + 1) / (1.0 - bound) < 1e-14:
@@ -415,6 +435,18 @@ class _CR2Engine:
         H = np.einsum("jab,jbq->jaq", self.Q, T * phi[:, :, None])
         Gm = np.einsum("jbs,jb,jbt->jst", T, psi, T)
         return H, Gm
+
+    def _pieces_C(self, C: np.ndarray):
+        """``h_j`` (J x p x q) and ``gamma_j`` (J x q x q) for the rows of ``C``."""
+        return self._pieces(self.L.T @ C.T)
+
+    def _pieces_diag(self, C: np.ndarray):
+        """``h_j`` (J x p x q) for the rows of ``C`` and the diagonal ``|g_j|^2`` (J x q) only."""
+        U = self.L.T @ C.T                                   # p x q
+        T = np.einsum("jab,aq->jbq", self.Q, U)
+        g = self._g(self.lam)
+        H = np.einsum("jab,jbq->jaq", self.Q, T * (self.lam * g)[:, :, None])
+        return H, np.einsum("jbq,jb->jq", T * T, self.lam * g * g)
 
     def _first_order_gamma(self, C: np.ndarray) -> np.ndarray:
         """``gamma_j ~ C M F_j M C'`` (J x q x q) from the pairs, in chunks of clusters."""
@@ -450,11 +482,7 @@ class _CR2Engine:
             gd = self._first_order_diag(C)
             Var = 2.0 * (gd ** 2).sum(0)
         else:
-            U = self.L.T @ C.T                                   # p x q
-            T = np.einsum("jab,aq->jbq", self.Q, U)
-            g = self._g(self.lam)
-            H = np.einsum("jab,jbq->jaq", self.Q, T * (self.lam * g)[:, :, None])
-            gd = np.einsum("jbq,jb->jq", T * T, self.lam * g * g)   # |g_j|^2 per contrast
+            H, gd = self._pieces_diag(C)                         # h_j (J x p x q), |g_j|^2 (J x q)
             hh = np.einsum("jas,jas->js", H, H)                  # |h_j|^2
             E = (gd - hh).sum(0)
             S = np.einsum("jas,jbs->sab", H, H)                  # sum_j h_j h_j'
@@ -502,8 +530,7 @@ class _CR2Engine:
             out["df"] = float(q)
         Qstat = float(cb @ np.linalg.solve(CVC, cb))
         if self.exact:
-            U = self.L.T @ C.T
-            H, Gm = self._pieces(U)
+            H, Gm = self._pieces_C(C)
             Omega = (Gm - np.einsum("jas,jat->jst", H, H)).sum(0)
             On = _inv_sqrt_psd(Omega)
             H = np.einsum("jas,st->jat", H, On)
@@ -539,6 +566,76 @@ class _CR2Engine:
         out.update({"df_resid": float(df2), "F": float(F),
                     "p_value": float(stats.f.sf(F, q, df2)) if df2 > 0 else np.nan})
         return out
+
+
+class _CR2GlmEngine(_CR2Engine):
+    """CR2 in clubSandwich's form for a GLM (``vcovCR(glm_fit, type = "CR2")``, ``vcov="CR2-glm"``).
+
+    clubSandwich treats the logistic fit as weighted least squares of ``y`` on the mean
+    function: design ``X_glm = V X`` (``V = diag(mu (1 - mu))``), weights ``W = V^-1``,
+    target ``Theta = V`` and response residuals ``y - mu``. Its adjustment is
+    ``A_j = Theta_j^(1/2) [Theta_j^(1/2) (I - V X M X' W)_jj Theta_j Theta_j^(1/2)]^(-1/2) Theta_j^(1/2)``
+    = ``V^(1/2) [V (I - H_jj) V]^(-1/2) V^(1/2)`` with ``H = V^(1/2) X M X' V^(1/2)``, against the
+    working-OLS form's ``V^(1/2) (I - H_jj)^(-1/2) V^(-1/2)`` (:class:`_CR2Engine`). Both make the
+    sandwich unbiased under the working model and agree when ``mu`` is constant within each
+    cluster; they differ otherwise (about 0.1% on the test fixture). The square root of
+    ``V (I - H_jj) V`` has no p x p form, so this works per cluster in the span of its
+    (cluster, pattern) pairs (``e_k = 1_k / sqrt(n_k)``; the rows' within-pattern contrasts
+    have zero leverage and zero score and are left out exactly): a ``K_j x K_j`` matrix per
+    cluster, ``K_j`` its patterns. Satterthwaite df and HTZ follow clubSandwich's ``get_GH``
+    (``inverse_var = TRUE``): ``h_j = (M E_j U_j L)' c`` and ``|g_j|^2 = c' M E_j Theta_j E_j' M c``
+    with ``E_j = X_j' A_j`` and ``U_j = V X_j``. CR3 needs no such form: its ``(I - H_jj)^-1`` is
+    the same in both parametrizations, so ``vcov="CR3"`` equals ``vcovCR(glm_fit, type = "CR3")``.
+    """
+
+    def __init__(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray):
+        self.kind, self.power = "CR2-glm", 0.5
+        cl = _sorted_pairs(cl)
+        self.X, self.Xf, self.cl = X, Xf, cl
+        p = X.shape[1]
+        self.p, self.J = p, cl.n_clusters
+        mu = expit(X @ beta)
+        self.wts = mu * (1.0 - mu)
+        self.M = 0.5 * (M + M.T)
+        ev, U = np.linalg.eigh(self.M)
+        try:
+            self.L = np.linalg.cholesky(self.M)
+        except np.linalg.LinAlgError:
+            self.L = (U * np.sqrt(np.clip(ev, 0.0, None))) @ U.T
+        self.starts = np.searchsorted(cl.g, np.arange(self.J + 1))
+        self.exact, self.approx_note = True, ""
+        J, Mm, L = self.J, self.M, self.L
+        size = np.diff(self.starts)
+        S = np.zeros((J, p))
+        self.HmT = np.zeros((J, p, p))   # (M E_j U_j L)'
+        self.Gm = np.zeros((J, p, p))    # M E_j Theta_j E_j' M
+        for k in np.unique(size):
+            js = np.flatnonzero(size == k)
+            pair = self.starts[js][:, None] + np.arange(k)[None, :]       # (clusters, k) pair index
+            pat, n = cl.j[pair], cl.n[pair]
+            v = self.wts[pat]
+            Xr = X[pat] * np.sqrt(n)[:, :, None]                         # rows sqrt(n_k) x_k
+            rr = (cl.s[pair] - n * mu[pat]) / np.sqrt(n)                # e_k' (y - mu)
+            sv = np.sqrt(v)
+            Hs = np.einsum("cka,ab,clb->ckl", Xr, Mm, Xr) * sv[:, :, None] * sv[:, None, :]
+            G = v[:, :, None] * (np.eye(k)[None] - Hs) * v[:, None, :]
+            lam, Q = np.linalg.eigh(0.5 * (G + G.transpose(0, 2, 1)))
+            f = np.where(lam > _EIG_TOL, 1.0 / np.sqrt(np.where(lam > _EIG_TOL, lam, 1.0)), 0.0)
+            A = sv[:, :, None] * np.einsum("ckm,cm,clm->ckl", Q, f, Q) * sv[:, None, :]
+            E = np.einsum("cka,ckl->cal", Xr, A)                         # X_j' A_j (clusters, p, k)
+            S[js] = np.einsum("cal,cl->ca", E, rr)
+            ME = np.einsum("ab,cbl->cal", Mm, E)
+            self.HmT[js] = np.einsum("cal,clb,bd->cda", ME, Xr * v[:, :, None], L)
+            self.Gm[js] = np.einsum("cal,cl,cbl->cab", ME, v, ME)
+        self.V = Mm @ (S.T @ S) @ Mm
+
+    def _pieces_C(self, C: np.ndarray):
+        H = np.einsum("jab,qb->jaq", self.HmT, C)
+        return H, np.einsum("qa,jab,sb->jqs", C, self.Gm, C)
+
+    def _pieces_diag(self, C: np.ndarray):
+        H = np.einsum("jab,qb->jaq", self.HmT, C)
+        return H, np.einsum("qa,jab,qb->jq", C, self.Gm, C)
 
 
 # ============================================================================ two-way (CGM 2011)
@@ -591,24 +688,26 @@ def _cr1_two_way(X: np.ndarray, cl: _Cluster, beta: np.ndarray, bread: np.ndarra
 class _ClusterCov:
     """A fit's cluster-robust covariance and the degrees of freedom of its tests.
 
-    ``kind`` is "CR2" (t tests with Satterthwaite df, HTZ Wald tests), "CR1" (z tests,
-    Wald F on ``(q, G - 1)``) or "CR1-2way" (t and F on ``min(G_1, G_2) - 1``).
+    ``kind`` is "CR2" or "CR3" (t tests with Satterthwaite df, HTZ Wald tests), "CR1" (z
+    tests, Wald F on ``(q, G - 1)``), "CR1-2way" (t and F on ``min(G_1, G_2) - 1``) or
+    "GEE-MD" (t and F on ``G - p``). ``reason`` says why the default chose CR2 or CR3.
     """
 
     def __init__(self, kind: str, V: np.ndarray, n_clusters: int, *, engine: _CR2Engine | None = None,
                  note: str = "", sizes: tuple[int, ...] = (), df_resid: float | None = None,
-                 rho: float | None = None):
+                 rho: float | None = None, reason: str = ""):
         self.kind, self.V, self.n_clusters, self.engine, self.note = kind, V, n_clusters, engine, note
+        self.reason = reason
         self.sizes, self.df_resid, self.rho = sizes, df_resid, rho
 
     @property
     def t_tests(self) -> bool:
-        return self.kind in ("CR2", "CR1-2way", "GEE-MD")
+        return self.kind in (*_BIAS_REDUCED, "CR1-2way", "GEE-MD")
 
     def df(self, C: np.ndarray) -> np.ndarray:
         """Degrees of freedom of the t statistic of each row of ``C`` (inf: z)."""
         C = np.atleast_2d(C)
-        if self.kind == "CR2":
+        if self.kind in _BIAS_REDUCED:
             return self.engine.df(C)
         if self.kind == "CR1-2way":
             return np.full(len(C), float(min(self.sizes) - 1))
@@ -617,10 +716,10 @@ class _ClusterCov:
         return np.full(len(C), np.inf)
 
     def wald(self, C: np.ndarray, b: np.ndarray, V: np.ndarray | None = None) -> dict:
-        """Test of ``C b = 0``: HTZ for CR2, the Wald F on ``(q, G - 1)`` otherwise."""
+        """Test of ``C b = 0``: HTZ for CR2 and CR3, the Wald F on ``(q, G - 1)`` otherwise."""
         V = self.V if V is None else V
         C = np.atleast_2d(C)
-        if self.kind == "CR2":
+        if self.kind in _BIAS_REDUCED:
             return self.engine.htz(C, b, V)
         if self.kind == "GEE-MD":
             return _wald_f(C @ b, C @ V @ C.T, int(self.df_resid) + 1)
@@ -630,6 +729,12 @@ class _ClusterCov:
     def label(self, name: str) -> str:
         if self.kind == "CR2":
             out = (f"cluster-robust CR2 (bias-reduced linearization, Bell & McCaffrey 2002) by '{name}' "
+                   f"({self.n_clusters:,} clusters)")
+        elif self.kind == "CR2-glm":
+            out = (f"cluster-robust CR2 in clubSandwich's GLM form (vcovCR(glm, type = 'CR2')) by '{name}' "
+                   f"({self.n_clusters:,} clusters)")
+        elif self.kind == "CR3":
+            out = (f"cluster-robust CR3 (jackknife-type bias reduction, A_j = (I - H_jj)^-1) by '{name}' "
                    f"({self.n_clusters:,} clusters)")
         elif self.kind == "CR1":
             out = f"cluster-robust CR1 by '{name}' ({self.n_clusters:,} clusters)"
@@ -642,8 +747,8 @@ class _ClusterCov:
         return out
 
     def test_label(self) -> str:
-        if self.kind == "CR2":
-            return "t with Satterthwaite degrees of freedom (CR2)"
+        if self.kind in _BIAS_REDUCED:
+            return f"t with Satterthwaite degrees of freedom ({self.kind})"
         if self.kind == "CR1-2way":
             return f"t on min(G_1, G_2) - 1 = {min(self.sizes) - 1} df (two-way CR1)"
         if self.kind == "GEE-MD":
@@ -663,21 +768,68 @@ def _cluster_cov(X: np.ndarray, Xf, cl, beta: np.ndarray, bread: np.ndarray, n_o
             notes.append(note)
         return _ClusterCov("CR1-2way", V, min(G1, G2), sizes=(G1, G2)), notes
     kind = vcov or "CR2"
-    if kind == "CR2" and isinstance(cl, _StreamedCluster):
+    if kind in _BIAS_REDUCED and isinstance(cl, _StreamedCluster):
         kind = "CR1"
-        notes.append(cl.note or "CR2 needs each cluster's counts by pattern; a streamed Parquet source gives "
-                     "CR1 (collapse with cluster= into a DataFrame for CR2)")
-    if kind == "CR2" and penalty in ("l2", "l1", "elasticnet"):
+        notes.append(cl.note or f"{vcov or 'CR2'} needs each cluster's counts by pattern; a streamed Parquet "
+                     "source gives CR1 (collapse with cluster= into a DataFrame for CR2)")
+    if kind in _BIAS_REDUCED and penalty in ("l2", "l1", "elasticnet"):
         kind = "CR1"
-        if vcov == "CR2":
-            notes.append("CR2 is defined for the unpenalized fit's hat matrix: ridge uses CR1")
+        if vcov in _BIAS_REDUCED:
+            notes.append(f"{vcov} is defined for the unpenalized fit's hat matrix: ridge uses CR1")
     if kind == "CR1":
         V = _cr1(X, cl, beta, bread, n_obs)
         return _ClusterCov("CR1", V, cl.n_clusters), notes
-    engine = _CR2Engine(X, Xf, cl, beta, bread)
+    g_eff = _kish_clusters(cl)
+    reason = ""
+    if vcov is None:
+        kind, reason = _default_kind(cl.n_clusters, g_eff)
+    elif vcov == "CR2" and _default_kind(cl.n_clusters, g_eff)[0] == "CR3":
+        notes.append(f"vcov='CR2' on {cl.n_clusters:,} clusters of very unequal sizes (Kish effective number "
+                     f"{g_eff:.1f}): on such tables CR2 intervals and tests of cluster-level terms fell short in "
+                     "the calibration (0.86 coverage, 0.085 false positives) and the default (CR3) did not "
+                     "(benchmarks/calibration_logit.py, shape (g))")
+    if g_eff < _FEW_EFFECTIVE:
+        notes.append(_few_effective_note(g_eff))
+    if kind == "CR2-glm":
+        sizes = np.bincount(cl.g, minlength=cl.n_clusters)
+        if cl.n_clusters * X.shape[1] ** 2 <= _EXACT_MEMORY and float(np.sum(sizes.astype(float) ** 3)) \
+                <= _EXACT_FLOPS:
+            engine = _CR2GlmEngine(X, Xf, cl, beta, bread)
+            return _ClusterCov(kind, engine.V, cl.n_clusters, engine=engine), notes
+        kind = "CR2"
+        notes.append(f"vcov='CR2-glm' needs a decomposition per cluster of its patterns; {cl.n_clusters:,} "
+                     f"clusters x {X.shape[1]} coefficients is past it: CR2 (working-OLS form) used")
+    engine = _CR2Engine(X, Xf, cl, beta, bread, kind=kind)
     if engine.approx_note:
         notes.append(engine.approx_note)
-    return _ClusterCov("CR2", engine.V, cl.n_clusters, engine=engine), notes
+    return _ClusterCov(kind, engine.V, cl.n_clusters, engine=engine, reason=reason), notes
+
+
+def _kish_clusters(cl) -> float:
+    """Kish's effective number of clusters ``(sum m_g)^2 / sum m_g^2`` (``m_g`` its rows)."""
+    m = np.bincount(cl.g, weights=cl.n, minlength=cl.n_clusters)
+    return float(m.sum() ** 2 / np.sum(m * m))
+
+
+def _default_kind(n_clusters: int, g_eff: float) -> tuple[str, str]:
+    """The default bias-reduced sandwich for ``n_clusters`` clusters whose Kish effective number
+    is ``g_eff``, and a sentence saying why (printed in ``summary()``)."""
+    limit = min(_CR3_BELOW_EFFECTIVE, _CR3_BELOW_SHARE * n_clusters)
+    if g_eff < limit:
+        return "CR3", (
+            f"vcov: CR3 because the {n_clusters:,} clusters have very unequal sizes (Kish effective number "
+            f"{g_eff:.1f}, below {_CR3_BELOW_EFFECTIVE:g} and half the clusters): on such tables CR2 "
+            "under-covered cluster-level contrasts (0.86 for 0.95, 0.085 false positives) and CR3 met the "
+            "targets (benchmarks/calibration_logit.py, shape (g)); vcov='CR2' or 'CR1' by name")
+    return "CR2", (
+        f"vcov: CR2 (Kish effective number of clusters {g_eff:.1f} of {n_clusters:,}; CR3 is the default "
+        f"below {_CR3_BELOW_EFFECTIVE:g} when that is under half the clusters, benchmarks/calibration_logit.py)")
+
+
+def _few_effective_note(g_eff: float) -> str:
+    return (f"only {g_eff:.1f} effective clusters (Kish): below {_FEW_EFFECTIVE:g} no sandwich met the "
+            "targets in the calibration; there CR3 was conservative (intervals too wide, tests too rarely "
+            "significant) and CR2 over-rejected cluster-level terms (benchmarks/calibration_logit.py, shape (i))")
 
 
 # ============================================================================ streamed CR1

@@ -19,9 +19,9 @@ patterns. Estimators:
   ``cluster``.
 
 Standard errors are model based, or cluster-robust by ``cluster=`` (default ``"auto"``:
-``item_id`` when items repeat): CR2 with Satterthwaite t by default (``vcov="CR1"``: CR1
-with z), from the (cluster, pattern) counts, for a DataFrame and a Parquet source alike;
-with clusters, ``anova()`` / ``drop1()`` are cluster-robust Wald tests (HTZ for CR2, F on
+``item_id`` when items repeat): CR2 with Satterthwaite t by default, CR3 when the clusters'
+Kish effective number is below 20 and half their number (``vcov="CR1"``: CR1 with z), from the (cluster, pattern) counts, for a DataFrame and a Parquet source alike;
+with clusters, ``anova()`` / ``drop1()`` are cluster-robust Wald tests (HTZ for CR2 / CR3, F on
 (q, G - 1) df for CR1) instead of likelihood-ratio tests, which assume independent rows. ``ci="bootstrap"`` resamples clusters (or rows). The maths is in
 ``docs/methods_logit.md``; ``benchmarks/calibration_logit.py`` measures the tests' level
 and the intervals' coverage.
@@ -51,7 +51,7 @@ from .separation import SeparationWarning, _separation
 __all__ = ["LogitModel", "LogitResults", "SeparationWarning", "logit"]
 
 _PENALTIES = (None, "l2", "l1", "elasticnet", "firth")
-_VCOVS = ("CR2", "CR1")
+_VCOVS = ("CR2", "CR3", "CR1", "CR2-glm")
 
 
 def logit(
@@ -128,12 +128,20 @@ def logit(
         (no Wald interval holds there; use "bootstrap").
     conf : float
         Confidence level (default 0.95).
-    vcov : {"CR2", "CR1"}, optional
-        The cluster-robust covariance (with ``cluster``). ``"CR2"`` (default for maximum
-        likelihood and Firth): bias-reduced linearization (Bell & McCaffrey 2002) with
-        Satterthwaite degrees of freedom for every coefficient, contrast, prediction and
-        marginal mean (t intervals and tests) and the HTZ test (Pustejovsky & Tipton 2018)
-        in ``drop1()`` / ``anova()``. ``"CR1"``: the Stata / statsmodels sandwich with
+    vcov : {"CR2", "CR3", "CR1", "CR2-glm"}, optional
+        The cluster-robust covariance (with ``cluster``). ``"CR2"``: bias-reduced
+        linearization (Bell & McCaffrey 2002) with Satterthwaite degrees of freedom for
+        every coefficient, contrast, prediction and marginal mean (t intervals and tests)
+        and the HTZ test (Pustejovsky & Tipton 2018) in ``drop1()`` / ``anova()``.
+        ``"CR3"``: the same with the jackknife-type adjustment ``(I - H_jj)^-1`` in place
+        of ``(I - H_jj)^(-1/2)`` (clubSandwich's ``type = "CR3"``), larger where a few
+        large clusters carry the fit. ``"CR2-glm"``: CR2 in clubSandwich's form for a GLM
+        (``vcovCR(glm_fit, type = "CR2")``: the square root taken on the response scale;
+        within about 0.1% of ``"CR2"``; small and mid-sized designs). Default (None,
+        maximum likelihood and Firth): CR3 when the Kish effective number of clusters
+        ``(sum m_g)^2 / sum m_g^2`` is below 20 and below half the number of clusters (very
+        unequal sizes), else CR2 (the rule measured in ``benchmarks/calibration_logit.py``;
+        the summary says which ran and why). ``"CR1"``: the Stata / statsmodels sandwich with
         the factor ``G/(G-1) (N-1)/(N-k)``, z intervals and Wald F tests on ``(q, G-1)``
         df (the default for ridge, for a streamed Parquet source and for two-way
         clustering, where CR2 does not apply).
@@ -542,8 +550,8 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
                                         vcov)
         notes.extend(cnotes)
         cov = cov_cluster = ccov.V
-        if ccov.kind == "CR2":
-            notes.extend(_unequal_clusters_note(d.cluster))
+        if ccov.reason:
+            notes.append(ccov.reason)
     if cluster is not None:
         cov_type = ccov.label(cluster if d.cluster.two_way is None else " x ".join(
             repr(c) for c in d.cluster.two_way.names)) if isinstance(d.cluster, _Cluster) else ccov.label(cluster)
@@ -573,7 +581,7 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
     pvals = 2 * stats.t.sf(np.abs(z), df_coef)
     ci_low, ci_high = beta - zq * bse, beta + zq * bse
     ci_method = f"Wald {100 * conf:g}%" + (
-        " (t with Satterthwaite df)" if p_method == "wald-t" and ccov.kind == "CR2" else
+        " (t with Satterthwaite df)" if p_method == "wald-t" and ccov.kind in ("CR2", "CR3", "CR2-glm") else
         " (t on G - p df)" if p_method == "wald-t" and ccov.kind == "GEE-MD" else
         " (t on min(G) - 1 df)" if p_method == "wald-t" else "")
     if penalty in ("l2", "l1", "elasticnet"):
@@ -730,10 +738,6 @@ def _estimate(d: _Design, *, formula, reference, penalty, alpha, l1_ratio, clust
     )
 
 
-#: Kish effective number of clusters below which the summary points to working="exchangeable"
-_GEE_HINT_EFFECTIVE = 20.0
-
-
 def _coefficients(d: _Design, penalty, alpha, l1_ratio, pen_mask, *, n_folds, seed, progress, maxit, epsilon):
     """One estimator per penalty: IRLS (R's glm.fit), Firth, or the elastic net (alpha by CV on
     request). Returns ``(beta, iterations, converged, penalized loglik, alpha, cv table)``."""
@@ -770,20 +774,6 @@ def _fit_statistics(d: _Design, eta: np.ndarray, penalty, notes: list[str]) -> d
             "deviance": 2.0 * (d.dev_sat - ll_b), "null_deviance": 2.0 * (d.dev_sat - ll0_b),
             "aic": -2 * loglik + 2 * p, "bic": -2 * loglik + np.log(d.n_obs) * p,
             "pseudo_r2": _mcfadden(ll_b, float(np.sum(s)), N, penalty, notes)}
-
-
-def _unequal_clusters_note(cl: _Cluster) -> list[str]:
-    """A note when cluster sizes are so unequal that CR2's tests of cluster-level terms
-    fell short in the calibration (benchmarks/calibration_logit.py, shape (g))."""
-    m = np.bincount(cl.g, weights=cl.n, minlength=cl.n_clusters)
-    g_eff = float(m.sum() ** 2 / np.sum(m * m))
-    if g_eff >= _GEE_HINT_EFFECTIVE:
-        return []
-    return [(f"the {cl.n_clusters:,} clusters have very unequal sizes (Kish effective number {g_eff:.1f}): on "
-            "such tables CR2 intervals and tests of cluster-level terms (constant within a cluster, such as "
-            "task) reached only 0.86 coverage and 0.085 false positives in the calibration, GEE "
-            "(working='exchangeable') 0.955 and 0.055; CR2 stays right for row-level terms (0.025 false "
-            "positives; GEE 0.13). benchmarks/calibration_logit.py, shape (g)")]
 
 
 @_single_blas

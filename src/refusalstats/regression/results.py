@@ -84,7 +84,7 @@ class LogitResults:
     p_method: str                # "wald", "wald-t", "plr" or "none"
     _ccov: Any                   # covariance._ClusterCov or None
     df: pd.Series                # degrees of freedom of each coefficient's t (inf: z)
-    vcov: str | None             # "CR2", "CR1", "CR1-2way", "GEE-MD" or None
+    vcov: str | None             # "CR2", "CR3", "CR2-glm", "CR1", "CR1-2way", "GEE-MD" or None
     _stat: np.ndarray
     loglik: float
     loglik_null: float
@@ -427,8 +427,8 @@ class LogitResults:
         if cc.kind == "GEE-MD":
             return (f"robust Wald F by '{self.cluster}' (GEE exchangeable, Mancl-DeRouen covariance; F = W/q "
                     f"on (q, G - p) = (q, {int(cc.df_resid)}) df)")
-        if cc.kind == "CR2":
-            return (f"cluster-robust HTZ Wald test by '{self.cluster}' (CR2 covariance; Hotelling's T^2 "
+        if cc.kind in ("CR2", "CR3", "CR2-glm"):
+            return (f"cluster-robust HTZ Wald test by '{self.cluster}' ({cc.kind} covariance; Hotelling's T^2 "
                     f"with Zhang's degrees of freedom, Pustejovsky & Tipton 2018; G = {cc.n_clusters} clusters)")
         if cc.kind == "CR1-2way":
             G = min(cc.sizes)
@@ -603,7 +603,7 @@ class LogitResults:
                     for V in (_cr1_many(d.X, cl, sub, n_obs) if sub else [])]
         else:
             covs = [_cluster_cov(d.X[:, cols], d.Xf[:, cols], cl, bs, bread, n_obs, self.penalty,
-                                 self._opts.get("vcov"))[0]
+                                 self._ccov.kind)[0]  # the full fit's CR2 / CR3
                     for bs, bread, cols in sub]
         rows = []
         for k in range(1, len(order) + 1):
@@ -705,7 +705,7 @@ class LogitResults:
         out.attrs["conf"] = conf
         out.attrs["interval"] = (f"{100 * conf:g}% Wald interval on the log-odds scale"
                                  + (f" ({self._ccov.kind} by '{self.cluster}'"
-                                    + (", t with Satterthwaite df" if self._ccov.kind == "CR2" else "") + ")"
+                                    + (", t with Satterthwaite df" if self._ccov.kind in ("CR2", "CR3", "CR2-glm") else "") + ")"
                                     if self._ccov is not None else ""))
         if self._ccov is not None and self._ccov.t_tests:
             out["df"] = dfs
