@@ -487,8 +487,13 @@ class HierarchicalModel:
         """
         from scipy.special import gammaln
 
-        f = self.model.compile_logp(vars=list(self.model.potentials), sum=True, jacobian=False)
-        ll = float(f(dict(point)))
+        # compiled once per PyMC model (the responses are shared data, so set_responses
+        # needs no recompile); each compile is a pytensor graph rewrite of ~0.3-1 s
+        cached = getattr(self, "_loglik_fn", None)
+        if cached is None or cached[0] is not self.model:
+            cached = self._loglik_fn = (self.model, self.model.compile_logp(
+                vars=list(self.model.potentials), sum=True, jacobian=False))
+        ll = float(cached[1](dict(point)))
         if not bernoulli:
             n = self.patterns["trials"].to_numpy(dtype=float)
             k = self.patterns["successes"].to_numpy(dtype=float)
