@@ -196,6 +196,8 @@ def _shape_table(rng, items_per_task: int, sizes: str, effect: str, sd: float = 
     else:
         u = sd * rng.choice([-1.0, 1.0], n_items)
     domain = rng.integers(0, 2, n_items)
+    while all(len(set(domain[task == t])) == 1 for t in range(3)):  # aliased with task: redraw
+        domain = rng.integers(0, 2, n_items)
     item = np.repeat(np.arange(n_items), size)
     n = len(item)
     eta = SHAPE_ALPHA + SHAPE_BETA[task[item]] + u[item]
