@@ -33,7 +33,8 @@ with ``method="laplace"``. Checks, target 0.93-0.97:
   Carlo s.e., which allows for the personas of one replicate sharing a fit).
 
 Run: ``.venv/bin/python benchmarks/calibration.py --area hierarchical`` (all rows), or
-``.venv/bin/python benchmarks/calibration_hierarchical.py --p1 300`` (the #24 rows only).
+``.venv/bin/python benchmarks/calibration_hierarchical.py --p1 300`` (the #24 rows only), or
+``... calibration_hierarchical.py --laplace 40`` (the simulate_items ``method='laplace'`` row only).
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def run_p1(reps: int = 300, seed: int = 0, progress: bool = False) -> list[dict]
     ]
 
 
-def run(reps: int = 40, seed: int = 0, p1_reps: int = 300) -> list[dict]:
+def run(reps: int = 40, seed: int = 0, p1_reps: int = 300,
+        fits: tuple[str, ...] = ("item", "laplace", "pooled")) -> list[dict]:
+    """All rows; ``fits`` picks the simulate_items rows (``p1_reps=0`` skips the #24 rows)."""
     import refusalstats as rs
     from refusalstats.bayes import ConvergenceWarning, HierarchicalModel
 
@@ -166,6 +169,7 @@ def run(reps: int = 40, seed: int = 0, p1_reps: int = 300) -> list[dict]:
         "laplace": ("refusal ~ task + (1|persona) + (1|item_id)", "laplace"),
         "pooled": ("refusal ~ task + (1|persona)", "nuts"),
     }
+    specs = {k: v for k, v in specs.items() if k in fits}
     models: dict[str, HierarchicalModel] = {}
     hits = {k: 0 for k in specs}
     secs = {k: 0.0 for k in specs}
@@ -200,23 +204,29 @@ def run(reps: int = 40, seed: int = 0, p1_reps: int = 300) -> list[dict]:
             width[key].append(s.loc[TERM, "ci_high"] - s.loc[TERM, "ci_low"])
             hits[key] += _covers(fit, marg if key == "pooled" else cond)
             secs[key] += time.perf_counter() - t0
-    rows = [
-        {"check": f"95% HDI of task effect, (1|item_id), NUTS {CHAINS}x({TUNE}+{DRAWS}); target: "
-                  f"conditional effect (mean width {np.mean(width['item']):.2f}, median max R-hat "
-                  f"{np.median(rhat):.3f})",
-         "estimate": hits["item"] / reps, "target_low": 0.88, "target_high": 1.0, "seconds": secs["item"]},
-        {"check": f"95% HDI of task effect, (1|item_id), method='laplace' (approximate); target: "
-                  f"conditional effect (mean width {np.mean(width['laplace']):.2f})",
-         "estimate": hits["laplace"] / reps, "target_low": 0.88, "target_high": 1.0,
-         "seconds": secs["laplace"]},
-        {"check": f"baseline (no item term): 95% HDI of task effect, refusal ~ task + (1|persona); "
-                  f"target: population-averaged effect (mean width {np.mean(width['pooled']):.2f})",
-         "estimate": hits["pooled"] / reps, "target_low": None, "target_high": 1.0,
-         "seconds": secs["pooled"]},
-    ]
+    rows = []
+    if "item" in specs:
+        rows.append(
+            {"check": f"95% HDI of task effect, (1|item_id), NUTS {CHAINS}x({TUNE}+{DRAWS}); target: "
+                      f"conditional effect (mean width {np.mean(width['item']):.2f}, median max R-hat "
+                      f"{np.median(rhat):.3f})",
+             "estimate": hits["item"] / reps, "target_low": 0.88, "target_high": 1.0,
+             "seconds": secs["item"]})
+    if "laplace" in specs:
+        rows.append(
+            {"check": f"95% HDI of task effect, (1|item_id), method='laplace' (approximate); target: "
+                      f"conditional effect (mean width {np.mean(width['laplace']):.2f})",
+             "estimate": hits["laplace"] / reps, "target_low": 0.88, "target_high": 1.0,
+             "seconds": secs["laplace"]})
+    if "pooled" in specs:
+        rows.append(
+            {"check": f"baseline (no item term): 95% HDI of task effect, refusal ~ task + (1|persona); "
+                      f"target: population-averaged effect (mean width {np.mean(width['pooled']):.2f})",
+             "estimate": hits["pooled"] / reps, "target_low": None, "target_high": 1.0,
+             "seconds": secs["pooled"]})
     for row in rows:
         row.update(data=DATA, statistic="coverage", reps=reps)
-    return rows + run_p1(p1_reps, seed)
+    return rows + (run_p1(p1_reps, seed) if p1_reps else [])
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -228,6 +238,9 @@ if __name__ == "__main__":  # pragma: no cover
     if len(sys.argv) > 2 and sys.argv[1] == "--p1":
         out = run_p1(reps=int(sys.argv[2]), seed=int(sys.argv[3]) if len(sys.argv) > 3 else 20261128,
                      progress=True)
+    elif len(sys.argv) > 2 and sys.argv[1] == "--laplace":  # the simulate_items laplace row only
+        out = run(reps=int(sys.argv[2]), seed=int(sys.argv[3]) if len(sys.argv) > 3 else 20261128,
+                  p1_reps=0, fits=("laplace",))
     else:
         out = run(reps=int(sys.argv[1]) if len(sys.argv) > 1 else 40)
     for row in out:
