@@ -231,15 +231,14 @@ def _disparity_replicates(reps, n_items, effects, n_in_category, rate, seed):
          6, 0.10),
     ],
 )  # fmt: skip
-def test_disparity_interval_covers(n_items, effects, n_in_category, rate):
-    # 240 replicates, 300 item-bootstrap draws each: the default interval covers the true
-    # ratio 93-97% of the time (Monte Carlo s.e. 0.014), seldom lies wholly below it, and
-    # the corrected ratio's median is nearer the truth than the plug-in one's (biased low)
+def test_disparity_corrected_estimator_is_nearer_the_truth(n_items, effects, n_in_category, rate):
+    # 240 replicates: the corrected ratio's median is nearer the truth than the plug-in
+    # one's (biased low). The coverage of the default item-bootstrap interval on these two
+    # designs is a simulation study: benchmarks/calibration_rates.py (disparity_checks,
+    # 1000 replicates each; docs/validity.md: 0.953 and 0.950, target 0.93-0.97), not a
+    # unit test (it took 300 bootstrap draws x 240 replicates here).
     df, true = _disparity_replicates(240, n_items, effects, n_in_category, rate, seed=n_items)
-    out = rs.disparity(df, by="rep", n_boot=300, seed=1, cluster="item_id")
-    hit = (out["ci_low"] <= true) & (true <= out["ci_high"])
-    assert 0.925 <= hit.mean() <= 0.975, hit.mean()
-    assert (out["ci_high"] < true).mean() <= 0.06
+    out = rs.disparity(df, by="rep", n_boot=0, cluster="item_id")
     med, med_plugin = np.median(out["disparity"]), np.median(out["disparity_plugin"])
     assert med_plugin < 0.95 * true
     assert abs(np.log(med / true)) < abs(np.log(med_plugin / true))

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from ._blas import single_blas
 from ._validation import int_seed
 from .design import CONTROL_PERSONAS, NO_PERSONA, PERSONAS, TASKS, TEMPLATES, sample_design
 
@@ -197,6 +198,7 @@ def _gauss_hermite(item_sd: float, n: int = 61) -> tuple[np.ndarray, np.ndarray]
     return item_sd * z, w / w.sum()
 
 
+@single_blas  # 6,075 x 39: two OpenBLAS threads made this 200x slower on a busy machine
 def _weighted_logistic(X: np.ndarray, p: np.ndarray, n: np.ndarray, tol: float = 1e-11,
                        max_iter: int = 200) -> np.ndarray:
     """Maximise sum n_c [p_c log q_c + (1 - p_c) log(1 - q_c)], q = expit(X b) (Newton, halving).

@@ -8,11 +8,11 @@ cost O(K r^2) for r nonzeros per row instead of O(K p^2).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from scipy import linalg
 from scipy.linalg import lapack
+
+from .._blas import single_blas as _single_blas  # noqa: F401  (one home: refusalstats._blas)
 
 
 def _chol(A: np.ndarray):
@@ -43,42 +43,6 @@ def _inv_spd(A: np.ndarray) -> np.ndarray:
     if c is not None:
         return _inv_chol(c)
     return np.linalg.pinv(A, hermitian=True)
-
-
-def _single_blas(fn):
-    """Run ``fn`` with one BLAS thread: the matrices here are small (p x p, K x p) and
-    OpenBLAS threading costs far more than it saves on them (100x on a busy machine)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if _blas_single_by_env():
-            return fn(*args, **kwargs)
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-    return wrapper
-
-
-def _blas_single_by_env() -> bool:
-    """True when the environment already gives BLAS one thread (``OPENBLAS_NUM_THREADS=1``,
-    or ``OMP_NUM_THREADS=1`` with no BLAS-specific setting above 1): then there is nothing
-    to limit, and threadpoolctl's scan of the loaded libraries (40 ms on the first fit of
-    a process here) is skipped."""
-    import os
-
-    env = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")}
-    if env["OPENBLAS_NUM_THREADS"] is not None:
-        own = [env["OPENBLAS_NUM_THREADS"], env["MKL_NUM_THREADS"] or "1"]
-    else:
-        own = [env["OMP_NUM_THREADS"] or "", env["MKL_NUM_THREADS"] or env["OMP_NUM_THREADS"] or ""]
-    return all(v.strip() == "1" for v in own)
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    """One threadpoolctl controller for the process: finding the BLAS libraries reads
-    /proc and costs ~10 ms, more than a whole small fit."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 class _Ell:
