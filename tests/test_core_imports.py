@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
+import pytest
 
-def test_core_modules_do_not_import_torch():
+
+@pytest.fixture(scope="module")
+def fresh_import_of_the_core():
+    """Every core module imported in a fresh interpreter (once for the module's tests: it
+    imports PyMC, matplotlib and the rest, seconds of CPU): how many modules, and which of
+    torch, transformers and refusalstats.inference.* ended up loaded."""
     code = textwrap.dedent("""
-        import importlib, pkgutil, sys
+        import importlib, json, pkgutil, sys
         import refusalstats
         names = [m.name for m in pkgutil.walk_packages(refusalstats.__path__, "refusalstats.")
                  if not m.name.startswith("refusalstats.inference")]
         for name in names:
             importlib.import_module(name)
-        heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
-        print(len(names), heavy)
-        sys.exit(1 if heavy else 0)
+        print(json.dumps({"n": len(names),
+                          "heavy": sorted(m for m in ("torch", "transformers") if m in sys.modules),
+                          "inference": sorted(n for n in sys.modules
+                                              if n.startswith("refusalstats.inference"))}))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          check=False)
     assert res.returncode == 0, res.stdout + res.stderr
-    n_modules = int(res.stdout.split()[0])
-    assert n_modules >= 15  # the walk really saw the core (regression/, reporting/, ...)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_core_never_imports_the_inference_part():
+def test_core_modules_do_not_import_torch(fresh_import_of_the_core):
+    assert fresh_import_of_the_core["heavy"] == []
+    assert fresh_import_of_the_core["n"] >= 15  # the walk really saw the core (regression/, reporting/, ...)
+
+
+def test_core_never_imports_the_inference_part(fresh_import_of_the_core):
     """DESIGN.md: inference depends on the core, never the other way round (#23). No module
     under src/refusalstats names refusalstats.inference in an import, lazy ones included
     (the judge detector and the design/generate/collect commands are found through entry
@@ -59,15 +71,4 @@ def test_core_never_imports_the_inference_part():
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == [], offenders
     assert len(list(root.rglob("*.py"))) >= 15  # the walk saw the core
-    code = textwrap.dedent("""
-        import importlib, pkgutil, sys
-        import refusalstats
-        for m in pkgutil.walk_packages(refusalstats.__path__, "refusalstats."):
-            if not m.name.startswith("refusalstats.inference"):
-                importlib.import_module(m.name)
-        print(sorted(n for n in sys.modules if n.startswith("refusalstats.inference")))
-    """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.strip().splitlines()[-1] == "[]"
+    assert fresh_import_of_the_core["inference"] == []
