@@ -88,7 +88,11 @@ def _fit(tool: str, df):
             if tool == "refusalstats":
                 f = logit(FORMULA, df, reference=REFERENCE, cluster=None)
             elif tool in ("refusalstats-CR1", "refusalstats-CR2"):  # clustered by item (#19)
-                f = logit(FORMULA, df, reference=REFERENCE, cluster="item_id", vcov=tool[-3:])
+                # CR2: the default (vcov=None), which is CR2 here by its Kish rule (checked below)
+                f = logit(FORMULA, df, reference=REFERENCE, cluster="item_id",
+                          vcov="CR1" if tool == "refusalstats-CR1" else None)
+                if tool == "refusalstats-CR2" and f.vcov != "CR2":
+                    raise RuntimeError(f"the default clustered fit took {f.vcov}, not CR2")
             else:
                 f = logit(FORMULA, df, reference=REFERENCE, penalty="firth", ci="wald")
         return f.params.to_dict(), {"separated": f.separated_terms, "iterations": f.iterations,
