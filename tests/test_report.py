@@ -157,6 +157,7 @@ def test_w2_and_regression_numbers_come_from_their_modules(sim_report, simulated
 
 
 # ------------------------------------------------------------------ persona-free, answers
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_persona_free_difference_matches_newcombe(tmp_path):
     df = with_free_and_answers()
     # cluster=None: the independent-rows Newcombe interval, checked against statsmodels
@@ -185,6 +186,7 @@ def test_persona_free_difference_matches_newcombe(tmp_path):
     assert not re.search(r"\bnan\b", _text(html), flags=re.IGNORECASE)
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_missing_module_is_skipped_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "refusalstats.regression", None)  # import now fails
     df = with_free_and_answers()
@@ -195,6 +197,7 @@ def test_missing_module_is_skipped_with_a_reason(tmp_path, monkeypatch):
     assert {"rates_model_task", "w2_indices"} <= set(rep.tables)
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_constant_refusal_skips_models(tmp_path):
     df = with_free_and_answers().assign(refusal=0)
     rep = rs.report(df, out=tmp_path, hierarchical=False, options=W2_OPTS, progress=False)
@@ -226,6 +229,11 @@ def test_cli_report(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<dt>Data</dt><dd>" + str(path) in html
     assert (out / "tables" / "persona_vs_free.csv").exists()
+    # the persona-vs-free figure is drawn (rasterized) here: the simulated paper table of
+    # sim_report has no persona-free rows, and the other reports of this table are undrawn
+    png = (out / "figures" / "persona_vs_free.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (out / "figures" / "persona_vs_free.svg").read_text().lstrip().startswith("<?xml")
     assert main(["report", str(tmp_path / "missing.parquet"), "-o", str(out)]) == 2
 
 
@@ -264,6 +272,7 @@ def test_page_renders_in_headless_chromium_without_failed_loads(sim_report, tmp_
 
 # ------------------------------------------------------------------ hierarchical (slow)
 @pytest.mark.slow
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     rep = rs.report(simulated, out=tmp_path, seed=0, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0},
@@ -317,14 +326,48 @@ def _same_tables(a, b, only=None):
             pd.testing.assert_frame_equal(x, y, check_exact=True, obj=k)
 
 
-@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
-def test_report_of_a_shard_folder_equals_the_in_memory_report(sim_report, simulated, tmp_path):
+@pytest.fixture(scope="module")
+def shards(simulated, tmp_path_factory):
+    """The simulated table as a folder of three Parquet shards."""
+    return _shards(simulated, tmp_path_factory.mktemp("sim") / "shards")
+
+
+@pytest.fixture(scope="module")
+def streamed_report(shards, tmp_path_factory):
+    """report(folder) with sim_report's seed and options, figures built but not drawn (the
+    tables and text are checked), and the hierarchical model replaced by one that records
+    what it was given and cannot stream (so the page must say why it skipped it).
+
+    Returns the report and the (formula, data) of every call to the hierarchical model."""
+    import refusalstats.bayes as B
+
+    seen = []
+
+    def fake(formula, data, **kw):
+        seen.append((formula, data))
+        raise TypeError("data must be a pandas DataFrame")
+
+    def undrawn(fig, key, caption):  # as conftest's undrawn_figures, for a module fixture
+        fig.clear()
+        return S.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b"<svg/>")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(B, "hierarchical", fake)
+        mp.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
+        mp.setattr(S, "render", undrawn)
+        rep = rs.report(shards, out=tmp_path_factory.mktemp("streamed") / "out", seed=1,
+                        options=W2_OPTS, progress=False)
+    return rep, seen
+
+
+def test_report_of_a_shard_folder_equals_the_in_memory_report(sim_report, streamed_report,
+                                                             simulated):
     """report(path) streams every analysis (counts, never rows) and writes the same tables
     as report(df): rates, W2 (same seed: same CIs, p-values), regression."""
     rep, _ = sim_report
-    folder = _shards(simulated, tmp_path / "shards")
-    streamed = rs.report(folder, out=tmp_path / "out", hierarchical=False, seed=1,
-                         options=W2_OPTS, progress=False)
+    streamed, _ = streamed_report
+    # both skip the hierarchical model (sim_report: hierarchical=False; the stream: the
+    # stand-in model cannot stream), so the sections and tables are the same
     assert [s.key for s in streamed.sections] == [s.key for s in rep.sections]
     assert set(streamed.tables) == set(rep.tables) and len(rep.tables) >= 10
     assert streamed.skipped.keys() == rep.skipped.keys()
@@ -362,10 +405,10 @@ def test_report_of_a_parquet_source_with_persona_free_rows(tmp_path):
     assert any("first 1,920 rows" in n for n in notes)
 
 
-def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simulated, tmp_path,
-                                                                           monkeypatch):
+def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simulated, shards,
+                                                                           tmp_path, monkeypatch):
     monkeypatch.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
-    folder = _shards(simulated, tmp_path / "shards")
+    folder = shards
     design = rs.collapse(folder, by=["task", "prompt", "model", "persona"])
     streamed = S.default_hier_formula(design, "item_id", folder)
     assert streamed == S.default_hier_formula(simulated, "item_id")
@@ -375,25 +418,11 @@ def test_default_hierarchical_formula_of_a_stream_counts_the_same_patterns(simul
     assert S.default_hier_formula(design, "item_id", few)[0].endswith("+ (1|item_id)")
 
 
-@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
-def test_report_of_a_stream_gives_the_hierarchical_model_the_path(simulated, tmp_path,
-                                                                   monkeypatch):
+def test_report_of_a_stream_gives_the_hierarchical_model_the_path(streamed_report, shards):
     """No rows for the hierarchical model either: it gets the path (it streams); a model
     that cannot stream is skipped with the reason on the page."""
-    import refusalstats.bayes as B
-
-    folder = _shards(simulated, tmp_path / "shards")
-    seen = []
-
-    def fake(formula, data, **kw):
-        seen.append((formula, data))
-        raise TypeError("data must be a pandas DataFrame")
-
-    monkeypatch.setattr(B, "hierarchical", fake)
-    monkeypatch.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
-    rep = rs.report(folder, out=tmp_path / "out", seed=0, progress=False,
-                    options={"w2": {"n_boot": 0, "n_perm": 0}})
-    assert [d for _, d in seen] == [folder]
+    rep, seen = streamed_report
+    assert [d for _, d in seen] == [shards]
     assert "(1|item_id)" not in seen[0][0]  # 20,320 patterns: the item term is left out
     why = rep.skipped["hierarchical"]
     assert "needs the rows" in why and "data must be a pandas DataFrame" in why
@@ -426,8 +455,14 @@ def strong():
     return df, fit
 
 
-def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(strong, tmp_path):
+def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(strong, tmp_path,
+                                                                           monkeypatch):
     df, fit = strong
+    # only the hierarchical figure is drawn (the others are drawn by the sim_report tests)
+    drawn = S.render
+    monkeypatch.setattr(S, "render", lambda fig, key, caption: (
+        drawn(fig, key, caption) if key.startswith("hierarchical")
+        else (fig.clear(), S.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b"<svg/>"))[1]))
     rep = rs.report(df, out=tmp_path, results={"hierarchical": fit}, seed=0, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0}})
     eff = fit.effects("persona", within="model")
@@ -453,6 +488,9 @@ def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(st
     assert row["95% HDI (pp)"] == (f"{100 * a_y['prob_ci_low']:.2f} to "
                                    f"{100 * a_y['prob_ci_high']:.2f}")
     assert (disp.loc[disp["model"] == "C", "note"] != "").all()
+    png = rep.figures["hierarchical_effects"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000  # drawn, not a stand-in
+    assert rep.figures["hierarchical_effects"].with_suffix(".svg").read_text().startswith("<?xml")
     # the persona x model deviations apart: the (1|persona:model) draws alone
     dev = pd.read_csv(rep.tables["hierarchical_deviations"])
     ref = fit.deviations("persona:model")
@@ -479,6 +517,7 @@ def test_cli_bayes_prints_the_report_units(strong, tmp_path, capsys, monkeypatch
     assert f"{100 * a_y['prob_effect']:.2f}" in out
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_report_reuses_fitted_results_without_refitting(strong, tmp_path, monkeypatch):
     import refusalstats.bayes
     import refusalstats.regression
@@ -508,6 +547,7 @@ def test_report_reuses_fitted_results_without_refitting(strong, tmp_path, monkey
         rs.report(df, out=tmp_path / "c", progress=False, results={"hierarchical": lf})
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_odds_ratio_intervals_and_separated_terms_in_the_coefficient_table(strong, tmp_path):
     df, _ = strong
     for penalty in (None, "firth"):
@@ -567,6 +607,7 @@ def test_w2_section_says_what_iota_is_and_that_indices_do_not_add_up(sim_report)
     assert "share of the output's variability explained" not in html
 
 
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
 def test_safe_and_unsafe_prompts_apart_and_relabelled_columns_shown_once(tmp_path):
     df = with_free_and_answers()
     df = df.assign(safe=pd.Categorical(np.where(df["prompt"] == "p1", "True", "False")),
