@@ -5,7 +5,8 @@ added or changed there is tested as written. Only three things differ from a use
 the table is simulated at a smaller ``--scale`` (seconds, not minutes), replicate and
 draw counts are lowered, the `bayes` line fits by the nested Laplace approximation
 (``--method laplace``) rather than NUTS, and the report skips its hierarchical model (fitted
-by the `bayes` line already). Lines that need the user's own files (a dump, task files, model
+by the `bayes` line already) and builds its figures without rasterizing them (the drawn
+page is tested in tests/test_report.py, the CLI's drawn report in its test_cli_report). Lines that need the user's own files (a dump, task files, model
 weights) are skipped by name, and the test fails if the README gains a command that is
 neither run nor listed here.
 """
@@ -30,7 +31,7 @@ NEEDS_USER_FILES = {
 }
 
 #: Options set lower than the README's so that the test takes seconds.
-FASTER = {"--scale": "0.01", "--boot": "40", "--n-boot": "39", "--perm": "20"}
+FASTER = {"--scale": "0.005", "--boot": "40", "--n-boot": "39", "--perm": "20"}
 #: Options added to a command (same reason).
 EXTRA = {
     # the nested Laplace fit (about 5 s) instead of NUTS (about 45 s under load): the line's
@@ -92,9 +93,11 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("args", [a for a in LINES if a[0] != "simulate"],
                          ids=[" ".join(a[:1]) for a in LINES if a[0] != "simulate"])
-def test_readme_line_runs(args, workdir, monkeypatch, capsys):
+def test_readme_line_runs(args, workdir, monkeypatch, capsys, request):
     if args[0] in NEEDS_USER_FILES:
         pytest.skip(f"needs {NEEDS_USER_FILES[args[0]]}")
+    if args[0] == "report":
+        request.getfixturevalue("undrawn_figures")
     monkeypatch.chdir(workdir)
     try:
         rc = main(_faster(args))
