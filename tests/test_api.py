@@ -3,6 +3,7 @@ the reference level does not depend on how the table was loaded."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -97,7 +98,7 @@ def _complete_blocks(seed=0, n_items=30, personas=("a", "b", "c", "d"), models=(
 
 @pytest.fixture(scope="module")
 def tables() -> dict[str, pd.DataFrame]:
-    df = rs.simulate_paper(scale=0.01, seed=1)
+    df = rs.simulate_paper(scale=0.005, seed=1)  # every column and level; 10,240 rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = rs.logit("refusal ~ persona + task + prompt + model", df, progress=False)
@@ -275,9 +276,15 @@ def test_adjusted_tables_have_p_value_and_p_adjusted(tables):
 # ---------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _missing_column_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's columns (a small table: each call fails on its column check) and blocks,
+    made once (the list of calls is built at collection and again in every case)."""
+    return rs.simulate_paper(scale=0.002, seed=1), _complete_blocks()
+
+
 def _missing_column_calls():
-    df = rs.simulate_paper(scale=0.01, seed=1)
-    blocks = _complete_blocks()
+    df, blocks = _missing_column_tables()
     return [
         ("refusal_rates", lambda: rs.refusal_rates(df, by=["model", "nope"])),
         ("refusal_rates cluster", lambda: rs.refusal_rates(df, by="model", cluster="nope")),
