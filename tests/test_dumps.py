@@ -194,7 +194,7 @@ def test_persona_behavior_control_personas(p2_root):
     assert len(df) == 2 * 5 * 4 + 2 * 2 * 4
 
 
-def test_persona_behavior_baseline_is_persona_free_and_the_report_compares_it(p2_root, tmp_path):
+def test_persona_behavior_baseline_is_persona_free_and_the_report_compares_it(p2_root, tmp_path, undrawn_figures):
     """P2's baseline row ``empty`` is the package's persona-free setting: the report draws
     its persona vs persona-free section (P1's Fig. 1) and no persona analysis counts the
     baseline as a persona; the dump's own labels stay in the *_original columns."""

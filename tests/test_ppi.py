@@ -359,7 +359,7 @@ def test_logit_clustered_labels_only_matches_statsmodels_cluster_sandwich():
     np.testing.assert_allclose(fit.cov.to_numpy(), cov, rtol=1e-8)
 
 
-def test_report_adds_the_detector_section_only_with_labels(tmp_path):
+def test_report_adds_the_detector_section_only_with_labels(tmp_path, undrawn_figures):
     import warnings
 
     df = rs.simulate_paper(scale=0.005, seed=1)
