@@ -70,3 +70,14 @@ def sampling_model_dir(tmp_path_factory) -> Path:
     """The tiny model with the same weights, saved with a sampling generation config."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-sampling"),
                             generation=SAMPLING_GENERATION)
+
+
+@pytest.fixture
+def children():
+    """Child processes a test started (``_Child`` of test_runner): killed at its end,
+    whatever its outcome, so a held child never outlives a failing test."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()

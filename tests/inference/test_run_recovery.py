@@ -18,7 +18,7 @@ import refusalstats as rs
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from fake_backend import EchoBackend
-from test_runner import _items, _spawn, _wait_for
+from test_runner import _held, _items, _spawn, _wait_for
 
 
 def test_a_truncated_shard_is_named_and_resume_gets_past_it(tmp_path):
@@ -44,14 +44,15 @@ def test_a_truncated_shard_is_named_and_resume_gets_past_it(tmp_path):
     assert (bad.parent / (bad.name + ".corrupt")).exists() and not bad.exists()
 
 
-def test_a_sigkilled_session_is_not_left_running(tmp_path):
+def test_a_sigkilled_session_is_not_left_running(tmp_path, children):
     design = rs.sample_design(_items(4, 6), k=3, seed=0)
     out = tmp_path / "run"
-    proc, _prog = _spawn(tmp_path, design, out)
-    _wait_for(lambda: any((out / "shards").glob("*/part-*.parquet")), proc, "the first shard")
+    proc, prog = _spawn(tmp_path, design, out, hold_after=1)
+    children.append(proc)
+    _wait_for(lambda: _held(prog), proc, "the first shard")
     assert [s["status"] for s in session_status(out)] == ["running"]  # alive: running
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     meta = json.loads((out / "run.json").read_text())
     assert meta["models"]["echo"]["sessions"][0]["status"] == "running"  # as the kill left it
     # a reader tells the dead session apart at once (stale lock: its pid is gone) ...

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from refusalstats.detect import detector
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from fake_backend import EchoBackend, answer_for
+from fake_backend import EchoBackend, answer_for, run_echo_child
 from tiny_model import corpus_sentences
 
 
@@ -208,44 +207,86 @@ def test_other_errors_propagate_and_keep_written_shards(tmp_path):
 
 
 # ---------------------------------------------------------------------------- kill + resume
-_CHILD = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {here!r})
-    import pandas as pd
-    from fake_backend import EchoBackend
-    from refusalstats.inference import run_generation
-    design = pd.read_parquet({design!r})
-    run_generation(design, ["echo"], {out!r}, backend_factory=lambda s: EchoBackend(delay=0.15),
-                   batch_size=3, shard_rows=3, shard_seconds=1e9, progress=False,
-                   detector="paper", resume={resume})
-""")
+# The child runs are forks of this process, which has imported refusalstats, pandas, pyarrow
+# and torch already (a fresh `python -c` per test spent ~2.4 CPU s importing them), and the
+# child holds at a known batch (EchoBackend(hold_after=k)) until the parent signals it,
+# instead of sleeping per batch and racing the parent's polling.
+_MP = multiprocessing.get_context("fork")
 
 
-def test_sigkill_mid_run_then_resume_gives_every_row_once(tmp_path):
-    design = rs.sample_design(_items(4, 6), k=3, seed=0)
-    n = len(design)
+class _Child:
+    """A child process running :func:`fake_backend.run_echo_child` (Popen-like methods)."""
+
+    def __init__(self, tmp_path, **kwargs):
+        tag = time.monotonic_ns()
+        self.progress = tmp_path / f"progress-{tag}.txt"
+        self.stderr_path = tmp_path / f"stderr-{tag}.txt"
+        self.process = _MP.Process(
+            target=run_echo_child, args=(kwargs.pop("design"), kwargs.pop("out"),
+                                         str(self.progress), str(self.stderr_path)),
+            kwargs=kwargs, daemon=True)
+        self.process.start()
+        self.pid = self.process.pid
+
+    def poll(self):
+        return self.process.exitcode
+
+    def wait(self, timeout=None):
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise TimeoutError(f"child {self.pid} still running after {timeout} s")
+        return self.process.exitcode
+
+    def kill(self):
+        self.process.kill()
+        self.process.join()
+
+    def stderr(self):
+        return self.stderr_path.read_text()[-2000:] if self.stderr_path.exists() else ""
+
+
+def _spawn(tmp_path, design, out, hold_after, shard_rows=3, resume=True):
+    """Start a child run of ``design`` into ``out`` that holds after ``hold_after`` batches."""
     dpath = tmp_path / "design.parquet"
     design.assign(gold_label=design["gold_label"].astype(str)).to_parquet(dpath)
+    proc = _Child(tmp_path, design=str(dpath), out=str(out), hold_after=hold_after,
+                  shard_rows=shard_rows, resume=resume)
+    return proc, proc.progress
+
+
+def _wait_for(cond, proc, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"child ended before {what}: {proc.stderr()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _batches_done(prog):
+    return sum(w.isdigit() for w in prog.read_text().split()) if prog.exists() else 0
+
+
+def _held(prog):
+    """The child answered its batches and now blocks in the next one."""
+    return prog.exists() and "hold" in prog.read_text().split()
+
+
+def test_sigkill_mid_run_then_resume_gives_every_row_once(tmp_path, children):
+    design = rs.sample_design(_items(4, 6), k=3, seed=0)
+    n = len(design)
     out = tmp_path / "run"
-    code = _CHILD.format(here=str(HERE), design=str(dpath), out=str(out), resume=False)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    shards = out / "shards" / "none-yet"
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = list((out / "shards").glob("*/part-*.parquet"))
-        if found:
-            shards = found[0].parent
-        if len(found) >= 2:
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.fail(f"child ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+    proc, prog = _spawn(tmp_path, design, out, hold_after=2, resume=False)
+    children.append(proc)
+    _wait_for(lambda: _held(prog), proc, "two batches")  # in generate(), mid-run
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
+    (shards,) = (out / "shards").iterdir()
     done_before = sum(len(pd.read_parquet(p)) for p in shards.glob("part-*.parquet"))
-    assert 0 < done_before < n
+    assert done_before == 2 * 3 and 0 < done_before < n  # two batches of 3, one shard each
     assert not (out / "responses.parquet").exists()
     # a shard being written when the kill came leaves only a temporary file: ignored
     (shards / ".part-000099.parquet.tmp").write_bytes(b"half a parquet file")
@@ -316,70 +357,31 @@ def test_model_spec_parsing():
 
 
 # ---------------------------------------------------------------------------- issue 12
-_CHILD2 = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {here!r})
-    import pandas as pd
-    from fake_backend import EchoBackend
-    from refusalstats.inference import run_generation
-    design = pd.read_parquet({design!r})
-    run_generation(design, ["echo"], {out!r},
-                   backend_factory=lambda s: EchoBackend(delay={delay}, progress_file={prog!r}),
-                   batch_size=3, shard_rows={shard_rows}, shard_seconds=1e9, progress=False,
-                   detector="paper", resume=True)
-""")
-
-
-def _spawn(tmp_path, design, out, delay=0.2, shard_rows=3):
-    dpath = tmp_path / "design.parquet"
-    design.assign(gold_label=design["gold_label"].astype(str)).to_parquet(dpath)
-    prog = tmp_path / f"progress-{time.monotonic_ns()}.txt"
-    code = _CHILD2.format(here=str(HERE), design=str(dpath), out=str(out), delay=delay,
-                          prog=str(prog), shard_rows=shard_rows)
-    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return proc, prog
-
-
-def _wait_for(cond, proc, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"child ended before {what}: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def _batches_done(prog):
-    return len(prog.read_text().split()) if prog.exists() else 0
-
-
 def _shard_rows(out):
     parts = sorted((out / "shards").glob("*/part-*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in parts]) if parts else pd.DataFrame(
         {"row_id": []})
 
 
-def test_a_second_concurrent_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
+def test_a_second_concurrent_run_is_refused_and_a_stale_lock_taken_over(tmp_path, children):
     """Regression (issue 12, #3): two runs on one directory generated rows twice."""
     from refusalstats.inference import RunLockedError
 
     design = rs.sample_design(_items(4, 6), k=3, seed=0)
     out = tmp_path / "run"
-    proc, _prog = _spawn(tmp_path, design, out)
+    proc, prog = _spawn(tmp_path, design, out, hold_after=1)
+    children.append(proc)
     # the first shard on disk, not just the first batch generated: a shard is labelled and
     # written after its batch, and the kill below must come after one session wrote one
-    _wait_for(lambda: any((out / "shards").glob("*/part-*.parquet")), proc, "the first shard")
+    _wait_for(lambda: _held(prog), proc, "the first batch")
+    assert len(list((out / "shards").glob("*/part-*.parquet"))) == 1
     backend = EchoBackend()
     with pytest.raises(RunLockedError, match=r"is in use by another run \(pid \d+ on "):
         run_generation(design, ["echo"], out, backend_factory=lambda s: backend,
                        batch_size=3, progress=False, resume=True)
     assert backend.batch_sizes == []  # refused before generating anything
     os.kill(proc.pid, signal.SIGKILL)  # leaves a stale lock behind
-    proc.wait()
+    proc.wait(timeout=60)
     assert (out / ".lock").exists()
     table = run_generation(design, ["echo"], out, backend_factory=lambda s: backend,
                            batch_size=3, progress=False, resume=True, detector="paper")
@@ -540,16 +542,18 @@ def build_user_prompts_for(design):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_write_the_finished_rows(tmp_path, sig):
+def test_sigterm_and_sigint_write_the_finished_rows(tmp_path, sig, children):
     """Regression (issue 12, #7): buffered rows were lost on SIGTERM / Ctrl-C."""
     design = rs.sample_design(_items(4, 6), k=3, seed=0)
     out = tmp_path / "run"
-    proc, prog = _spawn(tmp_path, design, out, delay=0.15, shard_rows=10**9)
-    _wait_for(lambda: _batches_done(prog) >= 3, proc, "three batches")
+    proc, prog = _spawn(tmp_path, design, out, hold_after=3, shard_rows=10**9)
+    children.append(proc)
+    _wait_for(lambda: _held(prog), proc, "three batches")  # 9 rows buffered, none on disk
+    assert _shard_rows(out).empty
     os.kill(proc.pid, sig)
     proc.wait(timeout=60)
     written = _shard_rows(out)
-    assert len(written) >= 3 * (_batches_done(prog) - 1) > 0
+    assert len(written) == 3 * _batches_done(prog) == 9  # every finished row, written
     assert written["row_id"].is_unique
     meta = json.loads((out / "run.json").read_text())
     sess = meta["models"]["echo"]["sessions"]
