@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import sys
-import threading
 import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +28,7 @@ from refusalstats.cli import main
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from api_server import send_json_head
+from api_server import send_json_head, serve_in_thread
 from test_runner import _items
 
 
@@ -86,7 +85,7 @@ class ScriptedServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = serve_in_thread(self.httpd)
 
     def __enter__(self):
         self.thread.start()
@@ -299,14 +298,14 @@ def test_cli_generate_records_a_rejected_prompt_and_prints_the_counts(tmp_path, 
 
 # ---------------------------------------------------------------------------- 7. timeout
 def test_request_timeout_is_a_total_deadline_not_per_read():
-    """A server trickling one byte every 0.05 s answers in ~12 s: with a 1 s timeout the
-    attempt ends after ~1 s (before: each read got its byte in time, ~12 s)."""
+    """A server trickling one byte every 0.05 s answers in ~12 s: with a 0.3 s timeout the
+    attempt ends after ~0.3 s (before: each read got its byte in time, ~12 s)."""
     reply = _reply({"role": "assistant", "content": "x" * 100})
     with ScriptedServer(lambda b: (200, reply, None), trickle=0.05) as server:
-        be = OpenAIBackend("m", base_url=server.url, timeout=1.0, max_retries=0,
+        be = OpenAIBackend("m", base_url=server.url, timeout=0.3, max_retries=0,
                            check_model=False)
         t0 = time.monotonic()
-        with pytest.raises(APIError, match="within 1 s"):
+        with pytest.raises(APIError, match=r"within 0\.3 s"):
             be.generate([be.render([{"role": "user", "content": "q"}])],
                         DecodingParams(max_new_tokens=4))
         took = time.monotonic() - t0
