@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from refusalstats.inference.datasets import (
-    NLI_LABELS,
     load_items,
     load_popquorn,
     load_task,
@@ -221,14 +220,25 @@ def test_select_per_class_counts_seed_and_short_classes():
 
 
 def test_select_per_class_draw_is_uniform():
-    # each of 10 items of one class is drawn with probability 3/10
-    items = pd.DataFrame({"item_id": [str(i) for i in range(10)], "task": "nli",
-                          "premise": "p", "hypothesis": "h", "gold_label": NLI_LABELS[0]})
-    hits = np.zeros(10)
-    reps = 300
+    # each of 10 items of a class is drawn with probability 3/10. One table holds 30 such
+    # classes (items 0-9 of each), so 10 calls make 300 independent draws; the count of
+    # draws taking the item at position j is exactly Binomial(300, 0.3), and each of the 10
+    # counts must lie in its central 1 - 1e-5 interval ([56, 126] of 300, i.e. 0.19-0.42:
+    # as tight as 300 single-class calls with +-5 normal-approximation s.e., 0.17-0.43).
+    from scipy.stats import binom
+
+    n_classes, reps = 30, 10
+    items = pd.DataFrame({"item_id": [f"{c}-{i}" for c in range(n_classes) for i in range(10)],
+                          "task": "nli", "premise": "p", "hypothesis": "h",
+                          "gold_label": [f"class{c:02d}" for c in range(n_classes)
+                                         for _ in range(10)]})
+    hits = np.zeros(10, dtype=int)
     for s in range(reps):
         sel = select_per_class(items, per_class=3, seed=s)
-        hits[sel["item_id"].astype(int).to_numpy()] += 1
-    p = hits / reps
-    se = np.sqrt(0.3 * 0.7 / reps)
-    assert np.all(np.abs(p - 0.3) < 5 * se)
+        ids = sel["item_id"].str.split("-", expand=True).astype(int)
+        assert (sel["gold_label"] == ids[0].map("class{:02d}".format)).all()
+        assert (ids.groupby(0)[1].nunique() == 3).all() and len(ids) == 3 * n_classes
+        hits += np.bincount(ids[1], minlength=10)
+    draws = n_classes * reps
+    lo, hi = binom.ppf(0.5e-5, draws, 0.3), binom.isf(0.5e-5, draws, 0.3)
+    assert np.all((hits >= lo) & (hits <= hi)), (hits, lo, hi)
