@@ -14,14 +14,14 @@ from refusalstats.demo import FULL_STUDY
 
 @pytest.fixture(scope="module")
 def study():
-    return rs.simulate_paper(scale=0.01, seed=0, **FULL_STUDY)
+    return rs.simulate_paper(scale=0.005, seed=0, **FULL_STUDY)
 
 
 def test_demo_steps_show_every_section(tmp_path, capsys):
     steps = (demo.demo_rates, demo.demo_persona_free, demo.demo_answers, demo.demo_p2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = demo.run_demo(tmp_path, scale=0.01, seed=0, steps=steps)
+        run = demo.run_demo(tmp_path, scale=0.005, seed=0, steps=steps)
     out = capsys.readouterr().out
     for heading in ("Refusal rate (%) by model x task", "With and without a persona",
                     "Refusal detectors on", "Cochran's Q across personas",
