@@ -300,7 +300,7 @@ def test_demo_is_one_explicit_list_of_steps(tmp_path, monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(demo, "STEPS", (lambda df, run: seen.append((len(df), run.seed)),
                                         demo.demo_rates))
-    rc, out, _ = _run(["demo", "-o", str(tmp_path / "d"), "--scale", "0.01", "--seed", "4"], capsys)
+    rc, out, _ = _run(["demo", "-o", str(tmp_path / "d"), "--scale", "0.005", "--seed", "4"], capsys)
     assert rc == 0
     table = rs.read_responses(tmp_path / "d" / "responses.parquet")
     assert seen == [(len(table), 4)]
@@ -431,7 +431,7 @@ def test_agreement_notes_blank_taus_of_a_model_that_never_refuses(blocks, capsys
 
 def test_simulate_full_study_writes_every_setting(tmp_path, capsys):
     out = tmp_path / "t.parquet"
-    rc, _, err = _run(["simulate", "--scale", "0.01", "--full-study", "-o", str(out)], capsys)
+    rc, _, err = _run(["simulate", "--scale", "0.005", "--full-study", "-o", str(out)], capsys)
     assert rc == 0, err
     t = rs.read_responses(out)
     assert set(t["setting"].astype(str)) == {"persona", "persona-free"}
