@@ -10,10 +10,11 @@ no effect, and an item random intercept ``u ~ N(0, item_sd^2)`` on the logit sca
 Checks (one dict each, see ``benchmarks/calibration.py``):
 
 (a) false-positive rate at 5% of ``drop1()`` and ``anova()`` for a null item-level factor
-    (task) with ``cluster="item_id"`` (cluster-robust Wald F on (q, G-1) df), item_sd 1;
+    (task) with ``cluster="item_id"`` (the default: CR2 + HTZ F here), item_sd 1;
 (b) the same for a null row-level factor (persona);
 (c) 95% interval coverage of ``task[T.t1]``: model-based Wald on independent rows
-    (item_sd 0; the conditional and marginal coefficients coincide), and CR1 Wald with
+    (item_sd 0; the conditional and marginal coefficients coincide), and the default
+    clustered interval (CR2 + Satterthwaite t) with
     item_sd 1, where the target is the *marginal* (population-averaged) log-odds ratio
     ``logit(m_t1) - logit(m_t0)``, ``m_t`` the rate of task t averaged over the item
     intercepts (``attrs["truth"]``, Gauss-Hermite) — what a working-independence fit
@@ -102,9 +103,9 @@ def _null_item_factor(reps: int, seed: int) -> list[dict]:
     sim = (time.perf_counter() - t0) - t_cl - t_lr
     data = _data(**kw)
     rows = [
-        _row("drop1() CR1 Wald F(q, G-1) of a null item-level factor (task), cluster='item_id'", data,
+        _row("drop1() default (CR2 + HTZ F; Kish 250 effective clusters) of a null item-level factor (task), cluster='item_id'", data,
              "false-positive rate", drop, reps, None, 0.07, t0),
-        _row("anova() CR1 Wald F(q, G-1) of a null item-level factor (task), cluster='item_id'", data,
+        _row("anova() default (CR2 + HTZ F; Kish 250 effective clusters) of a null item-level factor (task), cluster='item_id'", data,
              "false-positive rate", seq, reps, None, 0.07, t0),
         _row("baseline (unclustered), expected to fail: drop1() likelihood-ratio test of the null "
              "item-level factor, cluster=None", data, "false-positive rate", lr, reps, None, 1.0, t0),
@@ -126,15 +127,15 @@ def _null_row_factor(reps: int, seed: int) -> list[dict]:
         seq += f.anova().set_index("term").loc["persona", "p_value"] < 0.05
     data = _data(**kw)
     return [
-        _row("drop1() CR1 Wald F(q, G-1) of a null row-level factor (persona), cluster='item_id'", data,
+        _row("drop1() default (CR2 + HTZ F; Kish 250 effective clusters) of a null row-level factor (persona), cluster='item_id'", data,
              "false-positive rate", drop, reps, None, 0.07, t0),
-        _row("anova() CR1 Wald F(q, G-1) of a null row-level factor (persona), cluster='item_id'", data,
+        _row("anova() default (CR2 + HTZ F; Kish 250 effective clusters) of a null row-level factor (persona), cluster='item_id'", data,
              "false-positive rate", seq, reps, None, 0.07, t0),
     ]
 
 
 def _coverage_task(reps: int, seed: int) -> list[dict]:
-    """(c): Wald (independent rows) and CR1 (item_sd 1, marginal target) coverage of task[T.t1]."""
+    """(c): Wald (independent rows) and the default clustered interval (item_sd 1, marginal target) coverage of task[T.t1]."""
     out = []
     for check, item_sd, cluster in ((3, 0.0, None), (4, 1.0, "item_id")):
         kw = {"item_sd": item_sd, "intercept": -1.0, "item_effect": 0.5}
@@ -153,7 +154,7 @@ def _coverage_task(reps: int, seed: int) -> list[dict]:
             check_name = (f"95% model-based Wald CI of task[T.t1] covers the truth ({target:.3f}; "
                           "conditional = marginal with item_sd 0), cluster=None")
         else:
-            check_name = (f"95% CR1 Wald CI of task[T.t1] covers the marginal (population-averaged) "
+            check_name = (f"95% default (CR2 + Satterthwaite t) CI of task[T.t1] covers the marginal (population-averaged) "
                           f"log-odds ratio {target:.3f} (conditional 0.5), cluster='item_id'")
         out.append(_row(check_name, _data(**kw), "coverage", hits, reps, 0.93, 0.97, t0))
     return out
