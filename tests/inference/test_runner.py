@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +211,10 @@ def test_other_errors_propagate_and_keep_written_shards(tmp_path):
 # The child runs are forks of this process, which has imported refusalstats, pandas, pyarrow
 # and torch already (a fresh `python -c` per test spent ~2.4 CPU s importing them), and the
 # child holds at a known batch (EchoBackend(hold_after=k)) until the parent signals it,
-# instead of sleeping per batch and racing the parent's polling.
+# instead of sleeping per batch and racing the parent's polling. A fork copies only the
+# forking thread; what the child uses is fork-safe (Python's import lock and logging are
+# reset after fork, Arrow and jemalloc register at-fork handlers), and a child that got
+# stuck anyway fails the test at _wait_for's timeout rather than hanging the suite.
 _MP = multiprocessing.get_context("fork")
 
 
@@ -225,7 +229,10 @@ class _Child:
             target=run_echo_child, args=(kwargs.pop("design"), kwargs.pop("out"),
                                          str(self.progress), str(self.stderr_path)),
             kwargs=kwargs, daemon=True)
-        self.process.start()
+        with warnings.catch_warnings():  # Python >= 3.12 warns on any fork with threads
+            warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks",
+                                    category=DeprecationWarning)
+            self.process.start()
         self.pid = self.process.pid
 
     def poll(self):

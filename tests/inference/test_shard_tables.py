@@ -85,7 +85,7 @@ def tiny_runs(tiny_model_dir, tmp_path_factory):
     """One run of two tiny models, and the same design as shards 0/2 and 1/2 in one folder."""
     tmp = tmp_path_factory.mktemp("tiny-runs")
     design = rs.sample_design(_items(3, 3), k=2, seed=0, setting="both")
-    kw = {"params": DecodingParams(max_new_tokens=3), "batch_size": 4, "shard_rows": 5,
+    kw = {"params": DecodingParams(max_new_tokens=3), "batch_size": 8, "shard_rows": 10,
           "progress": False, "detector": _even, "backend_factory": _tiny(tiny_model_dir)}
     models = [f"tiny-a={tiny_model_dir}", f"tiny-b={tiny_model_dir}"]
     table = run_generation(design, models, tmp / "run", **kw)
