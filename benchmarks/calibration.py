@@ -7,8 +7,8 @@ Each area lives in ``benchmarks/calibration_<area>.py`` and exposes
 returning one dict per check with keys ``check`` (what is tested), ``data`` (how the
 data were simulated), ``statistic`` ("coverage" or "false-positive rate"),
 ``estimate`` (the proportion over ``reps`` replicates), ``target_low``/``target_high``
-(the acceptance band), ``reps`` and ``seconds``. This driver adds the Monte Carlo
-standard error sqrt(p(1-p)/reps), prints one markdown table and, with
+(the acceptance band), ``reps`` and ``seconds``, optionally ``mc_se``. This driver adds the
+Monte Carlo standard error sqrt(p(1-p)/reps) where a row gives no ``mc_se``, prints one markdown table and, with
 ``--write-docs``, replaces the generated table in ``docs/validity.md``.
 
 Usage::
@@ -58,7 +58,8 @@ def table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         p, n = r["estimate"], r["reps"]
-        se = math.sqrt(p * (1 - p) / n) if n else float("nan")
+        # an area may give its own s.e. (e.g. the replicate as the unit when intervals share data)
+        se = r["mc_se"] if r.get("mc_se") is not None else (math.sqrt(p * (1 - p) / n) if n else float("nan"))
         lo, hi = r.get("target_low"), r.get("target_high")
         ok = (lo is None or p >= lo) and (hi is None or p <= hi)
         lines.append(

@@ -97,6 +97,18 @@ def truth_rates(item_sd: float, base: np.ndarray) -> np.ndarray:
     return np.array([np.mean([np.sum(w * expit(b + d + item_sd * z)) for d in PERSONA]) for b in base])
 
 
+def replicate_se(hits: np.ndarray, per_rep: int) -> float:
+    """Monte Carlo s.e. of a coverage with the replicate as the unit.
+
+    The ``per_rep`` intervals of one replicate (the models, or coefficients, of one
+    simulated table) share its items and labels, so they are not independent: the s.e. is
+    the standard deviation of the per-replicate coverages over sqrt(replicates).
+    """
+    per = np.nanmean(np.asarray(hits, dtype=float).reshape(-1, per_rep), axis=1)
+    per = per[np.isfinite(per)]
+    return float(np.std(per, ddof=1) / np.sqrt(len(per))) if len(per) > 1 else float("nan")
+
+
 def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
     """Coverage and widths of one scenario over ``reps`` replicates (3 models each)."""
     rng = np.random.default_rng(seed)
@@ -125,7 +137,9 @@ def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int)
         out["lam"].append(res["lam"])
     cat = {k: np.concatenate([np.asarray(v, dtype=float) for v in vs]) for k, vs in out.items()}
     return {
-        "coverage_t": np.nanmean(cat["t"]), "coverage_z": np.nanmean(cat["z"]),
+        "coverage_t": np.nanmean(cat["t"]), "mc_se": replicate_se(cat["t"], N_MODELS),
+        "coverage_by_model": np.nanmean(cat["t"].reshape(-1, N_MODELS), axis=0),
+        "coverage_z": np.nanmean(cat["z"]),
         "coverage_labels_only": np.nanmean(cat["lab"]), "coverage_rogan_gladen": np.nanmean(cat["rg"]),
         "width_ratio": np.nanmean(cat["w_ppi"]) / np.nanmean(cat["w_lab"]),
         "width": np.nanmean(cat["w_ppi"]), "lam": np.nanmean(cat["lam"]),
@@ -165,13 +179,14 @@ def scenario_effect_logit(reps: int, seed: int, item_sd: float, detector: str, n
     eh = np.concatenate([np.asarray(h, float) for h in eff_hits])
     lh = np.concatenate(logit_hits).astype(float)
     return {"coverage_effect": np.nanmean(eh), "n_effect": int(np.isfinite(eh).sum()),
+            "mc_se_effect": replicate_se(eh, 1), "mc_se_logit": replicate_se(lh, N_MODELS - 1),
             "width_ratio_effect": np.nanmean(np.concatenate(eff_w)) / np.nanmean(np.concatenate(eff_w_lab)),
             "coverage_logit": np.nanmean(lh), "n_logit": int(np.isfinite(lh).sum()),
             "seconds": time.perf_counter() - t0}
 
 
 EXTRA = [(1.0, "differ", 30), (1.0, "differ", 60), (1.0, "differ", 200), (0.0, "differ", 60),
-         (1.0, "useless", 60)]
+         (1.0, "useless", 60), (0.0, "differ", 30), (0.0, "useless", 30), (0.0, "good", 30)]
 
 
 SCENARIOS = [(sd, det, n) for sd in (0.0, 1.0) for det in ("differ", "useless", "good") for n in (30, 60, 200)]
@@ -186,18 +201,18 @@ def run(reps: int = 300, seed: int = 20261128) -> list[dict]:
             "check": "refusal_rates(labels=) PPI++ 95% CI",
             "data": (f"{'clustered' if sd else 'i.i.d.'}, detector {det}, {n} labels/model; "
                      f"width {s['width_ratio']:.2f} x labels-only"),
-            "statistic": "coverage", "estimate": float(s["coverage_t"]),
+            "statistic": "coverage", "estimate": float(s["coverage_t"]), "mc_se": s["mc_se"],
             "target_low": COVER_LO, "target_high": COVER_HI, "reps": s["n"], "seconds": s["seconds"],
         })
     for k, (sd, det, n) in enumerate(EXTRA):
         s = scenario_effect_logit(reps, seed + 100 + k, sd, det, n)
         data = f"{'clustered' if sd else 'i.i.d.'}, detector {det}, {n} labels/model"
         rows.append({"check": "persona_effect(labels=) PPI++ 95% CI", "data": data, "statistic": "coverage",
-                     "estimate": float(s["coverage_effect"]), "target_low": COVER_LO, "target_high": COVER_HI,
-                     "reps": s["n_effect"], "seconds": s["seconds"]})
+                     "estimate": float(s["coverage_effect"]), "mc_se": s["mc_se_effect"], "target_low": COVER_LO,
+                     "target_high": COVER_HI, "reps": s["n_effect"], "seconds": s["seconds"]})
         rows.append({"check": "logit(labels=) PPI++ 95% CI (2 coefficients)", "data": data,
-                     "statistic": "coverage", "estimate": float(s["coverage_logit"]), "target_low": COVER_LO,
-                     "target_high": COVER_HI, "reps": s["n_logit"], "seconds": 0.0})
+                     "statistic": "coverage", "estimate": float(s["coverage_logit"]), "mc_se": s["mc_se_logit"],
+                     "target_low": COVER_LO, "target_high": COVER_HI, "reps": s["n_logit"], "seconds": 0.0})
     return rows
 
 
@@ -225,33 +240,35 @@ def main() -> None:
         print(f"\n{args.reps} replicates per row, seed {args.seed}, {time.perf_counter() - t0:.0f} s. Command: "
               f"`python benchmarks/calibration_ppi.py --disparity --reps {args.reps}`")
         return
-    lines = [("| data | detector | labels/model | PPI++ (default) | PPI++ (ci='z', as ppi_python) | labels only "
-             "| Rogan-Gladen | width / labels-only | mean lam |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| data | detector | labels/model | PPI++ (default) | by model (rates 0.10 / 0.20 / 0.35) "
+              "| PPI++ (ci='z', as ppi_python) | labels only | Rogan-Gladen | width / labels-only | mean lam |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, (sd, det, n) in enumerate(SCENARIOS):
         s = scenario(args.reps, args.seed + k, sd, det, n)
-        mc = np.sqrt(s["coverage_t"] * (1 - s["coverage_t"]) / s["n"])
         lines.append(
-            f"| {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {s['coverage_t']:.3f} ± {mc:.3f} "
-            f"| {s['coverage_z']:.3f} | {s['coverage_labels_only']:.3f} | {s['coverage_rogan_gladen']:.3f} "
+            f"| {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {s['coverage_t']:.3f} ± {s['mc_se']:.3f} "
+            f"| {' / '.join(f'{c:.2f}' for c in s['coverage_by_model'])} | {s['coverage_z']:.3f} | {s['coverage_labels_only']:.3f} | {s['coverage_rogan_gladen']:.3f} "
             f"| {s['width_ratio']:.2f} | {s['lam']:.2f} |"
         )
         print(lines[-1], flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{args.reps} replicates x {N_MODELS} models per row (coverage ± one Monte Carlo s.e.); "
+    print(f"\n{args.reps} replicates x {N_MODELS} models per row (coverage ± one Monte Carlo s.e., the replicate "
+          "as the unit: the sd of the per-replicate coverages / sqrt(replicates)); "
           f"seed {args.seed}; {time.perf_counter() - t0:.0f} s on {platform.node()} "
           f"({os.cpu_count()} cores, load {load:.1f}). Command: "
-          f"`python benchmarks/calibration_ppi.py --reps {args.reps}`\n")
+          f"`python benchmarks/calibration_ppi.py --reps {args.reps} --seed {args.seed}`\n")
     print("\n".join(lines))
     lines = [("| data | detector | labels/model | persona_effect coverage | width / labels-only "
              "| logit coverage (2 coefficients) |"), "|---|---|---|---|---|---|"]
     for k, (sd, det, n) in enumerate(EXTRA):
         s = scenario_effect_logit(args.reps, args.seed + 100 + k, sd, det, n)
-        me = np.sqrt(s["coverage_effect"] * (1 - s["coverage_effect"]) / s["n_effect"])
-        ml = np.sqrt(s["coverage_logit"] * (1 - s["coverage_logit"]) / s["n_logit"])
+        me, ml = s["mc_se_effect"], s["mc_se_logit"]
         lines.append(f"| {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {s['coverage_effect']:.3f} ± {me:.3f} "
                      f"| {s['width_ratio_effect']:.2f} | {s['coverage_logit']:.3f} ± {ml:.3f} |")
         print(lines[-1], flush=True)
-    print(f"\n{time.perf_counter() - t0:.0f} s in all\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{time.perf_counter() - t0:.0f} s in all (load {load:.1f} at the end); persona_effect: one interval "
+          f"per replicate, logit: 2 coefficients per replicate (± with the replicate as the unit)\n")
     print("\n".join(lines))
 
 

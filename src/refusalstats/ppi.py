@@ -274,10 +274,24 @@ def ppi_logistic(X, y, yhat, X_unlabeled, yhat_unlabeled, *, lam: float | None =
 #: Pseudo-labels per (label, flag) cell of each labelled group in the small-sample
 #: interval (``ci="t"``): a Jeffreys-type floor for the rectifier's variance.
 _PSEUDO = 0.25
-#: The same for the logistic regression (spread over each stratum's labelled rows, in the
-#: estimate and the variance); smaller: a log-odds sandwich with pseudo-labels at 0.25
-#: over-covered (0.97-0.99 with 30-60 labels per model; benchmarks/calibration_ppi.py).
+#: The same for the logistic regression: in the estimate, spread over each stratum's
+#: labelled rows; in the variance, only for the labelled (covariate pattern, stratum)
+#: groups whose labels all agree with the flag or hold one class (there the sandwich has
+#: nothing to estimate the correction's or the group's variance from). Everywhere, as the
+#: rates' floor, it over-covered (0.97-0.99 with 30 labels per model; docs/methods_ppi.md).
 _PSEUDO_LOGIT = 0.1
+
+
+def _floor_groups(at: _Atoms) -> np.ndarray:
+    """Per atom: its labelled (cell, stratum) group's labels all agree with the flag, or hold one class."""
+    g = at.cell * at.n_strata + at.stratum
+    G = at.n_cells * at.n_strata
+    lab_m = np.where(at.lab, at.m, 0.0)
+    n = np.bincount(g, lab_m, G)
+    disagree = np.bincount(g, lab_m * (at.y != at.f), G)
+    pos = np.bincount(g, lab_m * at.y, G)
+    bare = (disagree == 0) | (pos == 0) | (pos == n)
+    return bare[g] & at.lab
 
 
 @dataclass
@@ -961,9 +975,12 @@ def ppi_logit(
         ``"t"`` (default): small-sample intervals, the covariance times U / (U - p) and
         t quantiles on U - p degrees of freedom (U labelled clusters, or labelled rows
         when rows are independent; p coefficients), with 0.1 pseudo-label per (label,
-        flag) pair and stratum spread over its labelled rows, in the variance and in the
-        estimate (finite coefficients when a group's labels hold one class). ``"z"``: the plain sandwich (times
-        C / (C - 1) with C clusters) and normal quantiles (t on C - 1 with clusters).
+        flag) pair and stratum spread over its labelled rows in the estimate (finite
+        coefficients when a group's labels hold one class), and in the variance only for
+        the labelled (covariate pattern, stratum) groups whose labels all agree with the
+        flag or hold one class (0.1 per pair, spread over the group's labelled rows).
+        ``"z"``: the plain sandwich (times C / (C - 1) with C clusters) and normal
+        quantiles (t on C - 1 with clusters).
 
     Returns
     -------
@@ -1006,10 +1023,10 @@ def ppi_logit(
     cw = np.where(at.lab, at.m * at.w / W_L, at.m * at.w / max(W_U, 1e-300))   # per-atom weight (all rows)
     rw = at.w / np.where(at.lab, W_L, max(W_U, 1e-300))                        # one row's weight
 
-    # small-sample default: the pseudo-labels of the variance floor (a quarter label per (label,
-    # flag) pair and stratum, spread over its labelled rows) also enter the estimate, a
-    # Jeffreys-type pull toward 1/2 of weight (1 - lam) that keeps it finite when the labels
-    # of a group hold one class only (separation)
+    # small-sample default: pseudo-labels (_PSEUDO_LOGIT per (label, flag) pair and stratum,
+    # spread over its labelled rows) enter the estimate, a Jeffreys-type pull toward 1/2 of
+    # weight (1 - lam) that keeps it finite when the labels of a group hold one class only
+    # (separation); the variance gets them only in the groups of _floor_groups
     part_all = at.lab.astype(int) * at.n_strata + at.stratum
     with np.errstate(invalid="ignore", divide="ignore"):
         pw = np.where(at.lab & (ci == "t"), 4 * _PSEUDO_LOGIT * at.m / np.maximum(at.part_size[part_all], 1),
@@ -1085,10 +1102,10 @@ def ppi_logit(
         u, v = pieces(beta)
         du, mult = centred_sums(u)
         dv, _ = centred_sums(v)
-        if ci == "t":  # pseudo-labels: _PSEUDO_LOGIT per (label, flag) pair and stratum, over its labels
+        if ci == "t" and bare.any():  # pseudo-labels: _PSEUDO_LOGIT per (label, flag) pair of a bare group
             mu = expit(Xa @ beta)
-            lab_i = np.flatnonzero(at.lab)
-            share = _PSEUDO_LOGIT * at.m[lab_i] / at.part_size[part[lab_i]]
+            lab_i = np.flatnonzero(bare)
+            share = _PSEUDO_LOGIT * at.m[lab_i] / n_group[lab_i]
             xr = Xa[lab_i] * rw[lab_i, None]
             for yy in (0.0, 1.0):
                 for ff in (0.0, 1.0):
@@ -1100,6 +1117,9 @@ def ppi_logit(
         return du @ Jinv.T, dv @ Jinv.T, mult, factor
 
     p = X.shape[1]
+    bare = _floor_groups(at)
+    g_code = at.cell * at.n_strata + at.stratum
+    n_group = np.bincount(g_code, np.where(at.lab, at.m, 0.0), at.n_cells * at.n_strata)[g_code]
     # the uncorrected fit (the flags of every row as the response) starts the others
     det = _flag_fit(Xa, at.f, at.m, p)
     start = det if np.isfinite(det).all() else np.zeros(p)
