@@ -3,6 +3,8 @@ reorder the text around them."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,12 +38,33 @@ def _report(df, out, **kw):
                      cluster=None, **kw)
 
 
+@pytest.fixture(scope="module")
+def previous(tmp_path_factory):
+    """A report folder of ``_table()`` (figures built, not rasterized), made once; tests that
+    need an earlier report in place copy it (the same files report() wrote)."""
+    from refusalstats.reporting import sections
+
+    def undrawn(fig, key, caption):  # as conftest's undrawn_figures, for a module fixture
+        fig.clear()
+        return sections.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b"<svg/>")
+
+    out = tmp_path_factory.mktemp("previous") / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sections, "render", undrawn)
+        _report(_table(), out)
+    return out
+
+
+def _copy_of(previous, out):
+    shutil.copytree(previous, out)
+    return out
+
+
 @pytest.mark.usefixtures("undrawn_figures")  # files and text are checked, not drawings
 @pytest.mark.parametrize("fail_at", ["sections", "page"])
 def test_a_report_killed_midway_leaves_the_previous_report_intact(tmp_path, monkeypatch,
-                                                                  fail_at):
-    out = tmp_path / "report"
-    _report(_table(), out)
+                                                                  fail_at, previous):
+    out = _copy_of(previous, tmp_path / "report")
     before = _files(out)
     assert "report.html" in before and any(k.startswith("figures/") for k in before)
 
@@ -71,9 +94,8 @@ class _Boom:
 
 
 @pytest.mark.usefixtures("undrawn_figures")  # files and text are checked, not drawings
-def test_a_new_report_replaces_the_old_one_whole_and_keeps_other_files(tmp_path):
-    out = tmp_path / "report"
-    _report(_table(), out)
+def test_a_new_report_replaces_the_old_one_whole_and_keeps_other_files(tmp_path, previous):
+    out = _copy_of(previous, tmp_path / "report")
     stale = out / "figures" / "stale_figure.png"
     stale.write_bytes(b"old")
     _report(_table(seed=1), out)
