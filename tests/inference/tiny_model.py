@@ -8,6 +8,7 @@ BPE trained here on generated sentences, the model a randomly initialised
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from pathlib import Path
@@ -56,10 +57,11 @@ def _corpus(n: int = 600, seed: int = 0) -> list[str]:
     return out
 
 
-def build_tokenizer(chat_template: str = CHAT_TEMPLATE_SYSTEM, vocab_size: int = 400):
-    """Train a byte-level BPE tokenizer on a generated corpus; return a PreTrainedTokenizerFast."""
+@functools.cache
+def _trained_bpe(vocab_size: int) -> str:
+    """The byte-level BPE trained on the generated corpus, as JSON (trained once a process:
+    the fixtures build the same tokenizer with several chat templates)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -71,6 +73,15 @@ def build_tokenizer(chat_template: str = CHAT_TEMPLATE_SYSTEM, vocab_size: int =
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok.to_str()
+
+
+def build_tokenizer(chat_template: str = CHAT_TEMPLATE_SYSTEM, vocab_size: int = 400):
+    """Train a byte-level BPE tokenizer on a generated corpus; return a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_trained_bpe(vocab_size))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>",
         unk_token="<unk>", additional_special_tokens=["<|im_start|>", "</s>"],
