@@ -323,8 +323,9 @@ def test_small_sample_interval_floors_the_rectifier_variance():
 @pytest.mark.parametrize("bare", [False, True])
 def test_logit_small_sample_floor_only_where_the_labels_cannot_estimate_the_variance(bare):
     # intercept only, labels only (lam = 0), rows independent: closed forms. The estimate has
-    # the pull of 0.4 pseudo-labels toward 1/2: mu = (sum y + 0.2) / (n + 0.4); the sandwich is
-    # B / J^2 with B = sum (y - ybar)^2 / n^2, J = mu (1 - mu) (1 + 0.4 / n), times n / (n - 1).
+    # half a pseudo-refusal and half a pseudo-non-refusal (Haldane-Anscombe): mu = (sum y +
+    # 0.5) / (n + 1); the sandwich is B / J^2 with B = sum (y - ybar)^2 / n^2,
+    # J = mu (1 - mu) (1 + 1 / n), times n / (n - 1).
     # Labels that all agree with the flag ("bare") add 0.1 pseudo-label per (label, flag)
     # pair to B: 0.1 * 2 * (mu^2 + (1 - mu)^2) / n^2; labels with disagreements add nothing.
     rng = np.random.default_rng(3)
@@ -336,10 +337,10 @@ def test_logit_small_sample_floor_only_where_the_labels_cannot_estimate_the_vari
     df = pd.DataFrame({"refusal": np.r_[f, rng.binomial(1, 0.3, N)].astype(int),
                        "human": np.r_[y, np.full(N, np.nan)]})
     fit = ppi_logit("refusal ~ 1", df, cluster=None, lam=0.0)
-    mu = (y.sum() + 0.2) / (n + 0.4)
+    mu = (y.sum() + 0.5) / (n + 1)
     assert fit.params.iloc[0] == pytest.approx(np.log(mu / (1 - mu)), abs=1e-10)
     B = ((y - y.mean()) ** 2).sum() / n ** 2 + (0.2 * (mu ** 2 + (1 - mu) ** 2) / n ** 2 if bare else 0.0)
-    J = mu * (1 - mu) * (1 + 0.4 / n)
+    J = mu * (1 - mu) * (1 + 1 / n)
     assert fit.cov.iloc[0, 0] == pytest.approx(B / J ** 2 * n / (n - 1), rel=1e-10)
 
 

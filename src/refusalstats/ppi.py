@@ -280,6 +280,11 @@ _PSEUDO = 0.25
 #: nothing to estimate the correction's or the group's variance from). Everywhere, as the
 #: rates' floor, it over-covered (0.97-0.99 with 30 labels per model; docs/methods_ppi.md).
 _PSEUDO_LOGIT = 0.1
+#: Pseudo-labels per (label, flag) pair and stratum in the logistic regression's estimate
+#: (``ci="t"``): half a refusal and half a non-refusal per stratum, the Haldane-Anscombe
+#: correction of a log odds, spread over the stratum's labelled rows. With 0.1 (until
+#: December 2026) the log-odds intervals over-covered (0.97-0.98 with 30 labels per model).
+_PULL_LOGIT = 0.25
 
 
 def _floor_groups(at: _Atoms) -> np.ndarray:
@@ -974,9 +979,10 @@ def ppi_logit(
     ci : {"t", "z"}
         ``"t"`` (default): small-sample intervals, the covariance times U / (U - p) and
         t quantiles on U - p degrees of freedom (U labelled clusters, or labelled rows
-        when rows are independent; p coefficients), with 0.1 pseudo-label per (label,
-        flag) pair and stratum spread over its labelled rows in the estimate (finite
-        coefficients when a group's labels hold one class), and in the variance only for
+        when rows are independent; p coefficients), with half a pseudo-refusal and half
+        a pseudo-non-refusal per stratum spread over its labelled rows in the estimate
+        (the Haldane-Anscombe correction; finite coefficients when a group's labels hold
+        one class), and 0.1 pseudo-label per (label, flag) pair in the variance only for
         the labelled (covariate pattern, stratum) groups whose labels all agree with the
         flag or hold one class (0.1 per pair, spread over the group's labelled rows).
         ``"z"``: the plain sandwich (times C / (C - 1) with C clusters) and normal
@@ -1023,13 +1029,13 @@ def ppi_logit(
     cw = np.where(at.lab, at.m * at.w / W_L, at.m * at.w / max(W_U, 1e-300))   # per-atom weight (all rows)
     rw = at.w / np.where(at.lab, W_L, max(W_U, 1e-300))                        # one row's weight
 
-    # small-sample default: pseudo-labels (_PSEUDO_LOGIT per (label, flag) pair and stratum,
-    # spread over its labelled rows) enter the estimate, a Jeffreys-type pull toward 1/2 of
-    # weight (1 - lam) that keeps it finite when the labels of a group hold one class only
-    # (separation); the variance gets them only in the groups of _floor_groups
+    # small-sample default: pseudo-labels (_PULL_LOGIT per (label, flag) pair and stratum,
+    # spread over its labelled rows) enter the estimate, a pull toward 1/2 of weight
+    # (1 - lam) that keeps it finite when the labels of a group hold one class only
+    # (separation); the variance gets _PSEUDO_LOGIT only in the groups of _floor_groups
     part_all = at.lab.astype(int) * at.n_strata + at.stratum
     with np.errstate(invalid="ignore", divide="ignore"):
-        pw = np.where(at.lab & (ci == "t"), 4 * _PSEUDO_LOGIT * at.m / np.maximum(at.part_size[part_all], 1),
+        pw = np.where(at.lab & (ci == "t"), 4 * _PULL_LOGIT * at.m / np.maximum(at.part_size[part_all], 1),
                       0.0) * rw
 
     def loss(lam_, beta):
