@@ -60,6 +60,24 @@ def with_free_and_answers() -> pd.DataFrame:
     return rs.validate(pd.DataFrame(rows))
 
 
+def _undrawn(fig, key, caption):
+    """conftest's undrawn_figures stand-in for ``sections.render``, for module fixtures and
+    for tests that draw some figures only."""
+    fig.clear()  # as render() releases it
+    return S.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b'<svg xmlns="http://www.w3.org/2000/svg"/>')
+
+
+@pytest.fixture(scope="module")
+def free_report(tmp_path_factory):
+    """with_free_and_answers() and its report (hierarchical off, figures not rasterized)."""
+    df = with_free_and_answers()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(S, "render", _undrawn)
+        rep = rs.report(df, out=tmp_path_factory.mktemp("free") / "mem", hierarchical=False,
+                        options=W2_OPTS, progress=False)
+    return df, rep
+
+
 def rep_rows_refusals(rep) -> int:
     return int(pd.read_csv(rep.tables["rates_model_task"])["refusals"].sum())
 
@@ -347,14 +365,10 @@ def streamed_report(shards, tmp_path_factory):
         seen.append((formula, data))
         raise TypeError("data must be a pandas DataFrame")
 
-    def undrawn(fig, key, caption):  # as conftest's undrawn_figures, for a module fixture
-        fig.clear()
-        return S.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b"<svg/>")
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(B, "hierarchical", fake)
         mp.setattr(S, "HIER_MAX_ITEM_PATTERNS", 20_000)  # below this table's 20,320
-        mp.setattr(S, "render", undrawn)
+        mp.setattr(S, "render", _undrawn)
         rep = rs.report(shards, out=tmp_path_factory.mktemp("streamed") / "out", seed=1,
                         options=W2_OPTS, progress=False)
     return rep, seen
@@ -382,12 +396,10 @@ def test_report_of_a_shard_folder_equals_the_in_memory_report(sim_report, stream
 
 
 @pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
-def test_report_of_a_parquet_source_with_persona_free_rows(tmp_path):
+def test_report_of_a_parquet_source_with_persona_free_rows(free_report, tmp_path):
     """Persona-only tables are selected through 'setting' (identical numbers); what cannot
     stream yet is skipped with a reason on the page, and answers come from a small head."""
-    df = with_free_and_answers()
-    mem = rs.report(df, out=tmp_path / "mem", hierarchical=False, options=W2_OPTS,
-                    progress=False)
+    df, mem = free_report
     src = _shards(df, tmp_path / "shards")
     rep = rs.report(str(src / "*.parquet"), out=tmp_path / "str", hierarchical=False,
                     options=W2_OPTS, progress=False)
@@ -461,8 +473,7 @@ def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(st
     # only the hierarchical figure is drawn (the others are drawn by the sim_report tests)
     drawn = S.render
     monkeypatch.setattr(S, "render", lambda fig, key, caption: (
-        drawn(fig, key, caption) if key.startswith("hierarchical")
-        else (fig.clear(), S.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b"<svg/>"))[1]))
+        drawn if key.startswith("hierarchical") else _undrawn)(fig, key, caption))
     rep = rs.report(df, out=tmp_path, results={"hierarchical": fit}, seed=0, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0}})
     eff = fit.effects("persona", within="model")
@@ -572,10 +583,8 @@ def test_odds_ratio_intervals_and_separated_terms_in_the_coefficient_table(stron
 
 
 @pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
-def test_findings_one_base_per_sentence_ties_and_one_model(tmp_path):
-    df = with_free_and_answers()
-    rep = rs.report(df, out=tmp_path / "a", hierarchical=False, progress=False,
-                    options={"w2": {"n_boot": 0, "n_perm": 0}})
+def test_findings_one_base_per_sentence_ties_and_one_model(free_report, tmp_path):
+    df, rep = free_report
     po = df[df["setting"] == "persona"]
     overall = rs.refusal_rates(po, cluster="item_id").iloc[0]
     assert any(f.startswith(f"Overall refusal rate {S.pct(overall['rate'])}") and
