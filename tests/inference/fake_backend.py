@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 
 from refusalstats.inference.backends import Backend, Completion
@@ -117,8 +118,9 @@ def run_echo_child(design_path: str, out: str, progress_file: str, stderr_path: 
     ``stderr_path`` (the parent shows it when the child ends too early).
     """
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 2)
-    os.close(fd)
+    os.dup2(fd, 2)  # what C code writes; Python's tracebacks and warnings go to sys.stderr,
+    os.close(fd)  # which in a fork of a pytest process is the parent's capture
+    sys.stderr = open(stderr_path, "a", buffering=1)  # noqa: SIM115 - open for the child's life
     import pandas as pd
     from refusalstats.inference import run_generation
 
