@@ -21,6 +21,8 @@ from the human label with errors that
 Human labels: a stratified sample of 30, 60 or 200 rows per model (``strata="model"``).
 The target is each model's population-averaged rate (Gauss-Hermite over the item
 effect, averaged over personas); a 95% interval should cover it 93-97% of the time.
+The Monte Carlo s.e. takes the replicate as the unit (:func:`replicate_se`): the models
+(or coefficients) of one replicate share its items and labels.
 """
 
 from __future__ import annotations
