@@ -19,6 +19,9 @@ import refusalstats as rs
 from refusalstats.reporting import sections as S
 
 W2_OPTS = {"w2": {"n_boot": 100, "n_perm": 50}}
+#: The hierarchical model of the simulated paper table's report: 50 + 50 draws per chain (the
+#: tests check the section's tables, figure and counts, not the posterior).
+HIER_OPTS = {"hierarchical": {"draws": 50, "tune": 50, "chains": 2}}
 
 
 def _text(html: str) -> str:
@@ -33,9 +36,10 @@ def simulated():
 
 @pytest.fixture(scope="module")
 def sim_report(simulated, tmp_path_factory):
+    """The report of the simulated paper table, every figure drawn, with the hierarchical
+    model fitted (the default formula, nested Laplace) -- the one drawn paper-size page."""
     out = tmp_path_factory.mktemp("report")
-    rep = rs.report(simulated, out=out, hierarchical=False, seed=1, options=W2_OPTS,
-                    progress=False)
+    rep = rs.report(simulated, out=out, seed=1, options=W2_OPTS | HIER_OPTS, progress=False)
     return rep, (out / "report.html").read_text(encoding="utf-8")
 
 
@@ -61,8 +65,7 @@ def with_free_and_answers() -> pd.DataFrame:
 
 
 def _undrawn(fig, key, caption):
-    """conftest's undrawn_figures stand-in for ``sections.render``, for module fixtures and
-    for tests that draw some figures only."""
+    """conftest's undrawn_figures stand-in for ``sections.render``, for module fixtures."""
     fig.clear()  # as render() releases it
     return S.FigureItem(key, caption, b"\x89PNG\r\n\x1a\n", b'<svg xmlns="http://www.w3.org/2000/svg"/>')
 
@@ -90,7 +93,7 @@ def test_every_section_is_on_the_page_and_skips_say_why(sim_report):
                     "logit", "hierarchical", "answers"]
     for s in rep.sections:
         assert f'id="{s.key}"' in html and s.title.replace("'", "&#x27;") in html
-    assert set(rep.skipped) == {"persona_free", "hierarchical", "answers"}
+    assert set(rep.skipped) == {"persona_free", "answers"}
     # a rates table for every design column (simulate_paper: task, persona_group, prompt,
     # response_type, setting; model and persona have their own sections)
     for col in ("task", "persona_group", "prompt", "response_type"):
@@ -98,7 +101,6 @@ def test_every_section_is_on_the_page_and_skips_say_why(sim_report):
         assert tab["rate"].is_monotonic_increasing
         assert tab["refusals"].sum() == rep_rows_refusals(rep)
     assert "no persona-free rows" in rep.skipped["persona_free"]
-    assert "hierarchical=False" in rep.skipped["hierarchical"]
     assert "'response'" in rep.skipped["answers"]
     for why in rep.skipped.values():
         assert "Skipped:</b> " + why.replace("'", "&#x27;")[:30] in html
@@ -116,11 +118,13 @@ def test_header_and_files(sim_report, simulated):
     assert "16: Llama2-7B" in html and "15: Man" in html and "3: nli" in html
     assert html.count("<img src=\"data:image/png;base64,") == len(rep.figures) >= 7
     for png in rep.figures.values():
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
     for csv in rep.tables.values():
         assert len(pd.read_csv(csv)) > 0
-    assert {"rates_model_task", "w2_indices", "coefficients", "factor_tests"} <= set(rep.tables)
+    assert {"rates_model_task", "w2_indices", "coefficients", "factor_tests",
+            "hierarchical_effects"} <= set(rep.tables)
+    assert "hierarchical_effects" in rep.figures  # drawn: its PNG and SVG are checked above
 
 
 def test_rate_findings_match_the_counts(sim_report, simulated):
@@ -210,6 +214,7 @@ def test_missing_module_is_skipped_with_a_reason(tmp_path, monkeypatch):
     df = with_free_and_answers()
     rep = rs.report(df, out=tmp_path, hierarchical=False, options=W2_OPTS, progress=False)
     assert "refusalstats.regression) is not available" in rep.skipped["logit"]
+    assert "hierarchical=False" in rep.skipped["hierarchical"]  # not asked for: says so
     # the regression's tables are not written (the old check here could not fail)
     assert not {"coefficients", "factor_tests"} & set(rep.tables)
     assert {"rates_model_task", "w2_indices"} <= set(rep.tables)
@@ -289,12 +294,9 @@ def test_page_renders_in_headless_chromium_without_failed_loads(sim_report, tmp_
 
 
 # ------------------------------------------------------------------ hierarchical (slow)
-@pytest.mark.slow
-@pytest.mark.usefixtures("undrawn_figures")  # tables and text are checked, not figures
-def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
-    rep = rs.report(simulated, out=tmp_path, seed=0, progress=False,
-                    options={"w2": {"n_boot": 0, "n_perm": 0},
-                             "hierarchical": {"draws": 50, "tune": 50, "chains": 2}})
+def test_hierarchical_section_on_a_real_fit(sim_report):
+    """sim_report fits the hierarchical model (the default formula) on the paper design."""
+    rep, html = sim_report
     assert "hierarchical" not in rep.skipped
     eff = pd.read_csv(rep.tables["hierarchical_effects"])
     assert len(eff) == 16 * 15
@@ -302,7 +304,6 @@ def test_hierarchical_section_on_a_real_fit(simulated, tmp_path):
     assert "hierarchical_effects" in rep.figures
     flat = rs.plot.unassessable(eff)
     n_excl = int((((eff["prob_ci_low"] > 0) | (eff["prob_ci_high"] < 0)) & ~flat).sum())
-    html = rep.path.read_text(encoding="utf-8")
     assert f"{n_excl} of {int((~flat).sum())} persona × model effects" in html
     # 20,320 item-level patterns: the default keeps (1|item_id) (up to HIER_MAX_ITEM_PATTERNS),
     # so neither the page nor the count carries the too-narrow caveat
@@ -380,12 +381,13 @@ def test_report_of_a_shard_folder_equals_the_in_memory_report(sim_report, stream
     as report(df): rates, W2 (same seed: same CIs, p-values), regression."""
     rep, _ = sim_report
     streamed, _ = streamed_report
-    # both skip the hierarchical model (sim_report: hierarchical=False; the stream: the
-    # stand-in model cannot stream), so the sections and tables are the same
+    # the stream skips the hierarchical model (the stand-in cannot stream; sim_report fits
+    # it): every other section and table is the same
     assert [s.key for s in streamed.sections] == [s.key for s in rep.sections]
-    assert set(streamed.tables) == set(rep.tables) and len(rep.tables) >= 10
-    assert streamed.skipped.keys() == rep.skipped.keys()
-    _same_tables(rep, streamed)
+    hier = {k for k in rep.tables if k.startswith("hierarchical")}
+    assert hier and set(streamed.tables) == set(rep.tables) - hier and len(streamed.tables) >= 10
+    assert streamed.skipped.keys() == rep.skipped.keys() | {"hierarchical"}
+    _same_tables(streamed, rep)
     html = streamed.path.read_text(encoding="utf-8")
     assert f"{len(simulated):,} answers" in html and "streamed into counts" in html
     clustering = re.findall(r"<dt>Clustering</dt><dd>([^<]*)</dd>", html)
@@ -467,13 +469,9 @@ def strong():
     return df, fit
 
 
-def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(strong, tmp_path,
-                                                                           monkeypatch):
+@pytest.mark.usefixtures("undrawn_figures")  # tables and text (sim_report draws the figure)
+def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(strong, tmp_path):
     df, fit = strong
-    # only the hierarchical figure is drawn (the others are drawn by the sim_report tests)
-    drawn = S.render
-    monkeypatch.setattr(S, "render", lambda fig, key, caption: (
-        drawn if key.startswith("hierarchical") else _undrawn)(fig, key, caption))
     rep = rs.report(df, out=tmp_path, results={"hierarchical": fit}, seed=0, progress=False,
                     options={"w2": {"n_boot": 0, "n_perm": 0}})
     eff = fit.effects("persona", within="model")
@@ -499,9 +497,6 @@ def test_hierarchical_section_in_percentage_points_and_zero_cells_not_counted(st
     assert row["95% HDI (pp)"] == (f"{100 * a_y['prob_ci_low']:.2f} to "
                                    f"{100 * a_y['prob_ci_high']:.2f}")
     assert (disp.loc[disp["model"] == "C", "note"] != "").all()
-    png = rep.figures["hierarchical_effects"].read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000  # drawn, not a stand-in
-    assert rep.figures["hierarchical_effects"].with_suffix(".svg").read_text().startswith("<?xml")
     # the persona x model deviations apart: the (1|persona:model) draws alone
     dev = pd.read_csv(rep.tables["hierarchical_deviations"])
     ref = fit.deviations("persona:model")
