@@ -331,16 +331,13 @@ class _CR2Engine:
     of relative order max_j |Lambda_j|, dropped); ``approx_note`` says so with that bound.
     """
 
-    def __init__(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray, *,
-                 exact: bool | None = None, kind: str = "CR2"):
-        if kind not in _ADJUSTMENT_POWER:
-            raise ValueError(f"kind must be one of {list(_ADJUSTMENT_POWER)}, got {kind!r}")
-        self.kind = kind
-        self.power = _ADJUSTMENT_POWER[kind]
+    def _setup(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray):
+        """What both parametrizations share: the clusters' pairs in cluster order, the
+        working weights, M and a square root L of it, each cluster's first pair.
+        Returns the sorted clusters and the fitted means."""
         cl = _sorted_pairs(cl)
         self.X, self.Xf, self.cl = X, Xf, cl
-        p = X.shape[1]
-        self.p, self.J = p, cl.n_clusters
+        self.p, self.J = X.shape[1], cl.n_clusters
         mu = expit(X @ beta)
         self.wts = mu * (1.0 - mu)
         self.M = 0.5 * (M + M.T)
@@ -351,6 +348,16 @@ class _CR2Engine:
         except np.linalg.LinAlgError:
             self.L = (U * np.sqrt(np.clip(ev, 0.0, None))) @ U.T
         self.starts = np.searchsorted(cl.g, np.arange(self.J + 1))
+        return cl, mu
+
+    def __init__(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray, *,
+                 exact: bool | None = None, kind: str = "CR2"):
+        if kind not in _ADJUSTMENT_POWER:
+            raise ValueError(f"kind must be one of {list(_ADJUSTMENT_POWER)}, got {kind!r}")
+        self.kind = kind
+        self.power = _ADJUSTMENT_POWER[kind]
+        cl, mu = self._setup(X, Xf, cl, beta, M)
+        p = self.p
         # the (cluster x pattern) pairs as CSR rows directly (they are ordered by cluster)
         r = np.asarray(self._pairs_matrix(cl.s - cl.n * mu[cl.j]) @ X)
         # cluster leverage bound: tr(Lambda_j) = sum over its pairs of n w x' M x
@@ -590,19 +597,8 @@ class _CR2GlmEngine(_CR2Engine):
 
     def __init__(self, X: np.ndarray, Xf, cl: _Cluster, beta: np.ndarray, M: np.ndarray):
         self.kind, self.power = "CR2-glm", 0.5
-        cl = _sorted_pairs(cl)
-        self.X, self.Xf, self.cl = X, Xf, cl
-        p = X.shape[1]
-        self.p, self.J = p, cl.n_clusters
-        mu = expit(X @ beta)
-        self.wts = mu * (1.0 - mu)
-        self.M = 0.5 * (M + M.T)
-        ev, U = np.linalg.eigh(self.M)
-        try:
-            self.L = np.linalg.cholesky(self.M)
-        except np.linalg.LinAlgError:
-            self.L = (U * np.sqrt(np.clip(ev, 0.0, None))) @ U.T
-        self.starts = np.searchsorted(cl.g, np.arange(self.J + 1))
+        cl, mu = self._setup(X, Xf, cl, beta, M)
+        p = self.p
         self.exact, self.approx_note = True, ""
         J, Mm, L = self.J, self.M, self.L
         size = np.diff(self.starts)
