@@ -297,7 +297,7 @@ def test_page_renders_in_headless_chromium_without_failed_loads(sim_report, tmp_
     assert not bad, bad
 
 
-# ------------------------------------------------------------------ hierarchical (slow)
+# ------------------------------------------------------------------ hierarchical
 def test_hierarchical_section_on_a_real_fit(sim_report):
     """sim_report fits the hierarchical model (the default formula) on the paper design."""
     rep, html = sim_report
