@@ -187,6 +187,36 @@ def scenario_effect_logit(reps: int, seed: int, item_sd: float, detector: str, n
             "seconds": time.perf_counter() - t0}
 
 
+def scenario_by_disagreements(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
+    """Coverage of the default rate interval by model and by the number of labelled rows
+    whose label disagrees with the flag (0, 1, 2, 3+): where the conservativeness sits."""
+    rng = np.random.default_rng(seed)
+    base = base_logits(item_sd)
+    target = truth_rates(item_sd, base)
+    cluster = "item_id" if item_sd else None
+    hits, ks, models = [], [], []
+    for start in range(0, reps, BATCH):
+        r = min(BATCH, reps - start)
+        df = simulate(rng, r, item_sd, detector, n_labels, base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"])
+        lab = df[df["human"].notna()]
+        k = (lab["human"] != lab["refusal"]).groupby([lab["rep"], lab["model"]]).sum()
+        k = k.reindex(pd.MultiIndex.from_frame(res[["rep", "model"]]), fill_value=0).to_numpy()
+        truth = target[res["model"].to_numpy()]
+        hits.append(((res["ci_low"] <= truth) & (truth <= res["ci_high"])).to_numpy())
+        ks.append(k)
+        models.append(res["model"].to_numpy())
+    hits, ks, models = (np.concatenate(v) for v in (hits, ks, models))
+    out = {}
+    for m in range(N_MODELS):
+        for lo, hi, name in ((0, 0, "0"), (1, 1, "1"), (2, 2, "2"), (3, 10**9, "3+")):
+            sel = (models == m) & (ks >= lo) & (ks <= hi)
+            out[(m, name)] = (float(sel.sum() / (models == m).sum()), float(hits[sel].mean()) if sel.any() else np.nan)
+    return out
+
+
 EXTRA = [(1.0, "differ", 30), (1.0, "differ", 60), (1.0, "differ", 200), (0.0, "differ", 60),
          (1.0, "useless", 60), (0.0, "differ", 30), (0.0, "useless", 30), (0.0, "good", 30)]
 
@@ -228,8 +258,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261128)
     ap.add_argument("--disparity", action="store_true",
                     help="only the disparity(labels=) rows (100 bootstrap replicates each)")
+    ap.add_argument("--small-sample", choices=["floor", "bp"], default="floor",
+                    help="small-sample rule of ci='t': the default floor, or the Bonett-Price pseudo-labels "
+                         "measured as an alternative (docs/methods_ppi.md section 4)")
+    ap.add_argument("--mass", type=float, default=1.0, help="with bp: pseudo-labels per discordant cell")
+    ap.add_argument("--quantile", choices=["z", "t"], default="z",
+                    help="with bp: z (as Bonett-Price) or t quantile with the m / (m - 1) factor")
+    ap.add_argument("--by-disagreements", action="store_true",
+                    help="only: coverage by model and by the number of labels that disagree with the flag "
+                         "(i.i.d., 30 labels per model, good and differing detectors)")
     args = ap.parse_args()
+    if args.small_sample == "bp":
+        from refusalstats import ppi as _ppi
+
+        _ppi._SMALL_SAMPLE.update(rule="bp", mass=args.mass, quantile=args.quantile,
+                                  factor=args.quantile == "t")
+        print(f"small-sample rule: Bonett-Price pseudo-labels, mass {args.mass:g}, {args.quantile} quantile")
     t0 = time.perf_counter()
+    if args.by_disagreements:
+        print("| detector | model (rate) | share / coverage with 0 disagreements | 1 | 2 | 3+ |\n|---|---|---|---|---|---|")
+        for k, det in enumerate(("good", "differ")):
+            s = scenario_by_disagreements(args.reps, args.seed + 300 + k, 0.0, det, 30)
+            for m in range(N_MODELS):
+                cells = " | ".join(f"{s[(m, b)][0]:.2f} / {s[(m, b)][1]:.3f}" for b in ("0", "1", "2", "3+"))
+                print(f"| {det} | {m} ({RATES[m]:.2f}) | {cells} |", flush=True)
+        print(f"\ni.i.d., 30 labels per model, {args.reps} replicates per detector, seed {args.seed}, "
+              f"{time.perf_counter() - t0:.0f} s. Command: "
+              f"`python benchmarks/calibration_ppi.py --by-disagreements --reps {args.reps} --seed {args.seed}`")
+        return
     if args.disparity:
         print("| data | labels/persona | category (true ratio) | coverage | median interval |\n|---|---|---|---|---|")
         for k, (sd, n) in enumerate([(1.0, 40), (1.0, 100), (0.0, 40)]):

@@ -320,6 +320,40 @@ def test_small_sample_interval_floors_the_rectifier_variance():
     assert small["ci_high"].item() == pytest.approx(small["rate"].item() + q * np.sqrt(var), rel=1e-12)
 
 
+def test_bonett_price_alternative_is_the_adjusted_wald_of_the_paired_difference(monkeypatch):
+    # the alternative small-sample rule measured in docs/methods_ppi.md section 4 (not the
+    # default): one pseudo-labelled (y=1, f=0) and (y=0, f=1) row per labelled group. With
+    # lam = 1 and one stratum its labelled variance is Bonett & Price's (2012) adjusted
+    # Wald for the paired difference y - f, closed form: (p10 + p01 - d^2) / (n + 2) with
+    # p10 = (n10 + 1) / (n + 2), p01 = (n01 + 1) / (n + 2), d = p10 - p01
+    from refusalstats import ppi as ppi_module
+
+    rng = np.random.default_rng(5)
+    f = rng.binomial(1, 0.2, 3000)
+    h = np.full(3000, np.nan)
+    h[:40] = f[:40]
+    h[[0, 1, 2]] = 1 - f[[0, 1, 2]]          # three disagreements on the labelled rows
+    df = pd.DataFrame({"refusal": f, "human": h})
+    n = 40
+    n10 = int(((h[:n] == 1) & (f[:n] == 0)).sum())
+    n01 = int(((h[:n] == 0) & (f[:n] == 1)).sum())
+    assert n10 + n01 == 3
+    p10, p01 = (n10 + 1) / (n + 2), (n01 + 1) / (n + 2)
+    fu = f[n:]
+    var = (p10 + p01 - (p10 - p01) ** 2) / (n + 2) + fu.var() / len(fu)
+    monkeypatch.setitem(ppi_module._SMALL_SAMPLE, "rule", "bp")
+    monkeypatch.setitem(ppi_module._SMALL_SAMPLE, "quantile", "z")
+    monkeypatch.setitem(ppi_module._SMALL_SAMPLE, "factor", False)
+    bp = ppi_rates(df, cluster=None, lam=1.0)
+    assert bp["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-12)
+    # the point estimate is not adjusted: the plain PPI estimate
+    assert bp["rate"].item() == pytest.approx(fu.mean() + np.mean(h[:n] - f[:n]), rel=1e-12)
+    assert bp["ci_high"].item() == pytest.approx(bp["rate"].item() + 1.959963984540054 * np.sqrt(var), rel=1e-9)
+    # the z interval (ppi_python's) ignores the rule
+    assert ppi_rates(df, cluster=None, lam=1.0, ci="z")["std_error"].item() == pytest.approx(
+        np.sqrt(np.var(h[:n] - f[:n]) / n + fu.var() / len(fu)), rel=1e-12)
+
+
 @pytest.mark.parametrize("bare", [False, True])
 def test_logit_small_sample_floor_only_where_the_labels_cannot_estimate_the_variance(bare):
     # intercept only, labels only (lam = 0), rows independent: closed forms. The estimate has

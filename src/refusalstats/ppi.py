@@ -397,8 +397,44 @@ def _build_atoms(data, cells: np.ndarray, n_cells: int, *, labels, refusal, stra
     return atoms, clusters
 
 
+#: The small-sample rule of ``ci="t"`` in the linear estimators (rates, persona effect,
+#: disparity). ``"floor"`` (the default): the ``_PSEUDO`` floor above, t quantile, m / (m - 1).
+#: ``"bp"``: an alternative measured in docs/methods_ppi.md section 4 and NOT the default (it
+#: was more conservative than the floor with a good detector): Bonett & Price's adjusted
+#: Wald for a paired difference carried into PPI++, ``mass`` pseudo-labelled rows (y=1,
+#: f=0) and (y=0, f=1) added to every labelled (cell, stratum) group for the variance and
+#: lam (point estimate unadjusted), each pseudo-row its own cluster; ``quantile`` "z" or
+#: "t", ``factor`` the m / (m - 1) factor without clusters. With lam = 1, one stratum and
+#: ``mass=1``, the labelled part of the variance is Bonett & Price's (p10 + p01 - d^2) /
+#: (n + 2) with p10 = (n10 + 1) / (n + 2), p01 = (n01 + 1) / (n + 2), d = p10 - p01.
+#: Only ``benchmarks/calibration_ppi.py --small-sample bp`` changes it.
+_SMALL_SAMPLE = {"rule": "floor", "mass": 1.0, "quantile": "t", "factor": True}
+
+
+def _augment(at: _Atoms, mass: float) -> _Atoms:
+    """The atoms plus pseudo-labelled rows (y=1, f=0) and (y=0, f=1), ``mass`` each, per
+    labelled (cell, stratum) group (Bonett & Price's adjusted Wald for a paired
+    difference), each pseudo-row its own cluster."""
+    H = at.n_strata
+    g = (at.cell * H + at.stratum)[at.lab]
+    groups, first = np.unique(g, return_index=True)
+    kk, hh = groups // H, groups % H
+    wg = at.w[at.lab][first]
+    G = len(groups)
+    cell = np.concatenate([at.cell, kk, kk])
+    stratum = np.concatenate([at.stratum, hh, hh])
+    lab = np.concatenate([at.lab, np.ones(2 * G, bool)])
+    y = np.concatenate([at.y, np.ones(G), np.zeros(G)])
+    f = np.concatenate([at.f, np.zeros(G), np.ones(G)])
+    w = np.concatenate([at.w, wg, wg])
+    m = np.concatenate([at.m, np.full(2 * G, float(mass))])
+    cl = None if at.cluster is None else np.concatenate([at.cluster, at.n_clusters + np.arange(2 * G)])
+    part_size = np.bincount(lab.astype(int) * H + stratum, weights=m, minlength=2 * H)
+    return _Atoms(cell=cell, lab=lab, stratum=stratum, y=y, f=f, w=w, m=m, cluster=cl, n_cells=at.n_cells,
+                  n_strata=H, n_clusters=at.n_clusters + 2 * G if cl is not None else 0, part_size=part_size)
+
+
 def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z"):
-    small = df_rule == "t"
     """PPI / PPI++ for linear combinations ``L`` (targets x cells) of cell means.
 
     Each cell's estimate is ``A + lam (FU - FL)``: the weighted labelled mean of the
@@ -409,6 +445,10 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     and the variance is ``sum (a + lam b)^2`` (times C / (C - 1) with C clusters); lam
     minimizes it (``-sum ab / sum b^2``, clipped to [0, 1]).
     """
+    small = df_rule == "t"
+    bp = small and _SMALL_SAMPLE["rule"] == "bp"
+    if bp:
+        Vbp = _linear_ppi(_augment(at, _SMALL_SAMPLE["mass"]), L, lam, conf, "z")["V"]
     K = at.n_cells
     mw = at.m * at.w
     labw = np.where(at.lab, mw, 0.0)
@@ -470,7 +510,13 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         n_units = np.asarray(((abs(Ls) @ lab_present) > 0).sum(1)).ravel()
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
-    if small:
+    if bp:  # the variance of the augmented atoms (cluster factor included), instead of the floor
+        Vaa, Vab, Vbb = Vbp
+        factor = np.ones(T)
+        if _SMALL_SAMPLE["factor"] and at.cluster is None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                factor = np.where(n_units > 1, n_units / np.maximum(n_units - 1, 1), np.nan)
+    elif small:
         if at.cluster is None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 factor = np.where(n_units > 1, n_units / np.maximum(n_units - 1, 1), np.nan)
@@ -509,7 +555,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     est[undefined] = np.nan
     labels_only[undefined] = np.nan
     se[undefined] = np.nan
-    if df_rule == "t":
+    if df_rule == "t" and not (bp and _SMALL_SAMPLE["quantile"] == "z"):
         q = stats.t.ppf(1 - (1 - conf) / 2, np.maximum(n_units - 1, 1))
     else:
         q = np.full(T, _z(conf))
@@ -519,7 +565,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     else:
         infl = None
     return {"influence": infl, "estimate": est, "std_error": se, "ci_low": est - q * se, "ci_high": est + q * se,
-            "lam": lam_t, "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
+            "lam": lam_t, "V": (Vaa, Vab, Vbb), "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
                 np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q}
 
 
