@@ -55,13 +55,18 @@ def test_sample_is_seeded_and_uniform_within_strata(table):
     a = label_sample(table, 30, by="model", seed=4)
     b = label_sample(table, 30, by="model", seed=4)
     assert a["row_key"].tolist() == b["row_key"].tolist()
-    # inclusion frequency of one stratum's rows over many draws is flat (SRS without replacement)
+    # inclusion frequency of one stratum's rows over many draws is flat (SRS without
+    # replacement): 200 copies of 40 rows as 200 strata (column rep), 10 drawn in each, in
+    # one call (each stratum's draw is its own, as 200 calls with 200 seeds were)
     small = table[table["model"] == "Gemma-2B"].head(40)
-    hits = pd.Series(0, index=row_key(small).to_numpy())
-    for seed in range(200):
-        hits[label_sample(small, 10, seed=seed)["row_key"]] += 1
+    stack = pd.concat([small.assign(rep=r) for r in range(200)], ignore_index=True)
+    pos = pd.Series(np.tile(np.arange(40), 200), index=row_key(stack).to_numpy())
+    assert pos.index.is_unique
+    draw = label_sample(stack, 10, by="rep", allocation="per_stratum", seed=0)
+    assert (draw.groupby("rep").size() == 10).all()
+    hits = np.bincount(pos[draw["row_key"]].to_numpy(), minlength=40)
     # each row has probability 1/4; 200 draws: sd sqrt(200 * .25 * .75) = 6.1
-    assert abs(hits.mean() - 50) < 1e-9 and hits.between(50 - 5 * 6.1, 50 + 5 * 6.1).all()
+    assert abs(hits.mean() - 50) < 1e-9 and ((hits > 50 - 5 * 6.1) & (hits < 50 + 5 * 6.1)).all()
 
 
 def test_roundtrip_csv_and_parquet(table, tmp_path):
