@@ -26,6 +26,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from scipy.special import logit as qlogis
 
+import refusalstats as rs
 from refusalstats.regression import SeparationWarning, logit
 from refusalstats.regression.design_matrix import _build
 from refusalstats.regression.separation import _separation
@@ -191,3 +192,37 @@ def test_predict_and_marginal_means_with_separation():
     pr = firth.predict(pd.DataFrame({"persona": ["c"]}), conf=0.95)
     assert pr["prediction"].item() == pytest.approx(expit(qlogis(0.5 / 61)), rel=1e-6)
     assert 0 < pr["ci_low"].item() < pr["prediction"].item() < pr["ci_high"].item() < 1
+
+
+def _never_refusing_with_labels(seed=0, n=1200):
+    """Three models, one never refuses (its flags and its human labels are all 0)."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"model": rng.choice(["a", "b", "never"], n),
+                       "persona": rng.choice(["p", "q", "r"], n), "item_id": rng.integers(0, 60, n)})
+    df["refusal"] = np.where(df["model"] == "never", 0, (rng.random(n) < 0.3).astype(int))
+    df["human"] = np.where(rng.random(n) < 0.2, df["refusal"], np.nan)
+    return df
+
+
+def test_ppi_logit_names_a_never_refusing_level_instead_of_a_zero_standard_error():
+    """With labels= a level that never refuses diverged to about -34 with standard error 0,
+    z -1.9e16 and p 0 (a finding out of nothing). It is now marked separated: NaN standard
+    error, test and interval, named in the summary, as logit marks it; the other terms keep
+    their finite estimates, equal to the fit without that level's rows."""
+    df = _never_refusing_with_labels()
+    with pytest.warns(RuntimeWarning, match="separate"):
+        r = rs.logit("refusal ~ model + persona", df, labels="human", cluster=None)
+    t = r.to_frame()
+    assert r.separated == ("model[T.never]",) and t.attrs["separated"] == ["model[T.never]"]
+    assert t.loc["model[T.never]", "estimate"] < -30
+    assert t.loc["model[T.never]", ["std_error", "z", "p_value", "ci_low", "ci_high",
+                                    "std_error_labels_only"]].isna().all()
+    rest = t.drop(index="model[T.never]")
+    assert np.isfinite(rest[["std_error", "p_value", "ci_low", "ci_high"]].to_numpy()).all()
+    assert "Separation: model[T.never]" in str(r.summary())
+    # the labelled rows alone: a term that separates leaves the others' estimates as in the
+    # table without its rows (up to the small-sample pull toward 1/2 of its cells)
+    sub = df[df["model"] != "never"]
+    r2 = rs.logit("refusal ~ model + persona", sub, labels="human", cluster=None)
+    for term in ("model[T.b]", "persona[T.q]", "persona[T.r]"):
+        assert r.params_labels_only[term] == pytest.approx(r2.params_labels_only[term], abs=0.02), term

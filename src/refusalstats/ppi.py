@@ -902,6 +902,11 @@ class PPILogitResult:
         Default interval level.
     n_obs, n_labelled, n_clusters : int
         Rows, labelled rows, clusters (0: rows independent).
+    separated : tuple of str
+        Coefficients whose estimate diverged (beyond +-30 on the log-odds scale): the
+        labels and flags of the rows they single out hold one class, e.g. a model that
+        never refuses. Their estimate is where the fit stopped; standard error, test and
+        interval are NaN, as ``logit`` marks separated terms.
     """
 
     params: pd.Series
@@ -916,11 +921,14 @@ class PPILogitResult:
     n_labelled: int
     n_clusters: int
     df: float = np.inf
+    separated: tuple = ()
 
     @property
     def bse(self) -> pd.Series:
-        """Standard errors."""
-        return pd.Series(np.sqrt(np.diag(self.cov.to_numpy())), index=self.params.index)
+        """Standard errors (NaN for ``separated`` coefficients)."""
+        se = pd.Series(np.sqrt(np.diag(self.cov.to_numpy())), index=self.params.index)
+        se[list(self.separated)] = np.nan
+        return se
 
     def conf_int(self, conf: float | None = None) -> pd.DataFrame:
         """Wald intervals (t on ``df`` degrees of freedom with clusters).
@@ -957,7 +965,9 @@ class PPILogitResult:
         out = out.join(self.conf_int())
         out["estimate_labels_only"] = self.params_labels_only
         out["std_error_labels_only"] = self.bse_labels_only
+        out.loc[list(self.separated), "std_error_labels_only"] = np.nan
         out["estimate_detector"] = self.params_detector
+        out.attrs["separated"] = list(self.separated)
         return out
 
     def __repr__(self) -> str:
@@ -977,6 +987,11 @@ class PPILogitResult:
                 + (f", clusters {self.n_clusters:,} (cluster-robust)" if self.n_clusters else ""))
         with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 140):
             text = head + "\n" + t.to_string()
+        if self.separated:
+            text += ("\n\nSeparation: " + ", ".join(self.separated) + " diverged (the labels and flags of "
+                     "the rows they single out hold one class, e.g. a level that never refuses): their "
+                     "estimates are where the fit stopped, with no standard error or interval. Label "
+                     "more rows there, or leave the level out.")
         return Summary("PPI logistic regression", text, t)
 
 
@@ -1218,6 +1233,7 @@ def ppi_logit(
         bse_labels_only=pd.Series(np.sqrt(np.diag(cov_lab)), index=names),
         params_detector=pd.Series(det, index=names), formula=formula, conf=conf,
         n_obs=int(at.m.sum()), n_labelled=n_lab, n_clusters=at.n_clusters, df=float(df),
+        separated=tuple(n for n, v in zip(names, beta) if abs(v) > 30),
     )
 
 
