@@ -53,7 +53,7 @@ FORMULA = "refusal ~ a + (1|g) + (1|h) + (1|g:h)"
 
 @pytest.fixture(scope="module")
 def sim():
-    return simulate_multilevel()
+    return simulate_multilevel(n_g=14, n_h=10)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_effects_predict_ppc(fit, sim):
     df, _ = sim
     post = fit.idata.posterior
     eff = fit.effects("g", within="h")
-    assert len(eff) == 20 * 15
+    assert len(eff) == 14 * 10
     # the logit-scale effect is u_g + u_gh, draw by draw
     draws = (post["1|g"].sel({"g__level": "g03"}) + post["1|g:h"].sel({"g:h__level": "g03:h07"}))
     row = eff[(eff["g"] == "g03") & (eff["h"] == "h07")].iloc[0]
@@ -344,7 +344,7 @@ def test_item_term_interval_comparable_to_cr1(clustered, persona_model):
         warnings.simplefilter("ignore")
         lg = rs.logit("refusal ~ task + persona", df, cluster="item_id", progress=False)
         cr1 = 2 * 1.959964 * lg.bse["task[T.t1]"]
-        with_item = hierarchical(ITEM_FORMULA, df, draws=300, tune=300, chains=2, seed=1, progress=False)
+        with_item = hierarchical(ITEM_FORMULA, df, draws=200, tune=250, chains=2, seed=1, progress=False)
     without = persona_model[1]  # refusal ~ task + (1|persona), same data, same draws
 
     def width(fit):
