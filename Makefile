@@ -19,8 +19,11 @@ install: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium not installable: the browser test will skip"
 	# two workers on two cores: one BLAS/OpenMP thread each (OpenBLAS's own threads oversubscribe
-	# the cores and spin; measured 40% less CPU on test_simulate/rates/logit at load 10)
-	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	# the cores and spin; measured 40% less CPU on test_simulate/rates/logit at load 10).
+	# Bytecode on: this machine sets PYTHONDONTWRITEBYTECODE, so every worker and every child
+	# python recompiled the package and pytest re-rewrote every test module's asserts (~5 CPU s
+	# a worker); with it the first run writes __pycache__ (90 -> 84 s wall) and later ones reuse it (79 s)
+	env -u PYTHONDONTWRITEBYTECODE OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 		$(BIN)/python -m pytest -q -n 2 --doctest-modules tests src/refusalstats
 
 demo: $(STAMP)
