@@ -880,6 +880,11 @@ def rogan_gladen(
 # ----------------------------------------------------------------------- logistic regression
 
 
+#: A ppi_logit coefficient beyond this (log odds) has diverged: the rows it singles out hold
+#: one class. The fit's warning, its success flag and the result's ``separated`` share it.
+_DIVERGED = 30.0
+
+
 @dataclass
 class PPILogitResult:
     """Prediction-powered logistic regression coefficients (from :func:`ppi_logit`).
@@ -1128,14 +1133,14 @@ def ppi_logit(
             if np.max(np.abs(t * step)) < 1e-10:
                 converged = True
                 break
-        ok = converged and np.max(np.abs(beta)) <= 30
+        ok = converged and np.max(np.abs(beta)) <= _DIVERGED
         if not warn:
             return beta, J, ok
         if not converged:
             warnings.warn("ppi_logit: Newton's method did not converge in 200 steps: the labelled rows "
                           "separate the classes (a group without labelled refusals?); label more rows",
                           RuntimeWarning, stacklevel=3)
-        elif np.max(np.abs(beta)) > 30:
+        elif np.max(np.abs(beta)) > _DIVERGED:
             warnings.warn("ppi_logit: coefficients beyond +-30 on the log-odds scale: the labelled rows "
                           "separate the classes; label more rows in the groups without both classes",
                           RuntimeWarning, stacklevel=3)
@@ -1233,7 +1238,7 @@ def ppi_logit(
         bse_labels_only=pd.Series(np.sqrt(np.diag(cov_lab)), index=names),
         params_detector=pd.Series(det, index=names), formula=formula, conf=conf,
         n_obs=int(at.m.sum()), n_labelled=n_lab, n_clusters=at.n_clusters, df=float(df),
-        separated=tuple(n for n, v in zip(names, beta) if abs(v) > 30),
+        separated=tuple(n for n, v in zip(names, beta) if abs(v) > _DIVERGED),
     )
 
 
