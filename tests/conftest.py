@@ -22,3 +22,39 @@ def undrawn_figures(monkeypatch):
         return sections.FigureItem(key, caption, UNDRAWN_PNG, UNDRAWN_SVG)
 
     monkeypatch.setattr(sections, "render", undrawn)
+
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """With ``-n 2 --dist loadgroup`` (``make test``): the tests of one module that share a
+    module-scoped fixture of that module run on one worker, so the fixture is built once.
+    Under plain ``--dist load`` each worker built it: the drawn paper report (8-10 s) and
+    the hierarchical fits were made twice. Other tests are distributed one by one."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        module = getattr(item, "module", None)
+        if info is None or module is None or item.get_closest_marker("xdist_group"):
+            continue
+        for name in info.names_closure:
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope == "module" and defs[-1].baseid == item.nodeid.split("::")[0]:
+                item.add_marker(pytest.mark.xdist_group(name=module.__name__))
+                break
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker sends the ids to the scheduler
+def pytest_collection_finish(session):
+    """pytest-xdist 3.8 tells the scheduler a test's group by appending ``@group`` to
+    ``item._nodeid``; pytest 9 reads node ids from ``item._id``, so the suffix was lost and
+    ``loadgroup`` ran as ``load``. Apply the suffix where it is missing (workers only)."""
+    if not (hasattr(session.config, "workerinput") and session.config.getvalue("loadgroup")):
+        return
+    for item in session.items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is None or "@" in item.nodeid.rsplit("]", 1)[-1].rsplit("::", 1)[-1]:
+            continue
+        group = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+        ident = getattr(item, "_id", None)
+        if ident is not None and hasattr(type(ident), "parse"):
+            item._id = type(ident).parse(f"{item.nodeid}@{group}")

@@ -488,7 +488,8 @@ def serve(tmp_path):
     def start(folder: Path) -> str:
         handler = functools.partial(_QuietHandler, directory=str(folder))
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        # a short poll: serve_forever's default 0.5 s made every teardown wait up to half a second
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}"
 

@@ -98,11 +98,9 @@ def test_collapsed_likelihood_equals_bernoulli(parametrization):
 
     rows = df.copy()
     rows["task"] = pd.Categorical(rows["task"], categories=["nli", "offensiveness", "politeness"])
+    init = m.model.initial_point()  # (each call compiles a pytensor function)
     for trial in range(3):
-        point = {}
-        for v in m.model.value_vars:
-            shape = m.model.initial_point()[v.name].shape
-            point[v.name] = rng.normal(0, 1.0, shape)
+        point = {v.name: rng.normal(0, 1.0, init[v.name].shape) for v in m.model.value_vars}
         ll = m.log_likelihood(point)
         # independent row-level Bernoulli log-likelihood: rebuild the effects from the point
         fixed = model_matrix("task + prompt", rows)
