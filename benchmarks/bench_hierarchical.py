@@ -45,6 +45,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -233,6 +234,24 @@ def check_nuts(scale: float, draws: int, tune: int, chains: int, seed: int) -> i
     return 0
 
 
+def _glmer_unfinished(df, args, ours: dict, fit, load_before: float, wall: float, r0) -> int:
+    """glmer stopped at ``--glmer-timeout``: its wall and CPU seconds so far are lower bounds,
+    and so are the ratios to our fit (the CPU seconds include R's start and reading the CSV,
+    a few seconds)."""
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    print(f"\n| fit | rows | wall (s) | CPU (s) | load (1 min) |\n|---|---:|---:|---:|---|\n"
+          f"| refusalstats hierarchical ({fit.sampler}; method={args.method}) | {len(df):,} | "
+          f"{ours['wall_s']:.1f} | {ours['cpu_s']:.1f} | {load_before:.1f} before |\n"
+          f"| R lme4 glmer(nAGQ=0), this run: stopped unfinished at --glmer-timeout "
+          f"{args.glmer_timeout:.0f} s | {len(df):,} | > {wall:.0f} | > {cpu:.0f} | "
+          f"{os.getloadavg()[0]:.1f} at the stop |")
+    print(f"\nglmer / refusalstats: wall > {wall / ours['wall_s']:.0f}x, CPU > {cpu / ours['cpu_s']:.0f}x "
+          f"(lower bounds: glmer did not finish); goal: refusalstats <= 60 s and faster than glmer. "
+          f"uptime after: {_uptime()}")
+    return 0
+
+
 def _versus_glmer(df, args, ours: dict, fit, load_before: float) -> int:
     """Ours vs R lme4 glmer(nAGQ = 0) on the same formula and table: wall and CPU seconds."""
     import pandas as pd
@@ -249,9 +268,17 @@ def _versus_glmer(df, args, ours: dict, fit, load_before: float) -> int:
                       .agg(n="size", refusals="sum").reset_index())
             path, out = os.path.join(tmp, "counts.csv"), os.path.join(tmp, "glmer.csv")
             counts.to_csv(path, index=False)
-            proc = subprocess.run(["Rscript", os.path.join(root, "peer_glmer.R"), path, out, "0"],
-                                  capture_output=True, text=True, check=False)
-            print(proc.stdout[-3000:], proc.stderr[-2000:], flush=True)
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(["Rscript", os.path.join(root, "peer_glmer.R"), path, out, "0"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                stdout, stderr = proc.communicate(timeout=args.glmer_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return _glmer_unfinished(df, args, ours, fit, load_before, time.perf_counter() - t0, r0)
+            print(stdout[-3000:], stderr[-2000:], flush=True)
             if proc.returncode != 0:
                 raise SystemExit("peer_glmer.R failed")
             g = pd.read_csv(out)
@@ -298,6 +325,9 @@ def main() -> int:
     ap.add_argument("--glmer", action="store_true",
                     help="with --item: also fit R lme4 glmer(nAGQ=0) on the same table in the same "
                          "run (benchmarks/peer_glmer.R) and print wall and CPU ratios (issue #24)")
+    ap.add_argument("--glmer-timeout", type=float, metavar="SECONDS",
+                    help="with --glmer: stop glmer after this many wall seconds and print its time "
+                         "so far as a lower bound (at full scale it ran > 3,500 CPU s)")
     ap.add_argument("--glmer-csv", metavar="CSV",
                     help="with --item: compare with a glmer result recorded earlier by peer_glmer.R "
                          "(e.g. a full-scale run in the background), labelled as not the same run")
