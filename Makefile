@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	# CPU build of torch lying on this disk; users' installs stay unpinned (torch>=2.4).
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[inference,dev]"
+	# compile the numba kernels into their on-disk cache once (tiny analyses through the API):
+	# otherwise the first analysis, and each test worker of the first make test, spends 10-15 s
+	$(BIN)/python -m refusalstats._precompile
 	touch $(STAMP)
 
 install: $(STAMP)
