@@ -320,6 +320,30 @@ def test_small_sample_interval_floors_the_rectifier_variance():
     assert small["ci_high"].item() == pytest.approx(small["rate"].item() + q * np.sqrt(var), rel=1e-12)
 
 
+def test_labels_of_one_class_take_plain_ppi_not_a_shrunken_lam():
+    # A model refusing 10% of the time whose 30 labels hold no refusal (4% of such samples):
+    # the labels say nothing about how label and flag co-vary, so the default takes lam = 1
+    # (plain PPI: flag rate of the unlabelled rows + mean of label - flag on the labelled).
+    # With the tuned lam (about 0.4, from the variance floor's pseudo-labels alone) the
+    # estimate was shrunk towards the labels' 0: 0.048 for a true 0.10 (calibration_ppi.py).
+    rng = np.random.default_rng(5)
+    y = rng.binomial(1, 0.1, 1000)
+    f = np.where(y == 1, rng.random(1000) < 0.95, rng.random(1000) < 0.02).astype(int)
+    h = np.full(1000, np.nan)
+    neg = np.flatnonzero((y == 0) & (f == 0))[:30]
+    h[neg] = 0
+    df = pd.DataFrame({"refusal": f, "human": h})
+    got = ppi_rates(df, cluster=None)
+    unl = np.isnan(h)
+    assert got["lam"].item() == 1.0
+    assert got["rate"].item() == pytest.approx(f[unl].mean() + (0 - 0), rel=1e-12)
+    assert got["ci_low"].item() < 0.1 < got["ci_high"].item()
+    # a label sample with both classes keeps the tuned lam
+    h2 = h.copy()
+    h2[np.flatnonzero(y == 1)[:3]] = 1
+    assert ppi_rates(df.assign(human=h2), cluster=None)["lam"].item() < 1.0
+
+
 def test_bonett_price_alternative_is_the_adjusted_wald_of_the_paired_difference(monkeypatch):
     # the alternative small-sample rule measured in docs/methods_ppi.md section 4 (not the
     # default): one pseudo-labelled (y=1, f=0) and (y=0, f=1) row per labelled group. With

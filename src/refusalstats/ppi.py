@@ -543,6 +543,16 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     if lam is None:
         with np.errstate(invalid="ignore", divide="ignore"):
             lam_t = np.where(Vbb > 0, np.clip(-Vab / Vbb, 0, 1), 0.0)
+        if small:
+            # A cell whose labels hold one class (30 labels, no refusal) says nothing about how
+            # label and flag co-vary: the tuned lam then comes from the floor's pseudo-labels
+            # alone (about 0.4) and shrinks the estimate towards the labels' 0 (a model with a
+            # 10% rate came out at 5%, its interval covering 3% of the time). Such targets take
+            # lam = 1, plain PPI (Angelopoulos et al. 2023): unbiased whatever the detector.
+            pos = np.bincount(at.cell, np.where(at.lab, at.m * at.y, 0.0), K)
+            one_class = (n_lab > 0) & ((pos == 0) | (pos == n_lab))
+            touched = np.asarray((abs(Ls) @ one_class[:, None].astype(float)).ravel()) > 0
+            lam_t = np.where(touched, 1.0, lam_t)
     else:
         lam_t = np.full(T, float(lam))
     A0, D0 = np.nan_to_num(A), np.nan_to_num(FU - FL)   # cells without labels: NaN below, not in others
