@@ -751,13 +751,15 @@ def ppi_effect(
 
     Examples
     --------
+    A perfect detector (labels equal to the flags, both classes labelled in each setting):
+
     >>> import numpy as np, pandas as pd, refusalstats as rs
-    >>> df = pd.DataFrame({"setting": ["persona", "persona-free"] * 50,
-    ...                    "refusal": [1, 0, 0, 0] * 25})
-    >>> df["human"] = np.where(np.arange(100) % 3 == 0, df["refusal"], np.nan)
+    >>> df = pd.DataFrame({"setting": ["persona", "persona-free"] * 48,
+    ...                    "refusal": [1, 1, 1, 0, 0, 0, 0, 0] * 12})
+    >>> df["human"] = np.where(np.arange(96) % 3 == 0, df["refusal"], np.nan)
     >>> out = rs.ppi_effect(df, cluster=None)
     >>> float(out["difference_detector"].iloc[0]), round(float(out["difference"].iloc[0]), 2)
-    (0.5, 0.5)
+    (0.25, 0.25)
     """
     data = response_rows(data, "ppi_effect")
 
