@@ -691,6 +691,8 @@ def test_method_auto_runs_laplace_on_large_designs(clustered, monkeypatch):
     assert r.settings["method_requested"] == "auto" and r.approximate
     assert m._model is None
     assert "APPROXIMATE: LAPLACE" in str(r)
+    r.to_frame(), r.diagnostics()  # summaries of a Laplace fit never build the PyMC model
+    assert m._model is None
     with pytest.raises(ValueError, match="'auto', 'nuts'"):
         m.fit(method="inla")
 

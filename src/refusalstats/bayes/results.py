@@ -132,7 +132,6 @@ class HierarchicalResult:
             return self._diag
         import arviz as az
 
-        names = self.model.free_names
         d: dict[str, Any] = {"sampler": self.sampler, "chains": int(self.idata.posterior.sizes["chain"]),
                              "draws": int(self.idata.posterior.sizes["draw"]),
                              "seconds": round(self.timings.get("total_s", float("nan")), 2)}
@@ -141,7 +140,9 @@ class HierarchicalResult:
                      divergences=0)
             self._diag = d
             return d
-        post = self.idata.posterior[names]
+        # (after the approximate case: free_names builds the PyMC model, which the nested
+        # Laplace fit never needs -- 2.8 s of a report's hierarchical section at scale 0.01)
+        post = self.idata.posterior[self.model.free_names]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rhat = az.rhat(post)
