@@ -27,19 +27,31 @@ def undrawn_figures(monkeypatch):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """With ``-n 2 --dist loadgroup`` (``make test``): the tests of one module that share a
-    module-scoped fixture of that module run on one worker, so the fixture is built once.
-    Under plain ``--dist load`` each worker built it: the drawn paper report (8-10 s) and
-    the hierarchical fits were made twice. Other tests are distributed one by one."""
+    """With ``-n 2 --dist loadgroup`` (``make test``): tests that share an expensive fixture
+    run on one worker, so it is built once. Under plain ``--dist load`` each worker built it:
+    the drawn paper report (8-10 s) and the hierarchical fits were made twice.
+
+    * a module-scoped fixture of the test's own module: the module's group;
+    * a session-scoped fixture of a sub-folder's conftest (tests/inference's tiny model and
+      backend, ~2 s to train and save): that folder's group.
+
+    Other tests are distributed one by one."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         module = getattr(item, "module", None)
         if info is None or module is None or item.get_closest_marker("xdist_group"):
             continue
+        path = item.nodeid.split("::")[0]
         for name in info.names_closure:
             defs = info.name2fixturedefs.get(name)
-            if defs and defs[-1].scope == "module" and defs[-1].baseid == item.nodeid.split("::")[0]:
+            if not defs:
+                continue
+            scope, base = defs[-1].scope, defs[-1].baseid
+            if scope == "module" and base == path:
                 item.add_marker(pytest.mark.xdist_group(name=module.__name__))
+                break
+            if scope == "session" and base not in ("", "tests") and path.startswith(base + "/"):
+                item.add_marker(pytest.mark.xdist_group(name=base))
                 break
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pingouin as pg
 import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
@@ -40,7 +39,10 @@ def complete_blocks(seed=0, n_items=40, personas=("a", "b", "c", "d", "e"), mode
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group("pingouin")  # one worker imports it (make test: --dist loadgroup)
 def test_cochran_q_matches_pingouin():
+    import pingouin as pg  # (seconds to import: only where it is used)
+
     df = complete_blocks()
     out = rs.cochran_q(df, condition="persona", cluster="item_id", by="model", method="chi2")
     assert out["model"].tolist() == ["m1", "m2"]
@@ -157,7 +159,10 @@ def test_cochran_q_method_choice_and_errors():
         rs.cochran_q(big, method="exact")
 
 
+@pytest.mark.xdist_group("pingouin")  # one worker imports it (make test: --dist loadgroup)
 def test_cochran_q_blocks_of_several_columns_and_degenerate():
+    import pingouin as pg  # (seconds to import: only where it is used)
+
     df = complete_blocks(seed=2, models=("m",))
     twice = pd.concat([df.assign(prompt="p1"), df.assign(prompt="p2")], ignore_index=True)
     with pytest.raises(ValueError, match=r"more than once.*df\['item_prompt'\] = "
@@ -250,8 +255,11 @@ def raters(seed=0, n_models=4, n_personas=8, tie=False):
     return pd.DataFrame(rows, columns=["model", "persona", "refusal"])
 
 
+@pytest.mark.xdist_group("pingouin")  # one worker imports it (make test: --dist loadgroup)
 @pytest.mark.parametrize("tie", [False, True])
 def test_rank_agreement_matches_scipy_and_pingouin(tie):
+    import pingouin as pg  # (seconds to import: only where it is used)
+
     df = raters(tie=tie)
     ra = rs.rank_agreement(df, item="persona", rater="model")
     wide = df.pivot_table(index="model", columns="persona", values="refusal", aggfunc="mean")

@@ -6,7 +6,7 @@ import pytest
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
-from refusalstats._blas import blas_single_by_env, single_blas  # noqa: E402
+from refusalstats._blas import blas_single_by_env, single_blas
 
 
 def _blas_threads() -> list[int]:

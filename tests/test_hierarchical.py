@@ -48,6 +48,10 @@ def simulate_multilevel(seed: int = 11, n_g: int = 20, n_h: int = 15, per_cell: 
     return df, truth
 
 
+# one worker for the whole module (make test's --dist loadgroup): its fixtures are NUTS fits
+# and compiled models, and every test here imports PyMC (3 s a worker)
+pytestmark = pytest.mark.xdist_group("test_hierarchical")
+
 FORMULA = "refusal ~ a + (1|g) + (1|h) + (1|g:h)"
 
 

@@ -12,7 +12,6 @@ import math
 import warnings
 
 import numpy as np
-import ot
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -81,7 +80,10 @@ def splitmix_randint(state: int, n: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------
 # the reference itself against POT
 # --------------------------------------------------------------------------------------
+@pytest.mark.xdist_group("POT")  # one worker imports it (make test: --dist loadgroup)
 def test_reference_matches_pot_emd2():
+    import ot  # POT imports torch as a backend when present: only where it is used
+
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=37), rng.gamma(2.0, size=23)
     wa, wb = rng.integers(1, 5, 37), rng.integers(1, 5, 23)
@@ -198,7 +200,10 @@ def test_binary_closed_form_is_exact():
     assert got["iota"] == pytest.approx(iota_ref(g, y), abs=1e-10)
 
 
+@pytest.mark.xdist_group("POT")  # one worker imports it (make test: --dist loadgroup)
 def test_nominal_output_matches_pot_on_one_hot_labels():
+    import ot  # POT imports torch as a backend when present: only where it is used
+
     rng = np.random.default_rng(7)
     n = 600
     g = rng.integers(0, 3, n)
@@ -217,7 +222,10 @@ def test_nominal_output_matches_pot_on_one_hot_labels():
     assert res.table.loc[0, "iota"] == pytest.approx(xi / (2 * var), abs=1e-10)
 
 
+@pytest.mark.xdist_group("POT")  # one worker imports it (make test: --dist loadgroup)
 def test_multivariate_output_matches_row_level_emd2():
+    import ot
+
     rng = np.random.default_rng(8)
     n = 240
     g = rng.integers(0, 3, n)

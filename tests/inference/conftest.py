@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -12,12 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-# The tiny model is far faster on one thread, and CI machines are shared: more threads
-# only contend (measured 13x slower per matmul with 2 threads on a loaded 2-core box).
-torch.set_num_threads(1)
+# Without torch and transformers (the [inference] extra) the folder is skipped. They are
+# looked up, not imported: importing torch here cost each xdist worker ~1.5 s while
+# collecting, though most of these tests never touch it (tiny_model.build_tiny_model
+# imports it, and sets one thread, for the tests that do).
+for _name in ("torch", "transformers"):
+    if importlib.util.find_spec(_name) is None:
+        pytest.skip(f"the inference tests need {_name} (pip install -e '.[inference]')",
+                    allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+# torch is imported inside the tests: at module level both xdist workers paid ~1.5 s for it
+# while collecting
 import pytest
-import torch
 from refusalstats.inference import DecodingParams, is_out_of_memory
 
 PROMPTS = [
@@ -22,6 +23,8 @@ def _rendered(backend):
 
 def _manual_greedy(model, ids: list[int], n: int, stop: set[int]) -> list[int]:
     """Reference: full forward pass per step (no cache, no padding), argmax."""
+    import torch
+
     out = []
     seq = list(ids)
     with torch.no_grad():
@@ -98,12 +101,16 @@ def test_decoding_params_validation():
 
 
 def test_out_of_memory_recognition():
+    import torch
+
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tiny_model_dir):
+    import torch
+
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     from refusalstats.inference import TransformersBackend
@@ -129,6 +136,7 @@ def test_greedy_ignores_a_sampling_generation_config(tiny_backend, sampling_mode
     Regression (issue 12, #1): unset GenerationConfig fields were filled from the
     model's generation_config.json, so answers were sampled / penalised.
     """
+    import torch
     from refusalstats.inference import TransformersBackend
 
     shipped = TransformersBackend(str(sampling_model_dir), device="cpu")
@@ -165,6 +173,7 @@ def test_greedy_generation_config_is_complete():
 def test_from_pretrained_dtype_keyword_follows_the_transformers_version(tiny_model_dir,
                                                                         monkeypatch):
     """Regression (issue 12, #2): `dtype=` is a TypeError before transformers 4.56."""
+    import torch
     import transformers
     from refusalstats.inference import TransformersBackend
 
