@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[inference,dev]"
 	# compile the numba kernels into their on-disk cache once (tiny analyses through the API):
 	# otherwise the first analysis, and each test worker of the first make test, spends 10-15 s
-	$(BIN)/python -m refusalstats._precompile
+	$(BIN)/python -m refusalstats._precompile || echo "numba kernels not precompiled: the first analysis compiles them"
 	$(BIN)/python -m compileall -q src  # bytecode too: each test worker compiled the package itself
 	touch $(STAMP)
 
