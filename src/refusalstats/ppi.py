@@ -624,7 +624,8 @@ def ppi_rates(
         None: one simple random sample of rows.
     lam : float, optional
         0: labels only; 1: PPI; None (default): PPI++ (per group, the variance-
-        minimizing value in [0, 1]).
+        minimizing value in [0, 1]; with ``ci="t"``, 1 for a group whose labels hold one
+        class, where the labels cannot tell how label and flag co-vary).
     refusal : str
         The detector's 0/1 flag.
     ci : {"t", "z"}
