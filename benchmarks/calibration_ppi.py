@@ -99,6 +99,15 @@ def truth_rates(item_sd: float, base: np.ndarray) -> np.ndarray:
     return np.array([np.mean([np.sum(w * expit(b + d + item_sd * z)) for d in PERSONA]) for b in base])
 
 
+def batches(reps: int, seed: int, item_sd: float, detector: str, n_labels: int):
+    """A scenario's ``reps`` simulated tables, ``BATCH`` replicates stacked at a time (one
+    random stream per scenario)."""
+    rng = np.random.default_rng(seed)
+    base = base_logits(item_sd)
+    for start in range(0, reps, BATCH):
+        yield simulate(rng, min(BATCH, reps - start), item_sd, detector, n_labels, base)
+
+
 def replicate_se(hits: np.ndarray, per_rep: int) -> float:
     """Monte Carlo s.e. of a coverage with the replicate as the unit.
 
@@ -113,15 +122,10 @@ def replicate_se(hits: np.ndarray, per_rep: int) -> float:
 
 def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
     """Coverage and widths of one scenario over ``reps`` replicates (3 models each)."""
-    rng = np.random.default_rng(seed)
-    base = base_logits(item_sd)
-    target = truth_rates(item_sd, base)
-    cluster = "item_id" if item_sd else None
+    target, cluster = truth_rates(item_sd, base_logits(item_sd)), ("item_id" if item_sd else None)
     out = {k: [] for k in ("t", "z", "lab", "rg", "w_ppi", "w_lab", "w_z", "lam")}
     t0 = time.perf_counter()
-    for start in range(0, reps, BATCH):
-        r = min(BATCH, reps - start)
-        df = simulate(rng, r, item_sd, detector, n_labels, base)
+    for df in batches(reps, seed, item_sd, detector, n_labels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"])
@@ -154,15 +158,10 @@ def scenario_effect_logit(reps: int, seed: int, item_sd: float, detector: str, n
     """Coverage of persona_effect(labels=) (model 0 vs model 1 as the two settings, items
     shared: correlated arms) and of logit("refusal ~ model", labels=) coefficients (the
     population-averaged log odds ratios logit(rate_m) - logit(rate_0))."""
-    rng = np.random.default_rng(seed)
-    base = base_logits(item_sd)
-    target = truth_rates(item_sd, base)
-    cluster = "item_id" if item_sd else None
+    target, cluster = truth_rates(item_sd, base_logits(item_sd)), ("item_id" if item_sd else None)
     eff_hits, eff_w, eff_w_lab, logit_hits = [], [], [], []
     t0 = time.perf_counter()
-    for start in range(0, reps, BATCH):
-        r = min(BATCH, reps - start)
-        df = simulate(rng, r, item_sd, detector, n_labels, base)
+    for df in batches(reps, seed, item_sd, detector, n_labels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             two = df[df["model"] < 2].assign(setting=lambda d: np.where(d["model"] == 0, "persona", "persona-free"))
@@ -190,14 +189,9 @@ def scenario_effect_logit(reps: int, seed: int, item_sd: float, detector: str, n
 def scenario_by_disagreements(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
     """Coverage of the default rate interval by model and by the number of labelled rows
     whose label disagrees with the flag (0, 1, 2, 3+): where the conservativeness sits."""
-    rng = np.random.default_rng(seed)
-    base = base_logits(item_sd)
-    target = truth_rates(item_sd, base)
-    cluster = "item_id" if item_sd else None
+    target, cluster = truth_rates(item_sd, base_logits(item_sd)), ("item_id" if item_sd else None)
     hits, ks, models = [], [], []
-    for start in range(0, reps, BATCH):
-        r = min(BATCH, reps - start)
-        df = simulate(rng, r, item_sd, detector, n_labels, base)
+    for df in batches(reps, seed, item_sd, detector, n_labels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"])
