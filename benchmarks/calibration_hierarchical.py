@@ -204,26 +204,18 @@ def run(reps: int = 40, seed: int = 0, p1_reps: int = 300,
             width[key].append(s.loc[TERM, "ci_high"] - s.loc[TERM, "ci_low"])
             hits[key] += _covers(fit, marg if key == "pooled" else cond)
             secs[key] += time.perf_counter() - t0
-    rows = []
-    if "item" in specs:
-        rows.append(
-            {"check": f"95% HDI of task effect, (1|item_id), NUTS {CHAINS}x({TUNE}+{DRAWS}); target: "
-                      f"conditional effect (mean width {np.mean(width['item']):.2f}, median max R-hat "
-                      f"{np.median(rhat):.3f})",
-             "estimate": hits["item"] / reps, "target_low": 0.88, "target_high": 1.0,
-             "seconds": secs["item"]})
-    if "laplace" in specs:
-        rows.append(
-            {"check": f"95% HDI of task effect, (1|item_id), method='laplace' (approximate); target: "
-                      f"conditional effect (mean width {np.mean(width['laplace']):.2f})",
-             "estimate": hits["laplace"] / reps, "target_low": 0.88, "target_high": 1.0,
-             "seconds": secs["laplace"]})
-    if "pooled" in specs:
-        rows.append(
-            {"check": f"baseline (no item term): 95% HDI of task effect, refusal ~ task + (1|persona); "
-                      f"target: population-averaged effect (mean width {np.mean(width['pooled']):.2f})",
-             "estimate": hits["pooled"] / reps, "target_low": None, "target_high": 1.0,
-             "seconds": secs["pooled"]})
+    checks = {  # key: (what the row says, lower end of the target)
+        "item": ((f"95% HDI of task effect, (1|item_id), NUTS {CHAINS}x({TUNE}+{DRAWS}); target: "
+                 f"conditional effect (mean width {{w:.2f}}, median max R-hat "
+                 f"{np.median(rhat) if rhat else np.nan:.3f})"), 0.88),
+        "laplace": (("95% HDI of task effect, (1|item_id), method='laplace' (approximate); target: "
+                    "conditional effect (mean width {w:.2f})"), 0.88),
+        "pooled": (("baseline (no item term): 95% HDI of task effect, refusal ~ task + (1|persona); "
+                   "target: population-averaged effect (mean width {w:.2f})"), None),
+    }
+    rows = [{"check": text.format(w=np.mean(width[key])), "estimate": hits[key] / reps,
+             "target_low": low, "target_high": 1.0, "seconds": secs[key]}
+            for key, (text, low) in checks.items() if key in specs]
     for row in rows:
         row.update(data=DATA, statistic="coverage", reps=reps)
     return rows + (run_p1(p1_reps, seed) if p1_reps else [])
