@@ -236,3 +236,37 @@ def test_a_bad_response_gets_the_same_words_everywhere(tmp_path):
         with pytest.raises(ValueError) as info:
             call()
         assert words in str(info.value), (name, str(info.value))
+
+
+@pytest.fixture(scope="module")
+def labelled_sources(tmp_path_factory):
+    """The table with a `human` label on every 6th row and a fourth model that never refuses
+    (flags and labels all 0: its labels hold one class), four ways."""
+    df = _table()
+    never = df[df["model"] == "m1"].assign(model="m0", refusal=0)
+    df = pd.concat([df, never], ignore_index=True)
+    df["refusal"] = df["refusal"].astype("int8")
+    human = df["refusal"].astype(float)
+    flip = np.random.default_rng(3).random(len(df)) < 0.05  # the detector errs on 5% of rows
+    human[flip & (df["model"] != "m0")] = 1 - human[flip & (df["model"] != "m0")]
+    df["human"] = np.where(np.arange(len(df)) % 6 == 0, human, np.nan)
+    root = tmp_path_factory.mktemp("parity_labels")
+    df.to_csv(root / "t.csv", index=False)
+    df.to_parquet(root / "t.parquet", index=False)
+    (root / "shards").mkdir()
+    for i, (_, part) in enumerate(df.groupby("model")):
+        part.to_parquet(root / "shards" / f"part-{i}.parquet", index=False)
+    return {"frame": df, "csv": str(root / "t.csv"), "parquet": str(root / "t.parquet"),
+            "folder": str(root / "shards")}
+
+
+@pytest.mark.parametrize("cluster", ["item_id", None])
+def test_refusal_rates_with_labels_and_a_never_refusing_model(labelled_sources, cluster):
+    """PPI rates are the same from every source; the model that never refuses has labels of
+    one class, so it takes lam = 1 (plain PPI) and its corrected rate is 0."""
+    got = _each(labelled_sources, lambda s: rs.refusal_rates(s, by="model", labels="human",
+                                                             cluster=cluster))
+    _same(got)
+    m0 = got["frame"].set_index("model").loc["m0"]
+    assert m0["lam"] == 1.0 and m0["rate"] == 0.0 and m0["ci_high"] > 0
+    assert (got["frame"].set_index("model").drop(index="m0")["lam"] < 1).all()
