@@ -46,6 +46,12 @@ DETECTORS = {
     "differ": ((0.95, 0.75, 0.5), (0.97, 0.9, 0.8), 0.1, 0.03),
 }
 BATCH = 40
+#: ``--unbalanced``: few items answered unequally often, one model refusing 3% of the time
+#: (its 30 labels hold no refusal 40% of the time)
+UNBALANCED_ITEMS = 30
+UNBALANCED_RATES = (0.03, 0.10, 0.35)
+UNBALANCED = [(1.0, "differ", 30), (1.0, "differ", 60), (1.0, "good", 30), (1.0, "useless", 30),
+              (0.0, "differ", 30), (0.0, "good", 30)]
 
 
 def _gh(n=61):
@@ -53,8 +59,8 @@ def _gh(n=61):
     return z, w / w.sum()
 
 
-def base_logits(item_sd: float) -> np.ndarray:
-    """Per-model intercepts whose rate averaged over items and personas is ``RATES``."""
+def base_logits(item_sd: float, rates=RATES) -> np.ndarray:
+    """Per-model intercepts whose rate averaged over items and personas is ``rates``."""
     from scipy.optimize import brentq
 
     z, w = _gh()
@@ -62,30 +68,34 @@ def base_logits(item_sd: float) -> np.ndarray:
     def marginal(b):
         return float(np.mean([np.sum(w * expit(b + d + item_sd * z)) for d in PERSONA]))
 
-    return np.array([brentq(lambda b, r=r: marginal(b) - r, -20, 20) for r in RATES])
+    return np.array([brentq(lambda b, r=r: marginal(b) - r, -20, 20) for r in rates])
 
 
-def simulate(rng, reps: int, item_sd: float, detector: str, n_labels: int, base: np.ndarray) -> pd.DataFrame:
-    """``reps`` tables stacked (``rep`` column, item ids unique per replicate)."""
-    rows = N_MODELS * N_ITEMS * PER_ITEM
+def simulate(rng, reps: int, item_sd: float, detector: str, n_labels: int, base: np.ndarray,
+             sizes: np.ndarray | None = None) -> pd.DataFrame:
+    """``reps`` tables stacked (``rep`` column, item ids unique per replicate). ``sizes``:
+    answers per item and model (default ``PER_ITEM`` for each of ``N_ITEMS`` items)."""
+    sizes = np.full(N_ITEMS, PER_ITEM) if sizes is None else np.asarray(sizes)
+    n_items, per_model = len(sizes), int(sizes.sum())
+    rows = N_MODELS * per_model
     rep = np.repeat(np.arange(reps), rows)
-    model = np.tile(np.repeat(np.arange(N_MODELS), N_ITEMS * PER_ITEM), reps)
-    item_local = np.tile(np.repeat(np.arange(N_ITEMS), PER_ITEM), N_MODELS * reps)
-    item = rep * N_ITEMS + item_local
-    persona = np.tile(np.arange(PER_ITEM) % len(PERSONA), N_MODELS * N_ITEMS * reps)
-    u = rng.normal(0, item_sd, reps * N_ITEMS)[item] if item_sd else 0.0
+    model = np.tile(np.repeat(np.arange(N_MODELS), per_model), reps)
+    item_local = np.tile(np.repeat(np.arange(n_items), sizes), N_MODELS * reps)
+    item = rep * n_items + item_local
+    persona = np.tile(np.concatenate([np.arange(k) % len(PERSONA) for k in sizes]), N_MODELS * reps)
+    u = rng.normal(0, item_sd, reps * n_items)[item] if item_sd else 0.0
     truth = rng.random(len(rep)) < expit(base[model] + PERSONA[persona] + u)
     if detector == "useless":
         flag = rng.random(len(rep)) < 0.3
     else:
         se, sp, dse, dsp = DETECTORS[detector]
-        v = rng.normal(0, 0.5, reps * N_ITEMS)[item] if item_sd else 0.0
+        v = rng.normal(0, 0.5, reps * n_items)[item] if item_sd else 0.0
         step = persona - 2
         sens = expit(logit(np.clip(np.array(se)[model] - dse * step, 0.05, 0.995)) + v)
         spec = expit(logit(np.clip(np.array(sp)[model] - dsp * step, 0.05, 0.995)) - v)
         flag = np.where(truth, rng.random(len(rep)) < sens, rng.random(len(rep)) > spec)
     human = np.full(len(rep), np.nan)
-    per_stratum = N_ITEMS * PER_ITEM
+    per_stratum = per_model
     # n_labels rows at random in each (replicate, model) stratum
     order = np.argsort(rng.random((reps * N_MODELS, per_stratum)), axis=1)[:, :n_labels]
     picked = (order + (np.arange(reps * N_MODELS) * per_stratum)[:, None]).ravel()
@@ -99,13 +109,13 @@ def truth_rates(item_sd: float, base: np.ndarray) -> np.ndarray:
     return np.array([np.mean([np.sum(w * expit(b + d + item_sd * z)) for d in PERSONA]) for b in base])
 
 
-def batches(reps: int, seed: int, item_sd: float, detector: str, n_labels: int):
+def batches(reps: int, seed: int, item_sd: float, detector: str, n_labels: int, sizes=None, rates=RATES):
     """A scenario's ``reps`` simulated tables, ``BATCH`` replicates stacked at a time (one
     random stream per scenario)."""
     rng = np.random.default_rng(seed)
-    base = base_logits(item_sd)
+    base = base_logits(item_sd, rates)
     for start in range(0, reps, BATCH):
-        yield simulate(rng, min(BATCH, reps - start), item_sd, detector, n_labels, base)
+        yield simulate(rng, min(BATCH, reps - start), item_sd, detector, n_labels, base, sizes)
 
 
 def replicate_se(hits: np.ndarray, per_rep: int) -> float:
@@ -120,12 +130,15 @@ def replicate_se(hits: np.ndarray, per_rep: int) -> float:
     return float(np.std(per, ddof=1) / np.sqrt(len(per))) if len(per) > 1 else float("nan")
 
 
-def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int) -> dict:
-    """Coverage and widths of one scenario over ``reps`` replicates (3 models each)."""
-    target, cluster = truth_rates(item_sd, base_logits(item_sd)), ("item_id" if item_sd else None)
+def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int, sizes=None,
+             rates=RATES) -> dict:
+    """Coverage and widths of one scenario over ``reps`` replicates (3 models each); ``sizes``
+    and ``rates`` as in :func:`simulate` and :func:`base_logits`."""
+    target = truth_rates(item_sd, base_logits(item_sd, rates))
+    cluster = "item_id" if item_sd else None
     out = {k: [] for k in ("t", "z", "lab", "rg", "w_ppi", "w_lab", "w_z", "lam")}
     t0 = time.perf_counter()
-    for df in batches(reps, seed, item_sd, detector, n_labels):
+    for df in batches(reps, seed, item_sd, detector, n_labels, sizes, rates):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"])
@@ -258,6 +271,9 @@ def main() -> None:
     ap.add_argument("--mass", type=float, default=1.0, help="with bp: pseudo-labels per discordant cell")
     ap.add_argument("--quantile", choices=["z", "t"], default="z",
                     help="with bp: z (as Bonett-Price) or t quantile with the m / (m - 1) factor")
+    ap.add_argument("--unbalanced", action="store_true",
+                    help="only: rates on few, unequally answered items (30 items, 1-60 answers each) "
+                         "with a rarely refusing model (rates 0.03 / 0.10 / 0.35)")
     ap.add_argument("--by-disagreements", action="store_true",
                     help="only: coverage by model and by the number of labels that disagree with the flag "
                          "(i.i.d., 30 labels per model, good and differing detectors)")
@@ -279,6 +295,21 @@ def main() -> None:
         print(f"\ni.i.d., 30 labels per model, {args.reps} replicates per detector, seed {args.seed}, "
               f"{time.perf_counter() - t0:.0f} s. Command: "
               f"`python benchmarks/calibration_ppi.py --by-disagreements --reps {args.reps} --seed {args.seed}`")
+        return
+    if args.unbalanced:
+        sizes = np.clip(np.random.default_rng(2026).geometric(0.1, UNBALANCED_ITEMS), 1, 60)
+        print(f"{UNBALANCED_ITEMS} items answered {sizes.min()}-{sizes.max()} times each (median "
+              f"{np.median(sizes):.0f}; {sizes.sum()} answers per model), rates {UNBALANCED_RATES}\n")
+        print("| data | detector | labels/model | PPI++ (default) | by model | labels only | width / labels-only "
+              "| mean lam |\n|---|---|---|---|---|---|---|---|")
+        for k, (sd, det, n) in enumerate(UNBALANCED):
+            s = scenario(args.reps, args.seed + 400 + k, sd, det, n, sizes, UNBALANCED_RATES)
+            print(f"| {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {s['coverage_t']:.3f} ± {s['mc_se']:.3f} "
+                  f"| {' / '.join(f'{c:.2f}' for c in s['coverage_by_model'])} | {s['coverage_labels_only']:.3f} "
+                  f"| {s['width_ratio']:.2f} | {s['lam']:.2f} |", flush=True)
+        print(f"\n{args.reps} replicates x {N_MODELS} models per row, seed {args.seed}, "
+              f"{time.perf_counter() - t0:.0f} s. Command: "
+              f"`python benchmarks/calibration_ppi.py --unbalanced --reps {args.reps} --seed {args.seed}`")
         return
     if args.disparity:
         print("| data | labels/persona | category (true ratio) | coverage | median interval |\n|---|---|---|---|---|")
