@@ -164,6 +164,74 @@ def test_clustered_stratified_variance_matches_row_by_row(cluster, strata):
         assert out["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-10)
 
 
+def _unequal_items() -> pd.DataFrame:
+    """9 items answered 1..9 times (45 rows), labels on rows with index % 3 != 1 (30)."""
+    item = np.repeat(np.arange(9), np.arange(1, 10))
+    j = np.arange(len(item))
+    human = ((j * 7 + item * 3) % 5 < 2).astype(float)
+    refusal = np.where(j % 6 == 0, 1 - human, human).astype(int)
+    return pd.DataFrame({"item_id": item, "refusal": refusal, "human": np.where(j % 3 != 1, human, np.nan)})
+
+
+def test_clustered_labels_only_interval_is_clubsandwich_cr2_with_satterthwaite_df(monkeypatch):
+    """The default clustered interval (ci="t") is CR2 with Bell-McCaffrey df. Labels only
+    (lam = 0) and the floor off, it is the intercept-only regression on the labelled rows:
+    R 4.2, clubSandwich 0.5.x, on this table written to small.csv:
+        l <- d[!is.na(d$human), ]; f <- lm(human ~ 1, data = l)
+        coef_test(f, vcov = "CR2", cluster = l$item_id, test = "Satterthwaite")
+    gave estimate 0.6, SE 0.041299202059, d.f. (Satt) 6.161637403480 (2026-12-07).
+    The CR1 interval it replaced had SE 0.0420 on 8 df."""
+    from scipy import stats
+
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    out = ppi_rates(_unequal_items(), cluster="item_id", lam=0)
+    assert out["rate"].item() == pytest.approx(0.6, abs=1e-12)
+    assert out["std_error"].item() == pytest.approx(0.041299202059, rel=1e-9)
+    q = out.attrs["quantile"][0]
+    assert q == pytest.approx(stats.t.ppf(0.975, 6.161637403480), rel=1e-8)
+
+
+def _cr2_dense(df, lam):
+    """CR2 variance and Satterthwaite df of the overall PPI rate, from N x C matrices: the
+    clusters' adjusted sums are ``V z`` with ``V[g, i] = (1 - h_gr)^(-1/2) / W_r w_i (1[i in g]
+    - h_gr)``, ``r`` the row's part, and ``M = V Sigma V'`` under independent rows with the
+    part's variance (labelled: of y - lam f; unlabelled: of lam f)."""
+    lab = df["human"].notna().to_numpy()
+    y, f = df["human"].fillna(0).to_numpy(), df["refusal"].to_numpy(float)
+    z = np.where(lab, y - lam * f, lam * f)
+    g = df["item_id"].to_numpy()
+    groups = np.unique(g)
+    V = np.zeros((len(groups), len(df)))
+    sig = np.zeros(len(df))
+    for part in (lab, ~lab):
+        sig[part] = z[part].var()
+        for k, c in enumerate(groups):
+            h = (part & (g == c)).sum() / part.sum()
+            if h == 0:
+                continue
+            V[k, part] = ((g[part] == c) - h) / np.sqrt(1 - h) / part.sum()
+    M = V @ (sig[:, None] * V.T)
+    return np.sum((V @ z) ** 2), np.trace(M) ** 2 / np.sum(M ** 2)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+def test_clustered_cr2_variance_and_df_with_both_parts_match_the_dense_formula(lam, monkeypatch):
+    from scipy import stats
+
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    df = _unequal_items()
+    out = ppi_rates(df, cluster="item_id", lam=lam)
+    var, df_bm = _cr2_dense(df, lam)
+    assert out["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-10)
+    # at most the labelled clusters - 1 (8 here)
+    assert out.attrs["quantile"][0] == pytest.approx(stats.t.ppf(0.975, min(df_bm, 8)), rel=1e-9)
+    assert df_bm < 8
+
+
 def test_group_estimates_match_the_overall_code_on_each_group():
     df = _clustered_stratified(seed=3)
     by = ppi_rates(df, by="model", cluster="item_id", strata="model", lam=1.0, ci="z")

@@ -434,6 +434,91 @@ def _augment(at: _Atoms, mass: float) -> _Atoms:
                   n_strata=H, n_clusters=at.n_clusters + 2 * G if cl is not None else 0, part_size=part_size)
 
 
+def _cr2_pieces(at: _Atoms, absL, K: int, C: int) -> dict:
+    """CR2 pieces per (target, cluster), for the labelled (L) and unlabelled (U) rows.
+
+    Each part of a target is a weighted mean (one intercept per cell and part; a target's
+    cells pooled with weights ``|L|``). A cluster's leverage in a part is its share ``h`` of
+    the part's weight, so Bell & McCaffrey's adjustment ``(I - H_gg)^(-1/2)`` scales the
+    cluster's sum by ``(1 - h)^(-1/2)`` (exact for a target of one cell). Also kept for the
+    Satterthwaite df: the weights ``W``, squared weights ``Q`` per cluster, and per cell the
+    weighted moments of label and flag.
+    """
+    kc = at.cell * C + at.cluster
+    out = {}
+    mw = at.m * at.w
+    for part, sel in (("L", at.lab), ("U", ~at.lab)):
+        Wkc = sparse.csr_matrix(np.bincount(kc, np.where(sel, mw, 0.0), K * C).reshape(K, C))
+        Qkc = sparse.csr_matrix(np.bincount(kc, np.where(sel, mw * at.w, 0.0), K * C).reshape(K, C))
+        W = (absL @ Wkc).toarray()
+        Q = (absL @ Qkc).toarray()
+        tot = W.sum(1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = np.where(tot > 0, W / np.where(tot > 0, tot, 1), 0.0)
+        out["adj_" + part] = np.where(h < 1 - 1e-12, 1 / np.sqrt(np.maximum(1 - h, 1e-12)), 1.0)
+        out["W_" + part], out["Q_" + part], out["h_" + part] = W, Q, h
+        # weighted moments per cell: sum w, w y, w f, w y^2 (= w y), w y f, w f^2 (= w f)
+        ww = np.where(sel, mw, 0.0)
+        out["mom_" + part] = np.stack([np.bincount(at.cell, ww * v, K) for v in (
+            np.ones_like(at.y), at.y, at.f, at.y * at.f)])
+    out["absL"] = absL
+    return out
+
+
+def _bm_df(cr2: dict, at: _Atoms, lam_t: np.ndarray, K: int) -> np.ndarray:
+    """Satterthwaite degrees of freedom of each target's CR2 variance (Bell & McCaffrey 2002;
+    Pustejovsky & Tipton 2018): ``tr(M)^2 / ||M||_F^2``, ``M`` the clusters' covariance of
+    their adjusted sums under the working model of independent rows with a variance per
+    part (labelled: of ``y - lam f``; unlabelled: of ``lam f``), each part a weighted mean.
+
+    For one part, cluster ``g`` with weight ``W_g``, squared weights ``Q_g``, leverage
+    ``h_g = W_g / W`` and ``alpha_g = (1 - h_g)^(-1/2) / W``:
+    ``M_gh = s^2 alpha_g alpha_h (1[g=h] Q_g - h_h Q_g - h_g Q_h + h_g h_h Q)``; the two
+    parts add. ``M`` is diagonal plus rank four, so its norm needs no C x C matrix.
+    """
+    absL = cr2["absL"]
+    mL, mU = cr2["mom_L"], cr2["mom_U"]
+
+    # labelled: var(y - lam f) within each cell = E[y] - 2 lam E[yf] + lam^2 E[f] - mean^2
+    n0 = mL[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Ey, Ef, Eyf = (np.where(n0 > 0, mL[j] / np.where(n0 > 0, n0, 1), 0.0) for j in (1, 2, 3))
+        n0u = mU[0]
+        Efu = np.where(n0u > 0, mU[2] / np.where(n0u > 0, n0u, 1), 0.0)
+    lam = lam_t[:, None]
+    vL_cell = Ey - 2 * lam * Eyf + lam ** 2 * Ef - (Ey - lam * Ef) ** 2          # T x K
+    vU_cell = lam ** 2 * (Efu - Efu ** 2)[None, :]
+    dense = absL.toarray() if sparse.issparse(absL) else np.asarray(absL)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sL = (dense * n0 * vL_cell).sum(1) / (dense * n0).sum(1)
+        sU = np.where((dense * n0u).sum(1) > 0, (dense * n0u * vU_cell).sum(1) / (dense * n0u).sum(1), 0.0)
+    D = 0.0
+    Us, Bs = [], []
+    for part, sig in (("L", sL), ("U", sU)):
+        W, Q, h = cr2["W_" + part], cr2["Q_" + part], cr2["h_" + part]
+        tot = W.sum(1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = np.where(tot > 0, cr2["adj_" + part] / np.where(tot > 0, tot, 1), 0.0)
+        sig = np.nan_to_num(np.maximum(sig, 0.0))[:, None]
+        D = D + sig * alpha ** 2 * Q
+        x, y = alpha * h, alpha * Q
+        Us += [x, y]
+        Qtot = Q.sum(1)
+        Bs.append(sig[:, 0, None, None] * np.stack([np.stack([Qtot, -np.ones_like(Qtot)], -1),
+                                                    np.stack([-np.ones_like(Qtot), np.zeros_like(Qtot)], -1)], -2))
+    U = np.stack(Us, -1)                                    # T x C x 4
+    B = np.zeros((len(lam_t), 4, 4))
+    B[:, :2, :2], B[:, 2:, 2:] = Bs
+    G = np.einsum("tci,tcj->tij", U, U)
+    UB = np.einsum("tci,tij->tcj", U, B)
+    diag_low = np.einsum("tcj,tcj->tc", UB, U)             # (U B U')_gg
+    tr = D.sum(1) + np.einsum("tij,tji->t", B, G)
+    BG = np.einsum("tij,tjk->tik", B, G)
+    fro = (D ** 2).sum(1) + 2 * (D * diag_low).sum(1) + np.einsum("tij,tji->t", BG, BG)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(fro > 0, tr ** 2 / fro, np.nan)
+
+
 def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z"):
     """PPI / PPI++ for linear combinations ``L`` (targets x cells) of cell means.
 
@@ -496,20 +581,36 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     else:
         C = at.n_clusters
         kc = at.cell * C + at.cluster
-        Ma = sparse.csr_matrix(np.bincount(kc, at.m * a, K * C).reshape(K, C))
-        Mb = sparse.csr_matrix(np.bincount(kc, at.m * b, K * C).reshape(K, C))
-        cnt = sparse.csr_matrix((at.m, (at.cluster, part)), shape=(C, P))
-        ca = (Ls @ Ma).toarray() - (cnt @ cen_a.T).T
-        cb = (Ls @ Mb).toarray() - (cnt @ cen_b.T).T
-        Vaa, Vab, Vbb = (ca * ca).sum(1), (ca * cb).sum(1), (cb * cb).sum(1)
-        influence = (ca, cb)
+
+        def by_cluster(v, sel):  # per (cell, cluster) sums of the atoms in ``sel``, then per target
+            return (Ls @ sparse.csr_matrix(np.bincount(kc, np.where(sel, at.m * v, 0.0), K * C).reshape(K, C))).toarray()
+
+        def by_part(cen, sel):  # the centring of each cluster's rows in ``sel``
+            cnt = sparse.csr_matrix((np.where(sel, at.m, 0.0), (at.cluster, part)), shape=(C, P))
+            return (cnt @ cen.T).T
+
+        lab_, unl_ = at.lab, ~at.lab
+        ca = by_cluster(a, lab_) - by_part(cen_a, lab_)
+        cbL = by_cluster(b, lab_) - by_part(cen_b, lab_)
+        cbU = by_cluster(b, unl_) - by_part(cen_b, unl_)
         present = sparse.csr_matrix((np.ones(len(kc)), (at.cell, at.cluster)), shape=(K, C))
         present.data[:] = 1
         n_cl = np.asarray(((abs(Ls) @ present) > 0).sum(1)).ravel()
         lab_present = sparse.csr_matrix((at.lab.astype(float), (at.cell, at.cluster)), shape=(K, C))
         n_units = np.asarray(((abs(Ls) @ lab_present) > 0).sum(1)).ravel()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
+        if small:
+            # CR2 (Bell & McCaffrey 2002): each cluster's sums scaled by (1 - h)^(-1/2), h its
+            # leverage (share of the weight) in the target's labelled, or unlabelled, rows;
+            # no C / (C - 1) factor. Satterthwaite df below (docs/methods_ppi.md section 4).
+            cr2 = _cr2_pieces(at, abs(Ls), K, C)
+            ca, cbL, cbU = ca * cr2["adj_L"], cbL * cr2["adj_L"], cbU * cr2["adj_U"]
+            factor = np.where(n_cl > 1, 1.0, np.nan)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
+        cb = cbL + cbU
+        Vaa, Vab, Vbb = (ca * ca).sum(1), (ca * cb).sum(1), (cb * cb).sum(1)
+        influence = (ca, cb)
     if bp:  # the variance of the augmented atoms (cluster factor included), instead of the floor
         Vaa, Vab, Vbb = Vbp
         factor = np.ones(T)
@@ -565,8 +666,13 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     est[undefined] = np.nan
     labels_only[undefined] = np.nan
     se[undefined] = np.nan
+    df = np.maximum(n_units - 1, 1).astype(float)
+    if small and at.cluster is not None and not bp:
+        # Satterthwaite (Bell-McCaffrey) df, at most the labelled clusters - 1
+        bm = _bm_df(cr2, at, lam_t, K)
+        df = np.where(np.isfinite(bm) & (bm > 0), np.minimum(np.maximum(bm, 1.0), df), df)
     if df_rule == "t" and not (bp and _SMALL_SAMPLE["quantile"] == "z"):
-        q = stats.t.ppf(1 - (1 - conf) / 2, np.maximum(n_units - 1, 1))
+        q = stats.t.ppf(1 - (1 - conf) / 2, df)
     else:
         q = np.full(T, _z(conf))
     if at.cluster is not None:  # cluster influence of each target (the covariance of targets)
@@ -576,7 +682,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         infl = None
     return {"influence": infl, "estimate": est, "std_error": se, "ci_low": est - q * se, "ci_high": est + q * se,
             "lam": lam_t, "V": (Vaa, Vab, Vbb), "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
-                np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q}
+                np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q, "df": df}
 
 
 def _check_lam(lam):
