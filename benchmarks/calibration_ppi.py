@@ -266,6 +266,34 @@ def run(reps: int = 300, seed: int = 20261128) -> list[dict]:
     return rows
 
 
+def scenario_logit_scale(reps: int, seed: int, item_sd: float, detector: str, n_labels: int, sizes=None,
+                         rates=RATES) -> dict:
+    """Coverage of the default rate interval (Wald) and of the same s.e. on the logit scale,
+    ``expit(logit(p) +- q se / (p (1 - p)))`` (the Wald interval where p is not in (0, 1)),
+    overall (± replicate s.e.) and by model."""
+    target = truth_rates(item_sd, base_logits(item_sd, rates), sizes)
+    hits = {"wald": [], "logit": []}
+    for df in batches(reps, seed, item_sd, detector, n_labels, sizes, rates):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = rs.ppi_rates(df, by=["rep", "model"], cluster="item_id" if item_sd else None, strata=["rep", "model"])
+        t = target[r["model"].to_numpy()]
+        q = np.asarray(r.attrs["quantile"])
+        p, se = r["rate"].to_numpy(), r["std_error"].to_numpy()
+        inside = (p > 0) & (p < 1)
+        pc = np.clip(p, 1e-12, 1 - 1e-12)
+        half = q * se / (pc * (1 - pc))
+        lo = np.where(inside, expit(logit(pc) - half), r["ci_low"])
+        hi = np.where(inside, expit(logit(pc) + half), r["ci_high"])
+        hits["wald"].append(((r["ci_low"] <= t) & (t <= r["ci_high"])).to_numpy())
+        hits["logit"].append((lo <= t) & (t <= hi))
+    out = {}
+    for k, v in hits.items():
+        v = np.concatenate(v).astype(float)
+        out[k] = (v.mean(), replicate_se(v, N_MODELS), v.reshape(-1, N_MODELS).mean(0))
+    return out
+
+
 def main() -> None:
     import argparse
     import os
@@ -285,6 +313,9 @@ def main() -> None:
     ap.add_argument("--unbalanced", action="store_true",
                     help="only: rates on few, unequally answered items (30 items, 1-60 answers each) "
                          "with a rarely refusing model (rates 0.03 / 0.10 / 0.35)")
+    ap.add_argument("--logit-scale", action="store_true",
+                    help="the rate intervals as they are (Wald) against the same s.e. on the logit scale "
+                         "(measured, not the default), balanced and --unbalanced rows")
     ap.add_argument("--by-disagreements", action="store_true",
                     help="only: coverage by model and by the number of labels that disagree with the flag "
                          "(i.i.d., 30 labels per model, good and differing detectors)")
@@ -306,6 +337,21 @@ def main() -> None:
         print(f"\ni.i.d., 30 labels per model, {args.reps} replicates per detector, seed {args.seed}, "
               f"{time.perf_counter() - t0:.0f} s. Command: "
               f"`python benchmarks/calibration_ppi.py --by-disagreements --reps {args.reps} --seed {args.seed}`")
+        return
+    if args.logit_scale:
+        sizes = np.clip(np.random.default_rng(2026).geometric(0.1, UNBALANCED_ITEMS), 1, 60)
+        print("| design | data | detector | labels/model | Wald (default) | by model | logit scale | by model |\n"
+              "|---|---|---|---|---|---|---|---|")
+        rows = [("balanced", *sc, None, RATES, args.seed + 700 + k) for k, sc in enumerate(SCENARIOS)]
+        rows += [("unbalanced", *sc, sizes, UNBALANCED_RATES, args.seed + 800 + k) for k, sc in enumerate(UNBALANCED)]
+        for design, sd, det, n, sz, rates, seed in rows:
+            s = scenario_logit_scale(args.reps, seed, sd, det, n, sz, rates)
+            cells = " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f} | {' / '.join(f'{c:.2f}' for c in s[k][2])}"
+                               for k in ("wald", "logit"))
+            print(f"| {design} | {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {cells} |", flush=True)
+        print(f"\n{args.reps} replicates x {N_MODELS} models per row, seeds {args.seed} + 700 (balanced) and + 800 "
+              f"(unbalanced), {time.perf_counter() - t0:.0f} s. Command: "
+              f"`python benchmarks/calibration_ppi.py --logit-scale --reps {args.reps} --seed {args.seed}`")
         return
     if args.unbalanced:
         sizes = np.clip(np.random.default_rng(2026).geometric(0.1, UNBALANCED_ITEMS), 1, 60)
