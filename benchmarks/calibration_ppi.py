@@ -268,11 +268,12 @@ def run(reps: int = 300, seed: int = 20261128) -> list[dict]:
 
 def scenario_logit_scale(reps: int, seed: int, item_sd: float, detector: str, n_labels: int, sizes=None,
                          rates=RATES) -> dict:
-    """Coverage of the default rate interval (Wald) and of the same s.e. on the logit scale,
-    ``expit(logit(p) +- q se / (p (1 - p)))`` (the Wald interval where p is not in (0, 1)),
-    overall (± replicate s.e.) and by model."""
+    """Coverage of the default rate interval (skewness-corrected, Hall 1992), of the symmetric
+    ``p +- q se`` (the default until 2026-12-07) and of the same s.e. on the logit scale,
+    ``expit(logit(p) +- q se / (p (1 - p)))`` (the symmetric interval where p is not in
+    (0, 1)), overall (± replicate s.e.) and by model."""
     target = truth_rates(item_sd, base_logits(item_sd, rates), sizes)
-    hits = {"wald": [], "logit": []}
+    hits = {"default": [], "wald": [], "logit": []}
     for df in batches(reps, seed, item_sd, detector, n_labels, sizes, rates):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -285,12 +286,39 @@ def scenario_logit_scale(reps: int, seed: int, item_sd: float, detector: str, n_
         half = q * se / (pc * (1 - pc))
         lo = np.where(inside, expit(logit(pc) - half), r["ci_low"])
         hi = np.where(inside, expit(logit(pc) + half), r["ci_high"])
-        hits["wald"].append(((r["ci_low"] <= t) & (t <= r["ci_high"])).to_numpy())
+        hits["default"].append(((r["ci_low"] <= t) & (t <= r["ci_high"])).to_numpy())
+        hits["wald"].append(np.abs(p - t) <= q * se)
         hits["logit"].append((lo <= t) & (t <= hi))
     out = {}
     for k, v in hits.items():
         v = np.concatenate(v).astype(float)
         out[k] = (v.mean(), replicate_se(v, N_MODELS), v.reshape(-1, N_MODELS).mean(0))
+    return out
+
+
+def binomial_exact(n: int) -> dict:
+    """Exact coverage of the labels-only interval (every row labelled, so lam plays no
+    part) over binomial label samples: the package's interval for each count k = 0..n of
+    n labels, then sum_k P(k) [p in CI_k] for each rate p of ``grid``; default
+    (skewness-corrected) and symmetric. Mean over the grid, share of rates below 0.93."""
+    from refusalstats import ppi as _ppi
+
+    out = {}
+    for name, skew in (("default", True), ("symmetric", False)):
+        old, _ppi._SKEW = _ppi._SKEW, skew
+        try:
+            ends = []
+            for k in range(n + 1):
+                y = (np.arange(n) < k).astype(int)
+                r = rs.ppi_rates(pd.DataFrame({"refusal": y, "human": y.astype(float)}), cluster=None, lam=0)
+                ends.append((r["ci_low"].item(), r["ci_high"].item()))
+        finally:
+            _ppi._SKEW = old
+        lo, hi = np.array(ends).T
+        k = np.arange(n + 1)
+        grid = np.linspace(0.03, 0.5, 48)
+        cov = np.array([np.sum(stats.binom.pmf(k, n, p) * ((lo <= p) & (p <= hi))) for p in grid])
+        out[name] = (cov.mean(), (cov < COVER_LO).mean(), cov.min())
     return out
 
 
@@ -314,12 +342,23 @@ def main() -> None:
                     help="only: rates on few, unequally answered items (30 items, 1-60 answers each) "
                          "with a rarely refusing model (rates 0.03 / 0.10 / 0.35)")
     ap.add_argument("--logit-scale", action="store_true",
-                    help="the rate intervals as they are (Wald) against the same s.e. on the logit scale "
-                         "(measured, not the default), balanced and --unbalanced rows")
+                    help="the rate intervals (default: Hall's skewness-corrected) against the symmetric t "
+                         "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
+    ap.add_argument("--binomial-exact", action="store_true",
+                    help="only: exact coverage of the labels-only interval over binomial label samples "
+                         "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
+    ap.add_argument("--symmetric", action="store_true",
+                    help="the symmetric t intervals (the default until 2026-12-07) instead of Hall's "
+                         "skewness-corrected ones, for any table")
     ap.add_argument("--by-disagreements", action="store_true",
                     help="only: coverage by model and by the number of labels that disagree with the flag "
                          "(i.i.d., 30 labels per model, good and differing detectors)")
     args = ap.parse_args()
+    if args.symmetric:
+        from refusalstats import ppi as _ppi
+
+        _ppi._SKEW = False
+        print("intervals: symmetric t (ppi._SKEW = False)")
     if args.small_sample == "bp":
         from refusalstats import ppi as _ppi
 
@@ -338,16 +377,26 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s. Command: "
               f"`python benchmarks/calibration_ppi.py --by-disagreements --reps {args.reps} --seed {args.seed}`")
         return
+    if args.binomial_exact:
+        print("| labels | default: mean coverage | share of rates < 0.93 | lowest | symmetric t: mean coverage "
+              "| share < 0.93 | lowest |\n|---|---|---|---|---|---|---|")
+        for n in (30, 60, 200):
+            b = binomial_exact(n)
+            print(f"| {n} | " + " | ".join(f"{b[k][0]:.3f} | {b[k][1]:.2f} | {b[k][2]:.3f}"
+                                          for k in ("default", "symmetric")) + " |", flush=True)
+        print(f"\nrates 0.03-0.50 in steps of 0.01, exact (no simulation), {time.perf_counter() - t0:.0f} s. "
+              "Command: `python benchmarks/calibration_ppi.py --binomial-exact`")
+        return
     if args.logit_scale:
         sizes = np.clip(np.random.default_rng(2026).geometric(0.1, UNBALANCED_ITEMS), 1, 60)
-        print("| design | data | detector | labels/model | Wald (default) | by model | logit scale | by model |\n"
-              "|---|---|---|---|---|---|---|---|")
+        print("| design | data | detector | labels/model | Hall (default) | by model | symmetric t | by model "
+              "| logit scale | by model |\n|---|---|---|---|---|---|---|---|---|---|")
         rows = [("balanced", *sc, None, RATES, args.seed + 700 + k) for k, sc in enumerate(SCENARIOS)]
         rows += [("unbalanced", *sc, sizes, UNBALANCED_RATES, args.seed + 800 + k) for k, sc in enumerate(UNBALANCED)]
         for design, sd, det, n, sz, rates, seed in rows:
             s = scenario_logit_scale(args.reps, seed, sd, det, n, sz, rates)
             cells = " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f} | {' / '.join(f'{c:.2f}' for c in s[k][2])}"
-                               for k in ("wald", "logit"))
+                               for k in ("default", "wald", "logit"))
             print(f"| {design} | {'clustered' if sd else 'i.i.d.'} | {det} | {n} | {cells} |", flush=True)
         print(f"\n{args.reps} replicates x {N_MODELS} models per row, seeds {args.seed} + 700 (balanced) and + 800 "
               f"(unbalanced), {time.perf_counter() - t0:.0f} s. Command: "

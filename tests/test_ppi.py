@@ -147,10 +147,10 @@ def _slow_overall(df, lam, strata, cluster):
             on = (s == h) & part
             infl[on] -= infl[on].mean()
     if cluster is None:
-        return est, np.sum(infl ** 2)
+        return est, np.sum(infl ** 2), infl
     sums = pd.Series(infl).groupby(df[cluster].to_numpy()).sum()
     C = len(sums)
-    return est, C / (C - 1) * np.sum(sums ** 2)
+    return est, C / (C - 1) * np.sum(sums ** 2), infl
 
 
 @pytest.mark.parametrize("cluster", [None, "item_id"])
@@ -159,7 +159,7 @@ def test_clustered_stratified_variance_matches_row_by_row(cluster, strata):
     df = _clustered_stratified()
     for lam in (0.0, 0.7, 1.0):
         out = ppi_rates(df, cluster=cluster, strata=strata, lam=lam, ci="z")
-        est, var = _slow_overall(df, lam, strata, cluster)
+        est, var, _ = _slow_overall(df, lam, strata, cluster)
         assert out["rate"].item() == pytest.approx(est, abs=1e-12)
         assert out["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-10)
 
@@ -230,6 +230,50 @@ def test_clustered_cr2_variance_and_df_with_both_parts_match_the_dense_formula(l
     # at most the labelled clusters - 1 (8 here)
     assert out.attrs["quantile"][0] == pytest.approx(stats.t.ppf(0.975, min(df_bm, 8)), rel=1e-9)
     assert df_bm < 8
+
+
+@pytest.mark.parametrize("strata", [None, "model"])
+def test_skewness_of_unclustered_rows_equals_the_row_by_row_third_moment(strata, monkeypatch):
+    """Without clusters the skewness comes from per-(cell, part) moment sums expanded in lam
+    and the centring; row by row it is sum infl^3 / (sum infl^2)^(3/2) (times the n / (n - 1)
+    factor's 3/2 power, which cancels), the interval Hall's."""
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    df = _clustered_stratified()
+    n = df["human"].notna().sum()
+    for lam in (0.0, 0.7):
+        out = ppi_rates(df, cluster=None, strata=strata, lam=lam)
+        est, var, infl = _slow_overall(df, lam, strata, None)
+        gamma = np.sum(infl ** 3) / var ** 1.5
+        se = np.sqrt(var * n / (n - 1))
+        assert out["std_error"].item() == pytest.approx(se, rel=1e-10)
+        q = out.attrs["quantile"][0]
+        t_lo, t_hi = (3 / gamma * (np.cbrt(1 + gamma * (v - gamma / 6)) - 1) for v in (q, -q))
+        assert (out["ci_low"].item(), out["ci_high"].item()) == pytest.approx(
+            (est - t_lo * se, est - t_hi * se), rel=1e-10)
+        assert abs(t_lo - q) > 1e-3
+
+
+def test_skewness_is_capped_where_hall_transformation_runs_off():
+    """One refusal in 30 labels (labels only): the skewness (about 0.5 with the floor) is
+    capped at 0.3, so the upper end is est + 2.82 se, not est + 7 se (an upper end of 0.38
+    against Clopper-Pearson's 0.17)."""
+    from scipy import stats
+
+    f = np.zeros(300, dtype=int)
+    h = np.full(300, np.nan)
+    h[:30] = 0
+    h[0] = 1
+    df = pd.DataFrame({"refusal": f, "human": h})
+    out = ppi_rates(df, cluster=None, lam=0)
+    assert out.attrs["skewness"][0] == pytest.approx(0.3)
+    est, se = out["rate"].item(), out["std_error"].item()
+    q = stats.t.ppf(0.975, 29)
+    g = 0.3
+    t_hi = 3 / g * (np.cbrt(1 + g * (-q - g / 6)) - 1)
+    assert out["ci_high"].item() == pytest.approx(est - t_hi * se, rel=1e-12)
+    assert out["ci_high"].item() < stats.beta.ppf(0.975, 2, 29) + 0.05  # near Clopper-Pearson's 0.17
 
 
 def test_group_estimates_match_the_overall_code_on_each_group():
@@ -385,7 +429,46 @@ def test_small_sample_interval_floors_the_rectifier_variance():
     assert small["std_error"].item() == pytest.approx(np.sqrt(var), rel=1e-12)
     from scipy import stats
     q = stats.t.ppf(0.975, 29)
-    assert small["ci_high"].item() == pytest.approx(small["rate"].item() + q * np.sqrt(var), rel=1e-12)
+    # the interval bends with the estimate's skewness (Hall 1992): here only the unlabelled
+    # rows' influences (f - FU) / N_U have a third moment (the labels all agree)
+    third = np.sum(((fu - fu.mean()) / len(fu)) ** 3) * (30 / 29) ** 1.5
+    g = third / var ** 1.5
+    assert g > 1e-4  # small, yet moves the bounds by 1e-3 se: far above rel=1e-12
+    t_lo, t_hi = (3 / g * (np.cbrt(1 + g * (v - g / 6)) - 1) for v in (q, -q))  # g(T) = +-q
+    assert t_hi + g * t_hi ** 2 / 3 + g ** 2 * t_hi ** 3 / 27 + g / 6 == pytest.approx(-q, rel=1e-12)
+    assert small["ci_low"].item() == pytest.approx(small["rate"].item() - t_lo * np.sqrt(var), rel=1e-12)
+    assert small["ci_high"].item() == pytest.approx(small["rate"].item() - t_hi * np.sqrt(var), rel=1e-12)
+
+
+def test_skewness_corrected_interval_on_clusters_and_the_symmetric_switch(monkeypatch):
+    """Clustered, the skewness is that of the CR2-adjusted cluster influences: sum u^3 /
+    (sum u^2)^(3/2) (dense reference: _cr2_dense's adjusted sums). With ``_SKEW`` off the
+    interval is the symmetric t interval on the same quantile."""
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    df = _unequal_items()
+    out = ppi_rates(df, cluster="item_id", lam=1.0)
+    lab = df["human"].notna().to_numpy()
+    y, f = df["human"].fillna(0).to_numpy(), df["refusal"].to_numpy(float)
+    z = np.where(lab, y - f, f)
+    g_ = df["item_id"].to_numpy()
+    u = np.zeros(9)
+    for part in (lab, ~lab):
+        for k in range(9):
+            on = part & (g_ == k)
+            h = on.sum() / part.sum()
+            u[k] += (z[on] - z[part].mean()).sum() / part.sum() / np.sqrt(1 - h)
+    gamma = np.sum(u ** 3) / np.sum(u ** 2) ** 1.5
+    q = out.attrs["quantile"][0]
+    est, se = out["rate"].item(), out["std_error"].item()
+    assert se == pytest.approx(np.sqrt(np.sum(u ** 2)), rel=1e-10)
+    t_lo, t_hi = (3 / gamma * (np.cbrt(1 + gamma * (v - gamma / 6)) - 1) for v in (q, -q))
+    assert (out["ci_low"].item(), out["ci_high"].item()) == pytest.approx((est - t_lo * se, est - t_hi * se), rel=1e-10)
+    assert abs(gamma) > 0.05  # the two intervals differ
+    monkeypatch.setattr(ppi, "_SKEW", False)
+    sym = ppi_rates(df, cluster="item_id", lam=1.0)
+    assert (sym["ci_low"].item(), sym["ci_high"].item()) == pytest.approx((est - q * se, est + q * se), rel=1e-12)
 
 
 def test_labels_of_one_class_take_plain_ppi_not_a_shrunken_lam():
