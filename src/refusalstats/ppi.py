@@ -456,89 +456,126 @@ def _hall_inverse(v, gamma):
     return np.where(small, v, 3 / g * (np.cbrt(1 + g * (v - g / 6)) - 1))
 
 
-def _cr2_pieces(at: _Atoms, absL, K: int, C: int) -> dict:
+class _PairSums:
+    """Sums of atom values per (cell, cluster) as a sparse K x C matrix: the pairs present
+    are found once (a dense K x C count would scan every cell times every item)."""
+
+    def __init__(self, cell: np.ndarray, cluster: np.ndarray, K: int, C: int):
+        pairs, self.inverse = np.unique(cell.astype(np.int64) * C + cluster, return_inverse=True)
+        self.rows, self.cols, self.shape = pairs // C, pairs % C, (K, C)
+
+    def __call__(self, values: np.ndarray) -> sparse.csr_matrix:
+        data = np.bincount(self.inverse, values, len(self.rows))
+        return sparse.csr_matrix((data, (self.rows, self.cols)), shape=self.shape)
+
+
+class _CR2:
     """CR2 pieces per (target, cluster), for the labelled (L) and unlabelled (U) rows.
 
     Each part of a target is a weighted mean (one intercept per cell and part; a target's
     cells pooled with weights ``|L|``). A cluster's leverage in a part is its share ``h`` of
     the part's weight, so Bell & McCaffrey's adjustment ``(I - H_gg)^(-1/2)`` scales the
-    cluster's sum by ``(1 - h)^(-1/2)`` (exact for a target of one cell). Also kept for the
-    Satterthwaite df: the weights ``W``, squared weights ``Q`` per cluster, and per cell the
-    weighted moments of label and flag.
+    cluster's sum by ``(1 - h)^(-1/2)`` (exact for a target of one cell). The weights ``W``
+    and squared weights ``Q`` per (cell, cluster) are kept sparse and made dense for a block
+    of targets at a time (a few million numbers), so many cells times many items cost no
+    more memory than the cluster sums themselves; per cell the weighted moments of label
+    and flag are kept for the Satterthwaite df.
     """
-    kc = at.cell * C + at.cluster
-    out = {}
-    mw = at.m * at.w
-    for part, sel in (("L", at.lab), ("U", ~at.lab)):
-        Wkc = sparse.csr_matrix(np.bincount(kc, np.where(sel, mw, 0.0), K * C).reshape(K, C))
-        Qkc = sparse.csr_matrix(np.bincount(kc, np.where(sel, mw * at.w, 0.0), K * C).reshape(K, C))
-        W = (absL @ Wkc).toarray()
-        Q = (absL @ Qkc).toarray()
-        tot = W.sum(1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = np.where(tot > 0, W / np.where(tot > 0, tot, 1), 0.0)
-        out["adj_" + part] = np.where(h < 1 - 1e-12, 1 / np.sqrt(np.maximum(1 - h, 1e-12)), 1.0)
-        out["W_" + part], out["Q_" + part], out["h_" + part] = W, Q, h
-        # weighted moments per cell: sum w, w y, w f, w y^2 (= w y), w y f, w f^2 (= w f)
-        ww = np.where(sel, mw, 0.0)
-        out["mom_" + part] = np.stack([np.bincount(at.cell, ww * v, K) for v in (
-            np.ones_like(at.y), at.y, at.f, at.y * at.f)])
-    out["absL"] = absL
-    return out
+
+    def __init__(self, at: _Atoms, absL, K: int, C: int, pair_sums: _PairSums):
+        mw = at.m * at.w
+        self.absL = sparse.csr_matrix(absL)
+        self.T = self.absL.shape[0]
+        self.C = C
+        self.step = max(1, 2_000_000 // max(C, 1))
+        self.sums, self.mom = {}, {}
+        for part, sel in (("L", at.lab), ("U", ~at.lab)):
+            ww = np.where(sel, mw, 0.0)
+            self.sums[part] = (pair_sums(ww), pair_sums(ww * at.w))
+            # per cell: sum w, w y, w f, w y f (y and f are 0/1, so w y^2 = w y)
+            self.mom[part] = np.stack([np.bincount(at.cell, ww * v, K) for v in (
+                np.ones_like(at.y), at.y, at.f, at.y * at.f)])
+
+    def blocks(self):
+        for start in range(0, self.T, self.step):
+            yield slice(start, min(start + self.step, self.T))
+
+    def pieces(self, sl: slice, part: str, squares: bool = True):
+        """``W``, ``Q`` (block x C; ``Q`` None without ``squares``), the part's total weight
+        and the adjustment ``(1 - h)^(-1/2)``."""
+        Lb = self.absL[sl]
+        W = (Lb @ self.sums[part][0]).toarray()
+        Q = (Lb @ self.sums[part][1]).toarray() if squares else None
+        tot = W.sum(1)
+        inv = np.divide(1.0, tot, out=np.zeros_like(tot), where=tot > 0)[:, None]
+        h = W * inv
+        adj = np.ones_like(h)
+        ok = h < 1 - 1e-12
+        adj[ok] = 1 / np.sqrt(1 - h[ok])
+        return W, Q, inv, adj
 
 
-def _bm_df(cr2: dict, at: _Atoms, lam_t: np.ndarray, K: int) -> np.ndarray:
+def _bm_df(cr2: _CR2, lam_t: np.ndarray) -> np.ndarray:
     """Satterthwaite degrees of freedom of each target's CR2 variance (Bell & McCaffrey 2002;
     Pustejovsky & Tipton 2018): ``tr(M)^2 / ||M||_F^2``, ``M`` the clusters' covariance of
     their adjusted sums under the working model of independent rows with a variance per
     part (labelled: of ``y - lam f``; unlabelled: of ``lam f``), each part a weighted mean.
 
-    For one part, cluster ``g`` with weight ``W_g``, squared weights ``Q_g``, leverage
-    ``h_g = W_g / W`` and ``alpha_g = (1 - h_g)^(-1/2) / W``:
-    ``M_gh = s^2 alpha_g alpha_h (1[g=h] Q_g - h_h Q_g - h_g Q_h + h_g h_h Q)``; the two
-    parts add. ``M`` is diagonal plus rank four, so its norm needs no C x C matrix.
+    For one part with variance ``s``, cluster ``g`` with weight ``W_g``, squared weights
+    ``Q_g``, leverage ``h_g = W_g / W`` and ``alpha_g = (1 - h_g)^(-1/2) / W``:
+    ``M_gh = s alpha_g alpha_h (1[g=h] Q_g - h_h Q_g - h_g Q_h + h_g h_h Q)``; the two parts
+    add. So ``M = diag(D) + sum over parts of s (Q x x' - x y' - y x')`` with ``x = alpha h``,
+    ``y = alpha Q``: diagonal plus rank four, and its trace and norm are sums over clusters.
     """
-    absL = cr2["absL"]
-    mL, mU = cr2["mom_L"], cr2["mom_U"]
-
-    # labelled: var(y - lam f) within each cell = E[y] - 2 lam E[yf] + lam^2 E[f] - mean^2
-    n0 = mL[0]
+    mL, mU = cr2.mom["L"], cr2.mom["U"]
+    n0, n0u = mL[0], mU[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         Ey, Ef, Eyf = (np.where(n0 > 0, mL[j] / np.where(n0 > 0, n0, 1), 0.0) for j in (1, 2, 3))
-        n0u = mU[0]
         Efu = np.where(n0u > 0, mU[2] / np.where(n0u > 0, n0u, 1), 0.0)
-    lam = lam_t[:, None]
-    vL_cell = Ey - 2 * lam * Eyf + lam ** 2 * Ef - (Ey - lam * Ef) ** 2          # T x K
-    vU_cell = lam ** 2 * (Efu - Efu ** 2)[None, :]
-    dense = absL.toarray() if sparse.issparse(absL) else np.asarray(absL)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sL = (dense * n0 * vL_cell).sum(1) / (dense * n0).sum(1)
-        sU = np.where((dense * n0u).sum(1) > 0, (dense * n0u * vU_cell).sum(1) / (dense * n0u).sum(1), 0.0)
-    D = 0.0
-    Us, Bs = [], []
-    for part, sig in (("L", sL), ("U", sU)):
-        W, Q, h = cr2["W_" + part], cr2["Q_" + part], cr2["h_" + part]
-        tot = W.sum(1, keepdims=True)
+    out = np.full(cr2.T, np.nan)
+
+    def dot(*arrays):
+        return np.einsum(",".join(["tc"] * len(arrays)) + "->t", *arrays)
+
+    for sl in cr2.blocks():
+        lam = lam_t[sl, None]
+        Lb = cr2.absL[sl].toarray()
+        # labelled: var(y - lam f) in each cell = E[y] - 2 lam E[yf] + lam^2 E[f] - mean^2,
+        # pooled over the target's cells; unlabelled: var(lam f)
+        vL = Ey - 2 * lam * Eyf + lam ** 2 * Ef - (Ey - lam * Ef) ** 2
+        vU = lam ** 2 * (Efu - Efu ** 2)[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = np.where(tot > 0, cr2["adj_" + part] / np.where(tot > 0, tot, 1), 0.0)
-        sig = np.nan_to_num(np.maximum(sig, 0.0))[:, None]
-        D = D + sig * alpha ** 2 * Q
-        x, y = alpha * h, alpha * Q
-        Us += [x, y]
-        Qtot = Q.sum(1)
-        Bs.append(sig[:, 0, None, None] * np.stack([np.stack([Qtot, -np.ones_like(Qtot)], -1),
-                                                    np.stack([-np.ones_like(Qtot), np.zeros_like(Qtot)], -1)], -2))
-    U = np.stack(Us, -1)                                    # T x C x 4
-    B = np.zeros((len(lam_t), 4, 4))
-    B[:, :2, :2], B[:, 2:, 2:] = Bs
-    G = np.einsum("tci,tcj->tij", U, U)
-    UB = np.einsum("tci,tij->tcj", U, B)
-    diag_low = np.einsum("tcj,tcj->tc", UB, U)             # (U B U')_gg
-    tr = D.sum(1) + np.einsum("tij,tji->t", B, G)
-    BG = np.einsum("tij,tjk->tik", B, G)
-    fro = (D ** 2).sum(1) + 2 * (D * diag_low).sum(1) + np.einsum("tij,tji->t", BG, BG)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(fro > 0, tr ** 2 / fro, np.nan)
+            sig = {"L": (Lb * n0 * vL).sum(1) / (Lb * n0).sum(1),
+                   "U": np.where((Lb * n0u).sum(1) > 0, (Lb * n0u * vU).sum(1) / (Lb * n0u).sum(1), 0.0)}
+        D, xs, ys, Qt = 0.0, [], [], []
+        for part in ("L", "U"):
+            W, Q, inv, adj = cr2.pieces(sl, part)
+            sg = np.nan_to_num(np.maximum(sig[part], 0.0))
+            alpha = adj * inv
+            x, y = alpha * W * inv, alpha * Q
+            D = D + sg[:, None] * alpha * y
+            xs.append(x)
+            ys.append(y)
+            Qt.append(sg * Q.sum(1))
+            sig[part] = sg
+        U = [xs[0], ys[0], xs[1], ys[1]]
+        G = np.empty((len(lam), 4, 4))
+        for i in range(4):
+            for j in range(i, 4):
+                G[:, i, j] = G[:, j, i] = dot(U[i], U[j])
+        B = np.zeros((len(lam), 4, 4))
+        for k, part in enumerate(("L", "U")):
+            B[:, 2 * k, 2 * k] = Qt[k]
+            B[:, 2 * k, 2 * k + 1] = B[:, 2 * k + 1, 2 * k] = -sig[part]
+        tr = D.sum(1) + np.einsum("tij,tji->t", B, G)
+        # sum_g D_g (U B U')_gg, with (U B U')_gg = sum over parts of s (Q x_g^2 - 2 x_g y_g)
+        cross = sum(Qt[k] * dot(D, xs[k], xs[k]) - 2 * sig[part] * dot(D, xs[k], ys[k])
+                    for k, part in enumerate(("L", "U")))
+        BG = np.einsum("tij,tjk->tik", B, G)
+        fro = dot(D, D) + 2 * cross + np.einsum("tij,tji->t", BG, BG)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[sl] = np.where(fro > 0, tr ** 2 / fro, np.nan)
+    return out
 
 
 def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z"):
@@ -604,12 +641,17 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         C = at.n_clusters
         kc = at.cell * C + at.cluster
 
+        pair_sums = _PairSums(at.cell, at.cluster, K, C)
+
         def by_cluster(v, sel):  # per (cell, cluster) sums of the atoms in ``sel``, then per target
-            return (Ls @ sparse.csr_matrix(np.bincount(kc, np.where(sel, at.m * v, 0.0), K * C).reshape(K, C))).toarray()
+            return (Ls @ pair_sums(np.where(sel, at.m * v, 0.0))).toarray()
 
         def by_part(cen, sel):  # the centring of each cluster's rows in ``sel``
-            cnt = sparse.csr_matrix((np.where(sel, at.m, 0.0), (at.cluster, part)), shape=(C, P))
-            return (cnt @ cen.T).T
+            cols = np.flatnonzero(np.any(cen != 0, axis=0))
+            if not len(cols):  # nothing to centre (no strata across cells): skip a T x C product
+                return 0.0
+            cnt = sparse.csr_matrix((np.where(sel, at.m, 0.0), (at.cluster, part)), shape=(C, P))[:, cols]
+            return (cnt @ cen[:, cols].T).T
 
         lab_, unl_ = at.lab, ~at.lab
         ca = by_cluster(a, lab_) - by_part(cen_a, lab_)
@@ -624,8 +666,12 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             # CR2 (Bell & McCaffrey 2002): each cluster's sums scaled by (1 - h)^(-1/2), h its
             # leverage (share of the weight) in the target's labelled, or unlabelled, rows;
             # no C / (C - 1) factor. Satterthwaite df below (docs/methods_ppi.md section 4).
-            cr2 = _cr2_pieces(at, abs(Ls), K, C)
-            ca, cbL, cbU = ca * cr2["adj_L"], cbL * cr2["adj_L"], cbU * cr2["adj_U"]
+            cr2 = _CR2(at, abs(Ls), K, C, pair_sums)
+            for sl in cr2.blocks():
+                adj_L, adj_U = (cr2.pieces(sl, part, squares=False)[3] for part in ("L", "U"))
+                ca[sl] *= adj_L
+                cbL[sl] *= adj_L
+                cbU[sl] *= adj_U
             factor = np.where(n_cl > 1, 1.0, np.nan)
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -691,7 +737,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     df = np.maximum(n_units - 1, 1).astype(float)
     if small and at.cluster is not None and not bp:
         # Satterthwaite (Bell-McCaffrey) df, at most the labelled clusters - 1
-        bm = _bm_df(cr2, at, lam_t, K)
+        bm = _bm_df(cr2, lam_t)
         df = np.where(np.isfinite(bm) & (bm > 0), np.minimum(np.maximum(bm, 1.0), df), df)
     if df_rule == "t" and not (bp and _SMALL_SAMPLE["quantile"] == "z"):
         q = stats.t.ppf(1 - (1 - conf) / 2, df)
@@ -723,8 +769,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             c = cen_a + lamc * cen_b
             third = (M3 - 3 * c * M2 + 3 * c ** 2 * M1 - c ** 3 * at.part_size).sum(1) * factor ** 1.5
         else:
-            u = infl
-            third = (u ** 3).sum(1)
+            third = np.einsum("tc,tc,tc->t", infl, infl, infl)
         with np.errstate(invalid="ignore", divide="ignore"):
             gamma = np.where(var > 0, np.nan_to_num(third) / np.where(var > 0, var, 1) ** 1.5, 0.0)
         gamma = np.clip(gamma, -_SKEW_CAP, _SKEW_CAP)
