@@ -344,6 +344,9 @@ def main() -> None:
     ap.add_argument("--logit-scale", action="store_true",
                     help="the rate intervals (default: Hall's skewness-corrected) against the symmetric t "
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
+    ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc"], default="percentile",
+                    help="with --disparity: the bootstrap interval (percentile is the default; the others "
+                         "were measured and not adopted)")
     ap.add_argument("--binomial-exact", action="store_true",
                     help="only: exact coverage of the labels-only interval over binomial label samples "
                          "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
@@ -354,6 +357,11 @@ def main() -> None:
                     help="only: coverage by model and by the number of labels that disagree with the flag "
                          "(i.i.d., 30 labels per model, good and differing detectors)")
     args = ap.parse_args()
+    if args.disparity_interval != "percentile":
+        from refusalstats import ppi as _ppi
+
+        _ppi._DISPARITY_INTERVAL = args.disparity_interval
+        print(f"disparity interval: {args.disparity_interval}")
     if args.symmetric:
         from refusalstats import ppi as _ppi
 
@@ -427,7 +435,8 @@ def main() -> None:
                 print(f"| {'clustered' if sd else 'i.i.d.'} | {n} | {cat} ({s['truth'][cat]:.2f}) "
                       f"| {c:.3f} ± {np.sqrt(c * (1 - c) / s['n']):.3f} | {lo:.2f}–{hi:.2f} |", flush=True)
         print(f"\n{args.reps} replicates per row, seed {args.seed}, {time.perf_counter() - t0:.0f} s. Command: "
-              f"`python benchmarks/calibration_ppi.py --disparity --reps {args.reps}`")
+              f"`python benchmarks/calibration_ppi.py --disparity --reps {args.reps} --seed {args.seed}"
+              + (f" --disparity-interval {args.disparity_interval}`" if args.disparity_interval != "percentile" else "`"))
         return
     lines = [("| data | detector | labels/model | PPI++ (default) | by model (rates 0.10 / 0.20 / 0.35) "
               "| PPI++ (ci='z', as ppi_python) | labels only | Rogan-Gladen | width / labels-only | mean lam |"),

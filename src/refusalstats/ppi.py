@@ -1605,6 +1605,30 @@ def _reweighted(at: _Atoms, m: np.ndarray) -> _Atoms:
                   part_size=part_size)
 
 
+#: The bootstrap interval of ``disparity(labels=)``: "percentile" (the default). The two
+#: alternatives measured and not adopted (docs/methods_ppi.md; ``calibration_ppi.py
+#: --disparity --disparity-interval``): "basic-log", the replicates' deviations from the
+#: bootstrap world's true ratio (the plug-in ratio of the estimated rates) on the log scale,
+#: reflected about the estimate; "bc", Efron's bias-corrected percentile interval.
+_DISPARITY_INTERVAL = "percentile"
+
+
+def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float):
+    """Bootstrap interval of each ratio (columns of the replicates ``B``)."""
+    if _DISPARITY_INTERVAL == "basic-log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.log(B) - np.log(plugin)
+        return (est * np.exp(-np.nanquantile(d, 1 - alpha / 2, axis=0)),
+                est * np.exp(-np.nanquantile(d, alpha / 2, axis=0)))
+    if _DISPARITY_INTERVAL == "bc":
+        share = np.nanmean(B < est, axis=0) + 0.5 * np.nanmean(B == est, axis=0)
+        z0 = stats.norm.ppf(np.clip(share, 0.5 / len(B), 1 - 0.5 / len(B)))
+        zq = stats.norm.ppf(1 - alpha / 2)
+        return (np.array([np.nanquantile(B[:, j], stats.norm.cdf(2 * z0[j] - zq)) for j in range(B.shape[1])]),
+                np.array([np.nanquantile(B[:, j], stats.norm.cdf(2 * z0[j] + zq)) for j in range(B.shape[1])]))
+    return np.nanquantile(B, alpha / 2, axis=0), np.nanquantile(B, 1 - alpha / 2, axis=0)
+
+
 def ppi_disparity(
     data: pd.DataFrame,
     category: str = "persona_group",
@@ -1701,7 +1725,8 @@ def ppi_disparity(
             for j, lev in enumerate(levels, start=1):
                 sd = float(spread(rate[sets[j]], noise[j], ddof, True))
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    out.append((g, lev, int(sets[j].sum()), sd, int(is_ctrl.sum()), csd, np.float64(sd) / csd))
+                    plug = np.float64(spread(rate[sets[j]], 0.0, ddof, False)) / spread(rate[is_ctrl], 0.0, ddof, False)
+                    out.append((g, lev, int(sets[j].sum()), sd, int(is_ctrl.sum()), csd, np.float64(sd) / csd, plug))
         return out
 
     rows = estimate(atoms)
@@ -1715,10 +1740,11 @@ def ppi_disparity(
                 m = rng.poisson(atoms.m).astype(float)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                boots.append([row[-1] for row in estimate(_reweighted(atoms, m))])
+                boots.append([row[-2] for row in estimate(_reweighted(atoms, m))])
         B = np.array([b if len(b) == len(rows) else [np.nan] * len(rows) for b in boots], dtype=float)
-        lo = np.nanquantile(B, alpha / 2, axis=0)
-        hi = np.nanquantile(B, 1 - alpha / 2, axis=0)
+        lo, hi = _disparity_interval(B, np.array([r_[-2] for r_ in rows], dtype=float),
+                                     np.array([r_[-1] for r_ in rows], dtype=float), alpha)
+    rows = [r_[:-1] for r_ in rows]
     out = pd.DataFrame(rows, columns=["_g", category, "n_personas", "sd_corrected", "n_control",
                                       "control_sd_corrected", "disparity"])
     if n_boot:
