@@ -427,12 +427,14 @@ def main() -> None:
         return
     if args.disparity:
         print("| data | labels/persona | category (true ratio) | coverage | median interval |\n|---|---|---|---|---|")
-        for k, (sd, n) in enumerate([(1.0, 40), (1.0, 100), (0.0, 40)]):
-            s = scenario_disparity(args.reps, args.seed + 200 + k, sd, n)
-            for cat in ("G1", "G2"):
+        rows = [(1.0, 40, None, 150), (1.0, 100, None, 150), (0.0, 40, None, 150), (1.0, 100, DISP_PERSONAS_WIDE, 200)]
+        for k, (sd, n, personas, n_items) in enumerate(rows):
+            s = scenario_disparity(args.reps, args.seed + 200 + k, sd, n, personas=personas, n_items=n_items)
+            for cat in s["truth"]:
                 c = s["coverage"][cat]
                 lo, hi = s["median_interval"][cat]
-                print(f"| {'clustered' if sd else 'i.i.d.'} | {n} | {cat} ({s['truth'][cat]:.2f}) "
+                design = "4 + 4 controls, 150 items" if personas is None else "4 + 6 wider controls, 200 items"
+                print(f"| {'clustered' if sd else 'i.i.d.'}, {design} | {n} | {cat} ({s['truth'][cat]:.2f}) "
                       f"| {c:.3f} ± {np.sqrt(c * (1 - c) / s['n']):.3f} | {lo:.2f}–{hi:.2f} |", flush=True)
         print(f"\n{args.reps} replicates per row, seed {args.seed}, {time.perf_counter() - t0:.0f} s. Command: "
               f"`python benchmarks/calibration_ppi.py --disparity --reps {args.reps} --seed {args.seed}"
@@ -476,33 +478,41 @@ DISP_PERSONAS = {"g1": ("G1", [-0.9, -0.3, 0.3, 0.9]), "g2": ("G2", [-0.3, -0.1,
                  "c": ("control", [-0.25, -0.08, 0.08, 0.25])}
 
 
-def disparity_truth(item_sd: float, base: float = -1.5) -> dict:
+#: ``--disparity``'s last row: the design of calibration_rates.py's disparity design 1 (10
+#: personas, 4 in the category, 6 controls whose spread is larger), 200 items, where the
+#: ratio without labels is pinned down (its interval covers 0.953 there)
+DISP_PERSONAS_WIDE = {"g": ("G", [0.0, 0.5, 1.0, -0.5]), "c": ("control", [0.0, 0.25, -0.25, 0.5, -0.5, 0.1])}
+
+
+def disparity_truth(item_sd: float, base: float = -1.5, personas=None) -> dict:
     """sd of the personas' population-averaged rates per category over the controls' sd."""
     z, w = _gh()
     sds = {}
-    for (cat, effects) in DISP_PERSONAS.values():
+    for (cat, effects) in (personas or DISP_PERSONAS).values():
         rates = [float(np.sum(w * expit(base + e + item_sd * z))) for e in effects]
         sds[cat] = np.std(rates, ddof=1)
-    return {cat: sds[cat] / sds["control"] for cat in ("G1", "G2")}
+    return {cat: sds[cat] / sds["control"] for cat in sds if cat != "control"}
 
 
-def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_boot: int = 100) -> dict:
-    """Coverage of disparity(labels=) bootstrap intervals: 12 personas (4 per category, 4
-    controls), 150 items answered under every persona; detector errors depend on the
-    persona (sensitivity 0.9 - 0.1 per persona index within its category); ``n_labels``
-    labels per persona."""
+def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_boot: int = 100,
+                       personas=None, n_items: int = 150) -> dict:
+    """Coverage of disparity(labels=) bootstrap intervals: by default 12 personas (4 per
+    category, 4 controls), 150 items answered under every persona; detector errors depend
+    on the persona (sensitivity 0.9 - 0.1 per persona index within its category);
+    ``n_labels`` labels per persona."""
     rng = np.random.default_rng(seed)
-    base, n_items = -1.5, 150
-    truth = disparity_truth(item_sd, base)
+    personas = personas or DISP_PERSONAS
+    base = -1.5
+    truth = disparity_truth(item_sd, base, personas)
     names, cats, effects = [], [], []
-    for key, (cat, eff) in DISP_PERSONAS.items():
+    for key, (cat, eff) in personas.items():
         for j, e in enumerate(eff):
             names.append(f"{key}{j}")
             cats.append(cat)
             effects.append(e)
     P = len(names)
-    hits = {"G1": [], "G2": []}
-    ends = {"G1": [], "G2": []}
+    hits = {cat: [] for cat in truth}
+    ends = {cat: [] for cat in truth}
     t0 = time.perf_counter()
     for _ in range(reps):
         item = np.repeat(np.arange(n_items), P)
