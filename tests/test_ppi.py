@@ -276,6 +276,16 @@ def test_skewness_is_capped_where_hall_transformation_runs_off():
     assert out["ci_high"].item() < stats.beta.ppf(0.975, 2, 29) + 0.05  # near Clopper-Pearson's 0.17
 
 
+def test_a_group_in_one_cluster_says_why_its_interval_is_missing():
+    """A model whose rows all share one cluster has no cluster-robust variance: its
+    interval is NaN, and the user is told why instead of getting NaN silently."""
+    df = _clustered_stratified()
+    df["item_id"] = df["model"]
+    with pytest.warns(RuntimeWarning, match="no standard error: their rows lie in fewer than two clusters"):
+        out = ppi_rates(df, by="model", cluster="item_id", strata="model")
+    assert out["rate"].notna().all() and out["std_error"].isna().all()
+
+
 def test_group_estimates_match_the_overall_code_on_each_group():
     df = _clustered_stratified(seed=3)
     by = ppi_rates(df, by="model", cluster="item_id", strata="model", lam=1.0, ci="z")

@@ -911,6 +911,12 @@ def _notes(out, r, what):
     if bad.any():
         warnings.warn(f"{int(bad.sum())} group(s) have no labelled row; their corrected {what} is NaN. "
                       "Label rows in every group (rs.label_sample(..., by=...))", RuntimeWarning, stacklevel=3)
+    no_se = ~bad & np.isnan(r["std_error"])
+    if no_se.any():
+        warnings.warn(f"{int(no_se.sum())} group(s) have a corrected {what} but no standard error: their rows "
+                      "lie in fewer than two clusters (or, without clusters, they hold fewer than two labelled "
+                      "rows), so their interval is NaN. Pass cluster=None if their rows are independent, "
+                      "or label more rows in them", RuntimeWarning, stacklevel=3)
 
 
 def ppi_effect(
