@@ -469,50 +469,61 @@ class _PairSums:
         return sparse.csr_matrix((data, (self.rows, self.cols)), shape=self.shape)
 
 
+def _mul(x, y):
+    """Elementwise product of two (target x cluster) arrays, either sparse or dense."""
+    if sparse.issparse(x):
+        return sparse.csr_matrix(x.multiply(y))
+    if sparse.issparse(y):
+        return sparse.csr_matrix(y.multiply(x))
+    return x * y
+
+
+def _rowsum(x) -> np.ndarray:
+    return np.asarray(x.sum(1), dtype=float).ravel()
+
+
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sparse.issparse(x) else np.asarray(x)
+
+
 class _CR2:
     """CR2 pieces per (target, cluster), for the labelled (L) and unlabelled (U) rows.
 
     Each part of a target is a weighted mean (one intercept per cell and part; a target's
     cells pooled with weights ``|L|``). A cluster's leverage in a part is its share ``h`` of
     the part's weight, so Bell & McCaffrey's adjustment ``(I - H_gg)^(-1/2)`` scales the
-    cluster's sum by ``(1 - h)^(-1/2)`` (exact for a target of one cell). The weights ``W``
-    and squared weights ``Q`` per (cell, cluster) are kept sparse and made dense for a block
-    of targets at a time (a few million numbers), so many cells times many items cost no
-    more memory than the cluster sums themselves; per cell the weighted moments of label
-    and flag are kept for the Satterthwaite df.
+    cluster's sum by ``(1 - h)^(-1/2)`` (exact for a target of one cell). Everything is a
+    sparse (target x cluster) matrix over the clusters a target has rows in: ``W`` and
+    ``Q`` (weights and squared weights), and ``adj - 1``, which is 0 for the clusters a part
+    does not touch (h = 0). Per cell the weighted moments of label and flag are kept for
+    the Satterthwaite df.
     """
 
     def __init__(self, at: _Atoms, absL, K: int, C: int, pair_sums: _PairSums):
         mw = at.m * at.w
-        self.absL = sparse.csr_matrix(absL)
-        self.T = self.absL.shape[0]
-        self.C = C
-        self.step = max(1, 2_000_000 // max(C, 1))
-        self.sums, self.mom = {}, {}
+        absL = sparse.csr_matrix(absL)
+        self.absL, self.T, self.W, self.Q, self.inv, self.adj, self.mom = absL, absL.shape[0], {}, {}, {}, {}, {}
         for part, sel in (("L", at.lab), ("U", ~at.lab)):
             ww = np.where(sel, mw, 0.0)
-            self.sums[part] = (pair_sums(ww), pair_sums(ww * at.w))
+            W = sparse.csr_matrix(absL @ pair_sums(ww))
+            W.eliminate_zeros()
+            tot = _rowsum(W)
+            inv = np.divide(1.0, tot, out=np.zeros_like(tot), where=tot > 0)
+            h = W.data * np.repeat(inv, np.diff(W.indptr))
+            adj = W.copy()
+            adj.data = np.where(h < 1 - 1e-12, 1 / np.sqrt(np.maximum(1 - h, 1e-12)), 1.0)
+            self.W[part], self.inv[part], self.adj[part] = W, inv, adj
+            self.Q[part] = sparse.csr_matrix(absL @ pair_sums(ww * at.w))
             # per cell: sum w, w y, w f, w y f (y and f are 0/1, so w y^2 = w y)
             self.mom[part] = np.stack([np.bincount(at.cell, ww * v, K) for v in (
                 np.ones_like(at.y), at.y, at.f, at.y * at.f)])
 
-    def blocks(self):
-        for start in range(0, self.T, self.step):
-            yield slice(start, min(start + self.step, self.T))
-
-    def pieces(self, sl: slice, part: str, squares: bool = True):
-        """``W``, ``Q`` (block x C; ``Q`` None without ``squares``), the part's total weight
-        and the adjustment ``(1 - h)^(-1/2)``."""
-        Lb = self.absL[sl]
-        W = (Lb @ self.sums[part][0]).toarray()
-        Q = (Lb @ self.sums[part][1]).toarray() if squares else None
-        tot = W.sum(1)
-        inv = np.divide(1.0, tot, out=np.zeros_like(tot), where=tot > 0)[:, None]
-        h = W * inv
-        adj = np.ones_like(h)
-        ok = h < 1 - 1e-12
-        adj[ok] = 1 / np.sqrt(1 - h[ok])
-        return W, Q, inv, adj
+    def scale(self, x, part: str):
+        """``x`` (target x cluster, sparse or dense) with each cluster's sum times its adj."""
+        adj_m1 = self.adj[part].copy()
+        adj_m1.data = adj_m1.data - 1.0
+        out = x + _mul(x, adj_m1)
+        return out if sparse.issparse(out) else np.asarray(out)
 
 
 def _bm_df(cr2: _CR2, lam_t: np.ndarray) -> np.ndarray:
@@ -525,57 +536,57 @@ def _bm_df(cr2: _CR2, lam_t: np.ndarray) -> np.ndarray:
     ``Q_g``, leverage ``h_g = W_g / W`` and ``alpha_g = (1 - h_g)^(-1/2) / W``:
     ``M_gh = s alpha_g alpha_h (1[g=h] Q_g - h_h Q_g - h_g Q_h + h_g h_h Q)``; the two parts
     add. So ``M = diag(D) + sum over parts of s (Q x x' - x y' - y x')`` with ``x = alpha h``,
-    ``y = alpha Q``: diagonal plus rank four, and its trace and norm are sums over clusters.
+    ``y = alpha Q``: diagonal plus rank four, and its trace and norm are sums over clusters
+    (sparse: only the clusters a target has rows in).
     """
     mL, mU = cr2.mom["L"], cr2.mom["U"]
     n0, n0u = mL[0], mU[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         Ey, Ef, Eyf = (np.where(n0 > 0, mL[j] / np.where(n0 > 0, n0, 1), 0.0) for j in (1, 2, 3))
         Efu = np.where(n0u > 0, mU[2] / np.where(n0u > 0, n0u, 1), 0.0)
-    out = np.full(cr2.T, np.nan)
-
-    def dot(*arrays):
-        return np.einsum(",".join(["tc"] * len(arrays)) + "->t", *arrays)
-
-    for sl in cr2.blocks():
-        lam = lam_t[sl, None]
-        Lb = cr2.absL[sl].toarray()
-        # labelled: var(y - lam f) in each cell = E[y] - 2 lam E[yf] + lam^2 E[f] - mean^2,
-        # pooled over the target's cells; unlabelled: var(lam f)
-        vL = Ey - 2 * lam * Eyf + lam ** 2 * Ef - (Ey - lam * Ef) ** 2
-        vU = lam ** 2 * (Efu - Efu ** 2)[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sig = {"L": (Lb * n0 * vL).sum(1) / (Lb * n0).sum(1),
-                   "U": np.where((Lb * n0u).sum(1) > 0, (Lb * n0u * vU).sum(1) / (Lb * n0u).sum(1), 0.0)}
-        D, xs, ys, Qt = 0.0, [], [], []
-        for part in ("L", "U"):
-            W, Q, inv, adj = cr2.pieces(sl, part)
-            sg = np.nan_to_num(np.maximum(sig[part], 0.0))
-            alpha = adj * inv
-            x, y = alpha * W * inv, alpha * Q
-            D = D + sg[:, None] * alpha * y
-            xs.append(x)
-            ys.append(y)
-            Qt.append(sg * Q.sum(1))
-            sig[part] = sg
-        U = [xs[0], ys[0], xs[1], ys[1]]
-        G = np.empty((len(lam), 4, 4))
-        for i in range(4):
-            for j in range(i, 4):
-                G[:, i, j] = G[:, j, i] = dot(U[i], U[j])
-        B = np.zeros((len(lam), 4, 4))
-        for k, part in enumerate(("L", "U")):
-            B[:, 2 * k, 2 * k] = Qt[k]
-            B[:, 2 * k, 2 * k + 1] = B[:, 2 * k + 1, 2 * k] = -sig[part]
-        tr = D.sum(1) + np.einsum("tij,tji->t", B, G)
-        # sum_g D_g (U B U')_gg, with (U B U')_gg = sum over parts of s (Q x_g^2 - 2 x_g y_g)
-        cross = sum(Qt[k] * dot(D, xs[k], xs[k]) - 2 * sig[part] * dot(D, xs[k], ys[k])
-                    for k, part in enumerate(("L", "U")))
-        BG = np.einsum("tij,tjk->tik", B, G)
-        fro = dot(D, D) + 2 * cross + np.einsum("tij,tji->t", BG, BG)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[sl] = np.where(fro > 0, tr ** 2 / fro, np.nan)
-    return out
+    absL = cr2.absL
+    # labelled: var(y - lam f) in each cell = E[y] - 2 lam E[yf] + lam^2 E[f] - mean^2,
+    # pooled over the target's cells by |L| n; unlabelled: var(lam f)
+    wL, wU = _rowsum(absL.multiply(n0)), _rowsum(absL.multiply(n0u))
+    # sum_k |L_tk| n_k v_k(lam_t), v quadratic in lam: expand so no T x K dense array is needed
+    c0 = absL @ (n0 * (Ey - Ey ** 2))
+    c1 = absL @ (n0 * (-2 * Eyf + 2 * Ey * Ef))
+    c2 = absL @ (n0 * (Ef - Ef ** 2))
+    cu = absL @ (n0u * (Efu - Efu ** 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sig = {"L": (c0 + lam_t * c1 + lam_t ** 2 * c2) / wL,
+               "U": np.where(wU > 0, lam_t ** 2 * cu / np.where(wU > 0, wU, 1), 0.0)}
+    D, xs, ys, Qt = 0.0, [], [], []
+    for part in ("L", "U"):
+        sg = np.nan_to_num(np.maximum(sig[part], 0.0))
+        sig[part] = sg
+        inv = cr2.inv[part][:, None]
+        alpha = cr2.adj[part].multiply(inv)                       # adj / W
+        x = sparse.csr_matrix(alpha.multiply(cr2.W[part]).multiply(inv))
+        y = sparse.csr_matrix(alpha.multiply(cr2.Q[part]))
+        D = D + sparse.csr_matrix(y.multiply(alpha).multiply(sg[:, None]))
+        xs.append(x)
+        ys.append(y)
+        Qt.append(sg * _rowsum(cr2.Q[part]))
+    D = sparse.csr_matrix(D)
+    U = [xs[0], ys[0], xs[1], ys[1]]
+    T = len(lam_t)
+    G = np.empty((T, 4, 4))
+    for i in range(4):
+        for j in range(i, 4):
+            G[:, i, j] = G[:, j, i] = _rowsum(U[i].multiply(U[j]))
+    B = np.zeros((T, 4, 4))
+    for k, part in enumerate(("L", "U")):
+        B[:, 2 * k, 2 * k] = Qt[k]
+        B[:, 2 * k, 2 * k + 1] = B[:, 2 * k + 1, 2 * k] = -sig[part]
+    tr = _rowsum(D) + np.einsum("tij,tji->t", B, G)
+    # sum_g D_g (U B U')_gg, with (U B U')_gg = sum over parts of s (Q x_g^2 - 2 x_g y_g)
+    cross = sum(Qt[k] * _rowsum(D.multiply(xs[k]).multiply(xs[k]))
+                - 2 * sig[part] * _rowsum(D.multiply(xs[k]).multiply(ys[k])) for k, part in enumerate(("L", "U")))
+    BG = np.einsum("tij,tjk->tik", B, G)
+    fro = _rowsum(D.multiply(D)) + 2 * cross + np.einsum("tij,tji->t", BG, BG)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(fro > 0, tr ** 2 / fro, np.nan)
 
 
 def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z"):
@@ -643,20 +654,21 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
 
         pair_sums = _PairSums(at.cell, at.cluster, K, C)
 
-        def by_cluster(v, sel):  # per (cell, cluster) sums of the atoms in ``sel``, then per target
-            return (Ls @ pair_sums(np.where(sel, at.m * v, 0.0))).toarray()
+        scale_ab = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)), 1e-300)
 
-        def by_part(cen, sel):  # the centring of each cluster's rows in ``sel``
-            cols = np.flatnonzero(np.any(cen != 0, axis=0))
-            if not len(cols):  # nothing to centre (no strata across cells): skip a T x C product
-                return 0.0
+        def centred(v, cen, sel):
+            """Per (target, cluster) sums of the atoms in ``sel``, centred within (part,
+            stratum): sparse over the clusters a target has rows in, dense only when some
+            centring is not a rounding zero (strata that cut across the target's cells)."""
+            x = sparse.csr_matrix(Ls @ pair_sums(np.where(sel, at.m * v, 0.0)))
+            cols = np.flatnonzero(np.any(np.abs(cen) > 1e-12 * scale_ab, axis=0))
+            if not len(cols):
+                return x
             cnt = sparse.csr_matrix((np.where(sel, at.m, 0.0), (at.cluster, part)), shape=(C, P))[:, cols]
-            return (cnt @ cen[:, cols].T).T
+            return x.toarray() - (cnt @ cen[:, cols].T).T
 
         lab_, unl_ = at.lab, ~at.lab
-        ca = by_cluster(a, lab_) - by_part(cen_a, lab_)
-        cbL = by_cluster(b, lab_) - by_part(cen_b, lab_)
-        cbU = by_cluster(b, unl_) - by_part(cen_b, unl_)
+        ca, cbL, cbU = centred(a, cen_a, lab_), centred(b, cen_b, lab_), centred(b, cen_b, unl_)
         present = sparse.csr_matrix((np.ones(len(kc)), (at.cell, at.cluster)), shape=(K, C))
         present.data[:] = 1
         n_cl = np.asarray(((abs(Ls) @ present) > 0).sum(1)).ravel()
@@ -667,17 +679,18 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             # leverage (share of the weight) in the target's labelled, or unlabelled, rows;
             # no C / (C - 1) factor. Satterthwaite df below (docs/methods_ppi.md section 4).
             cr2 = _CR2(at, abs(Ls), K, C, pair_sums)
-            for sl in cr2.blocks():
-                adj_L, adj_U = (cr2.pieces(sl, part, squares=False)[3] for part in ("L", "U"))
-                ca[sl] *= adj_L
-                cbL[sl] *= adj_L
-                cbU[sl] *= adj_U
+            ca, cbL, cbU = cr2.scale(ca, "L"), cr2.scale(cbL, "L"), cr2.scale(cbU, "U")
             factor = np.where(n_cl > 1, 1.0, np.nan)
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
         cb = cbL + cbU
-        Vaa, Vab, Vbb = (ca * ca).sum(1), (ca * cb).sum(1), (cb * cb).sum(1)
+        if sparse.issparse(cb) and not sparse.issparse(ca):
+            cb = cb.toarray()
+        elif sparse.issparse(ca) and not sparse.issparse(cb):
+            ca = ca.toarray()
+        cb = sparse.csr_matrix(cb) if sparse.issparse(cb) else np.asarray(cb)
+        Vaa, Vab, Vbb = _rowsum(_mul(ca, ca)), _rowsum(_mul(ca, cb)), _rowsum(_mul(cb, cb))
         influence = (ca, cb)
     if bp:  # the variance of the augmented atoms (cluster factor included), instead of the floor
         Vaa, Vab, Vbb = Vbp
@@ -745,7 +758,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         q = np.full(T, _z(conf))
     if at.cluster is not None:  # cluster influence of each target (the covariance of targets)
         ca, cb = influence
-        infl = (ca + lam_t[:, None] * cb) * np.sqrt(np.where(np.isfinite(factor), factor, 0))[:, None]
+        infl = _mul(ca + _mul(cb, lam_t[:, None]), np.sqrt(np.where(np.isfinite(factor), factor, 0))[:, None])
     else:
         infl = None
     lo, hi = est - q * se, est + q * se
@@ -769,7 +782,7 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             c = cen_a + lamc * cen_b
             third = (M3 - 3 * c * M2 + 3 * c ** 2 * M1 - c ** 3 * at.part_size).sum(1) * factor ** 1.5
         else:
-            third = np.einsum("tc,tc,tc->t", infl, infl, infl)
+            third = _rowsum(_mul(_mul(infl, infl), infl))
         with np.errstate(invalid="ignore", divide="ignore"):
             gamma = np.where(var > 0, np.nan_to_num(third) / np.where(var > 0, var, 1) ** 1.5, 0.0)
         gamma = np.clip(gamma, -_SKEW_CAP, _SKEW_CAP)
@@ -1722,7 +1735,7 @@ def ppi_disparity(
             for mem in sets:
                 k = int(mem.sum())
                 if r["influence"] is not None:
-                    t = r["influence"][idx[mem]]
+                    t = _dense(r["influence"][idx[mem]])
                     cov = t @ t.T
                     noise.append(np.trace(cov) - cov.sum() / max(k, 1))
                 else:
