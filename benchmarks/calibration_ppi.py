@@ -350,6 +350,8 @@ def main() -> None:
     ap.add_argument("--binomial-exact", action="store_true",
                     help="only: exact coverage of the labels-only interval over binomial label samples "
                          "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
+    ap.add_argument("--skew-cap", type=float, default=None,
+                    help="the cap on the skewness of the default interval (ppi._SKEW_CAP, 0.3); for any table")
     ap.add_argument("--symmetric", action="store_true",
                     help="the symmetric t intervals (the default until 2026-12-07) instead of Hall's "
                          "skewness-corrected ones, for any table")
@@ -362,6 +364,11 @@ def main() -> None:
 
         _ppi._DISPARITY_INTERVAL = args.disparity_interval
         print(f"disparity interval: {args.disparity_interval}")
+    if args.skew_cap is not None:
+        from refusalstats import ppi as _ppi
+
+        _ppi._SKEW_CAP = args.skew_cap
+        print(f"skewness cap: {args.skew_cap:g}")
     if args.symmetric:
         from refusalstats import ppi as _ppi
 
