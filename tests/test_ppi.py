@@ -286,6 +286,36 @@ def test_a_group_in_one_cluster_says_why_its_interval_is_missing():
     assert out["rate"].notna().all() and out["std_error"].isna().all()
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.7])
+def test_cr2_with_strata_that_cut_across_the_target_matches_row_by_row(lam, monkeypatch):
+    """The overall rate with labels drawn at different rates per model (strata="model"):
+    the influences are centred within (part, stratum), which touches every cluster, and the
+    CR2 leverage of a cluster is its share of the part's weight (w = N_h / n_h). Reference:
+    _slow_overall's row influences, summed per (cluster, part), each sum times
+    (1 - W_cluster,part / W_part)^(-1/2), then squared and summed over clusters."""
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    df = _clustered_stratified()
+    out = ppi_rates(df, cluster="item_id", strata="model", lam=lam)
+    est, _, infl = _slow_overall(df, lam, "model", "item_id")
+    lab = df["human"].notna().to_numpy()
+    s = df["model"].to_numpy()
+    w = np.empty(len(df))
+    for h in np.unique(s):
+        on = s == h
+        w[on & lab] = on.sum() / (on & lab).sum()
+        w[on & ~lab] = on.sum() / (on & ~lab).sum()
+    g = df["item_id"].to_numpy()
+    total = pd.Series(0.0, index=np.unique(g))
+    for part in (lab, ~lab):
+        share = pd.Series(w[part]).groupby(g[part]).sum() / w[part].sum()
+        sums = pd.Series(infl[part]).groupby(g[part]).sum()
+        total = total.add(sums / np.sqrt(1 - share), fill_value=0.0)
+    assert out["rate"].item() == pytest.approx(est, abs=1e-12)
+    assert out["std_error"].item() == pytest.approx(np.sqrt(np.sum(total ** 2)), rel=1e-9)
+
+
 def test_group_estimates_match_the_overall_code_on_each_group():
     df = _clustered_stratified(seed=3)
     by = ppi_rates(df, by="model", cluster="item_id", strata="model", lam=1.0, ci="z")
