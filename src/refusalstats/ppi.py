@@ -496,14 +496,13 @@ class _CR2:
     cluster's sum by ``(1 - h)^(-1/2)`` (exact for a target of one cell). Everything is a
     sparse (target x cluster) matrix over the clusters a target has rows in: ``W`` and
     ``Q`` (weights and squared weights), and ``adj - 1``, which is 0 for the clusters a part
-    does not touch (h = 0). Per cell the weighted moments of label and flag are kept for
-    the Satterthwaite df.
+    does not touch (h = 0).
     """
 
-    def __init__(self, at: _Atoms, absL, K: int, C: int, pair_sums: _PairSums):
+    def __init__(self, at: _Atoms, absL, pair_sums: _PairSums):
         mw = at.m * at.w
         absL = sparse.csr_matrix(absL)
-        self.absL, self.T, self.W, self.Q, self.inv, self.adj, self.mom = absL, absL.shape[0], {}, {}, {}, {}, {}
+        self.absL, self.W, self.Q, self.inv, self.adj, self.adj_m1 = absL, {}, {}, {}, {}, {}
         for part, sel in (("L", at.lab), ("U", ~at.lab)):
             ww = np.where(sel, mw, 0.0)
             W = sparse.csr_matrix(absL @ pair_sums(ww))
@@ -513,21 +512,18 @@ class _CR2:
             h = W.data * np.repeat(inv, np.diff(W.indptr))
             adj = W.copy()
             adj.data = np.where(h < 1 - 1e-12, 1 / np.sqrt(np.maximum(1 - h, 1e-12)), 1.0)
-            self.W[part], self.inv[part], self.adj[part] = W, inv, adj
+            adj_m1 = adj.copy()
+            adj_m1.data -= 1.0
+            self.W[part], self.inv[part], self.adj[part], self.adj_m1[part] = W, inv, adj, adj_m1
             self.Q[part] = sparse.csr_matrix(absL @ pair_sums(ww * at.w))
-            # per cell: sum w, w y, w f, w y f (y and f are 0/1, so w y^2 = w y)
-            self.mom[part] = np.stack([np.bincount(at.cell, ww * v, K) for v in (
-                np.ones_like(at.y), at.y, at.f, at.y * at.f)])
 
     def scale(self, x, part: str):
         """``x`` (target x cluster, sparse or dense) with each cluster's sum times its adj."""
-        adj_m1 = self.adj[part].copy()
-        adj_m1.data = adj_m1.data - 1.0
-        out = x + _mul(x, adj_m1)
+        out = x + _mul(x, self.adj_m1[part])
         return out if sparse.issparse(out) else np.asarray(out)
 
 
-def _bm_df(cr2: _CR2, lam_t: np.ndarray) -> np.ndarray:
+def _bm_df(cr2: _CR2, lam_t: np.ndarray, cells: tuple) -> np.ndarray:
     """Satterthwaite degrees of freedom of each target's CR2 variance (Bell & McCaffrey 2002;
     Pustejovsky & Tipton 2018): ``tr(M)^2 / ||M||_F^2``, ``M`` the clusters' covariance of
     their adjusted sums under the working model of independent rows with a variance per
@@ -538,13 +534,11 @@ def _bm_df(cr2: _CR2, lam_t: np.ndarray) -> np.ndarray:
     ``M_gh = s alpha_g alpha_h (1[g=h] Q_g - h_h Q_g - h_g Q_h + h_g h_h Q)``; the two parts
     add. So ``M = diag(D) + sum over parts of s (Q x x' - x y' - y x')`` with ``x = alpha h``,
     ``y = alpha Q``: diagonal plus rank four, and its trace and norm are sums over clusters
-    (sparse: only the clusters a target has rows in).
+    (sparse: only the clusters a target has rows in). ``cells``: per cell the labelled and
+    unlabelled weights and the weighted means of the label, the flag (both parts) and their
+    product in the labelled rows, as :func:`_linear_ppi` has them.
     """
-    mL, mU = cr2.mom["L"], cr2.mom["U"]
-    n0, n0u = mL[0], mU[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        Ey, Ef, Eyf = (np.where(n0 > 0, mL[j] / np.where(n0 > 0, n0, 1), 0.0) for j in (1, 2, 3))
-        Efu = np.where(n0u > 0, mU[2] / np.where(n0u > 0, n0u, 1), 0.0)
+    n0, n0u, Ey, Ef, Efu, Eyf = (np.nan_to_num(v) for v in cells)
     absL = cr2.absL
     # labelled: var(y - lam f) in each cell = E[y] - 2 lam E[yf] + lam^2 E[f] - mean^2,
     # pooled over the target's cells by |L| n; unlabelled: var(lam f)
@@ -651,46 +645,36 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         n_units = touched
     else:
         C = at.n_clusters
-        kc = at.cell * C + at.cluster
-
         pair_sums = _PairSums(at.cell, at.cluster, K, C)
-
+        # The centring within (part, stratum) is a rounding zero unless strata cut across a
+        # target's cells; then it touches every cluster and the sums are dense, else sparse
+        # over the clusters a target has rows in.
         scale_ab = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)), 1e-300)
+        cen_cols = np.flatnonzero(np.any(np.abs(np.vstack([cen_a, cen_b])) > 1e-12 * scale_ab, axis=0))
 
         def centred(v, cen, sel):
-            """Per (target, cluster) sums of the atoms in ``sel``, centred within (part,
-            stratum): sparse over the clusters a target has rows in, dense only when some
-            centring is not a rounding zero (strata that cut across the target's cells)."""
+            """Per (target, cluster) sums of the atoms in ``sel``, centred within (part, stratum)."""
             x = sparse.csr_matrix(Ls @ pair_sums(np.where(sel, at.m * v, 0.0)))
-            cols = np.flatnonzero(np.any(np.abs(cen) > 1e-12 * scale_ab, axis=0))
-            if not len(cols):
+            if not len(cen_cols):
                 return x
-            cnt = sparse.csr_matrix((np.where(sel, at.m, 0.0), (at.cluster, part)), shape=(C, P))[:, cols]
-            return x.toarray() - (cnt @ cen[:, cols].T).T
+            cnt = sparse.csr_matrix((np.where(sel, at.m, 0.0), (at.cluster, part)), shape=(C, P))[:, cen_cols]
+            return x.toarray() - (cnt @ cen[:, cen_cols].T).T
 
         lab_, unl_ = at.lab, ~at.lab
         ca, cbL, cbU = centred(a, cen_a, lab_), centred(b, cen_b, lab_), centred(b, cen_b, unl_)
-        present = sparse.csr_matrix((np.ones(len(kc)), (at.cell, at.cluster)), shape=(K, C))
-        present.data[:] = 1
-        n_cl = np.asarray(((abs(Ls) @ present) > 0).sum(1)).ravel()
-        lab_present = sparse.csr_matrix((at.lab.astype(float), (at.cell, at.cluster)), shape=(K, C))
-        n_units = np.asarray(((abs(Ls) @ lab_present) > 0).sum(1)).ravel()
+        n_cl = np.asarray(((abs(Ls) @ pair_sums(at.m)) > 0).sum(1)).ravel()
+        n_units = np.asarray(((abs(Ls) @ pair_sums(np.where(at.lab, at.m, 0.0))) > 0).sum(1)).ravel()
         if small:
             # CR2 (Bell & McCaffrey 2002): each cluster's sums scaled by (1 - h)^(-1/2), h its
             # leverage (share of the weight) in the target's labelled, or unlabelled, rows;
             # no C / (C - 1) factor. Satterthwaite df below (docs/methods_ppi.md section 4).
-            cr2 = _CR2(at, abs(Ls), K, C, pair_sums)
+            cr2 = _CR2(at, abs(Ls), pair_sums)
             ca, cbL, cbU = cr2.scale(ca, "L"), cr2.scale(cbL, "L"), cr2.scale(cbU, "U")
             factor = np.where(n_cl > 1, 1.0, np.nan)
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 factor = np.where(n_cl > 1, n_cl / np.maximum(n_cl - 1, 1), np.nan)
         cb = cbL + cbU
-        if sparse.issparse(cb) and not sparse.issparse(ca):
-            cb = cb.toarray()
-        elif sparse.issparse(ca) and not sparse.issparse(cb):
-            ca = ca.toarray()
-        cb = sparse.csr_matrix(cb) if sparse.issparse(cb) else np.asarray(cb)
         Vaa, Vab, Vbb = _rowsum(_mul(ca, ca)), _rowsum(_mul(ca, cb)), _rowsum(_mul(cb, cb))
         influence = (ca, cb)
     if bp:  # the variance of the augmented atoms (cluster factor included), instead of the floor
@@ -751,7 +735,9 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     df = np.maximum(n_units - 1, 1).astype(float)
     if small and at.cluster is not None and not bp:
         # Satterthwaite (Bell-McCaffrey) df, at most the labelled clusters - 1
-        bm = _bm_df(cr2, lam_t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            YF = np.bincount(at.cell, labw * at.y * at.f, K) / W_L
+        bm = _bm_df(cr2, lam_t, (W_L, W_U, A, FL, FU, YF))
         df = np.where(np.isfinite(bm) & (bm > 0), np.minimum(np.maximum(bm, 1.0), df), df)
     if df_rule == "t" and not (bp and _SMALL_SAMPLE["quantile"] == "z"):
         q = stats.t.ppf(1 - (1 - conf) / 2, df)
@@ -1721,7 +1707,9 @@ def ppi_disparity(
     rng = check_random_state(seed)
     alpha = 1 - conf
 
-    def estimate(at):
+    def estimate(at, plugin=False):
+        """The rows of the table; with ``plugin`` each ends with the plug-in ratio as well
+        (the bootstrap world's truth for the "basic-log" alternative)."""
         r = _linear_ppi(at, np.eye(len(keys)), None, conf, "t")
         out = []
         for g in range(len(g_keys)):
@@ -1745,11 +1733,14 @@ def ppi_disparity(
             for j, lev in enumerate(levels, start=1):
                 sd = float(spread(rate[sets[j]], noise[j], ddof, True))
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    plug = np.float64(spread(rate[sets[j]], 0.0, ddof, False)) / spread(rate[is_ctrl], 0.0, ddof, False)
-                    out.append((g, lev, int(sets[j].sum()), sd, int(is_ctrl.sum()), csd, np.float64(sd) / csd, plug))
+                    row = (g, lev, int(sets[j].sum()), sd, int(is_ctrl.sum()), csd, np.float64(sd) / csd)
+                    if plugin:
+                        row += (np.float64(spread(rate[sets[j]], 0.0, ddof, False))
+                                / spread(rate[is_ctrl], 0.0, ddof, False),)
+                out.append(row)
         return out
 
-    rows = estimate(atoms)
+    rows = estimate(atoms, plugin=bool(n_boot))
     if n_boot:
         boots = []
         for _ in range(n_boot):
@@ -1760,11 +1751,11 @@ def ppi_disparity(
                 m = rng.poisson(atoms.m).astype(float)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                boots.append([row[-2] for row in estimate(_reweighted(atoms, m))])
+                boots.append([row[-1] for row in estimate(_reweighted(atoms, m))])
         B = np.array([b if len(b) == len(rows) else [np.nan] * len(rows) for b in boots], dtype=float)
         lo, hi = _disparity_interval(B, np.array([r_[-2] for r_ in rows], dtype=float),
                                      np.array([r_[-1] for r_ in rows], dtype=float), alpha)
-    rows = [r_[:-1] for r_ in rows]
+        rows = [r_[:-1] for r_ in rows]
     out = pd.DataFrame(rows, columns=["_g", category, "n_personas", "sd_corrected", "n_control",
                                       "control_sd_corrected", "disparity"])
     if n_boot:
