@@ -36,6 +36,7 @@ from scipy import stats
 from scipy.special import expit, logit
 
 import refusalstats as rs
+from refusalstats import ppi as _ppi
 
 N_MODELS, N_ITEMS, PER_ITEM = 3, 100, 10
 RATES = (0.10, 0.20, 0.35)
@@ -301,8 +302,6 @@ def binomial_exact(n: int) -> dict:
     part) over binomial label samples: the package's interval for each count k = 0..n of
     n labels, then sum_k P(k) [p in CI_k] for each rate p of ``grid``; default
     (skewness-corrected) and symmetric. Mean over the grid, share of rates below 0.93."""
-    from refusalstats import ppi as _ppi
-
     out = {}
     for name, skew in (("default", True), ("symmetric", False)):
         old, _ppi._SKEW = _ppi._SKEW, skew
@@ -359,24 +358,15 @@ def main() -> None:
                     help="only: coverage by model and by the number of labels that disagree with the flag "
                          "(i.i.d., 30 labels per model, good and differing detectors)")
     args = ap.parse_args()
-    if args.disparity_interval != "percentile":
-        from refusalstats import ppi as _ppi
-
-        _ppi._DISPARITY_INTERVAL = args.disparity_interval
-        print(f"disparity interval: {args.disparity_interval}")
-    if args.skew_cap is not None:
-        from refusalstats import ppi as _ppi
-
-        _ppi._SKEW_CAP = args.skew_cap
-        print(f"skewness cap: {args.skew_cap:g}")
-    if args.symmetric:
-        from refusalstats import ppi as _ppi
-
-        _ppi._SKEW = False
-        print("intervals: symmetric t (ppi._SKEW = False)")
+    # the measured alternatives: private switches of the estimator, one table each
+    switches = {"_DISPARITY_INTERVAL": (args.disparity_interval != "percentile", args.disparity_interval),
+                "_SKEW_CAP": (args.skew_cap is not None, args.skew_cap),
+                "_SKEW": (args.symmetric, False)}
+    for name, (on, value) in switches.items():
+        if on:
+            setattr(_ppi, name, value)
+            print(f"ppi.{name} = {value!r}")
     if args.small_sample == "bp":
-        from refusalstats import ppi as _ppi
-
         _ppi._SMALL_SAMPLE.update(rule="bp", mass=args.mass, quantile=args.quantile,
                                   factor=args.quantile == "t")
         print(f"small-sample rule: Bonett-Price pseudo-labels, mass {args.mass:g}, {args.quantile} quantile")
