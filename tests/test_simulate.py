@@ -224,11 +224,11 @@ def test_persona_free_rates_follow_p1_section_4_4():
     neither setting; exact_rates keeps each cell within one refusal of its expectation."""
     from refusalstats.simulate import PAPER_PERSONA_FREE_DELTA, PAPER_REFUSE_IN_NEITHER
 
-    df = rs.simulate_paper(scale=0.5, seed=3, persona_free=True)
+    df = rs.simulate_paper(scale=0.1, seed=3, persona_free=True)
     free = df[df["setting"] == "persona-free"]
     assert set(free["task"].astype(str)) == {"offensiveness"}
     assert (free["persona"] == "none").all()
-    n_items = round(4701 * 0.5)
+    n_items = round(4701 * 0.1)
     assert len(free) == 16 * 9 * n_items
     per_item = free.groupby(["model", "item_id"], observed=True)["prompt"].nunique()
     assert (per_item == 9).all()
@@ -242,8 +242,9 @@ def test_persona_free_rates_follow_p1_section_4_4():
     # the published persona effects, measured as persona minus persona-free rate
     pers = df[(df["setting"] == "persona") & (df["task"] == "offensiveness")]
     diff = 100 * (pers.groupby("model", observed=True)["refusal"].mean() - rate)
-    assert diff["Llama2-13B"] == pytest.approx(12.38, abs=0.5)
-    assert diff["Qwen1.5-32B"] == pytest.approx(17.27, abs=0.5)
+    # (exact rates in both settings: 12.374 and 17.277 at this scale)
+    assert diff["Llama2-13B"] == pytest.approx(12.38, abs=0.1)
+    assert diff["Qwen1.5-32B"] == pytest.approx(17.27, abs=0.1)
     # persona-free rows share the persona rows' items
     assert set(free["item_id"]) <= set(pers["item_id"])
 
