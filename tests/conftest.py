@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 
 import pytest
@@ -27,6 +28,23 @@ def _exit_without_teardown() -> None:
 # results to the controller and tore its fixtures down.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     atexit.register(_exit_without_teardown)
+
+
+def _freeze_after_full_collection(phase: str, info: dict) -> None:
+    """After each full (generation 2) garbage collection, move its survivors to the
+    permanent generation (gc.freeze): the next full collection scans only what was
+    allocated since, not the whole heap of torch, PyMC, pandas and matplotlib again."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
+
+
+# A test process holds a large, long-lived heap; each full collection walked all of it,
+# 0.2-0.3 s each, about 50 a run (some called by libraries: statsmodels' Holm runs
+# gc.collect()): 11 s of CPU in all. Frozen survivors are reached from live objects at the
+# time; the cost is that a frozen cycle that becomes garbage later is not freed (peak RSS of
+# a make test worker: 1.14 / 1.01 GB before, 1.20 / 1.00 GB after). make test: 71 s -> 64 s
+# wall, 124 s -> 109 s CPU (two alternating pairs, idle machine).
+gc.callbacks.append(_freeze_after_full_collection)
 
 #: Stand-ins for a drawn figure's bytes: a PNG signature and an empty SVG.
 UNDRAWN_PNG = b"\x89PNG\r\n\x1a\n"
