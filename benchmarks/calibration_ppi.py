@@ -343,9 +343,13 @@ def main() -> None:
     ap.add_argument("--logit-scale", action="store_true",
                     help="the rate intervals (default: Hall's skewness-corrected) against the symmetric t "
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
-    ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc"], default="percentile",
+    ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
+                                                     "fieller-basic", "fieller-percentile", "fieller-corrected"], default="percentile",
                     help="with --disparity: the bootstrap interval (percentile is the default; the others "
                          "were measured and not adopted)")
+    ap.add_argument("--disparity-diagnose", action="store_true",
+                    help="only: the Fieller-type disparity test's statistic at the truth against its "
+                         "variance estimates, and the corrected variances' bias (40 labels, clustered)")
     ap.add_argument("--binomial-exact", action="store_true",
                     help="only: exact coverage of the labels-only interval over binomial label samples "
                          "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
@@ -381,6 +385,11 @@ def main() -> None:
         print(f"\ni.i.d., 30 labels per model, {args.reps} replicates per detector, seed {args.seed}, "
               f"{time.perf_counter() - t0:.0f} s. Command: "
               f"`python benchmarks/calibration_ppi.py --by-disagreements --reps {args.reps} --seed {args.seed}`")
+        return
+    if args.disparity_diagnose:
+        disparity_diagnosis(args.reps, args.seed)
+        print(f"\n{time.perf_counter() - t0:.0f} s. Command: `python benchmarks/calibration_ppi.py "
+              f"--disparity-diagnose --reps {args.reps} --seed {args.seed}`")
         return
     if args.binomial_exact:
         print("| labels | default: mean coverage | share of rates < 0.93 | lowest | symmetric t: mean coverage "
@@ -536,6 +545,73 @@ def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_bo
     return {"coverage": {cat: float(np.mean(h)) for cat, h in hits.items()},
             "median_interval": {cat: tuple(np.median(np.array(e), 0)) for cat, e in ends.items()},
             "n": reps, "seconds": time.perf_counter() - t0, "truth": truth}
+
+
+def disparity_diagnosis(reps: int, seed: int, n_labels: int = 40, item_sd: float = 1.0) -> None:
+    """Why the Fieller-type disparity intervals are mis-sized (``--disparity-diagnose``):
+    on ``scenario_disparity``'s design, the test statistic V_c - q0 V_0 at the true ratio
+    (q0 = ratio^2) over replicates against its bootstrap variance (raw, and less the excess
+    second-order noise); the unfloored corrected variances' means against the truth; and
+    the per-persona PPI variances against the variance of the rates over replicates."""
+    rec = []
+    orig = _ppi._ratio_test_inversion
+
+    def spy(a, c, A, C, alpha, kind="normal", noise=None):
+        rec.append((a, c, np.cov(A, C), np.asarray(noise, dtype=float)))
+        return orig(a, c, A, C, alpha, kind, noise)
+
+    _ppi._ratio_test_inversion, old_kind = spy, _ppi._DISPARITY_INTERVAL
+    _ppi._DISPARITY_INTERVAL = "fieller-corrected"
+    try:
+        s = scenario_disparity(reps, seed, item_sd, n_labels)
+    finally:
+        _ppi._ratio_test_inversion, _ppi._DISPARITY_INTERVAL = orig, old_kind
+    z, w = _gh()
+    true_var = {cat: np.var([np.sum(w * expit(-1.5 + e + item_sd * z)) for e in eff], ddof=1)
+                for cat, eff in DISP_PERSONAS.values()}
+    cats = list(s["truth"])
+    print(f"{'clustered' if item_sd else 'i.i.d.'}, {n_labels} labels per persona, {reps} replicates, seed {seed}")
+    print("| category | statistic at the truth: mean | sd over replicates | sd from the bootstrap "
+          "| sd, bootstrap less 4T | V_c mean (truth) | V_0 mean (truth) |\n|---|---|---|---|---|---|---|")
+    for j, cat in enumerate(cats):
+        q0 = s["truth"][cat] ** 2
+        R = rec[j::len(cats)]
+        th = np.array([a - q0 * c for a, c, _, _ in R])
+        vb = np.array([S[0, 0] - 2 * q0 * S[0, 1] + q0**2 * S[1, 1] for _, _, S, _ in R])
+        vt = np.array([T[0] - 2 * q0 * T[1] + q0**2 * T[2] for _, _, _, T in R])
+        vc = np.maximum(vb - 4 * vt, 2 * vt)
+        print(f"| {cat} | {th.mean():.2e} | {th.std():.2e} | {np.sqrt(vb.mean()):.2e} | {np.sqrt(vc.mean()):.2e} "
+              f"| {np.mean([r[0] for r in R]):.2e} ({true_var[cat]:.2e}) "
+              f"| {np.mean([r[1] for r in R]):.2e} ({true_var['control']:.2e}) |")
+    # the per-persona PPI variances against the replicates' variance of the rates
+    rng = np.random.default_rng(seed + 1)
+    names, effects = [], []
+    for key, (_, eff) in DISP_PERSONAS.items():
+        names += [f"{key}{j}" for j in range(len(eff))]
+        effects += list(eff)
+    P, n_items = len(names), 150
+    est, se2 = [], []
+    for _ in range(2 * reps):
+        item = np.repeat(np.arange(n_items), P)
+        pi = np.tile(np.arange(P), n_items)
+        u = rng.normal(0, item_sd, n_items)[item] if item_sd else 0.0
+        y = rng.random(len(item)) < expit(-1.5 + np.array(effects)[pi] + u)
+        flag = np.where(y, rng.random(len(item)) < 0.9 - 0.1 * (pi % 4), rng.random(len(item)) < 0.05)
+        human = np.full(len(item), np.nan)
+        for p in range(P):
+            pick = rng.choice(np.flatnonzero(pi == p), n_labels, replace=False)
+            human[pick] = y[pick]
+        df = pd.DataFrame({"item_id": item, "persona": np.array(names)[pi], "refusal": flag.astype(int),
+                           "human": human})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = rs.ppi_rates(df, by="persona", strata="persona", cluster="item_id" if item_sd else None)
+        r = r.set_index("persona").loc[names]
+        est.append(r["rate"].to_numpy())
+        se2.append(r["std_error"].to_numpy() ** 2)
+    ratio = np.array(est).var(0) / np.array(se2).mean(0)
+    print(f"\nper persona, variance of the rate over {2 * reps} replicates / mean estimated variance: "
+          + " ".join(f"{x:.2f}" for x in ratio))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from scipy.special import expit
 from ._summary import Summary
 from ._validation import check_conf, resolve_cluster
 from ._validation import column_names as _columns
-from .spread import control_personas, spread
+from .spread import control_personas, corrected_variance, spread
 from .vocabulary import level_slug
 
 __all__ = [
@@ -1619,8 +1619,17 @@ def _reweighted(at: _Atoms, m: np.ndarray) -> _Atoms:
 _DISPARITY_INTERVAL = "percentile"
 
 
-def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float):
-    """Bootstrap interval of each ratio (columns of the replicates ``B``)."""
+def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float,
+                        var0: np.ndarray, boot_var: np.ndarray):
+    """Bootstrap interval of each ratio (columns of the replicates ``B``); the test-inversion
+    kinds use the unfloored corrected variances ``var0`` (rows x 2: category, control) and
+    their replicates ``boot_var`` (n_boot x rows x 2)."""
+    if _DISPARITY_INTERVAL.startswith("fieller"):
+        kind = _DISPARITY_INTERVAL.partition("-")[2] or "normal"
+        ends = [_ratio_test_inversion(var0[j, 0], var0[j, 1], boot_var[:, j, 0], boot_var[:, j, 1], alpha, kind,
+                                      var0[j, 2:5])
+                for j in range(len(est))]
+        return np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
     if _DISPARITY_INTERVAL == "basic-log":
         with np.errstate(divide="ignore", invalid="ignore"):
             d = np.log(B) - np.log(plugin)
@@ -1633,6 +1642,90 @@ def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alph
         return (np.array([np.nanquantile(B[:, j], stats.norm.cdf(2 * z0[j] - zq)) for j in range(B.shape[1])]),
                 np.array([np.nanquantile(B[:, j], stats.norm.cdf(2 * z0[j] + zq)) for j in range(B.shape[1])]))
     return np.nanquantile(B, alpha / 2, axis=0), np.nanquantile(B, 1 - alpha / 2, axis=0)
+
+
+def _noise_products(cat, ctrl, cov, ddof):
+    """tr(A_x S_xy A_y S_yx) for the category (x, y = c) and the control set (0): the
+    second-order noise terms of the corrected variances V = r' A r - tr(A S), A = H / (k - ddof)
+    (H centres the set's rates, S their covariance). For normal rates Var(V_c) = 2 t_cc +
+    4 r_c' A S A r_c, and a bootstrap around the estimated rates adds 4 t_cc to it (its
+    world's rates carry the noise once more); t_c0 is the same for the covariance."""
+    cov = np.nan_to_num(cov)
+    out = {}
+    mats = {}
+    for name, mem in (("c", cat), ("0", ctrl)):
+        k = int(mem.sum())
+        mats[name] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1), np.flatnonzero(mem)
+    for x, y in (("c", "c"), ("c", "0"), ("0", "0")):
+        (Ax, ix), (Ay, iy) = mats[x], mats[y]
+        out[x + y] = float(np.trace(Ax @ cov[np.ix_(ix, iy)] @ Ay @ cov[np.ix_(iy, ix)]))
+    return out["cc"], out["c0"], out["00"]
+
+
+def _ratio_test_inversion(a: float, c: float, A: np.ndarray, C: np.ndarray, alpha: float,
+                          kind: str = "normal", noise=None) -> tuple[float, float]:
+    """Interval for sqrt(va / vc) by inverting tests of va - q vc = 0 (q = ratio^2; Fieller).
+
+    ``a``, ``c``: the unfloored corrected variances of the category and the control rates
+    (unbiased, possibly negative); ``A``, ``C``: their bootstrap replicates. The ratios R
+    accepted are those where a - R^2 c is not significantly different from 0: the
+    set is unbounded above when the control variance is not significantly positive (the
+    ratio is then not bounded by the data; Gleser and Hwang 1987), and starts at 0 when
+    the category's is not. ``kind``: "normal" (the bootstrap covariance of (a, c), closed
+    form), "corrected" (that covariance less the bootstrap's excess second-order noise,
+    4 T from :func:`_noise_products` ``noise``, but at least the 2 T normal rates have),
+    "basic" or "percentile" (bootstrap quantiles of A - q C on a grid of q)."""
+    ok = np.isfinite(A) & np.isfinite(C)
+    A, C = A[ok], C[ok]
+    if len(A) < 10 or not (np.isfinite(a) and np.isfinite(c)):
+        return np.nan, np.nan
+    if kind in ("normal", "corrected"):
+        z2 = stats.norm.ppf(1 - alpha / 2) ** 2
+        S = np.cov(A, C)
+        if kind == "normal":
+            return _fieller(a, c, S, z2)
+        T = np.array([[noise[0], noise[1]], [noise[1], noise[2]]])
+        # the variance at q is max(corrected, floor): accepted where either accepts
+        ends = [e for e in (_fieller(a, c, S - 4 * T, z2), _fieller(a, c, 2 * T, z2)) if np.isfinite(e[0])]
+        if not ends:
+            return np.nan, np.nan
+        return min(e[0] for e in ends), max(e[1] for e in ends)
+    scale = np.sqrt(abs(a / c)) if a != 0 and c != 0 else 1.0
+    R = np.concatenate([[0.0], scale * np.geomspace(1e-3, 1e3, 1201)])
+    T = A[:, None] - (R**2)[None, :] * C[:, None]
+    theta = a - R**2 * c
+    lo_q, hi_q = np.quantile(T, [alpha / 2, 1 - alpha / 2], axis=0)
+    if kind == "basic":
+        acc = (2 * theta - hi_q <= 0) & (0 <= 2 * theta - lo_q)
+    else:
+        acc = (lo_q <= 0) & (0 <= hi_q)
+    if not acc.any():
+        return np.nan, np.nan
+    i = np.flatnonzero(acc)
+    return float(R[i[0]]), (np.inf if i[-1] == len(R) - 1 else float(R[i[-1]]))
+
+
+def _fieller(a: float, c: float, S: np.ndarray, z2: float) -> tuple[float, float]:
+    """The ratios R >= 0 with (a - R^2 c)^2 <= z2 (S_aa - 2 R^2 S_ac + R^4 S_cc): the hull of
+    that set, (nan, nan) when it is empty. A quadratic in q = R^2,
+    f(q) = k2 q^2 + k1 q + k0 <= 0; with k2 <= 0 (c not significantly positive) it holds for
+    every large q, so the interval is unbounded above."""
+    k2, k1, k0 = c * c - z2 * S[1, 1], -2 * (a * c - z2 * S[0, 1]), a * a - z2 * S[0, 0]
+    disc = k1 * k1 - 4 * k2 * k0
+    if k2 > 0:
+        if disc < 0:
+            return np.nan, np.nan
+        r = np.sqrt(disc)
+        q1, q2 = (-k1 - r) / (2 * k2), (-k1 + r) / (2 * k2)
+        if q2 < 0:
+            return np.nan, np.nan
+        return float(np.sqrt(max(q1, 0.0))), float(np.sqrt(q2))
+    if k0 <= 0 or disc < 0:
+        return 0.0, np.inf
+    if k2 == 0:
+        return float(np.sqrt(max(-k0 / k1, 0.0))) if k1 < 0 else np.nan, np.inf if k1 < 0 else np.nan
+    r = np.sqrt(disc)
+    return float(np.sqrt(max((-k1 - r) / (2 * k2), 0.0))), np.inf
 
 
 def ppi_disparity(
@@ -1707,11 +1800,13 @@ def ppi_disparity(
     rng = check_random_state(seed)
     alpha = 1 - conf
 
-    def estimate(at, plugin=False):
+    def estimate(at, plugin=False, variances=None):
         """The rows of the table; with ``plugin`` each ends with the plug-in ratio as well
-        (the bootstrap world's truth for the "basic-log" alternative)."""
+        (the bootstrap world's truth for the "basic-log" alternative). ``variances``
+        collects each row's unfloored corrected variances (category, control)."""
         r = _linear_ppi(at, np.eye(len(keys)), None, conf, "t")
         out = []
+        variances = [] if variances is None else variances
         for g in range(len(g_keys)):
             idx = np.flatnonzero(g_codes == g)
             pers = keys[persona].astype(object).to_numpy()[idx]
@@ -1720,16 +1815,17 @@ def ppi_disparity(
             cats = np.array([cat_of[p] for p in pers], dtype=object)
             levels = [c for c in cat_order if c in set(cats[~is_ctrl])]
             sets = [is_ctrl] + [(cats == lev) & ~is_ctrl for lev in levels]
-            noise = []
-            for mem in sets:
-                k = int(mem.sum())
-                if r["influence"] is not None:
-                    t = _dense(r["influence"][idx[mem]])
-                    cov = t @ t.T
-                    noise.append(np.trace(cov) - cov.sum() / max(k, 1))
-                else:
-                    noise.append((1 - 1 / max(k, 1)) * np.nansum(r["std_error"][idx[mem]] ** 2))
+            # the rates' covariance: cluster sums of their influences; without clusters the
+            # rates are independent (a persona without an s.e. adds nothing)
+            if r["influence"] is not None:
+                t = _dense(r["influence"][idx])
+                cov = t @ t.T
+            else:
+                cov = np.diag(np.nan_to_num(r["std_error"][idx] ** 2))
+            noise = [np.trace(cov[np.ix_(mem, mem)]) - cov[np.ix_(mem, mem)].sum() / max(int(mem.sum()), 1)
+                     for mem in sets]
             csd = float(spread(rate[is_ctrl], noise[0], ddof, True))
+            cvar = float(corrected_variance(rate[is_ctrl], noise[0], ddof))
             for j, lev in enumerate(levels, start=1):
                 sd = float(spread(rate[sets[j]], noise[j], ddof, True))
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -1738,11 +1834,14 @@ def ppi_disparity(
                         row += (np.float64(spread(rate[sets[j]], 0.0, ddof, False))
                                 / spread(rate[is_ctrl], 0.0, ddof, False),)
                 out.append(row)
+                variances.append((float(corrected_variance(rate[sets[j]], noise[j], ddof)), cvar,
+                                  *_noise_products(sets[j], is_ctrl, cov, ddof)))
         return out
 
-    rows = estimate(atoms, plugin=bool(n_boot))
+    var0 = []
+    rows = estimate(atoms, plugin=bool(n_boot), variances=var0)
     if n_boot:
-        boots = []
+        boots, boot_var = [], []
         for _ in range(n_boot):
             if atoms.cluster is not None:
                 wc = rng.poisson(1.0, atoms.n_clusters).astype(float)
@@ -1751,10 +1850,14 @@ def ppi_disparity(
                 m = rng.poisson(atoms.m).astype(float)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                boots.append([row[-1] for row in estimate(_reweighted(atoms, m))])
-        B = np.array([b if len(b) == len(rows) else [np.nan] * len(rows) for b in boots], dtype=float)
-        lo, hi = _disparity_interval(B, np.array([r_[-2] for r_ in rows], dtype=float),
-                                     np.array([r_[-1] for r_ in rows], dtype=float), alpha)
+                v = []
+                b = [row[-1] for row in estimate(_reweighted(atoms, m), variances=v)]
+            ok = len(b) == len(rows)
+            boots.append(b if ok else [np.nan] * len(rows))
+            boot_var.append(v if ok else [(np.nan, np.nan)] * len(rows))
+        lo, hi = _disparity_interval(np.array(boots, dtype=float), np.array([r_[-2] for r_ in rows], dtype=float),
+                                     np.array([r_[-1] for r_ in rows], dtype=float), alpha,
+                                     np.array(var0, dtype=float), np.array(boot_var, dtype=float))
         rows = [r_[:-1] for r_ in rows]
     out = pd.DataFrame(rows, columns=["_g", category, "n_personas", "sd_corrected", "n_control",
                                       "control_sd_corrected", "disparity"])

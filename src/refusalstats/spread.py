@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["CORRECTED_FLOOR", "control_personas", "spread"]
+__all__ = ["CORRECTED_FLOOR", "control_personas", "corrected_variance", "spread"]
 
 # the noise-corrected spread keeps at least this share of the observed sum of squares, so
 # a spread that sampling noise explains entirely stays positive (and its ratio finite)
@@ -76,11 +76,26 @@ def spread(rate, noise, ddof, corrected):
     With ``corrected`` the sum of squares loses its noise term (method of moments),
     floored at ``CORRECTED_FLOOR`` of itself: sqrt(max(SS - noise, floor SS) / (k - ddof)).
     """
+    k, ss = _sum_of_squares(rate)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if corrected:
+            ss = np.maximum(ss - noise, CORRECTED_FLOOR * ss)
+        return np.where(k > ddof, np.sqrt(ss / np.maximum(k - ddof, 1)), np.nan)
+
+
+def corrected_variance(rate, noise, ddof):
+    """The method-of-moments variance of the true rates, (SS - noise) / (k - ddof), not
+    floored: unbiased, so it can be negative when noise explains the whole spread. The
+    test-inversion interval of the disparity (ppi.ppi_disparity) is built on it."""
+    k, ss = _sum_of_squares(rate)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(k > ddof, (ss - noise) / np.maximum(k - ddof, 1), np.nan)
+
+
+def _sum_of_squares(rate):
+    """Members with a rate, and the sum of squared deviations from their mean (last axis)."""
     k = np.isfinite(rate).sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a replicate without these personas
         dev = rate - np.nanmean(rate, axis=-1, keepdims=True)
-        ss = np.nansum(dev**2, axis=-1)
-        if corrected:
-            ss = np.maximum(ss - noise, CORRECTED_FLOOR * ss)
-        return np.where(k > ddof, np.sqrt(ss / np.maximum(k - ddof, 1)), np.nan)
+        return k, np.nansum(dev**2, axis=-1)
