@@ -46,6 +46,14 @@ def _freeze_after_full_collection(phase: str, info: dict) -> None:
 # wall, 124 s -> 109 s CPU (two alternating pairs, idle machine).
 gc.callbacks.append(_freeze_after_full_collection)
 
+
+def pytest_configure(config):
+    # gc.get_referrers does not search frozen objects, so Hypothesis' check that the PRNG it
+    # registers is referenced (its own thread-local Random, held by a frozen object) comes up
+    # empty and warns; it registers the PRNG all the same (hypothesis/internal/entropy.py)
+    config.addinivalue_line(
+        "filterwarnings", "ignore:It looks like `register_random` was passed:hypothesis.errors.HypothesisWarning")
+
 #: Stand-ins for a drawn figure's bytes: a PNG signature and an empty SVG.
 UNDRAWN_PNG = b"\x89PNG\r\n\x1a\n"
 UNDRAWN_SVG = b'<svg xmlns="http://www.w3.org/2000/svg"/>'
