@@ -344,7 +344,8 @@ def main() -> None:
                     help="the rate intervals (default: Hall's skewness-corrected) against the symmetric t "
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
     ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
-                                                     "fieller-basic", "fieller-percentile", "fieller-corrected"], default="percentile",
+                                                     "fieller-basic", "fieller-percentile", "fieller-corrected",
+                                                     "fieller-analytic"], default="percentile",
                     help="with --disparity: the bootstrap interval (percentile is the default; the others "
                          "were measured and not adopted)")
     ap.add_argument("--disparity-diagnose", action="store_true",
@@ -572,8 +573,8 @@ def disparity_diagnosis(reps: int, seed: int, n_labels: int = 40, item_sd: float
     cats = list(s["truth"])
     print(f"{'clustered' if item_sd else 'i.i.d.'}, {n_labels} labels per persona, {reps} replicates, seed {seed}")
     print("| category | statistic at the truth: mean | sd over replicates | sd from the bootstrap "
-          "| sd, bootstrap less 4T | test accepts the truth: bootstrap / less 4T | V_c mean (truth) | V_0 mean (truth) |"
-          "\n|---|---|---|---|---|---|---|---|")
+          "| sd, bootstrap less 4T | sd, analytic | test accepts the truth: bootstrap / less 4T / analytic "
+          "| V_c mean (truth) | V_0 mean (truth) |\n|---|---|---|---|---|---|---|---|---|")
     for j, cat in enumerate(cats):
         q0 = s["truth"][cat] ** 2
         R = rec[j::len(cats)]
@@ -581,9 +582,12 @@ def disparity_diagnosis(reps: int, seed: int, n_labels: int = 40, item_sd: float
         vb = np.array([S[0, 0] - 2 * q0 * S[0, 1] + q0**2 * S[1, 1] for _, _, S, _ in R])
         vt = np.array([T[0] - 2 * q0 * T[1] + q0**2 * T[2] for _, _, _, T in R])
         vc = np.maximum(vb - 4 * vt, 2 * vt)
+        vr = np.array([T[3] - 2 * q0 * T[4] + q0**2 * T[5] for _, _, _, T in R])
+        va = np.maximum(4 * vr - 2 * vt, 2 * vt)  # no bootstrap: 2T + 4 (r'ASAr - T)
         z2 = stats.norm.ppf(0.975) ** 2
         print(f"| {cat} | {th.mean():.2e} | {th.std():.2e} | {np.sqrt(vb.mean()):.2e} | {np.sqrt(vc.mean()):.2e} "
-              f"| {np.mean(th ** 2 <= z2 * vb):.3f} / {np.mean(th ** 2 <= z2 * vc):.3f} "
+              f"| {np.sqrt(va.mean()):.2e} | {np.mean(th ** 2 <= z2 * vb):.3f} / {np.mean(th ** 2 <= z2 * vc):.3f} "
+              f"/ {np.mean(th ** 2 <= z2 * va):.3f} "
               f"| {np.mean([r[0] for r in R]):.2e} ({true_var[cat]:.2e}) "
               f"| {np.mean([r[1] for r in R]):.2e} ({true_var['control']:.2e}) |")
     # the per-persona PPI variances against the replicates' variance of the rates

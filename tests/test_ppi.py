@@ -743,6 +743,10 @@ def test_noise_products_give_the_variance_of_corrected_spreads():
     assert np.var(v0) == pytest.approx(2 * t00 + 4 * m0 @ H0 @ S00 @ H0 @ m0, rel=0.02)
     assert np.cov(vc, v0)[0, 1] == pytest.approx(2 * tc0 + 4 * mc @ Hc @ Sc0 @ H0 @ m0, rel=0.05)
     assert np.mean(vc) == pytest.approx(mc @ Hc @ mc, rel=0.01)  # unbiased
+    # with the rates given, the first-order terms r_x' A_x S_xy A_y r_y as well
+    *_, rcc, rc0, r00 = _noise_products(cat, ctrl, S, 1, mu)
+    assert [rcc, rc0, r00] == pytest.approx([mc @ Hc @ Scc @ Hc @ mc, mc @ Hc @ Sc0 @ H0 @ m0,
+                                             m0 @ H0 @ S00 @ H0 @ m0], rel=1e-12)
 
 
 def test_cli_label_sample_then_corrected_rates_and_card(tmp_path, capsys):

@@ -1627,7 +1627,7 @@ def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alph
     if _DISPARITY_INTERVAL.startswith("fieller"):
         kind = _DISPARITY_INTERVAL.partition("-")[2] or "normal"
         ends = [_ratio_test_inversion(var0[j, 0], var0[j, 1], boot_var[:, j, 0], boot_var[:, j, 1], alpha, kind,
-                                      var0[j, 2:5])
+                                      var0[j, 2:8])
                 for j in range(len(est))]
         return np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
     if _DISPARITY_INTERVAL == "basic-log":
@@ -1644,7 +1644,7 @@ def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alph
     return np.nanquantile(B, alpha / 2, axis=0), np.nanquantile(B, 1 - alpha / 2, axis=0)
 
 
-def _noise_products(cat, ctrl, cov, ddof):
+def _noise_products(cat, ctrl, cov, ddof, rate=None):
     """tr(A_x S_xy A_y S_yx) for the category (x, y = c) and the control set (0): the
     second-order noise terms of the corrected variances V = r' A r - tr(A S), A = H / (k - ddof)
     (H centres the set's rates, S their covariance). For normal rates Var(V_c) = 2 t_cc +
@@ -1659,6 +1659,10 @@ def _noise_products(cat, ctrl, cov, ddof):
     for x, y in (("c", "c"), ("c", "0"), ("0", "0")):
         (Ax, ix), (Ay, iy) = mats[x], mats[y]
         out[x + y] = float(np.trace(Ax @ cov[np.ix_(ix, iy)] @ Ay @ cov[np.ix_(iy, ix)]))
+        if rate is not None:  # r_x' A_x S_xy A_y r_y, the first-order term at the estimated rates
+            out["r" + x + y] = float(rate[ix] @ Ax @ cov[np.ix_(ix, iy)] @ Ay @ rate[iy])
+    if rate is not None:
+        return out["cc"], out["c0"], out["00"], out["rcc"], out["rc0"], out["r00"]
     return out["cc"], out["c0"], out["00"]
 
 
@@ -1679,14 +1683,18 @@ def _ratio_test_inversion(a: float, c: float, A: np.ndarray, C: np.ndarray, alph
     A, C = A[ok], C[ok]
     if len(A) < 10 or not (np.isfinite(a) and np.isfinite(c)):
         return np.nan, np.nan
-    if kind in ("normal", "corrected"):
+    if kind in ("normal", "corrected", "analytic"):
         z2 = stats.norm.ppf(1 - alpha / 2) ** 2
         S = np.cov(A, C)
         if kind == "normal":
             return _fieller(a, c, S, z2)
         T = np.array([[noise[0], noise[1]], [noise[1], noise[2]]])
-        # the variance at q is max(corrected, floor): accepted where either accepts
-        ends = [e for e in (_fieller(a, c, S - 4 * T, z2), _fieller(a, c, 2 * T, z2)) if np.isfinite(e[0])]
+        if kind == "analytic":  # no bootstrap: 2 T + 4 (r'ASAr - T) at the estimated rates
+            S = 4 * np.array([[noise[3], noise[4]], [noise[4], noise[5]]]) - 2 * T
+        else:  # the bootstrap's, less its excess second-order noise
+            S = S - 4 * T
+        # the variance at q is max(S's, the floor 2 T's): accepted where either accepts
+        ends = [e for e in (_fieller(a, c, S, z2), _fieller(a, c, 2 * T, z2)) if np.isfinite(e[0])]
         if not ends:
             return np.nan, np.nan
         return min(e[0] for e in ends), max(e[1] for e in ends)
@@ -1835,7 +1843,7 @@ def ppi_disparity(
                                 / spread(rate[is_ctrl], 0.0, ddof, False),)
                 out.append(row)
                 variances.append((float(corrected_variance(rate[sets[j]], noise[j], ddof)), cvar,
-                                  *_noise_products(sets[j], is_ctrl, cov, ddof)))
+                                  *_noise_products(sets[j], is_ctrl, cov, ddof, np.nan_to_num(rate))))
         return out
 
     var0 = []
