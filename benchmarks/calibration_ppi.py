@@ -344,8 +344,7 @@ def main() -> None:
                     help="the rate intervals (default: Hall's skewness-corrected) against the symmetric t "
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
     ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
-                                                     "fieller-basic", "fieller-percentile", "fieller-corrected",
-                                                     "fieller-analytic"], default="percentile",
+                                                     "fieller-corrected", "fieller-analytic"], default="percentile",
                     help="with --disparity: the bootstrap interval (percentile is the default; the others "
                          "were measured and not adopted)")
     ap.add_argument("--disparity-diagnose", action="store_true",

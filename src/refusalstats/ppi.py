@@ -1677,40 +1677,29 @@ def _ratio_test_inversion(a: float, c: float, A: np.ndarray, C: np.ndarray, alph
     ratio is then not bounded by the data; Gleser and Hwang 1987), and starts at 0 when
     the category's is not. ``kind``: "normal" (the bootstrap covariance of (a, c), closed
     form), "corrected" (that covariance less the bootstrap's excess second-order noise,
-    4 T from :func:`_noise_products` ``noise``, but at least the 2 T normal rates have),
-    "basic" or "percentile" (bootstrap quantiles of A - q C on a grid of q)."""
+    4 T from :func:`_noise_products` ``noise``, but at least the 2 T normal rates have) or
+    "analytic" (no bootstrap: 2 T + 4 (r'ASAr - T) at the estimated rates, at least 2 T).
+    All three were measured and not adopted (docs/methods_ppi.md)."""
+    if kind not in ("normal", "corrected", "analytic"):
+        raise ValueError(f"unknown test-inversion kind {kind!r}")
     ok = np.isfinite(A) & np.isfinite(C)
     A, C = A[ok], C[ok]
     if len(A) < 10 or not (np.isfinite(a) and np.isfinite(c)):
         return np.nan, np.nan
-    if kind in ("normal", "corrected", "analytic"):
-        z2 = stats.norm.ppf(1 - alpha / 2) ** 2
-        S = np.cov(A, C)
-        if kind == "normal":
-            return _fieller(a, c, S, z2)
-        T = np.array([[noise[0], noise[1]], [noise[1], noise[2]]])
-        if kind == "analytic":  # no bootstrap: 2 T + 4 (r'ASAr - T) at the estimated rates
-            S = 4 * np.array([[noise[3], noise[4]], [noise[4], noise[5]]]) - 2 * T
-        else:  # the bootstrap's, less its excess second-order noise
-            S = S - 4 * T
-        # the variance at q is max(S's, the floor 2 T's): accepted where either accepts
-        ends = [e for e in (_fieller(a, c, S, z2), _fieller(a, c, 2 * T, z2)) if np.isfinite(e[0])]
-        if not ends:
-            return np.nan, np.nan
-        return min(e[0] for e in ends), max(e[1] for e in ends)
-    scale = np.sqrt(abs(a / c)) if a != 0 and c != 0 else 1.0
-    R = np.concatenate([[0.0], scale * np.geomspace(1e-3, 1e3, 1201)])
-    T = A[:, None] - (R**2)[None, :] * C[:, None]
-    theta = a - R**2 * c
-    lo_q, hi_q = np.quantile(T, [alpha / 2, 1 - alpha / 2], axis=0)
-    if kind == "basic":
-        acc = (2 * theta - hi_q <= 0) & (0 <= 2 * theta - lo_q)
-    else:
-        acc = (lo_q <= 0) & (0 <= hi_q)
-    if not acc.any():
+    z2 = stats.norm.ppf(1 - alpha / 2) ** 2
+    S = np.cov(A, C)
+    if kind == "normal":
+        return _fieller(a, c, S, z2)
+    T = np.array([[noise[0], noise[1]], [noise[1], noise[2]]])
+    if kind == "analytic":  # no bootstrap: 2 T + 4 (r'ASAr - T) at the estimated rates
+        S = 4 * np.array([[noise[3], noise[4]], [noise[4], noise[5]]]) - 2 * T
+    else:  # the bootstrap's, less its excess second-order noise
+        S = S - 4 * T
+    # the variance at q is max(S's, the floor 2 T's): accepted where either accepts
+    ends = [e for e in (_fieller(a, c, S, z2), _fieller(a, c, 2 * T, z2)) if np.isfinite(e[0])]
+    if not ends:
         return np.nan, np.nan
-    i = np.flatnonzero(acc)
-    return float(R[i[0]]), (np.inf if i[-1] == len(R) - 1 else float(R[i[-1]]))
+    return min(e[0] for e in ends), max(e[1] for e in ends)
 
 
 def _fieller(a: float, c: float, S: np.ndarray, z2: float) -> tuple[float, float]:
