@@ -355,6 +355,9 @@ def main() -> None:
                          "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
     ap.add_argument("--skew-cap", type=float, default=None,
                     help="the cap on the skewness of the default interval (ppi._SKEW_CAP, 0.3); for any table")
+    ap.add_argument("--score", action="store_true",
+                    help="the score-type (Wilson-like) interval for i.i.d. rates (ppi._SCORE, measured and "
+                         "not adopted), for any table")
     ap.add_argument("--symmetric", action="store_true",
                     help="the symmetric t intervals (the default until 2026-12-07) instead of Hall's "
                          "skewness-corrected ones, for any table")
@@ -365,7 +368,8 @@ def main() -> None:
     # the measured alternatives: private switches of the estimator, one table each
     switches = {"_DISPARITY_INTERVAL": (args.disparity_interval != "percentile", args.disparity_interval),
                 "_SKEW_CAP": (args.skew_cap is not None, args.skew_cap),
-                "_SKEW": (args.symmetric, False)}
+                "_SKEW": (args.symmetric, False),
+                "_SCORE": (args.score, True)}
     for name, (on, value) in switches.items():
         if on:
             setattr(_ppi, name, value)

@@ -445,6 +445,10 @@ _SKEW = True
 #: mean coverage from 0.969 to 0.963 with 30 labels (0.965 to 0.960 with 60) and leaves
 #: the rates below 0.93 at 8% of the grid (the symmetric t interval: 19%).
 _SKEW_CAP = 0.3
+#: A score-type (Wilson-like) interval for i.i.d. single-cell targets (``ci="t"``, measured
+#: and not adopted; docs/methods_ppi.md): the labelled mean's variance taken at the value
+#: tested, theta0 (1 - theta0) / n_eff, instead of at the estimate; lam = 0 gives Wilson's.
+_SCORE = False
 
 
 def _hall_inverse(v, gamma):
@@ -774,9 +778,40 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             gamma = np.where(var > 0, np.nan_to_num(third) / np.where(var > 0, var, 1) ** 1.5, 0.0)
         gamma = np.clip(gamma, -_SKEW_CAP, _SKEW_CAP)
         lo, hi = est - se * _hall_inverse(q, gamma), est - se * _hall_inverse(-q, gamma)
+    if small and _SCORE and at.cluster is None and not bp:
+        lo, hi = _score_ends(at, Ls, K, W_L, est, lam_t, Vab, Vbb, lo, hi, _z(conf))
     return {"influence": infl, "estimate": est, "std_error": se, "ci_low": lo, "ci_high": hi, "skewness": gamma,
             "lam": lam_t, "V": (Vaa, Vab, Vbb), "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
                 np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q, "df": df}
+
+
+def _score_ends(at, Ls, K, W_L, est, lam_t, Vab, Vbb, lo, hi, z):
+    """``_SCORE``'s interval where a target is one cell whose labels share one stratum:
+    the theta0 with (est - theta0)^2 <= z^2 (theta0 (1 - theta0) / n_eff + 2 lam Vab
+    + lam^2 Vbb), n_eff = W_L^2 / sum w^2 of the cell's labels (Wilson's at lam = 0)."""
+    nnz = np.diff(Ls.indptr)
+    single = (nnz == 1) & np.isclose(np.asarray(Ls.sum(1)).ravel(), 1.0)
+    cell = np.where(nnz > 0, Ls.indices[np.minimum(Ls.indptr[:-1], max(len(Ls.indices) - 1, 0))], 0)
+    lab = at.lab
+    s_lo = np.full(K, np.inf)
+    s_hi = np.full(K, -np.inf)
+    np.minimum.at(s_lo, at.cell[lab], at.stratum[lab])
+    np.maximum.at(s_hi, at.cell[lab], at.stratum[lab])
+    one_stratum = s_lo == s_hi
+    sw2 = np.bincount(at.cell, np.where(lab, at.m * at.w ** 2, 0.0), K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_eff = W_L ** 2 / sw2
+        alpha = 1.0 / n_eff[cell]  # the variance at theta0 is known: no n / (n - 1)
+    beta = 2 * lam_t * Vab + lam_t ** 2 * Vbb
+    ok = single & one_stratum[cell] & np.isfinite(est) & np.isfinite(alpha) & (alpha > 0)
+    z2 = z * z
+    a2, a1, a0 = 1 + z2 * alpha, -(2 * est + z2 * alpha), est ** 2 - z2 * beta
+    disc = a1 ** 2 - 4 * a2 * a0
+    ok &= disc >= 0
+    r = np.sqrt(np.where(ok, disc, 0.0))
+    lo = np.where(ok, np.clip((-a1 - r) / (2 * a2), 0.0, 1.0), lo)
+    hi = np.where(ok, np.clip((-a1 + r) / (2 * a2), 0.0, 1.0), hi)
+    return lo, hi
 
 
 def _check_lam(lam):
