@@ -355,9 +355,11 @@ def main() -> None:
                          "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
     ap.add_argument("--skew-cap", type=float, default=None,
                     help="the cap on the skewness of the default interval (ppi._SKEW_CAP, 0.3); for any table")
-    ap.add_argument("--score", action="store_true",
-                    help="the score-type (Wilson-like) interval for i.i.d. rates (ppi._SCORE, measured and "
+    ap.add_argument("--score", choices=["simple", "constrained"], default=None,
+                    help="a score-type (Wilson-like) interval for i.i.d. rates (ppi._SCORE, measured and "
                          "not adopted), for any table")
+    ap.add_argument("--score-pseudo", type=float, default=None,
+                    help="with --score constrained: the pseudo-count per (label, flag) cell (ppi._SCORE_PSEUDO, 0.5)")
     ap.add_argument("--symmetric", action="store_true",
                     help="the symmetric t intervals (the default until 2026-12-07) instead of Hall's "
                          "skewness-corrected ones, for any table")
@@ -369,7 +371,8 @@ def main() -> None:
     switches = {"_DISPARITY_INTERVAL": (args.disparity_interval != "percentile", args.disparity_interval),
                 "_SKEW_CAP": (args.skew_cap is not None, args.skew_cap),
                 "_SKEW": (args.symmetric, False),
-                "_SCORE": (args.score, True)}
+                "_SCORE": (args.score is not None, args.score),
+                "_SCORE_PSEUDO": (args.score_pseudo is not None, args.score_pseudo)}
     for name, (on, value) in switches.items():
         if on:
             setattr(_ppi, name, value)

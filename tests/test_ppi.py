@@ -691,17 +691,19 @@ def test_disparity_with_labels_uses_ppi_rates_and_their_noise():
 
 def test_score_type_alternative_is_wilson_with_labels_only(monkeypatch):
     """ppi._SCORE (measured, not adopted): with lam = 0 the labelled mean's variance at the
-    value tested gives Wilson's score interval exactly (statsmodels)."""
+    value tested gives Wilson's score interval (statsmodels), in both kinds."""
     from statsmodels.stats.proportion import proportion_confint
 
     from refusalstats import ppi
 
-    monkeypatch.setattr(ppi, "_SCORE", True)
-    for k in (0, 1, 3, 10, 29):
-        y = (np.arange(30) < k).astype(int)
-        r = ppi_rates(pd.DataFrame({"refusal": y, "human": y.astype(float)}), cluster=None, lam=0)
-        np.testing.assert_allclose(r[["ci_low", "ci_high"]].to_numpy().ravel(),
-                                   proportion_confint(k, 30, method="wilson"), atol=1e-12)
+    # "simple" in closed form; "constrained" on a grid of 2,001 values (one step: 5e-4)
+    for kind, tol in (("simple", 1e-12), ("constrained", 5e-4)):
+        monkeypatch.setattr(ppi, "_SCORE", kind)
+        for k in (0, 1, 3, 10, 29):
+            y = (np.arange(30) < k).astype(int)
+            r = ppi_rates(pd.DataFrame({"refusal": y, "human": y.astype(float)}), cluster=None, lam=0)
+            np.testing.assert_allclose(r[["ci_low", "ci_high"]].to_numpy().ravel(),
+                                       proportion_confint(k, 30, method="wilson"), atol=tol)
 
 
 def test_fieller_interval_is_the_set_its_inequality_accepts():

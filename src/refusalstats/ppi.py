@@ -445,10 +445,14 @@ _SKEW = True
 #: mean coverage from 0.969 to 0.963 with 30 labels (0.965 to 0.960 with 60) and leaves
 #: the rates below 0.93 at 8% of the grid (the symmetric t interval: 19%).
 _SKEW_CAP = 0.3
-#: A score-type (Wilson-like) interval for i.i.d. single-cell targets (``ci="t"``, measured
-#: and not adopted; docs/methods_ppi.md): the labelled mean's variance taken at the value
-#: tested, theta0 (1 - theta0) / n_eff, instead of at the estimate; lam = 0 gives Wilson's.
-_SCORE = False
+#: Score-type (Wilson-like) intervals for i.i.d. single-cell targets (``ci="t"``, measured
+#: and not adopted; docs/methods_ppi.md). "simple": the labelled mean's variance taken at
+#: the value tested, theta0 (1 - theta0) / n_eff, the flag terms as estimated; lam = 0 gives
+#: Wilson's. "constrained": the whole labelled variance at the (label, flag) table's MLE
+#: under theta0 (the flag's rates given the label kept, Jeffreys-smoothed). False: off.
+_SCORE: bool | str = False
+#: "constrained"'s pseudo-count on each (label, flag) cell of the flag's rates given the label
+_SCORE_PSEUDO = 0.5
 
 
 def _hall_inverse(v, gamma):
@@ -779,16 +783,19 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
         gamma = np.clip(gamma, -_SKEW_CAP, _SKEW_CAP)
         lo, hi = est - se * _hall_inverse(q, gamma), est - se * _hall_inverse(-q, gamma)
     if small and _SCORE and at.cluster is None and not bp:
-        lo, hi = _score_ends(at, Ls, K, W_L, est, lam_t, Vab, Vbb, lo, hi, _z(conf))
+        lo, hi = _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, _z(conf))
     return {"influence": infl, "estimate": est, "std_error": se, "ci_low": lo, "ci_high": hi, "skewness": gamma,
             "lam": lam_t, "V": (Vaa, Vab, Vbb), "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
                 np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q, "df": df}
 
 
-def _score_ends(at, Ls, K, W_L, est, lam_t, Vab, Vbb, lo, hi, z):
+def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z):
     """``_SCORE``'s interval where a target is one cell whose labels share one stratum:
-    the theta0 with (est - theta0)^2 <= z^2 (theta0 (1 - theta0) / n_eff + 2 lam Vab
-    + lam^2 Vbb), n_eff = W_L^2 / sum w^2 of the cell's labels (Wilson's at lam = 0)."""
+    the theta0 with (est - theta0)^2 <= z^2 V(theta0). "simple": V = theta0 (1 - theta0) /
+    n_eff + 2 lam Vab + lam^2 Vbb, n_eff = W_L^2 / sum w^2 of the cell's labels (Wilson's at
+    lam = 0). "constrained": the labelled part of V at the (label, flag) table's MLE with
+    the label rate theta0 (each label's flag rate kept: p11 = theta0 se, p01 = (1 - theta0)
+    (1 - sp), se and sp with half a pseudo-count), plus lam^2 FU (1 - FU) / N_U."""
     nnz = np.diff(Ls.indptr)
     single = (nnz == 1) & np.isclose(np.asarray(Ls.sum(1)).ravel(), 1.0)
     cell = np.where(nnz > 0, Ls.indices[np.minimum(Ls.indptr[:-1], max(len(Ls.indices) - 1, 0))], 0)
@@ -802,9 +809,31 @@ def _score_ends(at, Ls, K, W_L, est, lam_t, Vab, Vbb, lo, hi, z):
     with np.errstate(invalid="ignore", divide="ignore"):
         n_eff = W_L ** 2 / sw2
         alpha = 1.0 / n_eff[cell]  # the variance at theta0 is known: no n / (n - 1)
-    beta = 2 * lam_t * Vab + lam_t ** 2 * Vbb
     ok = single & one_stratum[cell] & np.isfinite(est) & np.isfinite(alpha) & (alpha > 0)
     z2 = z * z
+    if _SCORE == "constrained":
+        def count(yy, ff):
+            return np.bincount(at.cell, np.where(lab & (at.y == yy) & (at.f == ff), at.m, 0.0), K)[cell]
+        n11, n10, n01, n00 = count(1, 1), count(1, 0), count(0, 1), count(0, 0)
+        sens = (n11 + _SCORE_PSEUDO) / (n11 + n10 + 2 * _SCORE_PSEUDO)
+        fpr = (n01 + _SCORE_PSEUDO) / (n01 + n00 + 2 * _SCORE_PSEUDO)
+        uw2 = np.bincount(at.cell, np.where(~lab, at.m * at.w ** 2, 0.0), K)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var_u = np.where(uw2[cell] > 0, FU[cell] * (1 - FU[cell]) * uw2[cell] / W_U[cell] ** 2, 0.0)
+        th = np.linspace(0.0, 1.0, 2001)[None, :]
+        lam = lam_t[:, None]
+        pi = th * sens[:, None] + (1 - th) * fpr[:, None]
+        v_lab = th * (1 - th) + lam ** 2 * pi * (1 - pi) - 2 * lam * (th * sens[:, None] - th * pi)
+        V = alpha[:, None] * v_lab + lam ** 2 * np.nan_to_num(var_u)[:, None]
+        acc = (est[:, None] - th) ** 2 <= z2 * V
+        some = acc.any(1)
+        ok &= some
+        first = np.argmax(acc, 1)
+        last = acc.shape[1] - 1 - np.argmax(acc[:, ::-1], 1)
+        lo = np.where(ok, th[0, first], lo)
+        hi = np.where(ok, th[0, last], hi)
+        return lo, hi
+    beta = 2 * lam_t * Vab + lam_t ** 2 * Vbb
     a2, a1, a0 = 1 + z2 * alpha, -(2 * est + z2 * alpha), est ** 2 - z2 * beta
     disc = a1 ** 2 - 4 * a2 * a0
     ok &= disc >= 0
