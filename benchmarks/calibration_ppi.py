@@ -360,6 +360,8 @@ def main() -> None:
                          "not adopted), for any table")
     ap.add_argument("--score-pseudo", type=float, default=None,
                     help="with --score constrained: the pseudo-count per (label, flag) cell (ppi._SCORE_PSEUDO, 0.5)")
+    ap.add_argument("--score-cluster-q", choices=["t", "z"], default=None,
+                    help="with --score constrained and clusters: the quantile (ppi._SCORE_CLUSTER_Q, t)")
     ap.add_argument("--symmetric", action="store_true",
                     help="the symmetric t intervals (the default until 2026-12-07) instead of Hall's "
                          "skewness-corrected ones, for any table")
@@ -372,7 +374,8 @@ def main() -> None:
                 "_SKEW_CAP": (args.skew_cap is not None, args.skew_cap),
                 "_SKEW": (args.symmetric, False),
                 "_SCORE": (args.score is not None, args.score),
-                "_SCORE_PSEUDO": (args.score_pseudo is not None, args.score_pseudo)}
+                "_SCORE_PSEUDO": (args.score_pseudo is not None, args.score_pseudo),
+                "_SCORE_CLUSTER_Q": (args.score_cluster_q is not None, args.score_cluster_q)}
     for name, (on, value) in switches.items():
         if on:
             setattr(_ppi, name, value)

@@ -453,6 +453,8 @@ _SKEW_CAP = 0.3
 _SCORE: bool | str = False
 #: "constrained"'s pseudo-count on each (label, flag) cell of the flag's rates given the label
 _SCORE_PSEUDO = 0.5
+#: "constrained" with clusters: the quantile, "t" (the Satterthwaite df) or "z"
+_SCORE_CLUSTER_Q = "t"
 
 
 def _hall_inverse(v, gamma):
@@ -782,20 +784,23 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             gamma = np.where(var > 0, np.nan_to_num(third) / np.where(var > 0, var, 1) ** 1.5, 0.0)
         gamma = np.clip(gamma, -_SKEW_CAP, _SKEW_CAP)
         lo, hi = est - se * _hall_inverse(q, gamma), est - se * _hall_inverse(-q, gamma)
-    if small and _SCORE and at.cluster is None and not bp:
-        lo, hi = _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, _z(conf))
+    if small and _SCORE and not bp and (at.cluster is None or _SCORE == "constrained"):
+        lo, hi = _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, _z(conf),
+                             None if at.cluster is None else (var, q))
     return {"influence": infl, "estimate": est, "std_error": se, "ci_low": lo, "ci_high": hi, "skewness": gamma,
             "lam": lam_t, "V": (Vaa, Vab, Vbb), "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
                 np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q, "df": df}
 
 
-def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z):
+def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z, clustered=None):
     """``_SCORE``'s interval where a target is one cell whose labels share one stratum:
     the theta0 with (est - theta0)^2 <= z^2 V(theta0). "simple": V = theta0 (1 - theta0) /
     n_eff + 2 lam Vab + lam^2 Vbb, n_eff = W_L^2 / sum w^2 of the cell's labels (Wilson's at
     lam = 0). "constrained": the labelled part of V at the (label, flag) table's MLE with
     the label rate theta0 (each label's flag rate kept: p11 = theta0 se, p01 = (1 - theta0)
-    (1 - sp), se and sp with half a pseudo-count), plus lam^2 FU (1 - FU) / N_U."""
+    (1 - sp), se and sp with half a pseudo-count), plus lam^2 FU (1 - FU) / N_U. With
+    ``clustered`` = (the clustered variance, the t quantile): V is scaled by the design
+    effect, that variance over V at the estimate, and the quantile is the t's."""
     nnz = np.diff(Ls.indptr)
     single = (nnz == 1) & np.isclose(np.asarray(Ls.sum(1)).ravel(), 1.0)
     cell = np.where(nnz > 0, Ls.indices[np.minimum(Ls.indptr[:-1], max(len(Ls.indices) - 1, 0))], 0)
@@ -825,6 +830,16 @@ def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z):
         pi = th * sens[:, None] + (1 - th) * fpr[:, None]
         v_lab = th * (1 - th) + lam ** 2 * pi * (1 - pi) - 2 * lam * (th * sens[:, None] - th * pi)
         V = alpha[:, None] * v_lab + lam ** 2 * np.nan_to_num(var_u)[:, None]
+        if clustered is not None:
+            var_cl, q_t = clustered
+            p_hat = est * sens + (1 - est) * fpr
+            v_hat = alpha * (est * (1 - est) + lam_t ** 2 * p_hat * (1 - p_hat) - 2 * lam_t * est * (sens - p_hat)) \
+                + lam_t ** 2 * np.nan_to_num(var_u)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                deff = np.where(v_hat > 0, var_cl / v_hat, np.nan)
+            ok &= np.isfinite(deff)
+            V = V * np.nan_to_num(deff)[:, None]
+            z2 = (np.asarray(q_t, dtype=float)[:, None] if _SCORE_CLUSTER_Q == "t" else z) ** 2
         acc = (est[:, None] - th) ** 2 <= z2 * V
         some = acc.any(1)
         ok &= some
