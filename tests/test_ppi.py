@@ -706,6 +706,29 @@ def test_score_type_alternative_is_wilson_with_labels_only(monkeypatch):
                                        proportion_confint(k, 30, method="wilson"), atol=tol)
 
 
+def test_constrained_score_with_clusters_is_wilson_scaled_by_the_design_effect(monkeypatch):
+    """ppi._SCORE = "constrained" with clusters, labels only (lam = 0): Wilson's interval with
+    z^2 replaced by t^2 x deff, deff = the CR2 variance over p (1 - p) / n at the estimate
+    and t on the Satterthwaite df (the default interval's s.e. and df), to a grid step."""
+    from refusalstats import ppi
+
+    rng = np.random.default_rng(8)
+    item = np.repeat(np.arange(12), 5)
+    y = (rng.random(60) < 0.15 + 0.4 * (item % 3 == 0)).astype(int)
+    df = pd.DataFrame({"item_id": item, "refusal": y, "human": y.astype(float)})
+    base = ppi_rates(df, cluster="item_id", lam=0)
+    p, n, se = base["rate"].item(), 60, base["std_error"].item()
+    t2 = float(np.ravel(base.attrs["quantile"])[0]) ** 2  # the t quantile on the Satterthwaite df
+    assert t2 > 1.96**2
+    c = t2 * se**2 / (p * (1 - p) / n) / n  # Wilson with z^2 / n -> t^2 deff / n
+    centre, half = (p + c / 2) / (1 + c), np.sqrt(c * p * (1 - p) + c**2 / 4) / (1 + c)
+    monkeypatch.setattr(ppi, "_SCORE", "constrained")
+    got = ppi_rates(df, cluster="item_id", lam=0)
+    np.testing.assert_allclose(got[["ci_low", "ci_high"]].to_numpy().ravel(), [centre - half, centre + half],
+                               atol=5e-4)
+    assert got["rate"].item() == p
+
+
 def test_fieller_interval_is_the_set_its_inequality_accepts():
     """_fieller's closed form against the inequality evaluated on a fine grid of ratios:
     bounded when the control variance is clearly positive, unbounded above when it is not,
