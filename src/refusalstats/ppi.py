@@ -825,16 +825,20 @@ def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z, cluste
         uw2 = np.bincount(at.cell, np.where(~lab, at.m * at.w ** 2, 0.0), K)
         with np.errstate(invalid="ignore", divide="ignore"):
             var_u = np.where(uw2[cell] > 0, FU[cell] * (1 - FU[cell]) * uw2[cell] / W_U[cell] ** 2, 0.0)
-        th = np.linspace(0.0, 1.0, 2001)[None, :]
         lam = lam_t[:, None]
-        pi = th * sens[:, None] + (1 - th) * fpr[:, None]
-        v_lab = th * (1 - th) + lam ** 2 * pi * (1 - pi) - 2 * lam * (th * sens[:, None] - th * pi)
-        V = alpha[:, None] * v_lab + lam ** 2 * np.nan_to_num(var_u)[:, None]
+
+        def score_var(th):
+            """V at label rates ``th`` (targets x values): Var(y - lam f) at the constrained
+            table, over n_eff, plus the unlabelled flags' part."""
+            pi = th * sens[:, None] + (1 - th) * fpr[:, None]  # the flag rate
+            v_lab = th * (1 - th) + lam ** 2 * pi * (1 - pi) - 2 * lam * th * (sens[:, None] - pi)
+            return alpha[:, None] * v_lab + lam ** 2 * np.nan_to_num(var_u)[:, None]
+
+        th = np.linspace(0.0, 1.0, 2001)[None, :]
+        V = score_var(th)
         if clustered is not None:
             var_cl, q_t = clustered
-            p_hat = est * sens + (1 - est) * fpr
-            v_hat = alpha * (est * (1 - est) + lam_t ** 2 * p_hat * (1 - p_hat) - 2 * lam_t * est * (sens - p_hat)) \
-                + lam_t ** 2 * np.nan_to_num(var_u)
+            v_hat = score_var(np.nan_to_num(est)[:, None])[:, 0]
             with np.errstate(invalid="ignore", divide="ignore"):
                 deff = np.where(v_hat > 0, var_cl / v_hat, np.nan)
             ok &= np.isfinite(deff)
@@ -1699,7 +1703,7 @@ _DISPARITY_INTERVAL = "percentile"
 
 
 def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float,
-                        var0: np.ndarray, boot_var: np.ndarray):
+                        var0: np.ndarray | None, boot_var: np.ndarray | None):
     """Bootstrap interval of each ratio (columns of the replicates ``B``); the test-inversion
     kinds use the unfloored corrected variances ``var0`` (rows x 2: category, control) and
     their replicates ``boot_var`` (n_boot x rows x 2)."""
@@ -1798,8 +1802,8 @@ def _fieller(a: float, c: float, S: np.ndarray, z2: float) -> tuple[float, float
         return float(np.sqrt(max(q1, 0.0))), float(np.sqrt(q2))
     if k0 <= 0 or disc < 0:
         return 0.0, np.inf
-    if k2 == 0:
-        return float(np.sqrt(max(-k0 / k1, 0.0))) if k1 < 0 else np.nan, np.inf if k1 < 0 else np.nan
+    if k2 == 0:  # linear: k1 q + k0 <= 0 with k0 > 0 holds for large q only when k1 < 0
+        return (float(np.sqrt(-k0 / k1)), np.inf) if k1 < 0 else (np.nan, np.nan)
     r = np.sqrt(disc)
     return float(np.sqrt(max((-k1 - r) / (2 * k2), 0.0))), np.inf
 
@@ -1882,7 +1886,6 @@ def ppi_disparity(
         collects each row's unfloored corrected variances (category, control)."""
         r = _linear_ppi(at, np.eye(len(keys)), None, conf, "t")
         out = []
-        variances = [] if variances is None else variances
         for g in range(len(g_keys)):
             idx = np.flatnonzero(g_codes == g)
             pers = keys[persona].astype(object).to_numpy()[idx]
@@ -1898,10 +1901,13 @@ def ppi_disparity(
                 cov = t @ t.T
             else:
                 cov = np.diag(np.nan_to_num(r["std_error"][idx] ** 2))
-            noise = [np.trace(cov[np.ix_(mem, mem)]) - cov[np.ix_(mem, mem)].sum() / max(int(mem.sum()), 1)
-                     for mem in sets]
+            noise = []
+            for mem in sets:
+                sub = cov[np.ix_(mem, mem)]
+                noise.append(np.trace(sub) - sub.sum() / max(int(mem.sum()), 1))
             csd = float(spread(rate[is_ctrl], noise[0], ddof, True))
-            cvar = float(corrected_variance(rate[is_ctrl], noise[0], ddof))
+            if variances is not None:
+                cvar = float(corrected_variance(rate[is_ctrl], noise[0], ddof))
             for j, lev in enumerate(levels, start=1):
                 sd = float(spread(rate[sets[j]], noise[j], ddof, True))
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -1910,11 +1916,14 @@ def ppi_disparity(
                         row += (np.float64(spread(rate[sets[j]], 0.0, ddof, False))
                                 / spread(rate[is_ctrl], 0.0, ddof, False),)
                 out.append(row)
-                variances.append((float(corrected_variance(rate[sets[j]], noise[j], ddof)), cvar,
-                                  *_noise_products(sets[j], is_ctrl, cov, ddof, np.nan_to_num(rate))))
+                if variances is not None:
+                    variances.append((float(corrected_variance(rate[sets[j]], noise[j], ddof)), cvar,
+                                      *_noise_products(sets[j], is_ctrl, cov, ddof, np.nan_to_num(rate))))
         return out
 
-    var0 = []
+    # the unfloored variances and noise terms only for the test-inversion alternatives
+    fieller = _DISPARITY_INTERVAL.startswith("fieller")
+    var0 = [] if fieller else None
     rows = estimate(atoms, plugin=bool(n_boot), variances=var0)
     if n_boot:
         boots, boot_var = [], []
@@ -1926,14 +1935,16 @@ def ppi_disparity(
                 m = rng.poisson(atoms.m).astype(float)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                v = []
+                v = [] if fieller else None
                 b = [row[-1] for row in estimate(_reweighted(atoms, m), variances=v)]
             ok = len(b) == len(rows)
             boots.append(b if ok else [np.nan] * len(rows))
-            boot_var.append(v if ok else [(np.nan, np.nan)] * len(rows))
+            if fieller:
+                boot_var.append(v if ok else [(np.nan,) * 8] * len(rows))
         lo, hi = _disparity_interval(np.array(boots, dtype=float), np.array([r_[-2] for r_ in rows], dtype=float),
                                      np.array([r_[-1] for r_ in rows], dtype=float), alpha,
-                                     np.array(var0, dtype=float), np.array(boot_var, dtype=float))
+                                     np.array(var0, dtype=float) if fieller else None,
+                                     np.array(boot_var, dtype=float) if fieller else None)
         rows = [r_[:-1] for r_ in rows]
     out = pd.DataFrame(rows, columns=["_g", category, "n_personas", "sd_corrected", "n_control",
                                       "control_sd_corrected", "disparity"])
