@@ -510,6 +510,33 @@ def disparity_truth(item_sd: float, base: float = -1.5, personas=None) -> dict:
     return {cat: sds[cat] / sds["control"] for cat in sds if cat != "control"}
 
 
+def disparity_table(rng, item_sd: float, n_labels: int, personas=None, n_items: int = 150,
+                    base: float = -1.5) -> pd.DataFrame:
+    """One table of ``scenario_disparity``'s design: every persona answers every item;
+    detector sensitivity 0.9 - 0.1 per persona index within its category, 5% false flags;
+    ``n_labels`` labels drawn per persona."""
+    names, cats, effects = [], [], []
+    for key, (cat, eff) in (personas or DISP_PERSONAS).items():
+        for j, e in enumerate(eff):
+            names.append(f"{key}{j}")
+            cats.append(cat)
+            effects.append(e)
+    P = len(names)
+    item = np.repeat(np.arange(n_items), P)
+    pi = np.tile(np.arange(P), n_items)
+    u = rng.normal(0, item_sd, n_items)[item] if item_sd else 0.0
+    y = rng.random(len(item)) < expit(base + np.array(effects)[pi] + u)
+    sens = 0.9 - 0.1 * (pi % 4)
+    flag = np.where(y, rng.random(len(item)) < sens, rng.random(len(item)) < 0.05)
+    human = np.full(len(item), np.nan)
+    for p in range(P):
+        rows = np.flatnonzero(pi == p)
+        pick = rng.choice(rows, n_labels, replace=False)
+        human[pick] = y[pick]
+    return pd.DataFrame({"item_id": item, "persona": np.array(names)[pi], "persona_group": np.array(cats)[pi],
+                         "refusal": flag.astype(int), "human": human})
+
+
 def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_boot: int = 100,
                        personas=None, n_items: int = 150) -> dict:
     """Coverage of disparity(labels=) bootstrap intervals: by default 12 personas (4 per
@@ -520,30 +547,11 @@ def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_bo
     personas = personas or DISP_PERSONAS
     base = -1.5
     truth = disparity_truth(item_sd, base, personas)
-    names, cats, effects = [], [], []
-    for key, (cat, eff) in personas.items():
-        for j, e in enumerate(eff):
-            names.append(f"{key}{j}")
-            cats.append(cat)
-            effects.append(e)
-    P = len(names)
     hits = {cat: [] for cat in truth}
     ends = {cat: [] for cat in truth}
     t0 = time.perf_counter()
     for _ in range(reps):
-        item = np.repeat(np.arange(n_items), P)
-        pi = np.tile(np.arange(P), n_items)
-        u = rng.normal(0, item_sd, n_items)[item] if item_sd else 0.0
-        y = rng.random(len(item)) < expit(base + np.array(effects)[pi] + u)
-        sens = 0.9 - 0.1 * (pi % 4)
-        flag = np.where(y, rng.random(len(item)) < sens, rng.random(len(item)) < 0.05)
-        human = np.full(len(item), np.nan)
-        for p in range(P):
-            rows = np.flatnonzero(pi == p)
-            pick = rng.choice(rows, n_labels, replace=False)
-            human[pick] = y[pick]
-        df = pd.DataFrame({"item_id": item, "persona": np.array(names)[pi], "persona_group": np.array(cats)[pi],
-                           "refusal": flag.astype(int), "human": human})
+        df = disparity_table(rng, item_sd, n_labels, personas, n_items, base)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = rs.disparity(df, control="control", labels="human", strata="persona", n_boot=n_boot,
@@ -555,6 +563,12 @@ def scenario_disparity(reps: int, seed: int, item_sd: float, n_labels: int, n_bo
     return {"coverage": {cat: float(np.mean(h)) for cat, h in hits.items()},
             "median_interval": {cat: tuple(np.median(np.array(e), 0)) for cat, e in ends.items()},
             "n": reps, "seconds": time.perf_counter() - t0, "truth": truth}
+
+
+def _at_q(q: float, moments) -> np.ndarray:
+    """Var(X - q Y) from rows of (Var X, Cov(X, Y), Var Y)."""
+    m = np.asarray(moments, dtype=float)
+    return m[:, 0] - 2 * q * m[:, 1] + q**2 * m[:, 2]
 
 
 def disparity_diagnosis(reps: int, seed: int, n_labels: int = 40, item_sd: float = 1.0) -> None:
@@ -588,10 +602,10 @@ def disparity_diagnosis(reps: int, seed: int, n_labels: int = 40, item_sd: float
         q0 = s["truth"][cat] ** 2
         R = rec[j::len(cats)]
         th = np.array([a - q0 * c for a, c, _, _ in R])
-        vb = np.array([S[0, 0] - 2 * q0 * S[0, 1] + q0**2 * S[1, 1] for _, _, S, _ in R])
-        vt = np.array([T[0] - 2 * q0 * T[1] + q0**2 * T[2] for _, _, _, T in R])
+        vb = _at_q(q0, [(S[0, 0], S[0, 1], S[1, 1]) for _, _, S, _ in R])
+        vt = _at_q(q0, [T[:3] for _, _, _, T in R])
         vc = np.maximum(vb - 4 * vt, 2 * vt)
-        vr = np.array([T[3] - 2 * q0 * T[4] + q0**2 * T[5] for _, _, _, T in R])
+        vr = _at_q(q0, [T[3:6] for _, _, _, T in R])
         va = np.maximum(4 * vr - 2 * vt, 2 * vt)  # no bootstrap: 2T + 4 (r'ASAr - T)
         z2 = stats.norm.ppf(0.975) ** 2
         print(f"| {cat} | {th.mean():.2e} | {th.std():.2e} | {np.sqrt(vb.mean()):.2e} | {np.sqrt(vc.mean()):.2e} "
@@ -601,24 +615,10 @@ def disparity_diagnosis(reps: int, seed: int, n_labels: int = 40, item_sd: float
               f"| {np.mean([r[1] for r in R]):.2e} ({true_var['control']:.2e}) |")
     # the per-persona PPI variances against the replicates' variance of the rates
     rng = np.random.default_rng(seed + 1)
-    names, effects = [], []
-    for key, (_, eff) in DISP_PERSONAS.items():
-        names += [f"{key}{j}" for j in range(len(eff))]
-        effects += list(eff)
-    P, n_items = len(names), 150
+    names = [f"{key}{j}" for key, (_, eff) in DISP_PERSONAS.items() for j in range(len(eff))]
     est, se2 = [], []
     for _ in range(2 * reps):
-        item = np.repeat(np.arange(n_items), P)
-        pi = np.tile(np.arange(P), n_items)
-        u = rng.normal(0, item_sd, n_items)[item] if item_sd else 0.0
-        y = rng.random(len(item)) < expit(-1.5 + np.array(effects)[pi] + u)
-        flag = np.where(y, rng.random(len(item)) < 0.9 - 0.1 * (pi % 4), rng.random(len(item)) < 0.05)
-        human = np.full(len(item), np.nan)
-        for p in range(P):
-            pick = rng.choice(np.flatnonzero(pi == p), n_labels, replace=False)
-            human[pick] = y[pick]
-        df = pd.DataFrame({"item_id": item, "persona": np.array(names)[pi], "refusal": flag.astype(int),
-                           "human": human})
+        df = disparity_table(rng, item_sd, n_labels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = rs.ppi_rates(df, by="persona", strata="persona", cluster="item_id" if item_sd else None)
