@@ -24,7 +24,7 @@ def _exit_without_teardown() -> None:
 # this handler runs after theirs (atexit is last in, first out: PyMC's, numba's, weakref
 # finalizers' and the rest run as usual) and then skips the interpreter's teardown of the
 # modules: 2-2.5 s a worker, which the controller waited for at the end of every run (last
-# test to the end of make test: 3.5 s -> 1.2 s). A worker gets here after it sent its
+# test to the end of make test: 3.5 s -> 1.2 s, one-off measurement). A worker gets here after it sent its
 # results to the controller and tore its fixtures down.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     atexit.register(_exit_without_teardown)
@@ -43,7 +43,7 @@ def _freeze_after_full_collection(phase: str, info: dict) -> None:
 # gc.collect()): 11 s of CPU in all. Frozen survivors are reached from live objects at the
 # time; the cost is that a frozen cycle that becomes garbage later is not freed (peak RSS of
 # a make test worker: 1.14 / 1.01 GB before, 1.20 / 1.00 GB after). make test: 71 s -> 64 s
-# wall, 124 s -> 109 s CPU (two alternating pairs, idle machine).
+# wall, 124 s -> 109 s CPU (two alternating pairs, idle machine; a one-off measurement).
 gc.callbacks.append(_freeze_after_full_collection)
 
 
