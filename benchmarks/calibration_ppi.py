@@ -355,9 +355,10 @@ def main() -> None:
                          "(30, 60, 200 labels; rates 0.03-0.5), default and symmetric")
     ap.add_argument("--skew-cap", type=float, default=None,
                     help="the cap on the skewness of the default interval (ppi._SKEW_CAP, 0.3); for any table")
-    ap.add_argument("--score", choices=["simple", "constrained"], default=None,
-                    help="a score-type (Wilson-like) interval for i.i.d. rates (ppi._SCORE, measured and "
-                         "not adopted), for any table")
+    ap.add_argument("--score", choices=["constrained", "simple", "off"], default=None,
+                    help="the rates' score-type (Wilson-like) interval (ppi._SCORE): constrained (the default "
+                         "since 2026-12-08), simple (measured, not adopted) or off (Hall's skewness-corrected t "
+                         "interval, the default before), for any table")
     ap.add_argument("--score-pseudo", type=float, default=None,
                     help="with --score constrained: the pseudo-count per (label, flag) cell (ppi._SCORE_PSEUDO, 0.5)")
     ap.add_argument("--score-cluster-q", choices=["t", "z"], default=None,
@@ -373,7 +374,7 @@ def main() -> None:
     switches = {"_DISPARITY_INTERVAL": (args.disparity_interval != "percentile", args.disparity_interval),
                 "_SKEW_CAP": (args.skew_cap is not None, args.skew_cap),
                 "_SKEW": (args.symmetric, False),
-                "_SCORE": (args.score is not None, args.score),
+                "_SCORE": (args.score is not None, False if args.score == "off" else args.score),
                 "_SCORE_PSEUDO": (args.score_pseudo is not None, args.score_pseudo),
                 "_SCORE_CLUSTER_Q": (args.score_cluster_q is not None, args.score_cluster_q)}
     for name, (on, value) in switches.items():

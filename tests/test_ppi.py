@@ -236,10 +236,13 @@ def test_clustered_cr2_variance_and_df_with_both_parts_match_the_dense_formula(l
 def test_skewness_of_unclustered_rows_equals_the_row_by_row_third_moment(strata, monkeypatch):
     """Without clusters the skewness comes from per-(cell, part) moment sums expanded in lam
     and the centring; row by row it is sum infl^3 / (sum infl^2)^(3/2) (times the n / (n - 1)
-    factor's 3/2 power, which cancels), the interval Hall's."""
+    factor's 3/2 power, which cancels), the interval Hall's: the default where strata cut
+    across the target (strata="model"), and with the score interval switched off."""
     from refusalstats import ppi
 
     monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    if strata is None:
+        monkeypatch.setattr(ppi, "_SCORE", False)
     df = _clustered_stratified()
     n = df["human"].notna().sum()
     for lam in (0.0, 0.7):
@@ -255,12 +258,16 @@ def test_skewness_of_unclustered_rows_equals_the_row_by_row_third_moment(strata,
         assert abs(t_lo - q) > 1e-3
 
 
-def test_skewness_is_capped_where_hall_transformation_runs_off():
+def test_skewness_is_capped_where_hall_transformation_runs_off(monkeypatch):
     """One refusal in 30 labels (labels only): the skewness (about 0.5 with the floor) is
-    capped at 0.3, so the upper end is est + 2.82 se, not est + 7 se (an upper end of 0.38
-    against Clopper-Pearson's 0.17)."""
+    capped at 0.3, so Hall's upper end is est + 2.82 se, not est + 7 se (an upper end of 0.38
+    against Clopper-Pearson's 0.17). (Hall's interval with the score interval switched off;
+    it is the default for several-cell targets and strata across a cell.)"""
     from scipy import stats
 
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_SCORE", False)
     f = np.zeros(300, dtype=int)
     h = np.full(300, np.nan)
     h[:30] = 0
@@ -457,9 +464,13 @@ def test_detector_card_counts_and_flags_changes():
     assert card.set_index("model").loc["bad", "shift"] > 0.05
 
 
-def test_small_sample_interval_floors_the_rectifier_variance():
+def test_small_sample_interval_floors_the_rectifier_variance(monkeypatch):
     # 30 labels that all agree with the detector: the plain (ppi_python) interval rests on
     # the unlabelled rows alone; the default adds a quarter pseudo-label per (label, flag) cell
+    # to the standard error (and Hall's interval, with the score interval switched off, to the ends)
+    from refusalstats import ppi
+
+    monkeypatch.setattr(ppi, "_SCORE", False)
     rng = np.random.default_rng(4)
     f = rng.binomial(1, 0.1, 3000)
     h = np.full(3000, np.nan)
@@ -492,8 +503,10 @@ def test_skewness_corrected_interval_on_clusters_and_the_symmetric_switch(monkey
     from refusalstats import ppi
 
     monkeypatch.setattr(ppi, "_PSEUDO", 0.0)
+    monkeypatch.setattr(ppi, "_SCORE", False)
     df = _unequal_items()
     out = ppi_rates(df, cluster="item_id", lam=1.0)
+    assert out.attrs["interval"] == ["hall"]
     lab = df["human"].notna().to_numpy()
     y, f = df["human"].fillna(0).to_numpy(), df["refusal"].to_numpy(float)
     z = np.where(lab, y - f, f)
@@ -513,6 +526,7 @@ def test_skewness_corrected_interval_on_clusters_and_the_symmetric_switch(monkey
     assert abs(gamma) > 0.05  # the two intervals differ
     monkeypatch.setattr(ppi, "_SKEW", False)
     sym = ppi_rates(df, cluster="item_id", lam=1.0)
+    assert sym.attrs["interval"] == ["t"]
     assert (sym["ci_low"].item(), sym["ci_high"].item()) == pytest.approx((est - q * se, est + q * se), rel=1e-12)
 
 
@@ -689,43 +703,101 @@ def test_disparity_with_labels_uses_ppi_rates_and_their_noise():
         rs.disparity(df, control="control", labels="human", estimator="plug-in")
 
 
-def test_score_type_alternative_is_wilson_with_labels_only(monkeypatch):
-    """ppi._SCORE (measured, not adopted): with lam = 0 the labelled mean's variance at the
-    value tested gives Wilson's score interval (statsmodels), in both kinds."""
+def test_score_interval_is_wilson_with_labels_only(monkeypatch):
+    """The default interval of a rate (ppi._SCORE = "constrained") with lam = 0 takes the
+    labelled mean's variance at the value tested: Wilson's score interval (statsmodels); so
+    does the measured alternative "simple" (a closed form there)."""
     from statsmodels.stats.proportion import proportion_confint
 
     from refusalstats import ppi
 
-    # "simple" in closed form; "constrained" on a grid of 2,001 values (one step: 5e-4)
-    for kind, tol in (("simple", 1e-12), ("constrained", 5e-4)):
+    for kind in ("constrained", "simple"):
         monkeypatch.setattr(ppi, "_SCORE", kind)
         for k in (0, 1, 3, 10, 29):
             y = (np.arange(30) < k).astype(int)
             r = ppi_rates(pd.DataFrame({"refusal": y, "human": y.astype(float)}), cluster=None, lam=0)
+            assert r.attrs["interval"] == ["score"]
             np.testing.assert_allclose(r[["ci_low", "ci_high"]].to_numpy().ravel(),
-                                       proportion_confint(k, 30, method="wilson"), atol=tol)
+                                       proportion_confint(k, 30, method="wilson"), atol=1e-9)
+
+
+def test_score_interval_inverts_the_constrained_table_variance():
+    """With the detector (lam tuned), the default interval is the set of theta0 with
+    (est - theta0)^2 <= z^2 V(theta0), V the variance of y - lam f over the labelled rows'
+    (label, flag) table refitted with P(y=1) = theta0 and the flag's rates given the label
+    kept (se = (n11 + 1/2) / (n1 + 1), fpr = (n01 + 1/2) / (n0 + 1)), plus lam^2 times the
+    unlabelled flags' variance. Reference: that variance by enumerating the four cells,
+    and the ends found by brentq."""
+    from scipy import optimize, stats
+
+    rng = np.random.default_rng(12)
+    n, N = 40, 1500
+    y = (rng.random(N) < 0.2).astype(int)
+    f = np.where(y == 1, rng.random(N) < 0.8, rng.random(N) < 0.1).astype(int)
+    h = np.full(N, np.nan)
+    h[:n] = y[:n]
+    out = ppi_rates(pd.DataFrame({"refusal": f, "human": h}), cluster=None)
+    assert out.attrs["interval"] == ["score"]
+    est, lam = out["rate"].item(), out["lam"].item()
+    assert 0.2 < lam < 1
+    yl, fl, fu = y[:n], f[:n], f[n:]
+    se = (np.sum((yl == 1) & (fl == 1)) + 0.5) / (np.sum(yl == 1) + 1)
+    fpr = (np.sum((yl == 0) & (fl == 1)) + 0.5) / (np.sum(yl == 0) + 1)
+
+    def V(th):
+        cells = {(1, 1): th * se, (1, 0): th * (1 - se), (0, 1): (1 - th) * fpr, (0, 0): (1 - th) * (1 - fpr)}
+        m1 = sum(p * (a - lam * b) for (a, b), p in cells.items())
+        m2 = sum(p * (a - lam * b) ** 2 for (a, b), p in cells.items())
+        return (m2 - m1 ** 2) / n + lam ** 2 * fu.var() / len(fu)
+
+    z2 = stats.norm.ppf(0.975) ** 2
+
+    def g(th):
+        return (est - th) ** 2 - z2 * V(th)
+
+    lo, hi = optimize.brentq(g, 1e-9, est), optimize.brentq(g, est, 1 - 1e-9)
+    np.testing.assert_allclose([out["ci_low"].item(), out["ci_high"].item()], [lo, hi], atol=1e-9)
+    assert out.attrs["quantile"] == [pytest.approx(np.sqrt(z2))]
+
+
+def test_score_interval_where_labels_share_a_stratum_and_hall_where_strata_cross():
+    """Rates by model with labels drawn within models (strata="model"): each model's labels
+    are one stratum, so each gets the score interval; the overall rate over those strata
+    gets Hall's skewness-corrected t interval."""
+    df = _clustered_stratified()
+    by_model = ppi_rates(df, by="model", cluster=None, strata="model")
+    assert set(by_model.attrs["interval"]) == {"score"}
+    overall = ppi_rates(df, cluster=None, strata="model")
+    assert overall.attrs["interval"] == ["hall"]
+    assert (overall["ci_low"] < overall["rate"]).all() and (overall["rate"] < overall["ci_high"]).all()
 
 
 def test_constrained_score_with_clusters_is_wilson_scaled_by_the_design_effect(monkeypatch):
-    """ppi._SCORE = "constrained" with clusters, labels only (lam = 0): Wilson's interval with
+    """The default interval with clusters, labels only (lam = 0): Wilson's interval with
     z^2 replaced by t^2 x deff, deff = the CR2 variance over p (1 - p) / n at the estimate
-    and t on the Satterthwaite df (the default interval's s.e. and df), to a grid step."""
+    and t on the Satterthwaite df (the interval's s.e. and df); "z" takes z^2 x deff."""
     from refusalstats import ppi
 
     rng = np.random.default_rng(8)
     item = np.repeat(np.arange(12), 5)
     y = (rng.random(60) < 0.15 + 0.4 * (item % 3 == 0)).astype(int)
     df = pd.DataFrame({"item_id": item, "refusal": y, "human": y.astype(float)})
-    base = ppi_rates(df, cluster="item_id", lam=0)
-    p, n, se = base["rate"].item(), 60, base["std_error"].item()
-    t2 = float(np.ravel(base.attrs["quantile"])[0]) ** 2  # the t quantile on the Satterthwaite df
-    assert t2 > 1.96**2
-    c = t2 * se**2 / (p * (1 - p) / n) / n  # Wilson with z^2 / n -> t^2 deff / n
-    centre, half = (p + c / 2) / (1 + c), np.sqrt(c * p * (1 - p) + c**2 / 4) / (1 + c)
-    monkeypatch.setattr(ppi, "_SCORE", "constrained")
     got = ppi_rates(df, cluster="item_id", lam=0)
-    np.testing.assert_allclose(got[["ci_low", "ci_high"]].to_numpy().ravel(), [centre - half, centre + half],
-                               atol=5e-4)
+    assert got.attrs["interval"] == ["score"]
+    p, n, se = got["rate"].item(), 60, got["std_error"].item()
+    t2 = float(np.ravel(got.attrs["quantile"])[0]) ** 2  # the t quantile on the Satterthwaite df
+    assert t2 > 1.96**2
+
+    def wilson(q2):
+        c = q2 * se**2 / (p * (1 - p) / n) / n  # Wilson with z^2 / n -> q^2 deff / n
+        centre, half = (p + c / 2) / (1 + c), np.sqrt(c * p * (1 - p) + c**2 / 4) / (1 + c)
+        return [centre - half, centre + half]
+
+    np.testing.assert_allclose(got[["ci_low", "ci_high"]].to_numpy().ravel(), wilson(t2), atol=1e-9)
+    monkeypatch.setattr(ppi, "_SCORE_CLUSTER_Q", "z")
+    got_z = ppi_rates(df, cluster="item_id", lam=0)
+    np.testing.assert_allclose(got_z[["ci_low", "ci_high"]].to_numpy().ravel(), wilson(1.959963984540054**2),
+                               atol=1e-9)
     assert got["rate"].item() == p
 
 

@@ -445,12 +445,18 @@ _SKEW = True
 #: mean coverage from 0.969 to 0.963 with 30 labels (0.965 to 0.960 with 60) and leaves
 #: the rates below 0.93 at 8% of the grid (the symmetric t interval: 19%).
 _SKEW_CAP = 0.3
-#: Score-type (Wilson-like) intervals for i.i.d. single-cell targets (``ci="t"``, measured
-#: and not adopted; docs/methods_ppi.md). "simple": the labelled mean's variance taken at
-#: the value tested, theta0 (1 - theta0) / n_eff, the flag terms as estimated; lam = 0 gives
-#: Wilson's. "constrained": the whole labelled variance at the (label, flag) table's MLE
-#: under theta0 (the flag's rates given the label kept, Jeffreys-smoothed). False: off.
-_SCORE: bool | str = False
+#: Score-type (Wilson-like) intervals for single-cell targets in ``ci="t"`` (a rate, not a
+#: difference; the cell's labels in one stratum): the values theta0 that a test of the
+#: rate = theta0 accepts, with the variance taken at theta0 (docs/methods_ppi.md section 4).
+#: "constrained" (the default since 2026-12-08): the whole labelled variance at the (label,
+#: flag) table's MLE under theta0, the flag's rates given the label kept (with
+#: ``_SCORE_PSEUDO`` per cell); Wilson's at lam = 0; with clusters scaled by the design
+#: effect, on the Satterthwaite t. It brought the rates' 30-label rows that Hall's interval
+#: left at 0.971-0.977 into 0.93-0.97. "simple" (measured, not adopted): the labelled
+#: mean's variance at theta0, the flag terms as estimated, i.i.d. only. False: Hall's
+#: interval everywhere (the default before; still the one for several-cell targets and
+#: strata that cut across a cell).
+_SCORE: bool | str = "constrained"
 #: "constrained"'s pseudo-count on each (label, flag) cell of the flag's rates given the label
 _SCORE_PSEUDO = 0.5
 #: "constrained" with clusters: the quantile, "t" (the Satterthwaite df) or "z"
@@ -784,17 +790,23 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
             gamma = np.where(var > 0, np.nan_to_num(third) / np.where(var > 0, var, 1) ** 1.5, 0.0)
         gamma = np.clip(gamma, -_SKEW_CAP, _SKEW_CAP)
         lo, hi = est - se * _hall_inverse(q, gamma), est - se * _hall_inverse(-q, gamma)
-    if small and _SCORE and not bp and (at.cluster is None or _SCORE == "constrained"):
-        lo, hi = _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, _z(conf),
-                             None if at.cluster is None else (var, q))
+    interval = np.full(T, "t" if small else "z", dtype=object)
+    if small and not bp:
+        interval[:] = "hall" if _SKEW else "t"
+        if _SCORE and (at.cluster is None or _SCORE == "constrained"):
+            lo, hi, scored = _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, _z(conf),
+                                         None if at.cluster is None else (var, q))
+            interval[scored] = "score"
+            if at.cluster is None:  # the variance at theta0 is known: the normal quantile
+                q = np.where(scored, _z(conf), q)
     return {"influence": infl, "estimate": est, "std_error": se, "ci_low": lo, "ci_high": hi, "skewness": gamma,
             "lam": lam_t, "V": (Vaa, Vab, Vbb), "labels_only": labels_only, "labels_only_se": se_lab, "n_labelled": (
-                np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q, "df": df}
+                np.asarray((abs(Ls) @ n_lab[:, None]).ravel())), "quantile": q, "df": df, "interval": interval}
 
 
 def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z, clustered=None):
-    """``_SCORE``'s interval where a target is one cell whose labels share one stratum:
-    the theta0 with (est - theta0)^2 <= z^2 V(theta0). "simple": V = theta0 (1 - theta0) /
+    """``_SCORE``'s interval where a target is one cell whose labels share one stratum
+    (the other targets keep ``lo``, ``hi``; ``ok`` marks the scored ones): the theta0 with (est - theta0)^2 <= z^2 V(theta0). "simple": V = theta0 (1 - theta0) /
     n_eff + 2 lam Vab + lam^2 Vbb, n_eff = W_L^2 / sum w^2 of the cell's labels (Wilson's at
     lam = 0). "constrained": the labelled part of V at the (label, flag) table's MLE with
     the label rate theta0 (each label's flag rate kept: p11 = theta0 se, p01 = (1 - theta0)
@@ -834,24 +846,41 @@ def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z, cluste
             v_lab = th * (1 - th) + lam ** 2 * pi * (1 - pi) - 2 * lam * th * (sens[:, None] - pi)
             return alpha[:, None] * v_lab + lam ** 2 * np.nan_to_num(var_u)[:, None]
 
-        th = np.linspace(0.0, 1.0, 2001)[None, :]
-        V = score_var(th)
+        scale = np.ones((len(est), 1))
         if clustered is not None:
             var_cl, q_t = clustered
             v_hat = score_var(np.nan_to_num(est)[:, None])[:, 0]
             with np.errstate(invalid="ignore", divide="ignore"):
                 deff = np.where(v_hat > 0, var_cl / v_hat, np.nan)
             ok &= np.isfinite(deff)
-            V = V * np.nan_to_num(deff)[:, None]
+            scale = np.nan_to_num(deff)[:, None]
             z2 = (np.asarray(q_t, dtype=float)[:, None] if _SCORE_CLUSTER_Q == "t" else z) ** 2
-        acc = (est[:, None] - th) ** 2 <= z2 * V
-        some = acc.any(1)
-        ok &= some
+        e = np.nan_to_num(est)[:, None]
+
+        def excess(th):
+            """(est - theta0)^2 - z^2 V(theta0): at most 0 where theta0 is accepted."""
+            return (e - th) ** 2 - z2 * scale * score_var(th)
+
+        # the accepted values on a grid of 2,001, then each end refined by bisection between
+        # its grid neighbours (accepted inside, rejected outside) to 1e-12
+        grid = np.linspace(0.0, 1.0, 2001)
+        acc = excess(grid[None, :]) <= 0
+        ok &= acc.any(1)
         first = np.argmax(acc, 1)
         last = acc.shape[1] - 1 - np.argmax(acc[:, ::-1], 1)
-        lo = np.where(ok, th[0, first], lo)
-        hi = np.where(ok, th[0, last], hi)
-        return lo, hi
+        ends = []
+        for inside, outside in ((first, first - 1), (last, last + 1)):
+            edge = (outside < 0) | (outside >= len(grid))
+            a = grid[np.clip(inside, 0, len(grid) - 1)][:, None]
+            b = grid[np.clip(outside, 0, len(grid) - 1)][:, None]
+            for _ in range(40):
+                mid = (a + b) / 2
+                good = excess(mid) <= 0
+                a, b = np.where(good, mid, a), np.where(good, b, mid)
+            ends.append(np.where(edge, grid[np.clip(inside, 0, len(grid) - 1)], a[:, 0]))
+        lo = np.where(ok, ends[0], lo)
+        hi = np.where(ok, ends[1], hi)
+        return lo, hi, ok
     beta = 2 * lam_t * Vab + lam_t ** 2 * Vbb
     a2, a1, a0 = 1 + z2 * alpha, -(2 * est + z2 * alpha), est ** 2 - z2 * beta
     disc = a1 ** 2 - 4 * a2 * a0
@@ -859,7 +888,7 @@ def _score_ends(at, Ls, K, W_L, W_U, FU, est, lam_t, Vab, Vbb, lo, hi, z, cluste
     r = np.sqrt(np.where(ok, disc, 0.0))
     lo = np.where(ok, np.clip((-a1 - r) / (2 * a2), 0.0, 1.0), lo)
     hi = np.where(ok, np.clip((-a1 + r) / (2 * a2), 0.0, 1.0), hi)
-    return lo, hi
+    return lo, hi, ok
 
 
 def _check_lam(lam):
@@ -912,17 +941,21 @@ def ppi_rates(
     refusal : str
         The detector's 0/1 flag.
     ci : {"t", "z"}
-        ``"t"`` (default), the small-sample interval: Student t quantile on (labelled
-        rows minus 1) degrees of freedom and the variance times m / (m - 1) with rows
-        independent; with clusters the CR2 variance and Bell-McCaffrey (Satterthwaite)
-        degrees of freedom, at most the clusters with labels minus 1. The variance is
-        floored by a quarter pseudo-label in each of the four (label, flag) cells of every
-        labelled group (a Jeffreys-type prior on the disagreements: 30 labels that all
-        agree with the detector do not make the correction exact), and the interval bends
-        with the estimate's skewness (Hall's 1992 transformation of the t statistic): up
-        for a rare rate's labels, down where rare false flags among the labels make the
-        correction skewed (docs/methods_ppi.md). ``"z"``: the published interval (normal
-        quantile, plain variance, symmetric), as ``ppi_python``.
+        ``"t"`` (default), the small-sample interval. The interval is a score
+        interval: the rates theta0 that a test of "rate = theta0" accepts, its variance
+        taken at theta0, where the (label, flag) table is refitted with the label rate
+        theta0 and the detector's error rates kept (half a pseudo-count per cell). With
+        labels only (``lam=0``) it is Wilson's interval. With clusters that variance is
+        scaled by the design effect (the CR2 variance over the i.i.d. one at the
+        estimate) on a Student t quantile with Bell-McCaffrey (Satterthwaite) degrees of
+        freedom, at most the clusters with labels minus 1. ``std_error`` is the CR2 one
+        with clusters, else the variance times m / (m - 1) (m labelled rows), floored
+        by a quarter pseudo-label in each of the four (label, flag) cells of every
+        labelled group. A group whose labels come from several strata gets Hall's (1992)
+        skewness-corrected t interval on that standard error instead. The attribute
+        ``interval`` says which each row got ("score" or "hall"); docs/methods_ppi.md
+        section 4 has both and their calibration. ``"z"``: the published interval
+        (normal quantile, plain variance, symmetric), as ``ppi_python``.
 
     Returns
     -------
@@ -963,7 +996,8 @@ def ppi_rates(
     _notes(out, r, "rate")
     out.attrs.update(conf=conf, method="ppi++" if lam is None else f"ppi(lam={lam:g})", labels=labels,
                      cluster=clusters, strata=_columns(strata, "strata"), ci=ci,
-                     quantile=r["quantile"].tolist(), df=r["df"].tolist(), skewness=r["skewness"].tolist())
+                     quantile=r["quantile"].tolist(), df=r["df"].tolist(), skewness=r["skewness"].tolist(),
+                     interval=r["interval"].tolist())
     return out
 
 
