@@ -155,16 +155,19 @@ def scenario(reps: int, seed: int, item_sd: float, detector: str, n_labels: int,
             warnings.simplefilter("ignore")
             res = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"])
             plain = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"], ci="z")
+            # the labels alone, as the package gives them (lam = 0: Wilson's interval, scaled
+            # by the design effect with clusters; until 2026-12-08 this column was the t
+            # interval rate_labels_only +- q se_labels_only and the widths 2 q se)
+            alone = rs.ppi_rates(df, by=["rep", "model"], cluster=cluster, strata=["rep", "model"], lam=0)
             rg = rs.rogan_gladen(df, by=["rep", "model"], strata=["rep", "model"])
         truth = target[res["model"].to_numpy()]
-        q = np.asarray(res.attrs["quantile"])
         out["t"].append((res["ci_low"] <= truth) & (truth <= res["ci_high"]))
         out["z"].append((plain["ci_low"] <= truth) & (truth <= plain["ci_high"]))
         out["w_z"].append(2 * stats.norm.ppf(0.975) * plain["std_error"])
-        out["lab"].append(np.abs(res["rate_labels_only"] - truth) <= q * res["se_labels_only"])
+        out["lab"].append((alone["ci_low"] <= truth) & (truth <= alone["ci_high"]))
         out["rg"].append((rg["ci_low"] <= truth) & (truth <= rg["ci_high"]))
-        out["w_ppi"].append(2 * q * res["std_error"])
-        out["w_lab"].append(2 * q * res["se_labels_only"])
+        out["w_ppi"].append(res["ci_high"] - res["ci_low"])
+        out["w_lab"].append(alone["ci_high"] - alone["ci_low"])
         out["lam"].append(res["lam"])
     cat = {k: np.concatenate([np.asarray(v, dtype=float) for v in vs]) for k, vs in out.items()}
     return {
