@@ -272,7 +272,8 @@ def run(reps: int = 300, seed: int = 20261128) -> list[dict]:
 
 def scenario_logit_scale(reps: int, seed: int, item_sd: float, detector: str, n_labels: int, sizes=None,
                          rates=RATES) -> dict:
-    """Coverage of the default rate interval (skewness-corrected, Hall 1992), of the symmetric
+    """Coverage of the default rate interval (the score interval; Hall's skewness-corrected t
+    from 2026-12-07 to 2026-12-08, ``--score off``), of the symmetric
     ``p +- q se`` (the default until 2026-12-07) and of the same s.e. on the logit scale,
     ``expit(logit(p) +- q se / (p (1 - p)))`` (the symmetric interval where p is not in
     (0, 1)), overall (± replicate s.e.) and by model."""
@@ -303,11 +304,13 @@ def scenario_logit_scale(reps: int, seed: int, item_sd: float, detector: str, n_
 def binomial_exact(n: int) -> dict:
     """Exact coverage of the labels-only interval (every row labelled, so lam plays no
     part) over binomial label samples: the package's interval for each count k = 0..n of
-    n labels, then sum_k P(k) [p in CI_k] for each rate p of ``grid``; default
-    (skewness-corrected) and symmetric. Mean over the grid, share of rates below 0.93."""
+    n labels, then sum_k P(k) [p in CI_k] for each rate p of ``grid``; the default (the
+    score interval: Wilson's here), Hall's skewness-corrected t (the default from 2026-12-07
+    to 2026-12-08) and the symmetric t. Mean over the grid, share of rates below 0.93, lowest."""
     out = {}
-    for name, skew in (("default", True), ("symmetric", False)):
-        old, _ppi._SKEW = _ppi._SKEW, skew
+    for name, score, skew in (("default", _ppi._SCORE, True), ("hall", False, True), ("symmetric", False, False)):
+        old = _ppi._SCORE, _ppi._SKEW
+        _ppi._SCORE, _ppi._SKEW = score, skew
         try:
             ends = []
             for k in range(n + 1):
@@ -315,7 +318,7 @@ def binomial_exact(n: int) -> dict:
                 r = rs.ppi_rates(pd.DataFrame({"refusal": y, "human": y.astype(float)}), cluster=None, lam=0)
                 ends.append((r["ci_low"].item(), r["ci_high"].item()))
         finally:
-            _ppi._SKEW = old
+            _ppi._SCORE, _ppi._SKEW = old
         lo, hi = np.array(ends).T
         k = np.arange(n + 1)
         grid = np.linspace(0.03, 0.5, 48)
@@ -344,7 +347,7 @@ def main() -> None:
                     help="only: rates on few, unequally answered items (30 items, 1-60 answers each) "
                          "with a rarely refusing model (rates 0.03 / 0.10 / 0.35)")
     ap.add_argument("--logit-scale", action="store_true",
-                    help="the rate intervals (default: Hall's skewness-corrected) against the symmetric t "
+                    help="the default rate intervals against the symmetric t "
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
     ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
                                                      "fieller-corrected", "fieller-analytic"], default="percentile",
@@ -406,18 +409,19 @@ def main() -> None:
               f"--disparity-diagnose --reps {args.reps} --seed {args.seed}`")
         return
     if args.binomial_exact:
-        print("| labels | default: mean coverage | share of rates < 0.93 | lowest | symmetric t: mean coverage "
-              "| share < 0.93 | lowest |\n|---|---|---|---|---|---|---|")
+        print("| labels | default (score): mean coverage | share of rates < 0.93 | lowest | Hall's t: mean "
+              "| share < 0.93 | lowest | symmetric t: mean | share < 0.93 | lowest |\n|---|---|---|---|---|---|---|"
+              "---|---|---|")
         for n in (30, 60, 200):
             b = binomial_exact(n)
             print(f"| {n} | " + " | ".join(f"{b[k][0]:.3f} | {b[k][1]:.2f} | {b[k][2]:.3f}"
-                                          for k in ("default", "symmetric")) + " |", flush=True)
+                                          for k in ("default", "hall", "symmetric")) + " |", flush=True)
         print(f"\nrates 0.03-0.50 in steps of 0.01, exact (no simulation), {time.perf_counter() - t0:.0f} s. "
               "Command: `python benchmarks/calibration_ppi.py --binomial-exact`")
         return
     if args.logit_scale:
         sizes = np.clip(np.random.default_rng(2026).geometric(0.1, UNBALANCED_ITEMS), 1, 60)
-        print("| design | data | detector | labels/model | Hall (default) | by model | symmetric t | by model "
+        print("| design | data | detector | labels/model | default | by model | symmetric t | by model "
               "| logit scale | by model |\n|---|---|---|---|---|---|---|---|---|---|")
         rows = [("balanced", *sc, None, RATES, args.seed + 700 + k) for k, sc in enumerate(SCENARIOS)]
         rows += [("unbalanced", *sc, sizes, UNBALANCED_RATES, args.seed + 800 + k) for k, sc in enumerate(UNBALANCED)]
