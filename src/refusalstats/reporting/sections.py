@@ -1288,7 +1288,8 @@ def detector_section(ctx: Context) -> Section | None:
                 "sensitivity (refusals it flags) and specificity (answers it leaves alone) per "
                 "model with 95% Wilson intervals. 'raw' is the detector's rate as the sections "
                 "above report it; 'corrected' is the prediction-powered estimate (PPI++) that "
-                "carries the detector's error into its interval. 'changed' marks models whose "
+                "carries the detector's error into its interval (a score interval, as Wilson's "
+                "for labels alone; docs/methods_ppi.md). 'changed' marks models whose "
                 "corrected rate falls outside the raw interval.")
     if streamed(ctx):
         s.skipped = _need_rows(ctx, "the detector section (human labels are joined row by row)")
