@@ -350,7 +350,9 @@ def main() -> None:
                     help="the default rate intervals against the symmetric t "
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
     ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
-                                                     "fieller-corrected", "fieller-analytic"], default="percentile",
+                                                     "fieller-corrected", "fieller-analytic", "ustat", "boot-t",
+                                                     "boot-t-qw", "wild-null", "wild-null-t", "wild-pp"],
+                    default="percentile",
                     help="with --disparity: the bootstrap interval (percentile is the default; the others "
                          "were measured and not adopted)")
     ap.add_argument("--disparity-diagnose", action="store_true",

@@ -1734,6 +1734,16 @@ def _reweighted(at: _Atoms, m: np.ndarray) -> _Atoms:
 #: bootstrap world's true ratio (the plug-in ratio of the estimated rates) on the log scale,
 #: reflected about the estimate; "bc", Efron's bias-corrected percentile interval.
 _DISPARITY_INTERVAL = "percentile"
+#: Test-inversion kinds with the U-statistic variance of V_c - q V_0 (``_ustat_products``;
+#: research alternatives, not the default): see ``_ustat_interval``.
+_USTAT_KINDS = ("ustat", "boot-t", "boot-t-qw")
+#: Restricted wild-bootstrap test inversion (``_wild_interval``; research alternatives, not
+#: the default): ``n_boot`` wild draws on the estimate's influences, no re-estimation.
+_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp")
+#: at least this many wild draws (they are cheap: no re-estimation)
+_WILD_DRAWS = 999
+#: "wild-pp": outer and inner draws each (the p-values cost draws^2 per ratio tried)
+_WILD_PP_DRAWS = 400
 
 
 def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float,
@@ -1741,6 +1751,9 @@ def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alph
     """Bootstrap interval of each ratio (columns of the replicates ``B``); the test-inversion
     kinds use the unfloored corrected variances ``var0`` (rows x 2: category, control) and
     their replicates ``boot_var`` (n_boot x rows x 2)."""
+    if _DISPARITY_INTERVAL in _USTAT_KINDS:
+        ends = [_ustat_interval(var0[j], boot_var[:, j], alpha, _DISPARITY_INTERVAL) for j in range(len(est))]
+        return np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
     if _DISPARITY_INTERVAL.startswith("fieller"):
         kind = _DISPARITY_INTERVAL.partition("-")[2] or "normal"
         ends = [_ratio_test_inversion(var0[j, 0], var0[j, 1], boot_var[:, j, 0], boot_var[:, j, 1], alpha, kind,
@@ -1781,6 +1794,330 @@ def _noise_products(cat, ctrl, cov, ddof, rate=None):
     if rate is not None:
         return out["cc"], out["c0"], out["00"], out["rcc"], out["rc0"], out["r00"]
     return out["cc"], out["c0"], out["00"]
+
+
+def _ustat_products(cat, ctrl, rate, ddof, T=None, moments=None):
+    """Variance components of D(q) = V_c - q V_0 that hold without normal rates.
+
+    With r = mu + sum_g t_g (t_g: independent units' influences, clusters or rows) and
+    N = sum_g t_g' B t_g the noise term the correction subtracts, V = r' B r - N =
+    mu' B mu + 2 sum_g mu' B t_g + sum_{g != h} t_g' B t_h: the correction removes the
+    diagonal (the fourth moments) and leaves a U-statistic, so Var V = 4 mu' B S B mu +
+    2 sum_{g != h} E (t_g' B t_h)^2 (Hoeffding), whatever the rates' distribution. Both are
+    estimated without bias: W = sum_{g != h} (t_g' B t_h)^2 and L = sum_g (t_g' B (r - t_g))^2
+    (leave-one-unit-out rates), E L = mu' B S B mu + E W; Var V is estimated by 4 L - 2 W.
+    The plug-in 4 r' B S B r - 2 tr(B S B S) adds 2 sum_g (t_g' B t_g)^2 and third-moment
+    terms, large when a persona's labels hold a few disagreements.
+
+    ``T``: personas x units influences (clusters); or ``moments``: (m2, m3, m4) per persona,
+    sums of the units' u^2, u^3, u^4 when every unit (row) touches one persona. Returns
+    ``(S_cc, S_c0, S_00, W_cc, W_c0, W_00)``: Var D(q) ~ S_cc - 2 q S_c0 + q^2 S_00, and the
+    same for the degenerate part W (a floor: Var D(q) >= 2 W(q))."""
+    P = len(rate)
+    rate = np.nan_to_num(np.asarray(rate, dtype=float))
+    B = []
+    for mem in (cat, ctrl):
+        idx = np.flatnonzero(mem)
+        k = len(idx)
+        M = np.zeros((P, P))
+        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
+        B.append(M)
+    if T is not None:
+        T = np.nan_to_num(np.asarray(T, dtype=float))
+        G = [T.T @ M @ T for M in B]
+        d = [np.diag(g) for g in G]
+        loo = [(M @ rate) @ T - dd for M, dd in zip(B, d)]
+
+        def L(x, y):
+            return float(loo[x] @ loo[y])
+
+        def W(x, y):
+            return float(np.sum(G[x] * G[y]) - d[x] @ d[y])
+    else:
+        m2, m3, m4 = (np.nan_to_num(np.asarray(m, dtype=float)) for m in moments)
+        b = [M @ rate for M in B]
+        bd = [np.diag(M) for M in B]
+
+        def L(x, y):
+            return float(np.sum(b[x] * b[y] * m2 - (b[x] * bd[y] + b[y] * bd[x]) * m3 + bd[x] * bd[y] * m4))
+
+        def W(x, y):
+            return float(m2 @ (B[x] * B[y]) @ m2 - np.sum(bd[x] * bd[y] * m4))
+    pairs = ((0, 0), (0, 1), (1, 1))
+    return tuple(4 * L(x, y) - 2 * W(x, y) for x, y in pairs) + tuple(W(x, y) for x, y in pairs)
+
+
+def _unit_moments(at: _Atoms, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell, sums over rows of u^2, u^3, u^4 with u a row's influence on its cell's
+    PPI++ estimate (``_linear_ppi``'s a + lam b, L the identity, without the small-sample
+    floor and factor): the units of :func:`_ustat_products` when rows are independent."""
+    K = at.n_cells
+    mw = at.m * at.w
+    labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
+    W_L, W_U = np.bincount(at.cell, labw, K), np.bincount(at.cell, unlw, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        A = np.bincount(at.cell, labw * at.y, K) / W_L
+        FL = np.bincount(at.cell, labw * at.f, K) / W_L
+        FU = np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1)
+        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
+        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
+                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
+    b = np.where(W_U[at.cell] > 0, b, 0.0)
+    u = np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
+    return tuple(np.bincount(at.cell, at.m * u ** j, K) for j in (2, 3, 4))
+
+
+def _ustat_interval(v: np.ndarray, V: np.ndarray, alpha: float, kind: str) -> tuple[float, float]:
+    """Interval for the ratio sqrt(q) from tests of D(q) = V_c - q V_0 = 0 with the
+    U-statistic variance S(q) of :func:`_ustat_products` (at least 2 W(q)).
+
+    ``v``: the estimate's (V_c, V_0, S_cc, S_c0, S_00, W_cc, W_c0, W_00, P_c, P_0), P the
+    plug-in (uncorrected) variances r' B r; ``V``: the same per bootstrap replicate.
+    ``kind``: "ustat" (Fieller: normal quantile, closed form); "boot-t" (bootstrap-t test at
+    each q of a grid: the replicates' (D*(q) - D_w(q)) / sqrt(S*(q)), D_w(q) = P_c - q P_0 the
+    bootstrap world's true value, whose true rates are the estimated ones); "boot-t-qw"
+    (one bootstrap-t distribution, at the bootstrap world's true q_w = P_c / P_0)."""
+    a, c = v[0], v[1]
+    if not (np.isfinite(a) and np.isfinite(c)):
+        return np.nan, np.nan
+    S = np.array([[v[2], v[3]], [v[3], v[4]]])
+    Wm = np.array([[v[5], v[6]], [v[6], v[7]]])
+    if kind == "ustat":
+        z2 = stats.norm.ppf(1 - alpha / 2) ** 2
+        ends = [e for e in (_fieller(a, c, S, z2), _fieller(a, c, 2 * Wm, z2)) if np.isfinite(e[0])]
+        if not ends:
+            return np.nan, np.nan
+        return min(e[0] for e in ends), max(e[1] for e in ends)
+    V = V[np.all(np.isfinite(V), axis=1)]
+    if len(V) < 10:
+        return np.nan, np.nan
+
+    def var(x, q):
+        """S(q) floored at 2 W(q), x rows of the tuple layout above; q broadcasts."""
+        s = x[..., 2] - 2 * q * x[..., 3] + q ** 2 * x[..., 4]
+        w = x[..., 5] - 2 * q * x[..., 6] + q ** 2 * x[..., 7]
+        return np.maximum(s, 2 * w)
+
+    def stat(x, q, centre):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (x[..., 0] - q * x[..., 1] - centre) / np.sqrt(var(x, q))
+
+    R = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 700)])
+    q = R ** 2
+    z = stat(v, q, 0.0)
+    if kind == "boot-t-qw":
+        qw = v[8] / v[9] if v[9] > 0 else np.inf
+        zs = stat(V, qw, 0.0) if np.isfinite(qw) else -V[:, 1] / np.sqrt(np.maximum(V[:, 4], 2 * V[:, 7]))
+        lo_q, hi_q = np.nanquantile(zs, [alpha / 2, 1 - alpha / 2])
+        ok = (z >= lo_q) & (z <= hi_q)
+        z_inf = -c / np.sqrt(max(v[4], 2 * v[7]))
+        ok_inf = lo_q <= z_inf <= hi_q
+    else:
+        zs = stat(V[:, None, :], q[None, :], (v[8] - q * v[9])[None, :])
+        lo_q, hi_q = np.nanquantile(zs, alpha / 2, axis=0), np.nanquantile(zs, 1 - alpha / 2, axis=0)
+        ok = (z >= lo_q) & (z <= hi_q)
+        # q -> infinity: the test of V_0 = its world's P_0 (the controls' spread alone)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zi = (V[:, 1] - v[9]) / np.sqrt(np.maximum(V[:, 4], 2 * V[:, 7]))
+        z_inf = c / np.sqrt(max(v[4], 2 * v[7]))
+        ok_inf = np.nanquantile(zi, alpha / 2) <= z_inf <= np.nanquantile(zi, 1 - alpha / 2)
+    if not ok.any() and not ok_inf:
+        return np.nan, np.nan
+    acc = R[ok]
+    lo = float(acc.min()) if ok.any() else float(R[-1])
+    hi = np.inf if ok_inf else float(acc.max())
+    return lo, hi
+
+
+def _unit_influences(at: _Atoms, lam: np.ndarray) -> np.ndarray:
+    """Personas (cells) x rows: each row's influence on its cell's PPI++ estimate (rows
+    independent; see :func:`_unit_moments`), atoms expanded into their rows."""
+    K = at.n_cells
+    mw = at.m * at.w
+    labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
+    W_L, W_U = np.bincount(at.cell, labw, K), np.bincount(at.cell, unlw, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        A = np.bincount(at.cell, labw * at.y, K) / W_L
+        FL = np.bincount(at.cell, labw * at.f, K) / W_L
+        FU = np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1)
+        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
+        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
+                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
+    b = np.where(W_U[at.cell] > 0, b, 0.0)
+    u = np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
+    reps = np.round(at.m).astype(int)
+    cell, u = np.repeat(at.cell, reps), np.repeat(u, reps)
+    T = np.zeros((K, len(u)))
+    T[cell, np.arange(len(u))] = u
+    return T
+
+
+def _wild_interval(cat, ctrl, rate, ddof, T, Vc, V0, n_wild, rng, alpha, studentize=False):
+    """Interval for the ratio sqrt(q) from restricted wild-bootstrap tests of D(q) = V_c -
+    q V_0 = 0 (the null imposed; Davidson & MacKinnon 1999, Cameron, Gelbach & Miller 2008).
+
+    For each q of a grid the bootstrap world's true rates are the estimated ones shrunk
+    towards their set's mean so that their spreads are (v_c, v_0) = (q v_0, v_0), v_0 the
+    weighted least-squares fit of the corrected variances (Vc, V0) under the null
+    (weights 1 / their U-statistic variances, v_0 >= 0); the world's rates are these plus
+    sum_g e_g t_g, e_g Rademacher signs on the units' influences ``T`` (personas x units).
+    Its D*(q) = V*_c - q V*_0 (the same noise correction) reproduces the corrected spreads'
+    U-statistic structure, including the skewness of the noise's quadratic part. The test
+    accepts q when D(q) lies inside the draws' alpha / 2 and 1 - alpha / 2 quantiles
+    (``studentize``: D / sqrt(S(q)) against D* / sqrt(S*(q)), S the estimate 4 L - 2 W of
+    :func:`_ustat_products`, at least 2 W). q = infinity is the test of v_0 = 0."""
+    P = len(rate)
+    rate = np.nan_to_num(np.asarray(rate, dtype=float))
+    T = np.nan_to_num(np.asarray(T, dtype=float))
+    if not (np.isfinite(Vc) and np.isfinite(V0)):
+        return np.nan, np.nan
+    B = []
+    for mem in (cat, ctrl):
+        idx = np.flatnonzero(mem)
+        k = len(idx)
+        M = np.zeros((P, P))
+        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
+        B.append(M)
+    comp = _ustat_products(cat, ctrl, rate, ddof, T=T)
+    s_c, s_0 = max(comp[0], 2 * comp[3], 1e-300), max(comp[2], 2 * comp[5], 1e-300)
+    Pc, P0 = float(rate @ B[0] @ rate), float(rate @ B[1] @ rate)
+    E = rng.choice([-1.0, 1.0], size=(n_wild, T.shape[1]))
+    Y = E @ T.T                                            # n_wild x P: sum_g e_g t_g
+    d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]     # t_g' B t_g
+    N = [float(x.sum()) for x in d]
+    ell = [Y @ M @ rate for M in B]                        # y' B r
+    Q = [np.einsum("bp,pq,bq->b", Y, M, Y) - n for M, n in zip(B, N)]   # y' B y - N
+    R = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 400)])
+    q = R ** 2
+    v0 = np.maximum((q * Vc / s_c + V0 / s_0) / (q ** 2 / s_c + 1 / s_0), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sc = np.where(Pc > 0, np.sqrt(q * v0 / Pc), 0.0)
+        s0 = np.where(P0 > 0, np.sqrt(v0 / P0), 0.0)
+    # D*(q) - D_w(q) with D_w(q) = 0: 2 s_c y'B_c r - 2 q s_0 y'B_0 r + Q_c - q Q_0
+    Dstar = 2 * sc * ell[0][:, None] - 2 * q * s0 * ell[1][:, None] + Q[0][:, None] - q * Q[1][:, None]
+    Dobs = Vc - q * V0
+    Dinf, Dinf_star = -V0, -Q[1]                            # D(q) / q as q -> infinity, v_0 = 0
+    if studentize:
+        # S(q) = 4 L(q) - 2 W(q), L(q) = sum_g (t_g' B(q) (r - t_g))^2, at the estimate and per draw
+        alpha_x = [T.T @ (M @ rate) for M in B]               # t_g' B_x r
+
+        def S_obs(qq):
+            a = alpha_x[0] - d[0] - qq[:, None] * (alpha_x[1] - d[1])
+            Wq = comp[3] - 2 * qq * comp[4] + qq ** 2 * comp[5]
+            return np.maximum(4 * np.sum(a ** 2, 1) - 2 * Wq, 2 * Wq), Wq
+        S, Wq = S_obs(q)
+        # per draw: t_g' B_x (r*_b - e_bg t_g) = s_x alpha_x,g + t_g' B_x y_b - e_bg d_x,g
+        beta = [Y @ M @ T - E * dd[None] for M, dd in zip(B, d)]  # n_wild x units
+        u = np.stack([np.broadcast_to(alpha_x[0], beta[0].shape), beta[0],
+                      np.broadcast_to(alpha_x[1], beta[1].shape), beta[1]], axis=-1)
+        Mb = np.einsum("bgi,bgj->bij", u, u)
+        coef = np.stack([sc, np.ones_like(q), -q * s0, -q], axis=-1)    # Q x 4
+        Lstar = np.einsum("qi,bij,qj->bq", coef, Mb, coef)
+        Sstar = np.maximum(4 * Lstar - 2 * Wq[None], 2 * Wq[None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            Dobs, Dstar = Dobs / np.sqrt(S), Dstar / np.sqrt(Sstar)
+            W00 = comp[5]
+            Dinf = Dinf / np.sqrt(max(4 * np.sum((alpha_x[1] - d[1]) ** 2) - 2 * W00, 2 * W00))
+            b1 = beta[1]
+            Dinf_star = Dinf_star / np.sqrt(np.maximum(4 * np.sum(b1 ** 2, 1) - 2 * W00, 2 * W00))
+    lo_q, hi_q = np.nanquantile(Dstar, alpha / 2, axis=0), np.nanquantile(Dstar, 1 - alpha / 2, axis=0)
+    ok = (Dobs >= lo_q) & (Dobs <= hi_q)
+    ok_inf = bool(np.nanquantile(Dinf_star, alpha / 2) <= Dinf <= np.nanquantile(Dinf_star, 1 - alpha / 2))
+    if not ok.any() and not ok_inf:
+        return np.nan, np.nan
+    acc = R[ok]
+    lo = float(acc.min()) if ok.any() else float(R[-1])
+    return lo, (np.inf if ok_inf else float(acc.max()))
+
+
+def _pvals(x, v, Lam, Qd):
+    """Two-sided p-values of ``x`` (n) in worlds whose D = sqrt(v) Lam + Qd (``v``: n nuisance
+    values; ``Lam``, ``Qd``: shared draws)."""
+    F = np.mean(np.sqrt(v)[:, None] * Lam[None] + Qd[None] <= x[:, None], axis=1)
+    return 2 * np.minimum(F, 1 - F)
+
+
+def _wild_prepivot_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha):
+    """Interval for the ratio sqrt(q) from restricted wild-bootstrap tests of D(q) = V_c -
+    q V_0 = 0, calibrated by a second bootstrap level (Beran's 1988 prepivoting).
+
+    The null distribution of D(q) depends on the nuisance v_0 (the controls' true spread
+    under the null, v_c = q v_0) through the linear term of the corrected spreads, and the
+    estimated nuisance moves the test's size by several points either way (a fit weighted
+    by the data's own variances under-covers, fixed weights over-cover:
+    docs/methods_ppi.md). Here v_0 is fitted by least squares, weights the spreads'
+    variances 4 max(V_x, 0) l_x + 2 W_xx (l_x: the linear term's variance per unit spread
+    along the estimated rates, W_xx the quadratic term's, :func:`_ustat_products`); the
+    world's rates are the estimated ones shrunk to spreads (q v_0, v_0) plus sum_g e_g t_g,
+    e_g Rademacher signs on the units' influences ``T``, so that D*(q) = sqrt(v_0) Lambda(q)
+    + Q(q) over draws. The test's p-value is recomputed in every outer draw with v_0 refitted
+    from that draw (inner draws shared across outer draws, the world's direction kept), and
+    q is accepted when the data's p-value exceeds the alpha quantile of those p-values.
+    q = 0 and q = infinity have no nuisance (tests of v_c = 0 and v_0 = 0). The estimate's
+    V_c, V_0 use the noise sum_g t_g' B t_g of the same influences."""
+    P = len(rate)
+    rate = np.nan_to_num(np.asarray(rate, dtype=float))
+    T = np.nan_to_num(np.asarray(T, dtype=float))
+    B = []
+    for mem in (cat, ctrl):
+        idx = np.flatnonzero(mem)
+        k = len(idx)
+        M = np.zeros((P, P))
+        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
+        B.append(M)
+    comp = _ustat_products(cat, ctrl, rate, ddof, T=T)
+    Wcc, W00 = max(comp[3], 1e-300), max(comp[5], 1e-300)
+    Pc, P0 = float(rate @ B[0] @ rate), float(rate @ B[1] @ rate)
+    d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]
+    N = [float(x.sum()) for x in d]
+    Vc, V0 = Pc - N[0], P0 - N[1]
+    if Pc <= 0 or P0 <= 0:
+        return np.nan, np.nan
+    lc = float(np.sum((T.T @ (B[0] @ rate)) ** 2)) / Pc
+    l0 = float(np.sum((T.T @ (B[1] @ rate)) ** 2)) / P0
+
+    def fit(vc, v0, q):
+        """The restricted least-squares v_0 (broadcasts)."""
+        wc = 4 * np.maximum(vc, 0) * lc + 2 * Wcc
+        w0 = 4 * np.maximum(v0, 0) * l0 + 2 * W00
+        return np.maximum((q * vc / wc + v0 / w0) / (q ** 2 / wc + 1 / w0), 0.0)
+
+    def draws(n):
+        E = rng.choice([-1.0, 1.0], size=(n, T.shape[1]))
+        Y = E @ T.T
+        return ([Y @ M @ rate for M in B],
+                [np.einsum("bp,pq,bq->b", Y, M, Y) - nn for M, nn in zip(B, N)])
+    (lc_o, l0_o), (Qc_o, Q0_o) = draws(n_wild)
+    (lc_i, l0_i), (Qc_i, Q0_i) = draws(n_wild)
+    R = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 200)])
+    ok = np.zeros(len(R), dtype=bool)
+    lo_a, hi_a = alpha / 2, 1 - alpha / 2
+    for i, q in enumerate(R ** 2):
+        v0 = float(fit(Vc, V0, q))
+        sc, s0 = np.sqrt(q * v0 / Pc), np.sqrt(v0 / P0)
+        # outer draws in the world at v0: the spreads and D*(q)
+        Vc_o = q * v0 + 2 * sc * lc_o + Qc_o
+        V0_o = v0 + 2 * s0 * l0_o + Q0_o
+        D_o = Vc_o - q * V0_o
+        Dobs = Vc - q * V0
+        # inner draws: D = sqrt(v) Lam + Qd, Lam the linear term per unit sqrt(v_0)
+        Lam = 2 * (np.sqrt(q / Pc) * lc_i - q * l0_i / np.sqrt(P0))
+        Qd = Qc_i - q * Q0_i
+        if q == 0:
+            F_obs = np.mean(Qd <= Dobs)
+            ok[i] = lo_a <= F_obs <= hi_a
+            continue
+
+        p_obs = _pvals(np.array([Dobs]), np.array([v0]), Lam, Qd)[0]
+        p_star = _pvals(D_o, fit(Vc_o, V0_o, q), Lam, Qd)
+        ok[i] = p_obs > np.quantile(p_star, alpha)
+    Dinf_star = -Q0_o
+    ok_inf = bool(np.quantile(Dinf_star, lo_a) <= -V0 <= np.quantile(Dinf_star, hi_a))
+    if not ok.any() and not ok_inf:
+        return np.nan, np.nan
+    acc = R[ok]
+    lo = float(acc.min()) if ok.any() else float(R[-1])
+    return lo, (np.inf if ok_inf else float(acc.max()))
 
 
 def _ratio_test_inversion(a: float, c: float, A: np.ndarray, C: np.ndarray, alpha: float,
@@ -1950,16 +2287,40 @@ def ppi_disparity(
                         row += (np.float64(spread(rate[sets[j]], 0.0, ddof, False))
                                 / spread(rate[is_ctrl], 0.0, ddof, False),)
                 out.append(row)
-                if variances is not None:
+                if variances is not None and wild:
+                    Tw = t if r["influence"] is not None else _unit_influences(at, r["lam"])[idx]
+                    if _DISPARITY_INTERVAL == "wild-pp":
+                        variances.append(_wild_prepivot_interval(sets[j], is_ctrl, rate, ddof, Tw,
+                                                                 max(n_boot, _WILD_PP_DRAWS), rng, alpha))
+                        continue
+                    variances.append(_wild_interval(
+                        sets[j], is_ctrl, rate, ddof, Tw, float(corrected_variance(rate[sets[j]], noise[j], ddof)),
+                        cvar, max(n_boot, _WILD_DRAWS), rng, alpha,
+                        studentize=_DISPARITY_INTERVAL == "wild-null-t"))
+                elif variances is not None and ustat:
+                    if r["influence"] is not None:
+                        comp = _ustat_products(sets[j], is_ctrl, rate, ddof, T=t)
+                    else:
+                        comp = _ustat_products(sets[j], is_ctrl, rate, ddof,
+                                               moments=[mm[idx] for mm in _unit_moments(at, r["lam"])])
+                    variances.append((float(corrected_variance(rate[sets[j]], noise[j], ddof)), cvar, *comp,
+                                      float(spread(rate[sets[j]], 0.0, ddof, False)) ** 2,
+                                      float(spread(rate[is_ctrl], 0.0, ddof, False)) ** 2))
+                elif variances is not None:
                     variances.append((float(corrected_variance(rate[sets[j]], noise[j], ddof)), cvar,
                                       *_noise_products(sets[j], is_ctrl, cov, ddof, np.nan_to_num(rate))))
         return out
 
     # the unfloored variances and noise terms only for the test-inversion alternatives
-    fieller = _DISPARITY_INTERVAL.startswith("fieller")
-    var0 = [] if fieller else None
+    ustat = _DISPARITY_INTERVAL in _USTAT_KINDS
+    wild = _DISPARITY_INTERVAL in _WILD_KINDS and n_boot > 0
+    fieller = _DISPARITY_INTERVAL.startswith("fieller") or ustat
+    var0 = [] if (fieller or wild) else None
     rows = estimate(atoms, plugin=bool(n_boot), variances=var0)
-    if n_boot:
+    if wild:  # the wild draws were made inside the estimate; no re-estimation
+        lo, hi = np.array([e[0] for e in var0], dtype=float), np.array([e[1] for e in var0], dtype=float)
+        rows = [r_[:-1] for r_ in rows]
+    elif n_boot:
         boots, boot_var = [], []
         for _ in range(n_boot):
             if atoms.cluster is not None:
@@ -1974,7 +2335,7 @@ def ppi_disparity(
             ok = len(b) == len(rows)
             boots.append(b if ok else [np.nan] * len(rows))
             if fieller:
-                boot_var.append(v if ok else [(np.nan,) * 8] * len(rows))
+                boot_var.append(v if ok else [(np.nan,) * (10 if ustat else 8)] * len(rows))
         lo, hi = _disparity_interval(np.array(boots, dtype=float), np.array([r_[-2] for r_ in rows], dtype=float),
                                      np.array([r_[-1] for r_ in rows], dtype=float), alpha,
                                      np.array(var0, dtype=float) if fieller else None,
