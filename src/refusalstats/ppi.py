@@ -1739,11 +1739,13 @@ _DISPARITY_INTERVAL = "percentile"
 _USTAT_KINDS = ("ustat", "boot-t", "boot-t-qw")
 #: Restricted wild-bootstrap test inversion (``_wild_interval``; research alternatives, not
 #: the default): ``n_boot`` wild draws on the estimate's influences, no re-estimation.
-_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp")
+_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr")
 #: at least this many wild draws (they are cheap: no re-estimation)
 _WILD_DRAWS = 999
 #: "wild-pp": outer and inner draws each (the p-values cost draws^2 per ratio tried)
 _WILD_PP_DRAWS = 400
+#: "wild-lr": draws (each needs the restricted fit on a grid of v_0 per ratio tried)
+_WILD_LR_DRAWS = 400
 
 
 def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float,
@@ -2030,6 +2032,99 @@ def _wild_interval(cat, ctrl, rate, ddof, T, Vc, V0, n_wild, rng, alpha, student
     return lo, (np.inf if ok_inf else float(acc.max()))
 
 
+def _ll(x, v, l, W):
+    """Normal log-likelihood of a corrected variance x whose mean is v and variance 4 v l + 2 W."""
+    sv = 4 * v * l + 2 * W
+    return -0.5 * np.log(sv) - (x - v) ** 2 / (2 * sv)
+
+
+def _ll_max(x, l, W):
+    """max over v >= 0 of :func:`_ll` (vectorized over x): with u = x - v the score is
+    2 l u^2 - (8 l^2 + 4 l x + 2 W) u + 8 l^2 x + 4 l W = 0; the roots with v >= 0, and v = 0."""
+    x = np.asarray(x, dtype=float)
+    a, b, c = 2 * l, -(8 * l * l + 4 * l * x + 2 * W), 8 * l * l * x + 4 * l * W
+    disc = np.sqrt(np.maximum(b * b - 4 * a * c, 0.0))
+    best = _ll(x, 0.0, l, W)
+    for u in ((-b - disc) / (2 * a), (-b + disc) / (2 * a)):
+        v = x - u
+        best = np.where(v >= 0, np.maximum(best, _ll(x, np.maximum(v, 0.0), l, W)), best)
+    return best
+
+
+def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
+    """Interval for the ratio sqrt(q) from likelihood-ratio tests of v_c = q v_0.
+
+    The corrected variances V_x (x = c, 0; the noise from the influences ``T``) are taken
+    as independent normals with mean v_x >= 0 and variance 4 v_x l_x + 2 W_xx, the
+    U-statistic variance (:func:`_ustat_products`) with the linear term's l_x per unit
+    spread along the estimated rates: the variance grows with the spread, which the
+    likelihood uses and Fieller's fixed variance does not. LR(q) = 2 (max over (v_c, v_0) -
+    max over v_0 with v_c = q v_0) of the log-likelihood. ``boot`` False: accepted where
+    LR <= the chi-square(1) quantile; True: where LR <= the 1 - alpha quantile of LR in
+    restricted wild-bootstrap draws (the world of :func:`_wild_interval`, v_0 the restricted
+    maximum-likelihood fit). q = 0 and q = infinity: v_c = 0 and v_0 = 0."""
+    P = len(rate)
+    rate = np.nan_to_num(np.asarray(rate, dtype=float))
+    T = np.nan_to_num(np.asarray(T, dtype=float))
+    B = []
+    for mem in (cat, ctrl):
+        idx = np.flatnonzero(mem)
+        k = len(idx)
+        M = np.zeros((P, P))
+        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
+        B.append(M)
+    comp = _ustat_products(cat, ctrl, rate, ddof, T=T)
+    Wc, W0 = max(comp[3], 1e-30), max(comp[5], 1e-30)
+    Pc, P0 = float(rate @ B[0] @ rate), float(rate @ B[1] @ rate)
+    if Pc <= 0 or P0 <= 0:
+        return np.nan, np.nan
+    d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]
+    N = [float(x.sum()) for x in d]
+    Vc, V0 = Pc - N[0], P0 - N[1]
+    lc = float(np.sum((T.T @ (B[0] @ rate)) ** 2)) / Pc
+    l0 = float(np.sum((T.T @ (B[1] @ rate)) ** 2)) / P0
+    g = np.concatenate([[0.0], np.geomspace(1e-8, 1.0, 300)])
+
+    def lr(xc, x0, q):
+        """LR(q) for arrays xc, x0 (n), and the restricted fit v_0 (n)."""
+        full = _ll_max(xc, lc, Wc) + _ll_max(x0, l0, W0)
+        if np.isinf(q):
+            return 2 * (_ll_max(x0, l0, W0) - _ll(x0, 0.0, l0, W0)), np.zeros_like(x0)
+        rl = _ll(xc[:, None], q * g[None], lc, Wc) + _ll(x0[:, None], g[None], l0, W0)
+        j = np.argmax(rl, axis=1)
+        return 2 * (full - rl[np.arange(len(xc)), j]), g[j]
+
+    crit = stats.chi2.ppf(1 - alpha, 1)
+    if boot:
+        E = rng.choice([-1.0, 1.0], size=(n_wild, T.shape[1]))
+        Y = E @ T.T
+        ell = [Y @ M @ rate for M in B]
+        Q = [np.einsum("bp,pq,bq->b", Y, M, Y) - nn for M, nn in zip(B, N)]
+    R = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 120), [np.inf]])
+    ok = np.zeros(len(R), dtype=bool)
+    for i, Rv in enumerate(R):
+        q = Rv ** 2
+        if q == 0:  # v_c = 0: the category's spread alone
+            stat_ = 2 * (_ll_max(np.array([Vc]), lc, Wc) - _ll(Vc, 0.0, lc, Wc))[0]
+            if boot:
+                crit = np.quantile(2 * (_ll_max(Q[0], lc, Wc) - _ll(Q[0], 0.0, lc, Wc)), 1 - alpha)
+            ok[i] = stat_ <= crit
+            continue
+        stat_, v0 = lr(np.array([Vc]), np.array([V0]), q)
+        if boot:
+            v0 = float(v0[0])
+            vc = q * v0 if np.isfinite(q) else 0.0
+            sc, s0 = np.sqrt(vc / Pc), np.sqrt(v0 / P0)
+            Vc_s = vc + 2 * sc * ell[0] + Q[0]
+            V0_s = v0 + 2 * s0 * ell[1] + Q[1]
+            crit = np.quantile(lr(Vc_s, V0_s, q)[0], 1 - alpha)
+        ok[i] = stat_[0] <= crit
+    if not ok.any():
+        return np.nan, np.nan
+    acc = R[ok]
+    return float(acc.min()), float(acc.max())
+
+
 def _pvals(x, v, Lam, Qd):
     """Two-sided p-values of ``x`` (n) in worlds whose D = sqrt(v) Lam + Qd (``v``: n nuisance
     values; ``Lam``, ``Qd``: shared draws)."""
@@ -2289,6 +2384,10 @@ def ppi_disparity(
                 out.append(row)
                 if variances is not None and wild:
                     Tw = t if r["influence"] is not None else _unit_influences(at, r["lam"])[idx]
+                    if _DISPARITY_INTERVAL in ("lr", "wild-lr"):
+                        variances.append(_lr_interval(sets[j], is_ctrl, rate, ddof, Tw, max(n_boot, _WILD_LR_DRAWS),
+                                                      rng, alpha, _DISPARITY_INTERVAL == "wild-lr"))
+                        continue
                     if _DISPARITY_INTERVAL == "wild-pp":
                         variances.append(_wild_prepivot_interval(sets[j], is_ctrl, rate, ddof, Tw,
                                                                  max(n_boot, _WILD_PP_DRAWS), rng, alpha))
