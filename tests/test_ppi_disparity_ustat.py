@@ -69,3 +69,60 @@ def test_ustat_variance_is_exact_and_unbiased_on_rare_event_units():
         a = ppi._ustat_products(cat, ctrl, r[i], 1, T=T)
         b = ppi._ustat_products(cat, ctrl, r[i], 1, moments=(m2[i], m3[i], m4[i]))
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-18)
+
+
+def test_ll_max_closed_form_equals_a_grid_search():
+    """_ll_max's roots of the score against the log-likelihood maximized on a fine grid."""
+    rng = np.random.default_rng(5)
+    g = np.concatenate([[0.0], np.geomspace(1e-9, 1.0, 400_001)])
+    for _ in range(20):
+        x = rng.normal(0, 4e-3)
+        lx, W = rng.uniform(1e-4, 5e-3), rng.uniform(1e-7, 1e-5)
+        got = ppi._ll_max(np.array([x]), lx, W)[0]
+        assert got == pytest.approx(ppi._ll(x, g, lx, W).max(), abs=1e-9)
+        assert got >= ppi._ll(x, g, lx, W).max() - 1e-12
+
+
+def test_lr_interval_is_the_set_a_brute_force_likelihood_ratio_accepts():
+    """_lr_interval (chi-square calibration) against the likelihood ratio computed from
+    scratch: corrected variances, U-statistic W by a double loop over units, both maxima
+    by a grid search over (v_c, v_0), on the function's grid of ratios, so the ends agree
+    exactly. One design with clear spreads (bounded), one with the controls' spread inside
+    the noise (unbounded above). Fails with the variance model 2 v l + 2 W, or l not per
+    unit spread."""
+    from scipy import stats
+
+    rng = np.random.default_rng(8)
+    P, C = 8, 60
+    cat = np.arange(P) < 4
+    ctrl = ~cat
+    Rg = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 120), [np.inf]])
+    v = np.concatenate([[0.0], np.geomspace(1e-8, 1.0, 1500)])
+    for spread0, bounded in ((0.15, True), (0.0, False)):
+        T = rng.normal(0, 0.006, (P, C)) * (rng.random((P, C)) < 0.3)
+        rate = 0.2 + np.concatenate([rng.normal(0, 0.12, 4), rng.normal(0, spread0, 4)])
+        lo, hi = ppi._lr_interval(cat, ctrl, rate, 1, T, 0, None, 0.05, boot=False)
+        Bs = [_B(cat, P), _B(ctrl, P)]
+        V = [rate @ M @ rate - sum(T[:, g] @ M @ T[:, g] for g in range(C)) for M in Bs]
+        W = [sum((T[:, g] @ M @ T[:, h]) ** 2 for g in range(C) for h in range(C) if g != h) for M in Bs]
+        lin = [sum((T[:, g] @ M @ rate) ** 2 for g in range(C)) / (rate @ M @ rate) for M in Bs]
+
+        def ll(x, vv, k, lin=lin, W=W):
+            s = 4 * vv * lin[k] + 2 * W[k]
+            return -0.5 * np.log(s) - (x - vv) ** 2 / (2 * s)
+        full = ll(V[0], v, 0).max() + ll(V[1], v, 1).max()
+        ok = []
+        for R in Rg:
+            if R == 0:
+                rest = ll(V[0], 0.0, 0) + ll(V[1], v, 1).max()
+            elif np.isinf(R):
+                rest = ll(V[0], v, 0).max() + ll(V[1], 0.0, 1)
+            else:
+                rest = (ll(V[0], R**2 * v, 0) + ll(V[1], v, 1)).max()
+            ok.append(2 * (full - rest) <= stats.chi2.ppf(0.95, 1))
+        acc = Rg[np.array(ok)]
+        assert lo == pytest.approx(acc.min(), rel=1e-12, abs=1e-12)
+        if bounded:
+            assert np.isfinite(hi) and hi == pytest.approx(acc.max(), rel=1e-12)
+        else:
+            assert hi == np.inf and acc.max() == np.inf
