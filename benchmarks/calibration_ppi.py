@@ -351,7 +351,8 @@ def main() -> None:
                          "interval and the same s.e. on the logit scale, balanced and --unbalanced rows")
     ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
                                                      "fieller-corrected", "fieller-analytic", "ustat", "boot-t",
-                                                     "boot-t-qw", "wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr"],
+                                                     "boot-t-qw", "wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr",
+                                                     "wild-lr-full"],
                     default="percentile",
                     help="with --disparity: the bootstrap interval (percentile is the default; the others "
                          "were measured and not adopted)")

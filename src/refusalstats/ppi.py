@@ -1739,7 +1739,7 @@ _DISPARITY_INTERVAL = "percentile"
 _USTAT_KINDS = ("ustat", "boot-t", "boot-t-qw")
 #: Restricted wild-bootstrap test inversion (``_wild_interval``; research alternatives, not
 #: the default): ``n_boot`` wild draws on the estimate's influences, no re-estimation.
-_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr")
+_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr", "wild-lr-full")
 #: at least this many wild draws (they are cheap: no re-estimation)
 _WILD_DRAWS = 999
 #: "wild-pp": outer and inner draws each (the p-values cost draws^2 per ratio tried)
@@ -1931,9 +1931,11 @@ def _ustat_interval(v: np.ndarray, V: np.ndarray, alpha: float, kind: str) -> tu
     return lo, hi
 
 
-def _unit_influences(at: _Atoms, lam: np.ndarray) -> np.ndarray:
+def _unit_influences(at: _Atoms, lam: np.ndarray, factor: bool = False) -> np.ndarray:
     """Personas (cells) x rows: each row's influence on its cell's PPI++ estimate (rows
-    independent; see :func:`_unit_moments`), atoms expanded into their rows."""
+    independent; see :func:`_unit_moments`), atoms expanded into their rows. ``factor``:
+    times sqrt(n / (n - 1)), n the cell's labelled rows (the m / (m - 1) of ``_linear_ppi``
+    without clusters: the influences are centred at the estimated means)."""
     K = at.n_cells
     mw = at.m * at.w
     labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
@@ -1947,6 +1949,10 @@ def _unit_influences(at: _Atoms, lam: np.ndarray) -> np.ndarray:
                      at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
     b = np.where(W_U[at.cell] > 0, b, 0.0)
     u = np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
+    if factor:
+        n_lab = np.bincount(at.cell, np.where(at.lab, at.m, 0.0), K)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = u * np.sqrt(np.where(n_lab > 1, n_lab / np.maximum(n_lab - 1, 1), 1.0))[at.cell]
     reps = np.round(at.m).astype(int)
     cell, u = np.repeat(at.cell, reps), np.repeat(u, reps)
     T = np.zeros((K, len(u)))
@@ -2062,7 +2068,9 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
     max over v_0 with v_c = q v_0) of the log-likelihood. ``boot`` False: accepted where
     LR <= the chi-square(1) quantile; True: where LR <= the 1 - alpha quantile of LR in
     restricted wild-bootstrap draws (the world of :func:`_wild_interval`, v_0 the restricted
-    maximum-likelihood fit). q = 0 and q = infinity: v_c = 0 and v_0 = 0."""
+    maximum-likelihood fit); "full": the same, with each draw's own l (the likelihood's
+    variance model re-estimated in the bootstrap world, as on the data). q = 0 and
+    q = infinity: v_c = 0 and v_0 = 0."""
     P = len(rate)
     rate = np.nan_to_num(np.asarray(rate, dtype=float))
     T = np.nan_to_num(np.asarray(T, dtype=float))
@@ -2085,12 +2093,14 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
     l0 = float(np.sum((T.T @ (B[1] @ rate)) ** 2)) / P0
     g = np.concatenate([[0.0], np.geomspace(1e-8, 1.0, 300)])
 
-    def lr(xc, x0, q):
-        """LR(q) for arrays xc, x0 (n), and the restricted fit v_0 (n)."""
-        full = _ll_max(xc, lc, Wc) + _ll_max(x0, l0, W0)
+    def lr(xc, x0, q, lcs=lc, l0s=l0):
+        """LR(q) for arrays xc, x0 (n), and the restricted fit v_0 (n); ``lcs``, ``l0s``:
+        the linear terms' l (scalars, or one per element with ``boot="full"``)."""
+        full = _ll_max(xc, lcs, Wc) + _ll_max(x0, l0s, W0)
         if np.isinf(q):
-            return 2 * (_ll_max(x0, l0, W0) - _ll(x0, 0.0, l0, W0)), np.zeros_like(x0)
-        rl = _ll(xc[:, None], q * g[None], lc, Wc) + _ll(x0[:, None], g[None], l0, W0)
+            return 2 * (_ll_max(x0, l0s, W0) - _ll(x0, 0.0, l0s, W0)), np.zeros_like(x0)
+        lcs_, l0s_ = np.reshape(lcs, (-1, 1)), np.reshape(l0s, (-1, 1))
+        rl = _ll(xc[:, None], q * g[None], lcs_, Wc) + _ll(x0[:, None], g[None], l0s_, W0)
         j = np.argmax(rl, axis=1)
         return 2 * (full - rl[np.arange(len(xc)), j]), g[j]
 
@@ -2100,6 +2110,16 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
         Y = E @ T.T
         ell = [Y @ M @ rate for M in B]
         Q = [np.einsum("bp,pq,bq->b", Y, M, Y) - nn for M, nn in zip(B, N)]
+        if boot == "full":  # the draws' own l: t_g' B r* = s t_g' B r + t_g' B y
+            At = [T.T @ (M @ rate) for M in B]
+            YT = [Y @ M @ T for M in B]
+            Pr = [Pc, P0]
+
+            def l_star(x, s_):
+                Pst = s_ ** 2 * Pr[x] + 2 * s_ * ell[x] + Q[x] + N[x]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out = np.sum((s_ * At[x][None] + YT[x]) ** 2, axis=1) / Pst
+                return np.where(np.isfinite(out) & (out > 0), out, [lc, l0][x])
     R = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 120), [np.inf]])
     ok = np.zeros(len(R), dtype=bool)
     for i, Rv in enumerate(R):
@@ -2107,7 +2127,8 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
         if q == 0:  # v_c = 0: the category's spread alone
             stat_ = 2 * (_ll_max(np.array([Vc]), lc, Wc) - _ll(Vc, 0.0, lc, Wc))[0]
             if boot:
-                crit = np.quantile(2 * (_ll_max(Q[0], lc, Wc) - _ll(Q[0], 0.0, lc, Wc)), 1 - alpha)
+                lcs = l_star(0, 0.0) if boot == "full" else lc
+                crit = np.quantile(2 * (_ll_max(Q[0], lcs, Wc) - _ll(Q[0], 0.0, lcs, Wc)), 1 - alpha)
             ok[i] = stat_ <= crit
             continue
         stat_, v0 = lr(np.array([Vc]), np.array([V0]), q)
@@ -2117,7 +2138,10 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
             sc, s0 = np.sqrt(vc / Pc), np.sqrt(v0 / P0)
             Vc_s = vc + 2 * sc * ell[0] + Q[0]
             V0_s = v0 + 2 * s0 * ell[1] + Q[1]
-            crit = np.quantile(lr(Vc_s, V0_s, q)[0], 1 - alpha)
+            if boot == "full":
+                crit = np.quantile(lr(Vc_s, V0_s, q, l_star(0, sc), l_star(1, s0))[0], 1 - alpha)
+            else:
+                crit = np.quantile(lr(Vc_s, V0_s, q)[0], 1 - alpha)
         ok[i] = stat_[0] <= crit
     if not ok.any():
         return np.nan, np.nan
@@ -2383,10 +2407,12 @@ def ppi_disparity(
                                 / spread(rate[is_ctrl], 0.0, ddof, False),)
                 out.append(row)
                 if variances is not None and wild:
-                    Tw = t if r["influence"] is not None else _unit_influences(at, r["lam"])[idx]
-                    if _DISPARITY_INTERVAL in ("lr", "wild-lr"):
+                    Tw = t if r["influence"] is not None else _unit_influences(
+                        at, r["lam"], factor=_DISPARITY_INTERVAL == "wild-lr-full")[idx]
+                    if _DISPARITY_INTERVAL in ("lr", "wild-lr", "wild-lr-full"):
+                        boot = {"lr": False, "wild-lr": True, "wild-lr-full": "full"}[_DISPARITY_INTERVAL]
                         variances.append(_lr_interval(sets[j], is_ctrl, rate, ddof, Tw, max(n_boot, _WILD_LR_DRAWS),
-                                                      rng, alpha, _DISPARITY_INTERVAL == "wild-lr"))
+                                                      rng, alpha, boot))
                         continue
                     if _DISPARITY_INTERVAL == "wild-pp":
                         variances.append(_wild_prepivot_interval(sets[j], is_ctrl, rate, ddof, Tw,
