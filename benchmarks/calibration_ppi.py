@@ -352,7 +352,7 @@ def main() -> None:
     ap.add_argument("--disparity-interval", choices=["percentile", "basic-log", "bc", "fieller",
                                                      "fieller-corrected", "fieller-analytic", "ustat", "boot-t",
                                                      "boot-t-qw", "wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr",
-                                                     "wild-lr-full"],
+                                                     "wild-lr-full", "wild-lr-mammen"],
                     default="percentile",
                     help="with --disparity: the bootstrap interval (percentile is the default; the others "
                          "were measured and not adopted)")

@@ -83,13 +83,14 @@ def test_ll_max_closed_form_equals_a_grid_search():
         assert got >= ppi._ll(x, g, lx, W).max() - 1e-12
 
 
-def test_lr_interval_is_the_set_a_brute_force_likelihood_ratio_accepts():
+def test_lr_interval_is_the_set_a_brute_force_likelihood_ratio_accepts(monkeypatch):
     """_lr_interval (chi-square calibration) against the likelihood ratio computed from
     scratch: corrected variances, U-statistic W by a double loop over units, both maxima
     by a grid search over (v_c, v_0), on the function's grid of ratios, so the ends agree
     exactly. One design with clear spreads (bounded), one with the controls' spread inside
-    the noise (unbounded above). Fails with the variance model 2 v l + 2 W, or l not per
-    unit spread."""
+    the noise (unbounded above). The ends refined by bisection are accepted and a hair
+    outside them rejected. Fails with the variance model 2 v l + 2 W, or l not per unit
+    spread."""
     from scipy import stats
 
     rng = np.random.default_rng(8)
@@ -101,7 +102,10 @@ def test_lr_interval_is_the_set_a_brute_force_likelihood_ratio_accepts():
     for spread0, bounded in ((0.15, True), (0.0, False)):
         T = rng.normal(0, 0.006, (P, C)) * (rng.random((P, C)) < 0.3)
         rate = 0.2 + np.concatenate([rng.normal(0, 0.12, 4), rng.normal(0, spread0, 4)])
+        monkeypatch.setattr(ppi, "_REFINE_STEPS", 0)
         lo, hi = ppi._lr_interval(cat, ctrl, rate, 1, T, 0, None, 0.05, boot=False)
+        monkeypatch.setattr(ppi, "_REFINE_STEPS", 8)
+        lo_r, hi_r = ppi._lr_interval(cat, ctrl, rate, 1, T, 0, None, 0.05, boot=False)
         Bs = [_B(cat, P), _B(ctrl, P)]
         V = [rate @ M @ rate - sum(T[:, g] @ M @ T[:, g] for g in range(C)) for M in Bs]
         W = [sum((T[:, g] @ M @ T[:, h]) ** 2 for g in range(C) for h in range(C) if g != h) for M in Bs]
@@ -111,16 +115,19 @@ def test_lr_interval_is_the_set_a_brute_force_likelihood_ratio_accepts():
             s = 4 * vv * lin[k] + 2 * W[k]
             return -0.5 * np.log(s) - (x - vv) ** 2 / (2 * s)
         full = ll(V[0], v, 0).max() + ll(V[1], v, 1).max()
-        ok = []
-        for R in Rg:
+        def accepts(R, V=V, full=full, ll=ll):
             if R == 0:
                 rest = ll(V[0], 0.0, 0) + ll(V[1], v, 1).max()
             elif np.isinf(R):
                 rest = ll(V[0], v, 0).max() + ll(V[1], 0.0, 1)
             else:
                 rest = (ll(V[0], R**2 * v, 0) + ll(V[1], v, 1)).max()
-            ok.append(2 * (full - rest) <= stats.chi2.ppf(0.95, 1))
-        acc = Rg[np.array(ok)]
+            return 2 * (full - rest) <= stats.chi2.ppf(0.95, 1)
+        acc = Rg[np.array([accepts(R) for R in Rg])]
+        # refined ends: accepted, and a hair outside them rejected (the bisection's precision)
+        assert accepts(lo_r) and not accepts(lo_r / 1.002) and lo_r <= lo
+        if bounded:
+            assert accepts(hi_r) and not accepts(hi_r * 1.002) and hi_r >= hi
         assert lo == pytest.approx(acc.min(), rel=1e-12, abs=1e-12)
         if bounded:
             assert np.isfinite(hi) and hi == pytest.approx(acc.max(), rel=1e-12)

@@ -1739,13 +1739,16 @@ _DISPARITY_INTERVAL = "percentile"
 _USTAT_KINDS = ("ustat", "boot-t", "boot-t-qw")
 #: Restricted wild-bootstrap test inversion (``_wild_interval``; research alternatives, not
 #: the default): ``n_boot`` wild draws on the estimate's influences, no re-estimation.
-_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr", "wild-lr-full")
+_WILD_KINDS = ("wild-null", "wild-null-t", "wild-pp", "lr", "wild-lr", "wild-lr-full", "wild-lr-mammen")
 #: at least this many wild draws (they are cheap: no re-estimation)
 _WILD_DRAWS = 999
 #: "wild-pp": outer and inner draws each (the p-values cost draws^2 per ratio tried)
 _WILD_PP_DRAWS = 400
 #: "wild-lr": draws (each needs the restricted fit on a grid of v_0 per ratio tried)
 _WILD_LR_DRAWS = 400
+#: bisection steps refining each end of the LR kinds' intervals between the grid's
+#: accepted and rejected ratios (0: the accepted grid points, up to 10% inside the set)
+_REFINE_STEPS = 8
 
 
 def _disparity_interval(B: np.ndarray, est: np.ndarray, plugin: np.ndarray, alpha: float,
@@ -2069,7 +2072,9 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
     LR <= the chi-square(1) quantile; True: where LR <= the 1 - alpha quantile of LR in
     restricted wild-bootstrap draws (the world of :func:`_wild_interval`, v_0 the restricted
     maximum-likelihood fit); "full": the same, with each draw's own l (the likelihood's
-    variance model re-estimated in the bootstrap world, as on the data). q = 0 and
+    variance model re-estimated in the bootstrap world, as on the data); "mammen": Mammen's
+    skewness-matching weights instead of signs (the linear term's skewness reproduced; the
+    draws' noise term sum_g e_g^2 t_g' B t_g, W kept). q = 0 and
     q = infinity: v_c = 0 and v_0 = 0."""
     P = len(rate)
     rate = np.nan_to_num(np.asarray(rate, dtype=float))
@@ -2106,10 +2111,15 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
 
     crit = stats.chi2.ppf(1 - alpha, 1)
     if boot:
-        E = rng.choice([-1.0, 1.0], size=(n_wild, T.shape[1]))
+        if boot == "mammen":  # Mammen's (1993) two-point weights: E e = 0, E e^2 = E e^3 = 1
+            s5 = np.sqrt(5.0)
+            E = np.where(rng.random((n_wild, T.shape[1])) < (s5 + 1) / (2 * s5), -(s5 - 1) / 2, (s5 + 1) / 2)
+        else:
+            E = rng.choice([-1.0, 1.0], size=(n_wild, T.shape[1]))
         Y = E @ T.T
         ell = [Y @ M @ rate for M in B]
-        Q = [np.einsum("bp,pq,bq->b", Y, M, Y) - nn for M, nn in zip(B, N)]
+        # each draw's own noise term sum_g e_g^2 t_g' B t_g (N itself for Rademacher signs)
+        Q = [np.einsum("bp,pq,bq->b", Y, M, Y) - (E ** 2) @ dd for M, dd in zip(B, d)]
         if boot == "full":  # the draws' own l: t_g' B r* = s t_g' B r + t_g' B y
             At = [T.T @ (M @ rate) for M in B]
             YT = [Y @ M @ T for M in B]
@@ -2120,33 +2130,43 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out = np.sum((s_ * At[x][None] + YT[x]) ** 2, axis=1) / Pst
                 return np.where(np.isfinite(out) & (out > 0), out, [lc, l0][x])
-    R = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 120), [np.inf]])
-    ok = np.zeros(len(R), dtype=bool)
-    for i, Rv in enumerate(R):
+    def accept(Rv):
+        """The test of the ratio Rv (q = Rv^2) at level alpha."""
         q = Rv ** 2
         if q == 0:  # v_c = 0: the category's spread alone
             stat_ = 2 * (_ll_max(np.array([Vc]), lc, Wc) - _ll(Vc, 0.0, lc, Wc))[0]
             if boot:
                 lcs = l_star(0, 0.0) if boot == "full" else lc
-                crit = np.quantile(2 * (_ll_max(Q[0], lcs, Wc) - _ll(Q[0], 0.0, lcs, Wc)), 1 - alpha)
-            ok[i] = stat_ <= crit
-            continue
+                return stat_ <= np.quantile(2 * (_ll_max(Q[0], lcs, Wc) - _ll(Q[0], 0.0, lcs, Wc)), 1 - alpha)
+            return stat_ <= crit
         stat_, v0 = lr(np.array([Vc]), np.array([V0]), q)
-        if boot:
-            v0 = float(v0[0])
-            vc = q * v0 if np.isfinite(q) else 0.0
-            sc, s0 = np.sqrt(vc / Pc), np.sqrt(v0 / P0)
-            Vc_s = vc + 2 * sc * ell[0] + Q[0]
-            V0_s = v0 + 2 * s0 * ell[1] + Q[1]
-            if boot == "full":
-                crit = np.quantile(lr(Vc_s, V0_s, q, l_star(0, sc), l_star(1, s0))[0], 1 - alpha)
-            else:
-                crit = np.quantile(lr(Vc_s, V0_s, q)[0], 1 - alpha)
-        ok[i] = stat_[0] <= crit
+        if not boot:
+            return stat_[0] <= crit
+        v0 = float(v0[0])
+        vc = q * v0 if np.isfinite(q) else 0.0
+        sc, s0 = np.sqrt(vc / Pc), np.sqrt(v0 / P0)
+        Vc_s = vc + 2 * sc * ell[0] + Q[0]
+        V0_s = v0 + 2 * s0 * ell[1] + Q[1]
+        if boot == "full":
+            return stat_[0] <= np.quantile(lr(Vc_s, V0_s, q, l_star(0, sc), l_star(1, s0))[0], 1 - alpha)
+        return stat_[0] <= np.quantile(lr(Vc_s, V0_s, q)[0], 1 - alpha)
+
+    R = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 120), [np.inf]])
+    ok = np.array([accept(Rv) for Rv in R])
     if not ok.any():
         return np.nan, np.nan
-    acc = R[ok]
-    return float(acc.min()), float(acc.max())
+    i, j = np.flatnonzero(ok)[[0, -1]]
+
+    def refine(a, b):
+        """Bisect (on the log scale) between an accepted ratio a and a rejected b."""
+        for _ in range(_REFINE_STEPS):
+            m = np.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
+            a, b = (m, b) if accept(m) else (a, m)
+        return a
+    lo = float(R[i]) if (i == 0 or not _REFINE_STEPS) else float(refine(R[i], R[i - 1]))
+    hi = float(R[j]) if (np.isinf(R[j + 1 if j + 1 < len(R) else j]) or not _REFINE_STEPS) else float(
+        refine(R[j], R[j + 1]))
+    return lo, hi
 
 
 def _pvals(x, v, Lam, Qd):
@@ -2409,8 +2429,9 @@ def ppi_disparity(
                 if variances is not None and wild:
                     Tw = t if r["influence"] is not None else _unit_influences(
                         at, r["lam"], factor=_DISPARITY_INTERVAL == "wild-lr-full")[idx]
-                    if _DISPARITY_INTERVAL in ("lr", "wild-lr", "wild-lr-full"):
-                        boot = {"lr": False, "wild-lr": True, "wild-lr-full": "full"}[_DISPARITY_INTERVAL]
+                    if _DISPARITY_INTERVAL in ("lr", "wild-lr", "wild-lr-full", "wild-lr-mammen"):
+                        boot = {"lr": False, "wild-lr": True, "wild-lr-full": "full",
+                                "wild-lr-mammen": "mammen"}[_DISPARITY_INTERVAL]
                         variances.append(_lr_interval(sets[j], is_ctrl, rate, ddof, Tw, max(n_boot, _WILD_LR_DRAWS),
                                                       rng, alpha, boot))
                         continue
