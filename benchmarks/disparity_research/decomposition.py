@@ -2,43 +2,26 @@
 """Step 1: decomposition of D = V_c - q0 V_0 at the true ratio across replicates."""
 import sys
 import time
-import warnings
 
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.abspath(__file__)), ".."))
 import calibration_ppi as cp
 
-import refusalstats as rs
-from refusalstats import ppi
-
 reps, seed, sd, nl = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-rec = []
-orig = ppi._ustat_products
-def spy(cat, ctrl, rate, ddof, T=None, moments=None):
-    rec.append((cat.copy(), ctrl.copy(), np.asarray(rate, float).copy(), T if T is None else np.array(T), moments))
-    return orig(cat, ctrl, rate, ddof, T=T, moments=moments)
-ppi._ustat_products = spy
-ppi._DISPARITY_INTERVAL = "ustat"
+from _spy import replicate, set_matrices, ustat_products  # records the statistic's inputs
+
 truth = cp.disparity_truth(sd)
 rng = np.random.default_rng(seed)
 t0 = time.time()
 rows = {c: [] for c in truth}
 rates_all = []
 for _ in range(reps):
-    df = cp.disparity_table(rng, sd, nl)
-    rec.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = rs.disparity(df, control="control", labels="human", strata="persona", n_boot=0,
-                           cluster="item_id" if sd else None)
-    for (cat, ctrl, rate, T, mom), lev in zip(rec, out["persona_group"]):
+    recorded = replicate(rng, sd, nl, "item_id" if sd else None)
+    for cat, ctrl, rate, T, mom, lev in recorded:
         q0 = truth[lev] ** 2
         P = len(rate)
-        Bs = []
-        for mem in (cat, ctrl):
-            idx = np.flatnonzero(mem); k = len(idx)
-            M = np.zeros((P, P)); M[np.ix_(idx, idx)] = (np.eye(k) - 1 / k) / (k - 1); Bs.append(M)
+        Bs = set_matrices(cat, ctrl, P)
         if T is not None:
             Sig = T @ T.T
             tg = T
@@ -49,12 +32,12 @@ for _ in range(reps):
         Nc, N0 = np.trace(Bs[0] @ Sig), np.trace(Bs[1] @ Sig)
         B = Bs[0] - q0 * Bs[1]
         an = 4 * rate @ B @ Sig @ B @ rate - 2 * np.trace(B @ Sig @ B @ Sig)
-        comp = orig(cat, ctrl, rate, 1, T=T, moments=mom)
+        comp = ustat_products(cat, ctrl, rate, 1, T=T, moments=mom)
         us = comp[0] - 2 * q0 * comp[1] + q0 ** 2 * comp[2]
         W = comp[3] - 2 * q0 * comp[4] + q0 ** 2 * comp[5]
         trBSBS = np.trace(B @ Sig @ B @ Sig)
         rows[lev].append((SSc, Nc, SS0, N0, an, us, W, trBSBS, 4 * rate @ B @ Sig @ B @ rate))
-    rates_all.append(rec[0][2])
+    rates_all.append(recorded[0][2])
 print(f"{'clustered' if sd else 'iid'}, {nl} labels, {reps} reps, seed {seed}, {time.time()-t0:.0f} s")
 bb = np.random.default_rng(0)
 def mc(f, X, nb=300):
@@ -86,10 +69,7 @@ for lev, R in rows.items():
     # normal-theory with the replicates' own Sigma and mean
     P = 12
     cat = np.array([False] * 4 + [lev == "G1"] * 4 + [lev == "G2"] * 4); ctrl = np.array([True] * 4 + [False] * 8)
-    Bs = []
-    for mem in (cat, ctrl):
-        idx = np.flatnonzero(mem); k = len(idx)
-        M = np.zeros((P, P)); M[np.ix_(idx, idx)] = (np.eye(k) - 1 / k) / (k - 1); Bs.append(M)
+    Bs = set_matrices(cat, ctrl, P)
     B = Bs[0] - q0 * Bs[1]
     print(f"  normal theory at the replicates' mean and covariance of the rates: 2tr(BSBS) = {2*np.trace(B@SigT@B@SigT):.3e}, 4mu'BSBmu = {4*mu@B@SigT@B@mu:.3e}, sum {2*np.trace(B@SigT@B@SigT)+4*mu@B@SigT@B@mu:.3e}")
     print(f"  mean estimated 2tr(BS^BS^) = {2*R[:,7].mean():.3e}; mean 2W (U-stat) = {2*R[:,6].mean():.3e}; mean 4r'BS^Br = {R[:,8].mean():.3e}")

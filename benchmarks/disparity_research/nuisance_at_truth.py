@@ -2,7 +2,6 @@
 """Acceptance of the wild test at the true q0: oracle world rates, r-hat direction with the true spreads, WLS-fitted."""
 import sys
 import time
-import warnings
 
 import numpy as np
 from scipy.special import expit
@@ -10,18 +9,12 @@ from scipy.special import expit
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.abspath(__file__)), ".."))
 import calibration_ppi as cp
 
-import refusalstats as rs
 from refusalstats import ppi
 
 reps, seed, sd, nl = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 weights = sys.argv[5] if len(sys.argv) > 5 else "rademacher"
-rec = []
-orig = ppi._ustat_products
-def spy(cat, ctrl, rate, ddof, T=None, moments=None):
-    rec.append((cat.copy(), ctrl.copy(), np.asarray(rate, float).copy(), T))
-    return orig(cat, ctrl, rate, ddof, T=T, moments=moments)
-ppi._ustat_products = spy
-ppi._DISPARITY_INTERVAL = "ustat"
+from _spy import replicate, set_matrices, ustat_products  # records the statistic's inputs
+
 orig_mom = ppi._unit_moments
 truth = cp.disparity_truth(sd)
 z, w = cp._gh()
@@ -42,20 +35,10 @@ acc = {c: {m: [] for m in ("oracle", "true-v", "wls", "wls-iter", "wls-deg", "wl
 stat = {c: [] for c in truth}
 t0 = time.time()
 for _ in range(reps):
-    df = cp.disparity_table(rng, sd, nl)
-    rec.clear()
-    # i.i.d.: get row influences
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = rs.disparity(df, control="control", labels="human", strata="persona", n_boot=0,
-                           cluster="item_id" if sd else None)
-    for (cat, ctrl, rate, T), lev in zip(rec, out["persona_group"]):
+    for cat, ctrl, rate, T, _, lev in replicate(rng, sd, nl, "item_id" if sd else None):
         q0 = truth[lev] ** 2
         P = len(rate)
-        Bs = []
-        for mem in (cat, ctrl):
-            idx = np.flatnonzero(mem); k = len(idx)
-            M = np.zeros((P, P)); M[np.ix_(idx, idx)] = (np.eye(k) - 1 / k) / (k - 1); Bs.append(M)
+        Bs = set_matrices(cat, ctrl, P)
         B = Bs[0] - q0 * Bs[1]
         d = [np.einsum("pg,pq,qg->g", T, M, T) for M in Bs]
         N = [x.sum() for x in d]
@@ -70,7 +53,7 @@ for _ in range(reps):
         Y = E @ T.T
         Nstar = [(E ** 2) @ dd for dd in d]
         Q = np.einsum("bp,pq,bq->b", Y, B, Y) - (Nstar[0] - q0 * Nstar[1])
-        comp = orig(cat, ctrl, rate, 1, T=T)
+        comp = ustat_products(cat, ctrl, rate, 1, T=T)
         s_c, s_0 = max(comp[0], 2 * comp[3]), max(comp[2], 2 * comp[5])
         Pc, P0 = rate @ Bs[0] @ rate, rate @ Bs[1] @ rate
         Vtrue0 = mu_sorted @ Bs[1] @ mu_sorted

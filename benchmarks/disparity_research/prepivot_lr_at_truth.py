@@ -1,39 +1,22 @@
 # ruff: noqa: B023  (research scratch: closures are called inside their loop)
 import sys
-import warnings
 
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.abspath(__file__)), ".."))
 import calibration_ppi as cp
 
-import refusalstats as rs
-from refusalstats import ppi
-
 reps, seed, sd, nl = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-rec = []
-orig = ppi._ustat_products
-def spy(cat, ctrl, rate, ddof, T=None, moments=None):
-    rec.append((cat.copy(), ctrl.copy(), np.asarray(rate, float).copy(), T))
-    return orig(cat, ctrl, rate, ddof, T=T, moments=moments)
-ppi._ustat_products = spy
-ppi._DISPARITY_INTERVAL = "ustat"
+from _spy import replicate, set_matrices, ustat_products  # records the statistic's inputs
+
 truth = cp.disparity_truth(sd)
 rng = np.random.default_rng(seed); wr = np.random.default_rng(1)
 out_rows = {c: [] for c in truth}
 for _ in range(reps):
-    df = cp.disparity_table(rng, sd, nl)
-    rec.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = rs.disparity(df, control="control", labels="human", strata="persona", n_boot=0, cluster="item_id")
-    for (cat, ctrl, rate, T), lev in zip(rec, out["persona_group"]):
+    for cat, ctrl, rate, T, _, lev in replicate(rng, sd, nl, "item_id"):
         q = truth[lev] ** 2
-        P = len(rate); B = []
-        for mem in (cat, ctrl):
-            idx = np.flatnonzero(mem); k = len(idx)
-            M = np.zeros((P, P)); M[np.ix_(idx, idx)] = (np.eye(k) - 1 / k) / (k - 1); B.append(M)
-        comp = orig(cat, ctrl, rate, 1, T=T)
+        B = set_matrices(cat, ctrl, len(rate))
+        comp = ustat_products(cat, ctrl, rate, 1, T=T)
         Wcc, W00 = comp[3], comp[5]
         Pc, P0 = rate @ B[0] @ rate, rate @ B[1] @ rate
         d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]; N = [x.sum() for x in d]

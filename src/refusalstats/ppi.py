@@ -1801,6 +1801,59 @@ def _noise_products(cat, ctrl, cov, ddof, rate=None):
     return out["cc"], out["c0"], out["00"]
 
 
+def _set_matrices(cat, ctrl, P: int, ddof: int) -> list[np.ndarray]:
+    """B_c, B_0 (P x P): r' B r is the variance of the category's, and the controls', rates
+    (each set's rates centred, over k - ddof)."""
+    B = []
+    for mem in (cat, ctrl):
+        idx = np.flatnonzero(mem)
+        k = len(idx)
+        M = np.zeros((P, P))
+        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
+        B.append(M)
+    return B
+
+
+class _Spreads:
+    """The parts of the corrected spreads that the test-inversion kinds share: the set
+    matrices ``B``, U-statistic products ``comp`` (:func:`_ustat_products`), plug-in
+    spreads ``Pc``, ``P0`` (r' B r), each unit's noise ``d`` (t_g' B t_g) and their sums
+    ``N``, the corrected spreads ``Vc``, ``V0`` and the linear terms' variance per unit
+    spread ``lc``, ``l0`` (NaN where the plug-in spread is 0)."""
+
+    def __init__(self, cat, ctrl, rate, ddof, T):
+        self.rate = np.nan_to_num(np.asarray(rate, dtype=float))
+        self.T = np.nan_to_num(np.asarray(T, dtype=float))
+        r, T = self.rate, self.T
+        self.B = _set_matrices(cat, ctrl, len(r), ddof)
+        self.comp = _ustat_products(cat, ctrl, r, ddof, T=T)
+        self.Pc, self.P0 = (float(r @ M @ r) for M in self.B)
+        self.d = [np.einsum("pg,pq,qg->g", T, M, T) for M in self.B]
+        self.N = [float(x.sum()) for x in self.d]
+        self.Vc, self.V0 = self.Pc - self.N[0], self.P0 - self.N[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.lc, self.l0 = (float(np.sum((T.T @ (M @ r)) ** 2)) / p if p > 0 else np.nan
+                                for M, p in zip(self.B, (self.Pc, self.P0)))
+
+
+def _row_influence(at: _Atoms, lam: np.ndarray) -> np.ndarray:
+    """Each atom's influence a + lam b on its cell's PPI++ estimate (``_linear_ppi``'s, L
+    the identity, rows independent, without the small-sample floor and factor)."""
+    K = at.n_cells
+    mw = at.m * at.w
+    labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
+    W_L, W_U = np.bincount(at.cell, labw, K), np.bincount(at.cell, unlw, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        A = np.bincount(at.cell, labw * at.y, K) / W_L
+        FL = np.bincount(at.cell, labw * at.f, K) / W_L
+        FU = np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1)
+        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
+        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
+                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
+    b = np.where(W_U[at.cell] > 0, b, 0.0)
+    return np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
+
+
 def _ustat_products(cat, ctrl, rate, ddof, T=None, moments=None):
     """Variance components of D(q) = V_c - q V_0 that hold without normal rates.
 
@@ -1818,15 +1871,8 @@ def _ustat_products(cat, ctrl, rate, ddof, T=None, moments=None):
     sums of the units' u^2, u^3, u^4 when every unit (row) touches one persona. Returns
     ``(S_cc, S_c0, S_00, W_cc, W_c0, W_00)``: Var D(q) ~ S_cc - 2 q S_c0 + q^2 S_00, and the
     same for the degenerate part W (a floor: Var D(q) >= 2 W(q))."""
-    P = len(rate)
     rate = np.nan_to_num(np.asarray(rate, dtype=float))
-    B = []
-    for mem in (cat, ctrl):
-        idx = np.flatnonzero(mem)
-        k = len(idx)
-        M = np.zeros((P, P))
-        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
-        B.append(M)
+    B = _set_matrices(cat, ctrl, len(rate), ddof)
     if T is not None:
         T = np.nan_to_num(np.asarray(T, dtype=float))
         G = [T.T @ M @ T for M in B]
@@ -1856,20 +1902,8 @@ def _unit_moments(at: _Atoms, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     """Per cell, sums over rows of u^2, u^3, u^4 with u a row's influence on its cell's
     PPI++ estimate (``_linear_ppi``'s a + lam b, L the identity, without the small-sample
     floor and factor): the units of :func:`_ustat_products` when rows are independent."""
-    K = at.n_cells
-    mw = at.m * at.w
-    labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
-    W_L, W_U = np.bincount(at.cell, labw, K), np.bincount(at.cell, unlw, K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        A = np.bincount(at.cell, labw * at.y, K) / W_L
-        FL = np.bincount(at.cell, labw * at.f, K) / W_L
-        FU = np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1)
-        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
-        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
-                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
-    b = np.where(W_U[at.cell] > 0, b, 0.0)
-    u = np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
-    return tuple(np.bincount(at.cell, at.m * u ** j, K) for j in (2, 3, 4))
+    u = _row_influence(at, lam)
+    return tuple(np.bincount(at.cell, at.m * u ** j, at.n_cells) for j in (2, 3, 4))
 
 
 def _ustat_interval(v: np.ndarray, V: np.ndarray, alpha: float, kind: str) -> tuple[float, float]:
@@ -1940,18 +1974,7 @@ def _unit_influences(at: _Atoms, lam: np.ndarray, factor: bool = False) -> np.nd
     times sqrt(n / (n - 1)), n the cell's labelled rows (the m / (m - 1) of ``_linear_ppi``
     without clusters: the influences are centred at the estimated means)."""
     K = at.n_cells
-    mw = at.m * at.w
-    labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
-    W_L, W_U = np.bincount(at.cell, labw, K), np.bincount(at.cell, unlw, K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        A = np.bincount(at.cell, labw * at.y, K) / W_L
-        FL = np.bincount(at.cell, labw * at.f, K) / W_L
-        FU = np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1)
-        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
-        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
-                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
-    b = np.where(W_U[at.cell] > 0, b, 0.0)
-    u = np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
+    u = _row_influence(at, lam)
     if factor:
         n_lab = np.bincount(at.cell, np.where(at.lab, at.m, 0.0), K)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1977,25 +2000,13 @@ def _wild_interval(cat, ctrl, rate, ddof, T, Vc, V0, n_wild, rng, alpha, student
     accepts q when D(q) lies inside the draws' alpha / 2 and 1 - alpha / 2 quantiles
     (``studentize``: D / sqrt(S(q)) against D* / sqrt(S*(q)), S the estimate 4 L - 2 W of
     :func:`_ustat_products`, at least 2 W). q = infinity is the test of v_0 = 0."""
-    P = len(rate)
-    rate = np.nan_to_num(np.asarray(rate, dtype=float))
-    T = np.nan_to_num(np.asarray(T, dtype=float))
     if not (np.isfinite(Vc) and np.isfinite(V0)):
         return np.nan, np.nan
-    B = []
-    for mem in (cat, ctrl):
-        idx = np.flatnonzero(mem)
-        k = len(idx)
-        M = np.zeros((P, P))
-        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
-        B.append(M)
-    comp = _ustat_products(cat, ctrl, rate, ddof, T=T)
+    sp = _Spreads(cat, ctrl, rate, ddof, T)
+    rate, T, B, comp, Pc, P0, d, N = sp.rate, sp.T, sp.B, sp.comp, sp.Pc, sp.P0, sp.d, sp.N
     s_c, s_0 = max(comp[0], 2 * comp[3], 1e-300), max(comp[2], 2 * comp[5], 1e-300)
-    Pc, P0 = float(rate @ B[0] @ rate), float(rate @ B[1] @ rate)
     E = rng.choice([-1.0, 1.0], size=(n_wild, T.shape[1]))
     Y = E @ T.T                                            # n_wild x P: sum_g e_g t_g
-    d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]     # t_g' B t_g
-    N = [float(x.sum()) for x in d]
     ell = [Y @ M @ rate for M in B]                        # y' B r
     Q = [np.einsum("bp,pq,bq->b", Y, M, Y) - n for M, n in zip(B, N)]   # y' B y - N
     R = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 400)])
@@ -2076,26 +2087,12 @@ def _lr_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha, boot):
     skewness-matching weights instead of signs (the linear term's skewness reproduced; the
     draws' noise term sum_g e_g^2 t_g' B t_g, W kept). q = 0 and
     q = infinity: v_c = 0 and v_0 = 0."""
-    P = len(rate)
-    rate = np.nan_to_num(np.asarray(rate, dtype=float))
-    T = np.nan_to_num(np.asarray(T, dtype=float))
-    B = []
-    for mem in (cat, ctrl):
-        idx = np.flatnonzero(mem)
-        k = len(idx)
-        M = np.zeros((P, P))
-        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
-        B.append(M)
-    comp = _ustat_products(cat, ctrl, rate, ddof, T=T)
-    Wc, W0 = max(comp[3], 1e-30), max(comp[5], 1e-30)
-    Pc, P0 = float(rate @ B[0] @ rate), float(rate @ B[1] @ rate)
-    if Pc <= 0 or P0 <= 0:
+    sp = _Spreads(cat, ctrl, rate, ddof, T)
+    if sp.Pc <= 0 or sp.P0 <= 0:
         return np.nan, np.nan
-    d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]
-    N = [float(x.sum()) for x in d]
-    Vc, V0 = Pc - N[0], P0 - N[1]
-    lc = float(np.sum((T.T @ (B[0] @ rate)) ** 2)) / Pc
-    l0 = float(np.sum((T.T @ (B[1] @ rate)) ** 2)) / P0
+    rate, T, B, d, N, Pc, P0 = sp.rate, sp.T, sp.B, sp.d, sp.N, sp.Pc, sp.P0
+    Wc, W0 = max(sp.comp[3], 1e-30), max(sp.comp[5], 1e-30)
+    Vc, V0, lc, l0 = sp.Vc, sp.V0, sp.lc, sp.l0
     g = np.concatenate([[0.0], np.geomspace(1e-8, 1.0, 300)])
 
     def lr(xc, x0, q, lcs=lc, l0s=l0):
@@ -2194,26 +2191,12 @@ def _wild_prepivot_interval(cat, ctrl, rate, ddof, T, n_wild, rng, alpha):
     q is accepted when the data's p-value exceeds the alpha quantile of those p-values.
     q = 0 and q = infinity have no nuisance (tests of v_c = 0 and v_0 = 0). The estimate's
     V_c, V_0 use the noise sum_g t_g' B t_g of the same influences."""
-    P = len(rate)
-    rate = np.nan_to_num(np.asarray(rate, dtype=float))
-    T = np.nan_to_num(np.asarray(T, dtype=float))
-    B = []
-    for mem in (cat, ctrl):
-        idx = np.flatnonzero(mem)
-        k = len(idx)
-        M = np.zeros((P, P))
-        M[np.ix_(idx, idx)] = (np.eye(k) - 1.0 / k) / max(k - ddof, 1)
-        B.append(M)
-    comp = _ustat_products(cat, ctrl, rate, ddof, T=T)
-    Wcc, W00 = max(comp[3], 1e-300), max(comp[5], 1e-300)
-    Pc, P0 = float(rate @ B[0] @ rate), float(rate @ B[1] @ rate)
-    d = [np.einsum("pg,pq,qg->g", T, M, T) for M in B]
-    N = [float(x.sum()) for x in d]
-    Vc, V0 = Pc - N[0], P0 - N[1]
-    if Pc <= 0 or P0 <= 0:
+    sp = _Spreads(cat, ctrl, rate, ddof, T)
+    if sp.Pc <= 0 or sp.P0 <= 0:
         return np.nan, np.nan
-    lc = float(np.sum((T.T @ (B[0] @ rate)) ** 2)) / Pc
-    l0 = float(np.sum((T.T @ (B[1] @ rate)) ** 2)) / P0
+    rate, T, B, N, Pc, P0 = sp.rate, sp.T, sp.B, sp.N, sp.Pc, sp.P0
+    Wcc, W00 = max(sp.comp[3], 1e-300), max(sp.comp[5], 1e-300)
+    Vc, V0, lc, l0 = sp.Vc, sp.V0, sp.lc, sp.l0
 
     def fit(vc, v0, q):
         """The restricted least-squares v_0 (broadcasts)."""
