@@ -1728,11 +1728,14 @@ def _reweighted(at: _Atoms, m: np.ndarray) -> _Atoms:
                   part_size=part_size)
 
 
-#: The bootstrap interval of ``disparity(labels=)``: "percentile" (the default). The two
-#: alternatives measured and not adopted (docs/methods_ppi.md; ``calibration_ppi.py
-#: --disparity --disparity-interval``): "basic-log", the replicates' deviations from the
-#: bootstrap world's true ratio (the plug-in ratio of the estimated rates) on the log scale,
-#: reflected about the estimate; "bc", Efron's bias-corrected percentile interval.
+#: The interval of ``disparity(labels=)``: "percentile" (the default, a bootstrap that
+#: re-estimates). Measured and not adopted (docs/methods_ppi.md, "Fieller-type intervals"
+#: and "Why no test of the ratio has the right size"; ``calibration_ppi.py --disparity
+#: --disparity-interval KIND``): "basic-log", the replicates' deviations from the bootstrap
+#: world's true ratio (the plug-in ratio of the estimated rates) on the log scale, reflected
+#: about the estimate; "bc", Efron's bias-corrected percentile interval; the Fieller kinds;
+#: the U-statistic and wild-bootstrap test inversions below ("wild-lr" is the lead: 0.927-0.985
+#: on a fresh seed, two of seven rows outside 0.93-0.97).
 _DISPARITY_INTERVAL = "percentile"
 #: Test-inversion kinds with the U-statistic variance of V_c - q V_0 (``_ustat_products``;
 #: research alternatives, not the default): see ``_ustat_interval``.
