@@ -618,21 +618,8 @@ def _linear_ppi(at: _Atoms, L: np.ndarray, lam, conf: float, df_rule: str = "z")
     K = at.n_cells
     mw = at.m * at.w
     labw = np.where(at.lab, mw, 0.0)
-    unlw = np.where(~at.lab, mw, 0.0)
-    W_L = np.bincount(at.cell, labw, K)
-    W_U = np.bincount(at.cell, unlw, K)
     n_lab = np.bincount(at.cell, np.where(at.lab, at.m, 0.0), K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        A = np.bincount(at.cell, labw * at.y, K) / W_L
-        FL = np.bincount(at.cell, labw * at.f, K) / W_L
-        FU = np.where(W_U > 0, np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1), FL)
-    has_u = W_U[at.cell] > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
-        b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
-                     at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
-    b = np.where(has_u, b, 0.0)
-    a, b = np.nan_to_num(a), np.nan_to_num(b)
+    a, b, (W_L, W_U, A, FL, FU) = _atom_influences(at)
     T = L.shape[0]
     H = at.n_strata
     part = at.lab.astype(int) * H + at.stratum          # (part, stratum) code
@@ -1839,9 +1826,12 @@ class _Spreads:
                                 for M, p in zip(self.B, (self.Pc, self.P0)))
 
 
-def _row_influence(at: _Atoms, lam: np.ndarray) -> np.ndarray:
-    """Each atom's influence a + lam b on its cell's PPI++ estimate (``_linear_ppi``'s, L
-    the identity, rows independent, without the small-sample floor and factor)."""
+def _atom_influences(at: _Atoms):
+    """Each atom's influences on its cell's PPI++ estimate, ``a`` (the labelled mean of the
+    label) and ``b`` (the unlabelled minus the labelled mean of the flag): ``a = [lab] w (y
+    - A) / W_L``, ``b = -[lab] w (f - FL) / W_L + [unl] w (f - FU) / W_U`` (0 in cells
+    without unlabelled rows), and the cells' (W_L, W_U, A, FL, FU); FU is FL where a cell
+    has no unlabelled rows."""
     K = at.n_cells
     mw = at.m * at.w
     labw, unlw = np.where(at.lab, mw, 0.0), np.where(~at.lab, mw, 0.0)
@@ -1849,11 +1839,18 @@ def _row_influence(at: _Atoms, lam: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         A = np.bincount(at.cell, labw * at.y, K) / W_L
         FL = np.bincount(at.cell, labw * at.f, K) / W_L
-        FU = np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1)
+        FU = np.where(W_U > 0, np.bincount(at.cell, unlw * at.f, K) / np.where(W_U > 0, W_U, 1), FL)
         a = np.where(at.lab, at.w * (at.y - A[at.cell]) / W_L[at.cell], 0.0)
         b = np.where(at.lab, -at.w * (at.f - FL[at.cell]) / W_L[at.cell],
                      at.w * (at.f - FU[at.cell]) / np.where(W_U > 0, W_U, 1)[at.cell])
     b = np.where(W_U[at.cell] > 0, b, 0.0)
+    return np.nan_to_num(a), np.nan_to_num(b), (W_L, W_U, A, FL, FU)
+
+
+def _row_influence(at: _Atoms, lam: np.ndarray) -> np.ndarray:
+    """Each atom's influence a + lam b on its cell's PPI++ estimate (``_linear_ppi``'s, L
+    the identity, rows independent, without the small-sample floor and factor)."""
+    a, b, _ = _atom_influences(at)
     return np.nan_to_num(a + np.nan_to_num(lam)[at.cell] * b)
 
 
